@@ -1,0 +1,57 @@
+//! # ha-core
+//!
+//! The heart of ha: a deterministic Raft core and the storage it writes to.
+//!
+//! ## Layout
+//! - [`raft`]: the sans-IO consensus core. A plain struct driven by
+//!   [`Raft::step`](raft::Raft::step), [`Raft::tick`](raft::Raft::tick),
+//!   [`Raft::propose`](raft::Raft::propose) and
+//!   [`Raft::read_index`](raft::Raft::read_index); it hands out a
+//!   [`Ready`](raft::Ready) and takes [`Raft::advance`](raft::Raft::advance).
+//!   No async, no clock, no IO inside. Small pure modules sit beside it:
+//!   `membership` (quorums), `progress` (per-follower flow control), `log`
+//!   (the in-memory log and its cursors), `read` (ReadIndex rounds).
+//! - [`storage`]: the [`LogStore`](storage::LogStore) trait and its in-memory
+//!   twin with a crash model.
+//! - [`types`]: node ids, terms, indexes, entries, hard state.
+//!
+//! The async driver, sessions, the state-machine trait and the client arrive
+//! with later work; nothing here pretends to provide them yet.
+//!
+//! ## A one-node cluster in a few lines
+//! ```
+//! use bytes::Bytes;
+//! use ha_core::raft::{Config, InitialState, Membership, Raft};
+//! use ha_core::storage::{LogStore, MemLogStore};
+//! use ha_core::types::NodeId;
+//!
+//! let mut store = MemLogStore::new();
+//! let init = InitialState {
+//!     membership: Membership::new_voters([NodeId(1)]),
+//!     ..InitialState::default()
+//! };
+//! let mut raft = Raft::new(Config::new(NodeId(1)), init).unwrap();
+//! let mut applied = Vec::new();
+//! let mut drive = |raft: &mut Raft, store: &mut MemLogStore, applied: &mut Vec<_>| {
+//!     while raft.has_ready() {
+//!         let rd = raft.ready();
+//!         store.append(&rd.entries).unwrap();
+//!         if let Some(hs) = rd.hard_state { store.save_hard_state(hs).unwrap(); }
+//!         store.sync().unwrap();
+//!         applied.extend(rd.committed_entries.iter().cloned());
+//!         raft.advance(rd.token());
+//!     }
+//! };
+//! while !raft.is_leader() {
+//!     raft.tick();
+//!     drive(&mut raft, &mut store, &mut applied);
+//! }
+//! let (index, _term) = raft.propose(Bytes::from_static(b"hello")).unwrap();
+//! drive(&mut raft, &mut store, &mut applied);
+//! assert_eq!(applied.last().unwrap().index, index);
+//! ```
+#![deny(missing_docs)]
+
+pub mod raft;
+pub mod storage;
+pub mod types;

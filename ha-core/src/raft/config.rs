@@ -1,0 +1,122 @@
+//! Settings of the Raft core, all in logical units (ticks, entries, bytes).
+//!
+//! Invariants (checked by [`Config::validate`]):
+//! 1. `heartbeat_interval_ticks < election_timeout_min_ticks
+//!    < election_timeout_max_ticks`: a leader sends several heartbeats
+//!    before any follower may time out, and timeouts are randomized over a
+//!    non-empty range (dissertation §3.4).
+//! 2. Every limit (`*_max`) is at least 1.
+
+use crate::types::NodeId;
+
+/// Protocol bugs a simulator can plant, one at a time, to prove it catches
+/// them. Test-only: compiled in with the `planted-bugs` feature.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Grant votes without checking that the candidate's log is up to date.
+    VoteWithoutLogCheck,
+    /// Commit an entry of an earlier term by counting its replicas.
+    CommitPreviousTermByCount,
+    /// Send the vote before the vote is durable.
+    VoteBeforePersist,
+}
+
+/// Settings of one Raft node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// Lower bound (inclusive) of the randomized election timeout.
+    pub election_timeout_min_ticks: u64,
+    /// Upper bound (exclusive) of the randomized election timeout.
+    pub election_timeout_max_ticks: u64,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_interval_ticks: u64,
+    /// Run a pre-vote round before campaigning (dissertation §9.6), so a node
+    /// that was partitioned away does not disrupt the cluster when it returns.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within an election timeout
+    /// steps down (dissertation §6.2), and followers that heard from a leader
+    /// within that time ignore vote requests (§4.2.3).
+    pub check_quorum: bool,
+    /// Appends in flight to one follower in the replicate state.
+    pub max_inflight_appends: usize,
+    /// Entries in one append message.
+    pub max_append_entries: usize,
+    /// Payload bytes in one append message (at least one entry is always sent).
+    pub max_append_bytes: usize,
+    /// Committed entries handed out in one `Ready`.
+    pub max_apply_entries: usize,
+    /// Entries the leader holds uncommitted before it refuses new proposals
+    /// with [`ProposeError::Busy`](crate::raft::ProposeError::Busy).
+    pub max_uncommitted_entries: usize,
+    /// ReadIndex requests waiting for one confirmation round.
+    pub max_pending_reads: usize,
+    /// Seed of the core's random number generator (election timeouts).
+    pub rng_seed: u64,
+    /// A bug to plant (tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl Config {
+    /// Defaults for a LAN cluster driven by a 50 ms tick: heartbeats every
+    /// tick, elections after 6 to 12 ticks (300–600 ms).
+    pub fn new(id: NodeId) -> Config {
+        Config {
+            id,
+            election_timeout_min_ticks: 6,
+            election_timeout_max_ticks: 12,
+            heartbeat_interval_ticks: 1,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight_appends: 256,
+            max_append_entries: 1024,
+            max_append_bytes: 1 << 20,
+            max_apply_entries: 4096,
+            max_uncommitted_entries: 1 << 16,
+            max_pending_reads: 1 << 16,
+            rng_seed: id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
+        }
+    }
+
+    /// Checks the invariants in the module docs.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval_ticks == 0 {
+            return Err("heartbeat interval must be at least 1 tick".into());
+        }
+        if self.election_timeout_min_ticks <= self.heartbeat_interval_ticks {
+            return Err(format!(
+                "election timeout ({} ticks) must be longer than the heartbeat interval ({} ticks)",
+                self.election_timeout_min_ticks, self.heartbeat_interval_ticks
+            ));
+        }
+        if self.election_timeout_max_ticks <= self.election_timeout_min_ticks {
+            return Err(format!(
+                "election timeout range {}..{} ticks is empty",
+                self.election_timeout_min_ticks, self.election_timeout_max_ticks
+            ));
+        }
+        for (name, v) in [
+            ("max_inflight_appends", self.max_inflight_appends),
+            ("max_append_entries", self.max_append_entries),
+            ("max_append_bytes", self.max_append_bytes),
+            ("max_apply_entries", self.max_apply_entries),
+            ("max_uncommitted_entries", self.max_uncommitted_entries),
+            ("max_pending_reads", self.max_pending_reads),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn has_bug(&self, bug: PlantedBug) -> bool {
+        self.planted_bug == Some(bug)
+    }
+}

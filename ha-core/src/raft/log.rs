@@ -1,0 +1,367 @@
+//! The core's in-memory view of its log, and the cursors over it.
+//!
+//! The core keeps every entry after the last snapshot in memory (as etcd's
+//! server does with its `MemoryStorage`): reads never block on a disk, and
+//! the storage layer is write-only except at start-up. Payloads are
+//! `bytes::Bytes`, so holding them costs no copies.
+//!
+//! Cursors, in order:
+//! `applied <= committed`, `applied <= handed_apply`,
+//! `persisted <= handed_persist <= last_index`.
+//!
+//! Invariants:
+//! 1. `entries[k].index == offset + 1 + k`: the log is contiguous.
+//! 2. Committed entries are never truncated (a violation is a safety bug and
+//!    panics with the rule's name).
+//! 3. `persisted` names the longest prefix the driver has confirmed durable;
+//!    truncating below it lowers it, so a re-appended suffix is written again.
+//! 4. `handed_persist` is how far entries were handed to the driver in a
+//!    `Ready`; it only runs ahead of `persisted` while a Ready is outstanding.
+
+use crate::types::{Entry, LogIndex, Term};
+
+/// The in-memory log (see the module docs).
+#[derive(Debug)]
+pub struct RaftLog {
+    /// Index of the last entry covered by a snapshot (0 if none).
+    offset: LogIndex,
+    /// Term of the entry at `offset`.
+    offset_term: Term,
+    /// Entries `offset+1 ..= last_index`. Invariant 1.
+    entries: Vec<Entry>,
+    /// Highest index known committed.
+    pub committed: LogIndex,
+    /// Highest index the driver reported applied.
+    pub applied: LogIndex,
+    /// Highest index handed to the driver for applying.
+    pub handed_apply: LogIndex,
+    /// Highest index confirmed durable. Invariant 3.
+    pub persisted: LogIndex,
+    /// Highest index handed to the driver for persisting. Invariant 4.
+    pub handed_persist: LogIndex,
+}
+
+impl RaftLog {
+    /// A log restored from storage: `entries` are durable already.
+    pub fn restore(
+        offset: LogIndex,
+        offset_term: Term,
+        entries: Vec<Entry>,
+        commit: LogIndex,
+    ) -> Self {
+        for (k, e) in entries.iter().enumerate() {
+            assert_eq!(
+                e.index,
+                offset.plus(k as u64 + 1),
+                "log contiguity: restored entries must follow the snapshot without gaps"
+            );
+        }
+        let last = offset.plus(entries.len() as u64);
+        let committed = commit.min(last).max(offset);
+        RaftLog {
+            offset,
+            offset_term,
+            entries,
+            committed,
+            applied: offset,
+            handed_apply: offset,
+            persisted: last,
+            handed_persist: last,
+        }
+    }
+
+    /// Index of the last entry (or of the snapshot when the log is empty).
+    pub fn last_index(&self) -> LogIndex {
+        self.offset.plus(self.entries.len() as u64)
+    }
+
+    /// Term of the last entry.
+    pub fn last_term(&self) -> Term {
+        self.entries.last().map_or(self.offset_term, |e| e.term)
+    }
+
+    /// Index of the first entry held in memory.
+    pub fn first_index(&self) -> LogIndex {
+        self.offset.next()
+    }
+
+    /// The term of the entry at `index`, if known (the snapshot's last entry
+    /// counts as known).
+    pub fn term(&self, index: LogIndex) -> Option<Term> {
+        if index == self.offset {
+            return Some(self.offset_term);
+        }
+        if index < self.offset || index > self.last_index() {
+            return None;
+        }
+        Some(self.entries[(index.0 - self.offset.0 - 1) as usize].term)
+    }
+
+    /// Whether the log holds an entry `(index, term)`.
+    pub fn matches(&self, index: LogIndex, term: Term) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// The entry at `index`, if held in memory.
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        if index <= self.offset || index > self.last_index() {
+            return None;
+        }
+        Some(&self.entries[(index.0 - self.offset.0 - 1) as usize])
+    }
+
+    /// Entries `lo..=hi`, cut after `max_bytes` (at least one entry is
+    /// returned when the range is non-empty).
+    pub fn slice(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Vec<Entry> {
+        let mut out = Vec::new();
+        if lo > hi || lo <= self.offset {
+            return out;
+        }
+        let hi = hi.min(self.last_index());
+        let mut bytes = 0;
+        let mut i = lo;
+        while i <= hi && out.len() < max_entries {
+            let e = &self.entries[(i.0 - self.offset.0 - 1) as usize];
+            bytes += e.size_bytes();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+            i = i.next();
+        }
+        out
+    }
+
+    /// Whether a candidate whose log ends at `(last_index, last_term)` is at
+    /// least as up to date as this log (dissertation §3.6.1).
+    pub fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// Appends one entry created by this node as leader.
+    pub fn append_own(&mut self, entry: Entry) {
+        assert_eq!(
+            entry.index,
+            self.last_index().next(),
+            "log contiguity: leader appends at the end"
+        );
+        self.entries.push(entry);
+    }
+
+    /// Applies an append from the leader whose previous entry is known to
+    /// match. Skips entries already present, truncates at the first conflict
+    /// and appends the rest. Returns the index of the last new entry.
+    pub fn append_from_leader(&mut self, prev: LogIndex, entries: &[Entry]) -> LogIndex {
+        let last_new = prev.plus(entries.len() as u64);
+        for (k, e) in entries.iter().enumerate() {
+            if e.index <= self.offset {
+                continue; // Covered by our snapshot; committed, so it matches.
+            }
+            match self.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    assert!(
+                        e.index > self.committed,
+                        "Leader Completeness: leader overwrote committed index {} (committed {})",
+                        e.index,
+                        self.committed
+                    );
+                    self.truncate_from(e.index);
+                    self.entries.extend(entries[k..].iter().cloned());
+                    return last_new;
+                }
+                None => {
+                    self.entries.extend(entries[k..].iter().cloned());
+                    return last_new;
+                }
+            }
+        }
+        last_new
+    }
+
+    fn truncate_from(&mut self, index: LogIndex) {
+        let keep = (index.0 - self.offset.0 - 1) as usize;
+        self.entries.truncate(keep);
+        let last = self.last_index();
+        self.persisted = self.persisted.min(last);
+        self.handed_persist = self.handed_persist.min(last);
+    }
+
+    /// Raises the commit index (never lowers it). The caller has checked the
+    /// entry is committed.
+    pub fn commit_to(&mut self, index: LogIndex) -> bool {
+        let index = index.min(self.last_index());
+        if index > self.committed {
+            self.committed = index;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Fast backtracking (dissertation §3.5, etcd's `findConflictByTerm`):
+    /// the largest index `<= index` whose term is `<= term`, with that term.
+    /// A follower answers a rejected append with it, so the leader skips a
+    /// whole term of conflicting entries per round trip.
+    pub fn find_conflict_by_term(&self, index: LogIndex, term: Term) -> (LogIndex, Term) {
+        let mut i = index.min(self.last_index());
+        loop {
+            match self.term(i) {
+                Some(t) if t > term => i = i.prev(),
+                Some(t) => return (i, t),
+                None => return (i, Term(0)),
+            }
+        }
+    }
+
+    /// Entries not yet handed to the driver for persisting; marks them handed.
+    pub fn take_unpersisted(&mut self) -> Vec<Entry> {
+        let from = self.handed_persist.next();
+        let last = self.last_index();
+        if from > last {
+            return Vec::new();
+        }
+        let out = self.entries[(from.0 - self.offset.0 - 1) as usize..].to_vec();
+        self.handed_persist = last;
+        out
+    }
+
+    /// The driver made entries up to `(index, term)` durable.
+    pub fn persisted_to(&mut self, index: LogIndex, term: Term) {
+        if index > self.persisted && self.matches(index, term) {
+            self.persisted = index;
+        }
+    }
+
+    /// Committed entries that are safe to apply and not yet handed out: up to
+    /// the commit index, but never past what was handed for persisting (the
+    /// driver persists a Ready's entries before applying its committed ones).
+    pub fn take_committed(&mut self, max_entries: usize) -> Vec<Entry> {
+        let hi = self.committed.min(self.handed_persist);
+        let from = self.handed_apply.next();
+        if from > hi {
+            return Vec::new();
+        }
+        let out = self.slice(from, hi, max_entries, usize::MAX);
+        if let Some(last) = out.last() {
+            self.handed_apply = last.index;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn e(index: u64, term: u64) -> Entry {
+        Entry {
+            index: LogIndex(index),
+            term: Term(term),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn log_of(terms: &[u64]) -> RaftLog {
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(k, t)| e(k as u64 + 1, *t))
+            .collect();
+        RaftLog::restore(LogIndex(0), Term(0), entries, LogIndex(0))
+    }
+
+    #[test]
+    fn append_from_leader_skips_matching_and_truncates_conflicts() {
+        let mut log = log_of(&[1, 1, 2, 2]);
+        // Duplicate of what we have: nothing changes.
+        assert_eq!(
+            log.append_from_leader(LogIndex(1), &[e(2, 1), e(3, 2)]),
+            LogIndex(3)
+        );
+        assert_eq!(log.last_index(), LogIndex(4));
+        // Conflict at 3: truncate 3.. and append.
+        log.append_from_leader(LogIndex(2), &[e(3, 3)]);
+        assert_eq!(log.last_index(), LogIndex(3));
+        assert_eq!(log.term(LogIndex(3)), Some(Term(3)));
+        assert_eq!(
+            log.persisted,
+            LogIndex(2),
+            "truncation lowers the persisted cursor"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "Leader Completeness")]
+    fn truncating_a_committed_entry_panics() {
+        let mut log = log_of(&[1, 1, 2]);
+        log.commit_to(LogIndex(3));
+        log.append_from_leader(LogIndex(2), &[e(3, 3)]);
+    }
+
+    #[test]
+    fn find_conflict_by_term_skips_whole_terms() {
+        let log = log_of(&[1, 1, 2, 2, 2, 5, 5]);
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(7), Term(4)),
+            (LogIndex(5), Term(2))
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(100), Term(9)),
+            (LogIndex(7), Term(5))
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(5), Term(1)),
+            (LogIndex(2), Term(1))
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(3), Term(0)),
+            (LogIndex(0), Term(0))
+        );
+    }
+
+    #[test]
+    fn up_to_date_compares_term_then_index() {
+        let log = log_of(&[1, 2, 2]);
+        assert!(log.is_up_to_date(LogIndex(3), Term(2)));
+        assert!(log.is_up_to_date(LogIndex(1), Term(3)));
+        assert!(!log.is_up_to_date(LogIndex(2), Term(2)));
+        assert!(!log.is_up_to_date(LogIndex(9), Term(1)));
+    }
+
+    #[test]
+    fn committed_entries_wait_for_persistence_handoff() {
+        let mut log = log_of(&[]);
+        log.append_own(e(1, 1));
+        log.append_own(e(2, 1));
+        log.commit_to(LogIndex(2));
+        assert!(
+            log.take_committed(10).is_empty(),
+            "not handed for persisting yet"
+        );
+        assert_eq!(log.take_unpersisted().len(), 2);
+        assert_eq!(log.take_committed(10).len(), 2);
+        log.persisted_to(LogIndex(2), Term(1));
+        assert_eq!(log.persisted, LogIndex(2));
+    }
+
+    #[test]
+    fn slice_respects_byte_and_count_limits() {
+        let log = log_of(&[1, 1, 1, 1, 1]);
+        assert_eq!(log.slice(LogIndex(1), LogIndex(5), 2, usize::MAX).len(), 2);
+        assert_eq!(
+            log.slice(LogIndex(1), LogIndex(5), 10, 1).len(),
+            1,
+            "at least one entry"
+        );
+        assert_eq!(log.slice(LogIndex(4), LogIndex(9), 10, usize::MAX).len(), 2);
+    }
+}

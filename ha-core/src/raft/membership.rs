@@ -1,0 +1,259 @@
+//! Cluster configuration and quorum arithmetic.
+//!
+//! Owns: which nodes vote, which only learn, and what counts as a majority.
+//! The type is shaped for joint consensus (dissertation §4.3): during a change
+//! the cluster runs under `C_old,new`, where every decision (election, commit)
+//! needs a majority of `voters` *and* a majority of `voters_outgoing`.
+//!
+//! Invariants:
+//! 1. `voters` is never empty in a usable configuration.
+//! 2. `voters_outgoing` is empty outside a joint configuration.
+//! 3. A learner is never a voter (in either half), so it never counts towards
+//!    a quorum and never starts an election.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::types::{LogIndex, NodeId};
+
+/// A cluster configuration: voters, the outgoing voters of a joint
+/// configuration, and learners.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Membership {
+    /// Nodes whose votes and acknowledgements count (`C_new` while joint).
+    pub voters: BTreeSet<NodeId>,
+    /// The old voter set while a joint change is in progress (`C_old`);
+    /// empty otherwise.
+    pub voters_outgoing: BTreeSet<NodeId>,
+    /// Nodes that receive the log but never vote.
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl fmt::Debug for Membership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids = |s: &BTreeSet<NodeId>| s.iter().map(|n| n.0.to_string()).collect::<Vec<_>>();
+        write!(f, "voters={:?}", ids(&self.voters))?;
+        if self.is_joint() {
+            write!(f, " outgoing={:?}", ids(&self.voters_outgoing))?;
+        }
+        if !self.learners.is_empty() {
+            write!(f, " learners={:?}", ids(&self.learners))?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of counting votes so far.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum VoteResult {
+    /// A quorum granted.
+    Won,
+    /// A quorum can no longer grant.
+    Lost,
+    /// Not decided yet.
+    Pending,
+}
+
+impl Membership {
+    /// A plain (non-joint) configuration of the given voters and no learners.
+    pub fn new_voters(voters: impl IntoIterator<Item = NodeId>) -> Membership {
+        Membership {
+            voters: voters.into_iter().collect(),
+            ..Membership::default()
+        }
+    }
+
+    /// Whether a joint change is in progress.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Whether `id` votes in either half of the configuration.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.contains(&id)
+    }
+
+    /// Every node that should receive the log: voters of both halves and learners.
+    pub fn replication_targets(&self) -> BTreeSet<NodeId> {
+        let mut all: BTreeSet<NodeId> = self.voters.union(&self.voters_outgoing).copied().collect();
+        all.extend(self.learners.iter().copied());
+        all
+    }
+
+    /// Number of distinct members (voters and learners).
+    pub fn len(&self) -> usize {
+        self.replication_targets().len()
+    }
+
+    /// Whether the configuration has no members at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks the invariants listed in the module docs.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.voters.is_empty() {
+            return Err("a configuration needs at least one voter".into());
+        }
+        if let Some(l) = self.learners.iter().find(|l| self.is_voter(**l)) {
+            return Err(format!("node {l} is both a voter and a learner"));
+        }
+        Ok(())
+    }
+
+    /// The highest index acknowledged by a quorum, given each node's match index.
+    /// Under joint consensus it is the smaller of the two halves' answers.
+    pub fn committed_index(&self, match_of: impl Fn(NodeId) -> LogIndex) -> LogIndex {
+        let incoming = majority_index(&self.voters, &match_of);
+        if self.is_joint() {
+            incoming.min(majority_index(&self.voters_outgoing, &match_of))
+        } else {
+            incoming
+        }
+    }
+
+    /// Counts votes: `votes[n]` is true for a grant and false for a rejection.
+    pub fn vote_result(&self, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
+        let incoming = half_vote_result(&self.voters, votes);
+        if !self.is_joint() {
+            return incoming;
+        }
+        let outgoing = half_vote_result(&self.voters_outgoing, votes);
+        match (incoming, outgoing) {
+            (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+            (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+            _ => VoteResult::Pending,
+        }
+    }
+
+    /// Whether the nodes for which `active` holds form a quorum.
+    pub fn has_quorum(&self, active: impl Fn(NodeId) -> bool) -> bool {
+        let votes: BTreeMap<NodeId, bool> = self
+            .voters
+            .union(&self.voters_outgoing)
+            .map(|n| (*n, active(*n)))
+            .collect();
+        self.vote_result(&votes) == VoteResult::Won
+    }
+}
+
+fn majority_index(voters: &BTreeSet<NodeId>, match_of: &impl Fn(NodeId) -> LogIndex) -> LogIndex {
+    if voters.is_empty() {
+        // An empty half places no constraint (only reachable for the outgoing
+        // half, which is empty outside joint consensus).
+        return LogIndex(u64::MAX);
+    }
+    let mut matched: Vec<LogIndex> = voters.iter().map(|n| match_of(*n)).collect();
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    // With n voters, the (n/2 + 1)-th highest match index is held by a majority.
+    matched[voters.len() / 2]
+}
+
+fn half_vote_result(voters: &BTreeSet<NodeId>, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
+    let quorum = voters.len() / 2 + 1;
+    let granted = voters
+        .iter()
+        .filter(|n| votes.get(n) == Some(&true))
+        .count();
+    let rejected = voters
+        .iter()
+        .filter(|n| votes.get(n) == Some(&false))
+        .count();
+    if granted >= quorum {
+        VoteResult::Won
+    } else if voters.len() - rejected < quorum {
+        VoteResult::Lost
+    } else {
+        VoteResult::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u64]) -> BTreeSet<NodeId> {
+        v.iter().map(|n| NodeId(*n)).collect()
+    }
+
+    #[test]
+    fn committed_index_is_the_majority_match() {
+        let table: &[(&[u64], &[u64], u64)] = &[
+            (&[1], &[7], 7),
+            (&[1, 2, 3], &[5, 3, 9], 5),
+            (&[1, 2, 3], &[0, 0, 9], 0),
+            (&[1, 2, 3, 4], &[4, 3, 2, 1], 2),
+            (&[1, 2, 3, 4, 5], &[10, 1, 1, 10, 10], 10),
+            (&[1, 2, 3, 4, 5], &[10, 1, 1, 2, 10], 2),
+        ];
+        for (voters, matches, want) in table {
+            let m = Membership::new_voters(voters.iter().map(|n| NodeId(*n)));
+            let got = m.committed_index(|n| LogIndex(matches[(n.0 - 1) as usize]));
+            assert_eq!(
+                got,
+                LogIndex(*want),
+                "voters {voters:?} matches {matches:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn joint_commit_needs_both_halves() {
+        let m = Membership {
+            voters: ids(&[1, 2, 3]),
+            voters_outgoing: ids(&[3, 4, 5]),
+            learners: BTreeSet::new(),
+        };
+        // New half at 9 (1, 2 at 9), old half only 3 and 4 at ... 3 has 9, 4 has 2, 5 has 1.
+        let matches = [9, 9, 9, 2, 1];
+        let got = m.committed_index(|n| LogIndex(matches[(n.0 - 1) as usize]));
+        assert_eq!(got, LogIndex(2));
+    }
+
+    #[test]
+    fn vote_counting_decides_as_soon_as_it_can() {
+        let m = Membership::new_voters(ids(&[1, 2, 3, 4, 5]));
+        let mut votes = BTreeMap::new();
+        votes.insert(NodeId(1), true);
+        votes.insert(NodeId(2), true);
+        assert_eq!(m.vote_result(&votes), VoteResult::Pending);
+        votes.insert(NodeId(3), true);
+        assert_eq!(m.vote_result(&votes), VoteResult::Won);
+        let mut votes = BTreeMap::new();
+        for n in [1, 2, 3] {
+            votes.insert(NodeId(n), false);
+        }
+        assert_eq!(m.vote_result(&votes), VoteResult::Lost);
+    }
+
+    #[test]
+    fn joint_vote_needs_both_halves() {
+        let m = Membership {
+            voters: ids(&[1, 2, 3]),
+            voters_outgoing: ids(&[4, 5, 6]),
+            learners: BTreeSet::new(),
+        };
+        let votes: BTreeMap<_, _> = [1, 2, 4].iter().map(|n| (NodeId(*n), true)).collect();
+        assert_eq!(m.vote_result(&votes), VoteResult::Pending);
+        let votes: BTreeMap<_, _> = [1, 2, 4, 5].iter().map(|n| (NodeId(*n), true)).collect();
+        assert_eq!(m.vote_result(&votes), VoteResult::Won);
+    }
+
+    #[test]
+    fn validate_rejects_learner_voters_and_empty() {
+        assert!(Membership::default().validate().is_err());
+        let mut m = Membership::new_voters(ids(&[1, 2]));
+        m.learners.insert(NodeId(2));
+        assert!(m.validate().is_err());
+        m.learners = ids(&[3]);
+        assert!(m.validate().is_ok());
+        assert!(!m.is_voter(NodeId(3)));
+        assert_eq!(m.len(), 3);
+    }
+}

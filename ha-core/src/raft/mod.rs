@@ -1,0 +1,1114 @@
+//! The deterministic Raft core.
+//!
+//! Owns: the protocol state of one node (term, vote, role, log cursors,
+//! per-follower progress) and every protocol decision. It performs no IO,
+//! reads no clock, spawns nothing and draws randomness only from a seeded
+//! generator: a run is a pure function of its inputs, which is what lets the
+//! simulator replay any failure from a seed.
+//!
+//! Inputs: [`Raft::step`] (a message), [`Raft::tick`] (logical time),
+//! [`Raft::propose`] / [`Raft::propose_batch`] and [`Raft::read_index`].
+//! Output: a [`Ready`], which the driver handles in the order its docs give
+//! and then confirms with [`Raft::advance`].
+//!
+//! Invariants:
+//! 1. At most one leader per term (Election Safety): a node votes at most once
+//!    per term, and its vote is durable before the vote leaves the node.
+//! 2. A leader only appends to its log; a follower truncates only entries
+//!    above its commit index.
+//! 3. A leader commits only entries of its own term by counting replicas
+//!    (dissertation §3.6.2); earlier entries commit with them.
+//! 4. A node counts itself towards a quorum only for entries it has
+//!    persisted, so the leader may send appends while its own write is in
+//!    flight (dissertation §10.2.1).
+//! 5. A failed `step` leaves the node unchanged: messages are validated
+//!    before anything is mutated.
+
+pub mod config;
+pub mod log;
+pub mod membership;
+pub mod message;
+pub mod progress;
+pub mod read;
+pub mod rng;
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+pub use config::Config;
+#[cfg(feature = "planted-bugs")]
+pub use config::PlantedBug;
+pub use membership::{Membership, VoteResult};
+pub use message::{AppendOutcome, Body, Message, MessageError};
+pub use read::ReadState;
+
+use self::log::RaftLog;
+use self::progress::Progress;
+use self::read::ReadQueue;
+use self::rng::SplitMix64;
+use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+
+/// The role a node plays, as reported to the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleKind {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking for pre-votes before campaigning.
+    PreCandidate,
+    /// Campaigning for votes.
+    Candidate,
+    /// The leader of its term.
+    Leader,
+}
+
+/// Role-specific state: each variant carries only its own data.
+#[derive(Debug)]
+enum Role {
+    Follower,
+    PreCandidate { votes: BTreeMap<NodeId, bool> },
+    Candidate { votes: BTreeMap<NodeId, bool> },
+    Leader(Box<LeaderState>),
+}
+
+#[derive(Debug)]
+struct LeaderState {
+    /// Progress of every other member.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Whether an entry of this leader's term has committed; ReadIndex waits
+    /// for it (dissertation §6.4 step 1).
+    committed_in_term: bool,
+    reads: ReadQueue,
+}
+
+/// What the state the core was restarted from holds.
+#[derive(Clone, Debug, Default)]
+pub struct InitialState {
+    /// The durable hard state.
+    pub hard_state: HardState,
+    /// The configuration in force.
+    pub membership: Membership,
+    /// Index and term of the last entry covered by a snapshot (0, 0 if none).
+    pub snapshot_last: (LogIndex, Term),
+    /// The durable entries after the snapshot, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// Why a proposal was refused. A refused proposal was certainly not appended.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader takes proposals.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// Too many entries are uncommitted; retry later.
+    #[error("too many uncommitted entries; retry later")]
+    Busy,
+    /// The operation is not supported yet.
+    #[error("{0} is not supported yet")]
+    Unsupported(&'static str),
+}
+
+/// Why a ReadIndex request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadIndexError {
+    /// Only the leader serves ReadIndex.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// Too many reads are waiting; retry later.
+    #[error("too many pending reads; retry later")]
+    Busy,
+}
+
+/// Why a message was refused. The node is unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The message is addressed to another node.
+    #[error("message for node {0} delivered to this node")]
+    WrongRecipient(NodeId),
+    /// The sender is not a member of this node's configuration.
+    #[error("message from unknown node {0}")]
+    UnknownPeer(NodeId),
+    /// The message breaks a protocol rule.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] MessageError),
+    /// The message contradicts this node's state in a way no correct peer
+    /// can cause (for example a second leader in this node's term).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// Role and leader, reported when either changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// The node's role.
+    pub role: RoleKind,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The term of that knowledge.
+    pub term: Term,
+}
+
+/// Work for the driver. Handle it in this order:
+///
+/// 1. Send [`messages`](Ready::messages) (they do not depend on this Ready's
+///    persistence; a leader's appends go out while its own write is in flight).
+/// 2. Persist [`hard_state`](Ready::hard_state) and
+///    [`entries`](Ready::entries) durably (the first entry may replace a
+///    suffix of the stored log: truncate from its index).
+/// 3. Only then send [`persisted_messages`](Ready::persisted_messages) (votes
+///    and acknowledgements that promise durable state).
+/// 4. Apply [`committed_entries`](Ready::committed_entries) in order; serve
+///    [`read_states`](Ready::read_states) once applied up to their index; fail
+///    [`dropped_reads`](Ready::dropped_reads).
+/// 5. Call [`Raft::advance`] with [`Ready::token`].
+///
+/// Steps, ticks and proposals may be fed between `ready` and `advance`, but
+/// no second `ready` may be taken before `advance`.
+#[derive(Debug, Default)]
+#[must_use = "a Ready carries work the driver must do, then confirm with advance()"]
+pub struct Ready {
+    /// Messages to send now.
+    pub messages: Vec<Message>,
+    /// Hard state to persist, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Entries to persist.
+    pub entries: Vec<Entry>,
+    /// Messages to send after the persistence above is durable.
+    pub persisted_messages: Vec<Message>,
+    /// Committed entries to apply, in order.
+    pub committed_entries: Vec<Entry>,
+    /// Confirmed reads.
+    pub read_states: Vec<ReadState>,
+    /// Reads that can no longer be confirmed (leadership lost); the client
+    /// may retry elsewhere.
+    pub dropped_reads: Vec<u64>,
+    /// Role or leader changes, if any.
+    pub soft_state: Option<SoftState>,
+    token: ReadyToken,
+}
+
+/// What a [`Ready`] handed out, to confirm with [`Raft::advance`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadyToken {
+    persisted: Option<(LogIndex, Term)>,
+    applied: Option<LogIndex>,
+}
+
+impl Ready {
+    /// The token to pass to [`Raft::advance`] once this Ready is handled.
+    pub fn token(&self) -> ReadyToken {
+        self.token
+    }
+}
+
+/// One Raft node's protocol state machine (see the module docs).
+#[derive(Debug)]
+pub struct Raft {
+    config: Config,
+    rng: SplitMix64,
+    term: Term,
+    vote: Option<NodeId>,
+    leader: Option<NodeId>,
+    role: Role,
+    log: RaftLog,
+    membership: Membership,
+    election_elapsed: u64,
+    /// Invariant: in `election_timeout_min_ticks..election_timeout_max_ticks`.
+    randomized_timeout: u64,
+    heartbeat_elapsed: u64,
+    msgs: Vec<Message>,
+    msgs_after_persist: Vec<Message>,
+    read_states: Vec<ReadState>,
+    dropped_reads: Vec<u64>,
+    last_hard_state: HardState,
+    last_soft_state: SoftState,
+    ready_outstanding: bool,
+}
+
+impl Raft {
+    /// A node started (or restarted) from durable state.
+    pub fn new(config: Config, init: InitialState) -> Result<Raft, String> {
+        config.validate()?;
+        init.membership.validate()?;
+        let (snap_index, snap_term) = init.snapshot_last;
+        if let Some(first) = init.entries.first()
+            && first.index != snap_index.next()
+        {
+            return Err(format!(
+                "stored log starts at index {} but the snapshot ends at {}",
+                first.index, snap_index
+            ));
+        }
+        for w in init.entries.windows(2) {
+            if w[1].index != w[0].index.next() || w[1].term < w[0].term {
+                return Err(format!(
+                    "stored log is not contiguous at index {}",
+                    w[1].index
+                ));
+            }
+        }
+        let log = RaftLog::restore(snap_index, snap_term, init.entries, init.hard_state.commit);
+        let mut rng = SplitMix64::new(config.rng_seed);
+        let randomized_timeout = rng.range(
+            config.election_timeout_min_ticks,
+            config.election_timeout_max_ticks,
+        );
+        let hs = init.hard_state;
+        Ok(Raft {
+            rng,
+            term: hs.term,
+            vote: hs.vote,
+            leader: None,
+            role: Role::Follower,
+            last_hard_state: HardState {
+                commit: log.committed,
+                ..hs
+            },
+            log,
+            membership: init.membership,
+            election_elapsed: 0,
+            randomized_timeout,
+            heartbeat_elapsed: 0,
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            read_states: Vec::new(),
+            dropped_reads: Vec::new(),
+            last_soft_state: SoftState {
+                role: RoleKind::Follower,
+                leader: None,
+                term: hs.term,
+            },
+            ready_outstanding: false,
+            config,
+        })
+    }
+
+    // ----- observation -------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    /// The vote cast in the current term.
+    pub fn vote(&self) -> Option<NodeId> {
+        self.vote
+    }
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    /// The node's role.
+    pub fn role(&self) -> RoleKind {
+        match self.role {
+            Role::Follower => RoleKind::Follower,
+            Role::PreCandidate { .. } => RoleKind::PreCandidate,
+            Role::Candidate { .. } => RoleKind::Candidate,
+            Role::Leader(_) => RoleKind::Leader,
+        }
+    }
+    /// Whether this node is the leader of its term.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+    /// The highest index known committed.
+    pub fn commit_index(&self) -> LogIndex {
+        self.log.committed
+    }
+    /// The highest index the driver reported applied.
+    pub fn applied_index(&self) -> LogIndex {
+        self.log.applied
+    }
+    /// Index of the last log entry.
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+    /// Term of the entry at `index`, if held.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.log.term(index)
+    }
+    /// The entry at `index`, if held in memory.
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+    /// The configuration in force.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The current hard state.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
+    }
+    /// A leader's view of a follower's match index (None on non-leaders).
+    pub fn match_index_of(&self, peer: NodeId) -> Option<LogIndex> {
+        match &self.role {
+            Role::Leader(_) if peer == self.config.id => Some(self.log.persisted),
+            Role::Leader(l) => l.progress.get(&peer).map(|p| p.match_index),
+            _ => None,
+        }
+    }
+
+    // ----- inputs ------------------------------------------------------------
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        if self.is_leader() {
+            self.tick_leader();
+        } else {
+            self.election_elapsed += 1;
+            if self.election_elapsed >= self.randomized_timeout && self.can_campaign() {
+                self.campaign();
+            }
+        }
+    }
+
+    /// Proposes one command. Returns the index and term the entry got: the
+    /// command took effect if and only if that exact `(index, term)` commits.
+    pub fn propose(&mut self, data: Bytes) -> Result<(LogIndex, Term), ProposeError> {
+        self.propose_batch(std::iter::once(data))
+            .map(|(first, _, term)| (first, term))
+    }
+
+    /// Proposes several commands at once; they get consecutive indexes.
+    /// Returns `(first index, last index, term)`.
+    pub fn propose_batch(
+        &mut self,
+        data: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(LogIndex, LogIndex, Term), ProposeError> {
+        let Role::Leader(_) = &self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        let uncommitted = (self.log.last_index().0 - self.log.committed.0) as usize;
+        if uncommitted >= self.config.max_uncommitted_entries {
+            return Err(ProposeError::Busy);
+        }
+        let first = self.log.last_index().next();
+        for d in data {
+            let index = self.log.last_index().next();
+            self.log.append_own(Entry {
+                index,
+                term: self.term,
+                payload: EntryPayload::Command(d),
+            });
+        }
+        Ok((first, self.log.last_index(), self.term))
+    }
+
+    /// Asks for a linearizable read (dissertation §6.4). When confirmed, a
+    /// [`ReadState`] with this `ctx` appears in a later [`Ready`]; serve the
+    /// read once the state machine has applied its index.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError> {
+        let max = self.config.max_pending_reads;
+        let Role::Leader(l) = &mut self.role else {
+            return Err(ReadIndexError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if l.reads.len() >= max {
+            return Err(ReadIndexError::Busy);
+        }
+        l.reads.waiting.push(ctx);
+        Ok(())
+    }
+
+    /// Handles one message from a peer.
+    pub fn step(&mut self, m: Message) -> Result<(), StepError> {
+        if m.to != self.config.id {
+            return Err(StepError::WrongRecipient(m.to));
+        }
+        if !self.membership.is_member(m.from) || m.from == self.config.id {
+            return Err(StepError::UnknownPeer(m.from));
+        }
+        m.validate()?;
+        if let Body::AppendResponse(AppendOutcome::Accepted { match_index }) = m.body
+            && m.term == self.term
+            && self.is_leader()
+            && match_index > self.log.last_index()
+        {
+            return Err(StepError::Protocol(format!(
+                "follower {} acknowledged index {} beyond the leader's last {}",
+                m.from,
+                match_index,
+                self.log.last_index()
+            )));
+        }
+        if matches!(m.body, Body::Append { .. }) && m.term == self.term && self.is_leader() {
+            return Err(StepError::Protocol(format!(
+                "append from {} in this leader's own term {}",
+                m.from, self.term
+            )));
+        }
+
+        if m.term > self.term {
+            let is_vote_request = matches!(m.body, Body::PreVote { .. } | Body::Vote { .. });
+            if is_vote_request && self.in_leader_lease() {
+                // We heard from a leader within the minimum election timeout:
+                // this candidate is probably disruptive (dissertation §4.2.3).
+                return Ok(());
+            }
+            match m.body {
+                Body::PreVote { .. } => {}
+                Body::PreVoteResponse { granted: true } => {}
+                Body::Append { .. } | Body::Heartbeat { .. } => {
+                    self.become_follower(m.term, Some(m.from))
+                }
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                Body::Append { .. } | Body::Heartbeat { .. }
+                    if self.config.check_quorum || self.config.pre_vote =>
+                {
+                    // A stale leader: tell it our term so it steps down. With
+                    // CheckQuorum a vote request may not raise terms, so this
+                    // is how a node partitioned at a higher term rejoins.
+                    self.send_after_persist(
+                        m.from,
+                        Body::AppendResponse(AppendOutcome::Rejected {
+                            rejected: LogIndex(0),
+                            hint_index: LogIndex(0),
+                            hint_term: Term(0),
+                        }),
+                    );
+                }
+                Body::PreVote { .. } => {
+                    self.send_after_persist(m.from, Body::PreVoteResponse { granted: false });
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+
+        match m.body {
+            Body::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(m.from, m.term, last_index, last_term, true),
+            Body::Vote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(m.from, m.term, last_index, last_term, false),
+            Body::PreVoteResponse { granted } => {
+                // Count only answers about the term we are asking for now.
+                if !granted || m.term == self.term.next() {
+                    self.handle_vote_response(m.from, granted, true);
+                }
+            }
+            Body::VoteResponse { granted } => self.handle_vote_response(m.from, granted, false),
+            Body::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                if !matches!(self.role, Role::Follower) {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                self.leader = Some(m.from);
+                self.election_elapsed = 0;
+                self.handle_append(m.from, prev_index, prev_term, &entries, commit);
+            }
+            Body::Heartbeat { commit, read_round } => {
+                if !matches!(self.role, Role::Follower) {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                self.leader = Some(m.from);
+                self.election_elapsed = 0;
+                self.log.commit_to(commit);
+                self.send_after_persist(m.from, Body::HeartbeatResponse { read_round });
+            }
+            Body::AppendResponse(outcome) => self.handle_append_response(m.from, outcome),
+            Body::HeartbeatResponse { read_round } => {
+                self.handle_heartbeat_response(m.from, read_round)
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports that `peer` could not be reached, so replication to it falls
+    /// back to probing.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if let Role::Leader(l) = &mut self.role
+            && let Some(p) = l.progress.get_mut(&peer)
+        {
+            p.on_unreachable();
+        }
+    }
+
+    // ----- output ------------------------------------------------------------
+
+    /// Whether a [`Ready`] has work in it.
+    pub fn has_ready(&mut self) -> bool {
+        self.flush_leader_output();
+        !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || self.hard_state() != self.last_hard_state
+            || self.log.handed_persist < self.log.last_index()
+            || self.log.handed_apply < self.log.committed.min(self.log.last_index())
+            || !self.read_states.is_empty()
+            || !self.dropped_reads.is_empty()
+            || self.soft_state() != self.last_soft_state
+    }
+
+    /// Takes the work accumulated so far (see [`Ready`]).
+    ///
+    /// # Panics
+    /// If the previous Ready has not been confirmed with [`Raft::advance`].
+    pub fn ready(&mut self) -> Ready {
+        assert!(
+            !self.ready_outstanding,
+            "Ready protocol: advance() must follow ready()"
+        );
+        self.flush_leader_output();
+        let entries = self.log.take_unpersisted();
+        let hs = self.hard_state();
+        let hard_state = (hs != self.last_hard_state).then_some(hs);
+        self.last_hard_state = hs;
+        let committed_entries = self.log.take_committed(self.config.max_apply_entries);
+        let ss = self.soft_state();
+        let soft_state = (ss != self.last_soft_state).then_some(ss);
+        self.last_soft_state = ss;
+        self.ready_outstanding = true;
+        let token = ReadyToken {
+            persisted: entries.last().map(|e| (e.index, e.term)),
+            applied: committed_entries.last().map(|e| e.index),
+        };
+        Ready {
+            messages: std::mem::take(&mut self.msgs),
+            hard_state,
+            entries,
+            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+            dropped_reads: std::mem::take(&mut self.dropped_reads),
+            soft_state,
+            token,
+        }
+    }
+
+    /// Confirms that a Ready was handled: its entries are durable and its
+    /// committed entries applied.
+    pub fn advance(&mut self, token: ReadyToken) {
+        self.ready_outstanding = false;
+        if let Some((index, term)) = token.persisted {
+            self.log.persisted_to(index, term);
+            if self.is_leader() {
+                self.maybe_commit();
+            }
+        }
+        if let Some(applied) = token.applied
+            && applied > self.log.applied
+        {
+            self.log.applied = applied;
+        }
+    }
+
+    // ----- elections ---------------------------------------------------------
+
+    fn can_campaign(&self) -> bool {
+        self.membership.is_voter(self.config.id)
+    }
+
+    fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_timeout_min_ticks
+    }
+
+    fn campaign(&mut self) {
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    fn reset_timers(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.randomized_timeout = self.rng.range(
+            self.config.election_timeout_min_ticks,
+            self.config.election_timeout_max_ticks,
+        );
+    }
+
+    fn abandon_leadership(&mut self) {
+        if let Role::Leader(l) = &mut self.role {
+            let dropped = l.reads.drain_all();
+            self.dropped_reads.extend(dropped);
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.abandon_leadership();
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.reset_timers();
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.abandon_leadership();
+        self.role = Role::PreCandidate {
+            votes: BTreeMap::new(),
+        };
+        self.leader = None;
+        self.reset_timers();
+        self.request_votes(true);
+    }
+
+    fn become_candidate(&mut self) {
+        self.abandon_leadership();
+        self.term = self.term.next();
+        self.vote = Some(self.config.id);
+        self.leader = None;
+        self.role = Role::Candidate {
+            votes: BTreeMap::new(),
+        };
+        self.reset_timers();
+        self.request_votes(false);
+    }
+
+    fn request_votes(&mut self, pre: bool) {
+        let me = self.config.id;
+        // Our own vote counts first; a single-voter cluster wins at once.
+        self.record_vote(me, true, pre);
+        if !matches!(
+            self.role,
+            Role::PreCandidate { .. } | Role::Candidate { .. }
+        ) {
+            return;
+        }
+        let term = if pre { self.term.next() } else { self.term };
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let voters: Vec<NodeId> = self
+            .membership
+            .voters
+            .union(&self.membership.voters_outgoing)
+            .copied()
+            .filter(|n| *n != me)
+            .collect();
+        for to in voters {
+            let body = if pre {
+                Body::PreVote {
+                    last_index,
+                    last_term,
+                }
+            } else {
+                Body::Vote {
+                    last_index,
+                    last_term,
+                }
+            };
+            // Vote requests promise our own vote and term: after persist.
+            self.msgs_after_persist.push(Message {
+                from: me,
+                to,
+                term,
+                body,
+            });
+        }
+    }
+
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        last_index: LogIndex,
+        last_term: Term,
+        pre: bool,
+    ) {
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre && msg_term > self.term);
+        #[cfg(feature = "planted-bugs")]
+        let up_to_date = self.config.has_bug(PlantedBug::VoteWithoutLogCheck)
+            || self.log.is_up_to_date(last_index, last_term);
+        #[cfg(not(feature = "planted-bugs"))]
+        let up_to_date = self.log.is_up_to_date(last_index, last_term);
+        let granted = can_vote && up_to_date;
+        if pre {
+            // A granted pre-vote answers in the term asked about, so the
+            // pre-candidate counts it; a refusal carries our own term.
+            let term = if granted { msg_term } else { self.term };
+            self.msgs_after_persist.push(Message {
+                from: self.config.id,
+                to: from,
+                term,
+                body: Body::PreVoteResponse { granted },
+            });
+            return;
+        }
+        if granted {
+            self.vote = Some(from);
+            self.election_elapsed = 0;
+        }
+        let msg = Message {
+            from: self.config.id,
+            to: from,
+            term: self.term,
+            body: Body::VoteResponse { granted },
+        };
+        #[cfg(feature = "planted-bugs")]
+        if self.config.has_bug(PlantedBug::VoteBeforePersist) {
+            self.msgs.push(msg);
+            return;
+        }
+        // The vote must be durable before it leaves the node (invariant 1).
+        self.msgs_after_persist.push(msg);
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, granted: bool, pre: bool) {
+        match (&self.role, pre) {
+            (Role::PreCandidate { .. }, true) | (Role::Candidate { .. }, false) => {
+                self.record_vote(from, granted, pre)
+            }
+            _ => {}
+        }
+    }
+
+    fn record_vote(&mut self, from: NodeId, granted: bool, pre: bool) {
+        let result = match &mut self.role {
+            Role::PreCandidate { votes } | Role::Candidate { votes } => {
+                votes.entry(from).or_insert(granted);
+                self.membership.vote_result(votes)
+            }
+            _ => return,
+        };
+        match result {
+            VoteResult::Won if pre => self.become_candidate(),
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            VoteResult::Pending => {}
+        }
+    }
+
+    fn become_leader(&mut self) {
+        let last = self.log.last_index();
+        let me = self.config.id;
+        let progress = self
+            .membership
+            .replication_targets()
+            .into_iter()
+            .filter(|n| *n != me)
+            .map(|n| (n, Progress::new(last)))
+            .collect();
+        self.role = Role::Leader(Box::new(LeaderState {
+            progress,
+            committed_in_term: false,
+            reads: ReadQueue::default(),
+        }));
+        self.leader = Some(me);
+        self.reset_timers();
+        // A no-op in the new term commits everything before it (§3.6.2) and
+        // lets ReadIndex start (§6.4).
+        self.log.append_own(Entry {
+            index: last.next(),
+            term: self.term,
+            payload: EntryPayload::Blank,
+        });
+    }
+
+    // ----- leader ------------------------------------------------------------
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_timeout_min_ticks {
+            self.election_elapsed = 0;
+            if self.config.check_quorum {
+                let me = self.config.id;
+                let Role::Leader(l) = &mut self.role else {
+                    unreachable!()
+                };
+                let active = self
+                    .membership
+                    .has_quorum(|n| n == me || l.progress.get(&n).is_some_and(|p| p.recent_active));
+                for p in l.progress.values_mut() {
+                    p.recent_active = false;
+                }
+                if !active {
+                    let term = self.term;
+                    self.become_follower(term, None);
+                    return;
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let me = self.config.id;
+        let (term, committed) = (self.term, self.log.committed);
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let read_round = l.reads.current_round_id();
+        for (peer, p) in &l.progress {
+            self.msgs.push(Message {
+                from: me,
+                to: *peer,
+                term,
+                body: Body::Heartbeat {
+                    commit: p.match_index.min(committed),
+                    read_round,
+                },
+            });
+        }
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, outcome: AppendOutcome) {
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let Some(p) = l.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        match outcome {
+            AppendOutcome::Accepted { match_index } => {
+                if p.on_ack(match_index) {
+                    self.maybe_commit();
+                }
+            }
+            AppendOutcome::Rejected {
+                rejected,
+                hint_index,
+                hint_term,
+            } => {
+                let probe_from = if hint_term > Term(0) {
+                    self.log.find_conflict_by_term(hint_index, hint_term).0
+                } else {
+                    hint_index
+                };
+                p.on_reject(rejected, probe_from);
+            }
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        let me = self.config.id;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let Some(p) = l.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        p.on_heartbeat_response();
+        if read_round != 0
+            && let Some(round) = &mut l.reads.round
+            && round.id == read_round
+        {
+            if self.membership.is_voter(from) {
+                round.acks.insert(from);
+            }
+            if self
+                .membership
+                .has_quorum(|n| n == me || round.acks.contains(&n))
+            {
+                let round = l.reads.round.take().expect("round checked above");
+                self.read_states
+                    .extend(round.ctxs.into_iter().map(|ctx| ReadState {
+                        ctx,
+                        index: round.index,
+                    }));
+            }
+        }
+    }
+
+    fn maybe_commit(&mut self) {
+        let me = self.config.id;
+        let persisted = self.log.persisted;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let index = self.membership.committed_index(|n| {
+            if n == me {
+                persisted
+            } else {
+                l.progress.get(&n).map_or(LogIndex(0), |p| p.match_index)
+            }
+        });
+        if index <= self.log.committed {
+            return;
+        }
+        let own_term = self.log.term(index) == Some(self.term);
+        #[cfg(feature = "planted-bugs")]
+        let own_term = own_term || self.config.has_bug(PlantedBug::CommitPreviousTermByCount);
+        // Only entries of the current term commit by counting (§3.6.2).
+        if own_term {
+            self.log.commit_to(index);
+            if self.log.term(index) == Some(self.term) {
+                l.committed_in_term = true;
+            }
+        }
+    }
+
+    /// Sends what the leader owes its followers: appends within each
+    /// follower's window, commit updates, and ReadIndex rounds.
+    fn flush_leader_output(&mut self) {
+        let me = self.config.id;
+        let term = self.term;
+        let committed = self.log.committed;
+        let max_inflight = self.config.max_inflight_appends;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let last = self.log.last_index();
+        for (peer, p) in l.progress.iter_mut() {
+            while p.can_send(max_inflight) {
+                let probing = matches!(p.state, progress::ProgressState::Probe { .. });
+                let prev = p.next_index.prev();
+                let Some(prev_term) = self.log.term(prev) else {
+                    // Entries below our snapshot: needs InstallSnapshot, which
+                    // arrives with log compaction. Nothing is compacted yet.
+                    break;
+                };
+                let entries = if p.next_index <= last {
+                    self.log.slice(
+                        p.next_index,
+                        last,
+                        self.config.max_append_entries,
+                        self.config.max_append_bytes,
+                    )
+                } else if probing || committed > p.commit_sent {
+                    Vec::new()
+                } else {
+                    break;
+                };
+                let sent_last = entries.last().map_or(prev, |e| e.index);
+                let empty = entries.is_empty();
+                self.msgs.push(Message {
+                    from: me,
+                    to: *peer,
+                    term,
+                    body: Body::Append {
+                        prev_index: prev,
+                        prev_term,
+                        entries,
+                        commit: committed,
+                    },
+                });
+                p.commit_sent = committed;
+                if empty && !probing {
+                    break; // A commit-only update takes no window slot.
+                }
+                p.on_sent(sent_last);
+                if probing {
+                    break;
+                }
+            }
+        }
+        if l.committed_in_term
+            && let Some(round_id) = l.reads.start_round(committed, me)
+        {
+            if self.membership.has_quorum(|n| n == me) {
+                let round = l.reads.round.take().expect("round just started");
+                self.read_states
+                    .extend(round.ctxs.into_iter().map(|ctx| ReadState {
+                        ctx,
+                        index: round.index,
+                    }));
+            } else {
+                for peer in l.progress.keys() {
+                    let commit = l.progress[peer].match_index.min(committed);
+                    self.msgs.push(Message {
+                        from: me,
+                        to: *peer,
+                        term,
+                        body: Body::Heartbeat {
+                            commit,
+                            read_round: round_id,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    // ----- follower ----------------------------------------------------------
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: LogIndex,
+        prev_term: Term,
+        entries: &[Entry],
+        commit: LogIndex,
+    ) {
+        if prev_index < self.log.committed {
+            // Everything up to our commit index matches the leader's log.
+            let match_index = self.log.committed;
+            self.send_after_persist(
+                from,
+                Body::AppendResponse(AppendOutcome::Accepted { match_index }),
+            );
+            return;
+        }
+        if self.log.matches(prev_index, prev_term) {
+            let last_new = self.log.append_from_leader(prev_index, entries);
+            self.log.commit_to(commit.min(last_new));
+            self.send_after_persist(
+                from,
+                Body::AppendResponse(AppendOutcome::Accepted {
+                    match_index: last_new,
+                }),
+            );
+        } else {
+            let (hint_index, hint_term) = self.log.find_conflict_by_term(prev_index, prev_term);
+            self.send_after_persist(
+                from,
+                Body::AppendResponse(AppendOutcome::Rejected {
+                    rejected: prev_index,
+                    hint_index,
+                    hint_term,
+                }),
+            );
+        }
+    }
+
+    fn send_after_persist(&mut self, to: NodeId, body: Body) {
+        self.msgs_after_persist.push(Message {
+            from: self.config.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role(),
+            leader: self.leader,
+            term: self.term,
+        }
+    }
+}

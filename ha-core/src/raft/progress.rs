@@ -1,0 +1,213 @@
+//! What a leader knows about one follower's log, and how fast it may send.
+//!
+//! A follower is in one of two states (after etcd's flow control):
+//! - `Probe`: the leader does not know where the follower's log diverges. It
+//!   sends one append at a time and waits for an answer (or the next
+//!   heartbeat response) before sending another.
+//! - `Replicate`: the follower accepted the last append; the leader streams
+//!   appends optimistically (pipelining), at most `max_inflight` at once.
+//!
+//! Invariants:
+//! 1. `match_index < next_index`.
+//! 2. In `Replicate`, the in-flight queue holds strictly increasing last
+//!    indexes, each `< next_index`, and never more than `max_inflight` of them.
+//! 3. `match_index` never decreases while this node stays leader.
+
+use std::collections::VecDeque;
+
+use crate::types::LogIndex;
+
+/// The replication state of one follower (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// Searching for the point where the logs agree.
+    Probe {
+        /// An append is out and unanswered; send nothing more until it is
+        /// answered or a heartbeat response arrives.
+        paused: bool,
+    },
+    /// Streaming appends, bounded by the in-flight window.
+    Replicate {
+        /// Last index of each unacknowledged append, oldest first.
+        inflight: VecDeque<LogIndex>,
+    },
+}
+
+/// The leader's view of one follower.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Highest index known to be replicated on the follower.
+    pub match_index: LogIndex,
+    /// Next index to send.
+    pub next_index: LogIndex,
+    /// Flow-control state.
+    pub state: ProgressState,
+    /// Whether the follower has been heard from since the last CheckQuorum
+    /// round (dissertation §6.2).
+    pub recent_active: bool,
+    /// The highest commit index this follower has been told, so the leader
+    /// can tell it about a newer one without waiting for a heartbeat.
+    pub commit_sent: LogIndex,
+}
+
+impl Progress {
+    /// A fresh progress for a new leader: probe from just after the leader's log.
+    pub fn new(leader_last: LogIndex) -> Progress {
+        Progress {
+            match_index: LogIndex(0),
+            next_index: leader_last.next(),
+            state: ProgressState::Probe { paused: false },
+            recent_active: false,
+            commit_sent: LogIndex(0),
+        }
+    }
+
+    /// Whether the leader may send another append now.
+    pub fn can_send(&self, max_inflight: usize) -> bool {
+        match &self.state {
+            ProgressState::Probe { paused } => !paused,
+            ProgressState::Replicate { inflight } => inflight.len() < max_inflight,
+        }
+    }
+
+    /// Records that an append ending at `last` was sent.
+    pub fn on_sent(&mut self, last: LogIndex) {
+        match &mut self.state {
+            ProgressState::Probe { paused } => {
+                *paused = true;
+            }
+            ProgressState::Replicate { inflight } => {
+                if last >= self.next_index {
+                    self.next_index = last.next();
+                }
+                inflight.push_back(last);
+            }
+        }
+    }
+
+    /// The follower acknowledged everything up to `index`. Returns whether
+    /// `match_index` moved.
+    pub fn on_ack(&mut self, index: LogIndex) -> bool {
+        let updated = index > self.match_index;
+        if updated {
+            self.match_index = index;
+        }
+        if self.next_index <= index {
+            self.next_index = index.next();
+        }
+        match &mut self.state {
+            ProgressState::Probe { .. } => {
+                // The logs agree up to `index`: start streaming.
+                self.state = ProgressState::Replicate {
+                    inflight: VecDeque::new(),
+                };
+                self.next_index = self.match_index.next();
+            }
+            ProgressState::Replicate { inflight } => {
+                while inflight.front().is_some_and(|l| *l <= index) {
+                    inflight.pop_front();
+                }
+            }
+        }
+        updated
+    }
+
+    /// The follower rejected an append whose previous entry was `rejected`;
+    /// `probe_from` is the leader's best guess (from the follower's hint) of
+    /// the last index where the logs may agree. Returns false when the
+    /// rejection is stale and was ignored.
+    pub fn on_reject(&mut self, rejected: LogIndex, probe_from: LogIndex) -> bool {
+        match &self.state {
+            ProgressState::Replicate { .. } => {
+                if rejected <= self.match_index {
+                    return false;
+                }
+                // Drop the window and search again from what is known to match.
+                self.state = ProgressState::Probe { paused: false };
+                self.next_index = self.match_index.next().max(probe_from.next().min(rejected));
+                true
+            }
+            ProgressState::Probe { .. } => {
+                if self.next_index.prev() != rejected {
+                    return false;
+                }
+                self.next_index = probe_from.next().min(rejected).max(self.match_index.next());
+                self.state = ProgressState::Probe { paused: false };
+                true
+            }
+        }
+    }
+
+    /// A heartbeat response proves the follower is alive: a paused probe may
+    /// try again.
+    pub fn on_heartbeat_response(&mut self) {
+        if let ProgressState::Probe { paused } = &mut self.state {
+            *paused = false;
+        }
+    }
+
+    /// The follower cannot be reached: fall back to probing.
+    pub fn on_unreachable(&mut self) {
+        if let ProgressState::Replicate { .. } = self.state {
+            self.state = ProgressState::Probe { paused: false };
+            self.next_index = self.match_index.next();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sends_one_then_waits() {
+        let mut p = Progress::new(LogIndex(10));
+        assert!(p.can_send(4));
+        p.on_sent(LogIndex(10));
+        assert!(!p.can_send(4));
+        p.on_heartbeat_response();
+        assert!(p.can_send(4));
+    }
+
+    #[test]
+    fn ack_moves_probe_to_replicate_and_window_bounds_sends() {
+        let mut p = Progress::new(LogIndex(10));
+        p.on_sent(LogIndex(10));
+        assert!(p.on_ack(LogIndex(10)));
+        assert!(matches!(p.state, ProgressState::Replicate { .. }));
+        assert_eq!(p.next_index, LogIndex(11));
+        p.on_sent(LogIndex(12));
+        p.on_sent(LogIndex(14));
+        assert!(!p.can_send(2));
+        assert_eq!(p.next_index, LogIndex(15));
+        p.on_ack(LogIndex(12));
+        assert!(p.can_send(2));
+        assert_eq!(p.match_index, LogIndex(12));
+        // A stale, older ack moves nothing.
+        assert!(!p.on_ack(LogIndex(11)));
+        assert_eq!(p.match_index, LogIndex(12));
+    }
+
+    #[test]
+    fn reject_in_probe_jumps_to_hint_but_not_below_match() {
+        let mut p = Progress::new(LogIndex(100));
+        p.on_sent(LogIndex(100));
+        // Rejected at prev=100, follower hints its log may agree up to 40.
+        assert!(p.on_reject(LogIndex(100), LogIndex(40)));
+        assert_eq!(p.next_index, LogIndex(41));
+        // A duplicate of the same rejection is stale now.
+        assert!(!p.on_reject(LogIndex(100), LogIndex(40)));
+    }
+
+    #[test]
+    fn reject_in_replicate_falls_back_to_probe() {
+        let mut p = Progress::new(LogIndex(5));
+        p.on_sent(LogIndex(5));
+        p.on_ack(LogIndex(5));
+        p.on_sent(LogIndex(9));
+        assert!(!p.on_reject(LogIndex(4), LogIndex(3)), "stale: below match");
+        assert!(p.on_reject(LogIndex(9), LogIndex(7)));
+        assert!(matches!(p.state, ProgressState::Probe { paused: false }));
+        assert_eq!(p.next_index, LogIndex(8));
+    }
+}
