@@ -1,1 +1,13 @@
-//! placeholder
+//! # ha-tests
+//!
+//! The deterministic simulator ([`sim`]) and, in `tests/`, the scenario and
+//! fuzzing tests that drive it. Later, integration tests that start real
+//! QUIC clusters live here too.
+//!
+//! ## Running the simulator
+//! - `cargo test --release -p ha-tests --test sim` runs the default seeds.
+//! - `HA_SIM_SEEDS=5000 cargo test --release -p ha-tests --test sim` runs more.
+//! - `HA_SIM_SEED=1234 cargo test --release -p ha-tests --test sim` replays
+//!   exactly one seed (a failure prints the seed to use).
+
+pub mod sim;

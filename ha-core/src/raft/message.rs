@@ -71,13 +71,15 @@ pub enum Body {
     Heartbeat {
         /// `min(follower's match index, leader's commit)`: always safe to apply.
         commit: LogIndex,
-        /// The ReadIndex round this heartbeat confirms (0: none).
-        read_round: u64,
+        /// The leader's heartbeat sequence number in this term. An answer to
+        /// it confirms every ReadIndex round started at or before it, and
+        /// tells the leader which appends this heartbeat overtook.
+        seq: u64,
     },
     /// Answer to a [`Body::Heartbeat`].
     HeartbeatResponse {
-        /// Echo of the heartbeat's `read_round`.
-        read_round: u64,
+        /// Echo of the heartbeat's `seq`.
+        seq: u64,
     },
 }
 

@@ -78,6 +78,8 @@ struct LeaderState {
     /// for it (dissertation §6.4 step 1).
     committed_in_term: bool,
     reads: ReadQueue,
+    /// Sequence number of the last heartbeat broadcast in this term.
+    heartbeat_seq: u64,
 }
 
 /// What the state the core was restarted from holds.
@@ -526,19 +528,17 @@ impl Raft {
                 self.election_elapsed = 0;
                 self.handle_append(m.from, prev_index, prev_term, &entries, commit);
             }
-            Body::Heartbeat { commit, read_round } => {
+            Body::Heartbeat { commit, seq } => {
                 if !matches!(self.role, Role::Follower) {
                     self.become_follower(m.term, Some(m.from));
                 }
                 self.leader = Some(m.from);
                 self.election_elapsed = 0;
                 self.log.commit_to(commit);
-                self.send_after_persist(m.from, Body::HeartbeatResponse { read_round });
+                self.send_after_persist(m.from, Body::HeartbeatResponse { seq });
             }
             Body::AppendResponse(outcome) => self.handle_append_response(m.from, outcome),
-            Body::HeartbeatResponse { read_round } => {
-                self.handle_heartbeat_response(m.from, read_round)
-            }
+            Body::HeartbeatResponse { seq } => self.handle_heartbeat_response(m.from, seq),
         }
         Ok(())
     }
@@ -821,6 +821,7 @@ impl Raft {
             progress,
             committed_in_term: false,
             reads: ReadQueue::default(),
+            heartbeat_seq: 0,
         }));
         self.leader = Some(me);
         self.reset_timers();
@@ -864,13 +865,15 @@ impl Raft {
         }
     }
 
-    fn broadcast_heartbeat(&mut self) {
+    /// Sends a heartbeat to every follower; returns its sequence number.
+    fn broadcast_heartbeat(&mut self) -> u64 {
         let me = self.config.id;
         let (term, committed) = (self.term, self.log.committed);
         let Role::Leader(l) = &mut self.role else {
-            return;
+            return 0;
         };
-        let read_round = l.reads.current_round_id();
+        l.heartbeat_seq += 1;
+        let seq = l.heartbeat_seq;
         for (peer, p) in &l.progress {
             self.msgs.push(Message {
                 from: me,
@@ -878,10 +881,11 @@ impl Raft {
                 term,
                 body: Body::Heartbeat {
                     commit: p.match_index.min(committed),
-                    read_round,
+                    seq,
                 },
             });
         }
+        seq
     }
 
     fn handle_append_response(&mut self, from: NodeId, outcome: AppendOutcome) {
@@ -913,7 +917,7 @@ impl Raft {
         }
     }
 
-    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+    fn handle_heartbeat_response(&mut self, from: NodeId, seq: u64) {
         let me = self.config.id;
         let Role::Leader(l) = &mut self.role else {
             return;
@@ -922,10 +926,9 @@ impl Raft {
             return;
         };
         p.recent_active = true;
-        p.on_heartbeat_response();
-        if read_round != 0
-            && let Some(round) = &mut l.reads.round
-            && round.id == read_round
+        p.on_heartbeat_response(seq);
+        if let Some(round) = &mut l.reads.round
+            && round.heartbeat_seq <= seq
         {
             if self.membership.is_voter(from) {
                 round.acks.insert(from);
@@ -983,7 +986,25 @@ impl Raft {
             return;
         };
         let last = self.log.last_index();
+        let heartbeat_seq = l.heartbeat_seq;
         for (peer, p) in l.progress.iter_mut() {
+            if std::mem::take(&mut p.liveness_probe) {
+                let prev = p.next_index.prev();
+                if let Some(prev_term) = self.log.term(prev) {
+                    self.msgs.push(Message {
+                        from: me,
+                        to: *peer,
+                        term,
+                        body: Body::Append {
+                            prev_index: prev,
+                            prev_term,
+                            entries: Vec::new(),
+                            commit: committed,
+                        },
+                    });
+                    p.commit_sent = committed;
+                }
+            }
             while p.can_send(max_inflight) {
                 let probing = matches!(p.state, progress::ProgressState::Probe { .. });
                 let prev = p.next_index.prev();
@@ -1021,36 +1042,29 @@ impl Raft {
                 if empty && !probing {
                     break; // A commit-only update takes no window slot.
                 }
-                p.on_sent(sent_last);
+                p.on_sent(sent_last, heartbeat_seq);
                 if probing {
                     break;
                 }
             }
         }
-        if l.committed_in_term
-            && let Some(round_id) = l.reads.start_round(committed, me)
-        {
-            if self.membership.has_quorum(|n| n == me) {
-                let round = l.reads.round.take().expect("round just started");
-                self.read_states
-                    .extend(round.ctxs.into_iter().map(|ctx| ReadState {
-                        ctx,
-                        index: round.index,
-                    }));
-            } else {
-                for peer in l.progress.keys() {
-                    let commit = l.progress[peer].match_index.min(committed);
-                    self.msgs.push(Message {
-                        from: me,
-                        to: *peer,
-                        term,
-                        body: Body::Heartbeat {
-                            commit,
-                            read_round: round_id,
-                        },
-                    });
-                }
-            }
+        if !(l.committed_in_term && l.reads.can_start_round()) {
+            return;
+        }
+        // A ReadIndex round: a fresh heartbeat proves leadership after every
+        // waiting request arrived (dissertation §6.4 step 2).
+        if self.membership.has_quorum(|n| n == me) {
+            let ctxs = std::mem::take(&mut l.reads.waiting);
+            self.read_states
+                .extend(ctxs.into_iter().map(|ctx| ReadState {
+                    ctx,
+                    index: committed,
+                }));
+            return;
+        }
+        let seq = self.broadcast_heartbeat();
+        if let Role::Leader(l) = &mut self.role {
+            l.reads.start_round(committed, me, seq);
         }
     }
 

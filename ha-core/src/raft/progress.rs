@@ -28,8 +28,9 @@ pub enum ProgressState {
     },
     /// Streaming appends, bounded by the in-flight window.
     Replicate {
-        /// Last index of each unacknowledged append, oldest first.
-        inflight: VecDeque<LogIndex>,
+        /// Last index of each unacknowledged append, oldest first, with the
+        /// leader's heartbeat sequence number when it was sent.
+        inflight: VecDeque<(LogIndex, u64)>,
     },
 }
 
@@ -48,6 +49,11 @@ pub struct Progress {
     /// The highest commit index this follower has been told, so the leader
     /// can tell it about a newer one without waiting for a heartbeat.
     pub commit_sent: LogIndex,
+    /// Send an empty append at `next_index - 1` outside the window: an
+    /// append that a later heartbeat overtook was probably lost, and this
+    /// makes the follower answer with a rejection that restarts probing
+    /// instead of leaving the window stuck.
+    pub liveness_probe: bool,
 }
 
 impl Progress {
@@ -59,6 +65,7 @@ impl Progress {
             state: ProgressState::Probe { paused: false },
             recent_active: false,
             commit_sent: LogIndex(0),
+            liveness_probe: false,
         }
     }
 
@@ -70,8 +77,9 @@ impl Progress {
         }
     }
 
-    /// Records that an append ending at `last` was sent.
-    pub fn on_sent(&mut self, last: LogIndex) {
+    /// Records that an append ending at `last` was sent while the leader's
+    /// heartbeat sequence number was `heartbeat_seq`.
+    pub fn on_sent(&mut self, last: LogIndex, heartbeat_seq: u64) {
         match &mut self.state {
             ProgressState::Probe { paused } => {
                 *paused = true;
@@ -80,7 +88,7 @@ impl Progress {
                 if last >= self.next_index {
                     self.next_index = last.next();
                 }
-                inflight.push_back(last);
+                inflight.push_back((last, heartbeat_seq));
             }
         }
     }
@@ -104,7 +112,7 @@ impl Progress {
                 self.next_index = self.match_index.next();
             }
             ProgressState::Replicate { inflight } => {
-                while inflight.front().is_some_and(|l| *l <= index) {
+                while inflight.front().is_some_and(|(l, _)| *l <= index) {
                     inflight.pop_front();
                 }
             }
@@ -138,11 +146,19 @@ impl Progress {
         }
     }
 
-    /// A heartbeat response proves the follower is alive: a paused probe may
-    /// try again.
-    pub fn on_heartbeat_response(&mut self) {
-        if let ProgressState::Probe { paused } = &mut self.state {
-            *paused = false;
+    /// The follower answered heartbeat `seq`: a paused probe may try again,
+    /// and if that heartbeat was sent after the oldest unacknowledged append,
+    /// the append was overtaken and probably lost: free its window slot and
+    /// send a liveness probe.
+    pub fn on_heartbeat_response(&mut self, seq: u64) {
+        match &mut self.state {
+            ProgressState::Probe { paused } => *paused = false,
+            ProgressState::Replicate { inflight } => {
+                if inflight.front().is_some_and(|(_, sent_at)| *sent_at < seq) {
+                    self.liveness_probe = true;
+                    inflight.pop_front();
+                }
+            }
         }
     }
 
@@ -163,21 +179,21 @@ mod tests {
     fn probe_sends_one_then_waits() {
         let mut p = Progress::new(LogIndex(10));
         assert!(p.can_send(4));
-        p.on_sent(LogIndex(10));
+        p.on_sent(LogIndex(10), 0);
         assert!(!p.can_send(4));
-        p.on_heartbeat_response();
+        p.on_heartbeat_response(1);
         assert!(p.can_send(4));
     }
 
     #[test]
     fn ack_moves_probe_to_replicate_and_window_bounds_sends() {
         let mut p = Progress::new(LogIndex(10));
-        p.on_sent(LogIndex(10));
+        p.on_sent(LogIndex(10), 0);
         assert!(p.on_ack(LogIndex(10)));
         assert!(matches!(p.state, ProgressState::Replicate { .. }));
         assert_eq!(p.next_index, LogIndex(11));
-        p.on_sent(LogIndex(12));
-        p.on_sent(LogIndex(14));
+        p.on_sent(LogIndex(12), 0);
+        p.on_sent(LogIndex(14), 0);
         assert!(!p.can_send(2));
         assert_eq!(p.next_index, LogIndex(15));
         p.on_ack(LogIndex(12));
@@ -189,9 +205,25 @@ mod tests {
     }
 
     #[test]
+    fn an_append_overtaken_by_a_heartbeat_frees_its_slot_and_probes() {
+        let mut p = Progress::new(LogIndex(1));
+        p.on_sent(LogIndex(1), 0);
+        p.on_ack(LogIndex(1));
+        p.on_sent(LogIndex(5), 3);
+        // The answer to heartbeat 3 (sent before the append) says nothing.
+        p.on_heartbeat_response(3);
+        assert!(!p.liveness_probe);
+        assert!(!p.can_send(1));
+        // Heartbeat 4 was sent after the append and came back first.
+        p.on_heartbeat_response(4);
+        assert!(p.liveness_probe);
+        assert!(p.can_send(1));
+    }
+
+    #[test]
     fn reject_in_probe_jumps_to_hint_but_not_below_match() {
         let mut p = Progress::new(LogIndex(100));
-        p.on_sent(LogIndex(100));
+        p.on_sent(LogIndex(100), 0);
         // Rejected at prev=100, follower hints its log may agree up to 40.
         assert!(p.on_reject(LogIndex(100), LogIndex(40)));
         assert_eq!(p.next_index, LogIndex(41));
@@ -202,9 +234,9 @@ mod tests {
     #[test]
     fn reject_in_replicate_falls_back_to_probe() {
         let mut p = Progress::new(LogIndex(5));
-        p.on_sent(LogIndex(5));
+        p.on_sent(LogIndex(5), 0);
         p.on_ack(LogIndex(5));
-        p.on_sent(LogIndex(9));
+        p.on_sent(LogIndex(9), 0);
         assert!(!p.on_reject(LogIndex(4), LogIndex(3)), "stale: below match");
         assert!(p.on_reject(LogIndex(9), LogIndex(7)));
         assert!(matches!(p.state, ProgressState::Probe { paused: false }));

@@ -7,7 +7,9 @@
 //! Invariants:
 //! 1. A round's `index` is the leader's commit index when the round started,
 //!    and every request in the round arrived before it started.
-//! 2. At most one round is in flight; round ids strictly increase.
+//! 2. At most one round is in flight. It is confirmed by answers to
+//!    heartbeats with a sequence number at or above the heartbeat broadcast
+//!    when it started (those heartbeats left after the requests arrived).
 
 use std::collections::BTreeSet;
 
@@ -24,7 +26,8 @@ pub struct ReadState {
 
 #[derive(Debug)]
 pub(crate) struct ReadRound {
-    pub id: u64,
+    /// The heartbeat broadcast that started the round.
+    pub heartbeat_seq: u64,
     pub index: LogIndex,
     pub ctxs: Vec<u64>,
     pub acks: BTreeSet<NodeId>,
@@ -37,8 +40,6 @@ pub(crate) struct ReadQueue {
     pub waiting: Vec<u64>,
     /// The round in flight.
     pub round: Option<ReadRound>,
-    /// Id of the last round started.
-    pub last_round_id: u64,
 }
 
 impl ReadQueue {
@@ -46,26 +47,22 @@ impl ReadQueue {
         self.waiting.len() + self.round.as_ref().map_or(0, |r| r.ctxs.len())
     }
 
-    /// Starts a round for everything waiting, if none is in flight.
-    pub fn start_round(&mut self, index: LogIndex, me: NodeId) -> Option<u64> {
-        if self.round.is_some() || self.waiting.is_empty() {
-            return None;
-        }
-        self.last_round_id += 1;
+    /// Whether a new round should start now.
+    pub fn can_start_round(&self) -> bool {
+        self.round.is_none() && !self.waiting.is_empty()
+    }
+
+    /// Starts a round for everything waiting, confirmed by heartbeat
+    /// `heartbeat_seq` or later.
+    pub fn start_round(&mut self, index: LogIndex, me: NodeId, heartbeat_seq: u64) {
         let mut acks = BTreeSet::new();
         acks.insert(me);
         self.round = Some(ReadRound {
-            id: self.last_round_id,
+            heartbeat_seq,
             index,
             ctxs: std::mem::take(&mut self.waiting),
             acks,
         });
-        Some(self.last_round_id)
-    }
-
-    /// The round id heartbeats should carry now (0: none).
-    pub fn current_round_id(&self) -> u64 {
-        self.round.as_ref().map_or(0, |r| r.id)
     }
 
     /// Every request, waiting or in a round, for the driver to fail.

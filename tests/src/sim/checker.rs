@@ -1,0 +1,178 @@
+//! The safety properties of Raft (dissertation Figure 3.2), checked as the
+//! simulation runs.
+//!
+//! Owns: a global record of what any node ever led, persisted, committed and
+//! applied. Every observation is checked against it at once, so a violation
+//! is reported at the event that caused it.
+//!
+//! Properties:
+//! 1. Election Safety: at most one leader per term.
+//! 2. Log Matching: two entries with the same index and term carry the same
+//!    payload and follow entries of the same term (which, by induction, makes
+//!    the logs identical up to them).
+//! 3. Leader Completeness: a leader's log holds every entry committed before
+//!    it, and every entry committed later in an earlier term.
+//! 4. State Machine Safety: no two nodes apply different entries at one index.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ha_core::raft::Raft;
+use ha_core::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+
+/// A digest of an entry's payload: equal payloads give equal digests.
+pub fn payload_digest(payload: &EntryPayload) -> u64 {
+    match payload {
+        EntryPayload::Blank => 0,
+        EntryPayload::Command(b) => {
+            // FNV-1a over the bytes; commands in the simulator are unique ids.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for x in b.iter() {
+                h ^= u64::from(*x);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            h | 1
+        }
+        EntryPayload::Membership(_) => 2,
+    }
+}
+
+/// The global record (see the module docs).
+#[derive(Default)]
+pub struct Checker {
+    leaders: BTreeMap<Term, NodeId>,
+    /// (index, term) -> (payload digest, term of the previous entry).
+    entries: HashMap<(LogIndex, Term), (u64, Term)>,
+    /// index -> term of the entry committed there.
+    committed: Vec<Term>,
+    /// index -> (term, digest) of the entry applied there.
+    applied: Vec<(Term, u64)>,
+}
+
+impl Checker {
+    /// Highest index known committed anywhere.
+    pub fn max_committed(&self) -> LogIndex {
+        LogIndex(self.committed.len() as u64)
+    }
+
+    /// A node became leader of `raft.term()`.
+    pub fn on_leader(&mut self, raft: &Raft) -> Result<(), String> {
+        let (term, id) = (raft.term(), raft.id());
+        if let Some(other) = self.leaders.insert(term, id)
+            && other != id
+        {
+            return Err(format!(
+                "Election Safety: nodes {other} and {id} are both leader of term {term}"
+            ));
+        }
+        // Everything committed so far must be in the new leader's log.
+        for (k, t) in self.committed.iter().enumerate() {
+            let index = LogIndex(k as u64 + 1);
+            if raft.term_at(index) != Some(*t) {
+                return Err(format!(
+                    "Leader Completeness: new leader {id} of term {term} lacks committed \
+                     entry {index}@{t} (it has {:?})",
+                    raft.term_at(index)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A node persisted `entries`; `prev_term` of the first is given.
+    pub fn on_persist(
+        &mut self,
+        node: NodeId,
+        raft: &Raft,
+        entries: &[Entry],
+    ) -> Result<(), String> {
+        for e in entries {
+            let prev_term = raft.term_at(e.index.prev()).unwrap_or(Term(0));
+            let digest = payload_digest(&e.payload);
+            match self.entries.get(&(e.index, e.term)) {
+                None => {
+                    self.entries.insert((e.index, e.term), (digest, prev_term));
+                }
+                Some(&(d, p)) if d == digest && p == prev_term => {}
+                Some(&(d, p)) => {
+                    return Err(format!(
+                        "Log Matching: node {node} has entry {}@{} with payload {digest:x} after \
+                         term {prev_term}, but another node has payload {d:x} after term {p}",
+                        e.index, e.term
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node's commit index moved from `old` to `raft.commit_index()`.
+    pub fn on_commit(
+        &mut self,
+        raft: &Raft,
+        old: LogIndex,
+        leaders: &[&Raft],
+    ) -> Result<(), String> {
+        let node = raft.id();
+        let new = raft.commit_index();
+        let mut i = old.next();
+        while i <= new {
+            let Some(t) = raft.term_at(i) else {
+                return Err(format!(
+                    "node {node} committed index {i} that it does not hold"
+                ));
+            };
+            let k = (i.0 - 1) as usize;
+            if k < self.committed.len() {
+                if self.committed[k] != t {
+                    return Err(format!(
+                        "State Machine Safety: node {node} committed {i}@{t} but {i}@{} was \
+                         committed before",
+                        self.committed[k]
+                    ));
+                }
+            } else {
+                // `committed` stays a dense prefix: indexes commit in order on
+                // every node, and this node holds every index up to `new`.
+                debug_assert_eq!(k, self.committed.len());
+                self.committed.push(t);
+                for l in leaders {
+                    if l.term() > t && l.term_at(i) != Some(t) {
+                        return Err(format!(
+                            "Leader Completeness: leader {} of term {} lacks {i}@{t}, committed \
+                             by node {node}",
+                            l.id(),
+                            l.term()
+                        ));
+                    }
+                }
+            }
+            i = i.next();
+        }
+        Ok(())
+    }
+
+    /// A node applied `e`.
+    pub fn on_apply(&mut self, node: NodeId, e: &Entry) -> Result<(), String> {
+        let digest = payload_digest(&e.payload);
+        let k = (e.index.0 - 1) as usize;
+        if k < self.applied.len() {
+            let (t, d) = self.applied[k];
+            if (t, d) != (e.term, digest) {
+                return Err(format!(
+                    "State Machine Safety: node {node} applied {}@{} ({digest:x}) but another \
+                     node applied {}@{t} ({d:x})",
+                    e.index, e.term, e.index
+                ));
+            }
+        } else if k == self.applied.len() {
+            self.applied.push((e.term, digest));
+        } else {
+            return Err(format!(
+                "node {node} applied index {} before index {}",
+                e.index,
+                self.applied.len() + 1
+            ));
+        }
+        Ok(())
+    }
+}

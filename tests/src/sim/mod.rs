@@ -1,0 +1,1127 @@
+//! A deterministic simulator that runs a cluster of Raft cores and tries to
+//! break them.
+//!
+//! Owns: a logical clock, a seeded random generator, a network that drops,
+//! delays, duplicates, reorders and partitions (also one-way), crashes that
+//! lose everything not yet persisted, restarts from persisted state, clients
+//! that propose commands and linearizable reads, and the [`Checker`] that
+//! tests the Raft safety properties after every event.
+//!
+//! Everything is a function of the seed: rerunning a seed replays the run
+//! event for event. A failure carries the seed and the last events.
+//!
+//! The simulator plays the node driver's part exactly as the `Ready` docs
+//! prescribe: send `messages`, persist (append, hard state, sync), send
+//! `persisted_messages`, apply, `advance`. A crash can strike between the
+//! first send and the persist, which is where an unpersisted vote would leak.
+//!
+//! Invariants:
+//! 1. Node `k` (0-based) has id `k + 1`.
+//! 2. A crashed node has no core and no state machine; only its store's
+//!    durable part survives.
+
+pub mod checker;
+mod trace;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use ha_core::raft::rng::SplitMix64;
+use ha_core::raft::{Body, Config, InitialState, Membership, Message, Raft, RoleKind};
+use ha_core::storage::{LogStore, MemLogStore};
+use ha_core::types::{EntryPayload, LogIndex, NodeId, Term};
+
+pub use checker::Checker;
+pub use ha_core::raft::PlantedBug as Bug;
+use trace::{Trace, TraceEvent};
+
+/// Where fresh command ids start; tests pick their own ids below it.
+pub const FRESH_CMD_BASE: u64 = 1 << 48;
+
+/// How hostile the world is. All probabilities are per tick unless noted.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// Probability a message is lost.
+    pub drop: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Messages take `0..=max_delay_ticks` ticks (random per message, so
+    /// they also reorder).
+    pub max_delay_ticks: u64,
+    /// Probability the partition changes this tick.
+    pub partition: f64,
+    /// Probability a live node crashes this tick.
+    pub crash: f64,
+    /// Probability the node leading the highest term crashes this tick
+    /// (leaders are the interesting victims: the Figure 8 scenario of the
+    /// Raft paper needs a chain of leaders failing mid-replication).
+    pub crash_leader: f64,
+    /// Probability the leader of the highest term is cut off this tick.
+    pub isolate_leader: f64,
+    /// Probability, per Ready, that a node crashes after sending its
+    /// immediate messages and before persisting.
+    pub crash_before_persist: f64,
+    /// A crashed node restarts after `1..=max_down_ticks` ticks.
+    pub max_down_ticks: u64,
+}
+
+impl Faults {
+    /// A perfect network and no crashes.
+    pub fn none() -> Faults {
+        Faults {
+            drop: 0.0,
+            duplicate: 0.0,
+            max_delay_ticks: 0,
+            partition: 0.0,
+            crash: 0.0,
+            crash_leader: 0.0,
+            isolate_leader: 0.0,
+            crash_before_persist: 0.0,
+            max_down_ticks: 0,
+        }
+    }
+
+    /// An unreliable network (drops, duplicates, long delays) without crashes.
+    pub fn unreliable() -> Faults {
+        Faults {
+            drop: 0.1,
+            duplicate: 0.05,
+            max_delay_ticks: 4,
+            ..Faults::none()
+        }
+    }
+}
+
+/// Settings of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Core settings template (the id and seed are filled per node).
+    pub raft: Config,
+    /// The fault profile.
+    pub faults: Faults,
+    /// Probability per tick that a client proposes a batch of commands.
+    pub propose: f64,
+    /// Probability per tick that a client asks for a linearizable read.
+    pub read: f64,
+    /// A bug to plant in every node.
+    pub bug: Option<Bug>,
+}
+
+impl SimConfig {
+    /// A quiet cluster of `nodes` with the given seed's core settings.
+    pub fn quiet(nodes: usize) -> SimConfig {
+        let mut raft = Config::new(NodeId(1));
+        raft.election_timeout_min_ticks = 10;
+        raft.election_timeout_max_ticks = 20;
+        raft.heartbeat_interval_ticks = 2;
+        SimConfig {
+            nodes,
+            raft,
+            faults: Faults::none(),
+            propose: 0.0,
+            read: 0.0,
+            bug: None,
+        }
+    }
+
+    /// The randomized configuration of one fuzzing seed: node count (3 or 5,
+    /// by the seed's parity), core options and fault rates all come from the
+    /// seed, so the seed alone reproduces the run.
+    pub fn for_seed(seed: u64) -> SimConfig {
+        let mut rng = SplitMix64::new(seed ^ 0xA5A5_5A5A_DEAD_BEEF);
+        let nodes = if seed.is_multiple_of(2) { 3 } else { 5 };
+        let mut c = SimConfig::quiet(nodes);
+        c.raft.pre_vote = rng.chance(0.7);
+        c.raft.check_quorum = rng.chance(0.7);
+        c.raft.max_inflight_appends = [1, 2, 4, 256][rng.range(0, 4) as usize];
+        c.raft.max_append_entries = [1, 1, 2, 3, 8, 64][rng.range(0, 6) as usize];
+        c.faults = Faults {
+            drop: [0.0, 0.01, 0.05, 0.15][rng.range(0, 4) as usize],
+            duplicate: [0.0, 0.02, 0.1][rng.range(0, 3) as usize],
+            max_delay_ticks: rng.range(0, 6),
+            partition: [0.005, 0.02, 0.05][rng.range(0, 3) as usize],
+            crash: [0.0, 0.002, 0.01][rng.range(0, 3) as usize],
+            crash_leader: [0.0, 0.005, 0.02][rng.range(0, 3) as usize],
+            isolate_leader: [0.0, 0.005, 0.02][rng.range(0, 3) as usize],
+            crash_before_persist: [0.0, 0.01, 0.05][rng.range(0, 3) as usize],
+            max_down_ticks: rng.range(1, 60),
+        };
+        c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
+        c.read = [0.0, 0.1, 0.3][rng.range(0, 3) as usize];
+        c
+    }
+}
+
+/// A failed run: what broke, and how to see it again.
+#[derive(Debug)]
+pub struct Failure {
+    /// The seed that reproduces the run.
+    pub seed: u64,
+    /// The property that broke.
+    pub violation: String,
+    /// The last events before it, oldest first.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "simulation failed: seed {}: {}",
+            self.seed, self.violation
+        )?;
+        writeln!(
+            f,
+            "reproduce with: HA_SIM_SEED={} cargo test --release -p ha-tests",
+            self.seed
+        )?;
+        writeln!(f, "last {} events:", self.trace.len())?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a finished run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Ticks simulated.
+    pub ticks: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Commands acknowledged to clients.
+    pub acknowledged: u64,
+    /// Reads served.
+    pub reads: u64,
+    /// Leaders elected.
+    pub elections: u64,
+    /// Crashes.
+    pub crashes: u64,
+}
+
+struct Packet {
+    deliver_at: u64,
+    seq: u64,
+    msg: Message,
+}
+
+struct PendingRead {
+    /// Highest index acknowledged to any client before the read was issued.
+    floor: LogIndex,
+    /// The read is served once applied reaches this index.
+    index: Option<LogIndex>,
+}
+
+struct SimNode {
+    id: NodeId,
+    raft: Option<Raft>,
+    store: MemLogStore,
+    /// The state machine: command ids applied, by index (lost on crash).
+    applied: BTreeMap<LogIndex, u64>,
+    /// Commands this node accepted as leader, awaiting application.
+    proposals: BTreeMap<LogIndex, (Term, u64)>,
+    reads: BTreeMap<u64, PendingRead>,
+    restart_at: Option<u64>,
+    /// Restarts so far (seeds each incarnation's core differently).
+    incarnation: u64,
+}
+
+/// The simulator (see the module docs).
+pub struct Sim {
+    seed: u64,
+    cfg: SimConfig,
+    rng: SplitMix64,
+    now: u64,
+    nodes: Vec<SimNode>,
+    net: Vec<Packet>,
+    next_seq: u64,
+    /// Directed links that drop everything: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes cut from everyone (a message passes only if neither end is
+    /// here and its link is not cut).
+    disconnected: BTreeSet<NodeId>,
+    checker: Checker,
+    trace: Trace,
+    next_cmd: u64,
+    next_read: u64,
+    /// Acknowledged commands: id -> index.
+    acked: BTreeMap<u64, LogIndex>,
+    max_acked_index: LogIndex,
+    /// Counts of messages sent, by body kind, for message-count tests.
+    pub sent: BTreeMap<&'static str, u64>,
+    stats: RunStats,
+    failure: Option<String>,
+    /// Reads served: ctx -> index.
+    served_reads: BTreeMap<u64, LogIndex>,
+}
+
+fn body_kind(b: &Body) -> &'static str {
+    match b {
+        Body::PreVote { .. } => "prevote",
+        Body::PreVoteResponse { .. } => "prevote-resp",
+        Body::Vote { .. } => "vote",
+        Body::VoteResponse { .. } => "vote-resp",
+        Body::Append { .. } => "append",
+        Body::AppendResponse(ha_core::raft::AppendOutcome::Accepted { .. }) => "append-ok",
+        Body::AppendResponse(ha_core::raft::AppendOutcome::Rejected { .. }) => "append-reject",
+        Body::Heartbeat { .. } => "heartbeat",
+        Body::HeartbeatResponse { .. } => "heartbeat-resp",
+    }
+}
+
+impl Sim {
+    /// A new cluster; every node starts as a follower with an empty log.
+    pub fn new(seed: u64, cfg: SimConfig) -> Sim {
+        let rng = SplitMix64::new(seed);
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 0,
+            nodes: Vec::new(),
+            net: Vec::new(),
+            next_seq: 0,
+            cut: BTreeSet::new(),
+            disconnected: BTreeSet::new(),
+            checker: Checker::default(),
+            trace: Trace::new(80),
+            next_cmd: FRESH_CMD_BASE,
+            next_read: 1,
+            acked: BTreeMap::new(),
+            max_acked_index: LogIndex(0),
+            sent: BTreeMap::new(),
+            stats: RunStats::default(),
+            failure: None,
+            served_reads: BTreeMap::new(),
+            cfg,
+        };
+        for k in 0..sim.cfg.nodes {
+            let id = NodeId(k as u64 + 1);
+            sim.nodes.push(SimNode {
+                id,
+                raft: None,
+                store: MemLogStore::new(),
+                applied: BTreeMap::new(),
+                proposals: BTreeMap::new(),
+                reads: BTreeMap::new(),
+                restart_at: None,
+                incarnation: 0,
+            });
+            sim.boot(k);
+        }
+        sim
+    }
+
+    fn membership(&self) -> Membership {
+        Membership::new_voters((1..=self.cfg.nodes as u64).map(NodeId))
+    }
+
+    fn boot(&mut self, k: usize) {
+        let membership = self.membership();
+        let node = &mut self.nodes[k];
+        let stored = node.store.load().expect("in-memory store loads");
+        let mut config = self.cfg.raft.clone();
+        config.id = node.id;
+        config.rng_seed = self.seed ^ (node.id.0 << 48) ^ (node.incarnation << 32);
+        config.planted_bug = self.cfg.bug;
+        let init = InitialState {
+            hard_state: stored.hard_state,
+            membership,
+            snapshot_last: stored.snapshot_last,
+            entries: stored.entries,
+        };
+        node.raft = Some(Raft::new(config, init).expect("stored state is valid"));
+        node.applied.clear();
+        node.proposals.clear();
+        node.reads.clear();
+        node.restart_at = None;
+    }
+
+    // ----- observation -------------------------------------------------------
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// Logical time in ticks.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+    /// The core of node `id`, if it is up.
+    pub fn raft(&self, id: NodeId) -> Option<&Raft> {
+        self.nodes[(id.0 - 1) as usize].raft.as_ref()
+    }
+    /// Whether node `id` is up.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.raft(id).is_some()
+    }
+    /// Ids of all nodes.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+    /// The command applied at `index` on node `id` (None if not applied or blank).
+    pub fn applied_at(&self, id: NodeId, index: LogIndex) -> Option<u64> {
+        self.nodes[(id.0 - 1) as usize].applied.get(&index).copied()
+    }
+    /// Highest index applied on node `id`.
+    pub fn applied_index(&self, id: NodeId) -> LogIndex {
+        self.raft(id).map_or(LogIndex(0), |r| r.applied_index())
+    }
+    /// Commands acknowledged to clients, with their indexes.
+    pub fn acknowledged(&self) -> &BTreeMap<u64, LogIndex> {
+        &self.acked
+    }
+    /// Statistics so far.
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+    /// The node that is leader of the highest term among live nodes, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref())
+            .filter(|r| r.is_leader())
+            .max_by_key(|r| r.term())
+            .map(|r| r.id())
+    }
+    /// Live leaders, per term.
+    pub fn leaders(&self) -> Vec<(Term, NodeId)> {
+        let mut v: Vec<_> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref())
+            .filter(|r| r.is_leader())
+            .map(|r| (r.term(), r.id()))
+            .collect();
+        v.sort();
+        v
+    }
+    /// Total messages sent so far.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent.values().sum()
+    }
+
+    // ----- control -----------------------------------------------------------
+
+    /// Replaces the fault profile.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.cfg.faults = faults;
+    }
+
+    /// Cuts `id` off from everyone until [`Sim::connect`].
+    pub fn disconnect(&mut self, id: NodeId) {
+        self.disconnected.insert(id);
+        self.trace
+            .push(self.now, TraceEvent::Partition(format!("disconnect {id}")));
+    }
+
+    /// Undoes [`Sim::disconnect`] (links cut one by one stay cut).
+    pub fn connect(&mut self, id: NodeId) {
+        self.disconnected.remove(&id);
+        self.trace
+            .push(self.now, TraceEvent::Partition(format!("connect {id}")));
+    }
+
+    /// Splits the cluster into `groups`: links between groups are cut, and a
+    /// node in no group is cut off from everyone.
+    pub fn partition(&mut self, groups: &[&[NodeId]]) {
+        self.cut.clear();
+        self.disconnected.clear();
+        let group_of = |n: NodeId| groups.iter().position(|g| g.contains(&n));
+        for a in self.ids() {
+            for b in self.ids() {
+                if a != b && (group_of(a).is_none() || group_of(a) != group_of(b)) {
+                    self.cut.insert((a, b));
+                }
+            }
+        }
+        self.trace.push(
+            self.now,
+            TraceEvent::Partition(format!("partition {groups:?}")),
+        );
+    }
+
+    fn link_up(&self, from: NodeId, to: NodeId) -> bool {
+        !self.cut.contains(&(from, to))
+            && !self.disconnected.contains(&from)
+            && !self.disconnected.contains(&to)
+    }
+
+    /// Cuts the one-way link `from -> to`.
+    pub fn cut_link(&mut self, from: NodeId, to: NodeId) {
+        self.cut.insert((from, to));
+    }
+
+    /// Asks node `id` for a ReadIndex; returns whether it accepted.
+    pub fn try_read_on(&mut self, id: NodeId) -> bool {
+        self.start_read(id).is_some()
+    }
+
+    fn start_read(&mut self, id: NodeId) -> Option<u64> {
+        let k = (id.0 - 1) as usize;
+        let ctx = self.next_read;
+        self.next_read += 1;
+        let floor = self.max_acked_index;
+        self.nodes[k].raft.as_mut()?.read_index(ctx).ok()?;
+        self.nodes[k]
+            .reads
+            .insert(ctx, PendingRead { floor, index: None });
+        self.drive(k);
+        Some(ctx)
+    }
+
+    /// A linearizable read on node `id`: returns the index it was served at
+    /// (checked against every write acknowledged before it), or a failure if
+    /// the node refused it or could not confirm it within 60 ticks.
+    pub fn read_on(&mut self, id: NodeId) -> Result<LogIndex, Failure> {
+        let Some(ctx) = self.start_read(id) else {
+            return Err(self.fail(format!("node {id} refused the read")));
+        };
+        for _ in 0..60 {
+            if let Some(index) = self.served_reads.get(&ctx) {
+                return Ok(*index);
+            }
+            self.run_ticks(1)?;
+        }
+        Err(self.fail(format!(
+            "node {id} did not confirm read {ctx} within 60 ticks"
+        )))
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+        self.disconnected.clear();
+        self.trace
+            .push(self.now, TraceEvent::Partition("heal".into()));
+    }
+
+    /// Crashes node `id`: its core, state machine and unsynced writes are gone.
+    pub fn crash(&mut self, id: NodeId) {
+        let node = &mut self.nodes[(id.0 - 1) as usize];
+        if node.raft.is_none() {
+            return;
+        }
+        node.raft = None;
+        node.store.crash();
+        node.applied.clear();
+        node.proposals.clear();
+        node.reads.clear();
+        self.stats.crashes += 1;
+        self.trace.push(self.now, TraceEvent::Crash(id));
+    }
+
+    /// Restarts node `id` from its durable state.
+    pub fn restart(&mut self, id: NodeId) {
+        let k = (id.0 - 1) as usize;
+        if self.nodes[k].raft.is_some() {
+            return;
+        }
+        self.nodes[k].incarnation += 1;
+        self.boot(k);
+        self.trace.push(self.now, TraceEvent::Restart(id));
+    }
+
+    /// Proposes command `cmd` on node `id`. Returns the index it got if the
+    /// node accepted it as leader.
+    pub fn propose_on(&mut self, id: NodeId, cmd: u64) -> Option<LogIndex> {
+        let k = (id.0 - 1) as usize;
+        let raft = self.nodes[k].raft.as_mut()?;
+        let res = raft.propose(Bytes::copy_from_slice(&cmd.to_le_bytes()));
+        self.trace.push(
+            self.now,
+            TraceEvent::Propose(id, cmd, res.as_ref().ok().map(|r| r.0)),
+        );
+        let (index, term) = res.ok()?;
+        self.nodes[k].proposals.insert(index, (term, cmd));
+        self.drive(k);
+        Some(index)
+    }
+
+    /// Proposes a fresh command to the current leader, if any.
+    pub fn propose(&mut self) -> Option<(u64, LogIndex)> {
+        let leader = self.leader()?;
+        let cmd = self.fresh_cmd();
+        self.propose_on(leader, cmd).map(|i| (cmd, i))
+    }
+
+    /// A command id never used before (fresh ids start at
+    /// [`FRESH_CMD_BASE`], so they never collide with ids a test picks).
+    pub fn fresh_cmd(&mut self) -> u64 {
+        let c = self.next_cmd;
+        self.next_cmd += 1;
+        c
+    }
+
+    /// Runs `n` ticks. Stops early (and returns the failure) if a property breaks.
+    pub fn run_ticks(&mut self, n: u64) -> Result<(), Failure> {
+        for _ in 0..n {
+            self.step_tick();
+            if self.failure.is_some() {
+                return Err(self.take_failure());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `pred` holds or `max` ticks pass; returns whether it held.
+    pub fn run_until(
+        &mut self,
+        max: u64,
+        mut pred: impl FnMut(&Sim) -> bool,
+    ) -> Result<bool, Failure> {
+        for _ in 0..max {
+            if pred(self) {
+                return Ok(true);
+            }
+            self.run_ticks(1)?;
+        }
+        Ok(pred(self))
+    }
+
+    /// Turns a failure message into a [`Failure`] with the trace.
+    fn take_failure(&mut self) -> Failure {
+        Failure {
+            seed: self.seed,
+            violation: self.failure.take().unwrap_or_default(),
+            trace: self.trace.lines(),
+        }
+    }
+
+    /// Fails the run from a test with the simulator's context attached.
+    pub fn fail(&mut self, violation: impl Into<String>) -> Failure {
+        self.failure = Some(violation.into());
+        self.take_failure()
+    }
+
+    // ----- the event loop ----------------------------------------------------
+
+    fn step_tick(&mut self) {
+        self.now += 1;
+        self.stats.ticks += 1;
+        self.random_faults();
+        // Deliver everything due, in random order among equals.
+        let now = self.now;
+        let mut due: Vec<Packet> = Vec::new();
+        let mut k = 0;
+        while k < self.net.len() {
+            if self.net[k].deliver_at <= now {
+                due.push(self.net.swap_remove(k));
+            } else {
+                k += 1;
+            }
+        }
+        due.sort_by_key(|p| (p.deliver_at, p.seq));
+        let len = due.len();
+        for i in 0..len {
+            let j = i + self.rng.range(0, (len - i) as u64) as usize;
+            due.swap(i, j);
+        }
+        for p in due {
+            self.deliver(p.msg);
+            if self.failure.is_some() {
+                return;
+            }
+        }
+        for k in self.shuffled_nodes() {
+            if let Some(r) = self.nodes[k].raft.as_mut() {
+                r.tick();
+                self.drive(k);
+                if self.failure.is_some() {
+                    return;
+                }
+            }
+        }
+        self.random_clients();
+        for k in 0..self.nodes.len() {
+            if self.nodes[k].restart_at.is_some_and(|t| t <= now) {
+                let id = self.nodes[k].id;
+                self.restart(id);
+                self.drive(k);
+            }
+        }
+    }
+
+    fn shuffled_nodes(&mut self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        for i in 0..order.len() {
+            let j = i + self.rng.range(0, (order.len() - i) as u64) as usize;
+            order.swap(i, j);
+        }
+        order
+    }
+
+    fn random_faults(&mut self) {
+        let f = self.cfg.faults.clone();
+        if f.partition > 0.0 && self.rng.chance(f.partition) {
+            self.random_partition();
+        }
+        if f.crash > 0.0 && self.rng.chance(f.crash) {
+            let k = self.rng.range(0, self.nodes.len() as u64) as usize;
+            self.crash_for_a_while(k);
+        }
+        if f.crash_leader > 0.0
+            && self.rng.chance(f.crash_leader)
+            && let Some(leader) = self.leader()
+        {
+            self.crash_for_a_while((leader.0 - 1) as usize);
+        }
+        if f.isolate_leader > 0.0
+            && self.rng.chance(f.isolate_leader)
+            && let Some(leader) = self.leader()
+        {
+            self.disconnect(leader);
+        }
+    }
+
+    fn crash_for_a_while(&mut self, k: usize) {
+        if self.nodes[k].raft.is_none() {
+            return;
+        }
+        let id = self.nodes[k].id;
+        self.crash(id);
+        let down = self.rng.range(1, self.cfg.faults.max_down_ticks.max(1) + 1);
+        self.nodes[k].restart_at = Some(self.now + down);
+    }
+
+    fn random_partition(&mut self) {
+        let n = self.nodes.len() as u64;
+        let ids = self.ids();
+        self.cut.clear();
+        self.disconnected.clear();
+        let desc = match self.rng.range(0, 5) {
+            0 => "heal".to_string(),
+            1 => {
+                let a = NodeId(self.rng.range(1, n + 1));
+                for b in &ids {
+                    if *b != a {
+                        self.cut.insert((a, *b));
+                        self.cut.insert((*b, a));
+                    }
+                }
+                format!("isolate {a}")
+            }
+            2 => {
+                // Split into two groups at random.
+                let side: Vec<bool> = ids.iter().map(|_| self.rng.chance(0.5)).collect();
+                for (i, a) in ids.iter().enumerate() {
+                    for (j, b) in ids.iter().enumerate() {
+                        if side[i] != side[j] {
+                            self.cut.insert((*a, *b));
+                        }
+                    }
+                }
+                let left: Vec<u64> = ids
+                    .iter()
+                    .zip(&side)
+                    .filter(|(_, s)| **s)
+                    .map(|(a, _)| a.0)
+                    .collect();
+                format!("split {left:?} | rest")
+            }
+            3 => {
+                let a = NodeId(self.rng.range(1, n + 1));
+                let b = NodeId(self.rng.range(1, n + 1));
+                if a != b {
+                    self.cut.insert((a, b));
+                }
+                format!("one-way cut {a}->{b}")
+            }
+            _ => {
+                // One node can send but not receive.
+                let a = NodeId(self.rng.range(1, n + 1));
+                for b in &ids {
+                    if *b != a {
+                        self.cut.insert((*b, a));
+                    }
+                }
+                format!("deafen {a}")
+            }
+        };
+        self.trace.push(self.now, TraceEvent::Partition(desc));
+    }
+
+    fn random_clients(&mut self) {
+        if self.cfg.propose > 0.0 && self.rng.chance(self.cfg.propose) {
+            // A client picks a node; only a leader accepts.
+            let k = self.rng.range(0, self.nodes.len() as u64) as usize;
+            let batch = self.rng.range(1, 4);
+            let id = self.nodes[k].id;
+            for _ in 0..batch {
+                let cmd = self.fresh_cmd();
+                if self.propose_on(id, cmd).is_none() {
+                    break;
+                }
+            }
+        }
+        if self.cfg.read > 0.0 && self.rng.chance(self.cfg.read) {
+            let id = NodeId(self.rng.range(1, self.nodes.len() as u64 + 1));
+            self.start_read(id);
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        *self.sent.entry(body_kind(&msg.body)).or_insert(0) += 1;
+        if !self.link_up(msg.from, msg.to) {
+            return;
+        }
+        let f = &self.cfg.faults;
+        if f.drop > 0.0 && self.rng.chance(f.drop) {
+            return;
+        }
+        let copies = if f.duplicate > 0.0 && self.rng.chance(f.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = if f.max_delay_ticks > 0 {
+                self.rng.range(0, f.max_delay_ticks + 1)
+            } else {
+                0
+            };
+            self.next_seq += 1;
+            // Delivery happens at the earliest on the next tick.
+            self.net.push(Packet {
+                deliver_at: self.now + 1 + delay,
+                seq: self.next_seq,
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    fn deliver(&mut self, msg: Message) {
+        let k = (msg.to.0 - 1) as usize;
+        // A cut made while the message was in flight drops it too.
+        if !self.link_up(msg.from, msg.to) {
+            return;
+        }
+        let Some(raft) = self.nodes[k].raft.as_mut() else {
+            return;
+        };
+        self.stats.delivered += 1;
+        self.trace
+            .push(self.now, TraceEvent::Deliver(trace::summarize(&msg)));
+        if let Err(e) = raft.step(msg) {
+            // Correct peers never send what a node must refuse; when one does,
+            // a safety property broke upstream (it is how a planted bug often
+            // first shows).
+            self.failure = Some(format!("node {} refused a message: {e}", k + 1));
+            return;
+        }
+        self.drive(k);
+    }
+
+    /// Handles every Ready of node `k`, as a driver would.
+    fn drive(&mut self, k: usize) {
+        loop {
+            let Some(raft) = self.nodes[k].raft.as_mut() else {
+                return;
+            };
+            if !raft.has_ready() {
+                return;
+            }
+            let old_commit = raft.commit_index();
+            let rd = raft.ready();
+            let token = rd.token();
+            let id = self.nodes[k].id;
+            if let Some(ss) = rd.soft_state {
+                self.trace
+                    .push(self.now, TraceEvent::Role(id, ss.role, ss.term));
+                if ss.role == RoleKind::Leader {
+                    self.stats.elections += 1;
+                    let raft = self.nodes[k].raft.as_ref().expect("node is up");
+                    if let Err(e) = self.checker.on_leader(raft) {
+                        self.failure = Some(e);
+                        return;
+                    }
+                }
+            }
+            for m in rd.messages {
+                self.send(m);
+            }
+            let f = self.cfg.faults.crash_before_persist;
+            if f > 0.0 && (rd.hard_state.is_some() || !rd.entries.is_empty()) && self.rng.chance(f)
+            {
+                self.crash_for_a_while(k);
+                return;
+            }
+            let node = &mut self.nodes[k];
+            let raft = node.raft.as_mut().expect("node is up");
+            node.store.append(&rd.entries).expect("in-memory append");
+            if let Some(hs) = rd.hard_state {
+                node.store
+                    .save_hard_state(hs)
+                    .expect("in-memory hard state");
+            }
+            node.store.sync().expect("in-memory sync");
+            if let Err(e) = self.checker.on_persist(id, raft, &rd.entries) {
+                self.failure = Some(e);
+                return;
+            }
+            for m in rd.persisted_messages {
+                self.send(m);
+            }
+            for e in &rd.committed_entries {
+                if let Err(err) = self.checker.on_apply(id, e) {
+                    self.failure = Some(err);
+                    return;
+                }
+                let node = &mut self.nodes[k];
+                let cmd = match &e.payload {
+                    EntryPayload::Command(b) => {
+                        let mut buf = [0u8; 8];
+                        buf.copy_from_slice(&b[..8]);
+                        u64::from_le_bytes(buf)
+                    }
+                    _ => 0,
+                };
+                node.applied.insert(e.index, cmd);
+                if let Some((term, pcmd)) = node.proposals.remove(&e.index)
+                    && term == e.term
+                {
+                    debug_assert_eq!(pcmd, cmd);
+                    self.acked.insert(cmd, e.index);
+                    self.stats.acknowledged += 1;
+                    self.max_acked_index = self.max_acked_index.max(e.index);
+                }
+            }
+            let node = &mut self.nodes[k];
+            for rs in rd.read_states {
+                if let Some(r) = node.reads.get_mut(&rs.ctx) {
+                    r.index = Some(rs.index);
+                }
+            }
+            for ctx in rd.dropped_reads {
+                node.reads.remove(&ctx);
+            }
+            let raft = node.raft.as_mut().expect("node is up");
+            raft.advance(token);
+            if raft.commit_index() > old_commit {
+                let new_commit = raft.commit_index();
+                self.trace
+                    .push(self.now, TraceEvent::Commit(id, new_commit));
+                let raft = self.nodes[k].raft.as_ref().expect("node is up");
+                let leaders: Vec<&Raft> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.raft.as_ref())
+                    .filter(|r| r.is_leader())
+                    .collect();
+                if let Err(e) = self.checker.on_commit(raft, old_commit, &leaders) {
+                    self.failure = Some(e);
+                    return;
+                }
+            }
+            if let Err(e) = self.serve_reads(k) {
+                self.failure = Some(e);
+                return;
+            }
+        }
+    }
+
+    fn serve_reads(&mut self, k: usize) -> Result<(), String> {
+        let node = &mut self.nodes[k];
+        let applied = node
+            .raft
+            .as_ref()
+            .map_or(LogIndex(0), |r| r.applied_index());
+        let ready: Vec<u64> = node
+            .reads
+            .iter()
+            .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
+            .map(|(c, _)| *c)
+            .collect();
+        for ctx in ready {
+            let r = node.reads.remove(&ctx).expect("read listed above");
+            let index = r.index.expect("filtered on index");
+            if index < r.floor {
+                return Err(format!(
+                    "Linearizability: node {} served read {ctx} at index {index}, but index {} \
+                     was acknowledged before the read began",
+                    node.id, r.floor
+                ));
+            }
+            self.stats.reads += 1;
+            self.served_reads.insert(ctx, index);
+        }
+        Ok(())
+    }
+
+    // ----- whole runs --------------------------------------------------------
+
+    /// Heals the world (every node up, every link whole, no more faults) and
+    /// runs until every node has applied every acknowledged command, or fails
+    /// after `max_ticks`.
+    pub fn heal_and_converge(&mut self, max_ticks: u64) -> Result<(), Failure> {
+        self.set_faults(Faults::none());
+        self.cfg.propose = 0.0;
+        self.cfg.read = 0.0;
+        self.heal();
+        for id in self.ids() {
+            self.restart(id);
+            let k = (id.0 - 1) as usize;
+            self.drive(k);
+        }
+        // A fresh command (the marker) makes a leader commit everything
+        // before it; once every node applied it, every node applied all.
+        let mut marker: Option<(u64, NodeId, Term)> = None;
+        let mut converged = false;
+        for _ in 0..max_ticks {
+            if let Some((cmd, node, term)) = marker {
+                if let Some(&index) = self.acked.get(&cmd) {
+                    if self.ids().iter().all(|id| self.applied_index(*id) >= index) {
+                        converged = true;
+                        break;
+                    }
+                } else if self
+                    .raft(node)
+                    .is_none_or(|r| !r.is_leader() || r.term() != term)
+                {
+                    // Its leader is gone before committing it; propose another.
+                    marker = None;
+                }
+            }
+            if marker.is_none()
+                && let Some(leader) = self.leader()
+            {
+                let term = self.raft(leader).map(|r| r.term()).unwrap_or_default();
+                let cmd = self.fresh_cmd();
+                if self.propose_on(leader, cmd).is_some() {
+                    marker = Some((cmd, leader, term));
+                }
+            }
+            self.run_ticks(1)?;
+        }
+        if !converged {
+            let mut state = String::new();
+            for id in self.ids() {
+                if let Some(r) = self.raft(id) {
+                    let _ = write!(
+                        state,
+                        " [{id}: {:?} term {} commit {} applied {} last {}]",
+                        r.role(),
+                        r.term(),
+                        r.commit_index(),
+                        r.applied_index(),
+                        r.last_index()
+                    );
+                }
+            }
+            return Err(self.fail(format!(
+                "Liveness: the healed cluster did not converge within {max_ticks} ticks;{state}"
+            )));
+        }
+        for (cmd, index) in self.acked.clone() {
+            for id in self.ids() {
+                let got = self.applied_at(id, index);
+                if got != Some(cmd) {
+                    let applied = self.applied_index(id);
+                    let held = self.nodes[(id.0 - 1) as usize].applied.len();
+                    return Err(self.fail(format!(
+                        "Durability: command {cmd} was acknowledged at index {index} but node \
+                         {id} applied {got:?} there (applied index {applied}, {held} entries \
+                         applied since its last start)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One complete fuzzing run: `ticks` ticks of faults and load, then heal
+    /// and check that every acknowledged command is everywhere.
+    pub fn run(seed: u64, ticks: u64, bug: Option<Bug>) -> Result<RunStats, Failure> {
+        let mut cfg = SimConfig::for_seed(seed);
+        cfg.bug = bug;
+        let mut sim = Sim::new(seed, cfg);
+        sim.run_ticks(ticks)?;
+        sim.heal_and_converge(2_000)?;
+        Ok(sim.stats.clone())
+    }
+}
+
+/// How many seeds and which: `HA_SIM_SEED=n` runs exactly seed `n`;
+/// `HA_SIM_SEEDS=n` runs seeds `0..n`; otherwise `0..default`.
+pub fn seeds_from_env(default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("HA_SIM_SEED") {
+        let seed = s.trim().parse().expect("HA_SIM_SEED must be an integer");
+        return vec![seed];
+    }
+    let n = std::env::var("HA_SIM_SEEDS")
+        .ok()
+        .map(|s| s.trim().parse().expect("HA_SIM_SEEDS must be an integer"))
+        .unwrap_or(default);
+    (0..n).collect()
+}
+
+/// Runs `seeds` on all cores; returns the failure with the smallest seed, if
+/// any, and the summed statistics. With `stop_at_first`, workers stop once
+/// any seed fails (used when hunting a planted bug).
+pub fn run_seeds(
+    seeds: &[u64],
+    ticks: u64,
+    bug: Option<Bug>,
+    stop_at_first: bool,
+) -> (Option<Failure>, RunStats, usize) {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let ran = AtomicUsize::new(0);
+    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+    let total: Mutex<RunStats> = Mutex::new(RunStats::default());
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(seeds.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&seed) = seeds.get(i) else { return };
+                    ran.fetch_add(1, Ordering::Relaxed);
+                    match Sim::run(seed, ticks, bug) {
+                        Ok(st) => {
+                            let mut t = total.lock().expect("stats lock");
+                            t.ticks += st.ticks;
+                            t.delivered += st.delivered;
+                            t.acknowledged += st.acknowledged;
+                            t.reads += st.reads;
+                            t.elections += st.elections;
+                            t.crashes += st.crashes;
+                        }
+                        Err(f) => {
+                            failures.lock().expect("failures lock").push(f);
+                            if stop_at_first {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().expect("failures lock");
+    failures.sort_by_key(|f| f.seed);
+    let first = failures.into_iter().next();
+    (
+        first,
+        total.into_inner().expect("stats lock"),
+        ran.into_inner(),
+    )
+}
