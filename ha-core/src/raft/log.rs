@@ -158,32 +158,52 @@ impl RaftLog {
     /// Applies an append from the leader whose previous entry is known to
     /// match. Skips entries already present, truncates at the first conflict
     /// and appends the rest. Returns the index of the last new entry.
-    pub fn append_from_leader(&mut self, prev: LogIndex, entries: &[Entry]) -> LogIndex {
+    ///
+    /// Refuses, changing nothing, an append that would replace a committed
+    /// entry: no correct leader sends one (Leader Completeness), so it means
+    /// a broken or malicious peer, and the node must survive it.
+    pub fn append_from_leader(
+        &mut self,
+        prev: LogIndex,
+        entries: &[Entry],
+    ) -> Result<LogIndex, String> {
         let last_new = prev.plus(entries.len() as u64);
+        if let Some((k, truncate)) = self.find_conflict(entries)? {
+            if truncate {
+                self.truncate_from(entries[k].index);
+            }
+            self.entries.extend(entries[k..].iter().cloned());
+        }
+        Ok(last_new)
+    }
+
+    /// Checks that appending `entries` (following a matching entry) would
+    /// not replace a committed entry.
+    pub fn check_append(&self, entries: &[Entry]) -> Result<(), String> {
+        self.find_conflict(entries).map(|_| ())
+    }
+
+    /// The position in `entries` of the first entry this log lacks, and
+    /// whether it replaces a different entry at its index.
+    fn find_conflict(&self, entries: &[Entry]) -> Result<Option<(usize, bool)>, String> {
         for (k, e) in entries.iter().enumerate() {
             if e.index <= self.offset {
                 continue; // Covered by our snapshot; committed, so it matches.
             }
             match self.term(e.index) {
                 Some(t) if t == e.term => continue,
-                Some(_) => {
-                    assert!(
-                        e.index > self.committed,
-                        "Leader Completeness: leader overwrote committed index {} (committed {})",
-                        e.index,
-                        self.committed
-                    );
-                    self.truncate_from(e.index);
-                    self.entries.extend(entries[k..].iter().cloned());
-                    return last_new;
+                Some(t) if e.index <= self.committed => {
+                    return Err(format!(
+                        "Leader Completeness: an append would overwrite committed entry {}@{} \
+                         with {}@{} (commit index {})",
+                        e.index, t, e.index, e.term, self.committed
+                    ));
                 }
-                None => {
-                    self.entries.extend(entries[k..].iter().cloned());
-                    return last_new;
-                }
+                Some(_) => return Ok(Some((k, true))),
+                None => return Ok(Some((k, false))),
             }
         }
-        last_new
+        Ok(None)
     }
 
     fn truncate_from(&mut self, index: LogIndex) {
@@ -285,11 +305,11 @@ mod tests {
         // Duplicate of what we have: nothing changes.
         assert_eq!(
             log.append_from_leader(LogIndex(1), &[e(2, 1), e(3, 2)]),
-            LogIndex(3)
+            Ok(LogIndex(3))
         );
         assert_eq!(log.last_index(), LogIndex(4));
         // Conflict at 3: truncate 3.. and append.
-        log.append_from_leader(LogIndex(2), &[e(3, 3)]);
+        log.append_from_leader(LogIndex(2), &[e(3, 3)]).unwrap();
         assert_eq!(log.last_index(), LogIndex(3));
         assert_eq!(log.term(LogIndex(3)), Some(Term(3)));
         assert_eq!(
@@ -300,11 +320,15 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "Leader Completeness")]
-    fn truncating_a_committed_entry_panics() {
+    fn overwriting_a_committed_entry_is_refused_without_change() {
         let mut log = log_of(&[1, 1, 2]);
         log.commit_to(LogIndex(3));
-        log.append_from_leader(LogIndex(2), &[e(3, 3)]);
+        let err = log
+            .append_from_leader(LogIndex(2), &[e(3, 3), e(4, 3)])
+            .unwrap_err();
+        assert!(err.contains("Leader Completeness"), "{err}");
+        assert_eq!(log.last_index(), LogIndex(3));
+        assert_eq!(log.term(LogIndex(3)), Some(Term(2)));
     }
 
     #[test]

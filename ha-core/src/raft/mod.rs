@@ -452,11 +452,25 @@ impl Raft {
                 self.log.last_index()
             )));
         }
-        if matches!(m.body, Body::Append { .. }) && m.term == self.term && self.is_leader() {
-            return Err(StepError::Protocol(format!(
-                "append from {} in this leader's own term {}",
-                m.from, self.term
-            )));
+        if let Body::Append {
+            prev_index,
+            prev_term,
+            entries,
+            ..
+        } = &m.body
+            && m.term >= self.term
+        {
+            if m.term == self.term && self.is_leader() {
+                return Err(StepError::Protocol(format!(
+                    "append from {} in this leader's own term {}",
+                    m.from, self.term
+                )));
+            }
+            if *prev_index >= self.log.committed && self.log.matches(*prev_index, *prev_term) {
+                self.log
+                    .check_append(entries)
+                    .map_err(StepError::Protocol)?;
+            }
         }
 
         if m.term > self.term {
@@ -526,7 +540,7 @@ impl Raft {
                 }
                 self.leader = Some(m.from);
                 self.election_elapsed = 0;
-                self.handle_append(m.from, prev_index, prev_term, &entries, commit);
+                self.handle_append(m.from, prev_index, prev_term, &entries, commit)?;
             }
             Body::Heartbeat { commit, seq } => {
                 if !matches!(self.role, Role::Follower) {
@@ -1077,7 +1091,7 @@ impl Raft {
         prev_term: Term,
         entries: &[Entry],
         commit: LogIndex,
-    ) {
+    ) -> Result<(), StepError> {
         if prev_index < self.log.committed {
             // Everything up to our commit index matches the leader's log.
             let match_index = self.log.committed;
@@ -1085,10 +1099,13 @@ impl Raft {
                 from,
                 Body::AppendResponse(AppendOutcome::Accepted { match_index }),
             );
-            return;
+            return Ok(());
         }
         if self.log.matches(prev_index, prev_term) {
-            let last_new = self.log.append_from_leader(prev_index, entries);
+            let last_new = self
+                .log
+                .append_from_leader(prev_index, entries)
+                .map_err(StepError::Protocol)?;
             self.log.commit_to(commit.min(last_new));
             self.send_after_persist(
                 from,
@@ -1107,6 +1124,7 @@ impl Raft {
                 }),
             );
         }
+        Ok(())
     }
 
     fn send_after_persist(&mut self, to: NodeId, body: Body) {
