@@ -9,7 +9,7 @@ use ha_tests::sim::{Bug, run_seeds, seeds_from_env};
 const TICKS_PER_SEED: u64 = 3_000;
 
 /// Seeds CI runs by default, alternating 3- and 5-node clusters.
-const DEFAULT_SEEDS: u64 = 1_000;
+const DEFAULT_SEEDS: u64 = 2_000;
 
 #[test]
 fn random_runs_keep_every_safety_property() {
