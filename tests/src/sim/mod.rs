@@ -138,6 +138,7 @@ impl SimConfig {
         c.raft.check_quorum = rng.chance(0.7);
         c.raft.max_inflight_appends = [1, 2, 4, 256][rng.range(0, 4) as usize];
         c.raft.max_append_entries = [1, 1, 2, 3, 8, 64][rng.range(0, 6) as usize];
+        c.raft.max_uncommitted_entries = [16, 256, 1 << 16][rng.range(0, 3) as usize];
         c.faults = Faults {
             drop: [0.0, 0.01, 0.05, 0.15][rng.range(0, 4) as usize],
             duplicate: [0.0, 0.02, 0.1][rng.range(0, 3) as usize],
@@ -1047,7 +1048,15 @@ impl Sim {
         cfg.bug = bug;
         let mut sim = Sim::new(seed, cfg);
         sim.run_ticks(ticks)?;
-        sim.heal_and_converge(2_000)?;
+        // A slow configuration (one entry per append, one append in flight)
+        // needs time in proportion to the log it must repair.
+        let longest = sim
+            .nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref())
+            .map(|r| r.last_index().0);
+        let budget = 2_000 + 4 * longest.max().unwrap_or(0);
+        sim.heal_and_converge(budget)?;
         Ok(sim.stats.clone())
     }
 }
