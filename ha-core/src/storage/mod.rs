@@ -14,8 +14,12 @@
 //!    synced prefix is never damaged.
 
 mod mem;
+pub mod vfs;
+pub mod wal;
 
 pub use mem::MemLogStore;
+pub use vfs::{SimFs, StdFs, Vfs, VfsFile};
+pub use wal::{Wal, WalError, WalOptions};
 
 use crate::types::{Entry, HardState, LogIndex, Term};
 

@@ -1,0 +1,450 @@
+//! The file layer under durable storage: the real file system, or a
+//! simulated one that crashes the way disks do.
+//!
+//! Owns: the [`Vfs`] trait (the few file operations the write-ahead log and
+//! the snapshot files need), [`StdFs`] over `std::fs`, and [`SimFs`], an
+//! in-memory file system with a crash model for tests and the simulator.
+//!
+//! The crash model of [`SimFs`] (what a power loss may do):
+//! 1. File contents written since the file's last `sync` may be lost, kept,
+//!    or kept in part: a prefix of the unsynced writes survives, the last of
+//!    them possibly torn, and a page in the middle of the survivors may come
+//!    back as zeros (pages reach the disk in any order).
+//! 2. Creating, renaming or removing a file is durable only after the
+//!    directory is synced; otherwise a crash undoes it.
+//! 3. Synced data is never damaged by a crash.
+//!
+//! Failure injection: writes can fail once a byte budget runs out (a full
+//! disk), and syncs can be made to fail.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::raft::rng::SplitMix64;
+
+/// A file opened for reading and appending.
+pub trait VfsFile: Send {
+    /// Appends `buf` at the end of the file.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes the file's contents durable (`fdatasync`).
+    fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// The file's length.
+    fn size(&self) -> io::Result<u64>;
+}
+
+/// The file operations storage needs. Paths are plain `Path`s.
+pub trait Vfs: Clone + Send + Sync + 'static {
+    /// The file type.
+    type File: VfsFile;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the files in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens `path` for appending, creating it if `create`.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    /// Reads a whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdFs;
+
+/// A real file opened for appending.
+#[derive(Debug)]
+pub struct StdFile(std::fs::File);
+
+impl VfsFile for StdFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        self.0.write_all(buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.0.set_len(len)?;
+        self.0.seek(SeekFrom::Start(len)).map(|_| ())
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Vfs for StdFs {
+    type File = StdFile;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                names.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<StdFile> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        f.seek(SeekFrom::End(0))?;
+        Ok(StdFile(f))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+// ----- the simulated file system ---------------------------------------------
+
+const PAGE_BYTES: usize = 4096;
+
+#[derive(Clone, Debug, Default)]
+struct SimInode {
+    /// What reads see.
+    data: Vec<u8>,
+    /// What survives a crash for sure (contents at the last sync).
+    durable: Vec<u8>,
+    /// Unsynced changes since the last sync, in order.
+    pending: Vec<PendingOp>,
+}
+
+#[derive(Clone, Debug)]
+enum PendingOp {
+    Append(Vec<u8>),
+    SetLen(u64),
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    next_inode: u64,
+    inodes: BTreeMap<u64, SimInode>,
+    /// The namespace as reads see it: path -> inode.
+    names: BTreeMap<PathBuf, u64>,
+    /// The namespace as of the last directory sync, per directory.
+    durable_names: BTreeMap<PathBuf, u64>,
+    dirs: Vec<PathBuf>,
+    /// Bytes that may still be written before writes fail with "no space".
+    space_left: Option<u64>,
+    /// Fail every sync while set.
+    fail_sync: bool,
+    /// Counts of operations, for tests.
+    syncs: u64,
+}
+
+/// An in-memory file system with a crash model (see the module docs).
+/// Clones share one file system.
+#[derive(Clone, Debug, Default)]
+pub struct SimFs {
+    state: Arc<Mutex<SimState>>,
+}
+
+/// A file of a [`SimFs`].
+#[derive(Debug)]
+pub struct SimFile {
+    fs: SimFs,
+    inode: u64,
+}
+
+fn no_space() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        "no space left on device (simulated)",
+    )
+}
+
+fn not_found(p: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found (simulated)", p.display()),
+    )
+}
+
+impl SimFs {
+    /// An empty file system.
+    pub fn new() -> SimFs {
+        SimFs::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        // A poisoned lock means a test already panicked; keep its state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Simulates a power loss (see the module docs), choosing what survives
+    /// with `rng`.
+    pub fn crash(&self, rng: &mut SplitMix64) {
+        let mut st = self.lock();
+        // Namespace: only what a directory sync made durable.
+        st.names = st.durable_names.clone();
+        let live: Vec<u64> = st.names.values().copied().collect();
+        st.inodes.retain(|ino, _| live.contains(ino));
+        for inode in st.inodes.values_mut() {
+            let mut data = inode.durable.clone();
+            let n = inode.pending.len();
+            let keep = if n == 0 {
+                0
+            } else {
+                rng.range(0, n as u64 + 1) as usize
+            };
+            let synced_len = data.len();
+            for (k, op) in inode.pending.iter().take(keep).enumerate() {
+                match op {
+                    PendingOp::Append(b) => {
+                        if k + 1 == keep && rng.chance(0.5) {
+                            // The last surviving write is torn.
+                            let cut = rng.range(0, b.len() as u64 + 1) as usize;
+                            data.extend_from_slice(&b[..cut]);
+                        } else {
+                            data.extend_from_slice(b);
+                        }
+                    }
+                    PendingOp::SetLen(l) => data.resize(*l as usize, 0),
+                }
+            }
+            // A page of the unsynced region may not have made it.
+            if data.len() > synced_len + PAGE_BYTES && rng.chance(0.3) {
+                let span = (data.len() - synced_len) as u64;
+                let at = synced_len + rng.range(0, span) as usize;
+                let end = (at + PAGE_BYTES).min(data.len());
+                data[at..end].iter_mut().for_each(|b| *b = 0);
+            }
+            inode.data = data.clone();
+            inode.durable = data;
+            inode.pending.clear();
+        }
+        st.fail_sync = false;
+        st.space_left = None;
+    }
+
+    /// Writes fail with "no space" once `bytes` more have been written
+    /// (`None`: unlimited).
+    pub fn set_space_left(&self, bytes: Option<u64>) {
+        self.lock().space_left = bytes;
+    }
+
+    /// Makes every sync fail (or succeed again).
+    pub fn set_fail_sync(&self, fail: bool) {
+        self.lock().fail_sync = fail;
+    }
+
+    /// Number of successful file syncs so far.
+    pub fn syncs(&self) -> u64 {
+        self.lock().syncs
+    }
+
+    /// Flips one bit of the durable and current contents of `path` at
+    /// `offset` (simulated media damage).
+    pub fn corrupt(&self, path: &Path, offset: usize) -> io::Result<()> {
+        let mut st = self.lock();
+        let ino = *st.names.get(path).ok_or_else(|| not_found(path))?;
+        let inode = st.inodes.get_mut(&ino).expect("named inode exists");
+        if offset >= inode.data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset past end",
+            ));
+        }
+        inode.data[offset] ^= 0x10;
+        if offset < inode.durable.len() {
+            inode.durable[offset] ^= 0x10;
+        }
+        Ok(())
+    }
+}
+
+impl VfsFile for SimFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut st = self.fs.lock();
+        if let Some(left) = st.space_left {
+            if (buf.len() as u64) > left {
+                // A full disk may take part of a write before failing.
+                let part = left as usize;
+                st.space_left = Some(0);
+                let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
+                inode.data.extend_from_slice(&buf[..part]);
+                inode.pending.push(PendingOp::Append(buf[..part].to_vec()));
+                return Err(no_space());
+            }
+            st.space_left = Some(left - buf.len() as u64);
+        }
+        let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
+        inode.data.extend_from_slice(buf);
+        inode.pending.push(PendingOp::Append(buf.to_vec()));
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        let mut st = self.fs.lock();
+        if st.fail_sync {
+            return Err(io::Error::other("fsync failed (simulated I/O error)"));
+        }
+        st.syncs += 1;
+        let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
+        inode.durable = inode.data.clone();
+        inode.pending.clear();
+        Ok(())
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        let mut st = self.fs.lock();
+        let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
+        inode.data.resize(len as usize, 0);
+        inode.pending.push(PendingOp::SetLen(len));
+        Ok(())
+    }
+    fn size(&self) -> io::Result<u64> {
+        let st = self.fs.lock();
+        Ok(st.inodes.get(&self.inode).ok_or_else(gone)?.data.len() as u64)
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "file was removed (simulated)")
+}
+
+impl Vfs for SimFs {
+    type File = SimFile;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        if !st.dirs.iter().any(|d| d == dir) {
+            st.dirs.push(dir.to_path_buf());
+        }
+        Ok(())
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = self.lock();
+        if !st.dirs.iter().any(|d| d == dir) {
+            return Err(not_found(dir));
+        }
+        Ok(st
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<SimFile> {
+        let mut st = self.lock();
+        let ino = match st.names.get(path) {
+            Some(i) => *i,
+            None if create => {
+                st.next_inode += 1;
+                let ino = st.next_inode;
+                st.inodes.insert(ino, SimInode::default());
+                st.names.insert(path.to_path_buf(), ino);
+                ino
+            }
+            None => return Err(not_found(path)),
+        };
+        Ok(SimFile {
+            fs: self.clone(),
+            inode: ino,
+        })
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let st = self.lock();
+        let ino = st.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(st.inodes[ino].data.clone())
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        st.names.remove(path).ok_or_else(|| not_found(path))?;
+        Ok(())
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let ino = st.names.remove(from).ok_or_else(|| not_found(from))?;
+        st.names.insert(to.to_path_buf(), ino);
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        if st.fail_sync {
+            return Err(io::Error::other(
+                "directory fsync failed (simulated I/O error)",
+            ));
+        }
+        let in_dir = |p: &Path| p.parent() == Some(dir);
+        let names: Vec<(PathBuf, u64)> = st
+            .names
+            .iter()
+            .filter(|(p, _)| in_dir(p))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        st.durable_names.retain(|p, _| !in_dir(p));
+        st.durable_names.extend(names);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synced_data_survives_and_unsynced_creation_does_not() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let mut a = fs.open(&dir.join("a"), true).unwrap();
+        a.append(b"hello").unwrap();
+        a.sync().unwrap();
+        fs.sync_dir(dir).unwrap();
+        a.append(b" world").unwrap();
+        let mut b = fs.open(&dir.join("b"), true).unwrap();
+        b.append(b"lost").unwrap();
+        b.sync().unwrap(); // The file is synced, but its name is not.
+        let mut rng = SplitMix64::new(1);
+        fs.crash(&mut rng);
+        let got = fs.read(&dir.join("a")).unwrap();
+        assert!(got.starts_with(b"hello") && got.len() <= 11, "{got:?}");
+        assert_eq!(fs.list(dir).unwrap(), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn full_disk_fails_writes_and_keeps_synced_data() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let mut a = fs.open(&dir.join("a"), true).unwrap();
+        a.append(b"0123").unwrap();
+        a.sync().unwrap();
+        fs.set_space_left(Some(2));
+        let err = a.append(b"4567").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        fs.set_fail_sync(true);
+        assert!(a.sync().is_err());
+        fs.sync_dir(dir).unwrap_err();
+        fs.set_fail_sync(false);
+        fs.sync_dir(dir).unwrap();
+        fs.crash(&mut SplitMix64::new(3));
+        assert!(fs.read(&dir.join("a")).unwrap().starts_with(b"0123"));
+    }
+}

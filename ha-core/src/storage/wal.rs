@@ -1,0 +1,846 @@
+//! The segmented write-ahead log: the durable [`LogStore`].
+//!
+//! Owns: the byte layout of log segments (written down in
+//! `docs/storage-format.md` and mirrored by the constants here), writing
+//! records in checksummed batches, and recovering from a crash on open.
+//!
+//! How it works:
+//! - Records go to an in-memory buffer on `append`, `save_hard_state` and
+//!   `compact`; `sync` writes the buffer as one *batch* (a `BatchStart`
+//!   record giving the batch's length, then the records) with one write and
+//!   one `fdatasync`. Group commit sits on top of this ([`super::group`]).
+//! - Truncating a conflicting suffix is a `Truncate` record, not a rewrite:
+//!   segments are append-only, so a crash can only ever damage the tail.
+//! - A segment is sealed when it passes `segment_max_bytes`; the next batch
+//!   opens a new segment whose first records restate the hard state and the
+//!   snapshot mark, so older segments can be deleted once a snapshot covers
+//!   them.
+//!
+//! Recovery (on open), per segment, batch by batch:
+//! - A batch is applied only when every record in it is whole and checksums
+//!   match.
+//! - A bad batch in the *last* segment, with no valid batch start anywhere
+//!   after it, is a torn tail: the write that a crash interrupted, never
+//!   acknowledged. It is cut off (the file is truncated at the batch start).
+//! - Any other bad record means acknowledged data is damaged: opening fails
+//!   with [`WalError::Corrupt`] naming the file and the offset. Nothing is
+//!   ever skipped silently.
+//!
+//! Invariants:
+//! 1. Batches are written one at a time, each followed by `fdatasync`
+//!    before the next begins; so a batch followed by any other batch was
+//!    synced, and only the last batch can be torn.
+//! 2. Replayed entries are contiguous: an `Entry` record follows the
+//!    previous entry, a snapshot mark, or a `Truncate`.
+//! 3. After a write or sync error the log is failed: it refuses every
+//!    further write until reopened, because the kernel may have dropped the
+//!    unsynced pages (fsync errors are not retryable).
+
+use std::path::{Path, PathBuf};
+
+use super::vfs::{Vfs, VfsFile};
+use super::{LogStore, StoredState};
+use crate::raft::membership::Membership;
+use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+
+/// First bytes of every segment file: "HA-WAL", a zero, format version 1.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"HA-WAL\x00\x01";
+/// Segment header: magic (8), sequence number (8), reserved (8), CRC32C of
+/// the first 24 bytes (4), zero padding (4).
+pub const SEGMENT_HEADER_BYTES: usize = 32;
+/// Record header: length (4), CRC32C (4), kind (1), index (8), term (8).
+/// The length counts the bytes after the CRC: kind, index, term, payload.
+pub const RECORD_HEADER_BYTES: usize = 25;
+/// The part of a record the length and the CRC cover, minus the payload.
+const RECORD_FIXED_BYTES: usize = 17;
+/// Largest record accepted when reading (a bound on a corrupt length field).
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// Record kinds.
+const KIND_BATCH_START: u8 = 1;
+const KIND_ENTRY: u8 = 2;
+const KIND_HARD_STATE: u8 = 3;
+const KIND_TRUNCATE: u8 = 4;
+const KIND_SNAPSHOT: u8 = 5;
+const KIND_BASE: u8 = 6;
+
+/// Entry payload tags.
+const PAYLOAD_BLANK: u8 = 0;
+const PAYLOAD_COMMAND: u8 = 1;
+const PAYLOAD_MEMBERSHIP: u8 = 2;
+
+/// Settings of the log.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// A segment is sealed once it is at least this large.
+    pub segment_max_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions {
+            segment_max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// A file operation failed.
+    #[error("write-ahead log I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Acknowledged data is damaged; the node must not start on it.
+    #[error(
+        "write-ahead log is corrupt: {file} at byte offset {offset}: {reason}; \
+         acknowledged data is damaged, refusing to start (restore this node from \
+         its peers or a backup)"
+    )]
+    Corrupt {
+        /// The segment file.
+        file: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An earlier write or sync failed; the log refuses writes until reopened.
+    #[error("write-ahead log stopped after an earlier error ({0}); reopen it to recover")]
+    Failed(String),
+    /// The caller broke the append contract.
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    bytes: u64,
+    /// Highest entry index written in this segment (0 if none).
+    max_index: LogIndex,
+    /// Whether the segment starts with a base record (every segment but the
+    /// very first does), so replay can begin at it once older ones are gone.
+    has_base: bool,
+}
+
+/// The segmented write-ahead log (see the module docs).
+pub struct Wal<V: Vfs> {
+    vfs: V,
+    dir: PathBuf,
+    opts: WalOptions,
+    /// Oldest first; the last one is open for appending. Never empty.
+    segments: Vec<Segment>,
+    file: V::File,
+    /// Records written since the last sync.
+    pending: Vec<u8>,
+    /// Highest entry index in `pending`.
+    pending_max_index: LogIndex,
+    /// The log as written, including `pending`.
+    current: Position,
+    /// The log as of the last successful sync.
+    synced: Position,
+    /// Set after a write error (invariant 3).
+    failed: Option<String>,
+    /// What the last open repaired, for logs and tests.
+    repaired: Option<String>,
+    /// Successful fsyncs, for metrics and tests.
+    syncs: u64,
+}
+
+/// Where the log stands.
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    last_index: LogIndex,
+    last_term: Term,
+    snapshot: (LogIndex, Term),
+    hard_state: HardState,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("wal-{seq:016x}.log")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("wal-")?.strip_suffix(".log")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn segment_header(seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut h = [0u8; SEGMENT_HEADER_BYTES];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn check_segment_header(buf: &[u8], seq: u64) -> Result<(), String> {
+    if buf.len() < SEGMENT_HEADER_BYTES {
+        return Err(format!("segment header is short ({} bytes)", buf.len()));
+    }
+    if buf[..8] != SEGMENT_MAGIC {
+        return Err("not a write-ahead log segment (bad magic or format version)".into());
+    }
+    let crc = u32::from_le_bytes(buf[24..28].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&buf[..24]) {
+        return Err("segment header checksum mismatch".into());
+    }
+    let got = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+    if got != seq {
+        return Err(format!(
+            "segment header names sequence {got}, file name says {seq}"
+        ));
+    }
+    Ok(())
+}
+
+fn put_record(out: &mut Vec<u8>, kind: u8, index: u64, term: u64, payload: &[u8]) {
+    let len = (RECORD_FIXED_BYTES + payload.len()) as u32;
+    let start = out.len();
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind);
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&term.to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_hard_state(hs: HardState, out: &mut Vec<u8>) {
+    let vote = hs.vote.map_or(0, |v| v.0).to_le_bytes();
+    put_record(out, KIND_HARD_STATE, hs.commit.0, hs.term.0, &vote);
+}
+
+fn encode_payload(p: &EntryPayload, out: &mut Vec<u8>) {
+    match p {
+        EntryPayload::Blank => out.push(PAYLOAD_BLANK),
+        EntryPayload::Command(b) => {
+            out.push(PAYLOAD_COMMAND);
+            out.extend_from_slice(b);
+        }
+        EntryPayload::Membership(m) => {
+            out.push(PAYLOAD_MEMBERSHIP);
+            for set in [&m.voters, &m.voters_outgoing, &m.learners] {
+                out.extend_from_slice(&(set.len() as u32).to_le_bytes());
+                for id in set.iter() {
+                    out.extend_from_slice(&id.0.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+fn decode_payload(b: &[u8]) -> Result<EntryPayload, String> {
+    let (&tag, rest) = b.split_first().ok_or("empty entry payload")?;
+    match tag {
+        PAYLOAD_BLANK if rest.is_empty() => Ok(EntryPayload::Blank),
+        PAYLOAD_COMMAND => Ok(EntryPayload::Command(bytes::Bytes::copy_from_slice(rest))),
+        PAYLOAD_MEMBERSHIP => {
+            let mut m = Membership::default();
+            let mut at = 0;
+            for k in 0..3 {
+                let n = rest.get(at..at + 4).ok_or("membership payload is short")?;
+                let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
+                at += 4;
+                for _ in 0..n {
+                    let id = rest.get(at..at + 8).ok_or("membership payload is short")?;
+                    let id = NodeId(u64::from_le_bytes(id.try_into().expect("8 bytes")));
+                    at += 8;
+                    [&mut m.voters, &mut m.voters_outgoing, &mut m.learners][k].insert(id);
+                }
+            }
+            if at != rest.len() {
+                return Err("membership payload has trailing bytes".into());
+            }
+            Ok(EntryPayload::Membership(m))
+        }
+        t => Err(format!("unknown entry payload tag {t}")),
+    }
+}
+
+/// One decoded record.
+struct Record<'a> {
+    kind: u8,
+    index: u64,
+    term: u64,
+    payload: &'a [u8],
+}
+
+/// Decodes the record at `pos`; returns it and the offset after it.
+fn read_record(buf: &[u8], pos: usize) -> Result<(Record<'_>, usize), String> {
+    let header = buf.get(pos..pos + 8).ok_or("record header is cut short")?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if !(RECORD_FIXED_BYTES..=MAX_RECORD_BYTES).contains(&len) {
+        return Err(format!("record length {len} is out of range"));
+    }
+    let body = buf
+        .get(pos + 8..pos + 8 + len)
+        .ok_or("record is cut short")?;
+    if crc32c::crc32c(body) != crc {
+        return Err("record checksum mismatch".into());
+    }
+    let rec = Record {
+        kind: body[0],
+        index: u64::from_le_bytes(body[1..9].try_into().expect("8 bytes")),
+        term: u64::from_le_bytes(body[9..17].try_into().expect("8 bytes")),
+        payload: &body[RECORD_FIXED_BYTES..],
+    };
+    Ok((rec, pos + 8 + len))
+}
+
+/// Whether a valid batch start record begins anywhere after `from`.
+fn valid_batch_start_after(buf: &[u8], from: usize) -> bool {
+    let want_len = (RECORD_FIXED_BYTES + 4) as u32;
+    (from + 1..buf.len().saturating_sub(RECORD_HEADER_BYTES)).any(|p| {
+        buf[p..p + 4] == want_len.to_le_bytes()
+            && buf.get(p + 8) == Some(&KIND_BATCH_START)
+            && read_record(buf, p).is_ok()
+    })
+}
+
+/// The log state rebuilt by replaying records.
+#[derive(Default)]
+struct Replay {
+    state: StoredState,
+    /// Whether any batch has been replayed yet.
+    started: bool,
+}
+
+impl Replay {
+    fn last_index(&self) -> LogIndex {
+        self.state
+            .snapshot_last
+            .0
+            .plus(self.state.entries.len() as u64)
+    }
+
+    fn last_term(&self) -> Term {
+        self.state
+            .entries
+            .last()
+            .map_or(self.state.snapshot_last.1, |e| e.term)
+    }
+
+    fn apply(&mut self, r: &Record<'_>) -> Result<Option<LogIndex>, String> {
+        match r.kind {
+            KIND_ENTRY => {
+                let index = LogIndex(r.index);
+                if index <= self.state.snapshot_last.0 {
+                    return Ok(None); // Covered by the snapshot.
+                }
+                if index != self.last_index().next() {
+                    return Err(format!(
+                        "entry {index} does not follow the log's last index {}",
+                        self.last_index()
+                    ));
+                }
+                if let Some(prev) = self.state.entries.last()
+                    && prev.term.0 > r.term
+                {
+                    return Err(format!("entry {index} has a term below its predecessor's"));
+                }
+                let payload = decode_payload(r.payload)?;
+                self.state.entries.push(Entry {
+                    index,
+                    term: Term(r.term),
+                    payload,
+                });
+                Ok(Some(index))
+            }
+            KIND_HARD_STATE => {
+                let vote = match r.payload.try_into() {
+                    Ok(b) => u64::from_le_bytes(b),
+                    Err(_) => return Err("hard state record has a bad payload".into()),
+                };
+                self.state.hard_state = HardState {
+                    term: Term(r.term),
+                    vote: (vote != 0).then_some(NodeId(vote)),
+                    commit: LogIndex(r.index),
+                };
+                Ok(None)
+            }
+            KIND_TRUNCATE => {
+                let from = LogIndex(r.index);
+                if from > self.last_index().next() {
+                    return Err(format!("truncation at {from} beyond the log's end"));
+                }
+                let keep = from.0.saturating_sub(self.state.snapshot_last.0.0 + 1) as usize;
+                self.state.entries.truncate(keep);
+                Ok(None)
+            }
+            KIND_SNAPSHOT => {
+                let (index, term) = (LogIndex(r.index), Term(r.term));
+                // An equal index may restate the mark with the true term: the
+                // base of a segment that survived compaction names the entry
+                // as it stood when the segment opened.
+                if index >= self.state.snapshot_last.0 {
+                    if index >= self.last_index() {
+                        self.state.entries.clear();
+                    } else {
+                        let drop = (index.0 - self.state.snapshot_last.0.0) as usize;
+                        self.state.entries.drain(..drop);
+                    }
+                    self.state.snapshot_last = (index, term);
+                }
+                Ok(None)
+            }
+            KIND_BASE => {
+                let (index, term) = (LogIndex(r.index), Term(r.term));
+                if !self.started {
+                    // The oldest segment left after compaction: its base is
+                    // where the kept log begins (a snapshot covers the rest).
+                    self.state.snapshot_last = (index, term);
+                    return Ok(None);
+                }
+                if index <= self.state.snapshot_last.0 {
+                    // Inside what a snapshot covers (possibly a base replay
+                    // began from): the history there no longer matters, and
+                    // a later snapshot record restates the true mark.
+                    return Ok(None);
+                }
+                let here = (self.last_index(), self.last_term());
+                if here != (index, term) {
+                    return Err(format!(
+                        "segment begins after {index}@{term} but the log before it ends at \
+                         {}@{}: a segment file is missing or damaged",
+                        here.0, here.1
+                    ));
+                }
+                Ok(None)
+            }
+            k => Err(format!("unknown record kind {k}")),
+        }
+    }
+}
+
+/// How a segment scan ended.
+enum ScanEnd {
+    /// Every byte was valid.
+    Clean,
+    /// A torn tail begins at this offset (last segment only).
+    Torn(u64),
+}
+
+/// Replays one segment into `replay`. `last` says whether it is the newest.
+fn scan_segment(
+    buf: &[u8],
+    path: &Path,
+    seq: u64,
+    last: bool,
+    replay: &mut Replay,
+    seg: &mut Segment,
+) -> Result<ScanEnd, WalError> {
+    let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+        file: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    if let Err(reason) = check_segment_header(buf, seq) {
+        if last && !valid_batch_start_after(buf, 0) {
+            return Ok(ScanEnd::Torn(0));
+        }
+        return Err(corrupt(0, reason));
+    }
+    let mut pos = SEGMENT_HEADER_BYTES;
+    while pos < buf.len() {
+        let batch_start = pos;
+        // Decode the whole batch before applying any of it.
+        let batch = (|| -> Result<(Vec<Record<'_>>, usize), (usize, String)> {
+            let (start, mut at) = read_record(buf, pos).map_err(|e| (pos, e))?;
+            if start.kind != KIND_BATCH_START || start.payload.len() != 4 {
+                return Err((pos, "expected a batch start record".into()));
+            }
+            let len = u32::from_le_bytes(start.payload.try_into().expect("4 bytes")) as usize;
+            let end = at + len;
+            if end > buf.len() {
+                return Err((
+                    pos,
+                    format!("batch of {len} bytes runs past the end of the file"),
+                ));
+            }
+            let mut records = Vec::new();
+            while at < end {
+                let (r, next) = read_record(&buf[..end], at).map_err(|e| (at, e))?;
+                if r.kind == KIND_BATCH_START {
+                    return Err((at, "batch start inside a batch".into()));
+                }
+                records.push(r);
+                at = next;
+            }
+            Ok((records, end))
+        })();
+        match batch {
+            Ok((records, end)) => {
+                for r in &records {
+                    match replay.apply(r) {
+                        Ok(Some(i)) => seg.max_index = seg.max_index.max(i),
+                        Ok(None) => {}
+                        Err(reason) => return Err(corrupt(batch_start, reason)),
+                    }
+                    if r.kind == KIND_BASE {
+                        seg.has_base = true;
+                    }
+                    replay.started = true;
+                }
+                pos = end;
+            }
+            Err((offset, reason)) => {
+                if last && !valid_batch_start_after(buf, offset) {
+                    return Ok(ScanEnd::Torn(batch_start as u64));
+                }
+                return Err(corrupt(offset, reason));
+            }
+        }
+    }
+    Ok(ScanEnd::Clean)
+}
+
+impl<V: Vfs> Wal<V> {
+    /// Opens (or creates) the log in `dir`, repairing a torn tail, and
+    /// returns it with everything it holds.
+    pub fn open(vfs: V, dir: &Path, opts: WalOptions) -> Result<(Wal<V>, StoredState), WalError> {
+        vfs.create_dir_all(dir).map_err(io_err(dir))?;
+        let mut seqs: Vec<u64> = vfs
+            .list(dir)
+            .map_err(io_err(dir))?
+            .iter()
+            .filter_map(|n| parse_segment_name(n))
+            .collect();
+        seqs.sort_unstable();
+        let mut replay = Replay::default();
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut repaired = None;
+        for (k, seq) in seqs.iter().enumerate() {
+            let path = dir.join(segment_name(*seq));
+            let buf = vfs.read(&path).map_err(io_err(&path))?;
+            let last = k + 1 == seqs.len();
+            let mut seg = Segment {
+                seq: *seq,
+                path: path.clone(),
+                bytes: buf.len() as u64,
+                max_index: LogIndex(0),
+                has_base: false,
+            };
+            match scan_segment(&buf, &path, *seq, last, &mut replay, &mut seg)? {
+                ScanEnd::Clean => segments.push(seg),
+                ScanEnd::Torn(0) => {
+                    // The segment's creation itself was interrupted.
+                    vfs.remove(&path).map_err(io_err(&path))?;
+                    vfs.sync_dir(dir).map_err(io_err(dir))?;
+                    repaired = Some(format!("removed torn segment {}", path.display()));
+                }
+                ScanEnd::Torn(at) => {
+                    let mut f = vfs.open(&path, false).map_err(io_err(&path))?;
+                    f.set_len(at).map_err(io_err(&path))?;
+                    f.sync().map_err(io_err(&path))?;
+                    repaired = Some(format!(
+                        "cut a torn tail of {} bytes from {} at offset {at}",
+                        buf.len() as u64 - at,
+                        path.display()
+                    ));
+                    seg.bytes = at;
+                    segments.push(seg);
+                }
+            }
+        }
+        let state = replay.state;
+        let last_index = state.snapshot_last.0.plus(state.entries.len() as u64);
+        let last_term = state
+            .entries
+            .last()
+            .map_or(state.snapshot_last.1, |e| e.term);
+        let (file, segments) = match segments.last() {
+            Some(s) => (vfs.open(&s.path, false).map_err(io_err(&s.path))?, segments),
+            None => {
+                let seq = seqs.last().map_or(1, |s| s + 1);
+                let (file, seg) = Self::create_segment(&vfs, dir, seq)?;
+                (file, vec![seg])
+            }
+        };
+        let synced = Position {
+            last_index,
+            last_term,
+            snapshot: state.snapshot_last,
+            hard_state: state.hard_state,
+        };
+        let wal = Wal {
+            vfs,
+            dir: dir.to_path_buf(),
+            opts,
+            segments,
+            file,
+            pending: Vec::new(),
+            pending_max_index: LogIndex(0),
+            current: synced,
+            synced,
+            failed: None,
+            repaired,
+            syncs: 0,
+        };
+        Ok((wal, state))
+    }
+
+    fn create_segment(vfs: &V, dir: &Path, seq: u64) -> Result<(V::File, Segment), WalError> {
+        let path = dir.join(segment_name(seq));
+        let mut f = vfs.open(&path, true).map_err(io_err(&path))?;
+        f.set_len(0).map_err(io_err(&path))?;
+        f.append(&segment_header(seq)).map_err(io_err(&path))?;
+        f.sync().map_err(io_err(&path))?;
+        vfs.sync_dir(dir).map_err(io_err(dir))?;
+        let seg = Segment {
+            seq,
+            path,
+            bytes: SEGMENT_HEADER_BYTES as u64,
+            max_index: LogIndex(0),
+            has_base: false,
+        };
+        Ok((f, seg))
+    }
+
+    /// What the last open repaired (a torn tail it cut off), if anything.
+    pub fn repaired(&self) -> Option<&str> {
+        self.repaired.as_deref()
+    }
+
+    /// Why the log stopped accepting writes, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Number of successful syncs since open.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Bytes in all segment files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_usable(&self) -> Result<(), WalError> {
+        match &self.failed {
+            Some(e) => Err(WalError::Failed(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: WalError) -> WalError {
+        self.failed = Some(e.to_string());
+        e
+    }
+
+    fn write_batch(&mut self) -> Result<(), WalError> {
+        let current = self.segments.last().expect("never empty");
+        if current.bytes >= self.opts.segment_max_bytes {
+            self.rotate()?;
+        }
+        let mut batch = Vec::with_capacity(RECORD_HEADER_BYTES + 4 + self.pending.len());
+        put_record(
+            &mut batch,
+            KIND_BATCH_START,
+            0,
+            0,
+            &(self.pending.len() as u32).to_le_bytes(),
+        );
+        batch.extend_from_slice(&self.pending);
+        let seg = self.segments.last_mut().expect("never empty");
+        let path = seg.path.clone();
+        self.file.append(&batch).map_err(io_err(&path))?;
+        self.file.sync().map_err(io_err(&path))?;
+        seg.bytes += batch.len() as u64;
+        seg.max_index = seg.max_index.max(self.pending_max_index);
+        self.pending.clear();
+        self.pending_max_index = LogIndex(0);
+        self.synced = self.current;
+        self.syncs += 1;
+        Ok(())
+    }
+
+    /// Seals the current segment and opens the next. The new segment's first
+    /// batch states where the log stood (base: last index and term), the
+    /// snapshot mark and the hard state, all as of the last sync, so replay
+    /// can begin at this segment once a snapshot covers everything before it.
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let seq = self.segments.last().expect("never empty").seq + 1;
+        let (file, mut seg) = Self::create_segment(&self.vfs, &self.dir, seq)?;
+        seg.has_base = true;
+        self.file = file;
+        self.segments.push(seg);
+        let at = self.synced;
+        let mut head = Vec::new();
+        put_record(&mut head, KIND_BASE, at.last_index.0, at.last_term.0, &[]);
+        put_record(
+            &mut head,
+            KIND_SNAPSHOT,
+            at.snapshot.0.0,
+            at.snapshot.1.0,
+            &[],
+        );
+        encode_hard_state(at.hard_state, &mut head);
+        head.extend_from_slice(&self.pending);
+        self.pending = head;
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segments whose entries the durable snapshot
+    /// covers, when the segment after them has a base to replay from.
+    fn delete_covered_segments(&mut self) -> Result<(), WalError> {
+        let snapshot = self.synced.snapshot.0;
+        let mut max_before = LogIndex(0);
+        let mut cut = 0;
+        for k in 0..self.segments.len().saturating_sub(1) {
+            max_before = max_before.max(self.segments[k].max_index);
+            if max_before > snapshot {
+                break;
+            }
+            if self.segments[k + 1].has_base {
+                cut = k + 1;
+            }
+        }
+        if cut == 0 {
+            return Ok(());
+        }
+        for seg in self.segments.drain(..cut) {
+            self.vfs.remove(&seg.path).map_err(io_err(&seg.path))?;
+        }
+        self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+}
+
+impl<V: Vfs> LogStore for Wal<V> {
+    type Error = WalError;
+
+    fn load(&self) -> Result<StoredState, WalError> {
+        let mut replay = Replay::default();
+        for (k, s) in self.segments.iter().enumerate() {
+            let buf = self.vfs.read(&s.path).map_err(io_err(&s.path))?;
+            let mut seg = s.clone();
+            let last = k + 1 == self.segments.len();
+            if let ScanEnd::Torn(at) =
+                scan_segment(&buf, &s.path, s.seq, last, &mut replay, &mut seg)?
+            {
+                return Err(WalError::Corrupt {
+                    file: s.path.clone(),
+                    offset: at,
+                    reason: "unsynced tail while loading".into(),
+                });
+            }
+        }
+        Ok(replay.state)
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), WalError> {
+        self.check_usable()?;
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        for w in entries.windows(2) {
+            if w[1].index != w[0].index.next() {
+                return Err(WalError::InvalidAppend(format!(
+                    "entries are not contiguous at index {}",
+                    w[1].index
+                )));
+            }
+        }
+        let cur = self.current;
+        if first.index <= cur.snapshot.0 {
+            return Err(WalError::InvalidAppend(format!(
+                "index {} is covered by the snapshot at {}",
+                first.index, cur.snapshot.0
+            )));
+        }
+        if first.index > cur.last_index.next() {
+            return Err(WalError::InvalidAppend(format!(
+                "index {} leaves a gap after {}",
+                first.index, cur.last_index
+            )));
+        }
+        if let Some(w) = entries.windows(2).find(|w| w[1].term < w[0].term) {
+            return Err(WalError::InvalidAppend(format!(
+                "term falls at index {}",
+                w[1].index
+            )));
+        }
+        if first.index <= cur.last_index {
+            put_record(&mut self.pending, KIND_TRUNCATE, first.index.0, 0, &[]);
+        }
+        let mut payload = Vec::new();
+        for e in entries {
+            payload.clear();
+            encode_payload(&e.payload, &mut payload);
+            put_record(&mut self.pending, KIND_ENTRY, e.index.0, e.term.0, &payload);
+        }
+        let last = entries.last().expect("non-empty");
+        self.current.last_index = last.index;
+        self.current.last_term = last.term;
+        self.pending_max_index = self.pending_max_index.max(last.index);
+        Ok(())
+    }
+
+    fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
+        self.check_usable()?;
+        self.current.hard_state = hard_state;
+        encode_hard_state(hard_state, &mut self.pending);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        self.check_usable()?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.write_batch() {
+            return Err(self.fail(e));
+        }
+        if let Err(e) = self.delete_covered_segments() {
+            return Err(self.fail(e));
+        }
+        Ok(())
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.current.last_index
+    }
+
+    fn compact(&mut self, index: LogIndex, term: Term) -> Result<(), WalError> {
+        self.check_usable()?;
+        if index <= self.current.snapshot.0 {
+            return Ok(());
+        }
+        put_record(&mut self.pending, KIND_SNAPSHOT, index.0, term.0, &[]);
+        self.current.snapshot = (index, term);
+        if index >= self.current.last_index {
+            self.current.last_index = index;
+            self.current.last_term = term;
+        }
+        Ok(())
+    }
+}

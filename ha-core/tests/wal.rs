@@ -1,0 +1,479 @@
+//! The write-ahead log: round trips, torn tails, corruption, truncation,
+//! compaction, write failures, and a property test against the in-memory
+//! store as the reference model.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use ha_core::raft::rng::SplitMix64;
+use ha_core::storage::wal::SEGMENT_HEADER_BYTES;
+use ha_core::storage::{
+    LogStore, MemLogStore, SimFs, StdFs, Vfs, VfsFile, Wal, WalError, WalOptions,
+};
+use ha_core::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use proptest::prelude::*;
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index: LogIndex(index),
+        term: Term(term),
+        payload: EntryPayload::Command(Bytes::from(format!("cmd-{index}-{term}"))),
+    }
+}
+
+fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to).map(|i| entry(i, term)).collect()
+}
+
+fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
+    HardState {
+        term: Term(term),
+        vote: vote.map(NodeId),
+        commit: LogIndex(commit),
+    }
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from("/data/wal")
+}
+
+fn small_segments() -> WalOptions {
+    WalOptions {
+        segment_max_bytes: 512,
+    }
+}
+
+fn segment_files<V: Vfs>(vfs: &V, dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = vfs
+        .list(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("wal-"))
+        .map(|n| dir.join(n))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn round_trip_on_the_real_file_system() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("wal");
+    {
+        let (mut wal, state) = Wal::open(StdFs, &d, WalOptions::default()).unwrap();
+        assert!(state.entries.is_empty());
+        wal.append(&entries(1, 10, 1)).unwrap();
+        wal.save_hard_state(hs(1, Some(2), 7)).unwrap();
+        wal.sync().unwrap();
+        // A conflicting suffix replaced.
+        wal.append(&entries(8, 12, 2)).unwrap();
+        wal.sync().unwrap();
+    }
+    let (wal, state) = Wal::open(StdFs, &d, WalOptions::default()).unwrap();
+    assert_eq!(state.hard_state, hs(1, Some(2), 7));
+    let got: Vec<(u64, u64)> = state
+        .entries
+        .iter()
+        .map(|e| (e.index.0, e.term.0))
+        .collect();
+    let mut want: Vec<(u64, u64)> = (1..=7).map(|i| (i, 1)).collect();
+    want.extend((8..=12).map(|i| (i, 2)));
+    assert_eq!(got, want);
+    assert_eq!(state.entries[9], entry(10, 2));
+    assert_eq!(wal.last_index(), LogIndex(12));
+    assert_eq!(wal.load().unwrap(), state);
+    assert!(wal.repaired().is_none());
+}
+
+#[test]
+fn membership_and_blank_payloads_round_trip() {
+    let fs = SimFs::new();
+    let mut m = ha_core::raft::Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    m.learners.insert(NodeId(9));
+    let es = vec![
+        Entry {
+            index: LogIndex(1),
+            term: Term(1),
+            payload: EntryPayload::Blank,
+        },
+        Entry {
+            index: LogIndex(2),
+            term: Term(1),
+            payload: EntryPayload::Membership(m),
+        },
+    ];
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&es).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, state) = Wal::open(fs, &dir(), WalOptions::default()).unwrap();
+    assert_eq!(state.entries, es);
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_and_the_synced_prefix_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("wal");
+    {
+        let (mut wal, _) = Wal::open(StdFs, &d, WalOptions::default()).unwrap();
+        wal.append(&entries(1, 5, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let seg = segment_files(&StdFs, &d).pop().unwrap();
+    let good_len = std::fs::metadata(&seg).unwrap().len();
+    // A crash in the middle of the next batch: its first bytes made it.
+    {
+        let (mut wal, _) = Wal::open(StdFs, &d, WalOptions::default()).unwrap();
+        wal.append(&entries(6, 9, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let full = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &full[..good_len as usize + 40]).unwrap();
+    let (wal, state) = Wal::open(StdFs, &d, WalOptions::default()).unwrap();
+    assert_eq!(state.entries.len(), 5);
+    assert!(
+        wal.repaired().unwrap().contains("torn tail"),
+        "{:?}",
+        wal.repaired()
+    );
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        good_len,
+        "the tail is cut"
+    );
+    // Appends continue cleanly after the cut.
+    drop(wal);
+    let (mut wal, _) = Wal::open(StdFs, &d, WalOptions::default()).unwrap();
+    wal.append(&entries(6, 6, 2)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, state) = Wal::open(StdFs, &d, WalOptions::default()).unwrap();
+    assert_eq!(state.entries.last().unwrap(), &entry(6, 2));
+}
+
+#[test]
+fn a_lost_page_inside_the_last_batch_is_a_torn_tail() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&entries(1, 3, 1)).unwrap();
+    wal.sync().unwrap();
+    let seg = segment_files(&fs, &dir()).pop().unwrap();
+    let good_len = fs.read(&seg).unwrap().len();
+    wal.append(&entries(4, 200, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    // Zero a span in the middle of the last batch, keeping its end intact.
+    for off in good_len + 100..good_len + 140 {
+        fs.corrupt(&seg, off).unwrap();
+    }
+    let (wal, state) = Wal::open(fs, &dir(), WalOptions::default()).unwrap();
+    assert_eq!(state.entries.len(), 3);
+    assert!(wal.repaired().is_some());
+}
+
+#[test]
+fn a_checksum_failure_before_the_tail_refuses_to_open_and_names_the_place() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    for k in 0..3 {
+        wal.append(&entries(k * 10 + 1, k * 10 + 10, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    drop(wal);
+    let seg = segment_files(&fs, &dir()).pop().unwrap();
+    // Damage a byte in the first batch: later batches prove it was synced.
+    let off = SEGMENT_HEADER_BYTES + 60;
+    fs.corrupt(&seg, off).unwrap();
+    let before = fs.read(&seg).unwrap();
+    match Wal::open(fs.clone(), &dir(), WalOptions::default()) {
+        Err(WalError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(file, seg);
+            assert!(offset as usize <= off && offset as usize >= SEGMENT_HEADER_BYTES);
+            assert!(reason.contains("checksum"), "{reason}");
+            let msg = WalError::Corrupt {
+                file,
+                offset,
+                reason,
+            }
+            .to_string();
+            assert!(msg.contains("wal-") && msg.contains("offset"), "{msg}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a corrupt log"),
+    }
+    assert_eq!(
+        fs.read(&seg).unwrap(),
+        before,
+        "a refused open changes nothing"
+    );
+}
+
+#[test]
+fn a_checksum_failure_in_a_sealed_segment_refuses_to_open() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+    for k in 0..20 {
+        wal.append(&entries(k * 5 + 1, k * 5 + 5, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    assert!(wal.segment_count() > 2);
+    drop(wal);
+    let first = segment_files(&fs, &dir()).remove(0);
+    let len = fs.read(&first).unwrap().len();
+    // The very last byte of a sealed segment: still corruption, not a tail.
+    fs.corrupt(&first, len - 1).unwrap();
+    assert!(matches!(
+        Wal::open(fs, &dir(), small_segments()),
+        Err(WalError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn compaction_deletes_covered_segments_and_survives_reopen() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+    for k in 0..40 {
+        wal.append(&entries(k * 5 + 1, k * 5 + 5, 1)).unwrap();
+        wal.save_hard_state(hs(1, Some(1), k * 5 + 5)).unwrap();
+        wal.sync().unwrap();
+    }
+    let before = wal.segment_count();
+    let bytes_before = wal.disk_bytes();
+    assert!(before > 5, "{before} segments");
+    wal.compact(LogIndex(150), Term(1)).unwrap();
+    wal.sync().unwrap();
+    let after = wal.segment_count();
+    assert!(after < before / 2, "{before} -> {after} segments");
+    assert!(wal.disk_bytes() < bytes_before);
+    drop(wal);
+    let (wal, state) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+    assert_eq!(state.snapshot_last, (LogIndex(150), Term(1)));
+    assert_eq!(state.entries.first().unwrap().index, LogIndex(151));
+    assert_eq!(state.entries.last().unwrap().index, LogIndex(200));
+    assert_eq!(state.hard_state, hs(1, Some(1), 200));
+    assert_eq!(wal.segment_count(), segment_files(&fs, &dir()).len());
+    // Appending below the snapshot is refused.
+    drop(wal);
+    let (mut wal, _) = Wal::open(fs, &dir(), small_segments()).unwrap();
+    assert!(matches!(
+        wal.append(&entries(150, 150, 2)),
+        Err(WalError::InvalidAppend(_))
+    ));
+    assert!(matches!(
+        wal.append(&entries(202, 202, 2)),
+        Err(WalError::InvalidAppend(_))
+    ));
+}
+
+#[test]
+fn a_snapshot_ahead_of_the_log_replaces_it() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&entries(1, 5, 1)).unwrap();
+    wal.compact(LogIndex(100), Term(7)).unwrap();
+    wal.append(&entries(101, 102, 7)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, state) = Wal::open(fs, &dir(), WalOptions::default()).unwrap();
+    assert_eq!(state.snapshot_last, (LogIndex(100), Term(7)));
+    assert_eq!(state.entries, entries(101, 102, 7));
+    assert_eq!(wal.last_index(), LogIndex(102));
+}
+
+#[test]
+fn a_full_disk_stops_writes_without_damaging_what_is_synced() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&entries(1, 10, 1)).unwrap();
+    wal.sync().unwrap();
+    fs.set_space_left(Some(50));
+    wal.append(&entries(11, 40, 1)).unwrap();
+    let err = wal.sync().unwrap_err();
+    assert!(err.to_string().contains("no space"), "{err}");
+    // Failed for good until reopened: nothing more is accepted.
+    assert!(matches!(
+        wal.append(&entries(41, 41, 1)),
+        Err(WalError::Failed(_))
+    ));
+    assert!(matches!(wal.sync(), Err(WalError::Failed(_))));
+    assert!(wal.failure().is_some());
+    drop(wal);
+    // Space returns: the reopened log holds the synced prefix and works.
+    fs.set_space_left(None);
+    let (mut wal, state) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    assert_eq!(state.entries, entries(1, 10, 1));
+    wal.append(&entries(11, 12, 2)).unwrap();
+    wal.sync().unwrap();
+}
+
+#[test]
+fn a_failed_fsync_is_never_retried() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    fs.set_fail_sync(true);
+    wal.append(&entries(1, 3, 1)).unwrap();
+    assert!(wal.sync().is_err());
+    fs.set_fail_sync(false);
+    // The kernel may have dropped the pages: a later sync must not "succeed".
+    assert!(matches!(wal.sync(), Err(WalError::Failed(_))));
+}
+
+#[test]
+fn crashes_keep_exactly_the_synced_batches() {
+    for seed in 0..200u64 {
+        let fs = SimFs::new();
+        let mut rng = SplitMix64::new(seed);
+        let (mut wal, _) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+        let mut synced = 0u64;
+        let mut last = 0u64;
+        for _ in 0..rng.range(1, 30) {
+            let n = rng.range(1, 8);
+            wal.append(&entries(last + 1, last + n, 1)).unwrap();
+            last += n;
+            if rng.chance(0.2) {
+                // The write happens but the fsync fails: then the power goes.
+                fs.set_fail_sync(true);
+                let _ = wal.sync();
+                break;
+            }
+            wal.sync().unwrap();
+            synced = last;
+        }
+        drop(wal);
+        fs.crash(&mut rng);
+        let (_, state) =
+            Wal::open(fs, &dir(), small_segments()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let got = state.entries.last().map_or(0, |e| e.index.0);
+        assert!(
+            got >= synced && got <= last,
+            "seed {seed}: {got} not in {synced}..={last}"
+        );
+        for (k, e) in state.entries.iter().enumerate() {
+            assert_eq!(e, &entry(k as u64 + 1, 1), "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn segment_files_are_named_and_headed() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&entries(1, 1, 1)).unwrap();
+    wal.sync().unwrap();
+    let files = segment_files(&fs, &dir());
+    assert_eq!(files.len(), 1);
+    assert!(files[0].ends_with("wal-0000000000000001.log"));
+    let buf = fs.read(&files[0]).unwrap();
+    assert_eq!(&buf[..8], b"HA-WAL\x00\x01");
+    let mut f = fs.open(&files[0], false).unwrap();
+    assert_eq!(f.size().unwrap() as usize, buf.len());
+    f.set_len(5).unwrap();
+    drop(wal);
+    // A segment whose header was torn at creation is removed on open.
+    let (wal, state) = Wal::open(fs, &dir(), WalOptions::default()).unwrap();
+    assert!(state.entries.is_empty());
+    assert!(wal.repaired().unwrap().contains("removed"));
+}
+
+// ----- property test: the log against the in-memory reference ----------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Append `n` entries starting `back` entries before the end (a conflict).
+    Append {
+        back: u64,
+        n: u64,
+    },
+    HardState {
+        commit: u64,
+    },
+    Sync,
+    Compact {
+        back: u64,
+    },
+    CrashAndReopen,
+    /// The batch is written but its fsync fails; then the power goes.
+    FailedSyncThenCrash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u64..4, 1u64..6).prop_map(|(back, n)| Op::Append { back, n }),
+        1 => (0u64..50).prop_map(|commit| Op::HardState { commit }),
+        3 => Just(Op::Sync),
+        1 => (0u64..6).prop_map(|back| Op::Compact { back }),
+        1 => Just(Op::CrashAndReopen),
+        1 => Just(Op::FailedSyncThenCrash),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn the_log_behaves_like_the_in_memory_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let fs = SimFs::new();
+        let mut model = MemLogStore::new();
+        let (mut wal, _) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+        let mut term = 1;
+        let mut rng = SplitMix64::new(ops.len() as u64);
+        for op in ops {
+            match op {
+                Op::Append { back, n } => {
+                    let snap = model.load().unwrap().snapshot_last.0;
+                    let from = LogIndex(model.last_index().0.saturating_sub(back) + 1).max(snap.next());
+                    term += 1;
+                    let es = entries(from.0, from.0 + n - 1, term);
+                    model.append(&es).unwrap();
+                    wal.append(&es).unwrap();
+                }
+                Op::HardState { commit } => {
+                    let h = hs(term, Some(1), commit);
+                    model.save_hard_state(h).unwrap();
+                    wal.save_hard_state(h).unwrap();
+                }
+                Op::Sync => {
+                    model.sync().unwrap();
+                    wal.sync().unwrap();
+                    prop_assert_eq!(wal.load().unwrap(), model.load().unwrap());
+                }
+                Op::Compact { back } => {
+                    let st = model.load().unwrap();
+                    let at = model.last_index().0.saturating_sub(back);
+                    if at > st.snapshot_last.0.0 {
+                        let t = st.entries.iter().find(|e| e.index.0 == at).map_or(Term(0), |e| e.term);
+                        model.compact(LogIndex(at), t).unwrap();
+                        wal.compact(LogIndex(at), t).unwrap();
+                    }
+                }
+                Op::CrashAndReopen => {
+                    drop(wal);
+                    fs.crash(&mut rng);
+                    model.crash();
+                    let (w, state) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+                    wal = w;
+                    prop_assert_eq!(state, model.load().unwrap());
+                }
+                Op::FailedSyncThenCrash => {
+                    let mut before = model.clone();
+                    before.crash();
+                    model.sync().unwrap();
+                    fs.set_fail_sync(true);
+                    let _ = wal.sync();
+                    drop(wal);
+                    fs.crash(&mut rng);
+                    let (w, state) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+                    wal = w;
+                    // The unsynced batch survives whole or not at all.
+                    if state != model.load().unwrap() {
+                        prop_assert_eq!(&state, &before.load().unwrap());
+                        model = before;
+                    }
+                }
+            }
+        }
+    }
+}
