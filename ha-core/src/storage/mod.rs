@@ -1,8 +1,10 @@
 //! Durable state of one node: the log and the hard state.
 //!
-//! Owns: the [`LogStore`] trait that every log implementation honours, and
-//! [`MemLogStore`], the in-memory twin used by tests and the simulator. The
-//! durable write-ahead log implements the same trait.
+//! Owns: the [`LogStore`] trait that every log implementation honours;
+//! [`MemLogStore`], the in-memory twin; [`Wal`], the durable segmented
+//! write-ahead log; [`group`], group commit on a storage thread;
+//! [`SnapshotStore`], snapshot files; [`DataDir`], the locked, identified data
+//! directory; and [`vfs`], the file layer (real, or simulated with crashes).
 //!
 //! The contract (every implementation):
 //! 1. `append` and `save_hard_state` may be buffered; only `sync` makes them
@@ -13,11 +15,17 @@
 //! 3. Until `sync` returns, a crash may keep or lose any unsynced write, but a
 //!    synced prefix is never damaged.
 
+pub mod datadir;
+pub mod group;
 mod mem;
+pub mod snapshot;
 pub mod vfs;
 pub mod wal;
 
+pub use datadir::{DataDir, DataDirError};
+pub use group::{GroupCommit, GroupOptions, WriteRequest};
 pub use mem::MemLogStore;
+pub use snapshot::{SnapshotError, SnapshotMeta, SnapshotStore};
 pub use vfs::{SimFs, StdFs, Vfs, VfsFile};
 pub use wal::{Wal, WalError, WalOptions};
 

@@ -54,6 +54,21 @@ pub trait Vfs: Clone + Send + Sync + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` (creating the file), or returns
+    /// `None` at once if another holder has it. The lock lasts as long as the
+    /// returned guard.
+    fn try_lock(&self, path: &Path) -> io::Result<Option<VfsLock>>;
+}
+
+/// A held lock (see [`Vfs::try_lock`]); dropping it releases the lock.
+pub struct VfsLock {
+    _inner: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for VfsLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VfsLock")
+    }
 }
 
 /// The real file system.
@@ -121,6 +136,23 @@ impl Vfs for StdFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::File::open(dir)?.sync_all()
     }
+    fn try_lock(&self, path: &Path) -> io::Result<Option<VfsLock>> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        // An advisory lock (flock) held by the open file: released when the
+        // file closes, including when the process dies.
+        match f.try_lock() {
+            Ok(()) => Ok(Some(VfsLock {
+                _inner: Box::new(f),
+            })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
 }
 
 // ----- the simulated file system ---------------------------------------------
@@ -158,6 +190,20 @@ struct SimState {
     fail_sync: bool,
     /// Counts of operations, for tests.
     syncs: u64,
+    /// Paths locked through `try_lock`.
+    locks: std::collections::BTreeSet<PathBuf>,
+}
+
+/// Releases a [`SimFs`] lock when dropped.
+struct SimLockGuard {
+    fs: SimFs,
+    path: PathBuf,
+}
+
+impl Drop for SimLockGuard {
+    fn drop(&mut self) {
+        self.fs.lock().locks.remove(&self.path);
+    }
 }
 
 /// An in-memory file system with a crash model (see the module docs).
@@ -401,6 +447,18 @@ impl Vfs for SimFs {
         st.durable_names.retain(|p, _| !in_dir(p));
         st.durable_names.extend(names);
         Ok(())
+    }
+    fn try_lock(&self, path: &Path) -> io::Result<Option<VfsLock>> {
+        if !self.lock().locks.insert(path.to_path_buf()) {
+            return Ok(None);
+        }
+        let guard = SimLockGuard {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+        };
+        Ok(Some(VfsLock {
+            _inner: Box::new(guard),
+        }))
     }
 }
 

@@ -1,0 +1,328 @@
+//! Snapshot files: written atomically, found on open, never trusted blindly.
+//!
+//! Owns: the snapshot directory and the snapshot file format (see
+//! `docs/storage-format.md`):
+//!
+//! ```text
+//! "HA-SNAP" 0x01 | index u64 | term u64 | membership length u32 | membership
+//! | state bytes ... | state length u64 | CRC32C u32 of everything before it
+//! ```
+//!
+//! all integers little-endian. A file is named
+//! `snap-<index:020>-<term:020>.snap`.
+//!
+//! Invariants:
+//! 1. A snapshot becomes visible only complete and durable: it is written to
+//!    a `.tmp` name, synced, renamed, and the directory synced.
+//! 2. [`SnapshotStore::latest`] returns the newest snapshot or an error; a
+//!    damaged newest snapshot is an error, never an empty state and never a
+//!    silent fall-back to an older one.
+
+use std::path::{Path, PathBuf};
+
+use super::vfs::{Vfs, VfsFile};
+use crate::raft::membership::Membership;
+use crate::types::{LogIndex, NodeId, Term};
+
+/// First bytes of a snapshot file: "HA-SNAP", format version 1.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"HA-SNAP\x01";
+const TRAILER_BYTES: usize = 12;
+
+/// What a snapshot covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// Index of the last entry the snapshot includes.
+    pub index: LogIndex,
+    /// Term of that entry.
+    pub term: Term,
+    /// The configuration as of that entry.
+    pub membership: Membership,
+}
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file operation failed.
+    #[error("snapshot I/O error on {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A snapshot file is damaged.
+    #[error("snapshot {path} is corrupt: {reason}; refusing to start from it")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn file_name(index: LogIndex, term: Term) -> String {
+    format!("snap-{:020}-{:020}.snap", index.0, term.0)
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
+    let (i, t) = rest.split_once('-')?;
+    Some((i.parse().ok()?, t.parse().ok()?))
+}
+
+fn encode_membership(m: &Membership, out: &mut Vec<u8>) {
+    for set in [&m.voters, &m.voters_outgoing, &m.learners] {
+        out.extend_from_slice(&(set.len() as u32).to_le_bytes());
+        for id in set {
+            out.extend_from_slice(&id.0.to_le_bytes());
+        }
+    }
+}
+
+fn decode_membership(b: &[u8]) -> Option<Membership> {
+    let mut m = Membership::default();
+    let mut at = 0;
+    for k in 0..3 {
+        let n = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
+        at += 4;
+        for _ in 0..n {
+            let id = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?);
+            at += 8;
+            [&mut m.voters, &mut m.voters_outgoing, &mut m.learners][k].insert(NodeId(id));
+        }
+    }
+    (at == b.len()).then_some(m)
+}
+
+/// The snapshot directory (see the module docs).
+#[derive(Clone, Debug)]
+pub struct SnapshotStore<V: Vfs> {
+    vfs: V,
+    dir: PathBuf,
+}
+
+/// A snapshot being written; [`SnapshotWriter::finish`] makes it visible.
+pub struct SnapshotWriter<V: Vfs> {
+    store: SnapshotStore<V>,
+    meta: SnapshotMeta,
+    tmp: PathBuf,
+    file: V::File,
+    crc: u32,
+    data_len: u64,
+}
+
+impl<V: Vfs> SnapshotWriter<V> {
+    /// Appends state bytes.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError> {
+        self.file.append(chunk).map_err(io_err(&self.tmp))?;
+        self.crc = crc32c::crc32c_append(self.crc, chunk);
+        self.data_len += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Seals the file, syncs it, and renames it into place (invariant 1).
+    pub fn finish(mut self) -> Result<SnapshotMeta, SnapshotError> {
+        let mut trailer = Vec::with_capacity(TRAILER_BYTES);
+        trailer.extend_from_slice(&self.data_len.to_le_bytes());
+        let crc = crc32c::crc32c_append(self.crc, &trailer);
+        trailer.extend_from_slice(&crc.to_le_bytes());
+        self.file.append(&trailer).map_err(io_err(&self.tmp))?;
+        self.file.sync().map_err(io_err(&self.tmp))?;
+        let path = self
+            .store
+            .dir
+            .join(file_name(self.meta.index, self.meta.term));
+        self.store
+            .vfs
+            .rename(&self.tmp, &path)
+            .map_err(io_err(&path))?;
+        self.store
+            .vfs
+            .sync_dir(&self.store.dir)
+            .map_err(io_err(&self.store.dir))?;
+        Ok(self.meta)
+    }
+}
+
+impl<V: Vfs> SnapshotStore<V> {
+    /// Opens the directory, removing temporary files of interrupted writes.
+    pub fn open(vfs: V, dir: &Path) -> Result<SnapshotStore<V>, SnapshotError> {
+        vfs.create_dir_all(dir).map_err(io_err(dir))?;
+        for name in vfs.list(dir).map_err(io_err(dir))? {
+            if name.ends_with(".tmp") {
+                let p = dir.join(&name);
+                vfs.remove(&p).map_err(io_err(&p))?;
+            }
+        }
+        Ok(SnapshotStore {
+            vfs,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Starts writing a snapshot.
+    pub fn writer(&self, meta: SnapshotMeta) -> Result<SnapshotWriter<V>, SnapshotError> {
+        let tmp = self
+            .dir
+            .join(format!("{}.tmp", file_name(meta.index, meta.term)));
+        let mut file = self.vfs.open(&tmp, true).map_err(io_err(&tmp))?;
+        file.set_len(0).map_err(io_err(&tmp))?;
+        let mut header = Vec::new();
+        header.extend_from_slice(&SNAPSHOT_MAGIC);
+        header.extend_from_slice(&meta.index.0.to_le_bytes());
+        header.extend_from_slice(&meta.term.0.to_le_bytes());
+        let mut m = Vec::new();
+        encode_membership(&meta.membership, &mut m);
+        header.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        header.extend_from_slice(&m);
+        file.append(&header).map_err(io_err(&tmp))?;
+        Ok(SnapshotWriter {
+            crc: crc32c::crc32c(&header),
+            store: self.clone(),
+            meta,
+            tmp,
+            file,
+            data_len: 0,
+        })
+    }
+
+    /// Writes a whole snapshot at once.
+    pub fn save(&self, meta: SnapshotMeta, data: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
+        let mut w = self.writer(meta)?;
+        w.write(data)?;
+        w.finish()
+    }
+
+    /// Snapshot files present, oldest first, as (index, term, path).
+    fn files(&self) -> Result<Vec<(u64, u64, PathBuf)>, SnapshotError> {
+        let mut v: Vec<(u64, u64, PathBuf)> = self
+            .vfs
+            .list(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .iter()
+            .filter_map(|n| parse_name(n).map(|(i, t)| (i, t, self.dir.join(n))))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// The newest snapshot, verified (invariant 2), or `None` if there is none.
+    pub fn latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotError> {
+        let Some((index, term, path)) = self.files()?.pop() else {
+            return Ok(None);
+        };
+        let buf = self.vfs.read(&path).map_err(io_err(&path))?;
+        let corrupt = |reason: &str| SnapshotError::Corrupt {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        if buf.len() < 8 + 8 + 8 + 4 + TRAILER_BYTES || buf[..8] != SNAPSHOT_MAGIC {
+            return Err(corrupt("not a snapshot file (bad magic or too short)"));
+        }
+        let (body, crc) = buf.split_at(buf.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+        let m_len = u32::from_le_bytes(buf[24..28].try_into().expect("4 bytes")) as usize;
+        let data_start = 28 + m_len;
+        let data_len = u64_at(body.len() - 8) as usize;
+        if data_start + data_len + TRAILER_BYTES != buf.len() {
+            return Err(corrupt("lengths do not add up"));
+        }
+        let membership =
+            decode_membership(&buf[28..data_start]).ok_or_else(|| corrupt("bad membership"))?;
+        let meta = SnapshotMeta {
+            index: LogIndex(u64_at(8)),
+            term: Term(u64_at(16)),
+            membership,
+        };
+        if (meta.index.0, meta.term.0) != (index, term) {
+            return Err(corrupt("contents do not match the file name"));
+        }
+        Ok(Some((
+            meta,
+            buf[data_start..data_start + data_len].to_vec(),
+        )))
+    }
+
+    /// Removes all but the newest `keep` snapshots.
+    pub fn retain(&self, keep: usize) -> Result<(), SnapshotError> {
+        let files = self.files()?;
+        let n = files.len().saturating_sub(keep);
+        for (_, _, p) in files.into_iter().take(n) {
+            self.vfs.remove(&p).map_err(io_err(&p))?;
+        }
+        self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::rng::SplitMix64;
+    use crate::storage::vfs::SimFs;
+
+    fn meta(index: u64, term: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            index: LogIndex(index),
+            term: Term(term),
+            membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        }
+    }
+
+    #[test]
+    fn the_newest_snapshot_round_trips() {
+        let fs = SimFs::new();
+        let s = SnapshotStore::open(fs, Path::new("/snap")).unwrap();
+        assert!(s.latest().unwrap().is_none());
+        s.save(meta(10, 1), b"ten").unwrap();
+        let mut w = s.writer(meta(20, 2)).unwrap();
+        w.write(b"twe").unwrap();
+        w.write(b"nty").unwrap();
+        w.finish().unwrap();
+        assert_eq!(s.latest().unwrap(), Some((meta(20, 2), b"twenty".to_vec())));
+        s.retain(1).unwrap();
+        assert_eq!(s.files().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_newest_snapshot_is_an_error_not_an_empty_state() {
+        let fs = SimFs::new();
+        let dir = Path::new("/snap");
+        let s = SnapshotStore::open(fs.clone(), dir).unwrap();
+        s.save(meta(10, 1), b"ten").unwrap();
+        s.save(meta(20, 2), b"twenty").unwrap();
+        let path = dir.join(file_name(LogIndex(20), Term(2)));
+        fs.corrupt(&path, 30).unwrap();
+        let err = s.latest().unwrap_err();
+        assert!(matches!(err, SnapshotError::Corrupt { .. }));
+        assert!(
+            err.to_string().contains("snap-00000000000000000020"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_crash_before_the_rename_is_durable_keeps_the_old_snapshot() {
+        let fs = SimFs::new();
+        let dir = Path::new("/snap");
+        let s = SnapshotStore::open(fs.clone(), dir).unwrap();
+        s.save(meta(10, 1), b"ten").unwrap();
+        // An interrupted write: never finished.
+        let mut w = s.writer(meta(20, 2)).unwrap();
+        w.write(b"half").unwrap();
+        drop(w);
+        fs.crash(&mut SplitMix64::new(7));
+        let s = SnapshotStore::open(fs.clone(), dir).unwrap();
+        assert_eq!(s.latest().unwrap(), Some((meta(10, 1), b"ten".to_vec())));
+        assert!(fs.list(dir).unwrap().iter().all(|n| !n.ends_with(".tmp")));
+    }
+}
