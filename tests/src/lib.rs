@@ -11,3 +11,10 @@
 //!   exactly one seed (a failure prints the seed to use).
 
 pub mod sim;
+
+/// The payload crash tests write into entry `index`: its bytes depend on the
+/// index, so a reader can check every one of them.
+pub fn payload(index: u64) -> Vec<u8> {
+    let len = 16 + (index % 200) as usize;
+    (0..len).map(|k| (index as usize * 31 + k) as u8).collect()
+}

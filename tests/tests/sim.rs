@@ -21,14 +21,17 @@ fn random_runs_keep_every_safety_property() {
     }
     eprintln!(
         "{ran} seeds passed in {:.1}s: {} ticks, {} messages delivered, {} commands \
-         acknowledged, {} reads served, {} leaders elected, {} crashes",
+         acknowledged, {} reads served, {} leaders elected, {} crashes, {} disk errors, \
+         {} torn log tails repaired",
         started.elapsed().as_secs_f64(),
         stats.ticks,
         stats.delivered,
         stats.acknowledged,
         stats.reads,
         stats.elections,
-        stats.crashes
+        stats.crashes,
+        stats.disk_errors,
+        stats.torn_tails_repaired
     );
     assert_eq!(ran, seeds.len());
     assert!(

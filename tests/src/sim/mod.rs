@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use ha_core::raft::rng::SplitMix64;
 use ha_core::raft::{Body, Config, InitialState, Membership, Message, Raft, RoleKind};
-use ha_core::storage::{LogStore, MemLogStore};
+use ha_core::storage::{LogStore, MemLogStore, SimFs, StoredState, Wal, WalOptions};
 use ha_core::types::{EntryPayload, LogIndex, NodeId, Term};
 
 pub use checker::Checker;
@@ -64,6 +64,12 @@ pub struct Faults {
     pub crash_before_persist: f64,
     /// A crashed node restarts after `1..=max_down_ticks` ticks.
     pub max_down_ticks: u64,
+    /// Probability, per Ready, that the write reaches the disk but its fsync
+    /// fails and the power goes: the write survives whole, torn or not at all.
+    pub torn_write: f64,
+    /// Probability, per Ready, that the disk fills up part-way through the
+    /// write; the node stops (its writes fail) and restarts later with space.
+    pub disk_full: f64,
 }
 
 impl Faults {
@@ -79,6 +85,8 @@ impl Faults {
             isolate_leader: 0.0,
             crash_before_persist: 0.0,
             max_down_ticks: 0,
+            torn_write: 0.0,
+            disk_full: 0.0,
         }
     }
 
@@ -108,6 +116,9 @@ pub struct SimConfig {
     pub read: f64,
     /// A bug to plant in every node.
     pub bug: Option<Bug>,
+    /// Nodes keep their log in the real write-ahead log on a simulated disk
+    /// (otherwise in the in-memory store).
+    pub wal: bool,
 }
 
 impl SimConfig {
@@ -124,6 +135,7 @@ impl SimConfig {
             propose: 0.0,
             read: 0.0,
             bug: None,
+            wal: false,
         }
     }
 
@@ -149,8 +161,21 @@ impl SimConfig {
             isolate_leader: [0.0, 0.005, 0.02][rng.range(0, 3) as usize],
             crash_before_persist: [0.0, 0.01, 0.05][rng.range(0, 3) as usize],
             max_down_ticks: rng.range(1, 60),
+            torn_write: 0.0,
+            disk_full: 0.0,
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
+        c.wal = rng.chance(0.5);
+        c.faults.torn_write = if c.wal {
+            [0.0, 0.01, 0.03][rng.range(0, 3) as usize]
+        } else {
+            0.0
+        };
+        c.faults.disk_full = if c.wal {
+            [0.0, 0.002, 0.01][rng.range(0, 3) as usize]
+        } else {
+            0.0
+        };
         c.read = [0.0, 0.1, 0.3][rng.range(0, 3) as usize];
         c
     }
@@ -202,6 +227,10 @@ pub struct RunStats {
     pub elections: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Restarts whose log open cut off a torn tail.
+    pub torn_tails_repaired: u64,
+    /// Writes that failed (full disk, failed fsync).
+    pub disk_errors: u64,
 }
 
 struct Packet {
@@ -217,10 +246,97 @@ struct PendingRead {
     index: Option<LogIndex>,
 }
 
+/// Where a simulated node keeps its log.
+enum NodeStore {
+    /// The in-memory store (loses unsynced writes on a crash).
+    Mem(MemLogStore),
+    /// The real write-ahead log over a simulated disk that tears writes.
+    Wal { fs: SimFs, wal: Option<Wal<SimFs>> },
+}
+
+/// The log directory on a simulated node's disk.
+const WAL_DIR: &str = "/data/wal";
+
+/// Small segments, so runs seal, rotate and replay many of them.
+fn sim_wal_options() -> WalOptions {
+    WalOptions {
+        segment_max_bytes: 4 << 10,
+    }
+}
+
+impl NodeStore {
+    /// Opens the store after a (re)start; the log repairs a torn tail here.
+    /// Returns the stored state and whether a repair happened.
+    fn open(&mut self) -> Result<(StoredState, bool), String> {
+        match self {
+            NodeStore::Mem(m) => Ok((m.load().expect("in-memory store loads"), false)),
+            NodeStore::Wal { fs, wal } => {
+                let (w, state) =
+                    Wal::open(fs.clone(), std::path::Path::new(WAL_DIR), sim_wal_options())
+                        .map_err(|e| e.to_string())?;
+                let repaired = w.repaired().is_some();
+                *wal = Some(w);
+                Ok((state, repaired))
+            }
+        }
+    }
+
+    /// Appends, records the hard state and syncs. With `fail_sync`, the
+    /// writes happen but the fsync fails (the caller then cuts the power).
+    fn persist(
+        &mut self,
+        entries: &[ha_core::types::Entry],
+        hs: Option<ha_core::types::HardState>,
+        fail_sync: bool,
+    ) -> Result<(), String> {
+        match self {
+            NodeStore::Mem(m) => {
+                m.append(entries).map_err(|e| e.to_string())?;
+                if let Some(hs) = hs {
+                    m.save_hard_state(hs).map_err(|e| e.to_string())?;
+                }
+                if fail_sync {
+                    return Err("injected sync failure".into());
+                }
+                m.sync().map_err(|e| e.to_string())
+            }
+            NodeStore::Wal { fs, wal } => {
+                let wal = wal.as_mut().expect("an up node has an open log");
+                wal.append(entries).map_err(|e| e.to_string())?;
+                if let Some(hs) = hs {
+                    wal.save_hard_state(hs).map_err(|e| e.to_string())?;
+                }
+                if fail_sync {
+                    fs.set_fail_sync(true);
+                }
+                wal.sync().map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// A power loss: unsynced writes are lost or torn.
+    fn crash(&mut self, rng: &mut SplitMix64) {
+        match self {
+            NodeStore::Mem(m) => m.crash(),
+            NodeStore::Wal { fs, wal } => {
+                *wal = None;
+                fs.crash(rng);
+            }
+        }
+    }
+
+    /// Makes the disk fill up after `bytes` more bytes.
+    fn fill_disk_after(&mut self, bytes: u64) {
+        if let NodeStore::Wal { fs, .. } = self {
+            fs.set_space_left(Some(bytes));
+        }
+    }
+}
+
 struct SimNode {
     id: NodeId,
     raft: Option<Raft>,
-    store: MemLogStore,
+    store: NodeStore,
     /// The state machine: command ids applied, by index (lost on crash).
     applied: BTreeMap<LogIndex, u64>,
     /// Commands this node accepted as leader, awaiting application.
@@ -304,14 +420,21 @@ impl Sim {
             sim.nodes.push(SimNode {
                 id,
                 raft: None,
-                store: MemLogStore::new(),
+                store: if sim.cfg.wal {
+                    NodeStore::Wal {
+                        fs: SimFs::new(),
+                        wal: None,
+                    }
+                } else {
+                    NodeStore::Mem(MemLogStore::new())
+                },
                 applied: BTreeMap::new(),
                 proposals: BTreeMap::new(),
                 reads: BTreeMap::new(),
                 restart_at: None,
                 incarnation: 0,
             });
-            sim.boot(k);
+            sim.boot(k).expect("an empty store opens");
         }
         sim
     }
@@ -320,10 +443,16 @@ impl Sim {
         Membership::new_voters((1..=self.cfg.nodes as u64).map(NodeId))
     }
 
-    fn boot(&mut self, k: usize) {
+    fn boot(&mut self, k: usize) -> Result<(), String> {
         let membership = self.membership();
         let node = &mut self.nodes[k];
-        let stored = node.store.load().expect("in-memory store loads");
+        let (stored, repaired) = node
+            .store
+            .open()
+            .map_err(|e| format!("node {} cannot reopen its log: {e}", node.id))?;
+        if repaired {
+            self.stats.torn_tails_repaired += 1;
+        }
         let mut config = self.cfg.raft.clone();
         config.id = node.id;
         config.rng_seed = self.seed ^ (node.id.0 << 48) ^ (node.incarnation << 32);
@@ -334,11 +463,14 @@ impl Sim {
             snapshot_last: stored.snapshot_last,
             entries: stored.entries,
         };
-        node.raft = Some(Raft::new(config, init).expect("stored state is valid"));
+        let raft = Raft::new(config, init)
+            .map_err(|e| format!("node {} cannot start from its log: {e}", node.id))?;
+        node.raft = Some(raft);
         node.applied.clear();
         node.proposals.clear();
         node.reads.clear();
         node.restart_at = None;
+        Ok(())
     }
 
     // ----- observation -------------------------------------------------------
@@ -515,7 +647,7 @@ impl Sim {
             return;
         }
         node.raft = None;
-        node.store.crash();
+        node.store.crash(&mut self.rng);
         node.applied.clear();
         node.proposals.clear();
         node.reads.clear();
@@ -530,7 +662,10 @@ impl Sim {
             return;
         }
         self.nodes[k].incarnation += 1;
-        self.boot(k);
+        if let Err(e) = self.boot(k) {
+            self.failure = Some(e);
+            return;
+        }
         self.trace.push(self.now, TraceEvent::Restart(id));
     }
 
@@ -858,15 +993,28 @@ impl Sim {
                 self.crash_for_a_while(k);
                 return;
             }
-            let node = &mut self.nodes[k];
-            let raft = node.raft.as_mut().expect("node is up");
-            node.store.append(&rd.entries).expect("in-memory append");
-            if let Some(hs) = rd.hard_state {
-                node.store
-                    .save_hard_state(hs)
-                    .expect("in-memory hard state");
+            let needs_write = rd.hard_state.is_some() || !rd.entries.is_empty();
+            let f = self.cfg.faults.clone();
+            let torn = needs_write && f.torn_write > 0.0 && self.rng.chance(f.torn_write);
+            if needs_write && f.disk_full > 0.0 && self.rng.chance(f.disk_full) {
+                let room = self.rng.range(0, 200);
+                self.nodes[k].store.fill_disk_after(room);
             }
-            node.store.sync().expect("in-memory sync");
+            if let Err(e) = self.nodes[k]
+                .store
+                .persist(&rd.entries, rd.hard_state, torn)
+            {
+                // The write failed: nothing that depends on it may leave the
+                // node. It stops, and restarts later from what its disk kept.
+                self.trace.push(
+                    self.now,
+                    TraceEvent::Partition(format!("node {id} disk: {e}")),
+                );
+                self.stats.disk_errors += 1;
+                self.crash_for_a_while(k);
+                return;
+            }
+            let raft = self.nodes[k].raft.as_mut().expect("node is up");
             if let Err(e) = self.checker.on_persist(id, raft, &rd.entries) {
                 self.failure = Some(e);
                 return;
@@ -1113,6 +1261,8 @@ pub fn run_seeds(
                             t.reads += st.reads;
                             t.elections += st.elections;
                             t.crashes += st.crashes;
+                            t.torn_tails_repaired += st.torn_tails_repaired;
+                            t.disk_errors += st.disk_errors;
                         }
                         Err(f) => {
                             failures.lock().expect("failures lock").push(f);
