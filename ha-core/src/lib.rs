@@ -11,11 +11,13 @@
 //!   No async, no clock, no IO inside. Small pure modules sit beside it:
 //!   `membership` (quorums), `progress` (per-follower flow control), `log`
 //!   (the in-memory log and its cursors), `read` (ReadIndex rounds).
-//! - [`storage`]: the [`LogStore`](storage::LogStore) trait and its in-memory
-//!   twin with a crash model.
+//! - [`storage`]: the [`LogStore`](storage::LogStore) trait; the durable
+//!   segmented write-ahead log with group commit; snapshot files; the locked
+//!   data directory; the file layer (real, or simulated with crashes).
+//! - [`node`]: the driver's duties for one `Ready`, in the one safe order.
 //! - [`types`]: node ids, terms, indexes, entries, hard state.
 //!
-//! The async driver, sessions, the state-machine trait and the client arrive
+//! The async node, sessions, the state-machine trait and the client arrive
 //! with later work; nothing here pretends to provide them yet.
 //!
 //! ## A one-node cluster in a few lines
@@ -52,6 +54,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod node;
 pub mod raft;
 pub mod storage;
 pub mod types;

@@ -301,10 +301,9 @@ fn a_full_disk_stops_writes_without_damaging_what_is_synced() {
     ));
     assert!(matches!(wal.sync(), Err(WalError::Failed(_))));
     assert!(wal.failure().is_some());
-    drop(wal);
     // Space returns: the reopened log holds the synced prefix and works.
     fs.set_space_left(None);
-    let (mut wal, state) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    let (mut wal, state) = wal.reopen().unwrap();
     assert_eq!(state.entries, entries(1, 10, 1));
     wal.append(&entries(11, 12, 2)).unwrap();
     wal.sync().unwrap();

@@ -561,6 +561,9 @@ impl<V: Vfs> Wal<V> {
                 }
             }
         }
+        if let Some(r) = &repaired {
+            tracing::warn!(dir = %dir.display(), "write-ahead log repaired on open: {r}");
+        }
         let state = replay.state;
         let last_index = state.snapshot_last.0.plus(state.entries.len() as u64);
         let last_term = state
@@ -653,8 +656,18 @@ impl<V: Vfs> Wal<V> {
     }
 
     fn fail(&mut self, e: WalError) -> WalError {
+        tracing::error!(dir = %self.dir.display(), error = %e, "write-ahead log stopped accepting writes");
         self.failed = Some(e.to_string());
         e
+    }
+
+    /// Reopens the log from disk after a failure (for example once space
+    /// returns), discarding whatever was not synced. The caller restarts its
+    /// Raft core from the returned state.
+    pub fn reopen(self) -> Result<(Wal<V>, StoredState), WalError> {
+        let (vfs, dir, opts) = (self.vfs.clone(), self.dir.clone(), self.opts.clone());
+        drop(self);
+        Wal::open(vfs, &dir, opts)
     }
 
     fn write_batch(&mut self) -> Result<(), WalError> {
