@@ -14,7 +14,9 @@
 //! - [`storage`]: the [`LogStore`](storage::LogStore) trait; the durable
 //!   segmented write-ahead log with group commit; snapshot files; the locked
 //!   data directory; the file layer (real, or simulated with crashes).
-//! - [`node`]: the driver's duties for one `Ready`, in the one safe order.
+//! - [`node`]: the async node (one tokio task driving a core) and the
+//!   driver's duties for one `Ready`, in the one safe order.
+//! - [`transport`]: the `Transport` trait and an in-memory network.
 //! - [`types`]: node ids, terms, indexes, entries, hard state.
 //!
 //! The async node, sessions, the state-machine trait and the client arrive
@@ -57,4 +59,5 @@
 pub mod node;
 pub mod raft;
 pub mod storage;
+pub mod transport;
 pub mod types;

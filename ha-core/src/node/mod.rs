@@ -1,8 +1,8 @@
 //! The driver's duties for one [`Ready`], in the one order that is safe.
 //!
-//! Owns: [`handle_ready`], which every driver (the simulator, tests, the
-//! async node) uses to turn a `Ready` into IO, so the ordering rule lives in
-//! one place:
+//! Owns: the async node ([`driver`]) and [`handle_ready`], the synchronous
+//! form of a driver's duties for tests and simple drivers. Both follow the
+//! same order:
 //!
 //! 1. send `messages` (a leader's appends and heartbeats: they promise
 //!    nothing about this node's disk);
@@ -14,6 +14,12 @@
 //!
 //! If step 2 fails, nothing after it happens: the node must stop and restart
 //! from what its disk holds (the log refuses further writes anyway).
+
+pub mod driver;
+
+pub use driver::{
+    Applier, NodeError, NodeHandle, NodeOptions, NodeStatus, NodeStorage, NoopApplier, start_node,
+};
 
 use crate::raft::{Message, Raft, ReadState, Ready};
 use crate::storage::LogStore;

@@ -1,0 +1,522 @@
+//! The async node: one tokio task that owns a Raft core and drives it.
+//!
+//! Owns: the loop that turns timer ticks into `tick`, transport messages into
+//! `step`, client calls into `propose` / `read_index`, persists each `Ready`
+//! (in memory, or through the group-commit storage thread so the task never
+//! blocks on an fsync), sends messages, applies committed entries and answers
+//! the clients waiting for them. It makes no protocol decisions.
+//!
+//! Channels (each bounded, so a flood cannot grow memory without limit):
+//! - inbound messages: transport -> node task, `inbound_queue` deep; when it
+//!   is full the transport drops (Raft tolerates loss);
+//! - commands: handles -> node task, `command_queue` deep; callers wait
+//!   (backpressure on clients);
+//! - persistence completions: storage thread -> node task; at most one
+//!   `Ready` is being persisted at a time, so at most one is in flight.
+//!
+//! Invariants:
+//! 1. The order of [`super::handle_ready`] holds: `persisted_messages`,
+//!    applications and client answers happen only after the `Ready`'s
+//!    entries and hard state are durable.
+//! 2. A proposal is answered `Ok` only when its exact `(index, term)` has
+//!    been applied; `NotApplied` only when it certainly never will be.
+//! 3. After a storage failure the node stops: it answers nothing more as
+//!    committed, and must be restarted from its disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::raft::{
+    Config, InitialState, Membership, Message, ProposeError, Raft, ReadIndexError, RoleKind,
+};
+use crate::storage::group::{GroupCommit, GroupOptions, WriteRequest};
+use crate::storage::vfs::Vfs;
+use crate::storage::{LogStore, MemLogStore, Wal};
+use crate::transport::Transport;
+use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+
+/// Applies committed commands: the replicated state machine, as the node
+/// sees it. Called on the node task, in log order, once per command entry.
+pub trait Applier: Send + 'static {
+    /// Applies `command` (the entry at `index`) and returns the answer for
+    /// the client that proposed it.
+    fn apply(&mut self, index: LogIndex, command: &Bytes) -> Bytes;
+}
+
+/// An applier that keeps nothing and answers with an empty reply.
+#[derive(Debug, Default)]
+pub struct NoopApplier;
+
+impl Applier for NoopApplier {
+    fn apply(&mut self, _: LogIndex, _: &Bytes) -> Bytes {
+        Bytes::new()
+    }
+}
+
+/// Where the node keeps its log.
+pub enum NodeStorage<V: Vfs> {
+    /// In memory (tests, benchmarks): nothing survives the process.
+    Memory(MemLogStore),
+    /// The durable write-ahead log, driven by a group-commit thread.
+    Wal(Wal<V>),
+}
+
+/// Settings of a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Core settings (the id among them).
+    pub raft: Config,
+    /// The initial configuration.
+    pub membership: Membership,
+    /// Wall-clock length of one logical tick.
+    pub tick: Duration,
+    /// Depth of the inbound message queue.
+    pub inbound_queue: usize,
+    /// Depth of the command queue.
+    pub command_queue: usize,
+}
+
+impl NodeOptions {
+    /// Defaults for node `id` in a cluster of `voters`: a 50 ms tick,
+    /// heartbeats every tick, elections after 300–600 ms.
+    pub fn new(id: NodeId, voters: impl IntoIterator<Item = NodeId>) -> NodeOptions {
+        NodeOptions {
+            raft: Config::new(id),
+            membership: Membership::new_voters(voters),
+            tick: Duration::from_millis(50),
+            inbound_queue: 8192,
+            command_queue: 8192,
+        }
+    }
+}
+
+/// Why a proposal or read failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// This node is not the leader; the command certainly did not take effect.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// The node is overloaded; the command certainly did not take effect.
+    #[error("busy: too many uncommitted entries")]
+    Busy,
+    /// Another entry committed at the command's index: it never will.
+    #[error("the command was overwritten by a newer leader")]
+    Overwritten,
+    /// Leadership was lost before the read was confirmed.
+    #[error("leadership lost before the read was confirmed")]
+    ReadAborted,
+    /// The node stopped (shut down or its storage failed); the outcome of
+    /// anything in flight is unknown.
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+}
+
+impl NodeError {
+    /// Whether the command certainly did not take effect.
+    pub fn is_not_applied(&self) -> bool {
+        matches!(
+            self,
+            NodeError::NotLeader { .. } | NodeError::Busy | NodeError::Overwritten
+        )
+    }
+}
+
+/// What a node reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: RoleKind,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit_index: LogIndex,
+    /// Applied index.
+    pub applied_index: LogIndex,
+    /// Last log index.
+    pub last_index: LogIndex,
+    /// Why the node stopped, if it did.
+    pub stopped: Option<String>,
+}
+
+enum Command {
+    Propose {
+        data: Bytes,
+        reply: oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>,
+    },
+    Read {
+        reply: oneshot::Sender<Result<LogIndex, NodeError>>,
+    },
+    Shutdown,
+}
+
+/// A handle on a running node. Clones share it.
+#[derive(Clone)]
+pub struct NodeHandle {
+    id: NodeId,
+    commands: mpsc::Sender<Command>,
+    inbound: mpsc::Sender<Message>,
+    status: watch::Receiver<NodeStatus>,
+}
+
+impl NodeHandle {
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Where the transport delivers messages for this node.
+    pub fn inbound(&self) -> mpsc::Sender<Message> {
+        self.inbound.clone()
+    }
+
+    /// Proposes a command; resolves when it is applied (with the applier's
+    /// answer and its index) or certainly never will be.
+    pub async fn propose(&self, data: Bytes) -> Result<(LogIndex, Bytes), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Propose { data, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// A linearizable read barrier: resolves with an index once this node,
+    /// as leader, has confirmed its leadership and applied up to it.
+    pub async fn read_index(&self) -> Result<LogIndex, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Read { reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Asks the node to stop; pending callers learn `Stopped`.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let mut st = self.status.clone();
+        let _ = st.wait_for(|s| s.stopped.is_some()).await;
+    }
+
+    fn stopped(&self) -> NodeError {
+        let why = self.status.borrow().stopped.clone();
+        NodeError::Stopped(why.unwrap_or_else(|| "shut down".into()))
+    }
+}
+
+/// Starts a node on the current tokio runtime. `init` is what its storage
+/// held at start-up.
+pub fn start_node<V: Vfs>(
+    opts: NodeOptions,
+    init: InitialState,
+    storage: NodeStorage<V>,
+    transport: Arc<dyn Transport>,
+    applier: impl Applier,
+) -> Result<NodeHandle, String> {
+    let id = opts.raft.id;
+    let init = InitialState {
+        membership: opts.membership.clone(),
+        ..init
+    };
+    let raft = Raft::new(opts.raft.clone(), init)?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(opts.command_queue.max(1));
+    let (in_tx, in_rx) = mpsc::channel(opts.inbound_queue.max(1));
+    let status = status_of(&raft, None);
+    let (status_tx, status_rx) = watch::channel(status);
+    let storage = match storage {
+        NodeStorage::Memory(m) => Backend::Memory(m),
+        NodeStorage::Wal(w) => Backend::Group(GroupCommit::start(w, GroupOptions::default())),
+    };
+    let task = NodeTask {
+        raft,
+        storage,
+        transport,
+        applier: Box::new(applier),
+        proposals: BTreeMap::new(),
+        reads: HashMap::new(),
+        confirmed_reads: Vec::new(),
+        next_read: 1,
+        in_flight: None,
+        status_tx,
+    };
+    tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
+    Ok(NodeHandle {
+        id,
+        commands: cmd_tx,
+        inbound: in_tx,
+        status: status_rx,
+    })
+}
+
+fn status_of(raft: &Raft, stopped: Option<String>) -> NodeStatus {
+    NodeStatus {
+        id: raft.id(),
+        role: raft.role(),
+        term: raft.term(),
+        leader: raft.leader(),
+        commit_index: raft.commit_index(),
+        applied_index: raft.applied_index(),
+        last_index: raft.last_index(),
+        stopped,
+    }
+}
+
+enum Backend<V: Vfs> {
+    Memory(MemLogStore),
+    Group(GroupCommit<V>),
+}
+
+/// The part of a Ready that waits for its persistence.
+struct InFlight {
+    persisted_messages: Vec<Message>,
+    committed_entries: Vec<Entry>,
+    read_states: Vec<crate::raft::ReadState>,
+    dropped_reads: Vec<u64>,
+    token: crate::raft::ReadyToken,
+}
+
+type PersistDone = Result<(), String>;
+
+struct NodeTask<V: Vfs> {
+    raft: Raft,
+    storage: Backend<V>,
+    transport: Arc<dyn Transport>,
+    applier: Box<dyn Applier>,
+    /// Proposals waiting for their index to apply: index -> (term, reply).
+    proposals: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>)>,
+    /// Reads waiting for confirmation: ctx -> reply.
+    reads: HashMap<u64, oneshot::Sender<Result<LogIndex, NodeError>>>,
+    /// Confirmed reads waiting for the state machine to catch up.
+    confirmed_reads: Vec<(LogIndex, oneshot::Sender<Result<LogIndex, NodeError>>)>,
+    next_read: u64,
+    in_flight: Option<InFlight>,
+    status_tx: watch::Sender<NodeStatus>,
+}
+
+/// Messages drained per wake-up before the loop looks at its other inputs.
+const DRAIN_MAX: usize = 1024;
+
+impl<V: Vfs> NodeTask<V> {
+    async fn run(
+        mut self,
+        tick: Duration,
+        mut inbound: mpsc::Receiver<Message>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PersistDone>();
+        let stop_reason = loop {
+            tokio::select! {
+                biased;
+                Some(done) = done_rx.recv() => {
+                    if let Err(e) = done {
+                        break format!("storage failed: {e}");
+                    }
+                    self.finish_ready();
+                }
+                Some(c) = commands.recv() => {
+                    if !self.command(c) {
+                        break "shut down".to_string();
+                    }
+                    for _ in 0..DRAIN_MAX {
+                        match commands.try_recv() {
+                            Ok(c) => if !self.command(c) { break; },
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(m) = inbound.recv() => {
+                    self.step(m);
+                    for _ in 0..DRAIN_MAX {
+                        match inbound.try_recv() {
+                            Ok(m) => self.step(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => self.raft.tick(),
+            }
+            if self.in_flight.is_none()
+                && self.raft.has_ready()
+                && let Err(e) = self.start_ready(&done_tx)
+            {
+                break format!("storage failed: {e}");
+            }
+            self.publish_status(None);
+        };
+        self.stop(stop_reason);
+    }
+
+    fn stop(mut self, reason: String) {
+        tracing::warn!(node = %self.raft.id(), "node stopped: {reason}");
+        let err = NodeError::Stopped(reason.clone());
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, reply) in self.reads.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, reply) in self.confirmed_reads.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        self.publish_status(Some(reason));
+    }
+
+    fn publish_status(&self, stopped: Option<String>) {
+        let s = status_of(&self.raft, stopped);
+        self.status_tx.send_if_modified(|cur| {
+            if *cur != s {
+                *cur = s;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn step(&mut self, m: Message) {
+        let from = m.from;
+        if let Err(e) = self.raft.step(m) {
+            tracing::warn!(node = %self.raft.id(), peer = %from, "refused a message: {e}");
+        }
+    }
+
+    /// Handles one command; returns false to stop.
+    fn command(&mut self, c: Command) -> bool {
+        match c {
+            Command::Propose { data, reply } => match self.raft.propose(data) {
+                Ok((index, term)) => {
+                    self.proposals.insert(index, (term, reply));
+                }
+                Err(ProposeError::NotLeader { leader }) => {
+                    let _ = reply.send(Err(NodeError::NotLeader { leader }));
+                }
+                Err(ProposeError::Busy | ProposeError::Unsupported(_)) => {
+                    let _ = reply.send(Err(NodeError::Busy));
+                }
+            },
+            Command::Read { reply } => {
+                let ctx = self.next_read;
+                self.next_read += 1;
+                match self.raft.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(ReadIndexError::NotLeader { leader }) => {
+                        let _ = reply.send(Err(NodeError::NotLeader { leader }));
+                    }
+                    Err(ReadIndexError::Busy) => {
+                        let _ = reply.send(Err(NodeError::Busy));
+                    }
+                }
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn start_ready(&mut self, done_tx: &mpsc::UnboundedSender<PersistDone>) -> Result<(), String> {
+        let rd = self.raft.ready();
+        let token = rd.token();
+        for m in rd.messages {
+            self.transport.send(m);
+        }
+        self.in_flight = Some(InFlight {
+            persisted_messages: rd.persisted_messages,
+            committed_entries: rd.committed_entries,
+            read_states: rd.read_states,
+            dropped_reads: rd.dropped_reads,
+            token,
+        });
+        let nothing_to_write = rd.entries.is_empty() && rd.hard_state.is_none();
+        match &mut self.storage {
+            Backend::Memory(m) => {
+                m.append(&rd.entries).map_err(|e| e.to_string())?;
+                if let Some(hs) = rd.hard_state {
+                    m.save_hard_state(hs).map_err(|e| e.to_string())?;
+                }
+                m.sync().map_err(|e| e.to_string())?;
+                self.finish_ready();
+            }
+            Backend::Group(_) if nothing_to_write => self.finish_ready(),
+            Backend::Group(g) => {
+                let tx = done_tx.clone();
+                g.submit(WriteRequest {
+                    entries: rd.entries,
+                    hard_state: rd.hard_state,
+                    compact: None,
+                    done: Box::new(move |r| {
+                        let _ = tx.send(r.map_err(|e| e.to_string()));
+                    }),
+                })
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The in-flight Ready is durable: do the rest of its duties.
+    fn finish_ready(&mut self) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        for m in f.persisted_messages {
+            self.transport.send(m);
+        }
+        for e in &f.committed_entries {
+            let answer = match &e.payload {
+                EntryPayload::Command(c) => Some(self.applier.apply(e.index, c)),
+                _ => None,
+            };
+            if let Some((term, reply)) = self.proposals.remove(&e.index) {
+                let res = if term == e.term {
+                    Ok((e.index, answer.unwrap_or_default()))
+                } else {
+                    Err(NodeError::Overwritten)
+                };
+                let _ = reply.send(res);
+            }
+        }
+        for r in f.read_states {
+            if let Some(reply) = self.reads.remove(&r.ctx) {
+                self.confirmed_reads.push((r.index, reply));
+            }
+        }
+        for ctx in f.dropped_reads {
+            if let Some(reply) = self.reads.remove(&ctx) {
+                let _ = reply.send(Err(NodeError::ReadAborted));
+            }
+        }
+        self.raft.advance(f.token);
+        let applied = self.raft.applied_index();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed_reads)
+            .into_iter()
+            .partition(|(i, _)| *i <= applied);
+        self.confirmed_reads = waiting;
+        for (i, reply) in ready {
+            let _ = reply.send(Ok(i));
+        }
+    }
+}
