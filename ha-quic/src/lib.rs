@@ -1,5 +1,28 @@
-//! QUIC transport for ha.
+//! # ha-quic
 //!
-//! This crate will carry peer and client traffic over QUIC with mutual TLS.
-//! It exports nothing yet: the transport arrives with its own issue, and until
-//! then nothing here pretends to work.
+//! The QUIC transport of ha: peer and client traffic on one quinn endpoint
+//! per node, mutual TLS against a cluster CA, length-prefixed postcard
+//! frames with hard size limits.
+//!
+//! ## Layout
+//! - [`certs`]: create and load the cluster CA and node/client certificates.
+//! - [`tls`]: rustls/quinn configuration, ALPN, and the LAN-tuned transport
+//!   parameters (their reasons are in that module's docs).
+//! - [`frame`]: the wire format of every stream.
+//! - [`transport`]: the endpoint, peer senders and the accept loop that
+//!   checks identities; implements `ha_core::transport::Transport`.
+//! - [`client`]: the client protocol and a minimal client.
+//! - [`node`]: starting a Raft node on a QUIC endpoint in one call.
+#![deny(missing_docs)]
+
+pub mod certs;
+pub mod client;
+pub mod frame;
+pub mod node;
+pub mod tls;
+pub mod transport;
+
+pub use certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_node_identity};
+pub use client::{ClientRequest, ClientResponse, QuicClient};
+pub use node::QuicNode;
+pub use transport::{QuicConfig, QuicEndpoint, QuicTransport};

@@ -297,6 +297,8 @@ struct InFlight {
 }
 
 type PersistDone = Result<(), String>;
+type ProposeReply = oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>;
+type ReadReply = oneshot::Sender<Result<LogIndex, NodeError>>;
 
 struct NodeTask<V: Vfs> {
     raft: Raft,
@@ -304,11 +306,11 @@ struct NodeTask<V: Vfs> {
     transport: Arc<dyn Transport>,
     applier: Box<dyn Applier>,
     /// Proposals waiting for their index to apply: index -> (term, reply).
-    proposals: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>)>,
+    proposals: BTreeMap<LogIndex, (Term, ProposeReply)>,
     /// Reads waiting for confirmation: ctx -> reply.
-    reads: HashMap<u64, oneshot::Sender<Result<LogIndex, NodeError>>>,
+    reads: HashMap<u64, ReadReply>,
     /// Confirmed reads waiting for the state machine to catch up.
-    confirmed_reads: Vec<(LogIndex, oneshot::Sender<Result<LogIndex, NodeError>>)>,
+    confirmed_reads: Vec<(LogIndex, ReadReply)>,
     next_read: u64,
     in_flight: Option<InFlight>,
     status_tx: watch::Sender<NodeStatus>,

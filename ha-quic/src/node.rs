@@ -1,0 +1,83 @@
+//! A Raft node on a QUIC endpoint, started in one call.
+//!
+//! Owns: the order of start-up (bind the endpoint, start the node with the
+//! endpoint's transport, then accept connections for it) and of shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage, start_node};
+use ha_core::raft::InitialState;
+use ha_core::storage::Vfs;
+
+use crate::transport::{QuicConfig, QuicEndpoint, QuicError, QuicTransport};
+
+/// What can go wrong starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The endpoint could not start.
+    #[error(transparent)]
+    Quic(#[from] QuicError),
+    /// The node could not start from its state.
+    #[error("cannot start the node: {0}")]
+    Node(String),
+}
+
+/// A running node and its endpoint.
+pub struct QuicNode {
+    handle: NodeHandle,
+    endpoint: QuicEndpoint,
+}
+
+impl QuicNode {
+    /// Binds, starts the node, and serves. Must run inside a tokio runtime.
+    pub fn start<V: Vfs>(
+        opts: NodeOptions,
+        quic: QuicConfig,
+        init: InitialState,
+        storage: NodeStorage<V>,
+        applier: impl Applier,
+    ) -> Result<QuicNode, StartError> {
+        QuicNode::start_on(opts, quic, None, init, storage, applier)
+    }
+
+    /// Like [`QuicNode::start`], on a socket bound already when given.
+    pub fn start_on<V: Vfs>(
+        opts: NodeOptions,
+        quic: QuicConfig,
+        socket: Option<std::net::UdpSocket>,
+        init: InitialState,
+        storage: NodeStorage<V>,
+        applier: impl Applier,
+    ) -> Result<QuicNode, StartError> {
+        let endpoint = match socket {
+            Some(s) => QuicEndpoint::with_socket(quic, s)?,
+            None => QuicEndpoint::bind(quic)?,
+        };
+        let handle = start_node(opts, init, storage, Arc::new(endpoint.transport()), applier)
+            .map_err(StartError::Node)?;
+        endpoint.serve(handle.clone());
+        Ok(QuicNode { handle, endpoint })
+    }
+
+    /// The node.
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    /// The endpoint's transport (connection state, counters).
+    pub fn transport(&self) -> QuicTransport {
+        self.endpoint.transport()
+    }
+
+    /// Where the node listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr()
+    }
+
+    /// Stops the node and closes the endpoint.
+    pub async fn shutdown(&self) {
+        self.handle.shutdown().await;
+        self.endpoint.close();
+    }
+}

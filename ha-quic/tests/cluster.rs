@@ -1,0 +1,527 @@
+//! Real QUIC clusters on 127.0.0.1, ports from the OS.
+//!
+//! Each node runs on its own tokio runtime, so a test can kill one the way
+//! kill -9 would: dropping its runtime stops every task at once, and the
+//! socket goes silent without a goodbye.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage};
+use ha_core::raft::{Body, InitialState, Message, RoleKind};
+use ha_core::storage::{StdFs, Wal, WalOptions};
+use ha_core::types::{LogIndex, NodeId, Term};
+use ha_quic::certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_node_identity};
+use ha_quic::client::{ClientRequest, ClientResponse, QuicClient};
+use ha_quic::frame;
+use ha_quic::tls::{self, ALPN_PEER, QuicOptions};
+use ha_quic::transport::{PeerHello, QuicConfig, StreamClass};
+use ha_quic::{QuicNode, QuicTransport};
+
+/// Records every command it applies, in order.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(u64, Bytes)>>>);
+
+impl Applier for Recorder {
+    fn apply(&mut self, index: LogIndex, command: &Bytes) -> Bytes {
+        self.0.lock().unwrap().push((index.0, command.clone()));
+        Bytes::from(index.0.to_le_bytes().to_vec())
+    }
+}
+
+struct Proc {
+    rt: Option<tokio::runtime::Runtime>,
+    node: QuicNode,
+    applied: Recorder,
+}
+
+impl Proc {
+    fn handle(&self) -> NodeHandle {
+        self.node.handle().clone()
+    }
+    fn transport(&self) -> QuicTransport {
+        self.node.transport()
+    }
+    /// Stops the node like kill -9: no goodbye on the wire.
+    fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Cluster {
+    procs: Vec<Proc>,
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    certs: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+fn start_cluster(n: u64) -> Cluster {
+    let certs = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+    create_cluster_certs(certs.path(), &ids).unwrap();
+    let sockets: Vec<UdpSocket> = ids
+        .iter()
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: BTreeMap<NodeId, SocketAddr> = ids
+        .iter()
+        .zip(&sockets)
+        .map(|(id, s)| (*id, s.local_addr().unwrap()))
+        .collect();
+    let mut procs = Vec::new();
+    for (id, socket) in ids.iter().zip(sockets) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let identity = load_node_identity(certs.path(), *id).unwrap();
+        let peers = addrs
+            .iter()
+            .filter(|(p, _)| *p != id)
+            .map(|(p, a)| (*p, *a))
+            .collect();
+        let quic = QuicConfig::new(*id, addrs[id], peers, identity);
+        let mut opts = NodeOptions::new(*id, ids.iter().copied());
+        opts.tick = Duration::from_millis(20);
+        let (wal, state) = Wal::open(
+            StdFs,
+            &data.path().join(format!("n{}", id.0)),
+            WalOptions::default(),
+        )
+        .unwrap();
+        let init = InitialState {
+            hard_state: state.hard_state,
+            snapshot_last: state.snapshot_last,
+            entries: state.entries,
+            ..InitialState::default()
+        };
+        let applied = Recorder::default();
+        let node = {
+            let _guard = rt.enter();
+            QuicNode::start_on(
+                opts,
+                quic,
+                Some(socket),
+                init,
+                NodeStorage::Wal(wal),
+                applied.clone(),
+            )
+            .unwrap()
+        };
+        procs.push(Proc {
+            rt: Some(rt),
+            node,
+            applied,
+        });
+    }
+    Cluster {
+        procs,
+        addrs,
+        certs,
+        _data: data,
+    }
+}
+
+impl Cluster {
+    fn proc(&self, id: NodeId) -> &Proc {
+        &self.procs[(id.0 - 1) as usize]
+    }
+
+    /// Waits for a leader among the live nodes other than `skip`.
+    async fn leader(&self, skip: &[NodeId]) -> NodeHandle {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let found = self
+                .procs
+                .iter()
+                .filter(|p| p.rt.is_some() && !skip.contains(&p.handle().id()))
+                .map(|p| p.handle())
+                .filter(|h| h.status().role == RoleKind::Leader)
+                .max_by_key(|h| h.status().term);
+            if let Some(h) = found {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no leader within 10 s");
+    }
+}
+
+fn test_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn three_nodes_elect_a_leader_and_replicate_10000_commands() {
+    let cluster = start_cluster(3);
+    test_rt().block_on(async {
+        let leader = cluster.leader(&[]).await;
+        let mut tasks = Vec::new();
+        for w in 0..50u64 {
+            let leader = leader.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last = LogIndex(0);
+                for k in 0..200u64 {
+                    let cmd = Bytes::from(format!("w{w}-k{k}"));
+                    let (i, answer) = leader.propose(cmd).await.expect("committed");
+                    assert_eq!(answer, Bytes::from(i.0.to_le_bytes().to_vec()));
+                    last = last.max(i);
+                }
+                last
+            }));
+        }
+        let mut last = LogIndex(0);
+        for t in tasks {
+            last = last.max(t.await.unwrap());
+        }
+        // Every node applies all 10,000 commands, in the same order.
+        wait_until("every node applied everything", 20, || {
+            cluster
+                .procs
+                .iter()
+                .all(|p| p.handle().status().applied_index >= last)
+        })
+        .await;
+        let logs: Vec<Vec<(u64, Bytes)>> = cluster
+            .procs
+            .iter()
+            .map(|p| p.applied.0.lock().unwrap().clone())
+            .collect();
+        assert_eq!(logs[0].len(), 10_000);
+        assert!(
+            logs.iter().all(|l| *l == logs[0]),
+            "replicas applied different commands"
+        );
+        let sent: u64 = cluster
+            .procs
+            .iter()
+            .map(|p| {
+                p.transport()
+                    .stats()
+                    .sent
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        assert!(sent > 0);
+    });
+}
+
+async fn status_via(addr: SocketAddr, client: &QuicClient) -> Result<ClientResponse, String> {
+    let _ = addr;
+    client
+        .request(&ClientRequest::Status)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn clients_need_a_certificate_from_the_cluster_ca() {
+    let cluster = start_cluster(3);
+    let addr = cluster.addrs[&NodeId(1)];
+    test_rt().block_on(async {
+        // A proper client works, and is redirected by a follower.
+        let good = load_client_identity(cluster.certs.path()).unwrap();
+        let client = QuicClient::connect(addr, "node-1", &good).await.unwrap();
+        assert!(matches!(
+            status_via(addr, &client).await,
+            Ok(ClientResponse::Status(_))
+        ));
+        let leader = cluster.leader(&[]).await;
+        let follower = cluster
+            .procs
+            .iter()
+            .map(|p| p.handle())
+            .find(|h| h.id() != leader.id())
+            .unwrap();
+        let faddr = cluster.addrs[&follower.id()];
+        let fclient = QuicClient::connect(faddr, &format!("node-{}", follower.id().0), &good)
+            .await
+            .unwrap();
+        let r = fclient
+            .request(&ClientRequest::Propose(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        match r {
+            ClientResponse::NotLeader {
+                leader: Some(l),
+                leader_addr: Some(a),
+            } => {
+                assert_eq!(l, leader.id().0);
+                assert_eq!(a, cluster.addrs[&leader.id()]);
+            }
+            other => panic!("expected a redirect, got {other:?}"),
+        }
+        // A client certificate from another CA is refused.
+        let other = tempfile::tempdir().unwrap();
+        create_cluster_certs(other.path(), &[NodeId(1)]).unwrap();
+        let mut foreign = load_client_identity(other.path()).unwrap();
+        // It trusts our CA (so it can check the server), but its own
+        // certificate is signed by another.
+        foreign.ca = good.ca.clone();
+        let refused = match QuicClient::connect(addr, "node-1", &foreign).await {
+            Err(_) => true,
+            Ok(c) => status_via(addr, &c).await.is_err(),
+        };
+        assert!(refused, "a client with a foreign certificate was served");
+        // A client with no certificate at all is refused.
+        let cfg = tls::anonymous_client_config(&good.ca, tls::ALPN_CLIENT).unwrap();
+        let refused = match QuicClient::connect_with(addr, "node-1", cfg).await {
+            Err(_) => true,
+            Ok(c) => status_via(addr, &c).await.is_err(),
+        };
+        assert!(refused, "a client without a certificate was served");
+    });
+}
+
+/// Opens a raw peer connection to `addr` with `identity`.
+async fn raw_peer(addr: SocketAddr, identity: &TlsIdentity) -> quinn::Connection {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(
+        tls::client_config(identity, ALPN_PEER, &QuicOptions::default()).unwrap(),
+    );
+    let conn = ep.connect(addr, "node-1").unwrap().await.unwrap();
+    // Keep the endpoint alive as long as the connection.
+    std::mem::forget(ep);
+    conn
+}
+
+fn hello(cluster_id: &str, from: u64) -> PeerHello {
+    PeerHello {
+        cluster_id: cluster_id.to_string(),
+        from: NodeId(from),
+        to: NodeId(1),
+        class: StreamClass::Control,
+    }
+}
+
+async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) {
+    let mut s = conn.open_uni().await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let _ = s.finish();
+}
+
+fn protocol_errors(c: &Cluster, id: u64) -> u64 {
+    c.proc(NodeId(id))
+        .transport()
+        .stats()
+        .protocol_errors
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_node_certificate_cannot_claim_another_node() {
+    let cluster = start_cluster(3);
+    let addr = cluster.addrs[&NodeId(1)];
+    test_rt().block_on(async {
+        cluster.leader(&[]).await;
+        let term_before = cluster.proc(NodeId(1)).handle().status().term;
+        let n2 = load_node_identity(cluster.certs.path(), NodeId(2)).unwrap();
+        let conn = raw_peer(addr, &n2).await;
+        // Node 2's certificate, claiming to be node 3, asking for votes in a
+        // far-future term: must be refused before the core sees it.
+        let mut buf = Vec::new();
+        frame::encode(&hello(&n2.cluster_id(), 3), &mut buf).unwrap();
+        let vote = Message {
+            from: NodeId(3),
+            to: NodeId(1),
+            term: Term(1_000),
+            body: Body::Vote {
+                last_index: LogIndex(1_000_000),
+                last_term: Term(999),
+            },
+        };
+        frame::encode(&vote, &mut buf).unwrap();
+        send_raw(&conn, &buf).await;
+        let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap();
+        assert!(
+            reason.to_string().contains("certificate does not name"),
+            "{reason}"
+        );
+        assert!(cluster.proc(NodeId(1)).handle().status().term < Term(1_000));
+        assert!(cluster.proc(NodeId(1)).handle().status().term >= term_before);
+        assert!(protocol_errors(&cluster, 1) >= 1);
+    });
+}
+
+#[test]
+fn garbage_and_bad_frames_do_not_crash_a_node() {
+    let cluster = start_cluster(3);
+    let addr = cluster.addrs[&NodeId(1)];
+    test_rt().block_on(async {
+        cluster.leader(&[]).await;
+        // Raw garbage datagrams at the node's port.
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut rng = ha_core::raft::rng::SplitMix64::new(99);
+        for k in 0..500usize {
+            let len = 1 + (rng.next_u64() % 1400) as usize;
+            let junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            let _ = sock.send_to(&junk[..len.min(1 + k % 1400)], addr);
+        }
+        let n2 = load_node_identity(cluster.certs.path(), NodeId(2)).unwrap();
+        let cid = n2.cluster_id();
+        let before = protocol_errors(&cluster, 1);
+        // An oversized frame after a valid hello.
+        let conn = raw_peer(addr, &n2).await;
+        let mut buf = Vec::new();
+        frame::encode(&hello(&cid, 2), &mut buf).unwrap();
+        buf.extend_from_slice(&(u32::MAX).to_le_bytes());
+        send_raw(&conn, &buf).await;
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap();
+        // A truncated frame: a length prefix promising more than arrives.
+        let conn = raw_peer(addr, &n2).await;
+        let mut buf = Vec::new();
+        frame::encode(&hello(&cid, 2), &mut buf).unwrap();
+        buf.extend_from_slice(&100u32.to_le_bytes());
+        buf.extend_from_slice(&[1, 2, 3]);
+        send_raw(&conn, &buf).await;
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap();
+        // Bytes that are not a message.
+        let conn = raw_peer(addr, &n2).await;
+        let mut buf = Vec::new();
+        frame::encode(&hello(&cid, 2), &mut buf).unwrap();
+        buf.extend_from_slice(&8u32.to_le_bytes());
+        buf.extend_from_slice(&[0xff; 8]);
+        send_raw(&conn, &buf).await;
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap();
+        // A hello for another cluster.
+        let conn = raw_peer(addr, &n2).await;
+        let mut buf = Vec::new();
+        frame::encode(&hello("another-cluster", 2), &mut buf).unwrap();
+        send_raw(&conn, &buf).await;
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap();
+        assert!(protocol_errors(&cluster, 1) >= before + 4);
+        // The cluster still serves.
+        let leader = cluster.leader(&[]).await;
+        leader
+            .propose(Bytes::from_static(b"still alive"))
+            .await
+            .expect("commit");
+        assert!(cluster.proc(NodeId(1)).handle().status().stopped.is_none());
+    });
+}
+
+#[test]
+fn a_silent_peer_is_detected_and_the_majority_keeps_serving() {
+    let mut cluster = start_cluster(3);
+    let rt = test_rt();
+    let (leader_id, follower_id) = rt.block_on(async {
+        let leader = cluster.leader(&[]).await;
+        leader
+            .propose(Bytes::from_static(b"before"))
+            .await
+            .expect("commit");
+        let follower = cluster
+            .procs
+            .iter()
+            .map(|p| p.handle())
+            .find(|h| h.id() != leader.id())
+            .unwrap();
+        wait_until("the leader is connected to the follower", 10, || {
+            cluster
+                .proc(leader.id())
+                .transport()
+                .peer_connected(follower.id())
+        })
+        .await;
+        (leader.id(), follower.id())
+    });
+    // The follower dies without a word.
+    cluster.procs[(follower_id.0 - 1) as usize].kill();
+    rt.block_on(async {
+        let started = Instant::now();
+        wait_until("the leader notices the silent follower", 10, || {
+            !cluster
+                .proc(leader_id)
+                .transport()
+                .peer_connected(follower_id)
+        })
+        .await;
+        let noticed = started.elapsed();
+        eprintln!("the leader noticed the silent follower after {noticed:?}");
+        // Two of three still commit.
+        let leader = cluster.leader(&[follower_id]).await;
+        leader
+            .propose(Bytes::from_static(b"after follower loss"))
+            .await
+            .expect("commit");
+    });
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_no_acknowledged_command_is_lost() {
+    let mut cluster = start_cluster(3);
+    let rt = test_rt();
+    let (old, acked) = rt.block_on(async {
+        let leader = cluster.leader(&[]).await;
+        let mut acked = Vec::new();
+        for k in 0..100u64 {
+            let (i, _) = leader
+                .propose(Bytes::from(format!("c{k}")))
+                .await
+                .expect("commit");
+            acked.push(i);
+        }
+        (leader.id(), acked)
+    });
+    cluster.procs[(old.0 - 1) as usize].kill();
+    rt.block_on(async {
+        let leader = cluster.leader(&[old]).await;
+        assert_ne!(leader.id(), old);
+        let (i, _) = leader
+            .propose(Bytes::from_static(b"new leader"))
+            .await
+            .expect("commit");
+        wait_until("the survivors apply everything", 10, || {
+            cluster
+                .procs
+                .iter()
+                .filter(|p| p.rt.is_some())
+                .all(|p| p.handle().status().applied_index >= i)
+        })
+        .await;
+        for p in cluster.procs.iter().filter(|p| p.rt.is_some()) {
+            let log = p.applied.0.lock().unwrap();
+            for a in &acked {
+                assert!(
+                    log.iter().any(|(idx, _)| idx == &a.0),
+                    "acknowledged {a} lost"
+                );
+            }
+        }
+    });
+}
