@@ -314,11 +314,23 @@ impl QuicEndpoint {
 
     /// Accepts connections for `node` until the endpoint closes.
     pub fn serve(&self, node: NodeHandle) {
+        self.accept_into(node.inbound(), Some(node));
+    }
+
+    /// Accepts peer connections and hands their messages to `inbound`, with
+    /// no node behind the endpoint (clients are refused). For benchmarks and
+    /// tests of the transport alone.
+    pub fn serve_messages(&self, inbound: mpsc::Sender<Message>) {
+        self.accept_into(inbound, None);
+    }
+
+    fn accept_into(&self, inbound: mpsc::Sender<Message>, node: Option<NodeHandle>) {
         let endpoint = self.endpoint.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                tokio::spawn(handle_incoming(incoming, shared.clone(), node.clone()));
+                let (shared, inbound, node) = (shared.clone(), inbound.clone(), node.clone());
+                tokio::spawn(handle_incoming(incoming, shared, inbound, node));
             }
         });
     }
@@ -450,7 +462,12 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     hd.protocol
 }
 
-async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>, node: NodeHandle) {
+async fn handle_incoming(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Message>,
+    node: Option<NodeHandle>,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -465,8 +482,11 @@ async fn handle_incoming(incoming: quinn::Incoming, shared: Arc<Shared>, node: N
         return;
     };
     match alpn(&conn).as_deref() {
-        Some(p) if p == ALPN_PEER => peer_connection(conn, cert, shared, node).await,
-        Some(p) if p == ALPN_CLIENT => client_connection(conn, shared, node).await,
+        Some(p) if p == ALPN_PEER => peer_connection(conn, cert, shared, inbound).await,
+        Some(p) if p == ALPN_CLIENT => match node {
+            Some(node) => client_connection(conn, shared, node).await,
+            None => conn.close(codes::PROTOCOL.into(), b"no service for clients here"),
+        },
         _ => conn.close(codes::PROTOCOL.into(), b"unknown protocol"),
     }
 }
@@ -486,7 +506,7 @@ async fn peer_connection(
     conn: quinn::Connection,
     cert: CertificateDer<'static>,
     shared: Arc<Shared>,
-    node: NodeHandle,
+    inbound: mpsc::Sender<Message>,
 ) {
     while let Ok(recv) = conn.accept_uni().await {
         tokio::spawn(peer_stream(
@@ -494,7 +514,7 @@ async fn peer_connection(
             conn.clone(),
             cert.clone(),
             shared.clone(),
-            node.clone(),
+            inbound.clone(),
         ));
     }
 }
@@ -504,7 +524,7 @@ async fn peer_stream(
     conn: quinn::Connection,
     cert: CertificateDer<'static>,
     shared: Arc<Shared>,
-    node: NodeHandle,
+    inbound: mpsc::Sender<Message>,
 ) {
     let hello: PeerHello = match frame::read_frame(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
         Ok(Some(h)) => h,
@@ -535,7 +555,6 @@ async fn peer_stream(
         StreamClass::Control => MAX_CONTROL_FRAME_BYTES,
         StreamClass::Replication => MAX_FRAME_BYTES,
     };
-    let inbound = node.inbound();
     loop {
         match frame::read_frame::<Message>(&mut recv, max).await {
             Ok(Some(m)) => {
