@@ -17,10 +17,12 @@
 //! - [`node`]: the async node (one tokio task driving a core) and the
 //!   driver's duties for one `Ready`, in the one safe order.
 //! - [`transport`]: the `Transport` trait and an in-memory network.
+//! - [`sm`]: the traits the macros implement, the apply context, and the
+//!   session table that makes commands exactly-once.
+//! - [`client`]: the generic client (leader discovery, retries, outcomes).
+//! - [`protocol`]: what clients and nodes say to each other.
 //! - [`types`]: node ids, terms, indexes, entries, hard state.
 //!
-//! The async node, sessions, the state-machine trait and the client arrive
-//! with later work; nothing here pretends to provide them yet.
 //!
 //! ## A one-node cluster in a few lines
 //! ```
@@ -56,8 +58,24 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod node;
+pub mod protocol;
 pub mod raft;
+pub mod sm;
 pub mod storage;
 pub mod transport;
 pub mod types;
+
+pub use client::{Client, ClientOptions, Error};
+pub use ha_macros::{Replicated, replicated};
+pub use protocol::Consistency;
+pub use sm::{ApplyContext, Replicated, StateMachine};
+
+/// Re-exports for generated code. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use bytes;
+    pub use postcard;
+    pub use serde;
+}

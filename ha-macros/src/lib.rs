@@ -1,5 +1,40 @@
-//! Procedural macros for ha.
+//! Procedural macros for ha: a plain struct becomes a replicated service.
 //!
-//! This crate will hold `#[derive(Replicated)]` and `#[replicated]`. It exports
-//! nothing yet: the macros arrive with the macro issue, and until then nothing
-//! here pretends to work.
+//! - `#[derive(Replicated)]` on the struct owns the *state*: snapshot and
+//!   restore through serde and postcard, a fingerprint of the state type,
+//!   and the `Replicated` trait naming the client type.
+//! - `#[replicated]` on the struct's inherent `impl` block owns the
+//!   *behaviour*: `pub fn m(&mut self, ..)` methods become commands
+//!   (replicated through the log), `pub fn m(&self, ..)` methods become
+//!   queries (linearizable reads, no log entry). It generates
+//!   `<Name>Command`, `<Name>Query`, their output enums, `impl
+//!   StateMachine`, and `<Name>Client` with one async method per command and
+//!   query, same name and arguments, returning `Result<R, ha_core::Error>`.
+//!
+//! Methods that are not `pub`, have no receiver, or carry
+//! `#[replicated(skip)]` are left alone.
+//!
+//! Errors point at the offending token and say what to write instead; all
+//! of them are reported at once, and the impl block is kept so no cascade of
+//! "method not found" errors follows.
+//!
+//! Generated code names everything by absolute path (`::ha_core::...`), so
+//! it works whatever the user has imported.
+
+use proc_macro::TokenStream;
+
+mod expand;
+
+/// Implements snapshot, restore and `ha_core::Replicated` for a struct (see
+/// the crate docs). Use it together with `#[replicated]` on the impl block.
+#[proc_macro_derive(Replicated)]
+pub fn derive_replicated(input: TokenStream) -> TokenStream {
+    expand::derive(input.into()).into()
+}
+
+/// Turns the methods of an inherent impl block into replicated commands and
+/// queries, and generates the typed client (see the crate docs).
+#[proc_macro_attribute]
+pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::replicated(attr.into(), item.into()).into()
+}

@@ -1,82 +1,23 @@
-//! The client protocol on ALPN `ha-client/1`, and a minimal client.
+//! Clients over QUIC: a raw single-node client, and the transport the
+//! generic typed client uses.
 //!
-//! Owns: the request and response types, and [`QuicClient`], which sends one
-//! request per bidirectional stream to one node. Leader discovery, retries
-//! and exactly-once sessions are built on top of this by the generic client.
-//!
-//! A request gets exactly one response frame, then the stream ends.
+//! Owns: [`QuicClient`] (one connection, one request per bidirectional
+//! stream) and [`QuicClientTransport`] (a pool of such connections,
+//! implementing `ha_core::client::ClientTransport`). The protocol types live
+//! in `ha_core::protocol`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use ha_core::client::{ClientOptions, ClientTransport, RequestError, RequestFuture};
+use ha_core::sm::Replicated;
+
+pub use ha_core::protocol::{ClientRequest, ClientResponse, StatusView};
 
 use crate::certs::TlsIdentity;
-use crate::frame::{self, FrameError, MAX_FRAME_BYTES};
+use crate::frame::{self, MAX_FRAME_BYTES};
 use crate::tls::{self, ALPN_CLIENT, QuicOptions};
-
-/// What a client asks a node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClientRequest {
-    /// Replicate and apply a command.
-    Propose(Bytes),
-    /// A linearizable read barrier.
-    Read,
-    /// The node's status.
-    Status,
-}
-
-/// A node's status, as clients see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusView {
-    /// Node id.
-    pub id: u64,
-    /// Role: leader, follower, precandidate, candidate.
-    pub role: String,
-    /// Current term.
-    pub term: u64,
-    /// Known leader.
-    pub leader: Option<u64>,
-    /// Commit index.
-    pub commit_index: u64,
-    /// Applied index.
-    pub applied_index: u64,
-    /// Last log index.
-    pub last_index: u64,
-}
-
-/// What a node answers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClientResponse {
-    /// The command was applied at `index`; `answer` is the state machine's.
-    Applied {
-        /// Log index of the command.
-        index: u64,
-        /// The state machine's answer.
-        answer: Bytes,
-    },
-    /// Reads may be served at or after this index.
-    ReadIndex {
-        /// The index.
-        index: u64,
-    },
-    /// The node's status.
-    Status(StatusView),
-    /// This node is not the leader (nothing was done).
-    NotLeader {
-        /// The leader it knows of.
-        leader: Option<u64>,
-        /// Where to reach that leader.
-        leader_addr: Option<SocketAddr>,
-    },
-    /// The request failed.
-    Failed {
-        /// Whether the command certainly did not take effect.
-        not_applied: bool,
-        /// What happened.
-        message: String,
-    },
-}
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +36,29 @@ pub enum ClientError {
     /// TLS settings were refused.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+}
+
+fn client_endpoint(cfg: quinn::ClientConfig) -> std::io::Result<quinn::Endpoint> {
+    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("a valid address"))?;
+    endpoint.set_default_client_config(cfg);
+    Ok(endpoint)
+}
+
+/// Sends one request on a new stream of `conn` and reads the response.
+async fn round_trip(
+    conn: &quinn::Connection,
+    req: &ClientRequest,
+) -> Result<ClientResponse, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    frame::encode(req, &mut buf).map_err(|e| e.to_string())?;
+    send.write_all(&buf).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    match frame::read_frame(&mut recv, MAX_FRAME_BYTES).await {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err("the node closed the stream without answering".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A connection from a client to one node.
@@ -121,16 +85,8 @@ impl QuicClient {
         server_name: &str,
         cfg: quinn::ClientConfig,
     ) -> Result<QuicClient, ClientError> {
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()
-        .expect("a valid wildcard address");
         let connect_err = |reason: String| ClientError::Connect { addr, reason };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
-        endpoint.set_default_client_config(cfg);
+        let endpoint = client_endpoint(cfg).map_err(|e| connect_err(e.to_string()))?;
         let conn = endpoint
             .connect(addr, server_name)
             .map_err(|e| connect_err(e.to_string()))?
@@ -144,16 +100,82 @@ impl QuicClient {
 
     /// Sends one request and waits for its response.
     pub async fn request(&self, req: &ClientRequest) -> Result<ClientResponse, ClientError> {
-        let fail = |e: &dyn std::fmt::Display| ClientError::Request(e.to_string());
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| fail(&e))?;
-        let mut buf = Vec::new();
-        frame::encode(req, &mut buf).map_err(|e| fail(&e))?;
-        send.write_all(&buf).await.map_err(|e| fail(&e))?;
-        send.finish().map_err(|e| fail(&e))?;
-        match frame::read_frame(&mut recv, MAX_FRAME_BYTES).await {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(ClientError::Request("the node closed the stream".into())),
-            Err(e @ FrameError::Stream(_)) | Err(e) => Err(fail(&e)),
-        }
+        round_trip(&self.conn, req)
+            .await
+            .map_err(ClientError::Request)
     }
+}
+
+/// Connections to many nodes, for the generic client.
+pub struct QuicClientTransport {
+    endpoint: quinn::Endpoint,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+impl QuicClientTransport {
+    /// A transport presenting `identity`.
+    pub fn new(identity: &TlsIdentity) -> Result<QuicClientTransport, ClientError> {
+        let cfg = tls::client_config(identity, ALPN_CLIENT, &QuicOptions::default())?;
+        let endpoint = client_endpoint(cfg).map_err(|e| ClientError::Connect {
+            addr: "0.0.0.0:0".parse().expect("a valid address"),
+            reason: e.to_string(),
+        })?;
+        Ok(QuicClientTransport {
+            endpoint,
+            conns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        let cached = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned();
+        if let Some(c) = cached
+            && c.close_reason().is_none()
+        {
+            return Ok(c);
+        }
+        // Node certificates name `localhost` as well as `node-<id>`.
+        let conn = self
+            .endpoint
+            .connect(addr, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, conn.clone());
+        Ok(conn)
+    }
+}
+
+impl ClientTransport for QuicClientTransport {
+    fn request(&self, addr: SocketAddr, req: ClientRequest) -> RequestFuture<'_> {
+        Box::pin(async move {
+            let conn = self.connection(addr).await.map_err(RequestError::NotSent)?;
+            round_trip(&conn, &req).await.map_err(|e| {
+                self.conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&addr);
+                RequestError::Lost(e)
+            })
+        })
+    }
+}
+
+/// A typed client of the cluster reachable at any of `addrs`.
+pub fn connect<T: Replicated>(
+    addrs: Vec<SocketAddr>,
+    identity: &TlsIdentity,
+    opts: ClientOptions,
+) -> Result<T::Client, ClientError> {
+    let transport = Arc::new(QuicClientTransport::new(identity)?);
+    Ok(T::Client::from(ha_core::Client::new(
+        transport, addrs, opts,
+    )))
 }

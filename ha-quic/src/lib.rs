@@ -13,16 +13,19 @@
 //!   checks identities; implements `ha_core::transport::Transport`.
 //! - [`client`]: the client protocol and a minimal client.
 //! - [`node`]: starting a Raft node on a QUIC endpoint in one call.
+//! - [`local`]: [`LocalCluster`], an embedded cluster on loopback.
 #![deny(missing_docs)]
 
 pub mod certs;
 pub mod client;
 pub mod frame;
+pub mod local;
 pub mod node;
 pub mod tls;
 pub mod transport;
 
 pub use certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_node_identity};
-pub use client::{ClientRequest, ClientResponse, QuicClient};
+pub use client::{ClientRequest, ClientResponse, QuicClient, QuicClientTransport, connect};
+pub use local::LocalCluster;
 pub use node::QuicNode;
 pub use transport::{QuicConfig, QuicEndpoint, QuicTransport};

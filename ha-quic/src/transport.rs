@@ -49,6 +49,7 @@ use crate::certs::{TlsIdentity, node_server_name};
 use crate::client::{ClientRequest, ClientResponse, StatusView};
 use crate::frame::{self, FrameError, MAX_CONTROL_FRAME_BYTES, MAX_FRAME_BYTES};
 use crate::tls::{self, ALPN_CLIENT, ALPN_PEER, QuicOptions};
+use ha_core::protocol::{Consistency, LogCommand};
 
 /// Application error codes used when closing a connection.
 pub mod codes {
@@ -78,6 +79,8 @@ pub struct PeerHello {
     pub to: NodeId,
     /// What the stream carries.
     pub class: StreamClass,
+    /// The schema fingerprint of the sender's replicated type (0: none).
+    pub schema: u64,
 }
 
 /// Settings of a node's endpoint.
@@ -97,6 +100,9 @@ pub struct QuicConfig {
     pub control_queue: usize,
     /// Messages queued per peer on the replication stream before dropping.
     pub replication_queue: usize,
+    /// The schema fingerprint of the replicated type (0: raw bytes). Peers
+    /// and clients with another fingerprint are refused.
+    pub schema: u64,
 }
 
 impl QuicConfig {
@@ -115,6 +121,7 @@ impl QuicConfig {
             options: QuicOptions::default(),
             control_queue: 4096,
             replication_queue: 1024,
+            schema: 0,
         }
     }
 }
@@ -157,6 +164,7 @@ struct PeerQueues {
 struct Shared {
     id: NodeId,
     cluster_id: String,
+    schema: u64,
     peers: BTreeMap<NodeId, SocketAddr>,
     stats: TransportStats,
 }
@@ -252,6 +260,7 @@ impl QuicEndpoint {
         let shared = Arc::new(Shared {
             id: config.id,
             cluster_id: config.identity.cluster_id(),
+            schema: config.schema,
             peers: config.peers.clone(),
             stats: TransportStats::default(),
         });
@@ -389,6 +398,7 @@ async fn peer_sender(
             from: shared.id,
             to: peer,
             class,
+            schema: shared.schema,
         };
         let mut buf = Vec::new();
         if frame::encode(&hello, &mut buf).is_err() || frame::encode(&first, &mut buf).is_err() {
@@ -537,6 +547,14 @@ async fn peer_stream(
     if hello.cluster_id != shared.cluster_id {
         return protocol_violation(&conn, &shared, &who, "hello names another cluster");
     }
+    if hello.schema != shared.schema {
+        return protocol_violation(
+            &conn,
+            &shared,
+            &who,
+            "the peer runs another version of the replicated type (schema fingerprint differs)",
+        );
+    }
     if hello.to != shared.id {
         return protocol_violation(&conn, &shared, &who, "hello is meant for another node");
     }
@@ -613,7 +631,50 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
         not_applied: e.is_not_applied(),
         message: e.to_string(),
     };
+    let schema_mismatch = |schema: u64| ClientResponse::Failed {
+        not_applied: true,
+        message: format!(
+            "the client was built for schema {schema:016x} but the cluster runs {:016x}: \
+             rebuild the client with the same version of the replicated type",
+            shared.schema
+        ),
+    };
     match req {
+        ClientRequest::Command { schema, .. } | ClientRequest::Query { schema, .. }
+            if schema != shared.schema =>
+        {
+            schema_mismatch(schema)
+        }
+        ClientRequest::Command { command, .. } => {
+            // The leader stamps the time every replica will see.
+            let time_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let entry = LogCommand { time_ms, command };
+            let bytes = match postcard::to_stdvec(&entry) {
+                Ok(b) => bytes::Bytes::from(b),
+                Err(e) => return failed(NodeError::Query(e.to_string())),
+            };
+            match node.propose(bytes).await {
+                Ok((index, answer)) => ClientResponse::Applied {
+                    index: index.0,
+                    answer,
+                },
+                Err(NodeError::NotLeader { leader }) => not_leader(shared, leader),
+                Err(e) => failed(e),
+            }
+        }
+        ClientRequest::Query {
+            body, consistency, ..
+        } => {
+            // Lease reads fall back to ReadIndex: the safe side of the option.
+            let stale = consistency == Consistency::Stale;
+            match node.query(body, stale).await {
+                Ok(answer) => ClientResponse::QueryResult { answer },
+                Err(NodeError::NotLeader { leader }) => not_leader(shared, leader),
+                Err(e) => failed(e),
+            }
+        }
         ClientRequest::Propose(data) => match node.propose(data).await {
             Ok((index, answer)) => ClientResponse::Applied {
                 index: index.0,

@@ -26,9 +26,14 @@ use ha_quic::{QuicNode, QuicTransport};
 struct Recorder(Arc<Mutex<Vec<(u64, Bytes)>>>);
 
 impl Applier for Recorder {
-    fn apply(&mut self, index: LogIndex, command: &Bytes) -> Bytes {
+    fn apply(&mut self, index: LogIndex, _: Term, command: &Bytes) -> Bytes {
         self.0.lock().unwrap().push((index.0, command.clone()));
         Bytes::from(index.0.to_le_bytes().to_vec())
+    }
+    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+        Ok(Bytes::from(
+            self.0.lock().unwrap().len().to_le_bytes().to_vec(),
+        ))
     }
 }
 
@@ -316,6 +321,7 @@ fn hello(cluster_id: &str, from: u64) -> PeerHello {
         from: NodeId(from),
         to: NodeId(1),
         class: StreamClass::Control,
+        schema: 0,
     }
 }
 

@@ -42,9 +42,11 @@ use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
 /// Applies committed commands: the replicated state machine, as the node
 /// sees it. Called on the node task, in log order, once per command entry.
 pub trait Applier: Send + 'static {
-    /// Applies `command` (the entry at `index`) and returns the answer for
-    /// the client that proposed it.
-    fn apply(&mut self, index: LogIndex, command: &Bytes) -> Bytes;
+    /// Applies `command` (the entry at `index`, of `term`) and returns the
+    /// answer for the client that proposed it.
+    fn apply(&mut self, index: LogIndex, term: Term, command: &Bytes) -> Bytes;
+    /// Runs a read-only query against the applied state.
+    fn query(&self, query: &Bytes) -> Result<Bytes, String>;
 }
 
 /// An applier that keeps nothing and answers with an empty reply.
@@ -52,8 +54,11 @@ pub trait Applier: Send + 'static {
 pub struct NoopApplier;
 
 impl Applier for NoopApplier {
-    fn apply(&mut self, _: LogIndex, _: &Bytes) -> Bytes {
+    fn apply(&mut self, _: LogIndex, _: Term, _: &Bytes) -> Bytes {
         Bytes::new()
+    }
+    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+        Ok(Bytes::new())
     }
 }
 
@@ -116,6 +121,9 @@ pub enum NodeError {
     /// anything in flight is unknown.
     #[error("the node stopped: {0}")]
     Stopped(String),
+    /// The query could not run (it did not decode).
+    #[error("query failed: {0}")]
+    Query(String),
 }
 
 impl NodeError {
@@ -157,6 +165,11 @@ enum Command {
     Read {
         reply: oneshot::Sender<Result<LogIndex, NodeError>>,
     },
+    Query {
+        body: Bytes,
+        stale: bool,
+        reply: QueryReply,
+    },
     Shutdown,
 }
 
@@ -197,6 +210,17 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Read { reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Runs a query on the applied state. Linearizable unless `stale`: then
+    /// it sees whatever this node (leader or not) has applied.
+    pub async fn query(&self, body: Bytes, stale: bool) -> Result<Bytes, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Query { body, stale, reply })
             .await
             .map_err(|_| self.stopped())?;
         rx.await.map_err(|_| self.stopped())?
@@ -299,6 +323,27 @@ struct InFlight {
 type PersistDone = Result<(), String>;
 type ProposeReply = oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>;
 type ReadReply = oneshot::Sender<Result<LogIndex, NodeError>>;
+type QueryReply = oneshot::Sender<Result<Bytes, NodeError>>;
+
+/// A read waiting for confirmation or for the state machine: a bare read
+/// barrier, or a query to run once the read index is applied.
+enum PendingRead {
+    Barrier(ReadReply),
+    Query(Bytes, QueryReply),
+}
+
+impl PendingRead {
+    fn fail(self, e: NodeError) {
+        match self {
+            PendingRead::Barrier(r) => {
+                let _ = r.send(Err(e));
+            }
+            PendingRead::Query(_, r) => {
+                let _ = r.send(Err(e));
+            }
+        }
+    }
+}
 
 struct NodeTask<V: Vfs> {
     raft: Raft,
@@ -307,10 +352,10 @@ struct NodeTask<V: Vfs> {
     applier: Box<dyn Applier>,
     /// Proposals waiting for their index to apply: index -> (term, reply).
     proposals: BTreeMap<LogIndex, (Term, ProposeReply)>,
-    /// Reads waiting for confirmation: ctx -> reply.
-    reads: HashMap<u64, ReadReply>,
+    /// Reads waiting for confirmation: ctx -> what to do.
+    reads: HashMap<u64, PendingRead>,
     /// Confirmed reads waiting for the state machine to catch up.
-    confirmed_reads: Vec<(LogIndex, ReadReply)>,
+    confirmed_reads: Vec<(LogIndex, PendingRead)>,
     next_read: u64,
     in_flight: Option<InFlight>,
     status_tx: watch::Sender<NodeStatus>,
@@ -377,11 +422,11 @@ impl<V: Vfs> NodeTask<V> {
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
             let _ = reply.send(Err(err.clone()));
         }
-        for (_, reply) in self.reads.drain() {
-            let _ = reply.send(Err(err.clone()));
+        for (_, r) in self.reads.drain() {
+            r.fail(err.clone());
         }
-        for (_, reply) in self.confirmed_reads.drain(..) {
-            let _ = reply.send(Err(err.clone()));
+        for (_, r) in self.confirmed_reads.drain(..) {
+            r.fail(err.clone());
         }
         self.publish_status(Some(reason));
     }
@@ -419,24 +464,36 @@ impl<V: Vfs> NodeTask<V> {
                     let _ = reply.send(Err(NodeError::Busy));
                 }
             },
-            Command::Read { reply } => {
-                let ctx = self.next_read;
-                self.next_read += 1;
-                match self.raft.read_index(ctx) {
-                    Ok(()) => {
-                        self.reads.insert(ctx, reply);
-                    }
-                    Err(ReadIndexError::NotLeader { leader }) => {
-                        let _ = reply.send(Err(NodeError::NotLeader { leader }));
-                    }
-                    Err(ReadIndexError::Busy) => {
-                        let _ = reply.send(Err(NodeError::Busy));
-                    }
-                }
+            Command::Read { reply } => self.start_read(PendingRead::Barrier(reply)),
+            Command::Query {
+                body,
+                stale: true,
+                reply,
+            } => {
+                let _ = reply.send(self.applier.query(&body).map_err(NodeError::Query));
             }
+            Command::Query {
+                body,
+                stale: false,
+                reply,
+            } => self.start_read(PendingRead::Query(body, reply)),
             Command::Shutdown => return false,
         }
         true
+    }
+
+    fn start_read(&mut self, pending: PendingRead) {
+        let ctx = self.next_read;
+        self.next_read += 1;
+        match self.raft.read_index(ctx) {
+            Ok(()) => {
+                self.reads.insert(ctx, pending);
+            }
+            Err(ReadIndexError::NotLeader { leader }) => {
+                pending.fail(NodeError::NotLeader { leader })
+            }
+            Err(ReadIndexError::Busy) => pending.fail(NodeError::Busy),
+        }
     }
 
     fn start_ready(&mut self, done_tx: &mpsc::UnboundedSender<PersistDone>) -> Result<(), String> {
@@ -489,7 +546,7 @@ impl<V: Vfs> NodeTask<V> {
         }
         for e in &f.committed_entries {
             let answer = match &e.payload {
-                EntryPayload::Command(c) => Some(self.applier.apply(e.index, c)),
+                EntryPayload::Command(c) => Some(self.applier.apply(e.index, e.term, c)),
                 _ => None,
             };
             if let Some((term, reply)) = self.proposals.remove(&e.index) {
@@ -507,8 +564,8 @@ impl<V: Vfs> NodeTask<V> {
             }
         }
         for ctx in f.dropped_reads {
-            if let Some(reply) = self.reads.remove(&ctx) {
-                let _ = reply.send(Err(NodeError::ReadAborted));
+            if let Some(r) = self.reads.remove(&ctx) {
+                r.fail(NodeError::ReadAborted);
             }
         }
         self.raft.advance(f.token);
@@ -517,8 +574,15 @@ impl<V: Vfs> NodeTask<V> {
             .into_iter()
             .partition(|(i, _)| *i <= applied);
         self.confirmed_reads = waiting;
-        for (i, reply) in ready {
-            let _ = reply.send(Ok(i));
+        for (i, r) in ready {
+            match r {
+                PendingRead::Barrier(reply) => {
+                    let _ = reply.send(Ok(i));
+                }
+                PendingRead::Query(body, reply) => {
+                    let _ = reply.send(self.applier.query(&body).map_err(NodeError::Query));
+                }
+            }
         }
     }
 }

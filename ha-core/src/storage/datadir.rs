@@ -59,6 +59,20 @@ pub enum DataDirError {
         /// The node asked for.
         expected: NodeId,
     },
+    /// The data was written by another version of the replicated type.
+    #[error(
+        "data directory {dir} holds data of replicated-type schema {found:016x}, but this build \
+         has schema {expected:016x}: the commands in its log would be misread. Run the build \
+         that wrote it, or follow \"Evolving a replicated type\" in the README"
+    )]
+    SchemaMismatch {
+        /// The directory.
+        dir: PathBuf,
+        /// The schema it holds.
+        found: u64,
+        /// The schema of this build.
+        expected: u64,
+    },
     /// The identity file is damaged or missing while data exists.
     #[error("data directory {dir}: {reason}")]
     BadMeta {
@@ -93,15 +107,15 @@ pub struct DataDir {
     _lock: VfsLock,
 }
 
-fn render_meta(cluster_id: &str, node: NodeId) -> String {
+fn render_meta(cluster_id: &str, node: NodeId, schema: u64) -> String {
     let body = format!(
-        "{META_HEADER}\ncluster_id={cluster_id}\nnode_id={}\n",
+        "{META_HEADER}\ncluster_id={cluster_id}\nnode_id={}\nschema={schema:016x}\n",
         node.0
     );
     format!("{body}crc32c={:08x}\n", crc32c::crc32c(body.as_bytes()))
 }
 
-fn parse_meta(text: &str) -> Result<(String, NodeId), String> {
+fn parse_meta(text: &str) -> Result<(String, NodeId, u64), String> {
     let (body, crc_line) = text
         .trim_end_matches('\n')
         .rsplit_once('\n')
@@ -126,17 +140,34 @@ fn parse_meta(text: &str) -> Result<(String, NodeId), String> {
         .and_then(|l| l.strip_prefix("node_id="))
         .and_then(|n| n.parse().ok())
         .ok_or("identity file has no node id")?;
-    Ok((cluster.to_string(), NodeId(node)))
+    let schema = lines
+        .next()
+        .and_then(|l| l.strip_prefix("schema="))
+        .and_then(|n| u64::from_str_radix(n, 16).ok())
+        .ok_or("identity file has no schema fingerprint")?;
+    Ok((cluster.to_string(), NodeId(node), schema))
 }
 
 impl DataDir {
     /// Opens (creating if new) and locks the data directory of `node` in
-    /// cluster `cluster_id`.
+    /// cluster `cluster_id`, for raw (schema-less) data.
     pub fn open<V: Vfs>(
         vfs: &V,
         root: &Path,
         cluster_id: &str,
         node: NodeId,
+    ) -> Result<DataDir, DataDirError> {
+        DataDir::open_with_schema(vfs, root, cluster_id, node, 0)
+    }
+
+    /// Like [`DataDir::open`], for data of a replicated type whose schema
+    /// fingerprint is `schema`: a directory of another schema is refused.
+    pub fn open_with_schema<V: Vfs>(
+        vfs: &V,
+        root: &Path,
+        cluster_id: &str,
+        node: NodeId,
+        schema: u64,
     ) -> Result<DataDir, DataDirError> {
         if cluster_id.is_empty() || cluster_id.contains('\n') {
             return Err(DataDirError::BadMeta {
@@ -154,7 +185,7 @@ impl DataDir {
         if names.iter().any(|n| n == META_FILE) {
             let text = vfs.read(&meta_path).map_err(io_err(&meta_path))?;
             let text = String::from_utf8_lossy(&text);
-            let (found_cluster, found_node) =
+            let (found_cluster, found_node, found_schema) =
                 parse_meta(&text).map_err(|reason| DataDirError::BadMeta {
                     dir: root.to_path_buf(),
                     reason,
@@ -171,6 +202,13 @@ impl DataDir {
                     dir: root.to_path_buf(),
                     found: found_node,
                     expected: node,
+                });
+            }
+            if found_schema != schema {
+                return Err(DataDirError::SchemaMismatch {
+                    dir: root.to_path_buf(),
+                    found: found_schema,
+                    expected: schema,
                 });
             }
         } else {
@@ -194,7 +232,7 @@ impl DataDir {
             let tmp = root.join(META_TMP);
             let mut f = vfs.open(&tmp, true).map_err(io_err(&tmp))?;
             f.set_len(0).map_err(io_err(&tmp))?;
-            f.append(render_meta(cluster_id, node).as_bytes())
+            f.append(render_meta(cluster_id, node, schema).as_bytes())
                 .map_err(io_err(&tmp))?;
             f.sync().map_err(io_err(&tmp))?;
             vfs.rename(&tmp, &meta_path).map_err(io_err(&meta_path))?;
@@ -263,6 +301,12 @@ mod tests {
         );
         let err = DataDir::open(&fs, d, "cluster-a", NodeId(2)).unwrap_err();
         assert!(matches!(err, DataDirError::NodeMismatch { .. }), "{err}");
+        let err = DataDir::open_with_schema(&fs, d, "cluster-a", NodeId(1), 42).unwrap_err();
+        assert!(matches!(err, DataDirError::SchemaMismatch { .. }), "{err}");
+        assert!(
+            err.to_string().contains("Evolving a replicated type"),
+            "{err}"
+        );
         let dd = DataDir::open(&fs, d, "cluster-a", NodeId(1)).unwrap();
         assert_eq!(dd.cluster_id(), "cluster-a");
         assert_eq!(dd.wal_dir(), Path::new("/n1/wal"));

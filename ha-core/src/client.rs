@@ -1,0 +1,401 @@
+//! The generic client: leader discovery, redirects, retries, and honest
+//! outcomes.
+//!
+//! Owns: [`Client<T>`], which the generated `<Name>Client` wraps, and
+//! [`Error`], the one error type of client calls.
+//!
+//! A command is sent with its session id and sequence number; a retry (after
+//! a timeout, a lost connection or a leader change) resends the *same*
+//! numbers, and the replicated session table applies it at most once and
+//! returns the original result (see [`crate::sm`]). So retrying is safe, and
+//! the client retries until the call's deadline.
+//!
+//! Outcomes are one of three, and never guessed:
+//! - `Ok`: applied (the node answered after applying it);
+//! - [`Error::is_not_applied`]: it certainly never takes effect: every
+//!   attempt was refused before it could be appended (wrong node, busy,
+//!   overwritten, never sent);
+//! - [`Error::is_unknown`]: anything else (a timeout after sending, a lost
+//!   connection, a leader lost mid-request). It may still commit.
+//!
+//! Invariant: once any attempt may have reached a leader's log, the call can
+//! end only in `Ok` or an unknown outcome, never "not applied".
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::protocol::{ClientRequest, ClientResponse, CommandOutcome, Consistency, SessionCommand};
+use crate::sm::Replicated;
+
+/// Why a client call did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The command certainly did not take effect and never will.
+    #[error("not applied: {0}")]
+    NotApplied(String),
+    /// The command may or may not take effect.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// A query failed (queries change nothing).
+    #[error("query failed: {0}")]
+    Query(String),
+}
+
+impl Error {
+    /// Whether the command certainly did not take effect.
+    pub fn is_not_applied(&self) -> bool {
+        matches!(self, Error::NotApplied(_) | Error::Query(_))
+    }
+    /// Whether the command's outcome is unknown.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Error::Unknown(_))
+    }
+}
+
+/// Why one request got no response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// The request was certainly not delivered (no connection).
+    NotSent(String),
+    /// The request may have been delivered; its response was lost.
+    Lost(String),
+}
+
+/// A boxed future returned by [`ClientTransport::request`].
+pub type RequestFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ClientResponse, RequestError>> + Send + 'a>>;
+
+/// Sends one request to one node (ha-quic implements it over QUIC).
+pub trait ClientTransport: Send + Sync + 'static {
+    /// Sends `req` to the node at `addr` and waits for its response.
+    fn request(&self, addr: SocketAddr, req: ClientRequest) -> RequestFuture<'_>;
+}
+
+struct Session {
+    id: u64,
+    next_seq: u64,
+    /// Sequence numbers still waiting for a definitive answer.
+    open: BTreeSet<u64>,
+}
+
+struct Inner {
+    transport: Arc<dyn ClientTransport>,
+    addrs: Vec<SocketAddr>,
+    leader: Mutex<Option<SocketAddr>>,
+    session: Mutex<Session>,
+    rotate: AtomicU64,
+    seed: u64,
+}
+
+/// Settings of a client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one call may take, retries included.
+    pub timeout: Duration,
+    /// How long to wait for one response before retrying elsewhere.
+    pub attempt_timeout: Duration,
+    /// How fresh queries must be.
+    pub consistency: Consistency,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_millis(1500),
+            consistency: Consistency::Linearizable,
+        }
+    }
+}
+
+/// The generic client of a replicated type `T`. Clones share one session.
+pub struct Client<T> {
+    inner: Arc<Inner>,
+    opts: ClientOptions,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Client<T> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+            opts: self.opts.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    // Session ids only need to be unique, not secret: mix the clock, the
+    // process id and an address.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    let addr = &local as *const u8 as u64;
+    let mut rng =
+        crate::raft::rng::SplitMix64::new(t ^ (u64::from(std::process::id()) << 32) ^ addr);
+    rng.next_u64() | 1
+}
+
+enum Attempt {
+    Done(Result<Bytes, Error>),
+    /// Try again (elsewhere); `maybe_appended` says whether this attempt
+    /// may have put the command into a log.
+    Retry {
+        maybe_appended: bool,
+        why: String,
+    },
+}
+
+impl<T: Replicated> Client<T> {
+    /// A client of the cluster reachable at any of `addrs`.
+    pub fn new(
+        transport: Arc<dyn ClientTransport>,
+        addrs: Vec<SocketAddr>,
+        opts: ClientOptions,
+    ) -> Client<T> {
+        Client {
+            inner: Arc::new(Inner {
+                transport,
+                addrs,
+                leader: Mutex::new(None),
+                session: Mutex::new(Session {
+                    id: random_u64(),
+                    next_seq: 1,
+                    open: BTreeSet::new(),
+                }),
+                rotate: AtomicU64::new(0),
+                seed: random_u64(),
+            }),
+            opts,
+            _t: PhantomData,
+        }
+    }
+
+    /// A client sharing this one's session, with other query consistency.
+    pub fn with_consistency(&self, consistency: Consistency) -> Client<T> {
+        let mut c = self.clone();
+        c.opts.consistency = consistency;
+        c
+    }
+
+    /// A client sharing this one's session, with another call timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Client<T> {
+        let mut c = self.clone();
+        c.opts.timeout = timeout;
+        c
+    }
+
+    fn target(&self) -> SocketAddr {
+        if let Some(l) = *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) {
+            return l;
+        }
+        let k = self.inner.rotate.fetch_add(1, Ordering::Relaxed) + self.inner.seed;
+        self.inner.addrs[(k % self.inner.addrs.len() as u64) as usize]
+    }
+
+    fn set_leader(&self, addr: Option<SocketAddr>) {
+        *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+
+    async fn attempt(
+        &self,
+        req: ClientRequest,
+    ) -> (SocketAddr, Result<ClientResponse, RequestError>) {
+        let addr = self.target();
+        let fut = self.inner.transport.request(addr, req);
+        match tokio::time::timeout(self.opts.attempt_timeout, fut).await {
+            Ok(r) => (addr, r),
+            Err(_) => (addr, Err(RequestError::Lost("no response in time".into()))),
+        }
+    }
+
+    fn redirect(&self, addr: SocketAddr, leader_addr: Option<SocketAddr>) {
+        match leader_addr {
+            Some(l) if l != addr => self.set_leader(Some(l)),
+            _ => self.set_leader(None),
+        }
+    }
+
+    /// Runs a command exactly once; returns its output.
+    pub async fn command(&self, command: &T::Command) -> Result<T::CommandOutput, Error> {
+        let body = Bytes::from(
+            postcard::to_stdvec(command).map_err(|e| Error::NotApplied(format!("encode: {e}")))?,
+        );
+        let (client, seq) = {
+            let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.open.insert(seq);
+            (s.id, seq)
+        };
+        let result = self.command_loop(client, seq, body).await;
+        {
+            let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+            s.open.remove(&seq);
+            if matches!(result, Err(Error::Unknown(ref why)) if why.contains("session expired"))
+                && s.id == client
+            {
+                // Start a fresh session for later commands.
+                s.id = random_u64();
+                s.next_seq = 1;
+                s.open.clear();
+            }
+        }
+        let bytes = result?;
+        postcard::from_bytes(&bytes).map_err(|e| Error::Unknown(format!("undecodable answer: {e}")))
+    }
+
+    async fn command_loop(&self, client: u64, seq: u64, body: Bytes) -> Result<Bytes, Error> {
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let mut maybe_appended = false;
+        let mut last_why = String::from("no node answered");
+        let mut backoff = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            let ack_below = {
+                let s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+                if s.id != client {
+                    // The session was replaced after an expiry.
+                    break;
+                }
+                s.open.first().copied().unwrap_or(s.next_seq)
+            };
+            let req = ClientRequest::Command {
+                schema: T::SCHEMA_FINGERPRINT,
+                command: SessionCommand {
+                    client,
+                    seq,
+                    ack_below,
+                    body: body.clone(),
+                },
+            };
+            let (addr, resp) = self.attempt(req).await;
+            let step = match resp {
+                Ok(ClientResponse::Applied { answer, .. }) => {
+                    self.set_leader(Some(addr));
+                    match postcard::from_bytes::<CommandOutcome>(&answer) {
+                        Ok(CommandOutcome::Applied(out)) => Attempt::Done(Ok(out)),
+                        Ok(CommandOutcome::SessionExpired) => Attempt::Done(Err(Error::Unknown(
+                            "session expired: the command may have been applied before".into(),
+                        ))),
+                        Ok(CommandOutcome::Abandoned) => Attempt::Done(Err(Error::Unknown(
+                            "the session abandoned this command".into(),
+                        ))),
+                        Ok(CommandOutcome::Undecodable(e)) => {
+                            Attempt::Done(Err(Error::NotApplied(format!(
+                                "the cluster could not decode the command: {e}"
+                            ))))
+                        }
+                        Err(e) => {
+                            Attempt::Done(Err(Error::Unknown(format!("undecodable answer: {e}"))))
+                        }
+                    }
+                }
+                Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
+                    self.redirect(addr, leader_addr);
+                    Attempt::Retry {
+                        maybe_appended: false,
+                        why: format!("{addr} is not the leader"),
+                    }
+                }
+                Ok(ClientResponse::Failed {
+                    not_applied,
+                    message,
+                }) => {
+                    self.set_leader(None);
+                    Attempt::Retry {
+                        maybe_appended: !not_applied,
+                        why: message,
+                    }
+                }
+                Ok(other) => Attempt::Retry {
+                    maybe_appended: true,
+                    why: format!("unexpected response {other:?}"),
+                },
+                Err(RequestError::NotSent(why)) => {
+                    self.set_leader(None);
+                    Attempt::Retry {
+                        maybe_appended: false,
+                        why,
+                    }
+                }
+                Err(RequestError::Lost(why)) => {
+                    self.set_leader(None);
+                    Attempt::Retry {
+                        maybe_appended: true,
+                        why,
+                    }
+                }
+            };
+            match step {
+                Attempt::Done(r) => return r,
+                Attempt::Retry {
+                    maybe_appended: m,
+                    why,
+                } => {
+                    maybe_appended |= m;
+                    last_why = why;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        if maybe_appended {
+            Err(Error::Unknown(format!("timed out; last error: {last_why}")))
+        } else {
+            Err(Error::NotApplied(format!(
+                "timed out before any node took it; last error: {last_why}"
+            )))
+        }
+    }
+
+    /// Runs a query with this client's consistency.
+    pub async fn query(&self, query: &T::Query) -> Result<T::QueryOutput, Error> {
+        let body =
+            Bytes::from(postcard::to_stdvec(query).map_err(|e| Error::Query(e.to_string()))?);
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let mut last_why = String::from("no node answered");
+        let mut backoff = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            let req = ClientRequest::Query {
+                schema: T::SCHEMA_FINGERPRINT,
+                body: body.clone(),
+                consistency: self.opts.consistency,
+            };
+            let (addr, resp) = self.attempt(req).await;
+            match resp {
+                Ok(ClientResponse::QueryResult { answer }) => {
+                    if self.opts.consistency != Consistency::Stale {
+                        self.set_leader(Some(addr));
+                    }
+                    return postcard::from_bytes(&answer).map_err(|e| Error::Query(e.to_string()));
+                }
+                Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
+                    self.redirect(addr, leader_addr);
+                    last_why = format!("{addr} is not the leader");
+                }
+                Ok(ClientResponse::Failed { message, .. }) => {
+                    self.set_leader(None);
+                    last_why = message;
+                }
+                Ok(other) => last_why = format!("unexpected response {other:?}"),
+                Err(RequestError::NotSent(w) | RequestError::Lost(w)) => {
+                    self.set_leader(None);
+                    last_why = w;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(Error::Query(format!("timed out; last error: {last_why}")))
+    }
+}

@@ -1,0 +1,160 @@
+//! The client protocol: what a client sends a node and what it gets back.
+//!
+//! Owns: the request and response types (encoded with postcard, one request
+//! and one response per stream by the transport), and the envelope a command
+//! travels in through the log.
+//!
+//! A command's journey: the client wraps the encoded command in a
+//! [`SessionCommand`] (its session id and sequence number); the leader that
+//! receives it stamps its own wall-clock time into a [`LogCommand`] and
+//! proposes that; every replica applies the same `LogCommand`, so time-
+//! dependent logic and session expiry are deterministic.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// How fresh a query must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Linearizable, through ReadIndex (the default): the leader confirms
+    /// its leadership with a quorum after the query arrives.
+    #[default]
+    Linearizable,
+    /// Linearizable under a clock assumption: the leader may answer without
+    /// a round trip while it holds a lease (it heard from a quorum less than
+    /// the minimum election timeout ago, shortened by a drift margin), which
+    /// is safe only if no node's clock runs more than that margin fast or
+    /// slow over one election timeout. Today nodes serve this option through
+    /// ReadIndex as well, so opting in costs nothing in safety; the
+    /// round-trip saving arrives with the lease implementation.
+    Lease,
+    /// Whatever the node that receives the query has applied: possibly
+    /// stale, never torn. Any node answers.
+    Stale,
+}
+
+/// A command as the client sends it: its session and place in the session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCommand {
+    /// The client's session id (random, chosen by the client).
+    pub client: u64,
+    /// The command's sequence number in the session, from 1.
+    pub seq: u64,
+    /// Every command below this sequence number has its answer: the
+    /// replicas may forget their results (dissertation §6.3).
+    pub ack_below: u64,
+    /// The encoded command.
+    pub body: Bytes,
+}
+
+/// A command as it sits in the log: stamped by the leader that took it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCommand {
+    /// The leader's wall-clock time when it took the command, in
+    /// milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The command.
+    pub command: SessionCommand,
+}
+
+/// What a client asks a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Apply a command exactly once.
+    Command {
+        /// The schema fingerprint the client was built with.
+        schema: u64,
+        /// The command.
+        command: SessionCommand,
+    },
+    /// Run a query.
+    Query {
+        /// The schema fingerprint the client was built with.
+        schema: u64,
+        /// The encoded query.
+        body: Bytes,
+        /// How fresh the answer must be.
+        consistency: Consistency,
+    },
+    /// Replicate and apply raw bytes (no session; for tests and tools).
+    Propose(Bytes),
+    /// A linearizable read barrier.
+    Read,
+    /// The node's status.
+    Status,
+}
+
+/// A node's status, as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Node id.
+    pub id: u64,
+    /// Role: leader, follower, precandidate, candidate.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<u64>,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_index: u64,
+}
+
+/// What a node answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The command was applied at `index`; `answer` is the state machine's
+    /// (for a session command, an encoded [`CommandOutcome`]).
+    Applied {
+        /// Log index of the command.
+        index: u64,
+        /// The answer.
+        answer: Bytes,
+    },
+    /// The query's answer.
+    QueryResult {
+        /// The encoded answer.
+        answer: Bytes,
+    },
+    /// Reads may be served at or after this index.
+    ReadIndex {
+        /// The index.
+        index: u64,
+    },
+    /// The node's status.
+    Status(StatusView),
+    /// This node is not the leader; nothing was done.
+    NotLeader {
+        /// The leader it knows of.
+        leader: Option<u64>,
+        /// Where to reach that leader.
+        leader_addr: Option<SocketAddr>,
+    },
+    /// The request failed.
+    Failed {
+        /// Whether the command certainly did not take effect.
+        not_applied: bool,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// What applying a session command produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    /// Applied (now or before, for a retry): the encoded output.
+    Applied(Bytes),
+    /// The session expired or is unknown; whether this command was applied
+    /// before cannot be told. The client must start a new session.
+    SessionExpired,
+    /// The client had already given up on this sequence number; it was not
+    /// applied now.
+    Abandoned,
+    /// The command could not be decoded (a schema mismatch); not applied.
+    Undecodable(String),
+}
