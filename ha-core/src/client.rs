@@ -307,6 +307,12 @@ impl<T: Replicated> Client<T> {
                         why: format!("{addr} is not the leader"),
                     }
                 }
+                Ok(ClientResponse::Refused { message }) if !maybe_appended => {
+                    Attempt::Done(Err(Error::NotApplied(message)))
+                }
+                Ok(ClientResponse::Refused { message }) => Attempt::Done(Err(Error::Unknown(
+                    format!("{message} (an earlier attempt may have been applied)"),
+                ))),
                 Ok(ClientResponse::Failed {
                     not_applied,
                     message,
@@ -383,6 +389,7 @@ impl<T: Replicated> Client<T> {
                     self.redirect(addr, leader_addr);
                     last_why = format!("{addr} is not the leader");
                 }
+                Ok(ClientResponse::Refused { message }) => return Err(Error::Query(message)),
                 Ok(ClientResponse::Failed { message, .. }) => {
                     self.set_leader(None);
                     last_why = message;

@@ -135,6 +135,12 @@ pub enum ClientResponse {
         /// Where to reach that leader.
         leader_addr: Option<SocketAddr>,
     },
+    /// The request can never succeed here (for example a client built for
+    /// another schema); nothing was done, and retrying will not help.
+    Refused {
+        /// Why.
+        message: String,
+    },
     /// The request failed.
     Failed {
         /// Whether the command certainly did not take effect.

@@ -356,17 +356,21 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
             methods.push(m);
         }
     }
-    if let Some(e) = errors.into_iter().reduce(|mut a, b| {
-        a.combine(b);
-        a
-    }) {
-        let err = e.to_compile_error();
-        return quote!(#imp #err);
-    }
+    // The code for every method that is fine is generated even when others
+    // are not, so the only errors the user sees are the ones reported here,
+    // not a cascade of missing types and traits.
     let generated = generate(&name, &methods);
+    let errors = errors
+        .into_iter()
+        .reduce(|mut a, b| {
+            a.combine(b);
+            a
+        })
+        .map(|e| e.to_compile_error());
     quote! {
         #imp
         #generated
+        #errors
     }
 }
 

@@ -190,6 +190,12 @@ impl<T: Replicated> LocalCluster<T> {
         None
     }
 
+    /// The directory holding the cluster's CA and the node and client
+    /// certificates.
+    pub fn tls_dir(&self) -> &std::path::Path {
+        self.certs.path()
+    }
+
     /// Ids of all members.
     pub fn node_ids(&self) -> Vec<u64> {
         self.addrs.keys().map(|n| n.0).collect()

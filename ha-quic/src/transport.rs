@@ -631,8 +631,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
         not_applied: e.is_not_applied(),
         message: e.to_string(),
     };
-    let schema_mismatch = |schema: u64| ClientResponse::Failed {
-        not_applied: true,
+    let schema_mismatch = |schema: u64| ClientResponse::Refused {
         message: format!(
             "the client was built for schema {schema:016x} but the cluster runs {:016x}: \
              rebuild the client with the same version of the replicated type",

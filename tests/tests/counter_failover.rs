@@ -166,3 +166,39 @@ async fn history_under_leader_changes_is_linearizable() {
     );
     cluster.shutdown().await;
 }
+
+/// A type the cluster does not run.
+#[derive(Default, Serialize, Deserialize, Replicated)]
+pub struct Stranger {
+    text: String,
+}
+
+#[replicated]
+impl Stranger {
+    /// Sets the text.
+    pub fn set(&mut self, text: String) {
+        self.text = text;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_another_schema_is_refused_and_told_nothing_was_applied() {
+    let cluster = LocalCluster::<Tally>::start(3)
+        .await
+        .expect("cluster starts");
+    cluster.leader().await.expect("a leader");
+    let addrs = cluster
+        .node_ids()
+        .iter()
+        .filter_map(|id| cluster.addr(*id))
+        .collect();
+    let identity = ha_quic::load_client_identity(cluster.tls_dir()).unwrap();
+    let stranger: StrangerClient =
+        ha_quic::connect::<Stranger>(addrs, &identity, ha_core::ClientOptions::default()).unwrap();
+    let err = stranger.set("hello".into()).await.unwrap_err();
+    assert!(err.is_not_applied(), "{err}");
+    assert!(err.to_string().contains("schema"), "{err}");
+    // The cluster is untouched and still serves its own clients.
+    assert_eq!(cluster.client().get().await.unwrap(), 0);
+    cluster.shutdown().await;
+}
