@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod raft;

@@ -87,7 +87,7 @@ pub enum ClientRequest {
 }
 
 /// A node's status, as clients see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     /// Node id.
     pub id: u64,
@@ -103,10 +103,33 @@ pub struct StatusView {
     pub applied_index: u64,
     /// Last log index.
     pub last_index: u64,
+    /// Last index covered by a snapshot.
+    pub snapshot_index: u64,
+    /// Voters of the configuration.
+    pub voters: Vec<u64>,
+    /// Learners of the configuration.
+    pub learners: Vec<u64>,
+    /// Leader-loss accounting since the node started.
+    pub availability: AvailabilityView,
+}
+
+/// Leader-loss accounting (see `ha_core::metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AvailabilityView {
+    /// Time without a known leader, in ms.
+    pub leaderless_ms: u64,
+    /// Leader losses followed by a new leader.
+    pub failovers: u64,
+    /// Mean time to recovery, in ms.
+    pub mttr_ms: u64,
+    /// Mean time between failures, in ms.
+    pub mtbf_ms: u64,
+    /// MTBF / (MTBF + MTTR).
+    pub availability: f64,
 }
 
 /// What a node answers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
     /// The command was applied at `index`; `answer` is the state machine's
     /// (for a session command, an encoded [`CommandOutcome`]).

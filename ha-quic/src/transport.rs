@@ -159,7 +159,11 @@ struct PeerQueues {
     control: mpsc::Sender<Message>,
     replication: mpsc::Sender<Message>,
     connected: Arc<AtomicBool>,
+    /// The control connection, while up (for its RTT estimate).
+    conn: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
 }
+
+type ConnSlot = Arc<std::sync::Mutex<Option<quinn::Connection>>>;
 
 struct Shared {
     id: NodeId,
@@ -212,6 +216,17 @@ impl QuicTransport {
     /// The counters.
     pub fn stats(&self) -> &TransportStats {
         &self.shared.stats
+    }
+
+    /// QUIC's round-trip estimate to every connected peer.
+    pub fn peer_rtts(&self) -> Vec<(NodeId, Duration)> {
+        self.queues
+            .iter()
+            .filter_map(|(id, q)| {
+                let c = q.conn.lock().unwrap_or_else(|e| e.into_inner());
+                c.as_ref().map(|c| (*id, c.rtt()))
+            })
+            .collect()
     }
 }
 
@@ -270,7 +285,8 @@ impl QuicEndpoint {
                 continue;
             }
             let connected = Arc::new(AtomicBool::new(false));
-            let make = |class, depth: usize, connected: Option<Arc<AtomicBool>>| {
+            let conn_slot: ConnSlot = Arc::new(std::sync::Mutex::new(None));
+            let make = |class, depth: usize, connected: Option<(Arc<AtomicBool>, ConnSlot)>| {
                 let (tx, rx) = mpsc::channel(depth.max(1));
                 tokio::spawn(peer_sender(
                     endpoint.clone(),
@@ -286,7 +302,7 @@ impl QuicEndpoint {
             let control = make(
                 StreamClass::Control,
                 config.control_queue,
-                Some(connected.clone()),
+                Some((connected.clone(), conn_slot.clone())),
             );
             let replication = make(StreamClass::Replication, config.replication_queue, None);
             queues.insert(
@@ -295,6 +311,7 @@ impl QuicEndpoint {
                     control,
                     replication,
                     connected,
+                    conn: conn_slot,
                 },
             );
         }
@@ -358,15 +375,16 @@ async fn peer_sender(
     addr: SocketAddr,
     class: StreamClass,
     mut rx: mpsc::Receiver<Message>,
-    connected: Option<Arc<AtomicBool>>,
+    connected: Option<(Arc<AtomicBool>, ConnSlot)>,
 ) {
     let min_backoff = Duration::from_millis(20);
     let max_backoff = Duration::from_secs(1);
     let mut backoff = min_backoff;
     let mut rng = SplitMix64::new(shared.id.0 << 32 ^ peer.0 ^ class as u64);
-    let set_connected = |up: bool| {
-        if let Some(c) = &connected {
-            c.store(up, Ordering::Relaxed);
+    let set_connected = |conn: Option<&quinn::Connection>| {
+        if let Some((flag, slot)) = &connected {
+            flag.store(conn.is_some(), Ordering::Relaxed);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = conn.cloned();
         }
     };
     let mut failures_logged = false;
@@ -412,7 +430,7 @@ async fn peer_sender(
             failures_logged = false;
         }
         backoff = min_backoff;
-        set_connected(true);
+        set_connected(Some(&conn));
         shared.stats.sent.fetch_add(1, Ordering::Relaxed);
         // Stream messages; write whatever queued up together, in one write.
         loop {
@@ -443,7 +461,7 @@ async fn peer_sender(
             }
             shared.stats.sent.fetch_add(n, Ordering::Relaxed);
         }
-        set_connected(false);
+        set_connected(None);
     }
 }
 
@@ -689,14 +707,33 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
         },
         ClientRequest::Status => {
             let s = node.status();
+            let m = node.metrics();
+            let a = m.availability;
             ClientResponse::Status(StatusView {
                 id: s.id.0,
-                role: format!("{:?}", s.role).to_lowercase(),
+                role: match s.role {
+                    ha_core::raft::RoleKind::Leader => "leader",
+                    ha_core::raft::RoleKind::Candidate => "candidate",
+                    ha_core::raft::RoleKind::PreCandidate => "candidate",
+                    ha_core::raft::RoleKind::Follower if m.learners.contains(&s.id) => "learner",
+                    ha_core::raft::RoleKind::Follower => "follower",
+                }
+                .to_string(),
                 term: s.term.0,
                 leader: s.leader.map(|l| l.0),
                 commit_index: s.commit_index.0,
                 applied_index: s.applied_index.0,
                 last_index: s.last_index.0,
+                snapshot_index: 0,
+                voters: m.voters.iter().map(|v| v.0).collect(),
+                learners: m.learners.iter().map(|v| v.0).collect(),
+                availability: ha_core::protocol::AvailabilityView {
+                    leaderless_ms: a.leaderless_ms,
+                    failovers: a.failovers,
+                    mttr_ms: a.mttr_ms,
+                    mtbf_ms: a.mtbf_ms,
+                    availability: a.availability,
+                },
             })
         }
     }

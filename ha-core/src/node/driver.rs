@@ -30,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::metrics::{Availability, AvailabilityReport, Histogram, HistogramSnapshot};
 use crate::raft::{
     Config, InitialState, Membership, Message, ProposeError, Raft, ReadIndexError, RoleKind,
 };
@@ -38,6 +39,9 @@ use crate::storage::vfs::Vfs;
 use crate::storage::{LogStore, MemLogStore, Wal};
 use crate::transport::Transport;
 use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// Applies committed commands: the replicated state machine, as the node
 /// sees it. Called on the node task, in log order, once per command entry.
@@ -157,6 +161,61 @@ pub struct NodeStatus {
     pub stopped: Option<String>,
 }
 
+/// Counters and histograms a node keeps (shared with its handles).
+#[derive(Debug)]
+struct SharedMetrics {
+    /// From a proposal's arrival to its answer (applied here, as leader).
+    commit_latency: Histogram,
+    /// Time to make one Ready durable.
+    fsync_latency: Histogram,
+    elections_won: AtomicU64,
+    proposals: AtomicU64,
+    applied_entries: AtomicU64,
+    availability: Mutex<Availability>,
+    view: Mutex<MetricsView>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MetricsView {
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
+    peers: Vec<PeerProgress>,
+}
+
+/// What the leader knows of one follower.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The follower.
+    pub id: NodeId,
+    /// Highest index known replicated on it.
+    pub match_index: LogIndex,
+    /// Entries it is behind the leader's log.
+    pub lag: u64,
+}
+
+/// A node's numbers for status and metrics.
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    /// Times this node became leader.
+    pub elections_won: u64,
+    /// Proposals this node accepted as leader.
+    pub proposals: u64,
+    /// Entries applied.
+    pub applied_entries: u64,
+    /// Proposal-to-answer latency on this node as leader.
+    pub commit_latency: HistogramSnapshot,
+    /// Time to persist one batch (append + fsync).
+    pub fsync_latency: HistogramSnapshot,
+    /// Leader-loss accounting.
+    pub availability: AvailabilityReport,
+    /// Voters of the configuration.
+    pub voters: Vec<NodeId>,
+    /// Learners of the configuration.
+    pub learners: Vec<NodeId>,
+    /// Followers' progress (on the leader only).
+    pub peers: Vec<PeerProgress>,
+}
+
 enum Command {
     Propose {
         data: Bytes,
@@ -177,6 +236,7 @@ enum Command {
 #[derive(Clone)]
 pub struct NodeHandle {
     id: NodeId,
+    metrics: Arc<SharedMetrics>,
     commands: mpsc::Sender<Command>,
     inbound: mpsc::Sender<Message>,
     status: watch::Receiver<NodeStatus>,
@@ -226,6 +286,27 @@ impl NodeHandle {
         rx.await.map_err(|_| self.stopped())?
     }
 
+    /// The node's counters, histograms and availability figures.
+    pub fn metrics(&self) -> NodeMetrics {
+        let m = &self.metrics;
+        let view = m.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        NodeMetrics {
+            elections_won: m.elections_won.load(Ordering::Relaxed),
+            proposals: m.proposals.load(Ordering::Relaxed),
+            applied_entries: m.applied_entries.load(Ordering::Relaxed),
+            commit_latency: m.commit_latency.snapshot(),
+            fsync_latency: m.fsync_latency.snapshot(),
+            availability: m
+                .availability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .report(Instant::now()),
+            voters: view.voters,
+            learners: view.learners,
+            peers: view.peers,
+        }
+    }
+
     /// The latest status.
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()
@@ -268,6 +349,15 @@ pub fn start_node<V: Vfs>(
     let (in_tx, in_rx) = mpsc::channel(opts.inbound_queue.max(1));
     let status = status_of(&raft, None);
     let (status_tx, status_rx) = watch::channel(status);
+    let metrics = Arc::new(SharedMetrics {
+        commit_latency: Histogram::default(),
+        fsync_latency: Histogram::default(),
+        elections_won: AtomicU64::new(0),
+        proposals: AtomicU64::new(0),
+        applied_entries: AtomicU64::new(0),
+        availability: Mutex::new(Availability::new(Instant::now())),
+        view: Mutex::new(MetricsView::default()),
+    });
     let storage = match storage {
         NodeStorage::Memory(m) => Backend::Memory(m),
         NodeStorage::Wal(w) => Backend::Group(GroupCommit::start(w, GroupOptions::default())),
@@ -283,10 +373,14 @@ pub fn start_node<V: Vfs>(
         next_read: 1,
         in_flight: None,
         status_tx,
+        metrics: metrics.clone(),
+        last_role: RoleKind::Follower,
+        last_leader: None,
     };
     tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
     Ok(NodeHandle {
         id,
+        metrics,
         commands: cmd_tx,
         inbound: in_tx,
         status: status_rx,
@@ -313,6 +407,7 @@ enum Backend<V: Vfs> {
 
 /// The part of a Ready that waits for its persistence.
 struct InFlight {
+    started: Instant,
     persisted_messages: Vec<Message>,
     committed_entries: Vec<Entry>,
     read_states: Vec<crate::raft::ReadState>,
@@ -351,7 +446,7 @@ struct NodeTask<V: Vfs> {
     transport: Arc<dyn Transport>,
     applier: Box<dyn Applier>,
     /// Proposals waiting for their index to apply: index -> (term, reply).
-    proposals: BTreeMap<LogIndex, (Term, ProposeReply)>,
+    proposals: BTreeMap<LogIndex, (Term, ProposeReply, Instant)>,
     /// Reads waiting for confirmation: ctx -> what to do.
     reads: HashMap<u64, PendingRead>,
     /// Confirmed reads waiting for the state machine to catch up.
@@ -359,6 +454,9 @@ struct NodeTask<V: Vfs> {
     next_read: u64,
     in_flight: Option<InFlight>,
     status_tx: watch::Sender<NodeStatus>,
+    metrics: Arc<SharedMetrics>,
+    last_role: RoleKind,
+    last_leader: Option<NodeId>,
 }
 
 /// Messages drained per wake-up before the loop looks at its other inputs.
@@ -403,7 +501,10 @@ impl<V: Vfs> NodeTask<V> {
                         }
                     }
                 }
-                _ = ticker.tick() => self.raft.tick(),
+                _ = ticker.tick() => {
+                    self.raft.tick();
+                    self.refresh_view();
+                }
             }
             if self.in_flight.is_none()
                 && self.raft.has_ready()
@@ -417,9 +518,13 @@ impl<V: Vfs> NodeTask<V> {
     }
 
     fn stop(mut self, reason: String) {
-        tracing::warn!(node = %self.raft.id(), "node stopped: {reason}");
+        if reason == "shut down" {
+            tracing::info!(node = %self.raft.id(), "node stopped: {reason}");
+        } else {
+            tracing::error!(node = %self.raft.id(), "node stopped: {reason}");
+        }
         let err = NodeError::Stopped(reason.clone());
-        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+        for (_, (_, reply, _)) in std::mem::take(&mut self.proposals) {
             let _ = reply.send(Err(err.clone()));
         }
         for (_, r) in self.reads.drain() {
@@ -431,7 +536,30 @@ impl<V: Vfs> NodeTask<V> {
         self.publish_status(Some(reason));
     }
 
-    fn publish_status(&self, stopped: Option<String>) {
+    fn publish_status(&mut self, stopped: Option<String>) {
+        let now = Instant::now();
+        let role = self.raft.role();
+        if role != self.last_role {
+            if role == RoleKind::Leader {
+                self.metrics.elections_won.fetch_add(1, Ordering::Relaxed);
+            }
+            self.last_role = role;
+        }
+        let leader = self.raft.leader();
+        if leader != self.last_leader || role == RoleKind::Leader {
+            let mut a = self
+                .metrics
+                .availability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            a.leader_changed(leader, now);
+            if role == RoleKind::Leader {
+                a.heard_from_leader(now);
+            }
+            drop(a);
+            self.last_leader = leader;
+            self.refresh_view();
+        }
         let s = status_of(&self.raft, stopped);
         self.status_tx.send_if_modified(|cur| {
             if *cur != s {
@@ -443,8 +571,37 @@ impl<V: Vfs> NodeTask<V> {
         });
     }
 
+    fn refresh_view(&self) {
+        let m = self.raft.membership();
+        let last = self.raft.last_index();
+        let peers = m
+            .replication_targets()
+            .into_iter()
+            .filter(|p| *p != self.raft.id())
+            .filter_map(|p| {
+                self.raft.match_index_of(p).map(|mi| PeerProgress {
+                    id: p,
+                    match_index: mi,
+                    lag: last.0.saturating_sub(mi.0),
+                })
+            })
+            .collect();
+        *self.metrics.view.lock().unwrap_or_else(|e| e.into_inner()) = MetricsView {
+            voters: m.voters.iter().copied().collect(),
+            learners: m.learners.iter().copied().collect(),
+            peers,
+        };
+    }
+
     fn step(&mut self, m: Message) {
         let from = m.from;
+        if Some(from) == self.raft.leader() {
+            self.metrics
+                .availability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .heard_from_leader(Instant::now());
+        }
         if let Err(e) = self.raft.step(m) {
             tracing::warn!(node = %self.raft.id(), peer = %from, "refused a message: {e}");
         }
@@ -455,7 +612,8 @@ impl<V: Vfs> NodeTask<V> {
         match c {
             Command::Propose { data, reply } => match self.raft.propose(data) {
                 Ok((index, term)) => {
-                    self.proposals.insert(index, (term, reply));
+                    self.metrics.proposals.fetch_add(1, Ordering::Relaxed);
+                    self.proposals.insert(index, (term, reply, Instant::now()));
                 }
                 Err(ProposeError::NotLeader { leader }) => {
                     let _ = reply.send(Err(NodeError::NotLeader { leader }));
@@ -503,6 +661,7 @@ impl<V: Vfs> NodeTask<V> {
             self.transport.send(m);
         }
         self.in_flight = Some(InFlight {
+            started: Instant::now(),
             persisted_messages: rd.persisted_messages,
             committed_entries: rd.committed_entries,
             read_states: rd.read_states,
@@ -541,6 +700,10 @@ impl<V: Vfs> NodeTask<V> {
         let Some(f) = self.in_flight.take() else {
             return;
         };
+        self.metrics.fsync_latency.observe(f.started.elapsed());
+        self.metrics
+            .applied_entries
+            .fetch_add(f.committed_entries.len() as u64, Ordering::Relaxed);
         for m in f.persisted_messages {
             self.transport.send(m);
         }
@@ -549,7 +712,8 @@ impl<V: Vfs> NodeTask<V> {
                 EntryPayload::Command(c) => Some(self.applier.apply(e.index, e.term, c)),
                 _ => None,
             };
-            if let Some((term, reply)) = self.proposals.remove(&e.index) {
+            if let Some((term, reply, since)) = self.proposals.remove(&e.index) {
+                self.metrics.commit_latency.observe(since.elapsed());
                 let res = if term == e.term {
                     Ok((e.index, answer.unwrap_or_default()))
                 } else {

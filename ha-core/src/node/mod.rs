@@ -18,7 +18,8 @@
 pub mod driver;
 
 pub use driver::{
-    Applier, NodeError, NodeHandle, NodeOptions, NodeStatus, NodeStorage, NoopApplier, start_node,
+    Applier, NodeError, NodeHandle, NodeMetrics, NodeOptions, NodeStatus, NodeStorage, NoopApplier,
+    PeerProgress, start_node,
 };
 
 use crate::raft::{Message, Raft, ReadState, Ready};

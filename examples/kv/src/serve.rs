@@ -1,0 +1,208 @@
+//! `ha-kv serve`: one node in the foreground until SIGINT or SIGTERM.
+//!
+//! Every configuration mistake ends here with exit status 2 and one line
+//! saying what to fix, before the node touches its data.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ha_core::node::{NodeOptions, NodeStorage};
+use ha_core::raft::InitialState;
+use ha_core::sm::{DEFAULT_SESSION_TIMEOUT_MS, Sessions, StateMachine};
+use ha_core::storage::{DataDir, StdFs, Wal, WalOptions};
+use ha_core::types::NodeId;
+use ha_quic::{QuicConfig, QuicNode};
+
+use crate::cli::parse_addr;
+use crate::kv::Kv;
+use crate::usage_error;
+
+/// Options of `ha-kv serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// This node's id (from 1).
+    #[arg(long)]
+    id: u64,
+    /// Where to listen, HOST:PORT.
+    #[arg(long)]
+    listen: String,
+    /// The initial voters, ID=HOST:PORT,... (may include this node).
+    #[arg(long, value_delimiter = ',', required = true)]
+    peers: Vec<String>,
+    /// Where the node keeps its log and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Where the certificates are (from `ha-kv certs`).
+    #[arg(long)]
+    tls_dir: PathBuf,
+    /// Start as a non-member waiting to be added (not yet supported).
+    #[arg(long)]
+    join: bool,
+    /// Heartbeat interval in ms (also the node's tick).
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// Election timeout range in ms, MIN-MAX.
+    #[arg(long, default_value = "300-600")]
+    election_timeout_ms: String,
+    /// Take a snapshot every N entries (not yet supported).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Serve Prometheus metrics on HOST:PORT at /metrics.
+    #[arg(long)]
+    metrics: Option<String>,
+}
+
+fn parse_peers(list: &[String], me: NodeId) -> BTreeMap<NodeId, SocketAddr> {
+    let mut peers = BTreeMap::new();
+    for p in list {
+        let Some((id, addr)) = p.split_once('=') else {
+            usage_error(format!("--peers: '{p}' is not ID=HOST:PORT"));
+        };
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|i| *i > 0)
+            .unwrap_or_else(|| {
+                usage_error(format!("--peers: '{id}' is not a node id (1, 2, ...)"))
+            });
+        if peers
+            .insert(NodeId(id), parse_addr("--peers", addr.trim()))
+            .is_some()
+        {
+            usage_error(format!("--peers: node {id} is listed twice"));
+        }
+    }
+    peers.remove(&me);
+    peers
+}
+
+fn timing(a: &ServeArgs) -> (Duration, u64, u64) {
+    let (lo, hi) = a
+        .election_timeout_ms
+        .split_once('-')
+        .and_then(|(l, h)| Some((l.trim().parse::<u64>().ok()?, h.trim().parse::<u64>().ok()?)))
+        .unwrap_or_else(|| usage_error("--election-timeout-ms: write a range like 300-600"));
+    if a.heartbeat_ms == 0 || lo <= a.heartbeat_ms || hi <= lo {
+        usage_error(format!(
+            "--election-timeout-ms {lo}-{hi} must be a rising range above --heartbeat-ms {}",
+            a.heartbeat_ms
+        ));
+    }
+    let tick = a.heartbeat_ms;
+    (
+        Duration::from_millis(tick),
+        lo.div_ceil(tick),
+        hi.div_ceil(tick).max(lo.div_ceil(tick) + 1),
+    )
+}
+
+/// Runs the node until a signal; returns the exit status.
+pub async fn serve(a: ServeArgs) -> i32 {
+    if a.join {
+        eprintln!("ha-kv: serve --join is not yet supported");
+        return crate::EXIT_USAGE;
+    }
+    if a.snapshot_every.is_some() {
+        eprintln!("ha-kv: --snapshot-every is not yet supported");
+        return crate::EXIT_USAGE;
+    }
+    if a.id == 0 {
+        usage_error("--id: node ids start at 1");
+    }
+    let me = NodeId(a.id);
+    let listen = parse_addr("--listen", &a.listen);
+    let peers = parse_peers(&a.peers, me);
+    let (tick, min_ticks, max_ticks) = timing(&a);
+    let identity = ha_quic::load_node_identity(&a.tls_dir, me).unwrap_or_else(|e| {
+        usage_error(format!(
+            "--tls-dir: {e}; create certificates with `ha-kv certs --dir {} --nodes ...` \
+             including node {}",
+            a.tls_dir.display(),
+            a.id
+        ))
+    });
+    let dir = DataDir::open_with_schema(
+        &StdFs,
+        &a.data_dir,
+        &identity.cluster_id(),
+        me,
+        Kv::SCHEMA_FINGERPRINT,
+    )
+    .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
+    let (wal, state) = Wal::open(StdFs, &dir.wal_dir(), WalOptions::default())
+        .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
+    if let Some(r) = wal.repaired() {
+        tracing::warn!("{r}");
+    }
+    let socket = std::net::UdpSocket::bind(listen).unwrap_or_else(|e| {
+        usage_error(format!(
+            "--listen: cannot listen on {listen}: {e}; choose a free port"
+        ))
+    });
+    let metrics_listener = match &a.metrics {
+        Some(m) => {
+            let addr = parse_addr("--metrics", m);
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .unwrap_or_else(|e| {
+                        usage_error(format!(
+                            "--metrics: cannot listen on {addr}: {e}; choose a free port"
+                        ))
+                    }),
+            )
+        }
+        None => None,
+    };
+    let mut voters: Vec<NodeId> = peers.keys().copied().collect();
+    voters.push(me);
+    let mut opts = NodeOptions::new(me, voters);
+    opts.tick = tick;
+    opts.raft.heartbeat_interval_ticks = 1;
+    opts.raft.election_timeout_min_ticks = min_ticks;
+    opts.raft.election_timeout_max_ticks = max_ticks;
+    opts.raft.rng_seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(a.id, |d| d.as_nanos() as u64 ^ a.id);
+    let mut quic = QuicConfig::new(me, listen, peers, identity);
+    quic.schema = Kv::SCHEMA_FINGERPRINT;
+    let init = InitialState {
+        hard_state: state.hard_state,
+        snapshot_last: state.snapshot_last,
+        entries: state.entries,
+        ..InitialState::default()
+    };
+    let node = QuicNode::start_on(
+        opts,
+        quic,
+        Some(socket),
+        init,
+        NodeStorage::<StdFs>::Wal(wal),
+        Sessions::<Kv>::new(DEFAULT_SESSION_TIMEOUT_MS),
+    )
+    .unwrap_or_else(|e| usage_error(e));
+    eprintln!("ha-kv: node {} listening on {listen}", a.id);
+    if let Some(l) = metrics_listener {
+        crate::metrics::spawn(l, node.handle().clone(), node.transport());
+    }
+    let mut status = node.handle().watch_status();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .unwrap_or_else(|e| usage_error(format!("cannot watch SIGTERM: {e}")));
+    let code = tokio::select! {
+        _ = tokio::signal::ctrl_c() => 0,
+        _ = term.recv() => 0,
+        r = status.wait_for(|s| s.stopped.is_some()) => {
+            let why = r.map(|s| s.stopped.clone().unwrap_or_default()).unwrap_or_default();
+            eprintln!("ha-kv: node stopped: {why}");
+            1
+        }
+    };
+    node.shutdown().await;
+    drop(dir);
+    eprintln!("ha-kv: node {} stopped", a.id);
+    code
+}
