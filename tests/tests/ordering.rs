@@ -58,6 +58,14 @@ impl LogStore for RecordingStore {
     fn compact(&mut self, index: LogIndex, term: Term) -> Result<(), Self::Error> {
         self.inner.compact(index, term)
     }
+    fn install_snapshot(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        keep: bool,
+    ) -> Result<(), Self::Error> {
+        self.inner.install_snapshot(index, term, keep)
+    }
 }
 
 #[derive(Default)]

@@ -22,7 +22,7 @@ fn random_runs_keep_every_safety_property() {
     eprintln!(
         "{ran} seeds passed in {:.1}s: {} ticks, {} messages delivered, {} commands \
          acknowledged, {} reads served, {} leaders elected, {} crashes, {} disk errors, \
-         {} torn log tails repaired",
+         {} torn log tails repaired, {} snapshots taken, {} installed",
         started.elapsed().as_secs_f64(),
         stats.ticks,
         stats.delivered,
@@ -31,7 +31,9 @@ fn random_runs_keep_every_safety_property() {
         stats.elections,
         stats.crashes,
         stats.disk_errors,
-        stats.torn_tails_repaired
+        stats.torn_tails_repaired,
+        stats.snapshots_taken,
+        stats.snapshots_installed
     );
     assert_eq!(ran, seeds.len());
     assert!(

@@ -85,6 +85,53 @@ impl RaftLog {
         self.offset.next()
     }
 
+    /// Index and term of the last entry a snapshot covers.
+    pub fn offset(&self) -> (LogIndex, Term) {
+        (self.offset, self.offset_term)
+    }
+
+    /// Drops the entries up to `index`, which a durable snapshot of the
+    /// applied state now covers. Returns false (changing nothing) unless
+    /// `offset < index <= applied`.
+    pub fn compact_to(&mut self, index: LogIndex) -> bool {
+        if index <= self.offset || index > self.applied {
+            return false;
+        }
+        let term = self.term(index).expect("applied entries are held");
+        let drop = (index.0 - self.offset.0) as usize;
+        self.entries.drain(..drop);
+        self.offset = index;
+        self.offset_term = term;
+        true
+    }
+
+    /// Takes a snapshot ending at `(index, term)` from the leader (above the
+    /// commit index). Keeps the entries after it if the log holds that very
+    /// entry (dissertation §5.3), else discards the whole log. Returns
+    /// whether the suffix was kept.
+    pub fn install_snapshot(&mut self, index: LogIndex, term: Term) -> bool {
+        let keep = self.matches(index, term) && index >= self.offset;
+        if keep {
+            let drop = (index.0 - self.offset.0) as usize;
+            self.entries.drain(..drop.min(self.entries.len()));
+        } else {
+            self.entries.clear();
+        }
+        self.offset = index;
+        self.offset_term = term;
+        self.committed = self.committed.max(index);
+        self.applied = self.applied.max(index);
+        self.handed_apply = self.handed_apply.max(index);
+        if keep {
+            self.persisted = self.persisted.max(index);
+            self.handed_persist = self.handed_persist.max(index);
+        } else {
+            self.persisted = index;
+            self.handed_persist = index;
+        }
+        keep
+    }
+
     /// The term of the entry at `index`, if known (the snapshot's last entry
     /// counts as known).
     pub fn term(&self, index: LogIndex) -> Option<Term> {

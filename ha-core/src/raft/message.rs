@@ -81,6 +81,15 @@ pub enum Body {
         /// Echo of the heartbeat's `seq`.
         seq: u64,
     },
+    /// The leader's snapshot ending at `(index, term)` is now durable on the
+    /// receiver (its bytes travelled out of band and were verified): install
+    /// it. Answered with an [`AppendOutcome::Accepted`].
+    InstallSnapshot {
+        /// Last index the snapshot covers.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+    },
 }
 
 /// A follower's answer to an append.
@@ -125,6 +134,14 @@ pub enum MessageError {
 impl Message {
     /// Checks the invariants in the module docs.
     pub fn validate(&self) -> Result<(), MessageError> {
+        if let Body::InstallSnapshot { term, .. } = &self.body
+            && *term > self.term
+        {
+            return Err(MessageError::TermFromFuture {
+                entry_term: *term,
+                message_term: self.term,
+            });
+        }
         if let Body::Append {
             prev_index,
             prev_term,

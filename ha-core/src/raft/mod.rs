@@ -191,6 +191,12 @@ pub struct Ready {
     pub dropped_reads: Vec<u64>,
     /// Role or leader changes, if any.
     pub soft_state: Option<SoftState>,
+    /// A snapshot to restore before applying `committed_entries` (step 2:
+    /// record it in the log store with the entries).
+    pub snapshot: Option<SnapshotInstall>,
+    /// Followers to send the newest snapshot to; report each outcome with
+    /// [`Raft::report_snapshot`].
+    pub send_snapshots: Vec<NodeId>,
     token: ReadyToken,
 }
 
@@ -230,6 +236,24 @@ pub struct Raft {
     last_hard_state: HardState,
     last_soft_state: SoftState,
     ready_outstanding: bool,
+    /// A snapshot installed since the last Ready, for the driver to restore.
+    installed_snapshot: Option<SnapshotInstall>,
+    /// Followers that need a snapshot sent.
+    snapshots_to_send: Vec<NodeId>,
+}
+
+/// A snapshot the core installed: the driver restores the state machine
+/// from it (it is already durable on this node) and records it in the log
+/// store before applying anything after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotInstall {
+    /// Last index the snapshot covers.
+    pub index: LogIndex,
+    /// Its term.
+    pub term: Term,
+    /// Whether the stored entries after `index` stay (they match the
+    /// leader's); if false the store must drop them.
+    pub keep_suffix: bool,
 }
 
 impl Raft {
@@ -286,6 +310,8 @@ impl Raft {
                 term: hs.term,
             },
             ready_outstanding: false,
+            installed_snapshot: None,
+            snapshots_to_send: Vec::new(),
             config,
         })
     }
@@ -340,6 +366,10 @@ impl Raft {
     /// The entry at `index`, if held in memory.
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.entry(index)
+    }
+    /// Index and term of the last entry a snapshot covers.
+    pub fn snapshot_last(&self) -> (LogIndex, Term) {
+        self.log.offset()
     }
     /// The configuration in force.
     pub fn membership(&self) -> &Membership {
@@ -483,14 +513,14 @@ impl Raft {
             match m.body {
                 Body::PreVote { .. } => {}
                 Body::PreVoteResponse { granted: true } => {}
-                Body::Append { .. } | Body::Heartbeat { .. } => {
+                Body::Append { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
                     self.become_follower(m.term, Some(m.from))
                 }
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
             match m.body {
-                Body::Append { .. } | Body::Heartbeat { .. }
+                Body::Append { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. }
                     if self.config.check_quorum || self.config.pre_vote =>
                 {
                     // A stale leader: tell it our term so it steps down. With
@@ -551,10 +581,35 @@ impl Raft {
                 self.log.commit_to(commit);
                 self.send_after_persist(m.from, Body::HeartbeatResponse { seq });
             }
+            Body::InstallSnapshot { index, term } => {
+                if !matches!(self.role, Role::Follower) {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                self.leader = Some(m.from);
+                self.election_elapsed = 0;
+                self.handle_install_snapshot(m.from, index, term);
+            }
             Body::AppendResponse(outcome) => self.handle_append_response(m.from, outcome),
             Body::HeartbeatResponse { seq } => self.handle_heartbeat_response(m.from, seq),
         }
         Ok(())
+    }
+
+    /// A snapshot of the applied state up to `index` is durable: drop the
+    /// log entries it covers. Returns whether anything was dropped (nothing
+    /// is if `index` is not above the current snapshot, or not applied yet).
+    pub fn compact(&mut self, index: LogIndex) -> bool {
+        self.log.compact_to(index)
+    }
+
+    /// The driver finished sending a snapshot to `peer`: `Some(index)` if
+    /// it was delivered (ending at `index`), `None` if the transfer failed.
+    pub fn report_snapshot(&mut self, peer: NodeId, sent: Option<LogIndex>) {
+        if let Role::Leader(l) = &mut self.role
+            && let Some(p) = l.progress.get_mut(&peer)
+        {
+            p.snapshot_done(sent);
+        }
     }
 
     /// Reports that `peer` could not be reached, so replication to it falls
@@ -580,6 +635,8 @@ impl Raft {
             || !self.read_states.is_empty()
             || !self.dropped_reads.is_empty()
             || self.soft_state() != self.last_soft_state
+            || self.installed_snapshot.is_some()
+            || !self.snapshots_to_send.is_empty()
     }
 
     /// Takes the work accumulated so far (see [`Ready`]).
@@ -614,6 +671,8 @@ impl Raft {
             read_states: std::mem::take(&mut self.read_states),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
             soft_state,
+            snapshot: self.installed_snapshot.take(),
+            send_snapshots: std::mem::take(&mut self.snapshots_to_send),
             token,
         }
     }
@@ -1023,8 +1082,11 @@ impl Raft {
                 let probing = matches!(p.state, progress::ProgressState::Probe { .. });
                 let prev = p.next_index.prev();
                 let Some(prev_term) = self.log.term(prev) else {
-                    // Entries below our snapshot: needs InstallSnapshot, which
-                    // arrives with log compaction. Nothing is compacted yet.
+                    // The follower needs entries a snapshot replaced: send
+                    // the snapshot, out of band (dissertation §5.3).
+                    let (offset, _) = self.log.offset();
+                    p.start_snapshot(offset);
+                    self.snapshots_to_send.push(*peer);
                     break;
                 };
                 let entries = if p.next_index <= last {
@@ -1125,6 +1187,28 @@ impl Raft {
             );
         }
         Ok(())
+    }
+
+    fn handle_install_snapshot(&mut self, from: NodeId, index: LogIndex, term: Term) {
+        if index <= self.log.committed {
+            // Nothing new: we have all of it committed already.
+            let match_index = self.log.committed;
+            self.send_after_persist(
+                from,
+                Body::AppendResponse(AppendOutcome::Accepted { match_index }),
+            );
+            return;
+        }
+        let keep_suffix = self.log.install_snapshot(index, term);
+        self.installed_snapshot = Some(SnapshotInstall {
+            index,
+            term,
+            keep_suffix,
+        });
+        self.send_after_persist(
+            from,
+            Body::AppendResponse(AppendOutcome::Accepted { match_index: index }),
+        );
     }
 
     fn send_after_persist(&mut self, to: NodeId, body: Body) {

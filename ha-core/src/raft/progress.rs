@@ -32,6 +32,12 @@ pub enum ProgressState {
         /// leader's heartbeat sequence number when it was sent.
         inflight: VecDeque<(LogIndex, u64)>,
     },
+    /// The follower needs entries the leader has compacted away: a snapshot
+    /// is being sent; no appends until the driver reports the outcome.
+    Snapshot {
+        /// The snapshot index requested.
+        index: LogIndex,
+    },
 }
 
 /// The leader's view of one follower.
@@ -74,6 +80,7 @@ impl Progress {
         match &self.state {
             ProgressState::Probe { paused } => !paused,
             ProgressState::Replicate { inflight } => inflight.len() < max_inflight,
+            ProgressState::Snapshot { .. } => false,
         }
     }
 
@@ -90,6 +97,7 @@ impl Progress {
                 }
                 inflight.push_back((last, heartbeat_seq));
             }
+            ProgressState::Snapshot { .. } => {}
         }
     }
 
@@ -104,7 +112,7 @@ impl Progress {
             self.next_index = index.next();
         }
         match &mut self.state {
-            ProgressState::Probe { .. } => {
+            ProgressState::Probe { .. } | ProgressState::Snapshot { .. } => {
                 // The logs agree up to `index`: start streaming.
                 self.state = ProgressState::Replicate {
                     inflight: VecDeque::new(),
@@ -135,6 +143,7 @@ impl Progress {
                 self.next_index = self.match_index.next().max(probe_from.next().min(rejected));
                 true
             }
+            ProgressState::Snapshot { .. } => false,
             ProgressState::Probe { .. } => {
                 if self.next_index.prev() != rejected {
                     return false;
@@ -157,6 +166,29 @@ impl Progress {
                 if inflight.front().is_some_and(|(_, sent_at)| *sent_at < seq) {
                     self.liveness_probe = true;
                     inflight.pop_front();
+                }
+            }
+            ProgressState::Snapshot { .. } => {}
+        }
+    }
+
+    /// A snapshot is needed: stop appends until its outcome is known.
+    pub fn start_snapshot(&mut self, index: LogIndex) {
+        self.state = ProgressState::Snapshot { index };
+    }
+
+    /// The driver finished sending the snapshot (or failed to): probe from
+    /// after it (or wait for a heartbeat answer and try again).
+    pub fn snapshot_done(&mut self, sent: Option<LogIndex>) {
+        if let ProgressState::Snapshot { index } = self.state {
+            match sent {
+                Some(i) => {
+                    self.next_index = i.max(index).next().max(self.match_index.next());
+                    self.state = ProgressState::Probe { paused: true };
+                }
+                None => {
+                    self.next_index = self.match_index.next();
+                    self.state = ProgressState::Probe { paused: true };
                 }
             }
         }

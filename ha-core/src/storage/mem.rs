@@ -142,6 +142,20 @@ impl LogStore for MemLogStore {
         self.current.last_index()
     }
 
+    fn install_snapshot(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        keep_suffix: bool,
+    ) -> Result<(), MemStoreError> {
+        if !keep_suffix {
+            self.current.entries.clear();
+            self.current.snapshot_last = (index, term);
+            return Ok(());
+        }
+        self.compact(index, term)
+    }
+
     fn compact(&mut self, index: LogIndex, term: Term) -> Result<(), MemStoreError> {
         let snap = self.current.snapshot_last.0;
         if index <= snap {

@@ -66,6 +66,16 @@ pub trait LogStore {
     /// Discards entries up to and including `index`, which a snapshot ending
     /// at `(index, term)` now covers.
     fn compact(&mut self, index: LogIndex, term: Term) -> Result<(), Self::Error>;
+
+    /// Records a snapshot installed from the leader: like `compact`, and if
+    /// `keep_suffix` is false, the stored entries after `index` (a diverging
+    /// history) are discarded too.
+    fn install_snapshot(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        keep_suffix: bool,
+    ) -> Result<(), Self::Error>;
 }
 
 /// Errors of the in-memory store.

@@ -843,6 +843,30 @@ impl<V: Vfs> LogStore for Wal<V> {
         self.current.last_index
     }
 
+    fn install_snapshot(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        keep_suffix: bool,
+    ) -> Result<(), WalError> {
+        self.check_usable()?;
+        if !keep_suffix && self.current.last_index > index && index >= self.current.snapshot.0 {
+            put_record(&mut self.pending, KIND_TRUNCATE, index.0 + 1, 0, &[]);
+            self.current.last_index = index;
+            self.current.last_term = term;
+        }
+        if index <= self.current.snapshot.0 {
+            return Ok(());
+        }
+        put_record(&mut self.pending, KIND_SNAPSHOT, index.0, term.0, &[]);
+        self.current.snapshot = (index, term);
+        if index >= self.current.last_index {
+            self.current.last_index = index;
+            self.current.last_term = term;
+        }
+        Ok(())
+    }
+
     fn compact(&mut self, index: LogIndex, term: Term) -> Result<(), WalError> {
         self.check_usable()?;
         if index <= self.current.snapshot.0 {

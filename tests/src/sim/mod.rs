@@ -119,6 +119,9 @@ pub struct SimConfig {
     /// Nodes keep their log in the real write-ahead log on a simulated disk
     /// (otherwise in the in-memory store).
     pub wal: bool,
+    /// Each node snapshots its state machine and compacts its log once this
+    /// many entries were applied since its last snapshot.
+    pub snapshot_every: Option<u64>,
 }
 
 impl SimConfig {
@@ -136,6 +139,7 @@ impl SimConfig {
             read: 0.0,
             bug: None,
             wal: false,
+            snapshot_every: None,
         }
     }
 
@@ -166,6 +170,7 @@ impl SimConfig {
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
         c.wal = rng.chance(0.5);
+        c.snapshot_every = [None, Some(5), Some(20), Some(100)][rng.range(0, 4) as usize];
         c.faults.torn_write = if c.wal {
             [0.0, 0.01, 0.03][rng.range(0, 3) as usize]
         } else {
@@ -231,6 +236,10 @@ pub struct RunStats {
     pub torn_tails_repaired: u64,
     /// Writes that failed (full disk, failed fsync).
     pub disk_errors: u64,
+    /// Snapshots taken (and logs compacted).
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
 }
 
 struct Packet {
@@ -325,6 +334,35 @@ impl NodeStore {
         }
     }
 
+    /// Records a snapshot installed from the leader (durable at the next sync).
+    fn install_snapshot(&mut self, index: LogIndex, term: Term, keep: bool) -> Result<(), String> {
+        match self {
+            NodeStore::Mem(m) => m
+                .install_snapshot(index, term, keep)
+                .map_err(|e| e.to_string()),
+            NodeStore::Wal { wal, .. } => wal
+                .as_mut()
+                .expect("an up node has an open log")
+                .install_snapshot(index, term, keep)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Compacts the log up to a durable snapshot, and syncs.
+    fn compact_and_sync(&mut self, index: LogIndex, term: Term) -> Result<(), String> {
+        match self {
+            NodeStore::Mem(m) => {
+                m.compact(index, term).map_err(|e| e.to_string())?;
+                m.sync().map_err(|e| e.to_string())
+            }
+            NodeStore::Wal { wal, .. } => {
+                let w = wal.as_mut().expect("an up node has an open log");
+                w.compact(index, term).map_err(|e| e.to_string())?;
+                w.sync().map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// Makes the disk fill up after `bytes` more bytes.
     fn fill_disk_after(&mut self, bytes: u64) {
         if let NodeStore::Wal { fs, .. } = self {
@@ -333,10 +371,23 @@ impl NodeStore {
     }
 }
 
+/// A snapshot on a simulated node's disk: the state machine (command per
+/// index) up to `index`. Written atomically; survives crashes.
+#[derive(Clone)]
+struct SimSnapshot {
+    index: LogIndex,
+    term: Term,
+    state: BTreeMap<LogIndex, u64>,
+}
+
 struct SimNode {
     id: NodeId,
     raft: Option<Raft>,
     store: NodeStore,
+    /// The snapshot the node's state machine and log start from.
+    snapshot: Option<SimSnapshot>,
+    /// A snapshot received from a leader, durable, not yet installed.
+    received: Option<SimSnapshot>,
     /// The state machine: command ids applied, by index (lost on crash).
     applied: BTreeMap<LogIndex, u64>,
     /// Commands this node accepted as leader, awaiting application.
@@ -374,6 +425,8 @@ pub struct Sim {
     failure: Option<String>,
     /// Reads served: ctx -> index.
     served_reads: BTreeMap<u64, LogIndex>,
+    /// Snapshot bytes in flight, keyed by (from, to, index).
+    snapshot_payloads: BTreeMap<(NodeId, NodeId, LogIndex), SimSnapshot>,
 }
 
 fn body_kind(b: &Body) -> &'static str {
@@ -387,6 +440,7 @@ fn body_kind(b: &Body) -> &'static str {
         Body::AppendResponse(ha_core::raft::AppendOutcome::Rejected { .. }) => "append-reject",
         Body::Heartbeat { .. } => "heartbeat",
         Body::HeartbeatResponse { .. } => "heartbeat-resp",
+        Body::InstallSnapshot { .. } => "install-snapshot",
     }
 }
 
@@ -413,6 +467,7 @@ impl Sim {
             stats: RunStats::default(),
             failure: None,
             served_reads: BTreeMap::new(),
+            snapshot_payloads: BTreeMap::new(),
             cfg,
         };
         for k in 0..sim.cfg.nodes {
@@ -420,6 +475,8 @@ impl Sim {
             sim.nodes.push(SimNode {
                 id,
                 raft: None,
+                snapshot: None,
+                received: None,
                 store: if sim.cfg.wal {
                     NodeStore::Wal {
                         fs: SimFs::new(),
@@ -457,16 +514,25 @@ impl Sim {
         config.id = node.id;
         config.rng_seed = self.seed ^ (node.id.0 << 48) ^ (node.incarnation << 32);
         config.planted_bug = self.cfg.bug;
-        let init = InitialState {
+        let mut init = InitialState {
             hard_state: stored.hard_state,
             membership,
             snapshot_last: stored.snapshot_last,
             entries: stored.entries,
         };
+        node.applied.clear();
+        if let Some(snap) = &node.snapshot {
+            if let Some(keep) = merge_snapshot(&mut init, snap.index, snap.term) {
+                node.store
+                    .install_snapshot(snap.index, snap.term, keep)
+                    .and_then(|_| node.store.persist(&[], None, false))
+                    .map_err(|e| format!("node {} cannot record its snapshot: {e}", node.id))?;
+            }
+            node.applied = snap.state.clone();
+        }
         let raft = Raft::new(config, init)
             .map_err(|e| format!("node {} cannot start from its log: {e}", node.id))?;
         node.raft = Some(raft);
-        node.applied.clear();
         node.proposals.clear();
         node.reads.clear();
         node.restart_at = None;
@@ -943,12 +1009,28 @@ impl Sim {
         if !self.link_up(msg.from, msg.to) {
             return;
         }
-        let Some(raft) = self.nodes[k].raft.as_mut() else {
+        if self.nodes[k].raft.is_none() {
             return;
-        };
+        }
         self.stats.delivered += 1;
         self.trace
             .push(self.now, TraceEvent::Deliver(trace::summarize(&msg)));
+        if let Body::InstallSnapshot { index, .. } = msg.body {
+            // The snapshot's bytes arrived with the message: on disk first.
+            let Some(snap) = self
+                .snapshot_payloads
+                .get(&(msg.from, msg.to, index))
+                .cloned()
+            else {
+                return;
+            };
+            if let Err(e) = self.checker.check_snapshot(msg.to, &snap.state) {
+                self.failure = Some(e);
+                return;
+            }
+            self.nodes[k].received = Some(snap);
+        }
+        let raft = self.nodes[k].raft.as_mut().expect("checked above");
         if let Err(e) = raft.step(msg) {
             // Correct peers never send what a node must refuse; when one does,
             // a safety property broke upstream (it is how a planted bug often
@@ -999,6 +1081,60 @@ impl Sim {
             if needs_write && f.disk_full > 0.0 && self.rng.chance(f.disk_full) {
                 let room = self.rng.range(0, 200);
                 self.nodes[k].store.fill_disk_after(room);
+            }
+            if let Some(inst) = rd.snapshot {
+                let node = &mut self.nodes[k];
+                let Some(snap) = node.received.take().filter(|s| s.index == inst.index) else {
+                    self.failure = Some(format!(
+                        "node {id} installed snapshot {}@{} it never received",
+                        inst.index, inst.term,
+                    ));
+                    return;
+                };
+                node.applied = snap.state.clone();
+                node.snapshot = Some(snap);
+                if let Err(e) = node
+                    .store
+                    .install_snapshot(inst.index, inst.term, inst.keep_suffix)
+                {
+                    self.failure = Some(format!("node {id}: {e}"));
+                    return;
+                }
+                self.stats.snapshots_installed += 1;
+            }
+            for peer in &rd.send_snapshots {
+                let node = &self.nodes[k];
+                let offset = node
+                    .raft
+                    .as_ref()
+                    .map_or(LogIndex(0), |r| r.snapshot_last().0);
+                let sent = node.snapshot.clone().filter(|s| s.index >= offset);
+                if let Some(snap) = sent {
+                    let index = snap.index;
+                    let term = self.nodes[k].raft.as_ref().map_or(Term(0), |r| r.term());
+                    self.snapshot_payloads
+                        .insert((id, *peer, index), snap.clone());
+                    self.send(Message {
+                        from: id,
+                        to: *peer,
+                        term,
+                        body: Body::InstallSnapshot {
+                            index,
+                            term: snap.term,
+                        },
+                    });
+                    self.nodes[k]
+                        .raft
+                        .as_mut()
+                        .expect("up")
+                        .report_snapshot(*peer, Some(index));
+                } else {
+                    self.nodes[k]
+                        .raft
+                        .as_mut()
+                        .expect("up")
+                        .report_snapshot(*peer, None);
+                }
             }
             if let Err(e) = self.nodes[k]
                 .store
@@ -1057,7 +1193,8 @@ impl Sim {
             }
             let raft = node.raft.as_mut().expect("node is up");
             raft.advance(token);
-            if raft.commit_index() > old_commit {
+            let committed_now = raft.commit_index();
+            if committed_now > old_commit {
                 let new_commit = raft.commit_index();
                 self.trace
                     .push(self.now, TraceEvent::Commit(id, new_commit));
@@ -1073,11 +1210,49 @@ impl Sim {
                     return;
                 }
             }
+            if let Err(e) = self.maybe_snapshot(k) {
+                self.failure = Some(e);
+                return;
+            }
             if let Err(e) = self.serve_reads(k) {
                 self.failure = Some(e);
                 return;
             }
         }
+    }
+
+    /// Takes a snapshot and compacts the log when enough was applied.
+    fn maybe_snapshot(&mut self, k: usize) -> Result<(), String> {
+        let Some(every) = self.cfg.snapshot_every else {
+            return Ok(());
+        };
+        let node = &mut self.nodes[k];
+        let Some(raft) = node.raft.as_mut() else {
+            return Ok(());
+        };
+        let applied = raft.applied_index();
+        let (offset, _) = raft.snapshot_last();
+        if applied.0 < offset.0 + every {
+            return Ok(());
+        }
+        let term = raft.term_at(applied).expect("applied entries are held");
+        let state: BTreeMap<LogIndex, u64> = node
+            .applied
+            .range(..=applied)
+            .map(|(i, c)| (*i, *c))
+            .collect();
+        node.snapshot = Some(SimSnapshot {
+            index: applied,
+            term,
+            state,
+        });
+        // The snapshot is durable; now the log may forget what it covers.
+        if node.store.compact_and_sync(applied, term).is_err() {
+            return Ok(()); // A disk fault: the compaction waits for a later try.
+        }
+        raft.compact(applied);
+        self.stats.snapshots_taken += 1;
+        Ok(())
     }
 
     fn serve_reads(&mut self, k: usize) -> Result<(), String> {
@@ -1263,6 +1438,8 @@ pub fn run_seeds(
                             t.crashes += st.crashes;
                             t.torn_tails_repaired += st.torn_tails_repaired;
                             t.disk_errors += st.disk_errors;
+                            t.snapshots_taken += st.snapshots_taken;
+                            t.snapshots_installed += st.snapshots_installed;
                         }
                         Err(f) => {
                             failures.lock().expect("failures lock").push(f);
@@ -1283,4 +1460,30 @@ pub fn run_seeds(
         total.into_inner().expect("stats lock"),
         ran.into_inner(),
     )
+}
+
+/// Starts a node from its newest snapshot plus the log after it: the log
+/// store may not have recorded the snapshot yet (a crash between writing the
+/// snapshot and compacting the log), so entries it covers are dropped here,
+/// and if the stored entry at the snapshot's index has another term, the
+/// whole stored log diverges and is dropped.
+///
+/// Returns `Some(keep_suffix)` when the log store must be told about the
+/// snapshot (with `LogStore::install_snapshot`) before the node starts.
+pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> Option<bool> {
+    if index <= init.snapshot_last.0 {
+        return None;
+    }
+    let keep = init
+        .entries
+        .iter()
+        .any(|e| e.index == index && e.term == term);
+    if keep {
+        init.entries.retain(|e| e.index > index);
+    } else {
+        init.entries.clear();
+    }
+    init.snapshot_last = (index, term);
+    init.hard_state.commit = init.hard_state.commit.max(index);
+    Some(keep)
 }

@@ -34,6 +34,7 @@ enum MsgText {
     AppendRej(LogIndex, LogIndex, Term),
     Heartbeat(LogIndex, u64),
     HeartbeatResp(u64),
+    InstallSnapshot(LogIndex, Term),
 }
 
 /// Summarizes a message without copying its entries.
@@ -71,6 +72,7 @@ pub fn summarize(m: &Message) -> MsgSummary {
         }) => MsgText::AppendRej(*rejected, *hint_index, *hint_term),
         Body::Heartbeat { commit, seq } => MsgText::Heartbeat(*commit, *seq),
         Body::HeartbeatResponse { seq } => MsgText::HeartbeatResp(*seq),
+        Body::InstallSnapshot { index, term } => MsgText::InstallSnapshot(*index, *term),
     };
     MsgSummary {
         from: m.from,
@@ -103,6 +105,7 @@ impl std::fmt::Display for MsgSummary {
             MsgText::AppendRej(r, hi, ht) => write!(f, "AppendResp reject prev={r} hint={hi}@{ht}"),
             MsgText::Heartbeat(c, r) => write!(f, "Heartbeat commit={c} seq={r}"),
             MsgText::HeartbeatResp(r) => write!(f, "HeartbeatResp seq={r}"),
+            MsgText::InstallSnapshot(i, t) => write!(f, "InstallSnapshot {i}@{t}"),
         }
     }
 }
