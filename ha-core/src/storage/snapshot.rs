@@ -151,6 +151,89 @@ impl<V: Vfs> SnapshotWriter<V> {
     }
 }
 
+/// Verifies and decodes a whole snapshot file named `(index, term)`.
+fn parse_file(path: &Path, buf: &[u8], named: (u64, u64)) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
+    let corrupt = |reason: &str| SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if buf.len() < 8 + 8 + 8 + 4 + TRAILER_BYTES || buf[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt("not a snapshot file (bad magic or too short)"));
+    }
+    let (body, crc) = buf.split_at(buf.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+    let m_len = u32::from_le_bytes(buf[24..28].try_into().expect("4 bytes")) as usize;
+    let data_start = 28 + m_len;
+    let data_len = u64_at(body.len() - 8) as usize;
+    if data_start.checked_add(data_len).and_then(|x| x.checked_add(TRAILER_BYTES)) != Some(buf.len()) {
+        return Err(corrupt("lengths do not add up"));
+    }
+    let membership =
+        decode_membership(&buf[28..data_start]).ok_or_else(|| corrupt("bad membership"))?;
+    let meta = SnapshotMeta {
+        index: LogIndex(u64_at(8)),
+        term: Term(u64_at(16)),
+        membership,
+    };
+    if (meta.index.0, meta.term.0) != named {
+        return Err(corrupt("contents do not match the file name"));
+    }
+    Ok((meta, buf[data_start..data_start + data_len].to_vec()))
+}
+
+/// A snapshot file arriving from a peer in pieces.
+pub struct RawSnapshotWriter<V: Vfs> {
+    store: SnapshotStore<V>,
+    index: LogIndex,
+    term: Term,
+    tmp: PathBuf,
+    file: V::File,
+    /// CRC of everything but the last 4 bytes seen so far.
+    crc: u32,
+    /// The last (up to) 4 bytes seen: the candidate checksum.
+    tail: Vec<u8>,
+    len: u64,
+}
+
+impl<V: Vfs> RawSnapshotWriter<V> {
+    /// Appends the next piece of the file.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError> {
+        self.file.append(chunk).map_err(io_err(&self.tmp))?;
+        self.len += chunk.len() as u64;
+        // Keep the last 4 bytes out of the running checksum.
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > 4 {
+            let cut = self.tail.len() - 4;
+            self.crc = crc32c::crc32c_append(self.crc, &self.tail[..cut]);
+            self.tail.drain(..cut);
+        }
+        Ok(())
+    }
+
+    /// Verifies the checksum, syncs, and makes the snapshot visible.
+    pub fn finish(mut self) -> Result<SnapshotMeta, SnapshotError> {
+        let corrupt = |reason: &str| SnapshotError::Corrupt {
+            path: self.tmp.clone(),
+            reason: reason.to_string(),
+        };
+        if self.tail.len() != 4 || self.len < 40 {
+            return Err(corrupt("the transfer ended too early"));
+        }
+        if u32::from_le_bytes(self.tail[..4].try_into().expect("4 bytes")) != self.crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        self.file.sync().map_err(io_err(&self.tmp))?;
+        let path = self.store.dir.join(file_name(self.index, self.term));
+        self.store.vfs.rename(&self.tmp, &path).map_err(io_err(&path))?;
+        self.store.vfs.sync_dir(&self.store.dir).map_err(io_err(&self.store.dir))?;
+        // Parse the header (and check it names what was announced).
+        self.store.read_meta(&path, (self.index.0, self.term.0))
+    }
+}
+
 impl<V: Vfs> SnapshotStore<V> {
     /// Opens the directory, removing temporary files of interrupted writes.
     pub fn open(vfs: V, dir: &Path) -> Result<SnapshotStore<V>, SnapshotError> {
@@ -215,42 +298,77 @@ impl<V: Vfs> SnapshotStore<V> {
 
     /// The newest snapshot, verified (invariant 2), or `None` if there is none.
     pub fn latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotError> {
-        let Some((index, term, path)) = self.files()?.pop() else {
-            return Ok(None);
-        };
+        let Some((index, term, path)) = self.files()?.pop() else { return Ok(None) };
         let buf = self.vfs.read(&path).map_err(io_err(&path))?;
+        parse_file(&path, &buf, (index, term)).map(Some)
+    }
+
+    /// The newest snapshot's meta, file length, and a reader of the whole
+    /// file (header, state and trailer) for sending it to a peer in pieces.
+    pub fn open_latest_file(
+        &self,
+    ) -> Result<Option<(SnapshotMeta, u64, Box<dyn std::io::Read + Send>)>, SnapshotError> {
+        let Some((index, term, path)) = self.files()?.pop() else { return Ok(None) };
+        let meta = self.read_meta(&path, (index, term))?;
+        let len = self.vfs.open(&path, false).and_then(|f| f.size()).map_err(io_err(&path))?;
+        let r = self.vfs.open_read(&path).map_err(io_err(&path))?;
+        Ok(Some((meta, len, r)))
+    }
+
+    /// Reads just the header of a snapshot file (bounded memory).
+    fn read_meta(&self, path: &Path, named: (u64, u64)) -> Result<SnapshotMeta, SnapshotError> {
         let corrupt = |reason: &str| SnapshotError::Corrupt {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason: reason.to_string(),
         };
-        if buf.len() < 8 + 8 + 8 + 4 + TRAILER_BYTES || buf[..8] != SNAPSHOT_MAGIC {
-            return Err(corrupt("not a snapshot file (bad magic or too short)"));
+        let mut r = self.vfs.open_read(path).map_err(io_err(path))?;
+        let mut head = [0u8; 28];
+        std::io::Read::read_exact(&mut r, &mut head).map_err(io_err(path))?;
+        if head[..8] != SNAPSHOT_MAGIC {
+            return Err(corrupt("not a snapshot file (bad magic)"));
         }
-        let (body, crc) = buf.split_at(buf.len() - 4);
-        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-            return Err(corrupt("checksum mismatch"));
+        let m_len = u32::from_le_bytes(head[24..28].try_into().expect("4 bytes")) as usize;
+        if m_len > 1 << 20 {
+            return Err(corrupt("membership too large"));
         }
-        let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
-        let m_len = u32::from_le_bytes(buf[24..28].try_into().expect("4 bytes")) as usize;
-        let data_start = 28 + m_len;
-        let data_len = u64_at(body.len() - 8) as usize;
-        if data_start + data_len + TRAILER_BYTES != buf.len() {
-            return Err(corrupt("lengths do not add up"));
+        let mut m = vec![0u8; m_len];
+        std::io::Read::read_exact(&mut r, &mut m).map_err(io_err(path))?;
+        let membership = decode_membership(&m).ok_or_else(|| corrupt("bad membership"))?;
+        let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+        if (u64_at(8), u64_at(16)) != named {
+            return Err(corrupt("contents do not match the file name"));
         }
-        let membership =
-            decode_membership(&buf[28..data_start]).ok_or_else(|| corrupt("bad membership"))?;
-        let meta = SnapshotMeta {
+        Ok(SnapshotMeta {
             index: LogIndex(u64_at(8)),
             term: Term(u64_at(16)),
             membership,
-        };
-        if (meta.index.0, meta.term.0) != (index, term) {
-            return Err(corrupt("contents do not match the file name"));
-        }
-        Ok(Some((
-            meta,
-            buf[data_start..data_start + data_len].to_vec(),
-        )))
+        })
+    }
+
+    /// Starts receiving a whole snapshot file (as [`Self::open_latest_file`]
+    /// reads it) ending at `(index, term)`; [`RawSnapshotWriter::finish`]
+    /// verifies it before it becomes visible.
+    pub fn raw_writer(&self, index: LogIndex, term: Term) -> Result<RawSnapshotWriter<V>, SnapshotError> {
+        let tmp = self.dir.join(format!("{}.tmp", file_name(index, term)));
+        let mut file = self.vfs.open(&tmp, true).map_err(io_err(&tmp))?;
+        file.set_len(0).map_err(io_err(&tmp))?;
+        Ok(RawSnapshotWriter {
+            store: self.clone(),
+            index,
+            term,
+            tmp,
+            file,
+            crc: 0,
+            tail: Vec::new(),
+            len: 0,
+        })
+    }
+
+    /// Loads the snapshot ending exactly at `(index, term)`.
+    pub fn load(&self, index: LogIndex, term: Term) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
+        let path = self.dir.join(file_name(index, term));
+        let buf = self.vfs.read(&path).map_err(io_err(&path))?;
+        parse_file(&path, &buf, (index.0, term.0))
     }
 
     /// Removes all but the newest `keep` snapshots.
@@ -276,6 +394,39 @@ mod tests {
             term: Term(term),
             membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
         }
+    }
+
+    #[test]
+    fn a_file_sent_in_pieces_arrives_verified_or_not_at_all() {
+        let fs = SimFs::new();
+        let a = SnapshotStore::open(fs.clone(), Path::new("/a")).unwrap();
+        let b = SnapshotStore::open(fs.clone(), Path::new("/b")).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        a.save(meta(50, 3), &data).unwrap();
+        let (m, len, mut r) = a.open_latest_file().unwrap().unwrap();
+        assert_eq!(m, meta(50, 3));
+        let mut file = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut file).unwrap();
+        assert_eq!(file.len() as u64, len);
+        // Whole, in odd-sized pieces: verified and visible.
+        let mut w = b.raw_writer(LogIndex(50), Term(3)).unwrap();
+        for piece in file.chunks(777) {
+            w.write(piece).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), meta(50, 3));
+        assert_eq!(b.latest().unwrap().unwrap().1, data);
+        // Damaged in transit: refused, nothing visible.
+        let c = SnapshotStore::open(fs, Path::new("/c")).unwrap();
+        let mut w = c.raw_writer(LogIndex(50), Term(3)).unwrap();
+        let mut bad = file.clone();
+        bad[5000] ^= 1;
+        w.write(&bad).unwrap();
+        assert!(matches!(w.finish(), Err(SnapshotError::Corrupt { .. })));
+        assert!(c.latest().unwrap().is_none());
+        // Cut short: refused.
+        let mut w = c.raw_writer(LogIndex(50), Term(3)).unwrap();
+        w.write(&file[..file.len() / 2]).unwrap();
+        assert!(w.finish().is_err());
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub trait Vfs: Clone + Send + Sync + 'static {
     fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens a file for reading in pieces.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Renames a file, replacing `to`.
@@ -126,6 +128,9 @@ impl Vfs for StdFs {
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?)))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
@@ -418,6 +423,9 @@ impl Vfs for SimFs {
         let st = self.lock();
         let ino = st.names.get(path).ok_or_else(|| not_found(path))?;
         Ok(st.inodes[ino].data.clone())
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(io::Cursor::new(self.read(path)?)))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
