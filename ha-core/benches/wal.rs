@@ -85,6 +85,7 @@ fn group_commit(writers: usize, secs: Duration) -> Outcome {
                             entries: vec![e],
                             hard_state: None,
                             compact: None,
+                            install: None,
                             done: Box::new(move |r| {
                                 let _ = tx.send(r.is_ok());
                             }),

@@ -275,4 +275,13 @@ impl<T: Replicated> Applier for Sessions<T> {
     fn query(&self, query: &Bytes) -> Result<Bytes, String> {
         self.query_bytes(query)
     }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        Sessions::snapshot(self)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        *self = Sessions::restore(state, self.timeout_ms)?;
+        Ok(())
+    }
 }

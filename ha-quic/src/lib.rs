@@ -26,6 +26,6 @@ pub mod transport;
 
 pub use certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_node_identity};
 pub use client::{ClientRequest, ClientResponse, QuicClient, QuicClientTransport, connect};
-pub use local::LocalCluster;
+pub use local::{LocalCluster, LocalOptions};
 pub use node::QuicNode;
 pub use transport::{QuicConfig, QuicEndpoint, QuicTransport};

@@ -18,10 +18,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ha_core::ClientOptions;
-use ha_core::node::{NodeOptions, NodeStatus, NodeStorage};
-use ha_core::raft::{InitialState, RoleKind};
+use ha_core::node::{NodeOptions, NodeStatus, NodeStorage, recover};
+use ha_core::raft::RoleKind;
 use ha_core::sm::{DEFAULT_SESSION_TIMEOUT_MS, Replicated, Sessions};
-use ha_core::storage::{DataDir, StdFs, Wal, WalOptions};
+use ha_core::storage::{DataDir, SnapshotStore, StdFs, Wal, WalOptions};
 use ha_core::types::NodeId;
 
 use crate::certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_node_identity};
@@ -64,13 +64,42 @@ pub struct LocalCluster<T: Replicated> {
     addrs: BTreeMap<NodeId, SocketAddr>,
     running: BTreeMap<NodeId, Running>,
     client_identity: TlsIdentity,
-    tick: Duration,
+    opts: LocalOptions,
     _t: PhantomData<fn() -> T>,
+}
+
+/// Settings of a [`LocalCluster`].
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// Length of one tick (heartbeat interval).
+    pub tick: Duration,
+    /// Snapshot and compact after this many applied entries (`None`: never).
+    pub snapshot_every_entries: Option<u64>,
+    /// Size at which a log segment is sealed.
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for LocalOptions {
+    fn default() -> LocalOptions {
+        LocalOptions {
+            tick: Duration::from_millis(50),
+            snapshot_every_entries: None,
+            wal_segment_bytes: WalOptions::default().segment_max_bytes,
+        }
+    }
 }
 
 impl<T: Replicated> LocalCluster<T> {
     /// Starts `n` nodes (ids 1..=n) on 127.0.0.1 with ports from the OS.
     pub async fn start(n: usize) -> Result<LocalCluster<T>, LocalClusterError> {
+        LocalCluster::start_with(n, LocalOptions::default()).await
+    }
+
+    /// Like [`LocalCluster::start`], with settings.
+    pub async fn start_with(
+        n: usize,
+        opts: LocalOptions,
+    ) -> Result<LocalCluster<T>, LocalClusterError> {
         let certs = tempfile::tempdir()?;
         let data = tempfile::tempdir()?;
         let ids: Vec<NodeId> = (1..=n as u64).map(NodeId).collect();
@@ -88,7 +117,7 @@ impl<T: Replicated> LocalCluster<T> {
             data,
             addrs,
             running: BTreeMap::new(),
-            tick: Duration::from_millis(50),
+            opts,
             _t: PhantomData,
         };
         for (id, socket) in sockets {
@@ -110,7 +139,15 @@ impl<T: Replicated> LocalCluster<T> {
             id,
             T::SCHEMA_FINGERPRINT,
         )?;
-        let (wal, state) = Wal::open(StdFs, &dir.wal_dir(), WalOptions::default())?;
+        let wal_opts = WalOptions {
+            segment_max_bytes: self.opts.wal_segment_bytes,
+        };
+        let (mut wal, state) = Wal::open(StdFs, &dir.wal_dir(), wal_opts)?;
+        let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS);
+        let init =
+            recover(&mut wal, state, &snapshots, &mut applier).map_err(std::io::Error::other)?;
         let peers = self
             .addrs
             .iter()
@@ -120,16 +157,11 @@ impl<T: Replicated> LocalCluster<T> {
         let mut quic = QuicConfig::new(id, self.addrs[&id], peers, identity);
         quic.schema = T::SCHEMA_FINGERPRINT;
         let mut opts = NodeOptions::new(id, self.addrs.keys().copied());
-        opts.tick = self.tick;
+        opts.tick = self.opts.tick;
+        opts.snapshot_every_entries = self.opts.snapshot_every_entries;
         opts.raft.rng_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(id.0, |d| d.as_nanos() as u64 ^ id.0);
-        let init = InitialState {
-            hard_state: state.hard_state,
-            snapshot_last: state.snapshot_last,
-            entries: state.entries,
-            ..InitialState::default()
-        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("ha-node-{}", id.0))
@@ -142,8 +174,11 @@ impl<T: Replicated> LocalCluster<T> {
                 quic,
                 Some(socket),
                 init,
-                NodeStorage::<StdFs>::Wal(wal),
-                Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS),
+                NodeStorage::<StdFs>::Durable {
+                    wal,
+                    snapshots: std::sync::Arc::new(snapshots),
+                },
+                applier,
             )?
         };
         self.running.insert(
@@ -194,6 +229,47 @@ impl<T: Replicated> LocalCluster<T> {
     /// certificates.
     pub fn tls_dir(&self) -> &std::path::Path {
         self.certs.path()
+    }
+
+    /// A client that talks to node `id` only, with stale reads: it sees that
+    /// node's own applied state (for tests comparing replicas).
+    pub fn stale_client_of(&self, id: u64) -> Option<T::Client> {
+        let addr = self.addr(id)?;
+        let opts = ClientOptions {
+            consistency: ha_core::Consistency::Stale,
+            ..ClientOptions::default()
+        };
+        crate::client::connect::<T>(vec![addr], &self.client_identity, opts).ok()
+    }
+
+    /// The index node `id`'s newest snapshot covers (0 if none, or if it
+    /// does not run).
+    pub fn snapshot_index(&self, id: u64) -> ha_core::types::LogIndex {
+        self.running
+            .get(&NodeId(id))
+            .map_or(ha_core::types::LogIndex(0), |r| {
+                r.node.handle().metrics().snapshot_index
+            })
+    }
+
+    /// Bytes on disk in node `id`'s data directory (log and snapshots).
+    pub fn disk_bytes(&self, id: u64) -> u64 {
+        fn walk(p: &std::path::Path) -> u64 {
+            let Ok(rd) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p)
+                    } else {
+                        e.metadata().map_or(0, |m| m.len())
+                    }
+                })
+                .sum()
+        }
+        walk(&self.data_dir(NodeId(id)))
     }
 
     /// Ids of all members.

@@ -66,7 +66,26 @@ pub enum StreamClass {
     Control,
     /// Appends.
     Replication,
+    /// One snapshot file: a [`SnapshotHeader`] frame, then its raw bytes.
+    Snapshot,
 }
+
+/// The frame that opens a snapshot stream, after the hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// Last index the snapshot covers.
+    pub index: ha_core::types::LogIndex,
+    /// Its term.
+    pub term: ha_core::types::Term,
+    /// The sender's term as leader.
+    pub leader_term: ha_core::types::Term,
+    /// Bytes of the file that follow.
+    pub len: u64,
+}
+
+/// Bytes of a snapshot file read (and written) at a time: the only buffer a
+/// transfer holds on either side, besides QUIC's own flow-control windows.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// The first frame of every peer stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +197,7 @@ struct Shared {
 pub struct QuicTransport {
     shared: Arc<Shared>,
     queues: Arc<BTreeMap<NodeId, PeerQueues>>,
+    endpoint: quinn::Endpoint,
 }
 
 fn class_of(m: &Message) -> StreamClass {
@@ -188,13 +208,33 @@ fn class_of(m: &Message) -> StreamClass {
 }
 
 impl Transport for QuicTransport {
+    fn send_snapshot(
+        &self,
+        to: NodeId,
+        snapshot: ha_core::node::OutgoingSnapshot,
+        install: Message,
+        done: ha_core::transport::SnapshotDone,
+    ) {
+        let Some(addr) = self.shared.peers.get(&to).copied() else {
+            return done(false);
+        };
+        let (endpoint, shared) = (self.endpoint.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            let r = stream_snapshot(&endpoint, &shared, to, addr, snapshot, install.term).await;
+            if let Err(e) = &r {
+                tracing::warn!(node = %shared.id, peer = %to, "snapshot transfer failed: {e}");
+            }
+            done(r.is_ok());
+        });
+    }
+
     fn send(&self, msg: Message) {
         let Some(q) = self.queues.get(&msg.to) else {
             return;
         };
         let queue = match class_of(&msg) {
             StreamClass::Control => &q.control,
-            StreamClass::Replication => &q.replication,
+            StreamClass::Replication | StreamClass::Snapshot => &q.replication,
         };
         if queue.try_send(msg).is_err() {
             self.shared
@@ -318,6 +358,7 @@ impl QuicEndpoint {
         let transport = QuicTransport {
             shared: shared.clone(),
             queues: Arc::new(queues),
+            endpoint: endpoint.clone(),
         };
         Ok(QuicEndpoint {
             endpoint,
@@ -340,23 +381,30 @@ impl QuicEndpoint {
 
     /// Accepts connections for `node` until the endpoint closes.
     pub fn serve(&self, node: NodeHandle) {
-        self.accept_into(node.inbound(), Some(node));
+        let files = node.snapshot_files();
+        self.accept_into(node.inbound(), Some(node), Some(files));
     }
 
     /// Accepts peer connections and hands their messages to `inbound`, with
     /// no node behind the endpoint (clients are refused). For benchmarks and
     /// tests of the transport alone.
     pub fn serve_messages(&self, inbound: mpsc::Sender<Message>) {
-        self.accept_into(inbound, None);
+        self.accept_into(inbound, None, None);
     }
 
-    fn accept_into(&self, inbound: mpsc::Sender<Message>, node: Option<NodeHandle>) {
+    fn accept_into(
+        &self,
+        inbound: mpsc::Sender<Message>,
+        node: Option<NodeHandle>,
+        files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
+    ) {
         let endpoint = self.endpoint.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                let (shared, inbound, node) = (shared.clone(), inbound.clone(), node.clone());
-                tokio::spawn(handle_incoming(incoming, shared, inbound, node));
+                let (shared, inbound, node, files) =
+                    (shared.clone(), inbound.clone(), node.clone(), files.clone());
+                tokio::spawn(handle_incoming(incoming, shared, inbound, node, files));
             }
         });
     }
@@ -465,6 +513,76 @@ async fn peer_sender(
     }
 }
 
+/// Sends one snapshot file on a connection of its own, in chunks; a reader
+/// thread and the writer share a queue of two chunks, so memory stays
+/// bounded whatever the file's size.
+async fn stream_snapshot(
+    endpoint: &quinn::Endpoint,
+    shared: &Shared,
+    to: NodeId,
+    addr: SocketAddr,
+    mut snapshot: ha_core::node::OutgoingSnapshot,
+    leader_term: ha_core::types::Term,
+) -> Result<(), String> {
+    let conn = connect(endpoint, to, addr).await?;
+    let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+    let _ = stream.set_priority(-1);
+    let mut buf = Vec::new();
+    let hello = PeerHello {
+        cluster_id: shared.cluster_id.clone(),
+        from: shared.id,
+        to,
+        class: StreamClass::Snapshot,
+        schema: shared.schema,
+    };
+    let header = SnapshotHeader {
+        index: snapshot.index,
+        term: snapshot.term,
+        leader_term,
+        len: snapshot.len,
+    };
+    frame::encode(&hello, &mut buf).map_err(|e| e.to_string())?;
+    frame::encode(&header, &mut buf).map_err(|e| e.to_string())?;
+    stream.write_all(&buf).await.map_err(|e| e.to_string())?;
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(2);
+    std::thread::spawn(move || {
+        loop {
+            let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            match std::io::Read::read(&mut snapshot.data, &mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let mut sent = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        sent += chunk.len() as u64;
+        stream.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    if sent != header.len {
+        return Err(format!(
+            "read {sent} bytes of a {}-byte snapshot",
+            header.len
+        ));
+    }
+    stream.finish().map_err(|e| e.to_string())?;
+    // Resolves once the peer has read everything (or gone away).
+    match stream.stopped().await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn connect(
     endpoint: &quinn::Endpoint,
     peer: NodeId,
@@ -495,6 +613,7 @@ async fn handle_incoming(
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
     node: Option<NodeHandle>,
+    files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
 ) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -510,7 +629,7 @@ async fn handle_incoming(
         return;
     };
     match alpn(&conn).as_deref() {
-        Some(p) if p == ALPN_PEER => peer_connection(conn, cert, shared, inbound).await,
+        Some(p) if p == ALPN_PEER => peer_connection(conn, cert, shared, inbound, files).await,
         Some(p) if p == ALPN_CLIENT => match node {
             Some(node) => client_connection(conn, shared, node).await,
             None => conn.close(codes::PROTOCOL.into(), b"no service for clients here"),
@@ -535,6 +654,7 @@ async fn peer_connection(
     cert: CertificateDer<'static>,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
+    files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
 ) {
     while let Ok(recv) = conn.accept_uni().await {
         tokio::spawn(peer_stream(
@@ -543,6 +663,7 @@ async fn peer_connection(
             cert.clone(),
             shared.clone(),
             inbound.clone(),
+            files.clone(),
         ));
     }
 }
@@ -553,6 +674,7 @@ async fn peer_stream(
     cert: CertificateDer<'static>,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
+    files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
 ) {
     let hello: PeerHello = match frame::read_frame(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
         Ok(Some(h)) => h,
@@ -590,6 +712,9 @@ async fn peer_stream(
     let max = match hello.class {
         StreamClass::Control => MAX_CONTROL_FRAME_BYTES,
         StreamClass::Replication => MAX_FRAME_BYTES,
+        StreamClass::Snapshot => {
+            return receive_snapshot(recv, conn, hello, &who, shared, inbound, files).await;
+        }
     };
     loop {
         match frame::read_frame::<Message>(&mut recv, max).await {
@@ -611,6 +736,82 @@ async fn peer_stream(
             Err(e) => return protocol_violation(&conn, &shared, &who, &e.to_string()),
         }
     }
+}
+
+/// Receives one snapshot file in chunks into the node's snapshot directory;
+/// once its checksum verified, steps `InstallSnapshot` from the sender.
+async fn receive_snapshot(
+    mut recv: quinn::RecvStream,
+    conn: quinn::Connection,
+    hello: PeerHello,
+    who: &str,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Message>,
+    files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
+) {
+    let Some(files) = files else {
+        return protocol_violation(&conn, &shared, who, "this endpoint takes no snapshots");
+    };
+    let header: SnapshotHeader = match frame::read_frame(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
+        Ok(Some(h)) => h,
+        Ok(None) | Err(FrameError::Stream(_)) => return,
+        Err(e) => {
+            return protocol_violation(&conn, &shared, who, &format!("bad snapshot header: {e}"));
+        }
+    };
+    let mut writer = match files.begin(header.index, header.term) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(node = %shared.id, "cannot store a snapshot from {who}: {e}");
+            let _ = recv.stop(codes::PROTOCOL.into());
+            return;
+        }
+    };
+    let mut got = 0u64;
+    loop {
+        match recv.read_chunk(SNAPSHOT_CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => {
+                got += chunk.bytes.len() as u64;
+                if got > header.len {
+                    return protocol_violation(
+                        &conn,
+                        &shared,
+                        who,
+                        "snapshot longer than announced",
+                    );
+                }
+                if let Err(e) = writer.write(&chunk.bytes) {
+                    tracing::error!(node = %shared.id, "cannot store a snapshot from {who}: {e}");
+                    let _ = recv.stop(codes::PROTOCOL.into());
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // A broken transfer: the partial file is never made visible,
+                // and the leader will send again.
+                tracing::info!(node = %shared.id, "snapshot transfer from {who} broke: {e}");
+                return;
+            }
+        }
+    }
+    if got != header.len {
+        tracing::info!(node = %shared.id, "snapshot from {who} ended after {got} of {} bytes", header.len);
+        return;
+    }
+    if let Err(e) = writer.finish() {
+        tracing::warn!(node = %shared.id, "refused a snapshot from {who}: {e}");
+        return;
+    }
+    let _ = inbound.try_send(Message {
+        from: hello.from,
+        to: shared.id,
+        term: header.leader_term,
+        body: Body::InstallSnapshot {
+            index: header.index,
+            term: header.term,
+        },
+    });
 }
 
 async fn client_connection(conn: quinn::Connection, shared: Arc<Shared>, node: NodeHandle) {
@@ -724,7 +925,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
                 commit_index: s.commit_index.0,
                 applied_index: s.applied_index.0,
                 last_index: s.last_index.0,
-                snapshot_index: 0,
+                snapshot_index: m.snapshot_index.0,
                 voters: m.voters.iter().map(|v| v.0).collect(),
                 learners: m.learners.iter().map(|v| v.0).collect(),
                 availability: ha_core::protocol::AvailabilityView {

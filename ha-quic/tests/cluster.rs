@@ -35,6 +35,12 @@ impl Applier for Recorder {
             self.0.lock().unwrap().len().to_le_bytes().to_vec(),
         ))
     }
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        Err("the recorder keeps no snapshots".into())
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+        Err("the recorder keeps no snapshots".into())
+    }
 }
 
 struct Proc {

@@ -5,7 +5,7 @@
 //! - `elections_won_total`, `proposals_total`, `applied_entries_total`
 //! - `commit_latency_seconds` (histogram: proposal to answer, as leader),
 //!   `fsync_latency_seconds` (histogram: one batch appended and synced)
-//! - `snapshots_total`
+//! - `snapshots_total`, `snapshot_index`
 //! - `peer_replication_lag_entries{peer=..}`, `peer_rtt_seconds{peer=..}`
 //! - `leaderless_ms`, `failovers_total`, `mttr_ms`, `mtbf_ms`,
 //!   `availability` (MTBF / (MTBF + MTTR))
@@ -19,6 +19,14 @@ use ha_core::node::NodeHandle;
 use ha_core::raft::RoleKind;
 use ha_quic::QuicTransport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn gauge_snapshot(o: &mut String, index: u64) {
+    let _ = writeln!(
+        o,
+        "# HELP ha_snapshot_index Last index the newest snapshot covers.\n\
+         # TYPE ha_snapshot_index gauge\nha_snapshot_index {index}"
+    );
+}
 
 /// Renders every metric.
 pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
@@ -94,11 +102,7 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
         "Leader losses followed by a new leader.",
         m.availability.failovers,
     );
-    counter(
-        "snapshots_total",
-        "Snapshots taken (snapshots are not implemented yet).",
-        0,
-    );
+    counter("snapshots_total", "Snapshots taken.", m.snapshots);
     counter(
         "transport_dropped_total",
         "Messages dropped because a peer's send queue was full.",
@@ -109,6 +113,7 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
         "Connections closed for breaking the protocol.",
         transport.stats().protocol_errors.load(Ordering::Relaxed),
     );
+    gauge_snapshot(&mut o, m.snapshot_index.0);
     let _ = writeln!(o, "# HELP ha_role The node's role.\n# TYPE ha_role gauge");
     for (name, r) in [
         ("leader", RoleKind::Leader),

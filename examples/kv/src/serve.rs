@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use ha_core::node::{NodeOptions, NodeStorage};
-use ha_core::raft::InitialState;
+use ha_core::node::{NodeOptions, NodeStorage, recover};
 use ha_core::sm::{DEFAULT_SESSION_TIMEOUT_MS, Sessions, StateMachine};
-use ha_core::storage::{DataDir, StdFs, Wal, WalOptions};
+use ha_core::storage::{DataDir, SnapshotStore, StdFs, Wal, WalOptions};
 use ha_core::types::NodeId;
 use ha_quic::{QuicConfig, QuicNode};
 
@@ -47,9 +46,9 @@ pub struct ServeArgs {
     /// Election timeout range in ms, MIN-MAX.
     #[arg(long, default_value = "300-600")]
     election_timeout_ms: String,
-    /// Take a snapshot every N entries (not yet supported).
-    #[arg(long)]
-    snapshot_every: Option<u64>,
+    /// Take a snapshot (and compact the log) every N applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
     /// Serve Prometheus metrics on HOST:PORT at /metrics.
     #[arg(long)]
     metrics: Option<String>,
@@ -106,9 +105,8 @@ pub async fn serve(a: ServeArgs) -> i32 {
         eprintln!("ha-kv: serve --join is not yet supported");
         return crate::EXIT_USAGE;
     }
-    if a.snapshot_every.is_some() {
-        eprintln!("ha-kv: --snapshot-every is not yet supported");
-        return crate::EXIT_USAGE;
+    if a.snapshot_every == 0 {
+        usage_error("--snapshot-every must be at least 1");
     }
     if a.id == 0 {
         usage_error("--id: node ids start at 1");
@@ -133,11 +131,16 @@ pub async fn serve(a: ServeArgs) -> i32 {
         Kv::SCHEMA_FINGERPRINT,
     )
     .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
-    let (wal, state) = Wal::open(StdFs, &dir.wal_dir(), WalOptions::default())
+    let (mut wal, state) = Wal::open(StdFs, &dir.wal_dir(), WalOptions::default())
         .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
     if let Some(r) = wal.repaired() {
         tracing::warn!("{r}");
     }
+    let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir())
+        .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
+    let mut applier = Sessions::<Kv>::new(DEFAULT_SESSION_TIMEOUT_MS);
+    let init = recover(&mut wal, state, &snapshots, &mut applier)
+        .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
     let socket = std::net::UdpSocket::bind(listen).unwrap_or_else(|e| {
         usage_error(format!(
             "--listen: cannot listen on {listen}: {e}; choose a free port"
@@ -165,24 +168,22 @@ pub async fn serve(a: ServeArgs) -> i32 {
     opts.raft.heartbeat_interval_ticks = 1;
     opts.raft.election_timeout_min_ticks = min_ticks;
     opts.raft.election_timeout_max_ticks = max_ticks;
+    opts.snapshot_every_entries = Some(a.snapshot_every);
     opts.raft.rng_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(a.id, |d| d.as_nanos() as u64 ^ a.id);
     let mut quic = QuicConfig::new(me, listen, peers, identity);
     quic.schema = Kv::SCHEMA_FINGERPRINT;
-    let init = InitialState {
-        hard_state: state.hard_state,
-        snapshot_last: state.snapshot_last,
-        entries: state.entries,
-        ..InitialState::default()
-    };
     let node = QuicNode::start_on(
         opts,
         quic,
         Some(socket),
         init,
-        NodeStorage::<StdFs>::Wal(wal),
-        Sessions::<Kv>::new(DEFAULT_SESSION_TIMEOUT_MS),
+        NodeStorage::<StdFs>::Durable {
+            wal,
+            snapshots: std::sync::Arc::new(snapshots),
+        },
+        applier,
     )
     .unwrap_or_else(|e| usage_error(e));
     eprintln!("ha-kv: node {} listening on {listen}", a.id);

@@ -51,6 +51,10 @@ pub trait Applier: Send + 'static {
     fn apply(&mut self, index: LogIndex, term: Term, command: &Bytes) -> Bytes;
     /// Runs a read-only query against the applied state.
     fn query(&self, query: &Bytes) -> Result<Bytes, String>;
+    /// Encodes the applied state (for a snapshot).
+    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    /// Replaces the state with one decoded from a snapshot.
+    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
 }
 
 /// An applier that keeps nothing and answers with an empty reply.
@@ -64,14 +68,29 @@ impl Applier for NoopApplier {
     fn query(&self, _: &Bytes) -> Result<Bytes, String> {
         Ok(Bytes::new())
     }
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Where the node keeps its log.
 pub enum NodeStorage<V: Vfs> {
-    /// In memory (tests, benchmarks): nothing survives the process.
+    /// In memory (tests, benchmarks): nothing survives the process;
+    /// snapshots live in an in-memory file system.
     Memory(MemLogStore),
-    /// The durable write-ahead log, driven by a group-commit thread.
+    /// The durable write-ahead log, driven by a group-commit thread;
+    /// snapshots live in an in-memory file system.
     Wal(Wal<V>),
+    /// The durable write-ahead log and a durable snapshot directory.
+    Durable {
+        /// The log.
+        wal: Wal<V>,
+        /// The snapshots (see [`super::recover`] for starting from them).
+        snapshots: Arc<dyn super::SnapshotFiles>,
+    },
 }
 
 /// Settings of a node.
@@ -87,6 +106,9 @@ pub struct NodeOptions {
     pub inbound_queue: usize,
     /// Depth of the command queue.
     pub command_queue: usize,
+    /// Snapshot the state and compact the log after this many entries
+    /// applied since the last snapshot (`None`: never).
+    pub snapshot_every_entries: Option<u64>,
 }
 
 impl NodeOptions {
@@ -99,6 +121,7 @@ impl NodeOptions {
             tick: Duration::from_millis(50),
             inbound_queue: 8192,
             command_queue: 8192,
+            snapshot_every_entries: None,
         }
     }
 }
@@ -171,12 +194,14 @@ struct SharedMetrics {
     elections_won: AtomicU64,
     proposals: AtomicU64,
     applied_entries: AtomicU64,
+    snapshots: AtomicU64,
     availability: Mutex<Availability>,
     view: Mutex<MetricsView>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct MetricsView {
+    snapshot_index: LogIndex,
     voters: Vec<NodeId>,
     learners: Vec<NodeId>,
     peers: Vec<PeerProgress>,
@@ -202,6 +227,10 @@ pub struct NodeMetrics {
     pub proposals: u64,
     /// Entries applied.
     pub applied_entries: u64,
+    /// Snapshots taken.
+    pub snapshots: u64,
+    /// Index the newest snapshot covers.
+    pub snapshot_index: LogIndex,
     /// Proposal-to-answer latency on this node as leader.
     pub commit_latency: HistogramSnapshot,
     /// Time to persist one batch (append + fsync).
@@ -237,6 +266,7 @@ enum Command {
 pub struct NodeHandle {
     id: NodeId,
     metrics: Arc<SharedMetrics>,
+    snapshots: Arc<dyn super::SnapshotFiles>,
     commands: mpsc::Sender<Command>,
     inbound: mpsc::Sender<Message>,
     status: watch::Receiver<NodeStatus>,
@@ -251,6 +281,11 @@ impl NodeHandle {
     /// Where the transport delivers messages for this node.
     pub fn inbound(&self) -> mpsc::Sender<Message> {
         self.inbound.clone()
+    }
+
+    /// Where the transport stores snapshots this node receives.
+    pub fn snapshot_files(&self) -> Arc<dyn super::SnapshotFiles> {
+        self.snapshots.clone()
     }
 
     /// Proposes a command; resolves when it is applied (with the applier's
@@ -294,6 +329,8 @@ impl NodeHandle {
             elections_won: m.elections_won.load(Ordering::Relaxed),
             proposals: m.proposals.load(Ordering::Relaxed),
             applied_entries: m.applied_entries.load(Ordering::Relaxed),
+            snapshots: m.snapshots.load(Ordering::Relaxed),
+            snapshot_index: view.snapshot_index,
             commit_latency: m.commit_latency.snapshot(),
             fsync_latency: m.fsync_latency.snapshot(),
             availability: m
@@ -355,13 +392,30 @@ pub fn start_node<V: Vfs>(
         elections_won: AtomicU64::new(0),
         proposals: AtomicU64::new(0),
         applied_entries: AtomicU64::new(0),
+        snapshots: AtomicU64::new(0),
         availability: Mutex::new(Availability::new(Instant::now())),
         view: Mutex::new(MetricsView::default()),
     });
-    let storage = match storage {
-        NodeStorage::Memory(m) => Backend::Memory(m),
-        NodeStorage::Wal(w) => Backend::Group(GroupCommit::start(w, GroupOptions::default())),
+    let memory_snapshots = || -> Arc<dyn super::SnapshotFiles> {
+        let store = crate::storage::SnapshotStore::open(
+            crate::storage::SimFs::new(),
+            std::path::Path::new("/snapshots"),
+        )
+        .expect("an in-memory directory opens");
+        Arc::new(store)
     };
+    let (storage, snapshots) = match storage {
+        NodeStorage::Memory(m) => (Backend::Memory(m), memory_snapshots()),
+        NodeStorage::Wal(w) => (
+            Backend::Group(GroupCommit::start(w, GroupOptions::default())),
+            memory_snapshots(),
+        ),
+        NodeStorage::Durable { wal, snapshots } => (
+            Backend::Group(GroupCommit::start(wal, GroupOptions::default())),
+            snapshots,
+        ),
+    };
+    let last_snapshot = raft.snapshot_last().0;
     let task = NodeTask {
         raft,
         storage,
@@ -376,11 +430,17 @@ pub fn start_node<V: Vfs>(
         metrics: metrics.clone(),
         last_role: RoleKind::Follower,
         last_leader: None,
+        snapshots: snapshots.clone(),
+        snapshot_every: opts.snapshot_every_entries,
+        last_snapshot,
+        snapshotting: false,
+        events: None,
     };
     tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
     Ok(NodeHandle {
         id,
         metrics,
+        snapshots,
         commands: cmd_tx,
         inbound: in_tx,
         status: status_rx,
@@ -408,6 +468,7 @@ enum Backend<V: Vfs> {
 /// The part of a Ready that waits for its persistence.
 struct InFlight {
     started: Instant,
+    install: Option<crate::raft::SnapshotInstall>,
     persisted_messages: Vec<Message>,
     committed_entries: Vec<Entry>,
     read_states: Vec<crate::raft::ReadState>,
@@ -415,7 +476,6 @@ struct InFlight {
     token: crate::raft::ReadyToken,
 }
 
-type PersistDone = Result<(), String>;
 type ProposeReply = oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>;
 type ReadReply = oneshot::Sender<Result<LogIndex, NodeError>>;
 type QueryReply = oneshot::Sender<Result<Bytes, NodeError>>;
@@ -457,6 +517,24 @@ struct NodeTask<V: Vfs> {
     metrics: Arc<SharedMetrics>,
     last_role: RoleKind,
     last_leader: Option<NodeId>,
+    snapshots: Arc<dyn super::SnapshotFiles>,
+    snapshot_every: Option<u64>,
+    /// Index of the last snapshot taken or installed.
+    last_snapshot: LogIndex,
+    /// A snapshot is being written.
+    snapshotting: bool,
+    /// Where helpers report back to the node task.
+    events: Option<mpsc::UnboundedSender<Event>>,
+}
+
+/// Something the node task learns from helpers (storage, transport).
+enum Event {
+    /// A Ready's persistence finished.
+    Persisted(Result<(), String>),
+    /// A snapshot of the state up to `(index, term)` is durable.
+    Snapshotted(Result<(LogIndex, Term), String>),
+    /// A snapshot transfer to a peer ended.
+    SnapshotSent(NodeId, Option<LogIndex>),
 }
 
 /// Messages drained per wake-up before the loop looks at its other inputs.
@@ -471,16 +549,25 @@ impl<V: Vfs> NodeTask<V> {
     ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<PersistDone>();
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+        self.events = Some(ev_tx);
         let stop_reason = loop {
             tokio::select! {
                 biased;
-                Some(done) = done_rx.recv() => {
-                    if let Err(e) = done {
-                        break format!("storage failed: {e}");
+                Some(ev) = ev_rx.recv() => match ev {
+                    Event::Persisted(Err(e)) => break format!("storage failed: {e}"),
+                    Event::Persisted(Ok(())) => {
+                        if let Err(e) = self.finish_ready() {
+                            break e;
+                        }
                     }
-                    self.finish_ready();
-                }
+                    Event::Snapshotted(r) => {
+                        if let Err(e) = self.on_snapshotted(r) {
+                            break e;
+                        }
+                    }
+                    Event::SnapshotSent(peer, r) => self.raft.report_snapshot(peer, r),
+                },
                 Some(c) = commands.recv() => {
                     if !self.command(c) {
                         break "shut down".to_string();
@@ -508,7 +595,7 @@ impl<V: Vfs> NodeTask<V> {
             }
             if self.in_flight.is_none()
                 && self.raft.has_ready()
-                && let Err(e) = self.start_ready(&done_tx)
+                && let Err(e) = self.start_ready()
             {
                 break format!("storage failed: {e}");
             }
@@ -587,6 +674,7 @@ impl<V: Vfs> NodeTask<V> {
             })
             .collect();
         *self.metrics.view.lock().unwrap_or_else(|e| e.into_inner()) = MetricsView {
+            snapshot_index: self.raft.snapshot_last().0,
             voters: m.voters.iter().copied().collect(),
             learners: m.learners.iter().copied().collect(),
             peers,
@@ -654,39 +742,163 @@ impl<V: Vfs> NodeTask<V> {
         }
     }
 
-    fn start_ready(&mut self, done_tx: &mpsc::UnboundedSender<PersistDone>) -> Result<(), String> {
+    fn event_sender(&self) -> mpsc::UnboundedSender<Event> {
+        self.events.clone().expect("set when the task starts")
+    }
+
+    fn start_ready(&mut self) -> Result<(), String> {
         let rd = self.raft.ready();
         let token = rd.token();
         for m in rd.messages {
             self.transport.send(m);
         }
+        for peer in rd.send_snapshots {
+            self.send_snapshot(peer);
+        }
+        let install = rd.snapshot;
         self.in_flight = Some(InFlight {
             started: Instant::now(),
+            install,
             persisted_messages: rd.persisted_messages,
             committed_entries: rd.committed_entries,
             read_states: rd.read_states,
             dropped_reads: rd.dropped_reads,
             token,
         });
-        let nothing_to_write = rd.entries.is_empty() && rd.hard_state.is_none();
+        let nothing_to_write =
+            rd.entries.is_empty() && rd.hard_state.is_none() && install.is_none();
         match &mut self.storage {
             Backend::Memory(m) => {
+                if let Some(i) = install {
+                    m.install_snapshot(i.index, i.term, i.keep_suffix)
+                        .map_err(|e| e.to_string())?;
+                }
                 m.append(&rd.entries).map_err(|e| e.to_string())?;
                 if let Some(hs) = rd.hard_state {
                     m.save_hard_state(hs).map_err(|e| e.to_string())?;
                 }
                 m.sync().map_err(|e| e.to_string())?;
-                self.finish_ready();
+                self.finish_ready()?;
             }
-            Backend::Group(_) if nothing_to_write => self.finish_ready(),
+            Backend::Group(_) if nothing_to_write => self.finish_ready()?,
             Backend::Group(g) => {
-                let tx = done_tx.clone();
+                let tx = self.events.clone().expect("set when the task starts");
                 g.submit(WriteRequest {
                     entries: rd.entries,
                     hard_state: rd.hard_state,
                     compact: None,
+                    install: install.map(|i| (i.index, i.term, i.keep_suffix)),
                     done: Box::new(move |r| {
-                        let _ = tx.send(r.map_err(|e| e.to_string()));
+                        let _ = tx.send(Event::Persisted(r.map_err(|e| e.to_string())));
+                    }),
+                })
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams the newest snapshot to `peer` (the core asked for it).
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let (offset, _) = self.raft.snapshot_last();
+        let snap = match self.snapshots.open_latest() {
+            Ok(Some(s)) if s.index >= offset => s,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(node = %self.raft.id(), "cannot open a snapshot to send: {e}");
+                }
+                self.raft.report_snapshot(peer, None);
+                return;
+            }
+        };
+        let install = Message {
+            from: self.raft.id(),
+            to: peer,
+            term: self.raft.term(),
+            body: crate::raft::Body::InstallSnapshot {
+                index: snap.index,
+                term: snap.term,
+            },
+        };
+        let index = snap.index;
+        let tx = self.event_sender();
+        tracing::info!(node = %self.raft.id(), %peer, %index, bytes = snap.len, "sending a snapshot");
+        self.transport.send_snapshot(
+            peer,
+            snap,
+            install,
+            Box::new(move |ok| {
+                let _ = tx.send(Event::SnapshotSent(peer, ok.then_some(index)));
+            }),
+        );
+    }
+
+    /// Takes a snapshot when enough was applied since the last one: the
+    /// state is encoded here, at a consistent applied index, and written to
+    /// disk on a blocking thread, off the consensus path.
+    fn maybe_snapshot(&mut self) {
+        let Some(every) = self.snapshot_every else {
+            return;
+        };
+        let applied = self.raft.applied_index();
+        if self.snapshotting || applied.0 < self.last_snapshot.0 + every {
+            return;
+        }
+        let Some(term) = self.raft.term_at(applied) else {
+            return;
+        };
+        let state = match self.applier.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(node = %self.raft.id(), "cannot encode a snapshot: {e}");
+                return;
+            }
+        };
+        self.snapshotting = true;
+        let meta = crate::storage::SnapshotMeta {
+            index: applied,
+            term,
+            membership: self.raft.membership().clone(),
+        };
+        let (files, tx) = (self.snapshots.clone(), self.event_sender());
+        tokio::task::spawn_blocking(move || {
+            let r = files.save(meta, &state).map(|()| (applied, term));
+            let _ = files.retain(2);
+            let _ = tx.send(Event::Snapshotted(r));
+        });
+    }
+
+    /// A snapshot is durable: the log may drop what it covers.
+    fn on_snapshotted(&mut self, r: Result<(LogIndex, Term), String>) -> Result<(), String> {
+        self.snapshotting = false;
+        let (index, term) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(node = %self.raft.id(), "cannot write a snapshot: {e}");
+                return Ok(());
+            }
+        };
+        self.last_snapshot = self.last_snapshot.max(index);
+        self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        if !self.raft.compact(index) {
+            return Ok(());
+        }
+        let tx = self.event_sender();
+        match &mut self.storage {
+            Backend::Memory(m) => {
+                m.compact(index, term).map_err(|e| e.to_string())?;
+                m.sync().map_err(|e| e.to_string())?;
+            }
+            Backend::Group(g) => {
+                g.submit(WriteRequest {
+                    entries: Vec::new(),
+                    hard_state: None,
+                    compact: Some((index, term)),
+                    install: None,
+                    done: Box::new(move |r| {
+                        if let Err(e) = r {
+                            let _ = tx.send(Event::Persisted(Err(e.to_string())));
+                        }
                     }),
                 })
                 .map_err(|e| e.to_string())?;
@@ -696,10 +908,17 @@ impl<V: Vfs> NodeTask<V> {
     }
 
     /// The in-flight Ready is durable: do the rest of its duties.
-    fn finish_ready(&mut self) {
+    fn finish_ready(&mut self) -> Result<(), String> {
         let Some(f) = self.in_flight.take() else {
-            return;
+            return Ok(());
         };
+        if let Some(i) = f.install {
+            // Restore the state machine before anything after the snapshot.
+            let state = self.snapshots.load_state(i.index, i.term)?;
+            self.applier.restore(&state)?;
+            self.last_snapshot = self.last_snapshot.max(i.index);
+            tracing::info!(node = %self.raft.id(), index = %i.index, "installed a snapshot from the leader");
+        }
         self.metrics.fsync_latency.observe(f.started.elapsed());
         self.metrics
             .applied_entries
@@ -748,5 +967,7 @@ impl<V: Vfs> NodeTask<V> {
                 }
             }
         }
+        self.maybe_snapshot();
+        Ok(())
     }
 }

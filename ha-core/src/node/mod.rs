@@ -16,6 +16,9 @@
 //! from what its disk holds (the log refuses further writes anyway).
 
 pub mod driver;
+pub mod snapshots;
+
+pub use snapshots::{IncomingSnapshot, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover};
 
 pub use driver::{
     Applier, NodeError, NodeHandle, NodeMetrics, NodeOptions, NodeStatus, NodeStorage, NoopApplier,

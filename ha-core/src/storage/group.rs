@@ -41,6 +41,9 @@ pub struct WriteRequest {
     pub hard_state: Option<HardState>,
     /// A snapshot now covers the log up to `(index, term)`.
     pub compact: Option<(LogIndex, Term)>,
+    /// A snapshot from the leader was installed at `(index, term)`; the
+    /// flag says whether stored entries after it stay.
+    pub install: Option<(LogIndex, Term, bool)>,
     /// Told the outcome after the covering fsync (or the failure).
     pub done: Completion,
 }
@@ -182,6 +185,9 @@ fn run<V: Vfs>(
         let mut entries = 0u64;
         for r in &batch {
             let res = (|| {
+                if let Some((i, t, keep)) = r.install {
+                    wal.install_snapshot(i, t, keep)?;
+                }
                 wal.append(&r.entries)?;
                 if let Some(hs) = r.hard_state {
                     wal.save_hard_state(hs)?;
@@ -241,6 +247,7 @@ mod tests {
             entries: vec![entry(i)],
             hard_state: None,
             compact: None,
+            install: None,
             done: Box::new(move |r| {
                 let _ = tx.send((i, r));
             }),
@@ -262,6 +269,7 @@ mod tests {
             entries: vec![entry(1)],
             hard_state: None,
             compact: None,
+            install: None,
             done: Box::new(move |r| {
                 release_rx.recv().unwrap();
                 first_tx.send((1, r)).unwrap();

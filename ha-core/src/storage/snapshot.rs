@@ -152,7 +152,11 @@ impl<V: Vfs> SnapshotWriter<V> {
 }
 
 /// Verifies and decodes a whole snapshot file named `(index, term)`.
-fn parse_file(path: &Path, buf: &[u8], named: (u64, u64)) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
+fn parse_file(
+    path: &Path,
+    buf: &[u8],
+    named: (u64, u64),
+) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
     let corrupt = |reason: &str| SnapshotError::Corrupt {
         path: path.to_path_buf(),
         reason: reason.to_string(),
@@ -168,7 +172,11 @@ fn parse_file(path: &Path, buf: &[u8], named: (u64, u64)) -> Result<(SnapshotMet
     let m_len = u32::from_le_bytes(buf[24..28].try_into().expect("4 bytes")) as usize;
     let data_start = 28 + m_len;
     let data_len = u64_at(body.len() - 8) as usize;
-    if data_start.checked_add(data_len).and_then(|x| x.checked_add(TRAILER_BYTES)) != Some(buf.len()) {
+    if data_start
+        .checked_add(data_len)
+        .and_then(|x| x.checked_add(TRAILER_BYTES))
+        != Some(buf.len())
+    {
         return Err(corrupt("lengths do not add up"));
     }
     let membership =
@@ -183,6 +191,9 @@ fn parse_file(path: &Path, buf: &[u8], named: (u64, u64)) -> Result<(SnapshotMet
     }
     Ok((meta, buf[data_start..data_start + data_len].to_vec()))
 }
+
+/// The newest snapshot's meta, its file's length, and a reader of the file.
+pub type LatestFile = (SnapshotMeta, u64, Box<dyn std::io::Read + Send>);
 
 /// A snapshot file arriving from a peer in pieces.
 pub struct RawSnapshotWriter<V: Vfs> {
@@ -227,8 +238,14 @@ impl<V: Vfs> RawSnapshotWriter<V> {
         }
         self.file.sync().map_err(io_err(&self.tmp))?;
         let path = self.store.dir.join(file_name(self.index, self.term));
-        self.store.vfs.rename(&self.tmp, &path).map_err(io_err(&path))?;
-        self.store.vfs.sync_dir(&self.store.dir).map_err(io_err(&self.store.dir))?;
+        self.store
+            .vfs
+            .rename(&self.tmp, &path)
+            .map_err(io_err(&path))?;
+        self.store
+            .vfs
+            .sync_dir(&self.store.dir)
+            .map_err(io_err(&self.store.dir))?;
         // Parse the header (and check it names what was announced).
         self.store.read_meta(&path, (self.index.0, self.term.0))
     }
@@ -298,19 +315,25 @@ impl<V: Vfs> SnapshotStore<V> {
 
     /// The newest snapshot, verified (invariant 2), or `None` if there is none.
     pub fn latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotError> {
-        let Some((index, term, path)) = self.files()?.pop() else { return Ok(None) };
+        let Some((index, term, path)) = self.files()?.pop() else {
+            return Ok(None);
+        };
         let buf = self.vfs.read(&path).map_err(io_err(&path))?;
         parse_file(&path, &buf, (index, term)).map(Some)
     }
 
     /// The newest snapshot's meta, file length, and a reader of the whole
     /// file (header, state and trailer) for sending it to a peer in pieces.
-    pub fn open_latest_file(
-        &self,
-    ) -> Result<Option<(SnapshotMeta, u64, Box<dyn std::io::Read + Send>)>, SnapshotError> {
-        let Some((index, term, path)) = self.files()?.pop() else { return Ok(None) };
+    pub fn open_latest_file(&self) -> Result<Option<LatestFile>, SnapshotError> {
+        let Some((index, term, path)) = self.files()?.pop() else {
+            return Ok(None);
+        };
         let meta = self.read_meta(&path, (index, term))?;
-        let len = self.vfs.open(&path, false).and_then(|f| f.size()).map_err(io_err(&path))?;
+        let len = self
+            .vfs
+            .open(&path, false)
+            .and_then(|f| f.size())
+            .map_err(io_err(&path))?;
         let r = self.vfs.open_read(&path).map_err(io_err(&path))?;
         Ok(Some((meta, len, r)))
     }
@@ -348,7 +371,11 @@ impl<V: Vfs> SnapshotStore<V> {
     /// Starts receiving a whole snapshot file (as [`Self::open_latest_file`]
     /// reads it) ending at `(index, term)`; [`RawSnapshotWriter::finish`]
     /// verifies it before it becomes visible.
-    pub fn raw_writer(&self, index: LogIndex, term: Term) -> Result<RawSnapshotWriter<V>, SnapshotError> {
+    pub fn raw_writer(
+        &self,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<RawSnapshotWriter<V>, SnapshotError> {
         let tmp = self.dir.join(format!("{}.tmp", file_name(index, term)));
         let mut file = self.vfs.open(&tmp, true).map_err(io_err(&tmp))?;
         file.set_len(0).map_err(io_err(&tmp))?;
@@ -365,7 +392,11 @@ impl<V: Vfs> SnapshotStore<V> {
     }
 
     /// Loads the snapshot ending exactly at `(index, term)`.
-    pub fn load(&self, index: LogIndex, term: Term) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
+    pub fn load(
+        &self,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
         let path = self.dir.join(file_name(index, term));
         let buf = self.vfs.read(&path).map_err(io_err(&path))?;
         parse_file(&path, &buf, (index.0, term.0))

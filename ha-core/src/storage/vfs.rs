@@ -130,7 +130,10 @@ impl Vfs for StdFs {
         std::fs::read(path)
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
-        Ok(Box::new(io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?)))
+        Ok(Box::new(io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(path)?,
+        )))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)

@@ -1,0 +1,181 @@
+//! Snapshots, log compaction and snapshot install on real 3-node QUIC
+//! clusters.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ha_core::{Replicated, replicated};
+use ha_quic::{LocalCluster, LocalOptions};
+use serde::{Deserialize, Serialize};
+
+/// A map from numbered keys to values.
+#[derive(Default, Serialize, Deserialize, Replicated)]
+pub struct Table {
+    rows: BTreeMap<u64, Vec<u8>>,
+}
+
+#[replicated]
+impl Table {
+    /// Sets a row.
+    pub fn set(&mut self, key: u64, value: Vec<u8>) {
+        self.rows.insert(key, value);
+    }
+    /// Every row.
+    pub fn dump(&self) -> BTreeMap<u64, Vec<u8>> {
+        self.rows.clone()
+    }
+}
+
+fn opts(every: u64) -> LocalOptions {
+    LocalOptions {
+        snapshot_every_entries: Some(every),
+        wal_segment_bytes: 256 << 10,
+        ..LocalOptions::default()
+    }
+}
+
+/// Writes `n` rows over `keys` keys with 64 concurrent clients.
+async fn write_rows(
+    cluster: &LocalCluster<Table>,
+    n: u64,
+    keys: u64,
+    value_bytes: usize,
+    salt: u64,
+) {
+    let per = n / 64;
+    let tasks: Vec<_> = (0..64u64)
+        .map(|w| {
+            let c = cluster.client();
+            tokio::spawn(async move {
+                for k in 0..per {
+                    let key = (w * per + k + salt) % keys;
+                    c.set(key, vec![(k % 251) as u8; value_bytes])
+                        .await
+                        .expect("committed");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn same_state(cluster: &LocalCluster<Table>, a: u64, b: u64) {
+    let ra = cluster.stale_client_of(a).unwrap().dump().await.unwrap();
+    let rb = cluster.stale_client_of(b).unwrap().dump().await.unwrap();
+    assert_eq!(
+        ra.len(),
+        rb.len(),
+        "nodes {a} and {b} hold different row counts"
+    );
+    assert!(ra == rb, "nodes {a} and {b} hold different rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_offline_through_50000_commits_catches_up_by_snapshot() {
+    let mut cluster = LocalCluster::<Table>::start_with(3, opts(2_000))
+        .await
+        .unwrap();
+    let leader = cluster.leader().await.expect("a leader");
+    let follower = cluster
+        .node_ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .unwrap();
+    cluster.kill(follower).await;
+    write_rows(&cluster, 50_048, 2_000, 16, 0).await;
+    let leader = cluster.leader().await.expect("a leader");
+    let st = cluster.status(leader).unwrap();
+    let snap = cluster
+        .stale_client_of(leader)
+        .unwrap()
+        .dump()
+        .await
+        .unwrap();
+    assert_eq!(snap.len(), 2_000);
+    // The leader compacted: its log no longer reaches back to the start.
+    let (offset, applied) = (cluster.snapshot_index(leader), st.applied_index);
+    assert!(
+        offset.0 > 40_000,
+        "the leader did not compact (snapshot at {offset})"
+    );
+    cluster.restart(follower).await.unwrap();
+    wait_until("the follower caught up", 30, || {
+        cluster
+            .status(follower)
+            .is_some_and(|s| s.applied_index >= applied)
+    })
+    .await;
+    assert!(
+        cluster.snapshot_index(follower).0 > 0,
+        "the follower caught up without a snapshot"
+    );
+    same_state(&cluster, follower, leader).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_transfer_broken_by_the_leaders_death_restarts_cleanly() {
+    let mut cluster = LocalCluster::<Table>::start_with(3, opts(500))
+        .await
+        .unwrap();
+    let leader = cluster.leader().await.expect("a leader");
+    let follower = cluster
+        .node_ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .unwrap();
+    cluster.kill(follower).await;
+    // Large rows make a snapshot of several megabytes: the transfer takes a
+    // while, and the leader dies during it.
+    write_rows(&cluster, 2_048, 1_000, 8 << 10, 0).await;
+    cluster.restart(follower).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    cluster.kill(leader).await;
+    let new_leader = cluster.leader().await.expect("a new leader");
+    assert_ne!(new_leader, leader);
+    // The survivors (the restarted follower among them) serve and agree.
+    write_rows(&cluster, 64, 1_000, 16, 7).await;
+    let target = cluster.status(new_leader).unwrap().applied_index;
+    wait_until("the follower caught up", 30, || {
+        cluster
+            .status(follower)
+            .is_some_and(|s| s.applied_index >= target)
+    })
+    .await;
+    same_state(&cluster, follower, new_leader).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_use_stays_bounded_under_steady_writes_over_a_fixed_key_space() {
+    let cluster = LocalCluster::<Table>::start_with(3, opts(5_000))
+        .await
+        .unwrap();
+    cluster.leader().await.expect("a leader");
+    let disk =
+        |c: &LocalCluster<Table>| c.node_ids().iter().map(|i| c.disk_bytes(*i)).max().unwrap();
+    write_rows(&cluster, 30_016, 2_000, 64, 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_30k = disk(&cluster);
+    write_rows(&cluster, 30_016, 2_000, 64, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_60k = disk(&cluster);
+    eprintln!("disk use: {at_30k} bytes after 30,000 writes, {at_60k} after 60,000");
+    // Slack: a snapshot interval of log (5,000 entries) plus a segment.
+    let slack = 5_000 * 120 + (256 << 10);
+    assert!(
+        at_60k <= at_30k + slack,
+        "disk grew from {at_30k} to {at_60k} bytes"
+    );
+    cluster.shutdown().await;
+}
