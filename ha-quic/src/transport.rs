@@ -392,6 +392,16 @@ impl QuicEndpoint {
         self.accept_into(inbound, None, None);
     }
 
+    /// Like [`QuicEndpoint::serve_messages`], storing received snapshots in
+    /// `files` (for benchmarks and tests of snapshot transfer alone).
+    pub fn serve_messages_and_snapshots(
+        &self,
+        inbound: mpsc::Sender<Message>,
+        files: Arc<dyn ha_core::node::SnapshotFiles>,
+    ) {
+        self.accept_into(inbound, None, Some(files));
+    }
+
     fn accept_into(
         &self,
         inbound: mpsc::Sender<Message>,

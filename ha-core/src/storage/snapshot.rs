@@ -154,7 +154,7 @@ impl<V: Vfs> SnapshotWriter<V> {
 /// Verifies and decodes a whole snapshot file named `(index, term)`.
 fn parse_file(
     path: &Path,
-    buf: &[u8],
+    mut buf: Vec<u8>,
     named: (u64, u64),
 ) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
     let corrupt = |reason: &str| SnapshotError::Corrupt {
@@ -189,7 +189,10 @@ fn parse_file(
     if (meta.index.0, meta.term.0) != named {
         return Err(corrupt("contents do not match the file name"));
     }
-    Ok((meta, buf[data_start..data_start + data_len].to_vec()))
+    // Keep the state bytes in the same allocation (no second copy).
+    buf.truncate(data_start + data_len);
+    buf.drain(..data_start);
+    Ok((meta, buf))
 }
 
 /// The newest snapshot's meta, its file's length, and a reader of the file.
@@ -319,7 +322,7 @@ impl<V: Vfs> SnapshotStore<V> {
             return Ok(None);
         };
         let buf = self.vfs.read(&path).map_err(io_err(&path))?;
-        parse_file(&path, &buf, (index, term)).map(Some)
+        parse_file(&path, buf, (index, term)).map(Some)
     }
 
     /// The newest snapshot's meta, file length, and a reader of the whole
@@ -399,7 +402,7 @@ impl<V: Vfs> SnapshotStore<V> {
     ) -> Result<(SnapshotMeta, Vec<u8>), SnapshotError> {
         let path = self.dir.join(file_name(index, term));
         let buf = self.vfs.read(&path).map_err(io_err(&path))?;
-        parse_file(&path, &buf, (index.0, term.0))
+        parse_file(&path, buf, (index.0, term.0))
     }
 
     /// Removes all but the newest `keep` snapshots.
