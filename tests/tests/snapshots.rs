@@ -179,3 +179,38 @@ async fn disk_use_stays_bounded_under_steady_writes_over_a_fixed_key_space() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_restarts_from_snapshots_plus_the_log_after_them() {
+    let mut cluster = LocalCluster::<Table>::start_with(3, opts(500))
+        .await
+        .unwrap();
+    cluster.leader().await.expect("a leader");
+    write_rows(&cluster, 3_008, 700, 16, 0).await;
+    let before = cluster.client().dump().await.unwrap();
+    for id in cluster.node_ids() {
+        assert!(
+            cluster.snapshot_index(id).0 > 0,
+            "node {id} took no snapshot"
+        );
+    }
+    for id in cluster.node_ids() {
+        cluster.kill(id).await;
+    }
+    for id in cluster.node_ids() {
+        cluster.restart(id).await.unwrap();
+    }
+    cluster.leader().await.expect("a leader after the restart");
+    let after = cluster.client().dump().await.unwrap();
+    assert_eq!(before, after, "state changed across a full restart");
+    for id in cluster.node_ids() {
+        wait_until("every node caught up", 20, || {
+            cluster
+                .status(id)
+                .is_some_and(|s| s.applied_index.0 >= 3_008)
+        })
+        .await;
+        same_state(&cluster, id, cluster.node_ids()[0]).await;
+    }
+    cluster.shutdown().await;
+}
