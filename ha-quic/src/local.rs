@@ -18,10 +18,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ha_core::ClientOptions;
-use ha_core::node::{NodeOptions, NodeStatus, NodeStorage, recover};
+use ha_core::node::{NodeOptions, NodeStatus};
 use ha_core::raft::RoleKind;
-use ha_core::sm::{DEFAULT_SESSION_TIMEOUT_MS, Replicated, Sessions};
-use ha_core::storage::{DataDir, SnapshotStore, StdFs, Wal, WalOptions};
+use ha_core::sm::Replicated;
+use ha_core::storage::{DataDir, StdFs, WalOptions};
 use ha_core::types::NodeId;
 
 use crate::certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_node_identity};
@@ -139,23 +139,13 @@ impl<T: Replicated> LocalCluster<T> {
             id,
             T::SCHEMA_FINGERPRINT,
         )?;
-        let wal_opts = WalOptions {
-            segment_max_bytes: self.opts.wal_segment_bytes,
-        };
-        let (mut wal, state) = Wal::open(StdFs, &dir.wal_dir(), wal_opts)?;
-        let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir())
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS);
-        let init =
-            recover(&mut wal, state, &snapshots, &mut applier).map_err(std::io::Error::other)?;
         let peers = self
             .addrs
             .iter()
             .filter(|(p, _)| **p != id)
             .map(|(p, a)| (*p, *a))
             .collect();
-        let mut quic = QuicConfig::new(id, self.addrs[&id], peers, identity);
-        quic.schema = T::SCHEMA_FINGERPRINT;
+        let quic = QuicConfig::new(id, self.addrs[&id], peers, identity);
         let mut opts = NodeOptions::new(id, self.addrs.keys().copied());
         opts.tick = self.opts.tick;
         opts.snapshot_every_entries = self.opts.snapshot_every_entries;
@@ -169,17 +159,10 @@ impl<T: Replicated> LocalCluster<T> {
             .build()?;
         let node = {
             let _enter = rt.enter();
-            QuicNode::start_on(
-                opts,
-                quic,
-                Some(socket),
-                init,
-                NodeStorage::<StdFs>::Durable {
-                    wal,
-                    snapshots: std::sync::Arc::new(snapshots),
-                },
-                applier,
-            )?
+            let wal_opts = WalOptions {
+                segment_max_bytes: self.opts.wal_segment_bytes,
+            };
+            QuicNode::start_replicated::<T>(opts, quic, Some(socket), &dir, wal_opts)?
         };
         self.running.insert(
             id,
@@ -248,7 +231,7 @@ impl<T: Replicated> LocalCluster<T> {
         self.running
             .get(&NodeId(id))
             .map_or(ha_core::types::LogIndex(0), |r| {
-                r.node.handle().metrics().snapshot_index
+                r.node.handle().status().snapshot_index
             })
     }
 

@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage, start_node};
+use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage, recover, start_node};
 use ha_core::raft::InitialState;
-use ha_core::storage::Vfs;
+use ha_core::sm::{DEFAULT_SESSION_TIMEOUT_MS, Replicated, Sessions};
+use ha_core::storage::{DataDir, SnapshotStore, StdFs, Vfs, Wal, WalOptions};
 
 use crate::transport::{QuicConfig, QuicEndpoint, QuicError, QuicTransport};
 
@@ -58,6 +59,41 @@ impl QuicNode {
             .map_err(StartError::Node)?;
         endpoint.serve(handle.clone());
         Ok(QuicNode { handle, endpoint })
+    }
+
+    /// Starts a node of replicated type `T` on its (open, locked) data
+    /// directory: opens the log and the snapshots there, restores the newest
+    /// snapshot, and starts with the rest of the log. Peers and clients of
+    /// another schema are refused.
+    pub fn start_replicated<T: Replicated>(
+        opts: NodeOptions,
+        mut quic: QuicConfig,
+        socket: Option<std::net::UdpSocket>,
+        dir: &DataDir,
+        wal_opts: WalOptions,
+    ) -> Result<QuicNode, StartError> {
+        let node_err = |e: &dyn std::fmt::Display| StartError::Node(e.to_string());
+        let (mut wal, state) =
+            Wal::open(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| node_err(&e))?;
+        if let Some(r) = wal.repaired() {
+            tracing::warn!("{r}");
+        }
+        let snapshots =
+            SnapshotStore::open(StdFs, &dir.snapshot_dir()).map_err(|e| node_err(&e))?;
+        let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS);
+        let init = recover(&mut wal, state, &snapshots, &mut applier).map_err(|e| node_err(&e))?;
+        quic.schema = T::SCHEMA_FINGERPRINT;
+        QuicNode::start_on(
+            opts,
+            quic,
+            socket,
+            init,
+            NodeStorage::<StdFs>::Durable {
+                wal,
+                snapshots: Arc::new(snapshots),
+            },
+            applier,
+        )
     }
 
     /// The node.

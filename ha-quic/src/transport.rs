@@ -935,7 +935,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
                 commit_index: s.commit_index.0,
                 applied_index: s.applied_index.0,
                 last_index: s.last_index.0,
-                snapshot_index: m.snapshot_index.0,
+                snapshot_index: s.snapshot_index.0,
                 voters: m.voters.iter().map(|v| v.0).collect(),
                 learners: m.learners.iter().map(|v| v.0).collect(),
                 availability: ha_core::protocol::AvailabilityView {

@@ -167,9 +167,19 @@ pub fn spawn(listener: tokio::net::TcpListener, node: NodeHandle, transport: Qui
         while let Ok((mut sock, _)) = listener.accept().await {
             let (node, transport) = (node.clone(), transport.clone());
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = sock.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
+                // Read the request head (bounded), then answer and close.
+                let mut buf = Vec::with_capacity(1024);
+                let mut piece = [0u8; 1024];
+                let read_head = async {
+                    while buf.len() < 8192 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut piece).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&piece[..n]),
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await;
+                let req = String::from_utf8_lossy(&buf);
                 let (status, body) = if req.starts_with("GET /metrics") {
                     ("200 OK", render(&node, &transport))
                 } else {

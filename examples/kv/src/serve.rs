@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use ha_core::node::{NodeOptions, NodeStorage, recover};
-use ha_core::sm::{DEFAULT_SESSION_TIMEOUT_MS, Sessions, StateMachine};
-use ha_core::storage::{DataDir, SnapshotStore, StdFs, Wal, WalOptions};
+use ha_core::node::NodeOptions;
+use ha_core::sm::StateMachine;
+use ha_core::storage::{DataDir, StdFs, WalOptions};
 use ha_core::types::NodeId;
 use ha_quic::{QuicConfig, QuicNode};
 
@@ -131,16 +131,6 @@ pub async fn serve(a: ServeArgs) -> i32 {
         Kv::SCHEMA_FINGERPRINT,
     )
     .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
-    let (mut wal, state) = Wal::open(StdFs, &dir.wal_dir(), WalOptions::default())
-        .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
-    if let Some(r) = wal.repaired() {
-        tracing::warn!("{r}");
-    }
-    let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir())
-        .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
-    let mut applier = Sessions::<Kv>::new(DEFAULT_SESSION_TIMEOUT_MS);
-    let init = recover(&mut wal, state, &snapshots, &mut applier)
-        .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
     let socket = std::net::UdpSocket::bind(listen).unwrap_or_else(|e| {
         usage_error(format!(
             "--listen: cannot listen on {listen}: {e}; choose a free port"
@@ -172,20 +162,10 @@ pub async fn serve(a: ServeArgs) -> i32 {
     opts.raft.rng_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(a.id, |d| d.as_nanos() as u64 ^ a.id);
-    let mut quic = QuicConfig::new(me, listen, peers, identity);
-    quic.schema = Kv::SCHEMA_FINGERPRINT;
-    let node = QuicNode::start_on(
-        opts,
-        quic,
-        Some(socket),
-        init,
-        NodeStorage::<StdFs>::Durable {
-            wal,
-            snapshots: std::sync::Arc::new(snapshots),
-        },
-        applier,
-    )
-    .unwrap_or_else(|e| usage_error(e));
+    let quic = QuicConfig::new(me, listen, peers, identity);
+    let node =
+        QuicNode::start_replicated::<Kv>(opts, quic, Some(socket), &dir, WalOptions::default())
+            .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
     eprintln!("ha-kv: node {} listening on {listen}", a.id);
     if let Some(l) = metrics_listener {
         crate::metrics::spawn(l, node.handle().clone(), node.transport());

@@ -180,6 +180,8 @@ pub struct NodeStatus {
     pub applied_index: LogIndex,
     /// Last log index.
     pub last_index: LogIndex,
+    /// Last index the newest snapshot covers (0: none).
+    pub snapshot_index: LogIndex,
     /// Why the node stopped, if it did.
     pub stopped: Option<String>,
 }
@@ -456,6 +458,7 @@ fn status_of(raft: &Raft, stopped: Option<String>) -> NodeStatus {
         commit_index: raft.commit_index(),
         applied_index: raft.applied_index(),
         last_index: raft.last_index(),
+        snapshot_index: raft.snapshot_last().0,
         stopped,
     }
 }

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
+use ha_core::node::merge_snapshot;
 use ha_core::raft::rng::SplitMix64;
 use ha_core::raft::{Body, Config, InitialState, Membership, Message, Raft, RoleKind};
 use ha_core::storage::{LogStore, MemLogStore, SimFs, StoredState, Wal, WalOptions};
@@ -1460,30 +1461,4 @@ pub fn run_seeds(
         total.into_inner().expect("stats lock"),
         ran.into_inner(),
     )
-}
-
-/// Starts a node from its newest snapshot plus the log after it: the log
-/// store may not have recorded the snapshot yet (a crash between writing the
-/// snapshot and compacting the log), so entries it covers are dropped here,
-/// and if the stored entry at the snapshot's index has another term, the
-/// whole stored log diverges and is dropped.
-///
-/// Returns `Some(keep_suffix)` when the log store must be told about the
-/// snapshot (with `LogStore::install_snapshot`) before the node starts.
-pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> Option<bool> {
-    if index <= init.snapshot_last.0 {
-        return None;
-    }
-    let keep = init
-        .entries
-        .iter()
-        .any(|e| e.index == index && e.term == term);
-    if keep {
-        init.entries.retain(|e| e.index > index);
-    } else {
-        init.entries.clear();
-    }
-    init.snapshot_last = (index, term);
-    init.hard_state.commit = init.hard_state.commit.max(index);
-    Some(keep)
 }
