@@ -135,18 +135,8 @@ impl<V: Vfs> SnapshotWriter<V> {
         trailer.extend_from_slice(&crc.to_le_bytes());
         self.file.append(&trailer).map_err(io_err(&self.tmp))?;
         self.file.sync().map_err(io_err(&self.tmp))?;
-        let path = self
-            .store
-            .dir
-            .join(file_name(self.meta.index, self.meta.term));
         self.store
-            .vfs
-            .rename(&self.tmp, &path)
-            .map_err(io_err(&path))?;
-        self.store
-            .vfs
-            .sync_dir(&self.store.dir)
-            .map_err(io_err(&self.store.dir))?;
+            .publish(&self.tmp, self.meta.index, self.meta.term)?;
         Ok(self.meta)
     }
 }
@@ -240,15 +230,7 @@ impl<V: Vfs> RawSnapshotWriter<V> {
             return Err(corrupt("checksum mismatch"));
         }
         self.file.sync().map_err(io_err(&self.tmp))?;
-        let path = self.store.dir.join(file_name(self.index, self.term));
-        self.store
-            .vfs
-            .rename(&self.tmp, &path)
-            .map_err(io_err(&path))?;
-        self.store
-            .vfs
-            .sync_dir(&self.store.dir)
-            .map_err(io_err(&self.store.dir))?;
+        let path = self.store.publish(&self.tmp, self.index, self.term)?;
         // Parse the header (and check it names what was announced).
         self.store.read_meta(&path, (self.index.0, self.term.0))
     }
@@ -268,6 +250,15 @@ impl<V: Vfs> SnapshotStore<V> {
             vfs,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Renames a synced temporary file into place and syncs the directory
+    /// (invariant 1); returns the final path.
+    fn publish(&self, tmp: &Path, index: LogIndex, term: Term) -> Result<PathBuf, SnapshotError> {
+        let path = self.dir.join(file_name(index, term));
+        self.vfs.rename(tmp, &path).map_err(io_err(&path))?;
+        self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(path)
     }
 
     /// Starts writing a snapshot.

@@ -855,16 +855,7 @@ impl<V: Vfs> LogStore for Wal<V> {
             self.current.last_index = index;
             self.current.last_term = term;
         }
-        if index <= self.current.snapshot.0 {
-            return Ok(());
-        }
-        put_record(&mut self.pending, KIND_SNAPSHOT, index.0, term.0, &[]);
-        self.current.snapshot = (index, term);
-        if index >= self.current.last_index {
-            self.current.last_index = index;
-            self.current.last_term = term;
-        }
-        Ok(())
+        self.compact(index, term)
     }
 
     fn compact(&mut self, index: LogIndex, term: Term) -> Result<(), WalError> {
