@@ -9,6 +9,8 @@
 //! Run: `cargo bench -p ha-core` (set `HA_BENCH_SECS` to change the length of
 //! each run, default 1 second).
 
+mod support;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -130,33 +132,20 @@ fn run(proposers: usize, batch: usize, secs: Duration) -> f64 {
     done as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
-}
-
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
-    // and should only smoke-test.
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let secs = std::env::var("HA_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(if smoke { 0.05 } else { 1.0 });
-    let runs = if smoke { 1 } else { RUNS };
+    let support::Plan { secs, runs, .. } = support::plan(1.0, 0.05, RUNS);
     let cases: &[(&str, usize, usize)] = &[
         ("1 proposer, 1 command per proposal", 1, 1),
         ("64 proposers, 1 command per proposal", 64, 1),
         ("64 proposers, batches of 16 commands", 64, 16),
     ];
     println!(
-        "ha-core: 3-node in-memory cluster, 16-byte commands, median of {runs} runs of {secs} s"
+        "ha-core: 3-node in-memory cluster, 16-byte commands, median of {runs} runs of {:.2} s",
+        secs.as_secs_f64()
     );
     for (name, proposers, batch) in cases {
-        let rates: Vec<f64> = (0..runs)
-            .map(|_| run(*proposers, *batch, Duration::from_secs_f64(secs)))
-            .collect();
-        let m = median(rates.clone());
+        let rates: Vec<f64> = (0..runs).map(|_| run(*proposers, *batch, secs)).collect();
+        let m = support::median(rates.clone());
         let lo = rates.iter().cloned().fold(f64::INFINITY, f64::min);
         let hi = rates.iter().cloned().fold(0.0, f64::max);
         println!("{name:<40} {m:>12.0} proposals/s   (min {lo:.0}, max {hi:.0})");

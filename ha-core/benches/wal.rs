@@ -11,6 +11,8 @@
 //! tmpfs). Run: `cargo bench -p ha-core --bench wal`; `HA_BENCH_SECS` sets
 //! the length of one run (default 2 seconds).
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,20 +119,9 @@ fn group_commit(writers: usize, secs: Duration) -> Outcome {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
-}
-
 fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let secs = std::env::var("HA_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(if smoke { 0.05 } else { 2.0 });
-    let secs = Duration::from_secs_f64(secs);
-    let runs = if smoke { 1 } else { RUNS };
-    let raw = median((0..runs).map(|_| raw_fsync_rate(secs)).collect());
+    let support::Plan { secs, runs, .. } = support::plan(2.0, 0.05, RUNS);
+    let raw = support::median((0..runs).map(|_| raw_fsync_rate(secs)).collect());
     println!(
         "ha-core WAL: {ENTRY_BYTES}-byte entries, median of {runs} runs of {:.1} s, dir {}",
         secs.as_secs_f64(),
@@ -139,10 +130,10 @@ fn main() {
     println!("raw write+fdatasync loop                 {raw:>10.0} /s");
     for writers in [1usize, 16, 64] {
         let outs: Vec<Outcome> = (0..runs).map(|_| group_commit(writers, secs)).collect();
-        let rate = median(outs.iter().map(|o| o.appends_per_sec).collect());
-        let p50 = median(outs.iter().map(|o| o.p50_ms).collect());
-        let p99 = median(outs.iter().map(|o| o.p99_ms).collect());
-        let per = median(outs.iter().map(|o| o.entries_per_fsync).collect());
+        let rate = support::median(outs.iter().map(|o| o.appends_per_sec).collect());
+        let p50 = support::median(outs.iter().map(|o| o.p50_ms).collect());
+        let p99 = support::median(outs.iter().map(|o| o.p99_ms).collect());
+        let per = support::median(outs.iter().map(|o| o.entries_per_fsync).collect());
         println!(
             "group commit, {writers:>2} writers              {rate:>10.0} appends/s  \
              ({:.1}x raw)  p50 {p50:.3} ms  p99 {p99:.3} ms  {per:.1} entries/fsync",

@@ -13,6 +13,9 @@
 //!
 //! Run: `cargo bench -p ha-quic --bench install`.
 
+#[path = "../../ha-core/benches/support.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -41,7 +44,7 @@ fn reset_peak() {
 }
 
 fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
+    let smoke = support::plan(0.0, 0.0, 1).smoke;
     let mb: usize = std::env::var("HA_BENCH_SNAPSHOT_MB")
         .ok()
         .and_then(|s| s.parse().ok())

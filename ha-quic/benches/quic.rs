@@ -11,6 +11,9 @@
 //! `cargo bench -p ha-quic --bench quic` (`HA_BENCH_SECS` sets the length of
 //! one run, default 2 seconds).
 
+#[path = "../../ha-core/benches/support.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -206,19 +209,8 @@ async fn replicate_mem(secs: Duration) -> f64 {
     rate
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
-}
-
 fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let secs = std::env::var("HA_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(if smoke { 0.1 } else { 2.0 });
-    let secs = Duration::from_secs_f64(secs);
-    let runs = if smoke { 1 } else { RUNS };
+    let support::Plan { secs, runs, .. } = support::plan(2.0, 0.1, RUNS);
     let certs = tempfile::tempdir().unwrap();
     create_cluster_certs(certs.path(), &[NodeId(1), NodeId(2), NodeId(3)]).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -240,8 +232,8 @@ fn main() {
         );
         println!(
             "appends of 8 x {ENTRY_BYTES} B, node to node:   {:>10.0} messages/s  {:>7.1} MB/s payload",
-            median(m.iter().map(|x| x.0).collect()),
-            median(m.iter().map(|x| x.1).collect())
+            support::median(m.iter().map(|x| x.0).collect()),
+            support::median(m.iter().map(|x| x.1).collect())
         );
         let mut q = Vec::new();
         let mut mem = Vec::new();
@@ -249,7 +241,7 @@ fn main() {
             q.push(replicate_quic(certs.path(), secs).await);
             mem.push(replicate_mem(secs).await);
         }
-        let (q, mem) = (median(q), median(mem));
+        let (q, mem) = (support::median(q), support::median(mem));
         println!("3-node replication, 64 proposers, in-memory logs:");
         println!("  over the in-memory transport              {mem:>10.0} commits/s");
         println!(

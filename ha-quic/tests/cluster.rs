@@ -399,43 +399,29 @@ fn garbage_and_bad_frames_do_not_crash_a_node() {
         let n2 = load_node_identity(cluster.certs.path(), NodeId(2)).unwrap();
         let cid = n2.cluster_id();
         let before = protocol_errors(&cluster, 1);
+        // Each stream opens with a hello (for `cluster`), then `tail`; the
+        // node must close the connection.
+        let refused = |cluster: &str, tail: Vec<u8>| {
+            let (n2, cluster) = (&n2, cluster.to_string());
+            async move {
+                let conn = raw_peer(addr, n2).await;
+                let mut buf = Vec::new();
+                frame::encode(&hello(&cluster, 2), &mut buf).unwrap();
+                buf.extend_from_slice(&tail);
+                send_raw(&conn, &buf).await;
+                tokio::time::timeout(Duration::from_secs(5), conn.closed())
+                    .await
+                    .expect("the node closes the connection");
+            }
+        };
         // An oversized frame after a valid hello.
-        let conn = raw_peer(addr, &n2).await;
-        let mut buf = Vec::new();
-        frame::encode(&hello(&cid, 2), &mut buf).unwrap();
-        buf.extend_from_slice(&(u32::MAX).to_le_bytes());
-        send_raw(&conn, &buf).await;
-        tokio::time::timeout(Duration::from_secs(5), conn.closed())
-            .await
-            .unwrap();
+        refused(&cid, u32::MAX.to_le_bytes().to_vec()).await;
         // A truncated frame: a length prefix promising more than arrives.
-        let conn = raw_peer(addr, &n2).await;
-        let mut buf = Vec::new();
-        frame::encode(&hello(&cid, 2), &mut buf).unwrap();
-        buf.extend_from_slice(&100u32.to_le_bytes());
-        buf.extend_from_slice(&[1, 2, 3]);
-        send_raw(&conn, &buf).await;
-        tokio::time::timeout(Duration::from_secs(5), conn.closed())
-            .await
-            .unwrap();
+        refused(&cid, [&100u32.to_le_bytes()[..], &[1, 2, 3]].concat()).await;
         // Bytes that are not a message.
-        let conn = raw_peer(addr, &n2).await;
-        let mut buf = Vec::new();
-        frame::encode(&hello(&cid, 2), &mut buf).unwrap();
-        buf.extend_from_slice(&8u32.to_le_bytes());
-        buf.extend_from_slice(&[0xff; 8]);
-        send_raw(&conn, &buf).await;
-        tokio::time::timeout(Duration::from_secs(5), conn.closed())
-            .await
-            .unwrap();
+        refused(&cid, [&8u32.to_le_bytes()[..], &[0xff; 8]].concat()).await;
         // A hello for another cluster.
-        let conn = raw_peer(addr, &n2).await;
-        let mut buf = Vec::new();
-        frame::encode(&hello("another-cluster", 2), &mut buf).unwrap();
-        send_raw(&conn, &buf).await;
-        tokio::time::timeout(Duration::from_secs(5), conn.closed())
-            .await
-            .unwrap();
+        refused("another-cluster", Vec::new()).await;
         assert!(protocol_errors(&cluster, 1) >= before + 4);
         // The cluster still serves.
         let leader = cluster.leader(&[]).await;

@@ -131,15 +131,22 @@ impl Net {
         allowed: &[(u64, u64)],
         done: impl Fn(&Net) -> bool,
     ) -> Result<(), String> {
-        loop {
-            if done(self) {
+        self.deliver_while(|m| allowed.contains(&(m.from.0, m.to.0)), done)?;
+        self.queue.clear();
+        Ok(())
+    }
+
+    /// Delivers queued messages `pick` chooses, in order, until none is left
+    /// or `done` holds; the others stay queued.
+    fn deliver_while(
+        &mut self,
+        pick: impl Fn(&Message) -> bool,
+        done: impl Fn(&Net) -> bool,
+    ) -> Result<(), String> {
+        while !done(self) {
+            let Some(pos) = self.queue.iter().position(&pick) else {
                 break;
-            }
-            let pos = self
-                .queue
-                .iter()
-                .position(|m| allowed.contains(&(m.from.0, m.to.0)));
-            let Some(pos) = pos else { break };
+            };
             let m = self.queue.remove(pos);
             let to = m.to.0;
             if let Some(Some(raft)) = self.nodes.get_mut(&to) {
@@ -148,7 +155,6 @@ impl Net {
                 self.drive(to)?;
             }
         }
-        self.queue.clear();
         Ok(())
     }
 
@@ -191,19 +197,10 @@ impl Net {
 
     fn deliver_votes(&mut self) -> Result<(), String> {
         use ha_core::raft::Body;
-        while let Some(pos) = self
-            .queue
-            .iter()
-            .position(|m| matches!(m.body, Body::Vote { .. } | Body::VoteResponse { .. }))
-        {
-            let m = self.queue.remove(pos);
-            let to = m.to.0;
-            if let Some(Some(raft)) = self.nodes.get_mut(&to) {
-                raft.step(m)
-                    .map_err(|e| format!("node {to} refused a message: {e}"))?;
-                self.drive(to)?;
-            }
-        }
+        self.deliver_while(
+            |m| matches!(m.body, Body::Vote { .. } | Body::VoteResponse { .. }),
+            |_| false,
+        )?;
         // Keep only what the new leader sends; drop the rest.
         self.queue.retain(|m| matches!(m.body, Body::Append { .. }));
         Ok(())

@@ -1061,20 +1061,21 @@ impl Raft {
         let last = self.log.last_index();
         let heartbeat_seq = l.heartbeat_seq;
         for (peer, p) in l.progress.iter_mut() {
+            let append = |prev_index, prev_term, entries| Message {
+                from: me,
+                to: *peer,
+                term,
+                body: Body::Append {
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit: committed,
+                },
+            };
             if std::mem::take(&mut p.liveness_probe) {
                 let prev = p.next_index.prev();
                 if let Some(prev_term) = self.log.term(prev) {
-                    self.msgs.push(Message {
-                        from: me,
-                        to: *peer,
-                        term,
-                        body: Body::Append {
-                            prev_index: prev,
-                            prev_term,
-                            entries: Vec::new(),
-                            commit: committed,
-                        },
-                    });
+                    self.msgs.push(append(prev, prev_term, Vec::new()));
                     p.commit_sent = committed;
                 }
             }
@@ -1103,17 +1104,7 @@ impl Raft {
                 };
                 let sent_last = entries.last().map_or(prev, |e| e.index);
                 let empty = entries.is_empty();
-                self.msgs.push(Message {
-                    from: me,
-                    to: *peer,
-                    term,
-                    body: Body::Append {
-                        prev_index: prev,
-                        prev_term,
-                        entries,
-                        commit: committed,
-                    },
-                });
+                self.msgs.push(append(prev, prev_term, entries));
                 p.commit_sent = committed;
                 if empty && !probing {
                     break; // A commit-only update takes no window slot.

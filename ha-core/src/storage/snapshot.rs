@@ -323,11 +323,7 @@ impl<V: Vfs> SnapshotStore<V> {
             return Ok(None);
         };
         let meta = self.read_meta(&path, (index, term))?;
-        let len = self
-            .vfs
-            .open(&path, false)
-            .and_then(|f| f.size())
-            .map_err(io_err(&path))?;
+        let len = self.vfs.file_size(&path).map_err(io_err(&path))?;
         let r = self.vfs.open_read(&path).map_err(io_err(&path))?;
         Ok(Some((meta, len, r)))
     }

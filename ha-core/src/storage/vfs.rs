@@ -50,6 +50,8 @@ pub trait Vfs: Clone + Send + Sync + 'static {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Opens a file for reading in pieces.
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>>;
+    /// The length of a file.
+    fn file_size(&self, path: &Path) -> io::Result<u64>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Renames a file, replacing `to`.
@@ -134,6 +136,9 @@ impl Vfs for StdFs {
             1 << 20,
             std::fs::File::open(path)?,
         )))
+    }
+    fn file_size(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
@@ -429,6 +434,11 @@ impl Vfs for SimFs {
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
         Ok(Box::new(io::Cursor::new(self.read(path)?)))
+    }
+    fn file_size(&self, path: &Path) -> io::Result<u64> {
+        let st = self.lock();
+        let ino = st.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(st.inodes[ino].data.len() as u64)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();

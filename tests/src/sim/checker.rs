@@ -49,11 +49,6 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Highest index known committed anywhere.
-    pub fn max_committed(&self) -> LogIndex {
-        LogIndex(self.committed.len() as u64)
-    }
-
     /// A node became leader of `raft.term()`.
     pub fn on_leader(&mut self, raft: &Raft) -> Result<(), String> {
         let (term, id) = (raft.term(), raft.id());

@@ -595,22 +595,6 @@ impl Sim {
             .max_by_key(|r| r.term())
             .map(|r| r.id())
     }
-    /// Live leaders, per term.
-    pub fn leaders(&self) -> Vec<(Term, NodeId)> {
-        let mut v: Vec<_> = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.raft.as_ref())
-            .filter(|r| r.is_leader())
-            .map(|r| (r.term(), r.id()))
-            .collect();
-        v.sort();
-        v
-    }
-    /// Total messages sent so far.
-    pub fn messages_sent(&self) -> u64 {
-        self.sent.values().sum()
-    }
 
     // ----- control -----------------------------------------------------------
 
@@ -656,11 +640,6 @@ impl Sim {
         !self.cut.contains(&(from, to))
             && !self.disconnected.contains(&from)
             && !self.disconnected.contains(&to)
-    }
-
-    /// Cuts the one-way link `from -> to`.
-    pub fn cut_link(&mut self, from: NodeId, to: NodeId) {
-        self.cut.insert((from, to));
     }
 
     /// Asks node `id` for a ReadIndex; returns whether it accepted.
