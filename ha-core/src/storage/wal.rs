@@ -9,6 +9,18 @@
 //!   `compact`; `sync` writes the buffer as one *batch* (a `BatchStart`
 //!   record giving the batch's length, then the records) with one write and
 //!   one `fdatasync`. Group commit sits on top of this ([`super::group`]).
+//! - A record is at most [`MAX_RECORD_BYTES`]: an append holding a larger
+//!   one is refused whole with [`WalError::RecordTooLarge`] before anything
+//!   is buffered. A buffer larger than the batch limit ([`MAX_BATCH_BYTES`],
+//!   or less via [`Wal::set_max_batch_bytes`]) is written as several
+//!   batches, split between records, each written and synced before the
+//!   next. A crash during such a sync may therefore keep only the first
+//!   batches of it: a *prefix* of what one `sync` (one Raft Ready, or one
+//!   group of them) wrote, possibly ending inside an append. That is safe:
+//!   nothing of that sync was acknowledged (acknowledgement waits for the
+//!   whole sync), records are in the order the caller gave them (entries
+//!   before the hard state that commits them), and Raft only needs the
+//!   durable log to be a prefix of what it wrote.
 //! - Truncating a conflicting suffix is a `Truncate` record, not a rewrite:
 //!   segments are append-only, so a crash can only ever damage the tail.
 //! - A segment is sealed when it passes `segment_max_bytes`; the next batch
@@ -28,13 +40,18 @@
 //!
 //! Invariants:
 //! 1. Batches are written one at a time, each followed by `fdatasync`
-//!    before the next begins; so a batch followed by any other batch was
-//!    synced, and only the last batch can be torn.
+//!    before the next begins (also the several batches of one large sync);
+//!    so a batch followed by any other batch was synced, and only the last
+//!    batch can be torn.
 //! 2. Replayed entries are contiguous: an `Entry` record follows the
 //!    previous entry, a snapshot mark, or a `Truncate`.
 //! 3. After a write or sync error the log is failed: it refuses every
 //!    further write until reopened, because the kernel may have dropped the
 //!    unsynced pages (fsync errors are not retryable).
+//! 4. Every length written is checked against its limit (`u32::try_from`,
+//!    [`MAX_RECORD_BYTES`], [`MAX_BATCH_BYTES`]) before a byte is buffered,
+//!    and every length, index and term read back is checked before use: no
+//!    file content can make the log panic or read out of bounds.
 
 use std::path::{Path, PathBuf};
 
@@ -53,8 +70,21 @@ pub const SEGMENT_HEADER_BYTES: usize = 32;
 pub const RECORD_HEADER_BYTES: usize = 25;
 /// The part of a record the length and the CRC cover, minus the payload.
 const RECORD_FIXED_BYTES: usize = 17;
-/// Largest record accepted when reading (a bound on a corrupt length field).
+/// Largest record: the record header's length field (kind, index, term and
+/// payload) is at most this. Appends of a larger record are refused; reading
+/// treats a larger length field as damage.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
+/// Largest command an entry may carry: what a record holds after its fixed
+/// part and the payload tag.
+pub const MAX_COMMAND_BYTES: usize = MAX_RECORD_BYTES - RECORD_FIXED_BYTES - 1;
+/// Largest batch: the bytes after a `BatchStart` record. Larger syncs are
+/// split into several batches (see the module docs); reading treats a larger
+/// batch length as damage. Any one record fits in a batch of its own.
+pub const MAX_BATCH_BYTES: usize = 128 << 20;
+const _: () = assert!(
+    MAX_BATCH_BYTES >= 8 + MAX_RECORD_BYTES && MAX_BATCH_BYTES <= u32::MAX as usize,
+    "a batch holds any one record, and its length fits the u32 field"
+);
 
 /// Record kinds.
 const KIND_BATCH_START: u8 = 1;
@@ -115,6 +145,20 @@ pub enum WalError {
     /// The caller broke the append contract.
     #[error("invalid append: {0}")]
     InvalidAppend(String),
+    /// A record would exceed [`MAX_RECORD_BYTES`]. Nothing of the call that
+    /// returned this was buffered; the log stays usable.
+    #[error(
+        "write-ahead log record for index {index} would be {bytes} bytes, above the limit of \
+         {max} bytes; the append was refused and nothing of it was written"
+    )]
+    RecordTooLarge {
+        /// The entry's index (or the record's index field).
+        index: LogIndex,
+        /// The record's length as it would be encoded.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
@@ -158,6 +202,8 @@ pub struct Wal<V: Vfs> {
     repaired: Option<String>,
     /// Successful fsyncs, for metrics and tests.
     syncs: u64,
+    /// A sync whose buffer is larger is written as several batches.
+    max_batch_bytes: usize,
 }
 
 /// Where the log stands.
@@ -210,8 +256,25 @@ fn check_segment_header(buf: &[u8], seq: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn put_record(out: &mut Vec<u8>, kind: u8, index: u64, term: u64, payload: &[u8]) {
-    let len = (RECORD_FIXED_BYTES + payload.len()) as u32;
+/// Appends one record to `out`; refuses (appending nothing) one whose length
+/// field would exceed [`MAX_RECORD_BYTES`].
+fn put_record(
+    out: &mut Vec<u8>,
+    kind: u8,
+    index: u64,
+    term: u64,
+    payload: &[u8],
+) -> Result<(), WalError> {
+    let too_large = || WalError::RecordTooLarge {
+        index: LogIndex(index),
+        bytes: RECORD_FIXED_BYTES.saturating_add(payload.len()),
+        max: MAX_RECORD_BYTES,
+    };
+    let len = RECORD_FIXED_BYTES
+        .checked_add(payload.len())
+        .filter(|l| *l <= MAX_RECORD_BYTES)
+        .ok_or_else(too_large)?;
+    let len = u32::try_from(len).map_err(|_| too_large())?;
     let start = out.len();
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -221,14 +284,17 @@ fn put_record(out: &mut Vec<u8>, kind: u8, index: u64, term: u64, payload: &[u8]
     out.extend_from_slice(payload);
     let crc = crc32c::crc32c(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
-fn encode_hard_state(hs: HardState, out: &mut Vec<u8>) {
+fn encode_hard_state(hs: HardState, out: &mut Vec<u8>) -> Result<(), WalError> {
     let vote = hs.vote.map_or(0, |v| v.0).to_le_bytes();
-    put_record(out, KIND_HARD_STATE, hs.commit.0, hs.term.0, &vote);
+    put_record(out, KIND_HARD_STATE, hs.commit.0, hs.term.0, &vote)
 }
 
-fn encode_payload(p: &EntryPayload, out: &mut Vec<u8>) {
+/// Encodes an entry payload; fails only for a membership set whose size does
+/// not fit its u32 count.
+fn encode_payload(p: &EntryPayload, out: &mut Vec<u8>) -> Result<(), String> {
     match p {
         EntryPayload::Blank => out.push(PAYLOAD_BLANK),
         EntryPayload::Command(b) => {
@@ -238,13 +304,32 @@ fn encode_payload(p: &EntryPayload, out: &mut Vec<u8>) {
         EntryPayload::Membership(m) => {
             out.push(PAYLOAD_MEMBERSHIP);
             for set in [&m.voters, &m.voters_outgoing, &m.learners] {
-                out.extend_from_slice(&(set.len() as u32).to_le_bytes());
+                let n = u32::try_from(set.len())
+                    .map_err(|_| format!("a membership set of {} ids", set.len()))?;
+                out.extend_from_slice(&n.to_le_bytes());
                 for id in set.iter() {
                     out.extend_from_slice(&id.0.to_le_bytes());
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// Where the batch that starts at `from` in `records` (whole records, as
+/// `put_record` wrote them) ends: as many records as fit in `limit` bytes,
+/// and at least one.
+fn batch_end(records: &[u8], from: usize, limit: usize) -> usize {
+    let mut end = from;
+    while let Some(len) = records.get(end..end + 4) {
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let size = 8 + len;
+        if end > from && end - from + size > limit {
+            break;
+        }
+        end = (end + size).min(records.len());
+    }
+    if end == from { records.len() } else { end }
 }
 
 fn decode_payload(b: &[u8]) -> Result<EntryPayload, String> {
@@ -340,6 +425,12 @@ impl Replay {
     }
 
     fn apply(&mut self, r: &Record<'_>) -> Result<Option<LogIndex>, String> {
+        if !LogIndex(r.index).is_sane() || !Term(r.term).is_sane() {
+            return Err(format!(
+                "record of kind {} names index {} and term {}, beyond any real log",
+                r.kind, r.index, r.term
+            ));
+        }
         match r.kind {
             KIND_ENTRY => {
                 let index = LogIndex(r.index);
@@ -469,6 +560,9 @@ fn scan_segment(
                 return Err((pos, "expected a batch start record".into()));
             }
             let len = u32::from_le_bytes(start.payload.try_into().expect("4 bytes")) as usize;
+            if len > MAX_BATCH_BYTES {
+                return Err((pos, format!("batch length {len} is out of range")));
+            }
             let end = at + len;
             if end > buf.len() {
                 return Err((
@@ -597,6 +691,7 @@ impl<V: Vfs> Wal<V> {
             failed: None,
             repaired,
             syncs: 0,
+            max_batch_bytes: MAX_BATCH_BYTES,
         };
         Ok((wal, state))
     }
@@ -648,6 +743,15 @@ impl<V: Vfs> Wal<V> {
         &self.dir
     }
 
+    /// Caps the bytes of one batch (default and upper bound:
+    /// [`MAX_BATCH_BYTES`]); a sync holding more is written as several
+    /// batches, each synced before the next (see the module docs). A record
+    /// larger than the cap still goes out, alone in its batch. For tests and
+    /// tuning.
+    pub fn set_max_batch_bytes(&mut self, bytes: usize) {
+        self.max_batch_bytes = bytes.clamp(1, MAX_BATCH_BYTES);
+    }
+
     fn check_usable(&self) -> Result<(), WalError> {
         match &self.failed {
             Some(e) => Err(WalError::Failed(e.clone())),
@@ -666,8 +770,11 @@ impl<V: Vfs> Wal<V> {
     /// Raft core from the returned state.
     pub fn reopen(self) -> Result<(Wal<V>, StoredState), WalError> {
         let (vfs, dir, opts) = (self.vfs.clone(), self.dir.clone(), self.opts.clone());
+        let max_batch_bytes = self.max_batch_bytes;
         drop(self);
-        Wal::open(vfs, &dir, opts)
+        let (mut wal, state) = Wal::open(vfs, &dir, opts)?;
+        wal.max_batch_bytes = max_batch_bytes;
+        Ok((wal, state))
     }
 
     fn write_batch(&mut self) -> Result<(), WalError> {
@@ -675,20 +782,31 @@ impl<V: Vfs> Wal<V> {
         if current.bytes >= self.opts.segment_max_bytes {
             self.rotate()?;
         }
-        let mut batch = Vec::with_capacity(RECORD_HEADER_BYTES + 4 + self.pending.len());
-        put_record(
-            &mut batch,
-            KIND_BATCH_START,
-            0,
-            0,
-            &(self.pending.len() as u32).to_le_bytes(),
-        );
-        batch.extend_from_slice(&self.pending);
         let seg = self.segments.last_mut().expect("never empty");
         let path = seg.path.clone();
-        self.file.append(&batch).map_err(io_err(&path))?;
-        self.file.sync().map_err(io_err(&path))?;
-        seg.bytes += batch.len() as u64;
+        // Several batches when the buffer is larger than one may be, each
+        // synced before the next (invariant 1): a crash keeps a prefix.
+        let mut from = 0;
+        while from < self.pending.len() {
+            let end = batch_end(&self.pending, from, self.max_batch_bytes);
+            let body = &self.pending[from..end];
+            let len = u32::try_from(body.len())
+                .ok()
+                .filter(|l| *l as usize <= MAX_BATCH_BYTES)
+                .ok_or_else(|| {
+                    WalError::InvalidAppend(format!(
+                        "a batch of {} bytes exceeds the limit of {MAX_BATCH_BYTES}",
+                        body.len()
+                    ))
+                })?;
+            let mut batch = Vec::with_capacity(RECORD_HEADER_BYTES + 4 + body.len());
+            put_record(&mut batch, KIND_BATCH_START, 0, 0, &len.to_le_bytes())?;
+            batch.extend_from_slice(body);
+            self.file.append(&batch).map_err(io_err(&path))?;
+            self.file.sync().map_err(io_err(&path))?;
+            seg.bytes += batch.len() as u64;
+            from = end;
+        }
         seg.max_index = seg.max_index.max(self.pending_max_index);
         self.pending.clear();
         self.pending_max_index = LogIndex(0);
@@ -709,15 +827,15 @@ impl<V: Vfs> Wal<V> {
         self.segments.push(seg);
         let at = self.synced;
         let mut head = Vec::new();
-        put_record(&mut head, KIND_BASE, at.last_index.0, at.last_term.0, &[]);
+        put_record(&mut head, KIND_BASE, at.last_index.0, at.last_term.0, &[])?;
         put_record(
             &mut head,
             KIND_SNAPSHOT,
             at.snapshot.0.0,
             at.snapshot.1.0,
             &[],
-        );
-        encode_hard_state(at.hard_state, &mut head);
+        )?;
+        encode_hard_state(at.hard_state, &mut head)?;
         head.extend_from_slice(&self.pending);
         self.pending = head;
         Ok(())
@@ -802,14 +920,25 @@ impl<V: Vfs> LogStore for Wal<V> {
                 w[1].index
             )));
         }
-        if first.index <= cur.last_index {
-            put_record(&mut self.pending, KIND_TRUNCATE, first.index.0, 0, &[]);
-        }
-        let mut payload = Vec::new();
-        for e in entries {
-            payload.clear();
-            encode_payload(&e.payload, &mut payload);
-            put_record(&mut self.pending, KIND_ENTRY, e.index.0, e.term.0, &payload);
+        // All or nothing: a refused record leaves the buffer as it was.
+        let mark = self.pending.len();
+        let buffered = (|| {
+            if first.index <= cur.last_index {
+                put_record(&mut self.pending, KIND_TRUNCATE, first.index.0, 0, &[])?;
+            }
+            let mut payload = Vec::new();
+            for e in entries {
+                payload.clear();
+                encode_payload(&e.payload, &mut payload).map_err(|why| {
+                    WalError::InvalidAppend(format!("entry {}: {why}", e.index))
+                })?;
+                put_record(&mut self.pending, KIND_ENTRY, e.index.0, e.term.0, &payload)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = buffered {
+            self.pending.truncate(mark);
+            return Err(e);
         }
         let last = entries.last().expect("non-empty");
         self.current.last_index = last.index;
@@ -820,8 +949,8 @@ impl<V: Vfs> LogStore for Wal<V> {
 
     fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
         self.check_usable()?;
+        encode_hard_state(hard_state, &mut self.pending)?;
         self.current.hard_state = hard_state;
-        encode_hard_state(hard_state, &mut self.pending);
         Ok(())
     }
 
@@ -851,7 +980,7 @@ impl<V: Vfs> LogStore for Wal<V> {
     ) -> Result<(), WalError> {
         self.check_usable()?;
         if !keep_suffix && self.current.last_index > index && index >= self.current.snapshot.0 {
-            put_record(&mut self.pending, KIND_TRUNCATE, index.0 + 1, 0, &[]);
+            put_record(&mut self.pending, KIND_TRUNCATE, index.0 + 1, 0, &[])?;
             self.current.last_index = index;
             self.current.last_term = term;
         }
@@ -863,7 +992,7 @@ impl<V: Vfs> LogStore for Wal<V> {
         if index <= self.current.snapshot.0 {
             return Ok(());
         }
-        put_record(&mut self.pending, KIND_SNAPSHOT, index.0, term.0, &[]);
+        put_record(&mut self.pending, KIND_SNAPSHOT, index.0, term.0, &[])?;
         self.current.snapshot = (index, term);
         if index >= self.current.last_index {
             self.current.last_index = index;
