@@ -407,7 +407,10 @@ fn an_entry_above_the_record_limit_is_refused_whole_and_nothing_is_written() {
         other => panic!("an oversized record was not refused: {other:?}"),
     }
     let msg = wal.append(&batch).unwrap_err().to_string();
-    assert!(msg.contains("above the limit") && msg.contains("refused"), "{msg}");
+    assert!(
+        msg.contains("above the limit") && msg.contains("refused"),
+        "{msg}"
+    );
     // Nothing was buffered, and the log is still usable.
     assert_eq!(wal.last_index(), LogIndex(3));
     assert!(wal.failure().is_none());
@@ -433,7 +436,10 @@ fn the_largest_command_round_trips() {
     drop(wal);
     let (_, state) = Wal::open(fs, &dir(), WalOptions::default()).unwrap();
     assert_eq!(state.entries.len(), 2);
-    assert!(state.entries[0] == big, "the largest command comes back intact");
+    assert!(
+        state.entries[0] == big,
+        "the largest command comes back intact"
+    );
 }
 
 #[test]
@@ -483,7 +489,11 @@ fn a_failure_between_the_batches_of_one_sync_keeps_a_prefix_of_it() {
     let mut want = entries(1, 5, 1);
     want.extend(entries(6, n as u64, 2));
     assert_eq!(state.entries, want, "a prefix, in order, without gaps");
-    assert_eq!(state.hard_state, hs(1, Some(1), 5), "the hard state came last");
+    assert_eq!(
+        state.hard_state,
+        hs(1, Some(1), 5),
+        "the hard state came last"
+    );
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! A node's data directory: who owns it, and who may use it now.
 //!
-//! Owns: the directory's lock and its identity file. Layout:
+//! Owns: the directory's lock, its identity file and its stored bootstrap
+//! configuration. Layout:
 //!
 //! ```text
 //! DIR/LOCK     held (flock) by the one process using the directory
 //! DIR/meta     which cluster and node the data belongs to
+//! DIR/cluster  the voters (ids and addresses) the cluster started with
 //! DIR/wal/     write-ahead log segments
 //! DIR/snap/    snapshot files
 //! ```
@@ -15,8 +17,20 @@
 //! 2. A directory holds the data of exactly one (cluster, node); opening it
 //!    for another is refused before anything in it is touched.
 //! 3. `meta` is written once, atomically (temporary file, sync, rename,
-//!    directory sync), before any log or snapshot exists.
+//!    directory sync), before any log or snapshot exists, and only after
+//!    `wal/` exists durably. So a directory with `meta` but without `wal/`
+//!    lost its log (and with it the node's term and vote): opening it is
+//!    refused with [`DataDirError::MissingWal`], never started afresh.
+//! 4. `cluster` is written once, atomically like `meta`, when the node
+//!    first starts ([`DataDir::bootstrap_or_check_membership`]); afterwards
+//!    a different voter set is refused with
+//!    [`DataDirError::MembershipMismatch`]. It records the bootstrap
+//!    configuration only: once membership changes exist, the log and
+//!    snapshots carry the current one.
+//! 5. Every file read here is bounded in size and fully validated (header,
+//!    checksum, every field) before anything in it is used.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::vfs::{Vfs, VfsFile, VfsLock};
@@ -26,6 +40,12 @@ const META_FILE: &str = "meta";
 const META_TMP: &str = "meta.tmp";
 const LOCK_FILE: &str = "LOCK";
 const META_HEADER: &str = "ha data directory, format 1";
+const WAL_DIR: &str = "wal";
+const CLUSTER_FILE: &str = "cluster";
+const CLUSTER_TMP: &str = "cluster.tmp";
+const CLUSTER_HEADER: &str = "ha cluster configuration, format 1";
+/// Largest identity or configuration file read (a bound on a damaged one).
+const MAX_SMALL_FILE_BYTES: u64 = 1 << 20;
 
 /// What can go wrong opening a data directory.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +101,43 @@ pub enum DataDirError {
         /// What is wrong.
         reason: String,
     },
+    /// The directory is initialized (its identity file exists) but its
+    /// write-ahead log directory is gone: starting would forget the node's
+    /// term and vote.
+    #[error(
+        "data directory {dir} has an identity file but its write-ahead log directory {wal} is \
+         missing: starting would forget this node's term and vote, refusing to start; restore \
+         {wal} from a backup (a node that lost its log must not rejoin under the same id)"
+    )]
+    MissingWal {
+        /// The directory.
+        dir: PathBuf,
+        /// The missing log directory.
+        wal: PathBuf,
+    },
+    /// The stored configuration file is damaged.
+    #[error("data directory {dir}: cluster configuration {file}: {reason}")]
+    BadCluster {
+        /// The directory.
+        dir: PathBuf,
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The voters asked for differ from the ones the cluster started with.
+    #[error(
+        "data directory {dir} belongs to a cluster started with voters {stored}, not {given}; \
+         a restart must use the stored configuration"
+    )]
+    MembershipMismatch {
+        /// The directory.
+        dir: PathBuf,
+        /// The stored voters, `ID=HOST:PORT,...`.
+        stored: String,
+        /// The voters asked for, `ID=HOST:PORT,...`.
+        given: String,
+    },
     /// A file operation failed.
     #[error("data directory {path}: {source}")]
     Io {
@@ -107,6 +164,123 @@ pub struct DataDir {
     _lock: VfsLock,
 }
 
+/// The voter set a cluster was first started with, as `DIR/cluster` holds
+/// it (see the module docs, invariant 4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCluster {
+    /// Voter ids and the addresses (`HOST:PORT`) they are reached at.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Whether this call stored it (the directory was new to it).
+    pub bootstrapped_now: bool,
+}
+
+impl StoredCluster {
+    /// The voters as `ID=HOST:PORT,...`, in id order.
+    pub fn describe(&self) -> String {
+        describe(&self.voters)
+    }
+}
+
+fn describe(voters: &BTreeMap<NodeId, String>) -> String {
+    voters
+        .iter()
+        .map(|(id, a)| format!("{}={a}", id.0))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn render_cluster(voters: &BTreeMap<NodeId, String>) -> String {
+    let mut body = format!("{CLUSTER_HEADER}\n");
+    for (id, addr) in voters {
+        body.push_str(&format!("voter={} {addr}\n", id.0));
+    }
+    format!("{body}crc32c={:08x}\n", crc32c::crc32c(body.as_bytes()))
+}
+
+/// Whether `addr` can be stored on one `voter=` line.
+fn storable_addr(addr: &str) -> bool {
+    !addr.is_empty() && !addr.chars().any(char::is_whitespace)
+}
+
+fn parse_cluster(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let body = checked_body(text, "configuration file")?;
+    let mut lines = body.lines();
+    if lines.next() != Some(CLUSTER_HEADER) {
+        return Err("configuration file has an unknown format".into());
+    }
+    let mut voters = BTreeMap::new();
+    for line in lines {
+        let (id, addr) = line
+            .strip_prefix("voter=")
+            .and_then(|l| l.split_once(' '))
+            .ok_or_else(|| format!("unreadable line {line:?}"))?;
+        let id: u64 = id
+            .parse()
+            .ok()
+            .filter(|i| *i > 0)
+            .ok_or_else(|| format!("bad voter id in {line:?}"))?;
+        if !storable_addr(addr) {
+            return Err(format!("bad address in {line:?}"));
+        }
+        if voters.insert(NodeId(id), addr.to_string()).is_some() {
+            return Err(format!("voter {id} is listed twice"));
+        }
+    }
+    if voters.is_empty() {
+        return Err("no voters".into());
+    }
+    Ok(voters)
+}
+
+/// Checks the last line's checksum over the lines before it; returns them.
+fn checked_body(text: &str, what: &str) -> Result<String, String> {
+    let (body, crc_line) = text
+        .trim_end_matches('\n')
+        .rsplit_once('\n')
+        .ok_or_else(|| format!("{what} is truncated"))?;
+    let crc = crc_line
+        .strip_prefix("crc32c=")
+        .ok_or_else(|| format!("{what} has no checksum"))?;
+    let body = format!("{body}\n");
+    if u32::from_str_radix(crc, 16).ok() != Some(crc32c::crc32c(body.as_bytes())) {
+        return Err(format!("{what} checksum mismatch"));
+    }
+    Ok(body)
+}
+
+/// Reads a small file whole, refusing one larger than any we write.
+fn read_small<V: Vfs>(vfs: &V, path: &Path) -> Result<String, DataDirError> {
+    let size = vfs.file_size(path).map_err(io_err(path))?;
+    if size > MAX_SMALL_FILE_BYTES {
+        return Err(DataDirError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{size} bytes, larger than any file written there"),
+            ),
+        });
+    }
+    let bytes = vfs.read(path).map_err(io_err(path))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes `root/name` atomically: `root/tmp`, sync, rename, directory sync.
+fn write_atomically<V: Vfs>(
+    vfs: &V,
+    root: &Path,
+    name: &str,
+    tmp: &str,
+    text: &str,
+) -> Result<(), DataDirError> {
+    let (path, tmp) = (root.join(name), root.join(tmp));
+    let mut f = vfs.open(&tmp, true).map_err(io_err(&tmp))?;
+    f.set_len(0).map_err(io_err(&tmp))?;
+    f.append(text.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync().map_err(io_err(&tmp))?;
+    vfs.rename(&tmp, &path).map_err(io_err(&path))?;
+    vfs.sync_dir(root).map_err(io_err(root))
+}
+
 fn render_meta(cluster_id: &str, node: NodeId, schema: u64) -> String {
     let body = format!(
         "{META_HEADER}\ncluster_id={cluster_id}\nnode_id={}\nschema={schema:016x}\n",
@@ -116,17 +290,7 @@ fn render_meta(cluster_id: &str, node: NodeId, schema: u64) -> String {
 }
 
 fn parse_meta(text: &str) -> Result<(String, NodeId, u64), String> {
-    let (body, crc_line) = text
-        .trim_end_matches('\n')
-        .rsplit_once('\n')
-        .ok_or("identity file is truncated")?;
-    let crc = crc_line
-        .strip_prefix("crc32c=")
-        .ok_or("identity file has no checksum")?;
-    let body = format!("{body}\n");
-    if u32::from_str_radix(crc, 16).ok() != Some(crc32c::crc32c(body.as_bytes())) {
-        return Err("identity file checksum mismatch".into());
-    }
+    let body = checked_body(text, "identity file")?;
     let mut lines = body.lines();
     if lines.next() != Some(META_HEADER) {
         return Err("identity file has an unknown format".into());
@@ -183,8 +347,7 @@ impl DataDir {
         let names = vfs.list(root).map_err(io_err(root))?;
         let meta_path = root.join(META_FILE);
         if names.iter().any(|n| n == META_FILE) {
-            let text = vfs.read(&meta_path).map_err(io_err(&meta_path))?;
-            let text = String::from_utf8_lossy(&text);
+            let text = read_small(vfs, &meta_path)?;
             let (found_cluster, found_node, found_schema) =
                 parse_meta(&text).map_err(|reason| DataDirError::BadMeta {
                     dir: root.to_path_buf(),
@@ -211,10 +374,22 @@ impl DataDir {
                     expected: schema,
                 });
             }
+            // Invariant 3: an initialized directory always has its log.
+            let wal = root.join(WAL_DIR);
+            match vfs.list(&wal) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(DataDirError::MissingWal {
+                        dir: root.to_path_buf(),
+                        wal,
+                    });
+                }
+                Err(e) => return Err(io_err(&wal)(e)),
+            }
         } else {
             // Data without an identity could belong to anyone: refuse it.
             let data = vfs
-                .list(&root.join("wal"))
+                .list(&root.join(WAL_DIR))
                 .map(|v| !v.is_empty())
                 .unwrap_or(false)
                 || vfs
@@ -229,14 +404,17 @@ impl DataDir {
                         .into(),
                 });
             }
-            let tmp = root.join(META_TMP);
-            let mut f = vfs.open(&tmp, true).map_err(io_err(&tmp))?;
-            f.set_len(0).map_err(io_err(&tmp))?;
-            f.append(render_meta(cluster_id, node, schema).as_bytes())
-                .map_err(io_err(&tmp))?;
-            f.sync().map_err(io_err(&tmp))?;
-            vfs.rename(&tmp, &meta_path).map_err(io_err(&meta_path))?;
+            // The log directory first, durably (invariant 3).
+            let wal = root.join(WAL_DIR);
+            vfs.create_dir_all(&wal).map_err(io_err(&wal))?;
             vfs.sync_dir(root).map_err(io_err(root))?;
+            write_atomically(
+                vfs,
+                root,
+                META_FILE,
+                META_TMP,
+                &render_meta(cluster_id, node, schema),
+            )?;
         }
         Ok(DataDir {
             root: root.to_path_buf(),
@@ -260,7 +438,81 @@ impl DataDir {
     }
     /// Where the write-ahead log lives.
     pub fn wal_dir(&self) -> PathBuf {
-        self.root.join("wal")
+        self.root.join(WAL_DIR)
+    }
+
+    /// The stored bootstrap configuration, if the node has started before.
+    pub fn stored_cluster<V: Vfs>(&self, vfs: &V) -> Result<Option<StoredCluster>, DataDirError> {
+        let names = vfs.list(&self.root).map_err(io_err(&self.root))?;
+        if !names.iter().any(|n| n == CLUSTER_FILE) {
+            return Ok(None);
+        }
+        let file = self.root.join(CLUSTER_FILE);
+        let text = read_small(vfs, &file)?;
+        let voters = parse_cluster(&text).map_err(|reason| DataDirError::BadCluster {
+            dir: self.root.clone(),
+            file: file.clone(),
+            reason,
+        })?;
+        Ok(Some(StoredCluster {
+            voters,
+            bootstrapped_now: false,
+        }))
+    }
+
+    /// On a node's first start, stores `voters` (ids and `HOST:PORT`
+    /// addresses) as the cluster's configuration, durably, before any log
+    /// entry exists; on every later start, checks that `voters` equals the
+    /// stored one and returns that. Equal means: the same ids, and the same
+    /// address for every id other than this node's own (where this node
+    /// listens is its own business). A different set is refused with
+    /// [`DataDirError::MembershipMismatch`], naming the stored one: starting
+    /// with fewer voters than the cluster has could elect a second leader.
+    pub fn bootstrap_or_check_membership<V: Vfs>(
+        &self,
+        vfs: &V,
+        voters: &BTreeMap<NodeId, String>,
+    ) -> Result<StoredCluster, DataDirError> {
+        let bad = |reason: String| DataDirError::BadCluster {
+            dir: self.root.clone(),
+            file: self.root.join(CLUSTER_FILE),
+            reason,
+        };
+        if voters.is_empty() {
+            return Err(bad("a configuration needs at least one voter".into()));
+        }
+        if let Some((id, addr)) = voters.iter().find(|(id, a)| id.0 == 0 || !storable_addr(a)) {
+            return Err(bad(format!(
+                "voter {}={addr:?} is not an id from 1 and a HOST:PORT",
+                id.0
+            )));
+        }
+        if let Some(stored) = self.stored_cluster(vfs)? {
+            let same = stored.voters.len() == voters.len()
+                && stored.voters.iter().all(|(id, a)| match voters.get(id) {
+                    Some(b) => *id == self.node || a == b,
+                    None => false,
+                });
+            if !same {
+                return Err(DataDirError::MembershipMismatch {
+                    dir: self.root.clone(),
+                    stored: stored.describe(),
+                    given: describe(voters),
+                });
+            }
+            return Ok(stored);
+        }
+        write_atomically(
+            vfs,
+            &self.root,
+            CLUSTER_FILE,
+            CLUSTER_TMP,
+            &render_cluster(voters),
+        )?;
+        Ok(StoredCluster {
+            voters: voters.clone(),
+            bootstrapped_now: true,
+        })
     }
     /// Where snapshots live.
     pub fn snapshot_dir(&self) -> PathBuf {
@@ -326,5 +578,141 @@ mod tests {
             .unwrap();
         let err = DataDir::open(&fs, d2, "c", NodeId(1)).unwrap_err();
         assert!(err.to_string().contains("no identity file"), "{err}");
+    }
+
+    #[test]
+    fn an_identity_without_its_log_directory_is_refused() {
+        use crate::storage::wal::{Wal, WalOptions};
+        use crate::storage::{LogStore, SnapshotStore};
+        use crate::types::{HardState, LogIndex, Term};
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("node1");
+        // As ha-kv serve and QuicNode::start_replicated do: the directory,
+        // then the log and the snapshots in it. The node votes in term 7.
+        {
+            let dd = DataDir::open(&StdFs, &d, "c", NodeId(1)).unwrap();
+            assert!(dd.wal_dir().is_dir(), "the log directory exists with meta");
+            let (mut wal, _) = Wal::open(StdFs, &dd.wal_dir(), WalOptions::default()).unwrap();
+            SnapshotStore::open(StdFs, &dd.snapshot_dir()).unwrap();
+            wal.save_hard_state(HardState {
+                term: Term(7),
+                vote: Some(NodeId(2)),
+                commit: LogIndex(0),
+            })
+            .unwrap();
+            wal.sync().unwrap();
+        }
+        std::fs::remove_dir_all(d.join("wal")).unwrap();
+        let err = DataDir::open(&StdFs, &d, "c", NodeId(1)).unwrap_err();
+        assert!(matches!(err, DataDirError::MissingWal { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&d.join("wal").display().to_string()) && msg.contains("term and vote"),
+            "{msg}"
+        );
+        assert!(!d.join("wal").exists(), "a refused open creates nothing");
+        // A new directory whose log was never opened is fine to reopen.
+        let fresh = tmp.path().join("node2");
+        drop(DataDir::open(&StdFs, &fresh, "c", NodeId(2)).unwrap());
+        DataDir::open(&StdFs, &fresh, "c", NodeId(2)).unwrap();
+    }
+
+    fn voters(list: &[(u64, &str)]) -> BTreeMap<NodeId, String> {
+        list.iter()
+            .map(|(id, a)| (NodeId(*id), a.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_first_configuration_is_stored_and_a_different_one_refused() {
+        let fs = SimFs::new();
+        let d = Path::new("/n1");
+        let three = voters(&[(1, "10.0.0.1:7001"), (2, "10.0.0.2:7001"), (3, "h3:7001")]);
+        {
+            let dd = DataDir::open(&fs, d, "c", NodeId(1)).unwrap();
+            assert_eq!(dd.stored_cluster(&fs).unwrap(), None);
+            let s = dd.bootstrap_or_check_membership(&fs, &three).unwrap();
+            assert!(s.bootstrapped_now);
+            assert_eq!(s.voters, three);
+        }
+        // Stored durably: a power loss right after keeps it.
+        fs.crash(&mut crate::raft::rng::SplitMix64::new(1));
+        let dd = DataDir::open(&fs, d, "c", NodeId(1)).unwrap();
+        let s = dd.bootstrap_or_check_membership(&fs, &three).unwrap();
+        assert!(!s.bootstrapped_now);
+        assert_eq!(s.voters, three);
+        assert_eq!(s.describe(), "1=10.0.0.1:7001,2=10.0.0.2:7001,3=h3:7001");
+        // This node's own address is its own business.
+        let own_moved = voters(&[(1, "0.0.0.0:7001"), (2, "10.0.0.2:7001"), (3, "h3:7001")]);
+        assert_eq!(
+            dd.bootstrap_or_check_membership(&fs, &own_moved)
+                .unwrap()
+                .voters,
+            three
+        );
+        // Fewer voters, more voters, another peer address: refused.
+        for other in [
+            voters(&[(1, "10.0.0.1:7001")]),
+            voters(&[(1, "10.0.0.1:7001"), (2, "10.0.0.2:7001")]),
+            voters(&[
+                (1, "10.0.0.1:7001"),
+                (2, "10.0.0.2:7001"),
+                (3, "h3:7001"),
+                (4, "h4:7001"),
+            ]),
+            voters(&[(1, "10.0.0.1:7001"), (2, "10.0.0.2:7001"), (3, "h3:7009")]),
+        ] {
+            let err = dd.bootstrap_or_check_membership(&fs, &other).unwrap_err();
+            assert!(
+                matches!(err, DataDirError::MembershipMismatch { .. }),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains("voters 1=10.0.0.1:7001,2=10.0.0.2:7001,3=h3:7001"),
+                "{msg}"
+            );
+            assert_eq!(msg.lines().count(), 1, "{msg}");
+        }
+        assert_eq!(dd.stored_cluster(&fs).unwrap().unwrap().voters, three);
+        // Nothing unstorable is accepted.
+        let dd2 = DataDir::open(&fs, Path::new("/n2"), "c", NodeId(1)).unwrap();
+        for bad in [voters(&[]), voters(&[(1, "a b:1")]), voters(&[(0, "h:1")])] {
+            let err = dd2.bootstrap_or_check_membership(&fs, &bad).unwrap_err();
+            assert!(matches!(err, DataDirError::BadCluster { .. }), "{err}");
+        }
+        assert_eq!(dd2.stored_cluster(&fs).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_configuration_file_is_refused() {
+        let fs = SimFs::new();
+        let d = Path::new("/n1");
+        let dd = DataDir::open(&fs, d, "c", NodeId(1)).unwrap();
+        dd.bootstrap_or_check_membership(&fs, &voters(&[(1, "h1:1"), (2, "h2:1")]))
+            .unwrap();
+        fs.corrupt(&d.join(CLUSTER_FILE), 45).unwrap();
+        for err in [
+            dd.stored_cluster(&fs).unwrap_err(),
+            dd.bootstrap_or_check_membership(&fs, &voters(&[(1, "h1:1")]))
+                .unwrap_err(),
+        ] {
+            assert!(matches!(err, DataDirError::BadCluster { .. }), "{err}");
+            assert!(err.to_string().contains("checksum"), "{err}");
+        }
+        // Well-formed text with a bad field is refused too.
+        for text in [
+            render_cluster(&voters(&[(1, "h1:1")])).replace("voter=1", "voter=x"),
+            format!("{CLUSTER_HEADER}\nvoter=0 h:1\n"),
+            format!("{CLUSTER_HEADER}\n"),
+        ] {
+            let body = text
+                .lines()
+                .filter(|l| !l.starts_with("crc32c="))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>();
+            let text = format!("{body}crc32c={:08x}\n", crc32c::crc32c(body.as_bytes()));
+            assert!(parse_cluster(&text).is_err(), "{text}");
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! [`MemLogStore`], the in-memory twin; [`Wal`], the durable segmented
 //! write-ahead log; [`group`], group commit on a storage thread;
 //! [`SnapshotStore`], snapshot files; [`DataDir`], the locked, identified data
-//! directory; and [`vfs`], the file layer (real, or simulated with crashes).
+//! directory with its stored bootstrap configuration ([`StoredCluster`]); and
+//! [`vfs`], the file layer (real, or simulated with crashes).
 //!
 //! The contract (every implementation):
 //! 1. `append` and `save_hard_state` may be buffered; only `sync` makes them
@@ -22,7 +23,7 @@ pub mod snapshot;
 pub mod vfs;
 pub mod wal;
 
-pub use datadir::{DataDir, DataDirError};
+pub use datadir::{DataDir, DataDirError, StoredCluster};
 pub use group::{GroupCommit, GroupOptions, WriteRequest};
 pub use mem::MemLogStore;
 pub use snapshot::{SnapshotError, SnapshotMeta, SnapshotStore};

@@ -929,9 +929,8 @@ impl<V: Vfs> LogStore for Wal<V> {
             let mut payload = Vec::new();
             for e in entries {
                 payload.clear();
-                encode_payload(&e.payload, &mut payload).map_err(|why| {
-                    WalError::InvalidAppend(format!("entry {}: {why}", e.index))
-                })?;
+                encode_payload(&e.payload, &mut payload)
+                    .map_err(|why| WalError::InvalidAppend(format!("entry {}: {why}", e.index)))?;
                 put_record(&mut self.pending, KIND_ENTRY, e.index.0, e.term.0, &payload)?;
             }
             Ok(())
