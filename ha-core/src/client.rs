@@ -79,8 +79,11 @@ pub trait ClientTransport: Send + Sync + 'static {
     fn request(&self, addr: SocketAddr, req: ClientRequest) -> RequestFuture<'_>;
 }
 
+/// The client's side of its session. `id` is `None` until a session is
+/// registered, and again after the cluster reported it expired; the next
+/// command then registers a new one.
 struct Session {
-    id: u64,
+    id: Option<u64>,
     next_seq: u64,
     /// Sequence numbers still waiting for a definitive answer.
     open: BTreeSet<u64>,
@@ -91,6 +94,9 @@ struct Inner {
     addrs: Vec<SocketAddr>,
     leader: Mutex<Option<SocketAddr>>,
     session: Mutex<Session>,
+    /// Held while a session is being registered, so concurrent first
+    /// commands register one session, not one each.
+    registering: tokio::sync::Mutex<()>,
     rotate: AtomicU64,
     seed: u64,
 }
@@ -169,10 +175,11 @@ impl<T: Replicated> Client<T> {
                 addrs,
                 leader: Mutex::new(None),
                 session: Mutex::new(Session {
-                    id: random_u64(),
+                    id: None,
                     next_seq: 1,
                     open: BTreeSet::new(),
                 }),
+                registering: tokio::sync::Mutex::new(()),
                 rotate: AtomicU64::new(0),
                 seed: random_u64(),
             }),
@@ -231,40 +238,117 @@ impl<T: Replicated> Client<T> {
         let body = Bytes::from(
             postcard::to_stdvec(command).map_err(|e| Error::NotApplied(format!("encode: {e}")))?,
         );
-        let (client, seq) = {
-            let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-            let seq = s.next_seq;
-            s.next_seq += 1;
-            s.open.insert(seq);
-            (s.id, seq)
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let (client, seq) = loop {
+            {
+                let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(id) = s.id {
+                    let seq = s.next_seq;
+                    s.next_seq += 1;
+                    s.open.insert(seq);
+                    break (id, seq);
+                }
+            }
+            self.register(deadline).await?;
         };
-        let result = self.command_loop(client, seq, body).await;
+        let (result, expired) = self.command_loop(client, seq, body, deadline).await;
         {
             let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-            s.open.remove(&seq);
-            if matches!(result, Err(Error::Unknown(ref why)) if why.contains("session expired"))
-                && s.id == client
-            {
-                // Start a fresh session for later commands.
-                s.id = random_u64();
-                s.next_seq = 1;
-                s.open.clear();
+            // A session replaced meanwhile is not this command's to edit.
+            if s.id == Some(client) {
+                s.open.remove(&seq);
+                if expired {
+                    // The next command registers a fresh session.
+                    s.id = None;
+                    s.next_seq = 1;
+                    s.open.clear();
+                }
             }
         }
         let bytes = result?;
         postcard::from_bytes(&bytes).map_err(|e| Error::Unknown(format!("undecodable answer: {e}")))
     }
 
-    async fn command_loop(&self, client: u64, seq: u64, body: Bytes) -> Result<Bytes, Error> {
-        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+    /// Registers a session unless one is open (or another caller registered
+    /// one meanwhile). A failure means the command was never sent.
+    async fn register(&self, deadline: tokio::time::Instant) -> Result<(), Error> {
+        let _guard = self.inner.registering.lock().await;
+        if self
+            .inner
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .id
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut last_why = String::from("no node answered");
+        let mut backoff = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            let req = ClientRequest::Register {
+                schema: T::SCHEMA_FINGERPRINT,
+            };
+            let (addr, resp) = self.attempt(req).await;
+            match resp {
+                Ok(ClientResponse::Applied { answer, .. }) => {
+                    self.set_leader(Some(addr));
+                    match postcard::from_bytes::<CommandOutcome>(&answer) {
+                        Ok(CommandOutcome::Registered { session }) => {
+                            let mut s =
+                                self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+                            s.id = Some(session);
+                            s.next_seq = 1;
+                            s.open.clear();
+                            return Ok(());
+                        }
+                        other => last_why = format!("unexpected registration answer {other:?}"),
+                    }
+                }
+                Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
+                    self.redirect(addr, leader_addr);
+                    last_why = format!("{addr} is not the leader");
+                }
+                Ok(ClientResponse::Refused { message }) => return Err(Error::NotApplied(message)),
+                Ok(ClientResponse::Failed { message, .. }) => {
+                    self.set_leader(None);
+                    last_why = message;
+                }
+                Ok(other) => last_why = format!("unexpected response {other:?}"),
+                Err(RequestError::NotSent(w) | RequestError::Lost(w)) => {
+                    // A lost registration may have opened a session nobody
+                    // uses; it expires on its own.
+                    self.set_leader(None);
+                    last_why = w;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(Error::NotApplied(format!(
+            "timed out opening a session (the command was not sent); last error: {last_why}"
+        )))
+    }
+
+    /// Sends `(client, seq)` until it has an answer or the deadline passes.
+    /// Returns the result and whether the cluster said the session expired.
+    async fn command_loop(
+        &self,
+        client: u64,
+        seq: u64,
+        body: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> (Result<Bytes, Error>, bool) {
         let mut maybe_appended = false;
         let mut last_why = String::from("no node answered");
         let mut backoff = Duration::from_millis(10);
         while tokio::time::Instant::now() < deadline {
             let ack_below = {
                 let s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-                if s.id != client {
-                    // The session was replaced after an expiry.
+                if s.id != Some(client) {
+                    // The session expired (another command learned it):
+                    // this command cannot be applied any more.
+                    last_why = "the session expired".into();
                     break;
                 }
                 s.open.first().copied().unwrap_or(s.next_seq)
@@ -284,9 +368,24 @@ impl<T: Replicated> Client<T> {
                     self.set_leader(Some(addr));
                     match postcard::from_bytes::<CommandOutcome>(&answer) {
                         Ok(CommandOutcome::Applied(out)) => Attempt::Done(Ok(out)),
-                        Ok(CommandOutcome::SessionExpired) => Attempt::Done(Err(Error::Unknown(
-                            "session expired: the command may have been applied before".into(),
-                        ))),
+                        Ok(CommandOutcome::SessionExpired) => {
+                            // Not applied now; applied before only if an
+                            // earlier attempt may have reached a log.
+                            let why = "the session expired";
+                            return (
+                                Err(if maybe_appended {
+                                    Error::Unknown(format!(
+                                        "{why}: an earlier attempt may have been applied"
+                                    ))
+                                } else {
+                                    Error::NotApplied(format!("{why} before the command ran"))
+                                }),
+                                true,
+                            );
+                        }
+                        Ok(CommandOutcome::Registered { .. }) => Attempt::Done(Err(
+                            Error::Unknown("a registration answer to a command".into()),
+                        )),
                         Ok(CommandOutcome::Abandoned) => Attempt::Done(Err(Error::Unknown(
                             "the session abandoned this command".into(),
                         ))),
@@ -343,7 +442,7 @@ impl<T: Replicated> Client<T> {
                 }
             };
             match step {
-                Attempt::Done(r) => return r,
+                Attempt::Done(r) => return (r, false),
                 Attempt::Retry {
                     maybe_appended: m,
                     why,
@@ -355,13 +454,14 @@ impl<T: Replicated> Client<T> {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
-        if maybe_appended {
+        let r = if maybe_appended {
             Err(Error::Unknown(format!("timed out; last error: {last_why}")))
         } else {
             Err(Error::NotApplied(format!(
                 "timed out before any node took it; last error: {last_why}"
             )))
-        }
+        };
+        (r, false)
     }
 
     /// Runs a query with this client's consistency.

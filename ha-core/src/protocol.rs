@@ -38,7 +38,9 @@ pub enum Consistency {
 /// A command as the client sends it: its session and place in the session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionCommand {
-    /// The client's session id (random, chosen by the client).
+    /// The client's session id: the log index of the entry that registered
+    /// the session ([`LogOp::Register`]), so no two sessions ever share one,
+    /// and an expired session can never be re-created.
     pub client: u64,
     /// The command's sequence number in the session, from 1.
     pub seq: u64,
@@ -53,15 +55,32 @@ pub struct SessionCommand {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogCommand {
     /// The leader's wall-clock time when it took the command, in
-    /// milliseconds since the Unix epoch.
+    /// milliseconds since the Unix epoch. Only a leader writes it: clients
+    /// have no way to put a `LogCommand` of their own in the log.
     pub time_ms: u64,
-    /// The command.
-    pub command: SessionCommand,
+    /// What the entry does.
+    pub op: LogOp,
+}
+
+/// What a [`LogCommand`] does (dissertation §6.3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogOp {
+    /// Opens a new session whose id is this entry's log index. The only way
+    /// a session comes to exist.
+    Register,
+    /// A command in an open session.
+    Command(SessionCommand),
 }
 
 /// What a client asks a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
+    /// Open a session (answered with [`CommandOutcome::Registered`] inside
+    /// [`ClientResponse::Applied`]).
+    Register {
+        /// The schema fingerprint the client was built with.
+        schema: u64,
+    },
     /// Apply a command exactly once.
     Command {
         /// The schema fingerprint the client was built with.
@@ -78,7 +97,9 @@ pub enum ClientRequest {
         /// How fresh the answer must be.
         consistency: Consistency,
     },
-    /// Replicate and apply raw bytes (no session; for tests and tools).
+    /// Replicate and apply raw bytes (no session; for tests and tools of
+    /// untyped nodes only: a node of a replicated type refuses it, since raw
+    /// bytes could forge a leader's timestamp or a session's entries).
     Propose(Bytes),
     /// A linearizable read barrier.
     Read,
@@ -178,8 +199,15 @@ pub enum ClientResponse {
 pub enum CommandOutcome {
     /// Applied (now or before, for a retry): the encoded output.
     Applied(Bytes),
-    /// The session expired or is unknown; whether this command was applied
-    /// before cannot be told. The client must start a new session.
+    /// A session was opened; its id.
+    Registered {
+        /// The new session's id (the registration entry's log index).
+        session: u64,
+    },
+    /// The session is not open (it expired, or never was): the command was
+    /// *not* applied now. Whether an earlier attempt of it was applied
+    /// before the session expired cannot be told from this answer; the
+    /// client knows whether it sent one. The client must register anew.
     SessionExpired,
     /// The client had already given up on this sequence number; it was not
     /// applied now.

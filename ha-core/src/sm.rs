@@ -5,9 +5,10 @@
 //! read, and [`Sessions`], which makes commands exactly-once (dissertation
 //! §6.3).
 //!
-//! Sessions. A client numbers its commands 1, 2, 3, ... in a session with a
-//! random id, and says with each which numbers below it already have their
-//! answers (`ack_below`). The replicated state keeps, per session, the
+//! Sessions. A client first registers a session: a [`LogOp::Register`]
+//! entry, whose log index becomes the session id (dissertation §6.3). It
+//! then numbers its commands 1, 2, 3, ... in that session, and says with
+//! each which numbers below it already have their answers (`ack_below`). The replicated state keeps, per session, the
 //! results not yet acknowledged. Applying `(client, seq)`:
 //! 1. results below `ack_below` are forgotten, and numbers below it are
 //!    closed;
@@ -15,10 +16,11 @@
 //! 3. a number with a kept result returns that result (a retry);
 //! 4. otherwise the command runs and its result is kept.
 //!
-//! A session unknown to the replicas is created only by a command that could
-//! be its first (`ack_below <= 1`, nothing answered yet); anything else means
-//! the session expired, and the outcome is [`CommandOutcome::SessionExpired`]
-//! (unknown: it may have been applied before the expiry).
+//! A session is created only by its registration entry. A command for a
+//! session the table does not hold (expired, or never registered) is never
+//! applied: the outcome is [`CommandOutcome::SessionExpired`]. Since ids are
+//! log indexes, an expired session can never be re-created, so a late retry
+//! of a command that was applied before the expiry cannot apply it again.
 //!
 //! Sessions expire deterministically: when a session has been idle for
 //! `session_timeout_ms` of *leader-stamped* time (the `time_ms` in the log),
@@ -37,7 +39,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::node::Applier;
-use crate::protocol::{CommandOutcome, LogCommand};
+use crate::protocol::{CommandOutcome, LogCommand, LogOp};
 use crate::types::{LogIndex, Term};
 
 /// What a command may know about the moment it runs: the same on every
@@ -104,6 +106,13 @@ pub const fn fingerprint(text: &str) -> u64 {
     h
 }
 
+/// Plants the bug sessions had before registration entries: a command that
+/// could be a session's first re-creates an unknown session (so a late
+/// retry after an expiry applies twice). Test-only.
+#[cfg(feature = "planted-bugs")]
+pub static PLANT_SESSION_RECREATE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// How long an idle session lives, by default: one hour of leader time.
 pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
@@ -164,27 +173,45 @@ impl<T: Replicated> Sessions<T> {
         term: Term,
         cmd: LogCommand,
     ) -> CommandOutcome {
-        let LogCommand {
-            time_ms,
-            command: c,
-        } = cmd;
+        let LogCommand { time_ms, op } = cmd;
         // Leader clocks may step back across leader changes; time in the
         // state machine never does.
         self.now_ms = self.now_ms.max(time_ms);
         self.expire();
         let now = self.now_ms;
-        let session = match self.sessions.entry(c.client) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                // Only a session's very first command may create it.
-                if c.ack_below > 1 || c.seq < 1 {
-                    return CommandOutcome::SessionExpired;
-                }
-                v.insert(Session {
+        let c = match op {
+            LogOp::Register => {
+                // The entry's index is unique in the log's history: a new
+                // session, never one that existed before.
+                self.sessions.insert(
+                    index.0,
+                    Session {
+                        closed_below: 1,
+                        results: BTreeMap::new(),
+                        last_active_ms: now,
+                    },
+                );
+                return CommandOutcome::Registered { session: index.0 };
+            }
+            LogOp::Command(c) => c,
+        };
+        #[cfg(feature = "planted-bugs")]
+        if PLANT_SESSION_RECREATE.load(std::sync::atomic::Ordering::Relaxed)
+            && c.ack_below <= 1
+            && !self.sessions.contains_key(&c.client)
+        {
+            // The planted bug: a session's "first" command re-creates it.
+            self.sessions.insert(
+                c.client,
+                Session {
                     closed_below: 1,
                     ..Session::default()
-                })
-            }
+                },
+            );
+        }
+        let Some(session) = self.sessions.get_mut(&c.client) else {
+            // Expired or never registered: never applied (§6.3).
+            return CommandOutcome::SessionExpired;
         };
 
         session.last_active_ms = now;

@@ -3,6 +3,9 @@
 //! Invariants:
 //! 1. `Term` and `LogIndex` only grow through explicit `next()` calls; index 0
 //!    and term 0 mean "before the first entry" and never name a real entry.
+//!    Values from outside are checked against [`MAX_TERM`] and [`MAX_INDEX`]
+//!    before any arithmetic, and the arithmetic saturates, so no input can
+//!    make a term or index wrap.
 //! 2. An [`Entry`] is identified by `(index, term)`: two entries with the same
 //!    index and term carry the same payload (Raft's Log Matching property,
 //!    dissertation §3.5), which the simulator checks.
@@ -43,19 +46,42 @@ newtype_fmt!(NodeId, "n");
 newtype_fmt!(Term, "t");
 newtype_fmt!(LogIndex, "i");
 
+/// The highest term a node accepts from outside (a peer's message, a
+/// stored hard state). At one election per millisecond it takes thousands
+/// of years to reach, so a term above it is corrupt or hostile input, and
+/// refusing it keeps `Term::next` far from overflow.
+pub const MAX_TERM: u64 = 1 << 48;
+
+/// The highest log index a node accepts from outside. Far beyond any real
+/// log, and far enough below `u64::MAX` that index arithmetic on accepted
+/// values (`plus` of a message's entry count, `+ 1`) cannot overflow.
+pub const MAX_INDEX: u64 = 1 << 62;
+
 impl Term {
-    /// The term after this one.
+    /// The term after this one (saturating: terms are validated against
+    /// [`MAX_TERM`] on receipt, so saturation is never reached in practice,
+    /// and it never wraps to 0).
     #[must_use]
     pub fn next(self) -> Term {
-        Term(self.0 + 1)
+        Term(self.0.saturating_add(1))
+    }
+
+    /// Whether this term may be accepted from outside (see [`MAX_TERM`]).
+    pub fn is_sane(self) -> bool {
+        self.0 <= MAX_TERM
     }
 }
 
 impl LogIndex {
-    /// The index after this one.
+    /// The index after this one (saturating; see [`MAX_INDEX`]).
     #[must_use]
     pub fn next(self) -> LogIndex {
-        LogIndex(self.0 + 1)
+        LogIndex(self.0.saturating_add(1))
+    }
+
+    /// Whether this index may be accepted from outside (see [`MAX_INDEX`]).
+    pub fn is_sane(self) -> bool {
+        self.0 <= MAX_INDEX
     }
 
     /// The index before this one; index 0 stays 0.
@@ -64,10 +90,10 @@ impl LogIndex {
         LogIndex(self.0.saturating_sub(1))
     }
 
-    /// This index plus `n`.
+    /// This index plus `n` (saturating; see [`MAX_INDEX`]).
     #[must_use]
     pub fn plus(self, n: u64) -> LogIndex {
-        LogIndex(self.0 + n)
+        LogIndex(self.0.saturating_add(n))
     }
 }
 

@@ -2,7 +2,7 @@
 //! determinism of everything in it.
 
 use bytes::Bytes;
-use ha_core::protocol::{CommandOutcome, LogCommand, SessionCommand};
+use ha_core::protocol::{CommandOutcome, LogCommand, LogOp, SessionCommand};
 use ha_core::sm::{ApplyContext, Sessions, StateMachine};
 use ha_core::types::{LogIndex, Term};
 use ha_core::{Replicated, replicated};
@@ -47,12 +47,27 @@ fn cmd(client: u64, seq: u64, ack_below: u64, time_ms: u64, delta: i64) -> LogCo
     let body = postcard::to_stdvec(&CounterCommand::Add { delta }).unwrap();
     LogCommand {
         time_ms,
-        command: SessionCommand {
+        op: LogOp::Command(SessionCommand {
             client,
             seq,
             ack_below,
             body: Bytes::from(body),
-        },
+        }),
+    }
+}
+
+fn register(time_ms: u64) -> LogCommand {
+    LogCommand {
+        time_ms,
+        op: LogOp::Register,
+    }
+}
+
+/// Applies a registration at `index`; returns the new session's id.
+fn open_session(s: &mut Sessions<Counter>, index: u64, time_ms: u64) -> u64 {
+    match s.apply_log_command(LogIndex(index), Term(1), register(time_ms)) {
+        CommandOutcome::Registered { session } => session,
+        other => panic!("registration answered {other:?}"),
     }
 }
 
@@ -66,44 +81,82 @@ fn applied(o: CommandOutcome) -> i64 {
 }
 
 #[test]
+fn a_registration_opens_a_session_named_by_its_index() {
+    let mut s = Sessions::<Counter>::new(60_000);
+    assert_eq!(open_session(&mut s, 7, 100), 7);
+    assert_eq!(open_session(&mut s, 8, 100), 8, "every registration is new");
+    assert_eq!(s.session_count(), 2);
+}
+
+#[test]
 fn a_retried_command_is_applied_once_and_answers_the_same() {
     let mut s = Sessions::<Counter>::new(60_000);
     let i = |n| LogIndex(n);
+    let c = open_session(&mut s, 1, 100);
     assert_eq!(
-        applied(s.apply_log_command(i(1), Term(1), cmd(7, 1, 1, 100, 5))),
+        applied(s.apply_log_command(i(2), Term(1), cmd(c, 1, 1, 100, 5))),
         5
     );
     // The same (client, seq) again, e.g. through a new leader: same answer,
     // no second application.
     assert_eq!(
-        applied(s.apply_log_command(i(2), Term(2), cmd(7, 1, 1, 200, 5))),
+        applied(s.apply_log_command(i(3), Term(2), cmd(c, 1, 1, 200, 5))),
         5
     );
     assert_eq!(s.state().get(), 5);
     // The next command, acknowledging the first.
     assert_eq!(
-        applied(s.apply_log_command(i(3), Term(2), cmd(7, 2, 2, 300, 1))),
+        applied(s.apply_log_command(i(4), Term(2), cmd(c, 2, 2, 300, 1))),
         6
     );
     // The first one again, now closed: not applied.
     assert_eq!(
-        s.apply_log_command(i(4), Term(2), cmd(7, 1, 1, 400, 5)),
+        s.apply_log_command(i(5), Term(2), cmd(c, 1, 1, 400, 5)),
         CommandOutcome::Abandoned
     );
     assert_eq!(s.state().get(), 6);
 }
 
 #[test]
-fn an_unknown_session_that_is_not_new_is_reported_expired() {
+fn a_command_for_a_session_never_registered_is_never_applied() {
     let mut s = Sessions::<Counter>::new(60_000);
-    let out = s.apply_log_command(LogIndex(1), Term(1), cmd(9, 5, 5, 100, 1));
-    assert_eq!(out, CommandOutcome::SessionExpired);
+    // Even one that looks like a session's very first command.
+    for (seq, ack) in [(1, 1), (1, 0), (5, 5)] {
+        let out = s.apply_log_command(LogIndex(1), Term(1), cmd(9, seq, ack, 100, 1));
+        assert_eq!(out, CommandOutcome::SessionExpired);
+    }
     assert_eq!(s.state().get(), 0);
+    assert_eq!(s.session_count(), 0);
+}
+
+/// The double application a leader with a fast clock caused: seq 1 is
+/// applied, its answer is lost, a leader whose clock runs ahead stamps a
+/// later entry past the session timeout, and the client's retry of seq 1
+/// arrives. The retry must not apply again.
+#[test]
+fn a_retry_after_an_expiry_caused_by_a_fast_leader_clock_is_not_applied_twice() {
+    let mut s = Sessions::<Counter>::new(10_000);
+    let c = open_session(&mut s, 1, 1_000);
+    assert_eq!(
+        applied(s.apply_log_command(LogIndex(2), Term(1), cmd(c, 1, 1, 1_000, 5))),
+        5
+    );
+    // Another client's command stamped by a leader 1 hour ahead.
+    let other = open_session(&mut s, 3, 3_601_000);
+    assert_ne!(other, c);
+    // The retry of (c, 1): the session is gone; refused, not re-created.
+    assert_eq!(
+        s.apply_log_command(LogIndex(4), Term(2), cmd(c, 1, 1, 3_601_001, 5)),
+        CommandOutcome::SessionExpired
+    );
+    assert_eq!(s.state().get(), 5, "applied exactly once");
 }
 
 #[test]
 fn sessions_expire_by_leader_time_identically_on_every_replica() {
     let log: Vec<LogCommand> = vec![
+        register(1_000),
+        register(2_000),
         cmd(1, 1, 1, 1_000, 1),
         cmd(2, 1, 1, 2_000, 1),
         // Client 1 goes idle; client 2 keeps going past the timeout.
@@ -126,24 +179,22 @@ fn sessions_expire_by_leader_time_identically_on_every_replica() {
     let (b, snap_b, _) = run();
     assert_eq!(a, b);
     assert_eq!(snap_a, snap_b, "replicas hold byte-identical state");
-    assert_eq!(a[4], CommandOutcome::SessionExpired);
-    // Client 1's session is gone; client 2's lives on. (A session's very
-    // first command can always open it, so the session timeout, one hour by
-    // default, must exceed any client's retry deadline, five seconds by
-    // default: a retry of a first command never outlives its session.)
+    assert_eq!(a[6], CommandOutcome::SessionExpired);
+    // Client 1's session is gone; client 2's lives on.
     assert_eq!(n, 1);
 }
 
 #[test]
 fn snapshots_carry_sessions_and_refuse_another_schema() {
     let mut s = Sessions::<Counter>::new(60_000);
-    s.apply_log_command(LogIndex(1), Term(1), cmd(3, 1, 1, 100, 4));
+    let c = open_session(&mut s, 1, 100);
+    s.apply_log_command(LogIndex(2), Term(1), cmd(c, 1, 1, 100, 4));
     let snap = s.snapshot().unwrap();
     let mut r = Sessions::<Counter>::restore(&snap, 60_000).unwrap();
     assert_eq!(r.state().get(), 4);
     // The restored table still deduplicates the retry.
     assert_eq!(
-        applied(r.apply_log_command(LogIndex(2), Term(2), cmd(3, 1, 1, 200, 4))),
+        applied(r.apply_log_command(LogIndex(3), Term(2), cmd(c, 1, 1, 200, 4))),
         4
     );
     assert_eq!(r.state().get(), 4);
@@ -157,9 +208,10 @@ fn snapshots_carry_sessions_and_refuse_another_schema() {
 #[test]
 fn the_apply_context_carries_leader_time() {
     let mut s = Sessions::<Counter>::new(60_000);
-    s.apply_log_command(LogIndex(1), Term(1), cmd(1, 1, 1, 5_000, 1));
+    let c = open_session(&mut s, 1, 100);
+    s.apply_log_command(LogIndex(2), Term(1), cmd(c, 1, 1, 5_000, 1));
     // Leader time never runs backwards in the state machine.
-    s.apply_log_command(LogIndex(2), Term(2), cmd(1, 2, 2, 4_000, 1));
+    s.apply_log_command(LogIndex(3), Term(2), cmd(c, 2, 2, 4_000, 1));
     let snap = s.snapshot().unwrap();
     let restored = Sessions::<Counter>::restore(&snap, 60_000).unwrap();
     assert_eq!(restored.state().stamped, 5_000);

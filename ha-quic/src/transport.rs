@@ -49,7 +49,7 @@ use crate::certs::{TlsIdentity, node_server_name};
 use crate::client::{ClientRequest, ClientResponse, StatusView};
 use crate::frame::{self, FrameError, MAX_CONTROL_FRAME_BYTES, MAX_FRAME_BYTES};
 use crate::tls::{self, ALPN_CLIENT, ALPN_PEER, QuicOptions};
-use ha_core::protocol::{Consistency, LogCommand};
+use ha_core::protocol::{Consistency, LogCommand, LogOp};
 
 /// Application error codes used when closing a connection.
 pub mod codes {
@@ -868,17 +868,23 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
         ),
     };
     match req {
-        ClientRequest::Command { schema, .. } | ClientRequest::Query { schema, .. }
+        ClientRequest::Command { schema, .. }
+        | ClientRequest::Query { schema, .. }
+        | ClientRequest::Register { schema }
             if schema != shared.schema =>
         {
             schema_mismatch(schema)
         }
-        ClientRequest::Command { command, .. } => {
+        ClientRequest::Command { .. } | ClientRequest::Register { .. } => {
+            let op = match req {
+                ClientRequest::Command { command, .. } => LogOp::Command(command),
+                _ => LogOp::Register,
+            };
             // The leader stamps the time every replica will see.
             let time_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let entry = LogCommand { time_ms, command };
+            let entry = LogCommand { time_ms, op };
             let bytes = match postcard::to_stdvec(&entry) {
                 Ok(b) => bytes::Bytes::from(b),
                 Err(e) => return failed(NodeError::Query(e.to_string())),

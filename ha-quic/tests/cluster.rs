@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage};
 use ha_core::raft::{Body, InitialState, Message, RoleKind};
-use ha_core::storage::{StdFs, Wal, WalOptions};
+use ha_core::storage::{SnapshotStore, StdFs, Wal, WalOptions};
 use ha_core::types::{LogIndex, NodeId, Term};
 use ha_quic::certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_node_identity};
 use ha_quic::client::{ClientRequest, ClientResponse, QuicClient};
@@ -127,7 +127,13 @@ fn start_cluster(n: u64) -> Cluster {
                 quic,
                 Some(socket),
                 init,
-                NodeStorage::Wal(wal),
+                NodeStorage::Durable {
+                    wal,
+                    snapshots: Arc::new(
+                        SnapshotStore::open(StdFs, &data.path().join(format!("s{}", id.0)))
+                            .unwrap(),
+                    ),
+                },
                 applied.clone(),
             )
             .unwrap()

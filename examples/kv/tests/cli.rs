@@ -354,21 +354,49 @@ fn http_get(port: u16, path: &str) -> String {
 
 #[test]
 fn an_unknown_outcome_exits_3() {
+    use std::io::{BufRead, BufReader, Write as _};
     let mut c = start();
     let leader = c.wait_for_leader();
+    let leader_addr = format!("127.0.0.1:{}", c.ports[leader - 1]);
+    // One client process, one session: the first write opens the session
+    // and commits.
+    let mut repl = Command::new(BIN)
+        .args(["repl", "--timeout-ms", "1500", "--cluster", &leader_addr])
+        .arg("--tls-dir")
+        .arg(c.tls())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = repl.stdin.take().unwrap();
+    let mut stdout = BufReader::new(repl.stdout.take().unwrap());
+    let mut line = String::new();
+    writeln!(stdin, "put a 1").unwrap();
+    stdout.read_line(&mut line).unwrap();
+    let first: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(first["ok"], Value::Bool(true), "{line}");
     for id in (1..=3).filter(|i| *i != leader) {
         c.kill9(id);
     }
-    // The leader takes the write but cannot commit it.
+    // The leader takes the next write but cannot commit it: unknown.
+    line.clear();
+    writeln!(stdin, "put k v").unwrap();
+    stdout.read_line(&mut line).unwrap();
+    let second: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(second["ok"], Value::Null, "{line}");
+    drop(stdin);
+    let _ = repl.wait();
+    // A one-shot write opens a session first; that cannot commit either, so
+    // the write itself was never sent: certainly not applied, exit 1.
     let out = Command::new(BIN)
         .args(["put", "k", "v", "--timeout-ms", "1500"])
-        .args(["--cluster", &format!("127.0.0.1:{}", c.ports[leader - 1])])
+        .args(["--cluster", &leader_addr])
         .arg("--tls-dir")
         .arg(c.tls())
         .output()
         .unwrap();
-    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(json_line(&out)["ok"], Value::Null);
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(json_line(&out)["ok"], Value::Bool(false));
 }
 
 fn serve_args(dir: &Path, tls: &Path, listen: &str) -> Vec<String> {

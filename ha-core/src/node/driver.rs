@@ -81,10 +81,10 @@ pub enum NodeStorage<V: Vfs> {
     /// In memory (tests, benchmarks): nothing survives the process;
     /// snapshots live in an in-memory file system.
     Memory(MemLogStore),
-    /// The durable write-ahead log, driven by a group-commit thread;
-    /// snapshots live in an in-memory file system.
-    Wal(Wal<V>),
-    /// The durable write-ahead log and a durable snapshot directory.
+    /// The durable write-ahead log and a durable snapshot directory. (There
+    /// is deliberately no "durable log, in-memory snapshots" form: the log
+    /// is compacted against snapshots, so after a restart such a node would
+    /// find its log cut and no snapshot to start from.)
     Durable {
         /// The log.
         wal: Wal<V>,
@@ -141,6 +141,11 @@ pub enum NodeError {
     /// Another entry committed at the command's index: it never will.
     #[error("the command was overwritten by a newer leader")]
     Overwritten,
+    /// A snapshot from a newer leader replaced this node's log past the
+    /// command's index before its outcome was seen here: it may or may not
+    /// have been applied. (Retrying with the same session numbers tells.)
+    #[error("a snapshot from the leader replaced the log before the command's outcome was known")]
+    Superseded,
     /// Leadership was lost before the read was confirmed.
     #[error("leadership lost before the read was confirmed")]
     ReadAborted,
@@ -408,10 +413,6 @@ pub fn start_node<V: Vfs>(
     };
     let (storage, snapshots) = match storage {
         NodeStorage::Memory(m) => (Backend::Memory(m), memory_snapshots()),
-        NodeStorage::Wal(w) => (
-            Backend::Group(GroupCommit::start(w, GroupOptions::default())),
-            memory_snapshots(),
-        ),
         NodeStorage::Durable { wal, snapshots } => (
             Backend::Group(GroupCommit::start(wal, GroupOptions::default())),
             snapshots,
@@ -435,6 +436,8 @@ pub fn start_node<V: Vfs>(
         snapshots: snapshots.clone(),
         snapshot_every: opts.snapshot_every_entries,
         last_snapshot,
+        applied: last_snapshot,
+        sending_snapshots: std::collections::HashSet::new(),
         snapshotting: false,
         events: None,
     };
@@ -524,6 +527,12 @@ struct NodeTask<V: Vfs> {
     snapshot_every: Option<u64>,
     /// Index of the last snapshot taken or installed.
     last_snapshot: LogIndex,
+    /// What the applier holds: every entry up to this index, and nothing
+    /// after it. Snapshot decisions and reads use this, the applier's own
+    /// index; it equals the core's applied index after each `advance`.
+    applied: LogIndex,
+    /// Peers a snapshot transfer is running to: at most one each.
+    sending_snapshots: std::collections::HashSet<NodeId>,
     /// A snapshot is being written.
     snapshotting: bool,
     /// Where helpers report back to the node task.
@@ -555,8 +564,10 @@ impl<V: Vfs> NodeTask<V> {
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
         self.events = Some(ev_tx);
         let stop_reason = loop {
+            // No `biased`: tokio polls the branches in a random order, so no
+            // source (client commands, peer messages, ticks, completions)
+            // can starve another, and each branch drains a bounded batch.
             tokio::select! {
-                biased;
                 Some(ev) = ev_rx.recv() => match ev {
                     Event::Persisted(Err(e)) => break format!("storage failed: {e}"),
                     Event::Persisted(Ok(())) => {
@@ -569,7 +580,10 @@ impl<V: Vfs> NodeTask<V> {
                             break e;
                         }
                     }
-                    Event::SnapshotSent(peer, r) => self.raft.report_snapshot(peer, r),
+                    Event::SnapshotSent(peer, r) => {
+                        self.sending_snapshots.remove(&peer);
+                        self.raft.report_snapshot(peer, r);
+                    }
                 },
                 Some(c) = commands.recv() => {
                     if !self.command(c) {
@@ -759,6 +773,12 @@ impl<V: Vfs> NodeTask<V> {
             self.send_snapshot(peer);
         }
         let install = rd.snapshot;
+        if let Some(i) = install {
+            // Raft accepted the received snapshot: only now does its file
+            // leave the staging area (a refused one never becomes "the
+            // newest" on restart). Before the log records the install.
+            self.snapshots.promote(i.index, i.term)?;
+        }
         self.in_flight = Some(InFlight {
             started: Instant::now(),
             install,
@@ -803,6 +823,10 @@ impl<V: Vfs> NodeTask<V> {
 
     /// Streams the newest snapshot to `peer` (the core asked for it).
     fn send_snapshot(&mut self, peer: NodeId) {
+        if self.sending_snapshots.contains(&peer) {
+            // One transfer per peer: the running one reports for both.
+            return;
+        }
         let (offset, _) = self.raft.snapshot_last();
         let snap = match self.snapshots.open_latest() {
             Ok(Some(s)) if s.index >= offset => s,
@@ -825,6 +849,7 @@ impl<V: Vfs> NodeTask<V> {
         };
         let index = snap.index;
         let tx = self.event_sender();
+        self.sending_snapshots.insert(peer);
         tracing::info!(node = %self.raft.id(), %peer, %index, bytes = snap.len, "sending a snapshot");
         self.transport.send_snapshot(
             peer,
@@ -843,8 +868,8 @@ impl<V: Vfs> NodeTask<V> {
         let Some(every) = self.snapshot_every else {
             return;
         };
-        let applied = self.raft.applied_index();
-        if self.snapshotting || applied.0 < self.last_snapshot.0 + every {
+        let applied = self.applied;
+        if self.snapshotting || applied.0 < self.last_snapshot.0.saturating_add(every) {
             return;
         }
         let Some(term) = self.raft.term_at(applied) else {
@@ -919,7 +944,16 @@ impl<V: Vfs> NodeTask<V> {
             // Restore the state machine before anything after the snapshot.
             let state = self.snapshots.load_state(i.index, i.term)?;
             self.applier.restore(&state)?;
+            self.applied = i.index;
             self.last_snapshot = self.last_snapshot.max(i.index);
+            // Proposals this node took as leader at indexes the snapshot
+            // covers: their entries are gone from the log here, so whether
+            // they committed cannot be told. Answer them (never leave a
+            // client waiting for its timeout); the outcome is unknown.
+            let rest = self.proposals.split_off(&i.index.next());
+            for (_, (_, reply, _)) in std::mem::replace(&mut self.proposals, rest) {
+                let _ = reply.send(Err(NodeError::Superseded));
+            }
             tracing::info!(node = %self.raft.id(), index = %i.index, "installed a snapshot from the leader");
         }
         self.metrics.fsync_latency.observe(f.started.elapsed());
@@ -934,6 +968,7 @@ impl<V: Vfs> NodeTask<V> {
                 EntryPayload::Command(c) => Some(self.applier.apply(e.index, e.term, c)),
                 _ => None,
             };
+            self.applied = e.index;
             if let Some((term, reply, since)) = self.proposals.remove(&e.index) {
                 self.metrics.commit_latency.observe(since.elapsed());
                 let res = if term == e.term {
@@ -955,7 +990,8 @@ impl<V: Vfs> NodeTask<V> {
             }
         }
         self.raft.advance(f.token);
-        let applied = self.raft.applied_index();
+        debug_assert_eq!(self.applied, self.raft.applied_index());
+        let applied = self.applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed_reads)
             .into_iter()
             .partition(|(i, _)| *i <= applied);

@@ -5,9 +5,13 @@
 //! from its newest snapshot plus the log after it.
 //!
 //! Invariants:
-//! 1. A received snapshot becomes visible only after its checksum verified
-//!    (see `storage::snapshot`), and only then is `InstallSnapshot` stepped.
-//! 2. Snapshot bytes move in bounded pieces: a reader on the sending side,
+//! 1. A received snapshot is staged once its checksum verified (see
+//!    `storage::snapshot`), and only then is `InstallSnapshot` stepped; it
+//!    joins the snapshots a restart starts from only when Raft accepted it
+//!    ([`SnapshotFiles::promote`], before the log records the install).
+//! 2. A snapshot file, once published, is never overwritten: its
+//!    `(index, term)` names one committed prefix.
+//! 3. Snapshot bytes move in bounded pieces: a reader on the sending side,
 //!    [`IncomingSnapshot::write`] on the receiving side; no message carries
 //!    a whole snapshot.
 
@@ -54,6 +58,12 @@ pub trait SnapshotFiles: Send + Sync {
     fn begin(&self, index: LogIndex, term: Term) -> Result<Box<dyn IncomingSnapshot>, String>;
     /// Keeps only the newest `n` snapshots.
     fn retain(&self, n: usize) -> Result<(), String>;
+    /// Raft accepted the received snapshot ending at `(index, term)`: move
+    /// it from the staging area (where [`IncomingSnapshot::finish`] left it)
+    /// among the snapshots a restart starts from. If a snapshot of that
+    /// `(index, term)` exists already it is kept (both hold the same
+    /// committed prefix) and the staged copy dropped.
+    fn promote(&self, index: LogIndex, term: Term) -> Result<(), String>;
 }
 
 impl<V: Vfs> IncomingSnapshot for RawSnapshotWriter<V> {
@@ -99,6 +109,11 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
     }
     fn retain(&self, n: usize) -> Result<(), String> {
         SnapshotStore::retain(self, n).map_err(|e| e.to_string())
+    }
+    fn promote(&self, index: LogIndex, term: Term) -> Result<(), String> {
+        SnapshotStore::promote(self, index, term)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -20,6 +20,9 @@ pub enum PlantedBug {
     CommitPreviousTermByCount,
     /// Send the vote before the vote is durable.
     VoteBeforePersist,
+    /// Count a snapshot as applied when it is stepped, before the driver
+    /// restored the state machine from it.
+    AppliedBeforeRestore,
 }
 
 /// Settings of one Raft node.

@@ -6,7 +6,10 @@
 //! `bytes::Bytes`, so holding them costs no copies.
 //!
 //! Cursors, in order:
-//! `applied <= committed`, `applied <= handed_apply`,
+//! `applied <= committed`, `applied <= handed_apply`, and `applied` moves
+//! only through `Raft::advance` (for an installed snapshot too: a snapshot
+//! stepped but not yet restored by the driver raises `handed_apply`, never
+//! `applied`),
 //! `persisted <= handed_persist <= last_index`.
 //!
 //! Invariants:
@@ -120,7 +123,10 @@ impl RaftLog {
         self.offset = index;
         self.offset_term = term;
         self.committed = self.committed.max(index);
-        self.applied = self.applied.max(index);
+        // `applied` stays: it moves only when the driver reports (through
+        // `Raft::advance`) that the state machine was restored from this
+        // snapshot. Until then the applied state is the old one, and
+        // nothing may snapshot or serve reads as if it were not.
         self.handed_apply = self.handed_apply.max(index);
         if keep {
             self.persisted = self.persisted.max(index);

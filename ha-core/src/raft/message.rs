@@ -9,10 +9,12 @@
 //! 1. An append's entries are contiguous, start at `prev_index + 1`, and none
 //!    has a term above the message's term.
 //! 2. An append's `prev_term` is not above the message's term.
+//! 3. Every term is at most [`MAX_TERM`] and every index at most
+//!    [`MAX_INDEX`], so no arithmetic on them can overflow.
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, LogIndex, NodeId, Term};
+use crate::types::{Entry, LogIndex, MAX_INDEX, MAX_TERM, NodeId, Term};
 
 /// One message between two nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +123,21 @@ pub enum MessageError {
         /// The append's `prev_index`.
         prev_index: LogIndex,
     },
+    /// A term or index is beyond what any real cluster reaches
+    /// ([`MAX_TERM`], [`MAX_INDEX`]): corrupt or hostile input.
+    #[error("{what} {value} is out of range")]
+    OutOfRange {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// More entries than fit below [`MAX_INDEX`].
+    #[error("append carries {count} entries")]
+    TooManyEntries {
+        /// How many.
+        count: usize,
+    },
     /// An entry or `prev_term` claims a term above the message's.
     #[error("append carries term {entry_term} above the message term {message_term}")]
     TermFromFuture {
@@ -134,6 +151,7 @@ pub enum MessageError {
 impl Message {
     /// Checks the invariants in the module docs.
     pub fn validate(&self) -> Result<(), MessageError> {
+        self.validate_ranges()?;
         if let Body::InstallSnapshot { term, .. } = &self.body
             && *term > self.term
         {
@@ -170,5 +188,137 @@ impl Message {
             }
         }
         Ok(())
+    }
+}
+
+impl Message {
+    /// Checks invariant 3: every term and index in range.
+    fn validate_ranges(&self) -> Result<(), MessageError> {
+        let term = |what, t: Term| {
+            if t.is_sane() {
+                Ok(())
+            } else {
+                Err(MessageError::OutOfRange { what, value: t.0 })
+            }
+        };
+        let index = |what, i: LogIndex| {
+            if i.is_sane() {
+                Ok(())
+            } else {
+                Err(MessageError::OutOfRange { what, value: i.0 })
+            }
+        };
+        debug_assert!(MAX_TERM < u64::MAX / 2 && MAX_INDEX < u64::MAX / 2);
+        term("message term", self.term)?;
+        match &self.body {
+            Body::PreVote {
+                last_index,
+                last_term,
+            }
+            | Body::Vote {
+                last_index,
+                last_term,
+            } => {
+                index("last index", *last_index)?;
+                term("last term", *last_term)
+            }
+            Body::PreVoteResponse { .. }
+            | Body::VoteResponse { .. }
+            | Body::HeartbeatResponse { .. } => Ok(()),
+            Body::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                index("prev index", *prev_index)?;
+                term("prev term", *prev_term)?;
+                index("commit index", *commit)?;
+                if entries.len() as u64 > MAX_INDEX - prev_index.0 {
+                    return Err(MessageError::TooManyEntries {
+                        count: entries.len(),
+                    });
+                }
+                Ok(())
+            }
+            Body::AppendResponse(AppendOutcome::Accepted { match_index }) => {
+                index("match index", *match_index)
+            }
+            Body::AppendResponse(AppendOutcome::Rejected {
+                rejected,
+                hint_index,
+                hint_term,
+            }) => {
+                index("rejected index", *rejected)?;
+                index("hint index", *hint_index)?;
+                term("hint term", *hint_term)
+            }
+            Body::Heartbeat { commit, .. } => index("commit index", *commit),
+            Body::InstallSnapshot { index: i, term: t } => {
+                index("snapshot index", *i)?;
+                term("snapshot term", *t)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(term: u64, body: Body) -> Message {
+        Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term: Term(term),
+            body,
+        }
+    }
+
+    #[test]
+    fn absurd_terms_and_indexes_are_refused() {
+        let bad = [
+            msg(u64::MAX, Body::HeartbeatResponse { seq: 1 }),
+            msg(MAX_TERM + 1, Body::VoteResponse { granted: true }),
+            msg(
+                3,
+                Body::Heartbeat {
+                    commit: LogIndex(u64::MAX),
+                    seq: 1,
+                },
+            ),
+            msg(
+                3,
+                Body::AppendResponse(AppendOutcome::Accepted {
+                    match_index: LogIndex(MAX_INDEX + 1),
+                }),
+            ),
+            msg(
+                3,
+                Body::Vote {
+                    last_index: LogIndex(u64::MAX),
+                    last_term: Term(1),
+                },
+            ),
+            msg(
+                3,
+                Body::Append {
+                    prev_index: LogIndex(u64::MAX - 1),
+                    prev_term: Term(1),
+                    entries: Vec::new(),
+                    commit: LogIndex(0),
+                },
+            ),
+        ];
+        for m in bad {
+            assert!(
+                matches!(m.validate(), Err(MessageError::OutOfRange { .. })),
+                "{m:?} was accepted"
+            );
+        }
+        assert_eq!(
+            msg(MAX_TERM, Body::HeartbeatResponse { seq: 1 }).validate(),
+            Ok(())
+        );
     }
 }

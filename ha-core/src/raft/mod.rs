@@ -205,6 +205,9 @@ pub struct Ready {
 pub struct ReadyToken {
     persisted: Option<(LogIndex, Term)>,
     applied: Option<LogIndex>,
+    /// The snapshot this Ready asked the driver to restore: once advanced,
+    /// the state machine holds it.
+    restored: Option<LogIndex>,
 }
 
 impl Ready {
@@ -262,6 +265,17 @@ impl Raft {
         config.validate()?;
         init.membership.validate()?;
         let (snap_index, snap_term) = init.snapshot_last;
+        let hs = init.hard_state;
+        if !hs.term.is_sane()
+            || !hs.commit.is_sane()
+            || !snap_term.is_sane()
+            || !snap_index.is_sane()
+        {
+            return Err(format!(
+                "stored state is out of range (term {}, commit {}, snapshot {}@{})",
+                hs.term, hs.commit, snap_index, snap_term
+            ));
+        }
         if let Some(first) = init.entries.first()
             && first.index != snap_index.next()
         {
@@ -351,7 +365,9 @@ impl Raft {
     pub fn commit_index(&self) -> LogIndex {
         self.log.committed
     }
-    /// The highest index the driver reported applied.
+    /// The highest index the driver reported applied (through
+    /// [`Raft::advance`]): the state machine holds exactly the entries up to
+    /// it. A snapshot stepped but not yet restored does not count.
     pub fn applied_index(&self) -> LogIndex {
         self.log.applied
     }
@@ -658,9 +674,11 @@ impl Raft {
         let soft_state = (ss != self.last_soft_state).then_some(ss);
         self.last_soft_state = ss;
         self.ready_outstanding = true;
+        let snapshot = self.installed_snapshot.take();
         let token = ReadyToken {
             persisted: entries.last().map(|e| (e.index, e.term)),
             applied: committed_entries.last().map(|e| e.index),
+            restored: snapshot.map(|s| s.index),
         };
         Ready {
             messages: std::mem::take(&mut self.msgs),
@@ -671,16 +689,22 @@ impl Raft {
             read_states: std::mem::take(&mut self.read_states),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
             soft_state,
-            snapshot: self.installed_snapshot.take(),
+            snapshot,
             send_snapshots: std::mem::take(&mut self.snapshots_to_send),
             token,
         }
     }
 
-    /// Confirms that a Ready was handled: its entries are durable and its
-    /// committed entries applied.
+    /// Confirms that a Ready was handled: its entries are durable, its
+    /// snapshot (if any) restored into the state machine, and its committed
+    /// entries applied. This is the only way the applied index moves.
     pub fn advance(&mut self, token: ReadyToken) {
         self.ready_outstanding = false;
+        if let Some(restored) = token.restored
+            && restored > self.log.applied
+        {
+            self.log.applied = restored;
+        }
         if let Some((index, term)) = token.persisted {
             self.log.persisted_to(index, term);
             if self.is_leader() {
@@ -1077,6 +1101,12 @@ impl Raft {
                 if let Some(prev_term) = self.log.term(prev) {
                     self.msgs.push(append(prev, prev_term, Vec::new()));
                     p.commit_sent = committed;
+                } else {
+                    // The probe's entry was compacted away: the window
+                    // cannot be settled by a probe. Search again from what
+                    // is known to match (which leads to a snapshot if that
+                    // is compacted too).
+                    p.on_unreachable();
                 }
             }
             while p.can_send(max_inflight) {
@@ -1191,6 +1221,10 @@ impl Raft {
             return;
         }
         let keep_suffix = self.log.install_snapshot(index, term);
+        #[cfg(feature = "planted-bugs")]
+        if self.config.has_bug(PlantedBug::AppliedBeforeRestore) {
+            self.log.applied = self.log.applied.max(index);
+        }
         self.installed_snapshot = Some(SnapshotInstall {
             index,
             term,

@@ -112,6 +112,16 @@ impl Progress {
             self.next_index = index.next();
         }
         match &mut self.state {
+            ProgressState::Snapshot { index: pending } if self.match_index < *pending => {
+                // An answer to an append sent before the snapshot was asked
+                // for: the follower still needs the snapshot, whose transfer
+                // is under way. Leaving this state now would start a second,
+                // concurrent transfer once the next append finds its entries
+                // compacted away.
+                if self.next_index <= *pending {
+                    self.next_index = pending.next();
+                }
+            }
             ProgressState::Probe { .. } | ProgressState::Snapshot { .. } => {
                 // The logs agree up to `index`: start streaming.
                 self.state = ProgressState::Replicate {
@@ -157,15 +167,20 @@ impl Progress {
 
     /// The follower answered heartbeat `seq`: a paused probe may try again,
     /// and if that heartbeat was sent after the oldest unacknowledged append,
-    /// the append was overtaken and probably lost: free its window slot and
-    /// send a liveness probe.
+    /// the append may have been lost: send a liveness probe.
+    ///
+    /// The window slot is *not* freed: heartbeats travel on their own
+    /// connection and routinely overtake appends that are merely slow, so
+    /// freeing slots here would let the window grow without bound. The
+    /// probe (an empty append behind the in-flight ones, on the same
+    /// ordered path) settles it: its acceptance acknowledges every append
+    /// before it, and its rejection restarts probing.
     pub fn on_heartbeat_response(&mut self, seq: u64) {
         match &mut self.state {
             ProgressState::Probe { paused } => *paused = false,
             ProgressState::Replicate { inflight } => {
                 if inflight.front().is_some_and(|(_, sent_at)| *sent_at < seq) {
                     self.liveness_probe = true;
-                    inflight.pop_front();
                 }
             }
             ProgressState::Snapshot { .. } => {}
@@ -237,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn an_append_overtaken_by_a_heartbeat_frees_its_slot_and_probes() {
+    fn an_append_overtaken_by_a_heartbeat_probes_but_keeps_its_slot() {
         let mut p = Progress::new(LogIndex(1));
         p.on_sent(LogIndex(1), 0);
         p.on_ack(LogIndex(1));
@@ -246,10 +261,38 @@ mod tests {
         p.on_heartbeat_response(3);
         assert!(!p.liveness_probe);
         assert!(!p.can_send(1));
-        // Heartbeat 4 was sent after the append and came back first.
-        p.on_heartbeat_response(4);
+        // Heartbeats 4..14 were sent after the append and came back first
+        // (they travel on another connection): the append may be slow, not
+        // lost, so the window stays full; a probe is asked for.
+        for seq in 4..14 {
+            p.on_heartbeat_response(seq);
+            assert!(!p.can_send(1), "heartbeat {seq} freed a window slot");
+        }
         assert!(p.liveness_probe);
+        // The probe's acceptance (it travelled behind the append) frees it.
+        p.on_ack(LogIndex(5));
         assert!(p.can_send(1));
+    }
+
+    #[test]
+    fn a_stale_ack_does_not_end_a_snapshot_transfer() {
+        let mut p = Progress::new(LogIndex(10));
+        p.on_sent(LogIndex(10), 0);
+        p.on_ack(LogIndex(10));
+        p.start_snapshot(LogIndex(50));
+        // An answer to an append sent before the snapshot was asked for.
+        p.on_ack(LogIndex(10));
+        assert_eq!(
+            p.state,
+            ProgressState::Snapshot {
+                index: LogIndex(50)
+            }
+        );
+        assert!(!p.can_send(4), "no appends while the transfer runs");
+        // The follower reports it holds the snapshot: streaming resumes.
+        p.on_ack(LogIndex(50));
+        assert!(matches!(p.state, ProgressState::Replicate { .. }));
+        assert_eq!(p.next_index, LogIndex(51));
     }
 
     #[test]

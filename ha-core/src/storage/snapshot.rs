@@ -17,6 +17,12 @@
 //! 2. [`SnapshotStore::latest`] returns the newest snapshot or an error; a
 //!    damaged newest snapshot is an error, never an empty state and never a
 //!    silent fall-back to an older one.
+//! 3. A published `snap-<index>-<term>.snap` is never overwritten: a second
+//!    save of the same `(index, term)` keeps the first file.
+//! 4. A snapshot received from a peer is verified into a `.staged` file and
+//!    becomes a `.snap` only through [`SnapshotStore::promote`], once Raft
+//!    accepted it; staged files left by a crash are removed at open, so a
+//!    refused snapshot never becomes "the newest".
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +75,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 
 fn file_name(index: LogIndex, term: Term) -> String {
     format!("snap-{:020}-{:020}.snap", index.0, term.0)
+}
+
+/// Where a received, verified snapshot waits for Raft to accept it.
+fn staged_name(index: LogIndex, term: Term) -> String {
+    format!("snap-{:020}-{:020}.staged", index.0, term.0)
 }
 
 fn parse_name(name: &str) -> Option<(u64, u64)> {
@@ -230,9 +241,20 @@ impl<V: Vfs> RawSnapshotWriter<V> {
             return Err(corrupt("checksum mismatch"));
         }
         self.file.sync().map_err(io_err(&self.tmp))?;
-        let path = self.store.publish(&self.tmp, self.index, self.term)?;
-        // Parse the header (and check it names what was announced).
-        self.store.read_meta(&path, (self.index.0, self.term.0))
+        let staged = self.store.dir.join(staged_name(self.index, self.term));
+        // Parse the header (and check it names what was announced) first.
+        let meta = self
+            .store
+            .read_meta(&self.tmp, (self.index.0, self.term.0))?;
+        self.store
+            .vfs
+            .rename(&self.tmp, &staged)
+            .map_err(io_err(&staged))?;
+        self.store
+            .vfs
+            .sync_dir(&self.store.dir)
+            .map_err(io_err(&self.store.dir))?;
+        Ok(meta)
     }
 }
 
@@ -241,7 +263,7 @@ impl<V: Vfs> SnapshotStore<V> {
     pub fn open(vfs: V, dir: &Path) -> Result<SnapshotStore<V>, SnapshotError> {
         vfs.create_dir_all(dir).map_err(io_err(dir))?;
         for name in vfs.list(dir).map_err(io_err(dir))? {
-            if name.ends_with(".tmp") {
+            if name.ends_with(".tmp") || name.ends_with(".staged") {
                 let p = dir.join(&name);
                 vfs.remove(&p).map_err(io_err(&p))?;
             }
@@ -256,9 +278,44 @@ impl<V: Vfs> SnapshotStore<V> {
     /// (invariant 1); returns the final path.
     fn publish(&self, tmp: &Path, index: LogIndex, term: Term) -> Result<PathBuf, SnapshotError> {
         let path = self.dir.join(file_name(index, term));
+        if self.exists(&path)? {
+            // Invariant 3: the first file of this (index, term) stays.
+            self.vfs.remove(tmp).map_err(io_err(tmp))?;
+            return Ok(path);
+        }
         self.vfs.rename(tmp, &path).map_err(io_err(&path))?;
         self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
         Ok(path)
+    }
+
+    fn exists(&self, path: &Path) -> Result<bool, SnapshotError> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        Ok(self
+            .vfs
+            .list(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .iter()
+            .any(|n| n == name))
+    }
+
+    /// Raft accepted the staged snapshot ending at `(index, term)`: publish
+    /// it (invariant 4). Returns its final path.
+    pub fn promote(&self, index: LogIndex, term: Term) -> Result<PathBuf, SnapshotError> {
+        let staged = self.dir.join(staged_name(index, term));
+        if !self.exists(&staged)? {
+            let path = self.dir.join(file_name(index, term));
+            if self.exists(&path)? {
+                return Ok(path);
+            }
+            return Err(SnapshotError::Io {
+                path: staged,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the accepted snapshot was never received",
+                ),
+            });
+        }
+        self.publish(&staged, index, term)
     }
 
     /// Starts writing a snapshot.
@@ -435,6 +492,9 @@ mod tests {
             w.write(piece).unwrap();
         }
         assert_eq!(w.finish().unwrap(), meta(50, 3));
+        // Verified but staged: not a snapshot to start from until accepted.
+        assert!(b.latest().unwrap().is_none());
+        b.promote(LogIndex(50), Term(3)).unwrap();
         assert_eq!(b.latest().unwrap().unwrap().1, data);
         // Damaged in transit: refused, nothing visible.
         let c = SnapshotStore::open(fs, Path::new("/c")).unwrap();
@@ -448,6 +508,40 @@ mod tests {
         let mut w = c.raw_writer(LogIndex(50), Term(3)).unwrap();
         w.write(&file[..file.len() / 2]).unwrap();
         assert!(w.finish().is_err());
+    }
+
+    #[test]
+    fn a_staged_snapshot_never_accepted_is_gone_after_a_restart() {
+        let fs = SimFs::new();
+        let a = SnapshotStore::open(fs.clone(), Path::new("/a")).unwrap();
+        let b = SnapshotStore::open(fs.clone(), Path::new("/b")).unwrap();
+        a.save(meta(10, 1), b"old").unwrap();
+        b.save(meta(10, 1), b"old").unwrap();
+        a.save(meta(90, 4), &[7u8; 1000]).unwrap();
+        let (_, _, mut r) = a.open_latest_file().unwrap().unwrap();
+        let mut file = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut file).unwrap();
+        let mut w = b.raw_writer(LogIndex(90), Term(4)).unwrap();
+        w.write(&file).unwrap();
+        w.finish().unwrap();
+        // Raft refused it (no promote); the node restarts.
+        let b = SnapshotStore::open(fs, Path::new("/b")).unwrap();
+        assert_eq!(b.latest().unwrap().unwrap().0, meta(10, 1));
+        assert!(b.promote(LogIndex(90), Term(4)).is_err());
+    }
+
+    #[test]
+    fn a_published_snapshot_is_never_overwritten() {
+        let fs = SimFs::new();
+        let a = SnapshotStore::open(fs, Path::new("/a")).unwrap();
+        a.save(meta(40, 2), b"the received state").unwrap();
+        // A second save of the same (index, term), as a node whose applied
+        // state lagged would attempt: the first file stays.
+        a.save(meta(40, 2), b"a stale local state").unwrap();
+        assert_eq!(
+            a.load(LogIndex(40), Term(2)).unwrap().1,
+            b"the received state"
+        );
     }
 
     #[test]
