@@ -15,7 +15,17 @@
 //!    is how peers prove who they are (see [`node_server_name`]).
 //! 2. Creating is idempotent: existing files are kept, missing ones are
 //!    issued by the existing CA.
-//! 3. Private keys are written with mode 0600.
+//! 3. A CA is created only when neither `ca.pem` nor `ca.key` exists. With
+//!    only one of them, or with `ca.pem` but its key away (kept offline)
+//!    while something needs issuing, creating is refused
+//!    ([`CertError::Refused`]): a new CA would lock every existing
+//!    certificate and data directory out of the cluster.
+//! 4. Every file is written under a fresh, unique temporary name, created
+//!    exclusively with its final mode (0600 for private keys) from the
+//!    start, synced, then renamed into place, and the directory synced: a
+//!    key never passes through a wider mode or another file's permissions.
+//! 5. An existing private key that others than its owner may read is
+//!    reported ([`CertsReport::warnings`]; logged when loaded).
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +63,19 @@ pub enum CertError {
     /// Generating a key or certificate failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// Creating would replace or bypass the cluster CA (invariant 3).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What [`create_cluster_certs_report`] did.
+#[derive(Debug, Default)]
+pub struct CertsReport {
+    /// The files it wrote.
+    pub written: Vec<PathBuf>,
+    /// Things the operator should fix (one line each), such as private keys
+    /// readable by group or others.
+    pub warnings: Vec<String>,
 }
 
 /// A loaded identity: the CA to trust, and our own chain and key.
@@ -104,28 +127,81 @@ fn ca_params() -> CertificateParams {
     p
 }
 
+/// Writes `path` atomically with its final mode from the start (invariant
+/// 4): a fresh temporary file created exclusively next to it, synced,
+/// renamed over it, and the directory synced.
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
-    let io = |source| CertError::Io {
-        path: path.to_path_buf(),
-        source,
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CertError::Io { path: p, source }
     };
-    let tmp = path.with_extension("tmp");
-    {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.{nanos}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
         use std::io::Write;
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
-        if private {
+        {
             use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+            opts.mode(if private { 0o600 } else { 0o644 });
         }
         #[cfg(not(unix))]
         let _ = private;
-        let mut f = opts.open(&tmp).map_err(io)?;
-        f.write_all(contents.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+        f.write_all(contents.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    written?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}
+
+fn exists(path: &Path) -> Result<bool, CertError> {
+    path.try_exists().map_err(|source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A warning if the key at `path` may be read by group or others.
+fn key_mode_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "private key {} has mode {mode:03o}: group or others may read it; \
+                 restrict it with chmod 600",
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 fn read_text(path: &Path) -> Result<String, CertError> {
@@ -137,37 +213,100 @@ fn read_text(path: &Path) -> Result<String, CertError> {
 
 /// Creates, in `dir`, a cluster CA (unless one exists), a certificate for
 /// every node in `nodes` and a client certificate (unless they exist).
-/// Returns the paths it wrote.
+/// Returns the paths it wrote; warnings are logged. See
+/// [`create_cluster_certs_report`].
 pub fn create_cluster_certs(dir: &Path, nodes: &[NodeId]) -> Result<Vec<PathBuf>, CertError> {
+    let report = create_cluster_certs_report(dir, nodes)?;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(report.written)
+}
+
+/// Like [`create_cluster_certs`], returning the warnings too. Refuses
+/// (invariant 3) when only one of `ca.pem` and `ca.key` exists, and when
+/// `ca.key` is away while a certificate needs issuing.
+pub fn create_cluster_certs_report(dir: &Path, nodes: &[NodeId]) -> Result<CertsReport, CertError> {
     std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut written = Vec::new();
+    let mut report = CertsReport::default();
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    let ca_key_pair = if ca_pem.exists() && ca_key.exists() {
-        KeyPair::from_pem(&read_text(&ca_key)?).map_err(|e| CertError::Invalid {
-            path: ca_key.clone(),
-            reason: e.to_string(),
-        })?
-    } else {
-        let key = KeyPair::generate()?;
-        let cert = ca_params().self_signed(&key)?;
-        write_file(&ca_key, &key.serialize_pem(), true)?;
-        write_file(&ca_pem, &cert.pem(), false)?;
-        written.extend([ca_pem.clone(), ca_key.clone()]);
-        key
-    };
-    // An issuer with the CA's name and key signs exactly as the stored CA.
-    let issuer = Issuer::new(ca_params(), ca_key_pair);
-    let mut issue = |name: &str, sans: Vec<SanType>, eku: Vec<ExtendedKeyUsagePurpose>| {
+    // What needs issuing: every leaf whose certificate or key is missing.
+    let mut leaves: Vec<(String, Vec<SanType>, Vec<ExtendedKeyUsagePurpose>)> = Vec::new();
+    for id in nodes {
+        let name = node_server_name(*id);
+        let sans = vec![
+            SanType::DnsName(name.clone().try_into()?),
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        ];
+        let eku = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        leaves.push((name, sans, eku));
+    }
+    leaves.push((
+        "client".into(),
+        vec![SanType::DnsName("client".try_into()?)],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    ));
+    let mut missing = Vec::new();
+    for (name, sans, eku) in leaves {
         let (pem, key) = (
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}.key")),
         );
-        if pem.exists() && key.exists() {
-            return Ok::<(), CertError>(());
+        if exists(&pem)? && exists(&key)? {
+            report.warnings.extend(key_mode_warning(&key));
+        } else {
+            missing.push((name, pem, key, sans, eku));
         }
+    }
+    let ca_key_pair = match (exists(&ca_pem)?, exists(&ca_key)?) {
+        (true, true) => {
+            report.warnings.extend(key_mode_warning(&ca_key));
+            if missing.is_empty() {
+                return Ok(report);
+            }
+            KeyPair::from_pem(&read_text(&ca_key)?).map_err(|e| CertError::Invalid {
+                path: ca_key.clone(),
+                reason: e.to_string(),
+            })?
+        }
+        (true, false) if missing.is_empty() => return Ok(report),
+        (true, false) => {
+            return Err(CertError::Refused(format!(
+                "{} needs issuing but the CA key {} is missing (kept offline?): bring ca.key \
+                 back into {} and run again; a new CA would lock out every existing \
+                 certificate and data directory",
+                missing[0].1.display(),
+                ca_key.display(),
+                dir.display()
+            )));
+        }
+        (false, true) => {
+            return Err(CertError::Refused(format!(
+                "{} exists but the CA certificate {} does not: restore ca.pem (or move \
+                 ca.key away to start a new cluster); refusing to create a new CA over it",
+                ca_key.display(),
+                ca_pem.display()
+            )));
+        }
+        (false, false) => {
+            let key = KeyPair::generate()?;
+            let cert = ca_params().self_signed(&key)?;
+            write_file(&ca_key, &key.serialize_pem(), true)?;
+            write_file(&ca_pem, &cert.pem(), false)?;
+            report.written.extend([ca_pem.clone(), ca_key.clone()]);
+            key
+        }
+    };
+    // An issuer with the CA's name and key signs exactly as the stored CA.
+    let issuer = Issuer::new(ca_params(), ca_key_pair);
+    for (name, pem, key, sans, eku) in missing {
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, name);
         p.subject_alt_names = sans;
@@ -177,31 +316,9 @@ pub fn create_cluster_certs(dir: &Path, nodes: &[NodeId]) -> Result<Vec<PathBuf>
         let cert = p.signed_by(&leaf_key, &issuer)?;
         write_file(&key, &leaf_key.serialize_pem(), true)?;
         write_file(&pem, &cert.pem(), false)?;
-        written.extend([pem, key]);
-        Ok(())
-    };
-    for id in nodes {
-        let name = node_server_name(*id);
-        let sans = vec![
-            SanType::DnsName(name.clone().try_into()?),
-            SanType::DnsName("localhost".try_into()?),
-            SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-        ];
-        issue(
-            &name,
-            sans,
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        )?;
+        report.written.extend([pem, key]);
     }
-    issue(
-        "client",
-        vec![SanType::DnsName("client".try_into()?)],
-        vec![ExtendedKeyUsagePurpose::ClientAuth],
-    )?;
-    Ok(written)
+    Ok(report)
 }
 
 fn load_cert(path: &Path) -> Result<CertificateDer<'static>, CertError> {
@@ -214,6 +331,9 @@ fn load_cert(path: &Path) -> Result<CertificateDer<'static>, CertError> {
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let text = read_text(path)?;
+    if let Some(w) = key_mode_warning(path) {
+        tracing::warn!("{w}");
+    }
     PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| CertError::Invalid {
         path: path.to_path_buf(),
         reason: format!("no PEM private key ({e})"),
@@ -270,6 +390,86 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_missing_half_of_the_ca_is_never_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        create_cluster_certs(d, &[NodeId(1), NodeId(2)]).unwrap();
+        let ca_before = std::fs::read(d.join("ca.pem")).unwrap();
+        let key = std::fs::read(d.join("ca.key")).unwrap();
+        // The CA key kept offline: existing certificates are fine...
+        std::fs::remove_file(d.join("ca.key")).unwrap();
+        let again = create_cluster_certs(d, &[NodeId(1), NodeId(2)]).unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        // ...but a new node needs the key back, not a new CA.
+        let err = create_cluster_certs(d, &[NodeId(1), NodeId(3)]).unwrap_err();
+        assert!(matches!(err, CertError::Refused(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("node-3.pem") && msg.contains("bring ca.key back"),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        assert!(!d.join("node-3.pem").exists() && !d.join("node-3.key").exists());
+        assert!(!d.join("ca.key").exists(), "no new CA key");
+        assert_eq!(std::fs::read(d.join("ca.pem")).unwrap(), ca_before);
+        // The key without its certificate: refused too, whatever is asked.
+        std::fs::write(d.join("ca.key"), &key).unwrap();
+        std::fs::remove_file(d.join("ca.pem")).unwrap();
+        let err = create_cluster_certs(d, &[NodeId(1)]).unwrap_err();
+        assert!(err.to_string().contains("restore ca.pem"), "{err}");
+        assert!(!d.join("ca.pem").exists());
+        assert_eq!(std::fs::read(d.join("ca.key")).unwrap(), key);
+        // Both back: node 3 is issued by the same CA.
+        std::fs::write(d.join("ca.pem"), &ca_before).unwrap();
+        create_cluster_certs(d, &[NodeId(3)]).unwrap();
+        assert_eq!(
+            load_node_identity(d, NodeId(3)).unwrap().cluster_id(),
+            load_node_identity(d, NodeId(1)).unwrap().cluster_id()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_created_private_through_unique_temporaries() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
+        create_cluster_certs(d, &[NodeId(1)]).unwrap();
+        // A stale temporary, world-readable, where a shared name would be.
+        for stale in ["node-2.tmp", "node-2.key.tmp"] {
+            std::fs::write(d.join(stale), "stale").unwrap();
+            std::fs::set_permissions(d.join(stale), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        // And a certificate without its key: the key is issued afresh.
+        std::fs::remove_file(d.join("client.key")).unwrap();
+        let report = create_cluster_certs_report(d, &[NodeId(1), NodeId(2)]).unwrap();
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        for key in ["ca.key", "node-1.key", "node-2.key", "client.key"] {
+            assert_eq!(mode(key), 0o600, "{key}");
+        }
+        assert_eq!(mode("node-2.pem") & 0o600, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") && n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // An existing key others may read is reported.
+        std::fs::set_permissions(d.join("node-1.key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let report = create_cluster_certs_report(d, &[NodeId(1)]).unwrap();
+        assert!(report.written.is_empty());
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0].contains("node-1.key") && report.warnings[0].contains("644"),
+            "{:?}",
+            report.warnings
+        );
     }
 
     #[test]

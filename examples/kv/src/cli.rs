@@ -35,7 +35,8 @@ pub struct ClientArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a cluster CA and node and client certificates (idempotent).
+    /// Create a cluster CA (only if neither ca.pem nor ca.key exists) and
+    /// node and client certificates (idempotent: existing files are kept).
     Certs {
         /// Where to write them.
         #[arg(long)]
@@ -138,8 +139,12 @@ pub async fn run(cli: Cli) -> i32 {
             if ids.iter().any(|i| i.0 == 0) {
                 usage_error("--nodes: node ids start at 1");
             }
-            match ha_quic::create_cluster_certs(&dir, &ids) {
-                Ok(written) => {
+            match ha_quic::certs::create_cluster_certs_report(&dir, &ids) {
+                Ok(report) => {
+                    for w in &report.warnings {
+                        eprintln!("ha-kv: warning: {w}");
+                    }
+                    let written = report.written;
                     for p in &written {
                         eprintln!("wrote {}", p.display());
                     }
