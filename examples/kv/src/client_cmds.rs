@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ha_core::protocol::{ClientRequest, ClientResponse};
+use ha_core::protocol::{AvailabilityView, ClientRequest, ClientResponse, StatusView};
 use ha_core::{ClientOptions, Consistency};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
@@ -141,6 +141,46 @@ pub async fn cas(c: &ClientArgs, key: String, expected: Option<String>, new: Str
     emit(do_cas(&client(c), key, expected, new).await)
 }
 
+/// One `status` line, with the contract's field names and order (the wire
+/// type's `last_index` is the contract's `last_log_index`).
+#[derive(serde::Serialize)]
+struct StatusLine<'a> {
+    id: u64,
+    role: &'a str,
+    term: u64,
+    leader: Option<u64>,
+    commit_index: u64,
+    applied_index: u64,
+    last_log_index: u64,
+    snapshot_index: u64,
+    voters: &'a [u64],
+    learners: &'a [u64],
+    availability: &'a AvailabilityView,
+}
+
+/// The JSON line `ha-kv status` prints for a node's status.
+fn status_line(s: &StatusView) -> String {
+    let line = StatusLine {
+        id: s.id,
+        // The contract's roles: leader, follower, candidate, learner.
+        role: if s.role == "precandidate" {
+            "candidate"
+        } else {
+            &s.role
+        },
+        term: s.term,
+        leader: s.leader,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        last_log_index: s.last_index,
+        snapshot_index: s.snapshot_index,
+        voters: &s.voters,
+        learners: &s.learners,
+        availability: &s.availability,
+    };
+    serde_json::to_string(&line).expect("a status line encodes")
+}
+
 /// `ha-kv status`: one JSON line per reachable node; the rest on stderr.
 pub async fn status(c: &ClientArgs) -> i32 {
     let identity = ha_quic::load_client_identity(&c.tls_dir).unwrap_or_else(|e| {
@@ -162,7 +202,7 @@ pub async fn status(c: &ClientArgs) -> i32 {
         match tokio::time::timeout(timeout, asked).await {
             Ok(Ok(ClientResponse::Status(s))) => {
                 reachable += 1;
-                println!("{}", serde_json::to_string(&s).expect("status encodes"));
+                println!("{}", status_line(&s));
             }
             Ok(Ok(other)) => eprintln!("ha-kv: node at {addr} answered oddly: {other:?}"),
             Ok(Err(e)) => eprintln!("ha-kv: node at {addr} unreachable: {e}"),
@@ -294,4 +334,32 @@ pub async fn bench(a: BenchArgs) -> i32 {
         })
     );
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_line_uses_the_contract_field_names() {
+        let s = StatusView {
+            id: 1,
+            role: "precandidate".into(),
+            term: 7,
+            leader: None,
+            commit_index: 120,
+            applied_index: 120,
+            last_index: 121,
+            snapshot_index: 100,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            availability: AvailabilityView::default(),
+        };
+        let line = status_line(&s);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["last_log_index"], 121, "{line}");
+        assert!(v.get("last_index").is_none(), "{line}");
+        assert_eq!(v["role"], "candidate");
+        assert!(line.starts_with(r#"{"id":1,"role":"candidate","term":7,"leader":null,"#));
+    }
 }
