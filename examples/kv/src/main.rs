@@ -6,6 +6,7 @@
 //! applied (or a compare-and-set mismatch), 2 bad usage or configuration, 3
 //! outcome unknown.
 
+mod bootstrap;
 mod cli;
 mod client_cmds;
 mod demo;

@@ -1,5 +1,12 @@
 //! Prometheus text on `/metrics`, from a minimal HTTP/1.0 responder.
 //!
+//! Owns: rendering the metrics, and the responder's connection handling.
+//! Invariants of the responder: at most [`MAX_CONNECTIONS`] connections are
+//! served at once (the rest wait in the kernel's backlog); a client gets
+//! [`IO_TIMEOUT`] to send its request head and again to take the answer; a
+//! failed accept is logged and retried after [`ACCEPT_BACKOFF`], never the
+//! end of the listener; a bare port binds loopback ([`listen_addr`]).
+//!
 //! Metrics (all prefixed `ha_`):
 //! - `term`, `role{role=..}`, `commit_index`, `applied_index`, `last_index`
 //! - `elections_won_total`, `proposals_total`, `applied_entries_total`
@@ -13,12 +20,18 @@
 //!   `node_stopped`
 
 use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use ha_core::node::NodeHandle;
 use ha_core::raft::RoleKind;
 use ha_quic::QuicTransport;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use crate::cli::parse_addr;
 
 fn gauge_snapshot(o: &mut String, index: u64) {
     let _ = writeln!(
@@ -161,38 +174,294 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
     o
 }
 
+/// Connections served at once. Beyond it, new connections wait in the
+/// kernel's accept backlog until one finishes: a flood of clients cannot
+/// use up the process's file descriptors (which the log also needs).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its request head (and, separately, to take
+/// the answer) before its connection is closed.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (for example when out of file descriptors)
+/// before trying again.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Largest request head read.
+const MAX_HEAD_BYTES: usize = 8192;
+
+/// The address `--metrics` names: `HOST:PORT` as given, or loopback
+/// (127.0.0.1) when only a port is given (`9100` or `:9100`), so metrics
+/// are not exposed beyond the machine unless asked for. Exits 2 with one
+/// line when it is not an address.
+pub fn listen_addr(s: &str) -> SocketAddr {
+    let port = s.trim().strip_prefix(':').unwrap_or(s.trim());
+    match port.parse::<u16>() {
+        Ok(p) => SocketAddr::from((Ipv4Addr::LOCALHOST, p)),
+        Err(_) => parse_addr("--metrics", s.trim()),
+    }
+}
+
+/// Where connections come from: a TCP listener, or a stand-in in tests.
+pub trait Acceptor: Send + 'static {
+    /// One connection.
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection.
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Conn>> + Send;
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Conn = tokio::net::TcpStream;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Conn>> + Send {
+        async move { tokio::net::TcpListener::accept(self).await.map(|(s, _)| s) }
+    }
+}
+
+/// The limits of the responder (see the constants).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Deadline for reading the request head, and for writing the answer.
+    pub io_timeout: Duration,
+    /// Pause after a failed accept.
+    pub accept_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            io_timeout: IO_TIMEOUT,
+            accept_backoff: ACCEPT_BACKOFF,
+        }
+    }
+}
+
 /// Serves `/metrics` on `listener` until the process ends.
 pub fn spawn(listener: tokio::net::TcpListener, node: NodeHandle, transport: QuicTransport) {
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let (node, transport) = (node.clone(), transport.clone());
-            tokio::spawn(async move {
-                // Read the request head (bounded), then answer and close.
-                let mut buf = Vec::with_capacity(1024);
-                let mut piece = [0u8; 1024];
-                let read_head = async {
-                    while buf.len() < 8192 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut piece).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&piece[..n]),
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await;
-                let req = String::from_utf8_lossy(&buf);
-                let (status, body) = if req.starts_with("GET /metrics") {
-                    ("200 OK", render(&node, &transport))
-                } else {
-                    ("404 Not Found", "try /metrics\n".to_string())
-                };
-                let head = format!(
-                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-            });
+    let render = Arc::new(move || render(&node, &transport));
+    tokio::spawn(serve(listener, render, Limits::default()));
+}
+
+/// Answers connections from `acceptor` forever, at most
+/// `limits.max_connections` at a time; `GET /metrics` gets `render()`.
+/// A failed accept is logged and retried after a pause: it never ends the
+/// loop.
+pub async fn serve<A: Acceptor>(
+    mut acceptor: A,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+    limits: Limits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        // A slot first: beyond the cap, connections wait in the backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return; // The semaphore is never closed.
+        };
+        match acceptor.accept().await {
+            Ok(conn) => {
+                let render = render.clone();
+                tokio::spawn(async move {
+                    answer(conn, &*render, limits.io_timeout).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                drop(slot);
+                tracing::warn!(error = %e, "metrics listener: accept failed; retrying");
+                tokio::time::sleep(limits.accept_backoff).await;
+            }
         }
-    });
+    }
+}
+
+/// Reads the request head (bounded in size and time), answers, closes.
+async fn answer<C: AsyncRead + AsyncWrite + Unpin>(
+    mut sock: C,
+    render: &(dyn Fn() -> String + Send + Sync),
+    io_timeout: Duration,
+) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut piece = [0u8; 1024];
+    let read_head = async {
+        while buf.len() < MAX_HEAD_BYTES && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut piece).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&piece[..n]),
+            }
+        }
+    };
+    if tokio::time::timeout(io_timeout, read_head).await.is_err() {
+        return; // Too slow: close without an answer.
+    }
+    let req = String::from_utf8_lossy(&buf);
+    let (status, body) = if req.starts_with("GET /metrics") {
+        ("200 OK", render())
+    } else {
+        ("404 Not Found", "try /metrics\n".to_string())
+    };
+    let head = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        sock.write_all(head.as_bytes()).await?;
+        sock.write_all(body.as_bytes()).await?;
+        sock.shutdown().await
+    };
+    let _ = tokio::time::timeout(io_timeout, write).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn limits(max_connections: usize, io_ms: u64) -> Limits {
+        Limits {
+            max_connections,
+            io_timeout: Duration::from_millis(io_ms),
+            accept_backoff: Duration::from_millis(10),
+        }
+    }
+
+    fn body() -> Arc<dyn Fn() -> String + Send + Sync> {
+        Arc::new(|| "ha_term 1\n".to_string())
+    }
+
+    async fn get(addr: SocketAddr) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn listener() -> (TcpListener, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_and_are_answered_later() {
+        let (l, addr) = listener().await;
+        tokio::spawn(serve(l, body(), limits(4, 30_000)));
+        // Four idle clients take every slot.
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = tokio::spawn(get(addr));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a fifth connection was served");
+        drop(idle);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("answered once slots free up")
+            .unwrap()
+            .unwrap();
+        assert!(
+            got.starts_with("HTTP/1.0 200") && got.ends_with("ha_term 1\n"),
+            "{got}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_above_the_cap_is_answered_and_the_listener_keeps_going() {
+        let (l, addr) = listener().await;
+        let busy = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let render: Arc<dyn Fn() -> String + Send + Sync> = {
+            let (busy, peak) = (busy.clone(), peak.clone());
+            Arc::new(move || {
+                let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+                busy.fetch_sub(1, Ordering::SeqCst);
+                "ok\n".to_string()
+            })
+        };
+        tokio::spawn(serve(l, render, limits(8, 5_000)));
+        let burst: Vec<_> = (0..200).map(|_| tokio::spawn(get(addr))).collect();
+        let mut answered = 0;
+        for b in burst {
+            if let Ok(Ok(r)) = b.await
+                && r.starts_with("HTTP/1.0 200")
+            {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 200, "every connection of the burst answered");
+        assert!(peak.load(Ordering::SeqCst) <= 8, "at most the cap at once");
+        let after = get(addr).await.unwrap();
+        assert!(after.starts_with("HTTP/1.0 200"), "{after}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_dropped_at_the_deadline_and_frees_its_slot() {
+        let (l, addr) = listener().await;
+        tokio::spawn(serve(l, body(), limits(1, 200)));
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = tokio::time::timeout(Duration::from_secs(5), get(addr))
+            .await
+            .expect("served after the silent client's deadline")
+            .unwrap();
+        assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    }
+
+    /// Fails its first accepts (as when out of file descriptors), then
+    /// accepts for real.
+    struct Flaky {
+        inner: TcpListener,
+        failures: Arc<AtomicUsize>,
+    }
+
+    impl Acceptor for Flaky {
+        type Conn = TcpStream;
+        fn accept(&mut self) -> impl Future<Output = std::io::Result<TcpStream>> + Send {
+            async move {
+                if self.failures.load(Ordering::SeqCst) > 0 {
+                    self.failures.fetch_sub(1, Ordering::SeqCst);
+                    return Err(std::io::Error::other("Too many open files (simulated)"));
+                }
+                self.inner.accept().await.map(|(s, _)| s)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_errors_do_not_stop_the_listener() {
+        let (inner, addr) = listener().await;
+        let failures = Arc::new(AtomicUsize::new(5));
+        let flaky = Flaky {
+            inner,
+            failures: failures.clone(),
+        };
+        tokio::spawn(serve(flaky, body(), limits(4, 5_000)));
+        let got = tokio::time::timeout(Duration::from_secs(5), get(addr))
+            .await
+            .expect("answered after the accept errors")
+            .unwrap();
+        assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+        assert_eq!(
+            failures.load(Ordering::SeqCst),
+            0,
+            "every error was retried"
+        );
+    }
+
+    #[test]
+    fn a_bare_port_binds_loopback() {
+        let lo = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+        assert_eq!(listen_addr("9100"), lo(9100));
+        assert_eq!(listen_addr(":9100"), lo(9100));
+        assert_eq!(listen_addr("127.0.0.1:9101"), lo(9101));
+        assert_eq!(
+            listen_addr("0.0.0.0:9102"),
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9102))
+        );
+    }
 }

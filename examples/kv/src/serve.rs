@@ -3,8 +3,6 @@
 //! Every configuration mistake ends here with exit status 2 and one line
 //! saying what to fix, before the node touches its data.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,8 +26,10 @@ pub struct ServeArgs {
     /// Where to listen, HOST:PORT.
     #[arg(long)]
     listen: String,
-    /// The initial voters, ID=HOST:PORT,... (may include this node).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// The initial voters, ID=HOST:PORT,... (may include this node). Read
+    /// only when the data dir is new; afterwards the stored voters are used,
+    /// --peers may be left out, and a different --peers is refused.
+    #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Where the node keeps its log and snapshots.
     #[arg(long)]
@@ -52,31 +52,6 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on HOST:PORT at /metrics.
     #[arg(long)]
     metrics: Option<String>,
-}
-
-fn parse_peers(list: &[String], me: NodeId) -> BTreeMap<NodeId, SocketAddr> {
-    let mut peers = BTreeMap::new();
-    for p in list {
-        let Some((id, addr)) = p.split_once('=') else {
-            usage_error(format!("--peers: '{p}' is not ID=HOST:PORT"));
-        };
-        let id: u64 = id
-            .trim()
-            .parse()
-            .ok()
-            .filter(|i| *i > 0)
-            .unwrap_or_else(|| {
-                usage_error(format!("--peers: '{id}' is not a node id (1, 2, ...)"))
-            });
-        if peers
-            .insert(NodeId(id), parse_addr("--peers", addr.trim()))
-            .is_some()
-        {
-            usage_error(format!("--peers: node {id} is listed twice"));
-        }
-    }
-    peers.remove(&me);
-    peers
 }
 
 fn timing(a: &ServeArgs) -> (Duration, u64, u64) {
@@ -113,7 +88,7 @@ pub async fn serve(a: ServeArgs) -> i32 {
     }
     let me = NodeId(a.id);
     let listen = parse_addr("--listen", &a.listen);
-    let peers = parse_peers(&a.peers, me);
+    let peers = crate::bootstrap::parse_peers(&a.peers);
     let (tick, min_ticks, max_ticks) = timing(&a);
     let identity = ha_quic::load_node_identity(&a.tls_dir, me).unwrap_or_else(|e| {
         usage_error(format!(
@@ -138,7 +113,7 @@ pub async fn serve(a: ServeArgs) -> i32 {
     });
     let metrics_listener = match &a.metrics {
         Some(m) => {
-            let addr = parse_addr("--metrics", m);
+            let addr = crate::metrics::listen_addr(m);
             Some(
                 tokio::net::TcpListener::bind(addr)
                     .await
@@ -151,9 +126,10 @@ pub async fn serve(a: ServeArgs) -> i32 {
         }
         None => None,
     };
-    let mut voters: Vec<NodeId> = peers.keys().copied().collect();
-    voters.push(me);
-    let mut opts = NodeOptions::new(me, voters);
+    // The stored voters (after storing --peers on a first start).
+    let voters = crate::bootstrap::voters(&dir, me, &a.listen, &peers);
+    let peers = crate::bootstrap::resolve_peers(&voters, me);
+    let mut opts = NodeOptions::new(me, voters.keys().copied());
     opts.tick = tick;
     opts.raft.heartbeat_interval_ticks = 1;
     opts.raft.election_timeout_min_ticks = min_ticks;

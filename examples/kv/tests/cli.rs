@@ -55,18 +55,29 @@ impl Cluster {
             .join(",")
     }
     fn start_node(&mut self, id: usize) {
+        let peers = self.peers_arg();
+        self.start_node_with(id, Some(&peers));
+    }
+    /// `serve` for node `id`, with `--peers` when given.
+    fn serve_cmd(&self, id: usize, peers: Option<&str>) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--id", &id.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", self.ports[id - 1])])
-            .args(["--peers", &self.peers_arg()])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("data-{id}")))
             .arg("--tls-dir")
-            .arg(self.tls())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .arg(self.tls());
+        if let Some(p) = peers {
+            cmd.args(["--peers", p]);
+        }
+        cmd
+    }
+    fn start_node_with(&mut self, id: usize, peers: Option<&str>) {
+        let mut cmd = self.serve_cmd(id, peers);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
         if id == 1 {
-            cmd.args(["--metrics", &format!("127.0.0.1:{}", self.metrics_port)]);
+            // A bare port: the metrics listener binds loopback.
+            cmd.args(["--metrics", &self.metrics_port.to_string()]);
         }
         self.children[id - 1] = Some(cmd.spawn().expect("spawn ha-kv serve"));
     }
@@ -205,7 +216,7 @@ fn every_subcommand_speaks_the_contract() {
             "leader",
             "commit_index",
             "applied_index",
-            "last_index",
+            "last_log_index",
             "snapshot_index",
             "voters",
             "learners",
@@ -213,6 +224,10 @@ fn every_subcommand_speaks_the_contract() {
         ] {
             assert!(s.get(field).is_some(), "status lacks {field}: {s}");
         }
+        assert!(
+            s.get("last_index").is_none(),
+            "the contract says last_log_index: {s}"
+        );
         assert_eq!(s["voters"], serde_json::json!([1, 2, 3]));
         assert!(s["availability"]["availability"].as_f64().is_some());
     }
@@ -484,4 +499,115 @@ fn operator_mistakes_exit_2_with_one_clear_line() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 2);
+}
+
+#[test]
+fn a_restart_with_other_peers_exits_2_naming_the_stored_voters() {
+    let mut c = start();
+    c.wait_for_leader();
+    let stored = c.peers_arg();
+    // Node 1 restarted with only itself as voter would elect itself and
+    // acknowledge writes alone: refused, naming the stored voters.
+    c.kill9(1);
+    let alone = format!("1=127.0.0.1:{}", c.ports[0]);
+    let out = c.serve_cmd(1, Some(&alone)).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&format!("started with voters {stored}")) && err.contains("--peers"),
+        "{err}"
+    );
+    // More voters than stored: refused too.
+    let more = format!("{stored},4=127.0.0.1:{}", free_udp_port());
+    let out = c.serve_cmd(1, Some(&more)).output().unwrap();
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    // Without --peers the stored voters are used; the node rejoins.
+    c.start_node_with(1, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = c.status();
+        if let Some(one) = st.iter().find(|s| s["id"] == 1) {
+            assert_eq!(one["voters"], serde_json::json!([1, 2, 3]));
+            if one["leader"].is_u64() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "node 1 did not rejoin: {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = c.client(&["put", "after", "restart"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
+    // A new data directory needs --peers.
+    let out = Command::new(BIN)
+        .args(["serve", "--id", "1", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_udp_port()))
+        .arg("--data-dir")
+        .arg(c.dir.path().join("data-new"))
+        .arg("--tls-dir")
+        .arg(c.tls())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 2, "{err}");
+    assert!(err.contains("--peers is required"), "{err}");
+}
+
+fn certs(dir: &Path, nodes: &str) -> Output {
+    Command::new(BIN)
+        .args(["certs", "--nodes", nodes, "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn certs_never_replace_the_cluster_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    assert_eq!(code(&certs(&tls, "1,2")), 0);
+    let ca_pem = std::fs::read(tls.join("ca.pem")).unwrap();
+    let ca_key = std::fs::read(tls.join("ca.key")).unwrap();
+    // The CA key kept offline, as advised: nothing to issue is fine.
+    std::fs::remove_file(tls.join("ca.key")).unwrap();
+    let out = certs(&tls, "1,2");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    // A new node needs the CA key back; no new CA is made.
+    let out = certs(&tls, "1,2,3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("bring ca.key back"), "{err}");
+    assert!(!tls.join("ca.key").exists() && !tls.join("node-3.pem").exists());
+    assert_eq!(std::fs::read(tls.join("ca.pem")).unwrap(), ca_pem);
+    // Only the key: refused as well.
+    std::fs::write(tls.join("ca.key"), &ca_key).unwrap();
+    std::fs::remove_file(tls.join("ca.pem")).unwrap();
+    let out = certs(&tls, "1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("restore ca.pem"), "{err}");
+    // Both back: node 3 is issued by the same CA, with a private key.
+    std::fs::write(tls.join("ca.pem"), &ca_pem).unwrap();
+    assert_eq!(code(&certs(&tls, "3")), 0);
+    assert_eq!(std::fs::read(tls.join("ca.pem")).unwrap(), ca_pem);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = tls.join("node-3.key");
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A key others may read is warned about.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = certs(&tls, "3");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(code(&out), 0, "{err}");
+        assert!(
+            err.contains("warning") && err.contains("node-3.key"),
+            "{err}"
+        );
+    }
 }
