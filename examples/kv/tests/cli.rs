@@ -482,6 +482,16 @@ fn operator_mistakes_exit_2_with_one_clear_line() {
         &serve_args(&data, &other_tls, &listen),
         "belongs to cluster",
     );
+    // An initialized data directory that lost its log (and with it the
+    // node's term and vote) is refused, naming the path, not started afresh.
+    let wal = data.join("wal");
+    assert!(wal.is_dir());
+    std::fs::remove_dir_all(&wal).unwrap();
+    fails_with_one_line(
+        &serve_args(&data, &tls, &listen),
+        &format!("write-ahead log directory {} is missing", wal.display()),
+    );
+    assert!(!wal.exists(), "nothing recreated");
     // Not yet supported options.
     let mut j = serve_args(&data, &tls, &listen);
     j.push("--join".into());
