@@ -209,8 +209,8 @@ pub trait Acceptor: Send + 'static {
 
 impl Acceptor for tokio::net::TcpListener {
     type Conn = tokio::net::TcpStream;
-    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Conn>> + Send {
-        async move { tokio::net::TcpListener::accept(self).await.map(|(s, _)| s) }
+    async fn accept(&mut self) -> std::io::Result<Self::Conn> {
+        tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
     }
 }
 
@@ -421,14 +421,12 @@ mod tests {
 
     impl Acceptor for Flaky {
         type Conn = TcpStream;
-        fn accept(&mut self) -> impl Future<Output = std::io::Result<TcpStream>> + Send {
-            async move {
-                if self.failures.load(Ordering::SeqCst) > 0 {
-                    self.failures.fetch_sub(1, Ordering::SeqCst);
-                    return Err(std::io::Error::other("Too many open files (simulated)"));
-                }
-                self.inner.accept().await.map(|(s, _)| s)
+        async fn accept(&mut self) -> std::io::Result<TcpStream> {
+            if self.failures.load(Ordering::SeqCst) > 0 {
+                self.failures.fetch_sub(1, Ordering::SeqCst);
+                return Err(std::io::Error::other("Too many open files (simulated)"));
             }
+            self.inner.accept().await.map(|(s, _)| s)
         }
     }
 
