@@ -49,7 +49,8 @@ pub struct ServeArgs {
     /// Take a snapshot (and compact the log) every N applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
-    /// Serve Prometheus metrics on HOST:PORT at /metrics.
+    /// Serve Prometheus metrics on HOST:PORT at /metrics (a bare PORT binds
+    /// 127.0.0.1).
     #[arg(long)]
     metrics: Option<String>,
 }
