@@ -70,3 +70,11 @@ fn catches_planted_bug_commit_previous_term_by_count() {
 fn catches_planted_bug_vote_before_persist() {
     hunt(Bug::VoteBeforePersist);
 }
+
+/// The snapshot-install race: the core counted a stepped snapshot as
+/// applied before the driver restored it, so a snapshot taken by a Ready
+/// that completed in between saved the old state under the new index.
+#[test]
+fn catches_planted_bug_applied_before_restore() {
+    hunt(Bug::AppliedBeforeRestore);
+}

@@ -208,7 +208,7 @@ impl Message {
                 Err(MessageError::OutOfRange { what, value: i.0 })
             }
         };
-        debug_assert!(MAX_TERM < u64::MAX / 2 && MAX_INDEX < u64::MAX / 2);
+        const { assert!(MAX_TERM < u64::MAX / 2 && MAX_INDEX < u64::MAX / 2) };
         term("message term", self.term)?;
         match &self.body {
             Body::PreVote {

@@ -82,11 +82,17 @@ impl Checker {
     pub fn on_persist(
         &mut self,
         node: NodeId,
-        raft: &Raft,
+        first_prev_term: Term,
         entries: &[Entry],
     ) -> Result<(), String> {
-        for e in entries {
-            let prev_term = raft.term_at(e.index.prev()).unwrap_or(Term(0));
+        for (k, e) in entries.iter().enumerate() {
+            // The term before each entry, as the node's log had it when the
+            // entries were handed out for persisting.
+            let prev_term = if k == 0 {
+                first_prev_term
+            } else {
+                entries[k - 1].term
+            };
             let digest = payload_digest(&e.payload);
             match self.entries.get(&(e.index, e.term)) {
                 None => {
@@ -115,7 +121,11 @@ impl Checker {
         let node = raft.id();
         let new = raft.commit_index();
         let (offset, _) = raft.snapshot_last();
-        let mut i = old.next();
+        // Check from where this node's last check ended, but never leave a
+        // gap in the committed prefix: a node can restart with a commit
+        // index nobody checked (a write whose fsync failed may still have
+        // reached the disk).
+        let mut i = old.next().min(LogIndex(self.committed.len() as u64 + 1));
         while i <= new {
             if i < offset {
                 // Covered by an installed snapshot, checked on receipt.
@@ -144,10 +154,24 @@ impl Checker {
             } else {
                 // `committed` stays a dense prefix: indexes commit in order on
                 // every node, and this node holds every index up to `new`.
-                debug_assert_eq!(k, self.committed.len());
+                if k != self.committed.len() {
+                    return Err(format!(
+                        "checker: node {node} committed {i} past the checked prefix {}",
+                        self.committed.len()
+                    ));
+                }
                 self.committed.push(t);
                 for l in leaders {
-                    if l.term() > t && l.term_at(i) != Some(t) {
+                    // (An index a leader's snapshot covers is checked on
+                    // the snapshot; commits are checked when a node's Ready
+                    // completes, which may be after the leader compacted.)
+                    // Leader Completeness is about terms: the entry was
+                    // committed in a term no later than the committing
+                    // node's current term, so every leader of a later term
+                    // holds it. (A leader of an earlier term, still unaware
+                    // of its successor, need not.)
+                    if l.term() > raft.term() && i > l.snapshot_last().0 && l.term_at(i) != Some(t)
+                    {
                         return Err(format!(
                             "Leader Completeness: leader {} of term {} lacks {i}@{t}, committed \
                              by node {node}",
@@ -190,6 +214,27 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// A snapshot said to cover everything up to `index` holds an entry at
+    /// every index `1..=index` and none after it, each the committed one.
+    pub fn check_snapshot_complete(
+        &self,
+        node: NodeId,
+        index: LogIndex,
+        state: &std::collections::BTreeMap<LogIndex, u64>,
+    ) -> Result<(), String> {
+        let holds_all = state.len() as u64 == index.0
+            && state.keys().next_back().is_none_or(|last| *last == index);
+        if !holds_all {
+            return Err(format!(
+                "State Machine Safety: node {node} has a snapshot at {index} holding {} entries \
+                 (last {:?}): the state it captured is not the state up to its index",
+                state.len(),
+                state.keys().next_back()
+            ));
+        }
+        self.check_snapshot(node, state)
     }
 
     /// A node applied `e`.

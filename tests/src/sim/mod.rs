@@ -71,6 +71,11 @@ pub struct Faults {
     /// Probability, per Ready, that the disk fills up part-way through the
     /// write; the node stops (its writes fail) and restarts later with space.
     pub disk_full: f64,
+    /// A Ready's persistence completes `0..=max_persist_delay_ticks` ticks
+    /// after it is taken (as the node task's group-commit write does):
+    /// meanwhile the node steps messages, ticks and takes proposals, but
+    /// takes no next Ready. 0 handles every Ready at once.
+    pub max_persist_delay_ticks: u64,
 }
 
 impl Faults {
@@ -88,6 +93,7 @@ impl Faults {
             max_down_ticks: 0,
             torn_write: 0.0,
             disk_full: 0.0,
+            max_persist_delay_ticks: 0,
         }
     }
 
@@ -168,6 +174,7 @@ impl SimConfig {
             max_down_ticks: rng.range(1, 60),
             torn_write: 0.0,
             disk_full: 0.0,
+            max_persist_delay_ticks: 0,
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
         c.wal = rng.chance(0.5);
@@ -183,6 +190,7 @@ impl SimConfig {
             0.0
         };
         c.read = [0.0, 0.1, 0.3][rng.range(0, 3) as usize];
+        c.faults.max_persist_delay_ticks = [0, 1, 3][rng.range(0, 3) as usize];
         c
     }
 }
@@ -387,8 +395,10 @@ struct SimNode {
     store: NodeStore,
     /// The snapshot the node's state machine and log start from.
     snapshot: Option<SimSnapshot>,
-    /// A snapshot received from a leader, durable, not yet installed.
-    received: Option<SimSnapshot>,
+    /// Snapshots received from leaders, verified and staged, not yet
+    /// accepted by Raft, by `(index, term)` (as the staging files are). A
+    /// restart removes them: only an accepted snapshot is started from.
+    received: BTreeMap<(LogIndex, Term), SimSnapshot>,
     /// The state machine: command ids applied, by index (lost on crash).
     applied: BTreeMap<LogIndex, u64>,
     /// Commands this node accepted as leader, awaiting application.
@@ -397,6 +407,26 @@ struct SimNode {
     restart_at: Option<u64>,
     /// Restarts so far (seeds each incarnation's core differently).
     incarnation: u64,
+    /// The commit index up to which the checker has seen this node commit.
+    checked_commit: LogIndex,
+    /// The Ready whose persistence is under way, and the tick it completes.
+    in_flight: Option<(u64, InFlight)>,
+}
+
+/// The part of a Ready that waits for its persistence (as in the node
+/// task): written, then the rest of its duties done, when it completes.
+struct InFlight {
+    hard_state: Option<ha_core::types::HardState>,
+    entries: Vec<ha_core::types::Entry>,
+    persisted_messages: Vec<Message>,
+    committed_entries: Vec<ha_core::types::Entry>,
+    read_states: Vec<ha_core::raft::ReadState>,
+    dropped_reads: Vec<u64>,
+    snapshot: Option<ha_core::raft::SnapshotInstall>,
+    token: ha_core::raft::ReadyToken,
+    torn: bool,
+    /// The term of the entry before `entries[0]` when the Ready was taken.
+    first_prev_term: Term,
 }
 
 /// The simulator (see the module docs).
@@ -477,7 +507,7 @@ impl Sim {
                 id,
                 raft: None,
                 snapshot: None,
-                received: None,
+                received: BTreeMap::new(),
                 store: if sim.cfg.wal {
                     NodeStore::Wal {
                         fs: SimFs::new(),
@@ -491,6 +521,8 @@ impl Sim {
                 reads: BTreeMap::new(),
                 restart_at: None,
                 incarnation: 0,
+                in_flight: None,
+                checked_commit: LogIndex(0),
             });
             sim.boot(k).expect("an empty store opens");
         }
@@ -533,6 +565,7 @@ impl Sim {
         }
         let raft = Raft::new(config, init)
             .map_err(|e| format!("node {} cannot start from its log: {e}", node.id))?;
+        node.checked_commit = raft.commit_index();
         node.raft = Some(raft);
         node.proposals.clear();
         node.reads.clear();
@@ -697,6 +730,8 @@ impl Sim {
         node.applied.clear();
         node.proposals.clear();
         node.reads.clear();
+        node.in_flight = None;
+        node.received.clear();
         self.stats.crashes += 1;
         self.trace.push(self.now, TraceEvent::Crash(id));
     }
@@ -814,6 +849,23 @@ impl Sim {
             self.deliver(p.msg);
             if self.failure.is_some() {
                 return;
+            }
+        }
+        for k in self.shuffled_nodes() {
+            if self.nodes[k]
+                .in_flight
+                .as_ref()
+                .is_some_and(|(due, _)| *due <= now)
+            {
+                let (_, f) = self.nodes[k].in_flight.take().expect("checked");
+                self.complete(k, f);
+                if self.failure.is_some() {
+                    return;
+                }
+                self.drive(k);
+                if self.failure.is_some() {
+                    return;
+                }
             }
         }
         for k in self.shuffled_nodes() {
@@ -1008,7 +1060,7 @@ impl Sim {
                 self.failure = Some(e);
                 return;
             }
-            self.nodes[k].received = Some(snap);
+            self.nodes[k].received.insert((snap.index, snap.term), snap);
         }
         let raft = self.nodes[k].raft.as_mut().expect("checked above");
         if let Err(e) = raft.step(msg) {
@@ -1018,21 +1070,34 @@ impl Sim {
             self.failure = Some(format!("node {} refused a message: {e}", k + 1));
             return;
         }
+        if let Err(e) = self.check_commit(k) {
+            self.failure = Some(e);
+            return;
+        }
         self.drive(k);
     }
 
-    /// Handles every Ready of node `k`, as a driver would.
+    /// Takes every Ready of node `k` it may, as the node task does: sends its
+    /// messages at once, and completes its persistence now or, with
+    /// `max_persist_delay_ticks`, on a later tick.
     fn drive(&mut self, k: usize) {
         loop {
+            if self.nodes[k].in_flight.is_some() {
+                return; // One Ready at a time: the next waits for this one.
+            }
             let Some(raft) = self.nodes[k].raft.as_mut() else {
                 return;
             };
             if !raft.has_ready() {
                 return;
             }
-            let old_commit = raft.commit_index();
             let rd = raft.ready();
             let token = rd.token();
+            let first_prev_term = rd
+                .entries
+                .first()
+                .and_then(|e| raft.term_at(e.index.prev()))
+                .unwrap_or(Term(0));
             let id = self.nodes[k].id;
             if let Some(ss) = rd.soft_state {
                 self.trace
@@ -1061,26 +1126,6 @@ impl Sim {
             if needs_write && f.disk_full > 0.0 && self.rng.chance(f.disk_full) {
                 let room = self.rng.range(0, 200);
                 self.nodes[k].store.fill_disk_after(room);
-            }
-            if let Some(inst) = rd.snapshot {
-                let node = &mut self.nodes[k];
-                let Some(snap) = node.received.take().filter(|s| s.index == inst.index) else {
-                    self.failure = Some(format!(
-                        "node {id} installed snapshot {}@{} it never received",
-                        inst.index, inst.term,
-                    ));
-                    return;
-                };
-                node.applied = snap.state.clone();
-                node.snapshot = Some(snap);
-                if let Err(e) = node
-                    .store
-                    .install_snapshot(inst.index, inst.term, inst.keep_suffix)
-                {
-                    self.failure = Some(format!("node {id}: {e}"));
-                    return;
-                }
-                self.stats.snapshots_installed += 1;
             }
             for peer in &rd.send_snapshots {
                 let node = &self.nodes[k];
@@ -1116,9 +1161,89 @@ impl Sim {
                         .report_snapshot(*peer, None);
                 }
             }
+            let delay = match self.cfg.faults.max_persist_delay_ticks {
+                0 => 0,
+                max => self.rng.range(0, max + 1),
+            };
+            let f = InFlight {
+                hard_state: rd.hard_state,
+                entries: rd.entries,
+                persisted_messages: rd.persisted_messages,
+                committed_entries: rd.committed_entries,
+                read_states: rd.read_states,
+                dropped_reads: rd.dropped_reads,
+                snapshot: rd.snapshot,
+                token,
+                torn,
+                first_prev_term,
+            };
+            if delay > 0 {
+                self.nodes[k].in_flight = Some((self.now + delay, f));
+                return;
+            }
+            self.complete(k, f);
+            if self.failure.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// A Ready's persistence completes: write it, then restore, send what
+    /// waited for the disk, apply, `advance`, snapshot, serve reads.
+    fn complete(&mut self, k: usize, f: InFlight) {
+        let id = self.nodes[k].id;
+        if self.nodes[k].raft.is_none() {
+            return;
+        }
+        {
+            if let Some(inst) = f.snapshot {
+                let node = &mut self.nodes[k];
+                let Some(snap) = node.received.remove(&(inst.index, inst.term)) else {
+                    self.failure = Some(format!(
+                        "node {id} installed snapshot {}@{} it never received",
+                        inst.index, inst.term,
+                    ));
+                    return;
+                };
+                // Staged copies this one supersedes go (a newer one may be
+                // staged and already stepped: it stays for the next Ready).
+                node.received.retain(|(i, _), _| *i > inst.index);
+                if let Err(e) = self
+                    .checker
+                    .check_snapshot_complete(id, inst.index, &snap.state)
+                {
+                    self.failure = Some(e);
+                    return;
+                }
+                node.applied = snap.state.clone();
+                // Promotion keeps a snapshot file of the same (index, term)
+                // that exists already (both hold the same prefix).
+                if node
+                    .snapshot
+                    .as_ref()
+                    .is_none_or(|cur| (cur.index, cur.term) != (inst.index, inst.term))
+                {
+                    node.snapshot = Some(snap);
+                }
+                if let Err(e) = node
+                    .store
+                    .install_snapshot(inst.index, inst.term, inst.keep_suffix)
+                {
+                    // A disk that failed earlier (a compaction's write):
+                    // the node stops and restarts from what its disk kept.
+                    self.trace.push(
+                        self.now,
+                        TraceEvent::Partition(format!("node {id} disk: {e}")),
+                    );
+                    self.stats.disk_errors += 1;
+                    self.crash_for_a_while(k);
+                    return;
+                }
+                self.stats.snapshots_installed += 1;
+            }
             if let Err(e) = self.nodes[k]
                 .store
-                .persist(&rd.entries, rd.hard_state, torn)
+                .persist(&f.entries, f.hard_state, f.torn)
             {
                 // The write failed: nothing that depends on it may leave the
                 // node. It stops, and restarts later from what its disk kept.
@@ -1130,15 +1255,14 @@ impl Sim {
                 self.crash_for_a_while(k);
                 return;
             }
-            let raft = self.nodes[k].raft.as_mut().expect("node is up");
-            if let Err(e) = self.checker.on_persist(id, raft, &rd.entries) {
+            if let Err(e) = self.checker.on_persist(id, f.first_prev_term, &f.entries) {
                 self.failure = Some(e);
                 return;
             }
-            for m in rd.persisted_messages {
+            for m in f.persisted_messages {
                 self.send(m);
             }
-            for e in &rd.committed_entries {
+            for e in &f.committed_entries {
                 if let Err(err) = self.checker.on_apply(id, e) {
                     self.failure = Some(err);
                     return;
@@ -1163,32 +1287,19 @@ impl Sim {
                 }
             }
             let node = &mut self.nodes[k];
-            for rs in rd.read_states {
+            for rs in f.read_states {
                 if let Some(r) = node.reads.get_mut(&rs.ctx) {
                     r.index = Some(rs.index);
                 }
             }
-            for ctx in rd.dropped_reads {
+            for ctx in f.dropped_reads {
                 node.reads.remove(&ctx);
             }
             let raft = node.raft.as_mut().expect("node is up");
-            raft.advance(token);
-            let committed_now = raft.commit_index();
-            if committed_now > old_commit {
-                let new_commit = raft.commit_index();
-                self.trace
-                    .push(self.now, TraceEvent::Commit(id, new_commit));
-                let raft = self.nodes[k].raft.as_ref().expect("node is up");
-                let leaders: Vec<&Raft> = self
-                    .nodes
-                    .iter()
-                    .filter_map(|n| n.raft.as_ref())
-                    .filter(|r| r.is_leader())
-                    .collect();
-                if let Err(e) = self.checker.on_commit(raft, old_commit, &leaders) {
-                    self.failure = Some(e);
-                    return;
-                }
+            raft.advance(f.token);
+            if let Err(e) = self.check_commit(k) {
+                self.failure = Some(e);
+                return;
             }
             if let Err(e) = self.maybe_snapshot(k) {
                 self.failure = Some(e);
@@ -1201,6 +1312,30 @@ impl Sim {
         }
     }
 
+    /// Checks what node `k` committed since its last check, as soon as its
+    /// core's commit index moves (on a step or an `advance`).
+    fn check_commit(&mut self, k: usize) -> Result<(), String> {
+        let Some(raft) = self.nodes[k].raft.as_ref() else {
+            return Ok(());
+        };
+        let old = self.nodes[k].checked_commit.min(raft.commit_index());
+        let new = raft.commit_index();
+        if new <= old {
+            return Ok(());
+        }
+        self.trace
+            .push(self.now, TraceEvent::Commit(self.nodes[k].id, new));
+        self.nodes[k].checked_commit = new;
+        let raft = self.nodes[k].raft.as_ref().expect("node is up");
+        let leaders: Vec<&Raft> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref())
+            .filter(|r| r.is_leader())
+            .collect();
+        self.checker.on_commit(raft, old, &leaders)
+    }
+
     /// Takes a snapshot and compacts the log when enough was applied.
     fn maybe_snapshot(&mut self, k: usize) -> Result<(), String> {
         let Some(every) = self.cfg.snapshot_every else {
@@ -1210,17 +1345,36 @@ impl Sim {
         let Some(raft) = node.raft.as_mut() else {
             return Ok(());
         };
+        // As the node task does: the core's applied index (which moves only
+        // once a Ready's duties are done), against the last snapshot this
+        // driver took or restored.
         let applied = raft.applied_index();
-        let (offset, _) = raft.snapshot_last();
-        if applied.0 < offset.0 + every {
+        let last = node.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
+        if applied.0 < last.0 + every {
             return Ok(());
         }
-        let term = raft.term_at(applied).expect("applied entries are held");
+        let Some(term) = raft.term_at(applied) else {
+            // A snapshot from the leader is stepped but not yet restored:
+            // the state machine is behind the log's start, and that
+            // snapshot is the newer one anyway.
+            return Ok(());
+        };
         let state: BTreeMap<LogIndex, u64> = node
             .applied
             .range(..=applied)
             .map(|(i, c)| (*i, *c))
             .collect();
+        // The state saved as "everything up to `applied`" must hold exactly
+        // that: the core's applied index is the driver's word for it.
+        self.checker
+            .check_snapshot_complete(node.id, applied, &state)?;
+        if node
+            .snapshot
+            .as_ref()
+            .is_some_and(|cur| (cur.index, cur.term) == (applied, term))
+        {
+            return Ok(()); // Never overwrite a published snapshot.
+        }
         node.snapshot = Some(SimSnapshot {
             index: applied,
             term,
