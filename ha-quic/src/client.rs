@@ -45,19 +45,31 @@ fn client_endpoint(cfg: quinn::ClientConfig) -> std::io::Result<quinn::Endpoint>
 }
 
 /// Sends one request on a new stream of `conn` and reads the response.
+///
+/// A node may refuse a request before reading all of it (one above its
+/// `max_request_bytes`): it stops the request stream and still answers, so
+/// a write stopped by the node is followed by reading that answer.
 async fn round_trip(
     conn: &quinn::Connection,
     req: &ClientRequest,
 ) -> Result<ClientResponse, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     frame::encode(req, &mut buf).map_err(|e| e.to_string())?;
-    send.write_all(&buf).await.map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let written = match send.write_all(&buf).await {
+        Ok(()) => send.finish().map_err(|e| e.to_string()),
+        Err(quinn::WriteError::Stopped(code)) => {
+            Err(format!("the node stopped the request ({code})"))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    drop(buf);
     match frame::read_frame(&mut recv, MAX_FRAME_BYTES).await {
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err("the node closed the stream without answering".into()),
-        Err(e) => Err(e.to_string()),
+        Ok(None) => Err(written
+            .err()
+            .unwrap_or_else(|| "the node closed the stream without answering".into())),
+        Err(e) => Err(written.err().unwrap_or_else(|| e.to_string())),
     }
 }
 

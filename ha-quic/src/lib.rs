@@ -8,9 +8,11 @@
 //! - [`certs`]: create and load the cluster CA and node/client certificates.
 //! - [`tls`]: rustls/quinn configuration, ALPN, and the LAN-tuned transport
 //!   parameters (their reasons are in that module's docs).
-//! - [`frame`]: the wire format of every stream.
+//! - [`frame`]: the wire format of every stream, and reading frames within
+//!   a size cap, a memory budget and a deadline.
 //! - [`transport`]: the endpoint, peer senders and the accept loop that
-//!   checks identities; implements `ha_core::transport::Transport`.
+//!   checks identities; the resource limits against hostile peers and
+//!   clients ([`QuicLimits`]); implements `ha_core::transport::Transport`.
 //! - [`client`]: the client protocol and a minimal client.
 //! - [`node`]: starting a Raft node on a QUIC endpoint in one call.
 //! - [`local`]: [`LocalCluster`], an embedded cluster on loopback.
@@ -28,4 +30,4 @@ pub use certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_no
 pub use client::{ClientRequest, ClientResponse, QuicClient, QuicClientTransport, connect};
 pub use local::{LocalCluster, LocalOptions};
 pub use node::QuicNode;
-pub use transport::{QuicConfig, QuicEndpoint, QuicTransport};
+pub use transport::{QuicConfig, QuicEndpoint, QuicLimits, QuicTransport};

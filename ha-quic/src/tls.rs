@@ -6,8 +6,10 @@
 //! - Every connection is mutual TLS: both sides present a certificate signed
 //!   by the cluster CA, the only trust anchor. A client with no certificate,
 //!   or one from another CA, fails the handshake.
-//! - ALPN separates peer traffic (`ha-raft/1`) from client traffic
-//!   (`ha-client/1`) on the one endpoint of a node.
+//! - ALPN separates peer traffic (`ha-raft/2`) from client traffic
+//!   (`ha-client/1`) on the one endpoint of a node. The peer protocol's
+//!   version is in its ALPN: `ha-raft/2` sends snapshots on bidirectional
+//!   streams that end with the receiver's verdict.
 //! - A dialing node names the peer it expects (`node-<id>`), so the server's
 //!   certificate must be that node's; the accepting side checks the dialer's
 //!   claimed id against its certificate (see `transport`).
@@ -27,6 +29,14 @@
 //!   window: one replication stream can fill a 10 Gb/s LAN at sub-millisecond
 //!   round trips without waiting for window updates, while a stalled peer
 //!   can pin at most that much memory.
+//! - streams a remote may open: on a node's server side at most
+//!   `max_client_streams` bidirectional ones (client requests) and
+//!   `max_peer_streams` unidirectional ones (a peer needs one per
+//!   connection); once the ALPN tells clients from peers, the transport
+//!   narrows each connection to its class (see `transport`). A dialing side
+//!   (a node reaching a peer, a client) accepts no streams at all, since the
+//!   other side never opens any: a hostile server cannot make a dialer
+//!   buffer streams nobody reads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +48,7 @@ use rustls::server::WebPkiClientVerifier;
 use crate::certs::TlsIdentity;
 
 /// ALPN of node-to-node traffic.
-pub const ALPN_PEER: &[u8] = b"ha-raft/1";
+pub const ALPN_PEER: &[u8] = b"ha-raft/2";
 /// ALPN of client traffic.
 pub const ALPN_CLIENT: &[u8] = b"ha-client/1";
 
@@ -57,6 +67,12 @@ pub struct QuicOptions {
     pub connection_window_bytes: u32,
     /// Send window of one connection.
     pub send_window_bytes: u64,
+    /// Requests one client connection may have open at once (bidirectional
+    /// streams; server side).
+    pub max_client_streams: u32,
+    /// Streams one peer connection may have open at once (server side; a
+    /// peer opens one per connection).
+    pub max_peer_streams: u32,
 }
 
 impl Default for QuicOptions {
@@ -68,6 +84,8 @@ impl Default for QuicOptions {
             stream_window_bytes: 8 << 20,
             connection_window_bytes: 32 << 20,
             send_window_bytes: 32 << 20,
+            max_client_streams: 64,
+            max_peer_streams: 4,
         }
     }
 }
@@ -96,7 +114,8 @@ fn roots(id: &TlsIdentity) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(r))
 }
 
-fn transport(opts: &QuicOptions) -> Arc<quinn::TransportConfig> {
+/// Streams the remote side may open: `(unidirectional, bidirectional)`.
+fn transport(opts: &QuicOptions, streams: (u32, u32)) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
         opts.idle_timeout
@@ -108,8 +127,8 @@ fn transport(opts: &QuicOptions) -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(opts.stream_window_bytes.into());
     t.receive_window(opts.connection_window_bytes.into());
     t.send_window(opts.send_window_bytes);
-    t.max_concurrent_uni_streams(64u32.into());
-    t.max_concurrent_bidi_streams(1024u32.into());
+    t.max_concurrent_uni_streams(streams.0.into());
+    t.max_concurrent_bidi_streams(streams.1.into());
     Arc::new(t)
 }
 
@@ -128,7 +147,15 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport(opts));
+    // Before the handshake the class of a connection is unknown, so the
+    // initial limits are the larger of both; `transport` narrows them.
+    cfg.transport_config(transport(
+        opts,
+        (
+            opts.max_peer_streams,
+            opts.max_client_streams.max(opts.max_peer_streams),
+        ),
+    ));
     Ok(cfg)
 }
 
@@ -145,7 +172,8 @@ pub fn client_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport(opts));
+    // The side that dials accepts no streams (see the module docs).
+    cfg.transport_config(transport(opts, (0, 0)));
     Ok(cfg)
 }
 

@@ -1,11 +1,13 @@
 //! The node's QUIC endpoint: Raft messages to and from peers, and client
 //! requests, on one UDP socket.
 //!
-//! Owns: the endpoint, one sender task per (peer, stream class), and the
-//! accept loop that checks who is talking before anything they say reaches
-//! the core.
+//! Owns: the endpoint, one sender task per (peer, stream class), the accept
+//! loop that checks who is talking before anything they say reaches the
+//! core, and the resource limits ([`QuicLimits`]) that keep an
+//! authenticated but hostile or buggy peer or client from exhausting the
+//! node.
 //!
-//! Peer traffic (ALPN `ha-raft/1`). Each node dials each peer lazily (on the
+//! Peer traffic (ALPN `ha-raft/2`). Each node dials each peer lazily (on the
 //! first message for it) and keeps two connections to it, each carrying one
 //! unidirectional stream of frames:
 //! - **control**: votes, pre-votes, heartbeats and every response: small,
@@ -17,18 +19,35 @@
 //! leader under heavy write load keeps its followers. A stream opens with a
 //! [`PeerHello`] naming the sender, the receiver, the cluster and the class.
 //!
+//! A snapshot travels on a connection of its own, on one bidirectional
+//! stream: hello, [`SnapshotHeader`], the file's bytes; the receiver answers
+//! with one [`SnapshotVerdict`] once the file is verified, durable and its
+//! `InstallSnapshot` queued to the node, and the sender reports success
+//! only on [`SnapshotVerdict::Accepted`].
+//!
+//! Client traffic (ALPN `ha-client/1`): one request and one response per
+//! bidirectional stream.
+//!
 //! Invariants:
 //! 1. A peer stream is accepted only if the dialer's certificate (verified
 //!    against the cluster CA by the handshake) names `node-<from>` for the
 //!    `from` its hello claims, `to` is this node, and the cluster id matches.
 //!    Every message on it must then carry that same `from` and `to`.
 //! 2. A malformed, truncated, oversized or unexpected frame closes that
-//!    connection and is logged once with the peer's identity; the node
-//!    keeps running.
+//!    connection and is logged with the peer's identity; the node keeps
+//!    running.
 //! 3. Send queues are bounded (`control_queue`, `replication_queue`);
 //!    `send` drops when one is full, so a slow or dead follower cannot make
 //!    the leader's memory grow. Raft resends what matters.
 //! 4. Reconnects back off exponentially from 20 ms to 1 s, with jitter.
+//! 5. Nothing is dropped silently: every message, request, connection,
+//!    stream or snapshot this endpoint drops or refuses is counted in
+//!    [`TransportStats`] and logged (events a flood could repeat are logged
+//!    at the 1st, 2nd, 4th, ... and every 1024th occurrence, with the count).
+//! 6. Every limit in [`QuicLimits`] holds (see there); in particular a
+//!    client request is at most `max_request_bytes`, so every entry the log
+//!    accepts fits a replication frame, and memory held for unfinished frames
+//!    is paid from a byte budget before it is allocated.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,37 +55,48 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ha_core::node::{NodeError, NodeHandle};
+use ha_core::node::{NodeError, NodeHandle, SnapshotFiles};
 use ha_core::raft::rng::SplitMix64;
 use ha_core::raft::{Body, Message};
 use ha_core::transport::Transport;
-use ha_core::types::NodeId;
+use ha_core::types::{LogIndex, NodeId, Term};
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 
 use crate::certs::{TlsIdentity, node_server_name};
 use crate::client::{ClientRequest, ClientResponse, StatusView};
-use crate::frame::{self, FrameError, MAX_CONTROL_FRAME_BYTES, MAX_FRAME_BYTES};
+use crate::frame::{
+    self, FrameDeadline, FrameError, MAX_CONTROL_FRAME_BYTES, MAX_FRAME_BYTES, ReadLimits,
+};
 use crate::tls::{self, ALPN_CLIENT, ALPN_PEER, QuicOptions};
 use ha_core::protocol::{Consistency, LogCommand, LogOp};
 
-/// Application error codes used when closing a connection.
+/// Application error codes used when closing a connection or a stream.
 pub mod codes {
     /// The peer broke the protocol (bad frame, bad identity).
     pub const PROTOCOL: u32 = 1;
     /// The node is shutting down.
     pub const SHUTDOWN: u32 = 2;
+    /// A limit was reached: too many connections, no frame budget left.
+    pub const BUSY: u32 = 3;
+    /// A frame or transfer did not complete by its deadline.
+    pub const TIMEOUT: u32 = 4;
+    /// The request or snapshot was refused (the answer says why).
+    pub const REFUSED: u32 = 5;
 }
 
-/// The two classes of peer traffic (see the module docs).
+/// The classes of peer traffic (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamClass {
     /// Votes, heartbeats, responses.
     Control,
     /// Appends.
     Replication,
-    /// One snapshot file: a [`SnapshotHeader`] frame, then its raw bytes.
+    /// One snapshot file, on a bidirectional stream: a [`SnapshotHeader`]
+    /// frame, then its raw bytes; the receiver answers with a
+    /// [`SnapshotVerdict`].
     Snapshot,
 }
 
@@ -74,18 +104,35 @@ pub enum StreamClass {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
     /// Last index the snapshot covers.
-    pub index: ha_core::types::LogIndex,
+    pub index: LogIndex,
     /// Its term.
-    pub term: ha_core::types::Term,
+    pub term: Term,
     /// The sender's term as leader.
-    pub leader_term: ha_core::types::Term,
+    pub leader_term: Term,
     /// Bytes of the file that follow.
     pub len: u64,
+}
+
+/// The receiver's answer at the end of a snapshot stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotVerdict {
+    /// The file arrived whole, verified, is durable, and its
+    /// `InstallSnapshot` was handed to the node.
+    Accepted,
+    /// The snapshot was not taken, and why.
+    Refused(String),
 }
 
 /// Bytes of a snapshot file read (and written) at a time: the only buffer a
 /// transfer holds on either side, besides QUIC's own flow-control windows.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Pieces queued between a snapshot stream and the thread writing the file
+/// (so at most this many chunks wait in memory per transfer).
+const SNAPSHOT_WRITE_QUEUE: usize = 2;
+
+/// Longest refusal reason sent in a [`SnapshotVerdict`].
+const MAX_VERDICT_REASON_BYTES: usize = 1024;
 
 /// The first frame of every peer stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +147,220 @@ pub struct PeerHello {
     pub class: StreamClass,
     /// The schema fingerprint of the sender's replicated type (0: none).
     pub schema: u64,
+}
+
+/// Default cap of one client request: 1.5 MiB, like etcd's
+/// `--max-request-bytes`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
+/// The core's default `max_append_bytes` (`ha_core::raft::Config`).
+pub const DEFAULT_MAX_APPEND_BYTES: usize = 1 << 20;
+/// Bytes an append's frame may take beyond its entries' payloads and the
+/// core's estimate of their headers: the message header (ids, terms, the
+/// commit index, the entry count) and the leader's timestamp around a
+/// client command, with room to spare.
+pub const APPEND_OVERHEAD_BYTES: usize = 4096;
+
+/// The smallest replication frame cap that holds every append the core can
+/// build from requests of at most `max_request_bytes` (invariant 6).
+///
+/// The core fills an append up to `max_append_bytes` of its own size
+/// estimate (24 bytes per entry plus the payload), and always sends at least
+/// one entry, however large. An entry made from a request is at most the
+/// request plus the timestamp the leader adds. Postcard spends at most 26
+/// bytes on an entry's header where the core counts 24, and at most 10 per
+/// member id where it counts 8, so a full batch encodes to at most twice
+/// its estimate. Hence: one request, plus twice the batch, plus the
+/// message's own header.
+pub const fn min_replication_frame_bytes(
+    max_request_bytes: usize,
+    max_append_bytes: usize,
+) -> usize {
+    max_request_bytes
+        .saturating_add(max_append_bytes.saturating_mul(2))
+        .saturating_add(APPEND_OVERHEAD_BYTES)
+}
+
+const _: () = assert!(
+    min_replication_frame_bytes(DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_APPEND_BYTES)
+        <= MAX_FRAME_BYTES,
+    "the default request and append caps must fit the default replication frame"
+);
+
+/// Resource limits of an endpoint against authenticated but hostile or
+/// buggy peers and clients. [`QuicLimits::validate`] checks the relations
+/// between them; the defaults suit a LAN cluster.
+///
+/// Memory a remote can make the node hold, besides QUIC's flow-control
+/// windows (see `tls`): frame buffers, paid from `client_budget_bytes` and
+/// `peer_budget_bytes`, and at most `SNAPSHOT_WRITE_QUEUE` chunks of
+/// `SNAPSHOT_CHUNK_BYTES` per snapshot transfer.
+#[derive(Clone, Debug)]
+pub struct QuicLimits {
+    /// Largest client request frame (default 1.5 MiB). A larger request is
+    /// answered with `ClientResponse::Refused` ("too large") after reading
+    /// only its length, and never reaches the log.
+    pub max_request_bytes: usize,
+    /// The core's `max_append_bytes` (default 1 MiB); it must equal the
+    /// node's `NodeOptions::raft.max_append_bytes`, which the transport
+    /// cannot see. Used only to check `max_replication_frame_bytes`.
+    pub max_append_bytes: usize,
+    /// Largest replication frame, sent or received (default 16 MiB; at least
+    /// [`min_replication_frame_bytes`], at most [`MAX_FRAME_BYTES`]). Every
+    /// node of a cluster should use the same value.
+    pub max_replication_frame_bytes: usize,
+    /// Connections open at once, handshakes included (default 1024); more
+    /// are refused before the handshake. At least `max_client_connections`
+    /// plus `max_connections_per_peer` per peer plus one, so neither class
+    /// can be locked out by the other.
+    pub max_connections: usize,
+    /// Client connections open at once (default 512); more are closed after
+    /// the handshake.
+    pub max_client_connections: usize,
+    /// Connections one peer node may have open at once (default 8: control,
+    /// replication, a snapshot, and the overlap of reconnects).
+    pub max_connections_per_peer: usize,
+    /// Bytes all client streams together may hold in unfinished request
+    /// frames (default 256 MiB). A connection whose frame cannot be paid
+    /// for is closed.
+    pub client_budget_bytes: usize,
+    /// Bytes all peer streams together may hold in unfinished frames
+    /// (default 256 MiB); separate from the clients' so clients cannot
+    /// starve replication.
+    pub peer_budget_bytes: usize,
+    /// A client stream must deliver its whole request within this long of
+    /// being opened (default 10 s), and take its response within as long;
+    /// otherwise the stream is closed.
+    pub client_request_timeout: Duration,
+    /// A peer's hello must arrive within this long of its stream opening,
+    /// and a frame that has started must complete within this long (default
+    /// 10 s); otherwise the connection is closed.
+    pub peer_frame_timeout: Duration,
+    /// Largest snapshot file received (default 16 GiB). A node restores a
+    /// snapshot into memory, so a larger one could not be used anyway; the
+    /// cap keeps a peer's claimed length from filling the disk. Checked
+    /// before any file is created.
+    pub max_snapshot_bytes: u64,
+    /// Snapshot transfers received at once (default 2); more are refused.
+    pub max_snapshot_receives: usize,
+    /// A snapshot transfer with no bytes for this long is aborted and its
+    /// partial file removed (default 10 s).
+    pub snapshot_idle_timeout: Duration,
+    /// A snapshot transfer must complete within this floor plus its length
+    /// at `snapshot_min_bytes_per_sec` (default 60 s).
+    pub snapshot_timeout_floor: Duration,
+    /// The slowest transfer rate a snapshot deadline allows (default 1 MiB/s,
+    /// far below any LAN or disk, so only a stalling peer hits it).
+    pub snapshot_min_bytes_per_sec: u64,
+}
+
+impl Default for QuicLimits {
+    fn default() -> QuicLimits {
+        QuicLimits {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            max_replication_frame_bytes: MAX_FRAME_BYTES,
+            max_connections: 1024,
+            max_client_connections: 512,
+            max_connections_per_peer: 8,
+            client_budget_bytes: 256 << 20,
+            peer_budget_bytes: 256 << 20,
+            client_request_timeout: Duration::from_secs(10),
+            peer_frame_timeout: Duration::from_secs(10),
+            max_snapshot_bytes: 16 << 30,
+            max_snapshot_receives: 2,
+            snapshot_idle_timeout: Duration::from_secs(10),
+            snapshot_timeout_floor: Duration::from_secs(60),
+            snapshot_min_bytes_per_sec: 1 << 20,
+        }
+    }
+}
+
+impl QuicLimits {
+    /// Checks the relations between the limits, for a node with `peers`
+    /// other nodes.
+    pub fn validate(&self, peers: usize) -> Result<(), String> {
+        let min_frame = min_replication_frame_bytes(self.max_request_bytes, self.max_append_bytes);
+        if self.max_request_bytes == 0 {
+            return Err("max_request_bytes must be at least 1".into());
+        }
+        if self.max_replication_frame_bytes > MAX_FRAME_BYTES {
+            return Err(format!(
+                "max_replication_frame_bytes {} exceeds the largest frame, {MAX_FRAME_BYTES}",
+                self.max_replication_frame_bytes
+            ));
+        }
+        if self.max_replication_frame_bytes < min_frame {
+            return Err(format!(
+                "max_replication_frame_bytes {} cannot hold an append of a {}-byte request \
+                 and {} bytes of entries (max_append_bytes); it must be at least {min_frame}, \
+                 or lower max_request_bytes",
+                self.max_replication_frame_bytes, self.max_request_bytes, self.max_append_bytes
+            ));
+        }
+        let needed = self.max_client_connections.saturating_add(
+            self.max_connections_per_peer
+                .saturating_mul(peers)
+                .saturating_add(1),
+        );
+        if self.max_connections < needed {
+            return Err(format!(
+                "max_connections {} must be at least max_client_connections {} plus \
+                 max_connections_per_peer {} for each of {peers} peers plus one ({needed})",
+                self.max_connections, self.max_client_connections, self.max_connections_per_peer
+            ));
+        }
+        for (name, v) in [
+            ("max_client_connections", self.max_client_connections),
+            ("max_connections_per_peer", self.max_connections_per_peer),
+            ("max_snapshot_receives", self.max_snapshot_receives),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, budget, frame) in [
+            (
+                "client_budget_bytes",
+                self.client_budget_bytes,
+                self.max_request_bytes,
+            ),
+            (
+                "peer_budget_bytes",
+                self.peer_budget_bytes,
+                self.max_replication_frame_bytes,
+            ),
+        ] {
+            if budget < frame || budget > Semaphore::MAX_PERMITS {
+                return Err(format!(
+                    "{name} {budget} must hold at least one largest frame ({frame}) and at \
+                     most {}",
+                    Semaphore::MAX_PERMITS
+                ));
+            }
+        }
+        for (name, d) in [
+            ("client_request_timeout", self.client_request_timeout),
+            ("peer_frame_timeout", self.peer_frame_timeout),
+            ("snapshot_idle_timeout", self.snapshot_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be longer than zero"));
+            }
+        }
+        if self.snapshot_min_bytes_per_sec == 0 {
+            return Err("snapshot_min_bytes_per_sec must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// How long a snapshot of `len` bytes may take: the floor plus its
+    /// length at the slowest allowed rate.
+    pub fn snapshot_deadline(&self, len: u64) -> Duration {
+        self.snapshot_timeout_floor
+            .saturating_add(Duration::from_secs(
+                len / self.snapshot_min_bytes_per_sec.max(1),
+            ))
+    }
 }
 
 /// Settings of a node's endpoint.
@@ -120,12 +381,15 @@ pub struct QuicConfig {
     /// Messages queued per peer on the replication stream before dropping.
     pub replication_queue: usize,
     /// The schema fingerprint of the replicated type (0: raw bytes). Peers
-    /// and clients with another fingerprint are refused.
+    /// and clients with another fingerprint are refused, and so are raw
+    /// `ClientRequest::Propose` requests when it is not 0.
     pub schema: u64,
+    /// Resource limits against hostile or buggy peers and clients.
+    pub limits: QuicLimits,
 }
 
 impl QuicConfig {
-    /// Settings with default queues and QUIC options.
+    /// Settings with default queues, QUIC options and limits.
     pub fn new(
         id: NodeId,
         listen: SocketAddr,
@@ -141,7 +405,18 @@ impl QuicConfig {
             control_queue: 4096,
             replication_queue: 1024,
             schema: 0,
+            limits: QuicLimits::default(),
         }
+    }
+
+    /// Checks the settings (the limits' relations among them).
+    pub fn validate(&self) -> Result<(), String> {
+        let peers = self.peers.keys().filter(|p| **p != self.id).count();
+        self.limits.validate(peers)?;
+        if self.options.max_client_streams == 0 || self.options.max_peer_streams == 0 {
+            return Err("max_client_streams and max_peer_streams must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -159,19 +434,61 @@ pub enum QuicError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The settings contradict each other.
+    #[error("invalid transport settings: {0}")]
+    Config(String),
 }
 
-/// Counters of one endpoint.
+/// Counters of one endpoint (invariant 5).
 #[derive(Debug, Default)]
 pub struct TransportStats {
     /// Messages dropped because a send queue was full.
     pub dropped_full: AtomicU64,
+    /// Messages dropped because they were for a node this endpoint does not
+    /// know.
+    pub dropped_no_route: AtomicU64,
     /// Messages written to peers.
     pub sent: AtomicU64,
+    /// Messages (and responses) dropped because they could not be encoded
+    /// within their frame cap.
+    pub encode_failures: AtomicU64,
     /// Messages received from peers and handed to the node.
     pub received: AtomicU64,
+    /// Messages from peers dropped because the node's inbox was full.
+    pub dropped_inbound: AtomicU64,
     /// Connections closed for breaking the protocol.
     pub protocol_errors: AtomicU64,
+    /// Connections refused or closed because a connection limit was reached.
+    pub refused_connections: AtomicU64,
+    /// Frames that did not arrive by their deadline (the stream or
+    /// connection was closed).
+    pub frame_timeouts: AtomicU64,
+    /// Connections closed because the frame byte budget was exhausted.
+    pub budget_exhausted: AtomicU64,
+    /// Client requests refused as larger than `max_request_bytes`.
+    pub requests_too_large: AtomicU64,
+    /// Client requests refused for another reason (a schema mismatch, a raw
+    /// proposal to a typed node).
+    pub requests_refused: AtomicU64,
+    /// Snapshots received, verified, and handed to the node.
+    pub snapshots_received: AtomicU64,
+    /// Snapshot transfers refused or failed on the receiving side (too large,
+    /// too many at once, not storable, broken, timed out).
+    pub snapshots_refused: AtomicU64,
+    /// Snapshot transfers aborted for making no progress or missing their
+    /// deadline (also counted in `snapshots_refused`).
+    pub snapshot_timeouts: AtomicU64,
+}
+
+/// Adds one to `c`, returning the new count.
+fn bump(c: &AtomicU64) -> u64 {
+    c.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Whether the `n`th occurrence of a repeatable event is logged (invariant
+/// 5): the 1st, 2nd, 4th, ... and every 1024th.
+fn sampled(n: u64) -> bool {
+    n.is_power_of_two() || n.is_multiple_of(1024)
 }
 
 struct PeerQueues {
@@ -184,12 +501,29 @@ struct PeerQueues {
 
 type ConnSlot = Arc<std::sync::Mutex<Option<quinn::Connection>>>;
 
+/// What every task of an endpoint shares. The semaphores are the limits of
+/// [`QuicLimits`]: a permit is a connection slot, a snapshot slot, or a byte
+/// of an unfinished frame, held for as long as that thing exists.
 struct Shared {
     id: NodeId,
     cluster_id: String,
     schema: u64,
     peers: BTreeMap<NodeId, SocketAddr>,
     stats: TransportStats,
+    options: QuicOptions,
+    limits: QuicLimits,
+    /// `max_connections`.
+    connections: Arc<Semaphore>,
+    /// `max_client_connections`.
+    client_connections: Arc<Semaphore>,
+    /// `max_connections_per_peer`, per peer.
+    peer_connections: BTreeMap<NodeId, Arc<Semaphore>>,
+    /// `client_budget_bytes`.
+    client_budget: Arc<Semaphore>,
+    /// `peer_budget_bytes`.
+    peer_budget: Arc<Semaphore>,
+    /// `max_snapshot_receives`.
+    snapshot_receives: Arc<Semaphore>,
 }
 
 /// The sending half, handed to the node as its [`Transport`].
@@ -216,11 +550,24 @@ impl Transport for QuicTransport {
         done: ha_core::transport::SnapshotDone,
     ) {
         let Some(addr) = self.shared.peers.get(&to).copied() else {
+            let n = bump(&self.shared.stats.dropped_no_route);
+            tracing::warn!(node = %self.shared.id, peer = %to, "cannot send a snapshot to an unknown node ({n} messages without a route so far)");
             return done(false);
         };
         let (endpoint, shared) = (self.endpoint.clone(), self.shared.clone());
         tokio::spawn(async move {
-            let r = stream_snapshot(&endpoint, &shared, to, addr, snapshot, install.term).await;
+            // The whole transfer, the verdict included, has a deadline: a
+            // receiver that stops reading cannot hold the sender forever.
+            let limit = shared
+                .limits
+                .snapshot_deadline(snapshot.len)
+                .saturating_add(shared.limits.snapshot_idle_timeout);
+            let r = tokio::time::timeout(
+                limit,
+                stream_snapshot(&endpoint, &shared, to, addr, snapshot, install.term),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no verdict within {limit:?}")));
             if let Err(e) = &r {
                 tracing::warn!(node = %shared.id, peer = %to, "snapshot transfer failed: {e}");
             }
@@ -229,18 +576,24 @@ impl Transport for QuicTransport {
     }
 
     fn send(&self, msg: Message) {
+        let stats = &self.shared.stats;
         let Some(q) = self.queues.get(&msg.to) else {
+            let n = bump(&stats.dropped_no_route);
+            if sampled(n) {
+                tracing::warn!(node = %self.shared.id, to = %msg.to, "dropped a message for a node this endpoint does not know ({n} so far)");
+            }
             return;
         };
         let queue = match class_of(&msg) {
             StreamClass::Control => &q.control,
             StreamClass::Replication | StreamClass::Snapshot => &q.replication,
         };
+        let to = msg.to;
         if queue.try_send(msg).is_err() {
-            self.shared
-                .stats
-                .dropped_full
-                .fetch_add(1, Ordering::Relaxed);
+            let n = bump(&stats.dropped_full);
+            if sampled(n) {
+                tracing::warn!(node = %self.shared.id, peer = %to, "dropped a message: the send queue is full ({n} so far; Raft resends)");
+            }
         }
     }
 }
@@ -256,6 +609,18 @@ impl QuicTransport {
     /// The counters.
     pub fn stats(&self) -> &TransportStats {
         &self.shared.stats
+    }
+
+    /// Bytes client streams hold in unfinished request frames now (at most
+    /// `client_budget_bytes`).
+    pub fn client_frame_bytes_held(&self) -> usize {
+        self.shared.limits.client_budget_bytes - self.shared.client_budget.available_permits()
+    }
+
+    /// Bytes peer streams hold in unfinished frames now (at most
+    /// `peer_budget_bytes`).
+    pub fn peer_frame_bytes_held(&self) -> usize {
+        self.shared.limits.peer_budget_bytes - self.shared.peer_budget.available_permits()
     }
 
     /// QUIC's round-trip estimate to every connected peer.
@@ -281,6 +646,7 @@ impl QuicEndpoint {
     /// Binds the socket and starts the peer senders (they connect lazily).
     /// Must be called inside a tokio runtime.
     pub fn bind(config: QuicConfig) -> Result<QuicEndpoint, QuicError> {
+        config.validate().map_err(QuicError::Config)?;
         let bind_err = |source| QuicError::Bind {
             addr: config.listen,
             source,
@@ -295,6 +661,7 @@ impl QuicEndpoint {
         config: QuicConfig,
         socket: std::net::UdpSocket,
     ) -> Result<QuicEndpoint, QuicError> {
+        config.validate().map_err(QuicError::Config)?;
         let server = tls::server_config(&config.identity, &config.options)?;
         let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
             addr: config.listen,
@@ -312,12 +679,31 @@ impl QuicEndpoint {
         })?;
         let client = tls::client_config(&config.identity, ALPN_PEER, &config.options)?;
         endpoint.set_default_client_config(client);
+        let limits = &config.limits;
         let shared = Arc::new(Shared {
             id: config.id,
             cluster_id: config.identity.cluster_id(),
             schema: config.schema,
             peers: config.peers.clone(),
             stats: TransportStats::default(),
+            options: config.options.clone(),
+            limits: limits.clone(),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            client_connections: Arc::new(Semaphore::new(limits.max_client_connections)),
+            peer_connections: config
+                .peers
+                .keys()
+                .filter(|p| **p != config.id)
+                .map(|p| {
+                    (
+                        *p,
+                        Arc::new(Semaphore::new(limits.max_connections_per_peer)),
+                    )
+                })
+                .collect(),
+            client_budget: Arc::new(Semaphore::new(limits.client_budget_bytes)),
+            peer_budget: Arc::new(Semaphore::new(limits.peer_budget_bytes)),
+            snapshot_receives: Arc::new(Semaphore::new(limits.max_snapshot_receives)),
         });
         let mut queues = BTreeMap::new();
         for (peer, addr) in &config.peers {
@@ -397,7 +783,7 @@ impl QuicEndpoint {
     pub fn serve_messages_and_snapshots(
         &self,
         inbound: mpsc::Sender<Message>,
-        files: Arc<dyn ha_core::node::SnapshotFiles>,
+        files: Arc<dyn SnapshotFiles>,
     ) {
         self.accept_into(inbound, None, Some(files));
     }
@@ -406,15 +792,31 @@ impl QuicEndpoint {
         &self,
         inbound: mpsc::Sender<Message>,
         node: Option<NodeHandle>,
-        files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
+        files: Option<Arc<dyn SnapshotFiles>>,
     ) {
         let endpoint = self.endpoint.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                // The total cap, before spending a handshake on it.
+                let Ok(slot) = shared.connections.clone().try_acquire_owned() else {
+                    let n = bump(&shared.stats.refused_connections);
+                    if sampled(n) {
+                        tracing::warn!(
+                            node = %shared.id,
+                            remote = %incoming.remote_address(),
+                            "refused a connection: {} are open (max_connections); {n} refused so far",
+                            shared.limits.max_connections
+                        );
+                    }
+                    incoming.refuse();
+                    continue;
+                };
                 let (shared, inbound, node, files) =
                     (shared.clone(), inbound.clone(), node.clone(), files.clone());
-                tokio::spawn(handle_incoming(incoming, shared, inbound, node, files));
+                tokio::spawn(handle_incoming(
+                    incoming, slot, shared, inbound, node, files,
+                ));
             }
         });
     }
@@ -423,6 +825,31 @@ impl QuicEndpoint {
     pub fn close(&self) {
         self.endpoint
             .close(codes::SHUTDOWN.into(), b"shutting down");
+    }
+}
+
+/// Encodes `m` into `buf` within `class`'s frame cap; a message that cannot
+/// be encoded is counted and logged, and dropped (invariant 5).
+fn encode_message(shared: &Shared, class: StreamClass, m: &Message, buf: &mut Vec<u8>) -> bool {
+    let max = match class {
+        StreamClass::Control => MAX_CONTROL_FRAME_BYTES,
+        StreamClass::Replication | StreamClass::Snapshot => {
+            shared.limits.max_replication_frame_bytes
+        }
+    };
+    match frame::encode_within(m, buf, max) {
+        Ok(()) => true,
+        Err(e) => {
+            let n = bump(&shared.stats.encode_failures);
+            tracing::error!(
+                node = %shared.id,
+                peer = %m.to,
+                term = %m.term,
+                ?class,
+                "dropped a message that cannot be sent ({n} so far): {e}"
+            );
+            false
+        }
     }
 }
 
@@ -460,7 +887,18 @@ async fn peer_sender(
                 let jitter = rng.range(0, backoff.as_millis() as u64 / 2 + 1);
                 tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
                 backoff = (backoff * 2).min(max_backoff);
-                while rx.try_recv().is_ok() {}
+                let mut stale = 0u64;
+                while rx.try_recv().is_ok() {
+                    stale += 1;
+                }
+                if stale > 0 {
+                    let n = shared
+                        .stats
+                        .dropped_full
+                        .fetch_add(stale, Ordering::Relaxed)
+                        + stale;
+                    tracing::debug!(node = %shared.id, %peer, ?class, "dropped {stale} messages queued while the peer was unreachable ({n} dropped so far)");
+                }
                 continue;
             }
         };
@@ -477,9 +915,13 @@ async fn peer_sender(
             schema: shared.schema,
         };
         let mut buf = Vec::new();
-        if frame::encode(&hello, &mut buf).is_err() || frame::encode(&first, &mut buf).is_err() {
+        if let Err(e) = frame::encode_within(&hello, &mut buf, MAX_CONTROL_FRAME_BYTES) {
+            let n = bump(&shared.stats.encode_failures);
+            tracing::error!(node = %shared.id, %peer, "cannot encode the stream hello ({n} encode failures so far): {e}");
+            tokio::time::sleep(max_backoff).await;
             continue;
         }
+        let mut n = u64::from(encode_message(&shared, class, &first, &mut buf));
         if stream.write_all(&buf).await.is_err() {
             continue;
         }
@@ -489,7 +931,7 @@ async fn peer_sender(
         }
         backoff = min_backoff;
         set_connected(Some(&conn));
-        shared.stats.sent.fetch_add(1, Ordering::Relaxed);
+        shared.stats.sent.fetch_add(n, Ordering::Relaxed);
         // Stream messages; write whatever queued up together, in one write.
         loop {
             let next = tokio::select! {
@@ -501,16 +943,10 @@ async fn peer_sender(
                 return;
             };
             buf.clear();
-            let mut n = 0u64;
-            let mut push = |m: &Message, buf: &mut Vec<u8>| {
-                if frame::encode(m, buf).is_ok() {
-                    n += 1;
-                }
-            };
-            push(&m, &mut buf);
+            n = u64::from(encode_message(&shared, class, &m, &mut buf));
             while buf.len() < 1 << 20 {
                 match rx.try_recv() {
-                    Ok(m) => push(&m, &mut buf),
+                    Ok(m) => n += u64::from(encode_message(&shared, class, &m, &mut buf)),
                     Err(_) => break,
                 }
             }
@@ -523,20 +959,20 @@ async fn peer_sender(
     }
 }
 
-/// Sends one snapshot file on a connection of its own, in chunks; a reader
-/// thread and the writer share a queue of two chunks, so memory stays
-/// bounded whatever the file's size.
+/// Sends one snapshot file on a connection of its own, in chunks, and waits
+/// for the receiver's verdict; a reader thread and the writer share a queue
+/// of two chunks, so memory stays bounded whatever the file's size.
 async fn stream_snapshot(
     endpoint: &quinn::Endpoint,
     shared: &Shared,
     to: NodeId,
     addr: SocketAddr,
     mut snapshot: ha_core::node::OutgoingSnapshot,
-    leader_term: ha_core::types::Term,
+    leader_term: Term,
 ) -> Result<(), String> {
     let conn = connect(endpoint, to, addr).await?;
-    let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
-    let _ = stream.set_priority(-1);
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let _ = send.set_priority(-1);
     let mut buf = Vec::new();
     let hello = PeerHello {
         cluster_id: shared.cluster_id.clone(),
@@ -551,9 +987,8 @@ async fn stream_snapshot(
         leader_term,
         len: snapshot.len,
     };
-    frame::encode(&hello, &mut buf).map_err(|e| e.to_string())?;
-    frame::encode(&header, &mut buf).map_err(|e| e.to_string())?;
-    stream.write_all(&buf).await.map_err(|e| e.to_string())?;
+    frame::encode_within(&hello, &mut buf, MAX_CONTROL_FRAME_BYTES).map_err(|e| e.to_string())?;
+    frame::encode_within(&header, &mut buf, MAX_CONTROL_FRAME_BYTES).map_err(|e| e.to_string())?;
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(2);
     std::thread::spawn(move || {
         loop {
@@ -573,23 +1008,48 @@ async fn stream_snapshot(
             }
         }
     });
-    let mut sent = 0u64;
-    while let Some(chunk) = rx.recv().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        sent += chunk.len() as u64;
-        stream.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    // Writes fail when the receiver refuses and stops the stream; its
+    // verdict then says why, so it is read either way.
+    let written: Result<(), String> = async {
+        send.write_all(&buf).await.map_err(|e| e.to_string())?;
+        let mut sent = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk.map_err(|e| format!("cannot read the snapshot: {e}"))?;
+            sent += chunk.len() as u64;
+            send.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        if sent != header.len {
+            return Err(format!(
+                "read {sent} bytes of a {}-byte snapshot",
+                header.len
+            ));
+        }
+        send.finish().map_err(|e| e.to_string())
     }
-    if sent != header.len {
-        return Err(format!(
-            "read {sent} bytes of a {}-byte snapshot",
-            header.len
-        ));
+    .await;
+    if written.is_err() {
+        // Tell the receiver the file is incomplete (a no-op if it stopped).
+        let _ = send.reset(codes::REFUSED.into());
     }
-    stream.finish().map_err(|e| e.to_string())?;
-    // Resolves once the peer has read everything (or gone away).
-    match stream.stopped().await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
+    // The receiver syncs the file before answering; allow it the time a
+    // transfer of this size may take.
+    let deadline = Instant::now().checked_add(shared.limits.snapshot_deadline(header.len));
+    let limits = ReadLimits {
+        max_bytes: MAX_CONTROL_FRAME_BYTES,
+        budget: None,
+        deadline: deadline.map_or(FrameDeadline::Never, FrameDeadline::At),
+    };
+    let verdict = frame::read_frame_with::<SnapshotVerdict>(&mut recv, &limits).await;
+    match (verdict, written) {
+        (Ok(Some(SnapshotVerdict::Accepted)), Ok(())) => Ok(()),
+        (Ok(Some(SnapshotVerdict::Refused(why))), _) => {
+            Err(format!("node {to} refused the snapshot: {why}"))
+        }
+        (_, Err(e)) => Err(e),
+        (Ok(None), Ok(())) => Err(format!(
+            "node {to} closed the snapshot stream without a verdict"
+        )),
+        (Err(e), Ok(())) => Err(format!("no verdict from node {to}: {e}")),
     }
 }
 
@@ -618,13 +1078,39 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     hd.protocol
 }
 
+/// Closes `conn` for a limit it hit: counts in `counter`, logs, and closes
+/// with `code`.
+fn close_for(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    counter: &AtomicU64,
+    code: u32,
+    who: &str,
+    why: &str,
+) {
+    let n = bump(counter);
+    if sampled(n) {
+        tracing::warn!(
+            node = %shared.id,
+            peer = who,
+            remote = %conn.remote_address(),
+            "closing a connection: {why} ({n} such so far)"
+        );
+    }
+    conn.close(code.into(), why.as_bytes());
+}
+
+/// Handles one connection from the handshake on, holding `slot` (of
+/// `max_connections`) until it ends.
 async fn handle_incoming(
     incoming: quinn::Incoming,
+    slot: OwnedSemaphorePermit,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
     node: Option<NodeHandle>,
-    files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
+    files: Option<Arc<dyn SnapshotFiles>>,
 ) {
+    let _slot = slot;
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -635,16 +1121,64 @@ async fn handle_incoming(
         }
     };
     let Some(cert) = peer_certificate(&conn) else {
-        conn.close(codes::PROTOCOL.into(), b"no certificate");
-        return;
+        return protocol_violation(&conn, &shared, "unidentified", "no certificate");
     };
     match alpn(&conn).as_deref() {
-        Some(p) if p == ALPN_PEER => peer_connection(conn, cert, shared, inbound, files).await,
-        Some(p) if p == ALPN_CLIENT => match node {
-            Some(node) => client_connection(conn, shared, node).await,
-            None => conn.close(codes::PROTOCOL.into(), b"no service for clients here"),
-        },
-        _ => conn.close(codes::PROTOCOL.into(), b"unknown protocol"),
+        Some(p) if p == ALPN_PEER => {
+            // Which member the certificate names decides whose slots it
+            // takes; the hello must then claim that same member.
+            let Some(peer) = shared
+                .peer_connections
+                .keys()
+                .copied()
+                .find(|id| tls::cert_names(&cert, &node_server_name(*id)))
+            else {
+                return protocol_violation(
+                    &conn,
+                    &shared,
+                    "unidentified",
+                    "the certificate names no member of this cluster",
+                );
+            };
+            let who = node_server_name(peer);
+            let Ok(_peer_slot) = shared.peer_connections[&peer].clone().try_acquire_owned() else {
+                let why = format!(
+                    "too many connections from this peer (max_connections_per_peer {})",
+                    shared.limits.max_connections_per_peer
+                );
+                return close_for(
+                    &conn,
+                    &shared,
+                    &shared.stats.refused_connections,
+                    codes::BUSY,
+                    &who,
+                    &why,
+                );
+            };
+            conn.set_max_concurrent_bi_streams(shared.options.max_peer_streams.into());
+            peer_connection(conn, peer, shared, inbound, files).await;
+        }
+        Some(p) if p == ALPN_CLIENT => {
+            let Some(node) = node else {
+                return conn.close(codes::PROTOCOL.into(), b"no service for clients here");
+            };
+            let Ok(_client_slot) = shared.client_connections.clone().try_acquire_owned() else {
+                let why = format!(
+                    "too many client connections (max_client_connections {})",
+                    shared.limits.max_client_connections
+                );
+                return close_for(
+                    &conn,
+                    &shared,
+                    &shared.stats.refused_connections,
+                    codes::BUSY,
+                    "client",
+                    &why,
+                );
+            };
+            client_connection(conn, shared, node).await;
+        }
+        _ => protocol_violation(&conn, &shared, "unidentified", "unknown protocol"),
     }
 }
 
@@ -654,23 +1188,64 @@ fn protocol_violation(conn: &quinn::Connection, shared: &Shared, who: &str, why:
         node = %shared.id,
         peer = who,
         remote = %conn.remote_address(),
-        "closing a peer connection: {why}"
+        "closing a connection for breaking the protocol: {why}"
     );
     conn.close(codes::PROTOCOL.into(), why.as_bytes());
 }
 
+/// Closes `conn` for a frame that failed to arrive (`what` names it); a
+/// stream or connection that went away is no one's fault and only logged
+/// at debug level.
+fn frame_failed(conn: &quinn::Connection, shared: &Shared, who: &str, what: &str, e: FrameError) {
+    match e {
+        FrameError::Stream(e) => {
+            tracing::debug!(node = %shared.id, peer = who, "{what}: the stream went away: {e}");
+        }
+        FrameError::TimedOut => close_for(
+            conn,
+            shared,
+            &shared.stats.frame_timeouts,
+            codes::TIMEOUT,
+            who,
+            &format!("{what} did not arrive in time"),
+        ),
+        e @ FrameError::OverBudget { .. } => close_for(
+            conn,
+            shared,
+            &shared.stats.budget_exhausted,
+            codes::BUSY,
+            who,
+            &format!("{what}: {e}"),
+        ),
+        e => protocol_violation(conn, shared, who, &format!("{what}: {e}")),
+    }
+}
+
+/// Accepts the streams of one peer connection: unidirectional ones for
+/// messages, bidirectional ones for snapshots.
 async fn peer_connection(
     conn: quinn::Connection,
-    cert: CertificateDer<'static>,
+    peer: NodeId,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
-    files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
+    files: Option<Arc<dyn SnapshotFiles>>,
 ) {
-    while let Ok(recv) = conn.accept_uni().await {
+    loop {
+        let (recv, send) = tokio::select! {
+            s = conn.accept_uni() => match s {
+                Ok(recv) => (recv, None),
+                Err(_) => return,
+            },
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => (recv, Some(send)),
+                Err(_) => return,
+            },
+        };
         tokio::spawn(peer_stream(
             recv,
+            send,
             conn.clone(),
-            cert.clone(),
+            peer,
             shared.clone(),
             inbound.clone(),
             files.clone(),
@@ -680,19 +1255,28 @@ async fn peer_connection(
 
 async fn peer_stream(
     mut recv: quinn::RecvStream,
+    send: Option<quinn::SendStream>,
     conn: quinn::Connection,
-    cert: CertificateDer<'static>,
+    peer: NodeId,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
-    files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
+    files: Option<Arc<dyn SnapshotFiles>>,
 ) {
-    let hello: PeerHello = match frame::read_frame(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
-        Ok(Some(h)) => h,
-        Ok(None) => return,
-        Err(e) => {
-            return protocol_violation(&conn, &shared, "unidentified", &format!("bad hello: {e}"));
-        }
+    let opened = Instant::now();
+    let first = |max_bytes| ReadLimits {
+        max_bytes,
+        budget: Some(&shared.peer_budget),
+        deadline: opened
+            .checked_add(shared.limits.peer_frame_timeout)
+            .map_or(FrameDeadline::Never, FrameDeadline::At),
     };
+    let who = node_server_name(peer);
+    let hello: PeerHello =
+        match frame::read_frame_with(&mut recv, &first(MAX_CONTROL_FRAME_BYTES)).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => return frame_failed(&conn, &shared, &who, "the stream's hello", e),
+        };
     let who = node_server_name(hello.from);
     if hello.cluster_id != shared.cluster_id {
         return protocol_violation(&conn, &shared, &who, "hello names another cluster");
@@ -711,7 +1295,7 @@ async fn peer_stream(
     if !shared.peers.contains_key(&hello.from) || hello.from == shared.id {
         return protocol_violation(&conn, &shared, &who, "hello claims an unknown node id");
     }
-    if !tls::cert_names(&cert, &who) {
+    if hello.from != peer {
         return protocol_violation(
             &conn,
             &shared,
@@ -719,15 +1303,31 @@ async fn peer_stream(
             "the certificate does not name the node id the hello claims",
         );
     }
-    let max = match hello.class {
-        StreamClass::Control => MAX_CONTROL_FRAME_BYTES,
-        StreamClass::Replication => MAX_FRAME_BYTES,
-        StreamClass::Snapshot => {
-            return receive_snapshot(recv, conn, hello, &who, shared, inbound, files).await;
+    let max_bytes = match (hello.class, send) {
+        (StreamClass::Control, None) => MAX_CONTROL_FRAME_BYTES,
+        (StreamClass::Replication, None) => shared.limits.max_replication_frame_bytes,
+        (StreamClass::Snapshot, Some(send)) => {
+            return receive_snapshot(
+                recv, send, conn, hello, &who, shared, inbound, files, opened,
+            )
+            .await;
+        }
+        (class, _) => {
+            return protocol_violation(
+                &conn,
+                &shared,
+                &who,
+                &format!("{class:?} traffic on the wrong kind of stream"),
+            );
         }
     };
+    let limits = ReadLimits {
+        max_bytes,
+        budget: Some(&shared.peer_budget),
+        deadline: FrameDeadline::AfterFirstByte(shared.limits.peer_frame_timeout),
+    };
     loop {
-        match frame::read_frame::<Message>(&mut recv, max).await {
+        match frame::read_frame_with::<Message>(&mut recv, &limits).await {
             Ok(Some(m)) => {
                 if m.from != hello.from || m.to != shared.id {
                     return protocol_violation(
@@ -739,112 +1339,312 @@ async fn peer_stream(
                 }
                 shared.stats.received.fetch_add(1, Ordering::Relaxed);
                 // A full inbox drops (the core is behind; Raft resends).
-                let _ = inbound.try_send(m);
+                if inbound.try_send(m).is_err() {
+                    let n = bump(&shared.stats.dropped_inbound);
+                    if sampled(n) {
+                        tracing::warn!(node = %shared.id, peer = %who, "dropped a message: the node's inbox is full or closed ({n} so far; Raft resends)");
+                    }
+                }
             }
             Ok(None) => return,
-            Err(FrameError::Stream(_)) => return, // The connection went away.
-            Err(e) => return protocol_violation(&conn, &shared, &who, &e.to_string()),
+            Err(e) => return frame_failed(&conn, &shared, &who, "a message", e),
         }
     }
 }
 
-/// Receives one snapshot file in chunks into the node's snapshot directory;
-/// once its checksum verified, steps `InstallSnapshot` from the sender.
+/// A piece of a snapshot file for the thread that writes it.
+enum Piece {
+    /// The next bytes.
+    Data(bytes::Bytes),
+    /// Every byte arrived: verify and publish. A queue closed without this
+    /// aborts the file (and removes it).
+    End,
+}
+
+/// Writes one incoming snapshot on a blocking thread (file writes and
+/// syncs must not stall a tokio worker).
+fn store_snapshot(
+    files: Arc<dyn SnapshotFiles>,
+    index: LogIndex,
+    term: Term,
+    mut pieces: mpsc::Receiver<Piece>,
+) -> Result<(), String> {
+    let mut writer = files.begin(index, term)?;
+    loop {
+        match pieces.blocking_recv() {
+            Some(Piece::Data(b)) => writer.write(&b)?,
+            Some(Piece::End) => return writer.finish(),
+            None => return Err("the transfer was abandoned".into()),
+        }
+    }
+}
+
+/// Receives one snapshot file and answers with a [`SnapshotVerdict`].
+#[allow(clippy::too_many_arguments)]
 async fn receive_snapshot(
     mut recv: quinn::RecvStream,
+    mut send: quinn::SendStream,
     conn: quinn::Connection,
     hello: PeerHello,
     who: &str,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
-    files: Option<Arc<dyn ha_core::node::SnapshotFiles>>,
+    files: Option<Arc<dyn SnapshotFiles>>,
+    opened: Instant,
 ) {
+    let r = take_snapshot(
+        &mut recv, &conn, &hello, who, &shared, &inbound, files, opened,
+    )
+    .await;
+    let verdict = match r {
+        Ok(()) => {
+            bump(&shared.stats.snapshots_received);
+            SnapshotVerdict::Accepted
+        }
+        Err(mut why) => {
+            let n = bump(&shared.stats.snapshots_refused);
+            tracing::warn!(node = %shared.id, peer = who, "refused a snapshot: {why} ({n} refused so far)");
+            let _ = recv.stop(codes::REFUSED.into());
+            if why.len() > MAX_VERDICT_REASON_BYTES {
+                let mut cut = MAX_VERDICT_REASON_BYTES;
+                while !why.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                why.truncate(cut);
+            }
+            SnapshotVerdict::Refused(why)
+        }
+    };
+    let mut buf = Vec::new();
+    if frame::encode_within(&verdict, &mut buf, MAX_CONTROL_FRAME_BYTES).is_ok() {
+        let write = tokio::time::timeout(shared.limits.peer_frame_timeout, send.write_all(&buf));
+        if matches!(write.await, Ok(Ok(()))) {
+            let _ = send.finish();
+        }
+    }
+}
+
+/// The receiving side of a snapshot transfer: checks, stores, hands the
+/// node its `InstallSnapshot`; `Err` says why not.
+#[allow(clippy::too_many_arguments)]
+async fn take_snapshot(
+    recv: &mut quinn::RecvStream,
+    conn: &quinn::Connection,
+    hello: &PeerHello,
+    who: &str,
+    shared: &Shared,
+    inbound: &mpsc::Sender<Message>,
+    files: Option<Arc<dyn SnapshotFiles>>,
+    opened: Instant,
+) -> Result<(), String> {
     let Some(files) = files else {
-        return protocol_violation(&conn, &shared, who, "this endpoint takes no snapshots");
+        return Err("this endpoint takes no snapshots".into());
     };
-    let header: SnapshotHeader = match frame::read_frame(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
+    let limits = ReadLimits {
+        max_bytes: MAX_CONTROL_FRAME_BYTES,
+        budget: Some(&shared.peer_budget),
+        deadline: opened
+            .checked_add(shared.limits.peer_frame_timeout)
+            .map_or(FrameDeadline::Never, FrameDeadline::At),
+    };
+    let header: SnapshotHeader = match frame::read_frame_with(recv, &limits).await {
         Ok(Some(h)) => h,
-        Ok(None) | Err(FrameError::Stream(_)) => return,
+        Ok(None) => return Err("the stream ended before the snapshot header".into()),
         Err(e) => {
-            return protocol_violation(&conn, &shared, who, &format!("bad snapshot header: {e}"));
+            let why = format!("bad snapshot header: {e}");
+            frame_failed(conn, shared, who, "the snapshot header", e);
+            return Err(why);
         }
     };
-    let mut writer = match files.begin(header.index, header.term) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(node = %shared.id, "cannot store a snapshot from {who}: {e}");
-            let _ = recv.stop(codes::PROTOCOL.into());
-            return;
-        }
+    let max = shared.limits.max_snapshot_bytes;
+    if header.len > max {
+        return Err(format!(
+            "a snapshot of {} bytes is too large: the limit is {max} (max_snapshot_bytes)",
+            header.len
+        ));
+    }
+    let Ok(_receiving) = shared.snapshot_receives.clone().try_acquire_owned() else {
+        return Err(format!(
+            "busy: {} snapshot transfers in progress (max_snapshot_receives)",
+            shared.limits.max_snapshot_receives
+        ));
     };
+    let (tx, rx) = mpsc::channel(SNAPSHOT_WRITE_QUEUE);
+    let (index, term) = (header.index, header.term);
+    let writer = tokio::task::spawn_blocking(move || store_snapshot(files, index, term, rx));
+    let idle = shared.limits.snapshot_idle_timeout;
+    let overall = opened.checked_add(shared.limits.snapshot_deadline(header.len));
     let mut got = 0u64;
+    let received: Result<(), String> = loop {
+        let idle_until = Instant::now() + idle;
+        let until = overall.map_or(idle_until, |o| o.min(idle_until));
+        let chunk =
+            match tokio::time::timeout_at(until, recv.read_chunk(SNAPSHOT_CHUNK_BYTES, true)).await
+            {
+                Err(_) => {
+                    bump(&shared.stats.snapshot_timeouts);
+                    break Err(format!(
+                        "the transfer stalled after {got} of {} bytes (no bytes for {idle:?}, or \
+                     past its deadline of {:?})",
+                        header.len,
+                        shared.limits.snapshot_deadline(header.len)
+                    ));
+                }
+                Ok(Err(e)) => break Err(format!("the transfer broke: {e}")),
+                Ok(Ok(None)) if got == header.len => {
+                    // The writer may have failed meanwhile; its error says so.
+                    let _ = tx.send(Piece::End).await;
+                    break Ok(());
+                }
+                Ok(Ok(None)) => {
+                    break Err(format!(
+                        "the transfer ended after {got} of {} bytes",
+                        header.len
+                    ));
+                }
+                Ok(Ok(Some(c))) => c.bytes,
+            };
+        got += chunk.len() as u64;
+        if got > header.len {
+            protocol_violation(conn, shared, who, "snapshot longer than announced");
+            break Err("the snapshot is longer than announced".into());
+        }
+        if tx.send(Piece::Data(chunk)).await.is_err() {
+            // The writer gave up; its error says why.
+            break Ok(());
+        }
+    };
+    // Closing the queue without `End` makes the writer abandon the file and
+    // remove it; waiting for it means nothing is left behind.
+    drop(tx);
+    let stored = writer
+        .await
+        .unwrap_or_else(|e| Err(format!("the snapshot writer failed: {e}")));
+    received?;
+    stored.map_err(|e| {
+        tracing::error!(node = %shared.id, peer = who, "cannot store a snapshot: {e}");
+        format!("cannot store the snapshot: {e}")
+    })?;
+    inbound
+        .try_send(Message {
+            from: hello.from,
+            to: shared.id,
+            term: header.leader_term,
+            body: Body::InstallSnapshot {
+                index: header.index,
+                term: header.term,
+            },
+        })
+        .map_err(|_| {
+            bump(&shared.stats.dropped_inbound);
+            "the node's inbox is full or closed".to_string()
+        })
+}
+
+/// Accepts the request streams of one client connection.
+async fn client_connection(conn: quinn::Connection, shared: Arc<Shared>, node: NodeHandle) {
+    // Clients only open request streams (see `tls`).
+    conn.set_max_concurrent_uni_streams(0u32.into());
     loop {
-        match recv.read_chunk(SNAPSHOT_CHUNK_BYTES, true).await {
-            Ok(Some(chunk)) => {
-                got += chunk.bytes.len() as u64;
-                if got > header.len {
+        tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    let (shared, node, conn) = (shared.clone(), node.clone(), conn.clone());
+                    tokio::spawn(client_stream(send, recv, conn, shared, node));
+                }
+                Err(_) => return,
+            },
+            s = conn.accept_uni() => match s {
+                Ok(_) => {
                     return protocol_violation(
                         &conn,
                         &shared,
-                        who,
-                        "snapshot longer than announced",
+                        "client",
+                        "clients may not open unidirectional streams",
                     );
                 }
-                if let Err(e) = writer.write(&chunk.bytes) {
-                    tracing::error!(node = %shared.id, "cannot store a snapshot from {who}: {e}");
-                    let _ = recv.stop(codes::PROTOCOL.into());
-                    return;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                // A broken transfer: the partial file is never made visible,
-                // and the leader will send again.
-                tracing::info!(node = %shared.id, "snapshot transfer from {who} broke: {e}");
-                return;
-            }
+                Err(_) => return,
+            },
         }
     }
-    if got != header.len {
-        tracing::info!(node = %shared.id, "snapshot from {who} ended after {got} of {} bytes", header.len);
-        return;
-    }
-    if let Err(e) = writer.finish() {
-        tracing::warn!(node = %shared.id, "refused a snapshot from {who}: {e}");
-        return;
-    }
-    let _ = inbound.try_send(Message {
-        from: hello.from,
-        to: shared.id,
-        term: header.leader_term,
-        body: Body::InstallSnapshot {
-            index: header.index,
-            term: header.term,
-        },
-    });
 }
 
-async fn client_connection(conn: quinn::Connection, shared: Arc<Shared>, node: NodeHandle) {
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let (shared, node, conn) = (shared.clone(), node.clone(), conn.clone());
-        tokio::spawn(async move {
-            let req: ClientRequest = match frame::read_frame(&mut recv, MAX_FRAME_BYTES).await {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(FrameError::Stream(_)) => return,
-                Err(e) => {
-                    shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(node = %shared.id, remote = %conn.remote_address(), "closing a client connection: {e}");
-                    conn.close(codes::PROTOCOL.into(), b"malformed request");
-                    return;
-                }
-            };
-            let resp = answer(req, &shared, &node).await;
-            let mut buf = Vec::new();
-            if frame::encode(&resp, &mut buf).is_ok() && send.write_all(&buf).await.is_ok() {
-                let _ = send.finish();
+/// One client request: read within its limits, answered, or refused.
+async fn client_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    node: NodeHandle,
+) {
+    let limits = ReadLimits {
+        max_bytes: shared.limits.max_request_bytes,
+        budget: Some(&shared.client_budget),
+        deadline: Instant::now()
+            .checked_add(shared.limits.client_request_timeout)
+            .map_or(FrameDeadline::Never, FrameDeadline::At),
+    };
+    let req = match frame::read_frame_with::<ClientRequest>(&mut recv, &limits).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(FrameError::TooLarge { len, max }) => {
+            // Refused on its length alone: the body is never read.
+            let n = bump(&shared.stats.requests_too_large);
+            if sampled(n) {
+                tracing::warn!(node = %shared.id, remote = %conn.remote_address(), "refused a client request of {len} bytes: the limit is {max} (max_request_bytes); {n} refused so far");
             }
-        });
+            let _ = recv.stop(codes::REFUSED.into());
+            let message = format!(
+                "request too large: {len} bytes, and this node takes at most {max} \
+                 (max_request_bytes); nothing was applied"
+            );
+            return respond(&mut send, &shared, ClientResponse::Refused { message }).await;
+        }
+        Err(FrameError::TimedOut) => {
+            let n = bump(&shared.stats.frame_timeouts);
+            if sampled(n) {
+                tracing::warn!(node = %shared.id, remote = %conn.remote_address(), "closed a client stream whose request did not arrive within {:?} ({n} frame timeouts so far)", shared.limits.client_request_timeout);
+            }
+            let _ = recv.stop(codes::TIMEOUT.into());
+            let _ = send.reset(codes::TIMEOUT.into());
+            return;
+        }
+        Err(e) => return frame_failed(&conn, &shared, "client", "a client request", e),
+    };
+    let resp = answer(req, &shared, &node).await;
+    respond(&mut send, &shared, resp).await;
+}
+
+/// Sends `resp` and ends the stream; a response too large to encode is
+/// counted, logged, and replaced by a failure saying so.
+async fn respond(send: &mut quinn::SendStream, shared: &Shared, resp: ClientResponse) {
+    let mut buf = Vec::new();
+    if let Err(e) = frame::encode(&resp, &mut buf) {
+        let n = bump(&shared.stats.encode_failures);
+        tracing::error!(node = %shared.id, "cannot send a response ({n} encode failures so far): {e}");
+        let failed = ClientResponse::Failed {
+            not_applied: false,
+            message: format!("the node cannot send its answer: {e}"),
+        };
+        if frame::encode(&failed, &mut buf).is_err() {
+            let _ = send.reset(codes::REFUSED.into());
+            return;
+        }
+    }
+    // A client that does not read its response loses the stream.
+    let write = tokio::time::timeout(shared.limits.client_request_timeout, send.write_all(&buf));
+    match write.await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+        }
+        Ok(Err(_)) => {}
+        Err(_) => {
+            let n = bump(&shared.stats.frame_timeouts);
+            if sampled(n) {
+                tracing::warn!(node = %shared.id, "closed a client stream that did not take its response within {:?} ({n} frame timeouts so far)", shared.limits.client_request_timeout);
+            }
+            let _ = send.reset(codes::TIMEOUT.into());
+        }
     }
 }
 
@@ -860,12 +1660,12 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
         not_applied: e.is_not_applied(),
         message: e.to_string(),
     };
-    let schema_mismatch = |schema: u64| ClientResponse::Refused {
-        message: format!(
-            "the client was built for schema {schema:016x} but the cluster runs {:016x}: \
-             rebuild the client with the same version of the replicated type",
-            shared.schema
-        ),
+    let refused = |message: String| {
+        let n = bump(&shared.stats.requests_refused);
+        if sampled(n) {
+            tracing::warn!(node = %shared.id, "refused a client request: {message} ({n} refused so far)");
+        }
+        ClientResponse::Refused { message }
     };
     match req {
         ClientRequest::Command { schema, .. }
@@ -873,8 +1673,19 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
         | ClientRequest::Register { schema }
             if schema != shared.schema =>
         {
-            schema_mismatch(schema)
+            refused(format!(
+                "the client was built for schema {schema:016x} but the cluster runs {:016x}: \
+                 rebuild the client with the same version of the replicated type",
+                shared.schema
+            ))
         }
+        // Raw bytes in the log would bypass sessions and could carry a
+        // forged leader timestamp: only raw (schema 0) nodes take them.
+        ClientRequest::Propose(_) if shared.schema != 0 => refused(format!(
+            "raw proposals are refused by a node of a replicated type (schema {:016x}); \
+             send commands through a client of that type",
+            shared.schema
+        )),
         ClientRequest::Command { .. } | ClientRequest::Register { .. } => {
             let op = match req {
                 ClientRequest::Command { command, .. } => LogOp::Command(command),

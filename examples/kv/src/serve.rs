@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// 127.0.0.1).
     #[arg(long)]
     metrics: Option<String>,
+    /// Refuse client requests larger than N bytes (before they reach the
+    /// log), like etcd's --max-request-bytes.
+    #[arg(long, default_value_t = ha_quic::transport::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
 }
 
 fn timing(a: &ServeArgs) -> (Duration, u64, u64) {
@@ -86,6 +90,13 @@ pub async fn serve(a: ServeArgs) -> i32 {
     }
     if a.id == 0 {
         usage_error("--id: node ids start at 1");
+    }
+    let limits = ha_quic::transport::QuicLimits {
+        max_request_bytes: a.max_request_bytes,
+        ..Default::default()
+    };
+    if let Err(e) = limits.validate(0) {
+        usage_error(format!("--max-request-bytes: {e}"));
     }
     let me = NodeId(a.id);
     let listen = parse_addr("--listen", &a.listen);
@@ -139,7 +150,8 @@ pub async fn serve(a: ServeArgs) -> i32 {
     opts.raft.rng_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(a.id, |d| d.as_nanos() as u64 ^ a.id);
-    let quic = QuicConfig::new(me, listen, peers, identity);
+    let mut quic = QuicConfig::new(me, listen, peers, identity);
+    quic.limits.max_request_bytes = a.max_request_bytes;
     let node =
         QuicNode::start_replicated::<Kv>(opts, quic, Some(socket), &dir, WalOptions::default())
             .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));

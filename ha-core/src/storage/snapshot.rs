@@ -211,6 +211,33 @@ pub struct RawSnapshotWriter<V: Vfs> {
     /// The last (up to) 4 bytes seen: the candidate checksum.
     tail: Vec<u8>,
     len: u64,
+    /// Whether `tmp` became the staged file; until then dropping the writer
+    /// (an abandoned or refused transfer) removes `tmp`.
+    staged: bool,
+}
+
+/// Numbers the temporary files of received snapshots, so transfers running
+/// at once never share one, even for the same `(index, term)`.
+static RAW_WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A temporary name of its own for one incoming transfer: the snapshot's
+/// name, a process-wide counter, and a random salt (so names differ across
+/// restarts too); it ends in `.tmp`, so [`SnapshotStore::open`] removes
+/// whatever a crash left.
+fn raw_tmp_name(index: LogIndex, term: Term) -> String {
+    use std::hash::BuildHasher;
+    let n = RAW_WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let salt = std::collections::hash_map::RandomState::new().hash_one(n);
+    format!("{}.{n}-{salt:016x}.tmp", file_name(index, term))
+}
+
+impl<V: Vfs> Drop for RawSnapshotWriter<V> {
+    fn drop(&mut self) {
+        if !self.staged {
+            // Best effort: what stays behind is removed at the next open.
+            let _ = self.store.vfs.remove(&self.tmp);
+        }
+    }
 }
 
 impl<V: Vfs> RawSnapshotWriter<V> {
@@ -250,6 +277,7 @@ impl<V: Vfs> RawSnapshotWriter<V> {
             .vfs
             .rename(&self.tmp, &staged)
             .map_err(io_err(&staged))?;
+        self.staged = true;
         self.store
             .vfs
             .sync_dir(&self.store.dir)
@@ -423,7 +451,7 @@ impl<V: Vfs> SnapshotStore<V> {
         index: LogIndex,
         term: Term,
     ) -> Result<RawSnapshotWriter<V>, SnapshotError> {
-        let tmp = self.dir.join(format!("{}.tmp", file_name(index, term)));
+        let tmp = self.dir.join(raw_tmp_name(index, term));
         let mut file = self.vfs.open(&tmp, true).map_err(io_err(&tmp))?;
         file.set_len(0).map_err(io_err(&tmp))?;
         Ok(RawSnapshotWriter {
@@ -435,6 +463,7 @@ impl<V: Vfs> SnapshotStore<V> {
             crc: 0,
             tail: Vec::new(),
             len: 0,
+            staged: false,
         })
     }
 
