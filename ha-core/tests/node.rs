@@ -77,3 +77,57 @@ async fn a_cluster_replicates_and_survives_a_lost_node() {
         assert!(n.status().stopped.is_some());
     }
 }
+
+/// A flood of client commands must not starve the leader's other inputs:
+/// with the driver polling commands first, the leader stopped stepping
+/// acknowledgements and ticking, its followers heard no heartbeats and
+/// elected another leader. Open-loop load keeps the command queue full for
+/// two seconds; the leader must keep its term and keep committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_flood_does_not_starve_heartbeats() {
+    let net = MemNetwork::new();
+    let nodes = cluster(&net, 3);
+    let l = leader(&nodes, None).await;
+    let term = l.status().term;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let permits = Arc::new(tokio::sync::Semaphore::new(20_000));
+    let mut flooders = Vec::new();
+    for _ in 0..4 {
+        let (l, stop, committed, permits) =
+            (l.clone(), stop.clone(), committed.clone(), permits.clone());
+        flooders.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let permit = permits.clone().acquire_owned().await.unwrap();
+                let (l, committed) = (l.clone(), committed.clone());
+                tokio::spawn(async move {
+                    if l.propose(Bytes::from_static(b"load")).await.is_ok() {
+                        committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    drop(permit);
+                });
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.await.unwrap();
+    }
+    for n in &nodes {
+        let s = n.status();
+        assert_eq!(
+            s.term, term,
+            "node {} moved to term {} under load: the leader's heartbeats starved",
+            s.id, s.term
+        );
+    }
+    assert_eq!(l.status().role, RoleKind::Leader);
+    assert!(
+        committed.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the flood must commit to mean anything"
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

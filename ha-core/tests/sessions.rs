@@ -216,3 +216,110 @@ fn the_apply_context_carries_leader_time() {
     let restored = Sessions::<Counter>::restore(&snap, 60_000).unwrap();
     assert_eq!(restored.state().stamped, 5_000);
 }
+
+/// A client transport that answers from a real session table, in process:
+/// every request is "replicated" by applying it at the next index.
+struct FakeCluster {
+    state: std::sync::Mutex<(Sessions<Counter>, u64)>,
+    /// Leader time stamped on the next entry.
+    time_ms: std::sync::atomic::AtomicU64,
+    /// Command requests still to fail as never sent.
+    drop_commands: std::sync::atomic::AtomicU32,
+}
+
+impl FakeCluster {
+    fn new(timeout_ms: u64) -> std::sync::Arc<FakeCluster> {
+        std::sync::Arc::new(FakeCluster {
+            state: std::sync::Mutex::new((Sessions::new(timeout_ms), 0)),
+            time_ms: std::sync::atomic::AtomicU64::new(1_000),
+            drop_commands: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+}
+
+impl ha_core::client::ClientTransport for FakeCluster {
+    fn request(
+        &self,
+        _addr: std::net::SocketAddr,
+        req: ha_core::protocol::ClientRequest,
+    ) -> ha_core::client::RequestFuture<'_> {
+        use ha_core::protocol::{ClientRequest, ClientResponse};
+        use std::sync::atomic::Ordering;
+        let op = match req {
+            ClientRequest::Register { .. } => LogOp::Register,
+            ClientRequest::Command { command, .. } => {
+                let drop = self
+                    .drop_commands
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if drop {
+                    return Box::pin(async {
+                        Err(ha_core::client::RequestError::NotSent("refused".into()))
+                    });
+                }
+                LogOp::Command(command)
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        let mut st = self.state.lock().unwrap();
+        st.1 += 1;
+        let index = st.1;
+        let time_ms = self.time_ms.load(Ordering::SeqCst);
+        let out =
+            st.0.apply_log_command(LogIndex(index), Term(1), LogCommand { time_ms, op });
+        let answer = Bytes::from(postcard::to_stdvec(&out).unwrap());
+        Box::pin(async move { Ok(ClientResponse::Applied { index, answer }) })
+    }
+}
+
+fn fake_client(fake: &std::sync::Arc<FakeCluster>) -> ha_core::Client<Counter> {
+    ha_core::Client::new(
+        fake.clone(),
+        vec!["127.0.0.1:1".parse().unwrap()],
+        ha_core::ClientOptions {
+            timeout: std::time::Duration::from_millis(300),
+            attempt_timeout: std::time::Duration::from_millis(100),
+            ..ha_core::ClientOptions::default()
+        },
+    )
+}
+
+/// A first command that certainly failed must not poison the session: the
+/// next command is applied (before registration entries it came back
+/// "session expired", reported unknown).
+#[tokio::test]
+async fn a_first_command_that_was_not_applied_leaves_the_session_usable() {
+    let fake = FakeCluster::new(60_000);
+    let c = fake_client(&fake);
+    fake.drop_commands
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let Err(err) = c.command(&CounterCommand::Add { delta: 1 }).await else {
+        panic!("a command nobody took was reported applied");
+    };
+    assert!(err.is_not_applied(), "{err}");
+    fake.drop_commands
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let out = c.command(&CounterCommand::Add { delta: 2 }).await.unwrap();
+    assert!(matches!(out, CounterCommandOutput::Add(2)));
+    assert_eq!(fake.state.lock().unwrap().0.state().get(), 2);
+}
+
+/// A session that expired before a command's first attempt: the command
+/// certainly did not run (not unknown), and the next command opens a new
+/// session and runs.
+#[tokio::test]
+async fn an_expired_session_answers_not_applied_then_a_new_one_opens() {
+    let fake = FakeCluster::new(10_000);
+    let c = fake_client(&fake);
+    c.command(&CounterCommand::Add { delta: 1 }).await.unwrap();
+    // A leader an hour ahead expires the session on the next entry.
+    fake.time_ms
+        .store(3_600_000, std::sync::atomic::Ordering::SeqCst);
+    let Err(err) = c.command(&CounterCommand::Add { delta: 10 }).await else {
+        panic!("a command of an expired session was reported applied");
+    };
+    assert!(err.is_not_applied(), "{err}");
+    assert_eq!(fake.state.lock().unwrap().0.state().get(), 1);
+    let out = c.command(&CounterCommand::Add { delta: 5 }).await.unwrap();
+    assert!(matches!(out, CounterCommandOutput::Add(6)));
+}
