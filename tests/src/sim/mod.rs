@@ -1307,7 +1307,6 @@ impl Sim {
             }
             if let Err(e) = self.serve_reads(k) {
                 self.failure = Some(e);
-                return;
             }
         }
     }
