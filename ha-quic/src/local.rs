@@ -139,14 +139,24 @@ impl<T: Replicated> LocalCluster<T> {
             id,
             T::SCHEMA_FINGERPRINT,
         )?;
+        // The voters are stored on a node's first start and checked on
+        // every restart (a node never starts with another voter set).
+        let stored = dir.bootstrap_or_check_membership(
+            &StdFs,
+            &self
+                .addrs
+                .iter()
+                .map(|(i, a)| (*i, a.to_string()))
+                .collect(),
+        )?;
         let peers = self
             .addrs
             .iter()
-            .filter(|(p, _)| **p != id)
+            .filter(|(p, _)| **p != id && stored.voters.contains_key(p))
             .map(|(p, a)| (*p, *a))
             .collect();
         let quic = QuicConfig::new(id, self.addrs[&id], peers, identity);
-        let mut opts = NodeOptions::new(id, self.addrs.keys().copied());
+        let mut opts = NodeOptions::new(id, stored.voters.keys().copied());
         opts.tick = self.opts.tick;
         opts.snapshot_every_entries = self.opts.snapshot_every_entries;
         opts.raft.rng_seed = std::time::SystemTime::now()

@@ -45,12 +45,15 @@ impl QuicNode {
     /// Like [`QuicNode::start`], on a socket bound already when given.
     pub fn start_on<V: Vfs>(
         opts: NodeOptions,
-        quic: QuicConfig,
+        mut quic: QuicConfig,
         socket: Option<std::net::UdpSocket>,
         init: InitialState,
         storage: NodeStorage<V>,
         applier: impl Applier,
     ) -> Result<QuicNode, StartError> {
+        // The transport sizes its replication frames for the core's largest
+        // append: they must agree.
+        quic.limits.max_append_bytes = opts.raft.max_append_bytes;
         let endpoint = match socket {
             Some(s) => QuicEndpoint::with_socket(quic, s)?,
             None => QuicEndpoint::bind(quic)?,

@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// log), like etcd's --max-request-bytes.
     #[arg(long, default_value_t = ha_quic::transport::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// Refuse writes ("no space"; reads go on) while the log beyond the last
+    /// snapshot holds more than N bytes, like etcd's --quota-backend-bytes.
+    /// 0: no quota.
+    #[arg(long, default_value_t = ha_core::node::DEFAULT_STORAGE_QUOTA_BYTES)]
+    storage_quota_bytes: u64,
 }
 
 fn timing(a: &ServeArgs) -> (Duration, u64, u64) {
@@ -147,6 +152,7 @@ pub async fn serve(a: ServeArgs) -> i32 {
     opts.raft.election_timeout_min_ticks = min_ticks;
     opts.raft.election_timeout_max_ticks = max_ticks;
     opts.snapshot_every_entries = Some(a.snapshot_every);
+    opts.storage_quota_bytes = (a.storage_quota_bytes > 0).then_some(a.storage_quota_bytes);
     opts.raft.rng_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(a.id, |d| d.as_nanos() as u64 ^ a.id);

@@ -109,7 +109,17 @@ pub struct NodeOptions {
     /// Snapshot the state and compact the log after this many entries
     /// applied since the last snapshot (`None`: never).
     pub snapshot_every_entries: Option<u64>,
+    /// The storage quota: the bytes of log entries held since the last
+    /// snapshot (on disk in the log, and in memory in the core) above which
+    /// the leader refuses new commands with [`NodeError::NoSpace`] while
+    /// reads go on (etcd's NOSPACE alarm). Snapshots compact the log and
+    /// lift it. `None`: no quota.
+    pub storage_quota_bytes: Option<u64>,
 }
+
+/// The default storage quota: 2 GiB of log beyond the last snapshot (etcd's
+/// default backend quota).
+pub const DEFAULT_STORAGE_QUOTA_BYTES: u64 = 2 << 30;
 
 impl NodeOptions {
     /// Defaults for node `id` in a cluster of `voters`: a 50 ms tick,
@@ -122,6 +132,7 @@ impl NodeOptions {
             inbound_queue: 8192,
             command_queue: 8192,
             snapshot_every_entries: None,
+            storage_quota_bytes: Some(DEFAULT_STORAGE_QUOTA_BYTES),
         }
     }
 }
@@ -138,6 +149,25 @@ pub enum NodeError {
     /// The node is overloaded; the command certainly did not take effect.
     #[error("busy: too many uncommitted entries")]
     Busy,
+    /// The log is over the storage quota
+    /// ([`NodeOptions::storage_quota_bytes`]); the command certainly did
+    /// not take effect. Reads still work; a snapshot lifts it.
+    #[error("no space: the log holds {held} bytes, over the storage quota of {quota}")]
+    NoSpace {
+        /// Bytes held.
+        held: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// The command is larger than any log entry may be; it certainly did
+    /// not take effect.
+    #[error("command of {bytes} bytes is too large (at most {max})")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Another entry committed at the command's index: it never will.
     #[error("the command was overwritten by a newer leader")]
     Overwritten,
@@ -163,7 +193,11 @@ impl NodeError {
     pub fn is_not_applied(&self) -> bool {
         matches!(
             self,
-            NodeError::NotLeader { .. } | NodeError::Busy | NodeError::Overwritten
+            NodeError::NotLeader { .. }
+                | NodeError::Busy
+                | NodeError::Overwritten
+                | NodeError::TooLarge { .. }
+                | NodeError::NoSpace { .. }
         )
     }
 }
@@ -200,6 +234,8 @@ struct SharedMetrics {
     fsync_latency: Histogram,
     elections_won: AtomicU64,
     proposals: AtomicU64,
+    /// Commands refused over the storage quota.
+    refused_no_space: AtomicU64,
     applied_entries: AtomicU64,
     snapshots: AtomicU64,
     availability: Mutex<Availability>,
@@ -232,6 +268,8 @@ pub struct NodeMetrics {
     pub elections_won: u64,
     /// Proposals this node accepted as leader.
     pub proposals: u64,
+    /// Commands refused over the storage quota.
+    pub refused_no_space: u64,
     /// Entries applied.
     pub applied_entries: u64,
     /// Snapshots taken.
@@ -335,6 +373,7 @@ impl NodeHandle {
         NodeMetrics {
             elections_won: m.elections_won.load(Ordering::Relaxed),
             proposals: m.proposals.load(Ordering::Relaxed),
+            refused_no_space: m.refused_no_space.load(Ordering::Relaxed),
             applied_entries: m.applied_entries.load(Ordering::Relaxed),
             snapshots: m.snapshots.load(Ordering::Relaxed),
             snapshot_index: view.snapshot_index,
@@ -398,6 +437,7 @@ pub fn start_node<V: Vfs>(
         fsync_latency: Histogram::default(),
         elections_won: AtomicU64::new(0),
         proposals: AtomicU64::new(0),
+        refused_no_space: AtomicU64::new(0),
         applied_entries: AtomicU64::new(0),
         snapshots: AtomicU64::new(0),
         availability: Mutex::new(Availability::new(Instant::now())),
@@ -438,6 +478,8 @@ pub fn start_node<V: Vfs>(
         last_snapshot,
         applied: last_snapshot,
         sending_snapshots: std::collections::HashSet::new(),
+        quota: opts.storage_quota_bytes,
+        over_quota: false,
         snapshotting: false,
         events: None,
     };
@@ -531,6 +573,11 @@ struct NodeTask<V: Vfs> {
     /// after it. Snapshot decisions and reads use this, the applier's own
     /// index; it equals the core's applied index after each `advance`.
     applied: LogIndex,
+    /// The storage quota, if any.
+    quota: Option<u64>,
+    /// Whether the last proposal was refused over the quota (for logging
+    /// the transitions only).
+    over_quota: bool,
     /// Peers a snapshot transfer is running to: at most one each.
     sending_snapshots: std::collections::HashSet<NodeId>,
     /// A snapshot is being written.
@@ -715,8 +762,37 @@ impl<V: Vfs> NodeTask<V> {
     /// Handles one command; returns false to stop.
     fn command(&mut self, c: Command) -> bool {
         match c {
+            Command::Propose { data, reply }
+                if data.len() > crate::storage::wal::MAX_COMMAND_BYTES =>
+            {
+                // Refused before the log: the storage would refuse the entry
+                // after the core already held it.
+                let _ = reply.send(Err(NodeError::TooLarge {
+                    bytes: data.len(),
+                    max: crate::storage::wal::MAX_COMMAND_BYTES,
+                }));
+            }
+            Command::Propose { data, reply }
+                if self.quota.is_some_and(|q| {
+                    self.raft.is_leader()
+                        && self.raft.log_bytes().saturating_add(data.len() as u64) > q
+                }) =>
+            {
+                let (held, quota) = (self.raft.log_bytes(), self.quota.unwrap_or(0));
+                self.metrics
+                    .refused_no_space
+                    .fetch_add(1, Ordering::Relaxed);
+                if !self.over_quota {
+                    self.over_quota = true;
+                    tracing::error!(node = %self.raft.id(), held, quota, "storage quota reached: refusing writes until a snapshot compacts the log; reads go on");
+                }
+                let _ = reply.send(Err(NodeError::NoSpace { held, quota }));
+            }
             Command::Propose { data, reply } => match self.raft.propose(data) {
                 Ok((index, term)) => {
+                    if std::mem::take(&mut self.over_quota) {
+                        tracing::info!(node = %self.raft.id(), "below the storage quota again: writes resume");
+                    }
                     self.metrics.proposals.fetch_add(1, Ordering::Relaxed);
                     self.proposals.insert(index, (term, reply, Instant::now()));
                 }

@@ -21,8 +21,8 @@ pub mod snapshots;
 pub use snapshots::{IncomingSnapshot, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover};
 
 pub use driver::{
-    Applier, NodeError, NodeHandle, NodeMetrics, NodeOptions, NodeStatus, NodeStorage, NoopApplier,
-    PeerProgress, start_node,
+    Applier, DEFAULT_STORAGE_QUOTA_BYTES, NodeError, NodeHandle, NodeMetrics, NodeOptions,
+    NodeStatus, NodeStorage, NoopApplier, PeerProgress, start_node,
 };
 
 use crate::raft::{Message, Raft, ReadState, Ready};

@@ -42,6 +42,13 @@ pub struct RaftLog {
     pub persisted: LogIndex,
     /// Highest index handed to the driver for persisting. Invariant 4.
     pub handed_persist: LogIndex,
+    /// Sum of `size_bytes` of `entries`: what the log holds since its last
+    /// snapshot (kept exact on every change).
+    held_bytes: u64,
+}
+
+fn bytes_of(entries: &[Entry]) -> u64 {
+    entries.iter().map(|e| e.size_bytes() as u64).sum()
 }
 
 impl RaftLog {
@@ -62,6 +69,7 @@ impl RaftLog {
         let last = offset.plus(entries.len() as u64);
         let committed = commit.min(last).max(offset);
         RaftLog {
+            held_bytes: bytes_of(&entries),
             offset,
             offset_term,
             entries,
@@ -102,10 +110,17 @@ impl RaftLog {
         }
         let term = self.term(index).expect("applied entries are held");
         let drop = (index.0 - self.offset.0) as usize;
+        self.held_bytes -= bytes_of(&self.entries[..drop]);
         self.entries.drain(..drop);
         self.offset = index;
         self.offset_term = term;
         true
+    }
+
+    /// Bytes of the entries held since the last snapshot (approximate per
+    /// entry, exact in sum: see [`Entry::size_bytes`]).
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
     }
 
     /// Takes a snapshot ending at `(index, term)` from the leader (above the
@@ -115,10 +130,12 @@ impl RaftLog {
     pub fn install_snapshot(&mut self, index: LogIndex, term: Term) -> bool {
         let keep = self.matches(index, term) && index >= self.offset;
         if keep {
-            let drop = (index.0 - self.offset.0) as usize;
-            self.entries.drain(..drop.min(self.entries.len()));
+            let drop = ((index.0 - self.offset.0) as usize).min(self.entries.len());
+            self.held_bytes -= bytes_of(&self.entries[..drop]);
+            self.entries.drain(..drop);
         } else {
             self.entries.clear();
+            self.held_bytes = 0;
         }
         self.offset = index;
         self.offset_term = term;
@@ -205,6 +222,7 @@ impl RaftLog {
             self.last_index().next(),
             "log contiguity: leader appends at the end"
         );
+        self.held_bytes += entry.size_bytes() as u64;
         self.entries.push(entry);
     }
 
@@ -225,6 +243,7 @@ impl RaftLog {
             if truncate {
                 self.truncate_from(entries[k].index);
             }
+            self.held_bytes += bytes_of(&entries[k..]);
             self.entries.extend(entries[k..].iter().cloned());
         }
         Ok(last_new)
@@ -261,6 +280,7 @@ impl RaftLog {
 
     fn truncate_from(&mut self, index: LogIndex) {
         let keep = (index.0 - self.offset.0 - 1) as usize;
+        self.held_bytes -= bytes_of(&self.entries[keep..]);
         self.entries.truncate(keep);
         let last = self.last_index();
         self.persisted = self.persisted.min(last);
@@ -428,6 +448,35 @@ mod tests {
         assert_eq!(log.take_committed(10).len(), 2);
         log.persisted_to(LogIndex(2), Term(1));
         assert_eq!(log.persisted, LogIndex(2));
+    }
+
+    #[test]
+    fn held_bytes_follow_every_change() {
+        let cmd = |index, term, n: usize| Entry {
+            index: LogIndex(index),
+            term: Term(term),
+            payload: EntryPayload::Command(bytes::Bytes::from(vec![0u8; n])),
+        };
+        let mut log = log_of(&[]);
+        let check = |log: &RaftLog| {
+            assert_eq!(log.held_bytes(), bytes_of(&log.entries), "drifted");
+        };
+        log.append_own(cmd(1, 1, 100));
+        log.append_own(cmd(2, 1, 200));
+        log.append_own(cmd(3, 1, 300));
+        check(&log);
+        log.append_from_leader(LogIndex(1), &[cmd(2, 2, 50)])
+            .unwrap();
+        check(&log);
+        log.commit_to(LogIndex(2));
+        log.applied = LogIndex(2);
+        assert!(log.compact_to(LogIndex(1)));
+        check(&log);
+        log.install_snapshot(LogIndex(2), Term(2));
+        check(&log);
+        log.install_snapshot(LogIndex(9), Term(3));
+        check(&log);
+        assert_eq!(log.held_bytes(), 0);
     }
 
     #[test]

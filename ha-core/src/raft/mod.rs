@@ -371,6 +371,11 @@ impl Raft {
     pub fn applied_index(&self) -> LogIndex {
         self.log.applied
     }
+    /// Bytes of the log entries held since the last snapshot: what the log
+    /// store holds beyond its snapshot, and what this core holds in memory.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.held_bytes()
+    }
     /// Index of the last log entry.
     pub fn last_index(&self) -> LogIndex {
         self.log.last_index()
