@@ -945,7 +945,15 @@ impl<V: Vfs> NodeTask<V> {
             return;
         };
         let applied = self.applied;
-        if self.snapshotting || applied.0 < self.last_snapshot.0.saturating_add(every) {
+        // Half-way to the storage quota, snapshot early: a log of few but
+        // large entries would otherwise reach the quota before `every`
+        // entries, and no snapshot would ever come to lift it.
+        let quota_pressing = self
+            .quota
+            .is_some_and(|q| self.raft.log_bytes() >= q / 2 && applied > self.last_snapshot);
+        if self.snapshotting
+            || (applied.0 < self.last_snapshot.0.saturating_add(every) && !quota_pressing)
+        {
             return;
         }
         let Some(term) = self.raft.term_at(applied) else {
