@@ -21,7 +21,10 @@ use tokio::sync::mpsc;
 use crate::raft::Message;
 use crate::types::NodeId;
 
-/// Called once with whether a snapshot transfer delivered every byte.
+/// Called once with whether the receiver accepted the whole snapshot. A
+/// transport must call it exactly once and within bounded time (its own
+/// deadlines); the node counts a transfer unreported after
+/// `NodeOptions::snapshot_transfer_timeout` as failed regardless.
 pub type SnapshotDone = Box<dyn FnOnce(bool) + Send>;
 
 /// Moves messages to other nodes (see the module docs).

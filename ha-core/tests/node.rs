@@ -216,3 +216,84 @@ async fn snapshots_lift_the_storage_quota() {
         n.shutdown().await;
     }
 }
+
+/// A transport that takes snapshot transfers and never reports them.
+struct NeverReports {
+    inner: ha_core::transport::MemTransport,
+    transfers: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ha_core::transport::Transport for NeverReports {
+    fn send(&self, msg: ha_core::raft::Message) {
+        self.inner.send(msg);
+    }
+    fn send_snapshot(
+        &self,
+        _to: NodeId,
+        _snapshot: ha_core::node::OutgoingSnapshot,
+        _install: ha_core::raft::Message,
+        done: ha_core::transport::SnapshotDone,
+    ) {
+        self.transfers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(done); // Lost: never called.
+    }
+}
+
+/// A transfer whose report is lost must not keep the follower without
+/// appends for good: past the timeout it counts as failed and the leader
+/// tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_transfer_never_reported_is_given_up_and_retried() {
+    let net = MemNetwork::new();
+    let transfers = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let nodes: Vec<NodeHandle> = (1..=3u64)
+        .map(|id| {
+            let mut opts = NodeOptions::new(NodeId(id), (1..=3).map(NodeId));
+            opts.tick = Duration::from_millis(10);
+            opts.raft.rng_seed = id;
+            opts.snapshot_every_entries = Some(5);
+            opts.snapshot_transfer_timeout = Duration::from_millis(200);
+            let h = start_node::<StdFs>(
+                opts,
+                InitialState::default(),
+                NodeStorage::Memory(MemLogStore::new()),
+                Arc::new(NeverReports {
+                    inner: net.transport(NodeId(id)),
+                    transfers: transfers.clone(),
+                }),
+                NoopApplier,
+            )
+            .expect("start");
+            net.register(NodeId(id), h.inbound());
+            h
+        })
+        .collect();
+    let l = leader(&nodes, None).await;
+    let lagging = nodes.iter().find(|n| n.id() != l.id()).unwrap().id();
+    net.set_down(lagging, true);
+    for _ in 0..40 {
+        l.propose(Bytes::from_static(b"x")).await.expect("commit");
+    }
+    // Wait until the leader's log no longer holds what the lagging node
+    // needs.
+    for _ in 0..200 {
+        if l.status().snapshot_index.0 > 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    net.set_down(lagging, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while transfers.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader stopped trying after {} unreported transfers",
+            transfers.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

@@ -1337,6 +1337,16 @@ async fn peer_stream(
                         "message does not match its stream's hello",
                     );
                 }
+                if matches!(m.body, Body::InstallSnapshot { .. }) {
+                    // Only a snapshot stream may say this, after its file
+                    // arrived and verified.
+                    return protocol_violation(
+                        &conn,
+                        &shared,
+                        &who,
+                        "InstallSnapshot outside a snapshot stream",
+                    );
+                }
                 shared.stats.received.fetch_add(1, Ordering::Relaxed);
                 // A full inbox drops (the core is behind; Raft resends).
                 if inbound.try_send(m).is_err() {

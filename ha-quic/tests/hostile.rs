@@ -767,6 +767,9 @@ impl SnapshotFiles for Faulty {
     fn promote(&self, index: LogIndex, term: Term) -> Result<(), String> {
         SnapshotFiles::promote(&self.store, index, term)
     }
+    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, String> {
+        SnapshotFiles::contains(&self.store, index, term)
+    }
 }
 
 fn faulty(dir: &Path, fail_begin: bool, fail_finish: bool, slow_finish: Duration) -> Arc<Faulty> {

@@ -115,6 +115,10 @@ pub struct NodeOptions {
     /// reads go on (etcd's NOSPACE alarm). Snapshots compact the log and
     /// lift it. `None`: no quota.
     pub storage_quota_bytes: Option<u64>,
+    /// A snapshot transfer the transport has not reported within this time
+    /// counts as failed (the transport's own deadlines should end it
+    /// sooner; this is the backstop).
+    pub snapshot_transfer_timeout: Duration,
 }
 
 /// The default storage quota: 2 GiB of log beyond the last snapshot (etcd's
@@ -133,6 +137,7 @@ impl NodeOptions {
             command_queue: 8192,
             snapshot_every_entries: None,
             storage_quota_bytes: Some(DEFAULT_STORAGE_QUOTA_BYTES),
+            snapshot_transfer_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -477,7 +482,9 @@ pub fn start_node<V: Vfs>(
         snapshot_every: opts.snapshot_every_entries,
         last_snapshot,
         applied: last_snapshot,
-        sending_snapshots: std::collections::HashSet::new(),
+        sending_snapshots: HashMap::new(),
+        next_transfer: 0,
+        snapshot_transfer_timeout: opts.snapshot_transfer_timeout,
         quota: opts.storage_quota_bytes,
         over_quota: false,
         snapshotting: false,
@@ -579,7 +586,12 @@ struct NodeTask<V: Vfs> {
     /// the transitions only).
     over_quota: bool,
     /// Peers a snapshot transfer is running to: at most one each.
-    sending_snapshots: std::collections::HashSet<NodeId>,
+    /// With its start and a number naming this transfer (a late report of a
+    /// transfer given up on must not end a newer one).
+    sending_snapshots: HashMap<NodeId, (Instant, u64)>,
+    next_transfer: u64,
+    /// A transfer not reported within this time counts as failed.
+    snapshot_transfer_timeout: Duration,
     /// A snapshot is being written.
     snapshotting: bool,
     /// Where helpers report back to the node task.
@@ -593,7 +605,7 @@ enum Event {
     /// A snapshot of the state up to `(index, term)` is durable.
     Snapshotted(Result<(LogIndex, Term), String>),
     /// A snapshot transfer to a peer ended.
-    SnapshotSent(NodeId, Option<LogIndex>),
+    SnapshotSent(NodeId, u64, Option<LogIndex>),
 }
 
 /// Messages drained per wake-up before the loop looks at its other inputs.
@@ -610,7 +622,7 @@ impl<V: Vfs> NodeTask<V> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
         self.events = Some(ev_tx);
-        let stop_reason = loop {
+        let stop_reason = 'run: loop {
             // No `biased`: tokio polls the branches in a random order, so no
             // source (client commands, peer messages, ticks, completions)
             // can starve another, and each branch drains a bounded batch.
@@ -627,7 +639,11 @@ impl<V: Vfs> NodeTask<V> {
                             break e;
                         }
                     }
-                    Event::SnapshotSent(peer, r) => {
+                    Event::SnapshotSent(peer, transfer, r) => {
+                        if self.sending_snapshots.get(&peer).map(|(_, t)| *t) != Some(transfer) {
+                            // Given up on already (see `expire_transfers`).
+                            continue;
+                        }
                         self.sending_snapshots.remove(&peer);
                         self.raft.report_snapshot(peer, r);
                     }
@@ -638,7 +654,9 @@ impl<V: Vfs> NodeTask<V> {
                     }
                     for _ in 0..DRAIN_MAX {
                         match commands.try_recv() {
-                            Ok(c) => if !self.command(c) { break; },
+                            // A shutdown behind other commands stops the node
+                            // (not just this drain).
+                            Ok(c) => if !self.command(c) { break 'run "shut down".to_string(); },
                             Err(_) => break,
                         }
                     }
@@ -654,6 +672,7 @@ impl<V: Vfs> NodeTask<V> {
                 }
                 _ = ticker.tick() => {
                     self.raft.tick();
+                    self.expire_transfers();
                     self.refresh_view();
                 }
             }
@@ -753,6 +772,22 @@ impl<V: Vfs> NodeTask<V> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .heard_from_leader(Instant::now());
+        }
+        if let crate::raft::Body::InstallSnapshot { index, term } = m.body {
+            // Only a snapshot whose file arrived (staged, verified) may be
+            // installed: the core would drop its log for it, and the restore
+            // would then fail and stop the node.
+            match self.snapshots.contains(index, term) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(node = %self.raft.id(), peer = %from, %index, %term, "refused an InstallSnapshot naming a snapshot that never arrived");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.raft.id(), peer = %from, "cannot check for a received snapshot: {e}");
+                    return;
+                }
+            }
         }
         if let Err(e) = self.raft.step(m) {
             tracing::warn!(node = %self.raft.id(), peer = %from, "refused a message: {e}");
@@ -897,9 +932,26 @@ impl<V: Vfs> NodeTask<V> {
         Ok(())
     }
 
+    /// A transfer the transport has not reported within the timeout counts
+    /// as failed, so a lost report cannot keep a follower without appends.
+    fn expire_transfers(&mut self) {
+        let timeout = self.snapshot_transfer_timeout;
+        let expired: Vec<NodeId> = self
+            .sending_snapshots
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() > timeout)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            tracing::warn!(node = %self.raft.id(), %peer, ?timeout, "a snapshot transfer was not reported in time; counting it as failed");
+            self.sending_snapshots.remove(&peer);
+            self.raft.report_snapshot(peer, None);
+        }
+    }
+
     /// Streams the newest snapshot to `peer` (the core asked for it).
     fn send_snapshot(&mut self, peer: NodeId) {
-        if self.sending_snapshots.contains(&peer) {
+        if self.sending_snapshots.contains_key(&peer) {
             // One transfer per peer: the running one reports for both.
             return;
         }
@@ -925,14 +977,17 @@ impl<V: Vfs> NodeTask<V> {
         };
         let index = snap.index;
         let tx = self.event_sender();
-        self.sending_snapshots.insert(peer);
+        let transfer = self.next_transfer;
+        self.next_transfer += 1;
+        self.sending_snapshots
+            .insert(peer, (Instant::now(), transfer));
         tracing::info!(node = %self.raft.id(), %peer, %index, bytes = snap.len, "sending a snapshot");
         self.transport.send_snapshot(
             peer,
             snap,
             install,
             Box::new(move |ok| {
-                let _ = tx.send(Event::SnapshotSent(peer, ok.then_some(index)));
+                let _ = tx.send(Event::SnapshotSent(peer, transfer, ok.then_some(index)));
             }),
         );
     }

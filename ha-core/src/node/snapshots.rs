@@ -64,6 +64,10 @@ pub trait SnapshotFiles: Send + Sync {
     /// `(index, term)` exists already it is kept (both hold the same
     /// committed prefix) and the staged copy dropped.
     fn promote(&self, index: LogIndex, term: Term) -> Result<(), String>;
+    /// Whether the snapshot ending at `(index, term)` is here, staged or
+    /// published. The node steps an `InstallSnapshot` only if it is: a
+    /// message naming a snapshot that never arrived is refused, not fatal.
+    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, String>;
 }
 
 impl<V: Vfs> IncomingSnapshot for RawSnapshotWriter<V> {
@@ -114,6 +118,9 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
         SnapshotStore::promote(self, index, term)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, String> {
+        SnapshotStore::contains(self, index, term).map_err(|e| e.to_string())
     }
 }
 

@@ -48,6 +48,10 @@ use self::read::ReadQueue;
 use self::rng::SplitMix64;
 use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 
+/// How far above its own term a node accepts a message's term. Terms grow by
+/// one per election, so a larger jump is a peer burning the term space.
+pub const MAX_TERM_JUMP: u64 = 1 << 32;
+
 /// The role a node plays, as reported to the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoleKind {
@@ -491,6 +495,14 @@ impl Raft {
             return Err(StepError::UnknownPeer(m.from));
         }
         m.validate()?;
+        if m.term.0 > self.term.0.saturating_add(MAX_TERM_JUMP) {
+            // No cluster runs billions of elections while a node is away:
+            // a peer trying to burn the term space.
+            return Err(StepError::Protocol(format!(
+                "term jumps from {} to {}",
+                self.term, m.term
+            )));
+        }
         if let Body::AppendResponse(AppendOutcome::Accepted { match_index }) = m.body
             && m.term == self.term
             && self.is_leader()
@@ -726,7 +738,9 @@ impl Raft {
     // ----- elections ---------------------------------------------------------
 
     fn can_campaign(&self) -> bool {
-        self.membership.is_voter(self.config.id)
+        // At the last term a node accepts, campaigning would create a term
+        // every peer refuses (and this node could not restart from).
+        self.membership.is_voter(self.config.id) && self.term.0 < crate::types::MAX_TERM
     }
 
     fn in_leader_lease(&self) -> bool {
@@ -1256,5 +1270,77 @@ impl Raft {
             leader: self.leader,
             term: self.term,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::MAX_TERM;
+
+    fn node() -> Raft {
+        let init = InitialState {
+            membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+            ..InitialState::default()
+        };
+        Raft::new(Config::new(NodeId(1)), init).unwrap()
+    }
+
+    fn heartbeat(term: u64) -> Message {
+        Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term: Term(term),
+            body: Body::Heartbeat {
+                commit: LogIndex(0),
+                seq: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn a_term_jump_beyond_any_real_cluster_is_refused_unchanged() {
+        let mut r = node();
+        assert!(matches!(
+            r.step(heartbeat(MAX_TERM_JUMP + 1)),
+            Err(StepError::Protocol(_))
+        ));
+        assert_eq!(r.term(), Term(0));
+        assert!(matches!(
+            r.step(heartbeat(u64::MAX)),
+            Err(StepError::Malformed(_))
+        ));
+        assert_eq!(r.term(), Term(0));
+    }
+
+    #[test]
+    fn at_the_last_term_a_node_neither_campaigns_nor_overflows() {
+        let init = InitialState {
+            hard_state: HardState {
+                term: Term(MAX_TERM - 3),
+                ..HardState::default()
+            },
+            membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+            ..InitialState::default()
+        };
+        let mut r = Raft::new(Config::new(NodeId(1)), init).unwrap();
+        r.step(heartbeat(MAX_TERM)).unwrap();
+        assert_eq!(r.term(), Term(MAX_TERM));
+        for _ in 0..100 {
+            r.tick();
+            while r.has_ready() {
+                let rd = r.ready();
+                let t = rd.token();
+                r.advance(t);
+            }
+        }
+        assert_eq!(r.term(), Term(MAX_TERM), "no term above the last");
+        // And the node restarts from that state.
+        let init = InitialState {
+            hard_state: r.hard_state(),
+            membership: r.membership().clone(),
+            ..InitialState::default()
+        };
+        Raft::new(Config::new(NodeId(1)), init).unwrap();
     }
 }

@@ -343,7 +343,36 @@ impl<V: Vfs> SnapshotStore<V> {
                 ),
             });
         }
-        self.publish(&staged, index, term)
+        let path = self.publish(&staged, index, term)?;
+        // Staged snapshots this one supersedes will never be accepted.
+        self.remove_staged_up_to(index)?;
+        Ok(path)
+    }
+
+    /// Whether a snapshot ending at `(index, term)` is here, staged or
+    /// published: the only kind an `InstallSnapshot` may name.
+    pub fn contains(&self, index: LogIndex, term: Term) -> Result<bool, SnapshotError> {
+        let names = self.vfs.list(&self.dir).map_err(io_err(&self.dir))?;
+        let (staged, published) = (staged_name(index, term), file_name(index, term));
+        Ok(names.iter().any(|n| *n == staged || *n == published))
+    }
+
+    /// Removes staged snapshots ending at or below `index` (Raft will never
+    /// accept them: a snapshot at least as new is published).
+    fn remove_staged_up_to(&self, index: LogIndex) -> Result<(), SnapshotError> {
+        for name in self.vfs.list(&self.dir).map_err(io_err(&self.dir))? {
+            let Some(rest) = name.strip_suffix(".staged") else {
+                continue;
+            };
+            let Some((i, _)) = parse_name(&format!("{rest}.snap")) else {
+                continue;
+            };
+            if i <= index.0 {
+                let p = self.dir.join(&name);
+                self.vfs.remove(&p).map_err(io_err(&p))?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts writing a snapshot.
@@ -481,6 +510,11 @@ impl<V: Vfs> SnapshotStore<V> {
     /// Removes all but the newest `keep` snapshots.
     pub fn retain(&self, keep: usize) -> Result<(), SnapshotError> {
         let files = self.files()?;
+        if let Some((newest, _, _)) = files.last() {
+            // Staged snapshots no newer than the newest published one are
+            // dead weight: Raft refuses or superseded them.
+            self.remove_staged_up_to(LogIndex(*newest))?;
+        }
         let n = files.len().saturating_sub(keep);
         for (_, _, p) in files.into_iter().take(n) {
             self.vfs.remove(&p).map_err(io_err(&p))?;
@@ -557,6 +591,36 @@ mod tests {
         let b = SnapshotStore::open(fs, Path::new("/b")).unwrap();
         assert_eq!(b.latest().unwrap().unwrap().0, meta(10, 1));
         assert!(b.promote(LogIndex(90), Term(4)).is_err());
+    }
+
+    #[test]
+    fn superseded_staged_snapshots_are_removed() {
+        let fs = SimFs::new();
+        let a = SnapshotStore::open(fs.clone(), Path::new("/a")).unwrap();
+        let b = SnapshotStore::open(fs.clone(), Path::new("/b")).unwrap();
+        let stage = |index: u64, term: u64| {
+            a.save(meta(index, term), &[index as u8; 100]).unwrap();
+            let (_, _, mut r) = a.open_latest_file().unwrap().unwrap();
+            let mut file = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut file).unwrap();
+            let mut w = b.raw_writer(LogIndex(index), Term(term)).unwrap();
+            w.write(&file).unwrap();
+            w.finish().unwrap();
+        };
+        stage(10, 1);
+        stage(20, 2);
+        stage(30, 3);
+        assert!(b.contains(LogIndex(10), Term(1)).unwrap());
+        assert!(!b.contains(LogIndex(10), Term(2)).unwrap());
+        b.promote(LogIndex(20), Term(2)).unwrap();
+        let names = fs.list(Path::new("/b")).unwrap();
+        let staged: Vec<_> = names.iter().filter(|n| n.ends_with(".staged")).collect();
+        assert_eq!(staged.len(), 1, "{names:?}");
+        assert!(staged[0].contains("00000000000000000030"), "{names:?}");
+        assert!(
+            b.contains(LogIndex(20), Term(2)).unwrap(),
+            "published counts"
+        );
     }
 
     #[test]
