@@ -84,6 +84,8 @@ pub trait ClientTransport: Send + Sync + 'static {
 /// command then registers a new one.
 struct Session {
     id: Option<u64>,
+    /// The secret the session was registered with (random per session).
+    secret: u64,
     next_seq: u64,
     /// Sequence numbers still waiting for a definitive answer.
     open: BTreeSet<u64>,
@@ -152,6 +154,31 @@ fn random_u64() -> u64 {
     rng.next_u64() | 1
 }
 
+/// Closes one command's sequence number in the session when dropped (see
+/// [`Client::command`]); forgets the session if the cluster said it expired.
+struct OpenSeq<'a> {
+    inner: &'a Inner,
+    client: u64,
+    seq: u64,
+    expired: bool,
+}
+
+impl Drop for OpenSeq<'_> {
+    fn drop(&mut self) {
+        let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+        // A session replaced meanwhile is not this command's to edit.
+        if s.id == Some(self.client) {
+            s.open.remove(&self.seq);
+            if self.expired {
+                // The next command registers a fresh session.
+                s.id = None;
+                s.next_seq = 1;
+                s.open.clear();
+            }
+        }
+    }
+}
+
 enum Attempt {
     Done(Result<Bytes, Error>),
     /// Try again (elsewhere); `maybe_appended` says whether this attempt
@@ -176,6 +203,7 @@ impl<T: Replicated> Client<T> {
                 leader: Mutex::new(None),
                 session: Mutex::new(Session {
                     id: None,
+                    secret: 0,
                     next_seq: 1,
                     open: BTreeSet::new(),
                 }),
@@ -239,32 +267,31 @@ impl<T: Replicated> Client<T> {
             postcard::to_stdvec(command).map_err(|e| Error::NotApplied(format!("encode: {e}")))?,
         );
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
-        let (client, seq) = loop {
+        let (client, secret, seq) = loop {
             {
                 let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(id) = s.id {
                     let seq = s.next_seq;
                     s.next_seq += 1;
                     s.open.insert(seq);
-                    break (id, seq);
+                    break (id, s.secret, seq);
                 }
             }
             self.register(deadline).await?;
         };
-        let (result, expired) = self.command_loop(client, seq, body, deadline).await;
-        {
-            let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-            // A session replaced meanwhile is not this command's to edit.
-            if s.id == Some(client) {
-                s.open.remove(&seq);
-                if expired {
-                    // The next command registers a fresh session.
-                    s.id = None;
-                    s.next_seq = 1;
-                    s.open.clear();
-                }
-            }
-        }
+        // Closes `seq` in the session however this call ends, even if its
+        // future is dropped: an open number left behind would pin
+        // `ack_below` and make the replicas keep every later result.
+        let guard = OpenSeq {
+            inner: &self.inner,
+            client,
+            seq,
+            expired: false,
+        };
+        let (result, expired) = self.command_loop(client, secret, seq, body, deadline).await;
+        let mut guard = guard;
+        guard.expired = expired;
+        drop(guard);
         let bytes = result?;
         postcard::from_bytes(&bytes).map_err(|e| Error::Unknown(format!("undecodable answer: {e}")))
     }
@@ -272,7 +299,12 @@ impl<T: Replicated> Client<T> {
     /// Registers a session unless one is open (or another caller registered
     /// one meanwhile). A failure means the command was never sent.
     async fn register(&self, deadline: tokio::time::Instant) -> Result<(), Error> {
-        let _guard = self.inner.registering.lock().await;
+        let Ok(_guard) = tokio::time::timeout_at(deadline, self.inner.registering.lock()).await
+        else {
+            return Err(Error::NotApplied(
+                "timed out waiting to open a session (the command was not sent)".into(),
+            ));
+        };
         if self
             .inner
             .session
@@ -285,9 +317,11 @@ impl<T: Replicated> Client<T> {
         }
         let mut last_why = String::from("no node answered");
         let mut backoff = Duration::from_millis(10);
+        let secret = random_u64();
         while tokio::time::Instant::now() < deadline {
             let req = ClientRequest::Register {
                 schema: T::SCHEMA_FINGERPRINT,
+                secret,
             };
             let (addr, resp) = self.attempt(req).await;
             match resp {
@@ -298,6 +332,7 @@ impl<T: Replicated> Client<T> {
                             let mut s =
                                 self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
                             s.id = Some(session);
+                            s.secret = secret;
                             s.next_seq = 1;
                             s.open.clear();
                             return Ok(());
@@ -335,6 +370,7 @@ impl<T: Replicated> Client<T> {
     async fn command_loop(
         &self,
         client: u64,
+        secret: u64,
         seq: u64,
         body: Bytes,
         deadline: tokio::time::Instant,
@@ -357,6 +393,7 @@ impl<T: Replicated> Client<T> {
                 schema: T::SCHEMA_FINGERPRINT,
                 command: SessionCommand {
                     client,
+                    secret,
                     seq,
                     ack_below,
                     body: body.clone(),
@@ -383,6 +420,9 @@ impl<T: Replicated> Client<T> {
                                 true,
                             );
                         }
+                        Ok(CommandOutcome::SeqReused) => Attempt::Done(Err(Error::NotApplied(
+                            "the session already holds another command at this number".into(),
+                        ))),
                         Ok(CommandOutcome::Registered { .. }) => Attempt::Done(Err(
                             Error::Unknown("a registration answer to a command".into()),
                         )),

@@ -42,6 +42,9 @@ pub struct SessionCommand {
     /// the session ([`LogOp::Register`]), so no two sessions ever share one,
     /// and an expired session can never be re-created.
     pub client: u64,
+    /// The secret the client chose when it registered the session: without
+    /// it a command is not applied (session ids are easy to guess).
+    pub secret: u64,
     /// The command's sequence number in the session, from 1.
     pub seq: u64,
     /// Every command below this sequence number has its answer: the
@@ -67,7 +70,10 @@ pub struct LogCommand {
 pub enum LogOp {
     /// Opens a new session whose id is this entry's log index. The only way
     /// a session comes to exist.
-    Register,
+    Register {
+        /// A random secret the client chose; its commands must carry it.
+        secret: u64,
+    },
     /// A command in an open session.
     Command(SessionCommand),
 }
@@ -80,6 +86,8 @@ pub enum ClientRequest {
     Register {
         /// The schema fingerprint the client was built with.
         schema: u64,
+        /// A random secret the session's commands will carry.
+        secret: u64,
     },
     /// Apply a command exactly once.
     Command {
@@ -212,6 +220,9 @@ pub enum CommandOutcome {
     /// The client had already given up on this sequence number; it was not
     /// applied now.
     Abandoned,
+    /// A different command came with a sequence number that already has a
+    /// result (a client bug): this one was not applied.
+    SeqReused,
     /// The command could not be decoded (a schema mismatch); not applied.
     Undecodable(String),
 }

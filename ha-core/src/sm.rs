@@ -113,15 +113,36 @@ pub const fn fingerprint(text: &str) -> u64 {
 pub static PLANT_SESSION_RECREATE: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// Sessions kept at most; registering one more evicts the least recently
+/// active. Bounds the table (and snapshots) against client churn.
+pub const DEFAULT_MAX_SESSIONS: usize = 1 << 16;
+
+/// A digest of a command's bytes (FNV-1a, 64 bits): the same on every
+/// replica. It tells a client's retry from a different command that reuses
+/// a sequence number by mistake (not an adversary: sessions have secrets).
+fn body_digest(body: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in body {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// How long an idle session lives, by default: one hour of leader time.
 pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
+    /// The secret the registering client chose: a command must carry it.
+    /// Session ids are log indexes, so anyone can guess one; only the
+    /// owner knows its secret.
+    secret: u64,
     /// Numbers below this are closed.
     closed_below: u64,
-    /// Results of open numbers.
-    results: BTreeMap<u64, Bytes>,
+    /// Results of open numbers, with a digest of the command that produced
+    /// each: a retry must carry the same command.
+    results: BTreeMap<u64, (u64, Bytes)>,
     /// Leader time of the last command.
     last_active_ms: u64,
 }
@@ -131,6 +152,9 @@ pub struct Sessions<T> {
     state: T,
     sessions: BTreeMap<u64, Session>,
     timeout_ms: u64,
+    /// Sessions kept at most (a setting, like the timeout: every replica
+    /// must use the same).
+    max_sessions: usize,
     /// Leader time of the last command applied.
     now_ms: u64,
 }
@@ -151,8 +175,16 @@ impl<T: Replicated> Sessions<T> {
             state: T::default(),
             sessions: BTreeMap::new(),
             timeout_ms,
+            max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: 0,
         }
+    }
+
+    /// The same with at most `max` sessions (at least 1).
+    #[must_use]
+    pub fn with_max_sessions(mut self, max: usize) -> Sessions<T> {
+        self.max_sessions = max.max(1);
+        self
     }
 
     /// The user's state.
@@ -180,12 +212,25 @@ impl<T: Replicated> Sessions<T> {
         self.expire();
         let now = self.now_ms;
         let c = match op {
-            LogOp::Register => {
+            LogOp::Register { secret } => {
+                if self.sessions.len() >= self.max_sessions {
+                    // Deterministic eviction of the least recently active
+                    // session: its next command is answered "expired".
+                    if let Some(oldest) = self
+                        .sessions
+                        .iter()
+                        .min_by_key(|(id, s)| (s.last_active_ms, **id))
+                        .map(|(id, _)| *id)
+                    {
+                        self.sessions.remove(&oldest);
+                    }
+                }
                 // The entry's index is unique in the log's history: a new
                 // session, never one that existed before.
                 self.sessions.insert(
                     index.0,
                     Session {
+                        secret,
                         closed_below: 1,
                         results: BTreeMap::new(),
                         last_active_ms: now,
@@ -204,15 +249,22 @@ impl<T: Replicated> Sessions<T> {
             self.sessions.insert(
                 c.client,
                 Session {
+                    secret: c.secret,
                     closed_below: 1,
                     ..Session::default()
                 },
             );
         }
-        let Some(session) = self.sessions.get_mut(&c.client) else {
-            // Expired or never registered: never applied (§6.3).
+        let Some(session) = self
+            .sessions
+            .get_mut(&c.client)
+            .filter(|s| s.secret == c.secret)
+        else {
+            // Expired or never registered (or not this client's): never
+            // applied (§6.3).
             return CommandOutcome::SessionExpired;
         };
+        let digest = body_digest(&c.body);
 
         session.last_active_ms = now;
         if c.ack_below > session.closed_below {
@@ -222,7 +274,11 @@ impl<T: Replicated> Sessions<T> {
         if c.seq < session.closed_below {
             return CommandOutcome::Abandoned;
         }
-        if let Some(r) = session.results.get(&c.seq) {
+        if let Some((d, r)) = session.results.get(&c.seq) {
+            if *d != digest {
+                // A client bug: one sequence number, two commands.
+                return CommandOutcome::SeqReused;
+            }
             return CommandOutcome::Applied(r.clone());
         }
         let command: T::Command = match postcard::from_bytes(&c.body) {
@@ -236,7 +292,7 @@ impl<T: Replicated> Sessions<T> {
         };
         let out = self.state.apply_command(command, &ctx);
         let bytes = Bytes::from(postcard::to_stdvec(&out).expect("outputs encode"));
-        session.results.insert(c.seq, bytes.clone());
+        session.results.insert(c.seq, (digest, bytes.clone()));
         CommandOutcome::Applied(bytes)
     }
 
@@ -285,6 +341,7 @@ impl<T: Replicated> Sessions<T> {
             state: T::restore_state(&form.state)?,
             sessions: form.sessions,
             timeout_ms,
+            max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: form.now_ms,
         })
     }
@@ -308,7 +365,8 @@ impl<T: Replicated> Applier for Sessions<T> {
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        *self = Sessions::restore(state, self.timeout_ms)?;
+        let max = self.max_sessions;
+        *self = Sessions::restore(state, self.timeout_ms)?.with_max_sessions(max);
         Ok(())
     }
 }

@@ -49,6 +49,7 @@ fn cmd(client: u64, seq: u64, ack_below: u64, time_ms: u64, delta: i64) -> LogCo
         time_ms,
         op: LogOp::Command(SessionCommand {
             client,
+            secret: SECRET,
             seq,
             ack_below,
             body: Bytes::from(body),
@@ -56,10 +57,13 @@ fn cmd(client: u64, seq: u64, ack_below: u64, time_ms: u64, delta: i64) -> LogCo
     }
 }
 
+/// The secret the tests' sessions are registered with.
+const SECRET: u64 = 0x5EC2E7;
+
 fn register(time_ms: u64) -> LogCommand {
     LogCommand {
         time_ms,
-        op: LogOp::Register,
+        op: LogOp::Register { secret: SECRET },
     }
 }
 
@@ -225,6 +229,8 @@ struct FakeCluster {
     time_ms: std::sync::atomic::AtomicU64,
     /// Command requests still to fail as never sent.
     drop_commands: std::sync::atomic::AtomicU32,
+    /// The `ack_below` of the last command request.
+    last_ack_below: std::sync::atomic::AtomicU64,
 }
 
 impl FakeCluster {
@@ -233,6 +239,7 @@ impl FakeCluster {
             state: std::sync::Mutex::new((Sessions::new(timeout_ms), 0)),
             time_ms: std::sync::atomic::AtomicU64::new(1_000),
             drop_commands: std::sync::atomic::AtomicU32::new(0),
+            last_ack_below: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -246,8 +253,10 @@ impl ha_core::client::ClientTransport for FakeCluster {
         use ha_core::protocol::{ClientRequest, ClientResponse};
         use std::sync::atomic::Ordering;
         let op = match req {
-            ClientRequest::Register { .. } => LogOp::Register,
+            ClientRequest::Register { secret, .. } => LogOp::Register { secret },
             ClientRequest::Command { command, .. } => {
+                self.last_ack_below
+                    .store(command.ack_below, Ordering::SeqCst);
                 let drop = self
                     .drop_commands
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -322,4 +331,89 @@ async fn an_expired_session_answers_not_applied_then_a_new_one_opens() {
     assert_eq!(fake.state.lock().unwrap().0.state().get(), 1);
     let out = c.command(&CounterCommand::Add { delta: 5 }).await.unwrap();
     assert!(matches!(out, CounterCommandOutput::Add(6)));
+}
+
+/// Session ids are log indexes, easy to guess: a command that names
+/// another client's session without its secret is not applied, and the
+/// owner's command at the same number still runs.
+#[test]
+fn a_guessed_session_id_without_its_secret_applies_nothing() {
+    let mut s = Sessions::<Counter>::new(60_000);
+    let victim = open_session(&mut s, 1, 100);
+    let mut forged = cmd(victim, 1, u64::MAX, 100, 1000);
+    if let LogOp::Command(c) = &mut forged.op {
+        c.secret = SECRET ^ 1;
+    }
+    assert_eq!(
+        s.apply_log_command(LogIndex(2), Term(1), forged),
+        CommandOutcome::SessionExpired
+    );
+    assert_eq!(
+        applied(s.apply_log_command(LogIndex(3), Term(1), cmd(victim, 1, 1, 100, 5))),
+        5,
+        "the owner's command runs, with its own result"
+    );
+}
+
+/// A retry must be the same command: another one at a number that has a
+/// result is refused, and the kept result is not handed out for it.
+#[test]
+fn a_sequence_number_reused_for_another_command_is_refused() {
+    let mut s = Sessions::<Counter>::new(60_000);
+    let c = open_session(&mut s, 1, 100);
+    assert_eq!(
+        applied(s.apply_log_command(LogIndex(2), Term(1), cmd(c, 1, 1, 100, 5))),
+        5
+    );
+    assert_eq!(
+        s.apply_log_command(LogIndex(3), Term(1), cmd(c, 1, 1, 100, 7)),
+        CommandOutcome::SeqReused
+    );
+    assert_eq!(s.state().get(), 5);
+}
+
+/// The table is bounded: registering past the cap evicts the least recently
+/// active session (deterministically), whose commands are then refused.
+#[test]
+fn the_session_table_is_bounded_and_evicts_the_idlest() {
+    let mut s = Sessions::<Counter>::new(60_000).with_max_sessions(2);
+    let a = open_session(&mut s, 1, 100);
+    let b = open_session(&mut s, 2, 200);
+    applied(s.apply_log_command(LogIndex(3), Term(1), cmd(a, 1, 1, 300, 1)));
+    let c = open_session(&mut s, 4, 400);
+    assert_eq!(s.session_count(), 2);
+    assert_eq!(
+        s.apply_log_command(LogIndex(5), Term(1), cmd(b, 1, 1, 500, 1)),
+        CommandOutcome::SessionExpired,
+        "b was the idlest"
+    );
+    applied(s.apply_log_command(LogIndex(6), Term(1), cmd(a, 2, 2, 600, 1)));
+    applied(s.apply_log_command(LogIndex(7), Term(1), cmd(c, 1, 1, 700, 1)));
+}
+
+/// A command whose call was cancelled (its future dropped) must not leave
+/// its number open: that would pin `ack_below` and make the replicas keep
+/// every later result of the session.
+#[tokio::test]
+async fn a_cancelled_command_does_not_pin_the_session() {
+    let fake = FakeCluster::new(60_000);
+    let c = fake_client(&fake);
+    c.command(&CounterCommand::Add { delta: 1 }).await.unwrap();
+    fake.drop_commands
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(30),
+        c.command(&CounterCommand::Add { delta: 1 }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the call was cancelled mid-retry");
+    fake.drop_commands
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    c.command(&CounterCommand::Add { delta: 1 }).await.unwrap();
+    assert_eq!(
+        fake.last_ack_below
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "numbers 1 and 2 are closed: the cancelled one does not hold the window"
+    );
 }

@@ -1680,7 +1680,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
     match req {
         ClientRequest::Command { schema, .. }
         | ClientRequest::Query { schema, .. }
-        | ClientRequest::Register { schema }
+        | ClientRequest::Register { schema, .. }
             if schema != shared.schema =>
         {
             refused(format!(
@@ -1699,7 +1699,10 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
         ClientRequest::Command { .. } | ClientRequest::Register { .. } => {
             let op = match req {
                 ClientRequest::Command { command, .. } => LogOp::Command(command),
-                _ => LogOp::Register,
+                ClientRequest::Register { secret, .. } => LogOp::Register { secret },
+                // Not reached (the arm matched one of the two); refusing
+                // keeps the node free of panics on client input.
+                _ => return refused("unexpected request".into()),
             };
             // The leader stamps the time every replica will see.
             let time_ms = std::time::SystemTime::now()

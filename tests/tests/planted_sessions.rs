@@ -31,14 +31,17 @@ impl Tally {
 fn run_scenario() -> u64 {
     let mut s = Sessions::<Tally>::new(10_000);
     let at = |time_ms, op| LogCommand { time_ms, op };
-    let CommandOutcome::Registered { session } =
-        s.apply_log_command(LogIndex(1), Term(1), at(1_000, LogOp::Register))
-    else {
+    let CommandOutcome::Registered { session } = s.apply_log_command(
+        LogIndex(1),
+        Term(1),
+        at(1_000, LogOp::Register { secret: 9 }),
+    ) else {
         panic!("registration refused");
     };
     let bump = || {
         LogOp::Command(SessionCommand {
             client: session,
+            secret: 9,
             seq: 1,
             ack_below: 1,
             body: Bytes::from(
@@ -49,7 +52,11 @@ fn run_scenario() -> u64 {
     s.apply_log_command(LogIndex(2), Term(1), at(1_000, bump()));
     // A leader an hour ahead stamps another client's registration; then the
     // retry of (session, 1) arrives.
-    s.apply_log_command(LogIndex(3), Term(2), at(3_601_000, LogOp::Register));
+    s.apply_log_command(
+        LogIndex(3),
+        Term(2),
+        at(3_601_000, LogOp::Register { secret: 9 }),
+    );
     s.apply_log_command(LogIndex(4), Term(2), at(3_601_001, bump()));
     s.state().value
 }
