@@ -524,6 +524,10 @@ enum Backend<V: Vfs> {
 struct InFlight {
     started: Instant,
     install: Option<crate::raft::SnapshotInstall>,
+    /// The installed snapshot's state, read off the node task.
+    install_state: Option<Vec<u8>>,
+    /// What to persist, held while the snapshot is promoted and read.
+    write: Option<(Vec<Entry>, Option<crate::types::HardState>)>,
     persisted_messages: Vec<Message>,
     committed_entries: Vec<Entry>,
     read_states: Vec<crate::raft::ReadState>,
@@ -604,6 +608,8 @@ enum Event {
     Persisted(Result<(), String>),
     /// A snapshot of the state up to `(index, term)` is durable.
     Snapshotted(Result<(LogIndex, Term), String>),
+    /// An accepted snapshot was promoted and its state read.
+    InstallLoaded(Result<Vec<u8>, String>),
     /// A snapshot transfer to a peer ended.
     SnapshotSent(NodeId, u64, Option<LogIndex>),
 }
@@ -636,6 +642,11 @@ impl<V: Vfs> NodeTask<V> {
                     }
                     Event::Snapshotted(r) => {
                         if let Err(e) = self.on_snapshotted(r) {
+                            break e;
+                        }
+                    }
+                    Event::InstallLoaded(r) => {
+                        if let Err(e) = self.on_install_loaded(r) {
                             break e;
                         }
                     }
@@ -884,31 +895,62 @@ impl<V: Vfs> NodeTask<V> {
             self.send_snapshot(peer);
         }
         let install = rd.snapshot;
-        if let Some(i) = install {
-            // Raft accepted the received snapshot: only now does its file
-            // leave the staging area (a refused one never becomes "the
-            // newest" on restart). Before the log records the install.
-            self.snapshots.promote(i.index, i.term)?;
-        }
         self.in_flight = Some(InFlight {
             started: Instant::now(),
             install,
+            install_state: None,
+            write: Some((rd.entries, rd.hard_state)),
             persisted_messages: rd.persisted_messages,
             committed_entries: rd.committed_entries,
             read_states: rd.read_states,
             dropped_reads: rd.dropped_reads,
             token,
         });
-        let nothing_to_write =
-            rd.entries.is_empty() && rd.hard_state.is_none() && install.is_none();
+        if let Some(i) = install {
+            // Raft accepted the received snapshot: only now does its file
+            // leave the staging area (a refused one never becomes "the
+            // newest" on restart), before the log records the install.
+            // File work (a rename, a directory sync, reading the whole
+            // state) happens off the node task; the write follows.
+            let (files, tx) = (self.snapshots.clone(), self.event_sender());
+            tokio::task::spawn_blocking(move || {
+                let r = files
+                    .promote(i.index, i.term)
+                    .and_then(|()| files.load_state(i.index, i.term));
+                let _ = tx.send(Event::InstallLoaded(r));
+            });
+            return Ok(());
+        }
+        self.persist_in_flight()
+    }
+
+    /// The received snapshot is promoted and its state read: persist the
+    /// Ready that installs it.
+    fn on_install_loaded(&mut self, r: Result<Vec<u8>, String>) -> Result<(), String> {
+        let state = r.map_err(|e| format!("cannot install the received snapshot: {e}"))?;
+        if let Some(f) = &mut self.in_flight {
+            f.install_state = Some(state);
+        }
+        self.persist_in_flight()
+    }
+
+    /// Persists the in-flight Ready's writes (in memory at once, or through
+    /// the group-commit thread, which reports back).
+    fn persist_in_flight(&mut self) -> Result<(), String> {
+        let Some(f) = self.in_flight.as_mut() else {
+            return Ok(());
+        };
+        let install = f.install;
+        let (entries, hard_state) = f.write.take().unwrap_or_default();
+        let nothing_to_write = entries.is_empty() && hard_state.is_none() && install.is_none();
         match &mut self.storage {
             Backend::Memory(m) => {
                 if let Some(i) = install {
                     m.install_snapshot(i.index, i.term, i.keep_suffix)
                         .map_err(|e| e.to_string())?;
                 }
-                m.append(&rd.entries).map_err(|e| e.to_string())?;
-                if let Some(hs) = rd.hard_state {
+                m.append(&entries).map_err(|e| e.to_string())?;
+                if let Some(hs) = hard_state {
                     m.save_hard_state(hs).map_err(|e| e.to_string())?;
                 }
                 m.sync().map_err(|e| e.to_string())?;
@@ -918,8 +960,8 @@ impl<V: Vfs> NodeTask<V> {
             Backend::Group(g) => {
                 let tx = self.events.clone().expect("set when the task starts");
                 g.submit(WriteRequest {
-                    entries: rd.entries,
-                    hard_state: rd.hard_state,
+                    entries,
+                    hard_state,
                     compact: None,
                     install: install.map(|i| (i.index, i.term, i.keep_suffix)),
                     done: Box::new(move |r| {
@@ -1081,7 +1123,9 @@ impl<V: Vfs> NodeTask<V> {
         };
         if let Some(i) = f.install {
             // Restore the state machine before anything after the snapshot.
-            let state = self.snapshots.load_state(i.index, i.term)?;
+            let state = f
+                .install_state
+                .ok_or("a snapshot install reached its end without its state")?;
             self.applier.restore(&state)?;
             self.applied = i.index;
             self.last_snapshot = self.last_snapshot.max(i.index);
