@@ -297,3 +297,58 @@ async fn a_snapshot_transfer_never_reported_is_given_up_and_retried() {
         n.shutdown().await;
     }
 }
+
+/// A leader cut off with a command in flight loses its leadership; the
+/// others commit on, snapshot and compact past the command's index; once
+/// back, the old leader installs their snapshot. The command's entry is gone
+/// from its log, so whether it committed cannot be told there: it must be
+/// answered (outcome unknown), not left waiting for the client's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_a_snapshot_covers_is_answered() {
+    let net = MemNetwork::new();
+    let nodes: Vec<NodeHandle> = (1..=3u64)
+        .map(|id| {
+            let mut opts = NodeOptions::new(NodeId(id), (1..=3).map(NodeId));
+            opts.tick = Duration::from_millis(10);
+            opts.raft.rng_seed = id;
+            opts.snapshot_every_entries = Some(5);
+            let h = start_node::<StdFs>(
+                opts,
+                InitialState::default(),
+                NodeStorage::Memory(MemLogStore::new()),
+                Arc::new(net.transport(NodeId(id))),
+                NoopApplier,
+            )
+            .expect("start");
+            net.register(NodeId(id), h.inbound());
+            net.register_snapshots(NodeId(id), h.snapshot_files());
+            h
+        })
+        .collect();
+    let old = leader(&nodes, None).await;
+    net.set_down(old.id(), true);
+    let pending = {
+        let old = old.clone();
+        tokio::spawn(async move { old.propose(Bytes::from_static(b"cut off")).await })
+    };
+    let new = leader(&nodes, Some(old.id())).await;
+    for _ in 0..50 {
+        new.propose(Bytes::from_static(b"x")).await.expect("commit");
+    }
+    while new.status().snapshot_index.0 < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    net.set_down(old.id(), false);
+    let answer = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the covered proposal was never answered")
+        .unwrap();
+    assert_eq!(answer, Err(ha_core::node::NodeError::Superseded));
+    assert!(
+        !answer.unwrap_err().is_not_applied(),
+        "its outcome is unknown"
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
