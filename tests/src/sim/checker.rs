@@ -163,8 +163,7 @@ impl Checker {
                 self.committed.push(t);
                 for l in leaders {
                     // (An index a leader's snapshot covers is checked on
-                    // the snapshot; commits are checked when a node's Ready
-                    // completes, which may be after the leader compacted.)
+                    // the snapshot.)
                     // Leader Completeness is about terms: the entry was
                     // committed in a term no later than the committing
                     // node's current term, so every leader of a later term

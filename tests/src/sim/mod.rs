@@ -76,6 +76,11 @@ pub struct Faults {
     /// meanwhile the node steps messages, ticks and takes proposals, but
     /// takes no next Ready. 0 handles every Ready at once.
     pub max_persist_delay_ticks: u64,
+    /// A snapshot transfer takes `1..=max_transfer_ticks` ticks: its file
+    /// arrives (and `InstallSnapshot` is stepped) and the sender learns the
+    /// outcome only then, as over a real stream; meanwhile the leader keeps
+    /// stepping answers to appends it sent before. 0: at once.
+    pub max_transfer_ticks: u64,
 }
 
 impl Faults {
@@ -94,6 +99,7 @@ impl Faults {
             torn_write: 0.0,
             disk_full: 0.0,
             max_persist_delay_ticks: 0,
+            max_transfer_ticks: 0,
         }
     }
 
@@ -175,6 +181,7 @@ impl SimConfig {
             torn_write: 0.0,
             disk_full: 0.0,
             max_persist_delay_ticks: 0,
+            max_transfer_ticks: 0,
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
         c.wal = rng.chance(0.5);
@@ -191,6 +198,7 @@ impl SimConfig {
         };
         c.read = [0.0, 0.1, 0.3][rng.range(0, 3) as usize];
         c.faults.max_persist_delay_ticks = [0, 1, 3][rng.range(0, 3) as usize];
+        c.faults.max_transfer_ticks = [0, 2, 8][rng.range(0, 3) as usize];
         c
     }
 }
@@ -458,6 +466,9 @@ pub struct Sim {
     served_reads: BTreeMap<u64, LogIndex>,
     /// Snapshot bytes in flight, keyed by (from, to, index).
     snapshot_payloads: BTreeMap<(NodeId, NodeId, LogIndex), SimSnapshot>,
+    /// Snapshot transfers under way: (due tick, the InstallSnapshot the
+    /// receiver steps once the file arrived, the file).
+    transfers: Vec<(u64, Message, SimSnapshot)>,
 }
 
 fn body_kind(b: &Body) -> &'static str {
@@ -499,6 +510,7 @@ impl Sim {
             failure: None,
             served_reads: BTreeMap::new(),
             snapshot_payloads: BTreeMap::new(),
+            transfers: Vec::new(),
             cfg,
         };
         for k in 0..sim.cfg.nodes {
@@ -851,6 +863,10 @@ impl Sim {
                 return;
             }
         }
+        self.end_transfers();
+        if self.failure.is_some() {
+            return;
+        }
         for k in self.shuffled_nodes() {
             if self.nodes[k]
                 .in_flight
@@ -1137,9 +1153,7 @@ impl Sim {
                 if let Some(snap) = sent {
                     let index = snap.index;
                     let term = self.nodes[k].raft.as_ref().map_or(Term(0), |r| r.term());
-                    self.snapshot_payloads
-                        .insert((id, *peer, index), snap.clone());
-                    self.send(Message {
+                    let install = Message {
                         from: id,
                         to: *peer,
                         term,
@@ -1147,7 +1161,17 @@ impl Sim {
                             index,
                             term: snap.term,
                         },
-                    });
+                    };
+                    let max = self.cfg.faults.max_transfer_ticks;
+                    if max > 0 {
+                        // Reported when the transfer ends (see `step_tick`).
+                        let due = self.now + self.rng.range(1, max + 1);
+                        self.transfers.push((due, install, snap));
+                        continue;
+                    }
+                    self.snapshot_payloads
+                        .insert((id, *peer, index), snap.clone());
+                    self.send(install);
                     self.nodes[k]
                         .raft
                         .as_mut()
@@ -1311,6 +1335,39 @@ impl Sim {
         }
     }
 
+    /// Ends the snapshot transfers due now: the file arrives if the link and
+    /// the receiver are up (the receiver then steps `InstallSnapshot`), and
+    /// the sender learns whether it did.
+    fn end_transfers(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.transfers)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.transfers = later;
+        for (_, install, snap) in due {
+            let (from, to) = (install.from, install.to);
+            let Body::InstallSnapshot { index, .. } = install.body else {
+                continue;
+            };
+            let arrived = self.link_up(from, to) && self.is_up(to);
+            if arrived {
+                self.snapshot_payloads.insert((from, to, index), snap);
+                self.deliver(install);
+                if self.failure.is_some() {
+                    return;
+                }
+            }
+            let k = (from.0 - 1) as usize;
+            if let Some(r) = self.nodes[k].raft.as_mut() {
+                r.report_snapshot(to, arrived.then_some(index));
+                self.drive(k);
+                if self.failure.is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Checks what node `k` committed since its last check, as soon as its
     /// core's commit index moves (on a step or an `advance`).
     fn check_commit(&mut self, k: usize) -> Result<(), String> {
@@ -1358,13 +1415,10 @@ impl Sim {
             // snapshot is the newer one anyway.
             return Ok(());
         };
-        let state: BTreeMap<LogIndex, u64> = node
-            .applied
-            .range(..=applied)
-            .map(|(i, c)| (*i, *c))
-            .collect();
         // The state saved as "everything up to `applied`" must hold exactly
-        // that: the core's applied index is the driver's word for it.
+        // that, no less and no more: the core's applied index is the
+        // driver's word for what the state machine holds.
+        let state = node.applied.clone();
         self.checker
             .check_snapshot_complete(node.id, applied, &state)?;
         if node
