@@ -106,13 +106,6 @@ pub const fn fingerprint(text: &str) -> u64 {
     h
 }
 
-/// Plants the bug sessions had before registration entries: a command that
-/// could be a session's first re-creates an unknown session (so a late
-/// retry after an expiry applies twice). Test-only.
-#[cfg(feature = "planted-bugs")]
-pub static PLANT_SESSION_RECREATE: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
 /// Sessions kept at most; registering one more evicts the least recently
 /// active. Bounds the table (and snapshots) against client churn.
 pub const DEFAULT_MAX_SESSIONS: usize = 1 << 16;
@@ -157,6 +150,9 @@ pub struct Sessions<T> {
     max_sessions: usize,
     /// Leader time of the last command applied.
     now_ms: u64,
+    /// The planted bug (see [`Sessions::with_planted_recreate`]).
+    #[cfg(feature = "planted-bugs")]
+    planted_recreate: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -177,7 +173,19 @@ impl<T: Replicated> Sessions<T> {
             timeout_ms,
             max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: 0,
+            #[cfg(feature = "planted-bugs")]
+            planted_recreate: false,
         }
+    }
+
+    /// Plants the bug sessions had before registration entries: a command
+    /// that could be a session's first re-creates an unknown session, so a
+    /// late retry after an expiry applies twice. Test-only.
+    #[cfg(feature = "planted-bugs")]
+    #[must_use]
+    pub fn with_planted_recreate(mut self) -> Sessions<T> {
+        self.planted_recreate = true;
+        self
     }
 
     /// The same with at most `max` sessions (at least 1).
@@ -241,10 +249,7 @@ impl<T: Replicated> Sessions<T> {
             LogOp::Command(c) => c,
         };
         #[cfg(feature = "planted-bugs")]
-        if PLANT_SESSION_RECREATE.load(std::sync::atomic::Ordering::Relaxed)
-            && c.ack_below <= 1
-            && !self.sessions.contains_key(&c.client)
-        {
+        if self.planted_recreate && c.ack_below <= 1 && !self.sessions.contains_key(&c.client) {
             // The planted bug: a session's "first" command re-creates it.
             self.sessions.insert(
                 c.client,
@@ -343,6 +348,8 @@ impl<T: Replicated> Sessions<T> {
             timeout_ms,
             max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: form.now_ms,
+            #[cfg(feature = "planted-bugs")]
+            planted_recreate: false,
         })
     }
 }

@@ -2,13 +2,10 @@
 //! unknown session re-created by a command that could be its first. The
 //! fast-leader-clock scenario must then apply one command twice, which is
 //! what the scenario test in `ha-core/tests/sessions.rs` guards against.
-//! (Its own binary: the planted flag is process-wide.)
-
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use ha_core::protocol::{CommandOutcome, LogCommand, LogOp, SessionCommand};
-use ha_core::sm::{PLANT_SESSION_RECREATE, Sessions};
+use ha_core::sm::Sessions;
 use ha_core::types::{LogIndex, Term};
 use ha_core::{Replicated, replicated};
 use serde::{Deserialize, Serialize};
@@ -28,8 +25,11 @@ impl Tally {
     }
 }
 
-fn run_scenario() -> u64 {
+fn run_scenario(planted: bool) -> u64 {
     let mut s = Sessions::<Tally>::new(10_000);
+    if planted {
+        s = s.with_planted_recreate();
+    }
     let at = |time_ms, op| LogCommand { time_ms, op };
     let CommandOutcome::Registered { session } = s.apply_log_command(
         LogIndex(1),
@@ -63,9 +63,14 @@ fn run_scenario() -> u64 {
 
 #[test]
 fn the_planted_session_bug_applies_a_retry_twice_and_the_fix_does_not() {
-    assert_eq!(run_scenario(), 1, "with registration entries: applied once");
-    PLANT_SESSION_RECREATE.store(true, Ordering::Relaxed);
-    let planted = run_scenario();
-    PLANT_SESSION_RECREATE.store(false, Ordering::Relaxed);
-    assert_eq!(planted, 2, "the planted bug must apply the retry again");
+    assert_eq!(
+        run_scenario(false),
+        1,
+        "with registration entries: applied once"
+    );
+    assert_eq!(
+        run_scenario(true),
+        2,
+        "the planted bug must apply the retry again"
+    );
 }

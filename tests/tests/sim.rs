@@ -22,7 +22,8 @@ fn random_runs_keep_every_safety_property() {
     eprintln!(
         "{ran} seeds passed in {:.1}s: {} ticks, {} messages delivered, {} commands \
          acknowledged, {} reads served, {} leaders elected, {} crashes, {} disk errors, \
-         {} torn log tails repaired, {} snapshots taken, {} installed",
+         {} torn log tails repaired, {} snapshots taken, {} installed, {} session operations, \
+         {} commands of expired sessions refused",
         started.elapsed().as_secs_f64(),
         stats.ticks,
         stats.delivered,
@@ -33,7 +34,9 @@ fn random_runs_keep_every_safety_property() {
         stats.disk_errors,
         stats.torn_tails_repaired,
         stats.snapshots_taken,
-        stats.snapshots_installed
+        stats.snapshots_installed,
+        stats.session_ops,
+        stats.session_expired
     );
     assert_eq!(ran, seeds.len());
     assert!(
@@ -77,4 +80,11 @@ fn catches_planted_bug_vote_before_persist() {
 #[test]
 fn catches_planted_bug_applied_before_restore() {
     hunt(Bug::AppliedBeforeRestore);
+}
+
+/// Sessions re-created by a command that could be their first: a retry
+/// stamped after a fast-clocked leader expired the session runs again.
+#[test]
+fn catches_planted_bug_session_recreate() {
+    hunt(Bug::SessionRecreate);
 }

@@ -23,6 +23,10 @@ pub enum PlantedBug {
     /// Count a snapshot as applied when it is stepped, before the driver
     /// restored the state machine from it.
     AppliedBeforeRestore,
+    /// Not a core bug: the session table re-creates an unknown session for a
+    /// command that could be its first (the simulator plants it in its
+    /// reference state machine; the core ignores it).
+    SessionRecreate,
 }
 
 /// Settings of one Raft node.

@@ -46,9 +46,24 @@ pub struct Checker {
     committed: Vec<Term>,
     /// index -> (term, digest) of the entry applied there.
     applied: Vec<(Term, u64)>,
+    /// index -> the command id (first 8 bytes of a command, 0 otherwise)
+    /// applied there: what a simulated snapshot records.
+    applied_cmds: Vec<u64>,
+    /// The session table over the committed log, for exactly-once.
+    reference: Option<super::sessions::Reference>,
 }
 
 impl Checker {
+    /// Session operations run and commands refused as expired, so far.
+    pub fn session_counts(&self) -> (u64, u64) {
+        self.reference.as_ref().map_or((0, 0), |r| r.counts())
+    }
+
+    /// Checks session traffic for exactly-once with `r`.
+    pub fn set_reference(&mut self, r: super::sessions::Reference) {
+        self.reference = Some(r);
+    }
+
     /// A node became leader of `raft.term()`.
     pub fn on_leader(&mut self, raft: &Raft) -> Result<(), String> {
         let (term, id) = (raft.term(), raft.id());
@@ -194,19 +209,12 @@ impl Checker {
     ) -> Result<(), String> {
         for (index, cmd) in state {
             let k = (index.0 - 1) as usize;
-            let Some((_, d)) = self.applied.get(k) else {
+            let Some(applied) = self.applied_cmds.get(k) else {
                 return Err(format!(
                     "State Machine Safety: a snapshot for node {node} holds {index}, never applied anywhere"
                 ));
             };
-            let digest = if *cmd == 0 {
-                0
-            } else {
-                payload_digest(&EntryPayload::Command(bytes::Bytes::copy_from_slice(
-                    &cmd.to_le_bytes(),
-                )))
-            };
-            if *d != digest {
+            if applied != cmd {
                 return Err(format!(
                     "State Machine Safety: a snapshot for node {node} holds another entry at {index}"
                 ));
@@ -251,6 +259,15 @@ impl Checker {
             }
         } else if k == self.applied.len() {
             self.applied.push((e.term, digest));
+            self.applied_cmds.push(match &e.payload {
+                EntryPayload::Command(b) if b.len() >= 8 => {
+                    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+                }
+                _ => 0,
+            });
+            if let (Some(r), EntryPayload::Command(b)) = (self.reference.as_mut(), &e.payload) {
+                r.apply(e.index, e.term, b)?;
+            }
         } else {
             return Err(format!(
                 "node {node} applied index {} before index {}",

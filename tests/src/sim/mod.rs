@@ -21,6 +21,7 @@
 //!    durable part survives.
 
 pub mod checker;
+pub mod sessions;
 mod trace;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +82,10 @@ pub struct Faults {
     /// outcome only then, as over a real stream; meanwhile the leader keeps
     /// stepping answers to appends it sent before. 0: at once.
     pub max_transfer_ticks: u64,
+    /// Each node's clock runs up to this many ms ahead of true time (drawn
+    /// per node at the start): a leader with a fast clock stamps commands
+    /// far ahead and expires idle sessions early.
+    pub clock_skew_ms: u64,
 }
 
 impl Faults {
@@ -100,6 +105,7 @@ impl Faults {
             disk_full: 0.0,
             max_persist_delay_ticks: 0,
             max_transfer_ticks: 0,
+            clock_skew_ms: 0,
         }
     }
 
@@ -135,7 +141,19 @@ pub struct SimConfig {
     /// Each node snapshots its state machine and compacts its log once this
     /// many entries were applied since its last snapshot.
     pub snapshot_every: Option<u64>,
+    /// Clients with sessions (exactly-once operations, retried with the
+    /// same session numbers); 0: none.
+    pub session_clients: usize,
+    /// Session timeout of the replicated session table, in leader ms (a
+    /// tick is [`TICK_MS`]).
+    pub session_timeout_ms: u64,
 }
+
+/// Leader time advances this many milliseconds per tick.
+pub const TICK_MS: u64 = 10;
+
+/// Ticks a session client waits for an answer before it retries.
+const SESSION_RETRY_TICKS: u64 = 12;
 
 impl SimConfig {
     /// A quiet cluster of `nodes` with the given seed's core settings.
@@ -153,6 +171,8 @@ impl SimConfig {
             bug: None,
             wal: false,
             snapshot_every: None,
+            session_clients: 0,
+            session_timeout_ms: 5_000,
         }
     }
 
@@ -182,6 +202,7 @@ impl SimConfig {
             disk_full: 0.0,
             max_persist_delay_ticks: 0,
             max_transfer_ticks: 0,
+            clock_skew_ms: 0,
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
         c.wal = rng.chance(0.5);
@@ -199,6 +220,8 @@ impl SimConfig {
         c.read = [0.0, 0.1, 0.3][rng.range(0, 3) as usize];
         c.faults.max_persist_delay_ticks = [0, 1, 3][rng.range(0, 3) as usize];
         c.faults.max_transfer_ticks = [0, 2, 8][rng.range(0, 3) as usize];
+        c.session_clients = [0, 2, 4][rng.range(0, 3) as usize];
+        c.faults.clock_skew_ms = [0, 2_000, 20_000][rng.range(0, 3) as usize];
         c
     }
 }
@@ -257,6 +280,10 @@ pub struct RunStats {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Session operations run (in the committed log).
+    pub session_ops: u64,
+    /// Session commands refused because their session had expired.
+    pub session_expired: u64,
 }
 
 struct Packet {
@@ -469,6 +496,11 @@ pub struct Sim {
     /// Snapshot transfers under way: (due tick, the InstallSnapshot the
     /// receiver steps once the file arrived, the file).
     transfers: Vec<(u64, Message, SimSnapshot)>,
+    /// Clients with sessions.
+    clients: Vec<sessions::SessionClient>,
+    /// How far each node's clock runs ahead, in ms.
+    clock_offset_ms: Vec<u64>,
+    next_op: u64,
 }
 
 fn body_kind(b: &Body) -> &'static str {
@@ -511,6 +543,9 @@ impl Sim {
             served_reads: BTreeMap::new(),
             snapshot_payloads: BTreeMap::new(),
             transfers: Vec::new(),
+            clients: Vec::new(),
+            clock_offset_ms: Vec::new(),
+            next_op: 1,
             cfg,
         };
         for k in 0..sim.cfg.nodes {
@@ -538,7 +573,142 @@ impl Sim {
             });
             sim.boot(k).expect("an empty store opens");
         }
+        // Clocks and clients draw from their own generator, so runs without
+        // them see the same world as before they existed.
+        let mut side = SplitMix64::new(seed ^ 0x5E55_1045_C10C_5EED);
+        let skew = sim.cfg.faults.clock_skew_ms;
+        sim.clock_offset_ms = (0..sim.cfg.nodes)
+            .map(|_| if skew > 0 { side.range(0, skew + 1) } else { 0 })
+            .collect();
+        sim.clients = (0..sim.cfg.session_clients)
+            .map(|_| sessions::SessionClient {
+                secret: side.next_u64(),
+                ..Default::default()
+            })
+            .collect();
+        if sim.cfg.session_clients > 0 {
+            sim.checker.set_reference(sessions::Reference::new(
+                sim.cfg.session_timeout_ms,
+                sim.cfg.bug == Some(Bug::SessionRecreate),
+            ));
+        }
         sim
+    }
+
+    /// Node `k`'s clock, in ms: true time plus its skew.
+    fn clock_ms(&self, k: usize) -> u64 {
+        self.now * TICK_MS + self.clock_offset_ms.get(k).copied().unwrap_or(0)
+    }
+
+    /// Proposes a session request on node `k` (stamped with its clock);
+    /// returns the command id if the node took it as leader.
+    fn propose_session_op(&mut self, k: usize, op: ha_core::protocol::LogOp) -> Option<u64> {
+        let cmd = self.fresh_cmd();
+        let payload = sessions::payload(cmd, self.clock_ms(k), op);
+        let id = self.nodes[k].id;
+        let raft = self.nodes[k].raft.as_mut()?;
+        let res = raft.propose(Bytes::from(payload));
+        self.trace.push(
+            self.now,
+            TraceEvent::Propose(id, cmd, res.as_ref().ok().map(|r| r.0)),
+        );
+        let (index, term) = res.ok()?;
+        self.nodes[k].proposals.insert(index, (term, cmd));
+        self.drive(k);
+        Some(cmd)
+    }
+
+    /// Moves every session client one step (see `sessions`).
+    fn step_session_clients(&mut self) {
+        if self.cfg.propose <= 0.0 {
+            return; // Quiet (healing): no new traffic.
+        }
+        for c in 0..self.clients.len() {
+            if !self.rng.chance(self.cfg.propose) {
+                continue;
+            }
+            let k = self.rng.range(0, self.nodes.len() as u64) as usize;
+            let now = self.now;
+            let client = &mut self.clients[c];
+            match (client.id, client.registering, client.pending.as_ref()) {
+                (None, None, _) => {
+                    let secret = client.secret;
+                    let sent =
+                        self.propose_session_op(k, ha_core::protocol::LogOp::Register { secret });
+                    self.clients[c].registering = sent.map(|cmd| (cmd, now));
+                }
+                (None, Some((cmd, at)), _) => {
+                    if let Some(index) = self.acked.get(&cmd) {
+                        let client = &mut self.clients[c];
+                        client.id = Some(index.0);
+                        client.registering = None;
+                        client.next_seq = 1;
+                        client.done_in_session = 0;
+                    } else if now.saturating_sub(at) > SESSION_RETRY_TICKS {
+                        // A lost registration opens a session nobody uses.
+                        self.clients[c].registering = None;
+                    }
+                }
+                (Some(_), _, None) => {
+                    let op = self.next_op;
+                    self.next_op += 1;
+                    let client = &mut self.clients[c];
+                    let seq = client.next_seq;
+                    client.next_seq += 1;
+                    client.pending = Some(sessions::Pending {
+                        op,
+                        seq,
+                        cmds: Vec::new(),
+                        sent_at: now,
+                        attempts: 0,
+                    });
+                    self.session_attempt(c, k);
+                }
+                (Some(_), _, Some(p)) => {
+                    if p.cmds.iter().any(|cmd| self.acked.contains_key(cmd)) {
+                        let client = &mut self.clients[c];
+                        client.pending = None;
+                        client.done_in_session += 1;
+                        if client.done_in_session >= 3 {
+                            // A new session now and then: a session's first
+                            // command is where expiry bugs hide.
+                            client.id = None;
+                        }
+                    } else if now.saturating_sub(p.sent_at) > SESSION_RETRY_TICKS {
+                        if p.attempts >= 6 {
+                            // Give up (the session may have expired).
+                            let client = &mut self.clients[c];
+                            client.pending = None;
+                            client.id = None;
+                        } else {
+                            self.session_attempt(c, k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends (again) client `c`'s pending operation, through node `k`.
+    fn session_attempt(&mut self, c: usize, k: usize) {
+        let client = &self.clients[c];
+        let (Some(id), Some(p)) = (client.id, client.pending.as_ref()) else {
+            return;
+        };
+        let op = ha_core::protocol::LogOp::Command(ha_core::protocol::SessionCommand {
+            client: id,
+            secret: client.secret,
+            seq: p.seq,
+            ack_below: p.seq,
+            body: sessions::op_body(p.op),
+        });
+        let sent = self.propose_session_op(k, op);
+        let now = self.now;
+        if let Some(p) = self.clients[c].pending.as_mut() {
+            p.attempts += 1;
+            p.sent_at = now;
+            p.cmds.extend(sent);
+        }
     }
 
     fn membership(&self) -> Membership {
@@ -1003,6 +1173,9 @@ impl Sim {
     }
 
     fn random_clients(&mut self) {
+        if !self.clients.is_empty() {
+            self.step_session_clients();
+        }
         if self.cfg.propose > 0.0 && self.rng.chance(self.cfg.propose) {
             // A client picks a node; only a leader accepts.
             let k = self.rng.range(0, self.nodes.len() as u64) as usize;
@@ -1567,7 +1740,9 @@ impl Sim {
             .map(|r| r.last_index().0);
         let budget = 2_000 + 4 * longest.max().unwrap_or(0);
         sim.heal_and_converge(budget)?;
-        Ok(sim.stats.clone())
+        let mut stats = sim.stats.clone();
+        (stats.session_ops, stats.session_expired) = sim.checker.session_counts();
+        Ok(stats)
     }
 }
 
@@ -1627,6 +1802,8 @@ pub fn run_seeds(
                             t.disk_errors += st.disk_errors;
                             t.snapshots_taken += st.snapshots_taken;
                             t.snapshots_installed += st.snapshots_installed;
+                            t.session_ops += st.session_ops;
+                            t.session_expired += st.session_expired;
                         }
                         Err(f) => {
                             failures.lock().expect("failures lock").push(f);
