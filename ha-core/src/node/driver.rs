@@ -23,13 +23,14 @@
 //! 3. After a storage failure the node stops: it answers nothing more as
 //!    committed, and must be restarted from its disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::pipeline::{Pipeline, PipelineIo, Write};
 use crate::metrics::{Availability, AvailabilityReport, Histogram, HistogramSnapshot};
 use crate::raft::{
     Config, InitialState, Membership, Message, ProposeError, Raft, ReadIndexError, RoleKind,
@@ -469,9 +470,7 @@ pub fn start_node<V: Vfs>(
         storage,
         transport,
         applier: Box::new(applier),
-        proposals: BTreeMap::new(),
-        reads: HashMap::new(),
-        confirmed_reads: Vec::new(),
+        pipeline: Pipeline::new(last_snapshot),
         next_read: 1,
         in_flight: None,
         status_tx,
@@ -481,7 +480,6 @@ pub fn start_node<V: Vfs>(
         snapshots: snapshots.clone(),
         snapshot_every: opts.snapshot_every_entries,
         last_snapshot,
-        applied: last_snapshot,
         sending_snapshots: HashMap::new(),
         next_transfer: 0,
         snapshot_transfer_timeout: opts.snapshot_transfer_timeout,
@@ -520,19 +518,61 @@ enum Backend<V: Vfs> {
     Group(GroupCommit<V>),
 }
 
-/// The part of a Ready that waits for its persistence.
+/// The driver's side of the Ready in flight (the pipeline holds the rest).
 struct InFlight {
     started: Instant,
-    install: Option<crate::raft::SnapshotInstall>,
     /// The installed snapshot's state, read off the node task.
     install_state: Option<Vec<u8>>,
     /// What to persist, held while the snapshot is promoted and read.
-    write: Option<(Vec<Entry>, Option<crate::types::HardState>)>,
-    persisted_messages: Vec<Message>,
-    committed_entries: Vec<Entry>,
-    read_states: Vec<crate::raft::ReadState>,
-    dropped_reads: Vec<u64>,
-    token: crate::raft::ReadyToken,
+    write: Option<Write>,
+}
+
+/// The node task's side of the pipeline: the transport, the applier, the
+/// clients' reply channels.
+struct NodeIo<'a> {
+    transport: &'a dyn Transport,
+    applier: &'a mut dyn Applier,
+    metrics: &'a SharedMetrics,
+    /// Peers the core asked to send a snapshot to.
+    snapshot_requests: &'a mut Vec<NodeId>,
+}
+
+impl PipelineIo for NodeIo<'_> {
+    type Reply = (ProposeReply, Instant);
+    type Read = PendingRead;
+    fn send(&mut self, msg: Message) {
+        self.transport.send(msg);
+    }
+    fn send_snapshot(&mut self, peer: NodeId) {
+        self.snapshot_requests.push(peer);
+    }
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        self.applier.restore(state)
+    }
+    fn apply(&mut self, e: &Entry) -> Option<Bytes> {
+        self.metrics.applied_entries.fetch_add(1, Ordering::Relaxed);
+        match &e.payload {
+            EntryPayload::Command(c) => Some(self.applier.apply(e.index, e.term, c)),
+            _ => None,
+        }
+    }
+    fn answer(&mut self, (reply, since): Self::Reply, r: Result<(LogIndex, Bytes), NodeError>) {
+        self.metrics.commit_latency.observe(since.elapsed());
+        let _ = reply.send(r);
+    }
+    fn serve_read(&mut self, read: PendingRead, index: LogIndex) {
+        match read {
+            PendingRead::Barrier(reply) => {
+                let _ = reply.send(Ok(index));
+            }
+            PendingRead::Query(body, reply) => {
+                let _ = reply.send(self.applier.query(&body).map_err(NodeError::Query));
+            }
+        }
+    }
+    fn fail_read(&mut self, read: PendingRead, error: NodeError) {
+        read.fail(error);
+    }
 }
 
 type ProposeReply = oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>;
@@ -564,12 +604,9 @@ struct NodeTask<V: Vfs> {
     storage: Backend<V>,
     transport: Arc<dyn Transport>,
     applier: Box<dyn Applier>,
-    /// Proposals waiting for their index to apply: index -> (term, reply).
-    proposals: BTreeMap<LogIndex, (Term, ProposeReply, Instant)>,
-    /// Reads waiting for confirmation: ctx -> what to do.
-    reads: HashMap<u64, PendingRead>,
-    /// Confirmed reads waiting for the state machine to catch up.
-    confirmed_reads: Vec<(LogIndex, PendingRead)>,
+    /// The Ready in flight, the proposals and reads waiting on the applier,
+    /// and the applier's index.
+    pipeline: Pipeline<(ProposeReply, Instant), PendingRead>,
     next_read: u64,
     in_flight: Option<InFlight>,
     status_tx: watch::Sender<NodeStatus>,
@@ -580,10 +617,6 @@ struct NodeTask<V: Vfs> {
     snapshot_every: Option<u64>,
     /// Index of the last snapshot taken or installed.
     last_snapshot: LogIndex,
-    /// What the applier holds: every entry up to this index, and nothing
-    /// after it. Snapshot decisions and reads use this, the applier's own
-    /// index; it equals the core's applied index after each `advance`.
-    applied: LogIndex,
     /// The storage quota, if any.
     quota: Option<u64>,
     /// Whether the last proposal was refused over the quota (for logging
@@ -687,7 +720,7 @@ impl<V: Vfs> NodeTask<V> {
                     self.refresh_view();
                 }
             }
-            if self.in_flight.is_none()
+            if !self.pipeline.busy()
                 && self.raft.has_ready()
                 && let Err(e) = self.start_ready()
             {
@@ -705,15 +738,14 @@ impl<V: Vfs> NodeTask<V> {
             tracing::error!(node = %self.raft.id(), "node stopped: {reason}");
         }
         let err = NodeError::Stopped(reason.clone());
-        for (_, (_, reply, _)) in std::mem::take(&mut self.proposals) {
-            let _ = reply.send(Err(err.clone()));
-        }
-        for (_, r) in self.reads.drain() {
-            r.fail(err.clone());
-        }
-        for (_, r) in self.confirmed_reads.drain(..) {
-            r.fail(err.clone());
-        }
+        let mut requests = Vec::new();
+        let mut io = NodeIo {
+            transport: &*self.transport,
+            applier: &mut *self.applier,
+            metrics: &self.metrics,
+            snapshot_requests: &mut requests,
+        };
+        self.pipeline.stop(&mut io, err);
         self.publish_status(Some(reason));
     }
 
@@ -840,7 +872,7 @@ impl<V: Vfs> NodeTask<V> {
                         tracing::info!(node = %self.raft.id(), "below the storage quota again: writes resume");
                     }
                     self.metrics.proposals.fetch_add(1, Ordering::Relaxed);
-                    self.proposals.insert(index, (term, reply, Instant::now()));
+                    self.pipeline.proposed(index, term, (reply, Instant::now()));
                 }
                 Err(ProposeError::NotLeader { leader }) => {
                     let _ = reply.send(Err(NodeError::NotLeader { leader }));
@@ -872,7 +904,7 @@ impl<V: Vfs> NodeTask<V> {
         self.next_read += 1;
         match self.raft.read_index(ctx) {
             Ok(()) => {
-                self.reads.insert(ctx, pending);
+                self.pipeline.read_started(ctx, pending);
             }
             Err(ReadIndexError::NotLeader { leader }) => {
                 pending.fail(NodeError::NotLeader { leader })
@@ -886,25 +918,24 @@ impl<V: Vfs> NodeTask<V> {
     }
 
     fn start_ready(&mut self) -> Result<(), String> {
-        let rd = self.raft.ready();
-        let token = rd.token();
-        for m in rd.messages {
-            self.transport.send(m);
-        }
-        for peer in rd.send_snapshots {
+        let mut requests = Vec::new();
+        let mut io = NodeIo {
+            transport: &*self.transport,
+            applier: &mut *self.applier,
+            metrics: &self.metrics,
+            snapshot_requests: &mut requests,
+        };
+        let Some(write) = self.pipeline.start(&mut self.raft, &mut io) else {
+            return Ok(());
+        };
+        for peer in requests {
             self.send_snapshot(peer);
         }
-        let install = rd.snapshot;
+        let install = write.install;
         self.in_flight = Some(InFlight {
             started: Instant::now(),
-            install,
             install_state: None,
-            write: Some((rd.entries, rd.hard_state)),
-            persisted_messages: rd.persisted_messages,
-            committed_entries: rd.committed_entries,
-            read_states: rd.read_states,
-            dropped_reads: rd.dropped_reads,
-            token,
+            write: Some(write),
         });
         if let Some(i) = install {
             // Raft accepted the received snapshot: only now does its file
@@ -940,8 +971,11 @@ impl<V: Vfs> NodeTask<V> {
         let Some(f) = self.in_flight.as_mut() else {
             return Ok(());
         };
-        let install = f.install;
-        let (entries, hard_state) = f.write.take().unwrap_or_default();
+        let Write {
+            install,
+            entries,
+            hard_state,
+        } = f.write.take().unwrap_or_default();
         let nothing_to_write = entries.is_empty() && hard_state.is_none() && install.is_none();
         match &mut self.storage {
             Backend::Memory(m) => {
@@ -1041,7 +1075,7 @@ impl<V: Vfs> NodeTask<V> {
         let Some(every) = self.snapshot_every else {
             return;
         };
-        let applied = self.applied;
+        let applied = self.pipeline.applied();
         // Half-way to the storage quota, snapshot early: a log of few but
         // large entries would otherwise reach the quota before `every`
         // entries, and no snapshot would ever come to lift it.
@@ -1121,73 +1155,20 @@ impl<V: Vfs> NodeTask<V> {
         let Some(f) = self.in_flight.take() else {
             return Ok(());
         };
-        if let Some(i) = f.install {
-            // Restore the state machine before anything after the snapshot.
-            let state = f
-                .install_state
-                .ok_or("a snapshot install reached its end without its state")?;
-            self.applier.restore(&state)?;
-            self.applied = i.index;
-            self.last_snapshot = self.last_snapshot.max(i.index);
-            // Proposals this node took as leader at indexes the snapshot
-            // covers: their entries are gone from the log here, so whether
-            // they committed cannot be told. Answer them (never leave a
-            // client waiting for its timeout); the outcome is unknown.
-            let rest = self.proposals.split_off(&i.index.next());
-            for (_, (_, reply, _)) in std::mem::replace(&mut self.proposals, rest) {
-                let _ = reply.send(Err(NodeError::Superseded));
-            }
-            tracing::info!(node = %self.raft.id(), index = %i.index, "installed a snapshot from the leader");
-        }
+        let installed = self.pipeline.installing();
         self.metrics.fsync_latency.observe(f.started.elapsed());
-        self.metrics
-            .applied_entries
-            .fetch_add(f.committed_entries.len() as u64, Ordering::Relaxed);
-        for m in f.persisted_messages {
-            self.transport.send(m);
-        }
-        for e in &f.committed_entries {
-            let answer = match &e.payload {
-                EntryPayload::Command(c) => Some(self.applier.apply(e.index, e.term, c)),
-                _ => None,
-            };
-            self.applied = e.index;
-            if let Some((term, reply, since)) = self.proposals.remove(&e.index) {
-                self.metrics.commit_latency.observe(since.elapsed());
-                let res = if term == e.term {
-                    Ok((e.index, answer.unwrap_or_default()))
-                } else {
-                    Err(NodeError::Overwritten)
-                };
-                let _ = reply.send(res);
-            }
-        }
-        for r in f.read_states {
-            if let Some(reply) = self.reads.remove(&r.ctx) {
-                self.confirmed_reads.push((r.index, reply));
-            }
-        }
-        for ctx in f.dropped_reads {
-            if let Some(r) = self.reads.remove(&ctx) {
-                r.fail(NodeError::ReadAborted);
-            }
-        }
-        self.raft.advance(f.token);
-        debug_assert_eq!(self.applied, self.raft.applied_index());
-        let applied = self.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed_reads)
-            .into_iter()
-            .partition(|(i, _)| *i <= applied);
-        self.confirmed_reads = waiting;
-        for (i, r) in ready {
-            match r {
-                PendingRead::Barrier(reply) => {
-                    let _ = reply.send(Ok(i));
-                }
-                PendingRead::Query(body, reply) => {
-                    let _ = reply.send(self.applier.query(&body).map_err(NodeError::Query));
-                }
-            }
+        let mut requests = Vec::new();
+        let mut io = NodeIo {
+            transport: &*self.transport,
+            applier: &mut *self.applier,
+            metrics: &self.metrics,
+            snapshot_requests: &mut requests,
+        };
+        self.pipeline
+            .finish(&mut self.raft, &mut io, f.install_state.as_deref())?;
+        if let Some(i) = installed {
+            self.last_snapshot = self.last_snapshot.max(i.index);
+            tracing::info!(node = %self.raft.id(), index = %i.index, "installed a snapshot from the leader");
         }
         self.maybe_snapshot();
         Ok(())

@@ -1,21 +1,26 @@
-//! The driver's duties for one [`Ready`], in the one order that is safe.
+//! The driver's duties for each [`Ready`](crate::raft::Ready), in the one
+//! order that is safe.
 //!
-//! Owns: the async node ([`driver`]) and [`handle_ready`], the synchronous
-//! form of a driver's duties for tests and simple drivers. Both follow the
-//! same order:
+//! Owns: the [`pipeline`] (those duties without IO), the async node
+//! ([`driver`]) that runs it on tokio, and [`handle_ready`], the synchronous
+//! form for tests and simple drivers, which runs the same pipeline. The
+//! deterministic simulator drives that pipeline too. The order:
 //!
 //! 1. send `messages` (a leader's appends and heartbeats: they promise
 //!    nothing about this node's disk);
-//! 2. append entries, record the hard state, and **sync**;
+//! 2. record an installed snapshot, append entries, record the hard state,
+//!    and **sync**;
 //! 3. only then send `persisted_messages` (votes, acknowledgements);
-//! 4. apply committed entries, which answers clients (an answer promises the
-//!    command is committed, and committed entries were synced here first);
+//! 4. restore an installed snapshot, apply committed entries, which answers
+//!    clients (an answer promises the command is committed, and committed
+//!    entries were synced here first);
 //! 5. hand over read states and dropped reads; `advance`.
 //!
 //! If step 2 fails, nothing after it happens: the node must stop and restart
 //! from what its disk holds (the log refuses further writes anyway).
 
 pub mod driver;
+pub mod pipeline;
 pub mod snapshots;
 
 pub use snapshots::{IncomingSnapshot, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover};
@@ -25,9 +30,11 @@ pub use driver::{
     NodeStatus, NodeStorage, NoopApplier, PeerProgress, start_node,
 };
 
-use crate::raft::{Message, Raft, ReadState, Ready};
+pub use pipeline::{Pipeline, PipelineIo, Write};
+
+use crate::raft::{Message, Raft, ReadState};
 use crate::storage::LogStore;
-use crate::types::Entry;
+use crate::types::{Entry, LogIndex, NodeId};
 
 /// Where a driver's output goes.
 pub trait ReadyIo {
@@ -43,37 +50,59 @@ pub trait ReadyIo {
 }
 
 /// Handles every pending `Ready` of `raft` in the safe order (see the module
-/// docs). Returns the storage error that stopped it, if any; the caller must
-/// then stop the node.
+/// docs), through the same [`Pipeline`] the node task runs. Returns the
+/// storage error that stopped it, if any; the caller must then stop the
+/// node. A snapshot the core installs is recorded in `store`; this simple
+/// driver keeps no state machine to restore and sends no snapshots.
 pub fn handle_ready<S: LogStore>(
     raft: &mut Raft,
     store: &mut S,
     io: &mut impl ReadyIo,
 ) -> Result<(), S::Error> {
-    while raft.has_ready() {
-        let rd: Ready = raft.ready();
-        let token = rd.token();
-        for m in rd.messages {
-            io.send(m);
+    let mut pipeline: Pipeline<(), ()> = Pipeline::new(raft.applied_index());
+    let mut io = SyncIo(io);
+    while let Some(write) = pipeline.start(raft, &mut io) {
+        if let Some(i) = write.install {
+            store.install_snapshot(i.index, i.term, i.keep_suffix)?;
         }
-        store.append(&rd.entries)?;
-        if let Some(hs) = rd.hard_state {
+        store.append(&write.entries)?;
+        if let Some(hs) = write.hard_state {
             store.save_hard_state(hs)?;
         }
         store.sync()?;
-        for m in rd.persisted_messages {
-            io.send(m);
-        }
-        for e in &rd.committed_entries {
-            io.apply(e);
-        }
-        for r in rd.read_states {
-            io.read_ready(r);
-        }
-        for ctx in rd.dropped_reads {
-            io.read_dropped(ctx);
-        }
-        raft.advance(token);
+        pipeline.persisted(&mut io);
+        pipeline
+            .finish(raft, &mut io, Some(&[]))
+            .expect("this driver's restore cannot fail");
     }
     Ok(())
+}
+
+/// [`ReadyIo`] as the pipeline's IO: no proposals or reads are registered,
+/// so read states and dropped reads all reach the `ReadyIo`.
+struct SyncIo<'a, I: ReadyIo>(&'a mut I);
+
+impl<I: ReadyIo> PipelineIo for SyncIo<'_, I> {
+    type Reply = ();
+    type Read = ();
+    fn send(&mut self, msg: Message) {
+        self.0.send(msg);
+    }
+    fn send_snapshot(&mut self, _peer: NodeId) {}
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+    fn apply(&mut self, entry: &Entry) -> Option<bytes::Bytes> {
+        self.0.apply(entry);
+        None
+    }
+    fn answer(&mut self, _reply: (), _result: Result<(LogIndex, bytes::Bytes), NodeError>) {}
+    fn serve_read(&mut self, _read: (), _index: LogIndex) {}
+    fn fail_read(&mut self, _read: (), _error: NodeError) {}
+    fn unregistered_read(&mut self, read: ReadState) {
+        self.0.read_ready(read);
+    }
+    fn unregistered_drop(&mut self, ctx: u64) {
+        self.0.read_dropped(ctx);
+    }
 }

@@ -1,0 +1,277 @@
+//! The driver's duties for each `Ready`, in the one safe order, without IO:
+//! the pipeline the node task runs and the simulator drives.
+//!
+//! Owns: the `Ready` in flight, the clients waiting on it (proposals by
+//! index, reads by context), and the applier's index. It decides nothing
+//! about consensus and performs no IO: a driver hands it a [`PipelineIo`]
+//! and persists what [`Pipeline::start`] returns, however it likes (at
+//! once, on a storage thread, or, in the simulator, ticks later).
+//!
+//! The order, one `Ready` at a time:
+//! 1. [`Pipeline::start`]: take the `Ready`, send its `messages` (they
+//!    promise nothing about this node's disk), ask for snapshot transfers;
+//!    return the [`Write`] to make durable.
+//! 2. The driver persists the write: for an installed snapshot, first
+//!    publishes the received file, then records the install in the log,
+//!    then the entries and hard state, then syncs.
+//! 3. [`Pipeline::persisted`]: send `persisted_messages` (votes and
+//!    acknowledgements that promise durable state).
+//! 4. [`Pipeline::finish`]: restore the state machine from the installed
+//!    snapshot, apply the committed entries in order and answer their
+//!    proposals, confirm and fail reads, `advance`, then serve the reads
+//!    the applied state now covers.
+//!
+//! Invariants:
+//! 1. At most one `Ready` is in flight: `start` returns nothing while one
+//!    is.
+//! 2. Nothing that promises durability leaves before step 3, and nothing is
+//!    applied or answered before it.
+//! 3. [`Pipeline::applied`] is exactly what the applier holds, and equals
+//!    the core's applied index after every `finish`.
+//! 4. A proposal is answered once: `Ok` only when its exact `(index, term)`
+//!    was applied; `Overwritten` when another entry was applied there;
+//!    `Superseded` (outcome unknown) when a snapshot covered its index.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+
+use super::driver::NodeError;
+use crate::raft::{Message, Raft, ReadState, ReadyToken, SnapshotInstall};
+use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
+
+/// What the pipeline asks of its driver.
+pub trait PipelineIo {
+    /// A proposal's reply handle.
+    type Reply;
+    /// A read's reply handle.
+    type Read;
+    /// Sends one message (best effort).
+    fn send(&mut self, msg: Message);
+    /// Starts sending the newest snapshot to `peer`.
+    fn send_snapshot(&mut self, peer: NodeId);
+    /// Replaces the state machine with the snapshot's state.
+    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
+    /// Applies one committed entry; returns the answer of a command.
+    fn apply(&mut self, entry: &Entry) -> Option<Bytes>;
+    /// Answers a proposal.
+    fn answer(&mut self, reply: Self::Reply, result: Result<(LogIndex, Bytes), NodeError>);
+    /// A read is confirmed at `index`, which the state machine now covers:
+    /// serve it.
+    fn serve_read(&mut self, read: Self::Read, index: LogIndex);
+    /// A read failed.
+    fn fail_read(&mut self, read: Self::Read, error: NodeError);
+    /// A read state for a context nobody registered (drivers that track
+    /// reads themselves see them here).
+    fn unregistered_read(&mut self, _read: ReadState) {}
+    /// A dropped read nobody registered.
+    fn unregistered_drop(&mut self, _ctx: u64) {}
+}
+
+/// What a driver must make durable for the `Ready` in flight, in this
+/// order: the snapshot install (after publishing its file), the entries
+/// (the first may replace a suffix of the stored log), the hard state.
+#[derive(Debug, Default)]
+pub struct Write {
+    /// A received snapshot Raft accepted.
+    pub install: Option<SnapshotInstall>,
+    /// Entries to append.
+    pub entries: Vec<Entry>,
+    /// Hard state to record.
+    pub hard_state: Option<HardState>,
+}
+
+impl Write {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.install.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// The part of a `Ready` that waits for its write.
+struct Stage {
+    install: Option<SnapshotInstall>,
+    persisted_messages: Vec<Message>,
+    committed_entries: Vec<Entry>,
+    read_states: Vec<ReadState>,
+    dropped_reads: Vec<u64>,
+    token: ReadyToken,
+}
+
+/// See the module docs.
+pub struct Pipeline<P, R> {
+    stage: Option<Stage>,
+    proposals: BTreeMap<LogIndex, (Term, P)>,
+    reads: HashMap<u64, R>,
+    confirmed: Vec<(LogIndex, R)>,
+    applied: LogIndex,
+}
+
+impl<P, R> Pipeline<P, R> {
+    /// A pipeline for a core whose state machine holds everything up to
+    /// `applied` (the snapshot it restarted from).
+    pub fn new(applied: LogIndex) -> Pipeline<P, R> {
+        Pipeline {
+            stage: None,
+            proposals: BTreeMap::new(),
+            reads: HashMap::new(),
+            confirmed: Vec::new(),
+            applied,
+        }
+    }
+
+    /// What the state machine holds: every entry up to this index.
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// Whether a `Ready` is in flight.
+    pub fn busy(&self) -> bool {
+        self.stage.is_some()
+    }
+
+    /// The snapshot the `Ready` in flight installs, if any.
+    pub fn installing(&self) -> Option<SnapshotInstall> {
+        self.stage.as_ref().and_then(|s| s.install)
+    }
+
+    /// Committed entries the `Ready` in flight applies.
+    pub fn applying(&self) -> usize {
+        self.stage.as_ref().map_or(0, |s| s.committed_entries.len())
+    }
+
+    /// A proposal took `(index, term)`; `reply` waits for its outcome.
+    pub fn proposed(&mut self, index: LogIndex, term: Term, reply: P) {
+        self.proposals.insert(index, (term, reply));
+    }
+
+    /// A read was asked of the core under `ctx`.
+    pub fn read_started(&mut self, ctx: u64, read: R) {
+        self.reads.insert(ctx, read);
+    }
+
+    /// Step 1: takes the next `Ready` unless one is in flight.
+    pub fn start<I>(&mut self, raft: &mut Raft, io: &mut I) -> Option<Write>
+    where
+        I: PipelineIo<Reply = P, Read = R>,
+    {
+        if self.stage.is_some() || !raft.has_ready() {
+            return None;
+        }
+        let rd = raft.ready();
+        let token = rd.token();
+        for m in rd.messages {
+            io.send(m);
+        }
+        for peer in rd.send_snapshots {
+            io.send_snapshot(peer);
+        }
+        self.stage = Some(Stage {
+            install: rd.snapshot,
+            persisted_messages: rd.persisted_messages,
+            committed_entries: rd.committed_entries,
+            read_states: rd.read_states,
+            dropped_reads: rd.dropped_reads,
+            token,
+        });
+        Some(Write {
+            install: rd.snapshot,
+            entries: rd.entries,
+            hard_state: rd.hard_state,
+        })
+    }
+
+    /// Step 3: the write is durable; send what promised it.
+    pub fn persisted<I>(&mut self, io: &mut I)
+    where
+        I: PipelineIo<Reply = P, Read = R>,
+    {
+        if let Some(stage) = self.stage.as_mut() {
+            for m in std::mem::take(&mut stage.persisted_messages) {
+                io.send(m);
+            }
+        }
+    }
+
+    /// Step 4: restore (with the installed snapshot's `state`), apply,
+    /// answer, `advance`, serve reads. Sends anything step 3 did not.
+    pub fn finish<I>(
+        &mut self,
+        raft: &mut Raft,
+        io: &mut I,
+        state: Option<&[u8]>,
+    ) -> Result<(), String>
+    where
+        I: PipelineIo<Reply = P, Read = R>,
+    {
+        self.persisted(io);
+        let Some(stage) = self.stage.take() else {
+            return Ok(());
+        };
+        if let Some(i) = stage.install {
+            // Restore the state machine before anything after the snapshot.
+            let state = state.ok_or("a snapshot install finished without its state")?;
+            io.restore(state)?;
+            self.applied = i.index;
+            // Proposals at indexes the snapshot covers: their entries are
+            // gone from this log, so whether they committed cannot be told
+            // here (invariant 4).
+            let rest = self.proposals.split_off(&i.index.next());
+            for (_, (_, reply)) in std::mem::replace(&mut self.proposals, rest) {
+                io.answer(reply, Err(NodeError::Superseded));
+            }
+        }
+        for e in &stage.committed_entries {
+            let answer = io.apply(e);
+            self.applied = e.index;
+            if let Some((term, reply)) = self.proposals.remove(&e.index) {
+                let res = if term == e.term {
+                    Ok((e.index, answer.unwrap_or_default()))
+                } else {
+                    Err(NodeError::Overwritten)
+                };
+                io.answer(reply, res);
+            }
+        }
+        for rs in stage.read_states {
+            match self.reads.remove(&rs.ctx) {
+                Some(read) => self.confirmed.push((rs.index, read)),
+                None => io.unregistered_read(rs),
+            }
+        }
+        for ctx in stage.dropped_reads {
+            match self.reads.remove(&ctx) {
+                Some(read) => io.fail_read(read, NodeError::ReadAborted),
+                None => io.unregistered_drop(ctx),
+            }
+        }
+        raft.advance(stage.token);
+        debug_assert_eq!(self.applied, raft.applied_index(), "invariant 3");
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed)
+            .into_iter()
+            .partition(|(i, _)| *i <= applied);
+        self.confirmed = waiting;
+        for (index, read) in ready {
+            io.serve_read(read, index);
+        }
+        Ok(())
+    }
+
+    /// The node stops: everyone waiting learns `error`.
+    pub fn stop<I>(&mut self, io: &mut I, error: NodeError)
+    where
+        I: PipelineIo<Reply = P, Read = R>,
+    {
+        self.stage = None;
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            io.answer(reply, Err(error.clone()));
+        }
+        for (_, read) in self.reads.drain() {
+            io.fail_read(read, error.clone());
+        }
+        for (_, read) in self.confirmed.drain(..) {
+            io.fail_read(read, error.clone());
+        }
+    }
+}
