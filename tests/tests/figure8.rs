@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use ha_core::node::{ReadyIo, handle_ready};
 use ha_core::raft::{Config, InitialState, Membership, Message, PlantedBug, Raft};
 use ha_core::storage::{LogStore, MemLogStore};
 use ha_core::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
@@ -84,24 +85,15 @@ impl Net {
         self.nodes[&id].as_ref().expect("node is up")
     }
 
-    /// Handles node `id`'s Readies: persist, queue every message.
+    /// Handles node `id`'s Readies (through `handle_ready`, the node task's
+    /// pipeline): persist, queue every message.
     fn drive(&mut self, id: u64) -> Result<(), String> {
         let Some(Some(raft)) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
-        while raft.has_ready() {
-            let rd = raft.ready();
-            let token = rd.token();
-            let store = self.stores.get_mut(&id).expect("store");
-            store.append(&rd.entries).expect("append");
-            if let Some(hs) = rd.hard_state {
-                store.save_hard_state(hs).expect("hard state");
-            }
-            store.sync().expect("sync");
-            self.queue.extend(rd.messages);
-            self.queue.extend(rd.persisted_messages);
-            raft.advance(token);
-        }
+        // The node task's pipeline, synchronously: persist, then queue.
+        let store = self.stores.get_mut(&id).expect("store");
+        handle_ready(raft, store, &mut Queue(&mut self.queue)).expect("in-memory storage");
         let raft = self.nodes[&id].as_ref().expect("node is up");
         for i in 1..=raft.commit_index().0 {
             let t = raft
@@ -293,4 +285,16 @@ fn figure_8_catches_commit_of_an_old_term_entry_by_counting() {
         ),
         Ok(_) => panic!("the planted bug went unnoticed in the Figure 8 scenario"),
     }
+}
+
+/// A [`ReadyIo`] that queues every message for the script to deliver.
+struct Queue<'a>(&'a mut Vec<Message>);
+
+impl ReadyIo for Queue<'_> {
+    fn send(&mut self, msg: Message) {
+        self.0.push(msg);
+    }
+    fn apply(&mut self, _entry: &Entry) {}
+    fn read_ready(&mut self, _read: ha_core::raft::ReadState) {}
+    fn read_dropped(&mut self, _ctx: u64) {}
 }

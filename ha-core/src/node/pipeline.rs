@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 
 use super::driver::NodeError;
-use crate::raft::{Message, Raft, ReadState, ReadyToken, SnapshotInstall};
+use crate::raft::{Message, Raft, ReadState, ReadyToken, SnapshotInstall, SoftState};
 use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
 
 /// What the pipeline asks of its driver.
@@ -66,6 +66,8 @@ pub trait PipelineIo {
     fn unregistered_read(&mut self, _read: ReadState) {}
     /// A dropped read nobody registered.
     fn unregistered_drop(&mut self, _ctx: u64) {}
+    /// The role or leader changed (the `Ready`'s soft state).
+    fn soft_state(&mut self, _state: SoftState) {}
 }
 
 /// What a driver must make durable for the `Ready` in flight, in this
@@ -160,6 +162,9 @@ impl<P, R> Pipeline<P, R> {
         }
         let rd = raft.ready();
         let token = rd.token();
+        if let Some(ss) = rd.soft_state {
+            io.soft_state(ss);
+        }
         for m in rd.messages {
             io.send(m);
         }

@@ -10,10 +10,17 @@
 //! Everything is a function of the seed: rerunning a seed replays the run
 //! event for event. A failure carries the seed and the last events.
 //!
-//! The simulator plays the node driver's part exactly as the `Ready` docs
-//! prescribe: send `messages`, persist (append, hard state, sync), send
-//! `persisted_messages`, apply, `advance`. A crash can strike between the
-//! first send and the persist, which is where an unpersisted vote would leak.
+//! Each node runs the node task's own `Ready` pipeline
+//! (`ha_core::node::Pipeline`): the simulator is its IO. Its asynchrony is
+//! made of separate, seeded events: a Ready's write completes ticks after
+//! it is taken (`max_persist_delay_ticks`), its application later still
+//! (`max_apply_delay_ticks`), a snapshot transfer's file arrives and its
+//! outcome reaches the sender ticks later (`max_transfer_ticks`); messages
+//! are stepped, ticks and proposals taken in between. A crash can strike
+//! between the first send and the persist, which is where an unpersisted
+//! vote would leak, and anywhere in between those events. Clients with
+//! sessions retry under skewed leader clocks (`clock_skew_ms`), and a
+//! reference session table checks every operation runs at most once.
 //!
 //! Invariants:
 //! 1. Node `k` (0-based) has id `k + 1`.
@@ -28,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use ha_core::node::merge_snapshot;
+use ha_core::node::{NodeError, Pipeline, PipelineIo, Write, merge_snapshot};
 use ha_core::raft::rng::SplitMix64;
 use ha_core::raft::{Body, Config, InitialState, Membership, Message, Raft, RoleKind};
 use ha_core::storage::{LogStore, MemLogStore, SimFs, StoredState, Wal, WalOptions};
@@ -82,6 +89,10 @@ pub struct Faults {
     /// outcome only then, as over a real stream; meanwhile the leader keeps
     /// stepping answers to appends it sent before. 0: at once.
     pub max_transfer_ticks: u64,
+    /// After a Ready's write is durable, its application (restore, apply,
+    /// answers, reads) comes `0..=max_apply_delay_ticks` ticks later, as an
+    /// applier behind its log would: meanwhile the node steps messages.
+    pub max_apply_delay_ticks: u64,
     /// Each node's clock runs up to this many ms ahead of true time (drawn
     /// per node at the start): a leader with a fast clock stamps commands
     /// far ahead and expires idle sessions early.
@@ -105,6 +116,7 @@ impl Faults {
             disk_full: 0.0,
             max_persist_delay_ticks: 0,
             max_transfer_ticks: 0,
+            max_apply_delay_ticks: 0,
             clock_skew_ms: 0,
         }
     }
@@ -202,6 +214,7 @@ impl SimConfig {
             disk_full: 0.0,
             max_persist_delay_ticks: 0,
             max_transfer_ticks: 0,
+            max_apply_delay_ticks: 0,
             clock_skew_ms: 0,
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
@@ -222,6 +235,7 @@ impl SimConfig {
         c.faults.max_transfer_ticks = [0, 2, 8][rng.range(0, 3) as usize];
         c.session_clients = [0, 2, 4][rng.range(0, 3) as usize];
         c.faults.clock_skew_ms = [0, 2_000, 20_000][rng.range(0, 3) as usize];
+        c.faults.max_apply_delay_ticks = [0, 0, 2][rng.range(0, 3) as usize];
         c
     }
 }
@@ -290,13 +304,6 @@ struct Packet {
     deliver_at: u64,
     seq: u64,
     msg: Message,
-}
-
-struct PendingRead {
-    /// Highest index acknowledged to any client before the read was issued.
-    floor: LogIndex,
-    /// The read is served once applied reaches this index.
-    index: Option<LogIndex>,
 }
 
 /// Where a simulated node keeps its log.
@@ -436,9 +443,12 @@ struct SimNode {
     received: BTreeMap<(LogIndex, Term), SimSnapshot>,
     /// The state machine: command ids applied, by index (lost on crash).
     applied: BTreeMap<LogIndex, u64>,
-    /// Commands this node accepted as leader, awaiting application.
-    proposals: BTreeMap<LogIndex, (Term, u64)>,
-    reads: BTreeMap<u64, PendingRead>,
+    /// The node task's Ready pipeline: the Ready in flight, the commands
+    /// this node took as leader (by index) and the reads it confirms.
+    pipeline: Pipeline<u64, u64>,
+    /// Reads in flight: ctx -> the highest index acknowledged before each
+    /// began (a linearizable read must be served at or above it).
+    read_floors: BTreeMap<u64, LogIndex>,
     restart_at: Option<u64>,
     /// Restarts so far (seeds each incarnation's core differently).
     incarnation: u64,
@@ -451,17 +461,101 @@ struct SimNode {
 /// The part of a Ready that waits for its persistence (as in the node
 /// task): written, then the rest of its duties done, when it completes.
 struct InFlight {
-    hard_state: Option<ha_core::types::HardState>,
-    entries: Vec<ha_core::types::Entry>,
-    persisted_messages: Vec<Message>,
-    committed_entries: Vec<ha_core::types::Entry>,
-    read_states: Vec<ha_core::raft::ReadState>,
-    dropped_reads: Vec<u64>,
-    snapshot: Option<ha_core::raft::SnapshotInstall>,
-    token: ha_core::raft::ReadyToken,
+    /// What the pipeline asked to make durable.
+    write: Write,
     torn: bool,
-    /// The term of the entry before `entries[0]` when the Ready was taken.
+    /// The term of the entry before `write.entries[0]` when the Ready was
+    /// taken.
     first_prev_term: Term,
+    /// The write is durable and its messages sent; the application waits.
+    persisted: bool,
+    /// The installed snapshot's state, taken from the staged copy when it
+    /// was promoted (before the log recorded the install).
+    install_state: Option<BTreeMap<LogIndex, u64>>,
+}
+
+/// What one pipeline step produced, for the simulator to act on.
+#[derive(Default)]
+struct SimOutputs {
+    messages: Vec<Message>,
+    snapshot_requests: Vec<NodeId>,
+    soft: Option<ha_core::raft::SoftState>,
+    error: Option<String>,
+}
+
+/// The simulator's side of the node task's pipeline: the network, the
+/// state machine (command ids by index), the clients, and the checker.
+struct SimIo<'a> {
+    id: NodeId,
+    checker: &'a mut Checker,
+    applied: &'a mut BTreeMap<LogIndex, u64>,
+    read_floors: &'a mut BTreeMap<u64, LogIndex>,
+    acked: &'a mut BTreeMap<u64, LogIndex>,
+    stats: &'a mut RunStats,
+    max_acked: &'a mut LogIndex,
+    served_reads: &'a mut BTreeMap<u64, LogIndex>,
+    /// The state of the snapshot the step restores.
+    restore: Option<BTreeMap<LogIndex, u64>>,
+    out: SimOutputs,
+}
+
+impl PipelineIo for SimIo<'_> {
+    type Reply = u64;
+    type Read = u64;
+    fn send(&mut self, msg: Message) {
+        self.out.messages.push(msg);
+    }
+    fn send_snapshot(&mut self, peer: NodeId) {
+        self.out.snapshot_requests.push(peer);
+    }
+    fn soft_state(&mut self, state: ha_core::raft::SoftState) {
+        self.out.soft = Some(state);
+    }
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        let state = self
+            .restore
+            .take()
+            .ok_or("a snapshot restore without a received snapshot")?;
+        *self.applied = state;
+        Ok(())
+    }
+    fn apply(&mut self, e: &ha_core::types::Entry) -> Option<Bytes> {
+        if let Err(err) = self.checker.on_apply(self.id, e) {
+            self.out.error.get_or_insert(err);
+        }
+        let cmd = match &e.payload {
+            EntryPayload::Command(b) => {
+                let mut buf = [0u8; 8];
+                buf.copy_from_slice(&b[..8]);
+                u64::from_le_bytes(buf)
+            }
+            _ => 0,
+        };
+        self.applied.insert(e.index, cmd);
+        None
+    }
+    fn answer(&mut self, cmd: u64, result: Result<(LogIndex, Bytes), NodeError>) {
+        if let Ok((index, _)) = result {
+            self.acked.insert(cmd, index);
+            self.stats.acknowledged += 1;
+            *self.max_acked = (*self.max_acked).max(index);
+        }
+    }
+    fn serve_read(&mut self, ctx: u64, index: LogIndex) {
+        let floor = self.read_floors.remove(&ctx).unwrap_or_default();
+        if index < floor {
+            self.out.error.get_or_insert(format!(
+                "Linearizability: node {} served read {ctx} at index {index}, but index {floor} \
+                 was acknowledged before the read began",
+                self.id
+            ));
+        }
+        self.stats.reads += 1;
+        self.served_reads.insert(ctx, index);
+    }
+    fn fail_read(&mut self, ctx: u64, _error: NodeError) {
+        self.read_floors.remove(&ctx);
+    }
 }
 
 /// The simulator (see the module docs).
@@ -564,8 +658,8 @@ impl Sim {
                     NodeStore::Mem(MemLogStore::new())
                 },
                 applied: BTreeMap::new(),
-                proposals: BTreeMap::new(),
-                reads: BTreeMap::new(),
+                pipeline: Pipeline::new(LogIndex(0)),
+                read_floors: BTreeMap::new(),
                 restart_at: None,
                 incarnation: 0,
                 in_flight: None,
@@ -613,7 +707,7 @@ impl Sim {
             TraceEvent::Propose(id, cmd, res.as_ref().ok().map(|r| r.0)),
         );
         let (index, term) = res.ok()?;
-        self.nodes[k].proposals.insert(index, (term, cmd));
+        self.nodes[k].pipeline.proposed(index, term, cmd);
         self.drive(k);
         Some(cmd)
     }
@@ -736,6 +830,15 @@ impl Sim {
             entries: stored.entries,
         };
         node.applied.clear();
+        let published = node.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
+        if init.snapshot_last.0 > published {
+            // What `recover` refuses: the log was compacted or an install
+            // recorded against a snapshot that is not there.
+            return Err(format!(
+                "node {}: the log starts after a snapshot at {} but the newest snapshot is at {}",
+                node.id, init.snapshot_last.0, published
+            ));
+        }
         if let Some(snap) = &node.snapshot {
             if let Some(keep) = merge_snapshot(&mut init, snap.index, snap.term) {
                 node.store
@@ -748,9 +851,9 @@ impl Sim {
         let raft = Raft::new(config, init)
             .map_err(|e| format!("node {} cannot start from its log: {e}", node.id))?;
         node.checked_commit = raft.commit_index();
+        node.pipeline = Pipeline::new(raft.applied_index());
         node.raft = Some(raft);
-        node.proposals.clear();
-        node.reads.clear();
+        node.read_floors.clear();
         node.restart_at = None;
         Ok(())
     }
@@ -868,9 +971,8 @@ impl Sim {
         self.next_read += 1;
         let floor = self.max_acked_index;
         self.nodes[k].raft.as_mut()?.read_index(ctx).ok()?;
-        self.nodes[k]
-            .reads
-            .insert(ctx, PendingRead { floor, index: None });
+        self.nodes[k].pipeline.read_started(ctx, ctx);
+        self.nodes[k].read_floors.insert(ctx, floor);
         self.drive(k);
         Some(ctx)
     }
@@ -910,8 +1012,8 @@ impl Sim {
         node.raft = None;
         node.store.crash(&mut self.rng);
         node.applied.clear();
-        node.proposals.clear();
-        node.reads.clear();
+        node.pipeline = Pipeline::new(LogIndex(0));
+        node.read_floors.clear();
         node.in_flight = None;
         node.received.clear();
         self.stats.crashes += 1;
@@ -943,7 +1045,7 @@ impl Sim {
             TraceEvent::Propose(id, cmd, res.as_ref().ok().map(|r| r.0)),
         );
         let (index, term) = res.ok()?;
-        self.nodes[k].proposals.insert(index, (term, cmd));
+        self.nodes[k].pipeline.proposed(index, term, cmd);
         self.drive(k);
         Some(index)
     }
@@ -1266,57 +1368,115 @@ impl Sim {
         self.drive(k);
     }
 
-    /// Takes every Ready of node `k` it may, as the node task does: sends its
-    /// messages at once, and completes its persistence now or, with
-    /// `max_persist_delay_ticks`, on a later tick.
+    /// Runs `f` with node `k`'s core, pipeline and a [`SimIo`] over the
+    /// simulator's state; then sends what it sent and records what it
+    /// found. Returns `None` if the node is down.
+    fn with_pipeline<T>(
+        &mut self,
+        k: usize,
+        restore: Option<BTreeMap<LogIndex, u64>>,
+        f: impl FnOnce(&mut Raft, &mut Pipeline<u64, u64>, &mut SimIo<'_>) -> T,
+    ) -> Option<(T, SimOutputs)> {
+        let Sim {
+            nodes,
+            checker,
+            acked,
+            stats,
+            max_acked_index,
+            served_reads,
+            ..
+        } = self;
+        let SimNode {
+            id,
+            raft,
+            pipeline,
+            applied,
+            read_floors,
+            ..
+        } = &mut nodes[k];
+        let raft = raft.as_mut()?;
+        let mut io = SimIo {
+            id: *id,
+            checker,
+            applied,
+            read_floors,
+            acked,
+            stats,
+            max_acked: max_acked_index,
+            served_reads,
+            restore,
+            out: SimOutputs::default(),
+        };
+        let r = f(raft, pipeline, &mut io);
+        Some((r, io.out))
+    }
+
+    /// Sends what a pipeline step sent; records a soft state; keeps the
+    /// first error as the run's failure. Returns false on failure.
+    fn take_outputs(&mut self, k: usize, out: SimOutputs) -> bool {
+        let id = self.nodes[k].id;
+        if let Some(ss) = out.soft {
+            self.trace
+                .push(self.now, TraceEvent::Role(id, ss.role, ss.term));
+            if ss.role == RoleKind::Leader {
+                self.stats.elections += 1;
+                let raft = self.nodes[k].raft.as_ref().expect("node is up");
+                if let Err(e) = self.checker.on_leader(raft) {
+                    self.failure = Some(e);
+                    return false;
+                }
+            }
+        }
+        for m in out.messages {
+            self.send(m);
+        }
+        if let Some(e) = out.error {
+            self.failure = Some(e);
+            return false;
+        }
+        true
+    }
+
+    /// Takes every Ready of node `k` it may, through the node task's
+    /// pipeline: sends its messages at once, and completes its persistence
+    /// now or, with `max_persist_delay_ticks`, on a later tick.
     fn drive(&mut self, k: usize) {
         loop {
             if self.nodes[k].in_flight.is_some() {
                 return; // One Ready at a time: the next waits for this one.
             }
-            let Some(raft) = self.nodes[k].raft.as_mut() else {
+            let Some((started, out)) = self.with_pipeline(k, None, |raft, p, io| {
+                let write = p.start(raft, io)?;
+                let first_prev_term = write
+                    .entries
+                    .first()
+                    .and_then(|e| raft.term_at(e.index.prev()))
+                    .unwrap_or(Term(0));
+                Some((write, first_prev_term))
+            }) else {
                 return;
             };
-            if !raft.has_ready() {
+            let snapshot_requests = out.snapshot_requests.clone();
+            if !self.take_outputs(k, out) {
                 return;
             }
-            let rd = raft.ready();
-            let token = rd.token();
-            let first_prev_term = rd
-                .entries
-                .first()
-                .and_then(|e| raft.term_at(e.index.prev()))
-                .unwrap_or(Term(0));
+            let Some((write, first_prev_term)) = started else {
+                return;
+            };
             let id = self.nodes[k].id;
-            if let Some(ss) = rd.soft_state {
-                self.trace
-                    .push(self.now, TraceEvent::Role(id, ss.role, ss.term));
-                if ss.role == RoleKind::Leader {
-                    self.stats.elections += 1;
-                    let raft = self.nodes[k].raft.as_ref().expect("node is up");
-                    if let Err(e) = self.checker.on_leader(raft) {
-                        self.failure = Some(e);
-                        return;
-                    }
-                }
-            }
-            for m in rd.messages {
-                self.send(m);
-            }
+            let needs_write = write.hard_state.is_some() || !write.entries.is_empty();
             let f = self.cfg.faults.crash_before_persist;
-            if f > 0.0 && (rd.hard_state.is_some() || !rd.entries.is_empty()) && self.rng.chance(f)
-            {
+            if f > 0.0 && needs_write && self.rng.chance(f) {
                 self.crash_for_a_while(k);
                 return;
             }
-            let needs_write = rd.hard_state.is_some() || !rd.entries.is_empty();
             let f = self.cfg.faults.clone();
             let torn = needs_write && f.torn_write > 0.0 && self.rng.chance(f.torn_write);
             if needs_write && f.disk_full > 0.0 && self.rng.chance(f.disk_full) {
                 let room = self.rng.range(0, 200);
                 self.nodes[k].store.fill_disk_after(room);
             }
-            for peer in &rd.send_snapshots {
+            for peer in &snapshot_requests {
                 let node = &self.nodes[k];
                 let offset = node
                     .raft
@@ -1358,42 +1518,41 @@ impl Sim {
                         .report_snapshot(*peer, None);
                 }
             }
+            let f = InFlight {
+                write,
+                torn,
+                first_prev_term,
+                persisted: false,
+                install_state: None,
+            };
             let delay = match self.cfg.faults.max_persist_delay_ticks {
                 0 => 0,
                 max => self.rng.range(0, max + 1),
-            };
-            let f = InFlight {
-                hard_state: rd.hard_state,
-                entries: rd.entries,
-                persisted_messages: rd.persisted_messages,
-                committed_entries: rd.committed_entries,
-                read_states: rd.read_states,
-                dropped_reads: rd.dropped_reads,
-                snapshot: rd.snapshot,
-                token,
-                torn,
-                first_prev_term,
             };
             if delay > 0 {
                 self.nodes[k].in_flight = Some((self.now + delay, f));
                 return;
             }
             self.complete(k, f);
-            if self.failure.is_some() {
+            if self.failure.is_some() || self.nodes[k].in_flight.is_some() {
                 return;
             }
         }
     }
 
-    /// A Ready's persistence completes: write it, then restore, send what
-    /// waited for the disk, apply, `advance`, snapshot, serve reads.
-    fn complete(&mut self, k: usize, f: InFlight) {
+    /// A Ready's persistence completes (write it, send what waited for the
+    /// disk), then, now or with `max_apply_delay_ticks` on a later tick, its
+    /// application (restore, apply, `advance`, serve reads) through the
+    /// pipeline; then snapshot.
+    fn complete(&mut self, k: usize, mut f: InFlight) {
         let id = self.nodes[k].id;
         if self.nodes[k].raft.is_none() {
             return;
         }
-        {
-            if let Some(inst) = f.snapshot {
+        if !f.persisted {
+            if let Some(inst) = f.write.install {
+                // As the node task does: publish the staged snapshot, then
+                // record the install in the log.
                 let node = &mut self.nodes[k];
                 let Some(snap) = node.received.remove(&(inst.index, inst.term)) else {
                     self.failure = Some(format!(
@@ -1412,7 +1571,8 @@ impl Sim {
                     self.failure = Some(e);
                     return;
                 }
-                node.applied = snap.state.clone();
+                let node = &mut self.nodes[k];
+                f.install_state = Some(snap.state.clone());
                 // Promotion keeps a snapshot file of the same (index, term)
                 // that exists already (both hold the same prefix).
                 if node
@@ -1422,6 +1582,7 @@ impl Sim {
                 {
                     node.snapshot = Some(snap);
                 }
+                self.stats.snapshots_installed += 1;
                 if let Err(e) = node
                     .store
                     .install_snapshot(inst.index, inst.term, inst.keep_suffix)
@@ -1436,11 +1597,11 @@ impl Sim {
                     self.crash_for_a_while(k);
                     return;
                 }
-                self.stats.snapshots_installed += 1;
             }
-            if let Err(e) = self.nodes[k]
-                .store
-                .persist(&f.entries, f.hard_state, f.torn)
+            if let Err(e) =
+                self.nodes[k]
+                    .store
+                    .persist(&f.write.entries, f.write.hard_state, f.torn)
             {
                 // The write failed: nothing that depends on it may leave the
                 // node. It stops, and restarts later from what its disk kept.
@@ -1452,59 +1613,60 @@ impl Sim {
                 self.crash_for_a_while(k);
                 return;
             }
-            if let Err(e) = self.checker.on_persist(id, f.first_prev_term, &f.entries) {
+            if let Err(e) = self
+                .checker
+                .on_persist(id, f.first_prev_term, &f.write.entries)
+            {
                 self.failure = Some(e);
                 return;
             }
-            for m in f.persisted_messages {
-                self.send(m);
-            }
-            for e in &f.committed_entries {
-                if let Err(err) = self.checker.on_apply(id, e) {
-                    self.failure = Some(err);
-                    return;
-                }
-                let node = &mut self.nodes[k];
-                let cmd = match &e.payload {
-                    EntryPayload::Command(b) => {
-                        let mut buf = [0u8; 8];
-                        buf.copy_from_slice(&b[..8]);
-                        u64::from_le_bytes(buf)
-                    }
-                    _ => 0,
-                };
-                node.applied.insert(e.index, cmd);
-                if let Some((term, pcmd)) = node.proposals.remove(&e.index)
-                    && term == e.term
-                {
-                    debug_assert_eq!(pcmd, cmd);
-                    self.acked.insert(cmd, e.index);
-                    self.stats.acknowledged += 1;
-                    self.max_acked_index = self.max_acked_index.max(e.index);
-                }
-            }
-            let node = &mut self.nodes[k];
-            for rs in f.read_states {
-                if let Some(r) = node.reads.get_mut(&rs.ctx) {
-                    r.index = Some(rs.index);
-                }
-            }
-            for ctx in f.dropped_reads {
-                node.reads.remove(&ctx);
-            }
-            let raft = node.raft.as_mut().expect("node is up");
-            raft.advance(f.token);
-            if let Err(e) = self.check_commit(k) {
-                self.failure = Some(e);
+            let Some(((), out)) = self.with_pipeline(k, None, |_, p, io| p.persisted(io)) else {
+                return;
+            };
+            if !self.take_outputs(k, out) {
                 return;
             }
-            if let Err(e) = self.maybe_snapshot(k) {
-                self.failure = Some(e);
+            f.persisted = true;
+            let delay = match self.cfg.faults.max_apply_delay_ticks {
+                0 => 0,
+                max => self.rng.range(0, max + 1),
+            };
+            if delay > 0 {
+                self.nodes[k].in_flight = Some((self.now + delay, f));
                 return;
             }
-            if let Err(e) = self.serve_reads(k) {
-                self.failure = Some(e);
+        }
+        // The applier's part.
+        let restore = f.install_state.take();
+        let state: Option<&[u8]> = f.write.install.map(|_| &[][..]);
+        let Some((r, out)) = self.with_pipeline(k, restore, |raft, p, io| {
+            let r = p.finish(raft, io, state);
+            // Invariant 3 of the pipeline: the applier's index is the core's.
+            if r.is_ok() && p.applied() != raft.applied_index() {
+                return Err(format!(
+                    "node {}: the core counts {} applied but the state machine holds up to {}",
+                    raft.id(),
+                    raft.applied_index(),
+                    p.applied()
+                ));
             }
+            r
+        }) else {
+            return;
+        };
+        if !self.take_outputs(k, out) {
+            return;
+        }
+        if let Err(e) = r {
+            self.failure = Some(e);
+            return;
+        }
+        if let Err(e) = self.check_commit(k) {
+            self.failure = Some(e);
+            return;
+        }
+        if let Err(e) = self.maybe_snapshot(k) {
+            self.failure = Some(e);
         }
     }
 
@@ -1574,10 +1736,9 @@ impl Sim {
         let Some(raft) = node.raft.as_mut() else {
             return Ok(());
         };
-        // As the node task does: the core's applied index (which moves only
-        // once a Ready's duties are done), against the last snapshot this
-        // driver took or restored.
-        let applied = raft.applied_index();
+        // As the node task does: the applier's own index (the pipeline's),
+        // against the last snapshot this driver took or restored.
+        let applied = node.pipeline.applied();
         let last = node.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
         if applied.0 < last.0 + every {
             return Ok(());
@@ -1612,34 +1773,6 @@ impl Sim {
         }
         raft.compact(applied);
         self.stats.snapshots_taken += 1;
-        Ok(())
-    }
-
-    fn serve_reads(&mut self, k: usize) -> Result<(), String> {
-        let node = &mut self.nodes[k];
-        let applied = node
-            .raft
-            .as_ref()
-            .map_or(LogIndex(0), |r| r.applied_index());
-        let ready: Vec<u64> = node
-            .reads
-            .iter()
-            .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
-            .map(|(c, _)| *c)
-            .collect();
-        for ctx in ready {
-            let r = node.reads.remove(&ctx).expect("read listed above");
-            let index = r.index.expect("filtered on index");
-            if index < r.floor {
-                return Err(format!(
-                    "Linearizability: node {} served read {ctx} at index {index}, but index {} \
-                     was acknowledged before the read began",
-                    node.id, r.floor
-                ));
-            }
-            self.stats.reads += 1;
-            self.served_reads.insert(ctx, index);
-        }
         Ok(())
     }
 
