@@ -93,6 +93,9 @@ pub struct Faults {
     /// answers, reads) comes `0..=max_apply_delay_ticks` ticks later, as an
     /// applier behind its log would: meanwhile the node steps messages.
     pub max_apply_delay_ticks: u64,
+    /// A snapshot's file is written `0..=max_snapshot_save_ticks` ticks
+    /// after its state was encoded; only then is the log compacted.
+    pub max_snapshot_save_ticks: u64,
     /// Each node's clock runs up to this many ms ahead of true time (drawn
     /// per node at the start): a leader with a fast clock stamps commands
     /// far ahead and expires idle sessions early.
@@ -117,6 +120,7 @@ impl Faults {
             max_persist_delay_ticks: 0,
             max_transfer_ticks: 0,
             max_apply_delay_ticks: 0,
+            max_snapshot_save_ticks: 0,
             clock_skew_ms: 0,
         }
     }
@@ -215,6 +219,7 @@ impl SimConfig {
             max_persist_delay_ticks: 0,
             max_transfer_ticks: 0,
             max_apply_delay_ticks: 0,
+            max_snapshot_save_ticks: 0,
             clock_skew_ms: 0,
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
@@ -236,6 +241,7 @@ impl SimConfig {
         c.session_clients = [0, 2, 4][rng.range(0, 3) as usize];
         c.faults.clock_skew_ms = [0, 2_000, 20_000][rng.range(0, 3) as usize];
         c.faults.max_apply_delay_ticks = [0, 0, 2][rng.range(0, 3) as usize];
+        c.faults.max_snapshot_save_ticks = [0, 3][rng.range(0, 2) as usize];
         c
     }
 }
@@ -454,6 +460,8 @@ struct SimNode {
     incarnation: u64,
     /// The commit index up to which the checker has seen this node commit.
     checked_commit: LogIndex,
+    /// A snapshot being written, and the tick its write completes.
+    saving: Option<(u64, SimSnapshot)>,
     /// The Ready whose persistence is under way, and the tick it completes.
     in_flight: Option<(u64, InFlight)>,
 }
@@ -663,6 +671,7 @@ impl Sim {
                 restart_at: None,
                 incarnation: 0,
                 in_flight: None,
+                saving: None,
                 checked_commit: LogIndex(0),
             });
             sim.boot(k).expect("an empty store opens");
@@ -1015,6 +1024,7 @@ impl Sim {
         node.pipeline = Pipeline::new(LogIndex(0));
         node.read_floors.clear();
         node.in_flight = None;
+        node.saving = None;
         node.received.clear();
         self.stats.crashes += 1;
         self.trace.push(self.now, TraceEvent::Crash(id));
@@ -1138,6 +1148,16 @@ impl Sim {
         self.end_transfers();
         if self.failure.is_some() {
             return;
+        }
+        for k in 0..self.nodes.len() {
+            if self.nodes[k]
+                .saving
+                .as_ref()
+                .is_some_and(|(due, _)| *due <= now)
+            {
+                let (_, snap) = self.nodes[k].saving.take().expect("checked");
+                self.snapshot_saved(k, snap);
+            }
         }
         for k in self.shuffled_nodes() {
             if self.nodes[k]
@@ -1738,6 +1758,9 @@ impl Sim {
         };
         // As the node task does: the applier's own index (the pipeline's),
         // against the last snapshot this driver took or restored.
+        if node.saving.is_some() {
+            return Ok(()); // One snapshot written at a time.
+        }
         let applied = node.pipeline.applied();
         let last = node.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
         if applied.0 < last.0 + every {
@@ -1762,18 +1785,46 @@ impl Sim {
         {
             return Ok(()); // Never overwrite a published snapshot.
         }
-        node.snapshot = Some(SimSnapshot {
+        let snap = SimSnapshot {
             index: applied,
             term,
             state,
-        });
-        // The snapshot is durable; now the log may forget what it covers.
-        if node.store.compact_and_sync(applied, term).is_err() {
-            return Ok(()); // A disk fault: the compaction waits for a later try.
+        };
+        // The state is encoded here; the file is written off the node task
+        // and reported later (at most one at a time), as in the node task.
+        let delay = match self.cfg.faults.max_snapshot_save_ticks {
+            0 => 0,
+            max => self.rng.range(0, max + 1),
+        };
+        if delay > 0 {
+            self.nodes[k].saving = Some((self.now + delay, snap));
+            return Ok(());
         }
-        raft.compact(applied);
-        self.stats.snapshots_taken += 1;
+        self.snapshot_saved(k, snap);
         Ok(())
+    }
+
+    /// A snapshot file is durable: publish it (unless a newer one is) and
+    /// let the log forget what it covers.
+    fn snapshot_saved(&mut self, k: usize, snap: SimSnapshot) {
+        let node = &mut self.nodes[k];
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
+        if node
+            .snapshot
+            .as_ref()
+            .is_some_and(|cur| cur.index >= snap.index)
+        {
+            return; // A newer snapshot was installed meanwhile.
+        }
+        let (index, term) = (snap.index, snap.term);
+        node.snapshot = Some(snap);
+        self.stats.snapshots_taken += 1;
+        if raft.compact(index) && node.store.compact_and_sync(index, term).is_err() {
+            // A disk fault: the log store keeps more than the core; harmless
+            // (a restart loads it and merges the snapshot).
+        }
     }
 
     // ----- whole runs --------------------------------------------------------
