@@ -5,27 +5,47 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, NoopApplier, start_node};
+use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage, NoopApplier, start_node};
 use ha_core::raft::{InitialState, RoleKind};
 use ha_core::storage::{MemLogStore, StdFs};
 use ha_core::transport::MemNetwork;
 use ha_core::types::NodeId;
 
 fn cluster(net: &MemNetwork, n: u64) -> Vec<NodeHandle> {
+    cluster_with(
+        net,
+        n,
+        |_| {},
+        |id| Arc::new(net.transport(id)),
+        || NoopApplier,
+    )
+}
+
+/// `n` in-memory nodes with a 10 ms tick; `tweak` adjusts each node's
+/// options, `transport` gives each its transport.
+fn cluster_with<A: Applier>(
+    net: &MemNetwork,
+    n: u64,
+    tweak: impl Fn(&mut NodeOptions),
+    transport: impl Fn(NodeId) -> Arc<dyn ha_core::transport::Transport>,
+    applier: impl Fn() -> A,
+) -> Vec<NodeHandle> {
     (1..=n)
         .map(|id| {
             let mut opts = NodeOptions::new(NodeId(id), (1..=n).map(NodeId));
             opts.tick = Duration::from_millis(10);
             opts.raft.rng_seed = id;
+            tweak(&mut opts);
             let h = start_node::<StdFs>(
                 opts,
                 InitialState::default(),
                 NodeStorage::Memory(MemLogStore::new()),
-                Arc::new(net.transport(NodeId(id))),
-                NoopApplier,
+                transport(NodeId(id)),
+                applier(),
             )
             .expect("start");
             net.register(NodeId(id), h.inbound());
+            net.register_snapshots(NodeId(id), h.snapshot_files());
             h
         })
         .collect()
@@ -138,32 +158,45 @@ async fn a_command_flood_does_not_starve_heartbeats() {
 /// Over the storage quota the leader refuses writes with a clear "no space"
 /// (certainly not applied) while reads go on; a snapshot that compacts the
 /// log lifts it.
-fn quota_cluster(net: &MemNetwork, snapshot_every: Option<u64>) -> Vec<NodeHandle> {
-    (1..=3u64)
-        .map(|id| {
-            let mut opts = NodeOptions::new(NodeId(id), (1..=3).map(NodeId));
-            opts.tick = Duration::from_millis(10);
-            opts.raft.rng_seed = id;
+fn quota_cluster<A: Applier>(
+    net: &MemNetwork,
+    snapshot_every: Option<u64>,
+    applier: impl Fn() -> A,
+) -> Vec<NodeHandle> {
+    cluster_with(
+        net,
+        3,
+        |opts| {
             opts.storage_quota_bytes = Some(20_000);
             opts.snapshot_every_entries = snapshot_every;
-            let h = start_node::<StdFs>(
-                opts,
-                InitialState::default(),
-                NodeStorage::Memory(MemLogStore::new()),
-                Arc::new(net.transport(NodeId(id))),
-                NoopApplier,
-            )
-            .expect("start");
-            net.register(NodeId(id), h.inbound());
-            h
-        })
-        .collect()
+        },
+        |id| Arc::new(net.transport(id)),
+        applier,
+    )
+}
+
+/// An applier whose snapshots cannot be encoded: nothing can lift a quota.
+struct NoSnapshots;
+
+impl Applier for NoSnapshots {
+    fn apply(&mut self, _: ha_core::types::LogIndex, _: ha_core::types::Term, _: &Bytes) -> Bytes {
+        Bytes::new()
+    }
+    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+        Ok(Bytes::new())
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        Err("this state cannot be encoded".into())
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_storage_quota_writes_are_refused_and_reads_go_on() {
     let net = MemNetwork::new();
-    let nodes = quota_cluster(&net, None);
+    let nodes = quota_cluster(&net, None, || NoSnapshots);
     let l = leader(&nodes, None).await;
     let mut accepted = 0;
     let err = loop {
@@ -195,9 +228,9 @@ async fn over_the_storage_quota_writes_are_refused_and_reads_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_lift_the_storage_quota() {
     let net = MemNetwork::new();
-    // Snapshots every 1000 entries would come too late for a 20 KB quota
-    // of 1 KB entries: the node snapshots early when the quota presses.
-    let nodes = quota_cluster(&net, Some(1000));
+    // No snapshots by count (the default): the node snapshots when the
+    // quota presses, or writes would stop for good at the quota.
+    let nodes = quota_cluster(&net, None, || NoopApplier);
     let l = leader(&nodes, None).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for k in 0..100 {
@@ -250,28 +283,21 @@ impl ha_core::transport::Transport for NeverReports {
 async fn a_snapshot_transfer_never_reported_is_given_up_and_retried() {
     let net = MemNetwork::new();
     let transfers = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let nodes: Vec<NodeHandle> = (1..=3u64)
-        .map(|id| {
-            let mut opts = NodeOptions::new(NodeId(id), (1..=3).map(NodeId));
-            opts.tick = Duration::from_millis(10);
-            opts.raft.rng_seed = id;
+    let nodes = cluster_with(
+        &net,
+        3,
+        |opts| {
             opts.snapshot_every_entries = Some(5);
             opts.snapshot_transfer_timeout = Duration::from_millis(200);
-            let h = start_node::<StdFs>(
-                opts,
-                InitialState::default(),
-                NodeStorage::Memory(MemLogStore::new()),
-                Arc::new(NeverReports {
-                    inner: net.transport(NodeId(id)),
-                    transfers: transfers.clone(),
-                }),
-                NoopApplier,
-            )
-            .expect("start");
-            net.register(NodeId(id), h.inbound());
-            h
-        })
-        .collect();
+        },
+        |id| {
+            Arc::new(NeverReports {
+                inner: net.transport(id),
+                transfers: transfers.clone(),
+            })
+        },
+        || NoopApplier,
+    );
     let l = leader(&nodes, None).await;
     let lagging = nodes.iter().find(|n| n.id() != l.id()).unwrap().id();
     net.set_down(lagging, true);
@@ -309,25 +335,13 @@ async fn a_snapshot_transfer_never_reported_is_given_up_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_a_snapshot_covers_is_answered() {
     let net = MemNetwork::new();
-    let nodes: Vec<NodeHandle> = (1..=3u64)
-        .map(|id| {
-            let mut opts = NodeOptions::new(NodeId(id), (1..=3).map(NodeId));
-            opts.tick = Duration::from_millis(10);
-            opts.raft.rng_seed = id;
-            opts.snapshot_every_entries = Some(5);
-            let h = start_node::<StdFs>(
-                opts,
-                InitialState::default(),
-                NodeStorage::Memory(MemLogStore::new()),
-                Arc::new(net.transport(NodeId(id))),
-                NoopApplier,
-            )
-            .expect("start");
-            net.register(NodeId(id), h.inbound());
-            net.register_snapshots(NodeId(id), h.snapshot_files());
-            h
-        })
-        .collect();
+    let nodes = cluster_with(
+        &net,
+        3,
+        |opts| opts.snapshot_every_entries = Some(5),
+        |id| Arc::new(net.transport(id)),
+        || NoopApplier,
+    );
     let old = leader(&nodes, None).await;
     net.set_down(old.id(), true);
     let pending = {

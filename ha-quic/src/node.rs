@@ -44,7 +44,7 @@ impl QuicNode {
 
     /// Like [`QuicNode::start`], on a socket bound already when given.
     pub fn start_on<V: Vfs>(
-        opts: NodeOptions,
+        mut opts: NodeOptions,
         mut quic: QuicConfig,
         socket: Option<std::net::UdpSocket>,
         init: InitialState,
@@ -54,6 +54,8 @@ impl QuicNode {
         // The transport sizes its replication frames for the core's largest
         // append: they must agree.
         quic.limits.max_append_bytes = opts.raft.max_append_bytes;
+        // And no entry may be larger than a replication frame carries.
+        opts.max_command_bytes = opts.max_command_bytes.min(quic.limits.max_request_bytes);
         let endpoint = match socket {
             Some(s) => QuicEndpoint::with_socket(quic, s)?,
             None => QuicEndpoint::bind(quic)?,

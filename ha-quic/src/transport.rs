@@ -1666,9 +1666,16 @@ fn not_leader(shared: &Shared, leader: Option<NodeId>) -> ClientResponse {
 }
 
 async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> ClientResponse {
-    let failed = |e: NodeError| ClientResponse::Failed {
-        not_applied: e.is_not_applied(),
-        message: e.to_string(),
+    let failed = |e: NodeError| match e {
+        // Retrying cannot help: answered as refused, not as a failure the
+        // client would retry until its deadline.
+        NodeError::TooLarge { .. } => ClientResponse::Refused {
+            message: e.to_string(),
+        },
+        _ => ClientResponse::Failed {
+            not_applied: e.is_not_applied(),
+            message: e.to_string(),
+        },
     };
     let refused = |message: String| {
         let n = bump(&shared.stats.requests_refused);

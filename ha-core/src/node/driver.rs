@@ -108,7 +108,8 @@ pub struct NodeOptions {
     /// Depth of the command queue.
     pub command_queue: usize,
     /// Snapshot the state and compact the log after this many entries
-    /// applied since the last snapshot (`None`: never).
+    /// applied since the last snapshot (`None`: never on a count; the
+    /// storage quota still calls for one when the log nears it).
     pub snapshot_every_entries: Option<u64>,
     /// The storage quota: the bytes of log entries held since the last
     /// snapshot (on disk in the log, and in memory in the core) above which
@@ -116,11 +117,20 @@ pub struct NodeOptions {
     /// reads go on (etcd's NOSPACE alarm). Snapshots compact the log and
     /// lift it. `None`: no quota.
     pub storage_quota_bytes: Option<u64>,
-    /// A snapshot transfer the transport has not reported within this time
-    /// counts as failed (the transport's own deadlines should end it
-    /// sooner; this is the backstop).
+    /// A snapshot transfer the transport has not reported within this time,
+    /// plus one second per MiB of the snapshot, counts as failed (the
+    /// transport's own deadlines should end it sooner; this is the
+    /// backstop). Above zero.
     pub snapshot_transfer_timeout: Duration,
+    /// The largest command a proposal may carry (at most
+    /// [`MAX_COMMAND_BYTES`](crate::storage::wal::MAX_COMMAND_BYTES), what a
+    /// log record holds). A transport lowers it to what it can replicate.
+    pub max_command_bytes: usize,
 }
+
+/// The slowest rate a snapshot transfer is allowed before the node's
+/// backstop gives up on it: 1 MiB/s, as the QUIC transport's own deadline.
+const SLOWEST_TRANSFER_BYTES_PER_SEC: u64 = 1 << 20;
 
 /// The default storage quota: 2 GiB of log beyond the last snapshot (etcd's
 /// default backend quota).
@@ -139,6 +149,7 @@ impl NodeOptions {
             snapshot_every_entries: None,
             storage_quota_bytes: Some(DEFAULT_STORAGE_QUOTA_BYTES),
             snapshot_transfer_timeout: Duration::from_secs(3600),
+            max_command_bytes: crate::storage::wal::MAX_COMMAND_BYTES,
         }
     }
 }
@@ -433,6 +444,21 @@ pub fn start_node<V: Vfs>(
         membership: opts.membership.clone(),
         ..init
     };
+    if opts.storage_quota_bytes == Some(0) {
+        return Err("storage quota of 0 bytes: no write could ever be taken".into());
+    }
+    if opts.snapshot_transfer_timeout.is_zero() {
+        return Err("snapshot transfer timeout of 0: every transfer would fail".into());
+    }
+    if opts.max_command_bytes == 0
+        || opts.max_command_bytes > crate::storage::wal::MAX_COMMAND_BYTES
+    {
+        return Err(format!(
+            "max_command_bytes {} must be 1..={}",
+            opts.max_command_bytes,
+            crate::storage::wal::MAX_COMMAND_BYTES
+        ));
+    }
     let raft = Raft::new(opts.raft.clone(), init)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(opts.command_queue.max(1));
     let (in_tx, in_rx) = mpsc::channel(opts.inbound_queue.max(1));
@@ -483,6 +509,7 @@ pub fn start_node<V: Vfs>(
         sending_snapshots: HashMap::new(),
         next_transfer: 0,
         snapshot_transfer_timeout: opts.snapshot_transfer_timeout,
+        max_command_bytes: opts.max_command_bytes,
         quota: opts.storage_quota_bytes,
         over_quota: false,
         snapshotting: false,
@@ -534,7 +561,22 @@ struct NodeIo<'a> {
     applier: &'a mut dyn Applier,
     metrics: &'a SharedMetrics,
     /// Peers the core asked to send a snapshot to.
-    snapshot_requests: &'a mut Vec<NodeId>,
+    snapshot_requests: Vec<NodeId>,
+}
+
+impl<'a> NodeIo<'a> {
+    fn new(
+        transport: &'a dyn Transport,
+        applier: &'a mut dyn Applier,
+        metrics: &'a SharedMetrics,
+    ) -> NodeIo<'a> {
+        NodeIo {
+            transport,
+            applier,
+            metrics,
+            snapshot_requests: Vec::new(),
+        }
+    }
 }
 
 impl PipelineIo for NodeIo<'_> {
@@ -622,13 +664,15 @@ struct NodeTask<V: Vfs> {
     /// Whether the last proposal was refused over the quota (for logging
     /// the transitions only).
     over_quota: bool,
-    /// Peers a snapshot transfer is running to: at most one each.
-    /// With its start and a number naming this transfer (a late report of a
+    /// Peers a snapshot transfer is running to: at most one each. With the
+    /// time it is given up at and a number naming it (a late report of a
     /// transfer given up on must not end a newer one).
     sending_snapshots: HashMap<NodeId, (Instant, u64)>,
     next_transfer: u64,
     /// A transfer not reported within this time counts as failed.
     snapshot_transfer_timeout: Duration,
+    /// Larger proposals are refused (see [`NodeOptions::max_command_bytes`]).
+    max_command_bytes: usize,
     /// A snapshot is being written.
     snapshotting: bool,
     /// Where helpers report back to the node task.
@@ -738,13 +782,7 @@ impl<V: Vfs> NodeTask<V> {
             tracing::error!(node = %self.raft.id(), "node stopped: {reason}");
         }
         let err = NodeError::Stopped(reason.clone());
-        let mut requests = Vec::new();
-        let mut io = NodeIo {
-            transport: &*self.transport,
-            applier: &mut *self.applier,
-            metrics: &self.metrics,
-            snapshot_requests: &mut requests,
-        };
+        let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         self.pipeline.stop(&mut io, err);
         self.publish_status(Some(reason));
     }
@@ -840,14 +878,12 @@ impl<V: Vfs> NodeTask<V> {
     /// Handles one command; returns false to stop.
     fn command(&mut self, c: Command) -> bool {
         match c {
-            Command::Propose { data, reply }
-                if data.len() > crate::storage::wal::MAX_COMMAND_BYTES =>
-            {
-                // Refused before the log: the storage would refuse the entry
-                // after the core already held it.
+            Command::Propose { data, reply } if data.len() > self.max_command_bytes => {
+                // Refused before the log: the storage or the peers would
+                // refuse the entry after the core already held it.
                 let _ = reply.send(Err(NodeError::TooLarge {
                     bytes: data.len(),
-                    max: crate::storage::wal::MAX_COMMAND_BYTES,
+                    max: self.max_command_bytes,
                 }));
             }
             Command::Propose { data, reply }
@@ -872,7 +908,13 @@ impl<V: Vfs> NodeTask<V> {
                         tracing::info!(node = %self.raft.id(), "below the storage quota again: writes resume");
                     }
                     self.metrics.proposals.fetch_add(1, Ordering::Relaxed);
-                    self.pipeline.proposed(index, term, (reply, Instant::now()));
+                    if let Some((displaced, _)) =
+                        self.pipeline.proposed(index, term, (reply, Instant::now()))
+                    {
+                        // An entry after a snapshot point that did not match
+                        // was never committed; its index was reused.
+                        let _ = displaced.send(Err(NodeError::Overwritten));
+                    }
                 }
                 Err(ProposeError::NotLeader { leader }) => {
                     let _ = reply.send(Err(NodeError::NotLeader { leader }));
@@ -918,17 +960,11 @@ impl<V: Vfs> NodeTask<V> {
     }
 
     fn start_ready(&mut self) -> Result<(), String> {
-        let mut requests = Vec::new();
-        let mut io = NodeIo {
-            transport: &*self.transport,
-            applier: &mut *self.applier,
-            metrics: &self.metrics,
-            snapshot_requests: &mut requests,
-        };
+        let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         let Some(write) = self.pipeline.start(&mut self.raft, &mut io) else {
             return Ok(());
         };
-        for peer in requests {
+        for peer in io.snapshot_requests {
             self.send_snapshot(peer);
         }
         let install = write.install;
@@ -1011,15 +1047,15 @@ impl<V: Vfs> NodeTask<V> {
     /// A transfer the transport has not reported within the timeout counts
     /// as failed, so a lost report cannot keep a follower without appends.
     fn expire_transfers(&mut self) {
-        let timeout = self.snapshot_transfer_timeout;
+        let now = Instant::now();
         let expired: Vec<NodeId> = self
             .sending_snapshots
             .iter()
-            .filter(|(_, (since, _))| since.elapsed() > timeout)
+            .filter(|(_, (give_up_at, _))| now > *give_up_at)
             .map(|(p, _)| *p)
             .collect();
         for peer in expired {
-            tracing::warn!(node = %self.raft.id(), %peer, ?timeout, "a snapshot transfer was not reported in time; counting it as failed");
+            tracing::warn!(node = %self.raft.id(), %peer, "a snapshot transfer was not reported in time; counting it as failed");
             self.sending_snapshots.remove(&peer);
             self.raft.report_snapshot(peer, None);
         }
@@ -1055,8 +1091,12 @@ impl<V: Vfs> NodeTask<V> {
         let tx = self.event_sender();
         let transfer = self.next_transfer;
         self.next_transfer += 1;
-        self.sending_snapshots
-            .insert(peer, (Instant::now(), transfer));
+        // The backstop grows with the file, so a large snapshot on a slow
+        // link is not given up (and started again) while still moving.
+        let give_up_at = Instant::now()
+            + self.snapshot_transfer_timeout
+            + Duration::from_secs(snap.len / SLOWEST_TRANSFER_BYTES_PER_SEC);
+        self.sending_snapshots.insert(peer, (give_up_at, transfer));
         tracing::info!(node = %self.raft.id(), %peer, %index, bytes = snap.len, "sending a snapshot");
         self.transport.send_snapshot(
             peer,
@@ -1072,19 +1112,23 @@ impl<V: Vfs> NodeTask<V> {
     /// state is encoded here, at a consistent applied index, and written to
     /// disk on a blocking thread, off the consensus path.
     fn maybe_snapshot(&mut self) {
-        let Some(every) = self.snapshot_every else {
+        if self.snapshotting {
             return;
-        };
+        }
         let applied = self.pipeline.applied();
-        // Half-way to the storage quota, snapshot early: a log of few but
-        // large entries would otherwise reach the quota before `every`
-        // entries, and no snapshot would ever come to lift it.
-        let quota_pressing = self
-            .quota
-            .is_some_and(|q| self.raft.log_bytes() >= q / 2 && applied > self.last_snapshot);
-        if self.snapshotting
-            || (applied.0 < self.last_snapshot.0.saturating_add(every) && !quota_pressing)
-        {
+        let due = self
+            .snapshot_every
+            .is_some_and(|every| applied.0 >= self.last_snapshot.0.saturating_add(every));
+        // Half-way to the storage quota, snapshot early, counts or not: a
+        // log of few large entries (or a node with count snapshots off)
+        // would otherwise reach the quota with no snapshot due to lift it.
+        // Only when a snapshot would drop a quarter of the quota, so a log
+        // full of entries not yet applied cannot make it snapshot on every
+        // entry.
+        let quota_pressing = self.quota.is_some_and(|q| {
+            self.raft.log_bytes() >= q / 2 && self.raft.compactable_bytes() >= q / 4
+        });
+        if !(due || quota_pressing) {
             return;
         }
         let Some(term) = self.raft.term_at(applied) else {
@@ -1157,13 +1201,7 @@ impl<V: Vfs> NodeTask<V> {
         };
         let installed = self.pipeline.installing();
         self.metrics.fsync_latency.observe(f.started.elapsed());
-        let mut requests = Vec::new();
-        let mut io = NodeIo {
-            transport: &*self.transport,
-            applier: &mut *self.applier,
-            metrics: &self.metrics,
-            snapshot_requests: &mut requests,
-        };
+        let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         self.pipeline
             .finish(&mut self.raft, &mut io, f.install_state.as_deref())?;
         if let Some(i) = installed {

@@ -143,8 +143,14 @@ impl<P, R> Pipeline<P, R> {
     }
 
     /// A proposal took `(index, term)`; `reply` waits for its outcome.
-    pub fn proposed(&mut self, index: LogIndex, term: Term, reply: P) {
-        self.proposals.insert(index, (term, reply));
+    /// Returns the reply of an earlier proposal at that index, if one still
+    /// waited: its entry was replaced (never committed), so it answers
+    /// `Overwritten`.
+    #[must_use = "a displaced proposal must be answered"]
+    pub fn proposed(&mut self, index: LogIndex, term: Term, reply: P) -> Option<P> {
+        self.proposals
+            .insert(index, (term, reply))
+            .map(|(_, displaced)| displaced)
     }
 
     /// A read was asked of the core under `ctx`.

@@ -123,6 +123,16 @@ impl RaftLog {
         self.held_bytes
     }
 
+    /// Bytes of the held entries up to `index`: what a snapshot at `index`
+    /// would let the log drop. Walks those entries.
+    pub fn held_bytes_through(&self, index: LogIndex) -> u64 {
+        let upto = index
+            .0
+            .saturating_sub(self.offset.0)
+            .min(self.entries.len() as u64);
+        bytes_of(&self.entries[..upto as usize])
+    }
+
     /// Takes a snapshot ending at `(index, term)` from the leader (above the
     /// commit index). Keeps the entries after it if the log holds that very
     /// entry (dissertation §5.3), else discards the whole log. Returns

@@ -380,6 +380,10 @@ impl Raft {
     pub fn log_bytes(&self) -> u64 {
         self.log.held_bytes()
     }
+    /// Bytes a snapshot at the applied index would let the log drop.
+    pub fn compactable_bytes(&self) -> u64 {
+        self.log.held_bytes_through(self.log.applied)
+    }
     /// Index of the last log entry.
     pub fn last_index(&self) -> LogIndex {
         self.log.last_index()

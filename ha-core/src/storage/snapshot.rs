@@ -344,8 +344,12 @@ impl<V: Vfs> SnapshotStore<V> {
             });
         }
         let path = self.publish(&staged, index, term)?;
-        // Staged snapshots this one supersedes will never be accepted.
-        self.remove_staged_up_to(index)?;
+        // Staged snapshots this one supersedes will never be accepted. Their
+        // removal is housekeeping: the snapshot is published, so a failure
+        // here is logged, not a failed install (`retain` tries again).
+        if let Err(e) = self.remove_staged_up_to(index) {
+            tracing::warn!("cannot remove superseded staged snapshots: {e}");
+        }
         Ok(path)
     }
 
@@ -369,7 +373,12 @@ impl<V: Vfs> SnapshotStore<V> {
             };
             if i <= index.0 {
                 let p = self.dir.join(&name);
-                self.vfs.remove(&p).map_err(io_err(&p))?;
+                match self.vfs.remove(&p) {
+                    // Another cleanup (promote and retain run on separate
+                    // threads) removed it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r.map_err(io_err(&p))?,
+                }
             }
         }
         Ok(())

@@ -708,17 +708,26 @@ impl Sim {
     fn propose_session_op(&mut self, k: usize, op: ha_core::protocol::LogOp) -> Option<u64> {
         let cmd = self.fresh_cmd();
         let payload = sessions::payload(cmd, self.clock_ms(k), op);
+        self.propose_payload(k, cmd, Bytes::from(payload))
+            .map(|_| cmd)
+    }
+
+    /// Proposes `payload` (command `cmd`) on node `k`; returns its index if
+    /// the node took it as leader.
+    fn propose_payload(&mut self, k: usize, cmd: u64, payload: Bytes) -> Option<LogIndex> {
         let id = self.nodes[k].id;
         let raft = self.nodes[k].raft.as_mut()?;
-        let res = raft.propose(Bytes::from(payload));
+        let res = raft.propose(payload);
         self.trace.push(
             self.now,
             TraceEvent::Propose(id, cmd, res.as_ref().ok().map(|r| r.0)),
         );
         let (index, term) = res.ok()?;
-        self.nodes[k].pipeline.proposed(index, term, cmd);
+        // A displaced proposal's entry never committed: it is simply never
+        // acknowledged.
+        let _displaced = self.nodes[k].pipeline.proposed(index, term, cmd);
         self.drive(k);
-        Some(cmd)
+        Some(index)
     }
 
     /// Moves every session client one step (see `sessions`).
@@ -1048,16 +1057,7 @@ impl Sim {
     /// node accepted it as leader.
     pub fn propose_on(&mut self, id: NodeId, cmd: u64) -> Option<LogIndex> {
         let k = (id.0 - 1) as usize;
-        let raft = self.nodes[k].raft.as_mut()?;
-        let res = raft.propose(Bytes::copy_from_slice(&cmd.to_le_bytes()));
-        self.trace.push(
-            self.now,
-            TraceEvent::Propose(id, cmd, res.as_ref().ok().map(|r| r.0)),
-        );
-        let (index, term) = res.ok()?;
-        self.nodes[k].pipeline.proposed(index, term, cmd);
-        self.drive(k);
-        Some(index)
+        self.propose_payload(k, cmd, Bytes::copy_from_slice(&cmd.to_le_bytes()))
     }
 
     /// Proposes a fresh command to the current leader, if any.
