@@ -179,6 +179,20 @@ impl Drop for OpenSeq<'_> {
     }
 }
 
+/// What [`Client::retry`]'s caller makes of an answer.
+enum Reply<R> {
+    Done(R),
+    Retry(String),
+}
+
+/// How [`Client::retry`] ended without an answer.
+enum RetryEnd {
+    /// A node refused the request for good.
+    Refused(String),
+    /// The deadline passed; the last reason to retry.
+    TimedOut(String),
+}
+
 enum Attempt {
     Done(Result<Bytes, Error>),
     /// Try again (elsewhere); `maybe_appended` says whether this attempt
@@ -315,44 +329,76 @@ impl<T: Replicated> Client<T> {
         {
             return Ok(());
         }
-        let mut last_why = String::from("no node answered");
-        let mut backoff = Duration::from_millis(10);
         let secret = random_u64();
-        while tokio::time::Instant::now() < deadline {
-            let req = ClientRequest::Register {
-                schema: T::SCHEMA_FINGERPRINT,
-                secret,
-            };
-            let (addr, resp) = self.attempt(req).await;
-            match resp {
-                Ok(ClientResponse::Applied { answer, .. }) => {
-                    self.set_leader(Some(addr));
+        let req = || ClientRequest::Register {
+            schema: T::SCHEMA_FINGERPRINT,
+            secret,
+        };
+        let registered = self
+            .retry(deadline, true, req, |resp| match resp {
+                ClientResponse::Applied { answer, .. } => {
                     match postcard::from_bytes::<CommandOutcome>(&answer) {
-                        Ok(CommandOutcome::Registered { session }) => {
-                            let mut s =
-                                self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-                            s.id = Some(session);
-                            s.secret = secret;
-                            s.next_seq = 1;
-                            s.open.clear();
-                            return Ok(());
-                        }
-                        other => last_why = format!("unexpected registration answer {other:?}"),
+                        Ok(CommandOutcome::Registered { session }) => Reply::Done(session),
+                        other => Reply::Retry(format!("unexpected registration answer {other:?}")),
                     }
                 }
+                other => Reply::Retry(format!("unexpected response {other:?}")),
+            })
+            .await;
+        // (A lost registration may have opened a session nobody uses; it
+        // expires on its own.)
+        match registered {
+            Ok(session) => {
+                let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+                s.id = Some(session);
+                s.secret = secret;
+                s.next_seq = 1;
+                s.open.clear();
+                Ok(())
+            }
+            Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
+            Err(RetryEnd::TimedOut(why)) => Err(Error::NotApplied(format!(
+                "timed out opening a session (the command was not sent); last error: {why}"
+            ))),
+        }
+    }
+
+    /// Sends `req()` until `reply` takes an answer, a node refuses it for
+    /// good, or `deadline` passes: follows redirects, forgets a failed
+    /// leader, backs off between tries. With `answered_by_leader`, the node
+    /// that answered is remembered as the leader. For requests a retry cannot harm
+    /// (registrations, queries).
+    async fn retry<R>(
+        &self,
+        deadline: tokio::time::Instant,
+        answered_by_leader: bool,
+        req: impl Fn() -> ClientRequest,
+        mut reply: impl FnMut(ClientResponse) -> Reply<R>,
+    ) -> Result<R, RetryEnd> {
+        let mut last_why = String::from("no node answered");
+        let mut backoff = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            let (addr, resp) = self.attempt(req()).await;
+            match resp {
                 Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
                     self.redirect(addr, leader_addr);
                     last_why = format!("{addr} is not the leader");
                 }
-                Ok(ClientResponse::Refused { message }) => return Err(Error::NotApplied(message)),
+                Ok(ClientResponse::Refused { message }) => return Err(RetryEnd::Refused(message)),
                 Ok(ClientResponse::Failed { message, .. }) => {
                     self.set_leader(None);
                     last_why = message;
                 }
-                Ok(other) => last_why = format!("unexpected response {other:?}"),
+                Ok(other) => match reply(other) {
+                    Reply::Done(r) => {
+                        if answered_by_leader {
+                            self.set_leader(Some(addr));
+                        }
+                        return Ok(r);
+                    }
+                    Reply::Retry(why) => last_why = why,
+                },
                 Err(RequestError::NotSent(w) | RequestError::Lost(w)) => {
-                    // A lost registration may have opened a session nobody
-                    // uses; it expires on its own.
                     self.set_leader(None);
                     last_why = w;
                 }
@@ -360,9 +406,7 @@ impl<T: Replicated> Client<T> {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
-        Err(Error::NotApplied(format!(
-            "timed out opening a session (the command was not sent); last error: {last_why}"
-        )))
+        Err(RetryEnd::TimedOut(last_why))
     }
 
     /// Sends `(client, seq)` until it has an answer or the deadline passes.
@@ -509,40 +553,25 @@ impl<T: Replicated> Client<T> {
         let body =
             Bytes::from(postcard::to_stdvec(query).map_err(|e| Error::Query(e.to_string()))?);
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
-        let mut last_why = String::from("no node answered");
-        let mut backoff = Duration::from_millis(10);
-        while tokio::time::Instant::now() < deadline {
-            let req = ClientRequest::Query {
-                schema: T::SCHEMA_FINGERPRINT,
-                body: body.clone(),
-                consistency: self.opts.consistency,
-            };
-            let (addr, resp) = self.attempt(req).await;
-            match resp {
-                Ok(ClientResponse::QueryResult { answer }) => {
-                    if self.opts.consistency != Consistency::Stale {
-                        self.set_leader(Some(addr));
-                    }
-                    return postcard::from_bytes(&answer).map_err(|e| Error::Query(e.to_string()));
-                }
-                Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
-                    self.redirect(addr, leader_addr);
-                    last_why = format!("{addr} is not the leader");
-                }
-                Ok(ClientResponse::Refused { message }) => return Err(Error::Query(message)),
-                Ok(ClientResponse::Failed { message, .. }) => {
-                    self.set_leader(None);
-                    last_why = message;
-                }
-                Ok(other) => last_why = format!("unexpected response {other:?}"),
-                Err(RequestError::NotSent(w) | RequestError::Lost(w)) => {
-                    self.set_leader(None);
-                    last_why = w;
-                }
+        let req = || ClientRequest::Query {
+            schema: T::SCHEMA_FINGERPRINT,
+            body: body.clone(),
+            consistency: self.opts.consistency,
+        };
+        // A stale query may be answered by any node: not a leader hint.
+        let answered_by_leader = self.opts.consistency != Consistency::Stale;
+        let answer = self
+            .retry(deadline, answered_by_leader, req, |resp| match resp {
+                ClientResponse::QueryResult { answer } => Reply::Done(answer),
+                other => Reply::Retry(format!("unexpected response {other:?}")),
+            })
+            .await;
+        match answer {
+            Ok(answer) => postcard::from_bytes(&answer).map_err(|e| Error::Query(e.to_string())),
+            Err(RetryEnd::Refused(message)) => Err(Error::Query(message)),
+            Err(RetryEnd::TimedOut(why)) => {
+                Err(Error::Query(format!("timed out; last error: {why}")))
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
         }
-        Err(Error::Query(format!("timed out; last error: {last_why}")))
     }
 }
