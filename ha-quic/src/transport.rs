@@ -283,6 +283,18 @@ impl QuicLimits {
         if self.max_request_bytes == 0 {
             return Err("max_request_bytes must be at least 1".into());
         }
+        // Deadlines are added to the clock: keep them to sane lengths so
+        // that addition can never overflow.
+        const LONGEST: Duration = Duration::from_secs(24 * 3600);
+        for (name, d) in [
+            ("snapshot_idle_timeout", self.snapshot_idle_timeout),
+            ("peer_frame_timeout", self.peer_frame_timeout),
+            ("client_request_timeout", self.client_request_timeout),
+        ] {
+            if d.is_zero() || d > LONGEST {
+                return Err(format!("{name} must be above zero and at most a day"));
+            }
+        }
         if self.max_replication_frame_bytes > MAX_FRAME_BYTES {
             return Err(format!(
                 "max_replication_frame_bytes {} exceeds the largest frame, {MAX_FRAME_BYTES}",

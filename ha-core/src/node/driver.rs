@@ -667,7 +667,7 @@ struct NodeTask<V: Vfs> {
     /// Peers a snapshot transfer is running to: at most one each. With the
     /// time it is given up at and a number naming it (a late report of a
     /// transfer given up on must not end a newer one).
-    sending_snapshots: HashMap<NodeId, (Instant, u64)>,
+    sending_snapshots: HashMap<NodeId, (Option<Instant>, u64)>,
     next_transfer: u64,
     /// A transfer not reported within this time counts as failed.
     snapshot_transfer_timeout: Duration,
@@ -1051,7 +1051,7 @@ impl<V: Vfs> NodeTask<V> {
         let expired: Vec<NodeId> = self
             .sending_snapshots
             .iter()
-            .filter(|(_, (give_up_at, _))| now > *give_up_at)
+            .filter(|(_, (give_up_at, _))| give_up_at.is_some_and(|t| now > t))
             .map(|(p, _)| *p)
             .collect();
         for peer in expired {
@@ -1093,9 +1093,10 @@ impl<V: Vfs> NodeTask<V> {
         self.next_transfer += 1;
         // The backstop grows with the file, so a large snapshot on a slow
         // link is not given up (and started again) while still moving.
-        let give_up_at = Instant::now()
-            + self.snapshot_transfer_timeout
-            + Duration::from_secs(snap.len / SLOWEST_TRANSFER_BYTES_PER_SEC);
+        // (`None`: so far off the clock cannot say it; never given up.)
+        let give_up_at = Instant::now().checked_add(self.snapshot_transfer_timeout.saturating_add(
+            Duration::from_secs(snap.len / SLOWEST_TRANSFER_BYTES_PER_SEC),
+        ));
         self.sending_snapshots.insert(peer, (give_up_at, transfer));
         tracing::info!(node = %self.raft.id(), %peer, %index, bytes = snap.len, "sending a snapshot");
         self.transport.send_snapshot(

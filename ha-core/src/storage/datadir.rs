@@ -375,27 +375,23 @@ impl DataDir {
                 });
             }
             // Invariant 3: an initialized directory always has its log.
+            // An emptied `wal/` beside snapshots lost its term and vote too.
             let wal = root.join(WAL_DIR);
-            match vfs.list(&wal) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(DataDirError::MissingWal {
-                        dir: root.to_path_buf(),
-                        wal,
-                    });
-                }
+            let missing = match vfs.list(&wal) {
+                Ok(names) => names.is_empty() && holds_files(vfs, &root.join("snap"))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
                 Err(e) => return Err(io_err(&wal)(e)),
+            };
+            if missing {
+                return Err(DataDirError::MissingWal {
+                    dir: root.to_path_buf(),
+                    wal,
+                });
             }
         } else {
             // Data without an identity could belong to anyone: refuse it.
-            let data = vfs
-                .list(&root.join(WAL_DIR))
-                .map(|v| !v.is_empty())
-                .unwrap_or(false)
-                || vfs
-                    .list(&root.join("snap"))
-                    .map(|v| !v.is_empty())
-                    .unwrap_or(false);
+            let data =
+                holds_files(vfs, &root.join(WAL_DIR))? || holds_files(vfs, &root.join("snap"))?;
             if data {
                 return Err(DataDirError::BadMeta {
                     dir: root.to_path_buf(),
@@ -487,7 +483,20 @@ impl DataDir {
                 id.0
             )));
         }
-        if let Some(stored) = self.stored_cluster(vfs)? {
+        let stored = self.stored_cluster(vfs)?;
+        if stored.is_none()
+            && (holds_files(vfs, &self.wal_dir())? || holds_files(vfs, &self.snapshot_dir())?)
+        {
+            // A log without a stored configuration (a directory from before
+            // voters were stored): storing whatever is given now could make
+            // a one-node voter set of one node of three. Refuse.
+            return Err(bad(
+                "the directory holds a log or snapshots but no stored voters; refusing to \
+                 take them from the command line"
+                    .into(),
+            ));
+        }
+        if let Some(stored) = stored {
             let same = stored.voters.len() == voters.len()
                 && stored.voters.iter().all(|(id, a)| match voters.get(id) {
                     Some(b) => *id == self.node || a == b,
@@ -517,6 +526,16 @@ impl DataDir {
     /// Where snapshots live.
     pub fn snapshot_dir(&self) -> PathBuf {
         self.root.join("snap")
+    }
+}
+
+/// Whether `dir` holds any file (a missing directory holds none; any other
+/// error to list it is an error, not "empty").
+fn holds_files<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool, DataDirError> {
+    match vfs.list(dir) {
+        Ok(names) => Ok(!names.is_empty()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(dir)(e)),
     }
 }
 
@@ -602,6 +621,23 @@ mod tests {
             .unwrap();
             wal.sync().unwrap();
         }
+        // Emptied (not removed) beside a snapshot: refused the same way.
+        SnapshotStore::open(StdFs, &d.join("snap"))
+            .unwrap()
+            .save(
+                crate::storage::SnapshotMeta {
+                    index: LogIndex(1),
+                    term: Term(7),
+                    membership: crate::raft::Membership::new_voters([NodeId(1)]),
+                },
+                b"state",
+            )
+            .unwrap();
+        for f in std::fs::read_dir(d.join("wal")).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let err = DataDir::open(&StdFs, &d, "c", NodeId(1)).unwrap_err();
+        assert!(matches!(err, DataDirError::MissingWal { .. }), "{err}");
         std::fs::remove_dir_all(d.join("wal")).unwrap();
         let err = DataDir::open(&StdFs, &d, "c", NodeId(1)).unwrap_err();
         assert!(matches!(err, DataDirError::MissingWal { .. }), "{err}");
@@ -621,6 +657,23 @@ mod tests {
         list.iter()
             .map(|(id, a)| (NodeId(*id), a.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_log_without_stored_voters_is_never_given_voters_from_flags() {
+        use crate::storage::LogStore;
+        use crate::storage::wal::{Wal, WalOptions};
+        let fs = SimFs::new();
+        let d = Path::new("/old");
+        let dd = DataDir::open(&fs, d, "c", NodeId(1)).unwrap();
+        // A node that ran before voters were stored: a log, no cluster file.
+        let (mut wal, _) = Wal::open(fs.clone(), &dd.wal_dir(), WalOptions::default()).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let alone = voters(&[(1, "10.0.0.1:7001")]);
+        let err = dd.bootstrap_or_check_membership(&fs, &alone).unwrap_err();
+        assert!(matches!(err, DataDirError::BadCluster { .. }), "{err}");
+        assert_eq!(dd.stored_cluster(&fs).unwrap(), None, "nothing stored");
     }
 
     #[test]
