@@ -219,10 +219,17 @@ pub struct QuicLimits {
     /// Connections one peer node may have open at once (default 8: control,
     /// replication, a snapshot, and the overlap of reconnects).
     pub max_connections_per_peer: usize,
-    /// Bytes all client streams together may hold in unfinished request
-    /// frames (default 256 MiB). A connection whose frame cannot be paid
-    /// for is closed.
+    /// Bytes all client streams together may hold in request frames, from
+    /// their first byte until they are answered (default 256 MiB). A
+    /// connection whose frame cannot be paid for is closed.
     pub client_budget_bytes: usize,
+    /// Client requests one node handles at once, over all connections, from
+    /// the stream's opening until its answer is sent (default 4096). A
+    /// request beyond it is answered at once with a retryable failure
+    /// ("busy", certainly not applied) without being read, and counted in
+    /// `requests_busy`. Requests outlive their connection, so the per
+    /// connection stream cap alone does not bound them.
+    pub max_client_requests: usize,
     /// Bytes all peer streams together may hold in unfinished frames
     /// (default 256 MiB); separate from the clients' so clients cannot
     /// starve replication.
@@ -263,6 +270,7 @@ impl Default for QuicLimits {
             max_client_connections: 512,
             max_connections_per_peer: 8,
             client_budget_bytes: 256 << 20,
+            max_client_requests: 4096,
             peer_budget_bytes: 256 << 20,
             client_request_timeout: Duration::from_secs(10),
             peer_frame_timeout: Duration::from_secs(10),
@@ -325,6 +333,7 @@ impl QuicLimits {
             ("max_client_connections", self.max_client_connections),
             ("max_connections_per_peer", self.max_connections_per_peer),
             ("max_snapshot_receives", self.max_snapshot_receives),
+            ("max_client_requests", self.max_client_requests),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -479,6 +488,9 @@ pub struct TransportStats {
     pub budget_exhausted: AtomicU64,
     /// Client requests refused as larger than `max_request_bytes`.
     pub requests_too_large: AtomicU64,
+    /// Client requests answered "busy" because `max_client_requests` were
+    /// in flight.
+    pub requests_busy: AtomicU64,
     /// Client requests refused for another reason (a schema mismatch, a raw
     /// proposal to a typed node).
     pub requests_refused: AtomicU64,
@@ -515,7 +527,8 @@ type ConnSlot = Arc<std::sync::Mutex<Option<quinn::Connection>>>;
 
 /// What every task of an endpoint shares. The semaphores are the limits of
 /// [`QuicLimits`]: a permit is a connection slot, a snapshot slot, or a byte
-/// of an unfinished frame, held for as long as that thing exists.
+/// of an unfinished frame (or of a client request until it is answered), a
+/// client request in flight, held for as long as that thing exists.
 struct Shared {
     id: NodeId,
     cluster_id: String,
@@ -536,6 +549,8 @@ struct Shared {
     peer_budget: Arc<Semaphore>,
     /// `max_snapshot_receives`.
     snapshot_receives: Arc<Semaphore>,
+    /// `max_client_requests`.
+    client_requests: Arc<Semaphore>,
 }
 
 /// The sending half, handed to the node as its [`Transport`].
@@ -623,8 +638,8 @@ impl QuicTransport {
         &self.shared.stats
     }
 
-    /// Bytes client streams hold in unfinished request frames now (at most
-    /// `client_budget_bytes`).
+    /// Bytes client streams hold in request frames now, unfinished or
+    /// waiting for their answer (at most `client_budget_bytes`).
     pub fn client_frame_bytes_held(&self) -> usize {
         self.shared.limits.client_budget_bytes - self.shared.client_budget.available_permits()
     }
@@ -716,6 +731,7 @@ impl QuicEndpoint {
             client_budget: Arc::new(Semaphore::new(limits.client_budget_bytes)),
             peer_budget: Arc::new(Semaphore::new(limits.peer_budget_bytes)),
             snapshot_receives: Arc::new(Semaphore::new(limits.max_snapshot_receives)),
+            client_requests: Arc::new(Semaphore::new(limits.max_client_requests)),
         });
         let mut queues = BTreeMap::new();
         for (peer, addr) in &config.peers {
@@ -1599,6 +1615,29 @@ async fn client_stream(
     shared: Arc<Shared>,
     node: NodeHandle,
 ) {
+    // Held until the answer is sent: bounds the requests in flight however
+    // many connections come and go.
+    let Ok(_in_flight) = shared.client_requests.clone().try_acquire_owned() else {
+        let n = bump(&shared.stats.requests_busy);
+        if sampled(n) {
+            tracing::warn!(node = %shared.id, remote = %conn.remote_address(), "answered a client request busy: {} are in flight (max_client_requests); {n} so far", shared.limits.max_client_requests);
+        }
+        let _ = recv.stop(codes::BUSY.into());
+        let message = format!(
+            "busy: {} requests are in flight on this node (max_client_requests); \
+             the request was not read, retry later",
+            shared.limits.max_client_requests
+        );
+        return respond(
+            &mut send,
+            &shared,
+            ClientResponse::Failed {
+                not_applied: true,
+                message,
+            },
+        )
+        .await;
+    };
     let limits = ReadLimits {
         max_bytes: shared.limits.max_request_bytes,
         budget: Some(&shared.client_budget),
@@ -1606,7 +1645,9 @@ async fn client_stream(
             .checked_add(shared.limits.client_request_timeout)
             .map_or(FrameDeadline::Never, FrameDeadline::At),
     };
-    let req = match frame::read_frame_with::<ClientRequest>(&mut recv, &limits).await {
+    // `_paid` keeps the request's bytes counted in the budget until it is
+    // answered: the decoded request lives that long.
+    let (req, _paid) = match frame::read_frame_paid::<ClientRequest>(&mut recv, &limits).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(FrameError::TooLarge { len, max }) => {

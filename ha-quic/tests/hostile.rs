@@ -554,6 +554,55 @@ fn a_client_exhausting_the_frame_budget_is_closed_and_others_are_served() {
     });
 }
 
+/// The story: requests outlived their connection, so a client that opened
+/// streams, stalled them and reconnected could hold any number. Now at most
+/// `max_client_requests` are in flight on a node; one more is answered
+/// "busy" (certainly not applied) without being read, and once the stalled
+/// ones time out, requests are served again.
+#[test]
+fn requests_beyond_the_in_flight_cap_are_answered_busy_and_not_applied() {
+    let cluster = start_cluster(3, |q| {
+        q.limits.max_client_requests = 2;
+        q.limits.client_request_timeout = Duration::from_secs(2);
+    });
+    runtime(1).block_on(async {
+        let leader = cluster.leader().await;
+        let id = leader.id();
+        let client_id = load_client_identity(cluster.certs.path()).unwrap();
+        // Two stalled requests, on two connections.
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let (ep, conn) =
+                raw_conn(cluster.addrs[&id], "localhost", &client_id, ALPN_CLIENT).await;
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&[64, 0, 0, 0, 1]).await.unwrap();
+            stalled.push((ep, conn, send, recv));
+        }
+        wait_until("both stalled requests hold a slot", 5, || {
+            cluster.transport(id).client_frame_bytes_held() > 0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let client = cluster.client(id).await;
+        let r = client.request(&ClientRequest::Status).await.unwrap();
+        assert!(
+            matches!(&r, ClientResponse::Failed { not_applied: true, message } if message.contains("busy")),
+            "{r:?}"
+        );
+        assert_eq!(cluster.stat(id, |s| &s.requests_busy), 1);
+        // The stalled requests time out and free their slots.
+        wait_until("the stalled requests time out", 10, || {
+            cluster.stat(id, |s| &s.frame_timeouts) >= 2
+        })
+        .await;
+        let r = client.request(&ClientRequest::Status).await.unwrap();
+        assert!(matches!(r, ClientResponse::Status(_)), "{r:?}");
+        drop(stalled);
+        cluster.still_commits(b"after the busy answer").await;
+        assert_eq!(cluster.transport(id).client_frame_bytes_held(), 0);
+    });
+}
+
 /// The story: a connection could have 1024 requests open at once. Now a
 /// client connection has at most `max_client_streams` and a peer connection
 /// `max_peer_streams`: QUIC itself refuses more, the requests that never
