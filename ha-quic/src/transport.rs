@@ -230,9 +230,10 @@ pub struct QuicLimits {
     /// `requests_busy`. Requests outlive their connection, so the per
     /// connection stream cap alone does not bound them.
     pub max_client_requests: usize,
-    /// Bytes all peer streams together may hold in unfinished frames
-    /// (default 256 MiB); separate from the clients' so clients cannot
-    /// starve replication.
+    /// Bytes the streams of one peer node together may hold in unfinished
+    /// frames (default 64 MiB, four largest frames). Each peer has its own,
+    /// separate from the clients', so neither clients nor one faulty peer
+    /// can starve another peer's replication.
     pub peer_budget_bytes: usize,
     /// A client stream must deliver its whole request within this long of
     /// being opened (default 10 s), and take its response within as long;
@@ -271,7 +272,7 @@ impl Default for QuicLimits {
             max_connections_per_peer: 8,
             client_budget_bytes: 256 << 20,
             max_client_requests: 4096,
-            peer_budget_bytes: 256 << 20,
+            peer_budget_bytes: 64 << 20,
             client_request_timeout: Duration::from_secs(10),
             peer_frame_timeout: Duration::from_secs(10),
             max_snapshot_bytes: 16 << 30,
@@ -545,8 +546,8 @@ struct Shared {
     peer_connections: BTreeMap<NodeId, Arc<Semaphore>>,
     /// `client_budget_bytes`.
     client_budget: Arc<Semaphore>,
-    /// `peer_budget_bytes`.
-    peer_budget: Arc<Semaphore>,
+    /// `peer_budget_bytes`, per peer.
+    peer_budgets: BTreeMap<NodeId, Arc<Semaphore>>,
     /// `max_snapshot_receives`.
     snapshot_receives: Arc<Semaphore>,
     /// `max_client_requests`.
@@ -644,10 +645,14 @@ impl QuicTransport {
         self.shared.limits.client_budget_bytes - self.shared.client_budget.available_permits()
     }
 
-    /// Bytes peer streams hold in unfinished frames now (at most
-    /// `peer_budget_bytes`).
+    /// Bytes peer streams hold in unfinished frames now, over all peers
+    /// (at most `peer_budget_bytes` each).
     pub fn peer_frame_bytes_held(&self) -> usize {
-        self.shared.limits.peer_budget_bytes - self.shared.peer_budget.available_permits()
+        self.shared
+            .peer_budgets
+            .values()
+            .map(|b| self.shared.limits.peer_budget_bytes - b.available_permits())
+            .sum()
     }
 
     /// QUIC's round-trip estimate to every connected peer.
@@ -729,7 +734,12 @@ impl QuicEndpoint {
                 })
                 .collect(),
             client_budget: Arc::new(Semaphore::new(limits.client_budget_bytes)),
-            peer_budget: Arc::new(Semaphore::new(limits.peer_budget_bytes)),
+            peer_budgets: config
+                .peers
+                .keys()
+                .filter(|p| **p != config.id)
+                .map(|p| (*p, Arc::new(Semaphore::new(limits.peer_budget_bytes))))
+                .collect(),
             snapshot_receives: Arc::new(Semaphore::new(limits.max_snapshot_receives)),
             client_requests: Arc::new(Semaphore::new(limits.max_client_requests)),
         });
@@ -1291,9 +1301,13 @@ async fn peer_stream(
     files: Option<Arc<dyn SnapshotFiles>>,
 ) {
     let opened = Instant::now();
+    let Some(budget) = shared.peer_budgets.get(&peer).cloned() else {
+        let who = node_server_name(peer);
+        return protocol_violation(&conn, &shared, &who, "a stream from an unknown node id");
+    };
     let first = |max_bytes| ReadLimits {
         max_bytes,
-        budget: Some(&shared.peer_budget),
+        budget: Some(&budget),
         deadline: opened
             .checked_add(shared.limits.peer_frame_timeout)
             .map_or(FrameDeadline::Never, FrameDeadline::At),
@@ -1351,7 +1365,7 @@ async fn peer_stream(
     };
     let limits = ReadLimits {
         max_bytes,
-        budget: Some(&shared.peer_budget),
+        budget: Some(&budget),
         deadline: FrameDeadline::AfterFirstByte(shared.limits.peer_frame_timeout),
     };
     loop {
@@ -1478,9 +1492,12 @@ async fn take_snapshot(
     let Some(files) = files else {
         return Err("this endpoint takes no snapshots".into());
     };
+    let Some(budget) = shared.peer_budgets.get(&hello.from) else {
+        return Err("a snapshot from an unknown node id".into());
+    };
     let limits = ReadLimits {
         max_bytes: MAX_CONTROL_FRAME_BYTES,
-        budget: Some(&shared.peer_budget),
+        budget: Some(budget),
         deadline: opened
             .checked_add(shared.limits.peer_frame_timeout)
             .map_or(FrameDeadline::Never, FrameDeadline::At),

@@ -458,6 +458,53 @@ fn a_peer_claiming_16_mib_and_sending_10_bytes_holds_almost_nothing_and_is_cut_o
     });
 }
 
+/// The story: all peers paid their unfinished frames from one budget, so one
+/// faulty peer holding it made every other peer's appends fail. Now each
+/// peer has its own: node 2 holding nearly all of its budget leaves node 3
+/// a whole one.
+#[test]
+fn one_peer_holding_its_frame_budget_does_not_take_another_peers() {
+    let cluster = start_cluster(3, |q| {
+        q.limits.max_replication_frame_bytes = 4 << 20;
+        q.limits.peer_budget_bytes = 4 << 20;
+        q.limits.peer_frame_timeout = Duration::from_secs(30);
+    });
+    runtime(1).block_on(async {
+        cluster.leader().await;
+        let n1 = NodeId(1);
+        // A frame start of `sent` bytes claiming `claim`, as node `from`.
+        async fn stall(
+            cluster: &Cluster,
+            from: u64,
+            claim: u32,
+            sent: usize,
+        ) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream) {
+            let id = load_node_identity(cluster.certs.path(), NodeId(from)).unwrap();
+            let (ep, conn) = raw_conn(cluster.addrs[&NodeId(1)], "node-1", &id, ALPN_PEER).await;
+            let mut s = conn.open_uni().await.unwrap();
+            let mut buf = hello(&id, from, 1, StreamClass::Replication);
+            buf.extend_from_slice(&claim.to_le_bytes());
+            buf.extend_from_slice(&vec![1; sent]);
+            s.write_all(&buf).await.unwrap();
+            (ep, conn, s)
+        }
+        let _two = stall(&cluster, 2, 4 << 20, 3_500_000).await;
+        wait_until("node 2's frame is held", 10, || {
+            cluster.transport(n1).peer_frame_bytes_held() >= 3_500_000
+        })
+        .await;
+        let (_ep, three, _s) = stall(&cluster, 3, 4 << 20, 3_000_000).await;
+        wait_until("node 3's frame is held too", 10, || {
+            cluster.transport(n1).peer_frame_bytes_held() >= 6_500_000
+        })
+        .await;
+        // Together more than one budget: each peer paid from its own. (The
+        // real nodes' own streams, which share those budgets, may be cut
+        // off meanwhile; that is each peer's own business.)
+        assert!(three.close_reason().is_none(), "{:?}", three.close_reason());
+    });
+}
+
 /// The same for a client: a request that starts and stalls is cut off after
 /// `client_request_timeout`, holding almost nothing meanwhile, and a request
 /// claiming more than `max_request_bytes` is refused on its length alone,
