@@ -103,7 +103,9 @@ pub const fn fingerprint(text: &str) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
         i += 1;
     }
-    h
+    // 0 marks raw, untyped data (a data directory opened without a schema,
+    // a raw node): no replicated type ever has it.
+    if h == 0 { 1 } else { h }
 }
 
 /// Sessions kept at most; registering one more evicts the least recently

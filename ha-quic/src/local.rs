@@ -132,13 +132,8 @@ impl<T: Replicated> LocalCluster<T> {
 
     fn boot(&mut self, id: NodeId, socket: UdpSocket) -> Result<(), LocalClusterError> {
         let identity = load_node_identity(self.certs.path(), id)?;
-        let dir = DataDir::open_with_schema(
-            &StdFs,
-            &self.data_dir(id),
-            &identity.cluster_id(),
-            id,
-            T::SCHEMA_FINGERPRINT,
-        )?;
+        let dir =
+            DataDir::open_for::<T, _>(&StdFs, &self.data_dir(id), &identity.cluster_id(), id)?;
         // The voters are stored on a node's first start and checked on
         // every restart (a node never starts with another voter set).
         let stored = dir.bootstrap_or_check_membership(
@@ -159,9 +154,6 @@ impl<T: Replicated> LocalCluster<T> {
         let mut opts = NodeOptions::new(id, stored.voters.keys().copied());
         opts.tick = self.opts.tick;
         opts.snapshot_every_entries = self.opts.snapshot_every_entries;
-        opts.raft.rng_seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(id.0, |d| d.as_nanos() as u64 ^ id.0);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("ha-node-{}", id.0))

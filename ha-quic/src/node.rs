@@ -19,6 +19,9 @@ pub enum StartError {
     /// The endpoint could not start.
     #[error(transparent)]
     Quic(#[from] QuicError),
+    /// The data directory does not hold data of this replicated type.
+    #[error(transparent)]
+    DataDir(#[from] ha_core::storage::DataDirError),
     /// The node could not start from its state.
     #[error("cannot start the node: {0}")]
     Node(String),
@@ -70,6 +73,11 @@ impl QuicNode {
     /// directory: opens the log and the snapshots there, restores the newest
     /// snapshot, and starts with the rest of the log. Peers and clients of
     /// another schema are refused.
+    ///
+    /// The directory must have been opened for `T`
+    /// ([`DataDir::open_for`]): one opened for raw data or another schema is
+    /// refused with [`StartError::DataDir`] before anything is read, so a
+    /// changed type never misreads an old log.
     pub fn start_replicated<T: Replicated>(
         opts: NodeOptions,
         mut quic: QuicConfig,
@@ -77,6 +85,7 @@ impl QuicNode {
         dir: &DataDir,
         wal_opts: WalOptions,
     ) -> Result<QuicNode, StartError> {
+        dir.check_schema::<T>()?;
         let node_err = |e: &dyn std::fmt::Display| StartError::Node(e.to_string());
         let (mut wal, state) =
             Wal::open(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| node_err(&e))?;

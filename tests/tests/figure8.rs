@@ -60,6 +60,8 @@ impl Net {
     fn restart(&mut self, id: u64) {
         let stored = self.stores[&id].load().expect("load");
         let mut config = Config::new(NodeId(id));
+        // Reproducible runs.
+        config.rng_seed = id;
         config.pre_vote = false;
         config.check_quorum = false;
         // One entry per append, so a follower can hold index 2 without 3.

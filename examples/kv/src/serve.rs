@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use clap::Args;
 use ha_core::node::NodeOptions;
-use ha_core::sm::StateMachine;
 use ha_core::storage::{DataDir, StdFs, WalOptions};
 use ha_core::types::NodeId;
 use ha_quic::{QuicConfig, QuicNode};
@@ -115,14 +114,8 @@ pub async fn serve(a: ServeArgs) -> i32 {
             a.id
         ))
     });
-    let dir = DataDir::open_with_schema(
-        &StdFs,
-        &a.data_dir,
-        &identity.cluster_id(),
-        me,
-        Kv::SCHEMA_FINGERPRINT,
-    )
-    .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
+    let dir = DataDir::open_for::<Kv, _>(&StdFs, &a.data_dir, &identity.cluster_id(), me)
+        .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
     let socket = std::net::UdpSocket::bind(listen).unwrap_or_else(|e| {
         usage_error(format!(
             "--listen: cannot listen on {listen}: {e}; choose a free port"
@@ -153,9 +146,6 @@ pub async fn serve(a: ServeArgs) -> i32 {
     opts.raft.election_timeout_max_ticks = max_ticks;
     opts.snapshot_every_entries = Some(a.snapshot_every);
     opts.storage_quota_bytes = (a.storage_quota_bytes > 0).then_some(a.storage_quota_bytes);
-    opts.raft.rng_seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(a.id, |d| d.as_nanos() as u64 ^ a.id);
     let mut quic = QuicConfig::new(me, listen, peers, identity);
     quic.limits.max_request_bytes = a.max_request_bytes;
     let node =

@@ -61,10 +61,23 @@ pub struct Config {
     /// ReadIndex requests waiting for one confirmation round.
     pub max_pending_reads: usize,
     /// Seed of the core's random number generator (election timeouts).
+    /// [`Config::new`] draws it from the operating system's randomness, so
+    /// two nodes never share it by accident (nodes of two clusters with the
+    /// same id would otherwise time out in lockstep). A test that needs a
+    /// reproducible run sets it.
     pub rng_seed: u64,
     /// A bug to plant (tests only).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
+}
+
+/// A seed drawn from the operating system's randomness (through the
+/// standard library's per-process hash keys), mixed with `id`.
+pub fn fresh_seed(id: NodeId) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(id.0);
+    h.finish()
 }
 
 impl Config {
@@ -84,7 +97,7 @@ impl Config {
             max_apply_entries: 4096,
             max_uncommitted_entries: 1 << 16,
             max_pending_reads: 1 << 16,
-            rng_seed: id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            rng_seed: fresh_seed(id),
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -125,5 +138,20 @@ impl Config {
     #[cfg(feature = "planted-bugs")]
     pub(crate) fn has_bug(&self, bug: PlantedBug) -> bool {
         self.planted_bug == Some(bug)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes with the same id (of two clusters, or restarted) draw their
+    /// election timeouts from different sequences unless a test fixes it.
+    #[test]
+    fn default_seeds_differ_for_the_same_id() {
+        let a = Config::new(NodeId(1));
+        let b = Config::new(NodeId(1));
+        assert_ne!(a.rng_seed, b.rng_seed);
+        assert_ne!(Config::new(NodeId(2)).rng_seed, a.rng_seed);
     }
 }

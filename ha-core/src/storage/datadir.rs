@@ -93,6 +93,20 @@ pub enum DataDirError {
         /// The schema of this build.
         expected: u64,
     },
+    /// The directory holds raw data (it was created by [`DataDir::open`],
+    /// schema 0) and a node of a replicated type was asked to use it.
+    #[error(
+        "data directory {dir} was created for raw, untyped data (DataDir::open records no \
+         schema), but a node of a replicated type (schema {expected:016x}) was asked to use \
+         it: its log would be misread. Open the directory with DataDir::open_for::<YourType>() \
+         (a new directory that never ran can simply be removed)"
+    )]
+    NoSchema {
+        /// The directory.
+        dir: PathBuf,
+        /// The schema of the replicated type.
+        expected: u64,
+    },
     /// The identity file is damaged or missing while data exists.
     #[error("data directory {dir}: {reason}")]
     BadMeta {
@@ -161,6 +175,8 @@ pub struct DataDir {
     root: PathBuf,
     cluster_id: String,
     node: NodeId,
+    /// The schema fingerprint recorded in the identity file (0: raw data).
+    schema: u64,
     _lock: VfsLock,
 }
 
@@ -324,8 +340,24 @@ impl DataDir {
         DataDir::open_with_schema(vfs, root, cluster_id, node, 0)
     }
 
+    /// Opens (creating if new) and locks the data directory of `node` in
+    /// cluster `cluster_id` for a node of replicated type `T`: a directory
+    /// written by another version of `T` (or by another type, or raw data) is
+    /// refused with [`DataDirError::SchemaMismatch`] or
+    /// [`DataDirError::NoSchema`].
+    pub fn open_for<T: crate::sm::Replicated, V: Vfs>(
+        vfs: &V,
+        root: &Path,
+        cluster_id: &str,
+        node: NodeId,
+    ) -> Result<DataDir, DataDirError> {
+        DataDir::open_with_schema(vfs, root, cluster_id, node, T::SCHEMA_FINGERPRINT)
+    }
+
     /// Like [`DataDir::open`], for data of a replicated type whose schema
     /// fingerprint is `schema`: a directory of another schema is refused.
+    /// [`DataDir::open_for`] is the same with the fingerprint taken from the
+    /// type.
     pub fn open_with_schema<V: Vfs>(
         vfs: &V,
         root: &Path,
@@ -416,6 +448,7 @@ impl DataDir {
             root: root.to_path_buf(),
             cluster_id: cluster_id.to_string(),
             node,
+            schema,
             _lock: lock,
         })
     }
@@ -431,6 +464,32 @@ impl DataDir {
     /// The node the data belongs to.
     pub fn node(&self) -> NodeId {
         self.node
+    }
+    /// The schema fingerprint of the replicated type whose data the
+    /// directory holds; 0 for raw data (opened with [`DataDir::open`]).
+    pub fn schema(&self) -> u64 {
+        self.schema
+    }
+
+    /// Checks that the directory holds data of replicated type `T`: opened
+    /// with `T`'s schema fingerprint, so its log cannot be misread. A node of
+    /// a replicated type calls this before it reads anything.
+    pub fn check_schema<T: crate::sm::Replicated>(&self) -> Result<(), DataDirError> {
+        let expected = T::SCHEMA_FINGERPRINT;
+        if self.schema == expected {
+            Ok(())
+        } else if self.schema == 0 {
+            Err(DataDirError::NoSchema {
+                dir: self.root.clone(),
+                expected,
+            })
+        } else {
+            Err(DataDirError::SchemaMismatch {
+                dir: self.root.clone(),
+                found: self.schema,
+                expected,
+            })
+        }
     }
     /// Where the write-ahead log lives.
     pub fn wal_dir(&self) -> PathBuf {

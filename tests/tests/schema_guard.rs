@@ -1,0 +1,173 @@
+//! A node of a replicated type never runs on a data directory written by
+//! another version of the type, however the directory was opened.
+//!
+//! The story: a warehouse inventory wrote `receive widget 10` and `receive
+//! widget 5`; a method was then added at the top of the `impl` and the node
+//! restarted on the same directory through `DataDir::open` (which recorded
+//! no schema). The old entries replayed as the new method and `total` went
+//! from 15 to 0, without an error. Now a typed node checks the directory's
+//! schema before it reads anything, and schema 0 is never a wildcard.
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::path::Path;
+
+use ha_core::node::NodeOptions;
+use ha_core::storage::{DataDir, DataDirError, StdFs, WalOptions};
+use ha_core::types::NodeId;
+use ha_core::{ClientOptions, Replicated};
+use ha_quic::node::StartError;
+use ha_quic::{
+    QuicConfig, QuicNode, create_cluster_certs, load_client_identity, load_node_identity,
+};
+
+/// The first version of the inventory.
+mod v1 {
+    use std::collections::BTreeMap;
+
+    use ha_core::{Replicated, replicated};
+    use serde::{Deserialize, Serialize};
+
+    /// Stock per item.
+    #[derive(Default, Serialize, Deserialize, Replicated)]
+    pub struct Inventory {
+        stock: BTreeMap<String, u32>,
+    }
+
+    #[replicated]
+    impl Inventory {
+        /// Adds `qty` of `item`.
+        pub fn receive(&mut self, item: String, qty: u32) {
+            *self.stock.entry(item).or_default() += qty;
+        }
+        /// All items in stock.
+        pub fn total(&self) -> u32 {
+            self.stock.values().sum()
+        }
+    }
+}
+
+/// The same type with a method added at the top of the `impl`: the old
+/// log's commands would decode as calls of it.
+mod v2 {
+    use std::collections::BTreeMap;
+
+    use ha_core::{Replicated, replicated};
+    use serde::{Deserialize, Serialize};
+
+    /// Stock per item.
+    #[derive(Default, Serialize, Deserialize, Replicated)]
+    pub struct Inventory {
+        stock: BTreeMap<String, u32>,
+    }
+
+    #[replicated]
+    impl Inventory {
+        /// Empties the stock of `item`.
+        pub fn clear(&mut self, item: String) {
+            self.stock.remove(&item);
+        }
+        /// Adds `qty` of `item`.
+        pub fn receive(&mut self, item: String, qty: u32) {
+            *self.stock.entry(item).or_default() += qty;
+        }
+        /// All items in stock.
+        pub fn total(&self) -> u32 {
+            self.stock.values().sum()
+        }
+    }
+}
+
+/// Starts a one-node cluster of `T` on `dir`.
+fn start<T: Replicated>(certs: &Path, dir: &DataDir) -> Result<QuicNode, StartError> {
+    let id = NodeId(1);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let identity = load_node_identity(certs, id).unwrap();
+    let quic = QuicConfig::new(id, addr, BTreeMap::new(), identity);
+    let opts = NodeOptions::new(id, [id]);
+    QuicNode::start_replicated::<T>(opts, quic, Some(socket), dir, WalOptions::default())
+}
+
+fn open_raw(root: &Path, certs: &Path) -> Result<DataDir, DataDirError> {
+    let cluster = load_node_identity(certs, NodeId(1)).unwrap().cluster_id();
+    DataDir::open(&StdFs, root, &cluster, NodeId(1))
+}
+
+fn open_for<T: Replicated>(root: &Path, certs: &Path) -> Result<DataDir, DataDirError> {
+    let cluster = load_node_identity(certs, NodeId(1)).unwrap().cluster_id();
+    DataDir::open_for::<T, _>(&StdFs, root, &cluster, NodeId(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_type_is_refused_on_the_old_directory_however_it_was_opened() {
+    let certs = tempfile::tempdir().unwrap();
+    create_cluster_certs(certs.path(), &[NodeId(1)]).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let root = data.path().join("node-1");
+
+    // The path the experiment took: a directory opened without a schema is
+    // refused by a typed node, before anything is read or written.
+    {
+        let raw = open_raw(&root, certs.path()).unwrap();
+        let err = start::<v1::Inventory>(certs.path(), &raw)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, StartError::DataDir(DataDirError::NoSchema { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("open_for"), "{err}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+
+    // Version 1 writes its entries.
+    {
+        let dir = open_for::<v1::Inventory>(&root, certs.path()).unwrap();
+        let node = start::<v1::Inventory>(certs.path(), &dir).unwrap();
+        let client = ha_quic::connect::<v1::Inventory>(
+            vec![node.local_addr()],
+            &load_client_identity(certs.path()).unwrap(),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        client.receive("widget".into(), 10).await.unwrap();
+        client.receive("widget".into(), 5).await.unwrap();
+        assert_eq!(client.total().await.unwrap(), 15);
+        node.shutdown().await;
+    }
+
+    // Version 2 on the same directory: refused, through either way of
+    // opening it.
+    let err =
+        open_for::<v2::Inventory>(&root, certs.path()).expect_err("another schema is refused");
+    assert!(matches!(err, DataDirError::SchemaMismatch { .. }), "{err}");
+    let err = open_raw(&root, certs.path()).expect_err("schema 0 is no wildcard");
+    assert!(matches!(err, DataDirError::SchemaMismatch { .. }), "{err}");
+    // A directory opened for version 1 cannot be handed to version 2.
+    {
+        let dir = open_for::<v1::Inventory>(&root, certs.path()).unwrap();
+        let err = start::<v2::Inventory>(certs.path(), &dir)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                StartError::DataDir(DataDirError::SchemaMismatch { .. })
+            ),
+            "{err}"
+        );
+    }
+
+    // Version 1 still finds everything it wrote.
+    let dir = open_for::<v1::Inventory>(&root, certs.path()).unwrap();
+    let node = start::<v1::Inventory>(certs.path(), &dir).unwrap();
+    let client = ha_quic::connect::<v1::Inventory>(
+        vec![node.local_addr()],
+        &load_client_identity(certs.path()).unwrap(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(client.total().await.unwrap(), 15);
+    node.shutdown().await;
+}
