@@ -36,7 +36,7 @@ use crate::protocol::{ClientRequest, ClientResponse, CommandOutcome, Consistency
 use crate::sm::Replicated;
 
 /// Why a client call did not succeed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The command certainly did not take effect and never will.
     #[error("not applied: {0}")]
@@ -48,6 +48,8 @@ pub enum Error {
     #[error("query failed: {0}")]
     Query(String),
 }
+
+crate::debug_as_display!(Error);
 
 impl Error {
     /// Whether the command certainly did not take effect.
@@ -389,6 +391,8 @@ impl<T: Replicated> Client<T> {
                     self.set_leader(None);
                     last_why = message;
                 }
+                // The leader is still the leader: back off and ask it again.
+                Ok(ClientResponse::Busy { message }) => last_why = message,
                 Ok(other) => match reply(other) {
                     Reply::Done(r) => {
                         if answered_by_leader {
@@ -506,6 +510,10 @@ impl<T: Replicated> Client<T> {
                         why: message,
                     }
                 }
+                Ok(ClientResponse::Busy { message }) => Attempt::Retry {
+                    maybe_appended: false,
+                    why: message,
+                },
                 Ok(other) => Attempt::Retry {
                     maybe_appended: true,
                     why: format!("unexpected response {other:?}"),

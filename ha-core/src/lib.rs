@@ -58,6 +58,21 @@
 //! ```
 #![deny(missing_docs)]
 
+/// Makes an error type's `Debug` its `Display` text: a `main` returning
+/// `Result<(), Box<dyn Error>>` prints errors with `Debug`, and the message
+/// written for people is the one to show. Used on every public error type.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! debug_as_display {
+    ($t:ty) => {
+        impl ::core::fmt::Debug for $t {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::Display::fmt(self, f)
+            }
+        }
+    };
+}
+
 pub mod client;
 pub mod metrics;
 pub mod node;

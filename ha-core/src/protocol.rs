@@ -200,6 +200,12 @@ pub enum ClientResponse {
         /// What happened.
         message: String,
     },
+    /// The node has as many requests in flight as it takes: this one was
+    /// not taken (certainly not applied). Retry the same node after a pause.
+    Busy {
+        /// Which limit was reached.
+        message: String,
+    },
 }
 
 /// What applying a session command produced.

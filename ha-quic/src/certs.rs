@@ -42,7 +42,7 @@ pub fn node_server_name(id: NodeId) -> String {
 }
 
 /// What can go wrong with certificates.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum CertError {
     /// A file could not be read or written.
     #[error("certificate file {path}: {source}")]
@@ -67,6 +67,8 @@ pub enum CertError {
     #[error("{0}")]
     Refused(String),
 }
+
+ha_core::debug_as_display!(CertError);
 
 /// What [`create_cluster_certs_report`] did.
 #[derive(Debug, Default)]

@@ -20,7 +20,7 @@ use crate::frame::{self, MAX_FRAME_BYTES};
 use crate::tls::{self, ALPN_CLIENT, QuicOptions};
 
 /// Why a request got no response.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum ClientError {
     /// Connecting failed (including a refused certificate).
     #[error("cannot connect to {addr}: {reason}")]
@@ -37,6 +37,8 @@ pub enum ClientError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
+
+ha_core::debug_as_display!(ClientError);
 
 fn client_endpoint(cfg: quinn::ClientConfig) -> std::io::Result<quinn::Endpoint> {
     let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("a valid address"))?;

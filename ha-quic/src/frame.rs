@@ -261,17 +261,15 @@ pub async fn read_frame_with<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     limits: &ReadLimits<'_>,
 ) -> Result<Option<T>, FrameError> {
-    Ok(read_frame_paid(recv, limits).await?.map(|(v, _)| v))
+    Ok(read_frame_sized(recv, limits).await?.map(|(v, _)| v))
 }
 
-/// [`read_frame_with`], also returning the budget the frame's bytes were
-/// paid from (`None` when unbudgeted). A caller that keeps the decoded value
-/// for a while (a request waiting for its answer) keeps the permit as long,
-/// so what it holds stays within the budget after decoding too.
-pub async fn read_frame_paid<T: DeserializeOwned>(
+/// [`read_frame_with`], also returning the frame's length in bytes (what a
+/// caller keeping the decoded value for a while accounts for it).
+pub async fn read_frame_sized<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     limits: &ReadLimits<'_>,
-) -> Result<Option<(T, Option<OwnedSemaphorePermit>)>, FrameError> {
+) -> Result<Option<(T, usize)>, FrameError> {
     let mut deadline = match limits.deadline {
         FrameDeadline::At(t) => Some(t),
         FrameDeadline::Never | FrameDeadline::AfterFirstByte(_) => None,
@@ -319,8 +317,7 @@ pub async fn read_frame_paid<T: DeserializeOwned>(
         body.reserve(take, len, limits.budget)?;
         body.buf.extend_from_slice(&chunk[..take]);
     }
-    let value = decode_body(&body.buf)?;
-    Ok(Some((value, body.paid.take())))
+    decode_body(&body.buf).map(|v| Some((v, len)))
 }
 
 #[cfg(test)]

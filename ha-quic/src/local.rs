@@ -29,7 +29,7 @@ use crate::node::QuicNode;
 use crate::transport::QuicConfig;
 
 /// What can go wrong starting or restarting a local cluster.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum LocalClusterError {
     /// A file or socket operation failed.
     #[error("local cluster: {0}")]
@@ -50,6 +50,8 @@ pub enum LocalClusterError {
     #[error("node {0} is not a member of this cluster")]
     UnknownNode(u64),
 }
+
+ha_core::debug_as_display!(LocalClusterError);
 
 struct Running {
     rt: tokio::runtime::Runtime,

@@ -14,7 +14,7 @@ use ha_core::storage::{DataDir, SnapshotStore, StdFs, Vfs, Wal, WalOptions};
 use crate::transport::{QuicConfig, QuicEndpoint, QuicError, QuicTransport};
 
 /// What can go wrong starting a node.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum StartError {
     /// The endpoint could not start.
     #[error(transparent)]
@@ -22,9 +22,47 @@ pub enum StartError {
     /// The data directory does not hold data of this replicated type.
     #[error(transparent)]
     DataDir(#[from] ha_core::storage::DataDirError),
+    /// The node's settings and the transport's disagree (ids, addresses).
+    #[error("cannot start the node: {0}")]
+    Config(String),
     /// The node could not start from its state.
     #[error("cannot start the node: {0}")]
     Node(String),
+}
+
+ha_core::debug_as_display!(StartError);
+
+/// The node and its transport agree on who it is, and every other member
+/// has an address to be reached at.
+fn check_addresses(opts: &NodeOptions, quic: &QuicConfig) -> Result<(), StartError> {
+    let id = opts.raft.id;
+    if quic.id != id {
+        return Err(StartError::Config(format!(
+            "NodeOptions names node {id} but QuicConfig names node {}",
+            quic.id
+        )));
+    }
+    if !opts.membership.is_member(id) {
+        return Err(StartError::Config(format!(
+            "node {id} is not a member of the configuration it starts with ({:?})",
+            opts.membership
+        )));
+    }
+    let missing: Vec<String> = opts
+        .membership
+        .replication_targets()
+        .into_iter()
+        .filter(|p| *p != id && !quic.peers.contains_key(p))
+        .map(|p| p.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(StartError::Config(format!(
+            "member(s) {} of the configuration have no address in QuicConfig::peers: \
+             give every other member's HOST:PORT",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// A running node and its endpoint.
@@ -54,6 +92,7 @@ impl QuicNode {
         storage: NodeStorage<V>,
         applier: impl Applier,
     ) -> Result<QuicNode, StartError> {
+        check_addresses(&opts, &quic)?;
         // The transport sizes its replication frames for the core's largest
         // append: they must agree.
         quic.limits.max_append_bytes = opts.raft.max_append_bytes;

@@ -91,7 +91,7 @@ impl Default for QuicOptions {
 }
 
 /// What can go wrong building configurations.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum TlsError {
     /// rustls refused the certificates or settings.
     #[error("TLS configuration: {0}")]
@@ -103,6 +103,8 @@ pub enum TlsError {
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
 }
+
+ha_core::debug_as_display!(TlsError);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

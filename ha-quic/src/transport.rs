@@ -191,9 +191,11 @@ const _: () = assert!(
 /// between them; the defaults suit a LAN cluster.
 ///
 /// Memory a remote can make the node hold, besides QUIC's flow-control
-/// windows (see `tls`): frame buffers, paid from `client_budget_bytes` and
-/// `peer_budget_bytes`, and at most `SNAPSHOT_WRITE_QUEUE` chunks of
-/// `SNAPSHOT_CHUNK_BYTES` per snapshot transfer.
+/// windows (see `tls`): unfinished frames, paid from `client_budget_bytes`
+/// and `peer_budget_bytes` (per peer: a cluster of n nodes holds up to n − 1
+/// of them), requests waiting for answers (`client_pending_bytes`), and at
+/// most `SNAPSHOT_WRITE_QUEUE` chunks of `SNAPSHOT_CHUNK_BYTES` per snapshot
+/// transfer.
 #[derive(Clone, Debug)]
 pub struct QuicLimits {
     /// Largest client request frame (default 1.5 MiB). A larger request is
@@ -219,17 +221,21 @@ pub struct QuicLimits {
     /// Connections one peer node may have open at once (default 8: control,
     /// replication, a snapshot, and the overlap of reconnects).
     pub max_connections_per_peer: usize,
-    /// Bytes all client streams together may hold in request frames, from
-    /// their first byte until they are answered (default 256 MiB). A
-    /// connection whose frame cannot be paid for is closed.
+    /// Bytes all client streams together may hold in unfinished request
+    /// frames (default 256 MiB). A connection whose frame cannot be paid
+    /// for is closed.
     pub client_budget_bytes: usize,
-    /// Client requests one node handles at once, over all connections, from
-    /// the stream's opening until its answer is sent (default 4096). A
-    /// request beyond it is answered at once with a retryable failure
-    /// ("busy", certainly not applied) without being read, and counted in
-    /// `requests_busy`. Requests outlive their connection, so the per
-    /// connection stream cap alone does not bound them.
+    /// Client requests one node keeps waiting for the node's answer, over
+    /// all connections (default 4096; status requests, answered at once,
+    /// do not count). One more is answered [`ClientResponse::Busy`]
+    /// (certainly not applied; the client backs off and retries) and counted
+    /// in `requests_busy`. A waiting request outlives its connection, so
+    /// the per-connection stream cap alone does not bound them.
     pub max_client_requests: usize,
+    /// Bytes the requests waiting for answers may hold together (default
+    /// 256 MiB), counted by their frame length; beyond it a request is
+    /// answered busy like one beyond `max_client_requests`.
+    pub client_pending_bytes: usize,
     /// Bytes the streams of one peer node together may hold in unfinished
     /// frames (default 64 MiB, four largest frames). Each peer has its own,
     /// separate from the clients', so neither clients nor one faulty peer
@@ -237,7 +243,8 @@ pub struct QuicLimits {
     pub peer_budget_bytes: usize,
     /// A client stream must deliver its whole request within this long of
     /// being opened (default 10 s), and take its response within as long;
-    /// otherwise the stream is closed.
+    /// otherwise the stream is closed. A request the node has not answered
+    /// within as long is answered as failed with an unknown outcome.
     pub client_request_timeout: Duration,
     /// A peer's hello must arrive within this long of its stream opening,
     /// and a frame that has started must complete within this long (default
@@ -272,6 +279,7 @@ impl Default for QuicLimits {
             max_connections_per_peer: 8,
             client_budget_bytes: 256 << 20,
             max_client_requests: 4096,
+            client_pending_bytes: 256 << 20,
             peer_budget_bytes: 64 << 20,
             client_request_timeout: Duration::from_secs(10),
             peer_frame_timeout: Duration::from_secs(10),
@@ -335,10 +343,39 @@ impl QuicLimits {
             ("max_connections_per_peer", self.max_connections_per_peer),
             ("max_snapshot_receives", self.max_snapshot_receives),
             ("max_client_requests", self.max_client_requests),
+            ("max_client_connections", self.max_client_connections),
+            ("max_connections", self.max_connections),
         ] {
-            if v == 0 {
-                return Err(format!("{name} must be at least 1"));
+            if v == 0 || v > Semaphore::MAX_PERMITS {
+                return Err(format!(
+                    "{name} must be at least 1 and at most {}",
+                    Semaphore::MAX_PERMITS
+                ));
             }
+        }
+        if self.client_pending_bytes < self.max_request_bytes
+            || self.client_pending_bytes > Semaphore::MAX_PERMITS
+        {
+            return Err(format!(
+                "client_pending_bytes {} must hold at least one largest request ({}) and at \
+                 most {}",
+                self.client_pending_bytes,
+                self.max_request_bytes,
+                Semaphore::MAX_PERMITS
+            ));
+        }
+        // A peer's own traffic needs room for its largest append and a
+        // control frame at once, and a reconnect's overlap: two appends.
+        let peer_needs = self
+            .max_replication_frame_bytes
+            .saturating_mul(2)
+            .saturating_add(MAX_CONTROL_FRAME_BYTES);
+        if self.peer_budget_bytes < peer_needs {
+            return Err(format!(
+                "peer_budget_bytes {} must hold two largest replication frames and a \
+                 control frame ({peer_needs})",
+                self.peer_budget_bytes
+            ));
         }
         for (name, budget, frame) in [
             (
@@ -443,7 +480,7 @@ impl QuicConfig {
 }
 
 /// What can go wrong starting an endpoint.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum QuicError {
     /// TLS settings were refused.
     #[error(transparent)]
@@ -460,6 +497,8 @@ pub enum QuicError {
     #[error("invalid transport settings: {0}")]
     Config(String),
 }
+
+ha_core::debug_as_display!(QuicError);
 
 /// Counters of one endpoint (invariant 5).
 #[derive(Debug, Default)]
@@ -489,9 +528,12 @@ pub struct TransportStats {
     pub budget_exhausted: AtomicU64,
     /// Client requests refused as larger than `max_request_bytes`.
     pub requests_too_large: AtomicU64,
-    /// Client requests answered "busy" because `max_client_requests` were
-    /// in flight.
+    /// Client requests answered "busy" because `max_client_requests` or
+    /// `client_pending_bytes` were reached.
     pub requests_busy: AtomicU64,
+    /// Client requests the node did not answer within
+    /// `client_request_timeout` (answered as failed, outcome unknown).
+    pub answer_timeouts: AtomicU64,
     /// Client requests refused for another reason (a schema mismatch, a raw
     /// proposal to a typed node).
     pub requests_refused: AtomicU64,
@@ -528,8 +570,8 @@ type ConnSlot = Arc<std::sync::Mutex<Option<quinn::Connection>>>;
 
 /// What every task of an endpoint shares. The semaphores are the limits of
 /// [`QuicLimits`]: a permit is a connection slot, a snapshot slot, or a byte
-/// of an unfinished frame (or of a client request until it is answered), a
-/// client request in flight, held for as long as that thing exists.
+/// of an unfinished frame, a client request waiting for its answer or a
+/// byte of one, held for as long as that thing exists.
 struct Shared {
     id: NodeId,
     cluster_id: String,
@@ -552,6 +594,8 @@ struct Shared {
     snapshot_receives: Arc<Semaphore>,
     /// `max_client_requests`.
     client_requests: Arc<Semaphore>,
+    /// `client_pending_bytes`.
+    client_pending: Arc<Semaphore>,
 }
 
 /// The sending half, handed to the node as its [`Transport`].
@@ -639,8 +683,8 @@ impl QuicTransport {
         &self.shared.stats
     }
 
-    /// Bytes client streams hold in request frames now, unfinished or
-    /// waiting for their answer (at most `client_budget_bytes`).
+    /// Bytes client streams hold in unfinished request frames now (at most
+    /// `client_budget_bytes`).
     pub fn client_frame_bytes_held(&self) -> usize {
         self.shared.limits.client_budget_bytes - self.shared.client_budget.available_permits()
     }
@@ -742,6 +786,7 @@ impl QuicEndpoint {
                 .collect(),
             snapshot_receives: Arc::new(Semaphore::new(limits.max_snapshot_receives)),
             client_requests: Arc::new(Semaphore::new(limits.max_client_requests)),
+            client_pending: Arc::new(Semaphore::new(limits.client_pending_bytes)),
         });
         let mut queues = BTreeMap::new();
         for (peer, addr) in &config.peers {
@@ -1632,29 +1677,6 @@ async fn client_stream(
     shared: Arc<Shared>,
     node: NodeHandle,
 ) {
-    // Held until the answer is sent: bounds the requests in flight however
-    // many connections come and go.
-    let Ok(_in_flight) = shared.client_requests.clone().try_acquire_owned() else {
-        let n = bump(&shared.stats.requests_busy);
-        if sampled(n) {
-            tracing::warn!(node = %shared.id, remote = %conn.remote_address(), "answered a client request busy: {} are in flight (max_client_requests); {n} so far", shared.limits.max_client_requests);
-        }
-        let _ = recv.stop(codes::BUSY.into());
-        let message = format!(
-            "busy: {} requests are in flight on this node (max_client_requests); \
-             the request was not read, retry later",
-            shared.limits.max_client_requests
-        );
-        return respond(
-            &mut send,
-            &shared,
-            ClientResponse::Failed {
-                not_applied: true,
-                message,
-            },
-        )
-        .await;
-    };
     let limits = ReadLimits {
         max_bytes: shared.limits.max_request_bytes,
         budget: Some(&shared.client_budget),
@@ -1662,9 +1684,7 @@ async fn client_stream(
             .checked_add(shared.limits.client_request_timeout)
             .map_or(FrameDeadline::Never, FrameDeadline::At),
     };
-    // `_paid` keeps the request's bytes counted in the budget until it is
-    // answered: the decoded request lives that long.
-    let (req, _paid) = match frame::read_frame_paid::<ClientRequest>(&mut recv, &limits).await {
+    let (req, len) = match frame::read_frame_sized::<ClientRequest>(&mut recv, &limits).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(FrameError::TooLarge { len, max }) => {
@@ -1691,8 +1711,72 @@ async fn client_stream(
         }
         Err(e) => return frame_failed(&conn, &shared, "client", "a client request", e),
     };
-    let resp = answer(req, &shared, &node).await;
+    // A request that waits for the node holds a slot and its bytes until it
+    // is answered: it outlives its connection, so these bound what clients
+    // can leave behind. A status answer never waits.
+    let _held = if matches!(req, ClientRequest::Status) {
+        None
+    } else {
+        match hold_request(&shared, len) {
+            Ok(held) => Some(held),
+            Err(limit) => {
+                let n = bump(&shared.stats.requests_busy);
+                if sampled(n) {
+                    tracing::warn!(node = %shared.id, remote = %conn.remote_address(), "answered a client request busy: {limit}; {n} so far");
+                }
+                let message =
+                    format!("busy: {limit} on this node; the request was not taken, retry later");
+                return respond(&mut send, &shared, ClientResponse::Busy { message }).await;
+            }
+        }
+    };
+    let wait = shared.limits.client_request_timeout;
+    let resp = match tokio::time::timeout(wait, answer(req, &shared, &node)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let n = bump(&shared.stats.answer_timeouts);
+            if sampled(n) {
+                tracing::warn!(node = %shared.id, "a client request got no answer from the node within {wait:?} ({n} so far)");
+            }
+            ClientResponse::Failed {
+                not_applied: false,
+                message: format!(
+                    "the node gave no answer within {wait:?}; the request may still take effect"
+                ),
+            }
+        }
+    };
     respond(&mut send, &shared, resp).await;
+}
+
+/// A slot of `max_client_requests` and `len` bytes of
+/// `client_pending_bytes`, or which limit was reached.
+fn hold_request(
+    shared: &Shared,
+    len: usize,
+) -> Result<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>), String> {
+    let slot = shared
+        .client_requests
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            format!(
+                "{} requests are waiting for answers (max_client_requests)",
+                shared.limits.max_client_requests
+            )
+        })?;
+    let bytes = match u32::try_from(len) {
+        Ok(0) => None,
+        Ok(n) => shared.client_pending.clone().try_acquire_many_owned(n).ok(),
+        Err(_) => None,
+    };
+    if len > 0 && bytes.is_none() {
+        return Err(format!(
+            "requests waiting for answers hold {} bytes (client_pending_bytes)",
+            shared.limits.client_pending_bytes
+        ));
+    }
+    Ok((slot, bytes))
 }
 
 /// Sends `resp` and ends the stream; a response too large to encode is
@@ -1790,6 +1874,8 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
                 Ok(b) => bytes::Bytes::from(b),
                 Err(e) => return failed(NodeError::Query(e.to_string())),
             };
+            // Only the encoded copy waits for the commit.
+            drop(entry);
             match node.propose(bytes).await {
                 Ok((index, answer)) => ClientResponse::Applied {
                     index: index.0,

@@ -529,3 +529,50 @@ fn a_killed_leader_is_replaced_and_no_acknowledged_command_is_lost() {
         }
     });
 }
+
+/// The story: a hand-written runner that listed node 3 as a voter but gave
+/// no address for it panicked inside the library. Now the start is refused
+/// with an error naming what is missing, and so is an id the transport does
+/// not share.
+#[test]
+fn a_member_without_an_address_is_refused_at_start_by_name() {
+    let certs = tempfile::tempdir().unwrap();
+    create_cluster_certs(certs.path(), &[NodeId(1), NodeId(2), NodeId(3)]).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let start = |quic_id: u64, peers: &[u64]| {
+        let identity = load_node_identity(certs.path(), NodeId(quic_id)).unwrap();
+        let peers = peers
+            .iter()
+            .map(|p| (NodeId(*p), SocketAddr::from(([127, 0, 0, 1], 9))))
+            .collect();
+        let quic = QuicConfig::new(
+            NodeId(quic_id),
+            "127.0.0.1:0".parse().unwrap(),
+            peers,
+            identity,
+        );
+        let opts = NodeOptions::new(NodeId(1), [NodeId(1), NodeId(2), NodeId(3)]);
+        QuicNode::start(
+            opts,
+            quic,
+            InitialState::default(),
+            NodeStorage::<StdFs>::Memory(ha_core::storage::MemLogStore::new()),
+            Recorder::default(),
+        )
+    };
+    let err = start(1, &[2]).err().expect("refused");
+    assert!(
+        matches!(&err, ha_quic::node::StartError::Config(m) if m.contains("member(s) n3") || m.contains("member(s) 3")),
+        "{err}"
+    );
+    let err = start(2, &[1, 3]).err().expect("refused");
+    assert!(err.to_string().contains("QuicConfig names node"), "{err}");
+    // With every address, it starts.
+    let node = start(1, &[2, 3]).expect("starts");
+    rt.block_on(node.shutdown());
+}

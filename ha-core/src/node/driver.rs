@@ -155,7 +155,7 @@ impl NodeOptions {
 }
 
 /// Why a proposal or read failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
     /// This node is not the leader; the command certainly did not take effect.
     #[error("not the leader (leader: {leader:?})")]
@@ -204,6 +204,8 @@ pub enum NodeError {
     #[error("query failed: {0}")]
     Query(String),
 }
+
+crate::debug_as_display!(NodeError);
 
 impl NodeError {
     /// Whether the command certainly did not take effect.

@@ -48,7 +48,7 @@ const CLUSTER_HEADER: &str = "ha cluster configuration, format 1";
 const MAX_SMALL_FILE_BYTES: u64 = 1 << 20;
 
 /// What can go wrong opening a data directory.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum DataDirError {
     /// Another process holds the directory.
     #[error(
@@ -161,6 +161,8 @@ pub enum DataDirError {
         source: std::io::Error,
     },
 }
+
+crate::debug_as_display!(DataDirError);
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
     move |source| DataDirError::Io {

@@ -46,7 +46,7 @@ pub struct SnapshotMeta {
 }
 
 /// What can go wrong.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum SnapshotError {
     /// A file operation failed.
     #[error("snapshot I/O error on {path}: {source}")]
@@ -65,6 +65,8 @@ pub enum SnapshotError {
         reason: String,
     },
 }
+
+crate::debug_as_display!(SnapshotError);
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io {

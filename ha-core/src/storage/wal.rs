@@ -115,7 +115,7 @@ impl Default for WalOptions {
 }
 
 /// What can go wrong.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum WalError {
     /// A file operation failed.
     #[error("write-ahead log I/O error on {path}: {source}")]
@@ -160,6 +160,8 @@ pub enum WalError {
         max: usize,
     },
 }
+
+crate::debug_as_display!(WalError);
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
     move |source| WalError::Io {
