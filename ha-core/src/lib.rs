@@ -1,6 +1,211 @@
 //! # ha-core
 //!
-//! The heart of ha: a deterministic Raft core and the storage it writes to.
+//! Turn a plain Rust struct into a fault-tolerant replicated service: write
+//! the struct and its methods, add two attributes, and get a replicated
+//! command log (Raft), durable storage with snapshots, exactly-once commands,
+//! linearizable queries and a typed async client. Nodes talk over QUIC with
+//! mutual TLS (the `ha-quic` crate).
+//!
+//! The path, step by step: [dependencies](#1-dependencies), [your
+//! type](#2-your-replicated-type), [what the client looks
+//! like](#3-the-client-it-generates), [a cluster in one
+//! process](#4-a-cluster-in-one-process), [what errors
+//! mean](#5-three-outcomes), [separate processes](#6-separate-processes),
+//! [changing the type later](#7-changing-the-type-later). The raw Raft core
+//! comes [last](#the-raw-core-a-one-node-cluster-driven-by-hand).
+//!
+//! ## 1. Dependencies
+//!
+//! ```toml
+//! [dependencies]
+//! ha-core = { path = "../ha/ha-core" }   # this repository's crates
+//! ha-quic = { path = "../ha/ha-quic" }   # the QUIC transport, LocalCluster
+//! serde = { version = "1", features = ["derive"] }
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread", "signal"] }
+//! ```
+//!
+//! ## 2. Your replicated type
+//!
+//! `#[derive(Replicated)]` on the struct (its state: snapshots) and
+//! `#[replicated]` on its `impl` block (its behaviour). `pub fn` methods
+//! taking `&mut self` become **commands**: replicated through the log and
+//! applied exactly once on every replica. `pub fn` methods taking `&self`
+//! become **queries**: linearizable reads with no log entry.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use ha_core::{replicated, ApplyContext, Replicated};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Default, Serialize, Deserialize, Replicated)]
+//! pub struct Inventory {
+//!     stock: BTreeMap<String, u32>,
+//!     last_change_ms: u64,
+//! }
+//!
+//! #[replicated]
+//! impl Inventory {
+//!     /// Adds `qty` of `item`. `ctx` is optional: the entry's index, term
+//!     /// and the leader's clock, the same on every replica.
+//!     pub fn receive(&mut self, item: String, qty: u32, ctx: &ApplyContext) {
+//!         *self.stock.entry(item).or_default() += qty;
+//!         self.last_change_ms = ctx.time_ms;
+//!     }
+//!     /// Takes `qty` of `item` out; an application error is a value.
+//!     pub fn ship(&mut self, item: String, qty: u32) -> Result<u32, String> {
+//!         let have = self.stock.get_mut(&item).ok_or("no such item")?;
+//!         if *have < qty {
+//!             return Err(format!("only {have} in stock"));
+//!         }
+//!         *have -= qty;
+//!         Ok(*have)
+//!     }
+//!     /// Stock of one item.
+//!     pub fn stock(&self, item: String) -> u32 {
+//!         self.stock.get(&item).copied().unwrap_or(0)
+//!     }
+//! }
+//! ```
+//!
+//! The rules, each checked at compile time with an error that says what to
+//! write instead: methods are synchronous and not generic; arguments and
+//! return values are owned and serializable (`String`, not `&str`); a
+//! command may take `&ApplyContext`, a query may not. What no compiler can
+//! check is **determinism**: a command may depend only on the state, its
+//! arguments and its `ApplyContext` (no `HashMap` iteration order, no
+//! randomness, no local clock, no IO), or replicas drift apart.
+//!
+//! ## 3. The client it generates
+//!
+//! The macros generate `InventoryClient` (also `<Inventory as
+//! Replicated>::Client`): cheap to clone, `Send + Sync`, one async method
+//! per command and query with the same name and arguments, minus the
+//! context, and every result wrapped in `Result<_, ha_core::Error>`:
+//!
+//! | in your `impl` | on the client |
+//! |---|---|
+//! | `fn receive(&mut self, item: String, qty: u32, ctx: &ApplyContext)` | `async fn receive(&self, item: String, qty: u32) -> Result<(), Error>` |
+//! | `fn ship(&mut self, item: String, qty: u32) -> Result<u32, String>` | `async fn ship(&self, item: String, qty: u32) -> Result<Result<u32, String>, Error>` |
+//! | `fn stock(&self, item: String) -> u32` | `async fn stock(&self, item: String) -> Result<u32, Error>` |
+//!
+//! The outer `Result` says whether the cluster ran the call; the inner one
+//! is your method's own answer.
+//!
+//! ## 4. A cluster in one process
+//!
+//! `ha_quic::LocalCluster` starts nodes on loopback, each with its own
+//! runtime, data directory and certificate, over real QUIC: the same code
+//! path as separate machines, for tests, demos and trying things out.
+//!
+//! ```
+//! # use std::collections::BTreeMap;
+//! # use ha_core::{replicated, ApplyContext, Replicated};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Default, Serialize, Deserialize, Replicated)]
+//! # pub struct Inventory { stock: BTreeMap<String, u32> }
+//! # #[replicated]
+//! # impl Inventory {
+//! #     pub fn receive(&mut self, item: String, qty: u32, _ctx: &ApplyContext) {
+//! #         *self.stock.entry(item).or_default() += qty;
+//! #     }
+//! #     pub fn ship(&mut self, item: String, qty: u32) -> Result<u32, String> {
+//! #         let have = self.stock.get_mut(&item).ok_or("no such item")?;
+//! #         if *have < qty { return Err(format!("only {have} in stock")); }
+//! #         *have -= qty;
+//! #         Ok(*have)
+//! #     }
+//! #     pub fn stock(&self, item: String) -> u32 { self.stock.get(&item).copied().unwrap_or(0) }
+//! # }
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let mut cluster = ha_quic::LocalCluster::<Inventory>::start(3).await?;
+//!     let client = cluster.client(); // finds the leader itself
+//!
+//!     client.receive("widget".into(), 10).await?;
+//!     assert_eq!(client.ship("widget".into(), 4).await?, Ok(6));
+//!     assert_eq!(client.ship("widget".into(), 99).await?, Err("only 6 in stock".into()));
+//!
+//!     // Kill the leader: the client finds the new one, nothing is lost.
+//!     let leader = cluster.leader().await.expect("a leader");
+//!     cluster.kill(leader).await;
+//!     assert_eq!(client.stock("widget".into()).await?, 6);
+//!     cluster.restart(leader).await?;
+//!
+//!     cluster.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## 5. Three outcomes
+//!
+//! `Ok` means the command was applied (once). An [`Error`] says which of the
+//! other two happened: [`Error::is_not_applied`] means it certainly never
+//! takes effect (refused before it reached a log: too large, over the
+//! storage quota, a session that expired before it was sent);
+//! [`Error::is_unknown`] means it may still take effect (a timeout after
+//! sending, a leader lost mid-commit). Retrying is safe either way: the
+//! client numbers its commands in a session, and a retry of the same call
+//! is applied at most once. Errors print their explanation with both `{}`
+//! and `{:?}`, so `main` returning `Box<dyn Error>` shows it as written.
+//!
+//! ## 6. Separate processes
+//!
+//! Each node is a process with a listen address, its peers' addresses, a
+//! data directory and a TLS directory. Certificates come from `ha-kv certs`
+//! (they hold nothing type-specific; see the README), and `ha-kv status`
+//! asks any node of any replicated type for its role, term and indexes.
+//! A node of your type starts like this:
+//!
+//! ```no_run
+//! # use std::collections::BTreeMap;
+//! # use ha_core::{replicated, Replicated};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Default, Serialize, Deserialize, Replicated)]
+//! # pub struct Inventory { stock: BTreeMap<String, u32> }
+//! # #[replicated]
+//! # impl Inventory {
+//! #     pub fn stock(&self, item: String) -> u32 { self.stock.get(&item).copied().unwrap_or(0) }
+//! # }
+//! use std::path::Path;
+//! use ha_core::node::NodeOptions;
+//! use ha_core::storage::{DataDir, StdFs, WalOptions};
+//! use ha_core::types::NodeId;
+//! use ha_quic::{load_node_identity, QuicConfig, QuicNode};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let me = NodeId(1);
+//!     let peers = BTreeMap::from([
+//!         (NodeId(2), "10.0.0.2:7000".parse()?),
+//!         (NodeId(3), "10.0.0.3:7000".parse()?),
+//!     ]);
+//!     let identity = load_node_identity(Path::new("tls"), me)?;
+//!     // Opened for this type: a directory written by another version of
+//!     // `Inventory` is refused instead of misread.
+//!     let dir = DataDir::open_for::<Inventory, _>(&StdFs, Path::new("data"), &identity.cluster_id(), me)?;
+//!     let quic = QuicConfig::new(me, "0.0.0.0:7000".parse()?, peers, identity);
+//!     let opts = NodeOptions::new(me, [NodeId(1), NodeId(2), NodeId(3)]);
+//!     let node = QuicNode::start_replicated::<Inventory>(opts, quic, None, &dir, WalOptions::default())?;
+//!     tokio::signal::ctrl_c().await?;
+//!     node.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Clients connect with `ha_quic::connect::<Inventory>(addrs, &client_identity,
+//! options)`. `examples/kv/src/serve.rs` is a complete server with flags,
+//! signals, metrics and a status command.
+//!
+//! ## 7. Changing the type later
+//!
+//! Commands travel and are stored by position. The macros compute a schema
+//! fingerprint of the commands and queries
+//! ([`sm::StateMachine::SCHEMA_FINGERPRINT`]);
+//! a node refuses a data directory, a snapshot, a peer or a client of another
+//! fingerprint, with an error naming both, rather than misread old entries.
+//! Adding a method at the end of the `impl` is the only change that keeps
+//! old entries meaningful, and it still changes the fingerprint: run a new
+//! cluster, or migrate (the README's "Evolving a replicated type").
 //!
 //! ## Layout
 //! - [`raft`]: the sans-IO consensus core. A plain struct driven by
@@ -24,7 +229,15 @@
 //! - [`types`]: node ids, terms, indexes, entries, hard state.
 //!
 //!
-//! ## A one-node cluster in a few lines
+//!
+//! ## The raw core: a one-node cluster driven by hand
+//!
+//! Under the replicated type and the node sits a deterministic, sans-IO
+//! Raft core ([`raft::Raft`]). You drive it yourself only to embed Raft in a
+//! runtime of your own (or to test it): tick it, step messages into it, and
+//! handle each [`Ready`](raft::Ready) in the order [`node::pipeline`]
+//! documents.
+//!
 //! ```
 //! use bytes::Bytes;
 //! use ha_core::raft::{Config, InitialState, Membership, Raft};

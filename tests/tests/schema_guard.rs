@@ -142,6 +142,14 @@ async fn a_changed_type_is_refused_on_the_old_directory_however_it_was_opened() 
     let err =
         open_for::<v2::Inventory>(&root, certs.path()).expect_err("another schema is refused");
     assert!(matches!(err, DataDirError::SchemaMismatch { .. }), "{err}");
+    // `main() -> Result<(), Box<dyn Error>>` prints with Debug: it shows the
+    // explanation, not the struct.
+    let boxed: Box<dyn std::error::Error> = Box::new(err);
+    assert_eq!(format!("{boxed:?}"), boxed.to_string());
+    assert!(
+        format!("{boxed:?}").contains("would be misread"),
+        "{boxed:?}"
+    );
     let err = open_raw(&root, certs.path()).expect_err("schema 0 is no wildcard");
     assert!(matches!(err, DataDirError::SchemaMismatch { .. }), "{err}");
     // A directory opened for version 1 cannot be handed to version 2.

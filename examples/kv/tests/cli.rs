@@ -621,3 +621,71 @@ fn certs_never_replace_the_cluster_ca() {
         );
     }
 }
+
+/// A replicated type that is not `Kv`, for `ha-kv status` against a cluster
+/// of another type.
+mod tally {
+    use ha_core::{Replicated, replicated};
+    use serde::{Deserialize, Serialize};
+
+    /// A count.
+    #[derive(Default, Serialize, Deserialize, Replicated)]
+    pub struct Tally {
+        n: u64,
+    }
+
+    #[replicated]
+    impl Tally {
+        /// Adds one.
+        pub fn bump(&mut self) -> u64 {
+            self.n += 1;
+            self.n
+        }
+    }
+}
+
+/// The README says `ha-kv status` works for a cluster of any replicated
+/// type: the status request carries no schema.
+#[test]
+fn status_reports_the_nodes_of_a_cluster_of_another_type() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt
+        .block_on(ha_quic::LocalCluster::<tally::Tally>::start(3))
+        .unwrap();
+    let client = {
+        let _in_runtime = rt.enter();
+        cluster.client()
+    };
+    assert_eq!(rt.block_on(client.bump()).unwrap(), 1);
+    let addrs: Vec<String> = cluster
+        .node_ids()
+        .iter()
+        .map(|id| cluster.addr(*id).unwrap().to_string())
+        .collect();
+    let out = Command::new(BIN)
+        .args([
+            "status",
+            "--timeout-ms",
+            "2000",
+            "--cluster",
+            &addrs.join(","),
+        ])
+        .arg("--tls-dir")
+        .arg(cluster.tls_dir())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON status line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let leaders: Vec<&Value> = lines.iter().filter(|s| s["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{lines:?}");
+    // The registration and the command are committed.
+    assert!(leaders[0]["commit_index"].as_u64() >= Some(3), "{lines:?}");
+    let mut ids: Vec<u64> = lines.iter().map(|s| s["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3]);
+    rt.block_on(cluster.shutdown());
+}

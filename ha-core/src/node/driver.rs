@@ -475,7 +475,9 @@ pub fn start_node<V: Vfs>(
         applied_entries: AtomicU64::new(0),
         snapshots: AtomicU64::new(0),
         availability: Mutex::new(Availability::new(Instant::now())),
-        view: Mutex::new(MetricsView::default()),
+        // Filled from the start: a status asked for before the first
+        // Ready still names the voters.
+        view: Mutex::new(view_of(&raft)),
     });
     let memory_snapshots = || -> Arc<dyn super::SnapshotFiles> {
         let store = crate::storage::SnapshotStore::open(
@@ -526,6 +528,30 @@ pub fn start_node<V: Vfs>(
         inbound: in_tx,
         status: status_rx,
     })
+}
+
+/// What the metrics show of `raft`'s configuration and followers.
+fn view_of(raft: &Raft) -> MetricsView {
+    let m = raft.membership();
+    let last = raft.last_index();
+    let peers = m
+        .replication_targets()
+        .into_iter()
+        .filter(|p| *p != raft.id())
+        .filter_map(|p| {
+            raft.match_index_of(p).map(|mi| PeerProgress {
+                id: p,
+                match_index: mi,
+                lag: last.0.saturating_sub(mi.0),
+            })
+        })
+        .collect();
+    MetricsView {
+        snapshot_index: raft.snapshot_last().0,
+        voters: m.voters.iter().copied().collect(),
+        learners: m.learners.iter().copied().collect(),
+        peers,
+    }
 }
 
 fn status_of(raft: &Raft, stopped: Option<String>) -> NodeStatus {
@@ -825,26 +851,7 @@ impl<V: Vfs> NodeTask<V> {
     }
 
     fn refresh_view(&self) {
-        let m = self.raft.membership();
-        let last = self.raft.last_index();
-        let peers = m
-            .replication_targets()
-            .into_iter()
-            .filter(|p| *p != self.raft.id())
-            .filter_map(|p| {
-                self.raft.match_index_of(p).map(|mi| PeerProgress {
-                    id: p,
-                    match_index: mi,
-                    lag: last.0.saturating_sub(mi.0),
-                })
-            })
-            .collect();
-        *self.metrics.view.lock().unwrap_or_else(|e| e.into_inner()) = MetricsView {
-            snapshot_index: self.raft.snapshot_last().0,
-            voters: m.voters.iter().copied().collect(),
-            learners: m.learners.iter().copied().collect(),
-            peers,
-        };
+        *self.metrics.view.lock().unwrap_or_else(|e| e.into_inner()) = view_of(&self.raft);
     }
 
     fn step(&mut self, m: Message) {
