@@ -13,6 +13,10 @@
 //! 2. Creating, renaming or removing a file is durable only after the
 //!    directory is synced; otherwise a crash undoes it.
 //! 3. Synced data is never damaged by a crash.
+//! 4. A failed sync behaves as on Linux: the writes it should have made
+//!    durable are dropped from the disk's view (their pages are marked
+//!    clean), yet reads still return them until a crash, and a later sync
+//!    that succeeds does not persist them. Only a rewrite does.
 //!
 //! Failure injection: writes can fail once a byte budget runs out (a full
 //! disk), and syncs can be made to fail.
@@ -32,6 +36,9 @@ pub trait VfsFile: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Cuts the file to `len` bytes.
     fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Overwrites bytes of the file from offset `at` (which with `buf` must
+    /// lie within the file), leaving the append position at the end.
+    fn write_at(&mut self, at: u64, buf: &[u8]) -> io::Result<()>;
     /// The file's length.
     fn size(&self) -> io::Result<u64>;
 }
@@ -95,6 +102,18 @@ impl VfsFile for StdFile {
         use std::io::{Seek, SeekFrom};
         self.0.set_len(len)?;
         self.0.seek(SeekFrom::Start(len)).map(|_| ())
+    }
+    fn write_at(&mut self, at: u64, buf: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len = self.0.metadata()?.len();
+        if at.checked_add(buf.len() as u64).is_none_or(|end| end > len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past the end",
+            ));
+        }
+        // A positioned write: the file's cursor (at its end) is unchanged.
+        self.0.write_all_at(buf, at)
     }
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
@@ -184,8 +203,31 @@ struct SimInode {
 
 #[derive(Clone, Debug)]
 enum PendingOp {
-    Append(Vec<u8>),
+    /// Bytes written at an offset (an append writes at the end).
+    Write {
+        at: usize,
+        data: Vec<u8>,
+    },
     SetLen(u64),
+}
+
+impl PendingOp {
+    /// Applies the op to `file`, of which only the first `cut` bytes of a
+    /// write survive (all, when `None`). A write beyond the end leaves
+    /// zeros in between, as a lost page reads.
+    fn apply(&self, file: &mut Vec<u8>, cut: Option<usize>) {
+        match self {
+            PendingOp::Write { at, data } => {
+                let data = &data[..cut.unwrap_or(data.len()).min(data.len())];
+                let end = at + data.len();
+                if file.len() < end {
+                    file.resize(end, 0);
+                }
+                file[*at..end].copy_from_slice(data);
+            }
+            PendingOp::SetLen(l) => file.resize(*l as usize, 0),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -276,18 +318,14 @@ impl SimFs {
             };
             let synced_len = data.len();
             for (k, op) in inode.pending.iter().take(keep).enumerate() {
-                match op {
-                    PendingOp::Append(b) => {
-                        if k + 1 == keep && rng.chance(0.5) {
-                            // The last surviving write is torn.
-                            let cut = rng.range(0, b.len() as u64 + 1) as usize;
-                            data.extend_from_slice(&b[..cut]);
-                        } else {
-                            data.extend_from_slice(b);
-                        }
+                let cut = match op {
+                    // The last surviving write may be torn.
+                    PendingOp::Write { data: b, .. } if k + 1 == keep && rng.chance(0.5) => {
+                        Some(rng.range(0, b.len() as u64 + 1) as usize)
                     }
-                    PendingOp::SetLen(l) => data.resize(*l as usize, 0),
-                }
+                    _ => None,
+                };
+                op.apply(&mut data, cut);
             }
             // A page of the unsynced region may not have made it.
             if data.len() > synced_len + PAGE_BYTES && rng.chance(0.3) {
@@ -320,6 +358,25 @@ impl SimFs {
         self.lock().syncs
     }
 
+    /// Zeroes `len` bytes of the durable and current contents of `path`
+    /// from `offset` (within the file): a lost write, as a sector that never
+    /// reached the disk reads back.
+    pub fn zero(&self, path: &Path, offset: usize, len: usize) -> io::Result<()> {
+        let mut st = self.lock();
+        let ino = *st.names.get(path).ok_or_else(|| not_found(path))?;
+        let inode = st.inodes.get_mut(&ino).expect("named inode exists");
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= inode.data.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range past end"))?;
+        inode.data[offset..end].fill(0);
+        let durable_end = end.min(inode.durable.len());
+        if offset < durable_end {
+            inode.durable[offset..durable_end].fill(0);
+        }
+        Ok(())
+    }
+
     /// Flips one bit of the durable and current contents of `path` at
     /// `offset` (simulated media damage).
     pub fn corrupt(&self, path: &Path, offset: usize) -> io::Result<()> {
@@ -349,26 +406,56 @@ impl VfsFile for SimFile {
                 let part = left as usize;
                 st.space_left = Some(0);
                 let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
+                let at = inode.data.len();
                 inode.data.extend_from_slice(&buf[..part]);
-                inode.pending.push(PendingOp::Append(buf[..part].to_vec()));
+                inode.pending.push(PendingOp::Write {
+                    at,
+                    data: buf[..part].to_vec(),
+                });
                 return Err(no_space());
             }
             st.space_left = Some(left - buf.len() as u64);
         }
         let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
+        let at = inode.data.len();
         inode.data.extend_from_slice(buf);
-        inode.pending.push(PendingOp::Append(buf.to_vec()));
+        inode.pending.push(PendingOp::Write {
+            at,
+            data: buf.to_vec(),
+        });
         Ok(())
     }
     fn sync(&mut self) -> io::Result<()> {
         let mut st = self.fs.lock();
         if st.fail_sync {
+            // Crash model 4: the writes are dropped from the disk's view,
+            // and no later sync brings them back. Reads still see them.
+            let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
+            inode.pending.clear();
             return Err(io::Error::other("fsync failed (simulated I/O error)"));
         }
         st.syncs += 1;
         let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
-        inode.durable = inode.data.clone();
-        inode.pending.clear();
+        let mut durable = std::mem::take(&mut inode.durable);
+        for op in inode.pending.drain(..) {
+            op.apply(&mut durable, None);
+        }
+        inode.durable = durable;
+        Ok(())
+    }
+    fn write_at(&mut self, at: u64, buf: &[u8]) -> io::Result<()> {
+        let mut st = self.fs.lock();
+        let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
+        let at = usize::try_from(at).map_err(|_| io::Error::other("offset out of range"))?;
+        let end = at
+            .checked_add(buf.len())
+            .filter(|e| *e <= inode.data.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past the end"))?;
+        inode.data[at..end].copy_from_slice(buf);
+        inode.pending.push(PendingOp::Write {
+            at,
+            data: buf.to_vec(),
+        });
         Ok(())
     }
     fn set_len(&mut self, len: u64) -> io::Result<()> {

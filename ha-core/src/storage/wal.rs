@@ -30,13 +30,21 @@
 //!
 //! Recovery (on open), per segment, batch by batch:
 //! - A batch is applied only when every record in it is whole and checksums
-//!   match.
-//! - A bad batch in the *last* segment, with no valid batch start anywhere
-//!   after it, is a torn tail: the write that a crash interrupted, never
-//!   acknowledged. It is cut off (the file is truncated at the batch start).
+//!   match, and its batch start names its own offset and segment and the
+//!   previous batch start's CRC (format version 2), so no copy of a batch
+//!   start inside a payload passes for one.
+//! - A bad batch in the *last* segment is a torn tail (the write a crash
+//!   interrupted, never acknowledged) only if it runs past the end of the
+//!   file, or one of its 512-byte sectors reads as zeros and only zeros
+//!   follow it, or its batch start is cut short or zeros with no bound batch
+//!   start after it (see `scan_segment`). It is cut off.
 //! - Any other bad record means acknowledged data is damaged: opening fails
 //!   with [`WalError::Corrupt`] naming the file and the offset. Nothing is
 //!   ever skipped silently.
+//! - The last batch is then written again in place and synced (after a
+//!   failed fsync its pages read back whole from the cache, yet a crash
+//!   loses them), and a newest segment without a base takes no more
+//!   batches.
 //!
 //! Invariants:
 //! 1. Batches are written one at a time, each followed by `fdatasync`
@@ -60,8 +68,20 @@ use super::{LogStore, StoredState};
 use crate::raft::membership::Membership;
 use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 
-/// First bytes of every segment file: "HA-WAL", a zero, format version 1.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"HA-WAL\x00\x01";
+/// First bytes of every segment file this build writes: "HA-WAL", a zero,
+/// format version 2 (batch starts bound to their place and chained).
+pub const SEGMENT_MAGIC: [u8; 8] = *b"HA-WAL\x00\x02";
+/// Format version 1 (unbound batch starts): still read; a log whose newest
+/// segment has it continues in a new version 2 segment.
+const SEGMENT_MAGIC_V1: [u8; 8] = *b"HA-WAL\x00\x01";
+/// A version 2 batch start record's payload: batch length (4), the CRC of
+/// the segment's previous batch start record (4, 0 for the first).
+const BATCH_START_V2_PAYLOAD: usize = 8;
+/// A version 2 batch start record, whole.
+const BATCH_START_V2_BYTES: usize = RECORD_HEADER_BYTES + BATCH_START_V2_PAYLOAD;
+/// Sector size of the torn-write rule: a torn append leaves whole sectors
+/// unwritten, which read back as zeros.
+const SECTOR_BYTES: usize = 512;
 /// Segment header: magic (8), sequence number (8), reserved (8), CRC32C of
 /// the first 24 bytes (4), zero padding (4).
 pub const SEGMENT_HEADER_BYTES: usize = 32;
@@ -180,6 +200,13 @@ struct Segment {
     /// Whether the segment starts with a base record (every segment but the
     /// very first does), so replay can begin at it once older ones are gone.
     has_base: bool,
+    /// Format version (1 or 2; this build writes 2).
+    version: u8,
+    /// CRC of the segment's last batch start record (0 before the first):
+    /// the next batch start names it (version 2).
+    chain: u32,
+    /// Where the segment's last batch starts, if it has one.
+    last_batch_at: Option<u64>,
 }
 
 /// The segmented write-ahead log (see the module docs).
@@ -206,6 +233,8 @@ pub struct Wal<V: Vfs> {
     syncs: u64,
     /// A sync whose buffer is larger is written as several batches.
     max_batch_bytes: usize,
+    /// The next batch goes to a new segment (see `open`).
+    rotate_next: bool,
 }
 
 /// Where the log stands.
@@ -238,13 +267,18 @@ fn segment_header(seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     h
 }
 
-fn check_segment_header(buf: &[u8], seq: u64) -> Result<(), String> {
+/// Checks a segment header; returns the segment's format version (1 or 2).
+fn check_segment_header(buf: &[u8], seq: u64) -> Result<u8, String> {
     if buf.len() < SEGMENT_HEADER_BYTES {
         return Err(format!("segment header is short ({} bytes)", buf.len()));
     }
-    if buf[..8] != SEGMENT_MAGIC {
+    let version = if buf[..8] == SEGMENT_MAGIC {
+        2
+    } else if buf[..8] == SEGMENT_MAGIC_V1 {
+        1
+    } else {
         return Err("not a write-ahead log segment (bad magic or format version)".into());
-    }
+    };
     let crc = u32::from_le_bytes(buf[24..28].try_into().expect("4 bytes"));
     if crc != crc32c::crc32c(&buf[..24]) {
         return Err("segment header checksum mismatch".into());
@@ -255,7 +289,7 @@ fn check_segment_header(buf: &[u8], seq: u64) -> Result<(), String> {
             "segment header names sequence {got}, file name says {seq}"
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Appends one record to `out`; refuses (appending nothing) one whose length
@@ -393,8 +427,54 @@ fn read_record(buf: &[u8], pos: usize) -> Result<(Record<'_>, usize), String> {
     Ok((rec, pos + 8 + len))
 }
 
-/// Whether a valid batch start record begins anywhere after `from`.
-fn valid_batch_start_after(buf: &[u8], from: usize) -> bool {
+/// Whether `buf[from..to]` overlaps a 512-byte sector (aligned to file
+/// offsets) that is all zeros, within the file.
+fn has_zero_sector(buf: &[u8], from: usize, to: usize) -> bool {
+    let to = to.min(buf.len());
+    let mut sector = from - from % SECTOR_BYTES;
+    while sector < to {
+        let end = (sector + SECTOR_BYTES).min(buf.len());
+        if buf[sector..end].iter().all(|b| *b == 0) {
+            return true;
+        }
+        sector += SECTOR_BYTES;
+    }
+    false
+}
+
+/// A version 2 batch start bound to offset `at` of segment `seq`: its
+/// batch length and its own CRC, or `None` if the bytes there are not one.
+/// The offset and sequence inside the record make a batch start copied
+/// into a command's bytes (or anywhere else) fail this check.
+fn bound_batch_start(buf: &[u8], at: usize, seq: u64) -> Option<(usize, u32)> {
+    let (r, _) = read_record(buf, at).ok()?;
+    if r.kind != KIND_BATCH_START
+        || r.index != at as u64
+        || r.term != seq
+        || r.payload.len() != BATCH_START_V2_PAYLOAD
+    {
+        return None;
+    }
+    let len = u32::from_le_bytes(r.payload[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes"));
+    Some((len, crc))
+}
+
+/// Whether a version 2 batch start bound to its own offset begins anywhere
+/// after `from`: then the bytes at `from` were followed by a later write,
+/// so they were synced, and damage there is not a torn tail.
+fn bound_batch_start_after(buf: &[u8], from: usize, seq: u64) -> bool {
+    let want = ((RECORD_FIXED_BYTES + BATCH_START_V2_PAYLOAD) as u32).to_le_bytes();
+    (from + 1..buf.len().saturating_sub(BATCH_START_V2_BYTES - 1)).any(|p| {
+        buf[p..p + 4] == want
+            && buf[p + 8] == KIND_BATCH_START
+            && bound_batch_start(buf, p, seq).is_some()
+    })
+}
+
+/// Whether a version 1 batch start record begins anywhere after `from`
+/// (the version 1 rule; its batch starts are not bound to their place).
+fn v1_batch_start_after(buf: &[u8], from: usize) -> bool {
     let want_len = (RECORD_FIXED_BYTES + 4) as u32;
     (from + 1..buf.len().saturating_sub(RECORD_HEADER_BYTES)).any(|p| {
         buf[p..p + 4] == want_len.to_le_bytes()
@@ -532,7 +612,32 @@ enum ScanEnd {
     Torn(u64),
 }
 
+/// Decodes the records of the batch `buf[at..end]` (after its start).
+fn batch_records(
+    buf: &[u8],
+    mut at: usize,
+    end: usize,
+) -> Result<Vec<Record<'_>>, (usize, String)> {
+    let mut records = Vec::new();
+    while at < end {
+        let (r, next) = read_record(&buf[..end], at).map_err(|e| (at, e))?;
+        if r.kind == KIND_BATCH_START {
+            return Err((at, "batch start inside a batch".into()));
+        }
+        records.push(r);
+        at = next;
+    }
+    Ok(records)
+}
+
 /// Replays one segment into `replay`. `last` says whether it is the newest.
+///
+/// The torn-write rule (version 2): a bad batch is a torn tail only in the
+/// last segment, and only if its batch start runs past the end of the
+/// file, or one of its sectors reads as zeros and nothing but zeros follows
+/// it, or its batch start itself reads as zeros (or is cut short) and no
+/// batch start bound to its own place follows. Anything else was synced and
+/// is damage ([`WalError::Corrupt`]).
 fn scan_segment(
     buf: &[u8],
     path: &Path,
@@ -546,45 +651,39 @@ fn scan_segment(
         offset: offset as u64,
         reason,
     };
-    if let Err(reason) = check_segment_header(buf, seq) {
-        if last && !valid_batch_start_after(buf, 0) {
-            return Ok(ScanEnd::Torn(0));
+    let version = match check_segment_header(buf, seq) {
+        Ok(v) => v,
+        Err(reason) => {
+            // The segment's creation was interrupted: its header (written
+            // and synced before any batch) is short or zeros, and no batch
+            // follows.
+            let head = &buf[..buf.len().min(SEGMENT_HEADER_BYTES)];
+            let unwritten = head.len() < SEGMENT_HEADER_BYTES || head.iter().all(|b| *b == 0);
+            if last
+                && unwritten
+                && !bound_batch_start_after(buf, 0, seq)
+                && !v1_batch_start_after(buf, 0)
+            {
+                return Ok(ScanEnd::Torn(0));
+            }
+            return Err(corrupt(0, reason));
         }
-        return Err(corrupt(0, reason));
-    }
+    };
+    seg.version = version;
     let mut pos = SEGMENT_HEADER_BYTES;
     while pos < buf.len() {
         let batch_start = pos;
-        // Decode the whole batch before applying any of it.
-        let batch = (|| -> Result<(Vec<Record<'_>>, usize), (usize, String)> {
-            let (start, mut at) = read_record(buf, pos).map_err(|e| (pos, e))?;
-            if start.kind != KIND_BATCH_START || start.payload.len() != 4 {
-                return Err((pos, "expected a batch start record".into()));
-            }
-            let len = u32::from_le_bytes(start.payload.try_into().expect("4 bytes")) as usize;
-            if len > MAX_BATCH_BYTES {
-                return Err((pos, format!("batch length {len} is out of range")));
-            }
-            let end = at + len;
-            if end > buf.len() {
-                return Err((
-                    pos,
-                    format!("batch of {len} bytes runs past the end of the file"),
-                ));
-            }
-            let mut records = Vec::new();
-            while at < end {
-                let (r, next) = read_record(&buf[..end], at).map_err(|e| (at, e))?;
-                if r.kind == KIND_BATCH_START {
-                    return Err((at, "batch start inside a batch".into()));
-                }
-                records.push(r);
-                at = next;
-            }
-            Ok((records, end))
-        })();
-        match batch {
-            Ok((records, end)) => {
+        let verdict = if version == 1 {
+            scan_batch_v1(buf, pos, last)
+        } else {
+            scan_batch_v2(buf, pos, seq, seg.chain, last)
+        };
+        match verdict {
+            Batch::Good {
+                records,
+                end,
+                chain,
+            } => {
                 for r in &records {
                     match replay.apply(r) {
                         Ok(Some(i)) => seg.max_index = seg.max_index.max(i),
@@ -596,17 +695,116 @@ fn scan_segment(
                     }
                     replay.started = true;
                 }
+                seg.chain = chain;
+                seg.last_batch_at = Some(batch_start as u64);
                 pos = end;
             }
-            Err((offset, reason)) => {
-                if last && !valid_batch_start_after(buf, offset) {
-                    return Ok(ScanEnd::Torn(batch_start as u64));
-                }
-                return Err(corrupt(offset, reason));
-            }
+            Batch::Torn => return Ok(ScanEnd::Torn(batch_start as u64)),
+            Batch::Damaged(offset, reason) => return Err(corrupt(offset, reason)),
         }
     }
     Ok(ScanEnd::Clean)
+}
+
+/// What the scan of one batch found.
+enum Batch<'a> {
+    /// Whole and valid: its records, where it ends, its chain value.
+    Good {
+        records: Vec<Record<'a>>,
+        end: usize,
+        chain: u32,
+    },
+    /// A torn tail (the write a crash interrupted; never acknowledged).
+    Torn,
+    /// Damage to synced data: where, and what.
+    Damaged(usize, String),
+}
+
+/// One version 2 batch at `pos` of segment `seq`, whose previous batch
+/// start had CRC `prev` (see [`scan_segment`] for the torn-write rule).
+fn scan_batch_v2(buf: &[u8], pos: usize, seq: u64, prev: u32, last: bool) -> Batch<'_> {
+    let Some((len, crc)) = bound_batch_start(buf, pos, seq) else {
+        let head = &buf[pos..buf.len().min(pos + BATCH_START_V2_BYTES)];
+        let unwritten = head.len() < BATCH_START_V2_BYTES || head.iter().all(|b| *b == 0);
+        if last && unwritten && !bound_batch_start_after(buf, pos, seq) {
+            return Batch::Torn;
+        }
+        return Batch::Damaged(pos, "expected a batch start bound to this place".into());
+    };
+    let chained = u32::from_le_bytes(buf[pos + 29..pos + 33].try_into().expect("4 bytes"));
+    if chained != prev {
+        return Batch::Damaged(
+            pos,
+            "batch start does not follow the segment's previous batch (chain mismatch)".into(),
+        );
+    }
+    if len > MAX_BATCH_BYTES {
+        return Batch::Damaged(pos, format!("batch length {len} is out of range"));
+    }
+    let at = pos + BATCH_START_V2_BYTES;
+    let end = at + len;
+    if end > buf.len() {
+        // The write was cut short by the crash: nothing of it was synced.
+        if last {
+            return Batch::Torn;
+        }
+        return Batch::Damaged(
+            pos,
+            format!("batch of {len} bytes runs past the end of the file"),
+        );
+    }
+    match batch_records(buf, at, end) {
+        Ok(records) => Batch::Good {
+            records,
+            end,
+            chain: crc,
+        },
+        Err((offset, reason)) => {
+            let nothing_after = buf[end..].iter().all(|b| *b == 0);
+            if last && nothing_after && has_zero_sector(buf, pos, end) {
+                Batch::Torn
+            } else {
+                Batch::Damaged(offset, reason)
+            }
+        }
+    }
+}
+
+/// One version 1 batch at `pos` (its batch starts are not bound to their
+/// place: damage followed by anything that parses as one is corruption).
+fn scan_batch_v1(buf: &[u8], pos: usize, last: bool) -> Batch<'_> {
+    let parsed = (|| -> Result<(Vec<Record<'_>>, usize), (usize, String)> {
+        let (start, at) = read_record(buf, pos).map_err(|e| (pos, e))?;
+        if start.kind != KIND_BATCH_START || start.payload.len() != 4 {
+            return Err((pos, "expected a batch start record".into()));
+        }
+        let len = u32::from_le_bytes(start.payload.try_into().expect("4 bytes")) as usize;
+        if len > MAX_BATCH_BYTES {
+            return Err((pos, format!("batch length {len} is out of range")));
+        }
+        let end = at + len;
+        if end > buf.len() {
+            return Err((
+                pos,
+                format!("batch of {len} bytes runs past the end of the file"),
+            ));
+        }
+        Ok((batch_records(buf, at, end)?, end))
+    })();
+    match parsed {
+        Ok((records, end)) => Batch::Good {
+            records,
+            end,
+            chain: 0,
+        },
+        Err((offset, reason)) => {
+            if last && !v1_batch_start_after(buf, offset) {
+                Batch::Torn
+            } else {
+                Batch::Damaged(offset, reason)
+            }
+        }
+    }
 }
 
 impl<V: Vfs> Wal<V> {
@@ -614,6 +812,13 @@ impl<V: Vfs> Wal<V> {
     /// returns it with everything it holds.
     pub fn open(vfs: V, dir: &Path, opts: WalOptions) -> Result<(Wal<V>, StoredState), WalError> {
         vfs.create_dir_all(dir).map_err(io_err(dir))?;
+        // A new directory is durable only once its parent is synced; and a
+        // segment created before a failed directory sync is made durable
+        // here, before anything more is acknowledged in it.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent).map_err(io_err(parent))?;
+        }
+        vfs.sync_dir(dir).map_err(io_err(dir))?;
         let mut seqs: Vec<u64> = vfs
             .list(dir)
             .map_err(io_err(dir))?
@@ -634,6 +839,9 @@ impl<V: Vfs> Wal<V> {
                 bytes: buf.len() as u64,
                 max_index: LogIndex(0),
                 has_base: false,
+                version: 2,
+                chain: 0,
+                last_batch_at: None,
             };
             match scan_segment(&buf, &path, *seq, last, &mut replay, &mut seg)? {
                 ScanEnd::Clean => segments.push(seg),
@@ -666,7 +874,7 @@ impl<V: Vfs> Wal<V> {
             .entries
             .last()
             .map_or(state.snapshot_last.1, |e| e.term);
-        let (file, segments) = match segments.last() {
+        let (mut file, segments) = match segments.last() {
             Some(s) => (vfs.open(&s.path, false).map_err(io_err(&s.path))?, segments),
             None => {
                 let seq = seqs.last().map_or(1, |s| s + 1);
@@ -674,6 +882,29 @@ impl<V: Vfs> Wal<V> {
                 (file, vec![seg])
             }
         };
+        let newest = segments.last().expect("never empty");
+        // Only the last batch can have failed its sync (the log stops at the
+        // first error), and after a failed fsync Linux keeps its pages in
+        // the cache, marked clean: they read back whole, but a crash loses
+        // them. Write it again and sync before trusting it.
+        if let Some(at) = newest.last_batch_at {
+            let path = &newest.path;
+            let buf = vfs.read(path).map_err(io_err(path))?;
+            let batch =
+                buf.get(at as usize..newest.bytes as usize)
+                    .ok_or_else(|| WalError::Corrupt {
+                        file: path.clone(),
+                        offset: at,
+                        reason: "the segment changed while it was opened".into(),
+                    })?;
+            file.write_at(at, batch).map_err(io_err(path))?;
+            file.sync().map_err(io_err(path))?;
+        }
+        // A newest segment without a base (its base write failed, say on a
+        // full disk), or of format version 1, takes no more batches: the
+        // next one opens a segment with a base, so a crash partway through
+        // a compaction never leaves a baseless segment first.
+        let rotate_next = (segments.len() > 1 && !newest.has_base) || newest.version != 2;
         let synced = Position {
             last_index,
             last_term,
@@ -694,6 +925,7 @@ impl<V: Vfs> Wal<V> {
             repaired,
             syncs: 0,
             max_batch_bytes: MAX_BATCH_BYTES,
+            rotate_next,
         };
         Ok((wal, state))
     }
@@ -711,6 +943,9 @@ impl<V: Vfs> Wal<V> {
             bytes: SEGMENT_HEADER_BYTES as u64,
             max_index: LogIndex(0),
             has_base: false,
+            version: 2,
+            chain: 0,
+            last_batch_at: None,
         };
         Ok((f, seg))
     }
@@ -781,8 +1016,9 @@ impl<V: Vfs> Wal<V> {
 
     fn write_batch(&mut self) -> Result<(), WalError> {
         let current = self.segments.last().expect("never empty");
-        if current.bytes >= self.opts.segment_max_bytes {
+        if current.bytes >= self.opts.segment_max_bytes || self.rotate_next {
             self.rotate()?;
+            self.rotate_next = false;
         }
         let seg = self.segments.last_mut().expect("never empty");
         let path = seg.path.clone();
@@ -801,11 +1037,19 @@ impl<V: Vfs> Wal<V> {
                         body.len()
                     ))
                 })?;
-            let mut batch = Vec::with_capacity(RECORD_HEADER_BYTES + 4 + body.len());
-            put_record(&mut batch, KIND_BATCH_START, 0, 0, &len.to_le_bytes())?;
+            // Bound to its place and chained to the previous batch start
+            // (version 2), so no copy of it elsewhere passes for it.
+            let mut start = [0u8; BATCH_START_V2_PAYLOAD];
+            start[..4].copy_from_slice(&len.to_le_bytes());
+            start[4..].copy_from_slice(&seg.chain.to_le_bytes());
+            let mut batch = Vec::with_capacity(BATCH_START_V2_BYTES + body.len());
+            put_record(&mut batch, KIND_BATCH_START, seg.bytes, seg.seq, &start)?;
+            let crc = u32::from_le_bytes(batch[4..8].try_into().expect("4 bytes"));
             batch.extend_from_slice(body);
             self.file.append(&batch).map_err(io_err(&path))?;
             self.file.sync().map_err(io_err(&path))?;
+            seg.last_batch_at = Some(seg.bytes);
+            seg.chain = crc;
             seg.bytes += batch.len() as u64;
             from = end;
         }
@@ -875,7 +1119,12 @@ impl<V: Vfs> LogStore for Wal<V> {
         let mut replay = Replay::default();
         for (k, s) in self.segments.iter().enumerate() {
             let buf = self.vfs.read(&s.path).map_err(io_err(&s.path))?;
-            let mut seg = s.clone();
+            // Scanned afresh: the chain starts over at the segment's start.
+            let mut seg = Segment {
+                chain: 0,
+                last_batch_at: None,
+                ..s.clone()
+            };
             let last = k + 1 == self.segments.len();
             if let ScanEnd::Torn(at) =
                 scan_segment(&buf, &s.path, s.seq, last, &mut replay, &mut seg)?
