@@ -369,3 +369,144 @@ async fn a_proposal_a_snapshot_covers_is_answered() {
         n.shutdown().await;
     }
 }
+
+// ----- stopping: no writer outlives "stopped" --------------------------------
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ha_core::storage::vfs::VfsLock;
+use ha_core::storage::{SimFs, SnapshotStore, Vfs, VfsFile, Wal, WalOptions};
+
+/// A disk whose fsync takes 100 ms, counting syncs started and finished.
+#[derive(Clone)]
+struct SlowFs {
+    inner: SimFs,
+    started: Arc<AtomicU64>,
+    finished: Arc<AtomicU64>,
+}
+
+struct SlowFile {
+    inner: <SimFs as Vfs>::File,
+    fs: SlowFs,
+}
+
+impl VfsFile for SlowFile {
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.append(buf)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.fs.started.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        let r = self.inner.sync();
+        self.fs.finished.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn write_at(&mut self, at: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(at, buf)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+impl Vfs for SlowFs {
+    type File = SlowFile;
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<SlowFile> {
+        Ok(SlowFile {
+            inner: self.inner.open(path, create)?,
+            fs: self.clone(),
+        })
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        self.inner.open_read(path)
+    }
+    fn file_size(&self, path: &Path) -> std::io::Result<u64> {
+        self.inner.file_size(path)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Option<VfsLock>> {
+        self.inner.try_lock(path)
+    }
+}
+
+/// The story: "stopped" was published before the storage thread was
+/// joined, so a caller that then released the data directory's lock could
+/// overlap a second writer with the first for a moment. Now, once shutdown
+/// returns, no sync of this node is running or starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_shutdown_returns_the_node_writes_nothing_more() {
+    let fs = SlowFs {
+        inner: SimFs::new(),
+        started: Arc::new(AtomicU64::new(0)),
+        finished: Arc::new(AtomicU64::new(0)),
+    };
+    let (wal, _) = Wal::open(fs.clone(), Path::new("/d/wal"), WalOptions::default()).unwrap();
+    let snapshots = SnapshotStore::open(fs.clone(), Path::new("/d/snap")).unwrap();
+    let net = MemNetwork::new();
+    let mut opts = NodeOptions::new(NodeId(1), [NodeId(1)]);
+    opts.tick = Duration::from_millis(10);
+    let node = start_node(
+        opts,
+        InitialState::default(),
+        NodeStorage::Durable {
+            wal,
+            snapshots: Arc::new(snapshots),
+        },
+        Arc::new(net.transport(NodeId(1))),
+        NoopApplier,
+    )
+    .unwrap();
+    leader(std::slice::from_ref(&node), None).await;
+    // Writes keep the storage thread syncing while the node is told to stop.
+    let mut writers = Vec::new();
+    for k in 0..8u8 {
+        let n = node.clone();
+        writers.push(tokio::spawn(async move {
+            for j in 0..50u8 {
+                if n.propose(Bytes::from(vec![k, j])).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    node.shutdown().await;
+    let (started, finished) = (
+        fs.started.load(Ordering::SeqCst),
+        fs.finished.load(Ordering::SeqCst),
+    );
+    assert_eq!(
+        started, finished,
+        "a sync was still running after shutdown returned"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fs.started.load(Ordering::SeqCst),
+        started,
+        "a sync started after shutdown returned"
+    );
+    for w in writers {
+        w.await.unwrap();
+    }
+}

@@ -518,6 +518,7 @@ pub fn start_node<V: Vfs>(
         over_quota: false,
         snapshotting: false,
         events: None,
+        file_work: Vec::new(),
     };
     tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
     Ok(NodeHandle {
@@ -571,6 +572,8 @@ fn status_of(raft: &Raft, stopped: Option<String>) -> NodeStatus {
 enum Backend<V: Vfs> {
     Memory(MemLogStore),
     Group(GroupCommit<V>),
+    /// After the node stopped: the storage thread is joined.
+    Stopped,
 }
 
 /// The driver's side of the Ready in flight (the pipeline holds the rest).
@@ -705,6 +708,8 @@ struct NodeTask<V: Vfs> {
     snapshotting: bool,
     /// Where helpers report back to the node task.
     events: Option<mpsc::UnboundedSender<Event>>,
+    /// File work running on blocking threads (snapshot saves, installs).
+    file_work: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Something the node task learns from helpers (storage, transport).
@@ -800,10 +805,14 @@ impl<V: Vfs> NodeTask<V> {
             }
             self.publish_status(None);
         };
-        self.stop(stop_reason);
+        self.stop(stop_reason).await;
     }
 
-    fn stop(mut self, reason: String) {
+    /// Answers what waits, then stops every writer of the data directory
+    /// (the storage thread, snapshot file work) and only then says
+    /// "stopped": whoever waits for that (and then drops the directory's
+    /// lock) knows nothing of this node writes there any more.
+    async fn stop(mut self, reason: String) {
         if reason == "shut down" {
             tracing::info!(node = %self.raft.id(), "node stopped: {reason}");
         } else {
@@ -812,7 +821,21 @@ impl<V: Vfs> NodeTask<V> {
         let err = NodeError::Stopped(reason.clone());
         let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         self.pipeline.stop(&mut io, err);
+        if let Backend::Group(g) = std::mem::replace(&mut self.storage, Backend::Stopped) {
+            // Joins the storage thread after its queued writes.
+            let _ = tokio::task::spawn_blocking(move || drop(g)).await;
+        }
+        for h in std::mem::take(&mut self.file_work) {
+            let _ = h.await;
+        }
         self.publish_status(Some(reason));
+    }
+
+    /// Runs `f` (file I/O) on a blocking thread; the node waits for it
+    /// before it reports itself stopped.
+    fn spawn_file_work(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.file_work.retain(|h| !h.is_finished());
+        self.file_work.push(tokio::task::spawn_blocking(f));
     }
 
     fn publish_status(&mut self, stopped: Option<String>) {
@@ -989,7 +1012,7 @@ impl<V: Vfs> NodeTask<V> {
             // File work (a rename, a directory sync, reading the whole
             // state) happens off the node task; the write follows.
             let (files, tx) = (self.snapshots.clone(), self.event_sender());
-            tokio::task::spawn_blocking(move || {
+            self.spawn_file_work(move || {
                 let r = files
                     .promote(i.index, i.term)
                     .and_then(|()| files.load_state(i.index, i.term));
@@ -1049,6 +1072,7 @@ impl<V: Vfs> NodeTask<V> {
                 })
                 .map_err(|e| e.to_string())?;
             }
+            Backend::Stopped => return Err("the node has stopped".into()),
         }
         Ok(())
     }
@@ -1158,7 +1182,7 @@ impl<V: Vfs> NodeTask<V> {
             membership: self.raft.membership().clone(),
         };
         let (files, tx) = (self.snapshots.clone(), self.event_sender());
-        tokio::task::spawn_blocking(move || {
+        self.spawn_file_work(move || {
             let r = files.save(meta, &state).map(|()| (applied, term));
             let _ = files.retain(2);
             let _ = tx.send(Event::Snapshotted(r));
@@ -1200,6 +1224,7 @@ impl<V: Vfs> NodeTask<V> {
                 })
                 .map_err(|e| e.to_string())?;
             }
+            Backend::Stopped => return Err("the node has stopped".into()),
         }
         Ok(())
     }

@@ -373,7 +373,7 @@ impl DataDir {
                 reason: "a cluster id must be one non-empty line".into(),
             });
         }
-        vfs.create_dir_all(root).map_err(io_err(root))?;
+        super::vfs::create_dir_durably(vfs, root).map_err(io_err(root))?;
         let lock = vfs
             .try_lock(&root.join(LOCK_FILE))
             .map_err(io_err(root))?

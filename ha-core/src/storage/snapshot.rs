@@ -291,7 +291,8 @@ impl<V: Vfs> RawSnapshotWriter<V> {
 impl<V: Vfs> SnapshotStore<V> {
     /// Opens the directory, removing temporary files of interrupted writes.
     pub fn open(vfs: V, dir: &Path) -> Result<SnapshotStore<V>, SnapshotError> {
-        vfs.create_dir_all(dir).map_err(io_err(dir))?;
+        // Durably: a snapshot in a directory a crash forgets is gone too.
+        super::vfs::create_dir_durably(&vfs, dir).map_err(io_err(dir))?;
         for name in vfs.list(dir).map_err(io_err(dir))? {
             if name.ends_with(".tmp") || name.ends_with(".staged") {
                 let p = dir.join(&name);

@@ -13,7 +13,10 @@
 //! 2. Creating, renaming or removing a file is durable only after the
 //!    directory is synced; otherwise a crash undoes it.
 //! 3. Synced data is never damaged by a crash.
-//! 4. A failed sync behaves as on Linux: the writes it should have made
+//! 4. A directory (and all it holds) survives a crash only if its parent
+//!    was synced after it was created, and so on up to the root
+//!    ([`create_dir_durably`] does that).
+//! 5. A failed sync behaves as on Linux: the writes it should have made
 //!    durable are dropped from the disk's view (their pages are marked
 //!    clean), yet reads still return them until a crash, and a later sync
 //!    that succeeds does not persist them. Only a rewrite does.
@@ -187,6 +190,27 @@ impl Vfs for StdFs {
     }
 }
 
+/// Creates `dir` and its missing parents, and makes each new one durable by
+/// syncing the directory it was created in: a directory that appeared only
+/// in memory vanishes in a crash, with every file in it.
+pub fn create_dir_durably<V: Vfs>(vfs: &V, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    for d in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        match vfs.list(d) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(d),
+            Err(e) => return Err(e),
+        }
+    }
+    vfs.create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 // ----- the simulated file system ---------------------------------------------
 
 const PAGE_BYTES: usize = 4096;
@@ -239,6 +263,9 @@ struct SimState {
     /// The namespace as of the last directory sync, per directory.
     durable_names: BTreeMap<PathBuf, u64>,
     dirs: Vec<PathBuf>,
+    /// Directories whose entry in their parent a directory sync made
+    /// durable.
+    durable_dirs: std::collections::BTreeSet<PathBuf>,
     /// Bytes that may still be written before writes fail with "no space".
     space_left: Option<u64>,
     /// Fail every sync while set.
@@ -304,8 +331,28 @@ impl SimFs {
     /// with `rng`.
     pub fn crash(&self, rng: &mut SplitMix64) {
         let mut st = self.lock();
-        // Namespace: only what a directory sync made durable.
-        st.names = st.durable_names.clone();
+        // Directories: only those durable up to the root, with their files.
+        let durable_dirs = st.durable_dirs.clone();
+        let survives = |d: &Path| {
+            d.ancestors()
+                .filter(|a| a.parent().is_some())
+                .all(|a| durable_dirs.contains(a))
+        };
+        st.dirs.retain(|d| survives(d));
+        st.durable_dirs.retain(|d| survives(d));
+        // Namespace: only what a directory sync made durable, in a
+        // directory that survived.
+        let dirs = st.dirs.clone();
+        st.names = st
+            .durable_names
+            .iter()
+            .filter(|(p, _)| {
+                p.parent()
+                    .is_some_and(|d| d.parent().is_none() || dirs.iter().any(|x| x == d))
+            })
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        st.durable_names = st.names.clone();
         let live: Vec<u64> = st.names.values().copied().collect();
         st.inodes.retain(|ino, _| live.contains(ino));
         for inode in st.inodes.values_mut() {
@@ -479,14 +526,16 @@ impl Vfs for SimFs {
     type File = SimFile;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
-        if !st.dirs.iter().any(|d| d == dir) {
-            st.dirs.push(dir.to_path_buf());
+        for d in dir.ancestors().filter(|a| a.parent().is_some()) {
+            if !st.dirs.iter().any(|x| x == d) {
+                st.dirs.push(d.to_path_buf());
+            }
         }
         Ok(())
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let st = self.lock();
-        if !st.dirs.iter().any(|d| d == dir) {
+        if dir.parent().is_some() && !st.dirs.iter().any(|d| d == dir) {
             return Err(not_found(dir));
         }
         Ok(st
@@ -554,6 +603,8 @@ impl Vfs for SimFs {
             .collect();
         st.durable_names.retain(|p, _| !in_dir(p));
         st.durable_names.extend(names);
+        let children: Vec<PathBuf> = st.dirs.iter().filter(|d| in_dir(d)).cloned().collect();
+        st.durable_dirs.extend(children);
         Ok(())
     }
     fn try_lock(&self, path: &Path) -> io::Result<Option<VfsLock>> {
@@ -578,7 +629,7 @@ mod tests {
     fn synced_data_survives_and_unsynced_creation_does_not() {
         let fs = SimFs::new();
         let dir = Path::new("/d");
-        fs.create_dir_all(dir).unwrap();
+        create_dir_durably(&fs, dir).unwrap();
         let mut a = fs.open(&dir.join("a"), true).unwrap();
         a.append(b"hello").unwrap();
         a.sync().unwrap();
@@ -595,10 +646,35 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_whose_parent_was_not_synced_is_lost_with_its_files() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d/e");
+        fs.create_dir_all(dir).unwrap();
+        let mut a = fs.open(&dir.join("a"), true).unwrap();
+        a.append(b"synced").unwrap();
+        a.sync().unwrap();
+        fs.sync_dir(dir).unwrap();
+        // `/d` is durable in `/`, but `e` was never made durable in `/d`.
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.crash(&mut SplitMix64::new(1));
+        assert!(fs.list(Path::new("/d")).unwrap().is_empty());
+        assert_eq!(fs.list(dir).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(fs.read(&dir.join("a")).is_err());
+        // Created durably, it stays.
+        create_dir_durably(&fs, dir).unwrap();
+        let mut a = fs.open(&dir.join("a"), true).unwrap();
+        a.append(b"synced").unwrap();
+        a.sync().unwrap();
+        fs.sync_dir(dir).unwrap();
+        fs.crash(&mut SplitMix64::new(1));
+        assert_eq!(fs.read(&dir.join("a")).unwrap(), b"synced");
+    }
+
+    #[test]
     fn full_disk_fails_writes_and_keeps_synced_data() {
         let fs = SimFs::new();
         let dir = Path::new("/d");
-        fs.create_dir_all(dir).unwrap();
+        create_dir_durably(&fs, dir).unwrap();
         let mut a = fs.open(&dir.join("a"), true).unwrap();
         a.append(b"0123").unwrap();
         a.sync().unwrap();

@@ -811,13 +811,10 @@ impl<V: Vfs> Wal<V> {
     /// Opens (or creates) the log in `dir`, repairing a torn tail, and
     /// returns it with everything it holds.
     pub fn open(vfs: V, dir: &Path, opts: WalOptions) -> Result<(Wal<V>, StoredState), WalError> {
-        vfs.create_dir_all(dir).map_err(io_err(dir))?;
         // A new directory is durable only once its parent is synced; and a
         // segment created before a failed directory sync is made durable
         // here, before anything more is acknowledged in it.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            vfs.sync_dir(parent).map_err(io_err(parent))?;
-        }
+        super::vfs::create_dir_durably(&vfs, dir).map_err(io_err(dir))?;
         vfs.sync_dir(dir).map_err(io_err(dir))?;
         let mut seqs: Vec<u64> = vfs
             .list(dir)
