@@ -860,3 +860,32 @@ fn synced_data_in_new_directories_survives_a_crash() {
         assert_eq!((got.index, bytes.as_slice()), (LogIndex(3), &b"state"[..]));
     }
 }
+
+/// The story: a snapshot renamed into place whose directory fsync then
+/// failed stayed visible under its final name, though a crash could lose
+/// that name: a node could compact its log against it. Now the rename is
+/// undone and the save fails.
+#[test]
+fn a_snapshot_whose_directory_sync_failed_is_not_published() {
+    use ha_core::storage::{SnapshotMeta, SnapshotStore};
+    let fs = SimFs::new();
+    let snap_dir = Path::new("/srv/ha/node-1/snap");
+    let store = SnapshotStore::open(fs.clone(), snap_dir).unwrap();
+    let meta = |i| SnapshotMeta {
+        index: LogIndex(i),
+        term: Term(1),
+        membership: Default::default(),
+    };
+    store.save(meta(3), b"three").unwrap();
+    fs.set_fail_dir_sync(true);
+    assert!(store.save(meta(7), b"seven").is_err());
+    fs.set_fail_dir_sync(false);
+    let (newest, bytes) = store.latest().unwrap().unwrap();
+    assert_eq!(
+        (newest.index, bytes.as_slice()),
+        (LogIndex(3), &b"three"[..])
+    );
+    // And a reopen (which clears temporary files) agrees.
+    let store = SnapshotStore::open(fs.clone(), snap_dir).unwrap();
+    assert_eq!(store.latest().unwrap().unwrap().0.index, LogIndex(3));
+}

@@ -279,11 +279,8 @@ impl<V: Vfs> RawSnapshotWriter<V> {
             .vfs
             .rename(&self.tmp, &staged)
             .map_err(io_err(&staged))?;
+        self.store.sync_renamed(&staged, &self.tmp)?;
         self.staged = true;
-        self.store
-            .vfs
-            .sync_dir(&self.store.dir)
-            .map_err(io_err(&self.store.dir))?;
         Ok(meta)
     }
 }
@@ -315,8 +312,25 @@ impl<V: Vfs> SnapshotStore<V> {
             return Ok(path);
         }
         self.vfs.rename(tmp, &path).map_err(io_err(&path))?;
-        self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.sync_renamed(&path, tmp)?;
         Ok(path)
+    }
+
+    /// Makes the rename of `from` to `to` durable; if the directory sync
+    /// fails, the rename is undone, so a name whose durability is unknown
+    /// is never trusted (after a failed fsync Linux may keep serving the
+    /// new name although the disk never got it).
+    fn sync_renamed(&self, to: &Path, from: &Path) -> Result<(), SnapshotError> {
+        if let Err(e) = self.vfs.sync_dir(&self.dir) {
+            if let Err(undo) = self.vfs.rename(to, from) {
+                tracing::error!(
+                    "cannot undo the rename of {} after a failed directory sync: {undo}",
+                    to.display()
+                );
+            }
+            return Err(io_err(&self.dir)(e));
+        }
+        Ok(())
     }
 
     fn exists(&self, path: &Path) -> Result<bool, SnapshotError> {

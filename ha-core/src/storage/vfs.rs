@@ -270,6 +270,8 @@ struct SimState {
     space_left: Option<u64>,
     /// Fail every sync while set.
     fail_sync: bool,
+    /// Fail every directory sync while set.
+    fail_dir_sync: bool,
     /// Counts of operations, for tests.
     syncs: u64,
     /// Paths locked through `try_lock`.
@@ -386,6 +388,7 @@ impl SimFs {
             inode.pending.clear();
         }
         st.fail_sync = false;
+        st.fail_dir_sync = false;
         st.space_left = None;
     }
 
@@ -398,6 +401,12 @@ impl SimFs {
     /// Makes every sync fail (or succeed again).
     pub fn set_fail_sync(&self, fail: bool) {
         self.lock().fail_sync = fail;
+    }
+
+    /// Makes every directory sync fail (or succeed again); file syncs are
+    /// unaffected.
+    pub fn set_fail_dir_sync(&self, fail: bool) {
+        self.lock().fail_dir_sync = fail;
     }
 
     /// Number of successful file syncs so far.
@@ -589,7 +598,7 @@ impl Vfs for SimFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
-        if st.fail_sync {
+        if st.fail_sync || st.fail_dir_sync {
             return Err(io::Error::other(
                 "directory fsync failed (simulated I/O error)",
             ));
