@@ -10,8 +10,9 @@
 //!    or kept in part: a prefix of the unsynced writes survives, the last of
 //!    them possibly torn, and a page in the middle of the survivors may come
 //!    back as zeros (pages reach the disk in any order).
-//! 2. Creating, renaming or removing a file is durable only after the
-//!    directory is synced; otherwise a crash undoes it.
+//! 2. Creating, renaming or removing a file is durable once the directory
+//!    is synced. Before that, a crash keeps a random prefix of those
+//!    changes, in the order they were made (as ext4 may), each rename whole.
 //! 3. Synced data is never damaged by a crash.
 //! 4. A directory (and all it holds) survives a crash only if its parent
 //!    was synced after it was created, and so on up to the root
@@ -254,6 +255,40 @@ impl PendingOp {
     }
 }
 
+/// A namespace change (crash model 2).
+#[derive(Clone, Debug)]
+enum NsOp {
+    /// A name now refers to an inode (a creation).
+    Set(PathBuf, u64),
+    /// A name is gone (a removal).
+    Unset(PathBuf),
+    /// A rename: one change, never half done.
+    Rename(PathBuf, PathBuf, u64),
+}
+
+impl NsOp {
+    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
+        match self {
+            NsOp::Set(p, ino) => {
+                names.insert(p.clone(), *ino);
+            }
+            NsOp::Unset(p) => {
+                names.remove(p);
+            }
+            NsOp::Rename(from, to, ino) => {
+                names.remove(from);
+                names.insert(to.clone(), *ino);
+            }
+        }
+    }
+    fn paths(&self) -> Vec<&Path> {
+        match self {
+            NsOp::Set(p, _) | NsOp::Unset(p) => vec![p],
+            NsOp::Rename(a, b, _) => vec![a, b],
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct SimState {
     next_inode: u64,
@@ -262,6 +297,8 @@ struct SimState {
     names: BTreeMap<PathBuf, u64>,
     /// The namespace as of the last directory sync, per directory.
     durable_names: BTreeMap<PathBuf, u64>,
+    /// Namespace changes no directory sync has made durable yet, in order.
+    ns_pending: Vec<NsOp>,
     dirs: Vec<PathBuf>,
     /// Directories whose entry in their parent a directory sync made
     /// durable.
@@ -345,8 +382,13 @@ impl SimFs {
         // Namespace: only what a directory sync made durable, in a
         // directory that survived.
         let dirs = st.dirs.clone();
-        st.names = st
-            .durable_names
+        let mut names = st.durable_names.clone();
+        let ops = std::mem::take(&mut st.ns_pending);
+        let keep = rng.range(0, ops.len() as u64 + 1) as usize;
+        for op in &ops[..keep] {
+            op.apply(&mut names);
+        }
+        st.names = names
             .iter()
             .filter(|(p, _)| {
                 p.parent()
@@ -563,6 +605,7 @@ impl Vfs for SimFs {
                 let ino = st.next_inode;
                 st.inodes.insert(ino, SimInode::default());
                 st.names.insert(path.to_path_buf(), ino);
+                st.ns_pending.push(NsOp::Set(path.to_path_buf(), ino));
                 ino
             }
             None => return Err(not_found(path)),
@@ -588,12 +631,15 @@ impl Vfs for SimFs {
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
         st.names.remove(path).ok_or_else(|| not_found(path))?;
+        st.ns_pending.push(NsOp::Unset(path.to_path_buf()));
         Ok(())
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.lock();
         let ino = st.names.remove(from).ok_or_else(|| not_found(from))?;
         st.names.insert(to.to_path_buf(), ino);
+        st.ns_pending
+            .push(NsOp::Rename(from.to_path_buf(), to.to_path_buf(), ino));
         Ok(())
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -612,6 +658,8 @@ impl Vfs for SimFs {
             .collect();
         st.durable_names.retain(|p, _| !in_dir(p));
         st.durable_names.extend(names);
+        st.ns_pending
+            .retain(|op| !op.paths().iter().all(|p| in_dir(p)));
         let children: Vec<PathBuf> = st.dirs.iter().filter(|d| in_dir(d)).cloned().collect();
         st.durable_dirs.extend(children);
         Ok(())
@@ -651,7 +699,38 @@ mod tests {
         fs.crash(&mut rng);
         let got = fs.read(&dir.join("a")).unwrap();
         assert!(got.starts_with(b"hello") && got.len() <= 11, "{got:?}");
-        assert_eq!(fs.list(dir).unwrap(), vec!["a".to_string()]);
+        // `b`'s name was never synced: it may or may not have survived.
+        let names = fs.list(dir).unwrap();
+        assert!(names.contains(&"a".to_string()), "{names:?}");
+        if names.contains(&"b".to_string()) {
+            assert_eq!(fs.read(&dir.join("b")).unwrap(), b"lost");
+        }
+    }
+
+    #[test]
+    fn a_crash_keeps_a_prefix_of_the_unsynced_namespace_changes() {
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let fs = SimFs::new();
+            let dir = Path::new("/d");
+            create_dir_durably(&fs, dir).unwrap();
+            for n in ["1", "2", "3"] {
+                fs.open(&dir.join(n), true).unwrap();
+            }
+            fs.sync_dir(dir).unwrap();
+            // Unlinks in order, unsynced, then a rename.
+            fs.remove(&dir.join("1")).unwrap();
+            fs.remove(&dir.join("2")).unwrap();
+            fs.rename(&dir.join("3"), &dir.join("4")).unwrap();
+            fs.crash(&mut SplitMix64::new(seed));
+            let names = fs.list(dir).unwrap().join(",");
+            assert!(
+                ["1,2,3", "2,3", "3", "4"].contains(&names.as_str()),
+                "seed {seed}: {names} is not a prefix of the changes"
+            );
+            seen.insert(names);
+        }
+        assert_eq!(seen.len(), 4, "every prefix occurs: {seen:?}");
     }
 
     #[test]
