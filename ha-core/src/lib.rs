@@ -307,4 +307,52 @@ pub mod __private {
     pub use bytes;
     pub use postcard;
     pub use serde;
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// [`ReplicatedValue`](crate::sm::ReplicatedValue) with serde's traits
+    /// as supertraits, for `where` clauses: `#[replicated]` makes the items
+    /// it generates hold only where every argument and return type is one,
+    /// so a type that is not gives one error (its check), not a cascade of
+    /// serde errors.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be sent to other replicas: arguments and return values of \
+                   replicated methods must implement serde's `Serialize` and `Deserialize`",
+        label = "not serializable",
+        note = "derive them (`#[derive(Serialize, Deserialize)]`), or use an owned type that \
+                implements them"
+    )]
+    pub trait ValueBound: Serialize + DeserializeOwned {}
+
+    // `do_not_recommend`: an error names this trait (and its message), not
+    // the serde bound behind it.
+    #[diagnostic::do_not_recommend]
+    impl<T: Serialize + DeserializeOwned> ValueBound for T {}
+
+    /// Snapshot encoding of a replicated state, for `#[derive(Replicated)]`:
+    /// a state that is not serializable gives this one error, not serde's.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a replicated state: its snapshots need serde's \
+                   `Serialize` and `Deserialize`",
+        label = "not serializable",
+        note = "add `#[derive(Serialize, Deserialize)]` to the struct (its fields' types \
+                need them too)"
+    )]
+    pub trait StateCodec: Sized {
+        /// Encodes the state.
+        fn encode(&self) -> Result<Vec<u8>, String>;
+        /// Decodes a state.
+        fn decode(bytes: &[u8]) -> Result<Self, String>;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: Serialize + DeserializeOwned> StateCodec for T {
+        fn encode(&self) -> Result<Vec<u8>, String> {
+            postcard::to_stdvec(self).map_err(|e| e.to_string())
+        }
+        fn decode(bytes: &[u8]) -> Result<Self, String> {
+            postcard::from_bytes(bytes).map_err(|e| e.to_string())
+        }
+    }
 }

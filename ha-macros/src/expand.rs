@@ -8,6 +8,10 @@
 //! 2. The schema fingerprint covers, in declaration order, each command and
 //!    query's kind, name, argument names and types, and return type: any
 //!    change that alters the meaning of an encoded command changes it.
+//! 3. A misuse only the type checker sees (a type that is not serializable,
+//!    a missing macro) fails one bound whose trait carries the message
+//!    (`#[diagnostic::on_unimplemented]` in ha-core), spanned at the user's
+//!    token; no other generated item fails because of it.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -35,7 +39,6 @@ pub fn derive(input: TokenStream) -> TokenStream {
             .to_compile_error();
     }
     let name = &input.ident;
-    let client = format_ident!("{}Client", name);
     // The fingerprint of the state: its definition as written.
     let shape = match &input.data {
         Data::Struct(s) => {
@@ -49,18 +52,20 @@ pub fn derive(input: TokenStream) -> TokenStream {
         Data::Union(_) => unreachable!("refused above"),
     };
     let shape = format!("{name} {shape}");
+    // `Replicated` itself (which names the client) comes from `#[replicated]`:
+    // without it the struct is not a replicated type, and using it as one
+    // says so (see `ha_core::sm::Replicated`). `do_not_recommend` keeps this
+    // impl out of "the trait is implemented for ..." lists in other errors.
     quote! {
+        #[diagnostic::do_not_recommend]
         impl ::ha_core::sm::ReplicatedState for #name {
             const STATE_FINGERPRINT: u64 = ::ha_core::sm::fingerprint(#shape);
             fn snapshot_state(&self) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
-                ::ha_core::__private::postcard::to_stdvec(self).map_err(|e| e.to_string())
+                <#name as ::ha_core::__private::StateCodec>::encode(self)
             }
             fn restore_state(bytes: &[u8]) -> ::std::result::Result<Self, ::std::string::String> {
-                ::ha_core::__private::postcard::from_bytes(bytes).map_err(|e| e.to_string())
+                <#name as ::ha_core::__private::StateCodec>::decode(bytes)
             }
-        }
-        impl ::ha_core::sm::Replicated for #name {
-            type Client = #client;
         }
     }
 }
@@ -156,18 +161,23 @@ fn unserializable(ty: &Type) -> Option<(Span, String)> {
     }
 }
 
-fn is_apply_context(ty: &Type) -> bool {
-    if let Type::Reference(r) = ty
-        && r.mutability.is_none()
-        && let Type::Path(p) = &*r.elem
-    {
-        return p
-            .path
-            .segments
-            .last()
-            .is_some_and(|s| s.ident == "ApplyContext");
-    }
-    false
+/// How an argument names `ApplyContext`, if it does.
+enum ContextArg {
+    /// `&ApplyContext`: the one form a command may take.
+    Shared,
+    /// `ApplyContext` or `&mut ApplyContext`: refused with a hint.
+    Other,
+}
+
+fn context_arg(ty: &Type) -> Option<ContextArg> {
+    let (ty, form) = match ty {
+        Type::Reference(r) if r.mutability.is_none() => (&*r.elem, ContextArg::Shared),
+        Type::Reference(r) => (&*r.elem, ContextArg::Other),
+        other => (other, ContextArg::Other),
+    };
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    (last.ident == "ApplyContext" && last.arguments.is_none()).then_some(form)
 }
 
 fn analyse(f: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Method> {
@@ -226,11 +236,18 @@ fn analyse(f: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Method> {
     let mut context_at = None;
     for (k, input) in sig.inputs.iter().skip(1).enumerate() {
         let FnArg::Typed(pt) = input else { continue };
-        if is_apply_context(&pt.ty) {
+        if let Some(form) = context_arg(&pt.ty) {
             if kind == Kind::Query {
                 errors.push(syn::Error::new_spanned(
                     &pt.ty,
                     "queries do not take an `ApplyContext`: only commands run in log order",
+                ));
+                ok = false;
+            } else if let ContextArg::Other = form {
+                errors.push(syn::Error::new_spanned(
+                    &pt.ty,
+                    "take `&ApplyContext`: a command borrows its context, it does not own or \
+                     change it",
                 ));
                 ok = false;
             }
@@ -380,10 +397,58 @@ fn generate(name: &Ident, methods: &[Method]) -> TokenStream {
     let cmd_out = format_ident!("{}CommandOutput", name);
     let qry_out = format_ident!("{}QueryOutput", name);
     let client = format_ident!("{}Client", name);
+    // Every argument and return type, once. A type that is not serializable
+    // gets one error, from `checks`, at its first use in a signature. Every
+    // generated item that needs the types serializable (serde's impls of
+    // the enums, `impl StateMachine`, `impl Replicated`, the client's
+    // methods) holds only where they are (`value_bounds`), so nothing else
+    // fails with it. `for<'__ha>` makes each bound one rustc checks where it
+    // is used rather than rejecting it where it is written (false "trivial
+    // bounds" are errors on stable).
+    let mut values: Vec<&Type> = Vec::new();
+    for t in methods
+        .iter()
+        .flat_map(|m| m.args.iter().map(|(_, t)| t).chain(&m.ret))
+    {
+        let key = quote!(#t).to_string();
+        if !values.iter().any(|v| quote!(#v).to_string() == key) {
+            values.push(t);
+        }
+    }
+    let value_bounds = quote! { #(for<'__ha> #values: ::ha_core::__private::ValueBound),* };
+    let (checks, value_where) = if values.is_empty() {
+        Default::default()
+    } else {
+        (
+            quote! {
+                const _: () = {
+                    #(let _ = <#values as ::ha_core::sm::ReplicatedValue>::check;)*
+                };
+            },
+            quote! { where #value_bounds },
+        )
+    };
+    // One item holding `where` the values are serializable (serde's derives
+    // copy an enum's `where` clause to their impls). rustdoc gets it without
+    // the bounds: they hold whenever the crate compiles, and would only
+    // clutter the pages of the type, its client and its enums.
+    let bounded = |item: &dyn Fn(&TokenStream) -> TokenStream| {
+        if value_where.is_empty() {
+            item(&value_where)
+        } else {
+            let (with, without) = (item(&value_where), item(&TokenStream::new()));
+            quote! {
+                #[cfg(not(doc))]
+                #with
+                #[cfg(doc)]
+                #without
+            }
+        }
+    };
     let serde_derive = quote! {
         #[derive(::ha_core::__private::serde::Serialize, ::ha_core::__private::serde::Deserialize)]
         #[serde(crate = "::ha_core::__private::serde")]
-        #[allow(missing_docs)]
+        #[allow(missing_docs, private_bounds)]
     };
     let mut fingerprint = String::new();
     let (mut cmd_variants, mut qry_variants) = (Vec::new(), Vec::new());
@@ -461,37 +526,72 @@ fn generate(name: &Ident, methods: &[Method]) -> TokenStream {
     let doc_qry = format!("The queries of [`{name_str}`] (generated by `#[replicated]`).");
     let doc_cout = format!("What the commands of [`{name_str}`] return.");
     let doc_qout = format!("What the queries of [`{name_str}`] return.");
-    quote! {
-        #[doc = #doc_cmd]
-        #serde_derive
-        pub enum #cmd_ty { #(#cmd_variants),* }
-
-        #[doc = #doc_qry]
-        #serde_derive
-        pub enum #qry_ty { #(#qry_variants),* }
-
-        #[doc = #doc_cout]
-        #serde_derive
-        pub enum #cmd_out { #(#cmd_outs),* }
-
-        #[doc = #doc_qout]
-        #serde_derive
-        pub enum #qry_out { #(#qry_outs),* }
-
-        impl ::ha_core::sm::StateMachine for #name {
-            type Command = #cmd_ty;
-            type Query = #qry_ty;
-            type CommandOutput = #cmd_out;
-            type QueryOutput = #qry_out;
-            const SCHEMA_FINGERPRINT: u64 = ::ha_core::sm::fingerprint(#fingerprint);
-            #[allow(unused_variables)]
-            fn apply_command(&mut self, command: #cmd_ty, ctx: &::ha_core::sm::ApplyContext) -> #cmd_out {
-                match command { #(#cmd_arms),* }
+    let client_items = quote! {
+        /// The generic client underneath.
+        pub fn inner(&self) -> &::ha_core::Client<#name> {
+            &self.inner
+        }
+        /// A client sharing this one's session whose queries have the given consistency.
+        pub fn with_consistency(&self, consistency: ::ha_core::Consistency) -> Self {
+            #client { inner: self.inner.with_consistency(consistency) }
+        }
+        /// A client sharing this one's session whose calls time out after `timeout`.
+        pub fn with_timeout(&self, timeout: ::std::time::Duration) -> Self {
+            #client { inner: self.inner.with_timeout(timeout) }
+        }
+        #(#client_methods)*
+    };
+    let enums = [
+        (&doc_cmd, &cmd_ty, &cmd_variants),
+        (&doc_qry, &qry_ty, &qry_variants),
+        (&doc_cout, &cmd_out, &cmd_outs),
+        (&doc_qout, &qry_out, &qry_outs),
+    ]
+    .map(|(doc, ty, variants)| {
+        bounded(&|w| {
+            quote! {
+                #[doc = #doc]
+                #serde_derive
+                pub enum #ty #w { #(#variants),* }
             }
-            fn run_query(&self, query: #qry_ty) -> #qry_out {
-                match query { #(#qry_arms),* }
+        })
+    });
+    let client_impl = bounded(&|w| quote! { impl #client #w { #client_items } });
+    let replicated_impl = bounded(&|w| {
+        quote! {
+            impl ::ha_core::sm::Replicated for #name #w {
+                type Client = #client;
             }
         }
+    });
+    let sm_impl = bounded(&|w| {
+        quote! {
+            impl ::ha_core::sm::StateMachine for #name #w {
+                type Command = #cmd_ty;
+                type Query = #qry_ty;
+                type CommandOutput = #cmd_out;
+                type QueryOutput = #qry_out;
+                const SCHEMA_FINGERPRINT: u64 = ::ha_core::sm::fingerprint(#fingerprint);
+                #[allow(unused_variables)]
+                fn apply_command(&mut self, command: #cmd_ty, ctx: &::ha_core::sm::ApplyContext) -> #cmd_out {
+                    match command { #(#cmd_arms),* }
+                }
+                fn run_query(&self, query: #qry_ty) -> #qry_out {
+                    match query { #(#qry_arms),* }
+                }
+            }
+        }
+    });
+    quote! {
+        #checks
+
+        #(#enums)*
+
+        // Without `#[derive(Replicated)]` on the struct, this impl is the
+        // one error: `ReplicatedState` is missing (its message says so).
+        #replicated_impl
+
+        #sm_impl
 
         #[doc = #doc_client]
         #[derive(Clone)]
@@ -505,21 +605,7 @@ fn generate(name: &Ident, methods: &[Method]) -> TokenStream {
             }
         }
 
-        impl #client {
-            /// The generic client underneath.
-            pub fn inner(&self) -> &::ha_core::Client<#name> {
-                &self.inner
-            }
-            /// A client sharing this one's session whose queries have the given consistency.
-            pub fn with_consistency(&self, consistency: ::ha_core::Consistency) -> Self {
-                #client { inner: self.inner.with_consistency(consistency) }
-            }
-            /// A client sharing this one's session whose calls time out after `timeout`.
-            pub fn with_timeout(&self, timeout: ::std::time::Duration) -> Self {
-                #client { inner: self.inner.with_timeout(timeout) }
-            }
-            #(#client_methods)*
-        }
+        #client_impl
     }
 }
 

@@ -1,22 +1,35 @@
 //! Procedural macros for ha: a plain struct becomes a replicated service.
 //!
 //! - `#[derive(Replicated)]` on the struct owns the *state*: snapshot and
-//!   restore through serde and postcard, a fingerprint of the state type,
-//!   and the `Replicated` trait naming the client type.
+//!   restore through serde and postcard, and a fingerprint of the state
+//!   type (`ReplicatedState`).
 //! - `#[replicated]` on the struct's inherent `impl` block owns the
 //!   *behaviour*: `pub fn m(&mut self, ..)` methods become commands
 //!   (replicated through the log), `pub fn m(&self, ..)` methods become
 //!   queries (linearizable reads, no log entry). It generates
 //!   `<Name>Command`, `<Name>Query`, their output enums, `impl
-//!   StateMachine`, and `<Name>Client` with one async method per command and
-//!   query, same name and arguments, returning `Result<R, ha_core::Error>`.
+//!   StateMachine`, `<Name>Client` with one async method per command and
+//!   query, same name and arguments, returning `Result<R, ha_core::Error>`,
+//!   and `impl Replicated` naming that client.
 //!
 //! Methods that are not `pub`, have no receiver, or carry
 //! `#[replicated(skip)]` are left alone.
 //!
 //! Errors point at the offending token and say what to write instead; all
 //! of them are reported at once, and the impl block is kept so no cascade of
-//! "method not found" errors follows.
+//! "method not found" errors follows. What only the type checker can tell
+//! is reported the same way, by `#[diagnostic::on_unimplemented]` on
+//! ha-core's traits:
+//! - an argument or return type that is not serializable: one error at the
+//!   type in the signature (`ha_core::sm::ReplicatedValue`), and the
+//!   generated items hold only where every such type is serializable, so
+//!   serde's derives add no errors of their own;
+//! - a state that is not serializable: one error at the struct's name;
+//! - `#[replicated]` without `#[derive(Replicated)]`: one error at the impl
+//!   block's type, "add `#[derive(Replicated)]` to the struct";
+//! - `#[derive(Replicated)]` without `#[replicated]`: the type is not
+//!   `Replicated`, and using it as one says "add `#[replicated]` to its
+//!   `impl` block".
 //!
 //! Generated code names everything by absolute path (`::ha_core::...`), so
 //! it works whatever the user has imported.
