@@ -805,6 +805,10 @@ impl<V: Vfs> NodeTask<V> {
             }
             self.publish_status(None);
         };
+        // Nothing more is taken while the writers are joined: queued and
+        // new requests fail at once instead of waiting on a stopping node.
+        drop(commands);
+        drop(inbound);
         self.stop(stop_reason).await;
     }
 

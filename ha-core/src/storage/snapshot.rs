@@ -296,6 +296,9 @@ impl<V: Vfs> SnapshotStore<V> {
                 vfs.remove(&p).map_err(io_err(&p))?;
             }
         }
+        // Names published before a failed directory sync (or a crash) may
+        // be in memory only: make what is trusted from here on durable.
+        vfs.sync_dir(dir).map_err(io_err(dir))?;
         Ok(SnapshotStore {
             vfs,
             dir: dir.to_path_buf(),

@@ -191,23 +191,33 @@ impl Vfs for StdFs {
     }
 }
 
-/// Creates `dir` and its missing parents, and makes each new one durable by
-/// syncing the directory it was created in: a directory that appeared only
-/// in memory vanishes in a crash, with every file in it.
+/// Creates `dir` and its missing parents, and makes every component of the
+/// path durable in the directory it is in, whether it was created now or
+/// before (a directory created before a crash or a failed sync may exist in
+/// memory only, and one that appeared only in memory vanishes in a crash,
+/// with every file in it). A relative path's first component is synced in
+/// the working directory.
 pub fn create_dir_durably<V: Vfs>(vfs: &V, dir: &Path) -> io::Result<()> {
-    let mut missing = Vec::new();
-    for d in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
-        match vfs.list(d) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(d),
-            Err(e) => return Err(e),
-        }
-    }
+    let parent_of = |d: &Path| match d.parent() {
+        Some(p) if p.as_os_str().is_empty() => Some(Path::new(".").to_path_buf()),
+        Some(p) => Some(p.to_path_buf()),
+        None => None,
+    };
+    // Every component's entry, not only the new ones': one whose parent
+    // sync failed (or never ran, after a crash) exists but is not durable,
+    // and nothing tells the two apart. Directory syncs of clean
+    // directories cost little.
+    let mut to_sync: Vec<PathBuf> = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .filter_map(parent_of)
+        .collect();
     vfs.create_dir_all(dir)?;
-    for d in missing.iter().rev() {
-        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-            vfs.sync_dir(parent)?;
-        }
+    // Outermost first: a child's entry is durable only in a durable parent.
+    to_sync.sort_by_key(|p| p.components().count());
+    to_sync.dedup();
+    for p in to_sync {
+        vfs.sync_dir(&p)?;
     }
     Ok(())
 }
@@ -309,6 +319,9 @@ struct SimState {
     fail_sync: bool,
     /// Fail every directory sync while set.
     fail_dir_sync: bool,
+    /// Syncs do not return (they fail, leaving the writes pending) while
+    /// set: the power is failing, and a crash comes next.
+    sync_interrupted: bool,
     /// Counts of operations, for tests.
     syncs: u64,
     /// Paths locked through `try_lock`.
@@ -418,11 +431,15 @@ impl SimFs {
                 };
                 op.apply(&mut data, cut);
             }
-            // A page of the unsynced region may not have made it.
+            // A page of the unsynced region may not have made it: a whole
+            // page at a page-aligned file offset, less what an earlier sync
+            // had already made durable of it.
             if data.len() > synced_len + PAGE_BYTES && rng.chance(0.3) {
-                let span = (data.len() - synced_len) as u64;
-                let at = synced_len + rng.range(0, span) as usize;
-                let end = (at + PAGE_BYTES).min(data.len());
+                let first = synced_len / PAGE_BYTES;
+                let pages = data.len().div_ceil(PAGE_BYTES) - first;
+                let page = first + rng.range(0, pages as u64) as usize;
+                let at = (page * PAGE_BYTES).max(synced_len);
+                let end = ((page + 1) * PAGE_BYTES).min(data.len());
                 data[at..end].iter_mut().for_each(|b| *b = 0);
             }
             inode.data = data.clone();
@@ -431,6 +448,7 @@ impl SimFs {
         }
         st.fail_sync = false;
         st.fail_dir_sync = false;
+        st.sync_interrupted = false;
         st.space_left = None;
     }
 
@@ -443,6 +461,14 @@ impl SimFs {
     /// Makes every sync fail (or succeed again).
     pub fn set_fail_sync(&self, fail: bool) {
         self.lock().fail_sync = fail;
+    }
+
+    /// Makes every file sync stop short, as when the power fails during
+    /// it: the sync returns an error and its writes stay pending, so the
+    /// crash that follows keeps a prefix of them, possibly torn (unlike
+    /// [`SimFs::set_fail_sync`], an I/O error that drops them).
+    pub fn set_sync_interrupted(&self, interrupted: bool) {
+        self.lock().sync_interrupted = interrupted;
     }
 
     /// Makes every directory sync fail (or succeed again); file syncs are
@@ -525,8 +551,13 @@ impl VfsFile for SimFile {
     }
     fn sync(&mut self) -> io::Result<()> {
         let mut st = self.fs.lock();
+        if st.sync_interrupted {
+            return Err(io::Error::other(
+                "the power failed during fsync (simulated)",
+            ));
+        }
         if st.fail_sync {
-            // Crash model 4: the writes are dropped from the disk's view,
+            // Crash model 5: the writes are dropped from the disk's view,
             // and no later sync brings them back. Reads still see them.
             let inode = st.inodes.get_mut(&self.inode).ok_or_else(gone)?;
             inode.pending.clear();
@@ -705,6 +736,24 @@ mod tests {
         if names.contains(&"b".to_string()) {
             assert_eq!(fs.read(&dir.join("b")).unwrap(), b"lost");
         }
+    }
+
+    /// A directory whose parent sync failed is made durable by the next
+    /// open, although it exists by then.
+    #[test]
+    fn an_existing_directory_is_made_durable_too() {
+        let fs = SimFs::new();
+        let dir = Path::new("/n1/wal");
+        fs.set_fail_dir_sync(true);
+        assert!(create_dir_durably(&fs, dir).is_err());
+        fs.set_fail_dir_sync(false);
+        create_dir_durably(&fs, dir).unwrap();
+        let mut a = fs.open(&dir.join("a"), true).unwrap();
+        a.append(b"synced").unwrap();
+        a.sync().unwrap();
+        fs.sync_dir(dir).unwrap();
+        fs.crash(&mut SplitMix64::new(2));
+        assert_eq!(fs.read(&dir.join("a")).unwrap(), b"synced");
     }
 
     #[test]

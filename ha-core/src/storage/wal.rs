@@ -725,7 +725,11 @@ enum Batch<'a> {
 fn scan_batch_v2(buf: &[u8], pos: usize, seq: u64, prev: u32, last: bool) -> Batch<'_> {
     let Some((len, crc)) = bound_batch_start(buf, pos, seq) else {
         let head = &buf[pos..buf.len().min(pos + BATCH_START_V2_BYTES)];
-        let unwritten = head.len() < BATCH_START_V2_BYTES || head.iter().all(|b| *b == 0);
+        // Cut short, or a sector of it never reached the disk (a start that
+        // straddles a sector boundary may keep its first part).
+        let unwritten = head.len() < BATCH_START_V2_BYTES
+            || head.iter().all(|b| *b == 0)
+            || has_zero_sector(buf, pos, pos + BATCH_START_V2_BYTES);
         if last && unwritten && !bound_batch_start_after(buf, pos, seq) {
             return Batch::Torn;
         }
@@ -761,7 +765,9 @@ fn scan_batch_v2(buf: &[u8], pos: usize, seq: u64, prev: u32, last: bool) -> Bat
         },
         Err((offset, reason)) => {
             let nothing_after = buf[end..].iter().all(|b| *b == 0);
-            if last && nothing_after && has_zero_sector(buf, pos, end) {
+            // The zero sector must be at or after the first bad record: a
+            // value of zeros before it says nothing of how it broke.
+            if last && nothing_after && has_zero_sector(buf, offset, end) {
                 Batch::Torn
             } else {
                 Batch::Damaged(offset, reason)
@@ -884,17 +890,24 @@ impl<V: Vfs> Wal<V> {
         // first error), and after a failed fsync Linux keeps its pages in
         // the cache, marked clean: they read back whole, but a crash loses
         // them. Write it again and sync before trusting it.
-        if let Some(at) = newest.last_batch_at {
+        // A segment with no batch yet gets its header written again: its
+        // creation's sync may have failed the same way. A truncation at
+        // open whose sync failed is redone first.
+        {
+            let at = newest.last_batch_at.unwrap_or(0);
             let path = &newest.path;
             let buf = vfs.read(path).map_err(io_err(path))?;
-            let batch =
+            let tail =
                 buf.get(at as usize..newest.bytes as usize)
                     .ok_or_else(|| WalError::Corrupt {
                         file: path.clone(),
                         offset: at,
                         reason: "the segment changed while it was opened".into(),
                     })?;
-            file.write_at(at, batch).map_err(io_err(path))?;
+            file.set_len(newest.bytes).map_err(io_err(path))?;
+            if !tail.is_empty() {
+                file.write_at(at, tail).map_err(io_err(path))?;
+            }
             file.sync().map_err(io_err(path))?;
         }
         // A newest segment without a base (its base write failed, say on a

@@ -373,7 +373,9 @@ impl NodeStore {
                     wal.save_hard_state(hs).map_err(|e| e.to_string())?;
                 }
                 if fail_sync {
-                    fs.set_fail_sync(true);
+                    // The power fails during the fsync: the crash that
+                    // follows keeps a prefix of the write, possibly torn.
+                    fs.set_sync_interrupted(true);
                 }
                 wal.sync().map_err(|e| e.to_string())
             }
