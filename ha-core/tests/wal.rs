@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use ha_core::raft::rng::SplitMix64;
-use ha_core::storage::wal::{MAX_COMMAND_BYTES, MAX_RECORD_BYTES, SEGMENT_HEADER_BYTES};
+use ha_core::storage::wal::{
+    MAX_COMMAND_BYTES, MAX_RECORD_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_PREFIX_BYTES,
+};
 use ha_core::storage::{
     LogStore, MemLogStore, SimFs, StdFs, Vfs, VfsFile, Wal, WalError, WalOptions,
 };
@@ -182,7 +184,7 @@ fn a_checksum_failure_before_the_tail_refuses_to_open_and_names_the_place() {
     drop(wal);
     let seg = segment_files(&fs, &dir()).pop().unwrap();
     // Damage a byte in the first batch: later batches prove it was synced.
-    let off = SEGMENT_HEADER_BYTES + 60;
+    let off = SEGMENT_PREFIX_BYTES + 60;
     fs.corrupt(&seg, off).unwrap();
     let before = fs.read(&seg).unwrap();
     match Wal::open(fs.clone(), &dir(), WalOptions::default()) {
@@ -808,7 +810,7 @@ fn a_segment_whose_base_was_lost_takes_no_more_batches() {
     }
     let before = segment_files(&fs, &dir()).len();
     // The new segment's header fits; its base does not.
-    fs.set_space_left(Some(SEGMENT_HEADER_BYTES as u64 + 8));
+    fs.set_space_left(Some(SEGMENT_PREFIX_BYTES as u64 + 8));
     wal.append(&entries(last + 1, last + 1, 1)).unwrap();
     assert!(wal.sync().is_err());
     fs.set_space_left(None);
@@ -965,3 +967,36 @@ fn crashes_during_large_batches_keep_a_prefix_and_never_refuse() {
         );
     }
 }
+
+/// The story: a build that reads only format version 1, run on a log this
+/// build wrote, took the newest version 2 segment for a torn creation and
+/// deleted it. A version 2 segment now carries a guard such a build sees as
+/// a valid batch start after a bad header: it refuses instead.
+#[test]
+fn a_version_2_segment_looks_damaged_not_torn_to_a_version_1_reader() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&entries(1, 3, 1)).unwrap();
+    wal.sync().unwrap();
+    let seg = segment_files(&fs, &dir()).pop().unwrap();
+    let buf = fs.read(&seg).unwrap();
+    assert_eq!(&buf[..8], b"HA-WAL\x00\x02");
+    // The version 1 reader's test for a torn creation: is there a record
+    // that parses as a version 1 batch start (length 21, kind 1, valid CRC)
+    // anywhere after offset 0?
+    let v1_start = (1..buf.len() - RECORD_HEADER).any(|p| {
+        let len = u32::from_le_bytes(buf[p..p + 4].try_into().unwrap()) as usize;
+        len == 21
+            && buf[p + 8] == 1
+            && p + 8 + len <= buf.len()
+            && crc32c::crc32c(&buf[p + 8..p + 8 + len])
+                == u32::from_le_bytes(buf[p + 4..p + 8].try_into().unwrap())
+    });
+    assert!(v1_start, "a version 1 reader would delete this segment");
+    assert_eq!(
+        SEGMENT_PREFIX_BYTES,
+        SEGMENT_HEADER_BYTES + RECORD_HEADER + 4
+    );
+}
+
+const RECORD_HEADER: usize = 25;

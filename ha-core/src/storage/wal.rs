@@ -85,6 +85,12 @@ const SECTOR_BYTES: usize = 512;
 /// Segment header: magic (8), sequence number (8), reserved (8), CRC32C of
 /// the first 24 bytes (4), zero padding (4).
 pub const SEGMENT_HEADER_BYTES: usize = 32;
+/// What precedes a version 2 segment's first batch: the header, then a
+/// guard record (a version 1 batch start of an empty batch). A build that
+/// reads only version 1 sees the unknown magic, finds the guard "after" it
+/// and refuses the log as damaged, instead of taking the segment for a torn
+/// creation and deleting it (a downgrade never loses data silently).
+pub const SEGMENT_PREFIX_BYTES: usize = SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + 4;
 /// Record header: length (4), CRC32C (4), kind (1), index (8), term (8).
 /// The length counts the bytes after the CRC: kind, index, term, payload.
 pub const RECORD_HEADER_BYTES: usize = 25;
@@ -258,13 +264,24 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-fn segment_header(seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
-    let mut h = [0u8; SEGMENT_HEADER_BYTES];
+/// A version 2 segment's prefix: header and guard (see
+/// [`SEGMENT_PREFIX_BYTES`]).
+fn segment_prefix(seq: u64) -> Vec<u8> {
+    let mut h = vec![0u8; SEGMENT_HEADER_BYTES];
     h[..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..16].copy_from_slice(&seq.to_le_bytes());
     let crc = crc32c::crc32c(&h[..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h.extend_from_slice(&downgrade_guard());
     h
+}
+
+/// The guard record: a version 1 batch start of an empty batch.
+fn downgrade_guard() -> Vec<u8> {
+    let mut g = Vec::with_capacity(RECORD_HEADER_BYTES + 4);
+    put_record(&mut g, KIND_BATCH_START, 0, 0, &0u32.to_le_bytes())
+        .expect("a 4-byte payload is within the record limit");
+    g
 }
 
 /// Checks a segment header; returns the segment's format version (1 or 2).
@@ -288,6 +305,11 @@ fn check_segment_header(buf: &[u8], seq: u64) -> Result<u8, String> {
         return Err(format!(
             "segment header names sequence {got}, file name says {seq}"
         ));
+    }
+    if version == 2
+        && buf.get(SEGMENT_HEADER_BYTES..SEGMENT_PREFIX_BYTES) != Some(&downgrade_guard()[..])
+    {
+        return Err("segment header's guard record is missing or damaged".into());
     }
     Ok(version)
 }
@@ -657,8 +679,13 @@ fn scan_segment(
             // The segment's creation was interrupted: its header (written
             // and synced before any batch) is short or zeros, and no batch
             // follows.
-            let head = &buf[..buf.len().min(SEGMENT_HEADER_BYTES)];
-            let unwritten = head.len() < SEGMENT_HEADER_BYTES || head.iter().all(|b| *b == 0);
+            // (The prefix is one write: a version 2 prefix cut short, or
+            // one whose page never reached the disk, is the same case.)
+            let head = &buf[..buf.len().min(SEGMENT_PREFIX_BYTES)];
+            let unwritten = head.len() < SEGMENT_PREFIX_BYTES
+                || head.iter().all(|b| *b == 0)
+                || (buf.get(..8) == Some(&SEGMENT_MAGIC[..])
+                    && has_zero_sector(buf, 0, SEGMENT_PREFIX_BYTES));
             if last
                 && unwritten
                 && !bound_batch_start_after(buf, 0, seq)
@@ -670,7 +697,11 @@ fn scan_segment(
         }
     };
     seg.version = version;
-    let mut pos = SEGMENT_HEADER_BYTES;
+    let mut pos = if version == 2 {
+        SEGMENT_PREFIX_BYTES
+    } else {
+        SEGMENT_HEADER_BYTES
+    };
     while pos < buf.len() {
         let batch_start = pos;
         let verdict = if version == 1 {
@@ -944,13 +975,13 @@ impl<V: Vfs> Wal<V> {
         let path = dir.join(segment_name(seq));
         let mut f = vfs.open(&path, true).map_err(io_err(&path))?;
         f.set_len(0).map_err(io_err(&path))?;
-        f.append(&segment_header(seq)).map_err(io_err(&path))?;
+        f.append(&segment_prefix(seq)).map_err(io_err(&path))?;
         f.sync().map_err(io_err(&path))?;
         vfs.sync_dir(dir).map_err(io_err(dir))?;
         let seg = Segment {
             seq,
             path,
-            bytes: SEGMENT_HEADER_BYTES as u64,
+            bytes: SEGMENT_PREFIX_BYTES as u64,
             max_index: LogIndex(0),
             has_base: false,
             version: 2,
