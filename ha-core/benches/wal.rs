@@ -84,6 +84,7 @@ fn group_commit(writers: usize, secs: Duration) -> Outcome {
                         *n += 1;
                         let tx = tx.clone();
                         g.submit(WriteRequest {
+                            finish_repair: false,
                             entries: vec![e],
                             hard_state: None,
                             compact: None,

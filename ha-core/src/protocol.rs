@@ -140,6 +140,9 @@ pub struct StatusView {
     pub learners: Vec<u64>,
     /// Leader-loss accounting since the node started.
     pub availability: AvailabilityView,
+    /// Whether the node is repairing damaged storage from its peers (it
+    /// does not vote meanwhile), and what it found.
+    pub repairing: Option<String>,
 }
 
 /// Leader-loss accounting (see `ha_core::metrics`).

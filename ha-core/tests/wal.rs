@@ -1000,3 +1000,80 @@ fn a_version_2_segment_looks_damaged_not_torn_to_a_version_1_reader() {
 }
 
 const RECORD_HEADER: usize = 25;
+
+// ----- repair instead of refusing ---------------------------------------------
+
+/// Damage to acknowledged data: `open` refuses, `open_repairing` keeps the
+/// intact prefix, moves the damaged segment and every later one aside
+/// (nothing is deleted), and marks the log repairing, durably, until
+/// `finish_repair`.
+#[test]
+fn open_repairing_keeps_the_intact_prefix_and_marks_the_log_until_finished() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+    for k in 0..20 {
+        wal.append(&entries(k * 5 + 1, k * 5 + 5, 1)).unwrap();
+        wal.save_hard_state(hs(1, Some(2), k * 5 + 5)).unwrap();
+        wal.sync().unwrap();
+    }
+    drop(wal);
+    let files = segment_files(&fs, &dir());
+    assert!(files.len() > 3);
+    // A flipped bit in the middle of the second segment.
+    let victim = &files[1];
+    let len = fs.read(victim).unwrap().len();
+    fs.corrupt(victim, len / 2).unwrap();
+    assert!(matches!(
+        Wal::open(fs.clone(), &dir(), small_segments()),
+        Err(WalError::Corrupt { .. })
+    ));
+    let (mut wal, state) = Wal::open_repairing(fs.clone(), &dir(), small_segments()).unwrap();
+    let why = wal.repairing().expect("marked repairing").to_string();
+    assert!(why.contains("corrupt"), "{why}");
+    // A prefix of what was written, shorter than all of it.
+    let last = state.entries.last().map_or(0, |e| e.index.0);
+    assert!((1..100).contains(&last), "{last}");
+    assert_eq!(state.entries, entries(1, last, 1));
+    // The rest is kept aside, not deleted.
+    let aside: Vec<String> = fs
+        .list(&dir())
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("wal-"))
+        .collect();
+    assert!(aside.len() <= 2, "{aside:?}");
+    // Appends go on; a restart (any open) is still repairing until it is
+    // finished, durably.
+    wal.append(&entries(last + 1, last + 3, 2)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash(&mut SplitMix64::new(7));
+    let (mut wal, state) = Wal::open(fs.clone(), &dir(), small_segments()).unwrap();
+    assert!(wal.repairing().is_some(), "the mark survives a crash");
+    assert_eq!(state.entries.last().unwrap().index, LogIndex(last + 3));
+    wal.finish_repair().unwrap();
+    drop(wal);
+    fs.crash(&mut SplitMix64::new(8));
+    let (wal, _) = Wal::open(fs, &dir(), small_segments()).unwrap();
+    assert!(wal.repairing().is_none());
+}
+
+/// A flipped bit in the last synced batch (which must not be cut as torn)
+/// is repaired like any other damage.
+#[test]
+fn open_repairing_repairs_damage_in_the_last_synced_batch() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&entries(1, 5, 1)).unwrap();
+    wal.sync().unwrap();
+    wal.append(&entries(6, 10, 2)).unwrap();
+    wal.save_hard_state(hs(2, Some(3), 8)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let seg = segment_files(&fs, &dir()).pop().unwrap();
+    let len = fs.read(&seg).unwrap().len();
+    fs.corrupt(&seg, len - 3).unwrap();
+    let (wal, state) = Wal::open_repairing(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    assert!(wal.repairing().is_some());
+    assert_eq!(state.entries, entries(1, 5, 1));
+}

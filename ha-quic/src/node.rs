@@ -126,8 +126,25 @@ impl QuicNode {
     ) -> Result<QuicNode, StartError> {
         dir.check_schema::<T>()?;
         let node_err = |e: &dyn std::fmt::Display| StartError::Node(e.to_string());
+        // Damage to acknowledged data is repaired from the peers, not
+        // refused (see `Wal::open_repairing`): unless no peer could supply it.
         let (mut wal, state) =
-            Wal::open(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| node_err(&e))?;
+            Wal::open_repairing(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| node_err(&e))?;
+        if let Some(why) = wal.repairing() {
+            let peers = opts
+                .membership
+                .replication_targets()
+                .into_iter()
+                .filter(|p| *p != opts.raft.id)
+                .count();
+            if peers == 0 {
+                return Err(StartError::Node(format!(
+                    "{why}; a single-node cluster has no peer to repair from: restore {} from \
+                     a backup (the damaged segments were moved to a damaged-* directory there)",
+                    dir.wal_dir().display()
+                )));
+            }
+        }
         if let Some(r) = wal.repaired() {
             tracing::warn!("{r}");
         }

@@ -72,6 +72,7 @@ impl Net {
             membership: Membership::new_voters((1..=5).map(NodeId)),
             snapshot_last: stored.snapshot_last,
             entries: stored.entries,
+            repairing: false,
         };
         self.nodes
             .insert(id, Some(Raft::new(config, init).expect("valid state")));

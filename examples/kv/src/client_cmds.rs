@@ -156,6 +156,9 @@ struct StatusLine<'a> {
     voters: &'a [u64],
     learners: &'a [u64],
     availability: &'a AvailabilityView,
+    /// Present while the node repairs damaged storage from its peers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repairing: Option<&'a str>,
 }
 
 /// The JSON line `ha-kv status` prints for a node's status.
@@ -177,6 +180,7 @@ fn status_line(s: &StatusView) -> String {
         voters: &s.voters,
         learners: &s.learners,
         availability: &s.availability,
+        repairing: s.repairing.as_deref(),
     };
     serde_json::to_string(&line).expect("a status line encodes")
 }
@@ -354,6 +358,7 @@ mod tests {
             voters: vec![1, 2, 3],
             learners: vec![],
             availability: AvailabilityView::default(),
+            repairing: None,
         };
         let line = status_line(&s);
         let v: Value = serde_json::from_str(&line).unwrap();

@@ -240,6 +240,9 @@ pub struct NodeStatus {
     pub last_index: LogIndex,
     /// Last index the newest snapshot covers (0: none).
     pub snapshot_index: LogIndex,
+    /// Whether the node is repairing damaged storage from its peers (see
+    /// `InitialState::repairing`): it does not vote meanwhile.
+    pub repairing: bool,
     /// Why the node stopped, if it did.
     pub stopped: Option<String>,
 }
@@ -487,6 +490,10 @@ pub fn start_node<V: Vfs>(
         .expect("an in-memory directory opens");
         Arc::new(store)
     };
+    let storage_repairing = match &storage {
+        NodeStorage::Durable { wal, .. } => wal.repairing().map(str::to_string),
+        NodeStorage::Memory(_) => None,
+    };
     let (storage, snapshots) = match storage {
         NodeStorage::Memory(m) => (Backend::Memory(m), memory_snapshots()),
         NodeStorage::Durable { wal, snapshots } => (
@@ -495,6 +502,10 @@ pub fn start_node<V: Vfs>(
         ),
     };
     let last_snapshot = raft.snapshot_last().0;
+    let raft_repairing = raft.is_repairing();
+    if let Some(why) = storage_repairing.as_deref() {
+        tracing::warn!(node = %id, "storage was damaged and is repairing from the peers; this node does not vote until it is whole: {why}");
+    }
     let task = NodeTask {
         raft,
         storage,
@@ -519,6 +530,7 @@ pub fn start_node<V: Vfs>(
         snapshotting: false,
         events: None,
         file_work: Vec::new(),
+        repairing: raft_repairing,
     };
     tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
     Ok(NodeHandle {
@@ -565,6 +577,7 @@ fn status_of(raft: &Raft, stopped: Option<String>) -> NodeStatus {
         applied_index: raft.applied_index(),
         last_index: raft.last_index(),
         snapshot_index: raft.snapshot_last().0,
+        repairing: raft.is_repairing(),
         stopped,
     }
 }
@@ -710,6 +723,8 @@ struct NodeTask<V: Vfs> {
     events: Option<mpsc::UnboundedSender<Event>>,
     /// File work running on blocking threads (snapshot saves, installs).
     file_work: Vec<tokio::task::JoinHandle<()>>,
+    /// The core was repairing damaged storage at the last look.
+    repairing: bool,
 }
 
 /// Something the node task learns from helpers (storage, transport).
@@ -793,6 +808,9 @@ impl<V: Vfs> NodeTask<V> {
                 }
                 _ = ticker.tick() => {
                     self.raft.tick();
+                    if let Err(e) = self.check_repair() {
+                        break e;
+                    }
                     self.expire_transfers();
                     self.refresh_view();
                 }
@@ -833,6 +851,33 @@ impl<V: Vfs> NodeTask<V> {
             let _ = h.await;
         }
         self.publish_status(Some(reason));
+    }
+
+    /// The core finished repairing damaged storage: the log drops its
+    /// repairing mark (after everything before it is durable).
+    fn check_repair(&mut self) -> Result<(), String> {
+        if !self.repairing || self.raft.is_repairing() {
+            return Ok(());
+        }
+        self.repairing = false;
+        tracing::info!(node = %self.raft.id(), "storage repair finished: the log is whole again, voting resumes");
+        let tx = self.event_sender();
+        if let Backend::Group(g) = &mut self.storage {
+            g.submit(WriteRequest {
+                finish_repair: true,
+                entries: Vec::new(),
+                hard_state: None,
+                compact: None,
+                install: None,
+                done: Box::new(move |r| {
+                    if let Err(e) = r {
+                        let _ = tx.send(Event::Persisted(Err(e.to_string())));
+                    }
+                }),
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Runs `f` (file I/O) on a blocking thread; the node waits for it
@@ -1066,6 +1111,7 @@ impl<V: Vfs> NodeTask<V> {
             Backend::Group(g) => {
                 let tx = self.events.clone().expect("set when the task starts");
                 g.submit(WriteRequest {
+                    finish_repair: false,
                     entries,
                     hard_state,
                     compact: None,
@@ -1216,6 +1262,7 @@ impl<V: Vfs> NodeTask<V> {
             }
             Backend::Group(g) => {
                 g.submit(WriteRequest {
+                    finish_repair: false,
                     entries: Vec::new(),
                     hard_state: None,
                     compact: Some((index, term)),

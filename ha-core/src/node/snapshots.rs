@@ -159,6 +159,8 @@ pub fn recover<V: Vfs>(
         hard_state: stored.hard_state,
         snapshot_last: stored.snapshot_last,
         entries: stored.entries,
+        // Damage was found and cut: the node repairs from its peers.
+        repairing: wal.repairing().is_some(),
         ..InitialState::default()
     };
     if let Some((meta, state)) = snapshots.latest_state()? {

@@ -112,6 +112,15 @@ pub enum AppendOutcome {
         /// The term at `hint_index`.
         hint_term: Term,
     },
+    /// The follower is repairing damaged storage: its log ends at
+    /// `(last_index, last_term)`, whatever it acknowledged before. The
+    /// leader forgets what it knew of it and probes from there.
+    Repairing {
+        /// The follower's last index.
+        last_index: LogIndex,
+        /// Its term.
+        last_term: Term,
+    },
 }
 
 /// Why a message was refused.
@@ -252,6 +261,13 @@ impl Message {
                 index("rejected index", *rejected)?;
                 index("hint index", *hint_index)?;
                 term("hint term", *hint_term)
+            }
+            Body::AppendResponse(AppendOutcome::Repairing {
+                last_index,
+                last_term,
+            }) => {
+                index("last index", *last_index)?;
+                term("last term", *last_term)
             }
             Body::Heartbeat { commit, .. } => index("commit index", *commit),
             Body::InstallSnapshot { index: i, term: t } => {

@@ -97,6 +97,32 @@ pub struct InitialState {
     pub snapshot_last: (LogIndex, Term),
     /// The durable entries after the snapshot, in order.
     pub entries: Vec<Entry>,
+    /// The storage found damage and kept only an intact prefix: the log may
+    /// lack entries this node acknowledged, and the hard state may be older
+    /// than the one it last wrote (a vote may be forgotten). The node starts
+    /// repairing (see [`Raft::is_repairing`]).
+    pub repairing: bool,
+}
+
+/// A node repairing damaged storage (protocol-aware recovery). It neither
+/// votes nor campaigns, and takes no commit index from heartbeats (its
+/// leader's view of its log may be stale). It tells each leader it hears
+/// from where its log really ends ([`AppendOutcome::Repairing`]), so the
+/// leader probes it from there. It is caught up once its commit index
+/// reaches an entry of its leader's own term: a leader commits such an
+/// entry only after everything before it, so the node then holds every
+/// committed entry, including any it acknowledged and lost. One more
+/// election round passes, then it votes again, but only in terms above
+/// every term it saw meanwhile, so a vote it forgot is not given a second
+/// time in the same term by this node.
+#[derive(Clone, Debug)]
+struct Repair {
+    /// The leader and term told where this log ends.
+    announced: Option<(NodeId, Term)>,
+    /// Ticks of the waiting round left, once caught up.
+    wait_ticks: Option<u64>,
+    /// The highest term seen since the start of the repair.
+    floor: Term,
 }
 
 /// Why a proposal was refused. A refused proposal was certainly not appended.
@@ -247,6 +273,10 @@ pub struct Raft {
     installed_snapshot: Option<SnapshotInstall>,
     /// Followers that need a snapshot sent.
     snapshots_to_send: Vec<NodeId>,
+    /// Set while repairing damaged storage.
+    repair: Option<Repair>,
+    /// After a repair: votes only in terms above this.
+    vote_floor: Term,
 }
 
 /// A snapshot the core installed: the driver restores the state machine
@@ -330,6 +360,12 @@ impl Raft {
             ready_outstanding: false,
             installed_snapshot: None,
             snapshots_to_send: Vec::new(),
+            repair: init.repairing.then_some(Repair {
+                announced: None,
+                wait_ticks: None,
+                floor: hs.term,
+            }),
+            vote_floor: Term(0),
             config,
         })
     }
@@ -339,6 +375,11 @@ impl Raft {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id
+    }
+    /// Whether the node is repairing damaged storage (see
+    /// [`InitialState::repairing`]): it neither votes nor campaigns.
+    pub fn is_repairing(&self) -> bool {
+        self.repair.is_some()
     }
     /// The current term.
     pub fn term(&self) -> Term {
@@ -429,6 +470,7 @@ impl Raft {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.tick_repair();
         if self.is_leader() {
             self.tick_leader();
         } else {
@@ -615,7 +657,10 @@ impl Raft {
                 }
                 self.leader = Some(m.from);
                 self.election_elapsed = 0;
-                self.log.commit_to(commit);
+                if self.repair.is_none() {
+                    self.log.commit_to(commit);
+                }
+                self.announce_repair(m.from);
                 self.send_after_persist(m.from, Body::HeartbeatResponse { seq });
             }
             Body::InstallSnapshot { index, term } => {
@@ -744,7 +789,53 @@ impl Raft {
     fn can_campaign(&self) -> bool {
         // At the last term a node accepts, campaigning would create a term
         // every peer refuses (and this node could not restart from).
-        self.membership.is_voter(self.config.id) && self.term.0 < crate::types::MAX_TERM
+        self.membership.is_voter(self.config.id)
+            && self.term.0 < crate::types::MAX_TERM
+            && self.repair.is_none()
+    }
+
+    /// While repairing, tells `leader` (once per leader and term) where this
+    /// log really ends, so it probes from there (see `Repair`).
+    fn announce_repair(&mut self, leader: NodeId) {
+        let Some(r) = &mut self.repair else {
+            return;
+        };
+        if r.announced == Some((leader, self.term)) {
+            return;
+        }
+        r.announced = Some((leader, self.term));
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        self.send_after_persist(
+            leader,
+            Body::AppendResponse(AppendOutcome::Repairing {
+                last_index,
+                last_term,
+            }),
+        );
+    }
+
+    /// Moves a repair on: caught up with the leader's own-term commit,
+    /// then one election round of waiting, then done.
+    fn tick_repair(&mut self) {
+        let Some(r) = &mut self.repair else {
+            return;
+        };
+        r.floor = r.floor.max(self.term);
+        match r.wait_ticks {
+            None => {
+                let caught_up = self.leader.is_some()
+                    && self.log.committed > LogIndex(0)
+                    && self.log.term(self.log.committed) == Some(self.term);
+                if caught_up {
+                    r.wait_ticks = Some(self.config.election_timeout_max_ticks);
+                }
+            }
+            Some(0) => {
+                self.vote_floor = r.floor;
+                self.repair = None;
+            }
+            Some(n) => r.wait_ticks = Some(n - 1),
+        }
     }
 
     fn in_leader_lease(&self) -> bool {
@@ -867,7 +958,10 @@ impl Raft {
             || self.log.is_up_to_date(last_index, last_term);
         #[cfg(not(feature = "planted-bugs"))]
         let up_to_date = self.log.is_up_to_date(last_index, last_term);
-        let granted = can_vote && up_to_date;
+        // A repairing node may lack entries it acknowledged, and may have
+        // forgotten a vote: it grants nothing (see `Repair`).
+        let repaired = self.repair.is_none() && msg_term > self.vote_floor;
+        let granted = can_vote && up_to_date && repaired;
         if pre {
             // A granted pre-vote answers in the term asked about, so the
             // pre-candidate counts it; a refusal carries our own term.
@@ -1034,6 +1128,18 @@ impl Raft {
                 };
                 p.on_reject(rejected, probe_from);
             }
+            AppendOutcome::Repairing {
+                last_index,
+                last_term,
+            } => {
+                // The follower lost part of its log: forget what it was
+                // known to hold and probe from where its log really ends.
+                let probe_from = self
+                    .log
+                    .find_conflict_by_term(last_index.min(self.log.last_index()), last_term)
+                    .0;
+                p.reset_for_repair(probe_from);
+            }
         }
     }
 
@@ -1198,6 +1304,7 @@ impl Raft {
         entries: &[Entry],
         commit: LogIndex,
     ) -> Result<(), StepError> {
+        self.announce_repair(from);
         if prev_index < self.log.committed {
             // Everything up to our commit index matches the leader's log.
             let match_index = self.log.committed;
@@ -1346,5 +1453,192 @@ mod tests {
             ..InitialState::default()
         };
         Raft::new(Config::new(NodeId(1)), init).unwrap();
+    }
+
+    /// Drains every Ready (as if persisted at once); returns what was sent.
+    fn drain(r: &mut Raft) -> Vec<Message> {
+        let mut out = Vec::new();
+        while r.has_ready() {
+            let rd = r.ready();
+            out.extend(rd.messages.iter().cloned());
+            out.extend(rd.persisted_messages.iter().cloned());
+            let t = rd.token();
+            r.advance(t);
+        }
+        out
+    }
+
+    fn msg(from: u64, term: u64, body: Body) -> Message {
+        Message {
+            from: NodeId(from),
+            to: NodeId(1),
+            term: Term(term),
+            body,
+        }
+    }
+
+    fn vote_granted(out: &[Message]) -> Option<bool> {
+        out.iter().find_map(|m| match m.body {
+            Body::VoteResponse { granted } => Some(granted),
+            _ => None,
+        })
+    }
+
+    /// A vote request of term 5 from an up-to-date candidate.
+    fn up_vote_probe() -> Message {
+        msg(
+            2,
+            5,
+            Body::Vote {
+                last_index: LogIndex(4),
+                last_term: Term(5),
+            },
+        )
+    }
+
+    /// A node whose storage lost part of its log (and maybe a vote) grants
+    /// no vote and never campaigns; it tells the leader where its log ends,
+    /// takes no commit index from heartbeats, and votes again only once it
+    /// holds the leader's own-term commit and an election round has passed,
+    /// and then only in terms above any it saw.
+    #[test]
+    fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
+        let entry = |i: u64, t: u64| Entry {
+            index: LogIndex(i),
+            term: Term(t),
+            payload: EntryPayload::Blank,
+        };
+        let init = InitialState {
+            hard_state: HardState {
+                term: Term(3),
+                vote: None,
+                commit: LogIndex(1),
+            },
+            membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+            entries: vec![entry(1, 1), entry(2, 1)],
+            repairing: true,
+            ..InitialState::default()
+        };
+        // Without CheckQuorum's lease, so vote requests are answered while
+        // a leader is heard.
+        let mut config = Config::new(NodeId(1));
+        config.check_quorum = false;
+        let mut r = Raft::new(config, init).unwrap();
+        assert!(r.is_repairing());
+        // No vote, even for a candidate with a longer log.
+        let vote = |t: u64| {
+            msg(
+                2,
+                t,
+                Body::Vote {
+                    last_index: LogIndex(50),
+                    last_term: Term(t),
+                },
+            )
+        };
+        r.step(vote(4)).unwrap();
+        assert_eq!(vote_granted(&drain(&mut r)), Some(false));
+        // No campaign, however long it waits.
+        for _ in 0..200 {
+            r.tick();
+            let out = drain(&mut r);
+            assert!(
+                !out.iter()
+                    .any(|m| matches!(m.body, Body::PreVote { .. } | Body::Vote { .. })),
+                "a repairing node campaigned"
+            );
+        }
+        // A leader of term 5: a heartbeat's commit (from a stale view of
+        // this log) is not taken; the leader is told where the log ends.
+        r.step(msg(
+            3,
+            5,
+            Body::Heartbeat {
+                commit: LogIndex(9),
+                seq: 1,
+            },
+        ))
+        .unwrap();
+        let out = drain(&mut r);
+        assert!(out.iter().any(|m| m.to == NodeId(3)
+            && matches!(
+                m.body,
+                Body::AppendResponse(AppendOutcome::Repairing {
+                    last_index: LogIndex(2),
+                    last_term: Term(1),
+                })
+            )));
+        assert_eq!(r.commit_index(), LogIndex(1));
+        // The leader's log, up to its own-term commit.
+        r.step(msg(
+            3,
+            5,
+            Body::Append {
+                prev_index: LogIndex(2),
+                prev_term: Term(1),
+                entries: vec![entry(3, 2), entry(4, 5)],
+                commit: LogIndex(4),
+            },
+        ))
+        .unwrap();
+        drain(&mut r);
+        assert_eq!(r.commit_index(), LogIndex(4));
+        // One more election round, still without votes.
+        let round = Config::new(NodeId(1)).election_timeout_max_ticks;
+        let mut ticks = 0;
+        while r.is_repairing() {
+            assert!(ticks <= round + 2, "repair ends after the waiting round");
+            r.step(up_vote_probe()).unwrap();
+            assert_eq!(vote_granted(&drain(&mut r)), Some(false));
+            r.tick();
+            ticks += 1;
+            r.step(msg(
+                3,
+                5,
+                Body::Heartbeat {
+                    commit: LogIndex(4),
+                    seq: 2,
+                },
+            ))
+            .unwrap();
+            drain(&mut r);
+        }
+        assert!(ticks >= round, "a whole election round passed: {ticks}");
+        // Not in a term it saw (5), even for an up-to-date candidate.
+        r.step(msg(
+            2,
+            5,
+            Body::Vote {
+                last_index: LogIndex(4),
+                last_term: Term(5),
+            },
+        ))
+        .unwrap();
+        assert_eq!(vote_granted(&drain(&mut r)), Some(false));
+        // Then votes only in terms above every term it saw.
+        let up_to_date = |t: u64| {
+            msg(
+                2,
+                t,
+                Body::Vote {
+                    last_index: LogIndex(4),
+                    last_term: Term(5),
+                },
+            )
+        };
+        r.step(up_to_date(6)).unwrap();
+        assert_eq!(vote_granted(&drain(&mut r)), Some(true));
+    }
+
+    /// The leader, told a follower is repairing, forgets what it knew it
+    /// held and probes it from where its log ends.
+    #[test]
+    fn a_leader_probes_a_repairing_follower_from_where_its_log_ends() {
+        let mut p = progress::Progress::new(LogIndex(10));
+        p.on_ack(LogIndex(10));
+        assert_eq!(p.match_index, LogIndex(10));
+        p.reset_for_repair(LogIndex(4));
+        assert_eq!(p.match_index, LogIndex(0));
+        assert_eq!(p.next_index, LogIndex(5));
     }
 }

@@ -209,6 +209,15 @@ impl Progress {
         }
     }
 
+    /// The follower lost part of its log (it is repairing damaged
+    /// storage): nothing is known to match any more; probe from just after
+    /// `probe_from`, where its log ends as far as the leader can tell.
+    pub fn reset_for_repair(&mut self, probe_from: LogIndex) {
+        self.match_index = LogIndex(0);
+        self.next_index = probe_from.next();
+        self.state = ProgressState::Probe { paused: false };
+    }
+
     /// The follower cannot be reached: fall back to probing.
     pub fn on_unreachable(&mut self) {
         if let ProgressState::Replicate { .. } = self.state {

@@ -44,6 +44,9 @@ pub struct WriteRequest {
     /// A snapshot from the leader was installed at `(index, term)`; the
     /// flag says whether stored entries after it stay.
     pub install: Option<(LogIndex, Term, bool)>,
+    /// The log is whole again: drop its repairing mark
+    /// ([`Wal::finish_repair`]) once this request's batch is durable.
+    pub finish_repair: bool,
     /// Told the outcome after the covering fsync (or the failure).
     pub done: Completion,
 }
@@ -200,7 +203,11 @@ fn run<V: Vfs>(
             entries += r.entries.len() as u64;
             own.push(res.err().map(Arc::new));
         }
-        let synced = wal.sync().map_err(Arc::new);
+        let mut synced = wal.sync().map_err(Arc::new);
+        if synced.is_ok() && batch.iter().any(|r| r.finish_repair) {
+            // Only once everything before it is durable.
+            synced = wal.finish_repair().map_err(Arc::new);
+        }
         stats
             .sync_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -244,6 +251,7 @@ mod tests {
 
     fn request(i: u64, tx: std::sync::mpsc::Sender<(u64, WriteResult)>) -> WriteRequest {
         WriteRequest {
+            finish_repair: false,
             entries: vec![entry(i)],
             hard_state: None,
             compact: None,
@@ -266,6 +274,7 @@ mod tests {
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let first_tx = tx.clone();
         g.submit(WriteRequest {
+            finish_repair: false,
             entries: vec![entry(1)],
             hard_state: None,
             compact: None,

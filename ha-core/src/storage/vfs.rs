@@ -291,12 +291,6 @@ impl NsOp {
             }
         }
     }
-    fn paths(&self) -> Vec<&Path> {
-        match self {
-            NsOp::Set(p, _) | NsOp::Unset(p) => vec![p],
-            NsOp::Rename(a, b, _) => vec![a, b],
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -689,8 +683,19 @@ impl Vfs for SimFs {
             .collect();
         st.durable_names.retain(|p, _| !in_dir(p));
         st.durable_names.extend(names);
-        st.ns_pending
-            .retain(|op| !op.paths().iter().all(|p| in_dir(p)));
+        // What this directory's sync made durable leaves the pending list;
+        // a rename between two directories keeps the other side's half.
+        let pending = std::mem::take(&mut st.ns_pending);
+        st.ns_pending = pending
+            .into_iter()
+            .filter_map(|op| match op {
+                NsOp::Set(p, _) | NsOp::Unset(p) if in_dir(&p) => None,
+                NsOp::Rename(a, b, _) if in_dir(&a) && in_dir(&b) => None,
+                NsOp::Rename(a, b, ino) if in_dir(&a) => Some(NsOp::Set(b, ino)),
+                NsOp::Rename(a, b, _) if in_dir(&b) => Some(NsOp::Unset(a)),
+                other => Some(other),
+            })
+            .collect();
         let children: Vec<PathBuf> = st.dirs.iter().filter(|d| in_dir(d)).cloned().collect();
         st.durable_dirs.extend(children);
         Ok(())

@@ -213,6 +213,8 @@ struct Segment {
     chain: u32,
     /// Where the segment's last batch starts, if it has one.
     last_batch_at: Option<u64>,
+    /// Where the batch a scan found damaged starts (0: the header).
+    damaged_at: Option<u64>,
 }
 
 /// The segmented write-ahead log (see the module docs).
@@ -241,6 +243,81 @@ pub struct Wal<V: Vfs> {
     max_batch_bytes: usize,
     /// The next batch goes to a new segment (see `open`).
     rotate_next: bool,
+    /// Why the log is repairing, while it is (see [`Wal::open_repairing`]).
+    repairing: Option<String>,
+}
+
+/// An opened log and what it holds.
+type Opened<V> = (Wal<V>, StoredState);
+/// Where a scan found damage: the segment's sequence number and the offset
+/// of the damaged batch in it.
+type DamageAt = (u64, u64);
+
+/// The file whose presence marks a log as repairing; it holds what was
+/// found.
+const REPAIR_MARKER: &str = "REPAIRING";
+/// Repair rounds one open may take (each moves a segment aside or cuts one).
+const MAX_REPAIR_ROUNDS: usize = 1 << 16;
+
+/// The repairing mark's text, if the log is marked.
+fn read_marker<V: Vfs>(vfs: &V, dir: &Path) -> Result<Option<String>, WalError> {
+    let marker = dir.join(REPAIR_MARKER);
+    match vfs.read(&marker) {
+        Ok(b) => Ok(Some(
+            String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&marker)(e)),
+    }
+}
+
+/// Marks the log as repairing, durably (written aside, synced, renamed,
+/// the directory synced), before anything is moved.
+fn write_marker<V: Vfs>(vfs: &V, dir: &Path, why: &str) -> Result<(), WalError> {
+    let tmp = dir.join(format!("{REPAIR_MARKER}.tmp"));
+    let marker = dir.join(REPAIR_MARKER);
+    let mut f = vfs.open(&tmp, true).map_err(io_err(&tmp))?;
+    f.set_len(0).map_err(io_err(&tmp))?;
+    f.append(why.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync().map_err(io_err(&tmp))?;
+    vfs.rename(&tmp, &marker).map_err(io_err(&marker))?;
+    vfs.sync_dir(dir).map_err(io_err(dir))
+}
+
+/// Moves segment `seq` (damaged at batch offset `at`) and every later one
+/// into `dir/damaged-<seq>-<at>/`, then puts back segment `seq`'s intact
+/// prefix (the bytes before `at`, if more than its header) under its name.
+fn quarantine<V: Vfs>(vfs: &V, dir: &Path, seq: u64, at: u64) -> Result<(), WalError> {
+    let aside = dir.join(format!("damaged-{seq:016x}-{at}"));
+    super::vfs::create_dir_durably(vfs, &aside).map_err(io_err(&aside))?;
+    let mut later: Vec<u64> = vfs
+        .list(dir)
+        .map_err(io_err(dir))?
+        .iter()
+        .filter_map(|n| parse_segment_name(n))
+        .filter(|s| *s >= seq)
+        .collect();
+    later.sort_unstable();
+    let damaged = dir.join(segment_name(seq));
+    let prefix = vfs.read(&damaged).map_err(io_err(&damaged))?;
+    let prefix = prefix.get(..at as usize).unwrap_or(&[]).to_vec();
+    for s in later {
+        let from = dir.join(segment_name(s));
+        let to = aside.join(segment_name(s));
+        vfs.rename(&from, &to).map_err(io_err(&to))?;
+    }
+    vfs.sync_dir(&aside).map_err(io_err(&aside))?;
+    vfs.sync_dir(dir).map_err(io_err(dir))?;
+    if prefix.len() > SEGMENT_HEADER_BYTES {
+        let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
+        let mut f = vfs.open(&tmp, true).map_err(io_err(&tmp))?;
+        f.set_len(0).map_err(io_err(&tmp))?;
+        f.append(&prefix).map_err(io_err(&tmp))?;
+        f.sync().map_err(io_err(&tmp))?;
+        vfs.rename(&tmp, &damaged).map_err(io_err(&damaged))?;
+        vfs.sync_dir(dir).map_err(io_err(dir))?;
+    }
+    Ok(())
 }
 
 /// Where the log stands.
@@ -693,6 +770,7 @@ fn scan_segment(
             {
                 return Ok(ScanEnd::Torn(0));
             }
+            seg.damaged_at = Some(0);
             return Err(corrupt(0, reason));
         }
     };
@@ -719,7 +797,10 @@ fn scan_segment(
                     match replay.apply(r) {
                         Ok(Some(i)) => seg.max_index = seg.max_index.max(i),
                         Ok(None) => {}
-                        Err(reason) => return Err(corrupt(batch_start, reason)),
+                        Err(reason) => {
+                            seg.damaged_at = Some(batch_start as u64);
+                            return Err(corrupt(batch_start, reason));
+                        }
                     }
                     if r.kind == KIND_BASE {
                         seg.has_base = true;
@@ -731,7 +812,10 @@ fn scan_segment(
                 pos = end;
             }
             Batch::Torn => return Ok(ScanEnd::Torn(batch_start as u64)),
-            Batch::Damaged(offset, reason) => return Err(corrupt(offset, reason)),
+            Batch::Damaged(offset, reason) => {
+                seg.damaged_at = Some(batch_start as u64);
+                return Err(corrupt(offset, reason));
+            }
         }
     }
     Ok(ScanEnd::Clean)
@@ -848,6 +932,87 @@ impl<V: Vfs> Wal<V> {
     /// Opens (or creates) the log in `dir`, repairing a torn tail, and
     /// returns it with everything it holds.
     pub fn open(vfs: V, dir: &Path, opts: WalOptions) -> Result<(Wal<V>, StoredState), WalError> {
+        let (mut wal, state) = Self::open_attempt(vfs, dir, opts).map_err(|(e, _)| e)?;
+        wal.repairing = read_marker(&wal.vfs, dir)?;
+        Ok((wal, state))
+    }
+
+    /// Like [`Wal::open`], but damage to acknowledged data does not refuse
+    /// the log: the damaged segment and every later one are moved to a
+    /// `damaged-*` directory beside the segments (kept for inspection), the
+    /// intact prefix before the damaged batch stays, and the log is marked
+    /// *repairing* ([`Wal::repairing`]) until [`Wal::finish_repair`]: its
+    /// owner must not vote until it has the rest of the log from its peers
+    /// (see `InitialState::repairing`). The mark is durable before anything
+    /// is moved, so a crash mid-repair restarts the repair.
+    pub fn open_repairing(
+        vfs: V,
+        dir: &Path,
+        opts: WalOptions,
+    ) -> Result<(Wal<V>, StoredState), WalError> {
+        // Each round moves at least one segment aside or cuts one short, so
+        // the rounds are bounded by the segments there are.
+        for _ in 0..=MAX_REPAIR_ROUNDS {
+            match Self::open_attempt(vfs.clone(), dir, opts.clone()) {
+                Ok((mut wal, state)) => {
+                    wal.repairing = read_marker(&wal.vfs, dir)?;
+                    return Ok((wal, state));
+                }
+                Err((e @ WalError::Corrupt { .. }, Some((seq, at)))) => {
+                    tracing::error!(dir = %dir.display(), "{e}; repairing: keeping the intact prefix and moving the rest aside");
+                    write_marker(&vfs, dir, &e.to_string())?;
+                    quarantine(&vfs, dir, seq, at)?;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+        Err(WalError::Corrupt {
+            file: dir.to_path_buf(),
+            offset: 0,
+            reason: format!("still damaged after {MAX_REPAIR_ROUNDS} repair rounds"),
+        })
+    }
+
+    /// Why the log is repairing (the damage it found), while it is: from
+    /// an [`Wal::open_repairing`] that found damage, until
+    /// [`Wal::finish_repair`], across restarts.
+    pub fn repairing(&self) -> Option<&str> {
+        self.repairing.as_deref()
+    }
+
+    /// The log is whole again (its owner caught up with its peers): drops
+    /// the repairing mark, durably.
+    pub fn finish_repair(&mut self) -> Result<(), WalError> {
+        if self.repairing.take().is_some() {
+            let marker = self.dir.join(REPAIR_MARKER);
+            match self.vfs.remove(&marker) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&marker)(e)),
+            }
+            self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// One open; a scan's damage comes with the segment and batch offset.
+    fn open_attempt(
+        vfs: V,
+        dir: &Path,
+        opts: WalOptions,
+    ) -> Result<Opened<V>, (WalError, Option<DamageAt>)> {
+        let mut damage = None;
+        Self::open_once(vfs, dir, opts, &mut damage).map_err(|e| (e, damage))
+    }
+
+    /// One open; sets `damage` to the segment and batch a scan found
+    /// damaged.
+    fn open_once(
+        vfs: V,
+        dir: &Path,
+        opts: WalOptions,
+        damage: &mut Option<(u64, u64)>,
+    ) -> Result<(Wal<V>, StoredState), WalError> {
         // A new directory is durable only once its parent is synced; and a
         // segment created before a failed directory sync is made durable
         // here, before anything more is acknowledged in it.
@@ -876,8 +1041,13 @@ impl<V: Vfs> Wal<V> {
                 version: 2,
                 chain: 0,
                 last_batch_at: None,
+                damaged_at: None,
             };
-            match scan_segment(&buf, &path, *seq, last, &mut replay, &mut seg)? {
+            let scanned = scan_segment(&buf, &path, *seq, last, &mut replay, &mut seg);
+            if let (Err(_), Some(at)) = (&scanned, seg.damaged_at) {
+                *damage = Some((*seq, at));
+            }
+            match scanned? {
                 ScanEnd::Clean => segments.push(seg),
                 ScanEnd::Torn(0) => {
                     // The segment's creation itself was interrupted.
@@ -967,6 +1137,7 @@ impl<V: Vfs> Wal<V> {
             syncs: 0,
             max_batch_bytes: MAX_BATCH_BYTES,
             rotate_next,
+            repairing: None,
         };
         Ok((wal, state))
     }
@@ -987,6 +1158,7 @@ impl<V: Vfs> Wal<V> {
             version: 2,
             chain: 0,
             last_batch_at: None,
+            damaged_at: None,
         };
         Ok((f, seg))
     }

@@ -616,6 +616,7 @@ fn body_kind(b: &Body) -> &'static str {
         Body::Append { .. } => "append",
         Body::AppendResponse(ha_core::raft::AppendOutcome::Accepted { .. }) => "append-ok",
         Body::AppendResponse(ha_core::raft::AppendOutcome::Rejected { .. }) => "append-reject",
+        Body::AppendResponse(ha_core::raft::AppendOutcome::Repairing { .. }) => "append-repairing",
         Body::Heartbeat { .. } => "heartbeat",
         Body::HeartbeatResponse { .. } => "heartbeat-resp",
         Body::InstallSnapshot { .. } => "install-snapshot",
@@ -848,6 +849,7 @@ impl Sim {
             membership,
             snapshot_last: stored.snapshot_last,
             entries: stored.entries,
+            repairing: false,
         };
         node.applied.clear();
         let published = node.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
