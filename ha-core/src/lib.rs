@@ -119,7 +119,12 @@
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let mut cluster = ha_quic::LocalCluster::<Inventory>::start(3).await?;
-//!     let client = cluster.client(); // finds the leader itself
+//!     // Finds the leader itself; waits up to 30 s for an answer (a failover
+//!     // on a loaded machine takes a few hundred ms).
+//!     let client = cluster.client_with(ha_core::ClientOptions {
+//!         timeout: std::time::Duration::from_secs(30),
+//!         ..Default::default()
+//!     });
 //!
 //!     client.receive("widget".into(), 10).await?;
 //!     assert_eq!(client.ship("widget".into(), 4).await?, Ok(6));
@@ -143,10 +148,13 @@
 //! takes effect (refused before it reached a log: too large, over the
 //! storage quota, a session that expired before it was sent);
 //! [`Error::is_unknown`] means it may still take effect (a timeout after
-//! sending, a leader lost mid-commit). Retrying is safe either way: the
-//! client numbers its commands in a session, and a retry of the same call
-//! is applied at most once. Errors print their explanation with both `{}`
-//! and `{:?}`, so `main` returning `Box<dyn Error>` shows it as written.
+//! sending, a leader lost mid-commit). Within one call the client retries
+//! by itself (other nodes, new leaders) under one session number, so that
+//! call is applied at most once. A call you make again after an error is a
+//! *new* command: after `is_unknown`, the first may still have applied, so
+//! read the state before repeating a command that is not idempotent. The
+//! framework's errors print their explanation with both `{}` and `{:?}`, so
+//! `main` returning `Box<dyn Error>` shows it as written.
 //!
 //! ## 6. Separate processes
 //!
@@ -185,7 +193,8 @@
 //!     let dir = DataDir::open_for::<Inventory, _>(&StdFs, Path::new("data"), &identity.cluster_id(), me)?;
 //!     let quic = QuicConfig::new(me, "0.0.0.0:7000".parse()?, peers, identity);
 //!     let opts = NodeOptions::new(me, [NodeId(1), NodeId(2), NodeId(3)]);
-//!     let node = QuicNode::start_replicated::<Inventory>(opts, quic, None, &dir, WalOptions::default())?;
+//!     // The node keeps the directory (and its lock) until it is dropped.
+//!     let node = QuicNode::start_replicated::<Inventory>(opts, quic, None, dir, WalOptions::default())?;
 //!     tokio::signal::ctrl_c().await?;
 //!     node.shutdown().await;
 //!     Ok(())

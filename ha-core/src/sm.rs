@@ -2,7 +2,7 @@
 //!
 //! Owns: the traits the macros implement ([`StateMachine`],
 //! [`ReplicatedState`], [`Replicated`]), what arguments and return values
-//! of replicated methods must be ([`ReplicatedValue`]), the
+//! of replicated methods must be (`ReplicatedValue`), the
 //! [`ApplyContext`] a command may read, and [`Sessions`], which makes
 //! commands exactly-once (dissertation §6.3).
 //!
@@ -128,10 +128,14 @@ pub trait Replicated: StateMachine + ReplicatedState + Default {
     note = "derive them (`#[derive(Serialize, Deserialize)]`), or use an owned type that \
             implements them"
 )]
+// Hidden: it would be listed among the blanket impls of every type in the
+// user's docs; compile errors still name it.
+#[doc(hidden)]
 pub trait ReplicatedValue {
-    /// Named, never called, by the check `#[replicated]` generates.
+    /// Named, never called, by the check `#[replicated]` generates (a name
+    /// no user trait is likely to share).
     #[doc(hidden)]
-    fn check() {}
+    fn __ha_check() {}
 }
 
 // `do_not_recommend`: the error names `ReplicatedValue` (and its message),
@@ -404,6 +408,9 @@ impl<T: Replicated> Sessions<T> {
 }
 
 impl<T: Replicated> Applier for Sessions<T> {
+    fn schema(&self) -> u64 {
+        T::SCHEMA_FINGERPRINT
+    }
     fn apply(&mut self, index: LogIndex, term: Term, command: &Bytes) -> Bytes {
         let outcome = match postcard::from_bytes::<LogCommand>(command) {
             Ok(cmd) => self.apply_log_command(index, term, cmd),

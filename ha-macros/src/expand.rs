@@ -422,7 +422,7 @@ fn generate(name: &Ident, methods: &[Method]) -> TokenStream {
         (
             quote! {
                 const _: () = {
-                    #(let _ = <#values as ::ha_core::sm::ReplicatedValue>::check;)*
+                    #(let _ = <#values as ::ha_core::sm::ReplicatedValue>::__ha_check;)*
                 };
             },
             quote! { where #value_bounds },

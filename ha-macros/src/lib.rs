@@ -38,8 +38,9 @@ use proc_macro::TokenStream;
 
 mod expand;
 
-/// Implements snapshot, restore and `ha_core::Replicated` for a struct (see
-/// the crate docs). Use it together with `#[replicated]` on the impl block.
+/// Implements snapshot and restore (`ha_core::sm::ReplicatedState`) for a
+/// struct (see the crate docs). Use it together with `#[replicated]` on the
+/// impl block, which completes `ha_core::Replicated`.
 #[proc_macro_derive(Replicated)]
 pub fn derive_replicated(input: TokenStream) -> TokenStream {
     expand::derive(input.into()).into()

@@ -55,8 +55,8 @@ ha_core::debug_as_display!(LocalClusterError);
 
 struct Running {
     rt: tokio::runtime::Runtime,
+    /// Holds the node's data directory (and its lock).
     node: QuicNode,
-    _dir: DataDir,
 }
 
 /// An embedded cluster of `T` (see the module docs).
@@ -166,16 +166,9 @@ impl<T: Replicated> LocalCluster<T> {
             let wal_opts = WalOptions {
                 segment_max_bytes: self.opts.wal_segment_bytes,
             };
-            QuicNode::start_replicated::<T>(opts, quic, Some(socket), &dir, wal_opts)?
+            QuicNode::start_replicated::<T>(opts, quic, Some(socket), dir, wal_opts)?
         };
-        self.running.insert(
-            id,
-            Running {
-                rt,
-                node,
-                _dir: dir,
-            },
-        );
+        self.running.insert(id, Running { rt, node });
         Ok(())
     }
 
@@ -280,14 +273,14 @@ impl<T: Replicated> LocalCluster<T> {
     /// are ignored.
     pub async fn kill(&mut self, id: u64) {
         if let Some(r) = self.running.remove(&NodeId(id)) {
-            let Running { rt, node, _dir } = r;
+            let Running { rt, node } = r;
             // Wait (off this runtime) until every task of the node is gone,
             // so its storage thread has let go of the log before anyone
-            // reopens it; only then release the directory lock.
+            // reopens it; only then release the directory lock (the node
+            // holds it).
             let _ = tokio::task::spawn_blocking(move || {
                 rt.shutdown_timeout(Duration::from_secs(10));
                 drop(node);
-                drop(_dir);
             })
             .await;
         }

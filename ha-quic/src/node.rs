@@ -65,10 +65,12 @@ fn check_addresses(opts: &NodeOptions, quic: &QuicConfig) -> Result<(), StartErr
     Ok(())
 }
 
-/// A running node and its endpoint.
+/// A running node and its endpoint (and, when started on one, its locked
+/// data directory, released only after the node stopped writing).
 pub struct QuicNode {
     handle: NodeHandle,
     endpoint: QuicEndpoint,
+    dir: Option<DataDir>,
 }
 
 impl QuicNode {
@@ -84,7 +86,29 @@ impl QuicNode {
     }
 
     /// Like [`QuicNode::start`], on a socket bound already when given.
+    ///
+    /// For raw appliers (schema 0) only: a node of a replicated type starts
+    /// with [`QuicNode::start_replicated`], which checks its data directory
+    /// against the type's schema before reading it.
     pub fn start_on<V: Vfs>(
+        opts: NodeOptions,
+        quic: QuicConfig,
+        socket: Option<std::net::UdpSocket>,
+        init: InitialState,
+        storage: NodeStorage<V>,
+        applier: impl Applier,
+    ) -> Result<QuicNode, StartError> {
+        if applier.schema() != 0 {
+            return Err(StartError::Config(format!(
+                "an applier of a replicated type (schema {:016x}) starts with \
+                 QuicNode::start_replicated, which checks the data directory's schema",
+                applier.schema()
+            )));
+        }
+        QuicNode::start_checked(opts, quic, socket, init, storage, applier)
+    }
+
+    fn start_checked<V: Vfs>(
         mut opts: NodeOptions,
         mut quic: QuicConfig,
         socket: Option<std::net::UdpSocket>,
@@ -105,7 +129,11 @@ impl QuicNode {
         let handle = start_node(opts, init, storage, Arc::new(endpoint.transport()), applier)
             .map_err(StartError::Node)?;
         endpoint.serve(handle.clone());
-        Ok(QuicNode { handle, endpoint })
+        Ok(QuicNode {
+            handle,
+            endpoint,
+            dir: None,
+        })
     }
 
     /// Starts a node of replicated type `T` on its (open, locked) data
@@ -116,35 +144,56 @@ impl QuicNode {
     /// The directory must have been opened for `T`
     /// ([`DataDir::open_for`]): one opened for raw data or another schema is
     /// refused with [`StartError::DataDir`] before anything is read, so a
-    /// changed type never misreads an old log.
+    /// changed type never misreads an old log; so is one of another node or
+    /// cluster than the settings name. The node keeps the directory (and
+    /// its lock) until it has stopped writing.
     pub fn start_replicated<T: Replicated>(
         opts: NodeOptions,
         mut quic: QuicConfig,
         socket: Option<std::net::UdpSocket>,
-        dir: &DataDir,
+        dir: DataDir,
         wal_opts: WalOptions,
     ) -> Result<QuicNode, StartError> {
         dir.check_schema::<T>()?;
+        if dir.node() != opts.raft.id {
+            return Err(ha_core::storage::DataDirError::NodeMismatch {
+                dir: dir.root().to_path_buf(),
+                found: dir.node(),
+                expected: opts.raft.id,
+            }
+            .into());
+        }
+        if dir.cluster_id() != quic.identity.cluster_id() {
+            return Err(ha_core::storage::DataDirError::ClusterMismatch {
+                dir: dir.root().to_path_buf(),
+                found: dir.cluster_id().to_string(),
+                expected: quic.identity.cluster_id(),
+            }
+            .into());
+        }
+        // Before anything in the directory is opened or written.
+        check_addresses(&opts, &quic)?;
         let node_err = |e: &dyn std::fmt::Display| StartError::Node(e.to_string());
         // Damage to acknowledged data is repaired from the peers, not
-        // refused (see `Wal::open_repairing`): unless no peer could supply it.
-        let (mut wal, state) =
-            Wal::open_repairing(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| node_err(&e))?;
-        if let Some(why) = wal.repairing() {
-            let peers = opts
-                .membership
-                .replication_targets()
-                .into_iter()
-                .filter(|p| *p != opts.raft.id)
-                .count();
-            if peers == 0 {
-                return Err(StartError::Node(format!(
-                    "{why}; a single-node cluster has no peer to repair from: restore {} from \
-                     a backup (the damaged segments were moved to a damaged-* directory there)",
+        // refused (see `Wal::open_repairing`), unless there is no peer to
+        // repair from: then it is refused, and nothing is moved.
+        let peers = opts
+            .membership
+            .replication_targets()
+            .into_iter()
+            .filter(|p| *p != opts.raft.id)
+            .count();
+        let (mut wal, state) = if peers == 0 {
+            Wal::open(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| {
+                StartError::Node(format!(
+                    "{e}; a single-node cluster has no peer to repair from: restore {} from a \
+                     backup",
                     dir.wal_dir().display()
-                )));
-            }
-        }
+                ))
+            })?
+        } else {
+            Wal::open_repairing(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| node_err(&e))?
+        };
         if let Some(r) = wal.repaired() {
             tracing::warn!("{r}");
         }
@@ -153,7 +202,7 @@ impl QuicNode {
         let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS);
         let init = recover(&mut wal, state, &snapshots, &mut applier).map_err(|e| node_err(&e))?;
         quic.schema = T::SCHEMA_FINGERPRINT;
-        QuicNode::start_on(
+        let mut node = QuicNode::start_checked(
             opts,
             quic,
             socket,
@@ -163,7 +212,9 @@ impl QuicNode {
                 snapshots: Arc::new(snapshots),
             },
             applier,
-        )
+        )?;
+        node.dir = Some(dir);
+        Ok(node)
     }
 
     /// The node.

@@ -79,7 +79,7 @@ mod v2 {
 }
 
 /// Starts a one-node cluster of `T` on `dir`.
-fn start<T: Replicated>(certs: &Path, dir: &DataDir) -> Result<QuicNode, StartError> {
+fn start<T: Replicated>(certs: &Path, dir: DataDir) -> Result<QuicNode, StartError> {
     let id = NodeId(1);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
@@ -110,7 +110,7 @@ async fn a_changed_type_is_refused_on_the_old_directory_however_it_was_opened() 
     // refused by a typed node, before anything is read or written.
     {
         let raw = open_raw(&root, certs.path()).unwrap();
-        let err = start::<v1::Inventory>(certs.path(), &raw)
+        let err = start::<v1::Inventory>(certs.path(), raw)
             .err()
             .expect("refused");
         assert!(
@@ -124,7 +124,7 @@ async fn a_changed_type_is_refused_on_the_old_directory_however_it_was_opened() 
     // Version 1 writes its entries.
     {
         let dir = open_for::<v1::Inventory>(&root, certs.path()).unwrap();
-        let node = start::<v1::Inventory>(certs.path(), &dir).unwrap();
+        let node = start::<v1::Inventory>(certs.path(), dir).unwrap();
         let client = ha_quic::connect::<v1::Inventory>(
             vec![node.local_addr()],
             &load_client_identity(certs.path()).unwrap(),
@@ -151,11 +151,11 @@ async fn a_changed_type_is_refused_on_the_old_directory_however_it_was_opened() 
         "{boxed:?}"
     );
     let err = open_raw(&root, certs.path()).expect_err("schema 0 is no wildcard");
-    assert!(matches!(err, DataDirError::SchemaMismatch { .. }), "{err}");
+    assert!(matches!(err, DataDirError::TypedOpenedRaw { .. }), "{err}");
     // A directory opened for version 1 cannot be handed to version 2.
     {
         let dir = open_for::<v1::Inventory>(&root, certs.path()).unwrap();
-        let err = start::<v2::Inventory>(certs.path(), &dir)
+        let err = start::<v2::Inventory>(certs.path(), dir)
             .err()
             .expect("refused");
         assert!(
@@ -169,7 +169,7 @@ async fn a_changed_type_is_refused_on_the_old_directory_however_it_was_opened() 
 
     // Version 1 still finds everything it wrote.
     let dir = open_for::<v1::Inventory>(&root, certs.path()).unwrap();
-    let node = start::<v1::Inventory>(certs.path(), &dir).unwrap();
+    let node = start::<v1::Inventory>(certs.path(), dir).unwrap();
     let client = ha_quic::connect::<v1::Inventory>(
         vec![node.local_addr()],
         &load_client_identity(certs.path()).unwrap(),
@@ -178,4 +178,48 @@ async fn a_changed_type_is_refused_on_the_old_directory_however_it_was_opened() 
     .unwrap();
     assert_eq!(client.total().await.unwrap(), 15);
     node.shutdown().await;
+}
+
+/// A directory is never used by another node than its own, and a typed
+/// applier cannot bypass the checks through the raw start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_another_node_and_a_typed_raw_start_are_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    create_cluster_certs(certs.path(), &[NodeId(1), NodeId(2)]).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dir = open_for::<v1::Inventory>(&data.path().join("n1"), certs.path()).unwrap();
+    let identity = load_node_identity(certs.path(), NodeId(2)).unwrap();
+    let quic = QuicConfig::new(
+        NodeId(2),
+        "127.0.0.1:0".parse().unwrap(),
+        BTreeMap::from([(NodeId(1), "127.0.0.1:9".parse().unwrap())]),
+        identity,
+    );
+    let opts = NodeOptions::new(NodeId(2), [NodeId(1), NodeId(2)]);
+    let err = QuicNode::start_replicated::<v1::Inventory>(
+        opts.clone(),
+        quic.clone(),
+        None,
+        dir,
+        WalOptions::default(),
+    )
+    .err()
+    .expect("node 2 on node 1's directory");
+    assert!(
+        matches!(err, StartError::DataDir(DataDirError::NodeMismatch { .. })),
+        "{err}"
+    );
+    let err = QuicNode::start_on(
+        opts,
+        quic,
+        None,
+        Default::default(),
+        ha_core::node::NodeStorage::<ha_core::storage::StdFs>::Memory(
+            ha_core::storage::MemLogStore::new(),
+        ),
+        ha_core::sm::Sessions::<v1::Inventory>::new(ha_core::sm::DEFAULT_SESSION_TIMEOUT_MS),
+    )
+    .err()
+    .expect("a typed applier through the raw start");
+    assert!(err.to_string().contains("start_replicated"), "{err}");
 }

@@ -149,7 +149,7 @@ pub async fn serve(a: ServeArgs) -> i32 {
     let mut quic = QuicConfig::new(me, listen, peers, identity);
     quic.limits.max_request_bytes = a.max_request_bytes;
     let node =
-        QuicNode::start_replicated::<Kv>(opts, quic, Some(socket), &dir, WalOptions::default())
+        QuicNode::start_replicated::<Kv>(opts, quic, Some(socket), dir, WalOptions::default())
             .unwrap_or_else(|e| usage_error(format!("--data-dir: {e}")));
     eprintln!("ha-kv: node {} listening on {listen}", a.id);
     if let Some(l) = metrics_listener {
@@ -168,7 +168,9 @@ pub async fn serve(a: ServeArgs) -> i32 {
         }
     };
     node.shutdown().await;
-    drop(dir);
+    // The node holds the data directory's lock until it is dropped, after
+    // its writers stopped.
+    drop(node);
     eprintln!("ha-kv: node {} stopped", a.id);
     code
 }

@@ -56,6 +56,12 @@ pub trait Applier: Send + 'static {
     fn snapshot(&self) -> Result<Vec<u8>, String>;
     /// Replaces the state with one decoded from a snapshot.
     fn restore(&mut self, state: &[u8]) -> Result<(), String>;
+    /// The schema fingerprint of the replicated type this applier runs (0:
+    /// raw bytes, the default). A node of a replicated type is started
+    /// through a path that checks its data directory against it.
+    fn schema(&self) -> u64 {
+        0
+    }
 }
 
 /// An applier that keeps nothing and answers with an empty reply.

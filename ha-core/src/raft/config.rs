@@ -62,9 +62,10 @@ pub struct Config {
     pub max_pending_reads: usize,
     /// Seed of the core's random number generator (election timeouts).
     /// [`Config::new`] draws it from the operating system's randomness, so
-    /// two nodes never share it by accident (nodes of two clusters with the
-    /// same id would otherwise time out in lockstep). A test that needs a
-    /// reproducible run sets it.
+    /// nodes made with their own `Config::new` never share it (nodes of two
+    /// clusters with the same id would otherwise time out in lockstep). A
+    /// `Config` cloned from a template keeps the template's seed: set it per
+    /// node. A test that needs a reproducible run sets it.
     pub rng_seed: u64,
     /// A bug to plant (tests only).
     #[cfg(feature = "planted-bugs")]

@@ -96,16 +96,30 @@ pub enum DataDirError {
     /// The directory holds raw data (it was created by [`DataDir::open`],
     /// schema 0) and a node of a replicated type was asked to use it.
     #[error(
-        "data directory {dir} was created for raw, untyped data (DataDir::open records no \
-         schema), but a node of a replicated type (schema {expected:016x}) was asked to use \
-         it: its log would be misread. Open the directory with DataDir::open_for::<YourType>() \
-         (a new directory that never ran can simply be removed)"
+        "data directory {dir} was created for raw, untyped data (by DataDir::open, which records \
+         no schema), so a node of a replicated type (schema {expected:016x}) cannot read its \
+         log: nothing says its commands are this type's. Use a new data directory for the \
+         typed node (open it with DataDir::open_for::<YourType>()); if this one never held \
+         data, it can simply be removed"
     )]
     NoSchema {
         /// The directory.
         dir: PathBuf,
         /// The schema of the replicated type.
         expected: u64,
+    },
+    /// The directory holds data of a replicated type and was opened as raw
+    /// (schema 0) data.
+    #[error(
+        "data directory {dir} holds data of a replicated type (schema {found:016x}) and was \
+         opened for raw data (DataDir::open): open it with DataDir::open_for::<YourType>() of \
+         the type that wrote it"
+    )]
+    TypedOpenedRaw {
+        /// The directory.
+        dir: PathBuf,
+        /// The schema it holds.
+        found: u64,
     },
     /// The identity file is damaged or missing while data exists.
     #[error("data directory {dir}: {reason}")]
@@ -401,6 +415,18 @@ impl DataDir {
                     expected: node,
                 });
             }
+            if found_schema == 0 && schema != 0 {
+                return Err(DataDirError::NoSchema {
+                    dir: root.to_path_buf(),
+                    expected: schema,
+                });
+            }
+            if found_schema != 0 && schema == 0 {
+                return Err(DataDirError::TypedOpenedRaw {
+                    dir: root.to_path_buf(),
+                    found: found_schema,
+                });
+            }
             if found_schema != schema {
                 return Err(DataDirError::SchemaMismatch {
                     dir: root.to_path_buf(),
@@ -633,12 +659,19 @@ mod tests {
         );
         let err = DataDir::open(&fs, d, "cluster-a", NodeId(2)).unwrap_err();
         assert!(matches!(err, DataDirError::NodeMismatch { .. }), "{err}");
+        // Raw data is never read as a type's, and a type's never as raw.
         let err = DataDir::open_with_schema(&fs, d, "cluster-a", NodeId(1), 42).unwrap_err();
+        assert!(matches!(err, DataDirError::NoSchema { .. }), "{err}");
+        let typed = Path::new("/n2");
+        drop(DataDir::open_with_schema(&fs, typed, "cluster-a", NodeId(1), 41).unwrap());
+        let err = DataDir::open_with_schema(&fs, typed, "cluster-a", NodeId(1), 42).unwrap_err();
         assert!(matches!(err, DataDirError::SchemaMismatch { .. }), "{err}");
         assert!(
             err.to_string().contains("Evolving a replicated type"),
             "{err}"
         );
+        let err = DataDir::open(&fs, typed, "cluster-a", NodeId(1)).unwrap_err();
+        assert!(matches!(err, DataDirError::TypedOpenedRaw { .. }), "{err}");
         let dd = DataDir::open(&fs, d, "cluster-a", NodeId(1)).unwrap();
         assert_eq!(dd.cluster_id(), "cluster-a");
         assert_eq!(dd.wal_dir(), Path::new("/n1/wal"));
