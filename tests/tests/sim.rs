@@ -22,8 +22,8 @@ fn random_runs_keep_every_safety_property() {
     eprintln!(
         "{ran} seeds passed in {:.1}s: {} ticks, {} messages delivered, {} commands \
          acknowledged, {} reads served, {} leaders elected, {} crashes, {} disk errors, \
-         {} torn log tails repaired, {} snapshots taken, {} installed, {} session operations, \
-         {} commands of expired sessions refused",
+         {} torn log tails repaired, {} disks damaged, {} repairs from peers, {} snapshots \
+         taken, {} installed, {} session operations, {} commands of expired sessions refused",
         started.elapsed().as_secs_f64(),
         stats.ticks,
         stats.delivered,
@@ -33,6 +33,8 @@ fn random_runs_keep_every_safety_property() {
         stats.crashes,
         stats.disk_errors,
         stats.torn_tails_repaired,
+        stats.media_damage,
+        stats.repairs,
         stats.snapshots_taken,
         stats.snapshots_installed,
         stats.session_ops,

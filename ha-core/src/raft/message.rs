@@ -92,6 +92,13 @@ pub enum Body {
         /// Its term.
         term: Term,
     },
+    /// "What is your term?", from a node repairing damaged storage, which
+    /// may have forgotten the highest term it took part in. Changes no state
+    /// of the receiver, whatever the message's term.
+    TermQuery,
+    /// Answer to a [`Body::TermQuery`]: the message's term is the sender's
+    /// current (durable) term.
+    TermReply,
 }
 
 /// A follower's answer to an append.
@@ -112,9 +119,21 @@ pub enum AppendOutcome {
         /// The term at `hint_index`.
         hint_term: Term,
     },
+    /// Like [`AppendOutcome::Accepted`], from a follower that is repairing
+    /// damaged storage: it moves replication on but counts for no commit
+    /// (the follower may have forgotten a higher term in which it
+    /// acknowledged entries, so its acknowledgement may help a stale leader
+    /// to a majority).
+    RepairAccepted {
+        /// Highest index known to match.
+        match_index: LogIndex,
+    },
     /// The follower is repairing damaged storage: its log ends at
     /// `(last_index, last_term)`, whatever it acknowledged before. The
-    /// leader forgets what it knew of it and probes from there.
+    /// leader forgets what it knew of it and probes from there, if it knew
+    /// of more. A repairing follower answers every heartbeat with this in
+    /// place of a [`Body::HeartbeatResponse`], so it never counts towards
+    /// confirming a leadership either.
     Repairing {
         /// The follower's last index.
         last_index: LogIndex,
@@ -233,7 +252,9 @@ impl Message {
             }
             Body::PreVoteResponse { .. }
             | Body::VoteResponse { .. }
-            | Body::HeartbeatResponse { .. } => Ok(()),
+            | Body::HeartbeatResponse { .. }
+            | Body::TermQuery
+            | Body::TermReply => Ok(()),
             Body::Append {
                 prev_index,
                 prev_term,
@@ -250,9 +271,10 @@ impl Message {
                 }
                 Ok(())
             }
-            Body::AppendResponse(AppendOutcome::Accepted { match_index }) => {
-                index("match index", *match_index)
-            }
+            Body::AppendResponse(
+                AppendOutcome::Accepted { match_index }
+                | AppendOutcome::RepairAccepted { match_index },
+            ) => index("match index", *match_index),
             Body::AppendResponse(AppendOutcome::Rejected {
                 rejected,
                 hint_index,

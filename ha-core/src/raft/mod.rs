@@ -33,7 +33,7 @@ pub mod read;
 pub mod rng;
 
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use config::Config;
 #[cfg(feature = "planted-bugs")]
@@ -104,21 +104,43 @@ pub struct InitialState {
     pub repairing: bool,
 }
 
-/// A node repairing damaged storage (protocol-aware recovery). It neither
-/// votes nor campaigns, and takes no commit index from heartbeats (its
-/// leader's view of its log may be stale). It tells each leader it hears
-/// from where its log really ends ([`AppendOutcome::Repairing`]), so the
-/// leader probes it from there. It is caught up once its commit index
-/// reaches an entry of its leader's own term: a leader commits such an
-/// entry only after everything before it, so the node then holds every
-/// committed entry, including any it acknowledged and lost. One more
-/// election round passes, then it votes again, but only in terms above
-/// every term it saw meanwhile, so a vote it forgot is not given a second
-/// time in the same term by this node.
+/// A node repairing damaged storage (protocol-aware recovery).
+///
+/// The node may lack entries it acknowledged, and may have forgotten the
+/// highest term it took part in (and its vote there). Until the repair ends
+/// it neither votes nor campaigns, takes no commit index from heartbeats
+/// (its leader's view of its log may be stale), and counts for nothing: it
+/// answers appends with [`AppendOutcome::RepairAccepted`] and heartbeats
+/// with [`AppendOutcome::Repairing`] (where its log really ends), so no
+/// leader commits or confirms a read with its help. Otherwise a stale leader
+/// of a term below the forgotten one could reach a majority with it.
+///
+/// The repair ends when both hold:
+/// - every other voter answered a [`Body::TermQuery`] since the repair
+///   began, and this node took on any higher term it heard (a term the node
+///   forgot is known, durably, to the other voter it took part in that term
+///   with);
+/// - in its current term, an append of its leader carried the leader's
+///   whole commit index, that index names an entry of the leader's own term,
+///   and this log holds it durably. A leader whose commit index is at an
+///   own-term entry has committed everything committed before its term;
+///   with the first condition, that term is at least any in which this node
+///   acknowledged entries, so the node then holds every committed entry,
+///   including any it acknowledged and lost.
+///
+/// One more election round passes, then it votes again, but only in terms
+/// above every term it saw meanwhile, so a forgotten vote is never given a
+/// second time in the same term.
 #[derive(Clone, Debug)]
 struct Repair {
-    /// The leader and term told where this log ends.
-    announced: Option<(NodeId, Term)>,
+    /// `(index, term)`: a commit index of this node's leader in `term`
+    /// (from an append: its whole commit, not the clamped one of
+    /// heartbeats) at an entry of that term, which this log holds.
+    caught_up_at: Option<(LogIndex, Term)>,
+    /// Voters that answered a term query since the repair began.
+    heard: BTreeSet<NodeId>,
+    /// Ticks since term queries were last sent.
+    query_elapsed: u64,
     /// Ticks of the waiting round left, once caught up.
     wait_ticks: Option<u64>,
     /// The highest term seen since the start of the repair.
@@ -361,7 +383,10 @@ impl Raft {
             installed_snapshot: None,
             snapshots_to_send: Vec::new(),
             repair: init.repairing.then_some(Repair {
-                announced: None,
+                caught_up_at: None,
+                heard: BTreeSet::new(),
+                // Query at the first tick.
+                query_elapsed: u64::MAX,
                 wait_ticks: None,
                 floor: hs.term,
             }),
@@ -549,7 +574,24 @@ impl Raft {
                 self.term, m.term
             )));
         }
-        if let Body::AppendResponse(AppendOutcome::Accepted { match_index }) = m.body
+        match m.body {
+            Body::TermQuery => {
+                // Answered with this node's durable term, whatever the
+                // asker's: a repairing node moves no one's term or leader.
+                self.send_after_persist(m.from, Body::TermReply);
+                return Ok(());
+            }
+            Body::TermReply => {
+                if let Some(r) = &mut self.repair {
+                    r.heard.insert(m.from);
+                }
+                // Then as any message: a higher term is taken on.
+            }
+            _ => {}
+        }
+        if let Body::AppendResponse(
+            AppendOutcome::Accepted { match_index } | AppendOutcome::RepairAccepted { match_index },
+        ) = m.body
             && m.term == self.term
             && self.is_leader()
             && match_index > self.log.last_index()
@@ -657,11 +699,12 @@ impl Raft {
                 }
                 self.leader = Some(m.from);
                 self.election_elapsed = 0;
-                if self.repair.is_none() {
+                if self.repair.is_some() {
+                    self.announce_repair(m.from);
+                } else {
                     self.log.commit_to(commit);
+                    self.send_after_persist(m.from, Body::HeartbeatResponse { seq });
                 }
-                self.announce_repair(m.from);
-                self.send_after_persist(m.from, Body::HeartbeatResponse { seq });
             }
             Body::InstallSnapshot { index, term } => {
                 if !matches!(self.role, Role::Follower) {
@@ -673,6 +716,8 @@ impl Raft {
             }
             Body::AppendResponse(outcome) => self.handle_append_response(m.from, outcome),
             Body::HeartbeatResponse { seq } => self.handle_heartbeat_response(m.from, seq),
+            // Handled above.
+            Body::TermQuery | Body::TermReply => {}
         }
         Ok(())
     }
@@ -794,16 +839,10 @@ impl Raft {
             && self.repair.is_none()
     }
 
-    /// While repairing, tells `leader` (once per leader and term) where this
-    /// log really ends, so it probes from there (see `Repair`).
+    /// While repairing, tells `leader` where this log really ends, so it
+    /// probes from there if it knew of more (see `Repair`). Sent in answer
+    /// to every heartbeat, so a lost notice is repeated.
     fn announce_repair(&mut self, leader: NodeId) {
-        let Some(r) = &mut self.repair else {
-            return;
-        };
-        if r.announced == Some((leader, self.term)) {
-            return;
-        }
-        r.announced = Some((leader, self.term));
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         self.send_after_persist(
             leader,
@@ -814,18 +853,60 @@ impl Raft {
         );
     }
 
-    /// Moves a repair on: caught up with the leader's own-term commit,
-    /// then one election round of waiting, then done.
+    /// The answer to an append or snapshot that left this log matching the
+    /// leader's up to `match_index`.
+    fn accepted(&self, match_index: LogIndex) -> Body {
+        Body::AppendResponse(if self.repair.is_some() {
+            AppendOutcome::RepairAccepted { match_index }
+        } else {
+            AppendOutcome::Accepted { match_index }
+        })
+    }
+
+    /// Moves a repair on: term queries until every other voter answered,
+    /// caught up with the leader's own-term commit, then one election
+    /// round of waiting, then done (see `Repair`).
     fn tick_repair(&mut self) {
+        let me = self.config.id;
         let Some(r) = &mut self.repair else {
             return;
         };
         r.floor = r.floor.max(self.term);
+        let others: Vec<NodeId> = self
+            .membership
+            .voters
+            .union(&self.membership.voters_outgoing)
+            .copied()
+            .filter(|&v| v != me)
+            .collect();
+        let unheard: Vec<NodeId> = others
+            .iter()
+            .copied()
+            .filter(|v| !r.heard.contains(v))
+            .collect();
+        r.query_elapsed = r.query_elapsed.saturating_add(1);
+        if !unheard.is_empty() && r.query_elapsed >= self.config.heartbeat_interval_ticks {
+            r.query_elapsed = 0;
+            for v in &unheard {
+                self.msgs.push(Message {
+                    from: me,
+                    to: *v,
+                    term: self.term,
+                    body: Body::TermQuery,
+                });
+            }
+        }
+        let Some(r) = &mut self.repair else {
+            return;
+        };
         match r.wait_ticks {
             None => {
-                let caught_up = self.leader.is_some()
-                    && self.log.committed > LogIndex(0)
-                    && self.log.term(self.log.committed) == Some(self.term);
+                // Durable, not only received: the mark on disk goes once
+                // the repair ends.
+                let caught_up = unheard.is_empty()
+                    && r.caught_up_at.is_some_and(|(at, term)| {
+                        term == self.term && self.log.persisted >= at && self.log.committed >= at
+                    });
                 if caught_up {
                     r.wait_ticks = Some(self.config.election_timeout_max_ticks);
                 }
@@ -1109,12 +1190,22 @@ impl Raft {
         let Some(p) = l.progress.get_mut(&from) else {
             return;
         };
-        p.recent_active = true;
+        // A repairing follower counts for nothing (see `Repair`), not even
+        // to keep this leader in office.
+        p.recent_active |= !matches!(
+            outcome,
+            AppendOutcome::RepairAccepted { .. } | AppendOutcome::Repairing { .. }
+        );
         match outcome {
             AppendOutcome::Accepted { match_index } => {
-                if p.on_ack(match_index) {
+                let was_repairing = std::mem::take(&mut p.repairing);
+                if p.on_ack(match_index) || was_repairing {
                     self.maybe_commit();
                 }
+            }
+            AppendOutcome::RepairAccepted { match_index } => {
+                p.repairing = true;
+                p.on_ack(match_index);
             }
             AppendOutcome::Rejected {
                 rejected,
@@ -1132,13 +1223,33 @@ impl Raft {
                 last_index,
                 last_term,
             } => {
-                // The follower lost part of its log: forget what it was
-                // known to hold and probe from where its log really ends.
-                let probe_from = self
-                    .log
-                    .find_conflict_by_term(last_index.min(self.log.last_index()), last_term)
-                    .0;
-                p.reset_for_repair(probe_from);
+                // The follower lost part of its log: if what it was known to
+                // hold may be wrong, forget that and probe from where its log
+                // really ends. (A repeated notice, once the view is right,
+                // does not disturb the search.)
+                p.repairing = true;
+                // What it was known to hold is still right only if its log
+                // ends at or after that and its last entry is in this log
+                // (then, by Log Matching, the logs agree up to there). Its
+                // intact prefix may be an older version of an index it
+                // acknowledged after a truncation.
+                let agrees = last_index <= self.log.last_index()
+                    && self.log.term(last_index) == Some(last_term);
+                if p.match_index > last_index || (!agrees && p.match_index > LogIndex(0)) {
+                    let probe_from = self
+                        .log
+                        .find_conflict_by_term(last_index.min(self.log.last_index()), last_term)
+                        .0;
+                    p.reset_for_repair(probe_from);
+                } else {
+                    // The notice answers a heartbeat: as a heartbeat answer,
+                    // it lets a paused probe try again and settles a window
+                    // a lost append left stuck. And the follower may not
+                    // have seen the whole commit index in an append
+                    // (heartbeats carry a clamped one, and a commit-only
+                    // append may have overtaken its entries): send it again.
+                    p.on_repair_notice();
+                }
             }
         }
     }
@@ -1152,6 +1263,9 @@ impl Raft {
             return;
         };
         p.recent_active = true;
+        // Only a node that is not repairing answers heartbeats: its match
+        // counts again.
+        let repaired = std::mem::take(&mut p.repairing);
         p.on_heartbeat_response(seq);
         if let Some(round) = &mut l.reads.round
             && round.heartbeat_seq <= seq
@@ -1171,6 +1285,9 @@ impl Raft {
                     }));
             }
         }
+        if repaired {
+            self.maybe_commit();
+        }
     }
 
     fn maybe_commit(&mut self) {
@@ -1183,7 +1300,11 @@ impl Raft {
             if n == me {
                 persisted
             } else {
-                l.progress.get(&n).map_or(LogIndex(0), |p| p.match_index)
+                // A repairing follower counts for no commit (see `Repair`).
+                l.progress
+                    .get(&n)
+                    .filter(|p| !p.repairing)
+                    .map_or(LogIndex(0), |p| p.match_index)
             }
         });
         if index <= self.log.committed {
@@ -1304,14 +1425,10 @@ impl Raft {
         entries: &[Entry],
         commit: LogIndex,
     ) -> Result<(), StepError> {
-        self.announce_repair(from);
         if prev_index < self.log.committed {
             // Everything up to our commit index matches the leader's log.
             let match_index = self.log.committed;
-            self.send_after_persist(
-                from,
-                Body::AppendResponse(AppendOutcome::Accepted { match_index }),
-            );
+            self.send_after_persist(from, self.accepted(match_index));
             return Ok(());
         }
         if self.log.matches(prev_index, prev_term) {
@@ -1320,12 +1437,17 @@ impl Raft {
                 .append_from_leader(prev_index, entries)
                 .map_err(StepError::Protocol)?;
             self.log.commit_to(commit.min(last_new));
-            self.send_after_persist(
-                from,
-                Body::AppendResponse(AppendOutcome::Accepted {
-                    match_index: last_new,
-                }),
-            );
+            // Repairing: the leader's whole commit index, at an entry of its
+            // own term, is now in this log (see `Repair`).
+            let term = self.term;
+            if let Some(r) = &mut self.repair
+                && commit <= last_new
+                && commit > LogIndex(0)
+                && self.log.term(commit) == Some(term)
+            {
+                r.caught_up_at = Some((commit, term));
+            }
+            self.send_after_persist(from, self.accepted(last_new));
         } else {
             let (hint_index, hint_term) = self.log.find_conflict_by_term(prev_index, prev_term);
             self.send_after_persist(
@@ -1344,10 +1466,7 @@ impl Raft {
         if index <= self.log.committed {
             // Nothing new: we have all of it committed already.
             let match_index = self.log.committed;
-            self.send_after_persist(
-                from,
-                Body::AppendResponse(AppendOutcome::Accepted { match_index }),
-            );
+            self.send_after_persist(from, self.accepted(match_index));
             return;
         }
         let keep_suffix = self.log.install_snapshot(index, term);
@@ -1360,10 +1479,7 @@ impl Raft {
             term,
             keep_suffix,
         });
-        self.send_after_persist(
-            from,
-            Body::AppendResponse(AppendOutcome::Accepted { match_index: index }),
-        );
+        self.send_after_persist(from, self.accepted(index));
     }
 
     fn send_after_persist(&mut self, to: NodeId, body: Body) {
@@ -1484,23 +1600,13 @@ mod tests {
         })
     }
 
-    /// A vote request of term 5 from an up-to-date candidate.
-    fn up_vote_probe() -> Message {
-        msg(
-            2,
-            5,
-            Body::Vote {
-                last_index: LogIndex(4),
-                last_term: Term(5),
-            },
-        )
-    }
-
     /// A node whose storage lost part of its log (and maybe a vote) grants
     /// no vote and never campaigns; it tells the leader where its log ends,
-    /// takes no commit index from heartbeats, and votes again only once it
-    /// holds the leader's own-term commit and an election round has passed,
-    /// and then only in terms above any it saw.
+    /// takes no commit index from heartbeats, answers no heartbeat, and
+    /// acknowledges appends only as repairing. It votes again only once
+    /// every other voter told it its term, it holds the own-term commit of
+    /// its leader in its current term and an election round has passed, and
+    /// then only in terms above any it saw.
     #[test]
     fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
         let entry = |i: u64, t: u64| Entry {
@@ -1569,7 +1675,8 @@ mod tests {
                 })
             )));
         assert_eq!(r.commit_index(), LogIndex(1));
-        // The leader's log, up to its own-term commit.
+        // The leader's log, up to its own-term commit: accepted, but as a
+        // repairing node (no commit counts it).
         r.step(msg(
             3,
             5,
@@ -1581,53 +1688,216 @@ mod tests {
             },
         ))
         .unwrap();
-        drain(&mut r);
-        assert_eq!(r.commit_index(), LogIndex(4));
-        // One more election round, still without votes.
+        let out = drain(&mut r);
+        assert!(out.iter().any(|m| matches!(
+            m.body,
+            Body::AppendResponse(AppendOutcome::RepairAccepted {
+                match_index: LogIndex(4)
+            })
+        )));
+        assert!(
+            !out.iter()
+                .any(|m| matches!(m.body, Body::AppendResponse(AppendOutcome::Accepted { .. }))),
+            "a repairing node's acknowledgement must not count"
+        );
+        assert_eq!(r.commit_index(), LogIndex(1).max(LogIndex(4)));
+        // Caught up with the leader of term 5, but a higher term may have
+        // been forgotten: it asks every other voter, and goes on asking,
+        // until each answered; meanwhile heartbeats get notices, never a
+        // heartbeat answer (which would confirm a leadership).
         let round = Config::new(NodeId(1)).election_timeout_max_ticks;
-        let mut ticks = 0;
-        while r.is_repairing() {
-            assert!(ticks <= round + 2, "repair ends after the waiting round");
-            r.step(up_vote_probe()).unwrap();
-            assert_eq!(vote_granted(&drain(&mut r)), Some(false));
-            r.tick();
-            ticks += 1;
-            r.step(msg(
-                3,
-                5,
+        let heartbeat = |from: u64, term: u64| {
+            msg(
+                from,
+                term,
                 Body::Heartbeat {
                     commit: LogIndex(4),
                     seq: 2,
                 },
-            ))
-            .unwrap();
+            )
+        };
+        let mut asked = BTreeSet::new();
+        for _ in 0..3 * round {
+            r.tick();
+            r.step(heartbeat(3, 5)).unwrap();
+            for m in drain(&mut r) {
+                assert!(
+                    !matches!(m.body, Body::HeartbeatResponse { .. }),
+                    "a repairing node answered a heartbeat"
+                );
+                if matches!(m.body, Body::TermQuery) {
+                    asked.insert(m.to);
+                }
+            }
+        }
+        assert!(r.is_repairing(), "no voter answered: still repairing");
+        assert_eq!(asked, BTreeSet::from([NodeId(2), NodeId(3)]));
+        // Node 3 answers in term 5; node 2 is in term 6, which this node
+        // takes on: the caught-up point of term 5 no longer counts.
+        r.step(msg(3, 5, Body::TermReply)).unwrap();
+        r.step(msg(2, 6, Body::TermReply)).unwrap();
+        drain(&mut r);
+        assert_eq!(r.term(), Term(6));
+        for _ in 0..3 * round {
+            r.tick();
             drain(&mut r);
         }
-        assert!(ticks >= round, "a whole election round passed: {ticks}");
-        // Not in a term it saw (5), even for an up-to-date candidate.
+        assert!(r.is_repairing(), "caught up only in an older term");
+        // The leader of term 6 brings its own-term commit.
         r.step(msg(
             2,
-            5,
-            Body::Vote {
-                last_index: LogIndex(4),
-                last_term: Term(5),
+            6,
+            Body::Append {
+                prev_index: LogIndex(4),
+                prev_term: Term(5),
+                entries: vec![entry(5, 6)],
+                commit: LogIndex(5),
             },
         ))
         .unwrap();
-        assert_eq!(vote_granted(&drain(&mut r)), Some(false));
-        // Then votes only in terms above every term it saw.
+        drain(&mut r);
+        assert_eq!(r.commit_index(), LogIndex(5));
+        // One more election round, still without votes.
+        let mut ticks = 0;
+        while r.is_repairing() {
+            assert!(ticks <= round + 2, "repair ends after the waiting round");
+            r.step(msg(
+                3,
+                6,
+                Body::Vote {
+                    last_index: LogIndex(5),
+                    last_term: Term(6),
+                },
+            ))
+            .unwrap();
+            assert_eq!(vote_granted(&drain(&mut r)), Some(false));
+            r.tick();
+            ticks += 1;
+            r.step(heartbeat(2, 6)).unwrap();
+            drain(&mut r);
+        }
+        assert!(ticks >= round, "a whole election round passed: {ticks}");
+        // Now it answers heartbeats again.
+        r.step(heartbeat(2, 6)).unwrap();
+        assert!(
+            drain(&mut r)
+                .iter()
+                .any(|m| matches!(m.body, Body::HeartbeatResponse { .. }))
+        );
+        // Not in a term it saw (6), even for an up-to-date candidate.
         let up_to_date = |t: u64| {
             msg(
-                2,
+                3,
                 t,
                 Body::Vote {
-                    last_index: LogIndex(4),
-                    last_term: Term(5),
+                    last_index: LogIndex(5),
+                    last_term: Term(6),
                 },
             )
         };
         r.step(up_to_date(6)).unwrap();
+        assert_eq!(vote_granted(&drain(&mut r)), Some(false));
+        // Then votes only in terms above every term it saw.
+        r.step(up_to_date(7)).unwrap();
         assert_eq!(vote_granted(&drain(&mut r)), Some(true));
+    }
+
+    /// A term query changes nothing at the receiver, whatever its term,
+    /// and is answered with the receiver's term.
+    #[test]
+    fn a_term_query_is_answered_and_moves_no_term() {
+        let mut r = node();
+        r.step(heartbeat(4)).unwrap();
+        drain(&mut r);
+        r.step(msg(3, 9, Body::TermQuery)).unwrap();
+        let out = drain(&mut r);
+        assert_eq!(r.term(), Term(4));
+        assert_eq!(r.leader(), Some(NodeId(2)));
+        assert!(
+            out.iter().any(|m| m.to == NodeId(3)
+                && m.term == Term(4)
+                && matches!(m.body, Body::TermReply))
+        );
+    }
+
+    /// A leader counts no commit and no read confirmation from a repairing
+    /// follower, and counts it again once it answers as a whole one.
+    #[test]
+    fn a_leader_counts_no_majority_with_a_repairing_follower() {
+        let mut r = node();
+        let mut ticks = 0;
+        while r.role() == RoleKind::Follower {
+            r.tick();
+            ticks += 1;
+            assert!(ticks < 1000, "never campaigned");
+        }
+        drain(&mut r);
+        // Pre-vote, then vote, from node 2.
+        while r.role() != RoleKind::Leader {
+            let (term, body) = if r.role() == RoleKind::PreCandidate {
+                (r.term().next(), Body::PreVoteResponse { granted: true })
+            } else {
+                (r.term(), Body::VoteResponse { granted: true })
+            };
+            r.step(msg(2, term.0, body)).unwrap();
+            drain(&mut r);
+        }
+        let term = r.term();
+        let last = r.last_index();
+        assert!(last > LogIndex(0));
+        // Node 3 is repairing: its acknowledgement moves nothing.
+        let from3 = |o: AppendOutcome| msg(3, term.0, Body::AppendResponse(o));
+        r.step(from3(AppendOutcome::RepairAccepted { match_index: last }))
+            .unwrap();
+        drain(&mut r);
+        assert!(r.commit_index() < last, "committed with a repairing node");
+        // Its repair done, it acknowledges as any follower: the entry commits.
+        r.step(from3(AppendOutcome::Accepted { match_index: last }))
+            .unwrap();
+        drain(&mut r);
+        assert_eq!(r.commit_index(), last);
+        // A read round: a repairing node answers its heartbeat with a
+        // notice, which confirms no leadership.
+        r.read_index(7).unwrap();
+        let seq = drain(&mut r)
+            .iter()
+            .find_map(|m| match m.body {
+                Body::Heartbeat { seq, .. } if m.to == NodeId(2) => Some(seq),
+                _ => None,
+            })
+            .expect("a read round sends heartbeats");
+        r.step(from3(AppendOutcome::Repairing {
+            last_index: last,
+            last_term: term,
+        }))
+        .unwrap();
+        let reads = |r: &mut Raft| {
+            let mut n = 0;
+            while r.has_ready() {
+                let rd = r.ready();
+                n += rd.read_states.len();
+                let t = rd.token();
+                r.advance(t);
+            }
+            n
+        };
+        assert_eq!(reads(&mut r), 0, "a read confirmed by a repairing node");
+        // And what it held before counts for nothing again.
+        r.propose(Bytes::from_static(b"x")).unwrap();
+        drain(&mut r);
+        r.step(from3(AppendOutcome::RepairAccepted {
+            match_index: r.last_index(),
+        }))
+        .unwrap();
+        drain(&mut r);
+        assert!(
+            r.commit_index() < r.last_index(),
+            "a repairing match counted"
+        );
+        // A whole follower confirms the read.
+        r.step(msg(2, term.0, Body::HeartbeatResponse { seq }))
+            .unwrap();
+        assert_eq!(reads(&mut r), 1);
     }
 
     /// The leader, told a follower is repairing, forgets what it knew it

@@ -60,6 +60,10 @@ pub struct Progress {
     /// makes the follower answer with a rejection that restarts probing
     /// instead of leaving the window stuck.
     pub liveness_probe: bool,
+    /// The follower said it is repairing damaged storage: its
+    /// acknowledgements count for no commit until it answers as a
+    /// follower that is not.
+    pub repairing: bool,
 }
 
 impl Progress {
@@ -72,6 +76,7 @@ impl Progress {
             recent_active: false,
             commit_sent: LogIndex(0),
             liveness_probe: false,
+            repairing: false,
         }
     }
 
@@ -216,6 +221,24 @@ impl Progress {
         self.match_index = LogIndex(0);
         self.next_index = probe_from.next();
         self.state = ProgressState::Probe { paused: false };
+    }
+
+    /// A repairing follower answered a heartbeat with where its log ends,
+    /// and this view of it is not too long: as a heartbeat answer, a paused
+    /// probe may try again and an in-flight window gets a liveness probe;
+    /// and the commit index is sent again in an append (the follower needs
+    /// its whole value, which heartbeats do not carry).
+    pub fn on_repair_notice(&mut self) {
+        match &mut self.state {
+            ProgressState::Probe { paused } => *paused = false,
+            ProgressState::Replicate { inflight } => {
+                if !inflight.is_empty() {
+                    self.liveness_probe = true;
+                }
+            }
+            ProgressState::Snapshot { .. } => {}
+        }
+        self.commit_sent = LogIndex(0);
     }
 
     /// The follower cannot be reached: fall back to probing.

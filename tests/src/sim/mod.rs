@@ -38,7 +38,7 @@ use bytes::Bytes;
 use ha_core::node::{NodeError, Pipeline, PipelineIo, Write, merge_snapshot};
 use ha_core::raft::rng::SplitMix64;
 use ha_core::raft::{Body, Config, InitialState, Membership, Message, Raft, RoleKind};
-use ha_core::storage::{LogStore, MemLogStore, SimFs, StoredState, Wal, WalOptions};
+use ha_core::storage::{LogStore, MemLogStore, SimFs, StoredState, Vfs, Wal, WalOptions};
 use ha_core::types::{EntryPayload, LogIndex, NodeId, Term};
 
 pub use checker::Checker;
@@ -100,6 +100,11 @@ pub struct Faults {
     /// per node at the start): a leader with a fast clock stamps commands
     /// far ahead and expires idle sessions early.
     pub clock_skew_ms: u64,
+    /// Probability a crash also damages the node's disk: one bit flipped in
+    /// a random byte of a random log segment, synced or not (media damage),
+    /// when no other node is damaged or repairing (a minority). The node
+    /// restarts repairing from its peers.
+    pub media_damage: f64,
 }
 
 impl Faults {
@@ -122,6 +127,7 @@ impl Faults {
             max_apply_delay_ticks: 0,
             max_snapshot_save_ticks: 0,
             clock_skew_ms: 0,
+            media_damage: 0.0,
         }
     }
 
@@ -221,6 +227,7 @@ impl SimConfig {
             max_apply_delay_ticks: 0,
             max_snapshot_save_ticks: 0,
             clock_skew_ms: 0,
+            media_damage: 0.0,
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
         c.wal = rng.chance(0.5);
@@ -242,6 +249,11 @@ impl SimConfig {
         c.faults.clock_skew_ms = [0, 2_000, 20_000][rng.range(0, 3) as usize];
         c.faults.max_apply_delay_ticks = [0, 0, 2][rng.range(0, 3) as usize];
         c.faults.max_snapshot_save_ticks = [0, 3][rng.range(0, 2) as usize];
+        c.faults.media_damage = if c.wal {
+            [0.0, 0.0, 0.2, 0.5][rng.range(0, 4) as usize]
+        } else {
+            0.0
+        };
         c
     }
 }
@@ -294,6 +306,10 @@ pub struct RunStats {
     pub crashes: u64,
     /// Restarts whose log open cut off a torn tail.
     pub torn_tails_repaired: u64,
+    /// Disks damaged (a bit flipped in a log segment).
+    pub media_damage: u64,
+    /// Restarts that found damage and repaired from the peers.
+    pub repairs: u64,
     /// Writes that failed (full disk, failed fsync).
     pub disk_errors: u64,
     /// Snapshots taken (and logs compacted).
@@ -331,20 +347,59 @@ fn sim_wal_options() -> WalOptions {
 }
 
 impl NodeStore {
-    /// Opens the store after a (re)start; the log repairs a torn tail here.
-    /// Returns the stored state and whether a repair happened.
-    fn open(&mut self) -> Result<(StoredState, bool), String> {
+    /// Opens the store after a (re)start; the log cuts a torn tail here,
+    /// and moves damage aside to repair from the peers. Returns the stored
+    /// state, whether a torn tail was cut, and whether the node repairs.
+    fn open(&mut self) -> Result<(StoredState, bool, bool), String> {
         match self {
-            NodeStore::Mem(m) => Ok((m.load().expect("in-memory store loads"), false)),
+            NodeStore::Mem(m) => Ok((m.load().expect("in-memory store loads"), false, false)),
             NodeStore::Wal { fs, wal } => {
-                let (w, state) =
-                    Wal::open(fs.clone(), std::path::Path::new(WAL_DIR), sim_wal_options())
-                        .map_err(|e| e.to_string())?;
-                let repaired = w.repaired().is_some();
+                let (w, state) = Wal::open_repairing(
+                    fs.clone(),
+                    std::path::Path::new(WAL_DIR),
+                    sim_wal_options(),
+                )
+                .map_err(|e| e.to_string())?;
+                let (repaired, repairing) = (w.repaired().is_some(), w.repairing().is_some());
                 *wal = Some(w);
-                Ok((state, repaired))
+                Ok((state, repaired, repairing))
             }
         }
+    }
+
+    /// Drops the log's repairing mark, if it has one.
+    fn finish_repair(&mut self) -> Result<(), String> {
+        match self {
+            NodeStore::Wal { wal: Some(w), .. } if w.repairing().is_some() => {
+                w.finish_repair().map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Media damage: flips one bit in a random byte of a random segment.
+    /// Returns whether anything was damaged.
+    fn damage(&mut self, rng: &mut SplitMix64) -> bool {
+        let NodeStore::Wal { fs, .. } = self else {
+            return false;
+        };
+        let dir = std::path::Path::new(WAL_DIR);
+        let Ok(names) = fs.list(dir) else {
+            return false;
+        };
+        let segs: Vec<String> = names
+            .into_iter()
+            .filter(|n| n.starts_with("wal-"))
+            .collect();
+        if segs.is_empty() {
+            return false;
+        }
+        let path = dir.join(&segs[rng.range(0, segs.len() as u64) as usize]);
+        let len = fs.read(&path).map_or(0, |b| b.len());
+        if len == 0 {
+            return false;
+        }
+        fs.corrupt(&path, rng.range(0, len as u64) as usize).is_ok()
     }
 
     /// Appends, records the hard state and syncs. With `fail_sync`, the
@@ -458,6 +513,8 @@ struct SimNode {
     /// began (a linearizable read must be served at or above it).
     read_floors: BTreeMap<u64, LogIndex>,
     restart_at: Option<u64>,
+    /// The disk was damaged while the node was down (not yet rebooted).
+    damaged: bool,
     /// Restarts so far (seeds each incarnation's core differently).
     incarnation: u64,
     /// The commit index up to which the checker has seen this node commit.
@@ -617,6 +674,11 @@ fn body_kind(b: &Body) -> &'static str {
         Body::AppendResponse(ha_core::raft::AppendOutcome::Accepted { .. }) => "append-ok",
         Body::AppendResponse(ha_core::raft::AppendOutcome::Rejected { .. }) => "append-reject",
         Body::AppendResponse(ha_core::raft::AppendOutcome::Repairing { .. }) => "append-repairing",
+        Body::AppendResponse(ha_core::raft::AppendOutcome::RepairAccepted { .. }) => {
+            "append-ok-repairing"
+        }
+        Body::TermQuery => "term-query",
+        Body::TermReply => "term-reply",
         Body::Heartbeat { .. } => "heartbeat",
         Body::HeartbeatResponse { .. } => "heartbeat-resp",
         Body::InstallSnapshot { .. } => "install-snapshot",
@@ -672,6 +734,7 @@ impl Sim {
                 pipeline: Pipeline::new(LogIndex(0)),
                 read_floors: BTreeMap::new(),
                 restart_at: None,
+                damaged: false,
                 incarnation: 0,
                 in_flight: None,
                 saving: None,
@@ -833,12 +896,15 @@ impl Sim {
     fn boot(&mut self, k: usize) -> Result<(), String> {
         let membership = self.membership();
         let node = &mut self.nodes[k];
-        let (stored, repaired) = node
+        let (stored, repaired, repairing) = node
             .store
             .open()
             .map_err(|e| format!("node {} cannot reopen its log: {e}", node.id))?;
         if repaired {
             self.stats.torn_tails_repaired += 1;
+        }
+        if repairing {
+            self.stats.repairs += 1;
         }
         let mut config = self.cfg.raft.clone();
         config.id = node.id;
@@ -849,7 +915,7 @@ impl Sim {
             membership,
             snapshot_last: stored.snapshot_last,
             entries: stored.entries,
-            repairing: false,
+            repairing,
         };
         node.applied.clear();
         let published = node.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
@@ -1033,6 +1099,27 @@ impl Sim {
         }
         node.raft = None;
         node.store.crash(&mut self.rng);
+        let f = self.cfg.faults.media_damage;
+        if f > 0.0 && self.rng.chance(f) {
+            // Media damage on at most one node at a time (a minority): a
+            // node is whole again once it runs and no longer repairs.
+            for n in &mut self.nodes {
+                if n.raft.as_ref().is_some_and(|r| !r.is_repairing()) {
+                    n.damaged = false;
+                }
+            }
+            let others_whole = self.nodes.iter().all(|n| n.id == id || !n.damaged);
+            let node = &mut self.nodes[(id.0 - 1) as usize];
+            if others_whole && node.store.damage(&mut self.rng) {
+                node.damaged = true;
+                self.stats.media_damage += 1;
+                self.trace.push(
+                    self.now,
+                    TraceEvent::Partition(format!("node {id} disk damaged")),
+                );
+            }
+        }
+        let node = &mut self.nodes[(id.0 - 1) as usize];
         node.applied.clear();
         node.pipeline = Pipeline::new(LogIndex(0));
         node.read_floors.clear();
@@ -1183,6 +1270,13 @@ impl Sim {
         for k in self.shuffled_nodes() {
             if let Some(r) = self.nodes[k].raft.as_mut() {
                 r.tick();
+                let repaired = !r.is_repairing();
+                // As the node task does: the core's repair ended, so the
+                // log drops its repairing mark.
+                if repaired && let Err(e) = self.nodes[k].store.finish_repair() {
+                    self.failure = Some(e);
+                    return;
+                }
                 self.drive(k);
                 if self.failure.is_some() {
                     return;
@@ -1882,12 +1976,14 @@ impl Sim {
                 if let Some(r) = self.raft(id) {
                     let _ = write!(
                         state,
-                        " [{id}: {:?} term {} commit {} applied {} last {}]",
+                        " [{id}: {:?} term {} commit {} applied {} last {}@{:?}{}]",
                         r.role(),
                         r.term(),
                         r.commit_index(),
                         r.applied_index(),
-                        r.last_index()
+                        r.last_index(),
+                        r.term_at(r.last_index()),
+                        if r.is_repairing() { " repairing" } else { "" }
                     );
                 }
             }
@@ -1987,6 +2083,8 @@ pub fn run_seeds(
                             t.elections += st.elections;
                             t.crashes += st.crashes;
                             t.torn_tails_repaired += st.torn_tails_repaired;
+                            t.media_damage += st.media_damage;
+                            t.repairs += st.repairs;
                             t.disk_errors += st.disk_errors;
                             t.snapshots_taken += st.snapshots_taken;
                             t.snapshots_installed += st.snapshots_installed;

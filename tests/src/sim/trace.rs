@@ -33,6 +33,9 @@ enum MsgText {
     AppendOk(LogIndex),
     AppendRej(LogIndex, LogIndex, Term),
     AppendRepairing(LogIndex, Term),
+    AppendRepairOk(LogIndex),
+    TermQuery,
+    TermReply,
     Heartbeat(LogIndex, u64),
     HeartbeatResp(u64),
     InstallSnapshot(LogIndex, Term),
@@ -75,6 +78,11 @@ pub fn summarize(m: &Message) -> MsgSummary {
             last_index,
             last_term,
         }) => MsgText::AppendRepairing(*last_index, *last_term),
+        Body::AppendResponse(AppendOutcome::RepairAccepted { match_index }) => {
+            MsgText::AppendRepairOk(*match_index)
+        }
+        Body::TermQuery => MsgText::TermQuery,
+        Body::TermReply => MsgText::TermReply,
         Body::Heartbeat { commit, seq } => MsgText::Heartbeat(*commit, *seq),
         Body::HeartbeatResponse { seq } => MsgText::HeartbeatResp(*seq),
         Body::InstallSnapshot { index, term } => MsgText::InstallSnapshot(*index, *term),
@@ -109,6 +117,9 @@ impl std::fmt::Display for MsgSummary {
             MsgText::AppendOk(i) => write!(f, "AppendResp ok match={i}"),
             MsgText::AppendRej(r, hi, ht) => write!(f, "AppendResp reject prev={r} hint={hi}@{ht}"),
             MsgText::AppendRepairing(i, t) => write!(f, "AppendResp repairing last={i}@{t}"),
+            MsgText::AppendRepairOk(i) => write!(f, "AppendResp ok (repairing) match={i}"),
+            MsgText::TermQuery => write!(f, "TermQuery"),
+            MsgText::TermReply => write!(f, "TermReply"),
             MsgText::Heartbeat(c, r) => write!(f, "Heartbeat commit={c} seq={r}"),
             MsgText::HeartbeatResp(r) => write!(f, "HeartbeatResp seq={r}"),
             MsgText::InstallSnapshot(i, t) => write!(f, "InstallSnapshot {i}@{t}"),
