@@ -13,7 +13,11 @@
 //! 2. Creating, renaming or removing a file is durable once the directory
 //!    is synced. Before that, a crash keeps a random prefix of those
 //!    changes, in the order they were made (as ext4 may), each rename whole.
-//! 3. Synced data is never damaged by a crash.
+//! 3. Synced data is damaged by a crash only through
+//!    [`SimFs::crash_tearing`]: a write that began inside a sector which
+//!    already held synced bytes rewrites that whole sector, and a power loss
+//!    during it may leave the sector's synced bytes scrambled (a
+//!    non-atomic sector write).
 //! 4. A directory (and all it holds) survives a crash only if its parent
 //!    was synced after it was created, and so on up to the root
 //!    ([`create_dir_durably`] does that).
@@ -22,8 +26,12 @@
 //!    clean), yet reads still return them until a crash, and a later sync
 //!    that succeeds does not persist them. Only a rewrite does.
 //!
-//! Failure injection: writes can fail once a byte budget runs out (a full
-//! disk), and syncs can be made to fail.
+//! Failure injection: writes, file creations and renames can fail once a
+//! byte budget runs out (a full disk), and syncs can be made to fail. Media
+//! damage: a bit flips ([`SimFs::corrupt`]), a sector never written reads
+//! as zeros ([`SimFs::zero`]), a write lands at the wrong place
+//! ([`SimFs::overwrite`]), a file's reads fail with an I/O error (a latent
+//! sector error, [`SimFs::set_unreadable`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -316,6 +324,8 @@ struct SimState {
     /// Syncs do not return (they fail, leaving the writes pending) while
     /// set: the power is failing, and a crash comes next.
     sync_interrupted: bool,
+    /// Inodes whose reads fail with an I/O error (latent sector errors).
+    unreadable: std::collections::BTreeSet<u64>,
     /// Counts of operations, for tests.
     syncs: u64,
     /// Paths locked through `try_lock`.
@@ -376,6 +386,15 @@ impl SimFs {
     /// Simulates a power loss (see the module docs), choosing what survives
     /// with `rng`.
     pub fn crash(&self, rng: &mut SplitMix64) {
+        self.crash_tearing(rng, 0.0);
+    }
+
+    /// Like [`SimFs::crash`], and a write that began inside a sector holding
+    /// synced bytes scrambles those bytes with probability `tear` (crash
+    /// model 3). Returns whether synced bytes were scrambled.
+    pub fn crash_tearing(&self, rng: &mut SplitMix64, tear: f64) -> bool {
+        const SECTOR: usize = 512;
+        let mut tore = false;
         let mut st = self.lock();
         // Directories: only those durable up to the root, with their files.
         let durable_dirs = st.durable_dirs.clone();
@@ -415,6 +434,20 @@ impl SimFs {
                 rng.range(0, n as u64 + 1) as usize
             };
             let synced_len = data.len();
+            // A non-atomic sector write: the first pending write began in
+            // a sector that already held synced bytes.
+            if let Some(PendingOp::Write { at, .. }) = inode.pending.first()
+                && tear > 0.0
+                && *at <= synced_len
+                && *at % SECTOR != 0
+                && rng.chance(tear)
+            {
+                let start = at - at % SECTOR;
+                for b in &mut data[start..*at] {
+                    *b = rng.next_u64() as u8;
+                }
+                tore = true;
+            }
             for (k, op) in inode.pending.iter().take(keep).enumerate() {
                 let cut = match op {
                     // The last surviving write may be torn.
@@ -440,10 +473,13 @@ impl SimFs {
             inode.durable = data;
             inode.pending.clear();
         }
+        let live: std::collections::BTreeSet<u64> = st.inodes.keys().copied().collect();
+        st.unreadable.retain(|i| live.contains(i));
         st.fail_sync = false;
         st.fail_dir_sync = false;
         st.sync_interrupted = false;
         st.space_left = None;
+        tore
     }
 
     /// Writes fail with "no space" once `bytes` more have been written
@@ -492,6 +528,34 @@ impl SimFs {
         if offset < durable_end {
             inode.durable[offset..durable_end].fill(0);
         }
+        Ok(())
+    }
+
+    /// Overwrites the durable and current contents of `path` from `offset`
+    /// with `bytes`, within the file (a misdirected write: bytes meant for
+    /// elsewhere).
+    pub fn overwrite(&self, path: &Path, offset: usize, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.lock();
+        let ino = *st.names.get(path).ok_or_else(|| not_found(path))?;
+        let inode = st.inodes.get_mut(&ino).expect("named inode exists");
+        let end = offset
+            .checked_add(bytes.len())
+            .filter(|e| *e <= inode.data.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range past end"))?;
+        inode.data[offset..end].copy_from_slice(bytes);
+        let durable_end = end.min(inode.durable.len());
+        if offset < durable_end {
+            inode.durable[offset..durable_end].copy_from_slice(&bytes[..durable_end - offset]);
+        }
+        Ok(())
+    }
+
+    /// Makes every read of the file at `path` fail with an I/O error, as a
+    /// latent sector error does, until the file is gone.
+    pub fn set_unreadable(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let ino = *st.names.get(path).ok_or_else(|| not_found(path))?;
+        st.unreadable.insert(ino);
         Ok(())
     }
 
@@ -626,6 +690,10 @@ impl Vfs for SimFs {
         let ino = match st.names.get(path) {
             Some(i) => *i,
             None if create => {
+                if st.space_left == Some(0) {
+                    // A new directory entry may need a block too.
+                    return Err(no_space());
+                }
                 st.next_inode += 1;
                 let ino = st.next_inode;
                 st.inodes.insert(ino, SimInode::default());
@@ -643,6 +711,12 @@ impl Vfs for SimFs {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let st = self.lock();
         let ino = st.names.get(path).ok_or_else(|| not_found(path))?;
+        if st.unreadable.contains(ino) {
+            return Err(io::Error::other(format!(
+                "{}: input/output error (simulated latent sector error)",
+                path.display()
+            )));
+        }
         Ok(st.inodes[ino].data.clone())
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
@@ -661,6 +735,9 @@ impl Vfs for SimFs {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        if st.space_left == Some(0) {
+            return Err(no_space());
+        }
         let ino = st.names.remove(from).ok_or_else(|| not_found(from))?;
         st.names.insert(to.to_path_buf(), ino);
         st.ns_pending

@@ -299,8 +299,14 @@ fn quarantine<V: Vfs>(vfs: &V, dir: &Path, seq: u64, at: u64) -> Result<(), WalE
         .collect();
     later.sort_unstable();
     let damaged = dir.join(segment_name(seq));
-    let prefix = vfs.read(&damaged).map_err(io_err(&damaged))?;
-    let prefix = prefix.get(..at as usize).unwrap_or(&[]).to_vec();
+    // Nothing to keep of a segment damaged from its start (it may not even
+    // be readable).
+    let prefix = if at as usize > SEGMENT_HEADER_BYTES {
+        let all = vfs.read(&damaged).map_err(io_err(&damaged))?;
+        all.get(..at as usize).unwrap_or(&[]).to_vec()
+    } else {
+        Vec::new()
+    };
     for s in later {
         let from = dir.join(segment_name(s));
         let to = aside.join(segment_name(s));
@@ -1030,7 +1036,22 @@ impl<V: Vfs> Wal<V> {
         let mut repaired = None;
         for (k, seq) in seqs.iter().enumerate() {
             let path = dir.join(segment_name(*seq));
-            let buf = vfs.read(&path).map_err(io_err(&path))?;
+            let buf = match vfs.read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(io_err(&path)(e));
+                }
+                Err(e) => {
+                    // An unreadable segment (a latent sector error): its
+                    // acknowledged data is as good as damaged.
+                    *damage = Some((*seq, 0));
+                    return Err(WalError::Corrupt {
+                        file: path,
+                        offset: 0,
+                        reason: format!("the segment cannot be read: {e}"),
+                    });
+                }
+            };
             let last = k + 1 == seqs.len();
             let mut seg = Segment {
                 seq: *seq,

@@ -100,11 +100,19 @@ pub struct Faults {
     /// per node at the start): a leader with a fast clock stamps commands
     /// far ahead and expires idle sessions early.
     pub clock_skew_ms: u64,
-    /// Probability a crash also damages the node's disk: one bit flipped in
-    /// a random byte of a random log segment, synced or not (media damage),
-    /// when no other node is damaged or repairing (a minority). The node
-    /// restarts repairing from its peers.
+    /// Probability a crash also damages the node's disk, when no other node
+    /// is damaged or repairing (a minority): a bit flipped in a random byte
+    /// of a random log segment, synced or not, a sector written over
+    /// another (a misdirected write) or a segment whose reads fail (a
+    /// latent sector error); and, with half of it, a write in flight that
+    /// scrambles the synced bytes of its sector (a non-atomic sector
+    /// write). The node restarts repairing from its peers.
     pub media_damage: f64,
+    /// Probability, per Ready, that the write's fsync fails with an I/O
+    /// error: as on Linux, the disk's view drops the write while reads
+    /// still see it; the node process stops and restarts without a power
+    /// loss (its page cache intact), and a power loss may come later.
+    pub fsync_eio: f64,
 }
 
 impl Faults {
@@ -128,6 +136,7 @@ impl Faults {
             max_snapshot_save_ticks: 0,
             clock_skew_ms: 0,
             media_damage: 0.0,
+            fsync_eio: 0.0,
         }
     }
 
@@ -228,6 +237,7 @@ impl SimConfig {
             max_snapshot_save_ticks: 0,
             clock_skew_ms: 0,
             media_damage: 0.0,
+            fsync_eio: 0.0,
         };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
         c.wal = rng.chance(0.5);
@@ -251,6 +261,11 @@ impl SimConfig {
         c.faults.max_snapshot_save_ticks = [0, 3][rng.range(0, 2) as usize];
         c.faults.media_damage = if c.wal {
             [0.0, 0.0, 0.2, 0.5][rng.range(0, 4) as usize]
+        } else {
+            0.0
+        };
+        c.faults.fsync_eio = if c.wal {
+            [0.0, 0.01, 0.03][rng.range(0, 3) as usize]
         } else {
             0.0
         };
@@ -306,7 +321,7 @@ pub struct RunStats {
     pub crashes: u64,
     /// Restarts whose log open cut off a torn tail.
     pub torn_tails_repaired: u64,
-    /// Disks damaged (a bit flipped in a log segment).
+    /// Disks damaged (see `Faults::media_damage`).
     pub media_damage: u64,
     /// Restarts that found damage and repaired from the peers.
     pub repairs: u64,
@@ -395,11 +410,33 @@ impl NodeStore {
             return false;
         }
         let path = dir.join(&segs[rng.range(0, segs.len() as u64) as usize]);
-        let len = fs.read(&path).map_or(0, |b| b.len());
-        if len == 0 {
+        let Ok(bytes) = fs.read(&path) else {
+            return false;
+        };
+        if bytes.is_empty() {
             return false;
         }
-        fs.corrupt(&path, rng.range(0, len as u64) as usize).is_ok()
+        match rng.range(0, 10) {
+            // A latent sector error: the file cannot be read.
+            0..=1 => fs.set_unreadable(&path).is_ok(),
+            // A misdirected write: a sector of this segment lands on
+            // another sector of it.
+            2..=4 if bytes.len() >= 1024 => {
+                const SECTOR: u64 = 512;
+                let sectors = bytes.len() as u64 / SECTOR;
+                let from = rng.range(0, sectors) * SECTOR;
+                let mut to = rng.range(0, sectors) * SECTOR;
+                if to == from {
+                    to = (from + SECTOR) % (sectors * SECTOR);
+                }
+                let sector = &bytes[from as usize..(from + SECTOR) as usize];
+                fs.overwrite(&path, to as usize, sector).is_ok()
+            }
+            // A flipped bit.
+            _ => fs
+                .corrupt(&path, rng.range(0, bytes.len() as u64) as usize)
+                .is_ok(),
+        }
     }
 
     /// Appends, records the hard state and syncs. With `fail_sync`, the
@@ -409,6 +446,7 @@ impl NodeStore {
         entries: &[ha_core::types::Entry],
         hs: Option<ha_core::types::HardState>,
         fail_sync: bool,
+        eio: bool,
     ) -> Result<(), String> {
         match self {
             NodeStore::Mem(m) => {
@@ -416,7 +454,7 @@ impl NodeStore {
                 if let Some(hs) = hs {
                     m.save_hard_state(hs).map_err(|e| e.to_string())?;
                 }
-                if fail_sync {
+                if fail_sync || eio {
                     return Err("injected sync failure".into());
                 }
                 m.sync().map_err(|e| e.to_string())
@@ -432,18 +470,37 @@ impl NodeStore {
                     // follows keeps a prefix of the write, possibly torn.
                     fs.set_sync_interrupted(true);
                 }
+                if eio {
+                    fs.set_fail_sync(true);
+                    let r = wal.sync();
+                    fs.set_fail_sync(false);
+                    return r.map_err(|e| e.to_string());
+                }
                 wal.sync().map_err(|e| e.to_string())
             }
         }
     }
 
-    /// A power loss: unsynced writes are lost or torn.
-    fn crash(&mut self, rng: &mut SplitMix64) {
+    /// The node's process stops; the file system (and its page cache)
+    /// goes on.
+    fn stop_process(&mut self) {
         match self {
             NodeStore::Mem(m) => m.crash(),
+            NodeStore::Wal { wal, .. } => *wal = None,
+        }
+    }
+
+    /// A power loss; with probability `tear` a write in flight scrambles
+    /// the synced bytes of its sector (returns whether it did).
+    fn crash(&mut self, rng: &mut SplitMix64, tear: f64) -> bool {
+        match self {
+            NodeStore::Mem(m) => {
+                m.crash();
+                false
+            }
             NodeStore::Wal { fs, wal } => {
                 *wal = None;
-                fs.crash(rng);
+                fs.crash_tearing(rng, tear)
             }
         }
     }
@@ -531,6 +588,8 @@ struct InFlight {
     /// What the pipeline asked to make durable.
     write: Write,
     torn: bool,
+    /// The fsync fails with an I/O error (`Faults::fsync_eio`).
+    eio: bool,
     /// The term of the entry before `write.entries[0]` when the Ready was
     /// taken.
     first_prev_term: Term,
@@ -931,7 +990,7 @@ impl Sim {
             if let Some(keep) = merge_snapshot(&mut init, snap.index, snap.term) {
                 node.store
                     .install_snapshot(snap.index, snap.term, keep)
-                    .and_then(|_| node.store.persist(&[], None, false))
+                    .and_then(|_| node.store.persist(&[], None, false, false))
                     .map_err(|e| format!("node {} cannot record its snapshot: {e}", node.id))?;
             }
             node.applied = snap.state.clone();
@@ -1093,31 +1152,49 @@ impl Sim {
 
     /// Crashes node `id`: its core, state machine and unsynced writes are gone.
     pub fn crash(&mut self, id: NodeId) {
+        self.stop(id, true);
+    }
+
+    /// Stops node `id`: its core and state machine are gone, and with a
+    /// power loss its unsynced writes (and maybe more: media damage).
+    fn stop(&mut self, id: NodeId, power_loss: bool) {
         let node = &mut self.nodes[(id.0 - 1) as usize];
         if node.raft.is_none() {
             return;
         }
         node.raft = None;
-        node.store.crash(&mut self.rng);
+        if !power_loss {
+            node.store.stop_process();
+        }
+        // Media damage on at most one node at a time (a minority): a node
+        // is whole again once it runs and no longer repairs.
         let f = self.cfg.faults.media_damage;
-        if f > 0.0 && self.rng.chance(f) {
-            // Media damage on at most one node at a time (a minority): a
-            // node is whole again once it runs and no longer repairs.
-            for n in &mut self.nodes {
-                if n.raft.as_ref().is_some_and(|r| !r.is_repairing()) {
-                    n.damaged = false;
-                }
+        for n in &mut self.nodes {
+            if n.raft.as_ref().is_some_and(|r| !r.is_repairing()) {
+                n.damaged = false;
             }
-            let others_whole = self.nodes.iter().all(|n| n.id == id || !n.damaged);
-            let node = &mut self.nodes[(id.0 - 1) as usize];
-            if others_whole && node.store.damage(&mut self.rng) {
-                node.damaged = true;
-                self.stats.media_damage += 1;
-                self.trace.push(
-                    self.now,
-                    TraceEvent::Partition(format!("node {id} disk damaged")),
-                );
-            }
+        }
+        let others_whole = self.nodes.iter().all(|n| n.id == id || !n.damaged);
+        let may_damage = power_loss && f > 0.0 && others_whole;
+        let node = &mut self.nodes[(id.0 - 1) as usize];
+        let tore = power_loss
+            && node
+                .store
+                .crash(&mut self.rng, if may_damage { f / 2.0 } else { 0.0 });
+        let damaged =
+            tore || (may_damage && self.rng.chance(f) && node.store.damage(&mut self.rng));
+        if damaged {
+            node.damaged = true;
+            self.stats.media_damage += 1;
+            let what = if tore {
+                "a torn sector write scrambled synced bytes"
+            } else {
+                "disk damaged"
+            };
+            self.trace.push(
+                self.now,
+                TraceEvent::Partition(format!("node {id}: {what}")),
+            );
         }
         let node = &mut self.nodes[(id.0 - 1) as usize];
         node.applied.clear();
@@ -1331,6 +1408,18 @@ impl Sim {
         }
         let id = self.nodes[k].id;
         self.crash(id);
+        let down = self.rng.range(1, self.cfg.faults.max_down_ticks.max(1) + 1);
+        self.nodes[k].restart_at = Some(self.now + down);
+    }
+
+    /// Stops node `k`'s process (no power loss: what it wrote stays in the
+    /// page cache, durable or not) and restarts it later.
+    fn stop_process_for_a_while(&mut self, k: usize) {
+        if self.nodes[k].raft.is_none() {
+            return;
+        }
+        let id = self.nodes[k].id;
+        self.stop(id, false);
         let down = self.rng.range(1, self.cfg.faults.max_down_ticks.max(1) + 1);
         self.nodes[k].restart_at = Some(self.now + down);
     }
@@ -1590,6 +1679,7 @@ impl Sim {
             }
             let f = self.cfg.faults.clone();
             let torn = needs_write && f.torn_write > 0.0 && self.rng.chance(f.torn_write);
+            let eio = !torn && needs_write && f.fsync_eio > 0.0 && self.rng.chance(f.fsync_eio);
             if needs_write && f.disk_full > 0.0 && self.rng.chance(f.disk_full) {
                 let room = self.rng.range(0, 200);
                 self.nodes[k].store.fill_disk_after(room);
@@ -1639,6 +1729,7 @@ impl Sim {
             let f = InFlight {
                 write,
                 torn,
+                eio,
                 first_prev_term,
                 persisted: false,
                 install_state: None,
@@ -1719,16 +1810,22 @@ impl Sim {
             if let Err(e) =
                 self.nodes[k]
                     .store
-                    .persist(&f.write.entries, f.write.hard_state, f.torn)
+                    .persist(&f.write.entries, f.write.hard_state, f.torn, f.eio)
             {
                 // The write failed: nothing that depends on it may leave the
-                // node. It stops, and restarts later from what its disk kept.
+                // node. It stops, and restarts later from what its disk kept
+                // (after an I/O error from fsync, without a power loss: the
+                // page cache still serves the lost write).
                 self.trace.push(
                     self.now,
                     TraceEvent::Partition(format!("node {id} disk: {e}")),
                 );
                 self.stats.disk_errors += 1;
-                self.crash_for_a_while(k);
+                if f.eio {
+                    self.stop_process_for_a_while(k);
+                } else {
+                    self.crash_for_a_while(k);
+                }
                 return;
             }
             if let Err(e) = self
