@@ -862,7 +862,14 @@ impl<V: Vfs> NodeTask<V> {
     /// The core finished repairing damaged storage: the log drops its
     /// repairing mark (after everything before it is durable).
     fn check_repair(&mut self) -> Result<(), String> {
-        if !self.repairing || self.raft.is_repairing() {
+        // Only once everything the core wrote is durable (its hard state
+        // records the vote that ends the repair): the write queue is
+        // ordered, so the mark then goes after it.
+        if !self.repairing
+            || self.raft.is_repairing()
+            || self.pipeline.busy()
+            || self.raft.has_ready()
+        {
             return Ok(());
         }
         self.repairing = false;

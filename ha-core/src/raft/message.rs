@@ -95,10 +95,20 @@ pub enum Body {
     /// "What is your term?", from a node repairing damaged storage, which
     /// may have forgotten the highest term it took part in. Changes no state
     /// of the receiver, whatever the message's term.
-    TermQuery,
+    TermQuery {
+        /// Drawn at random for each repair: only answers echoing it count,
+        /// so an answer delayed from before (another repair, another run)
+        /// is ignored.
+        nonce: u64,
+    },
     /// Answer to a [`Body::TermQuery`]: the message's term is the sender's
     /// current (durable) term.
-    TermReply,
+    TermReply {
+        /// The query's nonce.
+        nonce: u64,
+        /// The sender's last log index, if it is the leader of that term.
+        leader_last: Option<LogIndex>,
+    },
 }
 
 /// A follower's answer to an append.
@@ -253,8 +263,11 @@ impl Message {
             Body::PreVoteResponse { .. }
             | Body::VoteResponse { .. }
             | Body::HeartbeatResponse { .. }
-            | Body::TermQuery
-            | Body::TermReply => Ok(()),
+            | Body::TermQuery { .. } => Ok(()),
+            Body::TermReply { leader_last, .. } => match leader_last {
+                Some(i) => index("leader's last index", *i),
+                None => Ok(()),
+            },
             Body::Append {
                 prev_index,
                 prev_term,

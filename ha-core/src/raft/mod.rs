@@ -116,28 +116,33 @@ pub struct InitialState {
 /// of a term below the forgotten one could reach a majority with it.
 ///
 /// The repair ends when both hold:
-/// - every other voter answered a [`Body::TermQuery`] since the repair
-///   began, and this node took on any higher term it heard (a term the node
-///   forgot is known, durably, to the other voter it took part in that term
-///   with);
-/// - in its current term, an append of its leader carried the leader's
-///   whole commit index, that index names an entry of the leader's own term,
-///   and this log holds it durably. A leader whose commit index is at an
-///   own-term entry has committed everything committed before its term;
-///   with the first condition, that term is at least any in which this node
-///   acknowledged entries, so the node then holds every committed entry,
-///   including any it acknowledged and lost.
+/// - every other voter answered a [`Body::TermQuery`] of this repair (its
+///   random nonce echoed, so no answer from before counts), and this node
+///   took on any higher term it heard: a term the node forgot is known,
+///   durably, to the other voter it took part in that term with;
+/// - the leader of its current term answered such a query with its last
+///   index `L`, and this node's commit index (moved only by that leader's
+///   appends while repairing) reached `L`, durably. Every entry this node
+///   acknowledged in that term was at or below `L` (a leader's log only
+///   grows in its term), and every entry committed in an earlier term is in
+///   that leader's log at or below `L` (Leader Completeness); with the first
+///   condition no term in which it acknowledged entries is above its
+///   current one. So the node holds every committed entry again, including
+///   any it acknowledged and lost.
 ///
 /// One more election round passes, then it votes again, but only in terms
-/// above every term it saw meanwhile, so a forgotten vote is never given a
-/// second time in the same term.
+/// above every term it saw meanwhile; and if it has no vote in its current
+/// term it records one for itself (durably, before the storage drops its
+/// repairing mark), so a forgotten vote is never given a second time in the
+/// same term, across restarts too.
 #[derive(Clone, Debug)]
 struct Repair {
-    /// `(index, term)`: a commit index of this node's leader in `term`
-    /// (from an append: its whole commit, not the clamped one of
-    /// heartbeats) at an entry of that term, which this log holds.
-    caught_up_at: Option<(LogIndex, Term)>,
-    /// Voters that answered a term query since the repair began.
+    /// This repair's query nonce.
+    nonce: u64,
+    /// `(term, last)`: the leader of `term` answered a query of this repair
+    /// with its last index `last`.
+    leader_last: Option<(Term, LogIndex)>,
+    /// Voters that answered a term query of this repair.
     heard: BTreeSet<NodeId>,
     /// Ticks since term queries were last sent.
     query_elapsed: u64,
@@ -299,6 +304,9 @@ pub struct Raft {
     repair: Option<Repair>,
     /// After a repair: votes only in terms above this.
     vote_floor: Term,
+    /// Ticks since this core started (a clock for the leader's view of
+    /// repairing followers).
+    ticks: u64,
 }
 
 /// A snapshot the core installed: the driver restores the state machine
@@ -355,6 +363,7 @@ impl Raft {
             config.election_timeout_max_ticks,
         );
         let hs = init.hard_state;
+        let repair_nonce = rng.next_u64();
         Ok(Raft {
             rng,
             term: hs.term,
@@ -383,7 +392,8 @@ impl Raft {
             installed_snapshot: None,
             snapshots_to_send: Vec::new(),
             repair: init.repairing.then_some(Repair {
-                caught_up_at: None,
+                nonce: repair_nonce,
+                leader_last: None,
                 heard: BTreeSet::new(),
                 // Query at the first tick.
                 query_elapsed: u64::MAX,
@@ -391,6 +401,7 @@ impl Raft {
                 floor: hs.term,
             }),
             vote_floor: Term(0),
+            ticks: 0,
             config,
         })
     }
@@ -495,6 +506,7 @@ impl Raft {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.tick_repair();
         if self.is_leader() {
             self.tick_leader();
@@ -575,15 +587,23 @@ impl Raft {
             )));
         }
         match m.body {
-            Body::TermQuery => {
+            Body::TermQuery { nonce } => {
                 // Answered with this node's durable term, whatever the
                 // asker's: a repairing node moves no one's term or leader.
-                self.send_after_persist(m.from, Body::TermReply);
+                let leader_last = self.is_leader().then(|| self.log.last_index());
+                self.send_after_persist(m.from, Body::TermReply { nonce, leader_last });
                 return Ok(());
             }
-            Body::TermReply => {
-                if let Some(r) = &mut self.repair {
+            Body::TermReply { nonce, leader_last } => {
+                if let Some(r) = &mut self.repair
+                    && nonce == r.nonce
+                {
                     r.heard.insert(m.from);
+                    if let Some(last) = leader_last
+                        && r.leader_last.is_none_or(|(t, _)| t <= m.term)
+                    {
+                        r.leader_last = Some((m.term, last));
+                    }
                 }
                 // Then as any message: a higher term is taken on.
             }
@@ -642,11 +662,15 @@ impl Raft {
         } else if m.term < self.term {
             match m.body {
                 Body::Append { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. }
-                    if self.config.check_quorum || self.config.pre_vote =>
+                    if self.config.check_quorum
+                        || self.config.pre_vote
+                        || self.repair.is_some() =>
                 {
                     // A stale leader: tell it our term so it steps down. With
                     // CheckQuorum a vote request may not raise terms, so this
-                    // is how a node partitioned at a higher term rejoins.
+                    // is how a node partitioned at a higher term rejoins. A
+                    // repairing node, which never campaigns, needs it too:
+                    // else a leader below its term never learns of it.
                     self.send_after_persist(
                         m.from,
                         Body::AppendResponse(AppendOutcome::Rejected {
@@ -717,7 +741,7 @@ impl Raft {
             Body::AppendResponse(outcome) => self.handle_append_response(m.from, outcome),
             Body::HeartbeatResponse { seq } => self.handle_heartbeat_response(m.from, seq),
             // Handled above.
-            Body::TermQuery | Body::TermReply => {}
+            Body::TermQuery { .. } | Body::TermReply { .. } => {}
         }
         Ok(())
     }
@@ -863,36 +887,43 @@ impl Raft {
         })
     }
 
-    /// Moves a repair on: term queries until every other voter answered,
-    /// caught up with the leader's own-term commit, then one election
-    /// round of waiting, then done (see `Repair`).
+    /// Moves a repair on: term queries until every other voter and the
+    /// leader of the current term answered, caught up to that leader's last
+    /// index, then one election round of waiting, then done (see `Repair`).
     fn tick_repair(&mut self) {
         let me = self.config.id;
+        let (term, leader) = (self.term, self.leader);
         let Some(r) = &mut self.repair else {
             return;
         };
-        r.floor = r.floor.max(self.term);
-        let others: Vec<NodeId> = self
+        r.floor = r.floor.max(term);
+        let mut ask: BTreeSet<NodeId> = self
             .membership
             .voters
             .union(&self.membership.voters_outgoing)
             .copied()
-            .filter(|&v| v != me)
+            .filter(|&v| v != me && !r.heard.contains(&v))
             .collect();
-        let unheard: Vec<NodeId> = others
-            .iter()
-            .copied()
-            .filter(|v| !r.heard.contains(v))
-            .collect();
+        let all_heard = ask.is_empty();
+        let leader_last = r.leader_last.filter(|(t, _)| *t == term).map(|(_, l)| l);
+        if leader_last.is_none()
+            && let Some(l) = leader
+        {
+            ask.insert(l);
+        }
         r.query_elapsed = r.query_elapsed.saturating_add(1);
-        if !unheard.is_empty() && r.query_elapsed >= self.config.heartbeat_interval_ticks {
+        if r.wait_ticks.is_none()
+            && !ask.is_empty()
+            && r.query_elapsed >= self.config.heartbeat_interval_ticks
+        {
             r.query_elapsed = 0;
-            for v in &unheard {
+            let nonce = r.nonce;
+            for v in ask {
                 self.msgs.push(Message {
                     from: me,
-                    to: *v,
-                    term: self.term,
-                    body: Body::TermQuery,
+                    to: v,
+                    term,
+                    body: Body::TermQuery { nonce },
                 });
             }
         }
@@ -903,9 +934,9 @@ impl Raft {
             None => {
                 // Durable, not only received: the mark on disk goes once
                 // the repair ends.
-                let caught_up = unheard.is_empty()
-                    && r.caught_up_at.is_some_and(|(at, term)| {
-                        term == self.term && self.log.persisted >= at && self.log.committed >= at
+                let caught_up = all_heard
+                    && leader_last.is_some_and(|last| {
+                        self.log.committed >= last && self.log.persisted >= last
                     });
                 if caught_up {
                     r.wait_ticks = Some(self.config.election_timeout_max_ticks);
@@ -914,6 +945,12 @@ impl Raft {
             Some(0) => {
                 self.vote_floor = r.floor;
                 self.repair = None;
+                // The floor is this term (terms only rise): a vote for
+                // itself in it, stored with the hard state, keeps a forgotten
+                // vote from being given again after a restart too.
+                if self.vote.is_none() {
+                    self.vote = Some(me);
+                }
             }
             Some(n) => r.wait_ticks = Some(n - 1),
         }
@@ -1196,15 +1233,24 @@ impl Raft {
             outcome,
             AppendOutcome::RepairAccepted { .. } | AppendOutcome::Repairing { .. }
         );
+        let (now, window) = (self.ticks, self.config.election_timeout_max_ticks);
         match outcome {
             AppendOutcome::Accepted { match_index } => {
-                let was_repairing = std::mem::take(&mut p.repairing);
-                if p.on_ack(match_index) || was_repairing {
+                // From a follower seen repairing: it counts again only once
+                // an election round passed since it last said so (its
+                // repair ends with such a wait), so an answer it sent before
+                // its crash and the network delayed does not count.
+                let repaired = p.repairing && now.saturating_sub(p.repair_seen_at) >= window;
+                if repaired {
+                    p.repairing = false;
+                }
+                if p.on_ack(match_index) || repaired {
                     self.maybe_commit();
                 }
             }
             AppendOutcome::RepairAccepted { match_index } => {
                 p.repairing = true;
+                p.repair_seen_at = now;
                 p.on_ack(match_index);
             }
             AppendOutcome::Rejected {
@@ -1228,6 +1274,7 @@ impl Raft {
                 // really ends. (A repeated notice, once the view is right,
                 // does not disturb the search.)
                 p.repairing = true;
+                p.repair_seen_at = now;
                 // What it was known to hold is still right only if its log
                 // ends at or after that and its last entry is in this log
                 // (then, by Log Matching, the logs agree up to there). Its
@@ -1262,9 +1309,16 @@ impl Raft {
         let Some(p) = l.progress.get_mut(&from) else {
             return;
         };
+        // Only a node that is not repairing answers heartbeats, but this
+        // answer may have been sent before its crash: a follower seen
+        // repairing counts again only once an election round passed since.
+        // (It still shows the follower is there, for CheckQuorum.)
         p.recent_active = true;
-        // Only a node that is not repairing answers heartbeats: its match
-        // counts again.
+        if p.repairing
+            && self.ticks.saturating_sub(p.repair_seen_at) < self.config.election_timeout_max_ticks
+        {
+            return;
+        }
         let repaired = std::mem::take(&mut p.repairing);
         p.on_heartbeat_response(seq);
         if let Some(round) = &mut l.reads.round
@@ -1437,16 +1491,6 @@ impl Raft {
                 .append_from_leader(prev_index, entries)
                 .map_err(StepError::Protocol)?;
             self.log.commit_to(commit.min(last_new));
-            // Repairing: the leader's whole commit index, at an entry of its
-            // own term, is now in this log (see `Repair`).
-            let term = self.term;
-            if let Some(r) = &mut self.repair
-                && commit <= last_new
-                && commit > LogIndex(0)
-                && self.log.term(commit) == Some(term)
-            {
-                r.caught_up_at = Some((commit, term));
-            }
             self.send_after_persist(from, self.accepted(last_new));
         } else {
             let (hint_index, hint_term) = self.log.find_conflict_by_term(prev_index, prev_term);
@@ -1717,6 +1761,7 @@ mod tests {
             )
         };
         let mut asked = BTreeSet::new();
+        let mut nonce = None;
         for _ in 0..3 * round {
             r.tick();
             r.step(heartbeat(3, 5)).unwrap();
@@ -1725,17 +1770,38 @@ mod tests {
                     !matches!(m.body, Body::HeartbeatResponse { .. }),
                     "a repairing node answered a heartbeat"
                 );
-                if matches!(m.body, Body::TermQuery) {
+                if let Body::TermQuery { nonce: n } = m.body {
                     asked.insert(m.to);
+                    nonce = Some(n);
                 }
             }
         }
         assert!(r.is_repairing(), "no voter answered: still repairing");
         assert_eq!(asked, BTreeSet::from([NodeId(2), NodeId(3)]));
-        // Node 3 answers in term 5; node 2 is in term 6, which this node
-        // takes on: the caught-up point of term 5 no longer counts.
-        r.step(msg(3, 5, Body::TermReply)).unwrap();
-        r.step(msg(2, 6, Body::TermReply)).unwrap();
+        let nonce = nonce.expect("queried");
+        let reply = |from: u64, term: u64, nonce: u64, last: Option<u64>| {
+            msg(
+                from,
+                term,
+                Body::TermReply {
+                    nonce,
+                    leader_last: last.map(LogIndex),
+                },
+            )
+        };
+        // Answers to another query (an earlier repair's, delayed) count for
+        // nothing, though this log holds the leader's last index 4.
+        r.step(reply(3, 5, nonce ^ 1, Some(4))).unwrap();
+        r.step(reply(2, 5, nonce ^ 1, None)).unwrap();
+        for _ in 0..3 * round {
+            r.tick();
+            drain(&mut r);
+        }
+        assert!(r.is_repairing(), "a stale answer counted");
+        // Node 3, the leader of term 5, answers with its last index; node 2
+        // is in term 6, which this node takes on: term 5 no longer counts.
+        r.step(reply(3, 5, nonce, Some(4))).unwrap();
+        r.step(reply(2, 6, nonce, None)).unwrap();
         drain(&mut r);
         assert_eq!(r.term(), Term(6));
         for _ in 0..3 * round {
@@ -1743,7 +1809,22 @@ mod tests {
             drain(&mut r);
         }
         assert!(r.is_repairing(), "caught up only in an older term");
-        // The leader of term 6 brings its own-term commit.
+        // Node 2 leads term 6: it is asked, and answers with its last index.
+        let mut asked_leader = false;
+        for _ in 0..2 {
+            r.step(heartbeat(2, 6)).unwrap();
+            r.tick();
+            asked_leader |= drain(&mut r)
+                .iter()
+                .any(|m| m.to == NodeId(2) && matches!(m.body, Body::TermQuery { .. }));
+        }
+        assert!(asked_leader, "the leader of the current term was not asked");
+        r.step(reply(2, 6, nonce, Some(5))).unwrap();
+        for _ in 0..3 * round {
+            r.tick();
+            drain(&mut r);
+        }
+        assert!(r.is_repairing(), "not yet holding the leader's last index");
         r.step(msg(
             2,
             6,
@@ -1777,6 +1858,9 @@ mod tests {
             drain(&mut r);
         }
         assert!(ticks >= round, "a whole election round passed: {ticks}");
+        // It recorded a vote for itself in the term it ended in, durably,
+        // so a restart without the repairing mark cannot give it away.
+        assert_eq!(r.hard_state().vote, Some(NodeId(1)));
         // Now it answers heartbeats again.
         r.step(heartbeat(2, 6)).unwrap();
         assert!(
@@ -1809,15 +1893,19 @@ mod tests {
         let mut r = node();
         r.step(heartbeat(4)).unwrap();
         drain(&mut r);
-        r.step(msg(3, 9, Body::TermQuery)).unwrap();
+        r.step(msg(3, 9, Body::TermQuery { nonce: 42 })).unwrap();
         let out = drain(&mut r);
         assert_eq!(r.term(), Term(4));
         assert_eq!(r.leader(), Some(NodeId(2)));
-        assert!(
-            out.iter().any(|m| m.to == NodeId(3)
-                && m.term == Term(4)
-                && matches!(m.body, Body::TermReply))
-        );
+        assert!(out.iter().any(|m| m.to == NodeId(3)
+            && m.term == Term(4)
+            && matches!(
+                m.body,
+                Body::TermReply {
+                    nonce: 42,
+                    leader_last: None
+                }
+            )));
     }
 
     /// A leader counts no commit and no read confirmation from a repairing
@@ -1851,7 +1939,25 @@ mod tests {
             .unwrap();
         drain(&mut r);
         assert!(r.commit_index() < last, "committed with a repairing node");
-        // Its repair done, it acknowledges as any follower: the entry commits.
+        // A plain acknowledgement right after may have been sent before its
+        // crash and delayed: it does not count yet.
+        r.step(from3(AppendOutcome::Accepted { match_index: last }))
+            .unwrap();
+        drain(&mut r);
+        assert!(r.commit_index() < last, "a possibly stale answer counted");
+        // An election round later (its repair ends with one), it counts.
+        for _ in 0..r.config().election_timeout_max_ticks {
+            r.tick();
+            for m in drain(&mut r) {
+                if let Body::Heartbeat { seq, .. } = m.body
+                    && m.to == NodeId(2)
+                {
+                    r.step(msg(2, term.0, Body::HeartbeatResponse { seq }))
+                        .unwrap();
+                }
+            }
+        }
+        assert_eq!(r.role(), RoleKind::Leader);
         r.step(from3(AppendOutcome::Accepted { match_index: last }))
             .unwrap();
         drain(&mut r);

@@ -64,6 +64,9 @@ pub struct Progress {
     /// acknowledgements count for no commit until it answers as a
     /// follower that is not.
     pub repairing: bool,
+    /// The leader's tick count when the follower last said it was
+    /// repairing.
+    pub repair_seen_at: u64,
 }
 
 impl Progress {
@@ -77,6 +80,7 @@ impl Progress {
             commit_sent: LogIndex(0),
             liveness_probe: false,
             repairing: false,
+            repair_seen_at: 0,
         }
     }
 

@@ -284,9 +284,15 @@ fn write_marker<V: Vfs>(vfs: &V, dir: &Path, why: &str) -> Result<(), WalError> 
     vfs.sync_dir(dir).map_err(io_err(dir))
 }
 
-/// Moves segment `seq` (damaged at batch offset `at`) and every later one
-/// into `dir/damaged-<seq>-<at>/`, then puts back segment `seq`'s intact
+/// Sets segment `seq` (damaged at batch offset `at`) and every later one
+/// aside in `dir/damaged-<seq>-<at>/`, keeping segment `seq`'s intact
 /// prefix (the bytes before `at`, if more than its header) under its name.
+///
+/// Crash-safe in every step: the later segments move first, newest first,
+/// each durably, so what is left is always the segments up to the damaged
+/// one, and the next open finds the same damage and starts over; the
+/// damaged segment is copied aside (when it can be read), and only then
+/// replaced by its prefix in one rename (or removed).
 fn quarantine<V: Vfs>(vfs: &V, dir: &Path, seq: u64, at: u64) -> Result<(), WalError> {
     let aside = dir.join(format!("damaged-{seq:016x}-{at}"));
     super::vfs::create_dir_durably(vfs, &aside).map_err(io_err(&aside))?;
@@ -295,35 +301,42 @@ fn quarantine<V: Vfs>(vfs: &V, dir: &Path, seq: u64, at: u64) -> Result<(), WalE
         .map_err(io_err(dir))?
         .iter()
         .filter_map(|n| parse_segment_name(n))
-        .filter(|s| *s >= seq)
+        .filter(|s| *s > seq)
         .collect();
-    later.sort_unstable();
-    let damaged = dir.join(segment_name(seq));
-    // Nothing to keep of a segment damaged from its start (it may not even
-    // be readable).
-    let prefix = if at as usize > SEGMENT_HEADER_BYTES {
-        let all = vfs.read(&damaged).map_err(io_err(&damaged))?;
-        all.get(..at as usize).unwrap_or(&[]).to_vec()
-    } else {
-        Vec::new()
-    };
+    later.sort_unstable_by(|a, b| b.cmp(a));
     for s in later {
         let from = dir.join(segment_name(s));
         let to = aside.join(segment_name(s));
         vfs.rename(&from, &to).map_err(io_err(&to))?;
-    }
-    vfs.sync_dir(&aside).map_err(io_err(&aside))?;
-    vfs.sync_dir(dir).map_err(io_err(dir))?;
-    if prefix.len() > SEGMENT_HEADER_BYTES {
-        let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
-        let mut f = vfs.open(&tmp, true).map_err(io_err(&tmp))?;
-        f.set_len(0).map_err(io_err(&tmp))?;
-        f.append(&prefix).map_err(io_err(&tmp))?;
-        f.sync().map_err(io_err(&tmp))?;
-        vfs.rename(&tmp, &damaged).map_err(io_err(&damaged))?;
+        vfs.sync_dir(&aside).map_err(io_err(&aside))?;
         vfs.sync_dir(dir).map_err(io_err(dir))?;
     }
-    Ok(())
+    let damaged = dir.join(segment_name(seq));
+    // An unreadable segment (a latent sector error) cannot be copied.
+    let bytes = vfs.read(&damaged).ok();
+    let write_file = |path: &Path, data: &[u8]| -> Result<(), WalError> {
+        let mut f = vfs.open(path, true).map_err(io_err(path))?;
+        f.set_len(0).map_err(io_err(path))?;
+        f.append(data).map_err(io_err(path))?;
+        f.sync().map_err(io_err(path))
+    };
+    if let Some(b) = &bytes {
+        write_file(&aside.join(segment_name(seq)), b)?;
+        vfs.sync_dir(&aside).map_err(io_err(&aside))?;
+    }
+    let prefix = bytes
+        .as_deref()
+        .and_then(|b| b.get(..at as usize))
+        .filter(|p| p.len() > SEGMENT_HEADER_BYTES);
+    match prefix {
+        Some(prefix) => {
+            let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
+            write_file(&tmp, prefix)?;
+            vfs.rename(&tmp, &damaged).map_err(io_err(&damaged))?;
+        }
+        None => vfs.remove(&damaged).map_err(io_err(&damaged))?,
+    }
+    vfs.sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Where the log stands.

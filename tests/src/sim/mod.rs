@@ -486,7 +486,12 @@ impl NodeStore {
     fn stop_process(&mut self) {
         match self {
             NodeStore::Mem(m) => m.crash(),
-            NodeStore::Wal { wal, .. } => *wal = None,
+            NodeStore::Wal { wal, fs } => {
+                *wal = None;
+                // A full disk gets room before the restart (as after a
+                // power loss), else the node could not start at all.
+                fs.set_space_left(None);
+            }
         }
     }
 
@@ -736,8 +741,8 @@ fn body_kind(b: &Body) -> &'static str {
         Body::AppendResponse(ha_core::raft::AppendOutcome::RepairAccepted { .. }) => {
             "append-ok-repairing"
         }
-        Body::TermQuery => "term-query",
-        Body::TermReply => "term-reply",
+        Body::TermQuery { .. } => "term-query",
+        Body::TermReply { .. } => "term-reply",
         Body::Heartbeat { .. } => "heartbeat",
         Body::HeartbeatResponse { .. } => "heartbeat-resp",
         Body::InstallSnapshot { .. } => "install-snapshot",
@@ -1347,15 +1352,21 @@ impl Sim {
         for k in self.shuffled_nodes() {
             if let Some(r) = self.nodes[k].raft.as_mut() {
                 r.tick();
-                let repaired = !r.is_repairing();
-                // As the node task does: the core's repair ended, so the
-                // log drops its repairing mark.
-                if repaired && let Err(e) = self.nodes[k].store.finish_repair() {
-                    self.failure = Some(e);
-                    return;
-                }
                 self.drive(k);
                 if self.failure.is_some() {
+                    return;
+                }
+                // As the node task does: the core's repair ended and all it
+                // wrote is durable, so the log drops its repairing mark.
+                let node = &mut self.nodes[k];
+                let settled = node
+                    .raft
+                    .as_mut()
+                    .is_some_and(|r| !r.is_repairing() && !r.has_ready())
+                    && node.in_flight.is_none()
+                    && !node.pipeline.busy();
+                if settled && let Err(e) = node.store.finish_repair() {
+                    self.failure = Some(e);
                     return;
                 }
             }

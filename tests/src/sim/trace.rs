@@ -35,7 +35,7 @@ enum MsgText {
     AppendRepairing(LogIndex, Term),
     AppendRepairOk(LogIndex),
     TermQuery,
-    TermReply,
+    TermReply(Option<LogIndex>),
     Heartbeat(LogIndex, u64),
     HeartbeatResp(u64),
     InstallSnapshot(LogIndex, Term),
@@ -81,8 +81,8 @@ pub fn summarize(m: &Message) -> MsgSummary {
         Body::AppendResponse(AppendOutcome::RepairAccepted { match_index }) => {
             MsgText::AppendRepairOk(*match_index)
         }
-        Body::TermQuery => MsgText::TermQuery,
-        Body::TermReply => MsgText::TermReply,
+        Body::TermQuery { .. } => MsgText::TermQuery,
+        Body::TermReply { leader_last, .. } => MsgText::TermReply(*leader_last),
         Body::Heartbeat { commit, seq } => MsgText::Heartbeat(*commit, *seq),
         Body::HeartbeatResponse { seq } => MsgText::HeartbeatResp(*seq),
         Body::InstallSnapshot { index, term } => MsgText::InstallSnapshot(*index, *term),
@@ -119,7 +119,7 @@ impl std::fmt::Display for MsgSummary {
             MsgText::AppendRepairing(i, t) => write!(f, "AppendResp repairing last={i}@{t}"),
             MsgText::AppendRepairOk(i) => write!(f, "AppendResp ok (repairing) match={i}"),
             MsgText::TermQuery => write!(f, "TermQuery"),
-            MsgText::TermReply => write!(f, "TermReply"),
+            MsgText::TermReply(l) => write!(f, "TermReply leader_last={l:?}"),
             MsgText::Heartbeat(c, r) => write!(f, "Heartbeat commit={c} seq={r}"),
             MsgText::HeartbeatResp(r) => write!(f, "HeartbeatResp seq={r}"),
             MsgText::InstallSnapshot(i, t) => write!(f, "InstallSnapshot {i}@{t}"),
