@@ -177,11 +177,13 @@ impl QuicNode {
         // Damage to acknowledged data is repaired from the peers, not
         // refused (see `Wal::open_repairing`), unless there is no peer to
         // repair from: then it is refused, and nothing is moved.
+        // Only voters can answer for the terms a damaged node may have
+        // forgotten: learners do not count.
         let peers = opts
             .membership
             .replication_targets()
             .into_iter()
-            .filter(|p| *p != opts.raft.id)
+            .filter(|p| *p != opts.raft.id && opts.membership.is_voter(*p))
             .count();
         let (mut wal, state) = if peers == 0 {
             Wal::open(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| {

@@ -73,6 +73,7 @@ impl Net {
             snapshot_last: stored.snapshot_last,
             entries: stored.entries,
             repairing: false,
+            repair_nonce: 0,
         };
         self.nodes
             .insert(id, Some(Raft::new(config, init).expect("valid state")));

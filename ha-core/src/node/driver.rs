@@ -453,6 +453,12 @@ pub fn start_node<V: Vfs>(
     let id = opts.raft.id;
     let init = InitialState {
         membership: opts.membership.clone(),
+        // Fresh for every start: an answer to an earlier repair's query
+        // never counts for this one, whatever the configured seed.
+        repair_nonce: match init.repair_nonce {
+            0 => crate::raft::config::fresh_seed(id) | 1,
+            n => n,
+        },
         ..init
     };
     if opts.storage_quota_bytes == Some(0) {
@@ -537,6 +543,8 @@ pub fn start_node<V: Vfs>(
         events: None,
         file_work: Vec::new(),
         repairing: raft_repairing,
+        dropping_repair_mark: false,
+        mark_in_ready: false,
     };
     tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
     Ok(NodeHandle {
@@ -731,6 +739,10 @@ struct NodeTask<V: Vfs> {
     file_work: Vec<tokio::task::JoinHandle<()>>,
     /// The core was repairing damaged storage at the last look.
     repairing: bool,
+    /// The request that drops the log's repairing mark is on its way.
+    dropping_repair_mark: bool,
+    /// That request is the write of the Ready in flight.
+    mark_in_ready: bool,
 }
 
 /// Something the node task learns from helpers (storage, transport).
@@ -743,6 +755,8 @@ enum Event {
     InstallLoaded(Result<Vec<u8>, String>),
     /// A snapshot transfer to a peer ended.
     SnapshotSent(NodeId, u64, Option<LogIndex>),
+    /// The log's repairing mark is durably gone.
+    RepairMarkDropped,
 }
 
 /// Messages drained per wake-up before the loop looks at its other inputs.
@@ -767,6 +781,9 @@ impl<V: Vfs> NodeTask<V> {
                 Some(ev) = ev_rx.recv() => match ev {
                     Event::Persisted(Err(e)) => break format!("storage failed: {e}"),
                     Event::Persisted(Ok(())) => {
+                        if std::mem::take(&mut self.mark_in_ready) {
+                            self.end_repair();
+                        }
                         if let Err(e) = self.finish_ready() {
                             break e;
                         }
@@ -781,6 +798,7 @@ impl<V: Vfs> NodeTask<V> {
                             break e;
                         }
                     }
+                    Event::RepairMarkDropped => self.end_repair(),
                     Event::SnapshotSent(peer, transfer, r) => {
                         if self.sending_snapshots.get(&peer).map(|(_, t)| *t) != Some(transfer) {
                             // Given up on already (see `expire_transfers`).
@@ -861,34 +879,51 @@ impl<V: Vfs> NodeTask<V> {
 
     /// The core finished repairing damaged storage: the log drops its
     /// repairing mark (after everything before it is durable).
+    /// The log's repairing mark is durably gone: the core votes and counts
+    /// again.
+    fn end_repair(&mut self) {
+        self.raft.end_repair();
+        self.repairing = false;
+        tracing::info!(node = %self.raft.id(), "storage repair finished: the log is whole again, voting resumes");
+    }
+
     fn check_repair(&mut self) -> Result<(), String> {
         // Only once everything the core wrote is durable (its hard state
         // records the vote that ends the repair): the write queue is
-        // ordered, so the mark then goes after it.
+        // ordered, so the mark goes after it; the core counts again only
+        // once the mark is gone.
         if !self.repairing
-            || self.raft.is_repairing()
+            || self.dropping_repair_mark
+            || !self.raft.repair_complete()
             || self.pipeline.busy()
             || self.raft.has_ready()
         {
             return Ok(());
         }
-        self.repairing = false;
-        tracing::info!(node = %self.raft.id(), "storage repair finished: the log is whole again, voting resumes");
         let tx = self.event_sender();
-        if let Backend::Group(g) = &mut self.storage {
-            g.submit(WriteRequest {
-                finish_repair: true,
-                entries: Vec::new(),
-                hard_state: None,
-                compact: None,
-                install: None,
-                done: Box::new(move |r| {
-                    if let Err(e) = r {
-                        let _ = tx.send(Event::Persisted(Err(e.to_string())));
-                    }
-                }),
-            })
-            .map_err(|e| e.to_string())?;
+        match &mut self.storage {
+            Backend::Group(g) => {
+                self.dropping_repair_mark = true;
+                g.submit(WriteRequest {
+                    finish_repair: true,
+                    entries: Vec::new(),
+                    hard_state: None,
+                    compact: None,
+                    install: None,
+                    done: Box::new(move |r| {
+                        let _ = tx.send(match r {
+                            Ok(()) => Event::RepairMarkDropped,
+                            Err(e) => Event::Persisted(Err(e.to_string())),
+                        });
+                    }),
+                })
+                .map_err(|e| e.to_string())?;
+            }
+            Backend::Memory(_) => {
+                let _ = tx.send(Event::RepairMarkDropped);
+                self.dropping_repair_mark = true;
+            }
+            Backend::Stopped => {}
         }
         Ok(())
     }
@@ -1123,8 +1158,18 @@ impl<V: Vfs> NodeTask<V> {
             Backend::Group(_) if nothing_to_write => self.finish_ready()?,
             Backend::Group(g) => {
                 let tx = self.events.clone().expect("set when the task starts");
+                // The first write after the core's repair is complete carries
+                // every hard state it changed: the mark can go with it (the
+                // storage drops it after the write's fsync), so a busy node,
+                // whose pipeline is never idle at a tick, is not held back.
+                let finish_repair =
+                    self.repairing && !self.dropping_repair_mark && self.raft.repair_complete();
+                if finish_repair {
+                    self.dropping_repair_mark = true;
+                    self.mark_in_ready = true;
+                }
                 g.submit(WriteRequest {
-                    finish_repair: false,
+                    finish_repair,
                     entries,
                     hard_state,
                     compact: None,

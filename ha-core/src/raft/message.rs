@@ -108,6 +108,8 @@ pub enum Body {
         nonce: u64,
         /// The sender's last log index, if it is the leader of that term.
         leader_last: Option<LogIndex>,
+        /// The sender is repairing too (its term may be forgotten).
+        repairing: bool,
     },
 }
 

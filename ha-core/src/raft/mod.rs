@@ -102,6 +102,11 @@ pub struct InitialState {
     /// than the one it last wrote (a vote may be forgotten). The node starts
     /// repairing (see [`Raft::is_repairing`]).
     pub repairing: bool,
+    /// The nonce of that repair's term queries: must differ from any
+    /// earlier repair of this node, so the node task draws it from the
+    /// operating system's randomness. 0: drawn from the core's seeded
+    /// generator (reproducible runs; fresh only if the seed is).
+    pub repair_nonce: u64,
 }
 
 /// A node repairing damaged storage (protocol-aware recovery).
@@ -148,6 +153,10 @@ struct Repair {
     query_elapsed: u64,
     /// Ticks of the waiting round left, once caught up.
     wait_ticks: Option<u64>,
+    /// The waiting round is over: the repair ends once the storage has
+    /// dropped its mark ([`Raft::end_repair`]); until then the node still
+    /// counts as repairing.
+    done: bool,
     /// The highest term seen since the start of the repair.
     floor: Term,
 }
@@ -363,7 +372,11 @@ impl Raft {
             config.election_timeout_max_ticks,
         );
         let hs = init.hard_state;
-        let repair_nonce = rng.next_u64();
+        let drawn = rng.next_u64();
+        let repair_nonce = match init.repair_nonce {
+            0 => drawn,
+            n => n,
+        };
         Ok(Raft {
             rng,
             term: hs.term,
@@ -398,6 +411,7 @@ impl Raft {
                 // Query at the first tick.
                 query_elapsed: u64::MAX,
                 wait_ticks: None,
+                done: false,
                 floor: hs.term,
             }),
             vote_floor: Term(0),
@@ -416,6 +430,26 @@ impl Raft {
     /// [`InitialState::repairing`]): it neither votes nor campaigns.
     pub fn is_repairing(&self) -> bool {
         self.repair.is_some()
+    }
+
+    /// The repair is complete but for the storage: once everything this
+    /// core wrote is durable, drop the storage's repairing mark (durably),
+    /// then call [`Raft::end_repair`]. A crash before that repairs again,
+    /// which is safe: the node has not voted or counted meanwhile.
+    pub fn repair_complete(&self) -> bool {
+        self.repair.as_ref().is_some_and(|r| r.done)
+    }
+
+    /// The storage dropped its repairing mark after
+    /// [`Raft::repair_complete`]: the node votes and counts again (it votes
+    /// only in terms above every term it saw while repairing).
+    pub fn end_repair(&mut self) {
+        if let Some(r) = &self.repair
+            && r.done
+        {
+            self.vote_floor = r.floor.max(self.term);
+            self.repair = None;
+        }
     }
     /// The current term.
     pub fn term(&self) -> Term {
@@ -591,12 +625,27 @@ impl Raft {
                 // Answered with this node's durable term, whatever the
                 // asker's: a repairing node moves no one's term or leader.
                 let leader_last = self.is_leader().then(|| self.log.last_index());
-                self.send_after_persist(m.from, Body::TermReply { nonce, leader_last });
+                let repairing = self.repair.is_some();
+                self.send_after_persist(
+                    m.from,
+                    Body::TermReply {
+                        nonce,
+                        leader_last,
+                        repairing,
+                    },
+                );
                 return Ok(());
             }
-            Body::TermReply { nonce, leader_last } => {
+            Body::TermReply {
+                nonce,
+                leader_last,
+                repairing,
+            } => {
+                // A repairing node may have forgotten its term too: its
+                // answer does not count (its term is still taken on).
                 if let Some(r) = &mut self.repair
                     && nonce == r.nonce
+                    && !repairing
                 {
                     r.heard.insert(m.from);
                     if let Some(last) = leader_last
@@ -897,6 +946,9 @@ impl Raft {
             return;
         };
         r.floor = r.floor.max(term);
+        if r.done {
+            return;
+        }
         let mut ask: BTreeSet<NodeId> = self
             .membership
             .voters
@@ -943,11 +995,11 @@ impl Raft {
                 }
             }
             Some(0) => {
-                self.vote_floor = r.floor;
-                self.repair = None;
+                r.done = true;
                 // The floor is this term (terms only rise): a vote for
-                // itself in it, stored with the hard state, keeps a forgotten
-                // vote from being given again after a restart too.
+                // itself in it, stored with the hard state before the
+                // storage drops its mark, keeps a forgotten vote from being
+                // given again after a restart too.
                 if self.vote.is_none() {
                     self.vote = Some(me);
                 }
@@ -1786,13 +1838,25 @@ mod tests {
                 Body::TermReply {
                     nonce,
                     leader_last: last.map(LogIndex),
+                    repairing: false,
                 },
             )
         };
         // Answers to another query (an earlier repair's, delayed) count for
-        // nothing, though this log holds the leader's last index 4.
+        // nothing, though this log holds the leader's last index 4; nor does
+        // the answer of a node that is repairing too.
         r.step(reply(3, 5, nonce ^ 1, Some(4))).unwrap();
         r.step(reply(2, 5, nonce ^ 1, None)).unwrap();
+        r.step(msg(
+            2,
+            5,
+            Body::TermReply {
+                nonce,
+                leader_last: None,
+                repairing: true,
+            },
+        ))
+        .unwrap();
         for _ in 0..3 * round {
             r.tick();
             drain(&mut r);
@@ -1840,7 +1904,7 @@ mod tests {
         assert_eq!(r.commit_index(), LogIndex(5));
         // One more election round, still without votes.
         let mut ticks = 0;
-        while r.is_repairing() {
+        while !r.repair_complete() {
             assert!(ticks <= round + 2, "repair ends after the waiting round");
             r.step(msg(
                 3,
@@ -1861,6 +1925,17 @@ mod tests {
         // It recorded a vote for itself in the term it ended in, durably,
         // so a restart without the repairing mark cannot give it away.
         assert_eq!(r.hard_state().vote, Some(NodeId(1)));
+        // Still repairing (no vote, no counting) until the storage dropped
+        // its mark.
+        assert!(r.is_repairing());
+        r.step(heartbeat(2, 6)).unwrap();
+        assert!(
+            !drain(&mut r)
+                .iter()
+                .any(|m| matches!(m.body, Body::HeartbeatResponse { .. }))
+        );
+        r.end_repair();
+        assert!(!r.is_repairing());
         // Now it answers heartbeats again.
         r.step(heartbeat(2, 6)).unwrap();
         assert!(
@@ -1903,7 +1978,8 @@ mod tests {
                 m.body,
                 Body::TermReply {
                     nonce: 42,
-                    leader_last: None
+                    leader_last: None,
+                    repairing: false
                 }
             )));
     }

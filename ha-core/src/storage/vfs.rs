@@ -712,10 +712,8 @@ impl Vfs for SimFs {
         let st = self.lock();
         let ino = st.names.get(path).ok_or_else(|| not_found(path))?;
         if st.unreadable.contains(ino) {
-            return Err(io::Error::other(format!(
-                "{}: input/output error (simulated latent sector error)",
-                path.display()
-            )));
+            // EIO, as a latent sector error reads.
+            return Err(io::Error::from_raw_os_error(5));
         }
         Ok(st.inodes[ino].data.clone())
     }

@@ -253,6 +253,10 @@ type Opened<V> = (Wal<V>, StoredState);
 /// of the damaged batch in it.
 type DamageAt = (u64, u64);
 
+/// The error number of an I/O error (Linux's `EIO`): what a read of a bad
+/// sector returns.
+const EIO: i32 = 5;
+
 /// The file whose presence marks a log as repairing; it holds what was
 /// found.
 const REPAIR_MARKER: &str = "REPAIRING";
@@ -285,58 +289,67 @@ fn write_marker<V: Vfs>(vfs: &V, dir: &Path, why: &str) -> Result<(), WalError> 
 }
 
 /// Sets segment `seq` (damaged at batch offset `at`) and every later one
-/// aside in `dir/damaged-<seq>-<at>/`, keeping segment `seq`'s intact
-/// prefix (the bytes before `at`, if more than its header) under its name.
+/// aside in a new `dir/damaged-<seq>-<at>[-<n>]/`, then puts back segment
+/// `seq`'s intact prefix (the bytes before `at`, if more than its header)
+/// under its name.
 ///
-/// Crash-safe in every step: the later segments move first, newest first,
-/// each durably, so what is left is always the segments up to the damaged
-/// one, and the next open finds the same damage and starts over; the
-/// damaged segment is copied aside (when it can be read), and only then
-/// replaced by its prefix in one rename (or removed).
+/// Crash-safe in every step, and needs no free space but for the prefix:
+/// segments move by renames, newest first, each durably, so what is left is
+/// always the segments before the moved ones, and the next open either
+/// finds the same damage and starts over or finds the log without it (the
+/// repairing mark is durable before this runs, so either way the node
+/// repairs from its peers). Writing the prefix back is a bonus: if it fails
+/// (a full disk), the log goes on without it.
 fn quarantine<V: Vfs>(vfs: &V, dir: &Path, seq: u64, at: u64) -> Result<(), WalError> {
-    let aside = dir.join(format!("damaged-{seq:016x}-{at}"));
+    let names = vfs.list(dir).map_err(io_err(dir))?;
+    let base = format!("damaged-{seq:016x}-{at}");
+    let name = (0u32..)
+        .map(|n| match n {
+            0 => base.clone(),
+            n => format!("{base}-{n}"),
+        })
+        .find(|n| !names.contains(n))
+        .expect("some name is free");
+    let aside = dir.join(name);
     super::vfs::create_dir_durably(vfs, &aside).map_err(io_err(&aside))?;
-    let mut later: Vec<u64> = vfs
-        .list(dir)
-        .map_err(io_err(dir))?
+    let damaged = dir.join(segment_name(seq));
+    // Read before it moves (it may be unreadable: then nothing is kept).
+    let prefix = if at as usize > SEGMENT_HEADER_BYTES {
+        vfs.read(&damaged)
+            .ok()
+            .and_then(|b| b.get(..at as usize).map(<[u8]>::to_vec))
+    } else {
+        None
+    };
+    let mut moving: Vec<u64> = names
         .iter()
         .filter_map(|n| parse_segment_name(n))
-        .filter(|s| *s > seq)
+        .filter(|s| *s >= seq)
         .collect();
-    later.sort_unstable_by(|a, b| b.cmp(a));
-    for s in later {
+    moving.sort_unstable_by(|a, b| b.cmp(a));
+    for s in moving {
         let from = dir.join(segment_name(s));
         let to = aside.join(segment_name(s));
         vfs.rename(&from, &to).map_err(io_err(&to))?;
         vfs.sync_dir(&aside).map_err(io_err(&aside))?;
         vfs.sync_dir(dir).map_err(io_err(dir))?;
     }
-    let damaged = dir.join(segment_name(seq));
-    // An unreadable segment (a latent sector error) cannot be copied.
-    let bytes = vfs.read(&damaged).ok();
-    let write_file = |path: &Path, data: &[u8]| -> Result<(), WalError> {
-        let mut f = vfs.open(path, true).map_err(io_err(path))?;
-        f.set_len(0).map_err(io_err(path))?;
-        f.append(data).map_err(io_err(path))?;
-        f.sync().map_err(io_err(path))
-    };
-    if let Some(b) = &bytes {
-        write_file(&aside.join(segment_name(seq)), b)?;
-        vfs.sync_dir(&aside).map_err(io_err(&aside))?;
-    }
-    let prefix = bytes
-        .as_deref()
-        .and_then(|b| b.get(..at as usize))
-        .filter(|p| p.len() > SEGMENT_HEADER_BYTES);
-    match prefix {
-        Some(prefix) => {
-            let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
-            write_file(&tmp, prefix)?;
-            vfs.rename(&tmp, &damaged).map_err(io_err(&damaged))?;
+    if let Some(prefix) = prefix {
+        let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
+        let put_back = || -> std::io::Result<()> {
+            let mut f = vfs.open(&tmp, true)?;
+            f.set_len(0)?;
+            f.append(&prefix)?;
+            f.sync()?;
+            vfs.rename(&tmp, &damaged)?;
+            vfs.sync_dir(dir)
+        };
+        if let Err(e) = put_back() {
+            tracing::warn!(dir = %dir.display(), "could not keep the intact prefix of the damaged segment ({e}); repairing without it");
+            let _ = vfs.remove(&tmp);
         }
-        None => vfs.remove(&damaged).map_err(io_err(&damaged))?,
     }
-    vfs.sync_dir(dir).map_err(io_err(dir))
+    Ok(())
 }
 
 /// Where the log stands.
@@ -1051,12 +1064,11 @@ impl<V: Vfs> Wal<V> {
             let path = dir.join(segment_name(*seq));
             let buf = match vfs.read(&path) {
                 Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(io_err(&path)(e));
-                }
-                Err(e) => {
-                    // An unreadable segment (a latent sector error): its
-                    // acknowledged data is as good as damaged.
+                // EIO: an unreadable segment (a latent sector error), whose
+                // acknowledged data is as good as damaged. Any other error
+                // (permissions, too many open files) is no damage: opening
+                // fails, and nothing is moved.
+                Err(e) if e.raw_os_error() == Some(EIO) => {
                     *damage = Some((*seq, 0));
                     return Err(WalError::Corrupt {
                         file: path,
@@ -1064,6 +1076,7 @@ impl<V: Vfs> Wal<V> {
                         reason: format!("the segment cannot be read: {e}"),
                     });
                 }
+                Err(e) => return Err(io_err(&path)(e)),
             };
             let last = k + 1 == seqs.len();
             let mut seg = Segment {

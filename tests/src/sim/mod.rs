@@ -980,6 +980,8 @@ impl Sim {
             snapshot_last: stored.snapshot_last,
             entries: stored.entries,
             repairing,
+            // From the seeded generator, whose seed differs per incarnation.
+            repair_nonce: 0,
         };
         node.applied.clear();
         let published = node.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
@@ -1356,18 +1358,24 @@ impl Sim {
                 if self.failure.is_some() {
                     return;
                 }
-                // As the node task does: the core's repair ended and all it
-                // wrote is durable, so the log drops its repairing mark.
+                // As the node task does: the core's repair is complete and
+                // all it wrote is durable, so the log drops its repairing
+                // mark, and then the core ends its repair.
                 let node = &mut self.nodes[k];
                 let settled = node
                     .raft
                     .as_mut()
-                    .is_some_and(|r| !r.is_repairing() && !r.has_ready())
+                    .is_some_and(|r| r.repair_complete() && !r.has_ready())
                     && node.in_flight.is_none()
                     && !node.pipeline.busy();
-                if settled && let Err(e) = node.store.finish_repair() {
-                    self.failure = Some(e);
-                    return;
+                if settled {
+                    if let Err(e) = node.store.finish_repair() {
+                        self.failure = Some(e);
+                        return;
+                    }
+                    if let Some(r) = node.raft.as_mut() {
+                        r.end_repair();
+                    }
                 }
             }
         }
