@@ -1193,3 +1193,45 @@ fn a_misdirected_sector_is_damage() {
         Err(WalError::Corrupt { .. })
     ));
 }
+
+/// Damage found twice at the same segment and offset (the prefix put back
+/// took new batches from there) is set aside in a second directory: the
+/// first incident's files are not overwritten.
+#[test]
+fn a_second_repair_at_the_same_place_keeps_the_first_ones_files() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&entries(1, 5, 1)).unwrap();
+    wal.sync().unwrap();
+    wal.append(&entries(6, 10, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let seg = segment_files(&fs, &dir()).pop().unwrap();
+    let len = fs.read(&seg).unwrap().len();
+    fs.corrupt(&seg, len - 3).unwrap();
+    let (mut wal, state) = Wal::open_repairing(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    assert_eq!(state.entries, entries(1, 5, 1));
+    // The same batch position, damaged again.
+    wal.append(&entries(6, 10, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    assert_eq!(fs.read(&seg).unwrap().len(), len);
+    fs.corrupt(&seg, len - 3).unwrap();
+    Wal::open_repairing(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    let name = seg.file_name().unwrap().to_string_lossy().into_owned();
+    let seq = name
+        .trim_start_matches("wal-")
+        .trim_end_matches(".log")
+        .to_string();
+    let asides: Vec<PathBuf> = (0..len)
+        .flat_map(|at| {
+            let base = format!("damaged-{seq}-{at}");
+            [dir().join(&base), dir().join(format!("{base}-1"))]
+        })
+        .filter(|d| fs.list(d).is_ok())
+        .collect();
+    assert_eq!(asides.len(), 2, "{asides:?}");
+    for d in &asides {
+        assert_eq!(fs.list(d).unwrap(), vec![name.clone()], "{}", d.display());
+    }
+}

@@ -302,15 +302,16 @@ fn write_marker<V: Vfs>(vfs: &V, dir: &Path, why: &str) -> Result<(), WalError> 
 /// (a full disk), the log goes on without it.
 fn quarantine<V: Vfs>(vfs: &V, dir: &Path, seq: u64, at: u64) -> Result<(), WalError> {
     let names = vfs.list(dir).map_err(io_err(dir))?;
+    // A directory that cannot be listed does not exist yet (`list` names
+    // files only, so the names above cannot tell).
     let base = format!("damaged-{seq:016x}-{at}");
-    let name = (0u32..)
+    let aside = (0u32..)
         .map(|n| match n {
-            0 => base.clone(),
-            n => format!("{base}-{n}"),
+            0 => dir.join(&base),
+            n => dir.join(format!("{base}-{n}")),
         })
-        .find(|n| !names.contains(n))
+        .find(|d| vfs.list(d).is_err())
         .expect("some name is free");
-    let aside = dir.join(name);
     super::vfs::create_dir_durably(vfs, &aside).map_err(io_err(&aside))?;
     let damaged = dir.join(segment_name(seq));
     // Read before it moves (it may be unreadable: then nothing is kept).
