@@ -239,19 +239,20 @@ impl SimConfig {
             media_damage: 0.0,
             fsync_eio: 0.0,
         };
+        // A disk fault's probability: one of `choices` with a log on disk,
+        // else none (drawing nothing).
+        let wal_fault = |rng: &mut SplitMix64, wal: bool, choices: &[f64]| {
+            if wal {
+                choices[rng.range(0, choices.len() as u64) as usize]
+            } else {
+                0.0
+            }
+        };
         c.propose = [0.1, 0.3, 0.8][rng.range(0, 3) as usize];
         c.wal = rng.chance(0.5);
         c.snapshot_every = [None, Some(5), Some(20), Some(100)][rng.range(0, 4) as usize];
-        c.faults.torn_write = if c.wal {
-            [0.0, 0.01, 0.03][rng.range(0, 3) as usize]
-        } else {
-            0.0
-        };
-        c.faults.disk_full = if c.wal {
-            [0.0, 0.002, 0.01][rng.range(0, 3) as usize]
-        } else {
-            0.0
-        };
+        c.faults.torn_write = wal_fault(&mut rng, c.wal, &[0.0, 0.01, 0.03]);
+        c.faults.disk_full = wal_fault(&mut rng, c.wal, &[0.0, 0.002, 0.01]);
         c.read = [0.0, 0.1, 0.3][rng.range(0, 3) as usize];
         c.faults.max_persist_delay_ticks = [0, 1, 3][rng.range(0, 3) as usize];
         c.faults.max_transfer_ticks = [0, 2, 8][rng.range(0, 3) as usize];
@@ -259,16 +260,8 @@ impl SimConfig {
         c.faults.clock_skew_ms = [0, 2_000, 20_000][rng.range(0, 3) as usize];
         c.faults.max_apply_delay_ticks = [0, 0, 2][rng.range(0, 3) as usize];
         c.faults.max_snapshot_save_ticks = [0, 3][rng.range(0, 2) as usize];
-        c.faults.media_damage = if c.wal {
-            [0.0, 0.0, 0.2, 0.5][rng.range(0, 4) as usize]
-        } else {
-            0.0
-        };
-        c.faults.fsync_eio = if c.wal {
-            [0.0, 0.01, 0.03][rng.range(0, 3) as usize]
-        } else {
-            0.0
-        };
+        c.faults.media_damage = wal_fault(&mut rng, c.wal, &[0.0, 0.0, 0.2, 0.5]);
+        c.faults.fsync_eio = wal_fault(&mut rng, c.wal, &[0.0, 0.01, 0.03]);
         c
     }
 }
