@@ -40,9 +40,7 @@ fn dir() -> PathBuf {
 }
 
 fn small_segments() -> WalOptions {
-    WalOptions {
-        segment_max_bytes: 512,
-    }
+    WalOptions::with_segment_max_bytes(512)
 }
 
 fn segment_files<V: Vfs>(vfs: &V, dir: &Path) -> Vec<PathBuf> {

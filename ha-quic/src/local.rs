@@ -163,9 +163,7 @@ impl<T: Replicated> LocalCluster<T> {
             .build()?;
         let node = {
             let _enter = rt.enter();
-            let wal_opts = WalOptions {
-                segment_max_bytes: self.opts.wal_segment_bytes,
-            };
+            let wal_opts = WalOptions::with_segment_max_bytes(self.opts.wal_segment_bytes);
             QuicNode::start_replicated::<T>(opts, quic, Some(socket), dir, wal_opts)?
         };
         self.running.insert(id, Running { rt, node });

@@ -90,3 +90,39 @@ fn catches_planted_bug_applied_before_restore() {
 fn catches_planted_bug_session_recreate() {
     hunt(Bug::SessionRecreate);
 }
+
+/// Storage item 1 reverted: damage to the last synced batch of the newest
+/// segment is cut off as a torn tail. A node forgets a batch it synced.
+#[test]
+fn catches_planted_bug_wal_torn_any_bad_tail() {
+    hunt(Bug::WalTornAnyBadTail);
+}
+
+/// Storage item 2 reverted: open trusts a last batch whose fsync failed
+/// (its pages read back from the cache); a later power loss takes it.
+#[test]
+fn catches_planted_bug_wal_no_rewrite_at_open() {
+    hunt(Bug::WalNoRewriteAtOpen);
+}
+
+/// Storage item 3 reverted: a client's value holding a valid batch start
+/// makes a torn write read as damage, and the node repairs for nothing.
+#[test]
+fn catches_planted_bug_wal_unbound_batch_start() {
+    hunt(Bug::WalUnboundBatchStart);
+}
+
+/// Storage item 4 reverted: a segment whose base a full disk took keeps
+/// taking batches; once a compaction's deletions make it the first, the
+/// log cannot be read.
+#[test]
+fn catches_planted_bug_wal_append_without_base() {
+    hunt(Bug::WalAppendWithoutBase);
+}
+
+/// Storage item 5 reverted: the log directory is not synced in its
+/// parent, and a power loss takes the whole log.
+#[test]
+fn catches_planted_bug_wal_no_dir_sync() {
+    hunt(Bug::WalNoDirSync);
+}

@@ -60,14 +60,8 @@ fn acknowledged_appends_survive_kill_9_in_a_loop() {
         reader.join().expect("reader");
         kills += 1;
         let acked = acked.load(Ordering::SeqCst);
-        let (_, state) = Wal::open(
-            StdFs,
-            &dir,
-            WalOptions {
-                segment_max_bytes: 64 << 10,
-            },
-        )
-        .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
+        let (_, state) = Wal::open(StdFs, &dir, WalOptions::with_segment_max_bytes(64 << 10))
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
         let last = state.snapshot_last.0.0 + state.entries.len() as u64;
         assert!(
             last >= acked,

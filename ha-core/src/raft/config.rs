@@ -27,6 +27,23 @@ pub enum PlantedBug {
     /// command that could be its first (the simulator plants it in its
     /// reference state machine; the core ignores it).
     SessionRecreate,
+    /// Write-ahead log (set through `WalOptions::planted_bug`): any bad
+    /// batch in the newest segment is a torn tail, damage to the last
+    /// synced batch included (the etcd rule reverted).
+    WalTornAnyBadTail,
+    /// Write-ahead log: open trusts the last batch as it reads back,
+    /// without writing it again and syncing (after a failed fsync its pages
+    /// read back whole from the cache, yet a crash loses them).
+    WalNoRewriteAtOpen,
+    /// Write-ahead log: any record that parses as a batch start counts as
+    /// one when deciding whether a bad batch start was followed by a later
+    /// write (batch starts not bound to their segment and offset).
+    WalUnboundBatchStart,
+    /// Write-ahead log: a newest segment that lacks its base (its first
+    /// batch lost, say to a full disk) keeps taking batches.
+    WalAppendWithoutBase,
+    /// Write-ahead log: a new log directory is not synced in its parent.
+    WalNoDirSync,
 }
 
 /// Settings of one Raft node.

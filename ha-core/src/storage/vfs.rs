@@ -443,8 +443,10 @@ impl SimFs {
                 && rng.chance(tear)
             {
                 let start = at - at % SECTOR;
+                // Never zeros: a sector of zeros reads as one never written
+                // (the torn rule's blind spot, docs/storage-format.md).
                 for b in &mut data[start..*at] {
-                    *b = rng.next_u64() as u8;
+                    *b = rng.next_u64() as u8 | 1;
                 }
                 tore = true;
             }

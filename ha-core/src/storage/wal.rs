@@ -130,13 +130,57 @@ const PAYLOAD_MEMBERSHIP: u8 = 2;
 pub struct WalOptions {
     /// A segment is sealed once it is at least this large.
     pub segment_max_bytes: u64,
+    /// A storage bug to plant (tests only: the simulator proves it catches
+    /// each fix reverted).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<crate::raft::PlantedBug>,
+}
+
+impl WalOptions {
+    /// The default options, with segments sealed once they reach `bytes`.
+    pub fn with_segment_max_bytes(bytes: u64) -> WalOptions {
+        WalOptions {
+            segment_max_bytes: bytes,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
+        }
+    }
 }
 
 impl Default for WalOptions {
     fn default() -> WalOptions {
-        WalOptions {
-            segment_max_bytes: 64 << 20,
+        WalOptions::with_segment_max_bytes(64 << 20)
+    }
+}
+
+/// Storage bugs planted back for the simulator to catch: all off unless
+/// the `planted-bugs` feature sets one through [`WalOptions`].
+#[derive(Clone, Copy, Default)]
+struct Planted {
+    torn_any_bad_tail: bool,
+    no_rewrite_at_open: bool,
+    unbound_batch_start: bool,
+    append_without_base: bool,
+    no_dir_sync: bool,
+}
+
+impl Planted {
+    #[cfg(feature = "planted-bugs")]
+    fn of(opts: &WalOptions) -> Planted {
+        use crate::raft::PlantedBug as B;
+        let on = |b| opts.planted_bug == Some(b);
+        Planted {
+            torn_any_bad_tail: on(B::WalTornAnyBadTail),
+            no_rewrite_at_open: on(B::WalNoRewriteAtOpen),
+            unbound_batch_start: on(B::WalUnboundBatchStart),
+            append_without_base: on(B::WalAppendWithoutBase),
+            no_dir_sync: on(B::WalNoDirSync),
         }
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    fn of(_opts: &WalOptions) -> Planted {
+        Planted::default()
     }
 }
 
@@ -595,12 +639,14 @@ fn bound_batch_start(buf: &[u8], at: usize, seq: u64) -> Option<(usize, u32)> {
 /// Whether a version 2 batch start bound to its own offset begins anywhere
 /// after `from`: then the bytes at `from` were followed by a later write,
 /// so they were synced, and damage there is not a torn tail.
-fn bound_batch_start_after(buf: &[u8], from: usize, seq: u64) -> bool {
+fn bound_batch_start_after(buf: &[u8], from: usize, seq: u64, planted: Planted) -> bool {
     let want = ((RECORD_FIXED_BYTES + BATCH_START_V2_PAYLOAD) as u32).to_le_bytes();
     (from + 1..buf.len().saturating_sub(BATCH_START_V2_BYTES - 1)).any(|p| {
         buf[p..p + 4] == want
             && buf[p + 8] == KIND_BATCH_START
-            && bound_batch_start(buf, p, seq).is_some()
+            && (bound_batch_start(buf, p, seq).is_some()
+                || (planted.unbound_batch_start
+                    && read_record(buf, p).is_ok_and(|(r, _)| r.kind == KIND_BATCH_START)))
     })
 }
 
@@ -777,6 +823,7 @@ fn scan_segment(
     last: bool,
     replay: &mut Replay,
     seg: &mut Segment,
+    planted: Planted,
 ) -> Result<ScanEnd, WalError> {
     let corrupt = |offset: usize, reason: String| WalError::Corrupt {
         file: path.to_path_buf(),
@@ -798,7 +845,7 @@ fn scan_segment(
                     && has_zero_sector(buf, 0, SEGMENT_PREFIX_BYTES));
             if last
                 && unwritten
-                && !bound_batch_start_after(buf, 0, seq)
+                && !bound_batch_start_after(buf, 0, seq, planted)
                 && !v1_batch_start_after(buf, 0)
             {
                 return Ok(ScanEnd::Torn(0));
@@ -818,7 +865,7 @@ fn scan_segment(
         let verdict = if version == 1 {
             scan_batch_v1(buf, pos, last)
         } else {
-            scan_batch_v2(buf, pos, seq, seg.chain, last)
+            scan_batch_v2(buf, pos, seq, seg.chain, last, planted)
         };
         match verdict {
             Batch::Good {
@@ -870,7 +917,14 @@ enum Batch<'a> {
 
 /// One version 2 batch at `pos` of segment `seq`, whose previous batch
 /// start had CRC `prev` (see [`scan_segment`] for the torn-write rule).
-fn scan_batch_v2(buf: &[u8], pos: usize, seq: u64, prev: u32, last: bool) -> Batch<'_> {
+fn scan_batch_v2(
+    buf: &[u8],
+    pos: usize,
+    seq: u64,
+    prev: u32,
+    last: bool,
+    planted: Planted,
+) -> Batch<'_> {
     let Some((len, crc)) = bound_batch_start(buf, pos, seq) else {
         let head = &buf[pos..buf.len().min(pos + BATCH_START_V2_BYTES)];
         // Cut short, or a sector of it never reached the disk (a start that
@@ -878,7 +932,7 @@ fn scan_batch_v2(buf: &[u8], pos: usize, seq: u64, prev: u32, last: bool) -> Bat
         let unwritten = head.len() < BATCH_START_V2_BYTES
             || head.iter().all(|b| *b == 0)
             || has_zero_sector(buf, pos, pos + BATCH_START_V2_BYTES);
-        if last && unwritten && !bound_batch_start_after(buf, pos, seq) {
+        if last && unwritten && !bound_batch_start_after(buf, pos, seq, planted) {
             return Batch::Torn;
         }
         return Batch::Damaged(pos, "expected a batch start bound to this place".into());
@@ -915,7 +969,10 @@ fn scan_batch_v2(buf: &[u8], pos: usize, seq: u64, prev: u32, last: bool) -> Bat
             let nothing_after = buf[end..].iter().all(|b| *b == 0);
             // The zero sector must be at or after the first bad record: a
             // value of zeros before it says nothing of how it broke.
-            if last && nothing_after && has_zero_sector(buf, offset, end) {
+            if last
+                && (planted.torn_any_bad_tail
+                    || (nothing_after && has_zero_sector(buf, offset, end)))
+            {
                 Batch::Torn
             } else {
                 Batch::Damaged(offset, reason)
@@ -1049,8 +1106,13 @@ impl<V: Vfs> Wal<V> {
         // A new directory is durable only once its parent is synced; and a
         // segment created before a failed directory sync is made durable
         // here, before anything more is acknowledged in it.
-        super::vfs::create_dir_durably(&vfs, dir).map_err(io_err(dir))?;
-        vfs.sync_dir(dir).map_err(io_err(dir))?;
+        let planted = Planted::of(&opts);
+        if planted.no_dir_sync {
+            vfs.create_dir_all(dir).map_err(io_err(dir))?;
+        } else {
+            super::vfs::create_dir_durably(&vfs, dir).map_err(io_err(dir))?;
+            vfs.sync_dir(dir).map_err(io_err(dir))?;
+        }
         let mut seqs: Vec<u64> = vfs
             .list(dir)
             .map_err(io_err(dir))?
@@ -1091,7 +1153,7 @@ impl<V: Vfs> Wal<V> {
                 last_batch_at: None,
                 damaged_at: None,
             };
-            let scanned = scan_segment(&buf, &path, *seq, last, &mut replay, &mut seg);
+            let scanned = scan_segment(&buf, &path, *seq, last, &mut replay, &mut seg, planted);
             if let (Err(_), Some(at)) = (&scanned, seg.damaged_at) {
                 *damage = Some((*seq, at));
             }
@@ -1142,7 +1204,7 @@ impl<V: Vfs> Wal<V> {
         // A segment with no batch yet gets its header written again: its
         // creation's sync may have failed the same way. A truncation at
         // open whose sync failed is redone first.
-        {
+        if !planted.no_rewrite_at_open {
             let at = newest.last_batch_at.unwrap_or(0);
             let path = &newest.path;
             let buf = vfs.read(path).map_err(io_err(path))?;
@@ -1163,7 +1225,8 @@ impl<V: Vfs> Wal<V> {
         // full disk), or of format version 1, takes no more batches: the
         // next one opens a segment with a base, so a crash partway through
         // a compaction never leaves a baseless segment first.
-        let rotate_next = (segments.len() > 1 && !newest.has_base) || newest.version != 2;
+        let rotate_next = (segments.len() > 1 && !newest.has_base && !planted.append_without_base)
+            || newest.version != 2;
         let synced = Position {
             last_index,
             last_term,
@@ -1387,9 +1450,15 @@ impl<V: Vfs> LogStore for Wal<V> {
                 ..s.clone()
             };
             let last = k + 1 == self.segments.len();
-            if let ScanEnd::Torn(at) =
-                scan_segment(&buf, &s.path, s.seq, last, &mut replay, &mut seg)?
-            {
+            if let ScanEnd::Torn(at) = scan_segment(
+                &buf,
+                &s.path,
+                s.seq,
+                last,
+                &mut replay,
+                &mut seg,
+                Planted::of(&self.opts),
+            )? {
                 return Err(WalError::Corrupt {
                     file: s.path.clone(),
                     offset: at,

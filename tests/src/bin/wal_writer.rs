@@ -19,9 +19,7 @@ fn main() {
         .next()
         .and_then(|s| s.parse().ok())
         .expect("usage: wal_writer DIR SEED");
-    let opts = WalOptions {
-        segment_max_bytes: 64 << 10,
-    };
+    let opts = WalOptions::with_segment_max_bytes(64 << 10);
     let (mut wal, state) = Wal::open(StdFs, &dir, opts).unwrap_or_else(|e| {
         eprintln!("wal_writer: {e}");
         std::process::exit(2);

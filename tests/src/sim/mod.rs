@@ -113,6 +113,9 @@ pub struct Faults {
     /// still see it; the node process stops and restarts without a power
     /// loss (its page cache intact), and a power loss may come later.
     pub fsync_eio: f64,
+    /// Probability, per compaction, that the power fails while it deletes
+    /// the segments a snapshot covers: the deletions persist in part.
+    pub compaction_power_loss: f64,
 }
 
 impl Faults {
@@ -137,6 +140,7 @@ impl Faults {
             clock_skew_ms: 0,
             media_damage: 0.0,
             fsync_eio: 0.0,
+            compaction_power_loss: 0.0,
         }
     }
 
@@ -178,6 +182,10 @@ pub struct SimConfig {
     /// Session timeout of the replicated session table, in leader ms (a
     /// tick is [`TICK_MS`]).
     pub session_timeout_ms: u64,
+    /// Probability a client's command is large (more than a page) and ends
+    /// with a copy of a write-ahead log batch start, valid but bound to no
+    /// place: a torn write of it must still read as torn.
+    pub forged_batch_starts: f64,
 }
 
 /// Leader time advances this many milliseconds per tick.
@@ -204,6 +212,7 @@ impl SimConfig {
             snapshot_every: None,
             session_clients: 0,
             session_timeout_ms: 5_000,
+            forged_batch_starts: 0.0,
         }
     }
 
@@ -238,6 +247,7 @@ impl SimConfig {
             clock_skew_ms: 0,
             media_damage: 0.0,
             fsync_eio: 0.0,
+            compaction_power_loss: 0.0,
         };
         // A disk fault's probability: one of `choices` with a log on disk,
         // else none (drawing nothing).
@@ -262,6 +272,8 @@ impl SimConfig {
         c.faults.max_snapshot_save_ticks = [0, 3][rng.range(0, 2) as usize];
         c.faults.media_damage = wal_fault(&mut rng, c.wal, &[0.0, 0.0, 0.2, 0.5]);
         c.faults.fsync_eio = wal_fault(&mut rng, c.wal, &[0.0, 0.01, 0.03]);
+        c.forged_batch_starts = wal_fault(&mut rng, c.wal, &[0.0, 0.0, 0.3]);
+        c.faults.compaction_power_loss = wal_fault(&mut rng, c.wal, &[0.0, 0.05, 0.2]);
         c
     }
 }
@@ -347,10 +359,12 @@ enum NodeStore {
 /// The log directory on a simulated node's disk.
 const WAL_DIR: &str = "/data/wal";
 
-/// Small segments, so runs seal, rotate and replay many of them.
-fn sim_wal_options() -> WalOptions {
+/// Small segments, so runs seal, rotate and replay many of them; a
+/// storage bug planted if `bug` is one.
+fn sim_wal_options(bug: Option<Bug>) -> WalOptions {
     WalOptions {
         segment_max_bytes: 4 << 10,
+        planted_bug: bug,
     }
 }
 
@@ -358,14 +372,14 @@ impl NodeStore {
     /// Opens the store after a (re)start; the log cuts a torn tail here,
     /// and moves damage aside to repair from the peers. Returns the stored
     /// state, whether a torn tail was cut, and whether the node repairs.
-    fn open(&mut self) -> Result<(StoredState, bool, bool), String> {
+    fn open(&mut self, bug: Option<Bug>) -> Result<(StoredState, bool, bool), String> {
         match self {
             NodeStore::Mem(m) => Ok((m.load().expect("in-memory store loads"), false, false)),
             NodeStore::Wal { fs, wal } => {
                 let (w, state) = Wal::open_repairing(
                     fs.clone(),
                     std::path::Path::new(WAL_DIR),
-                    sim_wal_options(),
+                    sim_wal_options(bug),
                 )
                 .map_err(|e| e.to_string())?;
                 let (repaired, repairing) = (w.repaired().is_some(), w.repairing().is_some());
@@ -402,13 +416,22 @@ impl NodeStore {
         if segs.is_empty() {
             return false;
         }
-        let path = dir.join(&segs[rng.range(0, segs.len() as u64) as usize]);
+        let name = &segs[rng.range(0, segs.len() as u64) as usize];
+        let newest = segs.iter().max() == Some(name);
+        let path = dir.join(name);
         let Ok(bytes) = fs.read(&path) else {
             return false;
         };
         if bytes.is_empty() {
             return false;
         }
+        // The torn rule's blind spot (docs/storage-format.md): damage to
+        // the newest segment's last batch when the file's last, partial
+        // sector reads as zeros is read as a torn tail. Not inflicted.
+        let blind_spot = |b: &[u8]| {
+            let r = b.len() % 512;
+            newest && r != 0 && b[b.len() - r..].iter().all(|x| *x == 0)
+        };
         match rng.range(0, 10) {
             // A latent sector error: the file cannot be read.
             0..=1 => fs.set_unreadable(&path).is_ok(),
@@ -423,12 +446,15 @@ impl NodeStore {
                     to = (from + SECTOR) % (sectors * SECTOR);
                 }
                 let sector = &bytes[from as usize..(from + SECTOR) as usize];
-                fs.overwrite(&path, to as usize, sector).is_ok()
+                !blind_spot(&bytes) && fs.overwrite(&path, to as usize, sector).is_ok()
             }
-            // A flipped bit.
-            _ => fs
-                .corrupt(&path, rng.range(0, bytes.len() as u64) as usize)
-                .is_ok(),
+            // A flipped bit (the one `SimFs::corrupt` flips).
+            _ => {
+                let at = rng.range(0, bytes.len() as u64) as usize;
+                let mut after = bytes.clone();
+                after[at] ^= 0x10;
+                !blind_spot(&after) && fs.corrupt(&path, at).is_ok()
+            }
         }
     }
 
@@ -517,17 +543,27 @@ impl NodeStore {
         }
     }
 
-    /// Compacts the log up to a durable snapshot, and syncs.
-    fn compact_and_sync(&mut self, index: LogIndex, term: Term) -> Result<(), String> {
+    /// Compacts the log up to a durable snapshot, and syncs. With
+    /// `power_fails`, directory syncs fail (the caller then cuts the power):
+    /// the deletions of covered segments may persist in part.
+    fn compact_and_sync(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        power_fails: bool,
+    ) -> Result<(), String> {
         match self {
             NodeStore::Mem(m) => {
                 m.compact(index, term).map_err(|e| e.to_string())?;
                 m.sync().map_err(|e| e.to_string())
             }
-            NodeStore::Wal { wal, .. } => {
+            NodeStore::Wal { wal, fs } => {
                 let w = wal.as_mut().expect("an up node has an open log");
                 w.compact(index, term).map_err(|e| e.to_string())?;
-                w.sync().map_err(|e| e.to_string())
+                fs.set_fail_dir_sync(power_fails);
+                let r = w.sync().map_err(|e| e.to_string());
+                fs.set_fail_dir_sync(false);
+                r
             }
         }
     }
@@ -537,6 +573,74 @@ impl NodeStore {
         if let NodeStore::Wal { fs, .. } = self {
             fs.set_space_left(Some(bytes));
         }
+    }
+}
+
+/// Commands larger than this carry a forged batch start (session commands
+/// are far smaller).
+const FORGED_MIN_BYTES: usize = 4_096;
+
+/// A command `cmd` of more than a page: its id, `filler` bytes, then a
+/// valid write-ahead log batch start record (docs/storage-format.md) naming
+/// offset `index` of segment `seq`, which is not where it lies.
+fn forged_payload(cmd: u64, filler: usize, index: u64, seq: u64) -> Vec<u8> {
+    debug_assert!(filler > FORGED_MIN_BYTES);
+    let mut p = cmd.to_le_bytes().to_vec();
+    p.resize(8 + filler, 0x5A);
+    let mut body = vec![1u8];
+    body.extend_from_slice(&index.to_le_bytes());
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(&[0x40, 0, 0, 0, 0x11, 0x22, 0x33, 0x44]);
+    p.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    p.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    p.extend_from_slice(&body);
+    p
+}
+
+/// What a node's log store said is durable: the state after its last
+/// successful sync (or as an open found it). A restart must find it again
+/// unless the disk was damaged (then the node repairs from its peers): the
+/// invariant "no acknowledged write is lost", checked on each node alone,
+/// where a lost batch shows at once instead of only when it also breaks a
+/// cluster-wide property.
+#[derive(Clone, Copy, Debug, Default)]
+struct Promise {
+    hard_state: ha_core::types::HardState,
+    /// The log's last index and its term.
+    last: (LogIndex, Term),
+}
+
+/// A write whose sync failed (or never came): it may have reached the disk
+/// whole, in part, or not at all, so a restart may find it.
+#[derive(Clone, Copy, Debug)]
+struct Unsure {
+    /// The write's first entry's index and the term of the entry before it:
+    /// the log may end there (the write may have truncated the log).
+    from: Option<(LogIndex, Term)>,
+    /// The write installed a snapshot that replaces the whole log.
+    replaced: bool,
+}
+
+impl Promise {
+    /// The state after a successful sync of `install`, `entries` and `hs`.
+    fn after(
+        mut self,
+        install: Option<(LogIndex, Term, bool)>,
+        entries: &[ha_core::types::Entry],
+        hs: Option<ha_core::types::HardState>,
+    ) -> Promise {
+        if let Some((index, term, keep)) = install
+            && !keep
+        {
+            self.last = (index, term);
+        }
+        if let Some(e) = entries.last() {
+            self.last = (e.index, e.term);
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs;
+        }
+        self
     }
 }
 
@@ -576,8 +680,80 @@ struct SimNode {
     checked_commit: LogIndex,
     /// A snapshot being written, and the tick its write completes.
     saving: Option<(u64, SimSnapshot)>,
+    /// What the log store said is durable (see [`Promise`]).
+    promise: Promise,
+    /// A write that failed after the promise, which a restart may find.
+    unsure: Option<Unsure>,
     /// The Ready whose persistence is under way, and the tick it completes.
     in_flight: Option<(u64, InFlight)>,
+}
+
+impl SimNode {
+    /// Checks what an open found against what the store promised (see
+    /// [`Promise`]), then takes the found state as the new promise.
+    fn check_promise(&mut self, stored: &StoredState, repairing: bool) -> Result<(), String> {
+        let p = self.promise;
+        let found_last = (
+            stored.snapshot_last.0.plus(stored.entries.len() as u64),
+            stored
+                .entries
+                .last()
+                .map_or(stored.snapshot_last.1, |e| e.term),
+        );
+        let term_at = |i: LogIndex| -> Option<Term> {
+            if i == stored.snapshot_last.0 {
+                return Some(stored.snapshot_last.1);
+            }
+            let k = i.0.checked_sub(stored.snapshot_last.0.0)?.checked_sub(1)?;
+            stored.entries.get(k as usize).map(|e| e.term)
+        };
+        let unsure = self.unsure.take();
+        self.promise = Promise {
+            hard_state: stored.hard_state,
+            last: found_last,
+        };
+        let id = self.id;
+        if repairing {
+            // Only damage may make a node repair: a torn write is cut.
+            if !self.damaged {
+                return Err(format!(
+                    "Durability: node {id} repairs its log, but its disk was never damaged \
+                     (what a crash did taken for damage)"
+                ));
+            }
+            return Ok(());
+        }
+        let (hs, found) = (p.hard_state, stored.hard_state);
+        if found.term < hs.term
+            || (found.term == hs.term && hs.vote.is_some() && found.vote != hs.vote)
+            || found.commit < hs.commit
+        {
+            return Err(format!(
+                "Durability: node {id} restarts with hard state {found:?}, but its log had \
+                 synced {hs:?}"
+            ));
+        }
+        if unsure.is_some_and(|u| u.replaced) {
+            return Ok(());
+        }
+        // The log must still hold the synced one, up to where a failed
+        // write may have cut it.
+        let floor = match unsure.and_then(|u| u.from) {
+            Some((from, prev_term)) if from <= p.last.0 => (LogIndex(from.0 - 1), prev_term),
+            _ => p.last,
+        };
+        if floor.0 > LogIndex(0)
+            && floor.0 >= stored.snapshot_last.0
+            && term_at(floor.0) != Some(floor.1)
+        {
+            return Err(format!(
+                "Durability: node {id} restarts with its log ending at {}@{} (snapshot at \
+                 {}), but it had synced entry {}@{}",
+                found_last.0, found_last.1, stored.snapshot_last.0, floor.0, floor.1
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The part of a Ready that waits for its persistence (as in the node
@@ -796,6 +972,8 @@ impl Sim {
                 in_flight: None,
                 saving: None,
                 checked_commit: LogIndex(0),
+                promise: Promise::default(),
+                unsure: None,
             });
             sim.boot(k).expect("an empty store opens");
         }
@@ -955,8 +1133,9 @@ impl Sim {
         let node = &mut self.nodes[k];
         let (stored, repaired, repairing) = node
             .store
-            .open()
+            .open(self.cfg.bug)
             .map_err(|e| format!("node {} cannot reopen its log: {e}", node.id))?;
+        node.check_promise(&stored, repairing)?;
         if repaired {
             self.stats.torn_tails_repaired += 1;
         }
@@ -992,6 +1171,9 @@ impl Sim {
                     .install_snapshot(snap.index, snap.term, keep)
                     .and_then(|_| node.store.persist(&[], None, false, false))
                     .map_err(|e| format!("node {} cannot record its snapshot: {e}", node.id))?;
+                node.promise = node
+                    .promise
+                    .after(Some((snap.index, snap.term, keep)), &[], None);
             }
             node.applied = snap.state.clone();
         }
@@ -1504,7 +1686,17 @@ impl Sim {
             let id = self.nodes[k].id;
             for _ in 0..batch {
                 let cmd = self.fresh_cmd();
-                if self.propose_on(id, cmd).is_none() {
+                let forged = self.cfg.forged_batch_starts;
+                let taken = if forged > 0.0 && self.rng.chance(forged) {
+                    let filler = self.rng.range(4_200, 9_000) as usize;
+                    let index = self.rng.next_u64() % (1 << 20);
+                    let seq = self.rng.range(1, 64);
+                    let payload = forged_payload(cmd, filler, index, seq);
+                    self.propose_payload(k, cmd, Bytes::from(payload))
+                } else {
+                    self.propose_on(id, cmd)
+                };
+                if taken.is_none() {
                     break;
                 }
             }
@@ -1815,6 +2007,10 @@ impl Sim {
                         TraceEvent::Partition(format!("node {id} disk: {e}")),
                     );
                     self.stats.disk_errors += 1;
+                    self.nodes[k].unsure = Some(Unsure {
+                        from: None,
+                        replaced: !inst.keep_suffix,
+                    });
                     self.crash_for_a_while(k);
                     return;
                 }
@@ -1833,6 +2029,14 @@ impl Sim {
                     TraceEvent::Partition(format!("node {id} disk: {e}")),
                 );
                 self.stats.disk_errors += 1;
+                self.nodes[k].unsure = Some(Unsure {
+                    from: f
+                        .write
+                        .entries
+                        .first()
+                        .map(|e| (e.index, f.first_prev_term)),
+                    replaced: f.write.install.is_some_and(|i| !i.keep_suffix),
+                });
                 if f.eio {
                     self.stop_process_for_a_while(k);
                 } else {
@@ -1840,6 +2044,12 @@ impl Sim {
                 }
                 return;
             }
+            let node = &mut self.nodes[k];
+            node.promise = node.promise.after(
+                f.write.install.map(|i| (i.index, i.term, i.keep_suffix)),
+                &f.write.entries,
+                f.write.hard_state,
+            );
             if let Err(e) = self
                 .checker
                 .on_persist(id, f.first_prev_term, &f.write.entries)
@@ -2028,10 +2238,27 @@ impl Sim {
         let (index, term) = (snap.index, snap.term);
         node.snapshot = Some(snap);
         self.stats.snapshots_taken += 1;
-        if raft.compact(index) && node.store.compact_and_sync(index, term).is_err() {
-            // A disk fault: the log store keeps more than the core; harmless
-            // (a restart loads it and merges the snapshot).
+        if !raft.compact(index) {
+            return;
         }
+        // The power may fail while the compaction deletes covered segments.
+        let f = self.cfg.faults.compaction_power_loss;
+        let power_fails = f > 0.0 && self.rng.chance(f);
+        let failed = self.nodes[k]
+            .store
+            .compact_and_sync(index, term, power_fails)
+            .is_err();
+        if power_fails && failed {
+            let id = self.nodes[k].id;
+            self.trace.push(
+                self.now,
+                TraceEvent::Partition(format!("node {id}: power lost while compacting")),
+            );
+            self.crash_for_a_while(k);
+        }
+        // Any other failure (a disk that failed earlier) leaves the log
+        // store holding more than the core: harmless (a restart loads it
+        // and merges the snapshot).
     }
 
     // ----- whole runs --------------------------------------------------------

@@ -75,7 +75,10 @@ impl Reference {
 
     /// Applies the committed entry at `index` (in order, each once).
     pub fn apply(&mut self, index: LogIndex, term: Term, payload: &[u8]) -> Result<(), String> {
-        if payload.len() <= 8 {
+        // Plain commands (an id) and the large ones that carry a forged
+        // batch start (`SimConfig::forged_batch_starts`) hold no session
+        // operation.
+        if payload.len() <= 8 || payload.len() > super::FORGED_MIN_BYTES {
             return Ok(());
         }
         let cmd: LogCommand = postcard::from_bytes(&payload[8..])
