@@ -284,6 +284,26 @@ fn a_snapshot_ahead_of_the_log_replaces_it() {
     assert_eq!(wal.last_index(), LogIndex(102));
 }
 
+/// A snapshot mark at the same index with another term restates the mark
+/// (a base that named the entry before a lost segment corrected it), and
+/// the entries after the old mark go with an install that keeps nothing.
+#[test]
+fn a_snapshot_at_the_marks_index_with_another_term_restates_it() {
+    let fs = SimFs::new();
+    let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();
+    wal.append(&entries(1, 5, 1)).unwrap();
+    wal.compact(LogIndex(5), Term(1)).unwrap();
+    wal.append(&entries(6, 7, 1)).unwrap();
+    wal.sync().unwrap();
+    wal.install_snapshot(LogIndex(5), Term(2), false).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, state) = Wal::open(fs, &dir(), WalOptions::default()).unwrap();
+    assert_eq!(state.snapshot_last, (LogIndex(5), Term(2)));
+    assert!(state.entries.is_empty(), "{:?}", state.entries);
+    assert_eq!(wal.last_index(), LogIndex(5));
+}
+
 #[test]
 fn a_full_disk_stops_writes_without_damaging_what_is_synced() {
     let fs = SimFs::new();

@@ -202,7 +202,8 @@ impl QuicNode {
         let snapshots =
             SnapshotStore::open(StdFs, &dir.snapshot_dir()).map_err(|e| node_err(&e))?;
         let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS);
-        let init = recover(&mut wal, state, &snapshots, &mut applier).map_err(|e| node_err(&e))?;
+        let init = recover(&mut wal, state, &snapshots, &mut applier, peers > 0)
+            .map_err(|e| node_err(&e))?;
         quic.schema = T::SCHEMA_FINGERPRINT;
         let mut node = QuicNode::start_checked(
             opts,

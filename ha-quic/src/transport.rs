@@ -1931,9 +1931,11 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
                 snapshot_index: s.snapshot_index.0,
                 voters: m.voters.iter().map(|v| v.0).collect(),
                 learners: m.learners.iter().map(|v| v.0).collect(),
-                repairing: s
-                    .repairing
-                    .then(|| "repairing damaged storage from its peers".to_string()),
+                repairing: s.repairing.then(|| {
+                    s.repair_found
+                        .clone()
+                        .unwrap_or_else(|| "repairing damaged storage from its peers".to_string())
+                }),
                 availability: ha_core::protocol::AvailabilityView {
                     leaderless_ms: a.leaderless_ms,
                     failovers: a.failovers,

@@ -23,7 +23,8 @@ fn random_runs_keep_every_safety_property() {
         "{ran} seeds passed in {:.1}s: {} ticks, {} messages delivered, {} commands \
          acknowledged, {} reads served, {} leaders elected, {} crashes, {} disk errors, \
          {} torn log tails repaired, {} disks damaged, {} repairs from peers, {} snapshots \
-         taken, {} installed, {} session operations, {} commands of expired sessions refused",
+         taken, {} installed, {} session operations, {} commands of expired sessions refused, \
+         {} commands with a forged batch start, {} power losses while compacting",
         started.elapsed().as_secs_f64(),
         stats.ticks,
         stats.delivered,
@@ -38,7 +39,9 @@ fn random_runs_keep_every_safety_property() {
         stats.snapshots_taken,
         stats.snapshots_installed,
         stats.session_ops,
-        stats.session_expired
+        stats.session_expired,
+        stats.forged_commands,
+        stats.compaction_power_losses
     );
     assert_eq!(ran, seeds.len());
     assert!(
@@ -48,6 +51,12 @@ fn random_runs_keep_every_safety_property() {
 }
 
 fn hunt(bug: Bug) {
+    hunt_for(bug, "");
+}
+
+/// Like [`hunt`], and the violation found must name `expect`: the bug is
+/// caught for the reason it plants, not by chance elsewhere.
+fn hunt_for(bug: Bug, expect: &str) {
     // The default seed set, unless one seed is named for a replay.
     let seeds = if std::env::var("HA_SIM_SEED").is_ok() {
         seeds_from_env(DEFAULT_SEEDS)
@@ -56,7 +65,14 @@ fn hunt(bug: Bug) {
     };
     let (failure, _, ran) = run_seeds(&seeds, TICKS_PER_SEED, Some(bug), true);
     match failure {
-        Some(f) => eprintln!("planted bug {bug:?} caught after {ran} seeds:\n{f}"),
+        Some(f) => {
+            eprintln!("planted bug {bug:?} caught after {ran} seeds:\n{f}");
+            assert!(
+                f.violation.contains(expect),
+                "planted bug {bug:?} was caught, but not for the reason it plants \
+                 (expected {expect:?}):\n{f}"
+            );
+        }
         None => panic!("planted bug {bug:?} survived {ran} seeds: the simulator is too weak"),
     }
 }
@@ -95,21 +111,21 @@ fn catches_planted_bug_session_recreate() {
 /// segment is cut off as a torn tail. A node forgets a batch it synced.
 #[test]
 fn catches_planted_bug_wal_torn_any_bad_tail() {
-    hunt(Bug::WalTornAnyBadTail);
+    hunt_for(Bug::WalTornAnyBadTail, "Durability: node");
 }
 
 /// Storage item 2 reverted: open trusts a last batch whose fsync failed
 /// (its pages read back from the cache); a later power loss takes it.
 #[test]
 fn catches_planted_bug_wal_no_rewrite_at_open() {
-    hunt(Bug::WalNoRewriteAtOpen);
+    hunt_for(Bug::WalNoRewriteAtOpen, "Durability: node");
 }
 
 /// Storage item 3 reverted: a client's value holding a valid batch start
 /// makes a torn write read as damage, and the node repairs for nothing.
 #[test]
 fn catches_planted_bug_wal_unbound_batch_start() {
-    hunt(Bug::WalUnboundBatchStart);
+    hunt_for(Bug::WalUnboundBatchStart, "disk was never damaged");
 }
 
 /// Storage item 4 reverted: a segment whose base a full disk took keeps
@@ -117,12 +133,12 @@ fn catches_planted_bug_wal_unbound_batch_start() {
 /// log cannot be read.
 #[test]
 fn catches_planted_bug_wal_append_without_base() {
-    hunt(Bug::WalAppendWithoutBase);
+    hunt_for(Bug::WalAppendWithoutBase, "disk was never damaged");
 }
 
 /// Storage item 5 reverted: the log directory is not synced in its
 /// parent, and a power loss takes the whole log.
 #[test]
 fn catches_planted_bug_wal_no_dir_sync() {
-    hunt(Bug::WalNoDirSync);
+    hunt_for(Bug::WalNoDirSync, "Durability: node");
 }

@@ -18,6 +18,8 @@
 //!   `availability` (MTBF / (MTBF + MTTR))
 //! - `transport_dropped_total`, `transport_protocol_errors_total`,
 //!   `node_stopped`
+//! - `repairing` (1 while the node repairs damaged storage from its peers),
+//!   `repairing_info{found=..}` (while it does: what it found)
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -127,6 +129,11 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
         transport.stats().protocol_errors.load(Ordering::Relaxed),
     );
     gauge_snapshot(&mut o, m.snapshot_index.0);
+    render_repairing(
+        &mut o,
+        s.repairing
+            .then(|| s.repair_found.as_deref().unwrap_or("damaged storage")),
+    );
     let _ = writeln!(o, "# HELP ha_role The node's role.\n# TYPE ha_role gauge");
     for (name, r) in [
         ("leader", RoleKind::Leader),
@@ -172,6 +179,38 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
         &mut o,
     );
     o
+}
+
+/// Longest `found` label of `ha_repairing_info`, in characters.
+const MAX_FOUND_CHARS: usize = 512;
+
+/// `ha_repairing` (0 or 1) and, while repairing, `ha_repairing_info` with
+/// what was found as its `found` label (escaped as the text format wants:
+/// backslash, double quote and newline; cut to [`MAX_FOUND_CHARS`]).
+fn render_repairing(o: &mut String, found: Option<&str>) {
+    let _ = writeln!(
+        o,
+        "# HELP ha_repairing 1 while the node repairs damaged storage from its peers.\n\
+         # TYPE ha_repairing gauge\nha_repairing {}",
+        found.is_some() as u8
+    );
+    let Some(found) = found else {
+        return;
+    };
+    let mut label = String::new();
+    for c in found.chars().take(MAX_FOUND_CHARS) {
+        match c {
+            '\\' => label.push_str("\\\\"),
+            '"' => label.push_str("\\\""),
+            '\n' => label.push_str("\\n"),
+            c => label.push(c),
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ha_repairing_info What the node found damaged (while it repairs).\n\
+         # TYPE ha_repairing_info gauge\nha_repairing_info{{found=\"{label}\"}} 1"
+    );
 }
 
 /// Connections served at once. Beyond it, new connections wait in the
@@ -316,6 +355,33 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn repairing_is_rendered_with_what_was_found_escaped() {
+        let mut o = String::new();
+        render_repairing(&mut o, None);
+        assert!(o.contains("\nha_repairing 0\n"), "{o}");
+        assert!(!o.contains("ha_repairing_info"), "{o}");
+
+        let mut o = String::new();
+        render_repairing(&mut o, Some("wal \"x\\y\"\nat 5"));
+        assert!(o.contains("\nha_repairing 1\n"), "{o}");
+        assert!(
+            o.contains(r#"ha_repairing_info{found="wal \"x\\y\"\nat 5"} 1"#),
+            "{o}"
+        );
+        // One sample per line: the newline in the text did not break it.
+        assert_eq!(o.lines().filter(|l| !l.starts_with('#')).count(), 2, "{o}");
+
+        let mut o = String::new();
+        render_repairing(&mut o, Some(&"d".repeat(10_000)));
+        let info = o
+            .lines()
+            .find(|l| l.starts_with("ha_repairing_info"))
+            .unwrap();
+        let label = info.split('"').nth(1).expect("a quoted label");
+        assert_eq!(label, "d".repeat(MAX_FOUND_CHARS));
+    }
 
     fn limits(max_connections: usize, io_ms: u64) -> Limits {
         Limits {

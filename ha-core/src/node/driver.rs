@@ -249,6 +249,9 @@ pub struct NodeStatus {
     /// Whether the node is repairing damaged storage from its peers (see
     /// `InitialState::repairing`): it does not vote meanwhile.
     pub repairing: bool,
+    /// While repairing: what the storage found damaged (the text of the
+    /// log's repairing mark), if the storage says.
+    pub repair_found: Option<String>,
     /// Why the node stopped, if it did.
     pub stopped: Option<String>,
 }
@@ -479,7 +482,11 @@ pub fn start_node<V: Vfs>(
     let raft = Raft::new(opts.raft.clone(), init)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(opts.command_queue.max(1));
     let (in_tx, in_rx) = mpsc::channel(opts.inbound_queue.max(1));
-    let status = status_of(&raft, None);
+    let storage_repairing = match &storage {
+        NodeStorage::Durable { wal, .. } => wal.repairing().map(str::to_string),
+        NodeStorage::Memory(_) => None,
+    };
+    let status = status_of(&raft, None, storage_repairing.as_deref());
     let (status_tx, status_rx) = watch::channel(status);
     let metrics = Arc::new(SharedMetrics {
         commit_latency: Histogram::default(),
@@ -501,10 +508,6 @@ pub fn start_node<V: Vfs>(
         )
         .expect("an in-memory directory opens");
         Arc::new(store)
-    };
-    let storage_repairing = match &storage {
-        NodeStorage::Durable { wal, .. } => wal.repairing().map(str::to_string),
-        NodeStorage::Memory(_) => None,
     };
     let (storage, snapshots) = match storage {
         NodeStorage::Memory(m) => (Backend::Memory(m), memory_snapshots()),
@@ -543,6 +546,7 @@ pub fn start_node<V: Vfs>(
         events: None,
         file_work: Vec::new(),
         repairing: raft_repairing,
+        repair_found: storage_repairing,
         dropping_repair_mark: false,
         mark_in_ready: false,
     };
@@ -581,7 +585,7 @@ fn view_of(raft: &Raft) -> MetricsView {
     }
 }
 
-fn status_of(raft: &Raft, stopped: Option<String>) -> NodeStatus {
+fn status_of(raft: &Raft, stopped: Option<String>, found: Option<&str>) -> NodeStatus {
     NodeStatus {
         id: raft.id(),
         role: raft.role(),
@@ -592,6 +596,7 @@ fn status_of(raft: &Raft, stopped: Option<String>) -> NodeStatus {
         last_index: raft.last_index(),
         snapshot_index: raft.snapshot_last().0,
         repairing: raft.is_repairing(),
+        repair_found: found.filter(|_| raft.is_repairing()).map(str::to_string),
         stopped,
     }
 }
@@ -739,6 +744,8 @@ struct NodeTask<V: Vfs> {
     file_work: Vec<tokio::task::JoinHandle<()>>,
     /// The core was repairing damaged storage at the last look.
     repairing: bool,
+    /// What the storage found damaged (the log's repairing mark's text).
+    repair_found: Option<String>,
     /// The request that drops the log's repairing mark is on its way.
     dropping_repair_mark: bool,
     /// That request is the write of the Ready in flight.
@@ -959,7 +966,7 @@ impl<V: Vfs> NodeTask<V> {
             self.last_leader = leader;
             self.refresh_view();
         }
-        let s = status_of(&self.raft, stopped);
+        let s = status_of(&self.raft, stopped, self.repair_found.as_deref());
         self.status_tx.send_if_modified(|cur| {
             if *cur != s {
                 *cur = s;

@@ -23,7 +23,9 @@ pub mod driver;
 pub mod pipeline;
 pub mod snapshots;
 
-pub use snapshots::{IncomingSnapshot, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover};
+pub use snapshots::{
+    IncomingSnapshot, Newest, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover,
+};
 
 pub use driver::{
     Applier, DEFAULT_STORAGE_QUOTA_BYTES, NodeError, NodeHandle, NodeMetrics, NodeOptions,

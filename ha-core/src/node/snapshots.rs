@@ -44,6 +44,16 @@ pub struct OutgoingSnapshot {
     pub data: Box<dyn Read + Send>,
 }
 
+/// The newest snapshot, as [`SnapshotFiles::newest_for_start`] found it.
+pub enum Newest {
+    /// There is no snapshot.
+    None,
+    /// The newest snapshot, verified: what it covers and its state bytes.
+    Good(SnapshotMeta, Vec<u8>),
+    /// The newest snapshot is damaged: what was found.
+    Damaged(String),
+}
+
 /// A node's snapshot directory, shared by the node and its transport.
 pub trait SnapshotFiles: Send + Sync {
     /// Writes a snapshot of the state (durably; see `storage::snapshot`).
@@ -52,6 +62,20 @@ pub trait SnapshotFiles: Send + Sync {
     fn open_latest(&self) -> Result<Option<OutgoingSnapshot>, String>;
     /// The newest snapshot's state bytes, verified.
     fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String>;
+    /// The newest snapshot as a start reads it: its state, or that it is
+    /// damaged and what was found (a store that cannot tell damage from
+    /// other errors reports every error as one).
+    fn newest_for_start(&self) -> Result<Newest, String> {
+        Ok(match self.latest_state()? {
+            Some((meta, state)) => Newest::Good(meta, state),
+            None => Newest::None,
+        })
+    }
+    /// Sets the newest snapshot aside as damaged (kept, no longer a
+    /// snapshot to start from or send).
+    fn set_aside_newest(&self) -> Result<(), String> {
+        Err("this snapshot store cannot set a damaged snapshot aside".into())
+    }
     /// The state bytes of the snapshot ending at `(index, term)`, verified.
     fn load_state(&self, index: LogIndex, term: Term) -> Result<Vec<u8>, String>;
     /// Starts receiving the snapshot ending at `(index, term)`.
@@ -101,6 +125,21 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
     fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
         self.latest().map_err(|e| e.to_string())
     }
+    fn newest_for_start(&self) -> Result<Newest, String> {
+        match self.latest() {
+            Ok(Some((meta, state))) => Ok(Newest::Good(meta, state)),
+            Ok(None) => Ok(Newest::None),
+            Err(e) if e.is_damage() => Ok(Newest::Damaged(e.to_string())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    fn set_aside_newest(&self) -> Result<(), String> {
+        let moved = SnapshotStore::set_aside_newest(self).map_err(|e| e.to_string())?;
+        if let Some(p) = moved {
+            tracing::warn!("damaged snapshot kept as {}", p.display());
+        }
+        Ok(())
+    }
     fn load_state(&self, index: LogIndex, term: Term) -> Result<Vec<u8>, String> {
         self.load(index, term)
             .map(|(_, d)| d)
@@ -128,8 +167,13 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
 /// entries it covers go, and if the stored entry at `index` has another
 /// term the whole stored log diverges and goes. Returns `Some(keep_suffix)`
 /// when the log store must record the snapshot before the node starts.
+///
+/// A log that starts at the snapshot's index with another term (its first
+/// segment's base names an entry that a later, now lost, segment replaced:
+/// after a repair set damaged segments aside) diverges from it too: the
+/// snapshot holds a committed prefix, so it wins.
 pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> Option<bool> {
-    if index <= init.snapshot_last.0 {
+    if index < init.snapshot_last.0 || (index, term) == init.snapshot_last {
         return None;
     }
     let keep = init
@@ -149,12 +193,52 @@ pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> O
 /// Prepares a node's start: restores `applier` from the newest snapshot (if
 /// any), merges it with what the log held, and records it in the log if the
 /// log had not yet. The result goes to `start_node`.
+///
+/// A damaged newest snapshot (it fails verification, or cannot be read:
+/// EIO) is repaired from the peers when `can_repair` (there are other
+/// voters): the log is marked repairing, durably, first; the file is set
+/// aside; the next newest intact one is used. If the log starts after the
+/// snapshot that was set aside, its entries cannot be applied without it:
+/// the whole log is set aside too ([`Wal::discard_all`]) and the node
+/// starts from the intact snapshot (or from nothing), repairing, and gets
+/// the rest (entries or a snapshot) from its leader. Each step is durable
+/// before the next, and a crash at any point repairs again at the next
+/// start. Without `can_repair` (a single voter) a damaged snapshot is
+/// refused and nothing is moved.
 pub fn recover<V: Vfs>(
     wal: &mut Wal<V>,
-    stored: StoredState,
+    mut stored: StoredState,
     snapshots: &dyn SnapshotFiles,
     applier: &mut dyn Applier,
+    can_repair: bool,
 ) -> Result<InitialState, String> {
+    // Each round sets one file aside: bounded by the files there are.
+    let latest = loop {
+        match snapshots.newest_for_start()? {
+            Newest::None => break None,
+            Newest::Good(meta, state) => break Some((meta, state)),
+            Newest::Damaged(what) if can_repair => {
+                tracing::error!("{what}; repairing from the peers: setting it aside");
+                wal.mark_repairing(&what).map_err(|e| e.to_string())?;
+                snapshots.set_aside_newest()?;
+            }
+            Newest::Damaged(what) => {
+                return Err(format!(
+                    "{what}; a single-node cluster has no peer to repair from: restore the \
+                     snapshot directory from a backup"
+                ));
+            }
+        }
+    };
+    let newest = latest.as_ref().map_or(LogIndex(0), |(m, _)| m.index);
+    if newest < stored.snapshot_last.0 && wal.repairing().is_some() {
+        tracing::error!(
+            "the log starts after index {}, past the newest intact snapshot ({newest}): setting \
+             the whole log aside and repairing from the peers",
+            stored.snapshot_last.0
+        );
+        stored = wal.discard_all().map_err(|e| e.to_string())?;
+    }
     let mut init = InitialState {
         hard_state: stored.hard_state,
         snapshot_last: stored.snapshot_last,
@@ -163,7 +247,7 @@ pub fn recover<V: Vfs>(
         repairing: wal.repairing().is_some(),
         ..InitialState::default()
     };
-    if let Some((meta, state)) = snapshots.latest_state()? {
+    if let Some((meta, state)) = latest {
         if meta.index < init.snapshot_last.0 {
             return Err(format!(
                 "the newest snapshot ends at {} but the log starts after {}: a snapshot file is \
@@ -184,4 +268,60 @@ pub fn recover<V: Vfs>(
         ));
     }
     Ok(init)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Entry, EntryPayload};
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index: LogIndex(index),
+            term: Term(term),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn init(snapshot: (u64, u64), entries: &[(u64, u64)], commit: u64) -> InitialState {
+        let mut i = InitialState {
+            snapshot_last: (LogIndex(snapshot.0), Term(snapshot.1)),
+            entries: entries.iter().map(|(i, t)| entry(*i, *t)).collect(),
+            ..InitialState::default()
+        };
+        i.hard_state.commit = LogIndex(commit);
+        i
+    }
+
+    #[test]
+    fn a_snapshot_at_the_logs_start_with_another_term_replaces_the_log() {
+        // The log begins at a base 409@35 that a lost segment corrected; the
+        // snapshot file says 409@37.
+        let mut i = init((409, 35), &[(410, 35), (411, 36)], 391);
+        assert_eq!(merge_snapshot(&mut i, LogIndex(409), Term(37)), Some(false));
+        assert_eq!(i.snapshot_last, (LogIndex(409), Term(37)));
+        assert!(i.entries.is_empty(), "entries after a diverging base go");
+        assert_eq!(i.hard_state.commit, LogIndex(409));
+    }
+
+    #[test]
+    fn a_snapshot_the_log_already_starts_from_changes_nothing() {
+        let mut i = init((409, 37), &[(410, 37)], 405);
+        assert_eq!(merge_snapshot(&mut i, LogIndex(409), Term(37)), None);
+        assert_eq!(i.entries.len(), 1);
+        let mut i = init((409, 37), &[(410, 37)], 405);
+        assert_eq!(merge_snapshot(&mut i, LogIndex(300), Term(30)), None);
+        assert_eq!(i.snapshot_last, (LogIndex(409), Term(37)));
+    }
+
+    #[test]
+    fn a_newer_snapshot_keeps_the_suffix_it_matches_and_drops_one_it_does_not() {
+        let mut i = init((0, 0), &[(1, 1), (2, 1), (3, 2)], 1);
+        assert_eq!(merge_snapshot(&mut i, LogIndex(2), Term(1)), Some(true));
+        assert_eq!(i.entries.len(), 1);
+        assert_eq!(i.entries[0].index, LogIndex(3));
+        let mut i = init((0, 0), &[(1, 1), (2, 1), (3, 2)], 1);
+        assert_eq!(merge_snapshot(&mut i, LogIndex(2), Term(3)), Some(false));
+        assert!(i.entries.is_empty());
+    }
 }

@@ -57,7 +57,7 @@ pub enum SnapshotError {
         source: std::io::Error,
     },
     /// A snapshot file is damaged.
-    #[error("snapshot {path} is corrupt: {reason}; refusing to start from it")]
+    #[error("snapshot {path} is corrupt: {reason}")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -67,6 +67,18 @@ pub enum SnapshotError {
 }
 
 crate::debug_as_display!(SnapshotError);
+
+impl SnapshotError {
+    /// Whether this is damage to the file (it fails verification, or its
+    /// read fails with EIO, a latent sector error), not a refusal to work
+    /// (permissions, a missing directory).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            SnapshotError::Corrupt { .. } => true,
+            SnapshotError::Io { source, .. } => source.raw_os_error() == Some(5),
+        }
+    }
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io {
@@ -534,6 +546,32 @@ impl<V: Vfs> SnapshotStore<V> {
         let path = self.dir.join(file_name(index, term));
         let buf = self.vfs.read(&path).map_err(io_err(&path))?;
         parse_file(&path, buf, (index.0, term.0))
+    }
+
+    /// Sets the newest snapshot file aside as damaged: renames it to
+    /// `<name>.damaged` (or `<name>.damaged-<n>`, never over an earlier
+    /// one), which no listing takes for a snapshot, and syncs the
+    /// directory. Kept for inspection. Returns its new path.
+    pub fn set_aside_newest(&self) -> Result<Option<PathBuf>, SnapshotError> {
+        let Some((_, _, path)) = self.files()?.pop() else {
+            return Ok(None);
+        };
+        let names = self.vfs.list(&self.dir).map_err(io_err(&self.dir))?;
+        let base = format!(
+            "{}.damaged",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("snap")
+        );
+        let name = (0u32..)
+            .map(|n| match n {
+                0 => base.clone(),
+                n => format!("{base}-{n}"),
+            })
+            .find(|c| !names.contains(c))
+            .expect("some name is free");
+        let to = self.dir.join(name);
+        self.vfs.rename(&path, &to).map_err(io_err(&to))?;
+        self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(Some(to))
     }
 
     /// Removes all but the newest `keep` snapshots.

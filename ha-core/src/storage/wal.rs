@@ -125,8 +125,10 @@ const PAYLOAD_BLANK: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;
 const PAYLOAD_MEMBERSHIP: u8 = 2;
 
-/// Settings of the log.
+/// Settings of the log. Built with [`WalOptions::default`] or
+/// [`WalOptions::with_segment_max_bytes`] (fields may be added).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WalOptions {
     /// A segment is sealed once it is at least this large.
     pub segment_max_bytes: u64,
@@ -150,6 +152,16 @@ impl WalOptions {
 impl Default for WalOptions {
     fn default() -> WalOptions {
         WalOptions::with_segment_max_bytes(64 << 20)
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+impl WalOptions {
+    /// These options with `bug` planted (tests only; a core bug is
+    /// ignored here, as a storage bug is by the core's `Config`).
+    pub fn with_planted_bug(mut self, bug: Option<crate::raft::PlantedBug>) -> WalOptions {
+        self.planted_bug = bug;
+        self
     }
 }
 
@@ -932,7 +944,10 @@ fn scan_batch_v2(
         let unwritten = head.len() < BATCH_START_V2_BYTES
             || head.iter().all(|b| *b == 0)
             || has_zero_sector(buf, pos, pos + BATCH_START_V2_BYTES);
-        if last && unwritten && !bound_batch_start_after(buf, pos, seq, planted) {
+        if last
+            && (unwritten || planted.torn_any_bad_tail)
+            && !bound_batch_start_after(buf, pos, seq, planted)
+        {
             return Batch::Torn;
         }
         return Batch::Damaged(pos, "expected a batch start bound to this place".into());
@@ -969,10 +984,11 @@ fn scan_batch_v2(
             let nothing_after = buf[end..].iter().all(|b| *b == 0);
             // The zero sector must be at or after the first bad record: a
             // value of zeros before it says nothing of how it broke.
-            if last
-                && (planted.torn_any_bad_tail
-                    || (nothing_after && has_zero_sector(buf, offset, end)))
-            {
+            // (The rule before the etcd one, planted back: torn whenever no
+            // batch start follows.)
+            let old_rule =
+                planted.torn_any_bad_tail && !bound_batch_start_after(buf, offset, seq, planted);
+            if last && (old_rule || (nothing_after && has_zero_sector(buf, offset, end))) {
                 Batch::Torn
             } else {
                 Batch::Damaged(offset, reason)
@@ -1068,6 +1084,45 @@ impl<V: Vfs> Wal<V> {
     /// [`Wal::finish_repair`], across restarts.
     pub fn repairing(&self) -> Option<&str> {
         self.repairing.as_deref()
+    }
+
+    /// Marks the log as repairing, durably, for damage found outside it
+    /// (a damaged snapshot): its owner must not vote until it has the rest
+    /// from its peers, as after [`Wal::open_repairing`] found damage. A log
+    /// that is already repairing keeps its first reason.
+    pub fn mark_repairing(&mut self, why: &str) -> Result<(), WalError> {
+        if self.repairing.is_none() {
+            write_marker(&self.vfs, &self.dir, why)?;
+            self.repairing = Some(why.to_string());
+        }
+        Ok(())
+    }
+
+    /// Sets every segment aside (in a new `damaged-*` directory, as
+    /// damage is) and starts the log over, empty, still repairing: for a
+    /// log whose entries cannot be used because the snapshot they follow
+    /// was damaged. Only a repairing log may be discarded (the mark is
+    /// durable first, so a crash midway repairs again and discards again).
+    pub fn discard_all(&mut self) -> Result<StoredState, WalError> {
+        if self.repairing.is_none() {
+            return Err(WalError::InvalidAppend(
+                "only a log marked repairing may be discarded".into(),
+            ));
+        }
+        let first = self
+            .vfs
+            .list(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .iter()
+            .filter_map(|n| parse_segment_name(n))
+            .min();
+        if let Some(first) = first {
+            quarantine(&self.vfs, &self.dir, first, 0)?;
+        }
+        let (wal, state) =
+            Self::open_repairing(self.vfs.clone(), &self.dir.clone(), self.opts.clone())?;
+        *self = wal;
+        Ok(state)
     }
 
     /// The log is whole again (its owner caught up with its peers): drops
@@ -1569,7 +1624,11 @@ impl<V: Vfs> LogStore for Wal<V> {
 
     fn compact(&mut self, index: LogIndex, term: Term) -> Result<(), WalError> {
         self.check_usable()?;
-        if index <= self.current.snapshot.0 {
+        // An equal index with another term restates the mark: a segment's
+        // base (what replay starts from once older segments are gone) names
+        // the entry as it stood when the segment opened, and a repair may
+        // have set aside the later segments that corrected it.
+        if index < self.current.snapshot.0 || (index, term) == self.current.snapshot {
             return Ok(());
         }
         put_record(&mut self.pending, KIND_SNAPSHOT, index.0, term.0, &[])?;

@@ -340,6 +340,10 @@ pub struct RunStats {
     pub session_ops: u64,
     /// Session commands refused because their session had expired.
     pub session_expired: u64,
+    /// Large commands proposed that carry a forged batch start.
+    pub forged_commands: u64,
+    /// Power losses while a compaction deleted covered segments.
+    pub compaction_power_losses: u64,
 }
 
 struct Packet {
@@ -362,10 +366,7 @@ const WAL_DIR: &str = "/data/wal";
 /// Small segments, so runs seal, rotate and replay many of them; a
 /// storage bug planted if `bug` is one.
 fn sim_wal_options(bug: Option<Bug>) -> WalOptions {
-    WalOptions {
-        segment_max_bytes: 4 << 10,
-        planted_bug: bug,
-    }
+    WalOptions::with_segment_max_bytes(4 << 10).with_planted_bug(bug)
 }
 
 impl NodeStore {
@@ -411,7 +412,7 @@ impl NodeStore {
         };
         let segs: Vec<String> = names
             .into_iter()
-            .filter(|n| n.starts_with("wal-"))
+            .filter(|n| n.starts_with("wal-") && n.ends_with(".log"))
             .collect();
         if segs.is_empty() {
             return false;
@@ -425,13 +426,12 @@ impl NodeStore {
         if bytes.is_empty() {
             return false;
         }
-        // The torn rule's blind spot (docs/storage-format.md): damage to
-        // the newest segment's last batch when the file's last, partial
-        // sector reads as zeros is read as a torn tail. Not inflicted.
-        let blind_spot = |b: &[u8]| {
-            let r = b.len() % 512;
-            newest && r != 0 && b[b.len() - r..].iter().all(|x| *x == 0)
-        };
+        // The torn rule's blind spot (docs/storage-format.md): in the
+        // newest segment, damage next to a sector that reads as zeros (the
+        // last, partial one included; a torn tail not yet cut leaves some,
+        // and a misdirected write may copy one) can read as a torn tail.
+        // Not inflicted.
+        let blind_spot = |b: &[u8]| newest && b.chunks(512).any(|c| c.iter().all(|x| *x == 0));
         match rng.range(0, 10) {
             // A latent sector error: the file cannot be read.
             0..=1 => fs.set_unreadable(&path).is_ok(),
@@ -446,7 +446,9 @@ impl NodeStore {
                     to = (from + SECTOR) % (sectors * SECTOR);
                 }
                 let sector = &bytes[from as usize..(from + SECTOR) as usize];
-                !blind_spot(&bytes) && fs.overwrite(&path, to as usize, sector).is_ok()
+                let mut after = bytes.clone();
+                after[to as usize..(to + SECTOR) as usize].copy_from_slice(sector);
+                !blind_spot(&after) && fs.overwrite(&path, to as usize, sector).is_ok()
             }
             // A flipped bit (the one `SimFs::corrupt` flips).
             _ => {
@@ -739,7 +741,7 @@ impl SimNode {
         // The log must still hold the synced one, up to where a failed
         // write may have cut it.
         let floor = match unsure.and_then(|u| u.from) {
-            Some((from, prev_term)) if from <= p.last.0 => (LogIndex(from.0 - 1), prev_term),
+            Some((from, prev_term)) if from <= p.last.0 => (from.prev(), prev_term),
             _ => p.last,
         };
         if floor.0 > LogIndex(0)
@@ -932,7 +934,13 @@ impl Sim {
             cut: BTreeSet::new(),
             disconnected: BTreeSet::new(),
             checker: Checker::default(),
-            trace: Trace::new(80),
+            // `HA_SIM_TRACE=n` keeps the last n events (80 by default).
+            trace: Trace::new(
+                std::env::var("HA_SIM_TRACE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(80),
+            ),
             next_cmd: FRESH_CMD_BASE,
             next_read: 1,
             acked: BTreeMap::new(),
@@ -1340,22 +1348,23 @@ impl Sim {
     /// Stops node `id`: its core and state machine are gone, and with a
     /// power loss its unsynced writes (and maybe more: media damage).
     fn stop(&mut self, id: NodeId, power_loss: bool) {
-        let node = &mut self.nodes[(id.0 - 1) as usize];
-        if node.raft.is_none() {
+        if self.nodes[(id.0 - 1) as usize].raft.is_none() {
             return;
         }
-        node.raft = None;
-        if !power_loss {
-            node.store.stop_process();
-        }
         // Media damage on at most one node at a time (a minority): a node
-        // is whole again once it runs and no longer repairs.
-        let f = self.cfg.faults.media_damage;
+        // is whole again once it runs and no longer repairs (this one too,
+        // checked before it stops).
         for n in &mut self.nodes {
             if n.raft.as_ref().is_some_and(|r| !r.is_repairing()) {
                 n.damaged = false;
             }
         }
+        let node = &mut self.nodes[(id.0 - 1) as usize];
+        node.raft = None;
+        if !power_loss {
+            node.store.stop_process();
+        }
+        let f = self.cfg.faults.media_damage;
         let others_whole = self.nodes.iter().all(|n| n.id == id || !n.damaged);
         let may_damage = power_loss && f > 0.0 && others_whole;
         let node = &mut self.nodes[(id.0 - 1) as usize];
@@ -1692,6 +1701,7 @@ impl Sim {
                     let index = self.rng.next_u64() % (1 << 20);
                     let seq = self.rng.range(1, 64);
                     let payload = forged_payload(cmd, filler, index, seq);
+                    self.stats.forged_commands += 1;
                     self.propose_payload(k, cmd, Bytes::from(payload))
                 } else {
                     self.propose_on(id, cmd)
@@ -2249,6 +2259,7 @@ impl Sim {
             .compact_and_sync(index, term, power_fails)
             .is_err();
         if power_fails && failed {
+            self.stats.compaction_power_losses += 1;
             let id = self.nodes[k].id;
             self.trace.push(
                 self.now,
@@ -2426,6 +2437,8 @@ pub fn run_seeds(
                             t.snapshots_installed += st.snapshots_installed;
                             t.session_ops += st.session_ops;
                             t.session_expired += st.session_expired;
+                            t.forged_commands += st.forged_commands;
+                            t.compaction_power_losses += st.compaction_power_losses;
                         }
                         Err(f) => {
                             failures.lock().expect("failures lock").push(f);
