@@ -48,6 +48,15 @@
 //!    client request is at most `max_request_bytes`, so every entry the log
 //!    accepts fits a replication frame, and memory held for unfinished frames
 //!    is paid from a byte budget before it is allocated.
+//! 7. Of a peer's message streams of one class, only the newest (by when
+//!    its hello was read here) delivers: once a newer one registered, an
+//!    older one delivers nothing more (counted in `dropped_superseded`) and
+//!    ends. So no message a peer sent before it restarted (on a connection
+//!    a slow network kept alive) reaches the node after one it sent since,
+//!    once the new stream's hello arrived: a leader never counts an append
+//!    acknowledgement from before a follower's crash after that follower
+//!    said, after the crash, that it is repairing. (The inbox is FIFO, so a
+//!    check and enqueue under one lock suffices.)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -545,6 +554,9 @@ pub struct TransportStats {
     /// Snapshot transfers aborted for making no progress or missing their
     /// deadline (also counted in `snapshots_refused`).
     pub snapshot_timeouts: AtomicU64,
+    /// Messages from a peer's stream that a newer stream of the same peer
+    /// and class superseded (invariant 7), dropped.
+    pub dropped_superseded: AtomicU64,
 }
 
 /// Adds one to `c`, returning the new count.
@@ -596,6 +608,11 @@ struct Shared {
     client_requests: Arc<Semaphore>,
     /// `client_pending_bytes`.
     client_pending: Arc<Semaphore>,
+    /// The newest message stream of each (peer, class): its number
+    /// (invariant 7). At most one entry per peer and class.
+    newest_streams: std::sync::Mutex<BTreeMap<(NodeId, bool), u64>>,
+    /// Numbers streams in the order their hellos were read.
+    next_stream: AtomicU64,
 }
 
 /// The sending half, handed to the node as its [`Transport`].
@@ -787,6 +804,8 @@ impl QuicEndpoint {
             snapshot_receives: Arc::new(Semaphore::new(limits.max_snapshot_receives)),
             client_requests: Arc::new(Semaphore::new(limits.max_client_requests)),
             client_pending: Arc::new(Semaphore::new(limits.client_pending_bytes)),
+            newest_streams: std::sync::Mutex::new(BTreeMap::new()),
+            next_stream: AtomicU64::new(0),
         });
         let mut queues = BTreeMap::new();
         for (peer, addr) in &config.peers {
@@ -1413,6 +1432,14 @@ async fn peer_stream(
         budget: Some(&budget),
         deadline: FrameDeadline::AfterFirstByte(shared.limits.peer_frame_timeout),
     };
+    // Invariant 7: this stream is now the peer's newest of its class.
+    let key = (peer, hello.class == StreamClass::Replication);
+    let number = shared.next_stream.fetch_add(1, Ordering::Relaxed);
+    shared
+        .newest_streams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, number);
     loop {
         match frame::read_frame_with::<Message>(&mut recv, &limits).await {
             Ok(Some(m)) => {
@@ -1434,9 +1461,25 @@ async fn peer_stream(
                         "InstallSnapshot outside a snapshot stream",
                     );
                 }
+                // The check and the enqueue under one lock: a newer stream
+                // registers under it too (invariant 7).
+                let newest = shared
+                    .newest_streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if newest.get(&key) != Some(&number) {
+                    drop(newest);
+                    let n = bump(&shared.stats.dropped_superseded);
+                    if sampled(n) {
+                        tracing::warn!(node = %shared.id, peer = %who, "dropped a message from a stream a newer one of the same peer replaced ({n} so far); the stream ends");
+                    }
+                    return;
+                }
                 shared.stats.received.fetch_add(1, Ordering::Relaxed);
                 // A full inbox drops (the core is behind; Raft resends).
-                if inbound.try_send(m).is_err() {
+                let sent = inbound.try_send(m);
+                drop(newest);
+                if sent.is_err() {
                     let n = bump(&shared.stats.dropped_inbound);
                     if sampled(n) {
                         tracing::warn!(node = %shared.id, peer = %who, "dropped a message: the node's inbox is full or closed ({n} so far; Raft resends)");

@@ -390,6 +390,64 @@ fn a_message_too_large_to_send_is_counted_and_the_stream_carries_on() {
     });
 }
 
+/// The next message in `inbox`, within 10 s.
+async fn next_message(inbox: &mut tokio::sync::mpsc::Receiver<Message>) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+        .await
+        .expect("a message arrives")
+        .expect("the inbox is open")
+}
+
+/// The story: a follower acknowledges an append, crashes, restarts and
+/// says it is repairing; its old connection, kept alive by a slow network,
+/// could still deliver the old acknowledgement after that, and the leader
+/// would count an entry the follower lost. Now a newer stream of the same
+/// peer and class supersedes the older one: nothing more from the older
+/// one reaches the node (counted), while the newer one goes on.
+#[test]
+fn a_newer_stream_of_a_peer_supersedes_its_older_one() {
+    runtime(2).block_on(async {
+        let mut p = pair(None, |_| {});
+        let id = load_node_identity(p.certs.path(), NodeId(1)).unwrap();
+        let addr = p.b.local_addr();
+        let frame_of = |m: &Message| {
+            let mut b = Vec::new();
+            frame::encode(m, &mut b).unwrap();
+            b
+        };
+        // The old process's stream.
+        let (_ep1, old) = raw_conn(addr, "node-2", &id, ALPN_PEER).await;
+        let mut old_s = old.open_uni().await.unwrap();
+        let mut buf = hello(&id, 1, 2, StreamClass::Replication);
+        buf.extend(frame_of(&append(1, 2, 1)));
+        old_s.write_all(&buf).await.unwrap();
+        assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 1));
+        // The restarted process's stream, on a new connection.
+        let (_ep2, new) = raw_conn(addr, "node-2", &id, ALPN_PEER).await;
+        let mut new_s = new.open_uni().await.unwrap();
+        let mut buf = hello(&id, 1, 2, StreamClass::Replication);
+        buf.extend(frame_of(&append(1, 2, 2)));
+        new_s.write_all(&buf).await.unwrap();
+        assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 2));
+        // A late message on the old stream is dropped and counted...
+        old_s.write_all(&frame_of(&append(1, 2, 3))).await.unwrap();
+        wait_until("the late message is dropped", 10, || {
+            p.b.transport()
+                .stats()
+                .dropped_superseded
+                .load(Ordering::Relaxed)
+                == 1
+        })
+        .await;
+        // ...and the new stream still delivers, next after its first.
+        new_s.write_all(&frame_of(&append(1, 2, 4))).await.unwrap();
+        assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 4));
+        assert!(p.inbox.try_recv().is_err(), "nothing else arrived");
+        p.a.close();
+        p.b.close();
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Issue 11: raw proposals on typed nodes.
 

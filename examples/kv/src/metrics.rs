@@ -16,8 +16,8 @@
 //! - `peer_replication_lag_entries{peer=..}`, `peer_rtt_seconds{peer=..}`
 //! - `leaderless_ms`, `failovers_total`, `mttr_ms`, `mtbf_ms`,
 //!   `availability` (MTBF / (MTBF + MTTR))
-//! - `transport_dropped_total`, `transport_protocol_errors_total`,
-//!   `node_stopped`
+//! - `transport_dropped_total`, `transport_superseded_total`,
+//!   `transport_protocol_errors_total`, `node_stopped`
 //! - `repairing` (1 while the node repairs damaged storage from its peers),
 //!   `repairing_info{found=..}` (while it does: what it found)
 
@@ -122,6 +122,11 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
         "transport_dropped_total",
         "Messages dropped because a peer's send queue was full.",
         transport.stats().dropped_full.load(Ordering::Relaxed),
+    );
+    counter(
+        "transport_superseded_total",
+        "Messages dropped from a peer's stream that a newer stream of that peer replaced.",
+        transport.stats().dropped_superseded.load(Ordering::Relaxed),
     );
     counter(
         "transport_protocol_errors_total",
