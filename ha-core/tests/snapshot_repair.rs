@@ -1,8 +1,8 @@
-//! A damaged snapshot at start: repaired from the peers when there are
-//! any (set aside, the log marked repairing, and the log set aside too if
-//! its entries follow the damaged snapshot), refused with nothing moved
-//! when there are none. On the simulated file system, so every step is
-//! exact.
+//! A damaged snapshot at start: set aside; if the log still holds what
+//! follows the newest intact snapshot, nothing more; if not, the node
+//! repairs from its peers (the log marked repairing and set aside too), or
+//! a single voter refuses with nothing moved. On the simulated file
+//! system, so every step is exact.
 
 use std::path::{Path, PathBuf};
 
@@ -36,15 +36,24 @@ impl Applier for Restored {
 }
 
 fn meta(index: u64) -> SnapshotMeta {
+    meta_of(index, 1)
+}
+
+fn meta_of(index: u64, term: u64) -> SnapshotMeta {
     SnapshotMeta {
         index: LogIndex(index),
-        term: Term(1),
+        term: Term(term),
         membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
     }
 }
 
 fn snap_path(index: u64) -> PathBuf {
     Path::new(SNAP).join(format!("snap-{index:020}-{:020}.snap", 1))
+}
+
+/// The directories `list` can list (it names files only) among `names`.
+fn dirs_named(fs: &SimFs, names: impl Iterator<Item = String>) -> Vec<String> {
+    names.filter(|d| fs.list(Path::new(d)).is_ok()).collect()
 }
 
 /// A node's disk: entries 1..=10 of term 1, snapshots at 4 and 8, the log
@@ -113,12 +122,13 @@ fn a_damaged_snapshot_the_log_follows_is_set_aside_with_the_log() {
     fs.corrupt(&snap_path(8), 30).unwrap();
     let (init, applier, wal) = start(&fs, true).unwrap();
     // The log followed snapshot 8: useless without it, set aside. The node
-    // starts from snapshot 4 with an empty log, repairing, and forgot its
-    // term and vote (the repair waits them out).
+    // starts from snapshot 4 with an empty log, repairing; the log was not
+    // damaged, so its term and vote are kept.
     assert!(init.repairing);
     assert_eq!(init.snapshot_last, (LogIndex(4), Term(1)));
     assert!(init.entries.is_empty());
-    assert_eq!(init.hard_state.vote, None);
+    assert_eq!(init.hard_state.term, Term(1));
+    assert_eq!(init.hard_state.vote, Some(NodeId(1)));
     assert_eq!(applier.0.as_deref(), Some(&b"four"[..]));
     let why = wal.repairing().expect("the log is marked repairing");
     assert!(why.contains("corrupt"), "{why}");
@@ -129,13 +139,24 @@ fn a_damaged_snapshot_the_log_follows_is_set_aside_with_the_log() {
             .any(|n| n.ends_with(".snap.damaged") && n.contains(&format!("{:020}", 8))),
         "the damaged snapshot is kept aside: {snap_names:?}"
     );
-    // `list` names files only: a directory shows by being listable.
-    let aside: Vec<String> = (1..=64u64)
-        .map(|seq| format!("{WAL}/damaged-{seq:016x}-0"))
-        .filter(|d| fs.list(Path::new(d)).is_ok())
-        .collect();
+    let aside = dirs_named(
+        &fs,
+        (1..=64u64).map(|seq| format!("{WAL}/discarded-{seq:016x}-0")),
+    );
     assert_eq!(aside.len(), 1, "the old log is kept aside once");
-    assert!(!fs.list(Path::new(&aside[0])).unwrap().is_empty());
+    let old_segments = fs.list(Path::new(&aside[0])).unwrap();
+    assert!(!old_segments.is_empty());
+    // Segment numbers go on from the old ones.
+    let new_segments = names(&fs, WAL)
+        .into_iter()
+        .filter(|n| n.ends_with(".log"))
+        .collect::<Vec<_>>();
+    assert!(
+        new_segments
+            .iter()
+            .all(|n| old_segments.iter().all(|o| n > o)),
+        "{new_segments:?} after {old_segments:?}"
+    );
     drop(wal);
 
     // A restart repairs on from the same place: nothing more is lost, and
@@ -152,16 +173,37 @@ fn a_damaged_snapshot_the_log_follows_is_set_aside_with_the_log() {
 fn a_damaged_snapshot_before_the_log_keeps_the_log() {
     // The log was compacted only to 4: entries 5..=10 follow snapshot 4,
     // so losing snapshot 8 costs no entry.
-    let fs = disk(4);
-    fs.corrupt(&snap_path(8), 30).unwrap();
-    let (init, applier, wal) = start(&fs, true).unwrap();
-    assert!(init.repairing, "damage was found: the node repairs");
-    assert_eq!(init.snapshot_last, (LogIndex(4), Term(1)));
-    let kept: Vec<u64> = init.entries.iter().map(|e| e.index.0).collect();
-    assert_eq!(kept, (5..=10).collect::<Vec<_>>());
-    assert_eq!(init.hard_state.vote, Some(NodeId(1)));
-    assert_eq!(applier.0.as_deref(), Some(&b"four"[..]));
-    assert!(wal.repairing().is_some());
+    // Nothing is lost, so there is nothing to repair: the node votes at
+    // once, even a single voter.
+    for can_repair in [true, false] {
+        let fs = disk(4);
+        fs.corrupt(&snap_path(8), 30).unwrap();
+        let (init, applier, wal) = start(&fs, can_repair).unwrap();
+        assert!(!init.repairing, "nothing was lost");
+        assert!(wal.repairing().is_none());
+        assert_eq!(init.snapshot_last, (LogIndex(4), Term(1)));
+        let kept: Vec<u64> = init.entries.iter().map(|e| e.index.0).collect();
+        assert_eq!(kept, (5..=10).collect::<Vec<_>>());
+        assert_eq!(init.hard_state.vote, Some(NodeId(1)));
+        assert_eq!(applier.0.as_deref(), Some(&b"four"[..]));
+        assert!(
+            names(&fs, SNAP)
+                .iter()
+                .any(|n| n.ends_with(".snap.damaged"))
+        );
+        // A set-aside file is no snapshot to send or to name.
+        let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).unwrap();
+        assert!(!snaps.contains(LogIndex(8), Term(1)).unwrap());
+        let (m, _, _) = snaps.open_latest_file().unwrap().expect("snapshot 4");
+        assert_eq!(m.index, LogIndex(4));
+        snaps.retain(1).unwrap();
+        assert!(
+            names(&fs, SNAP)
+                .iter()
+                .any(|n| n.ends_with(".snap.damaged")),
+            "kept for inspection"
+        );
+    }
 }
 
 #[test]
@@ -183,7 +225,10 @@ fn a_single_voter_refuses_a_damaged_snapshot_and_moves_nothing() {
         Err(e) => e,
         Ok(_) => panic!("a single voter must refuse a damaged snapshot"),
     };
-    assert!(err.contains("corrupt") && err.contains("backup"), "{err}");
+    assert!(
+        err.contains("corrupt") && err.contains("backup") && err.contains("index 8"),
+        "{err}"
+    );
     assert_eq!((names(&fs, SNAP), names(&fs, WAL)), before);
 }
 
@@ -201,10 +246,7 @@ fn a_crash_after_the_snapshot_was_set_aside_repairs_again() {
         .unwrap();
         wal.mark_repairing("snapshot 8 is corrupt (test)").unwrap();
         let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).unwrap();
-        snaps
-            .set_aside_newest()
-            .unwrap()
-            .expect("a snapshot to set aside");
+        snaps.set_aside(&snap_path(8)).unwrap();
     }
     fs.crash(&mut ha_core::raft::rng::SplitMix64::new(7));
     let (init, applier, wal) = start(&fs, true).unwrap();
@@ -213,4 +255,91 @@ fn a_crash_after_the_snapshot_was_set_aside_repairs_again() {
     assert!(init.entries.is_empty());
     assert_eq!(applier.0.as_deref(), Some(&b"four"[..]));
     assert_eq!(wal.repairing(), Some("snapshot 8 is corrupt (test)"));
+}
+
+#[test]
+fn every_snapshot_damaged_starts_from_nothing() {
+    let fs = disk(8);
+    fs.corrupt(&snap_path(8), 30).unwrap();
+    fs.corrupt(&snap_path(4), 30).unwrap();
+    let (init, applier, _) = start(&fs, true).unwrap();
+    assert!(init.repairing);
+    assert_eq!(init.snapshot_last, (LogIndex(0), Term(0)));
+    assert!(init.entries.is_empty());
+    assert_eq!(applier.0, None, "nothing to restore from");
+    let set_aside = names(&fs, SNAP)
+        .into_iter()
+        .filter(|n| n.ends_with(".damaged"))
+        .count();
+    assert_eq!(set_aside, 2);
+}
+
+#[test]
+fn a_single_voter_with_a_leftover_mark_refuses_a_gap_and_moves_nothing() {
+    // A mark from before (say, the cluster was bigger), and the snapshot
+    // the log follows is gone without a trace: a single voter must not set
+    // its only log aside.
+    let fs = disk(8);
+    {
+        let (mut wal, _) = Wal::open_repairing(
+            fs.clone(),
+            Path::new(WAL),
+            WalOptions::with_segment_max_bytes(256),
+        )
+        .unwrap();
+        wal.mark_repairing("earlier damage (test)").unwrap();
+    }
+    fs.remove(&snap_path(8)).unwrap();
+    let before = (names(&fs, SNAP), names(&fs, WAL));
+    let err = match start(&fs, false) {
+        Err(e) => e,
+        Ok(_) => panic!("a single voter must refuse to lose entries"),
+    };
+    assert!(err.contains("backup"), "{err}");
+    assert_eq!((names(&fs, SNAP), names(&fs, WAL)), before);
+}
+
+#[test]
+fn a_log_starting_at_the_snapshots_index_with_another_term_repairs() {
+    // The log says its start is 8@1, the snapshot there says 8@2: a record
+    // that restated the start was lost. The snapshot wins; the entries
+    // after the log's start go, and the node repairs (it may have
+    // acknowledged them).
+    let fs = disk(8);
+    let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).unwrap();
+    fs.remove(&snap_path(8)).unwrap();
+    snaps.save(meta_of(8, 2), b"eight, term 2").unwrap();
+    let err = match start(&fs, false) {
+        Err(e) => e,
+        Ok(_) => panic!("a single voter must refuse"),
+    };
+    assert!(err.contains("backup"), "{err}");
+    let (init, applier, wal) = start(&fs, true).unwrap();
+    assert!(init.repairing);
+    assert!(
+        wal.repairing().unwrap().contains("term 2"),
+        "{:?}",
+        wal.repairing()
+    );
+    assert_eq!(init.snapshot_last, (LogIndex(8), Term(2)));
+    assert!(init.entries.is_empty());
+    assert_eq!(applier.0.as_deref(), Some(&b"eight, term 2"[..]));
+    drop(wal);
+    // The log recorded the snapshot's term: a restart agrees.
+    let (init, _, _) = start(&fs, true).unwrap();
+    assert_eq!(init.snapshot_last, (LogIndex(8), Term(2)));
+}
+
+#[test]
+fn a_snapshot_of_a_newer_format_is_refused_not_set_aside() {
+    let fs = disk(8);
+    let mut bytes = fs.read(&snap_path(8)).unwrap();
+    bytes[7] = 9;
+    fs.overwrite(&snap_path(8), 0, &bytes[..8]).unwrap();
+    let err = match start(&fs, true) {
+        Err(e) => e,
+        Ok(_) => panic!("an unknown format must be refused"),
+    };
+    assert!(err.contains("format version 9"), "{err}");
+    assert!(names(&fs, SNAP).iter().all(|n| !n.ends_with(".damaged")));
 }

@@ -24,7 +24,7 @@ pub mod pipeline;
 pub mod snapshots;
 
 pub use snapshots::{
-    IncomingSnapshot, Newest, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover,
+    IncomingSnapshot, OutgoingSnapshot, ScanForStart, SnapshotFiles, merge_snapshot, recover,
 };
 
 pub use driver::{

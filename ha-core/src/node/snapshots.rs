@@ -16,6 +16,7 @@
 //!    a whole snapshot.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use crate::node::Applier;
 use crate::raft::InitialState;
@@ -44,14 +45,14 @@ pub struct OutgoingSnapshot {
     pub data: Box<dyn Read + Send>,
 }
 
-/// The newest snapshot, as [`SnapshotFiles::newest_for_start`] found it.
-pub enum Newest {
-    /// There is no snapshot.
-    None,
-    /// The newest snapshot, verified: what it covers and its state bytes.
-    Good(SnapshotMeta, Vec<u8>),
-    /// The newest snapshot is damaged: what was found.
-    Damaged(String),
+/// What a start finds in a snapshot directory
+/// ([`SnapshotFiles::scan_for_start`]).
+pub struct ScanForStart {
+    /// The newest snapshot that verifies: what it covers, its state bytes.
+    pub intact: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Damaged snapshot files newer than it, newest first: each file and
+    /// what is wrong with it.
+    pub damaged: Vec<(PathBuf, String)>,
 }
 
 /// A node's snapshot directory, shared by the node and its transport.
@@ -62,19 +63,23 @@ pub trait SnapshotFiles: Send + Sync {
     fn open_latest(&self) -> Result<Option<OutgoingSnapshot>, String>;
     /// The newest snapshot's state bytes, verified.
     fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String>;
-    /// The newest snapshot as a start reads it: its state, or that it is
-    /// damaged and what was found (a store that cannot tell damage from
-    /// other errors reports every error as one).
-    fn newest_for_start(&self) -> Result<Newest, String> {
-        Ok(match self.latest_state()? {
-            Some((meta, state)) => Newest::Good(meta, state),
-            None => Newest::None,
+    /// What a start finds: the newest snapshot that verifies, and the
+    /// damaged ones newer than it, newest first, with what is wrong (a
+    /// store that cannot tell damage from other errors reports none and
+    /// fails instead).
+    fn scan_for_start(&self) -> Result<ScanForStart, String> {
+        Ok(ScanForStart {
+            intact: self.latest_state()?,
+            damaged: Vec::new(),
         })
     }
-    /// Sets the newest snapshot aside as damaged (kept, no longer a
+    /// Sets the damaged snapshot file `file` aside (kept, no longer a
     /// snapshot to start from or send).
-    fn set_aside_newest(&self) -> Result<(), String> {
-        Err("this snapshot store cannot set a damaged snapshot aside".into())
+    fn set_aside(&self, file: &Path) -> Result<(), String> {
+        Err(format!(
+            "this snapshot store cannot set {} aside",
+            file.display()
+        ))
     }
     /// The state bytes of the snapshot ending at `(index, term)`, verified.
     fn load_state(&self, index: LogIndex, term: Term) -> Result<Vec<u8>, String>;
@@ -125,19 +130,20 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
     fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
         self.latest().map_err(|e| e.to_string())
     }
-    fn newest_for_start(&self) -> Result<Newest, String> {
-        match self.latest() {
-            Ok(Some((meta, state))) => Ok(Newest::Good(meta, state)),
-            Ok(None) => Ok(Newest::None),
-            Err(e) if e.is_damage() => Ok(Newest::Damaged(e.to_string())),
-            Err(e) => Err(e.to_string()),
-        }
+    fn scan_for_start(&self) -> Result<ScanForStart, String> {
+        let scan = SnapshotStore::scan_for_start(self).map_err(|e| e.to_string())?;
+        Ok(ScanForStart {
+            intact: scan.intact,
+            damaged: scan
+                .damaged
+                .into_iter()
+                .map(|(p, e)| (p, e.to_string()))
+                .collect(),
+        })
     }
-    fn set_aside_newest(&self) -> Result<(), String> {
-        let moved = SnapshotStore::set_aside_newest(self).map_err(|e| e.to_string())?;
-        if let Some(p) = moved {
-            tracing::warn!("damaged snapshot kept as {}", p.display());
-        }
+    fn set_aside(&self, file: &Path) -> Result<(), String> {
+        let to = SnapshotStore::set_aside(self, file).map_err(|e| e.to_string())?;
+        tracing::warn!("damaged snapshot kept as {}", to.display());
         Ok(())
     }
     fn load_state(&self, index: LogIndex, term: Term) -> Result<Vec<u8>, String> {
@@ -194,17 +200,28 @@ pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> O
 /// any), merges it with what the log held, and records it in the log if the
 /// log had not yet. The result goes to `start_node`.
 ///
-/// A damaged newest snapshot (it fails verification, or cannot be read:
-/// EIO) is repaired from the peers when `can_repair` (there are other
-/// voters): the log is marked repairing, durably, first; the file is set
-/// aside; the next newest intact one is used. If the log starts after the
-/// snapshot that was set aside, its entries cannot be applied without it:
-/// the whole log is set aside too ([`Wal::discard_all`]) and the node
-/// starts from the intact snapshot (or from nothing), repairing, and gets
-/// the rest (entries or a snapshot) from its leader. Each step is durable
-/// before the next, and a crash at any point repairs again at the next
-/// start. Without `can_repair` (a single voter) a damaged snapshot is
-/// refused and nothing is moved.
+/// Damaged snapshot files (they fail verification, or their reads fail
+/// with EIO) newer than the newest intact one are set aside
+/// (`<name>.damaged`, kept) and the node starts from the intact one:
+/// - if the log still holds every entry after it (the log starts at or
+///   before it), nothing is lost: no repair, whatever `can_repair` says;
+/// - if not (the log was compacted up to a snapshot that is gone), the
+///   entries in between exist only on the peers: with `can_repair` (there
+///   are other voters) the log is marked repairing, durably, first, the
+///   files are set aside, and the log is set aside whole
+///   ([`Wal::discard_all`], keeping its term and vote): the node starts
+///   from the intact snapshot (or from nothing) and its leader sends it the
+///   rest, entries or a snapshot. Without `can_repair` the start is refused
+///   and nothing is moved.
+///
+/// A log that starts at the intact snapshot's index with another term
+/// (a record that restated its start was lost) is repaired the same way:
+/// the snapshot holds a committed prefix and wins, the entries after the
+/// log's start go, and the node repairs (or, a single voter, refuses).
+///
+/// Each step is durable before the next, and each is decided afresh from
+/// what is on disk: a crash at any point repairs again at the next start
+/// (the mark stays until the repair ends).
 pub fn recover<V: Vfs>(
     wal: &mut Wal<V>,
     mut stored: StoredState,
@@ -212,42 +229,69 @@ pub fn recover<V: Vfs>(
     applier: &mut dyn Applier,
     can_repair: bool,
 ) -> Result<InitialState, String> {
-    // Each round sets one file aside: bounded by the files there are.
-    let latest = loop {
-        match snapshots.newest_for_start()? {
-            Newest::None => break None,
-            Newest::Good(meta, state) => break Some((meta, state)),
-            Newest::Damaged(what) if can_repair => {
-                tracing::error!("{what}; repairing from the peers: setting it aside");
-                wal.mark_repairing(&what).map_err(|e| e.to_string())?;
-                snapshots.set_aside_newest()?;
-            }
-            Newest::Damaged(what) => {
-                return Err(format!(
-                    "{what}; a single-node cluster has no peer to repair from: restore the \
-                     snapshot directory from a backup"
-                ));
-            }
-        }
-    };
-    let newest = latest.as_ref().map_or(LogIndex(0), |(m, _)| m.index);
-    if newest < stored.snapshot_last.0 && wal.repairing().is_some() {
+    let scan = snapshots.scan_for_start()?;
+    let intact = scan
+        .intact
+        .as_ref()
+        .map_or((LogIndex(0), Term(0)), |(m, _)| (m.index, m.term));
+    let start = stored.snapshot_last;
+    // The log starts after the intact snapshot: the entries in between were
+    // only in a snapshot that is gone (or was never there).
+    let gap = intact.0 < start.0;
+    // The log starts at the intact snapshot's index with another term.
+    let conflict = intact.0 == start.0 && intact.0 > LogIndex(0) && intact.1 != start.1;
+    let loses = gap || conflict;
+    if loses && !can_repair {
+        let what = match scan.damaged.first() {
+            Some((_, why)) => format!("{why}; "),
+            None => String::new(),
+        };
+        return Err(format!(
+            "{what}the log starts after index {} (term {}), but the newest intact snapshot ends \
+             at {} (term {}): entries in between are lost, and a single-node cluster has no \
+             peer to repair from: restore the data directory from a backup",
+            start.0, start.1, intact.0, intact.1
+        ));
+    }
+    if loses {
+        let why = match scan.damaged.first() {
+            Some((_, why)) => why.clone(),
+            None if gap => format!(
+                "the log starts after index {}, but no snapshot reaches it",
+                start.0
+            ),
+            None => format!(
+                "the log starts at {}@{}, but the snapshot there is of term {}",
+                start.0, start.1, intact.1
+            ),
+        };
+        tracing::error!("{why}; repairing from the peers");
+        wal.mark_repairing(&why).map_err(|e| e.to_string())?;
+    }
+    for (file, why) in &scan.damaged {
+        tracing::error!("{why}; setting it aside");
+        snapshots.set_aside(file)?;
+    }
+    if gap {
         tracing::error!(
-            "the log starts after index {}, past the newest intact snapshot ({newest}): setting \
-             the whole log aside and repairing from the peers",
-            stored.snapshot_last.0
+            "the log starts after index {}, past the newest intact snapshot ({}): setting the \
+             whole log aside and repairing from the peers",
+            start.0,
+            intact.0
         );
-        stored = wal.discard_all().map_err(|e| e.to_string())?;
+        stored = wal
+            .discard_all(stored.hard_state)
+            .map_err(|e| e.to_string())?;
     }
     let mut init = InitialState {
         hard_state: stored.hard_state,
         snapshot_last: stored.snapshot_last,
         entries: stored.entries,
-        // Damage was found and cut: the node repairs from its peers.
+        // Damage was found: the node repairs from its peers.
         repairing: wal.repairing().is_some(),
         ..InitialState::default()
     };
-    if let Some((meta, state)) = latest {
+    if let Some((meta, state)) = scan.intact {
         if meta.index < init.snapshot_last.0 {
             return Err(format!(
                 "the newest snapshot ends at {} but the log starts after {}: a snapshot file is \

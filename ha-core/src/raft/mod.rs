@@ -371,7 +371,25 @@ impl Raft {
             config.election_timeout_min_ticks,
             config.election_timeout_max_ticks,
         );
-        let hs = init.hard_state;
+        let mut hs = init.hard_state;
+        // A node's term is never below the term of its last entry (or of
+        // the snapshot its log starts from). A repairing node's storage may
+        // have lost the hard state that said so (its log set aside, its
+        // snapshot intact): it starts from that term, with no vote, or it
+        // would take a leader of an older term for current. Outside a
+        // repair such a hard state is damage.
+        let last_term = log.last_term();
+        if hs.term < last_term {
+            if !init.repairing {
+                return Err(format!(
+                    "stored term {} is below the term {} of the log's last entry: the stored \
+                     hard state is damaged",
+                    hs.term, last_term
+                ));
+            }
+            hs.term = last_term;
+            hs.vote = None;
+        }
         let drawn = rng.next_u64();
         let repair_nonce = match init.repair_nonce {
             0 => drawn,
@@ -383,9 +401,11 @@ impl Raft {
             vote: hs.vote,
             leader: None,
             role: Role::Follower,
+            // As stored: a term raised above (repairing) is written with
+            // the first Ready.
             last_hard_state: HardState {
                 commit: log.committed,
-                ..hs
+                ..init.hard_state
             },
             log,
             membership: init.membership,
@@ -1619,6 +1639,36 @@ mod tests {
                 seq: 1,
             },
         }
+    }
+
+    /// A repairing node whose storage lost its hard state but kept a
+    /// snapshot of term 7 starts in term 7, so a stale leader of term 5 is
+    /// told so instead of being followed (and acknowledged beyond its log).
+    /// Outside a repair a term below the log's is refused.
+    #[test]
+    fn a_repairing_node_starts_no_lower_than_its_logs_last_term() {
+        let init = |repairing| InitialState {
+            membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+            snapshot_last: (LogIndex(97), Term(7)),
+            repairing,
+            ..InitialState::default()
+        };
+        let mut r = Raft::new(Config::new(NodeId(1)), init(true)).unwrap();
+        assert_eq!(r.term(), Term(7));
+        let ready = r.ready();
+        assert_eq!(
+            ready.hard_state.map(|h| h.term),
+            Some(Term(7)),
+            "the raised term is written"
+        );
+        r.advance(ready.token);
+        r.step(heartbeat(5)).unwrap();
+        assert_eq!(r.term(), Term(7));
+        assert_eq!(r.leader(), None, "a leader of term 5 is not followed");
+        let err = Raft::new(Config::new(NodeId(1)), init(false))
+            .err()
+            .unwrap();
+        assert!(err.contains("below the term"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod wal;
 pub use datadir::{DataDir, DataDirError, StoredCluster};
 pub use group::{GroupCommit, GroupOptions, WriteRequest};
 pub use mem::MemLogStore;
-pub use snapshot::{SnapshotError, SnapshotMeta, SnapshotStore};
+pub use snapshot::{SnapshotError, SnapshotMeta, SnapshotStore, StartScan};
 pub use vfs::{SimFs, StdFs, Vfs, VfsFile};
 pub use wal::{Wal, WalError, WalOptions};
 

@@ -45,6 +45,17 @@ pub struct SnapshotMeta {
     pub membership: Membership,
 }
 
+/// What a start finds in the snapshot directory
+/// ([`SnapshotStore::scan_for_start`]).
+#[derive(Debug)]
+pub struct StartScan {
+    /// The newest snapshot that verifies: what it covers, its state.
+    pub intact: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Damaged snapshot files newer than it, newest first, with what is
+    /// wrong with each.
+    pub damaged: Vec<(PathBuf, SnapshotError)>,
+}
+
 /// What can go wrong.
 #[derive(thiserror::Error)]
 pub enum SnapshotError {
@@ -64,6 +75,18 @@ pub enum SnapshotError {
         /// What is wrong.
         reason: String,
     },
+    /// A snapshot file of a format version this build does not read (a
+    /// newer build wrote it): not damage, so nothing is set aside.
+    #[error(
+        "snapshot {path} has format version {version}, which this build does not read (was it \
+         written by a newer build?)"
+    )]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// Its version byte.
+        version: u8,
+    },
 }
 
 crate::debug_as_display!(SnapshotError);
@@ -76,6 +99,7 @@ impl SnapshotError {
         match self {
             SnapshotError::Corrupt { .. } => true,
             SnapshotError::Io { source, .. } => source.raw_os_error() == Some(5),
+            SnapshotError::Unsupported { .. } => false,
         }
     }
 }
@@ -176,6 +200,12 @@ fn parse_file(
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
+    if buf.len() >= 8 && buf[..7] == SNAPSHOT_MAGIC[..7] && buf[7] != SNAPSHOT_MAGIC[7] {
+        return Err(SnapshotError::Unsupported {
+            path: path.to_path_buf(),
+            version: buf[7],
+        });
+    }
     if buf.len() < 8 + 8 + 8 + 4 + TRAILER_BYTES || buf[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt("not a snapshot file (bad magic or too short)"));
     }
@@ -548,14 +578,41 @@ impl<V: Vfs> SnapshotStore<V> {
         parse_file(&path, buf, (index.0, term.0))
     }
 
-    /// Sets the newest snapshot file aside as damaged: renames it to
+    /// What a start finds: the newest snapshot that verifies, and the
+    /// damaged ones newer than it (newest first), each with what is wrong.
+    /// Reads files newest first until one verifies. An error that is not
+    /// damage (a listing that fails, permissions, an unsupported version)
+    /// is returned as such: nothing is taken for damage that is not.
+    pub fn scan_for_start(&self) -> Result<StartScan, SnapshotError> {
+        let mut damaged = Vec::new();
+        for (index, term, path) in self.files()?.into_iter().rev() {
+            let read = self
+                .vfs
+                .read(&path)
+                .map_err(io_err(&path))
+                .and_then(|buf| parse_file(&path, buf, (index, term)));
+            match read {
+                Ok(found) => {
+                    return Ok(StartScan {
+                        intact: Some(found),
+                        damaged,
+                    });
+                }
+                Err(e) if e.is_damage() => damaged.push((path, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(StartScan {
+            intact: None,
+            damaged,
+        })
+    }
+
+    /// Sets the snapshot file `path` aside as damaged: renames it to
     /// `<name>.damaged` (or `<name>.damaged-<n>`, never over an earlier
     /// one), which no listing takes for a snapshot, and syncs the
     /// directory. Kept for inspection. Returns its new path.
-    pub fn set_aside_newest(&self) -> Result<Option<PathBuf>, SnapshotError> {
-        let Some((_, _, path)) = self.files()?.pop() else {
-            return Ok(None);
-        };
+    pub fn set_aside(&self, path: &Path) -> Result<PathBuf, SnapshotError> {
         let names = self.vfs.list(&self.dir).map_err(io_err(&self.dir))?;
         let base = format!(
             "{}.damaged",
@@ -569,9 +626,9 @@ impl<V: Vfs> SnapshotStore<V> {
             .find(|c| !names.contains(c))
             .expect("some name is free");
         let to = self.dir.join(name);
-        self.vfs.rename(&path, &to).map_err(io_err(&to))?;
+        self.vfs.rename(path, &to).map_err(io_err(&to))?;
         self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        Ok(Some(to))
+        Ok(to)
     }
 
     /// Removes all but the newest `keep` snapshots.

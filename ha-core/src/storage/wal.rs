@@ -357,10 +357,15 @@ fn write_marker<V: Vfs>(vfs: &V, dir: &Path, why: &str) -> Result<(), WalError> 
 /// repairs from its peers). Writing the prefix back is a bonus: if it fails
 /// (a full disk), the log goes on without it.
 fn quarantine<V: Vfs>(vfs: &V, dir: &Path, seq: u64, at: u64) -> Result<(), WalError> {
+    set_aside(vfs, dir, seq, at, "damaged")
+}
+
+/// [`quarantine`], into `dir/<label>-<seq>-<at>[-<n>]/`.
+fn set_aside<V: Vfs>(vfs: &V, dir: &Path, seq: u64, at: u64, label: &str) -> Result<(), WalError> {
     let names = vfs.list(dir).map_err(io_err(dir))?;
     // A directory that cannot be listed does not exist yet (`list` names
     // files only, so the names above cannot tell).
-    let base = format!("damaged-{seq:016x}-{at}");
+    let base = format!("{label}-{seq:016x}-{at}");
     let aside = (0u32..)
         .map(|n| match n {
             0 => dir.join(&base),
@@ -1098,29 +1103,45 @@ impl<V: Vfs> Wal<V> {
         Ok(())
     }
 
-    /// Sets every segment aside (in a new `damaged-*` directory, as
-    /// damage is) and starts the log over, empty, still repairing: for a
-    /// log whose entries cannot be used because the snapshot they follow
-    /// was damaged. Only a repairing log may be discarded (the mark is
-    /// durable first, so a crash midway repairs again and discards again).
-    pub fn discard_all(&mut self) -> Result<StoredState, WalError> {
+    /// Sets every segment aside (in a new `discarded-<seq>-0` directory)
+    /// and starts the log over, empty but for `keep`'s term and vote (the
+    /// commit index goes with the entries), still repairing: for a log
+    /// whose entries cannot be used because the snapshot they follow is
+    /// gone. Segment numbers go on from the highest set aside. Only a log
+    /// marked repairing may be discarded (the mark is durable first, so a
+    /// crash midway repairs again and discards again).
+    pub fn discard_all(&mut self, keep: HardState) -> Result<StoredState, WalError> {
         if self.repairing.is_none() {
             return Err(WalError::InvalidAppend(
                 "only a log marked repairing may be discarded".into(),
             ));
         }
-        let first = self
+        let seqs: Vec<u64> = self
             .vfs
             .list(&self.dir)
             .map_err(io_err(&self.dir))?
             .iter()
             .filter_map(|n| parse_segment_name(n))
-            .min();
-        if let Some(first) = first {
-            quarantine(&self.vfs, &self.dir, first, 0)?;
+            .collect();
+        if let (Some(first), Some(last)) = (seqs.iter().min(), seqs.iter().max()) {
+            set_aside(&self.vfs, &self.dir, *first, 0, "discarded")?;
+            // The next segment goes on from the numbers set aside.
+            let next = last.checked_add(1).ok_or_else(|| WalError::Corrupt {
+                file: self.dir.clone(),
+                offset: 0,
+                reason: "segment numbers are exhausted".into(),
+            })?;
+            Self::create_segment(&self.vfs, &self.dir, next)?;
         }
-        let (wal, state) =
+        let (mut wal, _) =
             Self::open_repairing(self.vfs.clone(), &self.dir.clone(), self.opts.clone())?;
+        wal.save_hard_state(HardState {
+            term: keep.term,
+            vote: keep.vote,
+            commit: LogIndex(0),
+        })?;
+        wal.sync()?;
+        let state = wal.load()?;
         *self = wal;
         Ok(state)
     }
