@@ -332,14 +332,33 @@ fn a_log_starting_at_the_snapshots_index_with_another_term_repairs() {
 
 #[test]
 fn a_snapshot_of_a_newer_format_is_refused_not_set_aside() {
+    // A whole file of version 9 (its checksum holds).
     let fs = disk(8);
     let mut bytes = fs.read(&snap_path(8)).unwrap();
     bytes[7] = 9;
-    fs.overwrite(&snap_path(8), 0, &bytes[..8]).unwrap();
+    let n = bytes.len();
+    let crc = crc32c::crc32c(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    fs.overwrite(&snap_path(8), 0, &bytes).unwrap();
     let err = match start(&fs, true) {
         Err(e) => e,
         Ok(_) => panic!("an unknown format must be refused"),
     };
     assert!(err.contains("format version 9"), "{err}");
     assert!(names(&fs, SNAP).iter().all(|n| !n.ends_with(".damaged")));
+}
+
+#[test]
+fn a_flipped_version_byte_is_damage_not_a_newer_format() {
+    let fs = disk(4);
+    let mut bytes = fs.read(&snap_path(8)).unwrap();
+    bytes[7] ^= 0x08;
+    fs.overwrite(&snap_path(8), 0, &bytes[..8]).unwrap();
+    let (init, _, _) = start(&fs, true).unwrap();
+    assert!(!init.repairing, "the log holds what follows snapshot 4");
+    assert!(
+        names(&fs, SNAP)
+            .iter()
+            .any(|n| n.ends_with(".snap.damaged"))
+    );
 }

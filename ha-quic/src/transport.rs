@@ -48,15 +48,21 @@
 //!    client request is at most `max_request_bytes`, so every entry the log
 //!    accepts fits a replication frame, and memory held for unfinished frames
 //!    is paid from a byte budget before it is allocated.
-//! 7. Of a peer's message streams of one class, only the newest (by when
-//!    its hello was read here) delivers: once a newer one registered, an
-//!    older one delivers nothing more (counted in `dropped_superseded`) and
-//!    ends. So no message a peer sent before it restarted (on a connection
-//!    a slow network kept alive) reaches the node after one it sent since,
-//!    once the new stream's hello arrived: a leader never counts an append
-//!    acknowledgement from before a follower's crash after that follower
-//!    said, after the crash, that it is repairing. (The inbox is FIFO, so a
-//!    check and enqueue under one lock suffices.)
+//! 7. Of a peer's message streams of one class, only the newest delivers:
+//!    once a newer one registered, an older one delivers nothing more, and
+//!    one older than the registered one is refused at its hello (both
+//!    counted in `dropped_superseded`). "Newer" is the order the sender
+//!    created them in: connections are numbered when their first packet
+//!    arrives (`endpoint.accept` yields them in that order), streams within
+//!    a connection by their QUIC stream id. A sender's stream carries data
+//!    only after the handshake, whose first packet this node had answered;
+//!    so a connection a restarted peer opens arrives after every connection
+//!    it opened before its crash, however late their data comes. Hence no
+//!    message a peer sent before it restarted reaches the node after one it
+//!    sent since: a leader never counts an append acknowledgement from
+//!    before a follower's crash after that follower said, after the crash,
+//!    that it is repairing. (The inbox is FIFO, so a check and enqueue under
+//!    one lock suffices.)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -555,7 +561,8 @@ pub struct TransportStats {
     /// deadline (also counted in `snapshots_refused`).
     pub snapshot_timeouts: AtomicU64,
     /// Messages from a peer's stream that a newer stream of the same peer
-    /// and class superseded (invariant 7), dropped.
+    /// and class superseded, and streams refused at their hello as older
+    /// than one the peer opened since (invariant 7).
     pub dropped_superseded: AtomicU64,
 }
 
@@ -608,11 +615,12 @@ struct Shared {
     client_requests: Arc<Semaphore>,
     /// `client_pending_bytes`.
     client_pending: Arc<Semaphore>,
-    /// The newest message stream of each (peer, class): its number
-    /// (invariant 7). At most one entry per peer and class.
-    newest_streams: std::sync::Mutex<BTreeMap<(NodeId, bool), u64>>,
-    /// Numbers streams in the order their hellos were read.
-    next_stream: AtomicU64,
+    /// The newest message stream of each (peer, class): its connection's
+    /// number and its stream id (invariant 7). At most one entry per peer
+    /// and class.
+    newest_streams: std::sync::Mutex<BTreeMap<(NodeId, bool), (u64, u64)>>,
+    /// Numbers incoming connections in the order they arrive.
+    next_connection: AtomicU64,
 }
 
 /// The sending half, handed to the node as its [`Transport`].
@@ -805,7 +813,7 @@ impl QuicEndpoint {
             client_requests: Arc::new(Semaphore::new(limits.max_client_requests)),
             client_pending: Arc::new(Semaphore::new(limits.client_pending_bytes)),
             newest_streams: std::sync::Mutex::new(BTreeMap::new()),
-            next_stream: AtomicU64::new(0),
+            next_connection: AtomicU64::new(0),
         });
         let mut queues = BTreeMap::new();
         for (peer, addr) in &config.peers {
@@ -900,6 +908,9 @@ impl QuicEndpoint {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                // In arrival order, before anything else can reorder them
+                // (invariant 7).
+                let arrival = shared.next_connection.fetch_add(1, Ordering::Relaxed);
                 // The total cap, before spending a handshake on it.
                 let Ok(slot) = shared.connections.clone().try_acquire_owned() else {
                     let n = bump(&shared.stats.refused_connections);
@@ -917,7 +928,7 @@ impl QuicEndpoint {
                 let (shared, inbound, node, files) =
                     (shared.clone(), inbound.clone(), node.clone(), files.clone());
                 tokio::spawn(handle_incoming(
-                    incoming, slot, shared, inbound, node, files,
+                    incoming, arrival, slot, shared, inbound, node, files,
                 ));
             }
         });
@@ -1206,6 +1217,7 @@ fn close_for(
 /// `max_connections`) until it ends.
 async fn handle_incoming(
     incoming: quinn::Incoming,
+    arrival: u64,
     slot: OwnedSemaphorePermit,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
@@ -1258,7 +1270,7 @@ async fn handle_incoming(
                 );
             };
             conn.set_max_concurrent_bi_streams(shared.options.max_peer_streams.into());
-            peer_connection(conn, peer, shared, inbound, files).await;
+            peer_connection(conn, arrival, peer, shared, inbound, files).await;
         }
         Some(p) if p == ALPN_CLIENT => {
             let Some(node) = node else {
@@ -1327,6 +1339,7 @@ fn frame_failed(conn: &quinn::Connection, shared: &Shared, who: &str, what: &str
 /// messages, bidirectional ones for snapshots.
 async fn peer_connection(
     conn: quinn::Connection,
+    arrival: u64,
     peer: NodeId,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
@@ -1347,6 +1360,7 @@ async fn peer_connection(
             recv,
             send,
             conn.clone(),
+            arrival,
             peer,
             shared.clone(),
             inbound.clone(),
@@ -1355,10 +1369,13 @@ async fn peer_connection(
     }
 }
 
+// A task's entry point: its arguments are the state it owns.
+#[allow(clippy::too_many_arguments)]
 async fn peer_stream(
     mut recv: quinn::RecvStream,
     send: Option<quinn::SendStream>,
     conn: quinn::Connection,
+    arrival: u64,
     peer: NodeId,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
@@ -1432,14 +1449,25 @@ async fn peer_stream(
         budget: Some(&budget),
         deadline: FrameDeadline::AfterFirstByte(shared.limits.peer_frame_timeout),
     };
-    // Invariant 7: this stream is now the peer's newest of its class.
+    // Invariant 7: this stream becomes the peer's newest of its class,
+    // unless a newer one already is.
     let key = (peer, hello.class == StreamClass::Replication);
-    let number = shared.next_stream.fetch_add(1, Ordering::Relaxed);
-    shared
-        .newest_streams
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, number);
+    let number = (arrival, recv.id().index());
+    {
+        let mut newest = shared
+            .newest_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if newest.get(&key).is_some_and(|n| *n > number) {
+            drop(newest);
+            let n = bump(&shared.stats.dropped_superseded);
+            if sampled(n) {
+                tracing::warn!(node = %shared.id, peer = %who, "refused a stream older than one the peer opened since ({n} messages and streams so far)");
+            }
+            return;
+        }
+        newest.insert(key, number);
+    }
     loop {
         match frame::read_frame_with::<Message>(&mut recv, &limits).await {
             Ok(Some(m)) => {

@@ -448,6 +448,48 @@ fn a_newer_stream_of_a_peer_supersedes_its_older_one() {
     });
 }
 
+/// The order is the sender's, not the order hellos arrive in: a stream on
+/// a connection opened before a newer one is refused even if its hello
+/// (delayed, say) comes after the newer one's.
+#[test]
+fn a_late_hello_on_an_older_connection_is_refused() {
+    runtime(2).block_on(async {
+        let mut p = pair(None, |_| {});
+        let id = load_node_identity(p.certs.path(), NodeId(1)).unwrap();
+        let addr = p.b.local_addr();
+        let frame_of = |m: &Message| {
+            let mut b = Vec::new();
+            frame::encode(m, &mut b).unwrap();
+            b
+        };
+        let (_ep1, older) = raw_conn(addr, "node-2", &id, ALPN_PEER).await;
+        let (_ep2, newer) = raw_conn(addr, "node-2", &id, ALPN_PEER).await;
+        let mut new_s = newer.open_uni().await.unwrap();
+        let mut buf = hello(&id, 1, 2, StreamClass::Control);
+        buf.extend(frame_of(&append(1, 2, 1)));
+        new_s.write_all(&buf).await.unwrap();
+        assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 1));
+        // The older connection's hello and message arrive only now.
+        let mut old_s = older.open_uni().await.unwrap();
+        let mut buf = hello(&id, 1, 2, StreamClass::Control);
+        buf.extend(frame_of(&append(1, 2, 2)));
+        old_s.write_all(&buf).await.unwrap();
+        wait_until("the older stream is refused", 10, || {
+            p.b.transport()
+                .stats()
+                .dropped_superseded
+                .load(Ordering::Relaxed)
+                == 1
+        })
+        .await;
+        new_s.write_all(&frame_of(&append(1, 2, 3))).await.unwrap();
+        assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 3));
+        assert!(p.inbox.try_recv().is_err(), "nothing from the older stream");
+        p.a.close();
+        p.b.close();
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Issue 11: raw proposals on typed nodes.
 

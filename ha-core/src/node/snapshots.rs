@@ -209,7 +209,8 @@ pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> O
 ///   entries in between exist only on the peers: with `can_repair` (there
 ///   are other voters) the log is marked repairing, durably, first, the
 ///   files are set aside, and the log is set aside whole
-///   ([`Wal::discard_all`], keeping its term and vote): the node starts
+///   ([`Wal::discard_all`], keeping its term and vote unless a crash comes
+///   in between, which a repair assumes anyway): the node starts
 ///   from the intact snapshot (or from nothing) and its leader sends it the
 ///   rest, entries or a snapshot. Without `can_repair` the start is refused
 ///   and nothing is moved.
@@ -246,11 +247,22 @@ pub fn recover<V: Vfs>(
             Some((_, why)) => format!("{why}; "),
             None => String::new(),
         };
+        let lost = if gap {
+            format!(
+                "the log starts after index {}, but the newest intact snapshot ends at {}: the \
+                 entries in between are lost",
+                start.0, intact.0
+            )
+        } else {
+            format!(
+                "the log starts at index {} of term {}, but the snapshot there is of term {}: \
+                 the entries after it may be lost",
+                start.0, start.1, intact.1
+            )
+        };
         return Err(format!(
-            "{what}the log starts after index {} (term {}), but the newest intact snapshot ends \
-             at {} (term {}): entries in between are lost, and a single-node cluster has no \
-             peer to repair from: restore the data directory from a backup",
-            start.0, start.1, intact.0, intact.1
+            "{what}{lost}, and a single-node cluster has no peer to repair from: restore the \
+             data directory from a backup"
         ));
     }
     if loses {

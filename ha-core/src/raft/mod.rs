@@ -375,18 +375,13 @@ impl Raft {
         // A node's term is never below the term of its last entry (or of
         // the snapshot its log starts from). A repairing node's storage may
         // have lost the hard state that said so (its log set aside, its
-        // snapshot intact): it starts from that term, with no vote, or it
-        // would take a leader of an older term for current. Outside a
-        // repair such a hard state is damage.
+        // snapshot intact): it starts from that term, or it would take a
+        // leader of an older term for current. With no vote: a vote is
+        // durable before it is sent, so none was sent in a term the stored
+        // hard state does not name (a repairing node votes in no term it
+        // saw anyway).
         let last_term = log.last_term();
         if hs.term < last_term {
-            if !init.repairing {
-                return Err(format!(
-                    "stored term {} is below the term {} of the log's last entry: the stored \
-                     hard state is damaged",
-                    hs.term, last_term
-                ));
-            }
             hs.term = last_term;
             hs.vote = None;
         }
@@ -1644,9 +1639,9 @@ mod tests {
     /// A repairing node whose storage lost its hard state but kept a
     /// snapshot of term 7 starts in term 7, so a stale leader of term 5 is
     /// told so instead of being followed (and acknowledged beyond its log).
-    /// Outside a repair a term below the log's is refused.
+    /// So does any node whose stored term is below its log's.
     #[test]
-    fn a_repairing_node_starts_no_lower_than_its_logs_last_term() {
+    fn a_node_starts_no_lower_than_its_logs_last_term() {
         let init = |repairing| InitialState {
             membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
             snapshot_last: (LogIndex(97), Term(7)),
@@ -1665,10 +1660,8 @@ mod tests {
         r.step(heartbeat(5)).unwrap();
         assert_eq!(r.term(), Term(7));
         assert_eq!(r.leader(), None, "a leader of term 5 is not followed");
-        let err = Raft::new(Config::new(NodeId(1)), init(false))
-            .err()
-            .unwrap();
-        assert!(err.contains("below the term"), "{err}");
+        let r = Raft::new(Config::new(NodeId(1)), init(false)).unwrap();
+        assert_eq!(r.term(), Term(7));
     }
 
     #[test]

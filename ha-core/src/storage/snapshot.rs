@@ -200,7 +200,14 @@ fn parse_file(
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
-    if buf.len() >= 8 && buf[..7] == SNAPSHOT_MAGIC[..7] && buf[7] != SNAPSHOT_MAGIC[7] {
+    // Another version is a refusal only if the file is whole (its trailing
+    // checksum holds): a flipped bit in the version byte is damage.
+    if buf.len() >= 12
+        && buf[..7] == SNAPSHOT_MAGIC[..7]
+        && buf[7] != SNAPSHOT_MAGIC[7]
+        && crc32c::crc32c(&buf[..buf.len() - 4])
+            == u32::from_le_bytes(buf[buf.len() - 4..].try_into().expect("4 bytes"))
+    {
         return Err(SnapshotError::Unsupported {
             path: path.to_path_buf(),
             version: buf[7],

@@ -1109,7 +1109,10 @@ impl<V: Vfs> Wal<V> {
     /// whose entries cannot be used because the snapshot they follow is
     /// gone. Segment numbers go on from the highest set aside. Only a log
     /// marked repairing may be discarded (the mark is durable first, so a
-    /// crash midway repairs again and discards again).
+    /// crash midway repairs again and discards again). A crash after the
+    /// segments moved and before the new hard state is durable loses the
+    /// term and vote (and the numbering starts over): safe, because a
+    /// repair assumes a forgotten vote.
     pub fn discard_all(&mut self, keep: HardState) -> Result<StoredState, WalError> {
         if self.repairing.is_none() {
             return Err(WalError::InvalidAppend(
