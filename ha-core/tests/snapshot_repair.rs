@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use ha_core::node::{Applier, recover};
 use ha_core::raft::{InitialState, Membership};
-use ha_core::storage::{LogStore, SimFs, SnapshotMeta, SnapshotStore, Vfs, Wal, WalOptions};
+use ha_core::storage::{
+    LogStore, SimFs, SnapshotMeta, SnapshotStore, StoredState, Vfs, Wal, WalOptions,
+};
 use ha_core::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 
 const WAL: &str = "/data/wal";
@@ -89,14 +91,24 @@ fn disk(compacted: u64) -> SimFs {
     fs
 }
 
-/// Starts as a node does: the log (repairing), the snapshots, `recover`.
-fn start(fs: &SimFs, can_repair: bool) -> Result<(InitialState, Restored, Wal<SimFs>), String> {
-    let (mut wal, stored) = Wal::open_repairing(
+/// The log as a node opens it (damage repairs).
+fn open_log(fs: &SimFs) -> Result<(Wal<SimFs>, StoredState), String> {
+    Wal::open_repairing(
         fs.clone(),
         Path::new(WAL),
         WalOptions::with_segment_max_bytes(256),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// Marks the log repairing for `why`, as a start that found damage does.
+fn mark(fs: &SimFs, why: &str) {
+    open_log(fs).unwrap().0.mark_repairing(why).unwrap();
+}
+
+/// Starts as a node does: the log (repairing), the snapshots, `recover`.
+fn start(fs: &SimFs, can_repair: bool) -> Result<(InitialState, Restored, Wal<SimFs>), String> {
+    let (mut wal, stored) = open_log(fs)?;
     let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).map_err(|e| e.to_string())?;
     let mut applier = Restored::default();
     let init = recover(&mut wal, stored, &snaps, &mut applier, can_repair)?;
@@ -237,17 +249,9 @@ fn a_crash_after_the_snapshot_was_set_aside_repairs_again() {
     // The mark is written and the snapshot set aside; the power goes before
     // the log is: the next start sets the log aside then.
     let fs = disk(8);
-    {
-        let (mut wal, _) = Wal::open_repairing(
-            fs.clone(),
-            Path::new(WAL),
-            WalOptions::with_segment_max_bytes(256),
-        )
-        .unwrap();
-        wal.mark_repairing("snapshot 8 is corrupt (test)").unwrap();
-        let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).unwrap();
-        snaps.set_aside(&snap_path(8)).unwrap();
-    }
+    mark(&fs, "snapshot 8 is corrupt (test)");
+    let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).unwrap();
+    snaps.set_aside(&snap_path(8)).unwrap();
     fs.crash(&mut ha_core::raft::rng::SplitMix64::new(7));
     let (init, applier, wal) = start(&fs, true).unwrap();
     assert!(init.repairing);
@@ -280,15 +284,7 @@ fn a_single_voter_with_a_leftover_mark_refuses_a_gap_and_moves_nothing() {
     // the log follows is gone without a trace: a single voter must not set
     // its only log aside.
     let fs = disk(8);
-    {
-        let (mut wal, _) = Wal::open_repairing(
-            fs.clone(),
-            Path::new(WAL),
-            WalOptions::with_segment_max_bytes(256),
-        )
-        .unwrap();
-        wal.mark_repairing("earlier damage (test)").unwrap();
-    }
+    mark(&fs, "earlier damage (test)");
     fs.remove(&snap_path(8)).unwrap();
     let before = (names(&fs, SNAP), names(&fs, WAL));
     let err = match start(&fs, false) {

@@ -398,6 +398,41 @@ async fn next_message(inbox: &mut tokio::sync::mpsc::Receiver<Message>) -> Messa
         .expect("the inbox is open")
 }
 
+/// `m` as a frame on a peer stream.
+fn peer_frame(m: &Message) -> Vec<u8> {
+    let mut b = Vec::new();
+    frame::encode(m, &mut b).unwrap();
+    b
+}
+
+/// A stream of `class` on `conn` from node 1 to node 2: its hello and
+/// `first`, written at once.
+async fn peer_stream_with(
+    conn: &quinn::Connection,
+    id: &TlsIdentity,
+    class: StreamClass,
+    first: &Message,
+) -> quinn::SendStream {
+    let mut s = conn.open_uni().await.unwrap();
+    let mut buf = hello(id, 1, 2, class);
+    buf.extend(peer_frame(first));
+    s.write_all(&buf).await.unwrap();
+    s
+}
+
+/// Waits until `p`'s receiver has dropped `n` messages or streams as
+/// superseded.
+async fn wait_superseded(p: &Pair, n: u64) {
+    wait_until("messages are dropped as superseded", 10, || {
+        p.b.transport()
+            .stats()
+            .dropped_superseded
+            .load(Ordering::Relaxed)
+            == n
+    })
+    .await;
+}
+
 /// The story: a follower acknowledges an append, crashes, restarts and
 /// says it is repairing; its old connection, kept alive by a slow network,
 /// could still deliver the old acknowledgement after that, and the leader
@@ -410,37 +445,26 @@ fn a_newer_stream_of_a_peer_supersedes_its_older_one() {
         let mut p = pair(None, |_| {});
         let id = load_node_identity(p.certs.path(), NodeId(1)).unwrap();
         let addr = p.b.local_addr();
-        let frame_of = |m: &Message| {
-            let mut b = Vec::new();
-            frame::encode(m, &mut b).unwrap();
-            b
-        };
+        let class = StreamClass::Replication;
         // The old process's stream.
         let (_ep1, old) = raw_conn(addr, "node-2", &id, ALPN_PEER).await;
-        let mut old_s = old.open_uni().await.unwrap();
-        let mut buf = hello(&id, 1, 2, StreamClass::Replication);
-        buf.extend(frame_of(&append(1, 2, 1)));
-        old_s.write_all(&buf).await.unwrap();
+        let mut old_s = peer_stream_with(&old, &id, class, &append(1, 2, 1)).await;
         assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 1));
         // The restarted process's stream, on a new connection.
         let (_ep2, new) = raw_conn(addr, "node-2", &id, ALPN_PEER).await;
-        let mut new_s = new.open_uni().await.unwrap();
-        let mut buf = hello(&id, 1, 2, StreamClass::Replication);
-        buf.extend(frame_of(&append(1, 2, 2)));
-        new_s.write_all(&buf).await.unwrap();
+        let mut new_s = peer_stream_with(&new, &id, class, &append(1, 2, 2)).await;
         assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 2));
         // A late message on the old stream is dropped and counted...
-        old_s.write_all(&frame_of(&append(1, 2, 3))).await.unwrap();
-        wait_until("the late message is dropped", 10, || {
-            p.b.transport()
-                .stats()
-                .dropped_superseded
-                .load(Ordering::Relaxed)
-                == 1
-        })
-        .await;
+        old_s
+            .write_all(&peer_frame(&append(1, 2, 3)))
+            .await
+            .unwrap();
+        wait_superseded(&p, 1).await;
         // ...and the new stream still delivers, next after its first.
-        new_s.write_all(&frame_of(&append(1, 2, 4))).await.unwrap();
+        new_s
+            .write_all(&peer_frame(&append(1, 2, 4)))
+            .await
+            .unwrap();
         assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 4));
         assert!(p.inbox.try_recv().is_err(), "nothing else arrived");
         p.a.close();
@@ -457,32 +481,18 @@ fn a_late_hello_on_an_older_connection_is_refused() {
         let mut p = pair(None, |_| {});
         let id = load_node_identity(p.certs.path(), NodeId(1)).unwrap();
         let addr = p.b.local_addr();
-        let frame_of = |m: &Message| {
-            let mut b = Vec::new();
-            frame::encode(m, &mut b).unwrap();
-            b
-        };
+        let class = StreamClass::Control;
         let (_ep1, older) = raw_conn(addr, "node-2", &id, ALPN_PEER).await;
         let (_ep2, newer) = raw_conn(addr, "node-2", &id, ALPN_PEER).await;
-        let mut new_s = newer.open_uni().await.unwrap();
-        let mut buf = hello(&id, 1, 2, StreamClass::Control);
-        buf.extend(frame_of(&append(1, 2, 1)));
-        new_s.write_all(&buf).await.unwrap();
+        let mut new_s = peer_stream_with(&newer, &id, class, &append(1, 2, 1)).await;
         assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 1));
         // The older connection's hello and message arrive only now.
-        let mut old_s = older.open_uni().await.unwrap();
-        let mut buf = hello(&id, 1, 2, StreamClass::Control);
-        buf.extend(frame_of(&append(1, 2, 2)));
-        old_s.write_all(&buf).await.unwrap();
-        wait_until("the older stream is refused", 10, || {
-            p.b.transport()
-                .stats()
-                .dropped_superseded
-                .load(Ordering::Relaxed)
-                == 1
-        })
-        .await;
-        new_s.write_all(&frame_of(&append(1, 2, 3))).await.unwrap();
+        let _old_s = peer_stream_with(&older, &id, class, &append(1, 2, 2)).await;
+        wait_superseded(&p, 1).await;
+        new_s
+            .write_all(&peer_frame(&append(1, 2, 3)))
+            .await
+            .unwrap();
         assert_eq!(next_message(&mut p.inbox).await, append(1, 2, 3));
         assert!(p.inbox.try_recv().is_err(), "nothing from the older stream");
         p.a.close();
