@@ -15,6 +15,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
     Attribute, Data, DeriveInput, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, Pat, ReturnType,
@@ -180,7 +181,31 @@ fn context_arg(ty: &Type) -> Option<ContextArg> {
     (last.ident == "ApplyContext" && last.arguments.is_none()).then_some(form)
 }
 
-fn analyse(f: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Method> {
+/// `ty` with every `Self` in it replaced by `name`: inside the generated
+/// enums and client, `Self` would name them, not the replicated type (an
+/// argument of type `Self` made the command enum contain itself).
+fn replace_self(ty: &Type, name: &Ident) -> Type {
+    fn walk(ts: TokenStream, name: &Ident) -> TokenStream {
+        ts.into_iter()
+            .map(|tt| match tt {
+                proc_macro2::TokenTree::Ident(i) if i == "Self" => {
+                    let mut n = name.clone();
+                    n.set_span(i.span());
+                    proc_macro2::TokenTree::Ident(n)
+                }
+                proc_macro2::TokenTree::Group(g) => {
+                    let mut inner = proc_macro2::Group::new(g.delimiter(), walk(g.stream(), name));
+                    inner.set_span(g.span());
+                    proc_macro2::TokenTree::Group(inner)
+                }
+                other => other,
+            })
+            .collect()
+    }
+    syn::parse2(walk(quote!(#ty), name)).unwrap_or_else(|_| ty.clone())
+}
+
+fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option<Method> {
     if !matches!(f.vis, Visibility::Public(_)) {
         return None;
     }
@@ -267,7 +292,7 @@ fn analyse(f: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Method> {
             ok = false;
             continue;
         }
-        args.push((pi.ident.clone(), (*pt.ty).clone()));
+        args.push((pi.ident.clone(), replace_self(&pt.ty, name)));
     }
     let ret = match &sig.output {
         ReturnType::Default => None,
@@ -276,10 +301,12 @@ fn analyse(f: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Method> {
                 errors.push(syn::Error::new(span, hint));
                 ok = false;
             }
-            Some((**t).clone())
+            Some(replace_self(t, name))
         }
     };
-    if RESERVED.contains(&sig.ident.to_string().as_str()) {
+    // A raw identifier (`r#type`) names the variant by its plain text.
+    let plain = sig.ident.unraw().to_string();
+    if RESERVED.contains(&plain.as_str()) {
         errors.push(syn::Error::new_spanned(
             &sig.ident,
             format!(
@@ -298,7 +325,7 @@ fn analyse(f: &ImplItemFn, errors: &mut Vec<syn::Error>) -> Option<Method> {
         .collect();
     ok.then(|| Method {
         kind,
-        variant: Ident::new(&camel(&sig.ident.to_string()), sig.ident.span()),
+        variant: Ident::new(&camel(&plain), sig.ident.span()),
         name: sig.ident.clone(),
         args,
         context_at,
@@ -359,7 +386,7 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
             f.attrs.retain(|a| !is_skip(a));
             continue;
         }
-        if let Some(m) = analyse(f, &mut errors) {
+        if let Some(m) = analyse(f, &name, &mut errors) {
             if let Some(prev) = methods.iter().find(|p| p.variant == m.variant) {
                 errors.push(syn::Error::new_spanned(
                     &m.name,
@@ -448,9 +475,14 @@ fn generate(name: &Ident, methods: &[Method]) -> TokenStream {
     let serde_derive = quote! {
         #[derive(::ha_core::__private::serde::Serialize, ::ha_core::__private::serde::Deserialize)]
         #[serde(crate = "::ha_core::__private::serde")]
-        #[allow(missing_docs, private_bounds)]
+        // A private replicated type is as private in its commands' fields
+        // (an argument of its own type) as it is.
+        #[allow(missing_docs, private_bounds, private_interfaces)]
     };
     let mut fingerprint = String::new();
+    // Hygienic (mixed-site): no user argument, whatever its name, can
+    // shadow it.
+    let apply_context = Ident::new("apply_context", Span::mixed_site());
     let (mut cmd_variants, mut qry_variants) = (Vec::new(), Vec::new());
     let (mut cmd_outs, mut qry_outs) = (Vec::new(), Vec::new());
     let (mut cmd_arms, mut qry_arms) = (Vec::new(), Vec::new());
@@ -480,7 +512,9 @@ fn generate(name: &Ident, methods: &[Method]) -> TokenStream {
         // The call, with the context spliced back in at its place.
         let mut call_args: Vec<TokenStream> = fields.iter().map(|f| quote!(#f)).collect();
         if let Some(at) = m.context_at {
-            call_args.insert(at.min(call_args.len()), quote!(ctx));
+            // The context's own, hygienic name: no argument shadows it (an
+            // argument named `ctx` did).
+            call_args.insert(at.min(call_args.len()), quote!(#apply_context));
         }
         let params = m.args.iter().map(|(i, t)| quote!(#i: #t));
         let (enum_ty, out_ty, call) = match m.kind {
@@ -573,7 +607,7 @@ fn generate(name: &Ident, methods: &[Method]) -> TokenStream {
                 type QueryOutput = #qry_out;
                 const SCHEMA_FINGERPRINT: u64 = ::ha_core::sm::fingerprint(#fingerprint);
                 #[allow(unused_variables)]
-                fn apply_command(&mut self, command: #cmd_ty, ctx: &::ha_core::sm::ApplyContext) -> #cmd_out {
+                fn apply_command(&mut self, command: #cmd_ty, #apply_context: &::ha_core::sm::ApplyContext) -> #cmd_out {
                     match command { #(#cmd_arms),* }
                 }
                 fn run_query(&self, query: #qry_ty) -> #qry_out {
