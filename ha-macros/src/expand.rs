@@ -323,9 +323,19 @@ fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option
         .filter(|a| a.path().is_ident("doc"))
         .cloned()
         .collect();
+    // `_` or `__` leaves nothing to name a variant with.
+    let variant = camel(&plain);
+    if variant.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &sig.ident,
+            "a method named only with underscores cannot name a command or query: rename it, or \
+             add `#[replicated(skip)]`",
+        ));
+        ok = false;
+    }
     ok.then(|| Method {
         kind,
-        variant: Ident::new(&camel(&plain), sig.ident.span()),
+        variant: Ident::new(&variant, sig.ident.span()),
         name: sig.ident.clone(),
         args,
         context_at,
