@@ -1369,6 +1369,15 @@ async fn peer_connection(
     }
 }
 
+/// Counts and logs a stream that a newer one of the same peer and class
+/// superseded (invariant 7); the stream then ends.
+fn superseded(shared: &Shared, who: &str) {
+    let n = bump(&shared.stats.dropped_superseded);
+    if sampled(n) {
+        tracing::warn!(node = %shared.id, peer = %who, "ended a stream the peer has since replaced with a newer one ({n} so far)");
+    }
+}
+
 // A task's entry point: its arguments are the state it owns.
 #[allow(clippy::too_many_arguments)]
 async fn peer_stream(
@@ -1460,11 +1469,7 @@ async fn peer_stream(
             .unwrap_or_else(|e| e.into_inner());
         if newest.get(&key).is_some_and(|n| *n > number) {
             drop(newest);
-            let n = bump(&shared.stats.dropped_superseded);
-            if sampled(n) {
-                tracing::warn!(node = %shared.id, peer = %who, "refused a stream older than one the peer opened since ({n} messages and streams so far)");
-            }
-            return;
+            return superseded(&shared, &who);
         }
         newest.insert(key, number);
     }
@@ -1497,11 +1502,7 @@ async fn peer_stream(
                     .unwrap_or_else(|e| e.into_inner());
                 if newest.get(&key) != Some(&number) {
                     drop(newest);
-                    let n = bump(&shared.stats.dropped_superseded);
-                    if sampled(n) {
-                        tracing::warn!(node = %shared.id, peer = %who, "dropped a message from a stream a newer one of the same peer replaced ({n} so far); the stream ends");
-                    }
-                    return;
+                    return superseded(&shared, &who);
                 }
                 shared.stats.received.fetch_add(1, Ordering::Relaxed);
                 // A full inbox drops (the core is behind; Raft resends).
@@ -2002,11 +2003,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
                 snapshot_index: s.snapshot_index.0,
                 voters: m.voters.iter().map(|v| v.0).collect(),
                 learners: m.learners.iter().map(|v| v.0).collect(),
-                repairing: s.repairing.then(|| {
-                    s.repair_found
-                        .clone()
-                        .unwrap_or_else(|| "repairing damaged storage from its peers".to_string())
-                }),
+                repairing: s.repair_found.clone(),
                 availability: ha_core::protocol::AvailabilityView {
                     leaderless_ms: a.leaderless_ms,
                     failovers: a.failovers,

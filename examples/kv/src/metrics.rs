@@ -134,11 +134,7 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
         transport.stats().protocol_errors.load(Ordering::Relaxed),
     );
     gauge_snapshot(&mut o, m.snapshot_index.0);
-    render_repairing(
-        &mut o,
-        s.repairing
-            .then(|| s.repair_found.as_deref().unwrap_or("damaged storage")),
-    );
+    render_repairing(&mut o, s.repair_found.as_deref());
     let _ = writeln!(o, "# HELP ha_role The node's role.\n# TYPE ha_role gauge");
     for (name, r) in [
         ("leader", RoleKind::Leader),

@@ -249,8 +249,9 @@ pub struct NodeStatus {
     /// Whether the node is repairing damaged storage from its peers (see
     /// `InitialState::repairing`): it does not vote meanwhile.
     pub repairing: bool,
-    /// While repairing: what the storage found damaged (the text of the
-    /// log's repairing mark), if the storage says.
+    /// While repairing (and only then): what the storage found damaged
+    /// (the text of the log's repairing mark, or a general phrase if the
+    /// storage keeps none).
     pub repair_found: Option<String>,
     /// Why the node stopped, if it did.
     pub stopped: Option<String>,
@@ -596,7 +597,9 @@ fn status_of(raft: &Raft, stopped: Option<String>, found: Option<&str>) -> NodeS
         last_index: raft.last_index(),
         snapshot_index: raft.snapshot_last().0,
         repairing: raft.is_repairing(),
-        repair_found: found.filter(|_| raft.is_repairing()).map(str::to_string),
+        repair_found: raft
+            .is_repairing()
+            .then(|| found.unwrap_or("damaged storage").to_string()),
         stopped,
     }
 }

@@ -23,9 +23,7 @@ pub mod driver;
 pub mod pipeline;
 pub mod snapshots;
 
-pub use snapshots::{
-    IncomingSnapshot, OutgoingSnapshot, ScanForStart, SnapshotFiles, merge_snapshot, recover,
-};
+pub use snapshots::{IncomingSnapshot, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover};
 
 pub use driver::{
     Applier, DEFAULT_STORAGE_QUOTA_BYTES, NodeError, NodeHandle, NodeMetrics, NodeOptions,

@@ -16,11 +16,11 @@
 //!    a whole snapshot.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::node::Applier;
 use crate::raft::InitialState;
-use crate::storage::snapshot::{RawSnapshotWriter, SnapshotMeta, SnapshotStore};
+use crate::storage::snapshot::{RawSnapshotWriter, SnapshotMeta, SnapshotStore, StartScan};
 use crate::storage::vfs::Vfs;
 use crate::storage::{LogStore, StoredState, Wal};
 use crate::types::{LogIndex, Term};
@@ -45,16 +45,6 @@ pub struct OutgoingSnapshot {
     pub data: Box<dyn Read + Send>,
 }
 
-/// What a start finds in a snapshot directory
-/// ([`SnapshotFiles::scan_for_start`]).
-pub struct ScanForStart {
-    /// The newest snapshot that verifies: what it covers, its state bytes.
-    pub intact: Option<(SnapshotMeta, Vec<u8>)>,
-    /// Damaged snapshot files newer than it, newest first: each file and
-    /// what is wrong with it.
-    pub damaged: Vec<(PathBuf, String)>,
-}
-
 /// A node's snapshot directory, shared by the node and its transport.
 pub trait SnapshotFiles: Send + Sync {
     /// Writes a snapshot of the state (durably; see `storage::snapshot`).
@@ -67,8 +57,8 @@ pub trait SnapshotFiles: Send + Sync {
     /// damaged ones newer than it, newest first, with what is wrong (a
     /// store that cannot tell damage from other errors reports none and
     /// fails instead).
-    fn scan_for_start(&self) -> Result<ScanForStart, String> {
-        Ok(ScanForStart {
+    fn scan_for_start(&self) -> Result<StartScan, String> {
+        Ok(StartScan {
             intact: self.latest_state()?,
             damaged: Vec::new(),
         })
@@ -130,16 +120,8 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
     fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
         self.latest().map_err(|e| e.to_string())
     }
-    fn scan_for_start(&self) -> Result<ScanForStart, String> {
-        let scan = SnapshotStore::scan_for_start(self).map_err(|e| e.to_string())?;
-        Ok(ScanForStart {
-            intact: scan.intact,
-            damaged: scan
-                .damaged
-                .into_iter()
-                .map(|(p, e)| (p, e.to_string()))
-                .collect(),
-        })
+    fn scan_for_start(&self) -> Result<StartScan, String> {
+        SnapshotStore::scan_for_start(self).map_err(|e| e.to_string())
     }
     fn set_aside(&self, file: &Path) -> Result<(), String> {
         let to = SnapshotStore::set_aside(self, file).map_err(|e| e.to_string())?;
@@ -241,12 +223,7 @@ pub fn recover<V: Vfs>(
     let gap = intact.0 < start.0;
     // The log starts at the intact snapshot's index with another term.
     let conflict = intact.0 == start.0 && intact.0 > LogIndex(0) && intact.1 != start.1;
-    let loses = gap || conflict;
-    if loses && !can_repair {
-        let what = match scan.damaged.first() {
-            Some((_, why)) => format!("{why}; "),
-            None => String::new(),
-        };
+    if gap || conflict {
         let lost = if gap {
             format!(
                 "the log starts after index {}, but the newest intact snapshot ends at {}: the \
@@ -260,23 +237,16 @@ pub fn recover<V: Vfs>(
                 start.0, start.1, intact.1
             )
         };
-        return Err(format!(
-            "{what}{lost}, and a single-node cluster has no peer to repair from: restore the \
-             data directory from a backup"
-        ));
-    }
-    if loses {
         let why = match scan.damaged.first() {
-            Some((_, why)) => why.clone(),
-            None if gap => format!(
-                "the log starts after index {}, but no snapshot reaches it",
-                start.0
-            ),
-            None => format!(
-                "the log starts at {}@{}, but the snapshot there is of term {}",
-                start.0, start.1, intact.1
-            ),
+            Some((_, damage)) => format!("{damage}; {lost}"),
+            None => lost,
         };
+        if !can_repair {
+            return Err(format!(
+                "{why}, and a single-node cluster has no peer to repair from: restore the data \
+                 directory from a backup"
+            ));
+        }
         tracing::error!("{why}; repairing from the peers");
         wal.mark_repairing(&why).map_err(|e| e.to_string())?;
     }
@@ -285,12 +255,7 @@ pub fn recover<V: Vfs>(
         snapshots.set_aside(file)?;
     }
     if gap {
-        tracing::error!(
-            "the log starts after index {}, past the newest intact snapshot ({}): setting the \
-             whole log aside and repairing from the peers",
-            start.0,
-            intact.0
-        );
+        tracing::error!("setting the whole log aside: it cannot be applied without that snapshot");
         stored = wal
             .discard_all(stored.hard_state)
             .map_err(|e| e.to_string())?;

@@ -343,6 +343,8 @@ impl Raft {
             || !hs.commit.is_sane()
             || !snap_term.is_sane()
             || !snap_index.is_sane()
+            // The term a start may raise itself to (below).
+            || init.entries.last().is_some_and(|e| !e.term.is_sane())
         {
             return Err(format!(
                 "stored state is out of range (term {}, commit {}, snapshot {}@{})",

@@ -98,7 +98,7 @@ impl SnapshotError {
     pub fn is_damage(&self) -> bool {
         match self {
             SnapshotError::Corrupt { .. } => true,
-            SnapshotError::Io { source, .. } => source.raw_os_error() == Some(5),
+            SnapshotError::Io { source, .. } => source.raw_os_error() == Some(super::EIO),
             SnapshotError::Unsupported { .. } => false,
         }
     }

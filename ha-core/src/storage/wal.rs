@@ -309,10 +309,6 @@ type Opened<V> = (Wal<V>, StoredState);
 /// of the damaged batch in it.
 type DamageAt = (u64, u64);
 
-/// The error number of an I/O error (Linux's `EIO`): what a read of a bad
-/// sector returns.
-const EIO: i32 = 5;
-
 /// The file whose presence marks a log as repairing; it holds what was
 /// found.
 const REPAIR_MARKER: &str = "REPAIRING";
@@ -1136,15 +1132,15 @@ impl<V: Vfs> Wal<V> {
             })?;
             Self::create_segment(&self.vfs, &self.dir, next)?;
         }
-        let (mut wal, _) =
+        let (mut wal, mut state) =
             Self::open_repairing(self.vfs.clone(), &self.dir.clone(), self.opts.clone())?;
-        wal.save_hard_state(HardState {
+        state.hard_state = HardState {
             term: keep.term,
             vote: keep.vote,
             commit: LogIndex(0),
-        })?;
+        };
+        wal.save_hard_state(state.hard_state)?;
         wal.sync()?;
-        let state = wal.load()?;
         *self = wal;
         Ok(state)
     }
@@ -1210,7 +1206,7 @@ impl<V: Vfs> Wal<V> {
                 // acknowledged data is as good as damaged. Any other error
                 // (permissions, too many open files) is no damage: opening
                 // fails, and nothing is moved.
-                Err(e) if e.raw_os_error() == Some(EIO) => {
+                Err(e) if e.raw_os_error() == Some(super::EIO) => {
                     *damage = Some((*seq, 0));
                     return Err(WalError::Corrupt {
                         file: path,
