@@ -1371,10 +1371,11 @@ async fn peer_connection(
 
 /// Counts and logs a stream that a newer one of the same peer and class
 /// superseded (invariant 7); the stream then ends.
-fn superseded(shared: &Shared, who: &str) {
+/// `what` says what was not delivered.
+fn superseded(shared: &Shared, who: &str, what: &str) {
     let n = bump(&shared.stats.dropped_superseded);
     if sampled(n) {
-        tracing::warn!(node = %shared.id, peer = %who, "ended a stream the peer has since replaced with a newer one ({n} so far)");
+        tracing::warn!(node = %shared.id, peer = %who, "{what}: the peer has since opened a newer stream of its class, and this one ends ({n} so far)");
     }
 }
 
@@ -1469,7 +1470,7 @@ async fn peer_stream(
             .unwrap_or_else(|e| e.into_inner());
         if newest.get(&key).is_some_and(|n| *n > number) {
             drop(newest);
-            return superseded(&shared, &who);
+            return superseded(&shared, &who, "refused a stream at its hello");
         }
         newest.insert(key, number);
     }
@@ -1502,7 +1503,7 @@ async fn peer_stream(
                     .unwrap_or_else(|e| e.into_inner());
                 if newest.get(&key) != Some(&number) {
                     drop(newest);
-                    return superseded(&shared, &who);
+                    return superseded(&shared, &who, "dropped a message, undelivered");
                 }
                 shared.stats.received.fetch_add(1, Ordering::Relaxed);
                 // A full inbox drops (the core is behind; Raft resends).

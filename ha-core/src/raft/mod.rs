@@ -347,8 +347,13 @@ impl Raft {
             || init.entries.last().is_some_and(|e| !e.term.is_sane())
         {
             return Err(format!(
-                "stored state is out of range (term {}, commit {}, snapshot {}@{})",
-                hs.term, hs.commit, snap_index, snap_term
+                "stored state is out of range (term {}, commit {}, snapshot {}@{}, last entry \
+                 {:?})",
+                hs.term,
+                hs.commit,
+                snap_index,
+                snap_term,
+                init.entries.last().map(|e| (e.index, e.term))
             ));
         }
         if let Some(first) = init.entries.first()
