@@ -33,7 +33,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::protocol::{ClientRequest, ClientResponse, CommandOutcome, Consistency, SessionCommand};
-use crate::sm::Replicated;
+use crate::schema::Schema;
+use crate::sm::{Replicated, decode_exact};
 
 /// Why a client call did not succeed.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +48,12 @@ pub enum Error {
     /// A query failed (queries change nothing).
     #[error("query failed: {0}")]
     Query(String),
+    /// The command ran on every replica, in log order, and failed there:
+    /// the method panicked, or its result could not be encoded. What it
+    /// changed before failing stays (see [`crate::sm::PanicPolicy`]); a
+    /// retry of this call is answered the same.
+    #[error("the command failed on the replicas: {0}")]
+    Failed(String),
 }
 
 crate::debug_as_display!(Error);
@@ -60,6 +67,14 @@ impl Error {
     pub fn is_unknown(&self) -> bool {
         matches!(self, Error::Unknown(_))
     }
+}
+
+/// The stored fingerprint of `T`, which commands and registrations carry;
+/// a type that cannot be traced sends nothing.
+fn stored_schema<T: Replicated>() -> Result<u64, Error> {
+    Schema::of::<T>()
+        .map(|s| s.stored())
+        .map_err(|e| Error::NotApplied(e.to_string()))
 }
 
 /// Why one request got no response.
@@ -309,7 +324,36 @@ impl<T: Replicated> Client<T> {
         guard.expired = expired;
         drop(guard);
         let bytes = result?;
-        postcard::from_bytes(&bytes).map_err(|e| Error::Unknown(format!("undecodable answer: {e}")))
+        decode_exact(&bytes).map_err(|e| Error::Unknown(format!("undecodable answer: {e}")))
+    }
+
+    /// Resumes a service halted at log index `index` (an operator's
+    /// command; see [`crate::sm::PanicPolicy::Halt`]). Returns the index
+    /// resumed at. Refused if the service is not halted there, also when a
+    /// retry of this call finds it resumed already.
+    pub async fn resume(&self, index: u64) -> Result<u64, Error> {
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let schema = stored_schema::<T>()?;
+        let req = || ClientRequest::Resume { schema, index };
+        let resumed = self
+            .retry(deadline, true, req, |resp| match resp {
+                ClientResponse::Applied { answer, .. } => {
+                    match decode_exact::<CommandOutcome>(&answer) {
+                        Ok(CommandOutcome::Resume(r)) => Reply::Done(r),
+                        other => Reply::Retry(format!("unexpected resume answer {other:?}")),
+                    }
+                }
+                other => Reply::Retry(format!("unexpected response {other:?}")),
+            })
+            .await;
+        match resumed {
+            Ok(Ok(at)) => Ok(at),
+            Ok(Err(why)) => Err(Error::NotApplied(why)),
+            Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
+            Err(RetryEnd::TimedOut(why)) => {
+                Err(Error::Unknown(format!("timed out; last error: {why}")))
+            }
+        }
     }
 
     /// Registers a session unless one is open (or another caller registered
@@ -332,14 +376,12 @@ impl<T: Replicated> Client<T> {
             return Ok(());
         }
         let secret = random_u64();
-        let req = || ClientRequest::Register {
-            schema: T::SCHEMA_FINGERPRINT,
-            secret,
-        };
+        let schema = stored_schema::<T>()?;
+        let req = || ClientRequest::Register { schema, secret };
         let registered = self
             .retry(deadline, true, req, |resp| match resp {
                 ClientResponse::Applied { answer, .. } => {
-                    match postcard::from_bytes::<CommandOutcome>(&answer) {
+                    match decode_exact::<CommandOutcome>(&answer) {
                         Ok(CommandOutcome::Registered { session }) => Reply::Done(session),
                         other => Reply::Retry(format!("unexpected registration answer {other:?}")),
                     }
@@ -437,8 +479,12 @@ impl<T: Replicated> Client<T> {
                 }
                 s.open.first().copied().unwrap_or(s.next_seq)
             };
+            let schema = match stored_schema::<T>() {
+                Ok(s) => s,
+                Err(e) => return (Err(e), false),
+            };
             let req = ClientRequest::Command {
-                schema: T::SCHEMA_FINGERPRINT,
+                schema,
                 command: SessionCommand {
                     client,
                     secret,
@@ -451,7 +497,7 @@ impl<T: Replicated> Client<T> {
             let step = match resp {
                 Ok(ClientResponse::Applied { answer, .. }) => {
                     self.set_leader(Some(addr));
-                    match postcard::from_bytes::<CommandOutcome>(&answer) {
+                    match decode_exact::<CommandOutcome>(&answer) {
                         Ok(CommandOutcome::Applied(out)) => Attempt::Done(Ok(out)),
                         Ok(CommandOutcome::SessionExpired) => {
                             // Not applied now; applied before only if an
@@ -482,6 +528,18 @@ impl<T: Replicated> Client<T> {
                                 "the cluster could not decode the command: {e}"
                             ))))
                         }
+                        Ok(CommandOutcome::Failed(why)) => Attempt::Done(Err(Error::Failed(why))),
+                        // Checked after the session's kept results: an
+                        // earlier attempt that ran would have its answer.
+                        Ok(CommandOutcome::Halted { index, reason }) => {
+                            Attempt::Done(Err(Error::NotApplied(format!(
+                                "the service halted at log index {index} because that command \
+                                 failed ({reason}); an operator resumes it"
+                            ))))
+                        }
+                        Ok(CommandOutcome::Resume(_)) => Attempt::Done(Err(Error::Unknown(
+                            "a resume answer to a command".into(),
+                        ))),
                         Err(e) => {
                             Attempt::Done(Err(Error::Unknown(format!("undecodable answer: {e}"))))
                         }
@@ -561,8 +619,11 @@ impl<T: Replicated> Client<T> {
         let body =
             Bytes::from(postcard::to_stdvec(query).map_err(|e| Error::Query(e.to_string()))?);
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let schema = Schema::of::<T>()
+            .map_err(|e| Error::Query(e.to_string()))?
+            .query();
         let req = || ClientRequest::Query {
-            schema: T::SCHEMA_FINGERPRINT,
+            schema,
             body: body.clone(),
             consistency: self.opts.consistency,
         };
@@ -575,7 +636,7 @@ impl<T: Replicated> Client<T> {
             })
             .await;
         match answer {
-            Ok(answer) => postcard::from_bytes(&answer).map_err(|e| Error::Query(e.to_string())),
+            Ok(answer) => decode_exact(&answer).map_err(Error::Query),
             Err(RetryEnd::Refused(message)) => Err(Error::Query(message)),
             Err(RetryEnd::TimedOut(why)) => {
                 Err(Error::Query(format!("timed out; last error: {why}")))

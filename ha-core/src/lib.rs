@@ -207,14 +207,15 @@
 //!
 //! ## 7. Changing the type later
 //!
-//! Commands travel and are stored by position. The macros compute a schema
-//! fingerprint of the commands and queries
-//! ([`sm::StateMachine::SCHEMA_FINGERPRINT`]);
-//! a node refuses a data directory, a snapshot, a peer or a client of another
-//! fingerprint, with an error naming both, rather than misread old entries.
-//! Adding a method at the end of the `impl` is the only change that keeps
-//! old entries meaningful, and it still changes the fingerprint: run a new
-//! cluster, or migrate (the README's "Evolving a replicated type").
+//! Commands, their results and the state travel and are stored by position
+//! (postcard). Every node and client computes fingerprints of their shapes
+//! by tracing the types through serde, recursively
+//! ([`schema::Schema::of`]); a node refuses a data directory, a snapshot, a
+//! peer or a client of another fingerprint, with an error naming both,
+//! rather than misread old data. Renaming an argument, adding a query or
+//! respelling a type changes nothing stored and keeps the stored
+//! fingerprint; the README's "Writing and evolving a replicated type" lists
+//! what changes it and why.
 //!
 //! ## Layout
 //! - [`raft`]: the sans-IO consensus core. A plain struct driven by
@@ -300,6 +301,7 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod raft;
+pub mod schema;
 pub mod sm;
 pub mod storage;
 pub mod transport;
@@ -353,6 +355,8 @@ pub mod __private {
         fn encode(&self) -> Result<Vec<u8>, String>;
         /// Decodes a state.
         fn decode(bytes: &[u8]) -> Result<Self, String>;
+        /// The state's canonical wire shape.
+        fn shape() -> Result<String, crate::schema::SchemaError>;
     }
 
     #[diagnostic::do_not_recommend]
@@ -361,7 +365,10 @@ pub mod __private {
             postcard::to_stdvec(self).map_err(|e| e.to_string())
         }
         fn decode(bytes: &[u8]) -> Result<Self, String> {
-            postcard::from_bytes(bytes).map_err(|e| e.to_string())
+            crate::sm::decode_exact(bytes)
+        }
+        fn shape() -> Result<String, crate::schema::SchemaError> {
+            crate::schema::shape_of::<T>()
         }
     }
 }

@@ -76,6 +76,12 @@ pub enum LogOp {
     },
     /// A command in an open session.
     Command(SessionCommand),
+    /// An operator resumes a service halted at `index` (see
+    /// [`crate::sm::PanicPolicy::Halt`]); refused if it is not halted there.
+    Resume {
+        /// The index the service halted at.
+        index: u64,
+    },
 }
 
 /// What a client asks a node.
@@ -109,6 +115,14 @@ pub enum ClientRequest {
     /// untyped nodes only: a node of a replicated type refuses it, since raw
     /// bytes could forge a leader's timestamp or a session's entries).
     Propose(Bytes),
+    /// Resume a service halted at `index` (an operator's command; see
+    /// [`crate::sm::PanicPolicy::Halt`]).
+    Resume {
+        /// The stored fingerprint the client was built with.
+        schema: u64,
+        /// The index the service halted at.
+        index: u64,
+    },
     /// A linearizable read barrier.
     Read,
     /// The node's status.
@@ -143,6 +157,9 @@ pub struct StatusView {
     /// Whether the node is repairing damaged storage from its peers (it
     /// does not vote meanwhile), and what it found.
     pub repairing: Option<String>,
+    /// While the service is halted (a command failed under
+    /// [`crate::sm::PanicPolicy::Halt`]): where and why.
+    pub halted: Option<String>,
 }
 
 /// Leader-loss accounting (see `ha_core::metrics`).
@@ -234,4 +251,17 @@ pub enum CommandOutcome {
     SeqReused,
     /// The command could not be decoded (a schema mismatch); not applied.
     Undecodable(String),
+    /// The command ran and failed on every replica: it panicked, or its
+    /// result could not be encoded. What it changed before that stays.
+    Failed(String),
+    /// The service is halted (a command failed under
+    /// [`crate::sm::PanicPolicy::Halt`]): this command was not applied.
+    Halted {
+        /// The index of the command that failed.
+        index: u64,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The answer to [`LogOp::Resume`]: the index resumed at, or why not.
+    Resume(Result<u64, String>),
 }

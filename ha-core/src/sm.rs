@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::Applier;
 use crate::protocol::{CommandOutcome, LogCommand, LogOp};
+use crate::schema::Schema;
 use crate::types::{LogIndex, Term};
 
 /// What a command may know about the moment it runs: the same on every
@@ -75,10 +76,6 @@ pub trait StateMachine: Send + Sized + 'static {
     type CommandOutput: Serialize + DeserializeOwned + Send;
     /// One variant per query method: its return value.
     type QueryOutput: Serialize + DeserializeOwned + Send;
-    /// A hash of the command and query signatures, in order. postcard
-    /// encodes variants by position, so a node refuses a log, snapshot or
-    /// peer with another fingerprint.
-    const SCHEMA_FINGERPRINT: u64;
     /// Runs a command.
     fn apply_command(&mut self, command: Self::Command, ctx: &ApplyContext) -> Self::CommandOutput;
     /// Runs a query.
@@ -94,8 +91,10 @@ pub trait StateMachine: Send + Sized + 'static {
             `#[replicated]` on its inherent `impl` block (its commands and queries)"
 )]
 pub trait ReplicatedState: Sized {
-    /// A hash of the state type's definition.
-    const STATE_FINGERPRINT: u64;
+    /// The canonical wire shape of the state type, traced through its
+    /// `Deserialize` impl ([`crate::schema`]): part of the stored
+    /// fingerprint, so a snapshot of another shape is refused.
+    fn state_shape() -> Result<String, crate::schema::SchemaError>;
     /// Encodes the state.
     fn snapshot_state(&self) -> Result<Vec<u8>, String>;
     /// Decodes a state.
@@ -143,22 +142,6 @@ pub trait ReplicatedValue {
 #[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned> ReplicatedValue for T {}
 
-/// A hash for fingerprints (FNV-1a, 64 bits): stable across builds and
-/// platforms, unlike `std`'s hasher.
-pub const fn fingerprint(text: &str) -> u64 {
-    let b = text.as_bytes();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < b.len() {
-        h ^= b[i] as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-        i += 1;
-    }
-    // 0 marks raw, untyped data (a data directory opened without a schema,
-    // a raw node): no replicated type ever has it.
-    if h == 0 { 1 } else { h }
-}
-
 /// Sessions kept at most; registering one more evicts the least recently
 /// active. Bounds the table (and snapshots) against client churn.
 pub const DEFAULT_MAX_SESSIONS: usize = 1 << 16;
@@ -178,6 +161,71 @@ fn body_digest(body: &[u8]) -> u64 {
 /// How long an idle session lives, by default: one hour of leader time.
 pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
+/// What the replicas do when a command panics, or its result cannot be
+/// encoded. Like the session timeout, a setting every replica must share.
+///
+/// Either way the failure is caught (with `panic = "unwind"`, Rust's
+/// default; a build with `panic = "abort"` dies instead, on every replica)
+/// and becomes the command's outcome, the same on every replica: the panic's
+/// message, answered to the client as [`crate::Error::Failed`] and to its
+/// retries alike. What the method changed before it panicked stays, on every
+/// replica alike. Builds that differ in `overflow-checks` (debug against
+/// release) panic at different places: run one build on every replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PanicPolicy {
+    /// Record the failure and go on with the next command.
+    #[default]
+    Continue,
+    /// Fail-stop: record the failure, then refuse every later command (not
+    /// applied, answered as such) and every query, until an operator
+    /// resumes at that index ([`LogOp::Resume`]; `ha-kv resume`). The
+    /// state stays as the failing command left it.
+    Halt,
+}
+
+/// A kept result of a session's command: what a retry is answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Kept {
+    /// The encoded output.
+    Output(Bytes),
+    /// The command failed (panicked, or its output could not be encoded).
+    Failed(String),
+    /// The command came while the service was halted: not applied.
+    Halted { index: u64, reason: String },
+}
+
+impl Kept {
+    fn outcome(&self) -> CommandOutcome {
+        match self {
+            Kept::Output(b) => CommandOutcome::Applied(b.clone()),
+            Kept::Failed(why) => CommandOutcome::Failed(why.clone()),
+            Kept::Halted { index, reason } => CommandOutcome::Halted {
+                index: *index,
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+/// Where and why the service halted ([`PanicPolicy::Halt`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Halt {
+    index: u64,
+    reason: String,
+}
+
+/// The text of a panic's payload (what `panic!` was given): the same on
+/// every replica for the same panic, unlike its location or backtrace.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic whose payload is not text".to_string()
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
     /// The secret the registering client chose: a command must carry it.
@@ -188,7 +236,7 @@ struct Session {
     closed_below: u64,
     /// Results of open numbers, with a digest of the command that produced
     /// each: a retry must carry the same command.
-    results: BTreeMap<u64, (u64, Bytes)>,
+    results: BTreeMap<u64, (u64, Kept)>,
     /// Leader time of the last command.
     last_active_ms: u64,
 }
@@ -203,6 +251,10 @@ pub struct Sessions<T> {
     max_sessions: usize,
     /// Leader time of the last command applied.
     now_ms: u64,
+    /// What a failing command does (a setting).
+    policy: PanicPolicy,
+    /// Set while halted ([`PanicPolicy::Halt`]): replicated state.
+    halted: Option<Halt>,
     /// The planted bug (see [`Sessions::with_planted_recreate`]).
     #[cfg(feature = "planted-bugs")]
     planted_recreate: bool,
@@ -210,10 +262,11 @@ pub struct Sessions<T> {
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotForm {
+    /// The stored fingerprint ([`Schema::stored`]) of the type that wrote it.
     schema: u64,
-    state_fingerprint: u64,
     sessions: BTreeMap<u64, Session>,
     now_ms: u64,
+    halted: Option<Halt>,
     state: Vec<u8>,
 }
 
@@ -226,6 +279,8 @@ impl<T: Replicated> Sessions<T> {
             timeout_ms,
             max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: 0,
+            policy: PanicPolicy::Continue,
+            halted: None,
             #[cfg(feature = "planted-bugs")]
             planted_recreate: false,
         }
@@ -246,6 +301,21 @@ impl<T: Replicated> Sessions<T> {
     pub fn with_max_sessions(mut self, max: usize) -> Sessions<T> {
         self.max_sessions = max.max(1);
         self
+    }
+
+    /// The same with `policy` for failing commands.
+    #[must_use]
+    pub fn with_panic_policy(mut self, policy: PanicPolicy) -> Sessions<T> {
+        self.policy = policy;
+        self
+    }
+
+    /// Where and why the service halted, while it is halted
+    /// ([`PanicPolicy::Halt`]).
+    pub fn halted(&self) -> Option<(LogIndex, &str)> {
+        self.halted
+            .as_ref()
+            .map(|h| (LogIndex(h.index), h.reason.as_str()))
     }
 
     /// The user's state.
@@ -299,6 +369,24 @@ impl<T: Replicated> Sessions<T> {
                 );
                 return CommandOutcome::Registered { session: index.0 };
             }
+            LogOp::Resume { index: at } => {
+                return CommandOutcome::Resume(match &self.halted {
+                    Some(h) if h.index == at => {
+                        tracing::warn!(
+                            "the service resumes at entry {}, after the halt at {at}",
+                            index.0
+                        );
+                        self.halted = None;
+                        Ok(at)
+                    }
+                    Some(h) => Err(format!(
+                        "the service halted at index {}, not {at}: resume names the index it \
+                         halted at",
+                        h.index
+                    )),
+                    None => Err("the service is not halted".into()),
+                });
+            }
             LogOp::Command(c) => c,
         };
         #[cfg(feature = "planted-bugs")]
@@ -337,21 +425,56 @@ impl<T: Replicated> Sessions<T> {
                 // A client bug: one sequence number, two commands.
                 return CommandOutcome::SeqReused;
             }
-            return CommandOutcome::Applied(r.clone());
+            return r.outcome();
         }
-        let command: T::Command = match postcard::from_bytes(&c.body) {
+        if let Some(h) = &self.halted {
+            // Kept, so a late duplicate after a resume is not applied.
+            let kept = Kept::Halted {
+                index: h.index,
+                reason: h.reason.clone(),
+            };
+            let outcome = kept.outcome();
+            session.results.insert(c.seq, (digest, kept));
+            return outcome;
+        }
+        let command: T::Command = match decode_exact(&c.body) {
             Ok(v) => v,
-            Err(e) => return CommandOutcome::Undecodable(e.to_string()),
+            Err(e) => return CommandOutcome::Undecodable(e),
         };
         let ctx = ApplyContext {
             index,
             term,
             time_ms: now,
         };
-        let out = self.state.apply_command(command, &ctx);
-        let bytes = Bytes::from(postcard::to_stdvec(&out).expect("outputs encode"));
-        session.results.insert(c.seq, (digest, bytes.clone()));
-        CommandOutcome::Applied(bytes)
+        // A panic is caught and becomes the outcome (see `PanicPolicy`): it
+        // happens at the same point on every replica, so they stay alike.
+        let state = &mut self.state;
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            state.apply_command(command, &ctx)
+        }));
+        let kept = match run {
+            Ok(out) => match postcard::to_stdvec(&out) {
+                Ok(b) => Kept::Output(Bytes::from(b)),
+                Err(e) => Kept::Failed(format!("its result could not be encoded: {e}")),
+            },
+            Err(payload) => Kept::Failed(format!("it panicked: {}", panic_message(&*payload))),
+        };
+        if let Kept::Failed(why) = &kept {
+            tracing::error!(
+                "command at index {} failed ({why}); policy {:?}",
+                index.0,
+                self.policy
+            );
+            if self.policy == PanicPolicy::Halt {
+                self.halted = Some(Halt {
+                    index: index.0,
+                    reason: why.clone(),
+                });
+            }
+        }
+        let outcome = kept.outcome();
+        session.results.insert(c.seq, (digest, kept));
+        outcome
     }
 
     fn expire(&mut self) {
@@ -360,39 +483,43 @@ impl<T: Replicated> Sessions<T> {
             .retain(|_, s| s.last_active_ms.saturating_add(timeout) >= now);
     }
 
-    /// Runs an encoded query; returns the encoded output.
+    /// Runs an encoded query; returns the encoded output. A query that
+    /// panics is an error naming the panic, never the end of the node.
     pub fn query_bytes(&self, body: &[u8]) -> Result<Bytes, String> {
-        let q: T::Query = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-        let out = self.state.run_query(q);
-        Ok(Bytes::from(
-            postcard::to_stdvec(&out).map_err(|e| e.to_string())?,
-        ))
+        if let Some(h) = &self.halted {
+            return Err(halted_text(h));
+        }
+        let q: T::Query = decode_exact(body)?;
+        let state = &self.state;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run_query(q)))
+            .map_err(|p| format!("the query panicked: {}", panic_message(&*p)))?;
+        Ok(Bytes::from(postcard::to_stdvec(&out).map_err(|e| {
+            format!("the query's result could not be encoded: {e}")
+        })?))
     }
 
     /// Encodes the whole replicated state (user state and sessions).
     pub fn snapshot(&self) -> Result<Vec<u8>, String> {
         let form = SnapshotForm {
-            schema: T::SCHEMA_FINGERPRINT,
-            state_fingerprint: T::STATE_FINGERPRINT,
+            schema: Schema::of::<T>().map_err(|e| e.to_string())?.stored(),
             sessions: self.sessions.clone(),
             now_ms: self.now_ms,
+            halted: self.halted.clone(),
             state: self.state.snapshot_state()?,
         };
         postcard::to_stdvec(&form).map_err(|e| e.to_string())
     }
 
     /// Restores a state written by [`Sessions::snapshot`], refusing one of
-    /// another schema.
+    /// another stored fingerprint.
     pub fn restore(bytes: &[u8], timeout_ms: u64) -> Result<Sessions<T>, String> {
-        let form: SnapshotForm = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-        if form.schema != T::SCHEMA_FINGERPRINT || form.state_fingerprint != T::STATE_FINGERPRINT {
+        let form: SnapshotForm = decode_exact(bytes)?;
+        let ours = Schema::of::<T>().map_err(|e| e.to_string())?.stored();
+        if form.schema != ours {
             return Err(format!(
-                "snapshot was written by another version of the replicated type (schema \
-                 {:016x}, state {:016x}; this build has {:016x}, {:016x})",
-                form.schema,
-                form.state_fingerprint,
-                T::SCHEMA_FINGERPRINT,
-                T::STATE_FINGERPRINT
+                "snapshot was written by another version of the replicated type (stored \
+                 fingerprint {:016x}; this build has {ours:016x})",
+                form.schema
             ));
         }
         Ok(Sessions {
@@ -401,20 +528,45 @@ impl<T: Replicated> Sessions<T> {
             timeout_ms,
             max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: form.now_ms,
+            policy: PanicPolicy::Continue,
+            halted: form.halted,
             #[cfg(feature = "planted-bugs")]
             planted_recreate: false,
         })
     }
 }
 
+/// What a halted service answers.
+fn halted_text(h: &Halt) -> String {
+    format!(
+        "the service halted at log index {} because that command failed ({}): nothing is \
+         applied or read until an operator resumes it at that index (`ha-kv resume --index {}`)",
+        h.index, h.reason, h.index
+    )
+}
+
+/// Decodes one postcard value that must fill `bytes` exactly: postcard
+/// itself ignores bytes after a value, so a type that lost a field would
+/// decode a longer old value "successfully".
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (v, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} bytes follow the value: it was written by another shape",
+            rest.len()
+        ));
+    }
+    Ok(v)
+}
+
 impl<T: Replicated> Applier for Sessions<T> {
-    fn schema(&self) -> u64 {
-        T::SCHEMA_FINGERPRINT
+    fn is_replicated_type(&self) -> bool {
+        true
     }
     fn apply(&mut self, index: LogIndex, term: Term, command: &Bytes) -> Bytes {
-        let outcome = match postcard::from_bytes::<LogCommand>(command) {
+        let outcome = match decode_exact::<LogCommand>(command) {
             Ok(cmd) => self.apply_log_command(index, term, cmd),
-            Err(e) => CommandOutcome::Undecodable(e.to_string()),
+            Err(e) => CommandOutcome::Undecodable(e),
         };
         Bytes::from(postcard::to_stdvec(&outcome).expect("outcomes encode"))
     }
@@ -428,8 +580,14 @@ impl<T: Replicated> Applier for Sessions<T> {
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        let max = self.max_sessions;
-        *self = Sessions::restore(state, self.timeout_ms)?.with_max_sessions(max);
+        let (max, policy) = (self.max_sessions, self.policy);
+        *self = Sessions::restore(state, self.timeout_ms)?
+            .with_max_sessions(max)
+            .with_panic_policy(policy);
         Ok(())
+    }
+
+    fn halted(&self) -> Option<String> {
+        self.halted.as_ref().map(halted_text)
     }
 }

@@ -3,7 +3,10 @@
 
 use bytes::Bytes;
 use ha_core::protocol::{CommandOutcome, LogCommand, LogOp, SessionCommand};
-use ha_core::sm::{ApplyContext, Sessions, StateMachine};
+use ha_core::schema::Schema;
+use std::collections::BTreeMap;
+
+use ha_core::sm::{ApplyContext, PanicPolicy, Sessions};
 use ha_core::types::{LogIndex, Term};
 use ha_core::{Replicated, replicated};
 use serde::{Deserialize, Serialize};
@@ -206,7 +209,10 @@ fn snapshots_carry_sessions_and_refuse_another_schema() {
         .err()
         .expect("refused");
     assert!(err.contains("another version"), "{err}");
-    assert_ne!(Counter::SCHEMA_FINGERPRINT, Other::SCHEMA_FINGERPRINT);
+    assert_ne!(
+        Schema::of::<Counter>().unwrap().stored(),
+        Schema::of::<Other>().unwrap().stored()
+    );
 }
 
 #[test]
@@ -416,4 +422,190 @@ async fn a_cancelled_command_does_not_pin_the_session() {
         3,
         "numbers 1 and 2 are closed: the cancelled one does not hold the window"
     );
+}
+
+/// A type whose commands fail in both ways: a panic, and an output postcard
+/// cannot encode (`#[serde(flatten)]` needs a map of unknown length).
+#[derive(Default, Serialize, Deserialize, Replicated)]
+pub struct Brittle {
+    log: Vec<i64>,
+}
+
+/// An output that compiles but cannot be encoded.
+#[derive(Serialize, Deserialize)]
+pub struct Flattened {
+    n: i64,
+    #[serde(flatten)]
+    extra: BTreeMap<String, i64>,
+}
+
+#[replicated]
+impl Brittle {
+    /// Appends; panics on a negative number, after appending it.
+    pub fn push(&mut self, n: i64) -> usize {
+        self.log.push(n);
+        assert!(n >= 0, "negative {n}");
+        self.log.len()
+    }
+    /// Appends; its result cannot be encoded.
+    pub fn flat(&mut self, n: i64) -> Flattened {
+        self.log.push(n);
+        Flattened {
+            n,
+            extra: BTreeMap::new(),
+        }
+    }
+    /// Panics when out of range.
+    pub fn at(&self, i: u64) -> i64 {
+        self.log[i as usize]
+    }
+}
+
+fn brittle_cmd(client: u64, seq: u64, c: BrittleCommand) -> LogCommand {
+    LogCommand {
+        time_ms: 10,
+        op: LogOp::Command(SessionCommand {
+            client,
+            secret: SECRET,
+            seq,
+            ack_below: 1,
+            body: Bytes::from(postcard::to_stdvec(&c).unwrap()),
+        }),
+    }
+}
+
+/// Two replicas apply the same log, one failing command among them: both
+/// answer the failure alike, keep it for a retry, and end in the same state.
+#[test]
+fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
+    let run = |policy: PanicPolicy| {
+        let mut s = Sessions::<Brittle>::new(60_000).with_panic_policy(policy);
+        let CommandOutcome::Registered { session } =
+            s.apply_log_command(LogIndex(1), Term(1), register(10))
+        else {
+            panic!("registered")
+        };
+        let outcomes: Vec<CommandOutcome> = [
+            BrittleCommand::Push { n: 1 },
+            BrittleCommand::Push { n: -5 },
+            BrittleCommand::Flat { n: 7 },
+            BrittleCommand::Push { n: 2 },
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            s.apply_log_command(
+                LogIndex(2 + i as u64),
+                Term(1),
+                brittle_cmd(session, 1 + i as u64, c),
+            )
+        })
+        .collect();
+        // A retry of the panicked command gets the same answer, and does
+        // not run it again.
+        let retry = s.apply_log_command(
+            LogIndex(9),
+            Term(1),
+            brittle_cmd(session, 2, BrittleCommand::Push { n: -5 }),
+        );
+        (outcomes, retry, s)
+    };
+    let (a, retry, s) = run(PanicPolicy::Continue);
+    let (b, _, _) = run(PanicPolicy::Continue);
+    assert_eq!(a, b);
+    assert!(matches!(&a[0], CommandOutcome::Applied(_)));
+    assert!(
+        matches!(&a[1], CommandOutcome::Failed(w) if w.contains("negative -5")),
+        "{a:?}"
+    );
+    assert!(
+        matches!(&a[2], CommandOutcome::Failed(w) if w.contains("could not be encoded")),
+        "{a:?}"
+    );
+    assert!(matches!(&a[3], CommandOutcome::Applied(_)));
+    assert_eq!(retry, a[1]);
+    assert_eq!(
+        s.state().log,
+        vec![1, -5, 7, 2],
+        "what ran before a failure stays"
+    );
+    // A panicking query is an error, not the end of the node.
+    let q = postcard::to_stdvec(&BrittleQuery::At { i: 99 }).unwrap();
+    let err = s.query_bytes(&q).unwrap_err();
+    assert!(err.contains("the query panicked"), "{err}");
+    // The output type's problem is also named before any node starts.
+    let traced = Schema::of::<Brittle>().unwrap_err().to_string();
+    assert!(traced.contains("flatten"), "{traced}");
+
+    // Halt: the failure stops everything after it, the same everywhere.
+    let (h, retry, s) = run(PanicPolicy::Halt);
+    assert!(matches!(&h[1], CommandOutcome::Failed(_)));
+    for o in &h[2..] {
+        assert!(
+            matches!(o, CommandOutcome::Halted { index: 3, .. }),
+            "{h:?}"
+        );
+    }
+    assert_eq!(retry, h[1]);
+    assert_eq!(s.state().log, vec![1, -5]);
+    assert_eq!(s.halted().map(|(i, _)| i), Some(LogIndex(3)));
+    assert!(s.query_bytes(&q).unwrap_err().contains("halted"));
+
+    // Resumed at its index: a late duplicate of a refused command stays
+    // refused (its client was told "not applied"); new commands run.
+    let mut s = s;
+    let resume = |at: u64| LogCommand {
+        time_ms: 10,
+        op: LogOp::Resume { index: at },
+    };
+    assert!(matches!(
+        s.apply_log_command(LogIndex(10), Term(1), resume(4)),
+        CommandOutcome::Resume(Err(_))
+    ));
+    assert_eq!(
+        s.apply_log_command(LogIndex(11), Term(1), resume(3)),
+        CommandOutcome::Resume(Ok(3))
+    );
+    assert!(s.halted().is_none());
+    let dup = s.apply_log_command(
+        LogIndex(12),
+        Term(1),
+        brittle_cmd(1, 4, BrittleCommand::Push { n: 2 }),
+    );
+    assert!(
+        matches!(dup, CommandOutcome::Halted { index: 3, .. }),
+        "{dup:?}"
+    );
+    let fresh = s.apply_log_command(
+        LogIndex(13),
+        Term(1),
+        brittle_cmd(1, 5, BrittleCommand::Push { n: 3 }),
+    );
+    assert!(matches!(fresh, CommandOutcome::Applied(_)), "{fresh:?}");
+    assert_eq!(s.state().log, vec![1, -5, 3]);
+}
+
+#[test]
+fn resume_is_refused_when_the_service_is_not_halted() {
+    let mut s = Sessions::<Counter>::new(60_000).with_panic_policy(PanicPolicy::Halt);
+    let c = open_session(&mut s, 1, 10);
+    // Counter never panics: halt through a resume that has nothing to do.
+    let resume = |s: &mut Sessions<Counter>, at: u64, index: u64| {
+        s.apply_log_command(
+            LogIndex(index),
+            Term(1),
+            LogCommand {
+                time_ms: 10,
+                op: LogOp::Resume { index: at },
+            },
+        )
+    };
+    assert!(
+        matches!(resume(&mut s, 2, 2), CommandOutcome::Resume(Err(w)) if w.contains("not halted"))
+    );
+    assert_eq!(
+        applied(s.apply_log_command(LogIndex(3), Term(1), cmd(c, 1, 1, 10, 5))),
+        5
+    );
+    assert!(s.halted().is_none());
 }

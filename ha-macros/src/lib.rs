@@ -1,7 +1,7 @@
 //! Procedural macros for ha: a plain struct becomes a replicated service.
 //!
 //! - `#[derive(Replicated)]` on the struct owns the *state*: snapshot and
-//!   restore through serde and postcard, and a fingerprint of the state
+//!   restore through serde and postcard, and the wire shape of the state
 //!   type (`ReplicatedState`).
 //! - `#[replicated]` on the struct's inherent `impl` block owns the
 //!   *behaviour*: `pub fn m(&mut self, ..)` methods become commands

@@ -98,12 +98,12 @@ impl QuicNode {
         storage: NodeStorage<V>,
         applier: impl Applier,
     ) -> Result<QuicNode, StartError> {
-        if applier.schema() != 0 {
-            return Err(StartError::Config(format!(
-                "an applier of a replicated type (schema {:016x}) starts with \
-                 QuicNode::start_replicated, which checks the data directory's schema",
-                applier.schema()
-            )));
+        if applier.is_replicated_type() {
+            return Err(StartError::Config(
+                "an applier of a replicated type starts with QuicNode::start_replicated, which \
+                 checks the data directory's schema"
+                    .into(),
+            ));
         }
         QuicNode::start_checked(opts, quic, socket, init, storage, applier)
     }
@@ -201,10 +201,14 @@ impl QuicNode {
         }
         let snapshots =
             SnapshotStore::open(StdFs, &dir.snapshot_dir()).map_err(|e| node_err(&e))?;
-        let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS);
+        let mut applier =
+            Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS).with_panic_policy(opts.panic_policy);
         let init = recover(&mut wal, state, &snapshots, &mut applier, peers > 0)
             .map_err(|e| node_err(&e))?;
-        quic.schema = T::SCHEMA_FINGERPRINT;
+        let schema =
+            ha_core::schema::Schema::of::<T>().map_err(|e| StartError::Config(e.to_string()))?;
+        quic.schema = schema.stored();
+        quic.query_schema = schema.query();
         let mut node = QuicNode::start_checked(
             opts,
             quic,

@@ -456,8 +456,13 @@ pub struct QuicConfig {
     pub replication_queue: usize,
     /// The schema fingerprint of the replicated type (0: raw bytes). Peers
     /// and clients with another fingerprint are refused, and so are raw
-    /// `ClientRequest::Propose` requests when it is not 0.
+    /// `ClientRequest::Propose` requests when it is not 0. This is the
+    /// stored fingerprint (`ha_core::schema::Schema::stored`): commands,
+    /// their outputs and the state.
     pub schema: u64,
+    /// The query fingerprint (`ha_core::schema::Schema::query`), checked
+    /// against clients' queries only (0 with raw bytes).
+    pub query_schema: u64,
     /// Resource limits against hostile or buggy peers and clients.
     pub limits: QuicLimits,
 }
@@ -479,6 +484,7 @@ impl QuicConfig {
             control_queue: 4096,
             replication_queue: 1024,
             schema: 0,
+            query_schema: 0,
             limits: QuicLimits::default(),
         }
     }
@@ -595,6 +601,7 @@ struct Shared {
     id: NodeId,
     cluster_id: String,
     schema: u64,
+    query_schema: u64,
     peers: BTreeMap<NodeId, SocketAddr>,
     stats: TransportStats,
     options: QuicOptions,
@@ -785,6 +792,7 @@ impl QuicEndpoint {
             id: config.id,
             cluster_id: config.identity.cluster_id(),
             schema: config.schema,
+            query_schema: config.query_schema,
             peers: config.peers.clone(),
             stats: TransportStats::default(),
             options: config.options.clone(),
@@ -1895,8 +1903,10 @@ fn not_leader(shared: &Shared, leader: Option<NodeId>) -> ClientResponse {
 async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> ClientResponse {
     let failed = |e: NodeError| match e {
         // Retrying cannot help: answered as refused, not as a failure the
-        // client would retry until its deadline.
-        NodeError::TooLarge { .. } => ClientResponse::Refused {
+        // client would retry until its deadline. A query's own error (it
+        // panicked, it cannot be decoded, the service is halted) is the
+        // same on every node.
+        NodeError::TooLarge { .. } | NodeError::Query(_) => ClientResponse::Refused {
             message: e.to_string(),
         },
         _ => ClientResponse::Failed {
@@ -1913,16 +1923,23 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
     };
     match req {
         ClientRequest::Command { schema, .. }
-        | ClientRequest::Query { schema, .. }
         | ClientRequest::Register { schema, .. }
+        | ClientRequest::Resume { schema, .. }
             if schema != shared.schema =>
         {
             refused(format!(
-                "the client was built for schema {schema:016x} but the cluster runs {:016x}: \
-                 rebuild the client with the same version of the replicated type",
+                "the client was built for stored schema {schema:016x} but the cluster runs \
+                 {:016x}: its commands would be misread; rebuild the client with the same \
+                 version of the replicated type",
                 shared.schema
             ))
         }
+        ClientRequest::Query { schema, .. } if schema != shared.query_schema => refused(format!(
+            "the client was built for query schema {schema:016x} but the cluster runs \
+                 {:016x}: its queries would be misread; rebuild the client with the same \
+                 version of the replicated type",
+            shared.query_schema
+        )),
         // Raw bytes in the log would bypass sessions and could carry a
         // forged leader timestamp: only raw (schema 0) nodes take them.
         ClientRequest::Propose(_) if shared.schema != 0 => refused(format!(
@@ -1930,10 +1947,16 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
              send commands through a client of that type",
             shared.schema
         )),
-        ClientRequest::Command { .. } | ClientRequest::Register { .. } => {
+        ClientRequest::Resume { .. } if shared.schema == 0 => {
+            refused("a raw node has no service to resume".into())
+        }
+        ClientRequest::Command { .. }
+        | ClientRequest::Register { .. }
+        | ClientRequest::Resume { .. } => {
             let op = match req {
                 ClientRequest::Command { command, .. } => LogOp::Command(command),
                 ClientRequest::Register { secret, .. } => LogOp::Register { secret },
+                ClientRequest::Resume { index, .. } => LogOp::Resume { index },
                 // Not reached (the arm matched one of the two); refusing
                 // keeps the node free of panics on client input.
                 _ => return refused("unexpected request".into()),
@@ -2005,6 +2028,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
                 voters: m.voters.iter().map(|v| v.0).collect(),
                 learners: m.learners.iter().map(|v| v.0).collect(),
                 repairing: s.repair_found.clone(),
+                halted: s.halted.clone(),
                 availability: ha_core::protocol::AvailabilityView {
                     leaderless_ms: a.leaderless_ms,
                     failovers: a.failovers,

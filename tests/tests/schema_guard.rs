@@ -223,3 +223,43 @@ async fn a_directory_of_another_node_and_a_typed_raw_start_are_refused() {
     .expect("a typed applier through the raw start");
     assert!(err.to_string().contains("start_replicated"), "{err}");
 }
+
+/// The ledger of `ha-core/tests/schema.rs`, in another crate and spelled
+/// otherwise (a `u32` wrapper struct for nothing, other argument and type
+/// names, paths): its stored fingerprint is the value pinned there. The
+/// fingerprint is a function of what is stored, not of the source text or
+/// the crate it is written in.
+mod ledger_elsewhere {
+    use ha_core::{Replicated, replicated};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Default, Serialize, Deserialize)]
+    pub struct Line {
+        pub item: ::std::string::String,
+        pub qty: core::primitive::i32,
+    }
+
+    #[derive(Default, Serialize, Deserialize, Replicated)]
+    pub struct Book {
+        pub entries: Vec<Line>,
+    }
+
+    #[replicated]
+    impl Book {
+        /// Appends a line; returns how many there are.
+        pub fn record(&mut self, new_line: Line) -> usize {
+            self.entries.push(new_line);
+            self.entries.len()
+        }
+        /// A query: never in the stored fingerprint.
+        pub fn lines(&self) -> u64 {
+            self.entries.len() as u64
+        }
+    }
+}
+
+#[test]
+fn the_stored_fingerprint_is_the_same_from_another_crate() {
+    let s = ha_core::schema::Schema::of::<ledger_elsewhere::Book>().unwrap();
+    assert_eq!(s.stored(), 0x897c_de4a_5cfa_1bd4, "{}", s.stored_shape());
+}

@@ -100,6 +100,16 @@ enum Command {
     },
     /// Closed-loop load; a JSON summary as the last line.
     Bench(crate::client_cmds::BenchArgs),
+    /// Resume a cluster halted after a failed command (`serve --on-panic
+    /// halt`; `status` shows where): the state stays as that command left
+    /// it, and commands and queries are served again.
+    Resume {
+        /// The log index the cluster halted at.
+        #[arg(long)]
+        index: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Membership changes (not yet supported).
     Member {
         /// add ID HOST:PORT | remove ID | list
@@ -174,6 +184,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Status { client } => crate::client_cmds::status(&client).await,
         Command::Repl { client } => crate::client_cmds::repl(&client).await,
         Command::Bench(args) => crate::client_cmds::bench(args).await,
+        Command::Resume { index, client } => crate::client_cmds::resume(&client, index).await,
         Command::Member { .. } => not_yet("member"),
         Command::TransferLeader { .. } => not_yet("transfer-leader"),
     }

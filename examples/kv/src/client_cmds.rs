@@ -40,6 +40,7 @@ impl Outcome {
             Outcome::Failed(e) => {
                 let code = match e {
                     ha_core::Error::Query(_) => "unavailable",
+                    ha_core::Error::Failed(_) => "failed",
                     _ => "not_applied",
                 };
                 (
@@ -136,6 +137,13 @@ pub async fn put(c: &ClientArgs, key: String, value: String) -> i32 {
 pub async fn del(c: &ClientArgs, key: String) -> i32 {
     emit(do_del(&client(c), key).await)
 }
+/// `ha-kv resume`.
+pub async fn resume(c: &ClientArgs, index: u64) -> i32 {
+    emit(match client(c).inner().resume(index).await {
+        Ok(at) => Outcome::Done(json!({"ok": true, "resumed_at": at})),
+        Err(e) => Outcome::Failed(e),
+    })
+}
 /// `ha-kv cas`.
 pub async fn cas(c: &ClientArgs, key: String, expected: Option<String>, new: String) -> i32 {
     emit(do_cas(&client(c), key, expected, new).await)
@@ -159,6 +167,9 @@ struct StatusLine<'a> {
     /// Present while the node repairs damaged storage from its peers.
     #[serde(skip_serializing_if = "Option::is_none")]
     repairing: Option<&'a str>,
+    /// Present while the service is halted after a failed command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    halted: Option<&'a str>,
 }
 
 /// The JSON line `ha-kv status` prints for a node's status.
@@ -181,6 +192,7 @@ fn status_line(s: &StatusView) -> String {
         learners: &s.learners,
         availability: &s.availability,
         repairing: s.repairing.as_deref(),
+        halted: s.halted.as_deref(),
     };
     serde_json::to_string(&line).expect("a status line encodes")
 }
@@ -359,6 +371,7 @@ mod tests {
             learners: vec![],
             availability: AvailabilityView::default(),
             repairing: None,
+            halted: None,
         };
         let line = status_line(&s);
         let v: Value = serde_json::from_str(&line).unwrap();

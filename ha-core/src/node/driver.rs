@@ -56,11 +56,16 @@ pub trait Applier: Send + 'static {
     fn snapshot(&self) -> Result<Vec<u8>, String>;
     /// Replaces the state with one decoded from a snapshot.
     fn restore(&mut self, state: &[u8]) -> Result<(), String>;
-    /// The schema fingerprint of the replicated type this applier runs (0:
-    /// raw bytes, the default). A node of a replicated type is started
-    /// through a path that checks its data directory against it.
-    fn schema(&self) -> u64 {
-        0
+    /// Whether this applier runs a replicated type (false: raw bytes, the
+    /// default). A node of a replicated type is started through a path that
+    /// checks its data directory against the type's schema.
+    fn is_replicated_type(&self) -> bool {
+        false
+    }
+    /// While the service is halted (a command failed under
+    /// [`crate::sm::PanicPolicy::Halt`]): where and why, for the status.
+    fn halted(&self) -> Option<String> {
+        None
     }
 }
 
@@ -132,6 +137,10 @@ pub struct NodeOptions {
     /// [`MAX_COMMAND_BYTES`](crate::storage::wal::MAX_COMMAND_BYTES), what a
     /// log record holds). A transport lowers it to what it can replicate.
     pub max_command_bytes: usize,
+    /// What a node of a replicated type does when a command panics (see
+    /// [`PanicPolicy`](crate::sm::PanicPolicy)). Every node of a cluster
+    /// must use the same.
+    pub panic_policy: crate::sm::PanicPolicy,
 }
 
 /// The slowest rate a snapshot transfer is allowed before the node's
@@ -156,6 +165,7 @@ impl NodeOptions {
             storage_quota_bytes: Some(DEFAULT_STORAGE_QUOTA_BYTES),
             snapshot_transfer_timeout: Duration::from_secs(3600),
             max_command_bytes: crate::storage::wal::MAX_COMMAND_BYTES,
+            panic_policy: crate::sm::PanicPolicy::Continue,
         }
     }
 }
@@ -253,6 +263,9 @@ pub struct NodeStatus {
     /// (the text of the log's repairing mark, or a general phrase if the
     /// storage keeps none).
     pub repair_found: Option<String>,
+    /// While the service is halted (a command failed under
+    /// [`crate::sm::PanicPolicy::Halt`]): where and why.
+    pub halted: Option<String>,
     /// Why the node stopped, if it did.
     pub stopped: Option<String>,
 }
@@ -487,7 +500,7 @@ pub fn start_node<V: Vfs>(
         NodeStorage::Durable { wal, .. } => wal.repairing().map(str::to_string),
         NodeStorage::Memory(_) => None,
     };
-    let status = status_of(&raft, None, storage_repairing.as_deref());
+    let status = status_of(&raft, None, storage_repairing.as_deref(), applier.halted());
     let (status_tx, status_rx) = watch::channel(status);
     let metrics = Arc::new(SharedMetrics {
         commit_latency: Histogram::default(),
@@ -551,7 +564,33 @@ pub fn start_node<V: Vfs>(
         dropping_repair_mark: false,
         mark_in_ready: false,
     };
-    tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
+    // The node task should never panic; if it does (a bug), its handles
+    // must not go on reporting the last status it published (a dead
+    // leader still "leading"): the watcher publishes that it stopped, and
+    // why. Callers waiting on it then learn `Stopped` with that reason.
+    let watch_tx = task.status_tx.clone();
+    let run = tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
+    tokio::spawn(async move {
+        if let Err(e) = run.await {
+            let why = if e.is_panic() {
+                let p = e.into_panic();
+                let text = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic whose payload is not text".into());
+                format!("the node task panicked: {text}")
+            } else {
+                "the node task was cancelled".to_string()
+            };
+            tracing::error!("node stopped: {why}");
+            watch_tx.send_modify(|s| {
+                s.role = RoleKind::Follower;
+                s.leader = None;
+                s.stopped = Some(why);
+            });
+        }
+    });
     Ok(NodeHandle {
         id,
         metrics,
@@ -586,7 +625,12 @@ fn view_of(raft: &Raft) -> MetricsView {
     }
 }
 
-fn status_of(raft: &Raft, stopped: Option<String>, found: Option<&str>) -> NodeStatus {
+fn status_of(
+    raft: &Raft,
+    stopped: Option<String>,
+    found: Option<&str>,
+    halted: Option<String>,
+) -> NodeStatus {
     NodeStatus {
         id: raft.id(),
         role: raft.role(),
@@ -600,6 +644,7 @@ fn status_of(raft: &Raft, stopped: Option<String>, found: Option<&str>) -> NodeS
         repair_found: raft
             .is_repairing()
             .then(|| found.unwrap_or("damaged storage").to_string()),
+        halted,
         stopped,
     }
 }
@@ -969,7 +1014,12 @@ impl<V: Vfs> NodeTask<V> {
             self.last_leader = leader;
             self.refresh_view();
         }
-        let s = status_of(&self.raft, stopped, self.repair_found.as_deref());
+        let s = status_of(
+            &self.raft,
+            stopped,
+            self.repair_found.as_deref(),
+            self.applier.halted(),
+        );
         self.status_tx.send_if_modified(|cur| {
             if *cur != s {
                 *cur = s;

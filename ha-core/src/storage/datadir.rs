@@ -121,6 +121,10 @@ pub enum DataDirError {
         /// The schema it holds.
         found: u64,
     },
+    /// The replicated type's wire shape cannot be traced, so no fingerprint
+    /// can be checked (see [`crate::schema`]).
+    #[error(transparent)]
+    Untraceable(#[from] crate::schema::SchemaError),
     /// The identity file is damaged or missing while data exists.
     #[error("data directory {dir}: {reason}")]
     BadMeta {
@@ -367,7 +371,8 @@ impl DataDir {
         cluster_id: &str,
         node: NodeId,
     ) -> Result<DataDir, DataDirError> {
-        DataDir::open_with_schema(vfs, root, cluster_id, node, T::SCHEMA_FINGERPRINT)
+        let schema = crate::schema::Schema::of::<T>()?.stored();
+        DataDir::open_with_schema(vfs, root, cluster_id, node, schema)
     }
 
     /// Like [`DataDir::open`], for data of a replicated type whose schema
@@ -503,7 +508,7 @@ impl DataDir {
     /// with `T`'s schema fingerprint, so its log cannot be misread. A node of
     /// a replicated type calls this before it reads anything.
     pub fn check_schema<T: crate::sm::Replicated>(&self) -> Result<(), DataDirError> {
-        let expected = T::SCHEMA_FINGERPRINT;
+        let expected = crate::schema::Schema::of::<T>()?.stored();
         if self.schema == expected {
             Ok(())
         } else if self.schema == 0 {

@@ -1,0 +1,162 @@
+//! A panicking command or query never takes a cluster down.
+//!
+//! The story: on a 3-node QUIC cluster one command that panicked for one
+//! argument stopped all three nodes, and every restart replayed it and died
+//! again; a panicking query killed the node it reached, the client retried
+//! on the next, and the quorum was gone. Now a panic is caught: a command's
+//! panic is its outcome, the same on every replica (and on replay), and a
+//! query's is an error. Under `PanicPolicy::Halt` the service stops applying
+//! after the failing command until an operator resumes it.
+
+use std::time::{Duration, Instant};
+
+use ha_core::Error;
+use ha_core::sm::PanicPolicy;
+use ha_core::{Replicated, replicated};
+use ha_quic::{LocalCluster, LocalOptions};
+use serde::{Deserialize, Serialize};
+
+/// A list that refuses one number the hard way.
+#[derive(Default, Serialize, Deserialize, Replicated)]
+pub struct Fragile {
+    items: Vec<u32>,
+}
+
+#[replicated]
+impl Fragile {
+    /// Appends `x`; returns the length. Panics on 13, after appending it:
+    /// what a command changed before its panic stays.
+    pub fn push(&mut self, x: u32) -> usize {
+        self.items.push(x);
+        if x == 13 {
+            panic!("unlucky number {x}");
+        }
+        self.items.len()
+    }
+    /// The item at `i`: indexing panics when out of range.
+    pub fn at(&self, i: u32) -> u32 {
+        self.items[i as usize]
+    }
+    /// How many items.
+    pub fn count(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// Waits until every node applied the same index and none stopped.
+async fn settle(cluster: &LocalCluster<Fragile>) -> Vec<ha_core::node::NodeStatus> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all: Vec<_> = cluster
+            .node_ids()
+            .into_iter()
+            .filter_map(|id| cluster.status(id))
+            .collect();
+        for s in &all {
+            assert_eq!(s.stopped, None, "node {} stopped", s.id.0);
+        }
+        let same = all
+            .iter()
+            .all(|s| s.applied_index == all[0].applied_index && s.applied_index == s.commit_index);
+        if all.len() == 3 && same {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "nodes never settled: {all:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_command_is_answered_as_failed_and_the_cluster_keeps_serving() {
+    let mut cluster = LocalCluster::<Fragile>::start(3)
+        .await
+        .expect("cluster starts");
+    let c = cluster.client();
+    assert_eq!(c.push(1).await.unwrap(), 1);
+    match c.push(13).await {
+        Err(Error::Failed(why)) => assert!(why.contains("unlucky number 13"), "{why}"),
+        other => panic!("expected the command to fail with its panic, got {other:?}"),
+    }
+    // Every node is alive and applied the failed command alike.
+    settle(&cluster).await;
+    assert_eq!(
+        c.push(2).await.unwrap(),
+        3,
+        "13 stays: it was pushed before the panic"
+    );
+    assert_eq!(c.count().await.unwrap(), 3);
+
+    // A panicking query is an error naming the panic, on every node it
+    // might reach; no node dies of it.
+    match c.at(99).await {
+        Err(Error::Query(why)) => assert!(why.contains("the query panicked"), "{why}"),
+        other => panic!("expected a query error, got {other:?}"),
+    }
+    for id in cluster.node_ids() {
+        let stale = cluster.stale_client_of(id).expect("running");
+        assert!(stale.at(50).await.is_err());
+        assert_eq!(stale.at(0).await.unwrap(), 1);
+    }
+    settle(&cluster).await;
+
+    // Every node restarts and replays the failed command without dying.
+    for id in cluster.node_ids() {
+        cluster.kill(id).await;
+    }
+    for id in cluster.node_ids() {
+        cluster.restart(id).await.expect("restarts");
+    }
+    let c = cluster.client();
+    assert_eq!(c.push(3).await.unwrap(), 4);
+    assert_eq!(c.at(1).await.unwrap(), 13);
+    settle(&cluster).await;
+    cluster.shutdown().await;
+}
+
+/// The index a halted status names ("... at log index N ...").
+fn halted_index(text: &str) -> u64 {
+    let at = text.find("log index ").expect("the status names the index") + "log index ".len();
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_halt_policy_nothing_moves_until_an_operator_resumes() {
+    let opts = LocalOptions {
+        panic_policy: PanicPolicy::Halt,
+        ..LocalOptions::default()
+    };
+    let cluster = LocalCluster::<Fragile>::start_with(3, opts)
+        .await
+        .expect("cluster starts");
+    let c = cluster.client();
+    assert_eq!(c.push(1).await.unwrap(), 1);
+    assert!(matches!(c.push(13).await, Err(Error::Failed(_))));
+    // Halted: commands are not applied, queries refused, on every node.
+    match c.push(2).await {
+        Err(e @ Error::NotApplied(_)) => assert!(e.to_string().contains("halted"), "{e}"),
+        other => panic!("expected not applied while halted, got {other:?}"),
+    }
+    assert!(matches!(c.count().await, Err(Error::Query(why)) if why.contains("halted")));
+    let all = settle(&cluster).await;
+    let texts: Vec<String> = all
+        .iter()
+        .map(|s| s.halted.clone().expect("halted"))
+        .collect();
+    let index = halted_index(&texts[0]);
+    assert!(texts.iter().all(|t| halted_index(t) == index), "{texts:?}");
+
+    // Resuming at another index is refused; at the right one it works.
+    let wrong = c.inner().resume(index + 1).await;
+    assert!(matches!(wrong, Err(Error::NotApplied(_))), "{wrong:?}");
+    assert_eq!(c.inner().resume(index).await.unwrap(), index);
+    // 2 was never applied; 13 was, before its panic.
+    assert_eq!(c.count().await.unwrap(), 2);
+    assert_eq!(c.push(4).await.unwrap(), 3);
+    let all = settle(&cluster).await;
+    assert!(all.iter().all(|s| s.halted.is_none()));
+    cluster.shutdown().await;
+}
