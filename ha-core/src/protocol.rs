@@ -115,6 +115,10 @@ pub enum ClientRequest {
     /// untyped nodes only: a node of a replicated type refuses it, since raw
     /// bytes could forge a leader's timestamp or a session's entries).
     Propose(Bytes),
+    /// A linearizable read barrier.
+    Read,
+    /// The node's status.
+    Status,
     /// Resume a service halted at `index` (an operator's command; see
     /// [`crate::sm::PanicPolicy::Halt`]).
     Resume {
@@ -123,10 +127,6 @@ pub enum ClientRequest {
         /// The index the service halted at.
         index: u64,
     },
-    /// A linearizable read barrier.
-    Read,
-    /// The node's status.
-    Status,
 }
 
 /// A node's status, as clients see it.

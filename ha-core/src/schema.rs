@@ -7,6 +7,12 @@
 //! that shape ([`shape_of`]), and the two fingerprints of a replicated type
 //! ([`Schema`]).
 //!
+//! Contents are traced per place (an enclosing container and the steps from
+//! it), never per serde name: serde names every instance of a generic type
+//! alike. A type met again inside itself is traced once more, then referred
+//! back to (`^n`: the container `n` levels up); so a generic type nested
+//! three deep in itself is taken for recursion.
+//!
 //! The canonical text names, recursively through every nested type:
 //! each integer's width and signedness, floats, `bool`, `char`, strings,
 //! byte strings, options, sequences, maps, tuples and arrays, the field
@@ -181,10 +187,18 @@ fn trace<T: DeserializeOwned>(positional: bool) -> Result<String, SchemaError> {
             c.progress = false;
             c.last = Format::Unknown;
         }
-        let result = T::deserialize(Tracer {
-            ctx: &ctx,
-            pos: Pos::default(),
-        });
+        // A user's Deserialize impl may panic on a traced value: an error,
+        // never the end of the node or client asking.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            T::deserialize(Tracer {
+                ctx: &ctx,
+                pos: Pos::default(),
+            })
+        }))
+        .map_err(|_| err("its Deserialize impl panicked on a traced value".into()))?;
+        if ctx.try_borrow_mut().is_err() {
+            return Err(err("tracing was interrupted".into()));
+        }
         let mut c = ctx.borrow_mut();
         let got = std::mem::replace(&mut c.last, Format::Unknown);
         let merged = merge(&root, &got).ok_or_else(|| {
@@ -243,29 +257,51 @@ enum Format {
     Map(Box<Format>, Box<Format>),
     /// Tuples and fixed-size arrays.
     Tuple(Vec<Format>),
-    /// A named container, whose content is kept once in [`Ctx::contents`].
+    /// A named container at one place, whose content is kept in
+    /// [`Ctx::contents`].
     Ref(Key),
+    /// A container of this type already twice among the enclosing ones:
+    /// taken for recursion, rendered as a back reference.
+    Back(TypeKey),
 }
 
-/// A container as serde names it. Two different types with the same name
-/// and the same field or variant names are taken for one; if their shapes
-/// differ, tracing says so.
+/// A container type as serde names it. serde gives every instance of a
+/// generic type one name (`Result<u64, E>` and `Result<String, E>` are both
+/// "Result"), so a name identifies no type: contents are kept per place
+/// ([`Key`]), and a name only tells recursion apart (a type found twice
+/// among its own enclosing containers; a generic type nested three deep in
+/// itself is taken for recursion too).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Key {
+enum TypeKey {
     Struct(&'static str, &'static [&'static str]),
     TupleStruct(&'static str, usize),
     Newtype(&'static str),
     Enum(&'static str, &'static [&'static str]),
 }
 
-impl Key {
+impl TypeKey {
     fn describe(&self) -> String {
         match self {
-            Key::Struct(n, _) | Key::TupleStruct(n, _) | Key::Newtype(n) => {
+            TypeKey::Struct(n, _) | TypeKey::TupleStruct(n, _) | TypeKey::Newtype(n) => {
                 format!("the struct `{n}`")
             }
-            Key::Enum(n, _) => format!("the enum `{n}`"),
+            TypeKey::Enum(n, _) => format!("the enum `{n}`"),
         }
+    }
+}
+
+/// A container at one place: its type and where it sits (the enclosing
+/// container's key and the steps from it), so two instances of one generic
+/// type in two places are traced apart.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    ty: TypeKey,
+    at: Box<Pos>,
+}
+
+impl Key {
+    fn describe(&self) -> String {
+        self.ty.describe()
     }
 }
 
@@ -339,8 +375,8 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn entered(&self, key: &Key) -> usize {
-        self.stack.iter().filter(|k| *k == key).count()
+    fn entered(&self, ty: &TypeKey) -> usize {
+        self.stack.iter().filter(|k| k.ty == *ty).count()
     }
 
     /// Records a container's content (or one enum variant's).
@@ -382,31 +418,42 @@ impl Ctx {
 
     /// Something in `f` not traced yet, described; `None` if complete.
     fn incomplete(&self, f: &Format) -> Option<String> {
-        let mut seen = BTreeSet::new();
-        self.incomplete_in(f, &mut seen)
+        self.incomplete_in(f, &mut BTreeSet::new(), &mut Vec::new())
     }
 
-    fn incomplete_in(&self, f: &Format, seen: &mut BTreeSet<Key>) -> Option<String> {
+    /// `types`: the container types enclosing `f`. A place of one of them
+    /// that was never traced, or a variant of it that recursed there, is
+    /// recursion: complete (rendered as a back reference).
+    fn incomplete_in(
+        &self,
+        f: &Format,
+        seen: &mut BTreeSet<Key>,
+        types: &mut Vec<TypeKey>,
+    ) -> Option<String> {
         match f {
             Format::Unknown => Some("a value inside the type".into()),
-            Format::Prim(_) => None,
-            Format::Option(x) | Format::Seq(x) => self.incomplete_in(x, seen),
+            Format::Prim(_) | Format::Back(_) => None,
+            Format::Option(x) | Format::Seq(x) => self.incomplete_in(x, seen, types),
             Format::Map(k, v) => self
-                .incomplete_in(k, seen)
-                .or_else(|| self.incomplete_in(v, seen)),
-            Format::Tuple(xs) => xs.iter().find_map(|x| self.incomplete_in(x, seen)),
+                .incomplete_in(k, seen, types)
+                .or_else(|| self.incomplete_in(v, seen, types)),
+            Format::Tuple(xs) => xs.iter().find_map(|x| self.incomplete_in(x, seen, types)),
             Format::Ref(key) => {
                 if !seen.insert(key.clone()) {
                     return None;
                 }
-                match self.contents.get(key) {
+                let recursion = types.contains(&key.ty);
+                types.push(key.ty.clone());
+                let found = match self.contents.get(key) {
+                    None if recursion => None,
                     None => Some(key.describe()),
                     Some(Content::Fields(xs)) => {
-                        xs.iter().find_map(|x| self.incomplete_in(x, seen))
+                        xs.iter().find_map(|x| self.incomplete_in(x, seen, types))
                     }
-                    Some(Content::Newtype(x)) => self.incomplete_in(x, seen),
+                    Some(Content::Newtype(x)) => self.incomplete_in(x, seen, types),
                     Some(Content::Variants(vs)) => {
                         vs.iter().enumerate().find_map(|(i, v)| match v {
+                            None if recursion && self.recursed(key, i) => None,
                             None => Some(format!(
                                 "variant {} of {}",
                                 variant_name(key, i),
@@ -414,18 +461,24 @@ impl Ctx {
                             )),
                             Some(v) => variant_formats(v)
                                 .iter()
-                                .find_map(|x| self.incomplete_in(x, seen)),
+                                .find_map(|x| self.incomplete_in(x, seen, types)),
                         })
                     }
-                }
+                };
+                types.pop();
+                found
             }
         }
     }
 
+    fn recursed(&self, key: &Key, variant: usize) -> bool {
+        self.recursive.contains(&(key.clone(), variant as u32))
+    }
+
     /// The variant an enum answers with this time (see the module docs).
     fn choose(&self, key: &Key, count: usize) -> Result<u32, TraceError> {
-        let Key::Enum(_, names) = key else {
-            unreachable!("only enums choose")
+        let TypeKey::Enum(_, names) = key.ty else {
+            return Err(TraceError::Other("only enums choose a variant".into()));
         };
         let n = names.len() as u32;
         let known = match self.contents.get(key) {
@@ -450,8 +503,12 @@ impl Ctx {
                 return Ok(v);
             }
         }
+        // Re-entered (or all seen): a variant that does not recurse, one
+        // never seen here first.
+        let unseen = |v: u32| known.is_none_or(|k| k[v as usize].is_none());
         (0..n)
-            .find(|&v| !self.recursive.contains(&(key.clone(), v)))
+            .filter(|&v| !self.recursed(key, v as usize))
+            .min_by_key(|&v| (!unseen(v), v))
             .ok_or_else(|| {
                 TraceError::Other(format!(
                     "every variant of {} contains it again, so no value of it can be built",
@@ -460,7 +517,7 @@ impl Ctx {
             })
     }
 
-    fn render(&self, f: &Format, stack: &mut Vec<Key>, positional: bool, out: &mut String) {
+    fn render(&self, f: &Format, stack: &mut Vec<TypeKey>, positional: bool, out: &mut String) {
         match f {
             Format::Unknown => out.push('?'),
             Format::Prim(p) => out.push_str(p),
@@ -489,20 +546,30 @@ impl Ctx {
                 out.push('>');
             }
             Format::Tuple(xs) => self.render_tuple(xs, stack, out),
-            Format::Ref(key) => {
-                if let Some(at) = stack.iter().rposition(|k| k == key) {
-                    // A type inside itself: how many containers up.
-                    out.push_str(&format!("^{}", stack.len() - at));
-                    return;
+            Format::Back(ty) => {
+                // A type inside itself: how many containers up.
+                match stack.iter().rposition(|k| k == ty) {
+                    Some(at) => out.push_str(&format!("^{}", stack.len() - at)),
+                    None => out.push('?'),
                 }
-                stack.push(key.clone());
-                match (key, self.contents.get(key)) {
-                    (Key::Struct(_, names), Some(Content::Fields(xs))) => {
+            }
+            Format::Ref(key) if !self.contents.contains_key(key) => {
+                // Never traced at this place: recursion (see `incomplete`).
+                self.render(&Format::Back(key.ty.clone()), stack, positional, out)
+            }
+            Format::Ref(key) => {
+                let back = stack
+                    .iter()
+                    .rposition(|k| *k == key.ty)
+                    .map(|at| stack.len() - at);
+                stack.push(key.ty.clone());
+                match (&key.ty, self.contents.get(key)) {
+                    (TypeKey::Struct(_, names), Some(Content::Fields(xs))) => {
                         self.render_fields(names, xs, stack, out);
                     }
                     (_, Some(Content::Fields(xs))) => self.render_tuple(xs, stack, out),
                     (_, Some(Content::Newtype(x))) => self.render(x, stack, false, out),
-                    (Key::Enum(_, names), Some(Content::Variants(vs))) => {
+                    (TypeKey::Enum(_, names), Some(Content::Variants(vs))) => {
                         out.push_str("enum{");
                         for (i, v) in vs.iter().enumerate() {
                             if i > 0 {
@@ -510,7 +577,12 @@ impl Ctx {
                             }
                             out.push_str(names.get(i).copied().unwrap_or("?"));
                             match v {
-                                None => out.push('?'),
+                                // A variant that recursed where the type
+                                // re-entered itself: as in the enclosing one.
+                                None => match back {
+                                    Some(n) => out.push_str(&format!("^{n}")),
+                                    None => out.push('?'),
+                                },
                                 Some(Variant::Unit) => {}
                                 Some(Variant::Newtype(x)) => {
                                     self.render_list(std::slice::from_ref(x), stack, out)
@@ -533,7 +605,7 @@ impl Ctx {
         }
     }
 
-    fn render_parts(&self, xs: &[Format], stack: &mut Vec<Key>) -> Vec<String> {
+    fn render_parts(&self, xs: &[Format], stack: &mut Vec<TypeKey>) -> Vec<String> {
         xs.iter()
             .map(|x| {
                 let mut s = String::new();
@@ -545,7 +617,7 @@ impl Ctx {
 
     /// `(a,b)`, or `[a;n]` when all are alike (postcard writes tuples and
     /// arrays alike: each element in turn, no length).
-    fn render_tuple(&self, xs: &[Format], stack: &mut Vec<Key>, out: &mut String) {
+    fn render_tuple(&self, xs: &[Format], stack: &mut Vec<TypeKey>, out: &mut String) {
         let parts = self.render_parts(xs, stack);
         if parts.len() > 1 && parts.iter().all(|p| *p == parts[0]) {
             out.push_str(&format!("[{};{}]", parts[0], parts.len()));
@@ -557,13 +629,19 @@ impl Ctx {
     }
 
     /// A variant's fields by position: `(a,b)`.
-    fn render_list(&self, xs: &[Format], stack: &mut Vec<Key>, out: &mut String) {
+    fn render_list(&self, xs: &[Format], stack: &mut Vec<TypeKey>, out: &mut String) {
         out.push('(');
         out.push_str(&self.render_parts(xs, stack).join(","));
         out.push(')');
     }
 
-    fn render_fields(&self, names: &[&str], xs: &[Format], stack: &mut Vec<Key>, out: &mut String) {
+    fn render_fields(
+        &self,
+        names: &[&str],
+        xs: &[Format],
+        stack: &mut Vec<TypeKey>,
+        out: &mut String,
+    ) {
         out.push('{');
         for (i, x) in xs.iter().enumerate() {
             if i > 0 {
@@ -578,8 +656,8 @@ impl Ctx {
 }
 
 fn variant_name(key: &Key, i: usize) -> &'static str {
-    match key {
-        Key::Enum(_, names) => names.get(i).copied().unwrap_or("?"),
+    match key.ty {
+        TypeKey::Enum(_, names) => names.get(i).copied().unwrap_or("?"),
         _ => "?",
     }
 }
@@ -603,6 +681,7 @@ fn merge(a: &Format, b: &Format) -> Option<Format> {
         }
         (Format::Tuple(x), Format::Tuple(y)) => Format::Tuple(merge_all(x, y)?),
         (Format::Ref(x), Format::Ref(y)) if x == y => a.clone(),
+        (Format::Back(x), Format::Back(y)) if x == y => a.clone(),
         _ => return None,
     })
 }
@@ -717,12 +796,20 @@ impl<'a> Tracer<'a> {
         visit(candidates[i]).map_err(|e| self.refused(e, i, candidates.len()))
     }
 
-    /// Enters a container: `Err` if it is already twice on this path.
+    /// The key of a container of type `ty` at this place.
+    fn key(&self, ty: TypeKey) -> Key {
+        Key {
+            ty,
+            at: Box::new(self.pos.clone()),
+        }
+    }
+
+    /// Enters a container: `Err` if its type is already twice on this path.
     fn enter(&self, key: &Key) -> Result<usize, TraceError> {
         let mut c = self.ctx.borrow_mut();
-        let count = c.entered(key);
+        let count = c.entered(&key.ty);
         if count >= 2 {
-            c.last = Format::Ref(key.clone());
+            c.last = Format::Back(key.ty.clone());
             return Err(TraceError::Recursion { handled: false });
         }
         c.stack.push(key.clone());
@@ -848,7 +935,7 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let key = Key::Newtype(name);
+        let key = self.key(TypeKey::Newtype(name));
         self.enter(&key)?;
         let r = visitor.visit_newtype_struct(self.at(Pos::inside(&key)));
         let inner = self.take_last();
@@ -892,7 +979,8 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        self.fields(Key::TupleStruct(name, len), len, visitor)
+        let key = self.key(TypeKey::TupleStruct(name, len));
+        self.fields(key, len, visitor)
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
@@ -931,7 +1019,8 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        self.fields(Key::Struct(name, fields), fields.len(), visitor)
+        let key = self.key(TypeKey::Struct(name, fields));
+        self.fields(key, fields.len(), visitor)
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -940,7 +1029,7 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let key = Key::Enum(name, variants);
+        let key = self.key(TypeKey::Enum(name, variants));
         if variants.is_empty() {
             // No value exists; the shape does.
             let mut c = self.ctx.borrow_mut();
@@ -953,7 +1042,8 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
             return Err(TraceError::Recursion { handled: false });
         }
         let count = self.enter(&key)?;
-        let chosen = match self.ctx.borrow().choose(&key, count) {
+        let choice = self.ctx.borrow().choose(&key, count);
+        let chosen = match choice {
             Ok(v) => v,
             Err(e) => {
                 self.leave(&key);
@@ -984,8 +1074,9 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
                 // This variant leads back into a container already twice on
                 // the path: when re-entered, pick another.
                 let mut c = self.ctx.borrow_mut();
-                c.recursive.insert((key.clone(), chosen));
-                c.progress = true;
+                if c.recursive.insert((key.clone(), chosen)) {
+                    c.progress = true;
+                }
                 c.last = Format::Ref(key);
                 Err(TraceError::Recursion { handled: true })
             }

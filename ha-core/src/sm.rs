@@ -216,14 +216,25 @@ struct Halt {
 
 /// The text of a panic's payload (what `panic!` was given): the same on
 /// every replica for the same panic, unlike its location or backtrace.
+/// At most this many bytes of it are kept (in session results, snapshots
+/// and answers), cut on a character boundary: the same cut everywhere.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
+    const MAX: usize = 1024;
+    let text = if let Some(s) = payload.downcast_ref::<&str>() {
+        s
     } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
+        s.as_str()
     } else {
-        "a panic whose payload is not text".to_string()
+        "a panic whose payload is not text"
+    };
+    if text.len() <= MAX {
+        return text.to_string();
     }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,9 +448,18 @@ impl<T: Replicated> Sessions<T> {
             session.results.insert(c.seq, (digest, kept));
             return outcome;
         }
-        let command: T::Command = match decode_exact(&c.body) {
-            Ok(v) => v,
-            Err(e) => return CommandOutcome::Undecodable(e),
+        // The user's Deserialize impls run here too: a panic in one is an
+        // undecodable command, the same on every replica.
+        let body = &c.body;
+        let command: T::Command = match std::panic::catch_unwind(|| decode_exact(body)) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return CommandOutcome::Undecodable(e),
+            Err(p) => {
+                return CommandOutcome::Undecodable(format!(
+                    "decoding it panicked: {}",
+                    panic_message(&*p)
+                ));
+            }
         };
         let ctx = ApplyContext {
             index,

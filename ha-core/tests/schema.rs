@@ -319,21 +319,29 @@ enum Block {
     List(Vec<Block>),
 }
 
+/// A type met again inside itself is traced once more (that is how a
+/// generic type nested in itself, `Result<Result<..>>`, is told apart from
+/// recursion), then referred back to: `^n` is the container `n` levels up.
 #[test]
 fn recursive_types_trace_to_back_references() {
     assert_eq!(
         shape_of::<Tree>().unwrap(),
-        "{label:str,left:option<^1>,right:option<^1>}"
+        "{label:str,left:option<{label:str,left:option<^1>,right:option<^1>}>,\
+         right:option<{label:str,left:option<^1>,right:option<^1>}>}"
     );
-    assert_eq!(shape_of::<Rose>().unwrap(), "{kids:seq<^1>}");
-    assert_eq!(shape_of::<Folder>().unwrap(), "{children:map<str,^1>}");
+    assert_eq!(shape_of::<Rose>().unwrap(), "{kids:seq<{kids:seq<^1>}>}");
+    assert_eq!(
+        shape_of::<Folder>().unwrap(),
+        "{children:map<str,{children:map<str,^1>}>}"
+    );
     assert_eq!(
         shape_of::<Expr>().unwrap(),
-        "enum{Add(^1,^1),Neg(^1),Lit(i64)}"
+        "enum{Add(enum{Add^1,Neg^1,Lit(i64)},enum{Add^1,Neg^1,Lit(i64)}),\
+         Neg(enum{Add^1,Neg^1,Lit(i64)}),Lit(i64)}"
     );
     assert_eq!(
         shape_of::<Doc>().unwrap(),
-        "{body:enum{Quote(^2),Text(str),List(seq<^1>)}}"
+        "{body:enum{Quote({body:enum{Quote^2,Text(str),List(seq<^1>)}}),Text(str),List(seq<^1>)}}"
     );
 }
 
@@ -473,4 +481,112 @@ fn trailing_bytes_are_refused() {
         other => panic!("expected undecodable, got {other:?}"),
     }
     assert_eq!(s.state().entries.len(), 0);
+}
+
+/// One generic type in two places: serde names both "Result", yet each is
+/// traced in full (a shared trace once rendered the second as the first).
+#[derive(Serialize, Deserialize)]
+enum Outputs {
+    A(Result<u64, String>),
+    B(Result<String, String>),
+    C(Result<bool, String>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum OutputsChanged {
+    A(Result<u64, String>),
+    B(Result<u32, String>),
+    C(Result<bool, String>),
+}
+
+mod one {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub enum Mode {
+        On(u8),
+        Off,
+    }
+}
+
+mod two {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub enum Mode {
+        On(String),
+        Off,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TwoModes {
+    a: one::Mode,
+    b: two::Mode,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TwoModesSwapped {
+    a: two::Mode,
+    b: one::Mode,
+}
+
+#[test]
+fn one_generic_or_one_name_in_two_places_is_traced_in_each() {
+    let a = shape_of::<Outputs>().unwrap();
+    assert_eq!(
+        a,
+        "enum{A(enum{Ok(u64),Err(str)}),B(enum{Ok(str),Err(str)}),C(enum{Ok(bool),Err(str)})}"
+    );
+    assert_ne!(a, shape_of::<OutputsChanged>().unwrap());
+    assert_ne!(
+        shape_of::<TwoModes>().unwrap(),
+        shape_of::<TwoModesSwapped>().unwrap()
+    );
+    assert_eq!(
+        shape_of::<Result<Result<u8, String>, String>>().unwrap(),
+        "enum{Ok(enum{Ok(u8),Err(str)}),Err(str)}"
+    );
+}
+
+/// Recursion through a second type and an `Option` or a map.
+#[derive(Serialize, Deserialize)]
+struct List {
+    head: Option<Box<Cell>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cell {
+    v: u32,
+    rest: List,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Dir {
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    size: u64,
+    sub: Dir,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Loop {
+    Again(Box<Loop>),
+}
+
+#[test]
+fn mutual_recursion_through_options_and_maps_is_traced() {
+    let list = shape_of::<List>().unwrap();
+    assert!(
+        list.starts_with("{head:option<{v:u32,rest:{head:option<"),
+        "{list}"
+    );
+    assert!(list.contains('^'), "{list}");
+    let dir = shape_of::<Dir>().unwrap();
+    assert!(
+        dir.starts_with("{entries:map<str,{size:u64,sub:{entries:map<str,"),
+        "{dir}"
+    );
+    // Every variant recursing is a clean error, not a panic.
+    let text = shape_of::<Loop>().unwrap_err().to_string();
+    assert!(text.contains("no value of it can be built"), "{text}");
 }
