@@ -327,10 +327,37 @@ impl<T: Replicated> Client<T> {
         decode_exact(&bytes).map_err(|e| Error::Unknown(format!("undecodable answer: {e}")))
     }
 
+    /// Sets what failing commands do from now on, on every replica (an
+    /// operator's command; see [`crate::sm::PanicPolicy`]). Setting the
+    /// policy in force again changes nothing, so a retry is harmless.
+    pub async fn set_panic_policy(&self, policy: crate::sm::PanicPolicy) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let schema = stored_schema::<T>()?;
+        let req = || ClientRequest::SetPanicPolicy { schema, policy };
+        let set = self
+            .retry(deadline, true, req, |resp| match resp {
+                ClientResponse::Applied { answer, .. } => {
+                    match decode_exact::<CommandOutcome>(&answer) {
+                        Ok(CommandOutcome::PanicPolicy(p)) if p == policy => Reply::Done(()),
+                        other => Reply::Retry(format!("unexpected answer {other:?}")),
+                    }
+                }
+                other => Reply::Retry(format!("unexpected response {other:?}")),
+            })
+            .await;
+        match set {
+            Ok(()) => Ok(()),
+            Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
+            Err(RetryEnd::TimedOut(why)) => {
+                Err(Error::Unknown(format!("timed out; last error: {why}")))
+            }
+        }
+    }
+
     /// Resumes a service halted at log index `index` (an operator's
     /// command; see [`crate::sm::PanicPolicy::Halt`]). Returns the index
-    /// resumed at. Refused if the service is not halted there, also when a
-    /// retry of this call finds it resumed already.
+    /// resumed at (also for a retry of a resume that was applied). Refused
+    /// if the service is not halted there.
     pub async fn resume(&self, index: u64) -> Result<u64, Error> {
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
         let schema = stored_schema::<T>()?;
@@ -537,9 +564,11 @@ impl<T: Replicated> Client<T> {
                                  failed ({reason}); an operator resumes it"
                             ))))
                         }
-                        Ok(CommandOutcome::Resume(_)) => Attempt::Done(Err(Error::Unknown(
-                            "a resume answer to a command".into(),
-                        ))),
+                        Ok(CommandOutcome::Resume(_) | CommandOutcome::PanicPolicy(_)) => {
+                            Attempt::Done(Err(Error::Unknown(
+                                "an operator's answer to a command".into(),
+                            )))
+                        }
                         Err(e) => {
                             Attempt::Done(Err(Error::Unknown(format!("undecodable answer: {e}"))))
                         }

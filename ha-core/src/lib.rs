@@ -70,10 +70,15 @@
 //! The rules, each checked at compile time with an error that says what to
 //! write instead: methods are synchronous and not generic; arguments and
 //! return values are owned and serializable (`String`, not `&str`); a
-//! command may take `&ApplyContext`, a query may not. What no compiler can
-//! check is **determinism**: a command may depend only on the state, its
-//! arguments and its `ApplyContext` (no `HashMap` iteration order, no
-//! randomness, no local clock, no IO), or replicas drift apart.
+//! command may take `&ApplyContext`, a query may not. A command must be
+//! **deterministic**: it may depend only on the state, its arguments and its
+//! `ApplyContext`, or replicas drift apart. The macro refuses what it can
+//! see (clocks, randomness, the environment, IO, and iterating a `HashMap`
+//! or `HashSet` field), each with an opt-out,
+//! `#[replicated(allow(clock, random, env, io, hash_iteration))]`; debug
+//! builds also replay a sample of commands on a copy of the state
+//! ([`sm::Sessions::with_determinism_check`]). A command that panics is
+//! answered as failed on every replica alike ([`sm::PanicPolicy`]).
 //!
 //! ## 3. The client it generates
 //!
@@ -318,6 +323,58 @@ pub mod __private {
     pub use bytes;
     pub use postcard;
     pub use serde;
+
+    /// The probes `#[replicated]` generates where a command iterates a
+    /// field of `self`: they compile for every type but `HashMap` and
+    /// `HashSet`, whose iteration order differs between replicas
+    /// (autoref specialization: the `HashMap` impl is found first).
+    pub mod determinism {
+        use std::collections::{HashMap, HashSet};
+
+        /// A field under test.
+        pub struct Probe<'a, T: ?Sized>(pub &'a T);
+
+        /// What a probe of a `HashMap` or `HashSet` gives.
+        pub struct Unordered;
+        impl Unordered {
+            /// Named by the probe; deprecated, so that under the probe's
+            /// `deny(deprecated)` naming it is an error with this note.
+            #[deprecated(
+                note = "iterating a `HashMap` or `HashSet` inside a command visits its entries in \
+                        an order that differs between replicas, so the replicas drift apart: use \
+                        a `BTreeMap` or `BTreeSet`, or sort the entries first (lookups and \
+                        inserts are fine). If the order cannot matter, add \
+                        `#[replicated(allow(hash_iteration))]` to the method"
+            )]
+            pub fn __ha_iteration_order(self) {}
+        }
+
+        /// What a probe of any other type gives.
+        pub struct Ordered;
+        impl Ordered {
+            /// Named by the probe: fine.
+            pub fn __ha_iteration_order(self) {}
+        }
+
+        /// Found first, for the two unordered collections.
+        pub trait IsUnordered {
+            /// The probe.
+            fn __ha_check(&self) -> Unordered {
+                Unordered
+            }
+        }
+        impl<K, V, S> IsUnordered for Probe<'_, HashMap<K, V, S>> {}
+        impl<K, S> IsUnordered for Probe<'_, HashSet<K, S>> {}
+
+        /// Found one autoref later, for everything else.
+        pub trait IsOrdered {
+            /// The probe.
+            fn __ha_check(&self) -> Ordered {
+                Ordered
+            }
+        }
+        impl<T: ?Sized> IsOrdered for &Probe<'_, T> {}
+    }
 
     use serde::Serialize;
     use serde::de::DeserializeOwned;

@@ -82,6 +82,11 @@ pub enum LogOp {
         /// The index the service halted at.
         index: u64,
     },
+    /// An operator sets what failing commands do from this entry on.
+    SetPanicPolicy {
+        /// The policy.
+        policy: crate::sm::PanicPolicy,
+    },
 }
 
 /// What a client asks a node.
@@ -126,6 +131,14 @@ pub enum ClientRequest {
         schema: u64,
         /// The index the service halted at.
         index: u64,
+    },
+    /// Set what failing commands do (an operator's command; see
+    /// [`crate::sm::PanicPolicy`]).
+    SetPanicPolicy {
+        /// The stored fingerprint the client was built with.
+        schema: u64,
+        /// The policy.
+        policy: crate::sm::PanicPolicy,
     },
 }
 
@@ -264,4 +277,6 @@ pub enum CommandOutcome {
     },
     /// The answer to [`LogOp::Resume`]: the index resumed at, or why not.
     Resume(Result<u64, String>),
+    /// The answer to [`LogOp::SetPanicPolicy`]: the policy now in force.
+    PanicPolicy(crate::sm::PanicPolicy),
 }

@@ -56,7 +56,9 @@ use serde::de::{
     VariantAccess, Visitor,
 };
 
-use crate::sm::Replicated;
+use serde::Serialize;
+
+use crate::sm::{Replicated, decode_exact};
 
 /// Passes one trace may take before it gives up (invariant 2).
 pub const MAX_PASSES: usize = 100_000;
@@ -112,7 +114,8 @@ impl Schema {
         // Traced outside the lock: a trace runs user code (Deserialize
         // impls), which must not deadlock or poison the cache.
         let stored_shape = format!(
-            "{STORED_TAG} commands={} outputs={} state={}",
+            "{STORED_TAG} envelope={} commands={} outputs={} state={}",
+            crate::sm::envelope_shape()?,
             trace::<T::Command>(true)?,
             trace::<T::CommandOutput>(false)?,
             T::state_shape()?,
@@ -157,8 +160,38 @@ impl Schema {
 }
 
 /// The canonical shape text of `T` (see the module docs).
-pub fn shape_of<T: DeserializeOwned>() -> Result<String, SchemaError> {
+pub fn shape_of<T: Serialize + DeserializeOwned>() -> Result<String, SchemaError> {
     trace::<T>(false)
+}
+
+/// Encodes `v`, decodes the bytes exactly, and encodes the result again:
+/// the two encodings must be equal.
+fn round_trip<T: Serialize + DeserializeOwned>(v: &T) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let first = postcard::to_stdvec(v).map_err(|e| format!("encoding failed: {e}"))?;
+        let back: T = decode_exact(&first).map_err(|e| format!("decoding failed: {e}"))?;
+        let second = postcard::to_stdvec(&back).map_err(|e| format!("encoding failed: {e}"))?;
+        if first == second {
+            Ok(())
+        } else {
+            Err("a second encoding differs".to_string())
+        }
+    }))
+    .unwrap_or_else(|_| Err("encoding or decoding panicked".to_string()))
+}
+
+/// A field or variant name as the canonical text writes it: plain
+/// identifiers as they are, anything else (a `#[serde(rename)]` with
+/// punctuation) quoted, so no name can forge the text's structure.
+fn name(n: &str) -> String {
+    let plain = !n.is_empty()
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !n.starts_with(|c: char| c.is_ascii_digit());
+    if plain {
+        n.to_string()
+    } else {
+        format!("{n:?}")
+    }
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms, unlike `std`'s
@@ -175,7 +208,7 @@ pub(crate) fn fingerprint(text: &str) -> u64 {
 /// Traces `T` and renders its canonical text. `positional`: the root is a
 /// generated command or query enum, whose struct variants' field names are
 /// the methods' argument names, left out.
-fn trace<T: DeserializeOwned>(positional: bool) -> Result<String, SchemaError> {
+fn trace<T: Serialize + DeserializeOwned>(positional: bool) -> Result<String, SchemaError> {
     let type_name = std::any::type_name::<T>();
     let err = |reason: String| SchemaError { type_name, reason };
     let ctx = RefCell::new(Ctx::default());
@@ -198,6 +231,18 @@ fn trace<T: DeserializeOwned>(positional: bool) -> Result<String, SchemaError> {
         .map_err(|_| err("its Deserialize impl panicked on a traced value".into()))?;
         if ctx.try_borrow_mut().is_err() {
             return Err(err("tracing was interrupted".into()));
+        }
+        // Only decoding is traced: a value must also encode to bytes that
+        // decode back to an equal encoding, or its Serialize impl writes
+        // another shape (`skip_serializing_if`, `skip_deserializing`, an
+        // asymmetric `serialize_with`) than the fingerprint describes.
+        if let Ok(v) = &result
+            && let Err(why) = round_trip(v)
+        {
+            return Err(err(format!(
+                "its Serialize and Deserialize impls disagree ({why}): a value it writes does \
+                 not read back the same"
+            )));
         }
         let mut c = ctx.borrow_mut();
         let got = std::mem::replace(&mut c.last, Format::Unknown);
@@ -239,6 +284,26 @@ fn trace<T: DeserializeOwned>(positional: bool) -> Result<String, SchemaError> {
         }
         let mut out = String::new();
         c.render(&root, &mut Vec::new(), positional, &mut out);
+        // One more value for the round trip: every option `None`, every
+        // collection empty (what `skip_serializing_if` skips). A type that
+        // cannot be built so (it wants a non-empty collection) skips it.
+        c.minimal = true;
+        c.stack.clear();
+        drop(c);
+        let minimal = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            T::deserialize(Tracer {
+                ctx: &ctx,
+                pos: Pos::default(),
+            })
+        }));
+        if let Ok(Ok(v)) = minimal
+            && let Err(why) = round_trip(&v)
+        {
+            return Err(err(format!(
+                "its Serialize and Deserialize impls disagree ({why}): a value it writes does \
+                 not read back the same"
+            )));
+        }
         return Ok(out);
     }
     Err(err(format!("tracing took more than {MAX_PASSES} passes")))
@@ -370,6 +435,9 @@ struct Ctx {
     alt: BTreeMap<Pos, usize>,
     /// Whether this pass learned anything.
     progress: bool,
+    /// The last pass: options `None`, sequences and maps empty (a second
+    /// value for the round trip; see `trace`).
+    minimal: bool,
     /// The shape of the value the last finished request produced.
     last: Format,
 }
@@ -575,7 +643,7 @@ impl Ctx {
                             if i > 0 {
                                 out.push(',');
                             }
-                            out.push_str(names.get(i).copied().unwrap_or("?"));
+                            out.push_str(&name(names.get(i).copied().unwrap_or("?")));
                             match v {
                                 // A variant that recursed where the type
                                 // re-entered itself: as in the enclosing one.
@@ -647,7 +715,7 @@ impl Ctx {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(names.get(i).copied().unwrap_or("?"));
+            out.push_str(&name(names.get(i).copied().unwrap_or("?")));
             out.push(':');
             self.render(x, stack, false, out);
         }
@@ -742,6 +810,19 @@ struct Tracer<'a> {
     ctx: &'a RefCell<Ctx>,
     pos: Pos,
 }
+
+/// What a string is answered with, in turn, when a type refuses the
+/// previous answer (an id, a time or an address that parses itself).
+const STRS: &[&str] = &[
+    "",
+    "0",
+    "a",
+    "00000000-0000-0000-0000-000000000000",
+    "1970-01-01T00:00:00Z",
+    "http://localhost/",
+];
+/// The same for byte strings (fixed-size ids, hashes, keys).
+const BYTES: &[&[u8]] = &[b"", b"0", &[0; 16], &[0; 32]];
 
 const ANY: &str = "it (or a type inside it) decodes with `deserialize_any`, which postcard \
                    cannot do: `#[serde(flatten)]`, `#[serde(untagged)]`, internally or \
@@ -873,23 +954,19 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
-        self.prim("str", &["", "0", "a"], |s| visitor.visit_str(s))
+        self.prim("str", STRS, |s| visitor.visit_str(s))
     }
 
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
-        self.prim("str", &["", "0", "a"], |s| {
-            visitor.visit_string(s.to_string())
-        })
+        self.prim("str", STRS, |s| visitor.visit_string(s.to_string()))
     }
 
     fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
-        self.prim("bytes", &[&b""[..], &b"0"[..]], |b| visitor.visit_bytes(b))
+        self.prim("bytes", BYTES, |b| visitor.visit_bytes(b))
     }
 
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
-        self.prim("bytes", &[&b""[..], &b"0"[..]], |b| {
-            visitor.visit_byte_buf(b.to_vec())
-        })
+        self.prim("bytes", BYTES, |b| visitor.visit_byte_buf(b.to_vec()))
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
@@ -908,6 +985,10 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        if self.ctx.borrow().minimal {
+            self.set_last(Format::Option(Box::new(Format::Unknown)));
+            return visitor.visit_none();
+        }
         let known = self.ctx.borrow().empty.get(&self.pos).cloned();
         if let Some(shape) = known {
             self.set_last(shape);
@@ -949,10 +1030,13 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
         let elem = RefCell::new(Format::Unknown);
+        // (Read first: no borrow of the context may outlive a statement
+        // that calls the visitor.)
+        let minimal = self.ctx.borrow().minimal;
         let r = visitor.visit_seq(OneElement {
             tracer: self.at(self.pos.child(Step::Elem)),
             elem: &elem,
-            done: false,
+            done: minimal,
         });
         self.set_last(Format::Seq(Box::new(elem.into_inner())));
         r
@@ -985,12 +1069,13 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
         let known = self.ctx.borrow().empty.get(&self.pos).cloned();
+        let minimal = self.ctx.borrow().minimal;
         let cells = (RefCell::new(Format::Unknown), RefCell::new(Format::Unknown));
         let r = visitor.visit_map(OneEntry {
             tracer: self.clone(),
             key: &cells.0,
             value: &cells.1,
-            state: if known.is_some() { 2 } else { 0 },
+            state: if known.is_some() || minimal { 2 } else { 0 },
         });
         let shape = known.unwrap_or_else(|| {
             Format::Map(

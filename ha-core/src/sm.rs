@@ -162,7 +162,11 @@ fn body_digest(body: &[u8]) -> u64 {
 pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
 /// What the replicas do when a command panics, or its result cannot be
-/// encoded. Like the session timeout, a setting every replica must share.
+/// encoded. Part of the replicated state: set by a log entry
+/// ([`LogOp::SetPanicPolicy`]; `Client::set_panic_policy`, `ha-kv
+/// panic-policy`), so every replica applies the same policy at every index,
+/// whatever it was started with and whether it replays from a snapshot or
+/// from the log. A new service starts with `Continue`.
 ///
 /// Either way the failure is caught (with `panic = "unwind"`, Rust's
 /// default; a build with `panic = "abort"` dies instead, on every replica)
@@ -171,7 +175,7 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 /// retries alike. What the method changed before it panicked stays, on every
 /// replica alike. Builds that differ in `overflow-checks` (debug against
 /// release) panic at different places: run one build on every replica.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PanicPolicy {
     /// Record the failure and go on with the next command.
     #[default]
@@ -262,10 +266,19 @@ pub struct Sessions<T> {
     max_sessions: usize,
     /// Leader time of the last command applied.
     now_ms: u64,
-    /// What a failing command does (a setting).
+    /// What a failing command does: replicated state, set by the log.
     policy: PanicPolicy,
     /// Set while halted ([`PanicPolicy::Halt`]): replicated state.
     halted: Option<Halt>,
+    /// The index of the last halt resumed: a retried resume of it is
+    /// answered as done.
+    resumed: Option<u64>,
+    /// Replay every command whose index is a multiple of this on a copy
+    /// of the state and compare (0: never). See
+    /// [`Sessions::with_determinism_check`].
+    check_every: u64,
+    /// Commands the replay check found not deterministic.
+    divergences: u64,
     /// The planted bug (see [`Sessions::with_planted_recreate`]).
     #[cfg(feature = "planted-bugs")]
     planted_recreate: bool,
@@ -277,7 +290,9 @@ struct SnapshotForm {
     schema: u64,
     sessions: BTreeMap<u64, Session>,
     now_ms: u64,
+    policy: PanicPolicy,
     halted: Option<Halt>,
+    resumed: Option<u64>,
     state: Vec<u8>,
 }
 
@@ -292,6 +307,9 @@ impl<T: Replicated> Sessions<T> {
             now_ms: 0,
             policy: PanicPolicy::Continue,
             halted: None,
+            resumed: None,
+            check_every: DEFAULT_DETERMINISM_CHECK_EVERY,
+            divergences: 0,
             #[cfg(feature = "planted-bugs")]
             planted_recreate: false,
         }
@@ -314,11 +332,29 @@ impl<T: Replicated> Sessions<T> {
         self
     }
 
-    /// The same with `policy` for failing commands.
+    /// The same, replaying every command whose log index is a multiple of
+    /// `every` on a copy of the state (restored from a snapshot taken just
+    /// before it) and comparing the result and the state afterwards: a
+    /// command that reads a clock, randomness, a global, or iterates a
+    /// `HashMap` (a copy hashes with other keys) is reported loudly, as an
+    /// error in the log and in [`Sessions::divergences`]. 0 turns it off.
+    /// On by default in debug builds (every 16th command), off in release:
+    /// it costs two snapshots and a second run of the command.
     #[must_use]
-    pub fn with_panic_policy(mut self, policy: PanicPolicy) -> Sessions<T> {
-        self.policy = policy;
+    pub fn with_determinism_check(mut self, every: u64) -> Sessions<T> {
+        self.check_every = every;
         self
+    }
+
+    /// Commands the determinism check found to give another result or
+    /// state when run again (see [`Sessions::with_determinism_check`]).
+    pub fn divergences(&self) -> u64 {
+        self.divergences
+    }
+
+    /// The policy for failing commands now in force.
+    pub fn panic_policy(&self) -> PanicPolicy {
+        self.policy
     }
 
     /// Where and why the service halted, while it is halted
@@ -380,6 +416,17 @@ impl<T: Replicated> Sessions<T> {
                 );
                 return CommandOutcome::Registered { session: index.0 };
             }
+            LogOp::SetPanicPolicy { policy } => {
+                if policy != self.policy {
+                    tracing::warn!(
+                        "the panic policy is {policy:?} from entry {} on (was {:?})",
+                        index.0,
+                        self.policy
+                    );
+                }
+                self.policy = policy;
+                return CommandOutcome::PanicPolicy(policy);
+            }
             LogOp::Resume { index: at } => {
                 return CommandOutcome::Resume(match &self.halted {
                     Some(h) if h.index == at => {
@@ -388,8 +435,11 @@ impl<T: Replicated> Sessions<T> {
                             index.0
                         );
                         self.halted = None;
+                        self.resumed = Some(at);
                         Ok(at)
                     }
+                    // A retry of a resume that was applied.
+                    None if self.resumed == Some(at) => Ok(at),
                     Some(h) => Err(format!(
                         "the service halted at index {}, not {at}: resume names the index it \
                          halted at",
@@ -466,19 +516,26 @@ impl<T: Replicated> Sessions<T> {
             term,
             time_ms: now,
         };
+        // The determinism check's copy of the state before the command.
+        let before = (self.check_every > 0 && index.0.is_multiple_of(self.check_every))
+            .then(|| self.state.snapshot_state().ok())
+            .flatten();
         // A panic is caught and becomes the outcome (see `PanicPolicy`): it
         // happens at the same point on every replica, so they stay alike.
-        let state = &mut self.state;
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            state.apply_command(command, &ctx)
-        }));
-        let kept = match run {
-            Ok(out) => match postcard::to_stdvec(&out) {
-                Ok(b) => Kept::Output(Bytes::from(b)),
-                Err(e) => Kept::Failed(format!("its result could not be encoded: {e}")),
-            },
-            Err(payload) => Kept::Failed(format!("it panicked: {}", panic_message(&*payload))),
-        };
+        let kept = run_command(&mut self.state, command, &ctx);
+        if let Some(before) = before
+            && let Some(why) = replay_differs(&self.state, &before, body, &ctx, &kept)
+        {
+            self.divergences += 1;
+            tracing::error!(
+                "NOT DETERMINISTIC: the command at log index {} {why} when run again on a copy \
+                 of the state from just before it: replicas will drift apart. Look in it for \
+                 HashMap or HashSet iteration, clocks, randomness, globals or IO ({} found so \
+                 far)",
+                index.0,
+                self.divergences
+            );
+        }
         if let Kept::Failed(why) = &kept {
             tracing::error!(
                 "command at index {} failed ({why}); policy {:?}",
@@ -524,7 +581,9 @@ impl<T: Replicated> Sessions<T> {
             schema: Schema::of::<T>().map_err(|e| e.to_string())?.stored(),
             sessions: self.sessions.clone(),
             now_ms: self.now_ms,
+            policy: self.policy,
             halted: self.halted.clone(),
+            resumed: self.resumed,
             state: self.state.snapshot_state()?,
         };
         postcard::to_stdvec(&form).map_err(|e| e.to_string())
@@ -548,12 +607,66 @@ impl<T: Replicated> Sessions<T> {
             timeout_ms,
             max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: form.now_ms,
-            policy: PanicPolicy::Continue,
+            policy: form.policy,
             halted: form.halted,
+            resumed: form.resumed,
+            check_every: DEFAULT_DETERMINISM_CHECK_EVERY,
+            divergences: 0,
             #[cfg(feature = "planted-bugs")]
             planted_recreate: false,
         })
     }
+}
+
+/// Runs one command on `state`: its encoded output, or why it failed (a
+/// panic, or an output that cannot be encoded), caught.
+fn run_command<T: Replicated>(state: &mut T, command: T::Command, ctx: &ApplyContext) -> Kept {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        state.apply_command(command, ctx)
+    }));
+    match run {
+        Ok(out) => match postcard::to_stdvec(&out) {
+            Ok(b) => Kept::Output(Bytes::from(b)),
+            Err(e) => Kept::Failed(format!("its result could not be encoded: {e}")),
+        },
+        Err(payload) => Kept::Failed(format!("it panicked: {}", panic_message(&*payload))),
+    }
+}
+
+/// How often the determinism check replays a command by default (see
+/// [`Sessions::with_determinism_check`]).
+pub const DEFAULT_DETERMINISM_CHECK_EVERY: u64 = if cfg!(debug_assertions) { 16 } else { 0 };
+
+/// Runs `body` again on a copy of the state restored from `before` and
+/// compares: `Some(what differed)` if the outcome or the state differs.
+fn replay_differs<T: Replicated>(
+    state: &T,
+    before: &[u8],
+    body: &[u8],
+    ctx: &ApplyContext,
+    kept: &Kept,
+) -> Option<&'static str> {
+    let mut copy = T::restore_state(before).ok()?;
+    let command: T::Command = decode_exact(body).ok()?;
+    if run_command(&mut copy, command, ctx) != *kept {
+        return Some("gave another result");
+    }
+    match (copy.snapshot_state(), state.snapshot_state()) {
+        (Ok(a), Ok(b)) if a != b => Some("left another state"),
+        _ => None,
+    }
+}
+
+/// The shapes of what ha itself stores around the user's types: a log
+/// entry's envelope and the snapshot's (the session table, kept results,
+/// the panic policy and halt). Part of the stored fingerprint, so a change
+/// to any of them refuses old data instead of misreading it.
+pub(crate) fn envelope_shape() -> Result<String, crate::schema::SchemaError> {
+    Ok(format!(
+        "log={} snapshot={}",
+        crate::schema::shape_of::<LogCommand>()?,
+        crate::schema::shape_of::<SnapshotForm>()?
+    ))
 }
 
 /// What a halted service answers.
@@ -600,10 +713,10 @@ impl<T: Replicated> Applier for Sessions<T> {
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        let (max, policy) = (self.max_sessions, self.policy);
+        let (max, every) = (self.max_sessions, self.check_every);
         *self = Sessions::restore(state, self.timeout_ms)?
             .with_max_sessions(max)
-            .with_panic_policy(policy);
+            .with_determinism_check(every);
         Ok(())
     }
 

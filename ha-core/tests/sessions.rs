@@ -479,7 +479,16 @@ fn brittle_cmd(client: u64, seq: u64, c: BrittleCommand) -> LogCommand {
 #[test]
 fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
     let run = |policy: PanicPolicy| {
-        let mut s = Sessions::<Brittle>::new(60_000).with_panic_policy(policy);
+        let mut s = Sessions::<Brittle>::new(60_000);
+        // The policy is replicated state: set by a log entry.
+        let set = LogCommand {
+            time_ms: 10,
+            op: LogOp::SetPanicPolicy { policy },
+        };
+        assert_eq!(
+            s.apply_log_command(LogIndex(1), Term(1), set),
+            CommandOutcome::PanicPolicy(policy)
+        );
         let CommandOutcome::Registered { session } =
             s.apply_log_command(LogIndex(1), Term(1), register(10))
         else {
@@ -587,9 +596,8 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
 
 #[test]
 fn resume_is_refused_when_the_service_is_not_halted() {
-    let mut s = Sessions::<Counter>::new(60_000).with_panic_policy(PanicPolicy::Halt);
+    let mut s = Sessions::<Counter>::new(60_000);
     let c = open_session(&mut s, 1, 10);
-    // Counter never panics: halt through a resume that has nothing to do.
     let resume = |s: &mut Sessions<Counter>, at: u64, index: u64| {
         s.apply_log_command(
             LogIndex(index),
@@ -608,4 +616,75 @@ fn resume_is_refused_when_the_service_is_not_halted() {
         5
     );
     assert!(s.halted().is_none());
+}
+
+/// Reads a global: the same command gives another answer on every run.
+static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A type whose one command is not deterministic.
+#[derive(Default, Serialize, Deserialize, Replicated)]
+pub struct Leaky {
+    last: u64,
+}
+
+#[replicated]
+impl Leaky {
+    /// Not deterministic, and no syntax says so.
+    pub fn draw(&mut self) -> u64 {
+        self.last = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.last
+    }
+}
+
+/// Applies `Leaky::draw` as command `seq` of `session`, at index `1 + seq`.
+fn draw(s: &mut Sessions<Leaky>, session: u64, seq: u64) -> CommandOutcome {
+    let body = postcard::to_stdvec(&LeakyCommand::Draw {}).unwrap();
+    let c = LogCommand {
+        time_ms: 10,
+        op: LogOp::Command(SessionCommand {
+            client: session,
+            secret: SECRET,
+            seq,
+            ack_below: seq,
+            body: Bytes::from(body),
+        }),
+    };
+    s.apply_log_command(LogIndex(1 + seq), Term(1), c)
+}
+
+/// The replay check runs a sampled command again on a copy of the state and
+/// reports a command that is not deterministic; a deterministic one passes.
+#[test]
+fn the_replay_check_reports_a_command_that_is_not_deterministic() {
+    let mut s = Sessions::<Leaky>::new(60_000).with_determinism_check(1);
+    let CommandOutcome::Registered { session } =
+        s.apply_log_command(LogIndex(1), Term(1), register(10))
+    else {
+        panic!("registered")
+    };
+    for seq in 1..=3 {
+        assert!(matches!(
+            draw(&mut s, session, seq),
+            CommandOutcome::Applied(_)
+        ));
+    }
+    assert_eq!(s.divergences(), 3);
+
+    let mut d = Sessions::<Counter>::new(60_000).with_determinism_check(1);
+    let c = open_session(&mut d, 1, 10);
+    for seq in 1..=3 {
+        applied(d.apply_log_command(LogIndex(1 + seq), Term(1), cmd(c, seq, seq, 10, 2)));
+    }
+    assert_eq!(d.divergences(), 0);
+    // Sampling by index: every 2nd index only.
+    let mut e = Sessions::<Leaky>::new(60_000).with_determinism_check(2);
+    let CommandOutcome::Registered { session } =
+        e.apply_log_command(LogIndex(1), Term(1), register(10))
+    else {
+        panic!("registered")
+    };
+    for seq in 1..=4 {
+        draw(&mut e, session, seq);
+    }
+    assert_eq!(e.divergences(), 2);
 }

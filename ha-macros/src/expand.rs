@@ -14,6 +14,7 @@
 //!    (`#[diagnostic::on_unimplemented]` in ha-core), spanned at the user's
 //!    token; no other generated item fails because of it.
 
+use crate::determinism;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
@@ -92,8 +93,54 @@ fn camel(name: &str) -> String {
         .collect()
 }
 
-fn is_skip(attr: &Attribute) -> bool {
+fn is_ours(attr: &Attribute) -> bool {
     attr.path().is_ident("replicated")
+}
+
+/// What a method's `#[replicated(..)]` attributes say.
+#[derive(Default)]
+struct MethodAttrs {
+    skip: bool,
+    /// Determinism categories allowed (`allow(clock, ..)`).
+    allowed: Vec<String>,
+}
+
+fn method_attrs(attrs: &[Attribute], errors: &mut Vec<syn::Error>) -> MethodAttrs {
+    let mut out = MethodAttrs::default();
+    for a in attrs.iter().filter(|a| is_ours(a)) {
+        let parsed = a.parse_nested_meta(|meta| {
+            if meta.path.is_ident("skip") {
+                out.skip = true;
+                return Ok(());
+            }
+            if meta.path.is_ident("allow") {
+                return meta.parse_nested_meta(|inner| {
+                    let name = inner
+                        .path
+                        .get_ident()
+                        .map(|i| i.to_string())
+                        .unwrap_or_default();
+                    if determinism::CATEGORIES.contains(&name.as_str()) {
+                        out.allowed.push(name);
+                        Ok(())
+                    } else {
+                        Err(inner.error(format!(
+                            "unknown determinism check: write one of {}",
+                            determinism::CATEGORIES.join(", ")
+                        )))
+                    }
+                });
+            }
+            Err(meta.error(
+                "write `#[replicated(skip)]` or `#[replicated(allow(clock, random, env, io, \
+                 hash_iteration))]`",
+            ))
+        });
+        if let Err(e) = parsed {
+            errors.push(e);
+        }
+    }
+    out
 }
 
 /// A type that can never cross the network, with the hint to give.
@@ -373,20 +420,20 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let mut methods: Vec<Method> = Vec::new();
+    let mut iterated = Vec::new();
     for item in &mut imp.items {
         let ImplItem::Fn(f) = item else { continue };
-        let skip = f.attrs.iter().any(is_skip);
-        if skip {
-            for a in f.attrs.iter().filter(|a| is_skip(a)) {
-                let ok = a.parse_args::<Ident>().is_ok_and(|i| i == "skip");
-                if !ok {
-                    errors.push(syn::Error::new_spanned(a, "write `#[replicated(skip)]`"));
-                }
-            }
-            f.attrs.retain(|a| !is_skip(a));
+        let attrs = method_attrs(&f.attrs, &mut errors);
+        f.attrs.retain(|a| !is_ours(a));
+        if attrs.skip {
             continue;
         }
         if let Some(m) = analyse(f, &name, &mut errors) {
+            if m.kind == Kind::Command {
+                let found = determinism::scan(&f.block, &attrs.allowed);
+                errors.extend(found.errors);
+                iterated.extend(found.iterated);
+            }
             if let Some(prev) = methods.iter().find(|p| p.variant == m.variant) {
                 errors.push(syn::Error::new_spanned(
                     &m.name,
@@ -404,6 +451,7 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     // are not, so the only errors the user sees are the ones reported here,
     // not a cascade of missing types and traits.
     let generated = generate(&name, &methods);
+    let probes = determinism::probes(&name, &iterated);
     let errors = errors
         .into_iter()
         .reduce(|mut a, b| {
@@ -414,6 +462,7 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     quote! {
         #imp
         #generated
+        #probes
         #errors
     }
 }

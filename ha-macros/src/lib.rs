@@ -15,6 +15,12 @@
 //! Methods that are not `pub`, have no receiver, or carry
 //! `#[replicated(skip)]` are left alone.
 //!
+//! Command bodies are scanned for what makes replicas drift apart (see
+//! `determinism`): clocks, randomness, the environment, IO, and iterating
+//! a `HashMap`/`HashSet` field of `self`. Each is an error with its fix,
+//! unless the method says `#[replicated(allow(clock, random, env, io,
+//! hash_iteration))]` (any of them).
+//!
 //! Errors point at the offending token and say what to write instead; all
 //! of them are reported at once, and the impl block is kept so no cascade of
 //! "method not found" errors follows. What only the type checker can tell
@@ -36,6 +42,7 @@
 
 use proc_macro::TokenStream;
 
+mod determinism;
 mod expand;
 
 /// Implements snapshot and restore (`ha_core::sm::ReplicatedState`) for a

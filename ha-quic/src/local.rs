@@ -79,8 +79,6 @@ pub struct LocalOptions {
     pub snapshot_every_entries: Option<u64>,
     /// Size at which a log segment is sealed.
     pub wal_segment_bytes: u64,
-    /// What the nodes do when a command panics.
-    pub panic_policy: ha_core::sm::PanicPolicy,
 }
 
 impl Default for LocalOptions {
@@ -89,7 +87,6 @@ impl Default for LocalOptions {
             tick: Duration::from_millis(50),
             snapshot_every_entries: None,
             wal_segment_bytes: WalOptions::default().segment_max_bytes,
-            panic_policy: ha_core::sm::PanicPolicy::Continue,
         }
     }
 }
@@ -159,7 +156,6 @@ impl<T: Replicated> LocalCluster<T> {
         let mut opts = NodeOptions::new(id, stored.voters.keys().copied());
         opts.tick = self.opts.tick;
         opts.snapshot_every_entries = self.opts.snapshot_every_entries;
-        opts.panic_policy = self.opts.panic_policy;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("ha-node-{}", id.0))

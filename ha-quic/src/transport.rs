@@ -25,7 +25,7 @@
 //! `InstallSnapshot` queued to the node, and the sender reports success
 //! only on [`SnapshotVerdict::Accepted`].
 //!
-//! Client traffic (ALPN `ha-client/1`): one request and one response per
+//! Client traffic (ALPN `ha-client/2`): one request and one response per
 //! bidirectional stream.
 //!
 //! Invariants:
@@ -1925,6 +1925,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
         ClientRequest::Command { schema, .. }
         | ClientRequest::Register { schema, .. }
         | ClientRequest::Resume { schema, .. }
+        | ClientRequest::SetPanicPolicy { schema, .. }
             if schema != shared.schema =>
         {
             refused(format!(
@@ -1947,16 +1948,20 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
              send commands through a client of that type",
             shared.schema
         )),
-        ClientRequest::Resume { .. } if shared.schema == 0 => {
-            refused("a raw node has no service to resume".into())
+        ClientRequest::Resume { .. } | ClientRequest::SetPanicPolicy { .. }
+            if shared.schema == 0 =>
+        {
+            refused("a raw node runs no replicated type: it has no panic policy".into())
         }
         ClientRequest::Command { .. }
         | ClientRequest::Register { .. }
-        | ClientRequest::Resume { .. } => {
+        | ClientRequest::Resume { .. }
+        | ClientRequest::SetPanicPolicy { .. } => {
             let op = match req {
                 ClientRequest::Command { command, .. } => LogOp::Command(command),
                 ClientRequest::Register { secret, .. } => LogOp::Register { secret },
                 ClientRequest::Resume { index, .. } => LogOp::Resume { index },
+                ClientRequest::SetPanicPolicy { policy, .. } => LogOp::SetPanicPolicy { policy },
                 // Not reached (the arm matched one of the two); refusing
                 // keeps the node free of panics on client input.
                 _ => return refused("unexpected request".into()),

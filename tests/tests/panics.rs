@@ -5,8 +5,9 @@
 //! again; a panicking query killed the node it reached, the client retried
 //! on the next, and the quorum was gone. Now a panic is caught: a command's
 //! panic is its outcome, the same on every replica (and on replay), and a
-//! query's is an error. Under `PanicPolicy::Halt` the service stops applying
-//! after the failing command until an operator resumes it.
+//! query's is an error. Under `PanicPolicy::Halt` (replicated state, set
+//! through the log) the service stops applying after the failing command
+//! until an operator resumes it, across restarts and snapshots.
 
 use std::time::{Duration, Instant};
 
@@ -125,15 +126,19 @@ fn halted_index(text: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_the_halt_policy_nothing_moves_until_an_operator_resumes() {
+    // Snapshots every few entries, so restarts below restore the halt from
+    // a snapshot as well as replay it from the log.
     let opts = LocalOptions {
-        panic_policy: PanicPolicy::Halt,
+        snapshot_every_entries: Some(4),
         ..LocalOptions::default()
     };
-    let cluster = LocalCluster::<Fragile>::start_with(3, opts)
+    let mut cluster = LocalCluster::<Fragile>::start_with(3, opts)
         .await
         .expect("cluster starts");
     let c = cluster.client();
     assert_eq!(c.push(1).await.unwrap(), 1);
+    // The policy is replicated state, set through the log.
+    c.inner().set_panic_policy(PanicPolicy::Halt).await.unwrap();
     assert!(matches!(c.push(13).await, Err(Error::Failed(_))));
     // Halted: commands are not applied, queries refused, on every node.
     match c.push(2).await {
@@ -149,9 +154,35 @@ async fn under_the_halt_policy_nothing_moves_until_an_operator_resumes() {
     let index = halted_index(&texts[0]);
     assert!(texts.iter().all(|t| halted_index(t) == index), "{texts:?}");
 
+    // Halted survives restarts of every node, from a snapshot or the log.
+    for _ in 0..6 {
+        assert!(c.push(5).await.is_err());
+    }
+    settle(&cluster).await;
+    for id in cluster.node_ids() {
+        assert!(
+            cluster.snapshot_index(id).0 > index,
+            "node {id} snapshotted while halted"
+        );
+    }
+    for id in cluster.node_ids() {
+        cluster.kill(id).await;
+    }
+    for id in cluster.node_ids() {
+        cluster.restart(id).await.expect("restarts");
+    }
+    let c = cluster.client();
+    assert!(matches!(c.push(2).await, Err(Error::NotApplied(_))));
+    let all = settle(&cluster).await;
+    for s in &all {
+        assert_eq!(s.halted.as_deref().map(halted_index), Some(index), "{s:?}");
+    }
+
     // Resuming at another index is refused; at the right one it works.
     let wrong = c.inner().resume(index + 1).await;
     assert!(matches!(wrong, Err(Error::NotApplied(_))), "{wrong:?}");
+    assert_eq!(c.inner().resume(index).await.unwrap(), index);
+    // A retried resume of the same halt is answered as done.
     assert_eq!(c.inner().resume(index).await.unwrap(), index);
     // 2 was never applied; 13 was, before its panic.
     assert_eq!(c.count().await.unwrap(), 2);

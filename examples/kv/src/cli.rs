@@ -100,9 +100,20 @@ enum Command {
     },
     /// Closed-loop load; a JSON summary as the last line.
     Bench(crate::client_cmds::BenchArgs),
-    /// Resume a cluster halted after a failed command (`serve --on-panic
-    /// halt`; `status` shows where): the state stays as that command left
-    /// it, and commands and queries are served again.
+    /// What the cluster does when a command fails (panics): `continue`
+    /// (the default) answers it as failed and goes on; `halt` then refuses
+    /// every command and query until `resume`. Replicated: every node
+    /// switches at the same log entry.
+    PanicPolicy {
+        /// continue or halt.
+        #[arg(value_enum)]
+        policy: crate::client_cmds::PolicyArg,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume a cluster halted after a failed command (`status` shows
+    /// `halted` and where): the state stays as that command left it, and
+    /// commands and queries are served again.
     Resume {
         /// The log index the cluster halted at.
         #[arg(long)]
@@ -185,6 +196,9 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Repl { client } => crate::client_cmds::repl(&client).await,
         Command::Bench(args) => crate::client_cmds::bench(args).await,
         Command::Resume { index, client } => crate::client_cmds::resume(&client, index).await,
+        Command::PanicPolicy { policy, client } => {
+            crate::client_cmds::panic_policy(&client, policy).await
+        }
         Command::Member { .. } => not_yet("member"),
         Command::TransferLeader { .. } => not_yet("transfer-leader"),
     }

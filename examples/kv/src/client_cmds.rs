@@ -137,6 +137,27 @@ pub async fn put(c: &ClientArgs, key: String, value: String) -> i32 {
 pub async fn del(c: &ClientArgs, key: String) -> i32 {
     emit(do_del(&client(c), key).await)
 }
+/// `ha-kv panic-policy`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyArg {
+    /// Answer a failed command as failed and go on.
+    Continue,
+    /// Stop applying after a failed command until `resume`.
+    Halt,
+}
+
+/// `ha-kv panic-policy`.
+pub async fn panic_policy(c: &ClientArgs, policy: PolicyArg) -> i32 {
+    let (p, name) = match policy {
+        PolicyArg::Continue => (ha_core::sm::PanicPolicy::Continue, "continue"),
+        PolicyArg::Halt => (ha_core::sm::PanicPolicy::Halt, "halt"),
+    };
+    emit(match client(c).inner().set_panic_policy(p).await {
+        Ok(()) => Outcome::Done(json!({"ok": true, "panic_policy": name})),
+        Err(e) => Outcome::Failed(e),
+    })
+}
+
 /// `ha-kv resume`.
 pub async fn resume(c: &ClientArgs, index: u64) -> i32 {
     emit(match client(c).inner().resume(index).await {

@@ -61,20 +61,6 @@ pub struct ServeArgs {
     /// 0: no quota.
     #[arg(long, default_value_t = ha_core::node::DEFAULT_STORAGE_QUOTA_BYTES)]
     storage_quota_bytes: u64,
-    /// When a command fails on the replicas (a panic): `continue` answers
-    /// it as failed and goes on; `halt` then refuses every command and
-    /// query until `ha-kv resume --index N`. Every node must use the same.
-    #[arg(long, value_enum, default_value_t = OnPanic::Continue)]
-    on_panic: OnPanic,
-}
-
-/// `--on-panic`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum OnPanic {
-    /// Record the failure as the command's answer and go on.
-    Continue,
-    /// Stop applying until an operator resumes.
-    Halt,
 }
 
 fn timing(a: &ServeArgs) -> (Duration, u64, u64) {
@@ -160,10 +146,6 @@ pub async fn serve(a: ServeArgs) -> i32 {
     opts.raft.election_timeout_max_ticks = max_ticks;
     opts.snapshot_every_entries = Some(a.snapshot_every);
     opts.storage_quota_bytes = (a.storage_quota_bytes > 0).then_some(a.storage_quota_bytes);
-    opts.panic_policy = match a.on_panic {
-        OnPanic::Continue => ha_core::sm::PanicPolicy::Continue,
-        OnPanic::Halt => ha_core::sm::PanicPolicy::Halt,
-    };
     let mut quic = QuicConfig::new(me, listen, peers, identity);
     quic.limits.max_request_bytes = a.max_request_bytes;
     let node =

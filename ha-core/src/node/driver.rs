@@ -137,10 +137,6 @@ pub struct NodeOptions {
     /// [`MAX_COMMAND_BYTES`](crate::storage::wal::MAX_COMMAND_BYTES), what a
     /// log record holds). A transport lowers it to what it can replicate.
     pub max_command_bytes: usize,
-    /// What a node of a replicated type does when a command panics (see
-    /// [`PanicPolicy`](crate::sm::PanicPolicy)). Every node of a cluster
-    /// must use the same.
-    pub panic_policy: crate::sm::PanicPolicy,
 }
 
 /// The slowest rate a snapshot transfer is allowed before the node's
@@ -165,7 +161,6 @@ impl NodeOptions {
             storage_quota_bytes: Some(DEFAULT_STORAGE_QUOTA_BYTES),
             snapshot_transfer_timeout: Duration::from_secs(3600),
             max_command_bytes: crate::storage::wal::MAX_COMMAND_BYTES,
-            panic_policy: crate::sm::PanicPolicy::Continue,
         }
     }
 }
@@ -571,8 +566,12 @@ pub fn start_node<V: Vfs>(
     let watch_tx = task.status_tx.clone();
     let run = tokio::spawn(task.run(opts.tick, in_rx, cmd_rx));
     tokio::spawn(async move {
-        if let Err(e) = run.await {
-            let why = if e.is_panic() {
+        // A cancelled task is a runtime shutting down (a process exiting, a
+        // test's node killed): nothing to report.
+        if let Err(e) = run.await
+            && e.is_panic()
+        {
+            let why = {
                 let p = e.into_panic();
                 let text = p
                     .downcast_ref::<&str>()
@@ -580,8 +579,6 @@ pub fn start_node<V: Vfs>(
                     .or_else(|| p.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic whose payload is not text".into());
                 format!("the node task panicked: {text}")
-            } else {
-                "the node task was cancelled".to_string()
             };
             tracing::error!("node stopped: {why}");
             watch_tx.send_modify(|s| {

@@ -82,8 +82,11 @@ pub enum DataDirError {
     /// The data was written by another version of the replicated type.
     #[error(
         "data directory {dir} holds data of replicated-type schema {found:016x}, but this build \
-         has schema {expected:016x}: the commands in its log would be misread. Run the build \
-         that wrote it, or follow \"Evolving a replicated type\" in the README"
+         has schema {expected:016x}: the commands in its log would be misread. The stored shape \
+         differs: the replicated type changed (or the version of ha, whose own stored formats \
+         the fingerprint covers too; `ha_core::schema::Schema::of` shows the shape). Run the \
+         build that wrote it, or follow \"Writing and evolving a replicated type\" in the \
+         README"
     )]
     SchemaMismatch {
         /// The directory.
@@ -672,7 +675,8 @@ mod tests {
         let err = DataDir::open_with_schema(&fs, typed, "cluster-a", NodeId(1), 42).unwrap_err();
         assert!(matches!(err, DataDirError::SchemaMismatch { .. }), "{err}");
         assert!(
-            err.to_string().contains("Evolving a replicated type"),
+            err.to_string()
+                .contains("Writing and evolving a replicated type"),
             "{err}"
         );
         let err = DataDir::open(&fs, typed, "cluster-a", NodeId(1)).unwrap_err();
