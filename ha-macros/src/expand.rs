@@ -388,11 +388,29 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
         Err(e) => return e.to_compile_error(),
     };
     let mut errors: Vec<syn::Error> = Vec::new();
+    // `prefix = "Stem"`: the generated items are `StemCommand`, ...,
+    // `StemClient` instead of the type's name (for a module that already
+    // has a type of one of those names).
+    let mut prefix: Option<Ident> = None;
     if !attr.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &attr,
-            "`#[replicated]` on an impl block takes no arguments",
-        ));
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("prefix") {
+                let s: syn::LitStr = meta.value()?.parse()?;
+                prefix = Some(s.parse::<Ident>().map_err(|_| {
+                    syn::Error::new(s.span(), "the prefix must be an identifier, like \"Tally\"")
+                })?);
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "`#[replicated]` on an impl block takes only `prefix = \"Name\"` (to rename \
+                     the generated `NameCommand`, `NameQuery`, `NameCommandOutput`, \
+                     `NameQueryOutput` and `NameClient`)",
+                ))
+            }
+        });
+        if let Err(e) = syn::parse::Parser::parse2(parser, attr) {
+            errors.push(e);
+        }
     }
     if let Some((_, path, _)) = &imp.trait_ {
         errors.push(syn::Error::new_spanned(
@@ -450,7 +468,7 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     // The code for every method that is fine is generated even when others
     // are not, so the only errors the user sees are the ones reported here,
     // not a cascade of missing types and traits.
-    let generated = generate(&name, &methods);
+    let generated = generate(&name, prefix.as_ref().unwrap_or(&name), &methods);
     let probes = determinism::probes(&name, &iterated);
     let errors = errors
         .into_iter()
@@ -467,12 +485,12 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn generate(name: &Ident, methods: &[Method]) -> TokenStream {
-    let cmd_ty = format_ident!("{}Command", name);
-    let qry_ty = format_ident!("{}Query", name);
-    let cmd_out = format_ident!("{}CommandOutput", name);
-    let qry_out = format_ident!("{}QueryOutput", name);
-    let client = format_ident!("{}Client", name);
+fn generate(name: &Ident, stem: &Ident, methods: &[Method]) -> TokenStream {
+    let cmd_ty = format_ident!("{}Command", stem);
+    let qry_ty = format_ident!("{}Query", stem);
+    let cmd_out = format_ident!("{}CommandOutput", stem);
+    let qry_out = format_ident!("{}QueryOutput", stem);
+    let client = format_ident!("{}Client", stem);
     // Every argument and return type, once. A type that is not serializable
     // gets one error, from `checks`, at its first use in a signature. Every
     // generated item that needs the types serializable (serde's impls of

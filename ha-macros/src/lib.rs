@@ -15,6 +15,13 @@
 //! Methods that are not `pub`, have no receiver, or carry
 //! `#[replicated(skip)]` are left alone.
 //!
+//! The generated items take the type's name as their stem: `NameCommand`,
+//! `NameQuery`, `NameCommandOutput`, `NameQueryOutput`, `NameClient`. If
+//! the module already has a type of one of those names (rustc then says
+//! "the name `NameCommand` is defined multiple times"), choose another
+//! stem: `#[replicated(prefix = "Other")]` generates `OtherCommand`, ...,
+//! `OtherClient`.
+//!
 //! Command bodies are scanned for what makes replicas drift apart (see
 //! `determinism`): clocks, randomness, the environment, IO, and iterating
 //! a `HashMap`/`HashSet` field of `self`. Each is an error with its fix,

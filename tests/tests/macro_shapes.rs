@@ -116,3 +116,51 @@ fn self_nested_in_an_argument_and_the_contexts_own_name_work() {
     assert!(matches!(out, LedgerCommandOutput::MergeAll(5)));
     assert_eq!(l.last_time_ms, 777, "the context reached the method");
 }
+
+/// A module whose own types take the names `#[replicated]` would generate:
+/// `prefix` gives the generated items another stem.
+mod taken_names {
+    use ha_core::{Replicated, replicated};
+    use serde::{Deserialize, Serialize};
+
+    /// The module's own type, named as the commands of `Tally` would be.
+    pub struct TallyCommand;
+
+    /// The module's own client type.
+    pub struct TallyClient;
+
+    /// A counter whose generated items are named `CountCommand`, ...
+    #[derive(Default, Serialize, Deserialize, Replicated)]
+    pub struct Tally {
+        n: u64,
+    }
+
+    #[replicated(prefix = "Count")]
+    impl Tally {
+        /// Adds.
+        pub fn add(&mut self, x: u64) -> u64 {
+            self.n += x;
+            self.n
+        }
+    }
+
+    /// Names every item, so each must exist.
+    pub fn names() -> (TallyCommand, TallyClient, CountCommand, Option<CountClient>) {
+        (TallyCommand, TallyClient, CountCommand::Add { x: 1 }, None)
+    }
+}
+
+#[test]
+fn a_prefix_renames_the_generated_items_where_the_names_are_taken() {
+    use ha_core::StateMachine;
+    let (_, _, cmd, _) = taken_names::names();
+    let mut t = taken_names::Tally::default();
+    let ctx = ApplyContext {
+        index: LogIndex(1),
+        term: Term(1),
+        time_ms: 0,
+    };
+    match t.apply_command(cmd, &ctx) {
+        taken_names::CountCommandOutput::Add(n) => assert_eq!(n, 1),
+    }
+}
