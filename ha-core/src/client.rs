@@ -328,12 +328,18 @@ impl<T: Replicated> Client<T> {
     }
 
     /// Sets what failing commands do from now on, on every replica (an
-    /// operator's command; see [`crate::sm::PanicPolicy`]). Setting the
-    /// policy in force again changes nothing, so a retry is harmless.
+    /// operator's command; see [`crate::sm::PanicPolicy`]). Its retries
+    /// carry one nonce, so a retry that arrives after another operator's
+    /// change is answered, not applied again.
     pub async fn set_panic_policy(&self, policy: crate::sm::PanicPolicy) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
         let schema = stored_schema::<T>()?;
-        let req = || ClientRequest::SetPanicPolicy { schema, policy };
+        let nonce = random_u64();
+        let req = || ClientRequest::SetPanicPolicy {
+            schema,
+            policy,
+            nonce,
+        };
         let set = self
             .retry(deadline, true, req, |resp| match resp {
                 ClientResponse::Applied { answer, .. } => {
@@ -356,12 +362,17 @@ impl<T: Replicated> Client<T> {
 
     /// Resumes a service halted at log index `index` (an operator's
     /// command; see [`crate::sm::PanicPolicy::Halt`]). Returns the index
-    /// resumed at (also for a retry of a resume that was applied). Refused
-    /// if the service is not halted there.
+    /// resumed at; a retry of this call is answered as its first attempt
+    /// was. Refused if the service is not halted there.
     pub async fn resume(&self, index: u64) -> Result<u64, Error> {
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
         let schema = stored_schema::<T>()?;
-        let req = || ClientRequest::Resume { schema, index };
+        let nonce = random_u64();
+        let req = || ClientRequest::Resume {
+            schema,
+            index,
+            nonce,
+        };
         let resumed = self
             .retry(deadline, true, req, |resp| match resp {
                 ClientResponse::Applied { answer, .. } => {

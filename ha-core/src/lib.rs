@@ -301,6 +301,7 @@ macro_rules! debug_as_display {
     };
 }
 
+mod canon;
 pub mod client;
 pub mod metrics;
 pub mod node;
@@ -365,6 +366,12 @@ pub mod __private {
         }
         impl<K, V, S> IsUnordered for Probe<'_, HashMap<K, V, S>> {}
         impl<K, S> IsUnordered for Probe<'_, HashSet<K, S>> {}
+        impl<K, V, S> IsUnordered for Probe<'_, Box<HashMap<K, V, S>>> {}
+        impl<K, S> IsUnordered for Probe<'_, Box<HashSet<K, S>>> {}
+        impl<K, V, S> IsUnordered for Probe<'_, std::sync::Arc<HashMap<K, V, S>>> {}
+        impl<K, S> IsUnordered for Probe<'_, std::sync::Arc<HashSet<K, S>>> {}
+        impl<K, V, S> IsUnordered for Probe<'_, std::rc::Rc<HashMap<K, V, S>>> {}
+        impl<K, S> IsUnordered for Probe<'_, std::rc::Rc<HashSet<K, S>>> {}
 
         /// Found one autoref later, for everything else.
         pub trait IsOrdered {
@@ -414,6 +421,8 @@ pub mod __private {
         fn decode(bytes: &[u8]) -> Result<Self, String>;
         /// The state's canonical wire shape.
         fn shape() -> Result<String, crate::schema::SchemaError>;
+        /// The state's canonical encoding, for comparisons.
+        fn canonical(&self) -> Result<Vec<u8>, String>;
     }
 
     #[diagnostic::do_not_recommend]
@@ -426,6 +435,9 @@ pub mod __private {
         }
         fn shape() -> Result<String, crate::schema::SchemaError> {
             crate::schema::shape_of::<T>()
+        }
+        fn canonical(&self) -> Result<Vec<u8>, String> {
+            crate::canon::canonical(self)
         }
     }
 }

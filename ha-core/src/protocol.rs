@@ -81,11 +81,16 @@ pub enum LogOp {
     Resume {
         /// The index the service halted at.
         index: u64,
+        /// Chosen by the client, the same for every retry: a retry is
+        /// answered as the first attempt, never applied again.
+        nonce: u64,
     },
     /// An operator sets what failing commands do from this entry on.
     SetPanicPolicy {
         /// The policy.
         policy: crate::sm::PanicPolicy,
+        /// As for `Resume`.
+        nonce: u64,
     },
 }
 
@@ -131,6 +136,8 @@ pub enum ClientRequest {
         schema: u64,
         /// The index the service halted at.
         index: u64,
+        /// The same for every retry of one call (see [`LogOp::Resume`]).
+        nonce: u64,
     },
     /// Set what failing commands do (an operator's command; see
     /// [`crate::sm::PanicPolicy`]).
@@ -139,6 +146,8 @@ pub enum ClientRequest {
         schema: u64,
         /// The policy.
         policy: crate::sm::PanicPolicy,
+        /// The same for every retry of one call (see [`LogOp::Resume`]).
+        nonce: u64,
     },
 }
 

@@ -188,10 +188,23 @@ fn name(n: &str) -> String {
         && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !n.starts_with(|c: char| c.is_ascii_digit());
     if plain {
-        n.to_string()
-    } else {
-        format!("{n:?}")
+        return n.to_string();
     }
+    // Escaped by hand, not by `{:?}`: its escaping follows the standard
+    // library's Unicode tables, which may change between toolchains.
+    let mut out = String::from("\"");
+    for c in n.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms, unlike `std`'s

@@ -36,7 +36,7 @@
 //!    the same entries hold the same sessions and the same user state.
 //! 2. A kept result is returned for a retry byte for byte.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -99,6 +99,10 @@ pub trait ReplicatedState: Sized {
     fn snapshot_state(&self) -> Result<Vec<u8>, String>;
     /// Decodes a state.
     fn restore_state(bytes: &[u8]) -> Result<Self, String>;
+    /// The state's canonical encoding: equal for equal states, whatever
+    /// order their hash collections iterate in (every collection sorted). Only ever
+    /// compared in one process (the determinism check).
+    fn canonical_state(&self) -> Result<Vec<u8>, String>;
 }
 
 /// A type ha can replicate: `#[derive(Replicated)]` on the struct and
@@ -270,9 +274,11 @@ pub struct Sessions<T> {
     policy: PanicPolicy,
     /// Set while halted ([`PanicPolicy::Halt`]): replicated state.
     halted: Option<Halt>,
-    /// The index of the last halt resumed: a retried resume of it is
-    /// answered as done.
-    resumed: Option<u64>,
+    /// The answers to the last [`MAX_OPERATOR_OPS`] operator operations
+    /// (resume, panic policy), by the nonce their client chose, oldest
+    /// first: a retry is answered as the first attempt was, never applied
+    /// again. Replicated state.
+    operator_ops: VecDeque<(u64, CommandOutcome)>,
     /// Replay every command whose index is a multiple of this on a copy
     /// of the state and compare (0: never). See
     /// [`Sessions::with_determinism_check`].
@@ -292,7 +298,7 @@ struct SnapshotForm {
     now_ms: u64,
     policy: PanicPolicy,
     halted: Option<Halt>,
-    resumed: Option<u64>,
+    operator_ops: VecDeque<(u64, CommandOutcome)>,
     state: Vec<u8>,
 }
 
@@ -307,7 +313,7 @@ impl<T: Replicated> Sessions<T> {
             now_ms: 0,
             policy: PanicPolicy::Continue,
             halted: None,
-            resumed: None,
+            operator_ops: VecDeque::new(),
             check_every: DEFAULT_DETERMINISM_CHECK_EVERY,
             divergences: 0,
             #[cfg(feature = "planted-bugs")]
@@ -416,36 +422,37 @@ impl<T: Replicated> Sessions<T> {
                 );
                 return CommandOutcome::Registered { session: index.0 };
             }
-            LogOp::SetPanicPolicy { policy } => {
-                if policy != self.policy {
-                    tracing::warn!(
-                        "the panic policy is {policy:?} from entry {} on (was {:?})",
-                        index.0,
-                        self.policy
-                    );
-                }
-                self.policy = policy;
-                return CommandOutcome::PanicPolicy(policy);
-            }
-            LogOp::Resume { index: at } => {
-                return CommandOutcome::Resume(match &self.halted {
-                    Some(h) if h.index == at => {
+            LogOp::SetPanicPolicy { policy, nonce } => {
+                return self.operator_op(nonce, |s| {
+                    if policy != s.policy {
                         tracing::warn!(
-                            "the service resumes at entry {}, after the halt at {at}",
-                            index.0
+                            "the panic policy is {policy:?} from entry {} on (was {:?})",
+                            index.0,
+                            s.policy
                         );
-                        self.halted = None;
-                        self.resumed = Some(at);
-                        Ok(at)
                     }
-                    // A retry of a resume that was applied.
-                    None if self.resumed == Some(at) => Ok(at),
-                    Some(h) => Err(format!(
-                        "the service halted at index {}, not {at}: resume names the index it \
-                         halted at",
-                        h.index
-                    )),
-                    None => Err("the service is not halted".into()),
+                    s.policy = policy;
+                    CommandOutcome::PanicPolicy(policy)
+                });
+            }
+            LogOp::Resume { index: at, nonce } => {
+                return self.operator_op(nonce, |s| {
+                    CommandOutcome::Resume(match &s.halted {
+                        Some(h) if h.index == at => {
+                            tracing::warn!(
+                                "the service resumes at entry {}, after the halt at {at}",
+                                index.0
+                            );
+                            s.halted = None;
+                            Ok(at)
+                        }
+                        Some(h) => Err(format!(
+                            "the service halted at index {}, not {at}: resume names the index \
+                             it halted at",
+                            h.index
+                        )),
+                        None => Err("the service is not halted".into()),
+                    })
                 });
             }
             LogOp::Command(c) => c,
@@ -517,15 +524,21 @@ impl<T: Replicated> Sessions<T> {
             time_ms: now,
         };
         // The determinism check's copy of the state before the command.
+        // (User code: a panic in the state's encoding is caught; no check.)
         let before = (self.check_every > 0 && index.0.is_multiple_of(self.check_every))
-            .then(|| self.state.snapshot_state().ok())
-            .flatten();
+            .then(|| {
+                let state = &self.state;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.snapshot_state()))
+            })
+            .and_then(|r| r.ok()?.ok());
         // A panic is caught and becomes the outcome (see `PanicPolicy`): it
         // happens at the same point on every replica, so they stay alike.
         let kept = run_command(&mut self.state, command, &ctx);
         if let Some(before) = before
             && let Some(why) = replay_differs(&self.state, &before, body, &ctx, &kept)
         {
+            // Nothing here touches the replicated state: `divergences` is
+            // this replica's own count, never in a snapshot.
             self.divergences += 1;
             tracing::error!(
                 "NOT DETERMINISTIC: the command at log index {} {why} when run again on a copy \
@@ -560,6 +573,24 @@ impl<T: Replicated> Sessions<T> {
             .retain(|_, s| s.last_active_ms.saturating_add(timeout) >= now);
     }
 
+    /// Applies an operator operation once per `nonce`: a retry (the same
+    /// nonce, within the last [`MAX_OPERATOR_OPS`]) gets the first answer.
+    fn operator_op(
+        &mut self,
+        nonce: u64,
+        apply: impl FnOnce(&mut Self) -> CommandOutcome,
+    ) -> CommandOutcome {
+        if let Some((_, answer)) = self.operator_ops.iter().find(|(n, _)| *n == nonce) {
+            return answer.clone();
+        }
+        let answer = apply(self);
+        if self.operator_ops.len() >= MAX_OPERATOR_OPS {
+            self.operator_ops.pop_front();
+        }
+        self.operator_ops.push_back((nonce, answer.clone()));
+        answer
+    }
+
     /// Runs an encoded query; returns the encoded output. A query that
     /// panics is an error naming the panic, never the end of the node.
     pub fn query_bytes(&self, body: &[u8]) -> Result<Bytes, String> {
@@ -583,7 +614,7 @@ impl<T: Replicated> Sessions<T> {
             now_ms: self.now_ms,
             policy: self.policy,
             halted: self.halted.clone(),
-            resumed: self.resumed,
+            operator_ops: self.operator_ops.clone(),
             state: self.state.snapshot_state()?,
         };
         postcard::to_stdvec(&form).map_err(|e| e.to_string())
@@ -609,7 +640,7 @@ impl<T: Replicated> Sessions<T> {
             now_ms: form.now_ms,
             policy: form.policy,
             halted: form.halted,
-            resumed: form.resumed,
+            operator_ops: form.operator_ops,
             check_every: DEFAULT_DETERMINISM_CHECK_EVERY,
             divergences: 0,
             #[cfg(feature = "planted-bugs")]
@@ -633,28 +664,59 @@ fn run_command<T: Replicated>(state: &mut T, command: T::Command, ctx: &ApplyCon
     }
 }
 
+/// Operator operations whose answers are kept for retries (see
+/// `Sessions::operator_ops`).
+pub const MAX_OPERATOR_OPS: usize = 64;
+
 /// How often the determinism check replays a command by default (see
 /// [`Sessions::with_determinism_check`]).
 pub const DEFAULT_DETERMINISM_CHECK_EVERY: u64 = if cfg!(debug_assertions) { 16 } else { 0 };
 
 /// Runs `body` again on a copy of the state restored from `before` and
-/// compares: `Some(what differed)` if the outcome or the state differs.
+/// compares results and states by their canonical encodings
+/// ([`crate::canon`]: a `HashMap` rebuilt with other hash keys compares
+/// equal): `Some(what differed)` if either differs. All of it is user code
+/// (encoding, decoding, the command), so a panic anywhere is caught and
+/// reported, never the end of the node.
 fn replay_differs<T: Replicated>(
     state: &T,
     before: &[u8],
     body: &[u8],
     ctx: &ApplyContext,
     kept: &Kept,
-) -> Option<&'static str> {
-    let mut copy = T::restore_state(before).ok()?;
-    let command: T::Command = decode_exact(body).ok()?;
-    if run_command(&mut copy, command, ctx) != *kept {
-        return Some("gave another result");
-    }
-    match (copy.snapshot_state(), state.snapshot_state()) {
-        (Ok(a), Ok(b)) if a != b => Some("left another state"),
-        _ => None,
-    }
+) -> Option<String> {
+    let check = || -> Option<String> {
+        let mut copy = match T::restore_state(before) {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(format!(
+                    "could not be checked: its state does not restore ({e})"
+                ));
+            }
+        };
+        let command: T::Command = decode_exact(body).ok()?;
+        let again = run_command(&mut copy, command, ctx);
+        let same_result = match (&again, kept) {
+            (Kept::Output(a), Kept::Output(b)) => {
+                let canon = |bytes: &[u8]| {
+                    decode_exact::<T::CommandOutput>(bytes)
+                        .ok()
+                        .and_then(|v| crate::canon::canonical(&v).ok())
+                };
+                canon(a) == canon(b)
+            }
+            (a, b) => a == b,
+        };
+        if !same_result {
+            return Some("gave another result".into());
+        }
+        match (copy.canonical_state(), state.canonical_state()) {
+            (Ok(a), Ok(b)) if a != b => Some("left another state".into()),
+            _ => None,
+        }
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
+        .unwrap_or_else(|_| Some("could not be checked: running it again panicked".into()))
 }
 
 /// The shapes of what ha itself stores around the user's types: a log

@@ -483,7 +483,7 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
         // The policy is replicated state: set by a log entry.
         let set = LogCommand {
             time_ms: 10,
-            op: LogOp::SetPanicPolicy { policy },
+            op: LogOp::SetPanicPolicy { policy, nonce: 1 },
         };
         assert_eq!(
             s.apply_log_command(LogIndex(1), Term(1), set),
@@ -563,16 +563,16 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
     // Resumed at its index: a late duplicate of a refused command stays
     // refused (its client was told "not applied"); new commands run.
     let mut s = s;
-    let resume = |at: u64| LogCommand {
+    let resume = |at: u64, nonce: u64| LogCommand {
         time_ms: 10,
-        op: LogOp::Resume { index: at },
+        op: LogOp::Resume { index: at, nonce },
     };
     assert!(matches!(
-        s.apply_log_command(LogIndex(10), Term(1), resume(4)),
+        s.apply_log_command(LogIndex(10), Term(1), resume(4, 10)),
         CommandOutcome::Resume(Err(_))
     ));
     assert_eq!(
-        s.apply_log_command(LogIndex(11), Term(1), resume(3)),
+        s.apply_log_command(LogIndex(11), Term(1), resume(3, 11)),
         CommandOutcome::Resume(Ok(3))
     );
     assert!(s.halted().is_none());
@@ -592,6 +592,43 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
     );
     assert!(matches!(fresh, CommandOutcome::Applied(_)), "{fresh:?}");
     assert_eq!(s.state().log, vec![1, -5, 3]);
+
+    // A second halt; then a late retry of the first resume (its answer
+    // was lost) arrives: answered as the first attempt, and the service
+    // stays halted at the new index.
+    let fails = s.apply_log_command(
+        LogIndex(14),
+        Term(1),
+        brittle_cmd(1, 6, BrittleCommand::Push { n: -1 }),
+    );
+    assert!(matches!(fails, CommandOutcome::Failed(_)));
+    assert_eq!(
+        s.apply_log_command(LogIndex(15), Term(1), resume(3, 11)),
+        CommandOutcome::Resume(Ok(3))
+    );
+    assert_eq!(s.halted().map(|(i, _)| i), Some(LogIndex(14)));
+}
+
+/// Operator A sets Halt (its answer lost), B sets Continue, A's retry
+/// arrives: it is answered, not applied again over B's change.
+#[test]
+fn a_retried_policy_change_does_not_undo_a_later_one() {
+    let mut s = Sessions::<Counter>::new(60_000);
+    let set = |policy: PanicPolicy, nonce: u64| LogCommand {
+        time_ms: 10,
+        op: LogOp::SetPanicPolicy { policy, nonce },
+    };
+    s.apply_log_command(LogIndex(1), Term(1), set(PanicPolicy::Halt, 100));
+    s.apply_log_command(LogIndex(2), Term(1), set(PanicPolicy::Continue, 200));
+    assert_eq!(
+        s.apply_log_command(LogIndex(3), Term(1), set(PanicPolicy::Halt, 100)),
+        CommandOutcome::PanicPolicy(PanicPolicy::Halt),
+        "the retry gets A's first answer"
+    );
+    assert_eq!(s.panic_policy(), PanicPolicy::Continue, "B's change stands");
+    // The policy and the kept answers survive a snapshot.
+    let r = Sessions::<Counter>::restore(&s.snapshot().unwrap(), 60_000).unwrap();
+    assert_eq!(r.panic_policy(), PanicPolicy::Continue);
 }
 
 #[test]
@@ -604,7 +641,10 @@ fn resume_is_refused_when_the_service_is_not_halted() {
             Term(1),
             LogCommand {
                 time_ms: 10,
-                op: LogOp::Resume { index: at },
+                op: LogOp::Resume {
+                    index: at,
+                    nonce: index,
+                },
             },
         )
     };
@@ -687,4 +727,55 @@ fn the_replay_check_reports_a_command_that_is_not_deterministic() {
         draw(&mut e, session, seq);
     }
     assert_eq!(e.divergences(), 2);
+}
+
+/// A state of hash collections: a copy restored from a snapshot iterates
+/// them in another order, which the replay check must not take for a
+/// divergence (it compares canonical encodings).
+#[derive(Default, Serialize, Deserialize, Replicated)]
+pub struct Indexed {
+    by_name: std::collections::HashMap<String, u64>,
+    seen: std::collections::HashSet<u64>,
+}
+
+#[replicated]
+impl Indexed {
+    /// Inserts, and answers with a copy of the whole map.
+    pub fn put(&mut self, name: String, n: u64) -> std::collections::HashMap<String, u64> {
+        self.by_name.insert(name, n);
+        self.seen.insert(n);
+        self.by_name.clone()
+    }
+}
+
+#[test]
+fn the_replay_check_sees_no_divergence_in_hash_collections() {
+    let mut s = Sessions::<Indexed>::new(60_000).with_determinism_check(1);
+    let CommandOutcome::Registered { session } =
+        s.apply_log_command(LogIndex(1), Term(1), register(10))
+    else {
+        panic!("registered")
+    };
+    for seq in 1..=40u64 {
+        let body = postcard::to_stdvec(&IndexedCommand::Put {
+            name: format!("key-{seq}"),
+            n: seq,
+        })
+        .unwrap();
+        let c = LogCommand {
+            time_ms: 10,
+            op: LogOp::Command(SessionCommand {
+                client: session,
+                secret: SECRET,
+                seq,
+                ack_below: seq,
+                body: Bytes::from(body),
+            }),
+        };
+        assert!(matches!(
+            s.apply_log_command(LogIndex(1 + seq), Term(1), c),
+            CommandOutcome::Applied(_)
+        ));
+    }
+    assert_eq!(s.divergences(), 0);
 }

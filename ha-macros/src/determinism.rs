@@ -9,8 +9,9 @@
 //!   `RandomState` (hint: a generator seeded from the context);
 //! - `env`: `std::env::var`, `vars`, `var_os`, `args`, `current_dir`, ...;
 //! - `io`: `std::fs`, `File`, sockets, `std::process`, `thread::sleep`;
-//! - `hash_iteration`: iterating a field of `self` (`.iter()`, `.keys()`,
-//!   `.values()`, `.drain()`, `for .. in &self.f`, ...). Only the type
+//! - `hash_iteration`: iterating a direct field of `self` (`.iter()`,
+//!   `.keys()`, `.values()`, `.drain()`, `for .. in &self.f`, ...). Only
+//!   the type
 //!   checker knows whether the field is a `HashMap`/`HashSet`, so each such
 //!   place gets a probe (see `ha_core::__private::determinism`) that fails
 //!   to compile for exactly those two types, with the hint as its message.
@@ -19,9 +20,9 @@
 //! 1. Every finding is an error spanned at the offending path or call,
 //!    naming its category and the opt-out `#[replicated(allow(category))]`
 //!    on the method; an allowed category is not reported.
-//! 2. Nothing inside macro invocations is scanned (their tokens are not
-//!    Rust syntax until expanded): the check is a help, not a proof, and
-//!    the debug-build replay check (`ha_core::sm::Sessions`) backs it.
+//! 2. Only paths in expression position are checked, and nothing inside
+//!    macro invocations or nested items: the check is a help, not a proof,
+//!    and the debug-build replay check (`ha_core::sm::Sessions`) backs it.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -92,21 +93,25 @@ impl Scan<'_> {
 
     fn check_path(&mut self, path: &syn::Path) {
         let segs: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
-        let has = |s: &str| segs.iter().any(|x| x == s);
-        let ends = |a: &str, b: &str| {
-            segs.len() >= 2 && segs[segs.len() - 2] == a && segs[segs.len() - 1] == b
+        let n = segs.len();
+        let ends =
+            |a: &str, b: &[&str]| n >= 2 && segs[n - 2] == a && b.contains(&segs[n - 1].as_str());
+        // `std::fs::read`, or `fs::read` after `use std::fs`: a module of
+        // the standard library and one of its functions, so a user's own
+        // module of that name (`crate::process::step`) is not taken for it.
+        let std_call = |module: &str, fns: &[&str]| {
+            ends(module, fns) && (n == 2 || matches!(segs[0].as_str(), "std" | "core" | "tokio"))
         };
         // The last segment: the call that is the problem (`now`, `var`).
         let span = path
             .segments
             .last()
             .map_or_else(|| path.span(), |s| s.ident.span());
-        if ends("SystemTime", "now")
-            || ends("Instant", "now")
-            || ends("Utc", "now")
-            || ends("Local", "now")
-            || ends("OffsetDateTime", "now_utc")
-            || ends("OffsetDateTime", "now_local")
+        if ends("SystemTime", &["now"])
+            || ends("Instant", &["now"])
+            || ends("Utc", &["now"])
+            || ends("Local", &["now"])
+            || ends("OffsetDateTime", &["now_utc", "now_local"])
         {
             self.report(
                 span,
@@ -114,11 +119,10 @@ impl Scan<'_> {
                 "reading the clock",
                 "use `ctx.time_ms` (`&ApplyContext`): the leader's time, the same on every replica",
             );
-        } else if segs.first().is_some_and(|s| s == "rand" || s == "fastrand")
-            || has("thread_rng")
-            || has("OsRng")
-            || has("getrandom")
-            || has("RandomState")
+        } else if (n >= 2 && matches!(segs[0].as_str(), "rand" | "fastrand" | "getrandom"))
+            || ends("RandomState", &["new", "default"])
+            || segs.last().is_some_and(|l| l == "thread_rng")
+            || ends("OsRng", &["default", "new"])
         {
             self.report(
                 span,
@@ -127,21 +131,53 @@ impl Scan<'_> {
                 "derive a seed from the context (`ctx.index`, `ctx.term`) and use a seeded \
                  generator",
             );
-        } else if segs.len() >= 2 && segs[segs.len() - 2] == "env" {
+        } else if std_call(
+            "env",
+            &[
+                "var",
+                "vars",
+                "var_os",
+                "vars_os",
+                "args",
+                "args_os",
+                "current_dir",
+                "temp_dir",
+                "home_dir",
+            ],
+        ) {
             self.report(
                 span,
                 "env",
                 "reading the environment",
                 "pass what the command needs as an argument",
             );
-        } else if (segs.len() >= 2 && segs[segs.len() - 2] == "fs")
-            || has("File")
-            || has("OpenOptions")
-            || has("TcpStream")
-            || has("UdpSocket")
-            || has("TcpListener")
-            || (segs.len() >= 2 && segs[segs.len() - 2] == "process")
-            || ends("thread", "sleep")
+        } else if std_call(
+            "fs",
+            &[
+                "read",
+                "read_to_string",
+                "write",
+                "read_dir",
+                "metadata",
+                "remove_file",
+                "remove_dir",
+                "remove_dir_all",
+                "create_dir",
+                "create_dir_all",
+                "copy",
+                "rename",
+                "canonicalize",
+                "hard_link",
+                "set_permissions",
+            ],
+        ) || ends("File", &["open", "create", "create_new", "options"])
+            || ends("OpenOptions", &["new"])
+            || ends("TcpStream", &["connect"])
+            || ends("UdpSocket", &["bind"])
+            || ends("TcpListener", &["bind"])
+            || std_call("process", &["Command", "exit", "abort", "id"])
+            || ends("Command", &["new"]) && n >= 3 && segs[n - 3] == "process"
+            || std_call("thread", &["sleep", "spawn"])
         {
             self.report(
                 span,
@@ -167,10 +203,16 @@ fn self_field(e: &Expr) -> Option<&syn::ExprField> {
 }
 
 impl<'ast> Visit<'ast> for Scan<'_> {
-    fn visit_path(&mut self, path: &'ast syn::Path) {
-        self.check_path(path);
-        visit::visit_path(self, path);
+    // Paths in expression position only (calls, `Instant::now`): a type,
+    // a pattern or a local named like a module is not a call.
+    fn visit_expr_path(&mut self, e: &'ast syn::ExprPath) {
+        self.check_path(&e.path);
+        visit::visit_expr_path(self, e);
     }
+
+    // Nested items (a `fn` or an `impl` inside the body) are functions of
+    // their own, with their own `self`: not scanned.
+    fn visit_item(&mut self, _: &'ast syn::Item) {}
 
     fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
         if ITERATING.contains(&call.method.to_string().as_str())
@@ -192,9 +234,6 @@ impl<'ast> Visit<'ast> for Scan<'_> {
         }
         visit::visit_expr_for_loop(self, l);
     }
-
-    // Nested items (a `fn` or `impl` inside the body) are the user's own
-    // helpers: still part of the command, still scanned.
 }
 
 /// The probes for the iterated fields: one function the type checker

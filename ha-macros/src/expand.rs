@@ -58,6 +58,9 @@ pub fn derive(input: TokenStream) -> TokenStream {
             fn state_shape() -> ::std::result::Result<::std::string::String, ::ha_core::schema::SchemaError> {
                 <#name as ::ha_core::__private::StateCodec>::shape()
             }
+            fn canonical_state(&self) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                <#name as ::ha_core::__private::StateCodec>::canonical(self)
+            }
         }
     }
 }

@@ -201,7 +201,8 @@ impl QuicNode {
         }
         let snapshots =
             SnapshotStore::open(StdFs, &dir.snapshot_dir()).map_err(|e| node_err(&e))?;
-        let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS);
+        let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS)
+            .with_determinism_check(opts.determinism_check_every);
         let init = recover(&mut wal, state, &snapshots, &mut applier, peers > 0)
             .map_err(|e| node_err(&e))?;
         let schema =

@@ -1960,8 +1960,10 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
             let op = match req {
                 ClientRequest::Command { command, .. } => LogOp::Command(command),
                 ClientRequest::Register { secret, .. } => LogOp::Register { secret },
-                ClientRequest::Resume { index, .. } => LogOp::Resume { index },
-                ClientRequest::SetPanicPolicy { policy, .. } => LogOp::SetPanicPolicy { policy },
+                ClientRequest::Resume { index, nonce, .. } => LogOp::Resume { index, nonce },
+                ClientRequest::SetPanicPolicy { policy, nonce, .. } => {
+                    LogOp::SetPanicPolicy { policy, nonce }
+                }
                 // Not reached (the arm matched one of the two); refusing
                 // keeps the node free of panics on client input.
                 _ => return refused("unexpected request".into()),

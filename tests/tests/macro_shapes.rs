@@ -164,3 +164,53 @@ fn a_prefix_renames_the_generated_items_where_the_names_are_taken() {
         taken_names::CountCommandOutput::Add(n) => assert_eq!(n, 1),
     }
 }
+
+/// Code the determinism scan must not take for what it looks for: a local
+/// named `rand`, a module of one's own named `process`, a type named
+/// `File`, iterating ordered collections, and hash collections used only
+/// for lookups and inserts, or iterated where allowed.
+mod scan_false_alarms {
+    use std::collections::{BTreeMap, HashMap};
+
+    use ha_core::{Replicated, replicated};
+    use serde::{Deserialize, Serialize};
+
+    /// A module of the user's own.
+    mod process {
+        /// A step.
+        pub fn step(x: u64) -> u64 {
+            x + 1
+        }
+    }
+
+    /// A type of the user's own named `File`.
+    #[derive(Default, Serialize, Deserialize)]
+    pub struct File {
+        size: u64,
+    }
+
+    /// A state with ordered and hash collections.
+    #[derive(Default, Serialize, Deserialize, Replicated)]
+    pub struct Files {
+        by_name: BTreeMap<String, File>,
+        index: HashMap<String, u64>,
+        seed: u64,
+    }
+
+    #[replicated]
+    impl Files {
+        /// Adds a file.
+        pub fn add(&mut self, name: String, size: u64, rand: u64) -> u64 {
+            self.seed = process::step(rand);
+            self.index.insert(name.clone(), size);
+            let file = File { size };
+            self.by_name.insert(name, file);
+            self.by_name.values().map(|f| f.size).sum::<u64>() + self.index.len() as u64
+        }
+        /// A sum does not depend on the order.
+        #[replicated(allow(hash_iteration))]
+        pub fn total(&mut self) -> u64 {
+            self.index.values().sum()
+        }
+    }
+}

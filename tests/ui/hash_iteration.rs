@@ -9,6 +9,7 @@ pub struct Cache {
     seen: HashSet<u64>,
     sorted: BTreeMap<String, u64>,
     list: Vec<u64>,
+    boxed: Box<HashMap<u8, u8>>,
 }
 
 #[replicated]
@@ -25,6 +26,9 @@ impl Cache {
             n += s;
         }
         n
+    }
+    pub fn first_boxed(&mut self) -> Option<u8> {
+        self.boxed.keys().next().copied()
     }
     /// Lookups, inserts and ordered collections are fine.
     pub fn fine(&mut self, k: String) -> u64 {

@@ -137,6 +137,12 @@ pub struct NodeOptions {
     /// [`MAX_COMMAND_BYTES`](crate::storage::wal::MAX_COMMAND_BYTES), what a
     /// log record holds). A transport lowers it to what it can replicate.
     pub max_command_bytes: usize,
+    /// A node of a replicated type replays every command whose log index
+    /// is a multiple of this on a copy of its state and reports a command
+    /// that is not deterministic (0: never; see
+    /// [`Sessions::with_determinism_check`](crate::sm::Sessions::with_determinism_check)).
+    /// Every 16th in debug builds, never in release.
+    pub determinism_check_every: u64,
 }
 
 /// The slowest rate a snapshot transfer is allowed before the node's
@@ -161,6 +167,7 @@ impl NodeOptions {
             storage_quota_bytes: Some(DEFAULT_STORAGE_QUOTA_BYTES),
             snapshot_transfer_timeout: Duration::from_secs(3600),
             max_command_bytes: crate::storage::wal::MAX_COMMAND_BYTES,
+            determinism_check_every: crate::sm::DEFAULT_DETERMINISM_CHECK_EVERY,
         }
     }
 }
