@@ -2,28 +2,44 @@
 //! the same (the determinism check of [`crate::sm::Sessions`]).
 //!
 //! Owns: [`canonical`], a serde serializer whose output depends only on the
-//! value, never on the order a collection hands out its elements: every
-//! sequence's elements and every map's entries are sorted by their own
-//! canonical bytes. A `HashMap` or `HashSet` rebuilt from a snapshot
-//! (which hashes with new keys and iterates in another order) encodes as
-//! the one it was taken from.
+//! value, never on the order a map hands out its entries: every map's
+//! entries are sorted by their own canonical bytes, so a `HashMap` rebuilt
+//! from a snapshot (new hash keys, another iteration order) encodes as the
+//! one it was taken from. Sequences are written in order, since their order
+//! is their meaning (a `Vec`), except in [`Order::Sorted`], which sorts
+//! them too: serde writes a `HashSet` as a sequence, so only that mode
+//! makes two equal sets encode alike, at the price of not telling a `Vec`
+//! from its permutation.
 //!
 //! Invariants:
-//! 1. Two values with equal canonical bytes are equal as multisets at every
-//!    level: the encoding is self-delimiting (a tag before every value,
-//!    lengths before every variable part), so no two different values of
-//!    one type share it, except sequences that differ only in the order of
-//!    their elements (the price of sorting: a `Vec` permuted is not seen).
-//! 2. Never a format for storage or the network: only ever compared within
+//! 1. The encoding is self-delimiting (a tag before every value, lengths
+//!    before every variable part and every compound): two values of one
+//!    type with equal bytes are equal, up to the order of map entries (and
+//!    of sequence elements, in `Sorted`).
+//! 2. Ordered sequences are written in place; only map entries (and, in
+//!    `Sorted`, sequence elements) are buffered, once each.
+//! 3. Never a format for storage or the network: only ever compared within
 //!    one process.
 
 use std::fmt;
 
 use serde::ser::{self, Serialize};
 
+/// Whether sequences keep their order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Sequences in order, maps sorted.
+    Kept,
+    /// Sequences and maps sorted.
+    Sorted,
+}
+
 /// The canonical bytes of `v` (see the module docs).
-pub(crate) fn canonical<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, String> {
-    let mut c = Canon { out: Vec::new() };
+pub(crate) fn canonical<T: Serialize + ?Sized>(v: &T, order: Order) -> Result<Vec<u8>, String> {
+    let mut c = Canon {
+        out: Vec::new(),
+        order,
+    };
     v.serialize(&mut c).map_err(|e| e.0)?;
     Ok(c.out)
 }
@@ -48,6 +64,7 @@ impl ser::Error for CanonError {
 
 struct Canon {
     out: Vec<u8>,
+    order: Order,
 }
 
 impl Canon {
@@ -63,23 +80,50 @@ impl Canon {
     }
 }
 
-/// A sequence or map: its parts gathered, then sorted and written.
+/// A map (or, in `Order::Sorted`, a sequence): its parts gathered, then
+/// sorted and written. In `Order::Kept` a sequence's elements go straight
+/// to the output (`parts` stays empty; `count` counts them).
 struct Sorted<'a> {
     parent: &'a mut Canon,
-    tag: u8,
+    sort: bool,
     parts: Vec<Vec<u8>>,
+    /// Elements written in place.
+    count: usize,
+    /// Where the in-place count goes (patched at the end).
+    count_at: usize,
     /// A map's key waiting for its value.
     key: Option<Vec<u8>>,
 }
 
-impl Sorted<'_> {
-    fn finish(mut self) {
-        self.parts.sort_unstable();
-        self.parent.tag(self.tag);
-        self.parent.len(self.parts.len());
-        for p in &self.parts {
-            self.parent.chunk(p);
+impl<'a> Sorted<'a> {
+    fn new(parent: &'a mut Canon, tag: u8, sort: bool) -> Sorted<'a> {
+        parent.tag(tag);
+        let count_at = parent.out.len();
+        parent.len(0);
+        Sorted {
+            parent,
+            sort,
+            parts: Vec::new(),
+            count: 0,
+            count_at,
+            key: None,
         }
+    }
+
+    fn finish(mut self) -> Result<(), CanonError> {
+        if self.key.is_some() {
+            return Err(CanonError("a map key without its value".into()));
+        }
+        if self.sort {
+            self.parts.sort_unstable();
+            self.count = self.parts.len();
+            for p in &self.parts {
+                self.parent.chunk(p);
+            }
+        }
+        let at = self.count_at;
+        self.parent.out[at..at + 8].copy_from_slice(&(self.count as u64).to_le_bytes());
+        Ok(())
     }
 }
 
@@ -194,41 +238,38 @@ impl<'a> ser::Serializer for &'a mut Canon {
         v.serialize(self)
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Sorted<'a>, CanonError> {
-        Ok(Sorted {
-            parent: self,
-            tag: 22,
-            parts: Vec::new(),
-            key: None,
-        })
+        let sort = self.order == Order::Sorted;
+        Ok(Sorted::new(self, 22, sort))
     }
-    fn serialize_tuple(self, _: usize) -> Result<Ordered<'a>, CanonError> {
+    fn serialize_tuple(self, len: usize) -> Result<Ordered<'a>, CanonError> {
         self.tag(23);
+        self.len(len);
         Ok(Ordered(self))
     }
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Ordered<'a>, CanonError> {
-        self.serialize_tuple(0)
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        len: usize,
+    ) -> Result<Ordered<'a>, CanonError> {
+        self.serialize_tuple(len)
     }
     fn serialize_tuple_variant(
         self,
         _: &'static str,
         i: u32,
         _: &'static str,
-        _: usize,
+        len: usize,
     ) -> Result<Ordered<'a>, CanonError> {
         self.tag(24);
         self.out.extend_from_slice(&i.to_le_bytes());
+        self.len(len);
         Ok(Ordered(self))
     }
     fn serialize_map(self, _: Option<usize>) -> Result<Sorted<'a>, CanonError> {
-        Ok(Sorted {
-            parent: self,
-            tag: 25,
-            parts: Vec::new(),
-            key: None,
-        })
+        Ok(Sorted::new(self, 25, true))
     }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Ordered<'a>, CanonError> {
-        self.serialize_tuple(0)
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Ordered<'a>, CanonError> {
+        self.serialize_tuple(len)
     }
     fn serialize_struct_variant(
         self,
@@ -248,12 +289,17 @@ impl ser::SerializeSeq for Sorted<'_> {
     type Ok = ();
     type Error = CanonError;
     fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonError> {
-        self.parts.push(canonical(v).map_err(CanonError)?);
+        if self.sort {
+            self.parts
+                .push(canonical(v, self.parent.order).map_err(CanonError)?);
+        } else {
+            self.count += 1;
+            v.serialize(&mut *self.parent)?;
+        }
         Ok(())
     }
     fn end(self) -> Result<(), CanonError> {
-        self.finish();
-        Ok(())
+        self.finish()
     }
 }
 
@@ -261,7 +307,7 @@ impl ser::SerializeMap for Sorted<'_> {
     type Ok = ();
     type Error = CanonError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), CanonError> {
-        self.key = Some(canonical(k).map_err(CanonError)?);
+        self.key = Some(canonical(k, self.parent.order).map_err(CanonError)?);
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonError> {
@@ -269,17 +315,19 @@ impl ser::SerializeMap for Sorted<'_> {
             .key
             .take()
             .ok_or_else(|| CanonError("a map value without its key".into()))?;
-        let value = canonical(v).map_err(CanonError)?;
+        let value = canonical(v, self.parent.order).map_err(CanonError)?;
         // One part per entry: the key, then the value, each length-prefixed.
-        let mut entry = Canon { out: Vec::new() };
+        let mut entry = Canon {
+            out: Vec::new(),
+            order: self.parent.order,
+        };
         entry.chunk(&key);
         entry.chunk(&value);
         self.parts.push(entry.out);
         Ok(())
     }
     fn end(self) -> Result<(), CanonError> {
-        self.finish();
-        Ok(())
+        self.finish()
     }
 }
 
@@ -338,37 +386,54 @@ impl ser::SerializeStructVariant for Ordered<'_> {
 mod tests {
     use std::collections::{BTreeMap, HashMap, HashSet};
 
-    use super::canonical;
+    use super::{Order, canonical};
+
+    fn kept<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        canonical(v, Order::Kept).unwrap()
+    }
 
     #[test]
-    fn hash_collections_encode_alike_whatever_their_order() {
+    fn maps_encode_alike_whatever_their_order() {
         let a: HashMap<String, u32> = (0..50).map(|i| (format!("k{i}"), i)).collect();
         let b: HashMap<String, u32> = (0..50).rev().map(|i| (format!("k{i}"), i)).collect();
-        assert_eq!(canonical(&a).unwrap(), canonical(&b).unwrap());
-        let s: HashSet<u64> = (0..50).collect();
-        let t: HashSet<u64> = (0..50).rev().collect();
-        assert_eq!(canonical(&s).unwrap(), canonical(&t).unwrap());
-        // A map and its ordered twin differ from a changed one.
+        assert_eq!(kept(&a), kept(&b));
         let bt: BTreeMap<String, u32> = (0..50).map(|i| (format!("k{i}"), i)).collect();
         let mut c = bt.clone();
         c.insert("k7".into(), 8);
-        assert_ne!(canonical(&bt).unwrap(), canonical(&c).unwrap());
+        assert_ne!(kept(&bt), kept(&c));
+    }
+
+    #[test]
+    fn sequences_keep_their_order_unless_sorted() {
+        assert_ne!(kept(&vec![1u8, 2]), kept(&vec![2u8, 1]));
+        // Byte strings as map keys are not taken apart.
+        let m1: BTreeMap<Vec<u8>, u8> = [(b"ab".to_vec(), 1), (b"ba".to_vec(), 2)].into();
+        let m2: BTreeMap<Vec<u8>, u8> = [(b"ab".to_vec(), 2), (b"ba".to_vec(), 1)].into();
+        assert_ne!(kept(&m1), kept(&m2));
+        let s: HashSet<u64> = (0..50).collect();
+        let t: HashSet<u64> = (0..50).rev().collect();
+        assert_eq!(
+            canonical(&s, Order::Sorted).unwrap(),
+            canonical(&t, Order::Sorted).unwrap()
+        );
+        assert_eq!(
+            canonical(&vec![1u8, 2], Order::Sorted).unwrap(),
+            canonical(&vec![2u8, 1], Order::Sorted).unwrap()
+        );
     }
 
     #[test]
     fn different_values_differ() {
+        assert_ne!(kept(&(1u32, 2u32)), kept(&(2u32, 1u32)));
+        assert_ne!(kept(&Some(0u8)), kept(&None::<u8>));
         assert_ne!(
-            canonical(&(1u32, 2u32)).unwrap(),
-            canonical(&(2u32, 1u32)).unwrap()
+            kept(&vec!["ab".to_string()]),
+            kept(&vec!["a".to_string(), "b".to_string()])
         );
         assert_ne!(
-            canonical(&Some(0u8)).unwrap(),
-            canonical(&None::<u8>).unwrap()
+            kept(&vec![vec![1u8], vec![]]),
+            kept(&vec![vec![], vec![1u8]])
         );
-        assert_ne!(
-            canonical(&vec!["ab".to_string()]).unwrap(),
-            canonical(&vec!["a".to_string(), "b".to_string()]).unwrap()
-        );
-        assert_ne!(canonical(&-1i32).unwrap(), canonical(&u32::MAX).unwrap());
+        assert_ne!(kept(&-1i32), kept(&u32::MAX));
     }
 }

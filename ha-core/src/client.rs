@@ -159,15 +159,20 @@ impl<T> Clone for Client<T> {
 }
 
 fn random_u64() -> u64 {
-    // Session ids only need to be unique, not secret: mix the clock, the
-    // process id and an address.
+    // Unique per call in a process (a counter), and across processes and
+    // machines with high probability (the clock, the process id, an
+    // address), mixed by SplitMix64. Nonces and session secrets need to be
+    // unique; secrets also guard against a client guessing another's.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let local = 0u8;
     let addr = &local as *const u8 as u64;
-    let mut rng =
-        crate::raft::rng::SplitMix64::new(t ^ (u64::from(std::process::id()) << 32) ^ addr);
+    let mut rng = crate::raft::rng::SplitMix64::new(
+        t ^ (u64::from(std::process::id()) << 32) ^ addr ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
     rng.next_u64() | 1
 }
 

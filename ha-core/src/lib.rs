@@ -422,7 +422,7 @@ pub mod __private {
         /// The state's canonical wire shape.
         fn shape() -> Result<String, crate::schema::SchemaError>;
         /// The state's canonical encoding, for comparisons.
-        fn canonical(&self) -> Result<Vec<u8>, String>;
+        fn canonical(&self, sorted: bool) -> Result<Vec<u8>, String>;
     }
 
     #[diagnostic::do_not_recommend]
@@ -436,8 +436,13 @@ pub mod __private {
         fn shape() -> Result<String, crate::schema::SchemaError> {
             crate::schema::shape_of::<T>()
         }
-        fn canonical(&self) -> Result<Vec<u8>, String> {
-            crate::canon::canonical(self)
+        fn canonical(&self, sorted: bool) -> Result<Vec<u8>, String> {
+            let order = if sorted {
+                crate::canon::Order::Sorted
+            } else {
+                crate::canon::Order::Kept
+            };
+            crate::canon::canonical(self, order)
         }
     }
 }

@@ -626,6 +626,18 @@ fn a_retried_policy_change_does_not_undo_a_later_one() {
         "the retry gets A's first answer"
     );
     assert_eq!(s.panic_policy(), PanicPolicy::Continue, "B's change stands");
+    // A nonce seen with another operation is refused, never answered as it.
+    let reused = LogCommand {
+        time_ms: 10,
+        op: LogOp::Resume {
+            index: 7,
+            nonce: 100,
+        },
+    };
+    assert!(matches!(
+        s.apply_log_command(LogIndex(4), Term(1), reused),
+        CommandOutcome::Undecodable(_)
+    ));
     // The policy and the kept answers survive a snapshot.
     let r = Sessions::<Counter>::restore(&s.snapshot().unwrap(), 60_000).unwrap();
     assert_eq!(r.panic_policy(), PanicPolicy::Continue);
@@ -671,6 +683,12 @@ pub struct Leaky {
 impl Leaky {
     /// Not deterministic, and no syntax says so.
     pub fn draw(&mut self) -> u64 {
+        self.last = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.last
+    }
+    /// The same, with non-determinism allowed: never run twice by the check.
+    #[replicated(allow(io))]
+    pub fn draw_allowed(&mut self) -> u64 {
         self.last = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.last
     }
@@ -727,6 +745,33 @@ fn the_replay_check_reports_a_command_that_is_not_deterministic() {
         draw(&mut e, session, seq);
     }
     assert_eq!(e.divergences(), 2);
+
+    // A method that allowed non-determinism is not replayed (it may do IO).
+    let mut f = Sessions::<Leaky>::new(60_000).with_determinism_check(1);
+    let CommandOutcome::Registered { session } =
+        f.apply_log_command(LogIndex(1), Term(1), register(10))
+    else {
+        panic!("registered")
+    };
+    let before = DRAWS.load(std::sync::atomic::Ordering::Relaxed);
+    let body = postcard::to_stdvec(&LeakyCommand::DrawAllowed {}).unwrap();
+    let c = LogCommand {
+        time_ms: 10,
+        op: LogOp::Command(SessionCommand {
+            client: session,
+            secret: SECRET,
+            seq: 1,
+            ack_below: 1,
+            body: Bytes::from(body),
+        }),
+    };
+    f.apply_log_command(LogIndex(2), Term(1), c);
+    assert_eq!(f.divergences(), 0);
+    assert_eq!(
+        DRAWS.load(std::sync::atomic::Ordering::Relaxed),
+        before + 1,
+        "run once"
+    );
 }
 
 /// A state of hash collections: a copy restored from a snapshot iterates

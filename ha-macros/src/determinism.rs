@@ -20,9 +20,10 @@
 //! 1. Every finding is an error spanned at the offending path or call,
 //!    naming its category and the opt-out `#[replicated(allow(category))]`
 //!    on the method; an allowed category is not reported.
-//! 2. Only paths in expression position are checked, and nothing inside
-//!    macro invocations or nested items: the check is a help, not a proof,
-//!    and the debug-build replay check (`ha_core::sm::Sessions`) backs it.
+//! 2. Only paths in expression position are checked (nested functions
+//!    included), and nothing inside macro invocations: the check is a help,
+//!    not a proof, and the debug-build replay check (`ha_core::sm::Sessions`)
+//!    backs it.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -62,6 +63,7 @@ pub fn scan(body: &syn::Block, allowed: &[String]) -> Findings {
             errors: Vec::new(),
             iterated: Vec::new(),
         },
+        nested: 0,
     };
     v.visit_block(body);
     v.found
@@ -70,6 +72,8 @@ pub fn scan(body: &syn::Block, allowed: &[String]) -> Findings {
 struct Scan<'a> {
     allowed: &'a [String],
     found: Findings,
+    /// Inside a nested `fn` or `impl` of the body: its `self` is another.
+    nested: usize,
 }
 
 impl Scan<'_> {
@@ -119,10 +123,18 @@ impl Scan<'_> {
                 "reading the clock",
                 "use `ctx.time_ms` (`&ApplyContext`): the leader's time, the same on every replica",
             );
-        } else if (n >= 2 && matches!(segs[0].as_str(), "rand" | "fastrand" | "getrandom"))
+        } else if (n >= 2 && segs[0] == "fastrand")
+            || (n >= 2
+                && segs[0] == "rand"
+                && matches!(segs[n - 1].as_str(), "thread_rng" | "rng" | "random"))
+            || segs
+                .iter()
+                .any(|s| matches!(s.as_str(), "OsRng" | "ThreadRng" | "getrandom"))
+            || matches!(
+                segs[n - 1].as_str(),
+                "thread_rng" | "from_entropy" | "from_os_rng"
+            )
             || ends("RandomState", &["new", "default"])
-            || segs.last().is_some_and(|l| l == "thread_rng")
-            || ends("OsRng", &["default", "new"])
         {
             self.report(
                 span,
@@ -210,12 +222,18 @@ impl<'ast> Visit<'ast> for Scan<'_> {
         visit::visit_expr_path(self, e);
     }
 
-    // Nested items (a `fn` or an `impl` inside the body) are functions of
-    // their own, with their own `self`: not scanned.
-    fn visit_item(&mut self, _: &'ast syn::Item) {}
+    // Nested items (a `fn` or an `impl` inside the body) can only be called
+    // from it: scanned for calls, but their `self` is another type's, so
+    // no field of it is probed.
+    fn visit_item(&mut self, item: &'ast syn::Item) {
+        self.nested += 1;
+        visit::visit_item(self, item);
+        self.nested -= 1;
+    }
 
     fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
         if ITERATING.contains(&call.method.to_string().as_str())
+            && self.nested == 0
             && !self.allows("hash_iteration")
             && let Some(f) = self_field(&call.receiver)
         {
@@ -228,6 +246,7 @@ impl<'ast> Visit<'ast> for Scan<'_> {
 
     fn visit_expr_for_loop(&mut self, l: &'ast syn::ExprForLoop) {
         if !self.allows("hash_iteration")
+            && self.nested == 0
             && let Some(f) = self_field(&l.expr)
         {
             self.found.iterated.push((f.member.clone(), l.expr.span()));

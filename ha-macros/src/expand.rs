@@ -58,8 +58,8 @@ pub fn derive(input: TokenStream) -> TokenStream {
             fn state_shape() -> ::std::result::Result<::std::string::String, ::ha_core::schema::SchemaError> {
                 <#name as ::ha_core::__private::StateCodec>::shape()
             }
-            fn canonical_state(&self) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
-                <#name as ::ha_core::__private::StateCodec>::canonical(self)
+            fn canonical_state(&self, sorted: bool) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                <#name as ::ha_core::__private::StateCodec>::canonical(self, sorted)
             }
         }
     }
@@ -442,6 +442,9 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     let mut methods: Vec<Method> = Vec::new();
     let mut iterated = Vec::new();
+    // Commands whose method allowed non-determinism: never replayed by the
+    // determinism check (they may do IO).
+    let mut not_replayed: Vec<Ident> = Vec::new();
     for item in &mut imp.items {
         let ImplItem::Fn(f) = item else { continue };
         let attrs = method_attrs(&f.attrs, &mut errors);
@@ -454,6 +457,9 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
                 let found = determinism::scan(&f.block, &attrs.allowed);
                 errors.extend(found.errors);
                 iterated.extend(found.iterated);
+                if !attrs.allowed.is_empty() {
+                    not_replayed.push(m.variant.clone());
+                }
             }
             if let Some(prev) = methods.iter().find(|p| p.variant == m.variant) {
                 errors.push(syn::Error::new_spanned(
@@ -471,7 +477,12 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     // The code for every method that is fine is generated even when others
     // are not, so the only errors the user sees are the ones reported here,
     // not a cascade of missing types and traits.
-    let generated = generate(&name, prefix.as_ref().unwrap_or(&name), &methods);
+    let generated = generate(
+        &name,
+        prefix.as_ref().unwrap_or(&name),
+        &methods,
+        &not_replayed,
+    );
     let probes = determinism::probes(&name, &iterated);
     let errors = errors
         .into_iter()
@@ -488,7 +499,7 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn generate(name: &Ident, stem: &Ident, methods: &[Method]) -> TokenStream {
+fn generate(name: &Ident, stem: &Ident, methods: &[Method], not_replayed: &[Ident]) -> TokenStream {
     let cmd_ty = format_ident!("{}Command", stem);
     let qry_ty = format_ident!("{}Query", stem);
     let cmd_out = format_ident!("{}CommandOutput", stem);
@@ -651,6 +662,15 @@ fn generate(name: &Ident, stem: &Ident, methods: &[Method]) -> TokenStream {
             }
         }
     });
+    let replay_safe = if not_replayed.is_empty() {
+        TokenStream::new()
+    } else {
+        quote! {
+            fn replay_safe(command: &#cmd_ty) -> bool {
+                !matches!(command, #(#cmd_ty::#not_replayed { .. })|*)
+            }
+        }
+    };
     let sm_impl = bounded(&|w| {
         quote! {
             impl ::ha_core::sm::StateMachine for #name #w {
@@ -665,6 +685,7 @@ fn generate(name: &Ident, stem: &Ident, methods: &[Method]) -> TokenStream {
                 fn run_query(&self, query: #qry_ty) -> #qry_out {
                     match query { #(#qry_arms),* }
                 }
+                #replay_safe
             }
         }
     });

@@ -212,5 +212,26 @@ mod scan_false_alarms {
         pub fn total(&mut self) -> u64 {
             self.index.values().sum()
         }
+        /// A nested helper with a `self` of its own, and a seeded
+        /// generator's constructor path.
+        pub fn helper(&mut self) -> u64 {
+            struct Local {
+                items: Vec<u64>,
+            }
+            impl Local {
+                fn sum(&self) -> u64 {
+                    self.items.iter().sum()
+                }
+            }
+            mod rand {
+                pub struct StdRng;
+                impl StdRng {
+                    pub fn seed_from_u64(s: u64) -> u64 {
+                        s
+                    }
+                }
+            }
+            Local { items: vec![1, 2] }.sum() + rand::StdRng::seed_from_u64(self.seed)
+        }
     }
 }
