@@ -10,6 +10,7 @@
 //! - `HA_SIM_SEED=1234 cargo test --release -p ha-tests --test sim` replays
 //!   exactly one seed (a failure prints the seed to use).
 
+pub mod fragile;
 pub mod lincheck;
 pub mod sim;
 

@@ -13,36 +13,8 @@ use std::time::{Duration, Instant};
 
 use ha_core::Error;
 use ha_core::sm::PanicPolicy;
-use ha_core::{Replicated, replicated};
 use ha_quic::{LocalCluster, LocalOptions};
-use serde::{Deserialize, Serialize};
-
-/// A list that refuses one number the hard way.
-#[derive(Default, Serialize, Deserialize, Replicated)]
-pub struct Fragile {
-    items: Vec<u32>,
-}
-
-#[replicated]
-impl Fragile {
-    /// Appends `x`; returns the length. Panics on 13, after appending it:
-    /// what a command changed before its panic stays.
-    pub fn push(&mut self, x: u32) -> usize {
-        self.items.push(x);
-        if x == 13 {
-            panic!("unlucky number {x}");
-        }
-        self.items.len()
-    }
-    /// The item at `i`: indexing panics when out of range.
-    pub fn at(&self, i: u32) -> u32 {
-        self.items[i as usize]
-    }
-    /// How many items.
-    pub fn count(&self) -> usize {
-        self.items.len()
-    }
-}
+use ha_tests::fragile::Fragile;
 
 /// Waits until every node applied the same index and none stopped.
 async fn settle(cluster: &LocalCluster<Fragile>) -> Vec<ha_core::node::NodeStatus> {
@@ -190,4 +162,112 @@ async fn under_the_halt_policy_nothing_moves_until_an_operator_resumes() {
     let all = settle(&cluster).await;
     assert!(all.iter().all(|s| s.halted.is_none()));
     cluster.shutdown().await;
+}
+
+/// One `fragile_node` process.
+struct Process {
+    child: std::process::Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(id: u64, root: &std::path::Path, cluster: &str) -> Process {
+    let log = std::fs::File::create(root.join(format!("node-{id}.log"))).expect("log file");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fragile_node"))
+        .arg(id.to_string())
+        .arg(root.join(format!("data-{id}")))
+        .arg(root.join("tls"))
+        .arg(cluster)
+        .stdin(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("fragile_node starts");
+    Process { child }
+}
+
+fn logs(root: &std::path::Path) -> String {
+    (1..=3)
+        .map(|id| {
+            let text =
+                std::fs::read_to_string(root.join(format!("node-{id}.log"))).unwrap_or_default();
+            format!("--- node {id}:\n{text}")
+        })
+        .collect()
+}
+
+/// The same story on a cluster of three processes (`fragile_node`): the
+/// panicking command is answered as failed, every process keeps running and
+/// serving, and after all three are killed (-9) and restarted they replay
+/// the failed command from their logs and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_command_on_a_three_process_cluster_kills_no_process() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    ha_quic::create_cluster_certs(
+        &root.join("tls"),
+        &[
+            ha_core::types::NodeId(1),
+            ha_core::types::NodeId(2),
+            ha_core::types::NodeId(3),
+        ],
+    )
+    .unwrap();
+    let addrs: Vec<std::net::SocketAddr> = (0..3)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .expect("a free port")
+        })
+        .collect();
+    let cluster = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<Process> = (1..=3).map(|id| spawn(id, root, &cluster)).collect();
+    let identity = ha_quic::load_client_identity(&root.join("tls")).unwrap();
+    let opts = ha_core::ClientOptions {
+        timeout: Duration::from_secs(20),
+        ..ha_core::ClientOptions::default()
+    };
+    let c = ha_quic::connect::<Fragile>(addrs.clone(), &identity, opts.clone()).unwrap();
+    assert_eq!(c.push(1).await.unwrap(), 1, "{}", logs(root));
+    match c.push(13).await {
+        Err(Error::Failed(why)) => assert!(why.contains("unlucky number 13"), "{why}"),
+        other => panic!("expected a failed command, got {other:?}\n{}", logs(root)),
+    }
+    assert_eq!(c.push(2).await.unwrap(), 3, "{}", logs(root));
+    match c.at(99).await {
+        Err(Error::Query(why)) => assert!(why.contains("the query panicked"), "{why}"),
+        other => panic!("expected a query error, got {other:?}"),
+    }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        assert!(
+            n.child.try_wait().unwrap().is_none(),
+            "node {} exited\n{}",
+            i + 1,
+            logs(root)
+        );
+    }
+    // Every process dies at once and comes back: the failed command is
+    // replayed from the log, answered the same way, and nobody dies.
+    nodes.clear();
+    let mut nodes: Vec<Process> = (1..=3).map(|id| spawn(id, root, &cluster)).collect();
+    let c = ha_quic::connect::<Fragile>(addrs, &identity, opts).unwrap();
+    assert_eq!(c.push(3).await.unwrap(), 4, "{}", logs(root));
+    assert_eq!(c.at(1).await.unwrap(), 13);
+    for (i, n) in nodes.iter_mut().enumerate() {
+        assert!(
+            n.child.try_wait().unwrap().is_none(),
+            "node {} exited after the restart\n{}",
+            i + 1,
+            logs(root)
+        );
+    }
 }
