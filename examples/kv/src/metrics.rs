@@ -20,6 +20,8 @@
 //!   `transport_protocol_errors_total`, `node_stopped`
 //! - `repairing` (1 while the node repairs damaged storage from its peers),
 //!   `repairing_info{found=..}` (while it does: what it found)
+//! - `halted` (1 while the service is halted after a failed command under
+//!   the `halt` panic policy; `ha-kv status` says where and why)
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -135,6 +137,12 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
     );
     gauge_snapshot(&mut o, m.snapshot_index.0);
     render_repairing(&mut o, s.repair_found.as_deref());
+    let _ = writeln!(
+        o,
+        "# HELP ha_halted 1 while the service is halted after a failed command.\n\
+         # TYPE ha_halted gauge\nha_halted {}",
+        u8::from(s.halted.is_some())
+    );
     let _ = writeln!(o, "# HELP ha_role The node's role.\n# TYPE ha_role gauge");
     for (name, r) in [
         ("leader", RoleKind::Leader),

@@ -344,9 +344,22 @@ fn every_subcommand_speaks_the_contract() {
         "ha_fsync_latency_seconds_bucket",
         "ha_failovers_total",
         "ha_availability ",
+        "ha_halted 0",
     ] {
         assert!(body.contains(m), "metrics lack {m}");
     }
+
+    // The panic policy and resume, as an operator types them.
+    let out = c.client(&["panic-policy", "halt"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["panic_policy"], "halt");
+    let out = c.client(&["resume", "--index", "5"]);
+    assert_eq!(code(&out), 1, "not halted: not applied");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["message"].as_str().unwrap().contains("not halted"), "{v}");
+    let out = c.client(&["panic-policy", "continue"]);
+    assert_eq!(code(&out), 0);
 
     // Not yet supported: exit 2, one line.
     let out = Command::new(BIN).args(["member", "list"]).output().unwrap();
