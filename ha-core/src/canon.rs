@@ -17,7 +17,8 @@
 //!    type with equal bytes are equal, up to the order of map entries (and
 //!    of sequence elements, in `Sorted`).
 //! 2. Ordered sequences are written in place; only map entries (and, in
-//!    `Sorted`, sequence elements) are buffered, once each.
+//!    `Sorted`, sequence elements) are buffered (and copied once more per
+//!    level of nesting).
 //! 3. Never a format for storage or the network: only ever compared within
 //!    one process.
 
@@ -352,35 +353,29 @@ ordered! {
     SerializeTupleVariant serialize_field;
 }
 
-impl ser::SerializeStruct for Ordered<'_> {
-    type Ok = ();
-    type Error = CanonError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), CanonError> {
-        v.serialize(&mut *self.0)
-    }
-    fn end(self) -> Result<(), CanonError> {
-        Ok(())
-    }
+macro_rules! ordered_named {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for Ordered<'_> {
+            type Ok = ();
+            type Error = CanonError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                name: &'static str,
+                v: &T,
+            ) -> Result<(), CanonError> {
+                // Named, so a field left out (`skip_serializing_if`) cannot
+                // make two structs alike.
+                self.0.chunk(name.as_bytes());
+                v.serialize(&mut *self.0)
+            }
+            fn end(self) -> Result<(), CanonError> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Ordered<'_> {
-    type Ok = ();
-    type Error = CanonError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), CanonError> {
-        v.serialize(&mut *self.0)
-    }
-    fn end(self) -> Result<(), CanonError> {
-        Ok(())
-    }
-}
+ordered_named!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {

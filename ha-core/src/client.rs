@@ -162,7 +162,9 @@ fn random_u64() -> u64 {
     // Unique per call in a process (a counter), and across processes and
     // machines with high probability (the clock, the process id, an
     // address), mixed by SplitMix64. Nonces and session secrets need to be
-    // unique; secrets also guard against a client guessing another's.
+    // unique. Not a cryptographic secret: a secret only keeps one client's
+    // bugs out of another's session; clients are authenticated by their
+    // certificates.
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let n = CALLS.fetch_add(1, Ordering::Relaxed);
     let t = std::time::SystemTime::now()
@@ -337,32 +339,18 @@ impl<T: Replicated> Client<T> {
     /// carry one nonce, so a retry that arrives after another operator's
     /// change is answered, not applied again.
     pub async fn set_panic_policy(&self, policy: crate::sm::PanicPolicy) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + self.opts.timeout;
-        let schema = stored_schema::<T>()?;
-        let nonce = random_u64();
-        let req = || ClientRequest::SetPanicPolicy {
-            schema,
-            policy,
-            nonce,
-        };
-        let set = self
-            .retry(deadline, true, req, |resp| match resp {
-                ClientResponse::Applied { answer, .. } => {
-                    match decode_exact::<CommandOutcome>(&answer) {
-                        Ok(CommandOutcome::PanicPolicy(p)) if p == policy => Reply::Done(()),
-                        other => Reply::Retry(format!("unexpected answer {other:?}")),
-                    }
-                }
-                other => Reply::Retry(format!("unexpected response {other:?}")),
-            })
-            .await;
-        match set {
-            Ok(()) => Ok(()),
-            Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
-            Err(RetryEnd::TimedOut(why)) => {
-                Err(Error::Unknown(format!("timed out; last error: {why}")))
-            }
-        }
+        self.operator(
+            |schema, nonce| ClientRequest::SetPanicPolicy {
+                schema,
+                policy,
+                nonce,
+            },
+            |o| match o {
+                CommandOutcome::PanicPolicy(p) if p == policy => Some(Ok(())),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// Resumes a service halted at log index `index` (an operator's
@@ -370,27 +358,55 @@ impl<T: Replicated> Client<T> {
     /// resumed at; a retry of this call is answered as its first attempt
     /// was. Refused if the service is not halted there.
     pub async fn resume(&self, index: u64) -> Result<u64, Error> {
+        self.operator(
+            |schema, nonce| ClientRequest::Resume {
+                schema,
+                index,
+                nonce,
+            },
+            |o| match o {
+                CommandOutcome::Resume(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Sends an operator command until it is answered: every retry carries
+    /// one nonce, so the replicas answer a retry as its first attempt.
+    /// `pick` takes the answer out of the outcome (`None`: not an answer to
+    /// this command).
+    async fn operator<R>(
+        &self,
+        req: impl Fn(u64, u64) -> ClientRequest,
+        pick: impl Fn(CommandOutcome) -> Option<Result<R, String>>,
+    ) -> Result<R, Error> {
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
         let schema = stored_schema::<T>()?;
         let nonce = random_u64();
-        let req = || ClientRequest::Resume {
-            schema,
-            index,
-            nonce,
-        };
-        let resumed = self
-            .retry(deadline, true, req, |resp| match resp {
-                ClientResponse::Applied { answer, .. } => {
-                    match decode_exact::<CommandOutcome>(&answer) {
-                        Ok(CommandOutcome::Resume(r)) => Reply::Done(r),
-                        other => Reply::Retry(format!("unexpected resume answer {other:?}")),
+        let answered = self
+            .retry(
+                deadline,
+                true,
+                || req(schema, nonce),
+                |resp| match resp {
+                    ClientResponse::Applied { answer, .. } => {
+                        match decode_exact::<CommandOutcome>(&answer) {
+                            // Refused by the replicas (a reused nonce): final.
+                            Ok(CommandOutcome::Undecodable(why)) => Reply::Done(Err(why)),
+                            Ok(o) => {
+                                let text = format!("unexpected answer {o:?}");
+                                pick(o).map_or(Reply::Retry(text), Reply::Done)
+                            }
+                            Err(e) => Reply::Retry(format!("undecodable answer: {e}")),
+                        }
                     }
-                }
-                other => Reply::Retry(format!("unexpected response {other:?}")),
-            })
+                    other => Reply::Retry(format!("unexpected response {other:?}")),
+                },
+            )
             .await;
-        match resumed {
-            Ok(Ok(at)) => Ok(at),
+        match answered {
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(why)) => Err(Error::NotApplied(why)),
             Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
             Err(RetryEnd::TimedOut(why)) => {

@@ -898,6 +898,29 @@ impl<'a> Tracer<'a> {
         }
     }
 
+    /// The end of an option or a map whose inner value was traced: if it
+    /// recursed with nothing recorded yet, this place must be empty from now
+    /// on (with `shape` as learned).
+    fn empty_if_recursed<V>(
+        &self,
+        r: Result<V, TraceError>,
+        shape: Format,
+    ) -> Result<V, TraceError> {
+        match r {
+            Err(TraceError::Recursion { handled: false }) => {
+                let mut c = self.ctx.borrow_mut();
+                c.empty.insert(self.pos.clone(), shape.clone());
+                c.progress = true;
+                c.last = shape;
+                Err(TraceError::Recursion { handled: true })
+            }
+            r => {
+                self.set_last(shape);
+                r
+            }
+        }
+    }
+
     /// Enters a container: `Err` if its type is already twice on this path.
     fn enter(&self, key: &Key) -> Result<usize, TraceError> {
         let mut c = self.ctx.borrow_mut();
@@ -1009,19 +1032,7 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
         }
         let r = visitor.visit_some(self.at(self.pos.child(Step::Some)));
         let shape = Format::Option(Box::new(self.take_last()));
-        match r {
-            Err(TraceError::Recursion { handled: false }) => {
-                let mut c = self.ctx.borrow_mut();
-                c.empty.insert(self.pos.clone(), shape.clone());
-                c.progress = true;
-                c.last = shape;
-                Err(TraceError::Recursion { handled: true })
-            }
-            r => {
-                self.set_last(shape);
-                r
-            }
-        }
+        self.empty_if_recursed(r, shape)
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -1096,19 +1107,7 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
                 Box::new(cells.1.into_inner()),
             )
         });
-        match r {
-            Err(TraceError::Recursion { handled: false }) => {
-                let mut c = self.ctx.borrow_mut();
-                c.empty.insert(self.pos.clone(), shape.clone());
-                c.progress = true;
-                c.last = shape;
-                Err(TraceError::Recursion { handled: true })
-            }
-            r => {
-                self.set_last(shape);
-                r
-            }
-        }
+        self.empty_if_recursed(r, shape)
     }
 
     fn deserialize_struct<V: Visitor<'de>>(

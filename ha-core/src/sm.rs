@@ -322,6 +322,8 @@ pub struct Sessions<T> {
     divergences: u64,
     /// Commands whose replay differed only in a sequence's order.
     order_only: u64,
+    /// The state grew past [`MAX_CHECKED_STATE_BYTES`]: no more checks.
+    check_too_large: bool,
     /// The planted bug (see [`Sessions::with_planted_recreate`]).
     #[cfg(feature = "planted-bugs")]
     planted_recreate: bool,
@@ -356,6 +358,7 @@ impl<T: Replicated> Sessions<T> {
             check_every: DEFAULT_DETERMINISM_CHECK_EVERY,
             divergences: 0,
             order_only: 0,
+            check_too_large: false,
             #[cfg(feature = "planted-bugs")]
             planted_recreate: false,
         }
@@ -580,14 +583,27 @@ impl<T: Replicated> Sessions<T> {
         // non-determinism (`#[replicated(allow(..))]`: it may do IO, which
         // must not happen twice).
         let before = (self.check_every > 0
+            && !self.check_too_large
             && index.0.is_multiple_of(self.check_every)
             && T::replay_safe(&command))
         .then(|| {
             let state = &self.state;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.snapshot_state()))
         })
-        .and_then(|r| r.ok()?.ok())
-        .filter(|b| b.len() <= MAX_CHECKED_STATE_BYTES);
+        .and_then(|r| r.ok()?.ok());
+        // Once too large, never encoded for the check again.
+        let before = match before {
+            Some(b) if b.len() > MAX_CHECKED_STATE_BYTES => {
+                self.check_too_large = true;
+                tracing::warn!(
+                    "the determinism check stops: the state encodes to {} bytes, over {}",
+                    b.len(),
+                    MAX_CHECKED_STATE_BYTES
+                );
+                None
+            }
+            b => b,
+        };
         // A panic is caught and becomes the outcome (see `PanicPolicy`): it
         // happens at the same point on every replica, so they stay alike.
         let kept = run_command(&mut self.state, command, &ctx);
@@ -607,13 +623,18 @@ impl<T: Replicated> Sessions<T> {
                 );
             }
             Some(Replay::OrderOnly(why)) => {
+                // A HashSet in the state does this on every check: said
+                // once, then counted.
                 self.order_only += 1;
-                tracing::warn!(
-                    "the command at log index {} {why} when run again, but only in the order of \
-                     a sequence: a HashSet (harmless), or a Vec filled in a hash collection's \
-                     order (replicas drift apart)",
-                    index.0
-                );
+                if self.order_only == 1 {
+                    tracing::warn!(
+                        "the command at log index {} {why} when run again, but only in the \
+                         order of a sequence: a HashSet (harmless; a BTreeSet avoids this \
+                         warning), or a Vec filled in a hash collection's order (replicas \
+                         drift apart). Said once; later ones are only counted",
+                        index.0
+                    );
+                }
             }
             Some(Replay::Unchecked(why)) => {
                 tracing::warn!(
@@ -728,6 +749,7 @@ impl<T: Replicated> Sessions<T> {
             check_every: DEFAULT_DETERMINISM_CHECK_EVERY,
             divergences: 0,
             order_only: 0,
+            check_too_large: false,
             #[cfg(feature = "planted-bugs")]
             planted_recreate: false,
         })
@@ -760,44 +782,47 @@ pub const MAX_OPERATOR_OPS: usize = 64;
 /// [`Sessions::with_determinism_check`]).
 pub const DEFAULT_DETERMINISM_CHECK_EVERY: u64 = if cfg!(debug_assertions) { 16 } else { 0 };
 
-/// What the determinism check found for one command.
-#[derive(Debug, PartialEq, Eq)]
+/// What the determinism check found for one command, least severe first
+/// (the order is how two findings combine: the worse one stands).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Replay {
     /// The same result and state.
     Same,
     /// The same only once every sequence is sorted: a `HashSet`, or a
     /// `Vec` filled in a hash collection's order (then it is a bug).
     OrderOnly(&'static str),
-    /// Another result or state.
-    Differs(&'static str),
     /// The check could not run (why).
     Unchecked(String),
+    /// Another result or state.
+    Differs(&'static str),
 }
 
-/// Canonical encodings in both orders: sequences kept, then sorted.
-type Canons = Result<(Vec<u8>, Vec<u8>), String>;
-
-/// The state's canonical encodings in both orders ([`crate::canon`]).
-fn canon_both<T: ReplicatedState>(t: &T) -> Canons {
-    Ok((t.canonical_state(false)?, t.canonical_state(true)?))
-}
-
-/// Compares two encodings in both orders.
-fn compare(a: Canons, b: Canons, what: &'static str) -> Replay {
-    match (a, b) {
-        (Ok(a), Ok(b)) if a.0 == b.0 => Replay::Same,
-        (Ok(a), Ok(b)) if a.1 == b.1 => Replay::OrderOnly(what),
-        (Ok(_), Ok(_)) => Replay::Differs(what),
-        (Err(e), _) | (_, Err(e)) => Replay::Unchecked(format!("its encoding failed ({e})")),
+/// Compares two values by their canonical encodings ([`crate::canon`]):
+/// in order first, and sorted only if that differs.
+fn compare(
+    a: impl Fn(bool) -> Result<Vec<u8>, String>,
+    b: impl Fn(bool) -> Result<Vec<u8>, String>,
+    what: &'static str,
+) -> Replay {
+    let both = |sorted: bool| -> Result<bool, String> { Ok(a(sorted)? == b(sorted)?) };
+    match both(false) {
+        Ok(true) => Replay::Same,
+        Ok(false) => match both(true) {
+            Ok(true) => Replay::OrderOnly(what),
+            Ok(false) => Replay::Differs(what),
+            Err(e) => Replay::Unchecked(format!("its encoding failed ({e})")),
+        },
+        Err(e) => Replay::Unchecked(format!("its encoding failed ({e})")),
     }
 }
 
 /// Runs `body` again on a copy of the state restored from `before` and
 /// compares results and states by canonical encodings (maps sorted, so a
 /// `HashMap` rebuilt with other hash keys compares equal; sequences in
-/// order, then sorted to tell an order-only difference). All of it is user
-/// code (encoding, decoding, the command), so a panic anywhere is caught
-/// and reported as unchecked, never the end of the node.
+/// order, then sorted to tell an order-only difference). Both are always
+/// compared, and the worse finding stands. All of it is user code
+/// (encoding, decoding, the command), so a panic anywhere is caught and
+/// reported as unchecked, never the end of the node.
 fn replay<T: Replicated>(
     state: &T,
     before: &[u8],
@@ -815,28 +840,27 @@ fn replay<T: Replicated>(
         };
         let again = run_command(&mut copy, command, ctx);
         let result = match (&again, kept) {
-            (Kept::Output(a), Kept::Output(b)) => {
-                let canon = |bytes: &[u8]| -> Canons {
-                    let v = decode_exact::<T::CommandOutput>(bytes)?;
-                    Ok((
-                        crate::canon::canonical(&v, crate::canon::Order::Kept)?,
-                        crate::canon::canonical(&v, crate::canon::Order::Sorted)?,
-                    ))
-                };
-                match compare(canon(a), canon(b), "gave another result") {
-                    // Outputs that do not decode are compared as bytes.
-                    Replay::Unchecked(_) if a == b => Replay::Same,
-                    Replay::Unchecked(_) => Replay::Differs("gave another result"),
-                    r => r,
-                }
-            }
             (a, b) if a == b => Replay::Same,
+            (Kept::Output(a), Kept::Output(b)) => {
+                let canon = |bytes: &[u8], sorted: bool| -> Result<Vec<u8>, String> {
+                    let v = decode_exact::<T::CommandOutput>(bytes)?;
+                    let order = if sorted {
+                        crate::canon::Order::Sorted
+                    } else {
+                        crate::canon::Order::Kept
+                    };
+                    crate::canon::canonical(&v, order)
+                };
+                compare(|o| canon(a, o), |o| canon(b, o), "gave another result")
+            }
             _ => Replay::Differs("gave another result"),
         };
-        if result != Replay::Same {
-            return result;
-        }
-        compare(canon_both(&copy), canon_both(state), "left another state")
+        let state = compare(
+            |o| copy.canonical_state(o),
+            |o| state.canonical_state(o),
+            "left another state",
+        );
+        result.max(state)
     };
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
         .unwrap_or_else(|_| Replay::Unchecked("running it again panicked".into()))

@@ -47,7 +47,23 @@ impl Other {
 }
 
 fn cmd(client: u64, seq: u64, ack_below: u64, time_ms: u64, delta: i64) -> LogCommand {
-    let body = postcard::to_stdvec(&CounterCommand::Add { delta }).unwrap();
+    in_session(
+        client,
+        seq,
+        ack_below,
+        time_ms,
+        &CounterCommand::Add { delta },
+    )
+}
+
+/// Command `seq` of session `client` (the tests' secret), encoded.
+fn in_session<C: Serialize>(
+    client: u64,
+    seq: u64,
+    ack_below: u64,
+    time_ms: u64,
+    command: &C,
+) -> LogCommand {
     LogCommand {
         time_ms,
         op: LogOp::Command(SessionCommand {
@@ -55,7 +71,7 @@ fn cmd(client: u64, seq: u64, ack_below: u64, time_ms: u64, delta: i64) -> LogCo
             secret: SECRET,
             seq,
             ack_below,
-            body: Bytes::from(body),
+            body: Bytes::from(postcard::to_stdvec(command).unwrap()),
         }),
     }
 }
@@ -462,16 +478,7 @@ impl Brittle {
 }
 
 fn brittle_cmd(client: u64, seq: u64, c: BrittleCommand) -> LogCommand {
-    LogCommand {
-        time_ms: 10,
-        op: LogOp::Command(SessionCommand {
-            client,
-            secret: SECRET,
-            seq,
-            ack_below: 1,
-            body: Bytes::from(postcard::to_stdvec(&c).unwrap()),
-        }),
-    }
+    in_session(client, seq, 1, 10, &c)
 }
 
 /// Two replicas apply the same log, one failing command among them: both
@@ -686,6 +693,13 @@ impl Leaky {
         self.last = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.last
     }
+    /// The same, claiming only that an iteration order cannot matter: the
+    /// replay still checks it.
+    #[replicated(allow(hash_iteration))]
+    pub fn draw_claimed(&mut self) -> u64 {
+        self.last = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.last
+    }
     /// The same, with non-determinism allowed: never run twice by the check.
     #[replicated(allow(io))]
     pub fn draw_allowed(&mut self) -> u64 {
@@ -696,17 +710,7 @@ impl Leaky {
 
 /// Applies `Leaky::draw` as command `seq` of `session`, at index `1 + seq`.
 fn draw(s: &mut Sessions<Leaky>, session: u64, seq: u64) -> CommandOutcome {
-    let body = postcard::to_stdvec(&LeakyCommand::Draw {}).unwrap();
-    let c = LogCommand {
-        time_ms: 10,
-        op: LogOp::Command(SessionCommand {
-            client: session,
-            secret: SECRET,
-            seq,
-            ack_below: seq,
-            body: Bytes::from(body),
-        }),
-    };
+    let c = in_session(session, seq, seq, 10, &LeakyCommand::Draw {});
     s.apply_log_command(LogIndex(1 + seq), Term(1), c)
 }
 
@@ -754,23 +758,16 @@ fn the_replay_check_reports_a_command_that_is_not_deterministic() {
         panic!("registered")
     };
     let before = DRAWS.load(std::sync::atomic::Ordering::Relaxed);
-    let body = postcard::to_stdvec(&LeakyCommand::DrawAllowed {}).unwrap();
-    let c = LogCommand {
-        time_ms: 10,
-        op: LogOp::Command(SessionCommand {
-            client: session,
-            secret: SECRET,
-            seq: 1,
-            ack_below: 1,
-            body: Bytes::from(body),
-        }),
-    };
+    let c = in_session(session, 1, 1, 10, &LeakyCommand::DrawAllowed {});
     f.apply_log_command(LogIndex(2), Term(1), c);
     assert_eq!(f.divergences(), 0);
+    let c = in_session(session, 2, 2, 10, &LeakyCommand::DrawClaimed {});
+    f.apply_log_command(LogIndex(3), Term(1), c);
+    assert_eq!(f.divergences(), 1, "allow(hash_iteration) is still checked");
     assert_eq!(
         DRAWS.load(std::sync::atomic::Ordering::Relaxed),
-        before + 1,
-        "run once"
+        before + 3,
+        "draw_allowed run once, draw_claimed twice"
     );
 }
 
@@ -802,25 +799,17 @@ fn the_replay_check_sees_no_divergence_in_hash_collections() {
         panic!("registered")
     };
     for seq in 1..=40u64 {
-        let body = postcard::to_stdvec(&IndexedCommand::Put {
+        let put = IndexedCommand::Put {
             name: format!("key-{seq}"),
             n: seq,
-        })
-        .unwrap();
-        let c = LogCommand {
-            time_ms: 10,
-            op: LogOp::Command(SessionCommand {
-                client: session,
-                secret: SECRET,
-                seq,
-                ack_below: seq,
-                body: Bytes::from(body),
-            }),
         };
+        let c = in_session(session, seq, seq, 10, &put);
         assert!(matches!(
             s.apply_log_command(LogIndex(1 + seq), Term(1), c),
             CommandOutcome::Applied(_)
         ));
     }
     assert_eq!(s.divergences(), 0);
+    // The HashSet shows as differences in order only (said once, counted).
+    assert!(s.order_only_differences() > 0);
 }

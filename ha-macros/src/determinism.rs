@@ -123,13 +123,14 @@ impl Scan<'_> {
                 "reading the clock",
                 "use `ctx.time_ms` (`&ApplyContext`): the leader's time, the same on every replica",
             );
-        } else if (n >= 2 && segs[0] == "fastrand")
+        } else if (n >= 2 && segs[0] == "fastrand" && segs[n - 1] != "with_seed")
             || (n >= 2
                 && segs[0] == "rand"
                 && matches!(segs[n - 1].as_str(), "thread_rng" | "rng" | "random"))
+            || segs[0] == "getrandom"
             || segs
                 .iter()
-                .any(|s| matches!(s.as_str(), "OsRng" | "ThreadRng" | "getrandom"))
+                .any(|s| matches!(s.as_str(), "OsRng" | "ThreadRng"))
             || matches!(
                 segs[n - 1].as_str(),
                 "thread_rng" | "from_entropy" | "from_os_rng"

@@ -177,7 +177,12 @@ impl Drop for Process {
 }
 
 fn spawn(id: u64, root: &std::path::Path, cluster: &str) -> Process {
-    let log = std::fs::File::create(root.join(format!("node-{id}.log"))).expect("log file");
+    // Appended: a restarted node's log follows its first run's.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join(format!("node-{id}.log")))
+        .expect("log file");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_fragile_node"))
         .arg(id.to_string())
         .arg(root.join(format!("data-{id}")))
@@ -188,6 +193,43 @@ fn spawn(id: u64, root: &std::path::Path, cluster: &str) -> Process {
         .spawn()
         .expect("fragile_node starts");
     Process { child }
+}
+
+/// Waits until every node's log holds the command's panic `times` times
+/// (once per run that applied it).
+async fn wait_for_panics(root: &std::path::Path, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: Vec<usize> = (1..=3)
+            .map(|id| {
+                std::fs::read_to_string(root.join(format!("node-{id}.log")))
+                    .unwrap_or_default()
+                    .matches("unlucky number 13")
+                    .count()
+            })
+            .collect();
+        if seen.iter().all(|n| *n >= times) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "panics seen per node {seen:?}, want {times} each\n{}",
+            logs(root)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every process is still running.
+fn all_running(nodes: &mut [Process], root: &std::path::Path) {
+    for (i, n) in nodes.iter_mut().enumerate() {
+        assert!(
+            n.child.try_wait().unwrap().is_none(),
+            "node {} exited\n{}",
+            i + 1,
+            logs(root)
+        );
+    }
 }
 
 fn logs(root: &std::path::Path) -> String {
@@ -217,13 +259,12 @@ async fn a_panicking_command_on_a_three_process_cluster_kills_no_process() {
         ],
     )
     .unwrap();
-    let addrs: Vec<std::net::SocketAddr> = (0..3)
-        .map(|_| {
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .expect("a free port")
-        })
+    // Three distinct free ports: the probes stay bound until all are drawn.
+    let probes: Vec<std::net::UdpSocket> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port"))
         .collect();
+    let addrs: Vec<std::net::SocketAddr> = probes.iter().map(|s| s.local_addr().unwrap()).collect();
+    drop(probes);
     let cluster = addrs
         .iter()
         .enumerate()
@@ -247,27 +288,16 @@ async fn a_panicking_command_on_a_three_process_cluster_kills_no_process() {
         Err(Error::Query(why)) => assert!(why.contains("the query panicked"), "{why}"),
         other => panic!("expected a query error, got {other:?}"),
     }
-    for (i, n) in nodes.iter_mut().enumerate() {
-        assert!(
-            n.child.try_wait().unwrap().is_none(),
-            "node {} exited\n{}",
-            i + 1,
-            logs(root)
-        );
-    }
-    // Every process dies at once and comes back: the failed command is
-    // replayed from the log, answered the same way, and nobody dies.
+    // Every node applied it (its panic message is in its log) and lives.
+    wait_for_panics(root, 1).await;
+    all_running(&mut nodes, root);
+    // Every process dies at once and comes back: each replays the failed
+    // command from its log (no snapshot covers it), panics in it again,
+    // caught, and nobody dies. The same client reconnects.
     nodes.clear();
     let mut nodes: Vec<Process> = (1..=3).map(|id| spawn(id, root, &cluster)).collect();
-    let c = ha_quic::connect::<Fragile>(addrs, &identity, opts).unwrap();
     assert_eq!(c.push(3).await.unwrap(), 4, "{}", logs(root));
     assert_eq!(c.at(1).await.unwrap(), 13);
-    for (i, n) in nodes.iter_mut().enumerate() {
-        assert!(
-            n.child.try_wait().unwrap().is_none(),
-            "node {} exited after the restart\n{}",
-            i + 1,
-            logs(root)
-        );
-    }
+    wait_for_panics(root, 2).await;
+    all_running(&mut nodes, root);
 }
