@@ -182,6 +182,11 @@ pub struct StatusView {
     /// While the service is halted (a command failed under
     /// [`crate::sm::PanicPolicy::Halt`]): where and why.
     pub halted: Option<String>,
+    /// The panic policy in force: `continue` or `halt` (none for a raw
+    /// node).
+    pub panic_policy: Option<String>,
+    /// Commands the determinism check found not deterministic on the node.
+    pub divergences: u64,
 }
 
 /// Leader-loss accounting (see `ha_core::metrics`).
@@ -220,8 +225,8 @@ pub enum ClientResponse {
         /// The index.
         index: u64,
     },
-    /// The node's status.
-    Status(StatusView),
+    /// The node's status (boxed: the largest answer by far, and rare).
+    Status(Box<StatusView>),
     /// This node is not the leader; nothing was done.
     NotLeader {
         /// The leader it knows of.

@@ -932,4 +932,12 @@ impl<T: Replicated> Applier for Sessions<T> {
     fn halted(&self) -> Option<String> {
         self.halted.as_ref().map(halted_text)
     }
+
+    fn panic_policy(&self) -> Option<PanicPolicy> {
+        Some(self.policy)
+    }
+
+    fn divergences(&self) -> u64 {
+        self.divergences
+    }
 }

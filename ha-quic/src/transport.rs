@@ -2016,7 +2016,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
             let s = node.status();
             let m = node.metrics();
             let a = m.availability;
-            ClientResponse::Status(StatusView {
+            ClientResponse::Status(Box::new(StatusView {
                 id: s.id.0,
                 role: match s.role {
                     ha_core::raft::RoleKind::Leader => "leader",
@@ -2036,6 +2036,14 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
                 learners: m.learners.iter().map(|v| v.0).collect(),
                 repairing: s.repair_found.clone(),
                 halted: s.halted.clone(),
+                panic_policy: s.panic_policy.map(|p| {
+                    match p {
+                        ha_core::sm::PanicPolicy::Continue => "continue",
+                        ha_core::sm::PanicPolicy::Halt => "halt",
+                    }
+                    .to_string()
+                }),
+                divergences: s.divergences,
                 availability: ha_core::protocol::AvailabilityView {
                     leaderless_ms: a.leaderless_ms,
                     failovers: a.failovers,
@@ -2043,7 +2051,7 @@ async fn answer(req: ClientRequest, shared: &Shared, node: &NodeHandle) -> Clien
                     mtbf_ms: a.mtbf_ms,
                     availability: a.availability,
                 },
-            })
+            }))
         }
     }
 }

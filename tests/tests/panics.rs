@@ -125,6 +125,11 @@ async fn under_the_halt_policy_nothing_moves_until_an_operator_resumes() {
         .collect();
     let index = halted_index(&texts[0]);
     assert!(texts.iter().all(|t| halted_index(t) == index), "{texts:?}");
+    assert!(
+        all.iter()
+            .all(|s| s.panic_policy == Some(PanicPolicy::Halt))
+    );
+    assert!(all.iter().all(|s| s.divergences == 0));
 
     // Halted survives restarts of every node, from a snapshot or the log.
     for _ in 0..6 {

@@ -191,6 +191,16 @@ struct StatusLine<'a> {
     /// Present while the service is halted after a failed command.
     #[serde(skip_serializing_if = "Option::is_none")]
     halted: Option<&'a str>,
+    /// What a failed command does: continue or halt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    panic_policy: Option<&'a str>,
+    /// Present when the determinism check found a command that is not.
+    #[serde(skip_serializing_if = "is_zero")]
+    divergences: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The JSON line `ha-kv status` prints for a node's status.
@@ -214,6 +224,8 @@ fn status_line(s: &StatusView) -> String {
         availability: &s.availability,
         repairing: s.repairing.as_deref(),
         halted: s.halted.as_deref(),
+        panic_policy: s.panic_policy.as_deref(),
+        divergences: s.divergences,
     };
     serde_json::to_string(&line).expect("a status line encodes")
 }
@@ -393,10 +405,17 @@ mod tests {
             availability: AvailabilityView::default(),
             repairing: None,
             halted: None,
+            panic_policy: Some("continue".into()),
+            divergences: 0,
         };
         let line = status_line(&s);
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["last_log_index"], 121, "{line}");
+        assert_eq!(v["panic_policy"], "continue", "{line}");
+        assert!(
+            v.get("divergences").is_none(),
+            "shown only when found: {line}"
+        );
         assert!(v.get("last_index").is_none(), "{line}");
         assert_eq!(v["role"], "candidate");
         assert!(line.starts_with(r#"{"id":1,"role":"candidate","term":7,"leader":null,"#));

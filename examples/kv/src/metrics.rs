@@ -21,7 +21,9 @@
 //! - `repairing` (1 while the node repairs damaged storage from its peers),
 //!   `repairing_info{found=..}` (while it does: what it found)
 //! - `halted` (1 while the service is halted after a failed command under
-//!   the `halt` panic policy; `ha-kv status` says where and why)
+//!   the `halt` panic policy; `ha-kv status` says where and why),
+//!   `determinism_divergences_total` (commands the debug-build replay
+//!   check found not deterministic on this node)
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -142,6 +144,12 @@ pub fn render(node: &NodeHandle, transport: &QuicTransport) -> String {
         "# HELP ha_halted 1 while the service is halted after a failed command.\n\
          # TYPE ha_halted gauge\nha_halted {}",
         u8::from(s.halted.is_some())
+    );
+    let _ = writeln!(
+        o,
+        "# HELP ha_determinism_divergences_total Commands found not deterministic here.\n\
+         # TYPE ha_determinism_divergences_total counter\nha_determinism_divergences_total {}",
+        s.divergences
     );
     let _ = writeln!(o, "# HELP ha_role The node's role.\n# TYPE ha_role gauge");
     for (name, r) in [

@@ -67,6 +67,15 @@ pub trait Applier: Send + 'static {
     fn halted(&self) -> Option<String> {
         None
     }
+    /// The panic policy in force (a replicated type's), for the status.
+    fn panic_policy(&self) -> Option<crate::sm::PanicPolicy> {
+        None
+    }
+    /// Commands the determinism check found not deterministic on this
+    /// replica (see [`crate::sm::Sessions::with_determinism_check`]).
+    fn divergences(&self) -> u64 {
+        0
+    }
 }
 
 /// An applier that keeps nothing and answers with an empty reply.
@@ -268,6 +277,10 @@ pub struct NodeStatus {
     /// While the service is halted (a command failed under
     /// [`crate::sm::PanicPolicy::Halt`]): where and why.
     pub halted: Option<String>,
+    /// The panic policy in force (a node of a replicated type).
+    pub panic_policy: Option<crate::sm::PanicPolicy>,
+    /// Commands the determinism check found not deterministic here.
+    pub divergences: u64,
     /// Why the node stopped, if it did.
     pub stopped: Option<String>,
 }
@@ -502,7 +515,7 @@ pub fn start_node<V: Vfs>(
         NodeStorage::Durable { wal, .. } => wal.repairing().map(str::to_string),
         NodeStorage::Memory(_) => None,
     };
-    let status = status_of(&raft, None, storage_repairing.as_deref(), applier.halted());
+    let status = status_of(&raft, None, storage_repairing.as_deref(), &applier);
     let (status_tx, status_rx) = watch::channel(status);
     let metrics = Arc::new(SharedMetrics {
         commit_latency: Histogram::default(),
@@ -633,7 +646,7 @@ fn status_of(
     raft: &Raft,
     stopped: Option<String>,
     found: Option<&str>,
-    halted: Option<String>,
+    applier: &dyn Applier,
 ) -> NodeStatus {
     NodeStatus {
         id: raft.id(),
@@ -648,7 +661,9 @@ fn status_of(
         repair_found: raft
             .is_repairing()
             .then(|| found.unwrap_or("damaged storage").to_string()),
-        halted,
+        halted: applier.halted(),
+        panic_policy: applier.panic_policy(),
+        divergences: applier.divergences(),
         stopped,
     }
 }
@@ -1022,7 +1037,7 @@ impl<V: Vfs> NodeTask<V> {
             &self.raft,
             stopped,
             self.repair_found.as_deref(),
-            self.applier.halted(),
+            &*self.applier,
         );
         self.status_tx.send_if_modified(|cur| {
             if *cur != s {
