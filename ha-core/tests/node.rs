@@ -191,6 +191,64 @@ fn quota_cluster<A: Applier>(
     )
 }
 
+/// A raw applier that panics on one command: the node task dies of it (a
+/// replicated type's panics are caught by its session table; a raw
+/// applier's are not).
+struct Bomb;
+
+impl Applier for Bomb {
+    fn apply(&mut self, _: ha_core::types::LogIndex, _: ha_core::types::Term, c: &Bytes) -> Bytes {
+        assert!(&c[..] != b"boom", "boom");
+        Bytes::new()
+    }
+    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+        Ok(Bytes::new())
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A node task that panics publishes that it stopped and why: it no longer
+/// reports itself as leader (the status it had published before), and its
+/// callers learn the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_task_that_panics_publishes_why() {
+    let net = MemNetwork::new();
+    let nodes = cluster_with(&net, 3, |_| {}, |id| Arc::new(net.transport(id)), || Bomb);
+    let l = leader(&nodes, None).await;
+    l.propose(Bytes::from_static(b"fine"))
+        .await
+        .expect("applied");
+    assert!(l.propose(Bytes::from_static(b"boom")).await.is_err());
+    // Every node applies the entry and its task dies of it; each publishes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for n in &nodes {
+        loop {
+            let s = n.status();
+            if let Some(why) = &s.stopped {
+                assert!(why.contains("the node task panicked"), "{why}");
+                assert!(why.contains("boom"), "{why}");
+                assert_ne!(s.role, RoleKind::Leader);
+                assert_eq!(s.leader, None);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} never published that it stopped: {s:?}",
+                n.id().0
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Callers now learn why, not "shut down".
+    let err = l.propose(Bytes::from_static(b"after")).await.unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
+}
+
 /// An applier whose snapshots cannot be encoded: nothing can lift a quota.
 struct NoSnapshots;
 
