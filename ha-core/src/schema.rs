@@ -939,6 +939,35 @@ impl<'a> Tracer<'a> {
         c.last = Format::Ref(key.clone());
     }
 
+    /// Visits `len` fixed elements (a tuple's, a struct's, a variant's),
+    /// each traced at its own `Step::Field` under this place: the visitor's
+    /// answer and each element's shape, as far as it got.
+    fn elements<'de, V: Visitor<'de>>(
+        &self,
+        len: usize,
+        visitor: V,
+    ) -> (Result<V::Value, TraceError>, Vec<Format>) {
+        let formats = RefCell::new(vec![Format::Unknown; len]);
+        let r = visitor.visit_seq(Elements {
+            tracer: self.clone(),
+            formats: &formats,
+            next: 0,
+        });
+        (r, formats.into_inner())
+    }
+
+    /// Traces one value one `step` below this place into `shape`.
+    fn traced<'de, S: DeserializeSeed<'de>>(
+        &self,
+        step: Step,
+        seed: S,
+        shape: &RefCell<Format>,
+    ) -> Result<S::Value, TraceError> {
+        let r = seed.deserialize(self.at(self.pos.child(step)));
+        *shape.borrow_mut() = self.take_last();
+        r
+    }
+
     fn fields<'de, V: Visitor<'de>>(
         self,
         key: Key,
@@ -946,17 +975,12 @@ impl<'a> Tracer<'a> {
         visitor: V,
     ) -> Result<V::Value, TraceError> {
         self.enter(&key)?;
-        let formats = RefCell::new(vec![Format::Unknown; len]);
-        let r = visitor.visit_seq(Elements {
-            tracer: self.at(Pos::inside(&key)),
-            formats: &formats,
-            next: 0,
-        });
+        let (r, formats) = self.at(Pos::inside(&key)).elements(len, visitor);
         self.leave(&key);
         let v = r?;
         self.ctx
             .borrow_mut()
-            .record(&key, Content::Fields(formats.into_inner()))?;
+            .record(&key, Content::Fields(formats))?;
         Ok(v)
     }
 }
@@ -1058,7 +1082,7 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
         // that calls the visitor.)
         let minimal = self.ctx.borrow().minimal;
         let r = visitor.visit_seq(OneElement {
-            tracer: self.at(self.pos.child(Step::Elem)),
+            tracer: self.clone(),
             elem: &elem,
             done: minimal,
         });
@@ -1071,13 +1095,8 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let formats = RefCell::new(vec![Format::Unknown; len]);
-        let r = visitor.visit_seq(Elements {
-            tracer: self.clone(),
-            formats: &formats,
-            next: 0,
-        });
-        self.set_last(Format::Tuple(formats.into_inner()));
+        let (r, formats) = self.elements(len, visitor);
+        self.set_last(Format::Tuple(formats));
         r
     }
 
@@ -1218,9 +1237,7 @@ impl<'de> SeqAccess<'de> for OneElement<'_, '_> {
             return Ok(None);
         }
         self.done = true;
-        let r = seed.deserialize(self.tracer.clone());
-        *self.elem.borrow_mut() = self.tracer.take_last();
-        match r {
+        match self.tracer.traced(Step::Elem, seed, self.elem) {
             Ok(v) => Ok(Some(v)),
             // An element that recursed (or cannot exist): the sequence is
             // empty; the element's shape is still known.
@@ -1250,8 +1267,9 @@ impl<'de> SeqAccess<'de> for Elements<'_, '_> {
         }
         let i = self.next;
         self.next += 1;
-        let r = seed.deserialize(self.tracer.at(self.tracer.pos.child(Step::Field(i))));
-        self.formats.borrow_mut()[i] = self.tracer.take_last();
+        let shape = RefCell::new(Format::Unknown);
+        let r = self.tracer.traced(Step::Field(i), seed, &shape);
+        self.formats.borrow_mut()[i] = shape.into_inner();
         r.map(Some)
     }
 
@@ -1280,9 +1298,7 @@ impl<'de> MapAccess<'de> for OneEntry<'_, '_> {
             return Ok(None);
         }
         self.state = 1;
-        let r = seed.deserialize(self.tracer.at(self.tracer.pos.child(Step::Key)));
-        *self.key.borrow_mut() = self.tracer.take_last();
-        match r {
+        match self.tracer.traced(Step::Key, seed, self.key) {
             Ok(v) => Ok(Some(v)),
             Err(TraceError::Recursion { .. }) => {
                 self.state = 2;
@@ -1297,9 +1313,7 @@ impl<'de> MapAccess<'de> for OneEntry<'_, '_> {
         seed: V,
     ) -> Result<V::Value, TraceError> {
         self.state = 2;
-        let r = seed.deserialize(self.tracer.at(self.tracer.pos.child(Step::Value)));
-        *self.value.borrow_mut() = self.tracer.take_last();
-        r
+        self.tracer.traced(Step::Value, seed, self.value)
     }
 }
 
@@ -1347,13 +1361,9 @@ impl<'de> VariantAccess<'de> for OneVariant<'_, '_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let formats = RefCell::new(vec![Format::Unknown; len]);
-        let v = visitor.visit_seq(Elements {
-            tracer: self.tracer.clone(),
-            formats: &formats,
-            next: 0,
-        })?;
-        *self.traced.borrow_mut() = Some(Variant::Tuple(formats.into_inner()));
+        let (r, formats) = self.tracer.elements(len, visitor);
+        let v = r?;
+        *self.traced.borrow_mut() = Some(Variant::Tuple(formats));
         Ok(v)
     }
 
@@ -1362,13 +1372,9 @@ impl<'de> VariantAccess<'de> for OneVariant<'_, '_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let formats = RefCell::new(vec![Format::Unknown; fields.len()]);
-        let v = visitor.visit_seq(Elements {
-            tracer: self.tracer.clone(),
-            formats: &formats,
-            next: 0,
-        })?;
-        *self.traced.borrow_mut() = Some(Variant::Struct(fields, formats.into_inner()));
+        let (r, formats) = self.tracer.elements(fields.len(), visitor);
+        let v = r?;
+        *self.traced.borrow_mut() = Some(Variant::Struct(fields, formats));
         Ok(v)
     }
 }

@@ -736,6 +736,14 @@ impl<T: Replicated> Sessions<T> {
                 form.schema
             ));
         }
+        // Written by `snapshot`, which never keeps more; a snapshot that
+        // says otherwise is refused, not trusted to shrink later.
+        if form.operator_ops.len() > MAX_OPERATOR_OPS {
+            return Err(format!(
+                "snapshot keeps {} operator answers, more than the {MAX_OPERATOR_OPS} ever kept",
+                form.operator_ops.len()
+            ));
+        }
         Ok(Sessions {
             state: T::restore_state(&form.state)?,
             sessions: form.sessions,

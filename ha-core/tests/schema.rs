@@ -117,6 +117,18 @@ mod v1_respelled {
     }
 }
 
+/// Opens a session (secret 7) at index 1; its id.
+fn register(s: &mut Sessions<v1::Ledger>) -> u64 {
+    let reg = LogCommand {
+        time_ms: 1,
+        op: LogOp::Register { secret: 7 },
+    };
+    match s.apply_log_command(LogIndex(1), Term(1), reg) {
+        CommandOutcome::Registered { session } => session,
+        other => panic!("registration answered {other:?}"),
+    }
+}
+
 /// The i32 -> u32 experiment: a nested field's type is inside the
 /// fingerprint, so the v2 build refuses v1's snapshot and data directory
 /// instead of reading `-3` as a large number.
@@ -136,14 +148,7 @@ fn a_nested_field_type_change_changes_the_stored_fingerprint() {
 
     // A v1 snapshot holding qty = -3 is refused by v2, not misread.
     let mut s = Sessions::<v1::Ledger>::new(60_000);
-    let reg = LogCommand {
-        time_ms: 1,
-        op: LogOp::Register { secret: 7 },
-    };
-    let CommandOutcome::Registered { session } = s.apply_log_command(LogIndex(1), Term(1), reg)
-    else {
-        panic!("registered")
-    };
+    let session = register(&mut s);
     let body = postcard::to_stdvec(&v1::LedgerCommand::Record {
         entry: v1::Entry {
             item: "widget".into(),
@@ -458,14 +463,7 @@ fn trailing_bytes_are_refused() {
 
     // A command body with a byte too many is never applied.
     let mut s = Sessions::<v1::Ledger>::new(60_000);
-    let reg = LogCommand {
-        time_ms: 1,
-        op: LogOp::Register { secret: 7 },
-    };
-    let CommandOutcome::Registered { session } = s.apply_log_command(LogIndex(1), Term(1), reg)
-    else {
-        panic!("registered")
-    };
+    let session = register(&mut s);
     let mut body = postcard::to_stdvec(&v1::LedgerCommand::Record {
         entry: v1::Entry::default(),
     })

@@ -87,7 +87,7 @@ fn register(time_ms: u64) -> LogCommand {
 }
 
 /// Applies a registration at `index`; returns the new session's id.
-fn open_session(s: &mut Sessions<Counter>, index: u64, time_ms: u64) -> u64 {
+fn open_session<T: Replicated>(s: &mut Sessions<T>, index: u64, time_ms: u64) -> u64 {
     match s.apply_log_command(LogIndex(index), Term(1), register(time_ms)) {
         CommandOutcome::Registered { session } => session,
         other => panic!("registration answered {other:?}"),
@@ -496,11 +496,7 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
             s.apply_log_command(LogIndex(1), Term(1), set),
             CommandOutcome::PanicPolicy(policy)
         );
-        let CommandOutcome::Registered { session } =
-            s.apply_log_command(LogIndex(1), Term(1), register(10))
-        else {
-            panic!("registered")
-        };
+        let session = open_session(&mut s, 1, 10);
         let outcomes: Vec<CommandOutcome> = [
             BrittleCommand::Push { n: 1 },
             BrittleCommand::Push { n: -5 },
@@ -719,11 +715,7 @@ fn draw(s: &mut Sessions<Leaky>, session: u64, seq: u64) -> CommandOutcome {
 #[test]
 fn the_replay_check_reports_a_command_that_is_not_deterministic() {
     let mut s = Sessions::<Leaky>::new(60_000).with_determinism_check(1);
-    let CommandOutcome::Registered { session } =
-        s.apply_log_command(LogIndex(1), Term(1), register(10))
-    else {
-        panic!("registered")
-    };
+    let session = open_session(&mut s, 1, 10);
     for seq in 1..=3 {
         assert!(matches!(
             draw(&mut s, session, seq),
@@ -740,11 +732,7 @@ fn the_replay_check_reports_a_command_that_is_not_deterministic() {
     assert_eq!(d.divergences(), 0);
     // Sampling by index: every 2nd index only.
     let mut e = Sessions::<Leaky>::new(60_000).with_determinism_check(2);
-    let CommandOutcome::Registered { session } =
-        e.apply_log_command(LogIndex(1), Term(1), register(10))
-    else {
-        panic!("registered")
-    };
+    let session = open_session(&mut e, 1, 10);
     for seq in 1..=4 {
         draw(&mut e, session, seq);
     }
@@ -752,11 +740,7 @@ fn the_replay_check_reports_a_command_that_is_not_deterministic() {
 
     // A method that allowed non-determinism is not replayed (it may do IO).
     let mut f = Sessions::<Leaky>::new(60_000).with_determinism_check(1);
-    let CommandOutcome::Registered { session } =
-        f.apply_log_command(LogIndex(1), Term(1), register(10))
-    else {
-        panic!("registered")
-    };
+    let session = open_session(&mut f, 1, 10);
     let before = DRAWS.load(std::sync::atomic::Ordering::Relaxed);
     let c = in_session(session, 1, 1, 10, &LeakyCommand::DrawAllowed {});
     f.apply_log_command(LogIndex(2), Term(1), c);
@@ -793,11 +777,7 @@ impl Indexed {
 #[test]
 fn the_replay_check_sees_no_divergence_in_hash_collections() {
     let mut s = Sessions::<Indexed>::new(60_000).with_determinism_check(1);
-    let CommandOutcome::Registered { session } =
-        s.apply_log_command(LogIndex(1), Term(1), register(10))
-    else {
-        panic!("registered")
-    };
+    let session = open_session(&mut s, 1, 10);
     for seq in 1..=40u64 {
         let put = IndexedCommand::Put {
             name: format!("key-{seq}"),
