@@ -164,10 +164,11 @@
 //! ## 6. Separate processes
 //!
 //! Each node is a process with a listen address, its peers' addresses, a
-//! data directory and a TLS directory. Certificates come from `ha-kv certs`
-//! (they hold nothing type-specific; see the README), and `ha-kv status`
-//! asks any node of any replicated type for its role, term and indexes.
-//! A node of your type starts like this:
+//! data directory and a TLS directory. The `ha-server` crate runs any
+//! replicated type so: its operator command line (`certs`, `serve`,
+//! `status`, `panic-policy`, `resume`, with the flags, JSON lines and exit
+//! codes of `ha-kv`) is one line, `fn main() { ha_server::cli::main::<Inventory>() }`,
+//! and its builder starts a node from Rust:
 //!
 //! ```no_run
 //! # use std::collections::BTreeMap;
@@ -179,36 +180,28 @@
 //! # impl Inventory {
 //! #     pub fn stock(&self, item: String) -> u32 { self.stock.get(&item).copied().unwrap_or(0) }
 //! # }
-//! use std::path::Path;
-//! use ha_core::node::NodeOptions;
-//! use ha_core::storage::{DataDir, StdFs, WalOptions};
-//! use ha_core::types::NodeId;
-//! use ha_quic::{load_node_identity, QuicConfig, QuicNode};
-//!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let me = NodeId(1);
-//!     let peers = BTreeMap::from([
-//!         (NodeId(2), "10.0.0.2:7000".parse()?),
-//!         (NodeId(3), "10.0.0.3:7000".parse()?),
-//!     ]);
-//!     let identity = load_node_identity(Path::new("tls"), me)?;
-//!     // Opened for this type: a directory written by another version of
-//!     // `Inventory` is refused instead of misread.
-//!     let dir = DataDir::open_for::<Inventory, _>(&StdFs, Path::new("data"), &identity.cluster_id(), me)?;
-//!     let quic = QuicConfig::new(me, "0.0.0.0:7000".parse()?, peers, identity);
-//!     let opts = NodeOptions::new(me, [NodeId(1), NodeId(2), NodeId(3)]);
-//!     // The node keeps the directory (and its lock) until it is dropped.
-//!     let node = QuicNode::start_replicated::<Inventory>(opts, quic, None, dir, WalOptions::default())?;
-//!     tokio::signal::ctrl_c().await?;
-//!     node.shutdown().await;
+//!     let server = ha_server::Server::<Inventory>::builder()
+//!         .id(1)
+//!         .listen("0.0.0.0:7000")
+//!         .peers(["1=10.0.0.1:7000", "2=10.0.0.2:7000", "3=10.0.0.3:7000"])
+//!         .data_dir("data")
+//!         .tls_dir("tls")
+//!         .http("127.0.0.1:9100") // /metrics, /healthz, /readyz
+//!         .start()
+//!         .await?;
+//!     server.run_until_signal().await?;
 //!     Ok(())
 //! }
 //! ```
 //!
-//! Clients connect with `ha_quic::connect::<Inventory>(addrs, &client_identity,
-//! options)`. `examples/kv/src/serve.rs` is a complete server with flags,
-//! signals, metrics and a status command.
+//! Underneath, the node opens its data directory for its type
+//! (`DataDir::open_for::<Inventory, _>`, so a directory written by another
+//! version of `Inventory` is refused instead of misread) and starts with
+//! `ha_quic::QuicNode::start_replicated::<Inventory>`, which keeps the
+//! directory (and its lock) until it is dropped. Clients connect with
+//! `ha_quic::connect::<Inventory>(addrs, &client_identity, options)`.
 //!
 //! ## 7. Changing the type later
 //!

@@ -1,5 +1,6 @@
 //! Numbers a node keeps about itself: latency histograms and availability
-//! accounting.
+//! accounting. Rendering them for a metrics system is the service layer's
+//! (`ha-server`).
 //!
 //! Owns: [`Histogram`] (fixed buckets, lock-free) and [`Availability`], the
 //! accounting of leader losses after the seed's model:
@@ -63,25 +64,6 @@ impl Histogram {
                 .collect(),
             sum_micros: self.sum_micros.load(Ordering::Relaxed),
         }
-    }
-}
-
-impl HistogramSnapshot {
-    /// Renders the histogram in the Prometheus text format, in seconds.
-    pub fn render(&self, name: &str, help: &str, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (k, c) in self.counts.iter().enumerate() {
-            cumulative += c;
-            let le = BUCKETS_MICROS
-                .get(k)
-                .map_or("+Inf".to_string(), |b| format!("{}", *b as f64 / 1e6));
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {cumulative}");
     }
 }
 
@@ -221,16 +203,18 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative_in_prometheus_text() {
+    fn histogram_buckets_count_each_observation_once() {
         let h = Histogram::default();
         h.observe(Duration::from_micros(40));
+        h.observe(Duration::from_micros(50));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(5));
-        let mut out = String::new();
-        h.snapshot().render("x_seconds", "test", &mut out);
-        assert!(out.contains("x_seconds_bucket{le=\"0.00005\"} 1"), "{out}");
-        assert!(out.contains("x_seconds_bucket{le=\"0.005\"} 2"), "{out}");
-        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 3"), "{out}");
-        assert!(out.contains("x_seconds_count 3"), "{out}");
+        let s = h.snapshot();
+        assert_eq!(s.counts.len(), BUCKETS_MICROS.len() + 1);
+        assert_eq!(s.counts[0], 2, "a bound is inclusive");
+        assert_eq!(s.counts[6], 1, "3 ms is at most 5 ms");
+        assert_eq!(*s.counts.last().unwrap(), 1, "above every bound");
+        assert_eq!(s.counts.iter().sum::<u64>(), 4);
+        assert_eq!(s.sum_micros, 5_003_090);
     }
 }

@@ -1,12 +1,21 @@
 //! `ha-counter`: a replicated counter, start to finish.
 //!
-//! A plain struct and its methods, two macros, and a 3-node cluster on
-//! loopback (QUIC, mutual TLS, durable logs in temporary directories). The
-//! program adds through the typed client, kills the leader, keeps adding
-//! through the new one, and checks that no acknowledged add was lost.
+//! A plain struct and its methods, two macros, and a real service:
+//! - `ha-counter` (or `ha-counter demo`) starts a 3-node cluster on loopback
+//!   in this process (QUIC, mutual TLS, durable logs in temporary
+//!   directories), adds through the typed client, kills the leader, keeps
+//!   adding through the new one, and checks that no acknowledged add was
+//!   lost;
+//! - `ha-counter certs`, `serve`, `status`, `panic-policy` and `resume` are
+//!   the framework's operator commands (`ha_server::cli`), so the same type
+//!   runs as one node per process;
+//! - `ha-counter add N` and `ha-counter get` are this service's client
+//!   commands, one JSON line each.
 
+use clap::{Parser, Subcommand};
 use ha_core::{ApplyContext, Replicated, replicated};
 use ha_quic::LocalCluster;
+use ha_server::cli::{ClientArgs, OpsCommand, Outcome, emit};
 use serde::{Deserialize, Serialize};
 
 /// The replicated state: a counter and when it last changed.
@@ -37,15 +46,57 @@ impl Counter {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(e) = run().await {
-        eprintln!("ha-counter: {e}");
-        std::process::exit(1);
-    }
+/// A replicated counter built on ha.
+#[derive(Parser, Debug)]
+#[command(name = "ha-counter", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+#[derive(Subcommand, Debug)]
+enum Command {
+    #[command(flatten)]
+    Ops(OpsCommand),
+    /// Start a 3-node cluster in this process, add, kill its leader, add
+    /// again, and check nothing was lost (the default).
+    Demo,
+    /// Add DELTA (may be negative); prints the new value.
+    Add {
+        /// What to add.
+        #[arg(allow_hyphen_values = true)]
+        delta: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read the value (linearizable).
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    ha_server::cli::run(|| async move {
+        match cli.command.unwrap_or(Command::Demo) {
+            Command::Ops(ops) => ops.run::<Counter>().await,
+            Command::Demo => match demo().await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("ha-counter: {e}");
+                    1
+                }
+            },
+            Command::Add { delta, client } => {
+                emit(Outcome::value(client.client::<Counter>().add(delta).await))
+            }
+            Command::Get { client } => emit(Outcome::value(client.client::<Counter>().get().await)),
+        }
+    })
+}
+
+async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let mut cluster = LocalCluster::<Counter>::start(3).await?;
     let client = cluster.client();
     let leader = cluster.leader().await.ok_or("no leader elected")?;

@@ -415,7 +415,7 @@ fn http_get(port: u16, path: &str) -> String {
             Ok(body)
         })();
         match attempt {
-            Ok(b) if b.starts_with("HTTP/1.0 200") => return b,
+            Ok(b) if b.starts_with("HTTP/1.0 200") || b.starts_with("HTTP/1.1 200") => return b,
             Ok(b) => last = b,
             Err(e) => last = e.to_string(),
         }
@@ -617,7 +617,7 @@ fn a_restart_with_other_peers_exits_2_naming_the_stored_voters() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 2, "{err}");
-    assert!(err.contains("--peers is required"), "{err}");
+    assert!(err.contains("--peers: required"), "{err}");
 }
 
 fn certs(dir: &Path, nodes: &str) -> Output {

@@ -1,0 +1,305 @@
+//! `ha-counter` as a real service, as its README shows it: certificates,
+//! three `serve` processes on loopback, client commands, `status`, the
+//! HTTP health endpoints, and kill -9 of the leader with every acknowledged
+//! add still counted.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ha-counter");
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    http_ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Cluster {
+    fn tls(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+    fn peers(&self) -> String {
+        (1..=3)
+            .map(|i| format!("{i}=127.0.0.1:{}", self.ports[i - 1]))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    fn cluster(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    fn log_path(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+    fn start(&mut self, id: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--id", &id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", self.ports[id - 1])])
+            .args(["--peers", &self.peers()])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("data-{id}")))
+            .arg("--tls-dir")
+            .arg(self.tls())
+            .args(["--metrics", &self.http_ports[id - 1].to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ha-counter serve");
+        self.children[id - 1] = Some(child);
+    }
+    fn kill9(&mut self, id: usize) {
+        let mut c = self.children[id - 1].take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    fn client(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--cluster", &self.cluster()])
+            .arg("--tls-dir")
+            .arg(self.tls())
+            .output()
+            .unwrap()
+    }
+    fn logs(&self) -> String {
+        (1..=3)
+            .map(|i| {
+                format!(
+                    "--- node {i} ---\n{}",
+                    std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+    /// The leader every reachable node agrees on, once there is one.
+    fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.client(&["status"]);
+            let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let leaders: Vec<_> = lines.iter().map(|s| s["leader"].as_u64()).collect();
+            if let Some(Some(l)) = leaders.first()
+                && leaders.iter().all(|x| *x == Some(*l))
+                && lines.iter().any(|s| s["role"] == "leader")
+            {
+                return *l as usize;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader: {lines:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "one JSON line: {text}");
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `GET path` on `port`: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    try_http_get(port, path).expect("an HTTP answer")
+}
+
+fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((code, body))
+}
+
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Refused while the process starts.
+        let last = match try_http_get(port, "/readyz") {
+            Ok((200, body)) => {
+                assert_eq!(body, "ready\n");
+                return;
+            }
+            Ok((code, body)) => {
+                assert_eq!(code, 503, "{body}");
+                body
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < deadline, "never ready: {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn certs(dir: &Path) {
+    let out = Command::new(BIN)
+        .args(["certs", "--nodes", "1,2,3", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn three_counter_processes_survive_the_loss_of_their_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster {
+        ports: (0..3).map(|_| free_udp_port()).collect(),
+        http_ports: (0..3).map(|_| free_tcp_port()).collect(),
+        children: (0..3).map(|_| None).collect(),
+        dir,
+    };
+    certs(&c.tls());
+    for id in 1..=3 {
+        c.start(id);
+    }
+    // Up and serving HTTP before it is ready.
+    for id in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", c.http_ports[id - 1])).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no HTTP on node {id}\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            http_get(c.http_ports[id - 1], "/healthz"),
+            (200, "ok\n".into())
+        );
+    }
+    let leader = c.wait_for_leader();
+    for id in 1..=3 {
+        wait_ready(c.http_ports[id - 1]);
+    }
+    let (code, body) = http_get(c.http_ports[0], "/metrics");
+    assert_eq!(code, 200);
+    for m in [
+        "ha_term ",
+        "ha_role{role=\"leader\"}",
+        "ha_failovers_total ",
+    ] {
+        assert!(body.contains(m), "metrics lack {m}: {body}");
+    }
+    assert_eq!(http_get(c.http_ports[0], "/nope").0, 404);
+
+    let mut expected = 0;
+    for delta in [5, -2, 10] {
+        expected += delta;
+        let out = c.client(&["add", &delta.to_string()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            json(&out),
+            serde_json::json!({"ok": true, "value": expected})
+        );
+    }
+    c.kill9(leader);
+    for _ in 0..5 {
+        expected += 1;
+        let out = c.client(&["add", "1"]);
+        assert_eq!(
+            json(&out),
+            serde_json::json!({"ok": true, "value": expected}),
+            "after the leader died\n{}",
+            c.logs()
+        );
+    }
+    let out = c.client(&["get"]);
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"ok": true, "value": expected})
+    );
+    // The killed node comes back from its data directory and catches up.
+    c.start(leader);
+    wait_ready(c.http_ports[leader - 1]);
+    let out = c.client(&["status"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    // Two nodes gone: the last one knows no leader and says it is not
+    // ready, while it is still healthy.
+    let last = (1..=3).find(|i| *i != leader).unwrap();
+    for id in (1..=3).filter(|i| *i != last) {
+        c.kill9(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = http_get(c.http_ports[last - 1], "/readyz");
+        if code == 503 {
+            assert_eq!(body, "no known leader\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready alone: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(c.http_ports[last - 1], "/healthz").0, 200);
+    // A client mistake: exit 2, one line.
+    let out = Command::new(BIN).args(["add", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

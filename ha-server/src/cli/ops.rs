@@ -1,0 +1,371 @@
+//! The operator commands: `certs`, `serve`, `status`, `panic-policy`,
+//! `resume`, and the reserved `member` and `transfer-leader`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use ha_core::protocol::{AvailabilityView, ClientRequest, ClientResponse, StatusView};
+use ha_core::sm::Replicated;
+use serde_json::json;
+
+use super::{ClientArgs, EXIT_USAGE, Outcome, emit, program, usage_error};
+use crate::Server;
+
+/// The commands every service has.
+#[derive(Subcommand, Debug)]
+pub enum OpsCommand {
+    /// Create a cluster CA (only if neither ca.pem nor ca.key exists) and
+    /// node and client certificates (idempotent: existing files are kept).
+    Certs(CertsArgs),
+    /// Run one node in the foreground until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// One JSON status line per reachable node.
+    Status {
+        #[allow(missing_docs)] // The flattened options document themselves.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What the cluster does when a command fails (panics): `continue`
+    /// (the default) answers it as failed and goes on; `halt` then refuses
+    /// every command and query until `resume`. Replicated: every node
+    /// switches at the same log entry.
+    PanicPolicy {
+        /// continue or halt.
+        #[arg(value_enum)]
+        policy: PolicyArg,
+        #[allow(missing_docs)] // The flattened options document themselves.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume a cluster halted after a failed command (`status` shows
+    /// `halted` and where): the state stays as that command left it, and
+    /// commands and queries are served again.
+    Resume {
+        /// The log index the cluster halted at.
+        #[arg(long)]
+        index: u64,
+        #[allow(missing_docs)] // The flattened options document themselves.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Membership changes (not yet supported).
+    Member {
+        /// add ID HOST:PORT | remove ID | list
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Hand leadership to another node (not yet supported).
+    TransferLeader {
+        /// The node to hand over to.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Options of `certs`.
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// Where to write them.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Node ids, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<u64>,
+}
+
+/// Options of `serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// This node's id (from 1).
+    #[arg(long)]
+    id: u64,
+    /// Where to listen, HOST:PORT.
+    #[arg(long)]
+    listen: String,
+    /// The initial voters, ID=HOST:PORT,... (may include this node). Read
+    /// only when the data dir is new; afterwards the stored voters are used,
+    /// --peers may be left out, and a different --peers is refused.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Where the node keeps its log and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Where the certificates are (from `certs`).
+    #[arg(long)]
+    tls_dir: PathBuf,
+    /// Start as a non-member waiting to be added (not yet supported).
+    #[arg(long)]
+    join: bool,
+    /// Heartbeat interval in ms (also the node's tick).
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// Election timeout range in ms, MIN-MAX.
+    #[arg(long, default_value = "300-600")]
+    election_timeout_ms: String,
+    /// Take a snapshot (and compact the log) every N applied entries.
+    #[arg(long, default_value_t = crate::server::DEFAULT_SNAPSHOT_EVERY)]
+    snapshot_every: u64,
+    /// Serve Prometheus metrics at /metrics, and /healthz and /readyz, on
+    /// HOST:PORT (a bare PORT binds 127.0.0.1).
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Refuse client requests larger than N bytes (before they reach the
+    /// log), like etcd's --max-request-bytes.
+    #[arg(long, default_value_t = ha_quic::transport::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Refuse writes ("no space"; reads go on) while the log beyond the last
+    /// snapshot holds more than N bytes, like etcd's --quota-backend-bytes.
+    /// 0: no quota.
+    #[arg(long, default_value_t = ha_core::node::DEFAULT_STORAGE_QUOTA_BYTES)]
+    storage_quota_bytes: u64,
+}
+
+impl ServeArgs {
+    /// The election timeout range; exits 2 when it is not `MIN-MAX`.
+    fn election_timeout(&self) -> (Duration, Duration) {
+        self.election_timeout_ms
+            .split_once('-')
+            .and_then(|(l, h)| Some((l.trim().parse::<u64>().ok()?, h.trim().parse::<u64>().ok()?)))
+            .map(|(l, h)| (Duration::from_millis(l), Duration::from_millis(h)))
+            .unwrap_or_else(|| usage_error("--election-timeout-ms: write a range like 300-600"))
+    }
+}
+
+/// `panic-policy`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyArg {
+    /// Answer a failed command as failed and go on.
+    Continue,
+    /// Stop applying after a failed command until `resume`.
+    Halt,
+}
+
+impl OpsCommand {
+    /// Runs the command for a service of `T`; returns the exit status.
+    pub async fn run<T: Replicated>(self) -> i32 {
+        match self {
+            OpsCommand::Certs(a) => certs(a),
+            OpsCommand::Serve(a) => serve::<T>(a).await,
+            OpsCommand::Status { client } => status(&client).await,
+            OpsCommand::PanicPolicy { policy, client } => {
+                let (p, name) = match policy {
+                    PolicyArg::Continue => (ha_core::sm::PanicPolicy::Continue, "continue"),
+                    PolicyArg::Halt => (ha_core::sm::PanicPolicy::Halt, "halt"),
+                };
+                emit(match client.core_client::<T>().set_panic_policy(p).await {
+                    Ok(()) => Outcome::Done(json!({"ok": true, "panic_policy": name})),
+                    Err(e) => Outcome::Failed(e),
+                })
+            }
+            OpsCommand::Resume { index, client } => {
+                emit(match client.core_client::<T>().resume(index).await {
+                    Ok(at) => Outcome::Done(json!({"ok": true, "resumed_at": at})),
+                    Err(e) => Outcome::Failed(e),
+                })
+            }
+            OpsCommand::Member { .. } => not_yet("member"),
+            OpsCommand::TransferLeader { .. } => not_yet("transfer-leader"),
+        }
+    }
+}
+
+fn not_yet(what: &str) -> i32 {
+    eprintln!("{}: {what} is not yet supported", program());
+    EXIT_USAGE
+}
+
+fn certs(a: CertsArgs) -> i32 {
+    let ids: Vec<_> = a.nodes.iter().map(|n| ha_core::types::NodeId(*n)).collect();
+    if ids.iter().any(|i| i.0 == 0) {
+        usage_error("--nodes: node ids start at 1");
+    }
+    match ha_quic::certs::create_cluster_certs_report(&a.dir, &ids) {
+        Ok(report) => {
+            for w in &report.warnings {
+                eprintln!("{}: warning: {w}", program());
+            }
+            for p in &report.written {
+                eprintln!("wrote {}", p.display());
+            }
+            println!(
+                "{}",
+                json!({"ok": true, "dir": a.dir, "created": report.written})
+            );
+            0
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
+/// `serve`: runs the node until a signal; returns the exit status (2 for
+/// any configuration mistake, with one line naming it; 1 when the node
+/// stopped by itself).
+async fn serve<T: Replicated>(a: ServeArgs) -> i32 {
+    if a.join {
+        eprintln!("{}: serve --join is not yet supported", program());
+        return EXIT_USAGE;
+    }
+    let (lo, hi) = a.election_timeout();
+    let server = Server::<T>::builder()
+        .program(program())
+        .id(a.id)
+        .listen(a.listen.clone())
+        .peers(a.peers.iter().cloned())
+        .data_dir(a.data_dir.clone())
+        .tls_dir(a.tls_dir.clone())
+        .heartbeat(Duration::from_millis(a.heartbeat_ms))
+        .election_timeout(lo, hi)
+        .snapshot_every(a.snapshot_every)
+        .max_request_bytes(a.max_request_bytes)
+        .storage_quota_bytes(a.storage_quota_bytes);
+    let server = match &a.metrics {
+        Some(m) => server.http(m.clone()),
+        None => server,
+    };
+    let server = server.start().await.unwrap_or_else(|e| usage_error(e));
+    eprintln!(
+        "{}: node {} listening on {}",
+        program(),
+        a.id,
+        server.local_addr()
+    );
+    match server.run_until_signal().await {
+        Ok(crate::Stopped::Signal) => {
+            eprintln!("{}: node {} stopped", program(), a.id);
+            0
+        }
+        Ok(crate::Stopped::Node(why)) => {
+            eprintln!("{}: node stopped: {why}", program());
+            1
+        }
+        Err(e) => usage_error(format!("cannot watch signals: {e}")),
+    }
+}
+
+/// One `status` line, with the contract's field names and order (the wire
+/// type's `last_index` is the contract's `last_log_index`).
+#[derive(serde::Serialize)]
+struct StatusLine<'a> {
+    id: u64,
+    role: &'a str,
+    term: u64,
+    leader: Option<u64>,
+    commit_index: u64,
+    applied_index: u64,
+    last_log_index: u64,
+    snapshot_index: u64,
+    voters: &'a [u64],
+    learners: &'a [u64],
+    availability: &'a AvailabilityView,
+    /// Present while the node repairs damaged storage from its peers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repairing: Option<&'a str>,
+    /// Present while the service is halted after a failed command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    halted: Option<&'a str>,
+    /// What a failed command does: continue or halt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    panic_policy: Option<&'a str>,
+    /// Present when the determinism check found a command that is not.
+    #[serde(skip_serializing_if = "is_zero")]
+    divergences: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The JSON line `status` prints for a node's status.
+pub fn status_line(s: &StatusView) -> String {
+    let line = StatusLine {
+        id: s.id,
+        // The contract's roles: leader, follower, candidate, learner.
+        role: if s.role == "precandidate" {
+            "candidate"
+        } else {
+            &s.role
+        },
+        term: s.term,
+        leader: s.leader,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        last_log_index: s.last_index,
+        snapshot_index: s.snapshot_index,
+        voters: &s.voters,
+        learners: &s.learners,
+        availability: &s.availability,
+        repairing: s.repairing.as_deref(),
+        halted: s.halted.as_deref(),
+        panic_policy: s.panic_policy.as_deref(),
+        divergences: s.divergences,
+    };
+    serde_json::to_string(&line).expect("a status line encodes")
+}
+
+/// `status`: one JSON line per reachable node; the rest on stderr. Works
+/// against a cluster of any replicated type.
+async fn status(c: &ClientArgs) -> i32 {
+    let identity = c.identity();
+    let timeout = Duration::from_millis(c.timeout_ms);
+    let mut reachable = 0;
+    for addr in c.addrs() {
+        let asked = async {
+            let q = ha_quic::QuicClient::connect(addr, "localhost", &identity)
+                .await
+                .map_err(|e| e.to_string())?;
+            q.request(&ClientRequest::Status)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let me = program();
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(ClientResponse::Status(s))) => {
+                reachable += 1;
+                println!("{}", status_line(&s));
+            }
+            Ok(Ok(other)) => eprintln!("{me}: node at {addr} answered oddly: {other:?}"),
+            Ok(Err(e)) => eprintln!("{me}: node at {addr} unreachable: {e}"),
+            Err(_) => eprintln!("{me}: node at {addr} unreachable: no answer in {timeout:?}"),
+        }
+    }
+    if reachable > 0 { 0 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn a_status_line_uses_the_contract_field_names() {
+        let s = StatusView {
+            id: 1,
+            role: "precandidate".into(),
+            term: 7,
+            leader: None,
+            commit_index: 120,
+            applied_index: 120,
+            last_index: 121,
+            snapshot_index: 100,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            availability: AvailabilityView::default(),
+            repairing: None,
+            halted: None,
+            panic_policy: Some("continue".into()),
+            divergences: 0,
+        };
+        let line = status_line(&s);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["last_log_index"], 121, "{line}");
+        assert_eq!(v["panic_policy"], "continue", "{line}");
+        assert!(
+            v.get("divergences").is_none(),
+            "shown only when found: {line}"
+        );
+        assert!(v.get("last_index").is_none(), "{line}");
+        assert_eq!(v["role"], "candidate");
+        assert!(line.starts_with(r#"{"id":1,"role":"candidate","term":7,"leader":null,"#));
+    }
+}

@@ -1,0 +1,395 @@
+//! [`Server`]: one node of any replicated type, started from its options.
+//!
+//! Owns: the order of a node's start (check options, load certificates,
+//! open and lock the data directory, settle the voters, bind sockets, start
+//! the node, then serve HTTP) and of its stop (stop the node, close the
+//! endpoint, stop HTTP, release the data directory last).
+//!
+//! Invariants: nothing in the data directory is read or written before
+//! every option has been checked and the certificates loaded; the
+//! directory is released only after the node stopped writing.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ha_core::node::{NodeHandle, NodeOptions};
+use ha_core::sm::Replicated;
+use ha_core::storage::{DataDir, StdFs, WalOptions};
+use ha_core::types::NodeId;
+use ha_quic::{QuicConfig, QuicNode, QuicTransport};
+
+use crate::ServeError;
+use crate::http::{HttpLimits, READY_MAX_APPLY_LAG, Routes};
+use crate::metrics::Metrics;
+use crate::peers;
+
+/// Options of a [`Server`]; start one with [`ServerBuilder::start`].
+///
+/// Required: [`id`](ServerBuilder::id), [`listen`](ServerBuilder::listen),
+/// [`data_dir`](ServerBuilder::data_dir), [`tls_dir`](ServerBuilder::tls_dir),
+/// and on a node's first start its [`peers`](ServerBuilder::peer). The rest
+/// has LAN defaults.
+#[must_use]
+pub struct ServerBuilder<T> {
+    id: u64,
+    listen: Option<String>,
+    peers: Vec<String>,
+    data_dir: Option<PathBuf>,
+    tls_dir: Option<PathBuf>,
+    heartbeat: Duration,
+    election_timeout: (Duration, Duration),
+    snapshot_every: u64,
+    http: Option<String>,
+    http_limits: HttpLimits,
+    ready_max_apply_lag: u64,
+    max_request_bytes: usize,
+    storage_quota_bytes: u64,
+    program: String,
+    _type: PhantomData<fn() -> T>,
+}
+
+/// Default heartbeat interval (also the node's tick).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(50);
+/// Default election timeout range.
+pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(300), Duration::from_millis(600));
+/// Default number of applied entries between snapshots.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+
+impl<T: Replicated> ServerBuilder<T> {
+    fn new() -> ServerBuilder<T> {
+        ServerBuilder {
+            id: 0,
+            listen: None,
+            peers: Vec::new(),
+            data_dir: None,
+            tls_dir: None,
+            heartbeat: DEFAULT_HEARTBEAT,
+            election_timeout: DEFAULT_ELECTION_TIMEOUT,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            http: None,
+            http_limits: HttpLimits::default(),
+            ready_max_apply_lag: READY_MAX_APPLY_LAG,
+            max_request_bytes: ha_quic::transport::DEFAULT_MAX_REQUEST_BYTES,
+            storage_quota_bytes: ha_core::node::DEFAULT_STORAGE_QUOTA_BYTES,
+            program: "ha".into(),
+            _type: PhantomData,
+        }
+    }
+
+    /// This node's id (from 1).
+    pub fn id(mut self, id: u64) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Where to listen for peers and clients, `HOST:PORT` (port 0: any free
+    /// port; see [`Server::local_addr`]).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// One initial voter, `ID=HOST:PORT` (may name this node). Read only
+    /// when the data directory is new; afterwards the stored voters are
+    /// used and a different list is refused.
+    pub fn peer(mut self, peer: impl Into<String>) -> Self {
+        self.peers.push(peer.into());
+        self
+    }
+
+    /// Initial voters, each `ID=HOST:PORT` (see [`ServerBuilder::peer`]).
+    pub fn peers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, peers: I) -> Self {
+        self.peers.extend(peers.into_iter().map(Into::into));
+        self
+    }
+
+    /// Where the node keeps its log and snapshots.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Where the cluster's certificates are (`ca.pem`, `node-ID.pem`,
+    /// `node-ID.key`).
+    pub fn tls_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.tls_dir = Some(dir.into());
+        self
+    }
+
+    /// Heartbeat interval, also the node's tick (default 50 ms).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Election timeout range (default 300–600 ms); both bounds must be
+    /// above the heartbeat and rising.
+    pub fn election_timeout(mut self, min: Duration, max: Duration) -> Self {
+        self.election_timeout = (min, max);
+        self
+    }
+
+    /// Take a snapshot (and compact the log) every `n` applied entries
+    /// (default 10,000).
+    pub fn snapshot_every(mut self, n: u64) -> Self {
+        self.snapshot_every = n;
+        self
+    }
+
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on `HOST:PORT`
+    /// (a bare port binds 127.0.0.1).
+    pub fn http(mut self, addr: impl Into<String>) -> Self {
+        self.http = Some(addr.into());
+        self
+    }
+
+    /// Limits of the HTTP listener.
+    pub fn http_limits(mut self, limits: HttpLimits) -> Self {
+        self.http_limits = limits;
+        self
+    }
+
+    /// `/readyz` fails while the node's applied index is more than `n`
+    /// entries behind its commit index (default 1,000).
+    pub fn ready_max_apply_lag(mut self, n: u64) -> Self {
+        self.ready_max_apply_lag = n;
+        self
+    }
+
+    /// Refuse client requests larger than `n` bytes before they reach the
+    /// log.
+    pub fn max_request_bytes(mut self, n: usize) -> Self {
+        self.max_request_bytes = n;
+        self
+    }
+
+    /// Refuse writes while the log beyond the last snapshot holds more than
+    /// `n` bytes (0: no quota).
+    pub fn storage_quota_bytes(mut self, n: u64) -> Self {
+        self.storage_quota_bytes = n;
+        self
+    }
+
+    /// The program to name in hints (`ha-kv certs ...`); default `ha`.
+    pub fn program(mut self, name: impl Into<String>) -> Self {
+        self.program = name.into();
+        self
+    }
+
+    /// Node timing in ticks: (tick, election min ticks, election max ticks).
+    fn timing(&self) -> Result<(Duration, u64, u64), ServeError> {
+        let tick = self.heartbeat;
+        let (lo, hi) = self.election_timeout;
+        if tick.is_zero() || lo <= tick || hi <= lo {
+            return Err(ServeError::invalid(
+                "--election-timeout-ms",
+                format!(
+                    "{}-{} must be a rising range above --heartbeat-ms {}",
+                    lo.as_millis(),
+                    hi.as_millis(),
+                    tick.as_millis()
+                ),
+            ));
+        }
+        let ticks = |d: Duration| d.as_nanos().div_ceil(tick.as_nanos()) as u64;
+        Ok((tick, ticks(lo), ticks(hi).max(ticks(lo) + 1)))
+    }
+
+    /// Checks every option, then opens the data directory, binds and starts
+    /// the node. Must run inside a tokio runtime.
+    pub async fn start(self) -> Result<Server<T>, ServeError> {
+        if self.id == 0 {
+            return Err(ServeError::invalid("--id", "node ids start at 1"));
+        }
+        if self.snapshot_every == 0 {
+            return Err(ServeError::invalid(
+                "--snapshot-every",
+                "must be at least 1",
+            ));
+        }
+        let limits = ha_quic::transport::QuicLimits {
+            max_request_bytes: self.max_request_bytes,
+            ..Default::default()
+        };
+        if let Err(e) = limits.validate(0) {
+            return Err(ServeError::invalid("--max-request-bytes", e.to_string()));
+        }
+        let (tick, min_ticks, max_ticks) = self.timing()?;
+        let me = NodeId(self.id);
+        let listen_text = self
+            .listen
+            .clone()
+            .ok_or_else(|| ServeError::invalid("--listen", "required: HOST:PORT"))?;
+        let listen = peers::parse_addr("--listen", &listen_text)?;
+        let mut given = BTreeMap::new();
+        for p in &self.peers {
+            peers::insert_peer(&mut given, peers::parse_peer(p)?)?;
+        }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .ok_or_else(|| ServeError::invalid("--data-dir", "required"))?;
+        let tls_dir = self
+            .tls_dir
+            .clone()
+            .ok_or_else(|| ServeError::invalid("--tls-dir", "required"))?;
+        let http_addr = self
+            .http
+            .as_deref()
+            .map(crate::http::listen_addr)
+            .transpose()?;
+        let identity = ha_quic::load_node_identity(&tls_dir, me).map_err(|source| {
+            ServeError::Certificates {
+                dir: tls_dir.clone(),
+                node: self.id,
+                program: self.program.clone(),
+                source,
+            }
+        })?;
+        let dir = DataDir::open_for::<T, _>(&StdFs, &data_dir, &identity.cluster_id(), me)?;
+        let socket = std::net::UdpSocket::bind(listen).map_err(|source| ServeError::Bind {
+            option: "--listen",
+            addr: listen,
+            source,
+        })?;
+        let http_listener =
+            match http_addr {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| ServeError::Bind {
+                        option: "--metrics",
+                        addr,
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+        // The stored voters (after storing the given ones on a first start).
+        let voters = peers::voters(&dir, me, &listen_text, &given)?;
+        let peer_addrs = peers::resolve_peers(&voters, me)?;
+        let mut opts = NodeOptions::new(me, voters.keys().copied());
+        opts.tick = tick;
+        opts.raft.heartbeat_interval_ticks = 1;
+        opts.raft.election_timeout_min_ticks = min_ticks;
+        opts.raft.election_timeout_max_ticks = max_ticks;
+        opts.snapshot_every_entries = Some(self.snapshot_every);
+        opts.storage_quota_bytes =
+            (self.storage_quota_bytes > 0).then_some(self.storage_quota_bytes);
+        let mut quic = QuicConfig::new(me, listen, peer_addrs, identity);
+        quic.limits.max_request_bytes = self.max_request_bytes;
+        let node =
+            QuicNode::start_replicated::<T>(opts, quic, Some(socket), dir, WalOptions::default())?;
+        let http = match http_listener {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                let routes = Routes {
+                    node: node.handle().clone(),
+                    metrics: Metrics::new(node.handle().clone(), node.transport()),
+                    max_apply_lag: self.ready_max_apply_lag,
+                };
+                let task = tokio::spawn(crate::http::serve(l, Arc::new(routes), self.http_limits));
+                Some((task, addr))
+            }
+            None => None,
+        };
+        Ok(Server {
+            node: Some(node),
+            http,
+            _type: PhantomData,
+        })
+    }
+}
+
+/// Why [`Server::run_until_signal`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGINT or SIGTERM arrived; the node was shut down cleanly.
+    Signal,
+    /// The node stopped by itself (for example its storage failed), for
+    /// this reason.
+    Node(String),
+}
+
+/// A running node of type `T`: its QUIC endpoint for peers and clients,
+/// its data directory, and its HTTP endpoint when one was asked for.
+pub struct Server<T> {
+    node: Option<QuicNode>,
+    http: Option<(tokio::task::JoinHandle<()>, Option<SocketAddr>)>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Replicated> Server<T> {
+    /// Options for a server of `T`.
+    pub fn builder() -> ServerBuilder<T> {
+        ServerBuilder::new()
+    }
+
+    fn node(&self) -> &QuicNode {
+        self.node
+            .as_ref()
+            .expect("a server's node is there until it is dropped")
+    }
+
+    /// The node (status, metrics, proposals in process).
+    pub fn handle(&self) -> &NodeHandle {
+        self.node().handle()
+    }
+
+    /// The endpoint's transport (connection state, counters).
+    pub fn transport(&self) -> QuicTransport {
+        self.node().transport()
+    }
+
+    /// Where peers and clients reach the node.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.node().local_addr()
+    }
+
+    /// Where the HTTP endpoint listens, when there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|(_, a)| *a)
+    }
+
+    /// Runs until SIGINT or SIGTERM, or until the node stops by itself;
+    /// then shuts down. Fails only when the signals cannot be watched.
+    pub async fn run_until_signal(self) -> Result<Stopped, std::io::Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut status = self.handle().watch_status();
+        let why = tokio::select! {
+            _ = tokio::signal::ctrl_c() => Stopped::Signal,
+            _ = term.recv() => Stopped::Signal,
+            r = status.wait_for(|s| s.stopped.is_some()) => Stopped::Node(
+                r.map(|s| s.stopped.clone().unwrap_or_default()).unwrap_or_default(),
+            ),
+        };
+        self.shutdown().await;
+        Ok(why)
+    }
+
+    /// Stops the node and its endpoints; the data directory is released
+    /// once the node stopped writing.
+    pub async fn shutdown(mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+            // The node holds the data directory's lock until it is dropped,
+            // after its writers stopped.
+            drop(node);
+        }
+        if let Some((task, _)) = self.http.take() {
+            task.abort();
+        }
+    }
+}
+
+impl<T> Drop for Server<T> {
+    fn drop(&mut self) {
+        if let Some((task, _)) = self.http.take() {
+            task.abort();
+        }
+    }
+}
