@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage, NoopApplier, start_node};
+use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, start_node};
 use ha_core::raft::{InitialState, RoleKind};
+use ha_core::sm::{Applier, NoopApplier};
 use ha_core::storage::{MemLogStore, StdFs};
 use ha_core::transport::MemNetwork;
 use ha_core::types::NodeId;

@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ha_core::node::{Applier, recover};
+use ha_core::node::recover;
 use ha_core::raft::{InitialState, Membership};
+use ha_core::sm::Applier;
 use ha_core::storage::{
     LogStore, SimFs, SnapshotMeta, SnapshotStore, StoredState, Vfs, Wal, WalOptions,
 };

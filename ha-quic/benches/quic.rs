@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, NoopApplier, start_node};
+use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, start_node};
 use ha_core::raft::{Body, InitialState, Message, RoleKind};
+use ha_core::sm::NoopApplier;
 use ha_core::storage::{MemLogStore, StdFs};
 use ha_core::transport::{MemNetwork, Transport};
 use ha_core::types::{Entry, EntryPayload, LogIndex, NodeId, Term};

@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage, recover, start_node};
+use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, recover, start_node};
 use ha_core::raft::InitialState;
+use ha_core::sm::Applier;
 use ha_core::sm::{DEFAULT_SESSION_TIMEOUT_MS, Replicated, Sessions};
 use ha_core::storage::{DataDir, SnapshotStore, StdFs, Vfs, Wal, WalOptions};
 

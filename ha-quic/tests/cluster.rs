@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ha_core::node::{Applier, NodeHandle, NodeOptions, NodeStorage};
+use ha_core::node::{NodeHandle, NodeOptions, NodeStorage};
 use ha_core::raft::{Body, InitialState, Message, RoleKind};
+use ha_core::sm::Applier;
 use ha_core::storage::{SnapshotStore, StdFs, Wal, WalOptions};
 use ha_core::types::{LogIndex, NodeId, Term};
 use ha_quic::certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_node_identity};

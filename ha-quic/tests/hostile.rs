@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ha_core::node::{
-    Applier, IncomingSnapshot, NodeHandle, NodeOptions, NodeStorage, OutgoingSnapshot,
-    SnapshotFiles,
+    IncomingSnapshot, NodeHandle, NodeOptions, NodeStorage, OutgoingSnapshot, SnapshotFiles,
 };
 use ha_core::raft::membership::Membership;
 use ha_core::raft::{Body, InitialState, Message, RoleKind};
+use ha_core::sm::Applier;
 use ha_core::storage::{MemLogStore, SnapshotMeta, SnapshotStore, StdFs};
 use ha_core::transport::Transport;
 use ha_core::types::{Entry, EntryPayload, LogIndex, NodeId, Term};

@@ -1,8 +1,11 @@
 //! The driver's duties for each [`Ready`](crate::raft::Ready), in the one
 //! order that is safe.
 //!
-//! Owns: the [`pipeline`] (those duties without IO), the async node
-//! ([`driver`]) that runs it on tokio, and [`handle_ready`], the synchronous
+//! Owns: the [`pipeline`] (those duties without IO), the async node that
+//! runs it on tokio (`task`: the loop; `handle`: [`NodeHandle`] and what it
+//! reports; `persist`: the Ready in flight and the storage backends;
+//! [`snapshots`]: snapshot files, recovery, and the task's snapshot duties;
+//! `options`: [`NodeOptions`]), and [`handle_ready`], the synchronous
 //! form for tests and simple drivers, which runs the same pipeline. The
 //! deterministic simulator drives that pipeline too. The order:
 //!
@@ -19,16 +22,18 @@
 //! If step 2 fails, nothing after it happens: the node must stop and restart
 //! from what its disk holds (the log refuses further writes anyway).
 
-pub mod driver;
+mod handle;
+mod options;
+mod persist;
 pub mod pipeline;
 pub mod snapshots;
+mod task;
 
 pub use snapshots::{IncomingSnapshot, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover};
 
-pub use driver::{
-    Applier, DEFAULT_STORAGE_QUOTA_BYTES, NodeError, NodeHandle, NodeMetrics, NodeOptions,
-    NodeStatus, NodeStorage, NoopApplier, PeerProgress, start_node,
-};
+pub use handle::{NodeError, NodeHandle, NodeMetrics, NodeStatus, PeerProgress};
+pub use options::{DEFAULT_STORAGE_QUOTA_BYTES, NodeOptions, NodeStorage};
+pub use task::start_node;
 
 pub use pipeline::{Pipeline, PipelineIo, Write};
 

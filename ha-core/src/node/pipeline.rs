@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use super::driver::NodeError;
+use super::handle::NodeError;
 use crate::raft::{Message, Raft, ReadState, ReadyToken, SnapshotInstall, SoftState};
 use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
 

@@ -15,14 +15,22 @@
 //!    [`IncomingSnapshot::write`] on the receiving side; no message carries
 //!    a whole snapshot.
 
+use super::persist::*;
+use super::task::*;
 use std::io::Read;
 use std::path::Path;
 
-use crate::node::Applier;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use crate::raft::InitialState;
+use crate::raft::Message;
+use crate::sm::Applier;
+use crate::storage::group::WriteRequest;
 use crate::storage::snapshot::{RawSnapshotWriter, SnapshotMeta, SnapshotStore, StartScan};
 use crate::storage::vfs::Vfs;
 use crate::storage::{LogStore, StoredState, Wal};
+use crate::types::NodeId;
 use crate::types::{LogIndex, Term};
 
 /// A snapshot being received, piece by piece.
@@ -289,6 +297,170 @@ pub fn recover<V: Vfs>(
         ));
     }
     Ok(init)
+}
+
+/// The slowest rate a snapshot transfer is allowed before the node's
+/// backstop gives up on it: 1 MiB/s, as the QUIC transport's own deadline.
+const SLOWEST_TRANSFER_BYTES_PER_SEC: u64 = 1 << 20;
+
+// On the node task: taking snapshots, sending them, and giving up on
+// transfers that stall.
+impl<V: Vfs> NodeTask<V> {
+    /// A transfer the transport has not reported within the timeout counts
+    /// as failed, so a lost report cannot keep a follower without appends.
+    pub(super) fn expire_transfers(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<NodeId> = self
+            .sending_snapshots
+            .iter()
+            .filter(|(_, (give_up_at, _))| give_up_at.is_some_and(|t| now > t))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            tracing::warn!(node = %self.raft.id(), %peer, "a snapshot transfer was not reported in time; counting it as failed");
+            self.sending_snapshots.remove(&peer);
+            self.raft.report_snapshot(peer, None);
+        }
+    }
+
+    /// Streams the newest snapshot to `peer` (the core asked for it).
+    pub(super) fn send_snapshot(&mut self, peer: NodeId) {
+        if self.sending_snapshots.contains_key(&peer) {
+            // One transfer per peer: the running one reports for both.
+            return;
+        }
+        let (offset, _) = self.raft.snapshot_last();
+        let snap = match self.snapshots.open_latest() {
+            Ok(Some(s)) if s.index >= offset => s,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(node = %self.raft.id(), "cannot open a snapshot to send: {e}");
+                }
+                self.raft.report_snapshot(peer, None);
+                return;
+            }
+        };
+        let install = Message {
+            from: self.raft.id(),
+            to: peer,
+            term: self.raft.term(),
+            body: crate::raft::Body::InstallSnapshot {
+                index: snap.index,
+                term: snap.term,
+            },
+        };
+        let index = snap.index;
+        let tx = self.event_sender();
+        let transfer = self.next_transfer;
+        self.next_transfer += 1;
+        // The backstop grows with the file, so a large snapshot on a slow
+        // link is not given up (and started again) while still moving.
+        // (`None`: so far off the clock cannot say it; never given up.)
+        let give_up_at = Instant::now().checked_add(self.snapshot_transfer_timeout.saturating_add(
+            Duration::from_secs(snap.len / SLOWEST_TRANSFER_BYTES_PER_SEC),
+        ));
+        self.sending_snapshots.insert(peer, (give_up_at, transfer));
+        tracing::info!(node = %self.raft.id(), %peer, %index, bytes = snap.len, "sending a snapshot");
+        self.transport.send_snapshot(
+            peer,
+            snap,
+            install,
+            Box::new(move |ok| {
+                let _ = tx.send(Event::SnapshotSent(peer, transfer, ok.then_some(index)));
+            }),
+        );
+    }
+
+    /// Takes a snapshot when enough was applied since the last one: the
+    /// state is encoded here, at a consistent applied index, and written to
+    /// disk on a blocking thread, off the consensus path.
+    pub(super) fn maybe_snapshot(&mut self) {
+        if self.snapshotting {
+            return;
+        }
+        let applied = self.pipeline.applied();
+        let due = self
+            .snapshot_every
+            .is_some_and(|every| applied.0 >= self.last_snapshot.0.saturating_add(every));
+        // Half-way to the storage quota, snapshot early, counts or not: a
+        // log of few large entries (or a node with count snapshots off)
+        // would otherwise reach the quota with no snapshot due to lift it.
+        // Only when a snapshot would drop a quarter of the quota, so a log
+        // full of entries not yet applied cannot make it snapshot on every
+        // entry.
+        let quota_pressing = self.quota.is_some_and(|q| {
+            self.raft.log_bytes() >= q / 2 && self.raft.compactable_bytes() >= q / 4
+        });
+        if !(due || quota_pressing) {
+            return;
+        }
+        let Some(term) = self.raft.term_at(applied) else {
+            return;
+        };
+        let state = match self.applier.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(node = %self.raft.id(), "cannot encode a snapshot: {e}");
+                return;
+            }
+        };
+        self.snapshotting = true;
+        let meta = crate::storage::SnapshotMeta {
+            index: applied,
+            term,
+            membership: self.raft.membership().clone(),
+        };
+        let (files, tx) = (self.snapshots.clone(), self.event_sender());
+        self.spawn_file_work(move || {
+            let r = files.save(meta, &state).map(|()| (applied, term));
+            let _ = files.retain(2);
+            let _ = tx.send(Event::Snapshotted(r));
+        });
+    }
+
+    /// A snapshot is durable: the log may drop what it covers.
+    pub(super) fn on_snapshotted(
+        &mut self,
+        r: Result<(LogIndex, Term), String>,
+    ) -> Result<(), String> {
+        self.snapshotting = false;
+        let (index, term) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(node = %self.raft.id(), "cannot write a snapshot: {e}");
+                return Ok(());
+            }
+        };
+        self.last_snapshot = self.last_snapshot.max(index);
+        self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        if !self.raft.compact(index) {
+            return Ok(());
+        }
+        let tx = self.event_sender();
+        match &mut self.storage {
+            Backend::Memory(m) => {
+                m.compact(index, term).map_err(|e| e.to_string())?;
+                m.sync().map_err(|e| e.to_string())?;
+            }
+            Backend::Group(g) => {
+                g.submit(WriteRequest {
+                    finish_repair: false,
+                    entries: Vec::new(),
+                    hard_state: None,
+                    compact: Some((index, term)),
+                    install: None,
+                    done: Box::new(move |r| {
+                        if let Err(e) = r {
+                            let _ = tx.send(Event::Persisted(Err(e.to_string())));
+                        }
+                    }),
+                })
+                .map_err(|e| e.to_string())?;
+            }
+            Backend::Stopped => return Err("the node has stopped".into()),
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

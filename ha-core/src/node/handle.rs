@@ -1,0 +1,334 @@
+//! The public face of a running node: [`NodeHandle`] (proposals, reads,
+//! queries, status, metrics, shutdown), what it reports ([`NodeStatus`],
+//! [`NodeMetrics`]) and why a call failed ([`NodeError`]).
+//!
+//! Owns: the commands a handle sends to the node task, and the numbers the
+//! task shares with its handles. A handle never touches the core: every
+//! call is a message to the task, on a bounded channel (callers wait when
+//! it is full).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::{Availability, AvailabilityReport, Histogram, HistogramSnapshot};
+use crate::raft::{Message, RoleKind};
+use crate::types::{LogIndex, NodeId, Term};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Why a proposal or read failed.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// This node is not the leader; the command certainly did not take effect.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// The node is overloaded; the command certainly did not take effect.
+    #[error("busy: too many uncommitted entries")]
+    Busy,
+    /// The log is over the storage quota
+    /// ([`NodeOptions::storage_quota_bytes`](super::NodeOptions::storage_quota_bytes)); the command certainly did
+    /// not take effect. Reads still work; a snapshot lifts it.
+    #[error("no space: the log holds {held} bytes, over the storage quota of {quota}")]
+    NoSpace {
+        /// Bytes held.
+        held: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// The command is larger than any log entry may be; it certainly did
+    /// not take effect.
+    #[error("command of {bytes} bytes is too large (at most {max})")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Another entry committed at the command's index: it never will.
+    #[error("the command was overwritten by a newer leader")]
+    Overwritten,
+    /// A snapshot from a newer leader replaced this node's log past the
+    /// command's index before its outcome was seen here: it may or may not
+    /// have been applied. (Retrying with the same session numbers tells.)
+    #[error("a snapshot from the leader replaced the log before the command's outcome was known")]
+    Superseded,
+    /// Leadership was lost before the read was confirmed.
+    #[error("leadership lost before the read was confirmed")]
+    ReadAborted,
+    /// The node stopped (shut down or its storage failed); the outcome of
+    /// anything in flight is unknown.
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+    /// The query could not run (it did not decode).
+    #[error("query failed: {0}")]
+    Query(String),
+}
+
+crate::debug_as_display!(NodeError);
+
+impl NodeError {
+    /// Whether the command certainly did not take effect.
+    pub fn is_not_applied(&self) -> bool {
+        matches!(
+            self,
+            NodeError::NotLeader { .. }
+                | NodeError::Busy
+                | NodeError::Overwritten
+                | NodeError::TooLarge { .. }
+                | NodeError::NoSpace { .. }
+        )
+    }
+}
+
+/// What a node reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: RoleKind,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit_index: LogIndex,
+    /// Applied index.
+    pub applied_index: LogIndex,
+    /// Last log index.
+    pub last_index: LogIndex,
+    /// Last index the newest snapshot covers (0: none).
+    pub snapshot_index: LogIndex,
+    /// Whether the node is repairing damaged storage from its peers (see
+    /// `InitialState::repairing`): it does not vote meanwhile.
+    pub repairing: bool,
+    /// While repairing (and only then): what the storage found damaged
+    /// (the text of the log's repairing mark, or a general phrase if the
+    /// storage keeps none).
+    pub repair_found: Option<String>,
+    /// While the service is halted (a command failed under
+    /// [`crate::sm::PanicPolicy::Halt`]): where and why.
+    pub halted: Option<String>,
+    /// The panic policy in force (a node of a replicated type).
+    pub panic_policy: Option<crate::sm::PanicPolicy>,
+    /// Commands the determinism check found not deterministic here.
+    pub divergences: u64,
+    /// Why the node stopped, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Counters and histograms a node keeps (shared with its handles).
+#[derive(Debug)]
+pub(super) struct SharedMetrics {
+    /// From a proposal's arrival to its answer (applied here, as leader).
+    pub(super) commit_latency: Histogram,
+    /// Time to make one Ready durable.
+    pub(super) fsync_latency: Histogram,
+    pub(super) elections_won: AtomicU64,
+    pub(super) proposals: AtomicU64,
+    /// Commands refused over the storage quota.
+    pub(super) refused_no_space: AtomicU64,
+    pub(super) applied_entries: AtomicU64,
+    pub(super) snapshots: AtomicU64,
+    pub(super) availability: Mutex<Availability>,
+    pub(super) view: Mutex<MetricsView>,
+}
+
+impl SharedMetrics {
+    /// Zeroed counters, and the view of `raft` filled from the start: a
+    /// status asked for before the first Ready still names the voters.
+    pub(super) fn new(raft: &crate::raft::Raft) -> SharedMetrics {
+        SharedMetrics {
+            commit_latency: Histogram::default(),
+            fsync_latency: Histogram::default(),
+            elections_won: AtomicU64::new(0),
+            proposals: AtomicU64::new(0),
+            refused_no_space: AtomicU64::new(0),
+            applied_entries: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            availability: Mutex::new(Availability::new(Instant::now())),
+            view: Mutex::new(super::task::view_of(raft)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct MetricsView {
+    pub(super) snapshot_index: LogIndex,
+    pub(super) voters: Vec<NodeId>,
+    pub(super) learners: Vec<NodeId>,
+    pub(super) peers: Vec<PeerProgress>,
+}
+
+/// What the leader knows of one follower.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The follower.
+    pub id: NodeId,
+    /// Highest index known replicated on it.
+    pub match_index: LogIndex,
+    /// Entries it is behind the leader's log.
+    pub lag: u64,
+}
+
+/// A node's numbers for status and metrics.
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    /// Times this node became leader.
+    pub elections_won: u64,
+    /// Proposals this node accepted as leader.
+    pub proposals: u64,
+    /// Commands refused over the storage quota.
+    pub refused_no_space: u64,
+    /// Entries applied.
+    pub applied_entries: u64,
+    /// Snapshots taken.
+    pub snapshots: u64,
+    /// Index the newest snapshot covers.
+    pub snapshot_index: LogIndex,
+    /// Proposal-to-answer latency on this node as leader.
+    pub commit_latency: HistogramSnapshot,
+    /// Time to persist one batch (append + fsync).
+    pub fsync_latency: HistogramSnapshot,
+    /// Leader-loss accounting.
+    pub availability: AvailabilityReport,
+    /// Voters of the configuration.
+    pub voters: Vec<NodeId>,
+    /// Learners of the configuration.
+    pub learners: Vec<NodeId>,
+    /// Followers' progress (on the leader only).
+    pub peers: Vec<PeerProgress>,
+}
+
+pub(super) enum Command {
+    Propose {
+        data: Bytes,
+        reply: oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>,
+    },
+    Read {
+        reply: oneshot::Sender<Result<LogIndex, NodeError>>,
+    },
+    Query {
+        body: Bytes,
+        stale: bool,
+        reply: QueryReply,
+    },
+    Shutdown,
+}
+
+/// A handle on a running node. Clones share it.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(super) id: NodeId,
+    pub(super) metrics: Arc<SharedMetrics>,
+    pub(super) snapshots: Arc<dyn super::SnapshotFiles>,
+    pub(super) commands: mpsc::Sender<Command>,
+    pub(super) inbound: mpsc::Sender<Message>,
+    pub(super) status: watch::Receiver<NodeStatus>,
+}
+
+impl NodeHandle {
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Where the transport delivers messages for this node.
+    pub fn inbound(&self) -> mpsc::Sender<Message> {
+        self.inbound.clone()
+    }
+
+    /// Where the transport stores snapshots this node receives.
+    pub fn snapshot_files(&self) -> Arc<dyn super::SnapshotFiles> {
+        self.snapshots.clone()
+    }
+
+    /// Proposes a command; resolves when it is applied (with the applier's
+    /// answer and its index) or certainly never will be.
+    pub async fn propose(&self, data: Bytes) -> Result<(LogIndex, Bytes), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Propose { data, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// A linearizable read barrier: resolves with an index once this node,
+    /// as leader, has confirmed its leadership and applied up to it.
+    pub async fn read_index(&self) -> Result<LogIndex, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Read { reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Runs a query on the applied state. Linearizable unless `stale`: then
+    /// it sees whatever this node (leader or not) has applied.
+    pub async fn query(&self, body: Bytes, stale: bool) -> Result<Bytes, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Query { body, stale, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// The node's counters, histograms and availability figures.
+    pub fn metrics(&self) -> NodeMetrics {
+        let m = &self.metrics;
+        let view = m.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        NodeMetrics {
+            elections_won: m.elections_won.load(Ordering::Relaxed),
+            proposals: m.proposals.load(Ordering::Relaxed),
+            refused_no_space: m.refused_no_space.load(Ordering::Relaxed),
+            applied_entries: m.applied_entries.load(Ordering::Relaxed),
+            snapshots: m.snapshots.load(Ordering::Relaxed),
+            snapshot_index: view.snapshot_index,
+            commit_latency: m.commit_latency.snapshot(),
+            fsync_latency: m.fsync_latency.snapshot(),
+            availability: m
+                .availability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .report(Instant::now()),
+            voters: view.voters,
+            learners: view.learners,
+            peers: view.peers,
+        }
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Asks the node to stop; pending callers learn `Stopped`.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let mut st = self.status.clone();
+        let _ = st.wait_for(|s| s.stopped.is_some()).await;
+    }
+
+    pub(super) fn stopped(&self) -> NodeError {
+        let why = self.status.borrow().stopped.clone();
+        NodeError::Stopped(why.unwrap_or_else(|| "shut down".into()))
+    }
+}
+
+pub(super) type ProposeReply = oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>;
+pub(super) type ReadReply = oneshot::Sender<Result<LogIndex, NodeError>>;
+pub(super) type QueryReply = oneshot::Sender<Result<Bytes, NodeError>>;
