@@ -246,3 +246,39 @@ impl QuicNode {
         self.endpoint.close();
     }
 }
+
+/// A node dropped while it still runs (a `?` after its start, a caller that
+/// forgot [`QuicNode::shutdown`]) must not let go of its data directory
+/// while it still writes there: another node could then open the same
+/// directory beside it. So the endpoint is closed, the node is shut down in
+/// the background, and the directory's lock is released only once it has
+/// stopped. Without a runtime to do that on, the lock is kept until the
+/// process exits.
+impl Drop for QuicNode {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else {
+            return;
+        };
+        if !self.handle.is_running() {
+            return; // Stopped: its writers are gone, the lock may go.
+        }
+        self.endpoint.close();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let handle = self.handle.clone();
+                rt.spawn(async move {
+                    handle.shutdown().await;
+                    drop(dir);
+                });
+            }
+            Err(_) => {
+                tracing::error!(
+                    dir = %dir.root().display(),
+                    "a running node was dropped outside a runtime: its data directory stays \
+                     locked until the process exits"
+                );
+                std::mem::forget(dir);
+            }
+        }
+    }
+}

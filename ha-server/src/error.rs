@@ -71,9 +71,20 @@ pub enum ServeError {
     /// damage, a lock held by another process).
     #[error("--data-dir: {0}")]
     DataDir(#[from] DataDirError),
-    /// The node did not start from its storage.
-    #[error("--data-dir: {0}")]
+    /// The node did not start: its endpoint (`--listen`), its settings
+    /// (`--peers`) or its storage (`--data-dir`).
+    #[error("{option}: {0}", option = start_option(.0))]
     Start(#[from] ha_quic::node::StartError),
+}
+
+/// The option a failed start is about.
+fn start_option(e: &ha_quic::node::StartError) -> &'static str {
+    use ha_quic::node::StartError;
+    match e {
+        StartError::Quic(_) => "--listen",
+        StartError::Config(_) => "--peers",
+        StartError::DataDir(_) | StartError::Node(_) => "--data-dir",
+    }
 }
 
 ha_core::debug_as_display!(ServeError);

@@ -32,12 +32,17 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Default time a connection has, from its accept, to send its request and
 /// take the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a connection has, from its accept, to send its request
+/// head: short, so idle connections cannot keep the slots (and with them
+/// the platform's probes) for long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default pause after a failed accept (for example when out of file
 /// descriptors) before trying again.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Default largest gap between commit and applied index at which a node
-/// still reports ready.
-pub const READY_MAX_APPLY_LAG: u64 = 1_000;
+/// still reports ready: four of the node's largest apply batches, so
+/// ordinary load does not make readiness flap.
+pub const READY_MAX_APPLY_LAG: u64 = 16_384;
 
 /// The limits of the HTTP listener.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +51,8 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Time from accept to the answer written.
     pub io_timeout: Duration,
+    /// Time from accept to the request head read (at most `io_timeout`).
+    pub header_timeout: Duration,
     /// Pause after a failed accept.
     pub accept_backoff: Duration,
 }
@@ -55,8 +62,35 @@ impl Default for HttpLimits {
         HttpLimits {
             max_connections: MAX_CONNECTIONS,
             io_timeout: IO_TIMEOUT,
+            header_timeout: HEADER_TIMEOUT,
             accept_backoff: ACCEPT_BACKOFF,
         }
+    }
+}
+
+impl HttpLimits {
+    /// Refuses limits the listener cannot work with.
+    pub fn validate(&self) -> Result<(), crate::ServeError> {
+        let bad = |reason: String| crate::ServeError::invalid("--metrics", reason);
+        if !(1..=65_536).contains(&self.max_connections) {
+            return Err(bad(format!(
+                "max_connections {} must be 1..=65536",
+                self.max_connections
+            )));
+        }
+        let hour = Duration::from_secs(3600);
+        if self.io_timeout.is_zero() || self.io_timeout > hour {
+            return Err(bad("io_timeout must be above 0 and at most an hour".into()));
+        }
+        if self.header_timeout.is_zero() || self.header_timeout > self.io_timeout {
+            return Err(bad(
+                "header_timeout must be above 0 and at most io_timeout".into()
+            ));
+        }
+        if self.accept_backoff > Duration::from_secs(60) {
+            return Err(bad("accept_backoff must be at most a minute".into()));
+        }
+        Ok(())
     }
 }
 
@@ -105,11 +139,45 @@ pub fn readiness(s: &NodeStatus, m: &NodeMetrics, max_apply_lag: u64) -> Result<
     Ok(())
 }
 
-/// What the endpoint answers from.
+/// What the endpoint answers from: nothing while the node starts (it is
+/// alive, not ready), the node once it runs, nothing again once it stops.
 pub(crate) struct Routes {
-    pub node: NodeHandle,
-    pub metrics: Metrics,
-    pub max_apply_lag: u64,
+    node: std::sync::OnceLock<(NodeHandle, Metrics)>,
+    stopping: std::sync::atomic::AtomicBool,
+    max_apply_lag: u64,
+}
+
+impl Routes {
+    /// Routes for a node still starting.
+    pub(crate) fn new(max_apply_lag: u64) -> Routes {
+        Routes {
+            node: std::sync::OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            max_apply_lag,
+        }
+    }
+
+    /// The node runs.
+    pub(crate) fn node_started(&self, node: NodeHandle, transport: ha_quic::QuicTransport) {
+        let metrics = Metrics::new(node.clone(), transport);
+        let _ = self.node.set((node, metrics));
+    }
+
+    /// The node is shutting down: no longer ready.
+    pub(crate) fn stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Answers `405` with the methods allowed.
+fn not_allowed() -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "use GET\n".into());
+    r.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static("GET, HEAD"),
+    );
+    r
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -132,28 +200,33 @@ pub(crate) trait Answer: Send + Sync + 'static {
 impl Answer for Routes {
     fn answer(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
         if method != Method::GET && method != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "use GET\n".into());
+            return not_allowed();
         }
+        let unavailable =
+            |why: &str| text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n"));
+        let stopping = self.stopping.load(std::sync::atomic::Ordering::Acquire);
+        let node = self.node.get();
         match path {
-            "/metrics" => text(StatusCode::OK, CONTENT_TYPE, self.metrics.render()),
-            "/healthz" => match self.node.status().stopped {
-                None => text(StatusCode::OK, PLAIN, "ok\n".into()),
-                Some(why) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    PLAIN,
-                    format!("stopped: {why}\n"),
-                ),
+            "/metrics" => match node {
+                None => unavailable("starting"),
+                Some((_, metrics)) => match metrics.render() {
+                    Ok(body) => text(StatusCode::OK, CONTENT_TYPE, body),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("{e}\n")),
+                },
             },
-            "/readyz" => {
-                match readiness(
-                    &self.node.status(),
-                    &self.node.metrics(),
-                    self.max_apply_lag,
-                ) {
+            "/healthz" => match node.map(|(n, _)| n.status().stopped) {
+                None if !stopping => text(StatusCode::OK, PLAIN, "starting\n".into()),
+                None | Some(None) => text(StatusCode::OK, PLAIN, "ok\n".into()),
+                Some(Some(why)) => unavailable(&format!("stopped: {why}")),
+            },
+            "/readyz" => match node {
+                _ if stopping => unavailable("shutting down"),
+                None => unavailable("starting"),
+                Some((n, _)) => match readiness(&n.status(), &n.metrics(), self.max_apply_lag) {
                     Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
-                    Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),
-                }
-            }
+                    Err(why) => unavailable(&why),
+                },
+            },
             _ => text(
                 StatusCode::NOT_FOUND,
                 PLAIN,
@@ -201,7 +274,7 @@ pub(crate) async fn serve<A: Acceptor>(
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
-                        .header_read_timeout(limits.io_timeout)
+                        .header_read_timeout(limits.header_timeout)
                         .keep_alive(false)
                         .serve_connection(TokioIo::new(conn), service);
                     match tokio::time::timeout(limits.io_timeout, conn).await {
@@ -232,6 +305,7 @@ mod tests {
         HttpLimits {
             max_connections,
             io_timeout: Duration::from_millis(io_ms),
+            header_timeout: Duration::from_millis(io_ms),
             accept_backoff: Duration::from_millis(10),
         }
     }

@@ -317,15 +317,10 @@ impl Metrics {
     }
 
     /// Every metric, in the Prometheus text format (version 0.0.4).
-    pub fn render(&self) -> String {
+    pub fn render(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
-        // Writing to a String cannot fail, and every value above encodes.
-        if let Err(e) =
-            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
-        {
-            tracing::warn!(error = %e, "metrics: encoding failed");
-        }
-        out
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
     }
 }
 
@@ -409,7 +404,7 @@ mod tests {
         };
         let mut registry = Registry::with_prefix("ha");
         registry.register_collector(Box::new(fixed));
-        Metrics { registry }.render()
+        Metrics { registry }.render().unwrap()
     }
 
     #[test]

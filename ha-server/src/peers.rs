@@ -142,7 +142,7 @@ pub fn resolve_peers(
     voters
         .iter()
         .filter(|(id, _)| **id != me)
-        .map(|(id, a)| Ok((*id, parse_addr("--peers", a)?)))
+        .map(|(id, a)| Ok((*id, parse_addr("stored voters", a)?)))
         .collect()
 }
 

@@ -24,7 +24,6 @@ use ha_quic::{QuicConfig, QuicNode, QuicTransport};
 
 use crate::ServeError;
 use crate::http::{HttpLimits, READY_MAX_APPLY_LAG, Routes};
-use crate::metrics::Metrics;
 use crate::peers;
 
 /// Options of a [`Server`]; start one with [`ServerBuilder::start`].
@@ -76,7 +75,7 @@ impl<T: Replicated> ServerBuilder<T> {
             ready_max_apply_lag: READY_MAX_APPLY_LAG,
             max_request_bytes: ha_quic::transport::DEFAULT_MAX_REQUEST_BYTES,
             storage_quota_bytes: ha_core::node::DEFAULT_STORAGE_QUOTA_BYTES,
-            program: "ha".into(),
+            program: crate::cli::program(),
             _type: PhantomData,
         }
     }
@@ -175,34 +174,47 @@ impl<T: Replicated> ServerBuilder<T> {
         self
     }
 
-    /// The program to name in hints (`ha-kv certs ...`); default `ha`.
+    /// The program to name in hints (`ha-kv certs ...`); by default the
+    /// running program's name.
     pub fn program(mut self, name: impl Into<String>) -> Self {
         self.program = name.into();
         self
     }
 
-    /// Node timing in ticks: (tick, election min ticks, election max ticks).
-    fn timing(&self) -> Result<(Duration, u64, u64), ServeError> {
-        let tick = self.heartbeat;
-        let (lo, hi) = self.election_timeout;
-        if tick.is_zero() || lo <= tick || hi <= lo {
+    /// Node timing: the tick, and the heartbeat and election timeout range
+    /// in ticks. The tick is the greatest common divisor of the three
+    /// (whole milliseconds), so every setting is kept exactly, and an
+    /// election range finer than the heartbeat keeps its randomness.
+    fn timing(&self) -> Result<Timing, ServeError> {
+        let ms = |d: Duration, option: &'static str| {
+            u64::try_from(d.as_millis())
+                .ok()
+                .filter(|m| *m <= MAX_TIMING_MS)
+                .ok_or_else(|| ServeError::invalid(option, format!("at most {MAX_TIMING_MS} ms")))
+        };
+        let hb = ms(self.heartbeat, "--heartbeat-ms")?;
+        let lo = ms(self.election_timeout.0, "--election-timeout-ms")?;
+        let hi = ms(self.election_timeout.1, "--election-timeout-ms")?;
+        if hb == 0 {
+            return Err(ServeError::invalid("--heartbeat-ms", "must be at least 1"));
+        }
+        if lo <= hb || hi <= lo {
             return Err(ServeError::invalid(
                 "--election-timeout-ms",
-                format!(
-                    "{}-{} must be a rising range above --heartbeat-ms {}",
-                    lo.as_millis(),
-                    hi.as_millis(),
-                    tick.as_millis()
-                ),
+                format!("{lo}-{hi} must be a rising range above --heartbeat-ms {hb}"),
             ));
         }
-        let ticks = |d: Duration| d.as_nanos().div_ceil(tick.as_nanos()) as u64;
-        Ok((tick, ticks(lo), ticks(hi).max(ticks(lo) + 1)))
+        let tick = gcd(hb, gcd(lo, hi));
+        Ok(Timing {
+            tick: Duration::from_millis(tick),
+            heartbeat_ticks: hb / tick,
+            election_min_ticks: lo / tick,
+            election_max_ticks: hi / tick,
+        })
     }
 
-    /// Checks every option, then opens the data directory, binds and starts
-    /// the node. Must run inside a tokio runtime.
-    pub async fn start(self) -> Result<Server<T>, ServeError> {
+    /// Every option that can be checked without touching anything.
+    fn check(&self) -> Result<Checked, ServeError> {
         if self.id == 0 {
             return Err(ServeError::invalid("--id", "node ids start at 1"));
         }
@@ -219,8 +231,8 @@ impl<T: Replicated> ServerBuilder<T> {
         if let Err(e) = limits.validate(0) {
             return Err(ServeError::invalid("--max-request-bytes", e.to_string()));
         }
-        let (tick, min_ticks, max_ticks) = self.timing()?;
-        let me = NodeId(self.id);
+        self.http_limits.validate()?;
+        let timing = self.timing()?;
         let listen_text = self
             .listen
             .clone()
@@ -238,70 +250,156 @@ impl<T: Replicated> ServerBuilder<T> {
             .tls_dir
             .clone()
             .ok_or_else(|| ServeError::invalid("--tls-dir", "required"))?;
-        let http_addr = self
+        // A new directory is created only with voters to store in it: a
+        // start without them must not leave a directory stamped with this
+        // node and cluster behind.
+        if given.is_empty() && !data_dir.join("meta").exists() {
+            return Err(ServeError::invalid(
+                "--peers",
+                format!(
+                    "required on a node's first start (data directory {} holds no cluster \
+                     configuration yet)",
+                    data_dir.display()
+                ),
+            ));
+        }
+        let http = self
             .http
             .as_deref()
             .map(crate::http::listen_addr)
             .transpose()?;
-        let identity = ha_quic::load_node_identity(&tls_dir, me).map_err(|source| {
+        Ok(Checked {
+            timing,
+            listen_text,
+            listen,
+            given,
+            data_dir,
+            tls_dir,
+            http,
+        })
+    }
+
+    /// Checks every option and loads the certificates, binds the sockets
+    /// (and starts answering HTTP: `/healthz` at once, `/readyz` once the
+    /// node is up), then opens the data directory and starts the node from
+    /// it. Recovery (reading the log, restoring the newest snapshot) runs
+    /// off the async threads. Must run inside a tokio runtime.
+    pub async fn start(self) -> Result<Server<T>, ServeError> {
+        let c = self.check()?;
+        let me = NodeId(self.id);
+        let identity = ha_quic::load_node_identity(&c.tls_dir, me).map_err(|source| {
             ServeError::Certificates {
-                dir: tls_dir.clone(),
+                dir: c.tls_dir.clone(),
                 node: self.id,
                 program: self.program.clone(),
                 source,
             }
         })?;
-        let dir = DataDir::open_for::<T, _>(&StdFs, &data_dir, &identity.cluster_id(), me)?;
-        let socket = std::net::UdpSocket::bind(listen).map_err(|source| ServeError::Bind {
+        let socket = std::net::UdpSocket::bind(c.listen).map_err(|source| ServeError::Bind {
             option: "--listen",
-            addr: listen,
+            addr: c.listen,
             source,
         })?;
-        let http_listener =
-            match http_addr {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
-                    |source| ServeError::Bind {
-                        option: "--metrics",
-                        addr,
-                        source,
-                    },
-                )?),
-                None => None,
-            };
-        // The stored voters (after storing the given ones on a first start).
-        let voters = peers::voters(&dir, me, &listen_text, &given)?;
-        let peer_addrs = peers::resolve_peers(&voters, me)?;
-        let mut opts = NodeOptions::new(me, voters.keys().copied());
-        opts.tick = tick;
-        opts.raft.heartbeat_interval_ticks = 1;
-        opts.raft.election_timeout_min_ticks = min_ticks;
-        opts.raft.election_timeout_max_ticks = max_ticks;
-        opts.snapshot_every_entries = Some(self.snapshot_every);
-        opts.storage_quota_bytes =
-            (self.storage_quota_bytes > 0).then_some(self.storage_quota_bytes);
-        let mut quic = QuicConfig::new(me, listen, peer_addrs, identity);
-        quic.limits.max_request_bytes = self.max_request_bytes;
-        let node =
-            QuicNode::start_replicated::<T>(opts, quic, Some(socket), dir, WalOptions::default())?;
-        let http = match http_listener {
-            Some(l) => {
-                let addr = l.local_addr().ok();
-                let routes = Routes {
-                    node: node.handle().clone(),
-                    metrics: Metrics::new(node.handle().clone(), node.transport()),
-                    max_apply_lag: self.ready_max_apply_lag,
+        let http = match c.http {
+            Some(addr) => {
+                let bind = |source| ServeError::Bind {
+                    option: "--metrics",
+                    addr,
+                    source,
                 };
-                let task = tokio::spawn(crate::http::serve(l, Arc::new(routes), self.http_limits));
-                Some((task, addr))
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+                let bound = l.local_addr().map_err(bind)?;
+                let routes = Arc::new(Routes::new(self.ready_max_apply_lag));
+                let task = tokio::spawn(crate::http::serve(l, routes.clone(), self.http_limits));
+                Some(Http {
+                    task,
+                    addr: bound,
+                    routes,
+                })
             }
             None => None,
         };
+        let snapshot_every = self.snapshot_every;
+        let quota = self.storage_quota_bytes;
+        let max_request_bytes = self.max_request_bytes;
+        let started = tokio::task::spawn_blocking(move || -> Result<QuicNode, ServeError> {
+            let dir = DataDir::open_for::<T, _>(&StdFs, &c.data_dir, &identity.cluster_id(), me)?;
+            // The stored voters (after storing the given ones on a first start).
+            let voters = peers::voters(&dir, me, &c.listen_text, &c.given)?;
+            let peer_addrs = peers::resolve_peers(&voters, me)?;
+            let mut opts = NodeOptions::new(me, voters.keys().copied());
+            opts.tick = c.timing.tick;
+            opts.raft.heartbeat_interval_ticks = c.timing.heartbeat_ticks;
+            opts.raft.election_timeout_min_ticks = c.timing.election_min_ticks;
+            opts.raft.election_timeout_max_ticks = c.timing.election_max_ticks;
+            opts.snapshot_every_entries = Some(snapshot_every);
+            opts.storage_quota_bytes = (quota > 0).then_some(quota);
+            let mut quic = QuicConfig::new(me, c.listen, peer_addrs, identity);
+            quic.limits.max_request_bytes = max_request_bytes;
+            let node = QuicNode::start_replicated::<T>(
+                opts,
+                quic,
+                Some(socket),
+                dir,
+                WalOptions::default(),
+            )?;
+            Ok(node)
+        })
+        .await;
+        let node = match started {
+            Ok(Ok(node)) => node,
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                return Err(ServeError::invalid(
+                    "--data-dir",
+                    format!("starting the node failed: {e}"),
+                ));
+            }
+        };
+        if let Some(h) = &http {
+            h.routes
+                .node_started(node.handle().clone(), node.transport());
+        }
         Ok(Server {
             node: Some(node),
             http,
             _type: PhantomData,
         })
     }
+}
+
+/// Node timing (see [`ServerBuilder::timing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Timing {
+    tick: Duration,
+    heartbeat_ticks: u64,
+    election_min_ticks: u64,
+    election_max_ticks: u64,
+}
+
+/// Longest heartbeat or election timeout accepted: one day.
+const MAX_TIMING_MS: u64 = 24 * 60 * 60 * 1000;
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// What [`ServerBuilder::check`] found.
+struct Checked {
+    timing: Timing,
+    listen_text: String,
+    listen: SocketAddr,
+    given: BTreeMap<NodeId, String>,
+    data_dir: PathBuf,
+    tls_dir: PathBuf,
+    http: Option<SocketAddr>,
+}
+
+/// The HTTP endpoint of a server.
+struct Http {
+    task: tokio::task::JoinHandle<()>,
+    addr: SocketAddr,
+    routes: Arc<Routes>,
 }
 
 /// Why [`Server::run_until_signal`] returned.
@@ -318,7 +416,7 @@ pub enum Stopped {
 /// its data directory, and its HTTP endpoint when one was asked for.
 pub struct Server<T> {
     node: Option<QuicNode>,
-    http: Option<(tokio::task::JoinHandle<()>, Option<SocketAddr>)>,
+    http: Option<Http>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -351,7 +449,7 @@ impl<T: Replicated> Server<T> {
 
     /// Where the HTTP endpoint listens, when there is one.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|(_, a)| *a)
+        self.http.as_ref().map(|h| h.addr)
     }
 
     /// Runs until SIGINT or SIGTERM, or until the node stops by itself;
@@ -363,33 +461,102 @@ impl<T: Replicated> Server<T> {
         let why = tokio::select! {
             _ = tokio::signal::ctrl_c() => Stopped::Signal,
             _ = term.recv() => Stopped::Signal,
-            r = status.wait_for(|s| s.stopped.is_some()) => Stopped::Node(
-                r.map(|s| s.stopped.clone().unwrap_or_default()).unwrap_or_default(),
-            ),
+            r = status.wait_for(|s| s.stopped.is_some()) => Stopped::Node(match r {
+                Ok(s) => s.stopped.clone().unwrap_or_default(),
+                Err(_) => "the node task ended without saying why".into(),
+            }),
         };
         self.shutdown().await;
         Ok(why)
     }
 
-    /// Stops the node and its endpoints; the data directory is released
-    /// once the node stopped writing.
+    /// Stops the HTTP endpoint first (probes then see the node go), then
+    /// the node and its QUIC endpoint; the data directory is released once
+    /// the node stopped writing.
     pub async fn shutdown(mut self) {
+        if let Some(h) = self.http.take() {
+            h.routes.stopping();
+            h.task.abort();
+            let _ = h.task.await;
+        }
         if let Some(node) = self.node.take() {
             node.shutdown().await;
             // The node holds the data directory's lock until it is dropped,
             // after its writers stopped.
             drop(node);
         }
-        if let Some((task, _)) = self.http.take() {
-            task.abort();
+    }
+}
+
+/// A server dropped without [`Server::shutdown`] stops its HTTP endpoint;
+/// its node is shut down in the background and keeps the data directory
+/// locked until it has stopped (see `QuicNode`'s `Drop`).
+impl<T> Drop for Server<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.http.take() {
+            h.routes.stopping();
+            h.task.abort();
         }
     }
 }
 
-impl<T> Drop for Server<T> {
-    fn drop(&mut self) {
-        if let Some((task, _)) = self.http.take() {
-            task.abort();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default, serde::Serialize, serde::Deserialize, ha_core::Replicated)]
+    struct One {
+        n: u64,
+    }
+
+    #[ha_core::replicated]
+    impl One {
+        pub fn get(&self) -> u64 {
+            self.n
         }
+    }
+
+    fn timing(hb: u64, lo: u64, hi: u64) -> Timing {
+        let ms = Duration::from_millis;
+        Server::<One>::builder()
+            .heartbeat(ms(hb))
+            .election_timeout(ms(lo), ms(hi))
+            .timing()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_tick_keeps_every_setting_exactly() {
+        let t = timing(50, 300, 600);
+        assert_eq!(t.tick, Duration::from_millis(50));
+        assert_eq!(
+            (
+                t.heartbeat_ticks,
+                t.election_min_ticks,
+                t.election_max_ticks
+            ),
+            (1, 6, 12)
+        );
+        // An election range finer than the heartbeat keeps its randomness.
+        let t = timing(200, 300, 600);
+        assert_eq!(t.tick, Duration::from_millis(100));
+        assert_eq!(
+            (
+                t.heartbeat_ticks,
+                t.election_min_ticks,
+                t.election_max_ticks
+            ),
+            (2, 3, 6)
+        );
+        let t = timing(7, 300, 601);
+        assert_eq!(t.tick, Duration::from_millis(1));
+        assert_eq!(
+            (
+                t.heartbeat_ticks,
+                t.election_min_ticks,
+                t.election_max_ticks
+            ),
+            (7, 300, 601)
+        );
     }
 }

@@ -12,20 +12,19 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ha-counter");
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free UDP ports and `n` free TCP ports, from the OS: every
+/// probe socket is held until all are drawn, so none is drawn twice.
+fn free_ports(n: usize) -> (Vec<u16>, Vec<u16>) {
+    let udp: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let tcp: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    (
+        udp.iter().map(|s| s.local_addr().unwrap().port()).collect(),
+        tcp.iter().map(|s| s.local_addr().unwrap().port()).collect(),
+    )
 }
 
 struct Cluster {
@@ -90,9 +89,22 @@ impl Cluster {
         c.kill().unwrap();
         c.wait().unwrap();
     }
+    /// SIGTERM, and the exit status.
+    fn terminate(&mut self, id: usize) -> Option<i32> {
+        let mut c = self.children[id - 1].take().expect("running");
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", c.id())])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        c.wait().unwrap().code()
+    }
     fn client(&self, args: &[&str]) -> Output {
+        // Generous: a loaded machine must not turn a slow answer into an
+        // unknown outcome that leaves the expected value in doubt.
         Command::new(BIN)
             .args(args)
+            .args(["--timeout-ms", "30000"])
             .args(["--cluster", &self.cluster()])
             .arg("--tls-dir")
             .arg(self.tls())
@@ -201,9 +213,10 @@ fn certs(dir: &Path) {
 #[test]
 fn three_counter_processes_survive_the_loss_of_their_leader() {
     let dir = tempfile::tempdir().unwrap();
+    let (ports, http_ports) = free_ports(3);
     let mut c = Cluster {
-        ports: (0..3).map(|_| free_udp_port()).collect(),
-        http_ports: (0..3).map(|_| free_tcp_port()).collect(),
+        ports,
+        http_ports,
         children: (0..3).map(|_| None).collect(),
         dir,
     };
@@ -227,7 +240,7 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
             (200, "ok\n".into())
         );
     }
-    let leader = c.wait_for_leader();
+    c.wait_for_leader();
     for id in 1..=3 {
         wait_ready(c.http_ports[id - 1]);
     }
@@ -257,6 +270,8 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
             serde_json::json!({"ok": true, "value": expected})
         );
     }
+    // The leader as it is now (it may have moved since it was first seen).
+    let leader = c.wait_for_leader();
     c.kill9(leader);
     for _ in 0..5 {
         expected += 1;
@@ -282,6 +297,33 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
+    // It caught up: it applied every add.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.client(&["status"]);
+        let back = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|s| s["id"] == leader as u64);
+        let applied = back.as_ref().and_then(|s| s["applied_index"].as_u64());
+        let commit = lines
+            .iter()
+            .filter_map(|s| s["commit_index"].as_u64())
+            .max()
+            .unwrap();
+        if applied.is_some_and(|a| a >= commit) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {leader} did not catch up: {back:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM: a clean stop, exit 0, and the data directory is free again.
+    assert_eq!(c.terminate(leader), Some(0), "{}", c.logs());
+    c.start(leader);
+    wait_ready(c.http_ports[leader - 1]);
     // Two nodes gone: the last one knows no leader and says it is not
     // ready, while it is still healthy.
     let last = (1..=3).find(|i| *i != leader).unwrap();
@@ -301,5 +343,8 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
     assert_eq!(http_get(c.http_ports[last - 1], "/healthz").0, 200);
     // A client mistake: exit 2, one line.
     let out = Command::new(BIN).args(["add", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "usage errors print no JSON line");
+    let out = c.client(&["add"]);
     assert_eq!(out.status.code(), Some(2));
 }

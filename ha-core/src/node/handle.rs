@@ -316,6 +316,12 @@ impl NodeHandle {
         self.status.clone()
     }
 
+    /// Whether the node task still runs: it has not stopped, and its
+    /// runtime has not dropped it.
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed() && self.status.borrow().stopped.is_none()
+    }
+
     /// Asks the node to stop; pending callers learn `Stopped`.
     pub async fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown).await;

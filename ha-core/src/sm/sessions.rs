@@ -724,9 +724,13 @@ impl<T: Replicated> Applier for Sessions<T> {
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
         let (max, every) = (self.max_sessions, self.check_every);
+        // What this replica found is its own, not the snapshot's: the
+        // count (a metric's counter) must not go back.
+        let divergences = self.divergences;
         *self = Sessions::restore(state, self.timeout_ms)?
             .with_max_sessions(max)
             .with_determinism_check(every);
+        self.divergences = divergences;
         Ok(())
     }
 
