@@ -64,7 +64,7 @@ impl Cluster {
         loop {
             let mut busy = false;
             for k in 0..self.nodes.len() {
-                while self.nodes[k].has_ready() {
+                while self.nodes[k].prepare_ready() {
                     busy = true;
                     let rd = self.nodes[k].ready();
                     let token = rd.token();

@@ -260,7 +260,7 @@
 //! let mut raft = Raft::new(Config::new(NodeId(1)), init).unwrap();
 //! let mut applied = Vec::new();
 //! let mut drive = |raft: &mut Raft, store: &mut MemLogStore, applied: &mut Vec<_>| {
-//!     while raft.has_ready() {
+//!     while raft.prepare_ready() {
 //!         let rd = raft.ready();
 //!         store.append(&rd.entries).unwrap();
 //!         if let Some(hs) = rd.hard_state { store.save_hard_state(hs).unwrap(); }

@@ -163,7 +163,7 @@ impl<P, R> Pipeline<P, R> {
     where
         I: PipelineIo<Reply = P, Read = R>,
     {
-        if self.stage.is_some() || !raft.has_ready() {
+        if self.stage.is_some() || !raft.prepare_ready() {
             return None;
         }
         let rd = raft.ready();

@@ -403,7 +403,7 @@ impl<V: Vfs> NodeTask<V> {
                 }
             }
             if !self.pipeline.busy()
-                && self.raft.has_ready()
+                && self.raft.prepare_ready()
                 && let Err(e) = self.start_ready()
             {
                 break format!("storage failed: {e}");
@@ -459,7 +459,7 @@ impl<V: Vfs> NodeTask<V> {
             || self.dropping_repair_mark
             || !self.raft.repair_complete()
             || self.pipeline.busy()
-            || self.raft.has_ready()
+            || self.raft.prepare_ready()
         {
             return Ok(());
         }

@@ -1549,7 +1549,7 @@ impl Sim {
                 let settled = node
                     .raft
                     .as_mut()
-                    .is_some_and(|r| r.repair_complete() && !r.has_ready())
+                    .is_some_and(|r| r.repair_complete() && !r.prepare_ready())
                     && node.in_flight.is_none()
                     && !node.pipeline.busy();
                 if settled {

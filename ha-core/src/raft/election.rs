@@ -1,0 +1,227 @@
+//! Elections: timers, PreVote and votes (dissertation §3.4, §9.6), the
+//! leader lease that ignores disruptive candidates (§4.2.3), and the role
+//! changes.
+
+use super::*;
+
+impl Raft {
+    pub(super) fn can_campaign(&self) -> bool {
+        // At the last term a node accepts, campaigning would create a term
+        // every peer refuses (and this node could not restart from).
+        self.membership.is_voter(self.config.id)
+            && self.term.0 < crate::types::MAX_TERM
+            && self.repair.is_none()
+    }
+
+    pub(super) fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_timeout_min_ticks
+    }
+
+    pub(super) fn campaign(&mut self) {
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    pub(super) fn reset_timers(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.randomized_timeout = self.rng.range(
+            self.config.election_timeout_min_ticks,
+            self.config.election_timeout_max_ticks,
+        );
+    }
+
+    pub(super) fn abandon_leadership(&mut self) {
+        if let Role::Leader(l) = &mut self.role {
+            let dropped = l.reads.drain_all();
+            self.dropped_reads.extend(dropped);
+        }
+    }
+
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.abandon_leadership();
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.reset_timers();
+    }
+
+    pub(super) fn become_pre_candidate(&mut self) {
+        self.abandon_leadership();
+        self.role = Role::PreCandidate {
+            votes: BTreeMap::new(),
+        };
+        self.leader = None;
+        self.reset_timers();
+        self.request_votes(true);
+    }
+
+    pub(super) fn become_candidate(&mut self) {
+        self.abandon_leadership();
+        self.term = self.term.next();
+        self.vote = Some(self.config.id);
+        self.leader = None;
+        self.role = Role::Candidate {
+            votes: BTreeMap::new(),
+        };
+        self.reset_timers();
+        self.request_votes(false);
+    }
+
+    pub(super) fn request_votes(&mut self, pre: bool) {
+        let me = self.config.id;
+        // Our own vote counts first; a single-voter cluster wins at once.
+        self.record_vote(me, true, pre);
+        if !matches!(
+            self.role,
+            Role::PreCandidate { .. } | Role::Candidate { .. }
+        ) {
+            return;
+        }
+        let term = if pre { self.term.next() } else { self.term };
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let voters: Vec<NodeId> = self
+            .membership
+            .voters
+            .union(&self.membership.voters_outgoing)
+            .copied()
+            .filter(|n| *n != me)
+            .collect();
+        for to in voters {
+            let body = if pre {
+                Body::PreVote {
+                    last_index,
+                    last_term,
+                }
+            } else {
+                Body::Vote {
+                    last_index,
+                    last_term,
+                }
+            };
+            // Vote requests promise our own vote and term: after persist.
+            self.msgs_after_persist.push(Message {
+                from: me,
+                to,
+                term,
+                body,
+            });
+        }
+    }
+
+    pub(super) fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        last_index: LogIndex,
+        last_term: Term,
+        pre: bool,
+    ) {
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre && msg_term > self.term);
+        #[cfg(feature = "planted-bugs")]
+        let up_to_date = self.config.has_bug(PlantedBug::VoteWithoutLogCheck)
+            || self.log.is_up_to_date(last_index, last_term);
+        #[cfg(not(feature = "planted-bugs"))]
+        let up_to_date = self.log.is_up_to_date(last_index, last_term);
+        // A repairing node may lack entries it acknowledged, and may have
+        // forgotten a vote: it grants nothing (see `Repair`).
+        let repaired = self.repair.is_none() && msg_term > self.vote_floor;
+        let granted = can_vote && up_to_date && repaired;
+        if pre {
+            // A granted pre-vote answers in the term asked about, so the
+            // pre-candidate counts it; a refusal carries our own term.
+            let term = if granted { msg_term } else { self.term };
+            self.msgs_after_persist.push(Message {
+                from: self.config.id,
+                to: from,
+                term,
+                body: Body::PreVoteResponse { granted },
+            });
+            return;
+        }
+        if granted {
+            self.vote = Some(from);
+            self.election_elapsed = 0;
+        }
+        let msg = Message {
+            from: self.config.id,
+            to: from,
+            term: self.term,
+            body: Body::VoteResponse { granted },
+        };
+        #[cfg(feature = "planted-bugs")]
+        if self.config.has_bug(PlantedBug::VoteBeforePersist) {
+            self.msgs.push(msg);
+            return;
+        }
+        // The vote must be durable before it leaves the node (invariant 1).
+        self.msgs_after_persist.push(msg);
+    }
+
+    pub(super) fn handle_vote_response(&mut self, from: NodeId, granted: bool, pre: bool) {
+        match (&self.role, pre) {
+            (Role::PreCandidate { .. }, true) | (Role::Candidate { .. }, false) => {
+                self.record_vote(from, granted, pre)
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn record_vote(&mut self, from: NodeId, granted: bool, pre: bool) {
+        let result = match &mut self.role {
+            Role::PreCandidate { votes } | Role::Candidate { votes } => {
+                votes.entry(from).or_insert(granted);
+                self.membership.vote_result(votes)
+            }
+            _ => return,
+        };
+        match result {
+            VoteResult::Won if pre => self.become_candidate(),
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            VoteResult::Pending => {}
+        }
+    }
+
+    pub(super) fn become_leader(&mut self) {
+        let last = self.log.last_index();
+        let me = self.config.id;
+        let progress = self
+            .membership
+            .replication_targets()
+            .into_iter()
+            .filter(|n| *n != me)
+            .map(|n| (n, Progress::new(last)))
+            .collect();
+        self.role = Role::Leader(Box::new(LeaderState {
+            progress,
+            committed_in_term: false,
+            reads: ReadQueue::default(),
+            heartbeat_seq: 0,
+        }));
+        self.leader = Some(me);
+        self.reset_timers();
+        // A no-op in the new term commits everything before it (§3.6.2) and
+        // lets ReadIndex start (§6.4).
+        self.log.append_own(Entry {
+            index: last.next(),
+            term: self.term,
+            payload: EntryPayload::Blank,
+        });
+    }
+
+    // ----- leader ------------------------------------------------------------
+}

@@ -1,0 +1,70 @@
+//! The follower's side of replication: appends and snapshot installs.
+
+use super::*;
+
+impl Raft {
+    pub(super) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: LogIndex,
+        prev_term: Term,
+        entries: &[Entry],
+        commit: LogIndex,
+    ) -> Result<(), StepError> {
+        if prev_index < self.log.committed {
+            // Everything up to our commit index matches the leader's log.
+            let match_index = self.log.committed;
+            self.send_after_persist(from, self.accepted(match_index));
+            return Ok(());
+        }
+        if self.log.matches(prev_index, prev_term) {
+            let last_new = self
+                .log
+                .append_from_leader(prev_index, entries)
+                .map_err(StepError::Protocol)?;
+            self.log.commit_to(commit.min(last_new));
+            self.send_after_persist(from, self.accepted(last_new));
+        } else {
+            let (hint_index, hint_term) = self.log.find_conflict_by_term(prev_index, prev_term);
+            self.send_after_persist(
+                from,
+                Body::AppendResponse(AppendOutcome::Rejected {
+                    rejected: prev_index,
+                    hint_index,
+                    hint_term,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_install_snapshot(&mut self, from: NodeId, index: LogIndex, term: Term) {
+        if index <= self.log.committed {
+            // Nothing new: we have all of it committed already.
+            let match_index = self.log.committed;
+            self.send_after_persist(from, self.accepted(match_index));
+            return;
+        }
+        let keep_suffix = self.log.install_snapshot(index, term);
+        #[cfg(feature = "planted-bugs")]
+        if self.config.has_bug(PlantedBug::AppliedBeforeRestore) {
+            self.log.applied = self.log.applied.max(index);
+        }
+        self.installed_snapshot = Some(SnapshotInstall {
+            index,
+            term,
+            keep_suffix,
+        });
+        self.send_after_persist(from, self.accepted(index));
+    }
+
+    /// The answer to an append or snapshot that left this log matching the
+    /// leader's up to `match_index`.
+    pub(super) fn accepted(&self, match_index: LogIndex) -> Body {
+        Body::AppendResponse(if self.repair.is_some() {
+            AppendOutcome::RepairAccepted { match_index }
+        } else {
+            AppendOutcome::Accepted { match_index }
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! The core's inputs: ticks, proposals, read requests, and messages
+//! ([`Raft::step`] checks a message whole before anything changes, then
+//! settles terms, then hands it to the role's handler).
+
+use super::*;
+
+impl Raft {
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.tick_repair();
+        if self.is_leader() {
+            self.tick_leader();
+        } else {
+            self.election_elapsed += 1;
+            if self.election_elapsed >= self.randomized_timeout && self.can_campaign() {
+                self.campaign();
+            }
+        }
+    }
+
+    /// Proposes one command. Returns the index and term the entry got: the
+    /// command took effect if and only if that exact `(index, term)` commits.
+    pub fn propose(&mut self, data: Bytes) -> Result<(LogIndex, Term), ProposeError> {
+        self.propose_batch(std::iter::once(data))
+            .map(|(first, _, term)| (first, term))
+    }
+
+    /// Proposes several commands at once; they get consecutive indexes.
+    /// Returns `(first index, last index, term)`.
+    pub fn propose_batch(
+        &mut self,
+        data: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(LogIndex, LogIndex, Term), ProposeError> {
+        let Role::Leader(_) = &self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        let uncommitted = (self.log.last_index().0 - self.log.committed.0) as usize;
+        if uncommitted >= self.config.max_uncommitted_entries {
+            return Err(ProposeError::Busy);
+        }
+        let first = self.log.last_index().next();
+        for d in data {
+            let index = self.log.last_index().next();
+            self.log.append_own(Entry {
+                index,
+                term: self.term,
+                payload: EntryPayload::Command(d),
+            });
+        }
+        Ok((first, self.log.last_index(), self.term))
+    }
+
+    /// Asks for a linearizable read (dissertation §6.4). When confirmed, a
+    /// [`ReadState`] with this `ctx` appears in a later [`Ready`]; serve the
+    /// read once the state machine has applied its index.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError> {
+        let max = self.config.max_pending_reads;
+        let Role::Leader(l) = &mut self.role else {
+            return Err(ReadIndexError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if l.reads.len() >= max {
+            return Err(ReadIndexError::Busy);
+        }
+        l.reads.waiting.push(ctx);
+        Ok(())
+    }
+
+    /// Handles one message from a peer: checked whole first (a refused
+    /// message changes nothing), then a term query is answered, then terms
+    /// are settled, then the role's handler takes it.
+    pub fn step(&mut self, m: Message) -> Result<(), StepError> {
+        self.check_message(&m)?;
+        if self.step_term_query(&m) {
+            return Ok(());
+        }
+        if !self.settle_term(&m) {
+            return Ok(());
+        }
+        self.dispatch(m)
+    }
+
+    /// Every check a message must pass before it may change anything.
+    fn check_message(&self, m: &Message) -> Result<(), StepError> {
+        if m.to != self.config.id {
+            return Err(StepError::WrongRecipient(m.to));
+        }
+        if !self.membership.is_member(m.from) || m.from == self.config.id {
+            return Err(StepError::UnknownPeer(m.from));
+        }
+        m.validate()?;
+        if m.term.0 > self.term.0.saturating_add(MAX_TERM_JUMP) {
+            // No cluster runs billions of elections while a node is away:
+            // a peer trying to burn the term space.
+            return Err(StepError::Protocol(format!(
+                "term jumps from {} to {}",
+                self.term, m.term
+            )));
+        }
+        if let Body::AppendResponse(
+            AppendOutcome::Accepted { match_index } | AppendOutcome::RepairAccepted { match_index },
+        ) = m.body
+            && m.term == self.term
+            && self.is_leader()
+            && match_index > self.log.last_index()
+        {
+            return Err(StepError::Protocol(format!(
+                "follower {} acknowledged index {} beyond the leader's last {}",
+                m.from,
+                match_index,
+                self.log.last_index()
+            )));
+        }
+        if let Body::Append {
+            prev_index,
+            prev_term,
+            entries,
+            ..
+        } = &m.body
+            && m.term >= self.term
+        {
+            if m.term == self.term && self.is_leader() {
+                return Err(StepError::Protocol(format!(
+                    "append from {} in this leader's own term {}",
+                    m.from, self.term
+                )));
+            }
+            if *prev_index >= self.log.committed && self.log.matches(*prev_index, *prev_term) {
+                self.log
+                    .check_append(entries)
+                    .map_err(StepError::Protocol)?;
+            }
+        }
+
+        Ok(())
+    }
+
+    /// Answers a term query (true: the message is done); records a term
+    /// reply for a repair in progress.
+    fn step_term_query(&mut self, m: &Message) -> bool {
+        match m.body {
+            Body::TermQuery { nonce } => {
+                // Answered with this node's durable term, whatever the
+                // asker's: a repairing node moves no one's term or leader.
+                let leader_last = self.is_leader().then(|| self.log.last_index());
+                let repairing = self.repair.is_some();
+                self.send_after_persist(
+                    m.from,
+                    Body::TermReply {
+                        nonce,
+                        leader_last,
+                        repairing,
+                    },
+                );
+                return true;
+            }
+            Body::TermReply {
+                nonce,
+                leader_last,
+                repairing,
+            } => {
+                // A repairing node may have forgotten its term too: its
+                // answer does not count (its term is still taken on).
+                if let Some(r) = &mut self.repair
+                    && nonce == r.nonce
+                    && !repairing
+                {
+                    r.heard.insert(m.from);
+                    if let Some(last) = leader_last
+                        && r.leader_last.is_none_or(|(t, _)| t <= m.term)
+                    {
+                        r.leader_last = Some((m.term, last));
+                    }
+                }
+                // Then as any message: a higher term is taken on.
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// Takes on a higher term, or answers a lower one. False: the message
+    /// is done (ignored, or answered here).
+    fn settle_term(&mut self, m: &Message) -> bool {
+        if m.term > self.term {
+            let is_vote_request = matches!(m.body, Body::PreVote { .. } | Body::Vote { .. });
+            if is_vote_request && self.in_leader_lease() {
+                // We heard from a leader within the minimum election timeout:
+                // this candidate is probably disruptive (dissertation §4.2.3).
+                return false;
+            }
+            match m.body {
+                Body::PreVote { .. } => {}
+                Body::PreVoteResponse { granted: true } => {}
+                Body::Append { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
+                    self.become_follower(m.term, Some(m.from))
+                }
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                Body::Append { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. }
+                    if self.config.check_quorum
+                        || self.config.pre_vote
+                        || self.repair.is_some() =>
+                {
+                    // A stale leader: tell it our term so it steps down. With
+                    // CheckQuorum a vote request may not raise terms, so this
+                    // is how a node partitioned at a higher term rejoins. A
+                    // repairing node, which never campaigns, needs it too:
+                    // else a leader below its term never learns of it.
+                    self.send_after_persist(
+                        m.from,
+                        Body::AppendResponse(AppendOutcome::Rejected {
+                            rejected: LogIndex(0),
+                            hint_index: LogIndex(0),
+                            hint_term: Term(0),
+                        }),
+                    );
+                }
+                Body::PreVote { .. } => {
+                    self.send_after_persist(m.from, Body::PreVoteResponse { granted: false });
+                }
+                _ => {}
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Hands a message of this node's term to its handler.
+    fn dispatch(&mut self, m: Message) -> Result<(), StepError> {
+        match m.body {
+            Body::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(m.from, m.term, last_index, last_term, true),
+            Body::Vote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(m.from, m.term, last_index, last_term, false),
+            Body::PreVoteResponse { granted } => {
+                // Count only answers about the term we are asking for now.
+                if !granted || m.term == self.term.next() {
+                    self.handle_vote_response(m.from, granted, true);
+                }
+            }
+            Body::VoteResponse { granted } => self.handle_vote_response(m.from, granted, false),
+            Body::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                if !matches!(self.role, Role::Follower) {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                self.leader = Some(m.from);
+                self.election_elapsed = 0;
+                self.handle_append(m.from, prev_index, prev_term, &entries, commit)?;
+            }
+            Body::Heartbeat { commit, seq } => {
+                if !matches!(self.role, Role::Follower) {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                self.leader = Some(m.from);
+                self.election_elapsed = 0;
+                if self.repair.is_some() {
+                    self.announce_repair(m.from);
+                } else {
+                    self.log.commit_to(commit);
+                    self.send_after_persist(m.from, Body::HeartbeatResponse { seq });
+                }
+            }
+            Body::InstallSnapshot { index, term } => {
+                if !matches!(self.role, Role::Follower) {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                self.leader = Some(m.from);
+                self.election_elapsed = 0;
+                self.handle_install_snapshot(m.from, index, term);
+            }
+            Body::AppendResponse(outcome) => self.handle_append_response(m.from, outcome),
+            Body::HeartbeatResponse { seq } => self.handle_heartbeat_response(m.from, seq),
+            // Handled above.
+            Body::TermQuery { .. } | Body::TermReply { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the applied state up to `index` is durable: drop the
+    /// log entries it covers. Returns whether anything was dropped (nothing
+    /// is if `index` is not above the current snapshot, or not applied yet).
+    pub fn compact(&mut self, index: LogIndex) -> bool {
+        self.log.compact_to(index)
+    }
+
+    /// The driver finished sending a snapshot to `peer`: `Some(index)` if
+    /// it was delivered (ending at `index`), `None` if the transfer failed.
+    pub fn report_snapshot(&mut self, peer: NodeId, sent: Option<LogIndex>) {
+        if let Role::Leader(l) = &mut self.role
+            && let Some(p) = l.progress.get_mut(&peer)
+        {
+            p.snapshot_done(sent);
+        }
+    }
+
+    /// Reports that `peer` could not be reached, so replication to it falls
+    /// back to probing.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if let Role::Leader(l) = &mut self.role
+            && let Some(p) = l.progress.get_mut(&peer)
+        {
+            p.on_unreachable();
+        }
+    }
+
+    // ----- output ------------------------------------------------------------
+}

@@ -1,0 +1,107 @@
+//! The core's output: building a [`Ready`] and taking it back
+//! ([`Raft::advance`]).
+
+use super::*;
+
+impl Raft {
+    /// Builds what the leader has pending (appends to its followers,
+    /// batched over every proposal since the last Ready) and says whether a
+    /// [`Ready`] now has work in it. It changes the core (the pending
+    /// output becomes messages), so it takes `&mut self`; call it, then
+    /// [`Raft::ready`] when it says yes.
+    pub fn prepare_ready(&mut self) -> bool {
+        self.flush_leader_output();
+        !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || self.hard_state() != self.last_hard_state
+            || self.log.handed_persist < self.log.last_index()
+            || self.log.handed_apply < self.log.committed.min(self.log.last_index())
+            || !self.read_states.is_empty()
+            || !self.dropped_reads.is_empty()
+            || self.soft_state() != self.last_soft_state
+            || self.installed_snapshot.is_some()
+            || !self.snapshots_to_send.is_empty()
+    }
+
+    /// Takes the work accumulated so far (see [`Ready`]).
+    ///
+    /// # Panics
+    /// If the previous Ready has not been confirmed with [`Raft::advance`].
+    pub fn ready(&mut self) -> Ready {
+        assert!(
+            !self.ready_outstanding,
+            "Ready protocol: advance() must follow ready()"
+        );
+        self.flush_leader_output();
+        let entries = self.log.take_unpersisted();
+        let hs = self.hard_state();
+        let hard_state = (hs != self.last_hard_state).then_some(hs);
+        self.last_hard_state = hs;
+        let committed_entries = self.log.take_committed(self.config.max_apply_entries);
+        let ss = self.soft_state();
+        let soft_state = (ss != self.last_soft_state).then_some(ss);
+        self.last_soft_state = ss;
+        self.ready_outstanding = true;
+        let snapshot = self.installed_snapshot.take();
+        let token = ReadyToken {
+            persisted: entries.last().map(|e| (e.index, e.term)),
+            applied: committed_entries.last().map(|e| e.index),
+            restored: snapshot.map(|s| s.index),
+        };
+        Ready {
+            messages: std::mem::take(&mut self.msgs),
+            hard_state,
+            entries,
+            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+            dropped_reads: std::mem::take(&mut self.dropped_reads),
+            soft_state,
+            snapshot,
+            send_snapshots: std::mem::take(&mut self.snapshots_to_send),
+            token,
+        }
+    }
+
+    /// Confirms that a Ready was handled: its entries are durable, its
+    /// snapshot (if any) restored into the state machine, and its committed
+    /// entries applied. This is the only way the applied index moves.
+    pub fn advance(&mut self, token: ReadyToken) {
+        self.ready_outstanding = false;
+        if let Some(restored) = token.restored
+            && restored > self.log.applied
+        {
+            self.log.applied = restored;
+        }
+        if let Some((index, term)) = token.persisted {
+            self.log.persisted_to(index, term);
+            if self.is_leader() {
+                self.maybe_commit();
+            }
+        }
+        if let Some(applied) = token.applied
+            && applied > self.log.applied
+        {
+            self.log.applied = applied;
+        }
+    }
+
+    // ----- elections ---------------------------------------------------------
+
+    pub(super) fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role(),
+            leader: self.leader,
+            term: self.term,
+        }
+    }
+
+    pub(super) fn send_after_persist(&mut self, to: NodeId, body: Body) {
+        self.msgs_after_persist.push(Message {
+            from: self.config.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+}
