@@ -301,6 +301,7 @@ pub mod node;
 pub mod protocol;
 pub mod raft;
 pub mod schema;
+pub mod serving;
 pub mod sm;
 pub mod storage;
 pub mod transport;

@@ -1,0 +1,357 @@
+//! Accepting peers: who is talking is checked (certificate, hello, cluster)
+//! before anything they say reaches the node; frames are read within their
+//! caps, budgets and deadlines; a stream superseded by a newer one of the
+//! same peer and class delivers nothing more.
+
+use super::*;
+
+pub(super) fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
+}
+
+pub(super) fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let any = conn.handshake_data()?;
+    let hd = any
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?;
+    hd.protocol
+}
+
+/// Closes `conn` for a limit it hit: counts in `counter`, logs, and closes
+/// with `code`.
+pub(super) fn close_for(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    counter: &AtomicU64,
+    code: u32,
+    who: &str,
+    why: &str,
+) {
+    let n = bump(counter);
+    if sampled(n) {
+        tracing::warn!(
+            node = %shared.id,
+            peer = who,
+            remote = %conn.remote_address(),
+            "closing a connection: {why} ({n} such so far)"
+        );
+    }
+    conn.close(code.into(), why.as_bytes());
+}
+
+/// Handles one connection from the handshake on, holding `slot` (of
+/// `max_connections`) until it ends.
+pub(super) async fn handle_incoming(
+    incoming: quinn::Incoming,
+    arrival: u64,
+    slot: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Message>,
+    node: Option<NodeHandle>,
+    files: Option<Arc<dyn SnapshotFiles>>,
+) {
+    let _slot = slot;
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            // Failed handshakes (no certificate, a foreign CA) end here.
+            tracing::info!(node = %shared.id, %remote, "refused a connection: {e}");
+            return;
+        }
+    };
+    let Some(cert) = peer_certificate(&conn) else {
+        return protocol_violation(&conn, &shared, "unidentified", "no certificate");
+    };
+    match alpn(&conn).as_deref() {
+        Some(p) if p == ALPN_PEER => {
+            // Which member the certificate names decides whose slots it
+            // takes; the hello must then claim that same member.
+            let Some(peer) = shared
+                .peer_connections
+                .keys()
+                .copied()
+                .find(|id| tls::cert_names(&cert, &node_server_name(*id)))
+            else {
+                return protocol_violation(
+                    &conn,
+                    &shared,
+                    "unidentified",
+                    "the certificate names no member of this cluster",
+                );
+            };
+            let who = node_server_name(peer);
+            let Ok(_peer_slot) = shared.peer_connections[&peer].clone().try_acquire_owned() else {
+                let why = format!(
+                    "too many connections from this peer (max_connections_per_peer {})",
+                    shared.limits.max_connections_per_peer
+                );
+                return close_for(
+                    &conn,
+                    &shared,
+                    &shared.stats.refused_connections,
+                    codes::BUSY,
+                    &who,
+                    &why,
+                );
+            };
+            conn.set_max_concurrent_bi_streams(shared.options.max_peer_streams.into());
+            peer_connection(conn, arrival, peer, shared, inbound, files).await;
+        }
+        Some(p) if p == ALPN_CLIENT => {
+            let Some(node) = node else {
+                return conn.close(codes::PROTOCOL.into(), b"no service for clients here");
+            };
+            let Ok(_client_slot) = shared.client_connections.clone().try_acquire_owned() else {
+                let why = format!(
+                    "too many client connections (max_client_connections {})",
+                    shared.limits.max_client_connections
+                );
+                return close_for(
+                    &conn,
+                    &shared,
+                    &shared.stats.refused_connections,
+                    codes::BUSY,
+                    "client",
+                    &why,
+                );
+            };
+            client_connection(conn, shared, node).await;
+        }
+        _ => protocol_violation(&conn, &shared, "unidentified", "unknown protocol"),
+    }
+}
+
+pub(super) fn protocol_violation(conn: &quinn::Connection, shared: &Shared, who: &str, why: &str) {
+    shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        node = %shared.id,
+        peer = who,
+        remote = %conn.remote_address(),
+        "closing a connection for breaking the protocol: {why}"
+    );
+    conn.close(codes::PROTOCOL.into(), why.as_bytes());
+}
+
+/// Closes `conn` for a frame that failed to arrive (`what` names it); a
+/// stream or connection that went away is no one's fault and only logged
+/// at debug level.
+pub(super) fn frame_failed(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    who: &str,
+    what: &str,
+    e: FrameError,
+) {
+    match e {
+        FrameError::Stream(e) => {
+            tracing::debug!(node = %shared.id, peer = who, "{what}: the stream went away: {e}");
+        }
+        FrameError::TimedOut => close_for(
+            conn,
+            shared,
+            &shared.stats.frame_timeouts,
+            codes::TIMEOUT,
+            who,
+            &format!("{what} did not arrive in time"),
+        ),
+        e @ FrameError::OverBudget { .. } => close_for(
+            conn,
+            shared,
+            &shared.stats.budget_exhausted,
+            codes::BUSY,
+            who,
+            &format!("{what}: {e}"),
+        ),
+        e => protocol_violation(conn, shared, who, &format!("{what}: {e}")),
+    }
+}
+
+/// Accepts the streams of one peer connection: unidirectional ones for
+/// messages, bidirectional ones for snapshots.
+pub(super) async fn peer_connection(
+    conn: quinn::Connection,
+    arrival: u64,
+    peer: NodeId,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Message>,
+    files: Option<Arc<dyn SnapshotFiles>>,
+) {
+    loop {
+        let (recv, send) = tokio::select! {
+            s = conn.accept_uni() => match s {
+                Ok(recv) => (recv, None),
+                Err(_) => return,
+            },
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => (recv, Some(send)),
+                Err(_) => return,
+            },
+        };
+        tokio::spawn(peer_stream(
+            recv,
+            send,
+            conn.clone(),
+            arrival,
+            peer,
+            shared.clone(),
+            inbound.clone(),
+            files.clone(),
+        ));
+    }
+}
+
+/// Counts and logs a stream that a newer one of the same peer and class
+/// superseded (invariant 7); the stream then ends.
+/// `what` says what was not delivered.
+pub(super) fn superseded(shared: &Shared, who: &str, what: &str) {
+    let n = bump(&shared.stats.dropped_superseded);
+    if sampled(n) {
+        tracing::warn!(node = %shared.id, peer = %who, "{what}: the peer has since opened a newer stream of its class, and this one ends ({n} so far)");
+    }
+}
+
+// A task's entry point: its arguments are the state it owns.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn peer_stream(
+    mut recv: quinn::RecvStream,
+    send: Option<quinn::SendStream>,
+    conn: quinn::Connection,
+    arrival: u64,
+    peer: NodeId,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Message>,
+    files: Option<Arc<dyn SnapshotFiles>>,
+) {
+    let opened = Instant::now();
+    let Some(budget) = shared.peer_budgets.get(&peer).cloned() else {
+        let who = node_server_name(peer);
+        return protocol_violation(&conn, &shared, &who, "a stream from an unknown node id");
+    };
+    let first = |max_bytes| ReadLimits {
+        max_bytes,
+        budget: Some(&budget),
+        deadline: opened
+            .checked_add(shared.limits.peer_frame_timeout)
+            .map_or(FrameDeadline::Never, FrameDeadline::At),
+    };
+    let who = node_server_name(peer);
+    let hello: PeerHello =
+        match frame::read_frame_with(&mut recv, &first(MAX_CONTROL_FRAME_BYTES)).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => return frame_failed(&conn, &shared, &who, "the stream's hello", e),
+        };
+    let who = node_server_name(hello.from);
+    if hello.cluster_id != shared.cluster_id {
+        return protocol_violation(&conn, &shared, &who, "hello names another cluster");
+    }
+    if hello.schema != shared.schema {
+        return protocol_violation(
+            &conn,
+            &shared,
+            &who,
+            "the peer runs another version of the replicated type (schema fingerprint differs)",
+        );
+    }
+    if hello.to != shared.id {
+        return protocol_violation(&conn, &shared, &who, "hello is meant for another node");
+    }
+    if !shared.peers.contains_key(&hello.from) || hello.from == shared.id {
+        return protocol_violation(&conn, &shared, &who, "hello claims an unknown node id");
+    }
+    if hello.from != peer {
+        return protocol_violation(
+            &conn,
+            &shared,
+            &who,
+            "the certificate does not name the node id the hello claims",
+        );
+    }
+    let max_bytes = match (hello.class, send) {
+        (StreamClass::Control, None) => MAX_CONTROL_FRAME_BYTES,
+        (StreamClass::Replication, None) => shared.limits.max_replication_frame_bytes,
+        (StreamClass::Snapshot, Some(send)) => {
+            return receive_snapshot(
+                recv, send, conn, hello, &who, shared, inbound, files, opened,
+            )
+            .await;
+        }
+        (class, _) => {
+            return protocol_violation(
+                &conn,
+                &shared,
+                &who,
+                &format!("{class:?} traffic on the wrong kind of stream"),
+            );
+        }
+    };
+    let limits = ReadLimits {
+        max_bytes,
+        budget: Some(&budget),
+        deadline: FrameDeadline::AfterFirstByte(shared.limits.peer_frame_timeout),
+    };
+    // Invariant 7: this stream becomes the peer's newest of its class,
+    // unless a newer one already is.
+    let key = (peer, hello.class == StreamClass::Replication);
+    let number = (arrival, recv.id().index());
+    {
+        let mut newest = shared
+            .newest_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if newest.get(&key).is_some_and(|n| *n > number) {
+            drop(newest);
+            return superseded(&shared, &who, "refused a stream at its hello");
+        }
+        newest.insert(key, number);
+    }
+    loop {
+        match frame::read_frame_with::<Message>(&mut recv, &limits).await {
+            Ok(Some(m)) => {
+                if m.from != hello.from || m.to != shared.id {
+                    return protocol_violation(
+                        &conn,
+                        &shared,
+                        &who,
+                        "message does not match its stream's hello",
+                    );
+                }
+                if matches!(m.body, Body::InstallSnapshot { .. }) {
+                    // Only a snapshot stream may say this, after its file
+                    // arrived and verified.
+                    return protocol_violation(
+                        &conn,
+                        &shared,
+                        &who,
+                        "InstallSnapshot outside a snapshot stream",
+                    );
+                }
+                // The check and the enqueue under one lock: a newer stream
+                // registers under it too (invariant 7).
+                let newest = shared
+                    .newest_streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if newest.get(&key) != Some(&number) {
+                    drop(newest);
+                    return superseded(&shared, &who, "dropped a message, undelivered");
+                }
+                shared.stats.received.fetch_add(1, Ordering::Relaxed);
+                // A full inbox drops (the core is behind; Raft resends).
+                let sent = inbound.try_send(m);
+                drop(newest);
+                if sent.is_err() {
+                    let n = bump(&shared.stats.dropped_inbound);
+                    if sampled(n) {
+                        tracing::warn!(node = %shared.id, peer = %who, "dropped a message: the node's inbox is full or closed ({n} so far; Raft resends)");
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => return frame_failed(&conn, &shared, &who, "a message", e),
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The node's QUIC endpoint: Raft messages to and from peers, and client
+//! requests, on one UDP socket.
+//!
+//! Owns: the endpoint, one sender task per (peer, stream class), the accept
+//! loop that checks who is talking before anything they say reaches the
+//! core, and the resource limits ([`QuicLimits`]) that keep an
+//! authenticated but hostile or buggy peer or client from exhausting the
+//! node.
+//!
+//! Peer traffic (ALPN `ha-raft/2`). Each node dials each peer lazily (on the
+//! first message for it) and keeps two connections to it, each carrying one
+//! unidirectional stream of frames:
+//! - **control**: votes, pre-votes, heartbeats and every response: small,
+//!   latency-critical;
+//! - **replication**: appends, which can be large.
+//!
+//! Separate connections, not just separate streams, so bulk appends cannot
+//! use up the connection-wide flow-control window that heartbeats need: a
+//! leader under heavy write load keeps its followers. A stream opens with a
+//! [`PeerHello`] naming the sender, the receiver, the cluster and the class.
+//!
+//! A snapshot travels on a connection of its own, on one bidirectional
+//! stream: hello, [`SnapshotHeader`], the file's bytes; the receiver answers
+//! with one [`SnapshotVerdict`] once the file is verified, durable and its
+//! `InstallSnapshot` queued to the node, and the sender reports success
+//! only on [`SnapshotVerdict::Accepted`].
+//!
+//! Client traffic (ALPN `ha-client/2`): one request and one response per
+//! bidirectional stream.
+//!
+//! Invariants:
+//! 1. A peer stream is accepted only if the dialer's certificate (verified
+//!    against the cluster CA by the handshake) names `node-<from>` for the
+//!    `from` its hello claims, `to` is this node, and the cluster id matches.
+//!    Every message on it must then carry that same `from` and `to`.
+//! 2. A malformed, truncated, oversized or unexpected frame closes that
+//!    connection and is logged with the peer's identity; the node keeps
+//!    running.
+//! 3. Send queues are bounded (`control_queue`, `replication_queue`);
+//!    `send` drops when one is full, so a slow or dead follower cannot make
+//!    the leader's memory grow. Raft resends what matters.
+//! 4. Reconnects back off exponentially from 20 ms to 1 s, with jitter.
+//! 5. Nothing is dropped silently: every message, request, connection,
+//!    stream or snapshot this endpoint drops or refuses is counted in
+//!    [`TransportStats`] and logged (events a flood could repeat are logged
+//!    at the 1st, 2nd, 4th, ... and every 1024th occurrence, with the count).
+//! 6. Every limit in [`QuicLimits`] holds (see there); in particular a
+//!    client request is at most `max_request_bytes`, so every entry the log
+//!    accepts fits a replication frame, and memory held for unfinished frames
+//!    is paid from a byte budget before it is allocated.
+//! 7. Of a peer's message streams of one class, only the newest delivers:
+//!    once a newer one registered, an older one delivers nothing more, and
+//!    one older than the registered one is refused at its hello (both
+//!    counted in `dropped_superseded`). "Newer" is the order the sender
+//!    created them in: connections are numbered when their first packet
+//!    arrives (`endpoint.accept` yields them in that order), streams within
+//!    a connection by their QUIC stream id. A sender's stream carries data
+//!    only after the handshake, whose first packet this node had answered;
+//!    so a connection a restarted peer opens arrives after every connection
+//!    it opened before its crash, however late their data comes. Hence no
+//!    message a peer sent before it restarted reaches the node after one it
+//!    sent since: a leader never counts an append acknowledgement from
+//!    before a follower's crash after that follower said, after the crash,
+//!    that it is repairing. (The inbox is FIFO, so a check and enqueue under
+//!    one lock suffices.)
+
+mod inbound;
+mod limits;
+mod outbound;
+mod serving;
+mod snapshots;
+mod wire;
+
+use inbound::*;
+pub use limits::*;
+use outbound::*;
+use serving::*;
+use snapshots::*;
+pub use wire::*;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ha_core::node::{NodeHandle, SnapshotFiles};
+use ha_core::raft::rng::SplitMix64;
+use ha_core::raft::{Body, Message};
+use ha_core::transport::Transport;
+use ha_core::types::{LogIndex, NodeId, Term};
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+
+use crate::certs::{TlsIdentity, node_server_name};
+use crate::client::{ClientRequest, ClientResponse};
+use crate::frame::{
+    self, FrameDeadline, FrameError, MAX_CONTROL_FRAME_BYTES, MAX_FRAME_BYTES, ReadLimits,
+};
+use crate::tls::{self, ALPN_CLIENT, ALPN_PEER, QuicOptions};
+
+/// Counters of one endpoint (invariant 5).
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Messages dropped because a send queue was full.
+    pub dropped_full: AtomicU64,
+    /// Messages dropped because they were for a node this endpoint does not
+    /// know.
+    pub dropped_no_route: AtomicU64,
+    /// Messages written to peers.
+    pub sent: AtomicU64,
+    /// Messages (and responses) dropped because they could not be encoded
+    /// within their frame cap.
+    pub encode_failures: AtomicU64,
+    /// Messages received from peers and handed to the node.
+    pub received: AtomicU64,
+    /// Messages from peers dropped because the node's inbox was full.
+    pub dropped_inbound: AtomicU64,
+    /// Connections closed for breaking the protocol.
+    pub protocol_errors: AtomicU64,
+    /// Connections refused or closed because a connection limit was reached.
+    pub refused_connections: AtomicU64,
+    /// Frames that did not arrive by their deadline (the stream or
+    /// connection was closed).
+    pub frame_timeouts: AtomicU64,
+    /// Connections closed because the frame byte budget was exhausted.
+    pub budget_exhausted: AtomicU64,
+    /// Client requests refused as larger than `max_request_bytes`.
+    pub requests_too_large: AtomicU64,
+    /// Client requests answered "busy" because `max_client_requests` or
+    /// `client_pending_bytes` were reached.
+    pub requests_busy: AtomicU64,
+    /// Client requests the node did not answer within
+    /// `client_request_timeout` (answered as failed, outcome unknown).
+    pub answer_timeouts: AtomicU64,
+    /// Client requests refused for another reason (a schema mismatch, a raw
+    /// proposal to a typed node).
+    pub requests_refused: AtomicU64,
+    /// Snapshots received, verified, and handed to the node.
+    pub snapshots_received: AtomicU64,
+    /// Snapshot transfers refused or failed on the receiving side (too large,
+    /// too many at once, not storable, broken, timed out).
+    pub snapshots_refused: AtomicU64,
+    /// Snapshot transfers aborted for making no progress or missing their
+    /// deadline (also counted in `snapshots_refused`).
+    pub snapshot_timeouts: AtomicU64,
+    /// Messages from a peer's stream that a newer stream of the same peer
+    /// and class superseded, and streams refused at their hello as older
+    /// than one the peer opened since (invariant 7).
+    pub dropped_superseded: AtomicU64,
+}
+
+/// Adds one to `c`, returning the new count.
+fn bump(c: &AtomicU64) -> u64 {
+    c.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Whether the `n`th occurrence of a repeatable event is logged (invariant
+/// 5): the 1st, 2nd, 4th, ... and every 1024th.
+fn sampled(n: u64) -> bool {
+    n.is_power_of_two() || n.is_multiple_of(1024)
+}
+
+struct PeerQueues {
+    control: mpsc::Sender<Message>,
+    replication: mpsc::Sender<Message>,
+    connected: Arc<AtomicBool>,
+    /// The control connection, while up (for its RTT estimate).
+    conn: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
+}
+
+type ConnSlot = Arc<std::sync::Mutex<Option<quinn::Connection>>>;
+
+/// What every task of an endpoint shares. The semaphores are the limits of
+/// [`QuicLimits`]: a permit is a connection slot, a snapshot slot, or a byte
+/// of an unfinished frame, a client request waiting for its answer or a
+/// byte of one, held for as long as that thing exists.
+struct Shared {
+    id: NodeId,
+    cluster_id: String,
+    schema: u64,
+    query_schema: u64,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    stats: TransportStats,
+    options: QuicOptions,
+    limits: QuicLimits,
+    /// `max_connections`.
+    connections: Arc<Semaphore>,
+    /// `max_client_connections`.
+    client_connections: Arc<Semaphore>,
+    /// `max_connections_per_peer`, per peer.
+    peer_connections: BTreeMap<NodeId, Arc<Semaphore>>,
+    /// `client_budget_bytes`.
+    client_budget: Arc<Semaphore>,
+    /// `peer_budget_bytes`, per peer.
+    peer_budgets: BTreeMap<NodeId, Arc<Semaphore>>,
+    /// `max_snapshot_receives`.
+    snapshot_receives: Arc<Semaphore>,
+    /// `max_client_requests`.
+    client_requests: Arc<Semaphore>,
+    /// `client_pending_bytes`.
+    client_pending: Arc<Semaphore>,
+    /// The newest message stream of each (peer, class): its connection's
+    /// number and its stream id (invariant 7). At most one entry per peer
+    /// and class.
+    newest_streams: std::sync::Mutex<BTreeMap<(NodeId, bool), (u64, u64)>>,
+    /// Numbers incoming connections in the order they arrive.
+    next_connection: AtomicU64,
+}
+
+/// The sending half, handed to the node as its [`Transport`].
+#[derive(Clone)]
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+    queues: Arc<BTreeMap<NodeId, PeerQueues>>,
+    endpoint: quinn::Endpoint,
+}
+
+fn class_of(m: &Message) -> StreamClass {
+    match m.body {
+        Body::Append { .. } => StreamClass::Replication,
+        _ => StreamClass::Control,
+    }
+}
+
+impl Transport for QuicTransport {
+    fn send_snapshot(
+        &self,
+        to: NodeId,
+        snapshot: ha_core::node::OutgoingSnapshot,
+        install: Message,
+        done: ha_core::transport::SnapshotDone,
+    ) {
+        let Some(addr) = self.shared.peers.get(&to).copied() else {
+            let n = bump(&self.shared.stats.dropped_no_route);
+            tracing::warn!(node = %self.shared.id, peer = %to, "cannot send a snapshot to an unknown node ({n} messages without a route so far)");
+            return done(false);
+        };
+        let (endpoint, shared) = (self.endpoint.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            // The whole transfer, the verdict included, has a deadline: a
+            // receiver that stops reading cannot hold the sender forever.
+            let limit = shared
+                .limits
+                .snapshot_deadline(snapshot.len)
+                .saturating_add(shared.limits.snapshot_idle_timeout);
+            let r = tokio::time::timeout(
+                limit,
+                stream_snapshot(&endpoint, &shared, to, addr, snapshot, install.term),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no verdict within {limit:?}")));
+            if let Err(e) = &r {
+                tracing::warn!(node = %shared.id, peer = %to, "snapshot transfer failed: {e}");
+            }
+            done(r.is_ok());
+        });
+    }
+
+    fn send(&self, msg: Message) {
+        let stats = &self.shared.stats;
+        let Some(q) = self.queues.get(&msg.to) else {
+            let n = bump(&stats.dropped_no_route);
+            if sampled(n) {
+                tracing::warn!(node = %self.shared.id, to = %msg.to, "dropped a message for a node this endpoint does not know ({n} so far)");
+            }
+            return;
+        };
+        let queue = match class_of(&msg) {
+            StreamClass::Control => &q.control,
+            StreamClass::Replication | StreamClass::Snapshot => &q.replication,
+        };
+        let to = msg.to;
+        if queue.try_send(msg).is_err() {
+            let n = bump(&stats.dropped_full);
+            if sampled(n) {
+                tracing::warn!(node = %self.shared.id, peer = %to, "dropped a message: the send queue is full ({n} so far; Raft resends)");
+            }
+        }
+    }
+}
+
+impl QuicTransport {
+    /// Whether the control connection to `peer` is up.
+    pub fn peer_connected(&self, peer: NodeId) -> bool {
+        self.queues
+            .get(&peer)
+            .is_some_and(|q| q.connected.load(Ordering::Relaxed))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &TransportStats {
+        &self.shared.stats
+    }
+
+    /// Bytes client streams hold in unfinished request frames now (at most
+    /// `client_budget_bytes`).
+    pub fn client_frame_bytes_held(&self) -> usize {
+        self.shared.limits.client_budget_bytes - self.shared.client_budget.available_permits()
+    }
+
+    /// Bytes peer streams hold in unfinished frames now, over all peers
+    /// (at most `peer_budget_bytes` each).
+    pub fn peer_frame_bytes_held(&self) -> usize {
+        self.shared
+            .peer_budgets
+            .values()
+            .map(|b| self.shared.limits.peer_budget_bytes - b.available_permits())
+            .sum()
+    }
+
+    /// QUIC's round-trip estimate to every connected peer.
+    pub fn peer_rtts(&self) -> Vec<(NodeId, Duration)> {
+        self.queues
+            .iter()
+            .filter_map(|(id, q)| {
+                let c = q.conn.lock().unwrap_or_else(|e| e.into_inner());
+                c.as_ref().map(|c| (*id, c.rtt()))
+            })
+            .collect()
+    }
+}
+
+/// A bound endpoint: call [`QuicEndpoint::serve`] once the node runs.
+pub struct QuicEndpoint {
+    endpoint: quinn::Endpoint,
+    transport: QuicTransport,
+    shared: Arc<Shared>,
+}
+
+impl QuicEndpoint {
+    /// Binds the socket and starts the peer senders (they connect lazily).
+    /// Must be called inside a tokio runtime.
+    pub fn bind(config: QuicConfig) -> Result<QuicEndpoint, QuicError> {
+        config.validate().map_err(QuicError::Config)?;
+        let bind_err = |source| QuicError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+        QuicEndpoint::with_socket(config, socket)
+    }
+
+    /// Like [`QuicEndpoint::bind`], on a socket bound already (so a test can
+    /// learn every node's port from the OS before any node starts).
+    pub fn with_socket(
+        config: QuicConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<QuicEndpoint, QuicError> {
+        config.validate().map_err(QuicError::Config)?;
+        let server = tls::server_config(&config.identity, &config.options)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
+            addr: config.listen,
+            source: std::io::Error::other("no async runtime (start the endpoint inside tokio)"),
+        })?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| QuicError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let client = tls::client_config(&config.identity, ALPN_PEER, &config.options)?;
+        endpoint.set_default_client_config(client);
+        let limits = &config.limits;
+        let shared = Arc::new(Shared {
+            id: config.id,
+            cluster_id: config.identity.cluster_id(),
+            schema: config.schema,
+            query_schema: config.query_schema,
+            peers: config.peers.clone(),
+            stats: TransportStats::default(),
+            options: config.options.clone(),
+            limits: limits.clone(),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            client_connections: Arc::new(Semaphore::new(limits.max_client_connections)),
+            peer_connections: config
+                .peers
+                .keys()
+                .filter(|p| **p != config.id)
+                .map(|p| {
+                    (
+                        *p,
+                        Arc::new(Semaphore::new(limits.max_connections_per_peer)),
+                    )
+                })
+                .collect(),
+            client_budget: Arc::new(Semaphore::new(limits.client_budget_bytes)),
+            peer_budgets: config
+                .peers
+                .keys()
+                .filter(|p| **p != config.id)
+                .map(|p| (*p, Arc::new(Semaphore::new(limits.peer_budget_bytes))))
+                .collect(),
+            snapshot_receives: Arc::new(Semaphore::new(limits.max_snapshot_receives)),
+            client_requests: Arc::new(Semaphore::new(limits.max_client_requests)),
+            client_pending: Arc::new(Semaphore::new(limits.client_pending_bytes)),
+            newest_streams: std::sync::Mutex::new(BTreeMap::new()),
+            next_connection: AtomicU64::new(0),
+        });
+        let mut queues = BTreeMap::new();
+        for (peer, addr) in &config.peers {
+            if *peer == config.id {
+                continue;
+            }
+            let connected = Arc::new(AtomicBool::new(false));
+            let conn_slot: ConnSlot = Arc::new(std::sync::Mutex::new(None));
+            let make = |class, depth: usize, connected: Option<(Arc<AtomicBool>, ConnSlot)>| {
+                let (tx, rx) = mpsc::channel(depth.max(1));
+                tokio::spawn(peer_sender(
+                    endpoint.clone(),
+                    shared.clone(),
+                    *peer,
+                    *addr,
+                    class,
+                    rx,
+                    connected,
+                ));
+                tx
+            };
+            let control = make(
+                StreamClass::Control,
+                config.control_queue,
+                Some((connected.clone(), conn_slot.clone())),
+            );
+            let replication = make(StreamClass::Replication, config.replication_queue, None);
+            queues.insert(
+                *peer,
+                PeerQueues {
+                    control,
+                    replication,
+                    connected,
+                    conn: conn_slot,
+                },
+            );
+        }
+        let transport = QuicTransport {
+            shared: shared.clone(),
+            queues: Arc::new(queues),
+            endpoint: endpoint.clone(),
+        };
+        Ok(QuicEndpoint {
+            endpoint,
+            transport,
+            shared,
+        })
+    }
+
+    /// The transport to give the node.
+    pub fn transport(&self) -> QuicTransport {
+        self.transport.clone()
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
+    }
+
+    /// Accepts connections for `node` until the endpoint closes.
+    pub fn serve(&self, node: NodeHandle) {
+        let files = node.snapshot_files();
+        self.accept_into(node.inbound(), Some(node), Some(files));
+    }
+
+    /// Accepts peer connections and hands their messages to `inbound`, with
+    /// no node behind the endpoint (clients are refused). For benchmarks and
+    /// tests of the transport alone.
+    pub fn serve_messages(&self, inbound: mpsc::Sender<Message>) {
+        self.accept_into(inbound, None, None);
+    }
+
+    /// Like [`QuicEndpoint::serve_messages`], storing received snapshots in
+    /// `files` (for benchmarks and tests of snapshot transfer alone).
+    pub fn serve_messages_and_snapshots(
+        &self,
+        inbound: mpsc::Sender<Message>,
+        files: Arc<dyn SnapshotFiles>,
+    ) {
+        self.accept_into(inbound, None, Some(files));
+    }
+
+    fn accept_into(
+        &self,
+        inbound: mpsc::Sender<Message>,
+        node: Option<NodeHandle>,
+        files: Option<Arc<dyn SnapshotFiles>>,
+    ) {
+        let endpoint = self.endpoint.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                // In arrival order, before anything else can reorder them
+                // (invariant 7).
+                let arrival = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+                // The total cap, before spending a handshake on it.
+                let Ok(slot) = shared.connections.clone().try_acquire_owned() else {
+                    let n = bump(&shared.stats.refused_connections);
+                    if sampled(n) {
+                        tracing::warn!(
+                            node = %shared.id,
+                            remote = %incoming.remote_address(),
+                            "refused a connection: {} are open (max_connections); {n} refused so far",
+                            shared.limits.max_connections
+                        );
+                    }
+                    incoming.refuse();
+                    continue;
+                };
+                let (shared, inbound, node, files) =
+                    (shared.clone(), inbound.clone(), node.clone(), files.clone());
+                tokio::spawn(handle_incoming(
+                    incoming, arrival, slot, shared, inbound, node, files,
+                ));
+            }
+        });
+    }
+
+    /// Closes every connection and the socket.
+    pub fn close(&self) {
+        self.endpoint
+            .close(codes::SHUTDOWN.into(), b"shutting down");
+    }
+}

@@ -1,0 +1,246 @@
+//! Dialing peers: one sender task per (peer, stream class) that drains its
+//! bounded queue onto a stream, reconnecting with backoff, and snapshot
+//! sends on their own connection.
+
+use super::*;
+
+/// Encodes `m` into `buf` within `class`'s frame cap; a message that cannot
+/// be encoded is counted and logged, and dropped (invariant 5).
+pub(super) fn encode_message(
+    shared: &Shared,
+    class: StreamClass,
+    m: &Message,
+    buf: &mut Vec<u8>,
+) -> bool {
+    let max = match class {
+        StreamClass::Control => MAX_CONTROL_FRAME_BYTES,
+        StreamClass::Replication | StreamClass::Snapshot => {
+            shared.limits.max_replication_frame_bytes
+        }
+    };
+    match frame::encode_within(m, buf, max) {
+        Ok(()) => true,
+        Err(e) => {
+            let n = bump(&shared.stats.encode_failures);
+            tracing::error!(
+                node = %shared.id,
+                peer = %m.to,
+                term = %m.term,
+                ?class,
+                "dropped a message that cannot be sent ({n} so far): {e}"
+            );
+            false
+        }
+    }
+}
+
+pub(super) async fn peer_sender(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    peer: NodeId,
+    addr: SocketAddr,
+    class: StreamClass,
+    mut rx: mpsc::Receiver<Message>,
+    connected: Option<(Arc<AtomicBool>, ConnSlot)>,
+) {
+    let min_backoff = Duration::from_millis(20);
+    let max_backoff = Duration::from_secs(1);
+    let mut backoff = min_backoff;
+    let mut rng = SplitMix64::new(shared.id.0 << 32 ^ peer.0 ^ class as u64);
+    let set_connected = |conn: Option<&quinn::Connection>| {
+        if let Some((flag, slot)) = &connected {
+            flag.store(conn.is_some(), Ordering::Relaxed);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = conn.cloned();
+        }
+    };
+    let mut failures_logged = false;
+    loop {
+        // Connect lazily: only once there is something to send.
+        let Some(first) = rx.recv().await else { return };
+        let conn = match connect(&endpoint, peer, addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                if !failures_logged {
+                    tracing::info!(node = %shared.id, %peer, %addr, ?class, "cannot reach peer: {e}");
+                    failures_logged = true;
+                }
+                // Back off with jitter; what was queued meanwhile is stale.
+                let jitter = rng.range(0, backoff.as_millis() as u64 / 2 + 1);
+                tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                backoff = (backoff * 2).min(max_backoff);
+                let mut stale = 0u64;
+                while rx.try_recv().is_ok() {
+                    stale += 1;
+                }
+                if stale > 0 {
+                    let n = shared
+                        .stats
+                        .dropped_full
+                        .fetch_add(stale, Ordering::Relaxed)
+                        + stale;
+                    tracing::debug!(node = %shared.id, %peer, ?class, "dropped {stale} messages queued while the peer was unreachable ({n} dropped so far)");
+                }
+                continue;
+            }
+        };
+        let mut stream = match conn.open_uni().await {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        let _ = stream.set_priority(if class == StreamClass::Control { 10 } else { 0 });
+        let hello = PeerHello {
+            cluster_id: shared.cluster_id.clone(),
+            from: shared.id,
+            to: peer,
+            class,
+            schema: shared.schema,
+        };
+        let mut buf = Vec::new();
+        if let Err(e) = frame::encode_within(&hello, &mut buf, MAX_CONTROL_FRAME_BYTES) {
+            let n = bump(&shared.stats.encode_failures);
+            tracing::error!(node = %shared.id, %peer, "cannot encode the stream hello ({n} encode failures so far): {e}");
+            tokio::time::sleep(max_backoff).await;
+            continue;
+        }
+        let mut n = u64::from(encode_message(&shared, class, &first, &mut buf));
+        if stream.write_all(&buf).await.is_err() {
+            continue;
+        }
+        if failures_logged {
+            tracing::info!(node = %shared.id, %peer, ?class, "peer reachable again");
+            failures_logged = false;
+        }
+        backoff = min_backoff;
+        set_connected(Some(&conn));
+        shared.stats.sent.fetch_add(n, Ordering::Relaxed);
+        // Stream messages; write whatever queued up together, in one write.
+        loop {
+            let next = tokio::select! {
+                m = rx.recv() => m,
+                _ = conn.closed() => break,
+            };
+            let Some(m) = next else {
+                let _ = stream.finish();
+                return;
+            };
+            buf.clear();
+            n = u64::from(encode_message(&shared, class, &m, &mut buf));
+            while buf.len() < 1 << 20 {
+                match rx.try_recv() {
+                    Ok(m) => n += u64::from(encode_message(&shared, class, &m, &mut buf)),
+                    Err(_) => break,
+                }
+            }
+            if stream.write_all(&buf).await.is_err() {
+                break;
+            }
+            shared.stats.sent.fetch_add(n, Ordering::Relaxed);
+        }
+        set_connected(None);
+    }
+}
+
+/// Sends one snapshot file on a connection of its own, in chunks, and waits
+/// for the receiver's verdict; a reader thread and the writer share a queue
+/// of two chunks, so memory stays bounded whatever the file's size.
+pub(super) async fn stream_snapshot(
+    endpoint: &quinn::Endpoint,
+    shared: &Shared,
+    to: NodeId,
+    addr: SocketAddr,
+    mut snapshot: ha_core::node::OutgoingSnapshot,
+    leader_term: Term,
+) -> Result<(), String> {
+    let conn = connect(endpoint, to, addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let _ = send.set_priority(-1);
+    let mut buf = Vec::new();
+    let hello = PeerHello {
+        cluster_id: shared.cluster_id.clone(),
+        from: shared.id,
+        to,
+        class: StreamClass::Snapshot,
+        schema: shared.schema,
+    };
+    let header = SnapshotHeader {
+        index: snapshot.index,
+        term: snapshot.term,
+        leader_term,
+        len: snapshot.len,
+    };
+    frame::encode_within(&hello, &mut buf, MAX_CONTROL_FRAME_BYTES).map_err(|e| e.to_string())?;
+    frame::encode_within(&header, &mut buf, MAX_CONTROL_FRAME_BYTES).map_err(|e| e.to_string())?;
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(2);
+    std::thread::spawn(move || {
+        loop {
+            let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            match std::io::Read::read(&mut snapshot.data, &mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    // Writes fail when the receiver refuses and stops the stream; its
+    // verdict then says why, so it is read either way.
+    let written: Result<(), String> = async {
+        send.write_all(&buf).await.map_err(|e| e.to_string())?;
+        let mut sent = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk.map_err(|e| format!("cannot read the snapshot: {e}"))?;
+            sent += chunk.len() as u64;
+            send.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        if sent != header.len {
+            return Err(format!(
+                "read {sent} bytes of a {}-byte snapshot",
+                header.len
+            ));
+        }
+        send.finish().map_err(|e| e.to_string())
+    }
+    .await;
+    if written.is_err() {
+        // Tell the receiver the file is incomplete (a no-op if it stopped).
+        let _ = send.reset(codes::REFUSED.into());
+    }
+    // The receiver syncs the file before answering; allow it the time a
+    // transfer of this size may take.
+    let deadline = Instant::now().checked_add(shared.limits.snapshot_deadline(header.len));
+    let limits = ReadLimits {
+        max_bytes: MAX_CONTROL_FRAME_BYTES,
+        budget: None,
+        deadline: deadline.map_or(FrameDeadline::Never, FrameDeadline::At),
+    };
+    let verdict = frame::read_frame_with::<SnapshotVerdict>(&mut recv, &limits).await;
+    match (verdict, written) {
+        (Ok(Some(SnapshotVerdict::Accepted)), Ok(())) => Ok(()),
+        (Ok(Some(SnapshotVerdict::Refused(why))), _) => {
+            Err(format!("node {to} refused the snapshot: {why}"))
+        }
+        (_, Err(e)) => Err(e),
+        (Ok(None), Ok(())) => Err(format!(
+            "node {to} closed the snapshot stream without a verdict"
+        )),
+        (Err(e), Ok(())) => Err(format!("no verdict from node {to}: {e}")),
+    }
+}
+
+pub(super) async fn connect(
+    endpoint: &quinn::Endpoint,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let connecting = endpoint
+        .connect(addr, &node_server_name(peer))
+        .map_err(|e| e.to_string())?;
+    connecting.await.map_err(|e| e.to_string())
+}

@@ -1,0 +1,197 @@
+//! Receiving a snapshot: its file is written, verified and made durable,
+//! its `InstallSnapshot` queued to the node, and only then is the sender
+//! told it was accepted.
+
+use super::*;
+
+/// A piece of a snapshot file for the thread that writes it.
+pub(super) enum Piece {
+    /// The next bytes.
+    Data(bytes::Bytes),
+    /// Every byte arrived: verify and publish. A queue closed without this
+    /// aborts the file (and removes it).
+    End,
+}
+
+/// Writes one incoming snapshot on a blocking thread (file writes and
+/// syncs must not stall a tokio worker).
+pub(super) fn store_snapshot(
+    files: Arc<dyn SnapshotFiles>,
+    index: LogIndex,
+    term: Term,
+    mut pieces: mpsc::Receiver<Piece>,
+) -> Result<(), String> {
+    let mut writer = files.begin(index, term)?;
+    loop {
+        match pieces.blocking_recv() {
+            Some(Piece::Data(b)) => writer.write(&b)?,
+            Some(Piece::End) => return writer.finish(),
+            None => return Err("the transfer was abandoned".into()),
+        }
+    }
+}
+
+/// Receives one snapshot file and answers with a [`SnapshotVerdict`].
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn receive_snapshot(
+    mut recv: quinn::RecvStream,
+    mut send: quinn::SendStream,
+    conn: quinn::Connection,
+    hello: PeerHello,
+    who: &str,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Message>,
+    files: Option<Arc<dyn SnapshotFiles>>,
+    opened: Instant,
+) {
+    let r = take_snapshot(
+        &mut recv, &conn, &hello, who, &shared, &inbound, files, opened,
+    )
+    .await;
+    let verdict = match r {
+        Ok(()) => {
+            bump(&shared.stats.snapshots_received);
+            SnapshotVerdict::Accepted
+        }
+        Err(mut why) => {
+            let n = bump(&shared.stats.snapshots_refused);
+            tracing::warn!(node = %shared.id, peer = who, "refused a snapshot: {why} ({n} refused so far)");
+            let _ = recv.stop(codes::REFUSED.into());
+            if why.len() > MAX_VERDICT_REASON_BYTES {
+                let mut cut = MAX_VERDICT_REASON_BYTES;
+                while !why.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                why.truncate(cut);
+            }
+            SnapshotVerdict::Refused(why)
+        }
+    };
+    let mut buf = Vec::new();
+    if frame::encode_within(&verdict, &mut buf, MAX_CONTROL_FRAME_BYTES).is_ok() {
+        let write = tokio::time::timeout(shared.limits.peer_frame_timeout, send.write_all(&buf));
+        if matches!(write.await, Ok(Ok(()))) {
+            let _ = send.finish();
+        }
+    }
+}
+
+/// The receiving side of a snapshot transfer: checks, stores, hands the
+/// node its `InstallSnapshot`; `Err` says why not.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn take_snapshot(
+    recv: &mut quinn::RecvStream,
+    conn: &quinn::Connection,
+    hello: &PeerHello,
+    who: &str,
+    shared: &Shared,
+    inbound: &mpsc::Sender<Message>,
+    files: Option<Arc<dyn SnapshotFiles>>,
+    opened: Instant,
+) -> Result<(), String> {
+    let Some(files) = files else {
+        return Err("this endpoint takes no snapshots".into());
+    };
+    let Some(budget) = shared.peer_budgets.get(&hello.from) else {
+        return Err("a snapshot from an unknown node id".into());
+    };
+    let limits = ReadLimits {
+        max_bytes: MAX_CONTROL_FRAME_BYTES,
+        budget: Some(budget),
+        deadline: opened
+            .checked_add(shared.limits.peer_frame_timeout)
+            .map_or(FrameDeadline::Never, FrameDeadline::At),
+    };
+    let header: SnapshotHeader = match frame::read_frame_with(recv, &limits).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err("the stream ended before the snapshot header".into()),
+        Err(e) => {
+            let why = format!("bad snapshot header: {e}");
+            frame_failed(conn, shared, who, "the snapshot header", e);
+            return Err(why);
+        }
+    };
+    let max = shared.limits.max_snapshot_bytes;
+    if header.len > max {
+        return Err(format!(
+            "a snapshot of {} bytes is too large: the limit is {max} (max_snapshot_bytes)",
+            header.len
+        ));
+    }
+    let Ok(_receiving) = shared.snapshot_receives.clone().try_acquire_owned() else {
+        return Err(format!(
+            "busy: {} snapshot transfers in progress (max_snapshot_receives)",
+            shared.limits.max_snapshot_receives
+        ));
+    };
+    let (tx, rx) = mpsc::channel(SNAPSHOT_WRITE_QUEUE);
+    let (index, term) = (header.index, header.term);
+    let writer = tokio::task::spawn_blocking(move || store_snapshot(files, index, term, rx));
+    let idle = shared.limits.snapshot_idle_timeout;
+    let overall = opened.checked_add(shared.limits.snapshot_deadline(header.len));
+    let mut got = 0u64;
+    let received: Result<(), String> = loop {
+        let idle_until = Instant::now() + idle;
+        let until = overall.map_or(idle_until, |o| o.min(idle_until));
+        let chunk =
+            match tokio::time::timeout_at(until, recv.read_chunk(SNAPSHOT_CHUNK_BYTES, true)).await
+            {
+                Err(_) => {
+                    bump(&shared.stats.snapshot_timeouts);
+                    break Err(format!(
+                        "the transfer stalled after {got} of {} bytes (no bytes for {idle:?}, or \
+                     past its deadline of {:?})",
+                        header.len,
+                        shared.limits.snapshot_deadline(header.len)
+                    ));
+                }
+                Ok(Err(e)) => break Err(format!("the transfer broke: {e}")),
+                Ok(Ok(None)) if got == header.len => {
+                    // The writer may have failed meanwhile; its error says so.
+                    let _ = tx.send(Piece::End).await;
+                    break Ok(());
+                }
+                Ok(Ok(None)) => {
+                    break Err(format!(
+                        "the transfer ended after {got} of {} bytes",
+                        header.len
+                    ));
+                }
+                Ok(Ok(Some(c))) => c.bytes,
+            };
+        got += chunk.len() as u64;
+        if got > header.len {
+            protocol_violation(conn, shared, who, "snapshot longer than announced");
+            break Err("the snapshot is longer than announced".into());
+        }
+        if tx.send(Piece::Data(chunk)).await.is_err() {
+            // The writer gave up; its error says why.
+            break Ok(());
+        }
+    };
+    // Closing the queue without `End` makes the writer abandon the file and
+    // remove it; waiting for it means nothing is left behind.
+    drop(tx);
+    let stored = writer
+        .await
+        .unwrap_or_else(|e| Err(format!("the snapshot writer failed: {e}")));
+    received?;
+    stored.map_err(|e| {
+        tracing::error!(node = %shared.id, peer = who, "cannot store a snapshot: {e}");
+        format!("cannot store the snapshot: {e}")
+    })?;
+    inbound
+        .try_send(Message {
+            from: hello.from,
+            to: shared.id,
+            term: header.leader_term,
+            body: Body::InstallSnapshot {
+                index: header.index,
+                term: header.term,
+            },
+        })
+        .map_err(|_| {
+            bump(&shared.stats.dropped_inbound);
+            "the node's inbox is full or closed".to_string()
+        })
+}
