@@ -1,7 +1,8 @@
 //! # ha-tests
 //!
 //! The deterministic simulator ([`sim`]) and, in `tests/`, the scenario and
-//! fuzzing tests that drive it. Later, integration tests that start real
+//! fuzzing tests that drive it; the text scenarios of the core
+//! ([`interaction`], scripts in `testdata/`). Later, integration tests that start real
 //! QUIC clusters live here too.
 //!
 //! ## Running the simulator
@@ -11,6 +12,7 @@
 //!   exactly one seed (a failure prints the seed to use).
 
 pub mod fragile;
+pub mod interaction;
 pub mod lincheck;
 pub mod sim;
 

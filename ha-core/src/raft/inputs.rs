@@ -19,6 +19,17 @@ impl Raft {
         }
     }
 
+    /// Starts an election now, as if the election timer had fired (with
+    /// PreVote on: a pre-vote round first). Does nothing on a leader, or on
+    /// a node that may not campaign (a learner, a repairing node, one at
+    /// the last term). For drivers that decide when to campaign (a
+    /// leadership transfer's target; scenario tests).
+    pub fn campaign_now(&mut self) {
+        if !self.is_leader() && self.can_campaign() {
+            self.campaign();
+        }
+    }
+
     /// Proposes one command. Returns the index and term the entry got: the
     /// command took effect if and only if that exact `(index, term)` commits.
     pub fn propose(&mut self, data: Bytes) -> Result<(LogIndex, Term), ProposeError> {

@@ -338,12 +338,13 @@ pub struct Raft {
     /// Ticks since the leader last sent heartbeats.
     heartbeat_elapsed: u64,
     /// Messages that promise nothing about this node's disk (a leader's
-    /// appends and heartbeats, vote requests): the driver may send them
-    /// before the Ready's writes are durable.
+    /// appends and heartbeats, pre-vote requests): the driver may send
+    /// them before the Ready's writes are durable.
     msgs: Vec<Message>,
-    /// Messages that promise durable state (votes, acknowledgements of
-    /// appends, term answers): the driver sends them only after the Ready
-    /// that carries them is synced. Kept apart so that no driver can send
+    /// Messages that rest on durable state (vote requests, which carry the
+    /// candidate's own vote; votes; acknowledgements of appends; term
+    /// answers): the driver sends them only after the Ready that carries
+    /// them is synced. Kept apart so that no driver can send
     /// one early by mistake.
     msgs_after_persist: Vec<Message>,
     /// Reads confirmed by a quorum (ReadIndex), waiting for the driver.

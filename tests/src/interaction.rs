@@ -1,0 +1,660 @@
+//! Scenario tests of the core written as text (`tests/testdata/*.txt`, run
+//! by `tests/interactions.rs`), in the style of etcd raft's interaction
+//! tests: each file is a script of commands over a few in-memory nodes, the
+//! exact Readies and messages they produce written below each command, and
+//! prose between. `REWRITE=1` rewrites the expected output after a change
+//! that is meant to change it (then read the diff).
+//!
+//! Commands (ids are bare numbers; other arguments are `key=value`):
+//! - `add-nodes count=N [pre-vote=B] [check-quorum=B] [max-append=K]
+//!   [log=K]`: N voters, each starting with K entries of term 1, all
+//!   committed (default: an empty log).
+//! - `campaign ID`: the node starts an election now.
+//! - `tick ID... [n=K]`: K ticks (default 1) on each node.
+//! - `propose ID DATA`: the node proposes the command DATA.
+//! - `read-index ID ctx=C`: the node asks for a read index.
+//! - `process-ready ID...`: each node handles its Ready once, if it has
+//!   one.
+//! - `deliver-msgs`: every queued message is delivered once (or lost, if
+//!   its path is cut); their answers stay queued. `drop-msgs`: every
+//!   queued message is lost.
+//! - `stabilize [ID...]`: Readies and deliveries until nothing moves.
+//! - `partition` with groups in the input (`1 | 2 3`): messages between
+//!   groups are lost; `heal`: nothing is lost any more.
+//! - `crash ID`: the node stops, loses what it had not synced, and its
+//!   queued messages are lost; `restart ID`: it starts from its storage.
+//! - `compact ID INDEX`: the node's log is compacted up to INDEX (as if a
+//!   snapshot of it were taken).
+//! - `status`: term, role, leader, commit, applied and last index of every
+//!   live node; `log ID`: the node's stored entries.
+//!
+//! A Ready's output lists, in order: a snapshot install, the entries and
+//! hard state it makes durable, the entries it applies and the reads it
+//! releases, then `Send:` for messages the driver may send before its
+//! writes are synced (a leader's appends and heartbeats, pre-vote
+//! requests) and `Send after sync:` for those that rest on durable state
+//! (vote requests, which carry the candidate's own vote; votes;
+//! acknowledgements).
+//!
+//! Invariants checked after every step (a violation fails the test, never
+//! just prints): no committed entry is ever replaced (State Machine
+//! Safety), and at most one leader per term (Election Safety).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use datadriven::TestCase;
+use ha_core::node::{NodeError, Pipeline, PipelineIo};
+use ha_core::raft::{AppendOutcome, Body, Config, InitialState, Membership, Message, Raft};
+use ha_core::raft::{ReadState, RoleKind};
+use ha_core::storage::{LogStore, MemLogStore};
+use ha_core::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+
+/// One node: its core (absent while crashed), its storage, its pipeline.
+struct Node {
+    raft: Option<Raft>,
+    store: MemLogStore,
+    pipeline: Pipeline<(), ()>,
+    config: Config,
+}
+
+/// The nodes, the messages in flight and the network's cuts.
+#[derive(Default)]
+pub struct Env {
+    /// A bug planted in every node's core (to show a script catches it).
+    bug: Option<ha_core::raft::PlantedBug>,
+    nodes: BTreeMap<u64, Node>,
+    voters: Vec<u64>,
+    queue: Vec<Message>,
+    /// Groups of a partition: messages between groups are lost.
+    groups: Vec<BTreeSet<u64>>,
+    /// Every committed entry any node reported: index -> term.
+    committed: BTreeMap<LogIndex, Term>,
+    /// Every leader seen: term -> node.
+    leaders: BTreeMap<Term, u64>,
+}
+
+/// What one node's Ready did, for the output.
+struct Seen<'a> {
+    out: &'a mut String,
+    sent: Vec<Message>,
+    snapshots: Vec<NodeId>,
+}
+
+impl PipelineIo for Seen<'_> {
+    type Reply = ();
+    type Read = ();
+    fn send(&mut self, msg: Message) {
+        self.sent.push(msg);
+    }
+    fn send_snapshot(&mut self, peer: NodeId) {
+        self.snapshots.push(peer);
+    }
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+    fn apply(&mut self, entry: &Entry) -> Option<Bytes> {
+        let _ = writeln!(self.out, "  Applied: {}", entry_text(entry));
+        None
+    }
+    fn answer(&mut self, _: (), _: Result<(LogIndex, Bytes), NodeError>) {}
+    fn serve_read(&mut self, _: (), _: LogIndex) {}
+    fn fail_read(&mut self, _: (), _: NodeError) {}
+    fn unregistered_read(&mut self, read: ReadState) {
+        let _ = writeln!(
+            self.out,
+            "  ReadState: ctx={} index={}",
+            read.ctx, read.index
+        );
+    }
+    fn unregistered_drop(&mut self, ctx: u64) {
+        let _ = writeln!(self.out, "  ReadDropped: ctx={ctx}");
+    }
+}
+
+/// `index@term kind`, e.g. `3@2 "put x"` or `1@1 blank`.
+pub fn entry_text(e: &Entry) -> String {
+    let what = match &e.payload {
+        EntryPayload::Blank => "blank".to_string(),
+        EntryPayload::Command(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        EntryPayload::Membership(m) => format!("membership {m:?}"),
+    };
+    format!("{}@{} {what}", e.index, e.term)
+}
+
+/// One line for a message: `from->to Kind term=T ...`.
+pub fn message_text(m: &Message) -> String {
+    let body = match &m.body {
+        Body::PreVote {
+            last_index,
+            last_term,
+        } => format!("PreVote last={last_index}@{last_term}"),
+        Body::Vote {
+            last_index,
+            last_term,
+        } => format!("Vote last={last_index}@{last_term}"),
+        Body::PreVoteResponse { granted } => format!("PreVoteResponse granted={granted}"),
+        Body::VoteResponse { granted } => format!("VoteResponse granted={granted}"),
+        Body::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        } => {
+            let es: Vec<String> = entries.iter().map(entry_text).collect();
+            format!(
+                "Append prev={prev_index}@{prev_term} commit={commit} entries=[{}]",
+                es.join(", ")
+            )
+        }
+        Body::AppendResponse(AppendOutcome::Accepted { match_index }) => {
+            format!("AppendResponse accepted match={match_index}")
+        }
+        Body::AppendResponse(AppendOutcome::RepairAccepted { match_index }) => {
+            format!("AppendResponse repair-accepted match={match_index}")
+        }
+        Body::AppendResponse(AppendOutcome::Rejected {
+            rejected,
+            hint_index,
+            hint_term,
+        }) => format!("AppendResponse rejected={rejected} hint={hint_index}@{hint_term}"),
+        Body::AppendResponse(AppendOutcome::Repairing {
+            last_index,
+            last_term,
+        }) => format!("AppendResponse repairing last={last_index}@{last_term}"),
+        Body::Heartbeat { commit, seq } => format!("Heartbeat commit={commit} seq={seq}"),
+        Body::HeartbeatResponse { seq } => format!("HeartbeatResponse seq={seq}"),
+        Body::InstallSnapshot { index, term } => format!("InstallSnapshot {index}@{term}"),
+        Body::TermQuery { nonce } => format!("TermQuery nonce={nonce}"),
+        Body::TermReply {
+            nonce,
+            leader_last,
+            repairing,
+        } => format!("TermReply nonce={nonce} leader_last={leader_last:?} repairing={repairing}"),
+    };
+    format!("{}->{} {body} term={}", m.from, m.to, m.term)
+}
+
+fn role_text(r: RoleKind) -> &'static str {
+    match r {
+        RoleKind::Leader => "leader",
+        RoleKind::Follower => "follower",
+        RoleKind::Candidate => "candidate",
+        RoleKind::PreCandidate => "precandidate",
+    }
+}
+
+/// One command: its name, arguments (`key=value` or bare `key`) and input.
+#[derive(Clone, Debug, Default)]
+pub struct Command {
+    /// The command's name.
+    pub directive: String,
+    /// Its arguments: bare ones have no values.
+    pub args: HashMap<String, Vec<String>>,
+    /// The lines between the command and `----`.
+    pub input: String,
+}
+
+impl Command {
+    /// Every command of a test file, ignoring the expected output (for runs
+    /// that look only at the invariants).
+    pub fn parse_file(text: &str) -> Vec<Command> {
+        let mut commands = Vec::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let directive = words.next().unwrap_or_default().to_string();
+            let args = words
+                .map(|w| match w.split_once('=') {
+                    Some((k, v)) => (k.to_string(), vec![v.to_string()]),
+                    None => (w.to_string(), Vec::new()),
+                })
+                .collect();
+            let mut input = Vec::new();
+            for l in lines.by_ref() {
+                if l.trim() == "----" {
+                    break;
+                }
+                input.push(l);
+            }
+            // The expected output runs to the next blank line.
+            for l in lines.by_ref() {
+                if l.trim().is_empty() {
+                    break;
+                }
+            }
+            commands.push(Command {
+                directive,
+                args,
+                input: input.join("\n"),
+            });
+        }
+        commands
+    }
+}
+
+/// The numeric bare arguments of a command (node ids), in order.
+fn ids(tc: &Command) -> Vec<u64> {
+    let mut v: Vec<u64> = tc
+        .args
+        .iter()
+        .filter(|(_, vals)| vals.is_empty())
+        .filter_map(|(k, _)| k.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The one bare argument that is not a number (a proposal's data).
+fn word(tc: &Command) -> Option<String> {
+    tc.args
+        .iter()
+        .find(|(k, vals)| vals.is_empty() && k.parse::<u64>().is_err())
+        .map(|(k, _)| k.clone())
+}
+
+fn arg<T: std::str::FromStr>(tc: &Command, key: &str, default: T) -> T {
+    tc.args
+        .get(key)
+        .and_then(|v| v.first())
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{key}={v}: not a valid value"))
+        })
+        .unwrap_or(default)
+}
+
+impl Env {
+    /// An environment whose nodes run with `bug` planted in their cores.
+    pub fn with_bug(bug: ha_core::raft::PlantedBug) -> Env {
+        Env {
+            bug: Some(bug),
+            ..Env::default()
+        }
+    }
+
+    /// Runs one command of a test file; returns what it printed.
+    pub fn run(&mut self, tc: &TestCase) -> String {
+        self.command(&Command {
+            directive: tc.directive.clone(),
+            args: tc.args.clone(),
+            input: tc.input.clone(),
+        })
+    }
+
+    /// Runs one command; returns what it printed.
+    pub fn command(&mut self, tc: &Command) -> String {
+        let mut out = String::new();
+        let ids = ids(tc);
+        match tc.directive.as_str() {
+            "add-nodes" => self.add_nodes(tc, &mut out),
+            "campaign" => {
+                for id in &ids {
+                    self.raft(*id).campaign_now();
+                }
+            }
+            "tick" => {
+                for id in &ids {
+                    for _ in 0..arg(tc, "n", 1u64) {
+                        self.raft(*id).tick();
+                    }
+                }
+            }
+            "propose" => {
+                let data = word(tc).expect("propose ID DATA");
+                match self.raft(ids[0]).propose(Bytes::from(data)) {
+                    Ok((i, t)) => {
+                        let _ = writeln!(out, "proposed at {i}@{t}");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "refused: {e}");
+                    }
+                }
+            }
+            "read-index" => {
+                if let Err(e) = self.raft(ids[0]).read_index(arg(tc, "ctx", 0u64)) {
+                    let _ = writeln!(out, "refused: {e}");
+                }
+            }
+            "process-ready" => {
+                for id in &ids {
+                    self.process_ready(*id, &mut out);
+                }
+            }
+            "deliver-msgs" => self.deliver(&mut out),
+            "drop-msgs" => {
+                let _ = writeln!(out, "dropped {}", self.queue.len());
+                self.queue.clear();
+            }
+            "stabilize" => self.stabilize(&ids, &mut out),
+            "partition" => {
+                self.groups = tc
+                    .input
+                    .split('|')
+                    .map(|g| {
+                        g.split_whitespace()
+                            .map(|n| n.parse().expect("a node id"))
+                            .collect()
+                    })
+                    .collect();
+            }
+            "heal" => self.groups.clear(),
+            "crash" => {
+                for id in &ids {
+                    self.crash(*id);
+                }
+            }
+            "restart" => {
+                for id in &ids {
+                    self.restart(*id);
+                }
+            }
+            "compact" => {
+                let (id, index) = (ids[0], LogIndex(ids[1]));
+                let raft = self.raft(id);
+                let term = raft.term_at(index).expect("a held entry");
+                let done = raft.compact(index);
+                let node = self.nodes.get_mut(&id).expect("a node");
+                node.store.compact(index, term).expect("compaction");
+                node.store.sync().expect("sync");
+                let _ = writeln!(out, "compacted to {index}@{term}: {done}");
+            }
+            "status" => self.status(&mut out),
+            "log" => {
+                for e in self.nodes[&ids[0]].store.durable_entries() {
+                    let _ = writeln!(out, "{}", entry_text(e));
+                }
+            }
+            other => panic!("unknown command {other}"),
+        }
+        self.check();
+        if out.is_empty() {
+            out.push_str("ok\n");
+        }
+        out
+    }
+
+    fn add_nodes(&mut self, tc: &Command, out: &mut String) {
+        let count: u64 = arg(tc, "count", 3);
+        let log: u64 = arg(tc, "log", 0);
+        let first = self.nodes.len() as u64 + 1;
+        self.voters.extend(first..first + count);
+        for id in first..first + count {
+            let mut config = Config::new(NodeId(id));
+            config.rng_seed = id;
+            config.pre_vote = arg(tc, "pre-vote", true);
+            config.check_quorum = arg(tc, "check-quorum", true);
+            config.max_append_entries = arg(tc, "max-append", config.max_append_entries);
+            config.planted_bug = self.bug;
+            let mut store = MemLogStore::new();
+            if log > 0 {
+                let entries: Vec<Entry> = (1..=log)
+                    .map(|i| Entry {
+                        index: LogIndex(i),
+                        term: Term(1),
+                        payload: EntryPayload::Blank,
+                    })
+                    .collect();
+                store.append(&entries).expect("append");
+                let hs = HardState {
+                    term: Term(1),
+                    vote: None,
+                    commit: LogIndex(log),
+                };
+                store.save_hard_state(hs).expect("hard state");
+                store.sync().expect("sync");
+            }
+            self.nodes.insert(
+                id,
+                Node {
+                    raft: None,
+                    store,
+                    pipeline: Pipeline::new(LogIndex(0)),
+                    config,
+                },
+            );
+        }
+        for id in first..first + count {
+            self.restart(id);
+        }
+        let _ = writeln!(
+            out,
+            "nodes {first}..={} voters {:?}",
+            first + count - 1,
+            self.voters
+        );
+    }
+
+    fn raft(&mut self, id: u64) -> &mut Raft {
+        self.nodes
+            .get_mut(&id)
+            .and_then(|n| n.raft.as_mut())
+            .unwrap_or_else(|| panic!("node {id} is not running"))
+    }
+
+    fn crash(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("a node");
+        node.raft = None;
+        node.store.crash();
+        self.queue.retain(|m| m.from.0 != id && m.to.0 != id);
+    }
+
+    fn restart(&mut self, id: u64) {
+        let membership = Membership::new_voters(self.voters.iter().map(|v| NodeId(*v)));
+        let node = self.nodes.get_mut(&id).expect("a node");
+        let stored = node.store.load().expect("load");
+        let init = InitialState {
+            hard_state: stored.hard_state,
+            membership,
+            snapshot_last: stored.snapshot_last,
+            entries: stored.entries,
+            repairing: false,
+            repair_nonce: 1,
+        };
+        let raft = Raft::new(node.config.clone(), init).expect("a valid state");
+        node.pipeline = Pipeline::new(raft.applied_index());
+        node.raft = Some(raft);
+    }
+
+    /// Handles node `id`'s Ready once, printing what it did; true if it had
+    /// one.
+    fn process_ready(&mut self, id: u64, out: &mut String) -> bool {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return false;
+        };
+        let Some(raft) = node.raft.as_mut() else {
+            return false;
+        };
+        let mut text = String::new();
+        let mut io = Seen {
+            out: &mut text,
+            sent: Vec::new(),
+            snapshots: Vec::new(),
+        };
+        let Some(write) = node.pipeline.start(raft, &mut io) else {
+            return false;
+        };
+        let _ = writeln!(out, "> {id} handling Ready");
+        if let Some(i) = write.install {
+            let _ = writeln!(out, "  Install: snapshot {}@{}", i.index, i.term);
+            node.store
+                .install_snapshot(i.index, i.term, i.keep_suffix)
+                .expect("install");
+        }
+        if !write.entries.is_empty() {
+            let es: Vec<String> = write.entries.iter().map(entry_text).collect();
+            let _ = writeln!(out, "  Entries: {}", es.join(", "));
+            node.store.append(&write.entries).expect("append");
+        }
+        if let Some(hs) = write.hard_state {
+            let vote = hs.vote.map_or("-".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                out,
+                "  HardState: term={} vote={vote} commit={}",
+                hs.term, hs.commit
+            );
+            node.store.save_hard_state(hs).expect("hard state");
+        }
+        node.store.sync().expect("sync");
+        // Messages handed out before the sync promise nothing about this
+        // node's disk; those after it (votes, acknowledgements) do.
+        let early = std::mem::take(&mut io.sent);
+        node.pipeline.persisted(&mut io);
+        node.pipeline
+            .finish(raft, &mut io, Some(&[]))
+            .expect("no restore can fail here");
+        let (late, snapshots) = (
+            std::mem::take(&mut io.sent),
+            std::mem::take(&mut io.snapshots),
+        );
+        out.push_str(&text);
+        for m in &early {
+            let _ = writeln!(out, "  Send: {}", message_text(m));
+        }
+        for m in &late {
+            let _ = writeln!(out, "  Send after sync: {}", message_text(m));
+        }
+        let (term, leader_id) = (raft.term(), raft.id());
+        let snap = raft.snapshot_last();
+        for peer in snapshots {
+            let m = Message {
+                from: leader_id,
+                to: peer,
+                term,
+                body: Body::InstallSnapshot {
+                    index: snap.0,
+                    term: snap.1,
+                },
+            };
+            let _ = writeln!(out, "  Send: {}", message_text(&m));
+            self.queue.push(m);
+        }
+        self.queue.extend(early);
+        self.queue.extend(late);
+        true
+    }
+
+    fn cut(&self, from: u64, to: u64) -> bool {
+        !self.groups.is_empty()
+            && !self
+                .groups
+                .iter()
+                .any(|g| g.contains(&from) && g.contains(&to))
+    }
+
+    /// Delivers every queued message once; answers stay queued.
+    fn deliver(&mut self, out: &mut String) {
+        let batch = std::mem::take(&mut self.queue);
+        let mut by_node: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+        for m in batch {
+            by_node.entry(m.to.0).or_default().push(m);
+        }
+        for (to, msgs) in by_node {
+            let _ = writeln!(out, "> {to} receiving messages");
+            for m in msgs {
+                let from = m.from.0;
+                let snapshot = match m.body {
+                    Body::InstallSnapshot { index, .. } => Some(index),
+                    _ => None,
+                };
+                let up = self.nodes.get(&to).is_some_and(|n| n.raft.is_some());
+                let lost = self.cut(from, to) || !up;
+                let _ = writeln!(
+                    out,
+                    "  {}{}",
+                    message_text(&m),
+                    if lost { " (lost)" } else { "" }
+                );
+                if !lost && let Err(e) = self.raft(to).step(m) {
+                    let _ = writeln!(out, "  refused: {e}");
+                }
+                // The sender learns how its snapshot transfer ended.
+                if let Some(index) = snapshot
+                    && let Some(Some(r)) = self.nodes.get_mut(&from).map(|n| n.raft.as_mut())
+                {
+                    r.report_snapshot(NodeId(to), (!lost).then_some(index));
+                }
+            }
+        }
+    }
+
+    fn stabilize(&mut self, only: &[u64], out: &mut String) {
+        let ids: Vec<u64> = if only.is_empty() {
+            self.nodes.keys().copied().collect()
+        } else {
+            only.to_vec()
+        };
+        for _ in 0..1000 {
+            let mut moved = false;
+            for id in &ids {
+                moved |= self.process_ready(*id, out);
+            }
+            self.check();
+            if self.queue.iter().any(|m| ids.contains(&m.to.0)) {
+                let (mine, others): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.queue)
+                    .into_iter()
+                    .partition(|m| ids.contains(&m.to.0));
+                self.queue = mine;
+                self.deliver(out);
+                self.queue.extend(others);
+                moved = true;
+            }
+            self.check();
+            if !moved {
+                return;
+            }
+        }
+        panic!("stabilize: still moving after 1000 rounds\n{out}");
+    }
+
+    fn status(&self, out: &mut String) {
+        for (id, n) in &self.nodes {
+            match &n.raft {
+                None => {
+                    let _ = writeln!(out, "{id}: down");
+                }
+                Some(r) => {
+                    let leader = r.leader().map_or("-".to_string(), |l| l.to_string());
+                    let _ = writeln!(
+                        out,
+                        "{id}: {} term={} leader={leader} commit={} applied={} last={}",
+                        role_text(r.role()),
+                        r.term(),
+                        r.commit_index(),
+                        r.applied_index(),
+                        r.last_index()
+                    );
+                }
+            }
+        }
+    }
+
+    /// State Machine Safety and Election Safety, over everything seen.
+    fn check(&mut self) {
+        for (id, n) in &self.nodes {
+            let Some(r) = &n.raft else { continue };
+            if r.is_leader()
+                && let Some(prev) = self.leaders.insert(r.term(), *id)
+            {
+                assert_eq!(prev, *id, "two leaders in term {}", r.term());
+            }
+            let first = r.snapshot_last().0.0 + 1;
+            for i in first..=r.commit_index().0 {
+                let Some(t) = r.term_at(LogIndex(i)) else {
+                    continue;
+                };
+                if let Some(prev) = self.committed.insert(LogIndex(i), t) {
+                    assert_eq!(
+                        prev, t,
+                        "committed entry {i}@{prev} replaced by {i}@{t} on node {id}"
+                    );
+                }
+            }
+        }
+    }
+}
