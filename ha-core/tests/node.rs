@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, start_node};
+use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, StopReason, start_node};
 use ha_core::raft::{InitialState, RoleKind};
 use ha_core::sm::{Applier, NoopApplier};
 use ha_core::storage::{MemLogStore, StdFs};
@@ -231,8 +231,14 @@ async fn a_node_task_that_panics_publishes_why() {
         loop {
             let s = n.status();
             if let Some(why) = &s.stopped {
-                assert!(why.contains("the node task panicked"), "{why}");
-                assert!(why.contains("boom"), "{why}");
+                assert!(
+                    matches!(why, StopReason::Panicked(text) if text.contains("boom")),
+                    "{why}"
+                );
+                assert!(
+                    why.to_string().starts_with("the node task panicked"),
+                    "{why}"
+                );
                 assert_ne!(s.role, RoleKind::Leader);
                 assert_eq!(s.leader, None);
                 break;

@@ -537,7 +537,7 @@ mod tests {
         s.repairing = false;
         s.halted = Some("at 7: boom".into());
         assert!(readiness(&s, &m, 10).unwrap_err().starts_with("halted"));
-        s.stopped = Some("disk full".into());
+        s.stopped = Some(ha_core::node::StopReason::Storage("disk full".into()));
         assert!(readiness(&s, &m, 10).unwrap_err().starts_with("stopped"));
     }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ha_core::node::{NodeHandle, NodeOptions};
+use ha_core::node::{NodeHandle, NodeOptions, StopReason};
 use ha_core::sm::Replicated;
 use ha_core::storage::{DataDir, StdFs, WalOptions};
 use ha_core::types::NodeId;
@@ -409,7 +409,7 @@ pub enum Stopped {
     Signal,
     /// The node stopped by itself (for example its storage failed), for
     /// this reason.
-    Node(String),
+    Node(StopReason),
 }
 
 /// A running node of type `T`: its QUIC endpoint for peers and clients,
@@ -462,8 +462,8 @@ impl<T: Replicated> Server<T> {
             _ = tokio::signal::ctrl_c() => Stopped::Signal,
             _ = term.recv() => Stopped::Signal,
             r = status.wait_for(|s| s.stopped.is_some()) => Stopped::Node(match r {
-                Ok(s) => s.stopped.clone().unwrap_or_default(),
-                Err(_) => "the node task ended without saying why".into(),
+                Ok(s) => s.stopped.clone().unwrap_or(StopReason::Shutdown),
+                Err(_) => StopReason::Failed("the node task ended without saying why".into()),
             }),
         };
         self.shutdown().await;

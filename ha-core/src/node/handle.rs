@@ -64,7 +64,7 @@ pub enum NodeError {
     /// The node stopped (shut down or its storage failed); the outcome of
     /// anything in flight is unknown.
     #[error("the node stopped: {0}")]
-    Stopped(String),
+    Stopped(StopReason),
     /// The query could not run (it did not decode).
     #[error("query failed: {0}")]
     Query(String),
@@ -83,6 +83,35 @@ impl NodeError {
                 | NodeError::TooLarge { .. }
                 | NodeError::NoSpace { .. }
         )
+    }
+}
+
+/// Why a node stopped. A stopped node answers nothing more; it is started
+/// again from its disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// It was asked to ([`NodeHandle::shutdown`]).
+    Shutdown,
+    /// Its storage failed (a write, a sync, snapshot files): what it
+    /// acknowledged is on disk, what it did not may be lost, so it stops
+    /// rather than answer as if it were durable.
+    Storage(String),
+    /// It could not go on safely for another reason (a snapshot that does
+    /// not restore, a repair that cannot finish), said as it is.
+    Failed(String),
+    /// Its task panicked: a bug in the node, reported with the panic's
+    /// message.
+    Panicked(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Shutdown => f.write_str("shut down"),
+            StopReason::Storage(why) => write!(f, "storage failed: {why}"),
+            StopReason::Failed(why) => f.write_str(why),
+            StopReason::Panicked(why) => write!(f, "the node task panicked: {why}"),
+        }
     }
 }
 
@@ -120,7 +149,7 @@ pub struct NodeStatus {
     /// Commands the determinism check found not deterministic here.
     pub divergences: u64,
     /// Why the node stopped, if it did.
-    pub stopped: Option<String>,
+    pub stopped: Option<StopReason>,
 }
 
 /// Counters and histograms a node keeps (shared with its handles).
@@ -331,7 +360,7 @@ impl NodeHandle {
 
     pub(super) fn stopped(&self) -> NodeError {
         let why = self.status.borrow().stopped.clone();
-        NodeError::Stopped(why.unwrap_or_else(|| "shut down".into()))
+        NodeError::Stopped(why.unwrap_or(StopReason::Shutdown))
     }
 }
 

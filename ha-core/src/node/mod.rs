@@ -31,7 +31,7 @@ mod task;
 
 pub use snapshots::{IncomingSnapshot, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover};
 
-pub use handle::{NodeError, NodeHandle, NodeMetrics, NodeStatus, PeerProgress};
+pub use handle::{NodeError, NodeHandle, NodeMetrics, NodeStatus, PeerProgress, StopReason};
 pub use options::{DEFAULT_STORAGE_QUOTA_BYTES, NodeOptions, NodeStorage};
 pub use task::start_node;
 

@@ -178,7 +178,7 @@ fn watch_for_panic(run: tokio::task::JoinHandle<()>, watch_tx: watch::Sender<Nod
                     .map(|s| (*s).to_string())
                     .or_else(|| p.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic whose payload is not text".into());
-                format!("the node task panicked: {text}")
+                StopReason::Panicked(text)
             };
             tracing::error!("node stopped: {why}");
             watch_tx.send_modify(|s| {
@@ -216,7 +216,7 @@ pub(super) fn view_of(raft: &Raft) -> MetricsView {
 
 pub(super) fn status_of(
     raft: &Raft,
-    stopped: Option<String>,
+    stopped: Option<StopReason>,
     found: Option<&str>,
     applier: &dyn Applier,
 ) -> NodeStatus {
@@ -342,23 +342,23 @@ impl<V: Vfs> NodeTask<V> {
             // can starve another, and each branch drains a bounded batch.
             tokio::select! {
                 Some(ev) = ev_rx.recv() => match ev {
-                    Event::Persisted(Err(e)) => break format!("storage failed: {e}"),
+                    Event::Persisted(Err(e)) => break StopReason::Storage(e.to_string()),
                     Event::Persisted(Ok(())) => {
                         if std::mem::take(&mut self.mark_in_ready) {
                             self.end_repair();
                         }
                         if let Err(e) = self.finish_ready() {
-                            break e;
+                            break StopReason::Failed(e);
                         }
                     }
                     Event::Snapshotted(r) => {
                         if let Err(e) = self.on_snapshotted(r) {
-                            break e;
+                            break StopReason::Failed(e);
                         }
                     }
                     Event::InstallLoaded(r) => {
                         if let Err(e) = self.on_install_loaded(r) {
-                            break e;
+                            break StopReason::Failed(e);
                         }
                     }
                     Event::RepairMarkDropped => self.end_repair(),
@@ -373,13 +373,13 @@ impl<V: Vfs> NodeTask<V> {
                 },
                 Some(c) = commands.recv() => {
                     if !self.command(c) {
-                        break "shut down".to_string();
+                        break StopReason::Shutdown;
                     }
                     for _ in 0..DRAIN_MAX {
                         match commands.try_recv() {
                             // A shutdown behind other commands stops the node
                             // (not just this drain).
-                            Ok(c) => if !self.command(c) { break 'run "shut down".to_string(); },
+                            Ok(c) => if !self.command(c) { break 'run StopReason::Shutdown; },
                             Err(_) => break,
                         }
                     }
@@ -396,7 +396,7 @@ impl<V: Vfs> NodeTask<V> {
                 _ = ticker.tick() => {
                     self.raft.tick();
                     if let Err(e) = self.check_repair() {
-                        break e;
+                        break StopReason::Failed(e);
                     }
                     self.expire_transfers();
                     self.refresh_view();
@@ -406,7 +406,7 @@ impl<V: Vfs> NodeTask<V> {
                 && self.raft.prepare_ready()
                 && let Err(e) = self.start_ready()
             {
-                break format!("storage failed: {e}");
+                break StopReason::Storage(e);
             }
             self.publish_status(None);
         };
@@ -421,8 +421,8 @@ impl<V: Vfs> NodeTask<V> {
     /// (the storage thread, snapshot file work) and only then says
     /// "stopped": whoever waits for that (and then drops the directory's
     /// lock) knows nothing of this node writes there any more.
-    pub(super) async fn stop(mut self, reason: String) {
-        if reason == "shut down" {
+    pub(super) async fn stop(mut self, reason: StopReason) {
+        if reason == StopReason::Shutdown {
             tracing::info!(node = %self.raft.id(), "node stopped: {reason}");
         } else {
             tracing::error!(node = %self.raft.id(), "node stopped: {reason}");
@@ -498,7 +498,7 @@ impl<V: Vfs> NodeTask<V> {
         self.file_work.push(tokio::task::spawn_blocking(f));
     }
 
-    pub(super) fn publish_status(&mut self, stopped: Option<String>) {
+    pub(super) fn publish_status(&mut self, stopped: Option<StopReason>) {
         let now = Instant::now();
         let role = self.raft.role();
         if role != self.last_role {
