@@ -112,7 +112,8 @@ fn start(fs: &SimFs, can_repair: bool) -> Result<(InitialState, Restored, Wal<Si
     let (mut wal, stored) = open_log(fs)?;
     let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).map_err(|e| e.to_string())?;
     let mut applier = Restored::default();
-    let init = recover(&mut wal, stored, &snaps, &mut applier, can_repair)?;
+    let init =
+        recover(&mut wal, stored, &snaps, &mut applier, can_repair).map_err(|e| e.to_string())?;
     Ok((init, applier, wal))
 }
 

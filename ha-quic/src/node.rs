@@ -26,9 +26,33 @@ pub enum StartError {
     /// The node's settings and the transport's disagree (ids, addresses).
     #[error("cannot start the node: {0}")]
     Config(String),
-    /// The node could not start from its state.
+    /// The node refused its settings or stored state.
     #[error("cannot start the node: {0}")]
-    Node(String),
+    Node(#[from] ha_core::node::StartNodeError),
+    /// The write-ahead log could not be opened.
+    #[error(transparent)]
+    Log(ha_core::storage::WalError),
+    /// The write-ahead log of a single-node cluster is damaged: there is no
+    /// peer to repair it from.
+    #[error(
+        "{source}; a single-node cluster has no peer to repair from: restore {} from a backup",
+        dir.display()
+    )]
+    SingleNodeLog {
+        /// The log's directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: ha_core::storage::WalError,
+    },
+    /// The snapshot directory could not be opened.
+    #[error(transparent)]
+    Snapshots(#[from] ha_core::storage::SnapshotError),
+    /// The node could not start from what its storage holds.
+    #[error(transparent)]
+    Recover(#[from] ha_core::node::RecoverError),
+    /// The replicated type cannot be fingerprinted.
+    #[error(transparent)]
+    Schema(#[from] ha_core::schema::SchemaError),
 }
 
 ha_core::debug_as_display!(StartError);
@@ -127,8 +151,7 @@ impl QuicNode {
             Some(s) => QuicEndpoint::with_socket(quic, s)?,
             None => QuicEndpoint::bind(quic)?,
         };
-        let handle = start_node(opts, init, storage, Arc::new(endpoint.transport()), applier)
-            .map_err(StartError::Node)?;
+        let handle = start_node(opts, init, storage, Arc::new(endpoint.transport()), applier)?;
         endpoint.serve(handle.clone());
         Ok(QuicNode {
             handle,
@@ -174,7 +197,6 @@ impl QuicNode {
         }
         // Before anything in the directory is opened or written.
         check_addresses(&opts, &quic)?;
-        let node_err = |e: &dyn std::fmt::Display| StartError::Node(e.to_string());
         // Damage to acknowledged data is repaired from the peers, not
         // refused (see `Wal::open_repairing`), unless there is no peer to
         // repair from: then it is refused, and nothing is moved.
@@ -187,27 +209,23 @@ impl QuicNode {
             .filter(|p| *p != opts.raft.id && opts.membership.is_voter(*p))
             .count();
         let (mut wal, state) = if peers == 0 {
-            Wal::open(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| {
-                StartError::Node(format!(
-                    "{e}; a single-node cluster has no peer to repair from: restore {} from a \
-                     backup",
-                    dir.wal_dir().display()
-                ))
+            Wal::open(StdFs, &dir.wal_dir(), wal_opts).map_err(|source| {
+                StartError::SingleNodeLog {
+                    dir: dir.wal_dir(),
+                    source,
+                }
             })?
         } else {
-            Wal::open_repairing(StdFs, &dir.wal_dir(), wal_opts).map_err(|e| node_err(&e))?
+            Wal::open_repairing(StdFs, &dir.wal_dir(), wal_opts).map_err(StartError::Log)?
         };
         if let Some(r) = wal.repaired() {
             tracing::warn!("{r}");
         }
-        let snapshots =
-            SnapshotStore::open(StdFs, &dir.snapshot_dir()).map_err(|e| node_err(&e))?;
+        let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir())?;
         let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS)
             .with_determinism_check(opts.determinism_check_every);
-        let init = recover(&mut wal, state, &snapshots, &mut applier, peers > 0)
-            .map_err(|e| node_err(&e))?;
-        let schema =
-            ha_core::schema::Schema::of::<T>().map_err(|e| StartError::Config(e.to_string()))?;
+        let init = recover(&mut wal, state, &snapshots, &mut applier, peers > 0)?;
+        let schema = ha_core::schema::Schema::of::<T>()?;
         quic.schema = schema.stored();
         quic.query_schema = schema.query();
         let mut node = QuicNode::start_checked(

@@ -83,7 +83,13 @@ fn start_option(e: &ha_quic::node::StartError) -> &'static str {
     match e {
         StartError::Quic(_) => "--listen",
         StartError::Config(_) => "--peers",
-        StartError::DataDir(_) | StartError::Node(_) => "--data-dir",
+        StartError::DataDir(_)
+        | StartError::Node(_)
+        | StartError::Log(_)
+        | StartError::SingleNodeLog { .. }
+        | StartError::Snapshots(_)
+        | StartError::Recover(_)
+        | StartError::Schema(_) => "--data-dir",
     }
 }
 

@@ -23,18 +23,17 @@
 //!   groups are lost; `heal`: nothing is lost any more.
 //! - `crash ID`: the node stops, loses what it had not synced, and its
 //!   queued messages are lost; `restart ID`: it starts from its storage.
-//! - `compact ID INDEX`: the node's log is compacted up to INDEX (as if a
-//!   snapshot of it were taken).
+//! - `compact ID index=I`: the node's log is compacted up to I (as if a
+//!   snapshot of it were taken), if the node has applied I.
 //! - `status`: term, role, leader, commit, applied and last index of every
 //!   live node; `log ID`: the node's stored entries.
 //!
 //! A Ready's output lists, in order: a snapshot install, the entries and
 //! hard state it makes durable, the entries it applies and the reads it
 //! releases, then `Send:` for messages the driver may send before its
-//! writes are synced (a leader's appends and heartbeats, pre-vote
-//! requests) and `Send after sync:` for those that rest on durable state
-//! (vote requests, which carry the candidate's own vote; votes;
-//! acknowledgements).
+//! writes are synced (a leader's appends and heartbeats) and `Send after
+//! sync:` for those that rest on durable state (pre-vote and vote
+//! requests, votes, acknowledgements).
 //!
 //! Invariants checked after every step (a violation fails the test, never
 //! just prints): no committed entry is ever replaced (State Machine
@@ -329,7 +328,9 @@ impl Env {
             "deliver-msgs" => self.deliver(&mut out),
             "drop-msgs" => {
                 let _ = writeln!(out, "dropped {}", self.queue.len());
-                self.queue.clear();
+                for m in std::mem::take(&mut self.queue) {
+                    self.lost(&m);
+                }
             }
             "stabilize" => self.stabilize(&ids, &mut out),
             "partition" => {
@@ -355,14 +356,22 @@ impl Env {
                 }
             }
             "compact" => {
-                let (id, index) = (ids[0], LogIndex(ids[1]));
+                let (id, index) = (ids[0], LogIndex(arg(tc, "index", 0u64)));
                 let raft = self.raft(id);
                 let term = raft.term_at(index).expect("a held entry");
-                let done = raft.compact(index);
-                let node = self.nodes.get_mut(&id).expect("a node");
-                node.store.compact(index, term).expect("compaction");
-                node.store.sync().expect("sync");
-                let _ = writeln!(out, "compacted to {index}@{term}: {done}");
+                // The store follows only a compaction the core took (of
+                // applied entries).
+                if raft.compact(index) {
+                    let node = self.nodes.get_mut(&id).expect("a node");
+                    node.store.compact(index, term).expect("compaction");
+                    node.store.sync().expect("sync");
+                    let _ = writeln!(out, "compacted to {index}@{term}");
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "not compacted: {index} is not applied past the snapshot"
+                    );
+                }
             }
             "status" => self.status(&mut out),
             "log" => {
@@ -441,7 +450,23 @@ impl Env {
         let node = self.nodes.get_mut(&id).expect("a node");
         node.raft = None;
         node.store.crash();
-        self.queue.retain(|m| m.from.0 != id && m.to.0 != id);
+        let (gone, kept) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|m: &Message| m.from.0 == id || m.to.0 == id);
+        self.queue = kept;
+        for m in gone {
+            self.lost(&m);
+        }
+    }
+
+    /// A message that will never arrive: a snapshot's sender learns its
+    /// transfer failed (the node task's transfer timeout does the same).
+    fn lost(&mut self, m: &Message) {
+        if let Body::InstallSnapshot { .. } = m.body
+            && let Some(Some(r)) = self.nodes.get_mut(&m.from.0).map(|n| n.raft.as_mut())
+        {
+            r.report_snapshot(m.to, None);
+        }
     }
 
     fn restart(&mut self, id: u64) {
@@ -536,6 +561,7 @@ impl Env {
         }
         self.queue.extend(early);
         self.queue.extend(late);
+        self.check();
         true
     }
 
@@ -573,6 +599,9 @@ impl Env {
                 if !lost && let Err(e) = self.raft(to).step(m) {
                     let _ = writeln!(out, "  refused: {e}");
                 }
+                // After every step: a leadership won and lost within one
+                // batch is still seen.
+                self.check();
                 // The sender learns how its snapshot transfer ended.
                 if let Some(index) = snapshot
                     && let Some(Some(r)) = self.nodes.get_mut(&from).map(|n| n.raft.as_mut())
@@ -643,7 +672,18 @@ impl Env {
             {
                 assert_eq!(prev, *id, "two leaders in term {}", r.term());
             }
-            let first = r.snapshot_last().0.0 + 1;
+            // A snapshot covers committed entries only: its last one must
+            // be the committed entry at its index.
+            let (si, st) = r.snapshot_last();
+            if si.0 > 0
+                && let Some(prev) = self.committed.insert(si, st)
+            {
+                assert_eq!(
+                    prev, st,
+                    "snapshot at {si} of term {st} replaced committed {si}@{prev} on node {id}"
+                );
+            }
+            let first = si.0 + 1;
             for i in first..=r.commit_index().0 {
                 let Some(t) = r.term_at(LogIndex(i)) else {
                     continue;

@@ -92,12 +92,13 @@ impl NodeError {
 pub enum StopReason {
     /// It was asked to ([`NodeHandle::shutdown`]).
     Shutdown,
-    /// Its storage failed (a write, a sync, snapshot files): what it
-    /// acknowledged is on disk, what it did not may be lost, so it stops
-    /// rather than answer as if it were durable.
+    /// Its storage failed (a write, a sync, a compaction, snapshot files,
+    /// a received snapshot that cannot be installed): what it acknowledged
+    /// is on disk, what it did not may be lost, so it stops rather than
+    /// answer as if it were durable.
     Storage(String),
     /// It could not go on safely for another reason (a snapshot that does
-    /// not restore, a repair that cannot finish), said as it is.
+    /// not restore into the state machine), said as it is.
     Failed(String),
     /// Its task panicked: a bug in the node, reported with the panic's
     /// message.
@@ -348,7 +349,11 @@ impl NodeHandle {
     /// Whether the node task still runs: it has not stopped, and its
     /// runtime has not dropped it.
     pub fn is_running(&self) -> bool {
-        !self.commands.is_closed() && self.status.borrow().stopped.is_none()
+        // Not the command channel: the task closes it when it begins to
+        // stop, while its writers still run. It says "stopped" only after
+        // they are joined; its status channel closes when its runtime
+        // dropped it.
+        self.status.has_changed().is_ok() && self.status.borrow().stopped.is_none()
     }
 
     /// Asks the node to stop; pending callers learn `Stopped`.

@@ -29,11 +29,13 @@ pub mod pipeline;
 pub mod snapshots;
 mod task;
 
-pub use snapshots::{IncomingSnapshot, OutgoingSnapshot, SnapshotFiles, merge_snapshot, recover};
+pub use snapshots::{
+    IncomingSnapshot, OutgoingSnapshot, RecoverError, SnapshotFiles, merge_snapshot, recover,
+};
 
 pub use handle::{NodeError, NodeHandle, NodeMetrics, NodeStatus, PeerProgress, StopReason};
 pub use options::{DEFAULT_STORAGE_QUOTA_BYTES, NodeOptions, NodeStorage};
-pub use task::start_node;
+pub use task::{StartNodeError, start_node};
 
 pub use pipeline::{Pipeline, PipelineIo, Write};
 

@@ -186,6 +186,24 @@ pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> O
     Some(keep)
 }
 
+/// Why a node could not start from its storage.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The snapshot files could not be read or set aside.
+    #[error("snapshots: {0}")]
+    Snapshots(String),
+    /// The log could not be changed or synced.
+    #[error(transparent)]
+    Log(#[from] crate::storage::WalError),
+    /// The newest snapshot does not restore into the state machine.
+    #[error("the newest snapshot does not restore: {0}")]
+    Restore(String),
+    /// What the disk holds cannot be started from, and nothing can repair
+    /// it here (why, and what to do).
+    #[error("{0}")]
+    Unrecoverable(String),
+}
+
 /// Prepares a node's start: restores `applier` from the newest snapshot (if
 /// any), merges it with what the log held, and records it in the log if the
 /// log had not yet. The result goes to `start_node`.
@@ -219,8 +237,10 @@ pub fn recover<V: Vfs>(
     snapshots: &dyn SnapshotFiles,
     applier: &mut dyn Applier,
     can_repair: bool,
-) -> Result<InitialState, String> {
-    let scan = snapshots.scan_for_start()?;
+) -> Result<InitialState, RecoverError> {
+    let scan = snapshots
+        .scan_for_start()
+        .map_err(RecoverError::Snapshots)?;
     let intact = scan
         .intact
         .as_ref()
@@ -250,23 +270,21 @@ pub fn recover<V: Vfs>(
             None => lost,
         };
         if !can_repair {
-            return Err(format!(
+            return Err(RecoverError::Unrecoverable(format!(
                 "{why}, and a single-node cluster has no peer to repair from: restore the data \
                  directory from a backup"
-            ));
+            )));
         }
         tracing::error!("{why}; repairing from the peers");
-        wal.mark_repairing(&why).map_err(|e| e.to_string())?;
+        wal.mark_repairing(&why)?;
     }
     for (file, why) in &scan.damaged {
         tracing::error!("{why}; setting it aside");
-        snapshots.set_aside(file)?;
+        snapshots.set_aside(file).map_err(RecoverError::Snapshots)?;
     }
     if gap {
         tracing::error!("setting the whole log aside: it cannot be applied without that snapshot");
-        stored = wal
-            .discard_all(stored.hard_state)
-            .map_err(|e| e.to_string())?;
+        stored = wal.discard_all(stored.hard_state)?;
     }
     let mut init = InitialState {
         hard_state: stored.hard_state,
@@ -278,23 +296,22 @@ pub fn recover<V: Vfs>(
     };
     if let Some((meta, state)) = scan.intact {
         if meta.index < init.snapshot_last.0 {
-            return Err(format!(
+            return Err(RecoverError::Unrecoverable(format!(
                 "the newest snapshot ends at {} but the log starts after {}: a snapshot file is \
                  missing",
                 meta.index, init.snapshot_last.0
-            ));
+            )));
         }
-        applier.restore(&state)?;
+        applier.restore(&state).map_err(RecoverError::Restore)?;
         if let Some(keep) = merge_snapshot(&mut init, meta.index, meta.term) {
-            wal.install_snapshot(meta.index, meta.term, keep)
-                .map_err(|e| e.to_string())?;
-            wal.sync().map_err(|e| e.to_string())?;
+            wal.install_snapshot(meta.index, meta.term, keep)?;
+            wal.sync()?;
         }
     } else if init.snapshot_last.0 > LogIndex(0) {
-        return Err(format!(
+        return Err(RecoverError::Unrecoverable(format!(
             "the log starts after a snapshot at index {}, but no snapshot file is there",
             init.snapshot_last.0
-        ));
+        )));
     }
     Ok(init)
 }

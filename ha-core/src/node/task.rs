@@ -52,7 +52,7 @@ pub fn start_node<V: Vfs>(
     storage: NodeStorage<V>,
     transport: Arc<dyn Transport>,
     applier: impl Applier,
-) -> Result<NodeHandle, String> {
+) -> Result<NodeHandle, StartNodeError> {
     let id = opts.raft.id;
     let init = InitialState {
         membership: opts.membership.clone(),
@@ -65,7 +65,7 @@ pub fn start_node<V: Vfs>(
         ..init
     };
     check_options(&opts)?;
-    let raft = Raft::new(opts.raft.clone(), init)?;
+    let raft = Raft::new(opts.raft.clone(), init).map_err(StartNodeError::Core)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(opts.command_queue.max(1));
     let (in_tx, in_rx) = mpsc::channel(opts.inbound_queue.max(1));
     let storage_repairing = match &storage {
@@ -122,22 +122,37 @@ pub fn start_node<V: Vfs>(
     })
 }
 
+/// Why a node could not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartNodeError {
+    /// A node setting cannot work.
+    #[error("{0}")]
+    Options(String),
+    /// The core refused its settings or the stored state.
+    #[error(transparent)]
+    Core(#[from] crate::raft::InitError),
+}
+
 /// Refuses settings no node can run with.
-fn check_options(opts: &NodeOptions) -> Result<(), String> {
+fn check_options(opts: &NodeOptions) -> Result<(), StartNodeError> {
     if opts.storage_quota_bytes == Some(0) {
-        return Err("storage quota of 0 bytes: no write could ever be taken".into());
+        return Err(StartNodeError::Options(
+            "storage quota of 0 bytes: no write could ever be taken".into(),
+        ));
     }
     if opts.snapshot_transfer_timeout.is_zero() {
-        return Err("snapshot transfer timeout of 0: every transfer would fail".into());
+        return Err(StartNodeError::Options(
+            "snapshot transfer timeout of 0: every transfer would fail".into(),
+        ));
     }
     if opts.max_command_bytes == 0
         || opts.max_command_bytes > crate::storage::wal::MAX_COMMAND_BYTES
     {
-        return Err(format!(
+        return Err(StartNodeError::Options(format!(
             "max_command_bytes {} must be 1..={}",
             opts.max_command_bytes,
             crate::storage::wal::MAX_COMMAND_BYTES
-        ));
+        )));
     }
     Ok(())
 }
@@ -353,12 +368,12 @@ impl<V: Vfs> NodeTask<V> {
                     }
                     Event::Snapshotted(r) => {
                         if let Err(e) = self.on_snapshotted(r) {
-                            break StopReason::Failed(e);
+                            break StopReason::Storage(e);
                         }
                     }
                     Event::InstallLoaded(r) => {
                         if let Err(e) = self.on_install_loaded(r) {
-                            break StopReason::Failed(e);
+                            break StopReason::Storage(e);
                         }
                     }
                     Event::RepairMarkDropped => self.end_repair(),
@@ -396,7 +411,7 @@ impl<V: Vfs> NodeTask<V> {
                 _ = ticker.tick() => {
                     self.raft.tick();
                     if let Err(e) = self.check_repair() {
-                        break StopReason::Failed(e);
+                        break StopReason::Storage(e);
                     }
                     self.expire_transfers();
                     self.refresh_view();
@@ -440,8 +455,6 @@ impl<V: Vfs> NodeTask<V> {
         self.publish_status(Some(reason));
     }
 
-    /// The core finished repairing damaged storage: the log drops its
-    /// repairing mark (after everything before it is durable).
     /// The log's repairing mark is durably gone: the core votes and counts
     /// again.
     pub(super) fn end_repair(&mut self) {
@@ -450,6 +463,8 @@ impl<V: Vfs> NodeTask<V> {
         tracing::info!(node = %self.raft.id(), "storage repair finished: the log is whole again, voting resumes");
     }
 
+    /// The core finished repairing damaged storage: the log drops its
+    /// repairing mark (after everything before it is durable).
     pub(super) fn check_repair(&mut self) -> Result<(), String> {
         // Only once everything the core wrote is durable (its hard state
         // records the vote that ends the repair): the write queue is

@@ -298,6 +298,21 @@ impl Ready {
     }
 }
 
+/// Why a core could not be built from its settings and stored state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InitError {
+    /// A setting cannot work ([`Config::validate`]).
+    #[error("{0}")]
+    Config(String),
+    /// The configuration of voters and learners is not valid.
+    #[error("{0}")]
+    Membership(String),
+    /// The stored state is out of range or not contiguous: storage that
+    /// passed its own checks but cannot be a Raft log.
+    #[error("{0}")]
+    StoredState(String),
+}
+
 /// One Raft node's protocol state machine (see the module docs).
 ///
 /// Its methods are spread over the module by duty: `inputs` (tick, propose,
@@ -338,13 +353,13 @@ pub struct Raft {
     /// Ticks since the leader last sent heartbeats.
     heartbeat_elapsed: u64,
     /// Messages that promise nothing about this node's disk (a leader's
-    /// appends and heartbeats, pre-vote requests): the driver may send
-    /// them before the Ready's writes are durable.
+    /// appends and heartbeats, a repairing node's term queries): the
+    /// driver may send them before the Ready's writes are durable.
     msgs: Vec<Message>,
-    /// Messages that rest on durable state (vote requests, which carry the
-    /// candidate's own vote; votes; acknowledgements of appends; term
-    /// answers): the driver sends them only after the Ready that carries
-    /// them is synced. Kept apart so that no driver can send
+    /// Messages that rest on durable state (pre-vote and vote requests,
+    /// sent with the candidate's own state synced; votes; acknowledgements
+    /// of appends; term answers): the driver sends them only after the
+    /// Ready that carries them is synced. Kept apart so that no driver can send
     /// one early by mistake.
     msgs_after_persist: Vec<Message>,
     /// Reads confirmed by a quorum (ReadIndex), waiting for the driver.
@@ -388,9 +403,9 @@ pub struct SnapshotInstall {
 
 impl Raft {
     /// A node started (or restarted) from durable state.
-    pub fn new(config: Config, init: InitialState) -> Result<Raft, String> {
-        config.validate()?;
-        init.membership.validate()?;
+    pub fn new(config: Config, init: InitialState) -> Result<Raft, InitError> {
+        config.validate().map_err(InitError::Config)?;
+        init.membership.validate().map_err(InitError::Membership)?;
         let (snap_index, snap_term) = init.snapshot_last;
         let hs = init.hard_state;
         if !hs.term.is_sane()
@@ -400,7 +415,7 @@ impl Raft {
             // The term a start may raise itself to (below).
             || init.entries.last().is_some_and(|e| !e.term.is_sane())
         {
-            return Err(format!(
+            return Err(InitError::StoredState(format!(
                 "stored state is out of range (term {}, commit {}, snapshot {}@{}, last entry \
                  {:?})",
                 hs.term,
@@ -408,22 +423,22 @@ impl Raft {
                 snap_index,
                 snap_term,
                 init.entries.last().map(|e| (e.index, e.term))
-            ));
+            )));
         }
         if let Some(first) = init.entries.first()
             && first.index != snap_index.next()
         {
-            return Err(format!(
+            return Err(InitError::StoredState(format!(
                 "stored log starts at index {} but the snapshot ends at {}",
                 first.index, snap_index
-            ));
+            )));
         }
         for w in init.entries.windows(2) {
             if w[1].index != w[0].index.next() || w[1].term < w[0].term {
-                return Err(format!(
+                return Err(InitError::StoredState(format!(
                     "stored log is not contiguous at index {}",
                     w[1].index
-                ));
+                )));
             }
         }
         let log = RaftLog::restore(snap_index, snap_term, init.entries, init.hard_state.commit);
@@ -629,6 +644,4 @@ impl Raft {
             _ => None,
         }
     }
-
-    // ----- inputs ------------------------------------------------------------
 }

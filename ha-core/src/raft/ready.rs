@@ -86,8 +86,6 @@ impl Raft {
         }
     }
 
-    // ----- elections ---------------------------------------------------------
-
     pub(super) fn soft_state(&self) -> SoftState {
         SoftState {
             role: self.role(),

@@ -305,6 +305,4 @@ impl Raft {
             l.reads.start_round(committed, me, seq);
         }
     }
-
-    // ----- follower ----------------------------------------------------------
 }

@@ -726,11 +726,12 @@ impl<T: Replicated> Applier for Sessions<T> {
         let (max, every) = (self.max_sessions, self.check_every);
         // What this replica found is its own, not the snapshot's: the
         // count (a metric's counter) must not go back.
-        let divergences = self.divergences;
+        let (divergences, order_only) = (self.divergences, self.order_only);
         *self = Sessions::restore(state, self.timeout_ms)?
             .with_max_sessions(max)
             .with_determinism_check(every);
         self.divergences = divergences;
+        self.order_only = order_only;
         Ok(())
     }
 
