@@ -217,14 +217,57 @@ enum RetryEnd {
     TimedOut(String),
 }
 
+/// What one attempt of a command came to.
 enum Attempt {
+    /// The answer (applied, or certainly not).
     Done(Result<Bytes, Error>),
+    /// The session expired: the error, and the session must be renewed.
+    Expired(Error),
     /// Try again (elsewhere); `maybe_appended` says whether this attempt
     /// may have put the command into a log.
-    Retry {
-        maybe_appended: bool,
-        why: String,
-    },
+    Retry { maybe_appended: bool, why: String },
+}
+
+/// What a command's kept outcome comes to.
+fn outcome_step(answer: &[u8], maybe_appended: bool) -> Attempt {
+    match decode_exact::<CommandOutcome>(answer) {
+        Ok(CommandOutcome::Applied(out)) => Attempt::Done(Ok(out)),
+        Ok(CommandOutcome::SessionExpired) => {
+            // Not applied now; applied before only if an
+            // earlier attempt may have reached a log.
+            let why = "the session expired";
+            Attempt::Expired(if maybe_appended {
+                Error::Unknown(format!("{why}: an earlier attempt may have been applied"))
+            } else {
+                Error::NotApplied(format!("{why} before the command ran"))
+            })
+        }
+        Ok(CommandOutcome::SeqReused) => Attempt::Done(Err(Error::NotApplied(
+            "the session already holds another command at this number".into(),
+        ))),
+        Ok(CommandOutcome::Registered { .. }) => Attempt::Done(Err(Error::Unknown(
+            "a registration answer to a command".into(),
+        ))),
+        Ok(CommandOutcome::Abandoned) => Attempt::Done(Err(Error::Unknown(
+            "the session abandoned this command".into(),
+        ))),
+        Ok(CommandOutcome::Undecodable(e)) => Attempt::Done(Err(Error::NotApplied(format!(
+            "the cluster could not decode the command: {e}"
+        )))),
+        Ok(CommandOutcome::Failed(why)) => Attempt::Done(Err(Error::Failed(why))),
+        // Checked after the session's kept results: an
+        // earlier attempt that ran would have its answer.
+        Ok(CommandOutcome::Halted { index, reason }) => {
+            Attempt::Done(Err(Error::NotApplied(format!(
+                "the service halted at log index {index} because that command \
+                 failed ({reason}); an operator resumes it"
+            ))))
+        }
+        Ok(CommandOutcome::Resume(_) | CommandOutcome::PanicPolicy(_)) => Attempt::Done(Err(
+            Error::Unknown("an operator's answer to a command".into()),
+        )),
+        Err(e) => Attempt::Done(Err(Error::Unknown(format!("undecodable answer: {e}")))),
+    }
 }
 
 impl<T: Replicated> Client<T> {
@@ -553,107 +596,10 @@ impl<T: Replicated> Client<T> {
                 },
             };
             let (addr, resp) = self.attempt(req).await;
-            let step = match resp {
-                Ok(ClientResponse::Applied { answer, .. }) => {
-                    self.set_leader(Some(addr));
-                    match decode_exact::<CommandOutcome>(&answer) {
-                        Ok(CommandOutcome::Applied(out)) => Attempt::Done(Ok(out)),
-                        Ok(CommandOutcome::SessionExpired) => {
-                            // Not applied now; applied before only if an
-                            // earlier attempt may have reached a log.
-                            let why = "the session expired";
-                            return (
-                                Err(if maybe_appended {
-                                    Error::Unknown(format!(
-                                        "{why}: an earlier attempt may have been applied"
-                                    ))
-                                } else {
-                                    Error::NotApplied(format!("{why} before the command ran"))
-                                }),
-                                true,
-                            );
-                        }
-                        Ok(CommandOutcome::SeqReused) => Attempt::Done(Err(Error::NotApplied(
-                            "the session already holds another command at this number".into(),
-                        ))),
-                        Ok(CommandOutcome::Registered { .. }) => Attempt::Done(Err(
-                            Error::Unknown("a registration answer to a command".into()),
-                        )),
-                        Ok(CommandOutcome::Abandoned) => Attempt::Done(Err(Error::Unknown(
-                            "the session abandoned this command".into(),
-                        ))),
-                        Ok(CommandOutcome::Undecodable(e)) => {
-                            Attempt::Done(Err(Error::NotApplied(format!(
-                                "the cluster could not decode the command: {e}"
-                            ))))
-                        }
-                        Ok(CommandOutcome::Failed(why)) => Attempt::Done(Err(Error::Failed(why))),
-                        // Checked after the session's kept results: an
-                        // earlier attempt that ran would have its answer.
-                        Ok(CommandOutcome::Halted { index, reason }) => {
-                            Attempt::Done(Err(Error::NotApplied(format!(
-                                "the service halted at log index {index} because that command \
-                                 failed ({reason}); an operator resumes it"
-                            ))))
-                        }
-                        Ok(CommandOutcome::Resume(_) | CommandOutcome::PanicPolicy(_)) => {
-                            Attempt::Done(Err(Error::Unknown(
-                                "an operator's answer to a command".into(),
-                            )))
-                        }
-                        Err(e) => {
-                            Attempt::Done(Err(Error::Unknown(format!("undecodable answer: {e}"))))
-                        }
-                    }
-                }
-                Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
-                    self.redirect(addr, leader_addr);
-                    Attempt::Retry {
-                        maybe_appended: false,
-                        why: format!("{addr} is not the leader"),
-                    }
-                }
-                Ok(ClientResponse::Refused { message }) if !maybe_appended => {
-                    Attempt::Done(Err(Error::NotApplied(message)))
-                }
-                Ok(ClientResponse::Refused { message }) => Attempt::Done(Err(Error::Unknown(
-                    format!("{message} (an earlier attempt may have been applied)"),
-                ))),
-                Ok(ClientResponse::Failed {
-                    not_applied,
-                    message,
-                }) => {
-                    self.set_leader(None);
-                    Attempt::Retry {
-                        maybe_appended: !not_applied,
-                        why: message,
-                    }
-                }
-                Ok(ClientResponse::Busy { message }) => Attempt::Retry {
-                    maybe_appended: false,
-                    why: message,
-                },
-                Ok(other) => Attempt::Retry {
-                    maybe_appended: true,
-                    why: format!("unexpected response {other:?}"),
-                },
-                Err(RequestError::NotSent(why)) => {
-                    self.set_leader(None);
-                    Attempt::Retry {
-                        maybe_appended: false,
-                        why,
-                    }
-                }
-                Err(RequestError::Lost(why)) => {
-                    self.set_leader(None);
-                    Attempt::Retry {
-                        maybe_appended: true,
-                        why,
-                    }
-                }
-            };
+            let step = self.command_step(addr, resp, maybe_appended);
             match step {
                 Attempt::Done(r) => return (r, false),
+                Attempt::Expired(e) => return (Err(e), true),
                 Attempt::Retry {
                     maybe_appended: m,
                     why,
@@ -673,6 +619,66 @@ impl<T: Replicated> Client<T> {
             )))
         };
         (r, false)
+    }
+
+    /// What a node's response to one attempt of a command comes to.
+    fn command_step(
+        &self,
+        addr: SocketAddr,
+        resp: Result<ClientResponse, RequestError>,
+        maybe_appended: bool,
+    ) -> Attempt {
+        match resp {
+            Ok(ClientResponse::Applied { answer, .. }) => {
+                self.set_leader(Some(addr));
+                outcome_step(&answer, maybe_appended)
+            }
+            Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
+                self.redirect(addr, leader_addr);
+                Attempt::Retry {
+                    maybe_appended: false,
+                    why: format!("{addr} is not the leader"),
+                }
+            }
+            Ok(ClientResponse::Refused { message }) if !maybe_appended => {
+                Attempt::Done(Err(Error::NotApplied(message)))
+            }
+            Ok(ClientResponse::Refused { message }) => Attempt::Done(Err(Error::Unknown(format!(
+                "{message} (an earlier attempt may have been applied)"
+            )))),
+            Ok(ClientResponse::Failed {
+                not_applied,
+                message,
+            }) => {
+                self.set_leader(None);
+                Attempt::Retry {
+                    maybe_appended: !not_applied,
+                    why: message,
+                }
+            }
+            Ok(ClientResponse::Busy { message }) => Attempt::Retry {
+                maybe_appended: false,
+                why: message,
+            },
+            Ok(other) => Attempt::Retry {
+                maybe_appended: true,
+                why: format!("unexpected response {other:?}"),
+            },
+            Err(RequestError::NotSent(why)) => {
+                self.set_leader(None);
+                Attempt::Retry {
+                    maybe_appended: false,
+                    why,
+                }
+            }
+            Err(RequestError::Lost(why)) => {
+                self.set_leader(None);
+                Attempt::Retry {
+                    maybe_appended: true,
+                    why,
+                }
+            }
+        }
     }
 
     /// Runs a query with this client's consistency.

@@ -145,161 +145,175 @@ fn encode_node(
     m: NodeMetrics,
     t: TransportNumbers,
 ) -> fmt::Result {
-    {
-        let a = &m.availability;
-        gauge(e, "term", "Current term.", s.term.0 as f64)?;
-        labelled(
-            e,
-            "role",
-            "The node's role (1 for the one it has).",
-            "role",
-            [
-                ("leader", RoleKind::Leader),
-                ("follower", RoleKind::Follower),
-                ("candidate", RoleKind::Candidate),
-                ("precandidate", RoleKind::PreCandidate),
-            ]
-            .map(|(n, r)| (n.to_string(), f64::from(u8::from(s.role == r)))),
-        )?;
-        gauge(
-            e,
+    let a = &m.availability;
+    let flag = |b: bool| f64::from(u8::from(b));
+    labelled(
+        e,
+        "role",
+        "The node's role (1 for the one it has).",
+        "role",
+        [
+            ("leader", RoleKind::Leader),
+            ("follower", RoleKind::Follower),
+            ("candidate", RoleKind::Candidate),
+            ("precandidate", RoleKind::PreCandidate),
+        ]
+        .map(|(n, r)| (n.to_string(), flag(s.role == r))),
+    )?;
+    let gauges: [(&str, &str, f64); 12] = [
+        ("term", "Current term.", s.term.0 as f64),
+        (
             "commit_index",
             "Highest committed index.",
             s.commit_index.0 as f64,
-        )?;
-        gauge(
-            e,
+        ),
+        (
             "applied_index",
             "Highest applied index.",
             s.applied_index.0 as f64,
-        )?;
-        gauge(e, "last_index", "Last log index.", s.last_index.0 as f64)?;
-        gauge(
-            e,
+        ),
+        ("last_index", "Last log index.", s.last_index.0 as f64),
+        (
             "snapshot_index",
             "Last index the newest snapshot covers.",
             m.snapshot_index.0 as f64,
-        )?;
-        gauge(
-            e,
+        ),
+        (
             "leaderless_ms",
             "Time without a known leader since start.",
             a.leaderless_ms as f64,
-        )?;
-        gauge(
-            e,
+        ),
+        (
             "mttr_ms",
             "Mean time to recover a leader.",
             a.mttr_ms as f64,
-        )?;
-        gauge(
-            e,
+        ),
+        (
             "mtbf_ms",
             "Mean time between leader losses.",
             a.mtbf_ms as f64,
-        )?;
-        gauge(e, "availability", "MTBF / (MTBF + MTTR).", a.availability)?;
-        gauge(
-            e,
+        ),
+        ("availability", "MTBF / (MTBF + MTTR).", a.availability),
+        (
             "node_stopped",
             "1 if the node stopped (storage failure).",
-            f64::from(u8::from(s.stopped.is_some())),
-        )?;
-        gauge(
-            e,
+            flag(s.stopped.is_some()),
+        ),
+        (
             "halted",
             "1 while the service is halted after a failed command.",
-            f64::from(u8::from(s.halted.is_some())),
-        )?;
-        gauge(
-            e,
+            flag(s.halted.is_some()),
+        ),
+        (
             "repairing",
             "1 while the node repairs damaged storage from its peers.",
-            f64::from(u8::from(s.repair_found.is_some())),
-        )?;
-        if let Some(found) = &s.repair_found {
-            labelled(
-                e,
-                "repairing_info",
-                "What the node found damaged (while it repairs).",
-                "found",
-                [(found.chars().take(MAX_FOUND_CHARS).collect(), 1.0)],
-            )?;
-        }
-        counter(
+            flag(s.repair_found.is_some()),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        gauge(e, name, help, v)?;
+    }
+    if let Some(found) = &s.repair_found {
+        labelled(
             e,
+            "repairing_info",
+            "What the node found damaged (while it repairs).",
+            "found",
+            [(found.chars().take(MAX_FOUND_CHARS).collect(), 1.0)],
+        )?;
+    }
+    encode_counters(e, s, &m, &t)?;
+    encode_peers_and_latency(e, m, t)
+}
+
+/// The node's counters and the transport's.
+fn encode_counters(
+    e: &mut DescriptorEncoder,
+    s: &NodeStatus,
+    m: &NodeMetrics,
+    t: &TransportNumbers,
+) -> fmt::Result {
+    let a = &m.availability;
+    let counters: [(&str, &str, u64); 10] = [
+        (
             "elections_won",
             "Times this node became leader.",
             m.elections_won,
-        )?;
-        counter(e, "proposals", "Proposals accepted as leader.", m.proposals)?;
-        counter(
-            e,
+        ),
+        ("proposals", "Proposals accepted as leader.", m.proposals),
+        (
             "refused_no_space",
             "Commands refused over the storage quota.",
             m.refused_no_space,
-        )?;
-        counter(e, "applied_entries", "Entries applied.", m.applied_entries)?;
-        counter(
-            e,
+        ),
+        ("applied_entries", "Entries applied.", m.applied_entries),
+        (
             "failovers",
             "Leader losses followed by a new leader.",
             a.failovers,
-        )?;
-        counter(e, "snapshots", "Snapshots taken.", m.snapshots)?;
-        counter(
-            e,
+        ),
+        ("snapshots", "Snapshots taken.", m.snapshots),
+        (
             "determinism_divergences",
             "Commands found not deterministic here.",
             s.divergences,
-        )?;
-        counter(
-            e,
+        ),
+        (
             "transport_dropped",
             "Messages dropped because a peer's send queue was full.",
             t.dropped,
-        )?;
-        counter(
-            e,
+        ),
+        (
             "transport_superseded",
             "Messages dropped from a peer's stream that a newer stream of that peer replaced.",
             t.superseded,
-        )?;
-        counter(
-            e,
+        ),
+        (
             "transport_protocol_errors",
             "Connections closed for breaking the protocol.",
             t.protocol_errors,
-        )?;
-        labelled(
-            e,
-            "peer_replication_lag_entries",
-            "Entries a follower is behind (leader only).",
-            "peer",
-            m.peers.iter().map(|p| (p.id.0.to_string(), p.lag as f64)),
-        )?;
-        labelled(
-            e,
-            "peer_rtt_seconds",
-            "Round-trip time to a peer (QUIC estimate).",
-            "peer",
-            t.rtts
-                .iter()
-                .map(|(p, rtt)| (p.0.to_string(), rtt.as_secs_f64())),
-        )?;
-        histogram(
-            e,
-            "commit_latency_seconds",
-            "From a proposal's arrival to its answer, on the leader.",
-            m.commit_latency,
-        )?;
-        histogram(
-            e,
-            "fsync_latency_seconds",
-            "Appending and syncing one batch.",
-            m.fsync_latency,
-        )
+        ),
+    ];
+    for (name, help, v) in counters {
+        counter(e, name, help, v)?;
     }
+    Ok(())
+}
+
+/// Per-peer gauges and the latency histograms.
+fn encode_peers_and_latency(
+    e: &mut DescriptorEncoder,
+    m: NodeMetrics,
+    t: TransportNumbers,
+) -> fmt::Result {
+    labelled(
+        e,
+        "peer_replication_lag_entries",
+        "Entries a follower is behind (leader only).",
+        "peer",
+        m.peers.iter().map(|p| (p.id.0.to_string(), p.lag as f64)),
+    )?;
+    labelled(
+        e,
+        "peer_rtt_seconds",
+        "Round-trip time to a peer (QUIC estimate).",
+        "peer",
+        t.rtts
+            .iter()
+            .map(|(p, rtt)| (p.0.to_string(), rtt.as_secs_f64())),
+    )?;
+    histogram(
+        e,
+        "commit_latency_seconds",
+        "From a proposal's arrival to its answer, on the leader.",
+        m.commit_latency,
+    )?;
+    histogram(
+        e,
+        "fsync_latency_seconds",
+        "Appending and syncing one batch.",
+        m.fsync_latency,
+    )
 }
 
 /// The metrics of one node: a registry whose collector reads the node at

@@ -406,41 +406,8 @@ impl Raft {
     pub fn new(config: Config, init: InitialState) -> Result<Raft, InitError> {
         config.validate().map_err(InitError::Config)?;
         init.membership.validate().map_err(InitError::Membership)?;
+        check_stored(&init)?;
         let (snap_index, snap_term) = init.snapshot_last;
-        let hs = init.hard_state;
-        if !hs.term.is_sane()
-            || !hs.commit.is_sane()
-            || !snap_term.is_sane()
-            || !snap_index.is_sane()
-            // The term a start may raise itself to (below).
-            || init.entries.last().is_some_and(|e| !e.term.is_sane())
-        {
-            return Err(InitError::StoredState(format!(
-                "stored state is out of range (term {}, commit {}, snapshot {}@{}, last entry \
-                 {:?})",
-                hs.term,
-                hs.commit,
-                snap_index,
-                snap_term,
-                init.entries.last().map(|e| (e.index, e.term))
-            )));
-        }
-        if let Some(first) = init.entries.first()
-            && first.index != snap_index.next()
-        {
-            return Err(InitError::StoredState(format!(
-                "stored log starts at index {} but the snapshot ends at {}",
-                first.index, snap_index
-            )));
-        }
-        for w in init.entries.windows(2) {
-            if w[1].index != w[0].index.next() || w[1].term < w[0].term {
-                return Err(InitError::StoredState(format!(
-                    "stored log is not contiguous at index {}",
-                    w[1].index
-                )));
-            }
-        }
         let log = RaftLog::restore(snap_index, snap_term, init.entries, init.hard_state.commit);
         let mut rng = SplitMix64::new(config.rng_seed);
         let randomized_timeout = rng.range(
@@ -644,4 +611,46 @@ impl Raft {
             _ => None,
         }
     }
+}
+
+/// Refuses stored state that cannot be a Raft log: numbers out of range, a
+/// log that does not start right after the snapshot, or one with gaps or
+/// falling terms.
+fn check_stored(init: &InitialState) -> Result<(), InitError> {
+    let (snap_index, snap_term) = init.snapshot_last;
+    let hs = init.hard_state;
+    if !hs.term.is_sane()
+        || !hs.commit.is_sane()
+        || !snap_term.is_sane()
+        || !snap_index.is_sane()
+        // The term a start may raise itself to (below).
+        || init.entries.last().is_some_and(|e| !e.term.is_sane())
+    {
+        return Err(InitError::StoredState(format!(
+            "stored state is out of range (term {}, commit {}, snapshot {}@{}, last entry \
+             {:?})",
+            hs.term,
+            hs.commit,
+            snap_index,
+            snap_term,
+            init.entries.last().map(|e| (e.index, e.term))
+        )));
+    }
+    if let Some(first) = init.entries.first()
+        && first.index != snap_index.next()
+    {
+        return Err(InitError::StoredState(format!(
+            "stored log starts at index {} but the snapshot ends at {}",
+            first.index, snap_index
+        )));
+    }
+    for w in init.entries.windows(2) {
+        if w[1].index != w[0].index.next() || w[1].term < w[0].term {
+            return Err(InitError::StoredState(format!(
+                "stored log is not contiguous at index {}",
+                w[1].index
+            )));
+        }
+    }
+    Ok(())
 }

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::replay::{Replay, replay};
 use super::{Applier, ApplyContext, Replicated, decode_exact};
-use crate::protocol::{CommandOutcome, LogCommand, LogOp};
+use crate::protocol::{CommandOutcome, LogCommand, LogOp, SessionCommand};
 use crate::schema::Schema;
 use crate::types::{LogIndex, Term};
 
@@ -331,72 +331,90 @@ impl<T: Replicated> Sessions<T> {
         // state machine never does.
         self.now_ms = self.now_ms.max(time_ms);
         self.expire();
-        let now = self.now_ms;
-        let c = match op {
-            LogOp::Register { secret } => {
-                if self.sessions.len() >= self.max_sessions {
-                    // Deterministic eviction of the least recently active
-                    // session: its next command is answered "expired".
-                    if let Some(oldest) = self
-                        .sessions
-                        .iter()
-                        .min_by_key(|(id, s)| (s.last_active_ms, **id))
-                        .map(|(id, _)| *id)
-                    {
-                        self.sessions.remove(&oldest);
-                    }
-                }
-                // The entry's index is unique in the log's history: a new
-                // session, never one that existed before.
-                self.sessions.insert(
+        match op {
+            LogOp::Register { secret } => self.register(index, secret),
+            LogOp::SetPanicPolicy { policy, nonce } => self.set_panic_policy(index, policy, nonce),
+            LogOp::Resume { index: at, nonce } => self.resume(index, at, nonce),
+            LogOp::Command(c) => self.apply_command(index, term, c),
+        }
+    }
+
+    /// A registration entry: a new session, whose id is the entry's index.
+    fn register(&mut self, index: LogIndex, secret: u64) -> CommandOutcome {
+        if self.sessions.len() >= self.max_sessions {
+            // Deterministic eviction of the least recently active
+            // session: its next command is answered "expired".
+            if let Some(oldest) = self
+                .sessions
+                .iter()
+                .min_by_key(|(id, s)| (s.last_active_ms, **id))
+                .map(|(id, _)| *id)
+            {
+                self.sessions.remove(&oldest);
+            }
+        }
+        // The entry's index is unique in the log's history: a new
+        // session, never one that existed before.
+        self.sessions.insert(
+            index.0,
+            Session {
+                secret,
+                closed_below: 1,
+                results: BTreeMap::new(),
+                last_active_ms: self.now_ms,
+            },
+        );
+        CommandOutcome::Registered { session: index.0 }
+    }
+
+    /// The operator sets the panic policy from this entry on.
+    fn set_panic_policy(
+        &mut self,
+        index: LogIndex,
+        policy: PanicPolicy,
+        nonce: u64,
+    ) -> CommandOutcome {
+        self.operator_op(nonce, OperatorOp::SetPanicPolicy(policy), |s| {
+            if policy != s.policy {
+                tracing::warn!(
+                    "the panic policy is {policy:?} from entry {} on (was {:?})",
                     index.0,
-                    Session {
-                        secret,
-                        closed_below: 1,
-                        results: BTreeMap::new(),
-                        last_active_ms: now,
-                    },
+                    s.policy
                 );
-                return CommandOutcome::Registered { session: index.0 };
             }
-            LogOp::SetPanicPolicy { policy, nonce } => {
-                return self.operator_op(nonce, OperatorOp::SetPanicPolicy(policy), |s| {
-                    if policy != s.policy {
-                        tracing::warn!(
-                            "the panic policy is {policy:?} from entry {} on (was {:?})",
-                            index.0,
-                            s.policy
-                        );
-                    }
-                    s.policy = policy;
-                    OperatorAnswer::PanicPolicy(policy)
-                });
-            }
-            LogOp::Resume { index: at, nonce } => {
-                return self.operator_op(nonce, OperatorOp::Resume(at), |s| {
-                    OperatorAnswer::Resume(match &s.halted {
-                        Some(h) if h.index == at => {
-                            tracing::warn!(
-                                "the service resumes at entry {}, after the halt at {at}",
-                                index.0
-                            );
-                            s.halted = None;
-                            s.last_resumed = Some(at);
-                            Ok(at)
-                        }
-                        // A new call after a lost answer: already done.
-                        None if s.last_resumed == Some(at) => Ok(at),
-                        Some(h) => Err(format!(
-                            "the service halted at index {}, not {at}: resume names the index \
-                             it halted at",
-                            h.index
-                        )),
-                        None => Err("the service is not halted".into()),
-                    })
-                });
-            }
-            LogOp::Command(c) => c,
-        };
+            s.policy = policy;
+            OperatorAnswer::PanicPolicy(policy)
+        })
+    }
+
+    /// The operator resumes a service halted at `at`.
+    fn resume(&mut self, index: LogIndex, at: u64, nonce: u64) -> CommandOutcome {
+        self.operator_op(nonce, OperatorOp::Resume(at), |s| {
+            OperatorAnswer::Resume(match &s.halted {
+                Some(h) if h.index == at => {
+                    tracing::warn!(
+                        "the service resumes at entry {}, after the halt at {at}",
+                        index.0
+                    );
+                    s.halted = None;
+                    s.last_resumed = Some(at);
+                    Ok(at)
+                }
+                // A new call after a lost answer: already done.
+                None if s.last_resumed == Some(at) => Ok(at),
+                Some(h) => Err(format!(
+                    "the service halted at index {}, not {at}: resume names the index it \
+                     halted at",
+                    h.index
+                )),
+                None => Err("the service is not halted".into()),
+            })
+        })
+    }
+
+    /// A client's command in its session: run once, its outcome kept for
+    /// retries.
+    fn apply_command(&mut self, index: LogIndex, term: Term, c: SessionCommand) -> CommandOutcome {
         #[cfg(feature = "planted-bugs")]
         if self.planted_recreate && c.ack_below <= 1 && !self.sessions.contains_key(&c.client) {
             // The planted bug: a session's "first" command re-creates it.
@@ -409,6 +427,41 @@ impl<T: Replicated> Sessions<T> {
                 },
             );
         }
+        let digest = body_digest(&c.body);
+        if let Some(outcome) = self.session_gate(&c, digest) {
+            return outcome;
+        }
+        let command = match decode_command::<T>(&c.body) {
+            Ok(command) => command,
+            Err(outcome) => return outcome,
+        };
+        let ctx = ApplyContext {
+            index,
+            term,
+            time_ms: self.now_ms,
+        };
+        let before = self.state_before(index, &command);
+        // A panic is caught and becomes the outcome (see `PanicPolicy`): it
+        // happens at the same point on every replica, so they stay alike.
+        let kept = run_command(&mut self.state, command, &ctx);
+        if let Some(b) = before {
+            let finding = replay(&self.state, &b, &c.body, &ctx, &kept);
+            self.report_replay(index, finding);
+        }
+        self.note_failure(index, &kept);
+        let outcome = kept.outcome();
+        // The gate found the session, and nothing since removes one.
+        if let Some(session) = self.sessions.get_mut(&c.client) {
+            session.results.insert(c.seq, (digest, kept));
+        }
+        outcome
+    }
+
+    /// What the session table answers before a command may run: expired,
+    /// abandoned, a retry's kept result, or halted (kept, so a late
+    /// duplicate after a resume is not applied). `None`: run it.
+    fn session_gate(&mut self, c: &SessionCommand, digest: u64) -> Option<CommandOutcome> {
+        let now = self.now_ms;
         let Some(session) = self
             .sessions
             .get_mut(&c.client)
@@ -416,70 +469,53 @@ impl<T: Replicated> Sessions<T> {
         else {
             // Expired or never registered (or not this client's): never
             // applied (§6.3).
-            return CommandOutcome::SessionExpired;
+            return Some(CommandOutcome::SessionExpired);
         };
-        let digest = body_digest(&c.body);
-
         session.last_active_ms = now;
         if c.ack_below > session.closed_below {
             session.closed_below = c.ack_below;
             session.results = session.results.split_off(&c.ack_below);
         }
         if c.seq < session.closed_below {
-            return CommandOutcome::Abandoned;
+            return Some(CommandOutcome::Abandoned);
         }
         if let Some((d, r)) = session.results.get(&c.seq) {
             if *d != digest {
                 // A client bug: one sequence number, two commands.
-                return CommandOutcome::SeqReused;
+                return Some(CommandOutcome::SeqReused);
             }
-            return r.outcome();
+            return Some(r.outcome());
         }
         if let Some(h) = &self.halted {
-            // Kept, so a late duplicate after a resume is not applied.
             let kept = Kept::Halted {
                 index: h.index,
                 reason: h.reason.clone(),
             };
             let outcome = kept.outcome();
             session.results.insert(c.seq, (digest, kept));
-            return outcome;
+            return Some(outcome);
         }
-        // The user's Deserialize impls run here too: a panic in one is an
-        // undecodable command, the same on every replica.
-        let body = &c.body;
-        let command: T::Command = match std::panic::catch_unwind(|| decode_exact(body)) {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return CommandOutcome::Undecodable(e),
-            Err(p) => {
-                return CommandOutcome::Undecodable(format!(
-                    "decoding it panicked: {}",
-                    panic_message(&*p)
-                ));
-            }
-        };
-        let ctx = ApplyContext {
-            index,
-            term,
-            time_ms: now,
-        };
-        // The determinism check's copy of the state before the command.
-        // (User code: a panic in the state's encoding is caught; no check.)
-        // Skipped for a state too large to encode three more times on the
-        // node's task, and for a command whose method allowed
-        // non-determinism (`#[replicated(allow(..))]`: it may do IO, which
-        // must not happen twice).
+        None
+    }
+
+    /// The determinism check's copy of the state before the command at
+    /// `index`, if this one is checked. (User code: a panic in the state's
+    /// encoding is caught; no check.) Skipped for a state too large to
+    /// encode three more times on the node's task, and for a command whose
+    /// method allowed non-determinism (`#[replicated(allow(..))]`: it may
+    /// do IO, which must not happen twice).
+    fn state_before(&mut self, index: LogIndex, command: &T::Command) -> Option<Vec<u8>> {
         let before = (self.check_every > 0
             && !self.check_too_large
             && index.0.is_multiple_of(self.check_every)
-            && T::replay_safe(&command))
+            && T::replay_safe(command))
         .then(|| {
             let state = &self.state;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.snapshot_state()))
         })
         .and_then(|r| r.ok()?.ok());
         // Once too large, never encoded for the check again.
-        let before = match before {
+        match before {
             Some(b) if b.len() > MAX_CHECKED_STATE_BYTES => {
                 self.check_too_large = true;
                 tracing::warn!(
@@ -490,15 +526,16 @@ impl<T: Replicated> Sessions<T> {
                 None
             }
             b => b,
-        };
-        // A panic is caught and becomes the outcome (see `PanicPolicy`): it
-        // happens at the same point on every replica, so they stay alike.
-        let kept = run_command(&mut self.state, command, &ctx);
-        // Nothing here touches the replicated state: the counts are this
-        // replica's own, never in a snapshot.
-        match before.map(|b| replay(&self.state, &b, body, &ctx, &kept)) {
-            None | Some(Replay::Same) => {}
-            Some(Replay::Differs(why)) => {
+        }
+    }
+
+    /// Says and counts what the determinism check found. Nothing here
+    /// touches the replicated state: the counts are this replica's own,
+    /// never in a snapshot.
+    fn report_replay(&mut self, index: LogIndex, finding: Replay) {
+        match finding {
+            Replay::Same => {}
+            Replay::Differs(why) => {
                 self.divergences += 1;
                 tracing::error!(
                     "NOT DETERMINISTIC: the command at log index {} {why} when run again on a \
@@ -509,7 +546,7 @@ impl<T: Replicated> Sessions<T> {
                     self.divergences
                 );
             }
-            Some(Replay::OrderOnly(why)) => {
+            Replay::OrderOnly(why) => {
                 // A HashSet in the state does this on every check: said
                 // once, then counted.
                 self.order_only += 1;
@@ -523,14 +560,18 @@ impl<T: Replicated> Sessions<T> {
                     );
                 }
             }
-            Some(Replay::Unchecked(why)) => {
+            Replay::Unchecked(why) => {
                 tracing::warn!(
                     "the determinism check could not check the command at log index {}: {why}",
                     index.0
                 );
             }
         }
-        if let Kept::Failed(why) = &kept {
+    }
+
+    /// A failed command is logged, and under `Halt` halts the service.
+    fn note_failure(&mut self, index: LogIndex, kept: &Kept) {
+        if let Kept::Failed(why) = kept {
             tracing::error!(
                 "command at index {} failed ({why}); policy {:?}",
                 index.0,
@@ -543,9 +584,6 @@ impl<T: Replicated> Sessions<T> {
                 });
             }
         }
-        let outcome = kept.outcome();
-        session.results.insert(c.seq, (digest, kept));
-        outcome
     }
 
     fn expire(&mut self) {
@@ -648,6 +686,19 @@ impl<T: Replicated> Sessions<T> {
             #[cfg(feature = "planted-bugs")]
             planted_recreate: false,
         })
+    }
+}
+
+/// Decodes a command: the user's Deserialize impls run here too, so a
+/// panic in one is an undecodable command, the same on every replica.
+fn decode_command<T: Replicated>(body: &[u8]) -> Result<T::Command, CommandOutcome> {
+    match std::panic::catch_unwind(|| decode_exact(body)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CommandOutcome::Undecodable(e)),
+        Err(p) => Err(CommandOutcome::Undecodable(format!(
+            "decoding it panicked: {}",
+            panic_message(&*p)
+        ))),
     }
 }
 

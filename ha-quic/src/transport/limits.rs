@@ -150,11 +150,18 @@ impl Default for QuicLimits {
 impl QuicLimits {
     /// Checks the relations between the limits, for a node with `peers`
     /// other nodes.
-    pub fn validate(&self, peers: usize) -> Result<(), String> {
-        let min_frame = min_replication_frame_bytes(self.max_request_bytes, self.max_append_bytes);
+    pub fn validate(&self, peers: usize) -> Result<(), LimitsError> {
         if self.max_request_bytes == 0 {
-            return Err("max_request_bytes must be at least 1".into());
+            return Err(LimitsError("max_request_bytes must be at least 1".into()));
         }
+        self.validate_times()
+            .and_then(|()| self.validate_frames())
+            .and_then(|()| self.validate_counts(peers))
+            .and_then(|()| self.validate_budgets())
+            .map_err(LimitsError)
+    }
+
+    fn validate_times(&self) -> Result<(), String> {
         // Deadlines are added to the clock: keep them to sane lengths so
         // that addition can never overflow.
         const LONGEST: Duration = Duration::from_secs(24 * 3600);
@@ -167,6 +174,23 @@ impl QuicLimits {
                 return Err(format!("{name} must be above zero and at most a day"));
             }
         }
+        for (name, d) in [
+            ("client_request_timeout", self.client_request_timeout),
+            ("peer_frame_timeout", self.peer_frame_timeout),
+            ("snapshot_idle_timeout", self.snapshot_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be longer than zero"));
+            }
+        }
+        if self.snapshot_min_bytes_per_sec == 0 {
+            return Err("snapshot_min_bytes_per_sec must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn validate_frames(&self) -> Result<(), String> {
+        let min_frame = min_replication_frame_bytes(self.max_request_bytes, self.max_append_bytes);
         if self.max_replication_frame_bytes > MAX_FRAME_BYTES {
             return Err(format!(
                 "max_replication_frame_bytes {} exceeds the largest frame, {MAX_FRAME_BYTES}",
@@ -181,6 +205,10 @@ impl QuicLimits {
                 self.max_replication_frame_bytes, self.max_request_bytes, self.max_append_bytes
             ));
         }
+        Ok(())
+    }
+
+    fn validate_counts(&self, peers: usize) -> Result<(), String> {
         let needed = self.max_client_connections.saturating_add(
             self.max_connections_per_peer
                 .saturating_mul(peers)
@@ -208,6 +236,10 @@ impl QuicLimits {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_budgets(&self) -> Result<(), String> {
         if self.client_pending_bytes < self.max_request_bytes
             || self.client_pending_bytes > Semaphore::MAX_PERMITS
         {
@@ -251,18 +283,6 @@ impl QuicLimits {
                     Semaphore::MAX_PERMITS
                 ));
             }
-        }
-        for (name, d) in [
-            ("client_request_timeout", self.client_request_timeout),
-            ("peer_frame_timeout", self.peer_frame_timeout),
-            ("snapshot_idle_timeout", self.snapshot_idle_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(format!("{name} must be longer than zero"));
-            }
-        }
-        if self.snapshot_min_bytes_per_sec == 0 {
-            return Err("snapshot_min_bytes_per_sec must be at least 1".into());
         }
         Ok(())
     }
@@ -330,11 +350,13 @@ impl QuicConfig {
     }
 
     /// Checks the settings (the limits' relations among them).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitsError> {
         let peers = self.peers.keys().filter(|p| **p != self.id).count();
         self.limits.validate(peers)?;
         if self.options.max_client_streams == 0 || self.options.max_peer_streams == 0 {
-            return Err("max_client_streams and max_peer_streams must be at least 1".into());
+            return Err(LimitsError(
+                "max_client_streams and max_peer_streams must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -356,7 +378,13 @@ pub enum QuicError {
     },
     /// The settings contradict each other.
     #[error("invalid transport settings: {0}")]
-    Config(String),
+    Config(#[from] LimitsError),
 }
 
 ha_core::debug_as_display!(QuicError);
+
+/// Why limits or an endpoint's settings were refused: one line naming the
+/// setting and what it must be.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LimitsError(pub String);
