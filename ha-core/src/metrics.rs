@@ -79,8 +79,10 @@ pub struct Availability {
     recovery_total: Duration,
 }
 
-/// What [`Availability`] reports.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What [`Availability`] reports: in the node's metrics, in the status a
+/// client asks for, and on `/metrics` (one type for all three; times in
+/// ms).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AvailabilityReport {
     /// Time without a known leader, counted from each lost leader's last
     /// message (including a loss not yet recovered).

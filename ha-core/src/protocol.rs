@@ -175,7 +175,7 @@ pub struct StatusView {
     /// Learners of the configuration.
     pub learners: Vec<u64>,
     /// Leader-loss accounting since the node started.
-    pub availability: AvailabilityView,
+    pub availability: crate::metrics::AvailabilityReport,
     /// Whether the node is repairing damaged storage from its peers (it
     /// does not vote meanwhile), and what it found.
     pub repairing: Option<String>,
@@ -187,21 +187,6 @@ pub struct StatusView {
     pub panic_policy: Option<String>,
     /// Commands the determinism check found not deterministic on the node.
     pub divergences: u64,
-}
-
-/// Leader-loss accounting (see `ha_core::metrics`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct AvailabilityView {
-    /// Time without a known leader, in ms.
-    pub leaderless_ms: u64,
-    /// Leader losses followed by a new leader.
-    pub failovers: u64,
-    /// Mean time to recovery, in ms.
-    pub mttr_ms: u64,
-    /// Mean time between failures, in ms.
-    pub mtbf_ms: u64,
-    /// MTBF / (MTBF + MTTR).
-    pub availability: f64,
 }
 
 /// What a node answers.

@@ -15,9 +15,7 @@
 use bytes::Bytes;
 
 use crate::node::{NodeError, NodeHandle, NodeMetrics, NodeStatus};
-use crate::protocol::{
-    AvailabilityView, ClientRequest, ClientResponse, Consistency, LogCommand, LogOp, StatusView,
-};
+use crate::protocol::{ClientRequest, ClientResponse, Consistency, LogCommand, LogOp, StatusView};
 use crate::raft::RoleKind;
 use crate::types::NodeId;
 
@@ -164,7 +162,6 @@ fn failed(e: NodeError) -> Answered {
 
 /// What a client sees of a node's status.
 pub fn status_view(s: &NodeStatus, m: &NodeMetrics) -> StatusView {
-    let a = &m.availability;
     StatusView {
         id: s.id.0,
         role: match s.role {
@@ -192,12 +189,6 @@ pub fn status_view(s: &NodeStatus, m: &NodeMetrics) -> StatusView {
             .to_string()
         }),
         divergences: s.divergences,
-        availability: AvailabilityView {
-            leaderless_ms: a.leaderless_ms,
-            failovers: a.failovers,
-            mttr_ms: a.mttr_ms,
-            mtbf_ms: a.mtbf_ms,
-            availability: a.availability,
-        },
+        availability: m.availability.clone(),
     }
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use ha_core::protocol::{AvailabilityView, ClientRequest, ClientResponse, StatusView};
+use ha_core::metrics::AvailabilityReport;
+use ha_core::protocol::{ClientRequest, ClientResponse, StatusView};
 use ha_core::sm::Replicated;
 use serde_json::json;
 
@@ -257,7 +258,7 @@ struct StatusLine<'a> {
     snapshot_index: u64,
     voters: &'a [u64],
     learners: &'a [u64],
-    availability: &'a AvailabilityView,
+    availability: &'a AvailabilityReport,
     /// Present while the node repairs damaged storage from its peers.
     #[serde(skip_serializing_if = "Option::is_none")]
     repairing: Option<&'a str>,
@@ -350,7 +351,7 @@ mod tests {
             snapshot_index: 100,
             voters: vec![1, 2, 3],
             learners: vec![],
-            availability: AvailabilityView::default(),
+            availability: AvailabilityReport::default(),
             repairing: None,
             halted: None,
             panic_policy: Some("continue".into()),
