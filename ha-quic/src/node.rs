@@ -30,12 +30,13 @@ pub enum StartError {
     #[error("cannot start the node: {0}")]
     Node(#[from] ha_core::node::StartNodeError),
     /// The write-ahead log could not be opened.
-    #[error(transparent)]
+    #[error("cannot start the node: {0}")]
     Log(ha_core::storage::WalError),
     /// The write-ahead log of a single-node cluster is damaged: there is no
     /// peer to repair it from.
     #[error(
-        "{source}; a single-node cluster has no peer to repair from: restore {} from a backup",
+        "cannot start the node: {source}; a single-node cluster has no peer to repair from: \
+         restore {} from a backup",
         dir.display()
     )]
     SingleNodeLog {
@@ -45,13 +46,13 @@ pub enum StartError {
         source: ha_core::storage::WalError,
     },
     /// The snapshot directory could not be opened.
-    #[error(transparent)]
+    #[error("cannot start the node: {0}")]
     Snapshots(#[from] ha_core::storage::SnapshotError),
     /// The node could not start from what its storage holds.
-    #[error(transparent)]
+    #[error("cannot start the node: {0}")]
     Recover(#[from] ha_core::node::RecoverError),
     /// The replicated type cannot be fingerprinted.
-    #[error(transparent)]
+    #[error("cannot start the node: {0}")]
     Schema(#[from] ha_core::schema::SchemaError),
 }
 
@@ -277,10 +278,12 @@ impl Drop for QuicNode {
         let Some(dir) = self.dir.take() else {
             return;
         };
+        // No more connections either way: an endpoint left open would
+        // still accept snapshot streams into the directory.
+        self.endpoint.close();
         if !self.handle.is_running() {
             return; // Stopped: its writers are gone, the lock may go.
         }
-        self.endpoint.close();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 let handle = self.handle.clone();

@@ -450,10 +450,14 @@ impl<T: Replicated> Sessions<T> {
         }
         self.note_failure(index, &kept);
         let outcome = kept.outcome();
-        // The gate found the session, and nothing since removes one.
-        if let Some(session) = self.sessions.get_mut(&c.client) {
-            session.results.insert(c.seq, (digest, kept));
-        }
+        // The gate found the session, and nothing since removes one (only
+        // `state`, `halted` and this replica's counters changed): losing
+        // the kept result would let a retry apply the command twice.
+        self.sessions
+            .get_mut(&c.client)
+            .expect("the session the gate found is still there")
+            .results
+            .insert(c.seq, (digest, kept));
         outcome
     }
 
