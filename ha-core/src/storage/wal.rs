@@ -1195,6 +1195,79 @@ impl<V: Vfs> Wal<V> {
             .filter_map(|n| parse_segment_name(n))
             .collect();
         seqs.sort_unstable();
+        let (replay, segments, repaired) = Self::scan_segments(&vfs, dir, &seqs, planted, damage)?;
+        if let Some(r) = &repaired {
+            tracing::warn!(dir = %dir.display(), "write-ahead log repaired on open: {r}");
+        }
+        let state = replay.state;
+        let last_index = state.snapshot_last.0.plus(state.entries.len() as u64);
+        let last_term = state
+            .entries
+            .last()
+            .map_or(state.snapshot_last.1, |e| e.term);
+        let (mut file, segments) = match segments.last() {
+            Some(s) => (vfs.open(&s.path, false).map_err(io_err(&s.path))?, segments),
+            None => {
+                let seq = seqs.last().map_or(1, |s| s + 1);
+                let (file, seg) = Self::create_segment(&vfs, dir, seq)?;
+                (file, vec![seg])
+            }
+        };
+        let newest = segments.last().expect("never empty");
+        // Only the last batch can have failed its sync (the log stops at the
+        // first error), and after a failed fsync Linux keeps its pages in
+        // the cache, marked clean: they read back whole, but a crash loses
+        // them. Write it again and sync before trusting it.
+        // A segment with no batch yet gets its header written again: its
+        // creation's sync may have failed the same way. A truncation at
+        // open whose sync failed is redone first.
+        if !planted.no_rewrite_at_open {
+            Self::rewrite_last_batch(&vfs, &mut file, newest)?;
+        }
+        // A newest segment without a base (its base write failed, say on a
+        // full disk), or of format version 1, takes no more batches: the
+        // next one opens a segment with a base, so a crash partway through
+        // a compaction never leaves a baseless segment first.
+        let rotate_next = (segments.len() > 1 && !newest.has_base && !planted.append_without_base)
+            || newest.version != 2;
+        let synced = Position {
+            last_index,
+            last_term,
+            snapshot: state.snapshot_last,
+            hard_state: state.hard_state,
+        };
+        let wal = Wal {
+            vfs,
+            dir: dir.to_path_buf(),
+            opts,
+            segments,
+            file,
+            pending: Vec::new(),
+            pending_max_index: LogIndex(0),
+            current: synced,
+            synced,
+            failed: None,
+            repaired,
+            syncs: 0,
+            max_batch_bytes: MAX_BATCH_BYTES,
+            rotate_next,
+            repairing: None,
+        };
+        Ok((wal, state))
+    }
+
+    /// Reads and checks every segment in order, replaying its records:
+    /// a torn tail (the only damage a crash can leave) is cut or its
+    /// segment removed, durably; any other damage is an error, with where
+    /// it is in `damage`. Returns the replay, the segments kept, and what
+    /// was cut, if anything.
+    fn scan_segments(
+        vfs: &V,
+        dir: &Path,
+        seqs: &[u64],
+        planted: Planted,
+        damage: &mut Option<(u64, u64)>,
+    ) -> Result<(Replay, Vec<Segment>, Option<String>), WalError> {
         let mut replay = Replay::default();
         let mut segments: Vec<Segment> = Vec::new();
         let mut repaired = None;
@@ -1254,78 +1327,27 @@ impl<V: Vfs> Wal<V> {
                 }
             }
         }
-        if let Some(r) = &repaired {
-            tracing::warn!(dir = %dir.display(), "write-ahead log repaired on open: {r}");
+        Ok((replay, segments, repaired))
+    }
+
+    /// Writes the newest segment's last batch again and syncs it (see the
+    /// caller for why), cutting the file to what was read.
+    fn rewrite_last_batch(vfs: &V, file: &mut V::File, newest: &Segment) -> Result<(), WalError> {
+        let at = newest.last_batch_at.unwrap_or(0);
+        let path = &newest.path;
+        let buf = vfs.read(path).map_err(io_err(path))?;
+        let tail =
+            buf.get(at as usize..newest.bytes as usize)
+                .ok_or_else(|| WalError::Corrupt {
+                    file: path.clone(),
+                    offset: at,
+                    reason: "the segment changed while it was opened".into(),
+                })?;
+        file.set_len(newest.bytes).map_err(io_err(path))?;
+        if !tail.is_empty() {
+            file.write_at(at, tail).map_err(io_err(path))?;
         }
-        let state = replay.state;
-        let last_index = state.snapshot_last.0.plus(state.entries.len() as u64);
-        let last_term = state
-            .entries
-            .last()
-            .map_or(state.snapshot_last.1, |e| e.term);
-        let (mut file, segments) = match segments.last() {
-            Some(s) => (vfs.open(&s.path, false).map_err(io_err(&s.path))?, segments),
-            None => {
-                let seq = seqs.last().map_or(1, |s| s + 1);
-                let (file, seg) = Self::create_segment(&vfs, dir, seq)?;
-                (file, vec![seg])
-            }
-        };
-        let newest = segments.last().expect("never empty");
-        // Only the last batch can have failed its sync (the log stops at the
-        // first error), and after a failed fsync Linux keeps its pages in
-        // the cache, marked clean: they read back whole, but a crash loses
-        // them. Write it again and sync before trusting it.
-        // A segment with no batch yet gets its header written again: its
-        // creation's sync may have failed the same way. A truncation at
-        // open whose sync failed is redone first.
-        if !planted.no_rewrite_at_open {
-            let at = newest.last_batch_at.unwrap_or(0);
-            let path = &newest.path;
-            let buf = vfs.read(path).map_err(io_err(path))?;
-            let tail =
-                buf.get(at as usize..newest.bytes as usize)
-                    .ok_or_else(|| WalError::Corrupt {
-                        file: path.clone(),
-                        offset: at,
-                        reason: "the segment changed while it was opened".into(),
-                    })?;
-            file.set_len(newest.bytes).map_err(io_err(path))?;
-            if !tail.is_empty() {
-                file.write_at(at, tail).map_err(io_err(path))?;
-            }
-            file.sync().map_err(io_err(path))?;
-        }
-        // A newest segment without a base (its base write failed, say on a
-        // full disk), or of format version 1, takes no more batches: the
-        // next one opens a segment with a base, so a crash partway through
-        // a compaction never leaves a baseless segment first.
-        let rotate_next = (segments.len() > 1 && !newest.has_base && !planted.append_without_base)
-            || newest.version != 2;
-        let synced = Position {
-            last_index,
-            last_term,
-            snapshot: state.snapshot_last,
-            hard_state: state.hard_state,
-        };
-        let wal = Wal {
-            vfs,
-            dir: dir.to_path_buf(),
-            opts,
-            segments,
-            file,
-            pending: Vec::new(),
-            pending_max_index: LogIndex(0),
-            current: synced,
-            synced,
-            failed: None,
-            repaired,
-            syncs: 0,
-            max_batch_bytes: MAX_BATCH_BYTES,
-            rotate_next,
-            repairing: None,
-        };
-        Ok((wal, state))
+        file.sync().map_err(io_err(path))
     }
 
     fn create_segment(vfs: &V, dir: &Path, seq: u64) -> Result<(V::File, Segment), WalError> {

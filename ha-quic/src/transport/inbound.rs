@@ -245,30 +245,8 @@ pub(super) async fn peer_stream(
             Err(e) => return frame_failed(&conn, &shared, &who, "the stream's hello", e),
         };
     let who = node_server_name(hello.from);
-    if hello.cluster_id != shared.cluster_id {
-        return protocol_violation(&conn, &shared, &who, "hello names another cluster");
-    }
-    if hello.schema != shared.schema {
-        return protocol_violation(
-            &conn,
-            &shared,
-            &who,
-            "the peer runs another version of the replicated type (schema fingerprint differs)",
-        );
-    }
-    if hello.to != shared.id {
-        return protocol_violation(&conn, &shared, &who, "hello is meant for another node");
-    }
-    if !shared.peers.contains_key(&hello.from) || hello.from == shared.id {
-        return protocol_violation(&conn, &shared, &who, "hello claims an unknown node id");
-    }
-    if hello.from != peer {
-        return protocol_violation(
-            &conn,
-            &shared,
-            &who,
-            "the certificate does not name the node id the hello claims",
-        );
+    if let Err(why) = check_hello(&hello, peer, &shared) {
+        return protocol_violation(&conn, &shared, &who, why);
     }
     let max_bytes = match (hello.class, send) {
         (StreamClass::Control, None) => MAX_CONTROL_FRAME_BYTES,
@@ -308,14 +286,64 @@ pub(super) async fn peer_stream(
         }
         newest.insert(key, number);
     }
+    deliver(
+        recv,
+        &limits,
+        (key, number),
+        hello.from,
+        &conn,
+        &shared,
+        &inbound,
+        &who,
+    )
+    .await
+}
+
+/// Why a stream's hello is refused, if it is: another cluster, another
+/// schema, another recipient, an unknown sender, or a sender other than the
+/// one its certificate names.
+fn check_hello(hello: &PeerHello, peer: NodeId, shared: &Shared) -> Result<(), &'static str> {
+    if hello.cluster_id != shared.cluster_id {
+        return Err("hello names another cluster");
+    }
+    if hello.schema != shared.schema {
+        return Err(
+            "the peer runs another version of the replicated type (schema fingerprint differs)",
+        );
+    }
+    if hello.to != shared.id {
+        return Err("hello is meant for another node");
+    }
+    if !shared.peers.contains_key(&hello.from) || hello.from == shared.id {
+        return Err("hello claims an unknown node id");
+    }
+    if hello.from != peer {
+        return Err("the certificate does not name the node id the hello claims");
+    }
+    Ok(())
+}
+
+/// Hands a message stream's messages to the node while the stream is its
+/// peer's newest of its class (invariant 7).
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    mut recv: quinn::RecvStream,
+    limits: &ReadLimits<'_>,
+    (key, number): ((NodeId, bool), (u64, u64)),
+    from: NodeId,
+    conn: &quinn::Connection,
+    shared: &Shared,
+    inbound: &mpsc::Sender<Message>,
+    who: &str,
+) {
     loop {
-        match frame::read_frame_with::<Message>(&mut recv, &limits).await {
+        match frame::read_frame_with::<Message>(&mut recv, limits).await {
             Ok(Some(m)) => {
-                if m.from != hello.from || m.to != shared.id {
+                if m.from != from || m.to != shared.id {
                     return protocol_violation(
-                        &conn,
-                        &shared,
-                        &who,
+                        conn,
+                        shared,
+                        who,
                         "message does not match its stream's hello",
                     );
                 }
@@ -323,9 +351,9 @@ pub(super) async fn peer_stream(
                     // Only a snapshot stream may say this, after its file
                     // arrived and verified.
                     return protocol_violation(
-                        &conn,
-                        &shared,
-                        &who,
+                        conn,
+                        shared,
+                        who,
                         "InstallSnapshot outside a snapshot stream",
                     );
                 }
@@ -337,7 +365,7 @@ pub(super) async fn peer_stream(
                     .unwrap_or_else(|e| e.into_inner());
                 if newest.get(&key) != Some(&number) {
                     drop(newest);
-                    return superseded(&shared, &who, "dropped a message, undelivered");
+                    return superseded(shared, who, "dropped a message, undelivered");
                 }
                 shared.stats.received.fetch_add(1, Ordering::Relaxed);
                 // A full inbox drops (the core is behind; Raft resends).
@@ -351,7 +379,7 @@ pub(super) async fn peer_stream(
                 }
             }
             Ok(None) => return,
-            Err(e) => return frame_failed(&conn, &shared, &who, "a message", e),
+            Err(e) => return frame_failed(conn, shared, who, "a message", e),
         }
     }
 }
