@@ -105,36 +105,66 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, crate::ServeError> {
     }
 }
 
+/// Why a node is not ready to serve clients ([`readiness`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The node stopped.
+    #[error("stopped: {0}")]
+    Stopped(ha_core::node::StopReason),
+    /// It repairs damaged storage from its peers (and does not vote).
+    #[error("repairing damaged storage from its peers")]
+    Repairing,
+    /// The service is halted after a failed command (where and why).
+    #[error("halted: {0}")]
+    Halted(String),
+    /// It is not a member of the configuration it knows.
+    #[error("node {0} is not a member of the configuration")]
+    NotMember(ha_core::types::NodeId),
+    /// It knows no leader.
+    #[error("no known leader")]
+    NoLeader,
+    /// It has applied too little of what it knows committed.
+    #[error(
+        "applied index {applied} is {} entries behind commit index {commit} (more than {max})",
+        commit.0.saturating_sub(applied.0)
+    )]
+    Behind {
+        /// Its applied index.
+        applied: ha_core::types::LogIndex,
+        /// Its commit index.
+        commit: ha_core::types::LogIndex,
+        /// The most it may be behind.
+        max: u64,
+    },
+}
+
 /// Whether a node can serve clients now, and if not, why. Ready means: the
 /// node runs (not stopped, not repairing its storage, not halted after a
 /// failed command), it is a member of the configuration it knows, it knows
 /// a leader, and it has applied all but at most `max_apply_lag` of the
 /// entries it knows committed.
-pub fn readiness(s: &NodeStatus, m: &NodeMetrics, max_apply_lag: u64) -> Result<(), String> {
+pub fn readiness(s: &NodeStatus, m: &NodeMetrics, max_apply_lag: u64) -> Result<(), NotReady> {
     if let Some(why) = &s.stopped {
-        return Err(format!("stopped: {why}"));
+        return Err(NotReady::Stopped(why.clone()));
     }
     if s.repairing {
-        return Err("repairing damaged storage from its peers".into());
+        return Err(NotReady::Repairing);
     }
     if let Some(h) = &s.halted {
-        return Err(format!("halted: {h}"));
+        return Err(NotReady::Halted(h.clone()));
     }
     if !m.voters.contains(&s.id) && !m.learners.contains(&s.id) {
-        return Err(format!(
-            "node {} is not a member of the configuration",
-            s.id
-        ));
+        return Err(NotReady::NotMember(s.id));
     }
     if s.leader.is_none() {
-        return Err("no known leader".into());
+        return Err(NotReady::NoLeader);
     }
-    let lag = s.commit_index.0.saturating_sub(s.applied_index.0);
-    if lag > max_apply_lag {
-        return Err(format!(
-            "applied index {} is {lag} entries behind commit index {} (more than {max_apply_lag})",
-            s.applied_index, s.commit_index
-        ));
+    if s.commit_index.0.saturating_sub(s.applied_index.0) > max_apply_lag {
+        return Err(NotReady::Behind {
+            applied: s.applied_index,
+            commit: s.commit_index,
+            max: max_apply_lag,
+        });
     }
     Ok(())
 }
@@ -224,7 +254,7 @@ impl Answer for Routes {
                 None => unavailable("starting"),
                 Some((n, _)) => match readiness(&n.status(), &n.metrics(), self.max_apply_lag) {
                     Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
-                    Err(why) => unavailable(&why),
+                    Err(why) => unavailable(&why.to_string()),
                 },
             },
             _ => text(
@@ -522,22 +552,43 @@ mod tests {
         let (s, m) = status(Some(2), 100, 95);
         assert_eq!(readiness(&s, &m, 10), Ok(()));
         let (s, m) = status(None, 100, 100);
-        assert_eq!(readiness(&s, &m, 10).unwrap_err(), "no known leader");
+        assert_eq!(readiness(&s, &m, 10).unwrap_err(), NotReady::NoLeader);
+        assert_eq!(NotReady::NoLeader.to_string(), "no known leader");
         let (s, m) = status(Some(2), 100, 80);
-        let e = readiness(&s, &m, 10).unwrap_err();
+        let e = readiness(&s, &m, 10).unwrap_err().to_string();
         assert!(e.contains("20 entries behind"), "{e}");
         let (s, mut m) = status(Some(2), 100, 100);
         m.voters.retain(|v| v.0 != 1);
-        assert!(readiness(&s, &m, 10).unwrap_err().contains("not a member"));
+        assert!(
+            readiness(&s, &m, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("not a member")
+        );
         m.learners.push(ha_core::types::NodeId(1));
         assert_eq!(readiness(&s, &m, 10), Ok(()), "a learner serves reads");
         let (mut s, m) = status(Some(2), 100, 100);
         s.repairing = true;
-        assert!(readiness(&s, &m, 10).unwrap_err().contains("repairing"));
+        assert!(
+            readiness(&s, &m, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("repairing")
+        );
         s.repairing = false;
         s.halted = Some("at 7: boom".into());
-        assert!(readiness(&s, &m, 10).unwrap_err().starts_with("halted"));
+        assert!(
+            readiness(&s, &m, 10)
+                .unwrap_err()
+                .to_string()
+                .starts_with("halted")
+        );
         s.stopped = Some(ha_core::node::StopReason::Storage("disk full".into()));
-        assert!(readiness(&s, &m, 10).unwrap_err().starts_with("stopped"));
+        assert!(
+            readiness(&s, &m, 10)
+                .unwrap_err()
+                .to_string()
+                .starts_with("stopped")
+        );
     }
 }

@@ -122,7 +122,11 @@ impl Config {
     }
 
     /// Checks the invariants in the module docs.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::InitError> {
+        self.check().map_err(super::InitError::Config)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.heartbeat_interval_ticks == 0 {
             return Err("heartbeat interval must be at least 1 tick".into());
         }

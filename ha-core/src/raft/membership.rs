@@ -97,12 +97,16 @@ impl Membership {
     }
 
     /// Checks the invariants listed in the module docs.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::InitError> {
         if self.voters.is_empty() {
-            return Err("a configuration needs at least one voter".into());
+            return Err(super::InitError::Membership(
+                "a configuration needs at least one voter".into(),
+            ));
         }
         if let Some(l) = self.learners.iter().find(|l| self.is_voter(**l)) {
-            return Err(format!("node {l} is both a voter and a learner"));
+            return Err(super::InitError::Membership(format!(
+                "node {l} is both a voter and a learner"
+            )));
         }
         Ok(())
     }

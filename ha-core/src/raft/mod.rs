@@ -404,8 +404,8 @@ pub struct SnapshotInstall {
 impl Raft {
     /// A node started (or restarted) from durable state.
     pub fn new(config: Config, init: InitialState) -> Result<Raft, InitError> {
-        config.validate().map_err(InitError::Config)?;
-        init.membership.validate().map_err(InitError::Membership)?;
+        config.validate()?;
+        init.membership.validate()?;
         check_stored(&init)?;
         let (snap_index, snap_term) = init.snapshot_last;
         let log = RaftLog::restore(snap_index, snap_term, init.entries, init.hard_state.commit);
