@@ -410,33 +410,33 @@ pub mod __private {
     )]
     pub trait StateCodec: Sized {
         /// Encodes the state.
-        fn encode(&self) -> Result<Vec<u8>, String>;
+        fn encode(&self) -> Result<Vec<u8>, crate::sm::StateError>;
         /// Decodes a state.
-        fn decode(bytes: &[u8]) -> Result<Self, String>;
+        fn decode(bytes: &[u8]) -> Result<Self, crate::sm::StateError>;
         /// The state's canonical wire shape.
         fn shape() -> Result<String, crate::schema::SchemaError>;
         /// The state's canonical encoding, for comparisons.
-        fn canonical(&self, sorted: bool) -> Result<Vec<u8>, String>;
+        fn canonical(&self, sorted: bool) -> Result<Vec<u8>, crate::sm::StateError>;
     }
 
     #[diagnostic::do_not_recommend]
     impl<T: Serialize + DeserializeOwned> StateCodec for T {
-        fn encode(&self) -> Result<Vec<u8>, String> {
-            postcard::to_stdvec(self).map_err(|e| e.to_string())
+        fn encode(&self) -> Result<Vec<u8>, crate::sm::StateError> {
+            postcard::to_stdvec(self).map_err(|e| crate::sm::StateError::Encode(e.to_string()))
         }
-        fn decode(bytes: &[u8]) -> Result<Self, String> {
-            crate::sm::decode_exact(bytes)
+        fn decode(bytes: &[u8]) -> Result<Self, crate::sm::StateError> {
+            crate::sm::decode_exact(bytes).map_err(crate::sm::StateError::Decode)
         }
         fn shape() -> Result<String, crate::schema::SchemaError> {
             crate::schema::shape_of::<T>()
         }
-        fn canonical(&self, sorted: bool) -> Result<Vec<u8>, String> {
+        fn canonical(&self, sorted: bool) -> Result<Vec<u8>, crate::sm::StateError> {
             let order = if sorted {
                 crate::canon::Order::Sorted
             } else {
                 crate::canon::Order::Kept
             };
-            crate::canon::canonical(self, order)
+            crate::canon::canonical(self, order).map_err(crate::sm::StateError::Encode)
         }
     }
 }

@@ -202,13 +202,13 @@ impl Applier for Bomb {
         assert!(&c[..] != b"boom", "boom");
         Bytes::new()
     }
-    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+    fn query(&self, _: &Bytes) -> Result<Bytes, ha_core::sm::StateError> {
         Ok(Bytes::new())
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, ha_core::sm::StateError> {
         Ok(Vec::new())
     }
-    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _: &[u8]) -> Result<(), ha_core::sm::StateError> {
         Ok(())
     }
 }
@@ -263,13 +263,15 @@ impl Applier for NoSnapshots {
     fn apply(&mut self, _: ha_core::types::LogIndex, _: ha_core::types::Term, _: &Bytes) -> Bytes {
         Bytes::new()
     }
-    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+    fn query(&self, _: &Bytes) -> Result<Bytes, ha_core::sm::StateError> {
         Ok(Bytes::new())
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        Err("this state cannot be encoded".into())
+    fn snapshot(&self) -> Result<Vec<u8>, ha_core::sm::StateError> {
+        Err(ha_core::sm::StateError::Encode(
+            "this state cannot be encoded".into(),
+        ))
     }
-    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _: &[u8]) -> Result<(), ha_core::sm::StateError> {
         Ok(())
     }
 }

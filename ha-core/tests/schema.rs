@@ -174,7 +174,7 @@ fn a_nested_field_type_change_changes_the_stored_fingerprint() {
     let err = Sessions::<v2::Ledger>::restore(&snap, 60_000)
         .err()
         .expect("v2 refuses a v1 snapshot");
-    assert!(err.contains("another version"), "{err}");
+    assert!(err.to_string().contains("another version"), "{err}");
 
     // A data directory written by v1 is refused by v2 before anything is read.
     let dir = tempfile::tempdir().unwrap();
@@ -459,7 +459,7 @@ fn trailing_bytes_are_refused() {
     impl Narrow {}
     let old = Wide { a: 1, b: 2 }.snapshot_state().unwrap();
     let err = Narrow::restore_state(&old).err().expect("refused");
-    assert!(err.contains("bytes follow the value"), "{err}");
+    assert!(err.to_string().contains("bytes follow the value"), "{err}");
 
     // A command body with a byte too many is never applied.
     let mut s = Sessions::<v1::Ledger>::new(60_000);

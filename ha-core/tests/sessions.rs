@@ -224,7 +224,7 @@ fn snapshots_carry_sessions_and_refuse_another_schema() {
     let err = Sessions::<Other>::restore(&snap, 60_000)
         .err()
         .expect("refused");
-    assert!(err.contains("another version"), "{err}");
+    assert!(err.to_string().contains("another version"), "{err}");
     assert_ne!(
         Schema::of::<Counter>().unwrap().stored(),
         Schema::of::<Other>().unwrap().stored()
@@ -544,7 +544,7 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
     // A panicking query is an error, not the end of the node.
     let q = postcard::to_stdvec(&BrittleQuery::At { i: 99 }).unwrap();
     let err = s.query_bytes(&q).unwrap_err();
-    assert!(err.contains("the query panicked"), "{err}");
+    assert!(err.to_string().contains("the query panicked"), "{err}");
     // The output type's problem is also named before any node starts.
     let traced = Schema::of::<Brittle>().unwrap_err().to_string();
     assert!(traced.contains("flatten"), "{traced}");
@@ -561,7 +561,12 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
     assert_eq!(retry, h[1]);
     assert_eq!(s.state().log, vec![1, -5]);
     assert_eq!(s.halted().map(|(i, _)| i), Some(LogIndex(3)));
-    assert!(s.query_bytes(&q).unwrap_err().contains("halted"));
+    assert!(
+        s.query_bytes(&q)
+            .unwrap_err()
+            .to_string()
+            .contains("halted")
+    );
 
     // Resumed at its index: a late duplicate of a refused command stays
     // refused (its client was told "not applied"); new commands run.

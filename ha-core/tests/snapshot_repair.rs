@@ -26,13 +26,13 @@ impl Applier for Restored {
     fn apply(&mut self, _: LogIndex, _: Term, _: &Bytes) -> Bytes {
         Bytes::new()
     }
-    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+    fn query(&self, _: &Bytes) -> Result<Bytes, ha_core::sm::StateError> {
         Ok(Bytes::new())
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, ha_core::sm::StateError> {
         Ok(self.0.clone().unwrap_or_default())
     }
-    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, state: &[u8]) -> Result<(), ha_core::sm::StateError> {
         self.0 = Some(state.to_vec());
         Ok(())
     }

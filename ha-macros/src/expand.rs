@@ -49,16 +49,16 @@ pub fn derive(input: TokenStream) -> TokenStream {
     quote! {
         #[diagnostic::do_not_recommend]
         impl ::ha_core::sm::ReplicatedState for #name {
-            fn snapshot_state(&self) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+            fn snapshot_state(&self) -> ::std::result::Result<::std::vec::Vec<u8>, ::ha_core::sm::StateError> {
                 <#name as ::ha_core::__private::StateCodec>::encode(self)
             }
-            fn restore_state(bytes: &[u8]) -> ::std::result::Result<Self, ::std::string::String> {
+            fn restore_state(bytes: &[u8]) -> ::std::result::Result<Self, ::ha_core::sm::StateError> {
                 <#name as ::ha_core::__private::StateCodec>::decode(bytes)
             }
             fn state_shape() -> ::std::result::Result<::std::string::String, ::ha_core::schema::SchemaError> {
                 <#name as ::ha_core::__private::StateCodec>::shape()
             }
-            fn canonical_state(&self, sorted: bool) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+            fn canonical_state(&self, sorted: bool) -> ::std::result::Result<::std::vec::Vec<u8>, ::ha_core::sm::StateError> {
                 <#name as ::ha_core::__private::StateCodec>::canonical(self, sorted)
             }
         }

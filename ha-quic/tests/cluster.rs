@@ -31,16 +31,20 @@ impl Applier for Recorder {
         self.0.lock().unwrap().push((index.0, command.clone()));
         Bytes::from(index.0.to_le_bytes().to_vec())
     }
-    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+    fn query(&self, _: &Bytes) -> Result<Bytes, ha_core::sm::StateError> {
         Ok(Bytes::from(
             self.0.lock().unwrap().len().to_le_bytes().to_vec(),
         ))
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        Err("the recorder keeps no snapshots".into())
+    fn snapshot(&self) -> Result<Vec<u8>, ha_core::sm::StateError> {
+        Err(ha_core::sm::StateError::Encode(
+            "the recorder keeps no snapshots".into(),
+        ))
     }
-    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
-        Err("the recorder keeps no snapshots".into())
+    fn restore(&mut self, _: &[u8]) -> Result<(), ha_core::sm::StateError> {
+        Err(ha_core::sm::StateError::Encode(
+            "the recorder keeps no snapshots".into(),
+        ))
     }
 }
 

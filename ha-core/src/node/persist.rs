@@ -74,7 +74,7 @@ impl PipelineIo for NodeIo<'_> {
         self.snapshot_requests.push(peer);
     }
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        self.applier.restore(state)
+        self.applier.restore(state).map_err(|e| e.to_string())
     }
     fn apply(&mut self, e: &Entry) -> Option<Bytes> {
         self.metrics.applied_entries.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +93,11 @@ impl PipelineIo for NodeIo<'_> {
                 let _ = reply.send(Ok(index));
             }
             PendingRead::Query(body, reply) => {
-                let _ = reply.send(self.applier.query(&body).map_err(NodeError::Query));
+                let _ = reply.send(
+                    self.applier
+                        .query(&body)
+                        .map_err(|e| NodeError::Query(e.to_string())),
+                );
             }
         }
     }

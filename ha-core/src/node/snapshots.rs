@@ -197,7 +197,7 @@ pub enum RecoverError {
     Log(#[from] crate::storage::WalError),
     /// The newest snapshot does not restore into the state machine.
     #[error("the newest snapshot does not restore: {0}")]
-    Restore(String),
+    Restore(#[from] crate::sm::StateError),
     /// What the disk holds cannot be started from, and nothing can repair
     /// it here (why, and what to do).
     #[error("{0}")]

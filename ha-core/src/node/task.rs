@@ -641,7 +641,11 @@ impl<V: Vfs> NodeTask<V> {
                 stale: true,
                 reply,
             } => {
-                let _ = reply.send(self.applier.query(&body).map_err(NodeError::Query));
+                let _ = reply.send(
+                    self.applier
+                        .query(&body)
+                        .map_err(|e| NodeError::Query(e.to_string())),
+                );
             }
             Command::Query {
                 body,

@@ -94,13 +94,13 @@ pub trait ReplicatedState: Sized {
     /// fingerprint, so a snapshot of another shape is refused.
     fn state_shape() -> Result<String, crate::schema::SchemaError>;
     /// Encodes the state.
-    fn snapshot_state(&self) -> Result<Vec<u8>, String>;
+    fn snapshot_state(&self) -> Result<Vec<u8>, StateError>;
     /// Decodes a state.
-    fn restore_state(bytes: &[u8]) -> Result<Self, String>;
+    fn restore_state(bytes: &[u8]) -> Result<Self, StateError>;
     /// The state's canonical encoding: equal for equal states whatever
     /// order their maps iterate in (`sorted`: every sequence sorted too).
     /// Only ever compared in one process (the determinism check).
-    fn canonical_state(&self, sorted: bool) -> Result<Vec<u8>, String>;
+    fn canonical_state(&self, sorted: bool) -> Result<Vec<u8>, StateError>;
 }
 
 /// A type ha can replicate: `#[derive(Replicated)]` on the struct and
@@ -151,11 +151,11 @@ pub trait Applier: Send + 'static {
     /// answer for the client that proposed it.
     fn apply(&mut self, index: LogIndex, term: Term, command: &Bytes) -> Bytes;
     /// Runs a read-only query against the applied state.
-    fn query(&self, query: &Bytes) -> Result<Bytes, String>;
+    fn query(&self, query: &Bytes) -> Result<Bytes, StateError>;
     /// Encodes the applied state (for a snapshot).
-    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    fn snapshot(&self) -> Result<Vec<u8>, StateError>;
     /// Replaces the state with one decoded from a snapshot.
-    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
+    fn restore(&mut self, state: &[u8]) -> Result<(), StateError>;
     /// Whether this applier runs a replicated type (false: raw bytes, the
     /// default). A node of a replicated type is started through a path that
     /// checks its data directory against the type's schema.
@@ -186,15 +186,31 @@ impl Applier for NoopApplier {
     fn apply(&mut self, _: LogIndex, _: Term, _: &Bytes) -> Bytes {
         Bytes::new()
     }
-    fn query(&self, _: &Bytes) -> Result<Bytes, String> {
+    fn query(&self, _: &Bytes) -> Result<Bytes, StateError> {
         Ok(Bytes::new())
     }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
         Ok(Vec::new())
     }
-    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _: &[u8]) -> Result<(), StateError> {
         Ok(())
     }
+}
+
+/// Why a state machine could not do what it was asked: encode or decode
+/// its state, or answer a query. The reason is kept as text (it is shown to
+/// operators and travels to clients), and shown as it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The state (or a copy of it) could not be encoded.
+    #[error("{0}")]
+    Encode(String),
+    /// Bytes could not be decoded: a state, a snapshot, a query.
+    #[error("{0}")]
+    Decode(String),
+    /// A query could not be answered (it panicked, the service is halted).
+    #[error("{0}")]
+    Query(String),
 }
 
 /// Decodes one postcard value that must fill `bytes` exactly: postcard

@@ -83,8 +83,8 @@ pub(super) fn replay<T: Replicated>(
             _ => Replay::Differs("gave another result"),
         };
         let state = compare(
-            |o| copy.canonical_state(o),
-            |o| state.canonical_state(o),
+            |o| copy.canonical_state(o).map_err(|e| e.to_string()),
+            |o| state.canonical_state(o).map_err(|e| e.to_string()),
             "left another state",
         );
         result.max(state)

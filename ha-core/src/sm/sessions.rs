@@ -35,7 +35,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::replay::{Replay, replay};
-use super::{Applier, ApplyContext, Replicated, decode_exact};
+use super::{Applier, ApplyContext, Replicated, StateError, decode_exact};
 use crate::protocol::{CommandOutcome, LogCommand, LogOp, SessionCommand};
 use crate::schema::Schema;
 use crate::types::{LogIndex, Term};
@@ -625,23 +625,27 @@ impl<T: Replicated> Sessions<T> {
 
     /// Runs an encoded query; returns the encoded output. A query that
     /// panics is an error naming the panic, never the end of the node.
-    pub fn query_bytes(&self, body: &[u8]) -> Result<Bytes, String> {
+    pub fn query_bytes(&self, body: &[u8]) -> Result<Bytes, StateError> {
         if let Some(h) = &self.halted {
-            return Err(halted_text(h));
+            return Err(StateError::Query(halted_text(h)));
         }
-        let q: T::Query = decode_exact(body)?;
+        let q: T::Query = decode_exact(body).map_err(StateError::Decode)?;
         let state = &self.state;
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run_query(q)))
-            .map_err(|p| format!("the query panicked: {}", panic_message(&*p)))?;
+            .map_err(|p| {
+                StateError::Query(format!("the query panicked: {}", panic_message(&*p)))
+            })?;
         Ok(Bytes::from(postcard::to_stdvec(&out).map_err(|e| {
-            format!("the query's result could not be encoded: {e}")
+            StateError::Encode(format!("the query's result could not be encoded: {e}"))
         })?))
     }
 
     /// Encodes the whole replicated state (user state and sessions).
-    pub fn snapshot(&self) -> Result<Vec<u8>, String> {
+    pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
         let form = SnapshotForm {
-            schema: Schema::of::<T>().map_err(|e| e.to_string())?.stored(),
+            schema: Schema::of::<T>()
+                .map_err(|e| StateError::Encode(e.to_string()))?
+                .stored(),
             sessions: self.sessions.clone(),
             now_ms: self.now_ms,
             policy: self.policy,
@@ -650,28 +654,30 @@ impl<T: Replicated> Sessions<T> {
             last_resumed: self.last_resumed,
             state: self.state.snapshot_state()?,
         };
-        postcard::to_stdvec(&form).map_err(|e| e.to_string())
+        postcard::to_stdvec(&form).map_err(|e| StateError::Encode(e.to_string()))
     }
 
     /// Restores a state written by [`Sessions::snapshot`], refusing one of
     /// another stored fingerprint.
-    pub fn restore(bytes: &[u8], timeout_ms: u64) -> Result<Sessions<T>, String> {
-        let form: SnapshotForm = decode_exact(bytes)?;
-        let ours = Schema::of::<T>().map_err(|e| e.to_string())?.stored();
+    pub fn restore(bytes: &[u8], timeout_ms: u64) -> Result<Sessions<T>, StateError> {
+        let form: SnapshotForm = decode_exact(bytes).map_err(StateError::Decode)?;
+        let ours = Schema::of::<T>()
+            .map_err(|e| StateError::Decode(e.to_string()))?
+            .stored();
         if form.schema != ours {
-            return Err(format!(
+            return Err(StateError::Decode(format!(
                 "snapshot was written by another version of the replicated type (stored \
                  fingerprint {:016x}; this build has {ours:016x})",
                 form.schema
-            ));
+            )));
         }
         // Written by `snapshot`, which never keeps more; a snapshot that
         // says otherwise is refused, not trusted to shrink later.
         if form.operator_ops.len() > MAX_OPERATOR_OPS {
-            return Err(format!(
+            return Err(StateError::Decode(format!(
                 "snapshot keeps {} operator answers, more than the {MAX_OPERATOR_OPS} ever kept",
                 form.operator_ops.len()
-            ));
+            )));
         }
         Ok(Sessions {
             state: T::restore_state(&form.state)?,
@@ -769,15 +775,15 @@ impl<T: Replicated> Applier for Sessions<T> {
         Bytes::from(postcard::to_stdvec(&outcome).expect("outcomes encode"))
     }
 
-    fn query(&self, query: &Bytes) -> Result<Bytes, String> {
+    fn query(&self, query: &Bytes) -> Result<Bytes, StateError> {
         self.query_bytes(query)
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
         Sessions::snapshot(self)
     }
 
-    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, state: &[u8]) -> Result<(), StateError> {
         let (max, every) = (self.max_sessions, self.check_every);
         // What this replica found is its own, not the snapshot's: the
         // count (a metric's counter) must not go back.
