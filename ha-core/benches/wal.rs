@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ha_core::storage::group::{GroupCommit, GroupOptions, WriteRequest};
+use ha_core::storage::{GroupCommit, GroupOptions, WriteRequest};
 use ha_core::storage::{StdFs, Wal, WalOptions};
 use ha_core::types::{Entry, EntryPayload, LogIndex, Term};
 

@@ -36,9 +36,11 @@ use crate::protocol::{ClientRequest, ClientResponse, CommandOutcome, Consistency
 use crate::schema::Schema;
 use crate::sm::{Replicated, decode_exact};
 
-/// Why a client call did not succeed.
+/// Why a client call did not succeed: the error of every typed client
+/// method, also reachable as `ha_core::Error` (the name the API contract
+/// promises).
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub enum ClientError {
     /// The command certainly did not take effect and never will.
     #[error("not applied: {0}")]
     NotApplied(String),
@@ -56,9 +58,13 @@ pub enum Error {
     Failed(String),
 }
 
-crate::debug_as_display!(Error);
+crate::debug_as_display!(ClientError);
 
-impl Error {
+/// The client's error under the name the API contract promises
+/// (`ha_core::Error`).
+pub type Error = ClientError;
+
+impl ClientError {
     /// Whether the command certainly did not take effect.
     pub fn is_not_applied(&self) -> bool {
         matches!(self, Error::NotApplied(_) | Error::Query(_))
@@ -172,7 +178,7 @@ fn random_u64() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     let local = 0u8;
     let addr = &local as *const u8 as u64;
-    let mut rng = crate::raft::rng::SplitMix64::new(
+    let mut rng = crate::rng::SplitMix64::new(
         t ^ (u64::from(std::process::id()) << 32) ^ addr ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
     rng.next_u64() | 1

@@ -221,9 +221,11 @@
 //!   [`Raft::propose`](raft::Raft::propose) and
 //!   [`Raft::read_index`](raft::Raft::read_index); it hands out a
 //!   [`Ready`](raft::Ready) and takes [`Raft::advance`](raft::Raft::advance).
-//!   No async, no clock, no IO inside. Small pure modules sit beside it:
+//!   No async, no clock, no IO inside. Small private modules sit beside it:
 //!   `membership` (quorums), `progress` (per-follower flow control), `log`
-//!   (the in-memory log and its cursors), `read` (ReadIndex rounds).
+//!   (the in-memory log and its cursors), `read` (ReadIndex rounds), and its
+//!   duties split by file (`inputs`, `election`, `replication`,
+//!   `following`, `repair`, `ready`).
 //! - [`storage`]: the [`LogStore`](storage::LogStore) trait; the durable
 //!   segmented write-ahead log with group commit; snapshot files; the locked
 //!   data directory; the file layer (real, or simulated with crashes).
@@ -235,15 +237,36 @@
 //! - [`client`]: the generic client (leader discovery, retries, outcomes).
 //! - [`protocol`]: what clients and nodes say to each other.
 //! - [`types`]: node ids, terms, indexes, entries, hard state.
+//! - [`serving`]: what a node answers its clients (whatever carries bytes).
+//! - [`schema`]: the structural fingerprints of a replicated type.
+//! - [`metrics`]: a node's histograms and availability accounting.
+//! - [`rng`]: the seeded generator every layer shares.
 //!
+//! ## Public API
+//! What a user of a replicated type needs is at the root:
+//! [`Replicated`](macro@Replicated) and [`replicated`] (the macros),
+//! [`ApplyContext`], [`Client`] and [`ClientOptions`], [`Consistency`], and
+//! [`ClientError`] (also named [`Error`]). Running processes is
+//! `ha-server`'s (`Server`, the operator command line); a cluster in one
+//! process is `ha_quic::LocalCluster`.
 //!
+//! Layers below are public for drivers and transports of one's own: the
+//! core ([`raft::Raft`], its messages, [`raft::Ready`]), storage
+//! ([`storage::Wal`], [`storage::DataDir`], [`storage::SnapshotStore`], the
+//! [`storage::Vfs`] file layer), the node ([`node::start_node`],
+//! [`node::NodeHandle`], [`node::Pipeline`]) and the state-machine traits
+//! ([`sm::Applier`]). Their internals are private: the in-memory log and its
+//! cursors, per-follower progress, ReadIndex rounds, group commit's thread
+//! and the node task itself are reachable only through those types, so no
+//! caller can break the invariants their modules state. Items under
+//! `__private` serve the macros' generated code and are not API.
 //!
 //! ## The raw core: a one-node cluster driven by hand
 //!
 //! Under the replicated type and the node sits a deterministic, sans-IO
 //! Raft core ([`raft::Raft`]). You drive it yourself only to embed Raft in a
 //! runtime of your own (or to test it): tick it, step messages into it, and
-//! handle each [`Ready`](raft::Ready) in the order [`node::pipeline`]
+//! handle each [`Ready`](raft::Ready) in the order [`node::Pipeline`]
 //! documents.
 //!
 //! ```
@@ -300,6 +323,7 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod raft;
+pub mod rng;
 pub mod schema;
 pub mod serving;
 pub mod sm;
@@ -307,7 +331,7 @@ pub mod storage;
 pub mod transport;
 pub mod types;
 
-pub use client::{Client, ClientOptions, Error};
+pub use client::{Client, ClientError, ClientOptions, Error};
 pub use ha_macros::{Replicated, replicated};
 pub use protocol::Consistency;
 pub use sm::{ApplyContext, Replicated, StateMachine};

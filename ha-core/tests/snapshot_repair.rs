@@ -254,7 +254,7 @@ fn a_crash_after_the_snapshot_was_set_aside_repairs_again() {
     mark(&fs, "snapshot 8 is corrupt (test)");
     let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).unwrap();
     snaps.set_aside(&snap_path(8)).unwrap();
-    fs.crash(&mut ha_core::raft::rng::SplitMix64::new(7));
+    fs.crash(&mut ha_core::rng::SplitMix64::new(7));
     let (init, applier, wal) = start(&fs, true).unwrap();
     assert!(init.repairing);
     assert_eq!(init.snapshot_last, (LogIndex(4), Term(1)));

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ha_core::raft::rng::SplitMix64;
+use ha_core::rng::SplitMix64;
 use ha_core::storage::wal::{
     MAX_COMMAND_BYTES, MAX_RECORD_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_PREFIX_BYTES,
 };

@@ -63,7 +63,7 @@ fn main() {
         membership: Membership::new_voters([NodeId(1), NodeId(2)]),
     };
     let mut w = leader_files.writer(meta).unwrap();
-    let mut rng = ha_core::raft::rng::SplitMix64::new(1);
+    let mut rng = ha_core::rng::SplitMix64::new(1);
     let mut chunk = vec![0u8; 1 << 20];
     for _ in 0..mb {
         for b in chunk.chunks_mut(8) {

@@ -401,7 +401,7 @@ fn garbage_and_bad_frames_do_not_crash_a_node() {
         cluster.leader(&[]).await;
         // Raw garbage datagrams at the node's port.
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut rng = ha_core::raft::rng::SplitMix64::new(99);
+        let mut rng = ha_core::rng::SplitMix64::new(99);
         for k in 0..500usize {
             let len = 1 + (rng.next_u64() % 1400) as usize;
             let junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use ha_core::node::{
     IncomingSnapshot, NodeHandle, NodeOptions, NodeStorage, OutgoingSnapshot, SnapshotFiles,
 };
-use ha_core::raft::membership::Membership;
+use ha_core::raft::Membership;
 use ha_core::raft::{Body, InitialState, Message, RoleKind};
 use ha_core::sm::Applier;
 use ha_core::storage::{MemLogStore, SnapshotMeta, SnapshotStore, StdFs};

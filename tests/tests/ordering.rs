@@ -10,10 +10,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ha_core::node::{ReadyIo, handle_ready};
-use ha_core::raft::rng::SplitMix64;
 use ha_core::raft::{
     AppendOutcome, Body, Config, InitialState, Membership, Message, PlantedBug, Raft, ReadState,
 };
+use ha_core::rng::SplitMix64;
 use ha_core::storage::{LogStore, MemLogStore, StoredState};
 use ha_core::types::{Entry, HardState, LogIndex, NodeId, Term};
 

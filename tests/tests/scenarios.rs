@@ -164,7 +164,7 @@ fn many_elections_under_repeated_partitions() {
         let run = |sim: &mut Sim| -> Result<(), Failure> {
             let everyone = all(sim);
             check_one_leader(sim, &everyone)?;
-            let mut rng = ha_core::raft::rng::SplitMix64::new(seed);
+            let mut rng = ha_core::rng::SplitMix64::new(seed);
             for _ in 0..10 {
                 // Disconnect three random nodes: four remain, a majority of seven.
                 let mut gone = Vec::new();
@@ -476,7 +476,7 @@ fn figure_8_leaders_crashing_mid_replication() {
     for_seeds(5, |sim| {
         let everyone = all(sim);
         one(sim, 1, 1, &everyone)?;
-        let mut rng = ha_core::raft::rng::SplitMix64::new(sim.seed() ^ 0xF18);
+        let mut rng = ha_core::rng::SplitMix64::new(sim.seed() ^ 0xF18);
         let mut up = 5;
         let mut cmd = 100;
         for _ in 0..300 {
@@ -530,7 +530,7 @@ fn agreement_over_an_unreliable_network() {
 #[test]
 fn churn_with_random_crashes_and_restarts() {
     for_seeds(5, |sim| {
-        let mut rng = ha_core::raft::rng::SplitMix64::new(sim.seed() ^ 0xC4);
+        let mut rng = ha_core::rng::SplitMix64::new(sim.seed() ^ 0xC4);
         sim.set_faults(Faults {
             drop: 0.02,
             max_delay_ticks: 2,

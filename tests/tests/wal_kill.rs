@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ha_core::raft::rng::SplitMix64;
+use ha_core::rng::SplitMix64;
 use ha_core::storage::{StdFs, Wal, WalOptions};
 use ha_core::types::EntryPayload;
 

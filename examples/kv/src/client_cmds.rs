@@ -162,7 +162,7 @@ pub async fn bench(a: BenchArgs) -> i32 {
             let (ops, keys, read_ratio) = (a.ops, a.keys, a.read_ratio);
             tokio::spawn(async move {
                 let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("a valid histogram");
-                let mut rng = ha_core::raft::rng::SplitMix64::new(w as u64 + 1);
+                let mut rng = ha_core::rng::SplitMix64::new(w as u64 + 1);
                 while issued.fetch_add(1, Ordering::Relaxed) < ops {
                     let key = format!("key-{}", rng.range(0, keys)).into_bytes();
                     let t0 = Instant::now();

@@ -1,7 +1,7 @@
 //! The driver's duties for each [`Ready`](crate::raft::Ready), in the one
 //! order that is safe.
 //!
-//! Owns: the [`pipeline`] (those duties without IO), the async node that
+//! Owns: the [`Pipeline`] (those duties without IO), the async node that
 //! runs it on tokio (`task`: the loop; `handle`: [`NodeHandle`] and what it
 //! reports; `persist`: the Ready in flight and the storage backends;
 //! [`snapshots`]: snapshot files, recovery, and the task's snapshot duties;
@@ -25,7 +25,7 @@
 mod handle;
 mod options;
 mod persist;
-pub mod pipeline;
+mod pipeline;
 pub mod snapshots;
 mod task;
 

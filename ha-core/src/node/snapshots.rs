@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::raft::InitialState;
 use crate::raft::Message;
 use crate::sm::Applier;
-use crate::storage::group::WriteRequest;
+use crate::storage::WriteRequest;
 use crate::storage::snapshot::{RawSnapshotWriter, SnapshotMeta, SnapshotStore, StartScan};
 use crate::storage::vfs::Vfs;
 use crate::storage::{LogStore, StoredState, Wal};

@@ -91,11 +91,6 @@ impl RaftLog {
         self.entries.last().map_or(self.offset_term, |e| e.term)
     }
 
-    /// Index of the first entry held in memory.
-    pub fn first_index(&self) -> LogIndex {
-        self.offset.next()
-    }
-
     /// Index and term of the last entry a snapshot covers.
     pub fn offset(&self) -> (LogIndex, Term) {
         (self.offset, self.offset_term)

@@ -33,13 +33,12 @@ mod replication;
 #[cfg(test)]
 mod tests;
 
-pub mod config;
-pub mod log;
-pub mod membership;
-pub mod message;
-pub mod progress;
-pub mod read;
-pub mod rng;
+pub(crate) mod config;
+mod log;
+mod membership;
+mod message;
+mod progress;
+mod read;
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,7 +53,7 @@ pub use read::ReadState;
 use self::log::RaftLog;
 use self::progress::Progress;
 use self::read::ReadQueue;
-use self::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 
 /// How far above its own term a node accepts a message's term. Terms grow by

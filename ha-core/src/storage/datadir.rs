@@ -792,7 +792,7 @@ mod tests {
             assert_eq!(s.voters, three);
         }
         // Stored durably: a power loss right after keeps it.
-        fs.crash(&mut crate::raft::rng::SplitMix64::new(1));
+        fs.crash(&mut crate::rng::SplitMix64::new(1));
         let dd = DataDir::open(&fs, d, "c", NodeId(1)).unwrap();
         let s = dd.bootstrap_or_check_membership(&fs, &three).unwrap();
         assert!(!s.bootstrapped_now);

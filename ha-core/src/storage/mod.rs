@@ -2,7 +2,7 @@
 //!
 //! Owns: the [`LogStore`] trait that every log implementation honours;
 //! [`MemLogStore`], the in-memory twin; [`Wal`], the durable segmented
-//! write-ahead log; [`group`], group commit on a storage thread;
+//! write-ahead log; [`GroupCommit`], group commit on a storage thread;
 //! [`SnapshotStore`], snapshot files; [`DataDir`], the locked, identified data
 //! directory with its stored bootstrap configuration ([`StoredCluster`]); and
 //! [`vfs`], the file layer (real, or simulated with crashes).
@@ -17,7 +17,7 @@
 //!    synced prefix is never damaged.
 
 pub mod datadir;
-pub mod group;
+mod group;
 mod mem;
 pub mod snapshot;
 pub mod vfs;

@@ -27,7 +27,7 @@
 use std::path::{Path, PathBuf};
 
 use super::vfs::{Vfs, VfsFile};
-use crate::raft::membership::Membership;
+use crate::raft::Membership;
 use crate::types::{LogIndex, NodeId, Term};
 
 /// First bytes of a snapshot file: "HA-SNAP", format version 1.
@@ -657,7 +657,7 @@ impl<V: Vfs> SnapshotStore<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::rng::SplitMix64;
+    use crate::rng::SplitMix64;
     use crate::storage::vfs::SimFs;
 
     fn meta(index: u64, term: u64) -> SnapshotMeta {

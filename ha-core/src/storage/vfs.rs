@@ -38,7 +38,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::raft::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// A file opened for reading and appending.
 pub trait VfsFile: Send {

@@ -8,7 +8,7 @@
 //! - Records go to an in-memory buffer on `append`, `save_hard_state` and
 //!   `compact`; `sync` writes the buffer as one *batch* (a `BatchStart`
 //!   record giving the batch's length, then the records) with one write and
-//!   one `fdatasync`. Group commit sits on top of this ([`super::group`]).
+//!   one `fdatasync`. Group commit sits on top of this ([`super::GroupCommit`]).
 //! - A record is at most [`MAX_RECORD_BYTES`]: an append holding a larger
 //!   one is refused whole with [`WalError::RecordTooLarge`] before anything
 //!   is buffered. A buffer larger than the batch limit ([`MAX_BATCH_BYTES`],
@@ -65,7 +65,7 @@ use std::path::{Path, PathBuf};
 
 use super::vfs::{Vfs, VfsFile};
 use super::{LogStore, StoredState};
-use crate::raft::membership::Membership;
+use crate::raft::Membership;
 use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 
 /// First bytes of every segment file this build writes: "HA-WAL", a zero,

@@ -85,8 +85,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ha_core::node::{NodeHandle, SnapshotFiles};
-use ha_core::raft::rng::SplitMix64;
 use ha_core::raft::{Body, Message};
+use ha_core::rng::SplitMix64;
 use ha_core::transport::Transport;
 use ha_core::types::{LogIndex, NodeId, Term};
 use rustls_pki_types::CertificateDer;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use ha_core::raft::rng::SplitMix64;
+use ha_core::rng::SplitMix64;
 use ha_core::storage::{LogStore, StdFs, Wal, WalOptions};
 use ha_core::types::{Entry, EntryPayload, HardState, LogIndex, Term};
 

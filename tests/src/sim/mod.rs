@@ -46,8 +46,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use ha_core::node::{NodeError, Pipeline, PipelineIo, Write, merge_snapshot};
-use ha_core::raft::rng::SplitMix64;
 use ha_core::raft::{Body, Config, InitialState, Membership, Message, Raft, RoleKind};
+use ha_core::rng::SplitMix64;
 use ha_core::storage::{LogStore, MemLogStore, SimFs, StoredState, Vfs, Wal, WalOptions};
 use ha_core::types::{EntryPayload, LogIndex, NodeId, Term};
 

@@ -1,7 +1,8 @@
-//! A small seeded random number generator (SplitMix64).
-//!
-//! The core draws its randomized election timeouts from here, so a run is a
-//! pure function of its inputs and seed. Not for cryptography.
+//! A small seeded random number generator (SplitMix64), shared by every
+//! layer that needs reproducible randomness: the core's election timeouts
+//! (so a run is a pure function of its inputs and seed), the transport's
+//! reconnect jitter, the simulator and the benchmarks. Not for
+//! cryptography.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): one `u64` of state, full period.
 #[derive(Clone, Debug)]
