@@ -61,8 +61,8 @@ pub enum ClientError {
 crate::debug_as_display!(ClientError);
 
 /// The client's error under the name the API contract promises
-/// (`ha_core::Error`).
-pub type Error = ClientError;
+/// (`ha_core::Error`): a re-export, so its variants import as before.
+pub use self::ClientError as Error;
 
 impl ClientError {
     /// Whether the command certainly did not take effect.

@@ -235,10 +235,22 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(
-            http_get(c.http_ports[id - 1], "/healthz"),
-            (200, "ok\n".into())
-        );
+        // Alive from the moment HTTP answers: "starting" while the node
+        // recovers from its data directory, then "ok".
+        loop {
+            let (code, body) = http_get(c.http_ports[id - 1], "/healthz");
+            assert_eq!(code, 200, "{body}");
+            if body == "ok\n" {
+                break;
+            }
+            assert_eq!(body, "starting\n");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never started\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     c.wait_for_leader();
     for id in 1..=3 {

@@ -1,36 +1,5 @@
-//! The driver's duties for each `Ready`, in the one safe order, without IO:
-//! the pipeline the node task runs and the simulator drives.
-//!
-//! Owns: the `Ready` in flight, the clients waiting on it (proposals by
-//! index, reads by context), and the applier's index. It decides nothing
-//! about consensus and performs no IO: a driver hands it a [`PipelineIo`]
-//! and persists what [`Pipeline::start`] returns, however it likes (at
-//! once, on a storage thread, or, in the simulator, ticks later).
-//!
-//! The order, one `Ready` at a time:
-//! 1. [`Pipeline::start`]: take the `Ready`, send its `messages` (they
-//!    promise nothing about this node's disk), ask for snapshot transfers;
-//!    return the [`Write`] to make durable.
-//! 2. The driver persists the write: for an installed snapshot, first
-//!    publishes the received file, then records the install in the log,
-//!    then the entries and hard state, then syncs.
-//! 3. [`Pipeline::persisted`]: send `persisted_messages` (votes and
-//!    acknowledgements that promise durable state).
-//! 4. [`Pipeline::finish`]: restore the state machine from the installed
-//!    snapshot, apply the committed entries in order and answer their
-//!    proposals, confirm and fail reads, `advance`, then serve the reads
-//!    the applied state now covers.
-//!
-//! Invariants:
-//! 1. At most one `Ready` is in flight: `start` returns nothing while one
-//!    is.
-//! 2. Nothing that promises durability leaves before step 3, and nothing is
-//!    applied or answered before it.
-//! 3. [`Pipeline::applied`] is exactly what the applier holds, and equals
-//!    the core's applied index after every `finish`.
-//! 4. A proposal is answered once: `Ok` only when its exact `(index, term)`
-//!    was applied; `Overwritten` when another entry was applied there;
-//!    `Superseded` (outcome unknown) when a snapshot covered its index.
+//! The driver's duties for each `Ready`, without IO: [`Pipeline`], whose
+//! docs give the order and its invariants.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -100,7 +69,39 @@ struct Stage {
     token: ReadyToken,
 }
 
-/// See the module docs.
+/// The driver's duties for each `Ready`, in the one safe order, without IO:
+/// the pipeline the node task runs and the simulator drives.
+///
+/// Owns: the `Ready` in flight, the clients waiting on it (proposals by
+/// index, reads by context), and the applier's index. It decides nothing
+/// about consensus and performs no IO: a driver hands it a [`PipelineIo`]
+/// and persists what [`Pipeline::start`] returns, however it likes (at
+/// once, on a storage thread, or, in the simulator, ticks later).
+///
+/// The order, one `Ready` at a time:
+/// 1. [`Pipeline::start`]: take the `Ready`, send its `messages` (they
+///    promise nothing about this node's disk), ask for snapshot transfers;
+///    return the [`Write`] to make durable.
+/// 2. The driver persists the write: for an installed snapshot, first
+///    publishes the received file, then records the install in the log,
+///    then the entries and hard state, then syncs.
+/// 3. [`Pipeline::persisted`]: send `persisted_messages` (votes and
+///    acknowledgements that promise durable state).
+/// 4. [`Pipeline::finish`]: restore the state machine from the installed
+///    snapshot, apply the committed entries in order and answer their
+///    proposals, confirm and fail reads, `advance`, then serve the reads
+///    the applied state now covers.
+///
+/// Invariants:
+/// 1. At most one `Ready` is in flight: `start` returns nothing while one
+///    is.
+/// 2. Nothing that promises durability leaves before step 3, and nothing is
+///    applied or answered before it.
+/// 3. [`Pipeline::applied`] is exactly what the applier holds, and equals
+///    the core's applied index after every `finish`.
+/// 4. A proposal is answered once: `Ok` only when its exact `(index, term)`
+///    was applied; `Overwritten` when another entry was applied there;
+///    `Superseded` (outcome unknown) when a snapshot covered its index.
 pub struct Pipeline<P, R> {
     stage: Option<Stage>,
     proposals: BTreeMap<LogIndex, (Term, P)>,

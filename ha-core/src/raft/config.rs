@@ -121,7 +121,9 @@ impl Config {
         }
     }
 
-    /// Checks the invariants in the module docs.
+    /// Checks that `heartbeat_interval_ticks < election_timeout_min_ticks <
+    /// election_timeout_max_ticks` (a leader sends several heartbeats per
+    /// election timeout) and that every limit is at least 1.
     pub fn validate(&self) -> Result<(), super::InitError> {
         self.check().map_err(super::InitError::Config)
     }

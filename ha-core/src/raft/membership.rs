@@ -96,7 +96,8 @@ impl Membership {
         self.len() == 0
     }
 
-    /// Checks the invariants listed in the module docs.
+    /// Checks that there is at least one voter and that no node is both a
+    /// voter and a learner.
     pub fn validate(&self) -> Result<(), super::InitError> {
         if self.voters.is_empty() {
             return Err(super::InitError::Membership(

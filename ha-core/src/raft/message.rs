@@ -189,7 +189,13 @@ pub enum MessageError {
 }
 
 impl Message {
-    /// Checks the invariants in the module docs.
+    /// Checks what the core relies on before it acts on a message, so
+    /// malformed network input is refused without changing state: an
+    /// append's entries are contiguous, start at `prev_index + 1` and have
+    /// no term above the message's; its `prev_term` is not above the
+    /// message's term; every term is at most [`MAX_TERM`](crate::types::MAX_TERM)
+    /// and every index at most [`MAX_INDEX`](crate::types::MAX_INDEX), so no
+    /// arithmetic on them can overflow.
     pub fn validate(&self) -> Result<(), MessageError> {
         self.validate_ranges()?;
         if let Body::InstallSnapshot { term, .. } = &self.body

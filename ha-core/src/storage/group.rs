@@ -1,21 +1,5 @@
-//! Group commit: one storage thread, many writes per fsync.
-//!
-//! Owns: the thread that owns the [`Wal`] and the bounded queue in front of
-//! it. Writers submit [`WriteRequest`]s; the thread takes the first waiting
-//! request, then every other request already queued (up to
-//! `max_batch_bytes`), appends them all in order, syncs once, and then
-//! tells every writer the outcome. Requests that arrive during an fsync wait
-//! for the next one, so under load each fsync carries many writes.
-//!
-//! Invariants:
-//! 1. A writer is told `Ok` only after the fsync that covers its write
-//!    returned successfully; on any error it is told `Err` (its write may or
-//!    may not be on disk: the outcome is unknown, never "durable").
-//! 2. Requests are applied in submission order.
-//! 3. After a write or sync error every later request fails at once: the
-//!    log must be reopened (see [`Wal`] invariant 3).
-//! 4. The queue holds at most `queue_depth` requests; `submit` blocks
-//!    beyond that (backpressure), it never grows memory without bound.
+//! Group commit, one storage thread and many writes per fsync:
+//! [`GroupCommit`], whose docs give its invariants.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -88,7 +72,24 @@ pub struct GroupStats {
     pub sync_micros: AtomicU64,
 }
 
-/// The storage thread (see the module docs).
+/// Group commit: one storage thread, many writes per fsync.
+///
+/// Owns: the thread that owns the [`Wal`] and the bounded queue in front of
+/// it. Writers submit [`WriteRequest`]s; the thread takes the first waiting
+/// request, then every other request already queued (up to
+/// `max_batch_bytes`), appends them all in order, syncs once, and then
+/// tells every writer the outcome. Requests that arrive during an fsync wait
+/// for the next one, so under load each fsync carries many writes.
+///
+/// Invariants:
+/// 1. A writer is told `Ok` only after the fsync that covers its write
+///    returned successfully; on any error it is told `Err` (its write may or
+///    may not be on disk: the outcome is unknown, never "durable").
+/// 2. Requests are applied in submission order.
+/// 3. After a write or sync error every later request fails at once: the
+///    log must be reopened (see [`Wal`] invariant 3).
+/// 4. The queue holds at most `queue_depth` requests; `submit` blocks
+///    beyond that (backpressure), it never grows memory without bound.
 pub struct GroupCommit<V: Vfs> {
     tx: Option<SyncSender<WriteRequest>>,
     thread: Option<JoinHandle<Wal<V>>>,

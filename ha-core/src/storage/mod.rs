@@ -24,7 +24,9 @@ pub mod vfs;
 pub mod wal;
 
 pub use datadir::{DataDir, DataDirError, StoredCluster};
-pub use group::{GroupCommit, GroupOptions, WriteRequest};
+pub use group::{
+    Completion, GroupCommit, GroupOptions, GroupStats, Stopped, WriteRequest, WriteResult,
+};
 pub use mem::MemLogStore;
 pub use snapshot::{SnapshotError, SnapshotMeta, SnapshotStore, StartScan};
 
