@@ -245,8 +245,8 @@ impl Answer for Routes {
                 },
             },
             "/healthz" => match node.map(|(n, _)| n.status().stopped) {
-                None if !stopping => text(StatusCode::OK, PLAIN, "starting\n".into()),
-                None | Some(None) => text(StatusCode::OK, PLAIN, "ok\n".into()),
+                None => text(StatusCode::OK, PLAIN, "starting\n".into()),
+                Some(None) => text(StatusCode::OK, PLAIN, "ok\n".into()),
                 Some(Some(why)) => unavailable(&format!("stopped: {why}")),
             },
             "/readyz" => match node {

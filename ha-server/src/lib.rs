@@ -49,7 +49,6 @@ mod server;
 
 pub use error::ServeError;
 pub use http::{HttpLimits, NotReady, READY_MAX_APPLY_LAG, readiness};
-pub use metrics::Metrics;
 pub use server::{
     DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_SNAPSHOT_EVERY, Server, ServerBuilder,
     Stopped,

@@ -253,7 +253,7 @@ impl<T: Replicated> ServerBuilder<T> {
         // A new directory is created only with voters to store in it: a
         // start without them must not leave a directory stamped with this
         // node and cluster behind.
-        if given.is_empty() && !data_dir.join("meta").exists() {
+        if given.is_empty() && !ha_core::storage::datadir::initialized(&StdFs, &data_dir) {
             return Err(ServeError::invalid(
                 "--peers",
                 format!(
@@ -527,36 +527,15 @@ mod tests {
 
     #[test]
     fn the_tick_keeps_every_setting_exactly() {
-        let t = timing(50, 300, 600);
-        assert_eq!(t.tick, Duration::from_millis(50));
-        assert_eq!(
-            (
-                t.heartbeat_ticks,
-                t.election_min_ticks,
-                t.election_max_ticks
-            ),
-            (1, 6, 12)
-        );
+        let t = |tick, heartbeat_ticks, election_min_ticks, election_max_ticks| Timing {
+            tick: Duration::from_millis(tick),
+            heartbeat_ticks,
+            election_min_ticks,
+            election_max_ticks,
+        };
+        assert_eq!(timing(50, 300, 600), t(50, 1, 6, 12));
         // An election range finer than the heartbeat keeps its randomness.
-        let t = timing(200, 300, 600);
-        assert_eq!(t.tick, Duration::from_millis(100));
-        assert_eq!(
-            (
-                t.heartbeat_ticks,
-                t.election_min_ticks,
-                t.election_max_ticks
-            ),
-            (2, 3, 6)
-        );
-        let t = timing(7, 300, 601);
-        assert_eq!(t.tick, Duration::from_millis(1));
-        assert_eq!(
-            (
-                t.heartbeat_ticks,
-                t.election_min_ticks,
-                t.election_max_ticks
-            ),
-            (7, 300, 601)
-        );
+        assert_eq!(timing(200, 300, 600), t(100, 2, 3, 6));
+        assert_eq!(timing(7, 300, 601), t(1, 7, 300, 601));
     }
 }

@@ -679,22 +679,17 @@ impl<T: Replicated> Sessions<T> {
                 form.operator_ops.len()
             )));
         }
+        // What the snapshot holds; the rest (this replica's settings and
+        // counts) starts as in a fresh one.
         Ok(Sessions {
             state: T::restore_state(&form.state)?,
             sessions: form.sessions,
-            timeout_ms,
-            max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: form.now_ms,
             policy: form.policy,
             halted: form.halted,
             operator_ops: form.operator_ops,
             last_resumed: form.last_resumed,
-            check_every: DEFAULT_DETERMINISM_CHECK_EVERY,
-            divergences: 0,
-            order_only: 0,
-            check_too_large: false,
-            #[cfg(feature = "planted-bugs")]
-            planted_recreate: false,
+            ..Sessions::new(timeout_ms)
         })
     }
 }

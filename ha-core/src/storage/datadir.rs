@@ -37,6 +37,13 @@ use super::vfs::{Vfs, VfsFile, VfsLock};
 use crate::types::NodeId;
 
 const META_FILE: &str = "meta";
+
+/// Whether `root` is a data directory some node already initialized (it
+/// holds its identity file); false for a missing or empty directory.
+pub fn initialized<V: Vfs>(vfs: &V, root: &Path) -> bool {
+    vfs.list(root)
+        .is_ok_and(|names| names.iter().any(|n| n == META_FILE))
+}
 const META_TMP: &str = "meta.tmp";
 const LOCK_FILE: &str = "LOCK";
 const META_HEADER: &str = "ha data directory, format 1";
@@ -652,6 +659,17 @@ mod tests {
         );
         drop(first);
         DataDir::open(&StdFs, &d, "c1", NodeId(1)).unwrap();
+    }
+
+    #[test]
+    fn a_directory_is_initialized_once_a_node_opened_it() {
+        let fs = SimFs::new();
+        let d = Path::new("/n1");
+        assert!(!initialized(&fs, d), "missing");
+        fs.create_dir_all(d).unwrap();
+        assert!(!initialized(&fs, d), "empty");
+        drop(DataDir::open(&fs, d, "c", NodeId(1)).unwrap());
+        assert!(initialized(&fs, d));
     }
 
     #[test]
