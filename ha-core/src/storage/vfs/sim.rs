@@ -1,251 +1,26 @@
-//! The file layer under durable storage: the real file system, or a
-//! simulated one that crashes the way disks do.
+//! [`SimFs`]: an in-memory file system with the crash model described in the
+//! parent module, for tests and the simulator.
 //!
-//! Owns: the [`Vfs`] trait (the few file operations the write-ahead log and
-//! the snapshot files need), [`StdFs`] over `std::fs`, and [`SimFs`], an
-//! in-memory file system with a crash model for tests and the simulator.
-//!
-//! The crash model of [`SimFs`] (what a power loss may do):
-//! 1. File contents written since the file's last `sync` may be lost, kept,
-//!    or kept in part: a prefix of the unsynced writes survives, the last of
-//!    them possibly torn, and a page in the middle of the survivors may come
-//!    back as zeros (pages reach the disk in any order).
-//! 2. Creating, renaming or removing a file is durable once the directory
-//!    is synced. Before that, a crash keeps a random prefix of those
-//!    changes, in the order they were made (as ext4 may), each rename whole.
-//! 3. Synced data is damaged by a crash only through
-//!    [`SimFs::crash_tearing`]: a write that began inside a sector which
-//!    already held synced bytes rewrites that whole sector, and a power loss
-//!    during it may leave the sector's synced bytes scrambled (a
-//!    non-atomic sector write).
-//! 4. A directory (and all it holds) survives a crash only if its parent
-//!    was synced after it was created, and so on up to the root
-//!    ([`create_dir_durably`] does that).
-//! 5. A failed sync behaves as on Linux: the writes it should have made
-//!    durable are dropped from the disk's view (their pages are marked
-//!    clean), yet reads still return them until a crash, and a later sync
-//!    that succeeds does not persist them. Only a rewrite does.
-//!
-//! Failure injection: writes, file creations and renames can fail once a
-//! byte budget runs out (a full disk), and syncs can be made to fail. Media
-//! damage: a bit flips ([`SimFs::corrupt`]), a sector never written reads
-//! as zeros ([`SimFs::zero`]), a write lands at the wrong place
-//! ([`SimFs::overwrite`]), a file's reads fail with an I/O error (a latent
-//! sector error, [`SimFs::set_unreadable`]).
+//! Invariants: what a crash may keep is decided only from what was synced
+//! (file pages and directory changes); every fault is drawn from the
+//! file system's own seeded generator, so a seed replays a run exactly.
 
-use std::collections::BTreeMap;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use super::*;
 
-use crate::rng::SplitMix64;
-
-/// A file opened for reading and appending.
-pub trait VfsFile: Send {
-    /// Appends `buf` at the end of the file.
-    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
-    /// Makes the file's contents durable (`fdatasync`).
-    fn sync(&mut self) -> io::Result<()>;
-    /// Cuts the file to `len` bytes.
-    fn set_len(&mut self, len: u64) -> io::Result<()>;
-    /// Overwrites bytes of the file from offset `at` (which with `buf` must
-    /// lie within the file), leaving the append position at the end.
-    fn write_at(&mut self, at: u64, buf: &[u8]) -> io::Result<()>;
-    /// The file's length.
-    fn size(&self) -> io::Result<u64>;
-}
-
-/// The file operations storage needs. Paths are plain `Path`s.
-pub trait Vfs: Clone + Send + Sync + 'static {
-    /// The file type.
-    type File: VfsFile;
-    /// Creates a directory and its parents.
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    /// Names of the files in `dir`.
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    /// Opens `path` for appending, creating it if `create`.
-    fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
-    /// Reads a whole file.
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
-    /// Opens a file for reading in pieces.
-    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>>;
-    /// The length of a file.
-    fn file_size(&self, path: &Path) -> io::Result<u64>;
-    /// Removes a file.
-    fn remove(&self, path: &Path) -> io::Result<()>;
-    /// Renames a file, replacing `to`.
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-    /// Makes creations, renames and removals in `dir` durable.
-    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Takes an exclusive lock on `path` (creating the file), or returns
-    /// `None` at once if another holder has it. The lock lasts as long as the
-    /// returned guard.
-    fn try_lock(&self, path: &Path) -> io::Result<Option<VfsLock>>;
-}
-
-/// A held lock (see [`Vfs::try_lock`]); dropping it releases the lock.
-pub struct VfsLock {
-    _inner: Box<dyn Send + Sync>,
-}
-
-impl std::fmt::Debug for VfsLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("VfsLock")
-    }
-}
-
-/// The real file system.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StdFs;
-
-/// A real file opened for appending.
-#[derive(Debug)]
-pub struct StdFile(std::fs::File);
-
-impl VfsFile for StdFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        use std::io::Write;
-        self.0.write_all(buf)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.0.sync_data()
-    }
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
-        use std::io::{Seek, SeekFrom};
-        self.0.set_len(len)?;
-        self.0.seek(SeekFrom::Start(len)).map(|_| ())
-    }
-    fn write_at(&mut self, at: u64, buf: &[u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let len = self.0.metadata()?.len();
-        if at.checked_add(buf.len() as u64).is_none_or(|end| end > len) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "write past the end",
-            ));
-        }
-        // A positioned write: the file's cursor (at its end) is unchanged.
-        self.0.write_all_at(buf, at)
-    }
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
-    }
-}
-
-impl Vfs for StdFs {
-    type File = StdFile;
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for e in std::fs::read_dir(dir)? {
-            let e = e?;
-            if e.file_type()?.is_file() {
-                names.push(e.file_name().to_string_lossy().into_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-    fn open(&self, path: &Path, create: bool) -> io::Result<StdFile> {
-        use std::io::{Seek, SeekFrom};
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
-        f.seek(SeekFrom::End(0))?;
-        Ok(StdFile(f))
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        std::fs::read(path)
-    }
-    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
-        Ok(Box::new(io::BufReader::with_capacity(
-            1 << 20,
-            std::fs::File::open(path)?,
-        )))
-    }
-    fn file_size(&self, path: &Path) -> io::Result<u64> {
-        Ok(std::fs::metadata(path)?.len())
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    fn try_lock(&self, path: &Path) -> io::Result<Option<VfsLock>> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        // An advisory lock (flock) held by the open file: released when the
-        // file closes, including when the process dies.
-        match f.try_lock() {
-            Ok(()) => Ok(Some(VfsLock {
-                _inner: Box::new(f),
-            })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
-        }
-    }
-}
-
-/// Creates `dir` and its missing parents, and makes every component of the
-/// path durable in the directory it is in, whether it was created now or
-/// before (a directory created before a crash or a failed sync may exist in
-/// memory only, and one that appeared only in memory vanishes in a crash,
-/// with every file in it). A relative path's first component is synced in
-/// the working directory.
-pub fn create_dir_durably<V: Vfs>(vfs: &V, dir: &Path) -> io::Result<()> {
-    let parent_of = |d: &Path| match d.parent() {
-        Some(p) if p.as_os_str().is_empty() => Some(Path::new(".").to_path_buf()),
-        Some(p) => Some(p.to_path_buf()),
-        None => None,
-    };
-    // Every component's entry, not only the new ones': one whose parent
-    // sync failed (or never ran, after a crash) exists but is not durable,
-    // and nothing tells the two apart. Directory syncs of clean
-    // directories cost little.
-    let mut to_sync: Vec<PathBuf> = dir
-        .ancestors()
-        .filter(|a| !a.as_os_str().is_empty())
-        .filter_map(parent_of)
-        .collect();
-    vfs.create_dir_all(dir)?;
-    // Outermost first: a child's entry is durable only in a durable parent.
-    to_sync.sort_by_key(|p| p.components().count());
-    to_sync.dedup();
-    for p in to_sync {
-        vfs.sync_dir(&p)?;
-    }
-    Ok(())
-}
-
-// ----- the simulated file system ---------------------------------------------
-
-const PAGE_BYTES: usize = 4096;
+pub(super) const PAGE_BYTES: usize = 4096;
 
 #[derive(Clone, Debug, Default)]
-struct SimInode {
+pub(super) struct SimInode {
     /// What reads see.
-    data: Vec<u8>,
+    pub(super) data: Vec<u8>,
     /// What survives a crash for sure (contents at the last sync).
-    durable: Vec<u8>,
+    pub(super) durable: Vec<u8>,
     /// Unsynced changes since the last sync, in order.
-    pending: Vec<PendingOp>,
+    pub(super) pending: Vec<PendingOp>,
 }
 
 #[derive(Clone, Debug)]
-enum PendingOp {
+pub(super) enum PendingOp {
     /// Bytes written at an offset (an append writes at the end).
     Write {
         at: usize,
@@ -258,7 +33,7 @@ impl PendingOp {
     /// Applies the op to `file`, of which only the first `cut` bytes of a
     /// write survive (all, when `None`). A write beyond the end leaves
     /// zeros in between, as a lost page reads.
-    fn apply(&self, file: &mut Vec<u8>, cut: Option<usize>) {
+    pub(super) fn apply(&self, file: &mut Vec<u8>, cut: Option<usize>) {
         match self {
             PendingOp::Write { at, data } => {
                 let data = &data[..cut.unwrap_or(data.len()).min(data.len())];
@@ -275,7 +50,7 @@ impl PendingOp {
 
 /// A namespace change (crash model 2).
 #[derive(Clone, Debug)]
-enum NsOp {
+pub(super) enum NsOp {
     /// A name now refers to an inode (a creation).
     Set(PathBuf, u64),
     /// A name is gone (a removal).
@@ -285,7 +60,7 @@ enum NsOp {
 }
 
 impl NsOp {
-    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
+    pub(super) fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
         match self {
             NsOp::Set(p, ino) => {
                 names.insert(p.clone(), *ino);
@@ -302,40 +77,40 @@ impl NsOp {
 }
 
 #[derive(Debug, Default)]
-struct SimState {
-    next_inode: u64,
-    inodes: BTreeMap<u64, SimInode>,
+pub(super) struct SimState {
+    pub(super) next_inode: u64,
+    pub(super) inodes: BTreeMap<u64, SimInode>,
     /// The namespace as reads see it: path -> inode.
-    names: BTreeMap<PathBuf, u64>,
+    pub(super) names: BTreeMap<PathBuf, u64>,
     /// The namespace as of the last directory sync, per directory.
-    durable_names: BTreeMap<PathBuf, u64>,
+    pub(super) durable_names: BTreeMap<PathBuf, u64>,
     /// Namespace changes no directory sync has made durable yet, in order.
-    ns_pending: Vec<NsOp>,
-    dirs: Vec<PathBuf>,
+    pub(super) ns_pending: Vec<NsOp>,
+    pub(super) dirs: Vec<PathBuf>,
     /// Directories whose entry in their parent a directory sync made
     /// durable.
-    durable_dirs: std::collections::BTreeSet<PathBuf>,
+    pub(super) durable_dirs: std::collections::BTreeSet<PathBuf>,
     /// Bytes that may still be written before writes fail with "no space".
-    space_left: Option<u64>,
+    pub(super) space_left: Option<u64>,
     /// Fail every sync while set.
-    fail_sync: bool,
+    pub(super) fail_sync: bool,
     /// Fail every directory sync while set.
-    fail_dir_sync: bool,
+    pub(super) fail_dir_sync: bool,
     /// Syncs do not return (they fail, leaving the writes pending) while
     /// set: the power is failing, and a crash comes next.
-    sync_interrupted: bool,
+    pub(super) sync_interrupted: bool,
     /// Inodes whose reads fail with an I/O error (latent sector errors).
-    unreadable: std::collections::BTreeSet<u64>,
+    pub(super) unreadable: std::collections::BTreeSet<u64>,
     /// Counts of operations, for tests.
-    syncs: u64,
+    pub(super) syncs: u64,
     /// Paths locked through `try_lock`.
-    locks: std::collections::BTreeSet<PathBuf>,
+    pub(super) locks: std::collections::BTreeSet<PathBuf>,
 }
 
 /// Releases a [`SimFs`] lock when dropped.
-struct SimLockGuard {
-    fs: SimFs,
-    path: PathBuf,
+pub(super) struct SimLockGuard {
+    pub(super) fs: SimFs,
+    pub(super) path: PathBuf,
 }
 
 impl Drop for SimLockGuard {
@@ -348,24 +123,24 @@ impl Drop for SimLockGuard {
 /// Clones share one file system.
 #[derive(Clone, Debug, Default)]
 pub struct SimFs {
-    state: Arc<Mutex<SimState>>,
+    pub(super) state: Arc<Mutex<SimState>>,
 }
 
 /// A file of a [`SimFs`].
 #[derive(Debug)]
 pub struct SimFile {
-    fs: SimFs,
-    inode: u64,
+    pub(super) fs: SimFs,
+    pub(super) inode: u64,
 }
 
-fn no_space() -> io::Error {
+pub(super) fn no_space() -> io::Error {
     io::Error::new(
         io::ErrorKind::StorageFull,
         "no space left on device (simulated)",
     )
 }
 
-fn not_found(p: &Path) -> io::Error {
+pub(super) fn not_found(p: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!("{} not found (simulated)", p.display()),
@@ -378,7 +153,7 @@ impl SimFs {
         SimFs::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
         // A poisoned lock means a test already panicked; keep its state.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -660,7 +435,7 @@ impl VfsFile for SimFile {
     }
 }
 
-fn gone() -> io::Error {
+pub(super) fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, "file was removed (simulated)")
 }
 
@@ -788,124 +563,5 @@ impl Vfs for SimFs {
         Ok(Some(VfsLock {
             _inner: Box::new(guard),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn synced_data_survives_and_unsynced_creation_does_not() {
-        let fs = SimFs::new();
-        let dir = Path::new("/d");
-        create_dir_durably(&fs, dir).unwrap();
-        let mut a = fs.open(&dir.join("a"), true).unwrap();
-        a.append(b"hello").unwrap();
-        a.sync().unwrap();
-        fs.sync_dir(dir).unwrap();
-        a.append(b" world").unwrap();
-        let mut b = fs.open(&dir.join("b"), true).unwrap();
-        b.append(b"lost").unwrap();
-        b.sync().unwrap(); // The file is synced, but its name is not.
-        let mut rng = SplitMix64::new(1);
-        fs.crash(&mut rng);
-        let got = fs.read(&dir.join("a")).unwrap();
-        assert!(got.starts_with(b"hello") && got.len() <= 11, "{got:?}");
-        // `b`'s name was never synced: it may or may not have survived.
-        let names = fs.list(dir).unwrap();
-        assert!(names.contains(&"a".to_string()), "{names:?}");
-        if names.contains(&"b".to_string()) {
-            assert_eq!(fs.read(&dir.join("b")).unwrap(), b"lost");
-        }
-    }
-
-    /// A directory whose parent sync failed is made durable by the next
-    /// open, although it exists by then.
-    #[test]
-    fn an_existing_directory_is_made_durable_too() {
-        let fs = SimFs::new();
-        let dir = Path::new("/n1/wal");
-        fs.set_fail_dir_sync(true);
-        assert!(create_dir_durably(&fs, dir).is_err());
-        fs.set_fail_dir_sync(false);
-        create_dir_durably(&fs, dir).unwrap();
-        let mut a = fs.open(&dir.join("a"), true).unwrap();
-        a.append(b"synced").unwrap();
-        a.sync().unwrap();
-        fs.sync_dir(dir).unwrap();
-        fs.crash(&mut SplitMix64::new(2));
-        assert_eq!(fs.read(&dir.join("a")).unwrap(), b"synced");
-    }
-
-    #[test]
-    fn a_crash_keeps_a_prefix_of_the_unsynced_namespace_changes() {
-        let mut seen = std::collections::BTreeSet::new();
-        for seed in 0..64 {
-            let fs = SimFs::new();
-            let dir = Path::new("/d");
-            create_dir_durably(&fs, dir).unwrap();
-            for n in ["1", "2", "3"] {
-                fs.open(&dir.join(n), true).unwrap();
-            }
-            fs.sync_dir(dir).unwrap();
-            // Unlinks in order, unsynced, then a rename.
-            fs.remove(&dir.join("1")).unwrap();
-            fs.remove(&dir.join("2")).unwrap();
-            fs.rename(&dir.join("3"), &dir.join("4")).unwrap();
-            fs.crash(&mut SplitMix64::new(seed));
-            let names = fs.list(dir).unwrap().join(",");
-            assert!(
-                ["1,2,3", "2,3", "3", "4"].contains(&names.as_str()),
-                "seed {seed}: {names} is not a prefix of the changes"
-            );
-            seen.insert(names);
-        }
-        assert_eq!(seen.len(), 4, "every prefix occurs: {seen:?}");
-    }
-
-    #[test]
-    fn a_directory_whose_parent_was_not_synced_is_lost_with_its_files() {
-        let fs = SimFs::new();
-        let dir = Path::new("/d/e");
-        fs.create_dir_all(dir).unwrap();
-        let mut a = fs.open(&dir.join("a"), true).unwrap();
-        a.append(b"synced").unwrap();
-        a.sync().unwrap();
-        fs.sync_dir(dir).unwrap();
-        // `/d` is durable in `/`, but `e` was never made durable in `/d`.
-        fs.sync_dir(Path::new("/")).unwrap();
-        fs.crash(&mut SplitMix64::new(1));
-        assert!(fs.list(Path::new("/d")).unwrap().is_empty());
-        assert_eq!(fs.list(dir).unwrap_err().kind(), io::ErrorKind::NotFound);
-        assert!(fs.read(&dir.join("a")).is_err());
-        // Created durably, it stays.
-        create_dir_durably(&fs, dir).unwrap();
-        let mut a = fs.open(&dir.join("a"), true).unwrap();
-        a.append(b"synced").unwrap();
-        a.sync().unwrap();
-        fs.sync_dir(dir).unwrap();
-        fs.crash(&mut SplitMix64::new(1));
-        assert_eq!(fs.read(&dir.join("a")).unwrap(), b"synced");
-    }
-
-    #[test]
-    fn full_disk_fails_writes_and_keeps_synced_data() {
-        let fs = SimFs::new();
-        let dir = Path::new("/d");
-        create_dir_durably(&fs, dir).unwrap();
-        let mut a = fs.open(&dir.join("a"), true).unwrap();
-        a.append(b"0123").unwrap();
-        a.sync().unwrap();
-        fs.set_space_left(Some(2));
-        let err = a.append(b"4567").unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
-        fs.set_fail_sync(true);
-        assert!(a.sync().is_err());
-        fs.sync_dir(dir).unwrap_err();
-        fs.set_fail_sync(false);
-        fs.sync_dir(dir).unwrap();
-        fs.crash(&mut SplitMix64::new(3));
-        assert!(fs.read(&dir.join("a")).unwrap().starts_with(b"0123"));
     }
 }

@@ -1,0 +1,296 @@
+//! The generic client: leader discovery, redirects, retries, and honest
+//! outcomes.
+//!
+//! Owns: [`Client<T>`], which the generated `<Name>Client` wraps, and
+//! [`Error`], the one error type of client calls.
+//!
+//! A command is sent with its session id and sequence number; a retry (after
+//! a timeout, a lost connection or a leader change) resends the *same*
+//! numbers, and the replicated session table applies it at most once and
+//! returns the original result (see [`crate::sm`]). So retrying is safe, and
+//! the client retries until the call's deadline.
+//!
+//! Outcomes are one of three, and never guessed:
+//! - `Ok`: applied (the node answered after applying it);
+//! - [`Error::is_not_applied`]: it certainly never takes effect: every
+//!   attempt was refused before it could be appended (wrong node, busy,
+//!   overwritten, never sent);
+//! - [`Error::is_unknown`]: anything else (a timeout after sending, a lost
+//!   connection, a leader lost mid-request). It may still commit.
+//!
+//! Invariant: once any attempt may have reached a leader's log, the call can
+//! end only in `Ok` or an unknown outcome, never "not applied".
+
+mod operator;
+mod retry;
+use self::retry::*;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::protocol::{ClientRequest, ClientResponse, CommandOutcome, Consistency, SessionCommand};
+use crate::schema::Schema;
+use crate::sm::{Replicated, decode_exact};
+
+/// Why a client call did not succeed: the error of every typed client
+/// method, also reachable as `ha_core::Error` (the name the API contract
+/// promises).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The command certainly did not take effect and never will.
+    #[error("not applied: {0}")]
+    NotApplied(String),
+    /// The command may or may not take effect.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// A query failed (queries change nothing).
+    #[error("query failed: {0}")]
+    Query(String),
+    /// The command ran on every replica, in log order, and failed there:
+    /// the method panicked, or its result could not be encoded. What it
+    /// changed before failing stays (see [`crate::sm::PanicPolicy`]); a
+    /// retry of this call is answered the same.
+    #[error("the command failed on the replicas: {0}")]
+    Failed(String),
+}
+
+crate::debug_as_display!(ClientError);
+
+/// The client's error under the name the API contract promises
+/// (`ha_core::Error`): a re-export, so its variants import as before.
+pub use self::ClientError as Error;
+
+impl ClientError {
+    /// Whether the command certainly did not take effect.
+    pub fn is_not_applied(&self) -> bool {
+        matches!(self, Error::NotApplied(_) | Error::Query(_))
+    }
+    /// Whether the command's outcome is unknown.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Error::Unknown(_))
+    }
+}
+
+/// The stored fingerprint of `T`, which commands and registrations carry;
+/// a type that cannot be traced sends nothing.
+fn stored_schema<T: Replicated>() -> Result<u64, Error> {
+    Schema::of::<T>()
+        .map(|s| s.stored())
+        .map_err(|e| Error::NotApplied(e.to_string()))
+}
+
+/// Why one request got no response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// The request was certainly not delivered (no connection).
+    NotSent(String),
+    /// The request may have been delivered; its response was lost.
+    Lost(String),
+}
+
+/// A boxed future returned by [`ClientTransport::request`].
+pub type RequestFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ClientResponse, RequestError>> + Send + 'a>>;
+
+/// Sends one request to one node (ha-quic implements it over QUIC).
+pub trait ClientTransport: Send + Sync + 'static {
+    /// Sends `req` to the node at `addr` and waits for its response.
+    fn request(&self, addr: SocketAddr, req: ClientRequest) -> RequestFuture<'_>;
+}
+
+/// The client's side of its session. `id` is `None` until a session is
+/// registered, and again after the cluster reported it expired; the next
+/// command then registers a new one.
+struct Session {
+    id: Option<u64>,
+    /// The secret the session was registered with (random per session).
+    secret: u64,
+    next_seq: u64,
+    /// Sequence numbers still waiting for a definitive answer.
+    open: BTreeSet<u64>,
+}
+
+struct Inner {
+    transport: Arc<dyn ClientTransport>,
+    addrs: Vec<SocketAddr>,
+    leader: Mutex<Option<SocketAddr>>,
+    session: Mutex<Session>,
+    /// Held while a session is being registered, so concurrent first
+    /// commands register one session, not one each.
+    registering: tokio::sync::Mutex<()>,
+    rotate: AtomicU64,
+    seed: u64,
+}
+
+/// Settings of a client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one call may take, retries included.
+    pub timeout: Duration,
+    /// How long to wait for one response before retrying elsewhere.
+    pub attempt_timeout: Duration,
+    /// How fresh queries must be.
+    pub consistency: Consistency,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_millis(1500),
+            consistency: Consistency::Linearizable,
+        }
+    }
+}
+
+/// The generic client of a replicated type `T`. Clones share one session.
+pub struct Client<T> {
+    inner: Arc<Inner>,
+    opts: ClientOptions,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Client<T> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+            opts: self.opts.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    // Unique per call in a process (a counter), and across processes and
+    // machines with high probability (the clock, the process id, an
+    // address), mixed by SplitMix64. Nonces and session secrets need to be
+    // unique. Not a cryptographic secret: a secret only keeps one client's
+    // bugs out of another's session; clients are authenticated by their
+    // certificates.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    let addr = &local as *const u8 as u64;
+    let mut rng = crate::rng::SplitMix64::new(
+        t ^ (u64::from(std::process::id()) << 32) ^ addr ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    rng.next_u64() | 1
+}
+
+impl<T: Replicated> Client<T> {
+    /// A client of the cluster reachable at any of `addrs`.
+    pub fn new(
+        transport: Arc<dyn ClientTransport>,
+        addrs: Vec<SocketAddr>,
+        opts: ClientOptions,
+    ) -> Client<T> {
+        Client {
+            inner: Arc::new(Inner {
+                transport,
+                addrs,
+                leader: Mutex::new(None),
+                session: Mutex::new(Session {
+                    id: None,
+                    secret: 0,
+                    next_seq: 1,
+                    open: BTreeSet::new(),
+                }),
+                registering: tokio::sync::Mutex::new(()),
+                rotate: AtomicU64::new(0),
+                seed: random_u64(),
+            }),
+            opts,
+            _t: PhantomData,
+        }
+    }
+
+    /// A client sharing this one's session, with other query consistency.
+    pub fn with_consistency(&self, consistency: Consistency) -> Client<T> {
+        let mut c = self.clone();
+        c.opts.consistency = consistency;
+        c
+    }
+
+    /// A client sharing this one's session, with another call timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Client<T> {
+        let mut c = self.clone();
+        c.opts.timeout = timeout;
+        c
+    }
+
+    /// Runs a command exactly once; returns its output.
+    pub async fn command(&self, command: &T::Command) -> Result<T::CommandOutput, Error> {
+        let body = Bytes::from(
+            postcard::to_stdvec(command).map_err(|e| Error::NotApplied(format!("encode: {e}")))?,
+        );
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let (client, secret, seq) = loop {
+            {
+                let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(id) = s.id {
+                    let seq = s.next_seq;
+                    s.next_seq += 1;
+                    s.open.insert(seq);
+                    break (id, s.secret, seq);
+                }
+            }
+            self.register(deadline).await?;
+        };
+        // Closes `seq` in the session however this call ends, even if its
+        // future is dropped: an open number left behind would pin
+        // `ack_below` and make the replicas keep every later result.
+        let guard = OpenSeq {
+            inner: &self.inner,
+            client,
+            seq,
+            expired: false,
+        };
+        let (result, expired) = self.command_loop(client, secret, seq, body, deadline).await;
+        let mut guard = guard;
+        guard.expired = expired;
+        drop(guard);
+        let bytes = result?;
+        decode_exact(&bytes).map_err(|e| Error::Unknown(format!("undecodable answer: {e}")))
+    }
+
+    /// Runs a query with this client's consistency.
+    pub async fn query(&self, query: &T::Query) -> Result<T::QueryOutput, Error> {
+        let body =
+            Bytes::from(postcard::to_stdvec(query).map_err(|e| Error::Query(e.to_string()))?);
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let schema = Schema::of::<T>()
+            .map_err(|e| Error::Query(e.to_string()))?
+            .query();
+        let req = || ClientRequest::Query {
+            schema,
+            body: body.clone(),
+            consistency: self.opts.consistency,
+        };
+        // A stale query may be answered by any node: not a leader hint.
+        let answered_by_leader = self.opts.consistency != Consistency::Stale;
+        let answer = self
+            .retry(deadline, answered_by_leader, req, |resp| match resp {
+                ClientResponse::QueryResult { answer } => Reply::Done(answer),
+                other => Reply::Retry(format!("unexpected response {other:?}")),
+            })
+            .await;
+        match answer {
+            Ok(answer) => decode_exact(&answer).map_err(Error::Query),
+            Err(RetryEnd::Refused(message)) => Err(Error::Query(message)),
+            Err(RetryEnd::TimedOut(why)) => {
+                Err(Error::Query(format!("timed out; last error: {why}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! How one call finds the leader and retries: registration of the session,
+//! the retry loop shared by registrations, queries and operator commands,
+//! and a command's attempts with the outcome each answer allows.
+//!
+//! Invariants: a retry of a command reuses its session and sequence number;
+//! once an attempt may have reached a leader's log the call never ends in
+//! "not applied"; a sequence number is closed when its call ends, however
+//! it ends (the drop guard).
+
+use super::*;
+
+/// Closes one command's sequence number in the session when dropped (see
+/// [`Client::command`]); forgets the session if the cluster said it expired.
+pub(super) struct OpenSeq<'a> {
+    pub(super) inner: &'a Inner,
+    pub(super) client: u64,
+    pub(super) seq: u64,
+    pub(super) expired: bool,
+}
+
+impl Drop for OpenSeq<'_> {
+    fn drop(&mut self) {
+        let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+        // A session replaced meanwhile is not this command's to edit.
+        if s.id == Some(self.client) {
+            s.open.remove(&self.seq);
+            if self.expired {
+                // The next command registers a fresh session.
+                s.id = None;
+                s.next_seq = 1;
+                s.open.clear();
+            }
+        }
+    }
+}
+
+/// What [`Client::retry`]'s caller makes of an answer.
+pub(super) enum Reply<R> {
+    Done(R),
+    Retry(String),
+}
+
+/// How [`Client::retry`] ended without an answer.
+pub(super) enum RetryEnd {
+    /// A node refused the request for good.
+    Refused(String),
+    /// The deadline passed; the last reason to retry.
+    TimedOut(String),
+}
+
+/// What one attempt of a command came to.
+pub(super) enum Attempt {
+    /// The answer (applied, or certainly not).
+    Done(Result<Bytes, Error>),
+    /// The session expired: the error, and the session must be renewed.
+    Expired(Error),
+    /// Try again (elsewhere); `maybe_appended` says whether this attempt
+    /// may have put the command into a log.
+    Retry { maybe_appended: bool, why: String },
+}
+
+/// What a command's kept outcome comes to.
+pub(super) fn outcome_step(answer: &[u8], maybe_appended: bool) -> Attempt {
+    match decode_exact::<CommandOutcome>(answer) {
+        Ok(CommandOutcome::Applied(out)) => Attempt::Done(Ok(out)),
+        Ok(CommandOutcome::SessionExpired) => {
+            // Not applied now; applied before only if an
+            // earlier attempt may have reached a log.
+            let why = "the session expired";
+            Attempt::Expired(if maybe_appended {
+                Error::Unknown(format!("{why}: an earlier attempt may have been applied"))
+            } else {
+                Error::NotApplied(format!("{why} before the command ran"))
+            })
+        }
+        Ok(CommandOutcome::SeqReused) => Attempt::Done(Err(Error::NotApplied(
+            "the session already holds another command at this number".into(),
+        ))),
+        Ok(CommandOutcome::Registered { .. }) => Attempt::Done(Err(Error::Unknown(
+            "a registration answer to a command".into(),
+        ))),
+        Ok(CommandOutcome::Abandoned) => Attempt::Done(Err(Error::Unknown(
+            "the session abandoned this command".into(),
+        ))),
+        Ok(CommandOutcome::Undecodable(e)) => Attempt::Done(Err(Error::NotApplied(format!(
+            "the cluster could not decode the command: {e}"
+        )))),
+        Ok(CommandOutcome::Failed(why)) => Attempt::Done(Err(Error::Failed(why))),
+        // Checked after the session's kept results: an
+        // earlier attempt that ran would have its answer.
+        Ok(CommandOutcome::Halted { index, reason }) => {
+            Attempt::Done(Err(Error::NotApplied(format!(
+                "the service halted at log index {index} because that command \
+                 failed ({reason}); an operator resumes it"
+            ))))
+        }
+        Ok(CommandOutcome::Resume(_) | CommandOutcome::PanicPolicy(_)) => Attempt::Done(Err(
+            Error::Unknown("an operator's answer to a command".into()),
+        )),
+        Err(e) => Attempt::Done(Err(Error::Unknown(format!("undecodable answer: {e}")))),
+    }
+}
+
+impl<T: Replicated> Client<T> {
+    pub(super) fn target(&self) -> SocketAddr {
+        if let Some(l) = *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) {
+            return l;
+        }
+        let k = self.inner.rotate.fetch_add(1, Ordering::Relaxed) + self.inner.seed;
+        self.inner.addrs[(k % self.inner.addrs.len() as u64) as usize]
+    }
+
+    pub(super) fn set_leader(&self, addr: Option<SocketAddr>) {
+        *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+
+    pub(super) async fn attempt(
+        &self,
+        req: ClientRequest,
+    ) -> (SocketAddr, Result<ClientResponse, RequestError>) {
+        let addr = self.target();
+        let fut = self.inner.transport.request(addr, req);
+        match tokio::time::timeout(self.opts.attempt_timeout, fut).await {
+            Ok(r) => (addr, r),
+            Err(_) => (addr, Err(RequestError::Lost("no response in time".into()))),
+        }
+    }
+
+    pub(super) fn redirect(&self, addr: SocketAddr, leader_addr: Option<SocketAddr>) {
+        match leader_addr {
+            Some(l) if l != addr => self.set_leader(Some(l)),
+            _ => self.set_leader(None),
+        }
+    }
+
+    /// Registers a session unless one is open (or another caller registered
+    /// one meanwhile). A failure means the command was never sent.
+    pub(super) async fn register(&self, deadline: tokio::time::Instant) -> Result<(), Error> {
+        let Ok(_guard) = tokio::time::timeout_at(deadline, self.inner.registering.lock()).await
+        else {
+            return Err(Error::NotApplied(
+                "timed out waiting to open a session (the command was not sent)".into(),
+            ));
+        };
+        if self
+            .inner
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .id
+            .is_some()
+        {
+            return Ok(());
+        }
+        let secret = random_u64();
+        let schema = stored_schema::<T>()?;
+        let req = || ClientRequest::Register { schema, secret };
+        let registered = self
+            .retry(deadline, true, req, |resp| match resp {
+                ClientResponse::Applied { answer, .. } => {
+                    match decode_exact::<CommandOutcome>(&answer) {
+                        Ok(CommandOutcome::Registered { session }) => Reply::Done(session),
+                        other => Reply::Retry(format!("unexpected registration answer {other:?}")),
+                    }
+                }
+                other => Reply::Retry(format!("unexpected response {other:?}")),
+            })
+            .await;
+        // (A lost registration may have opened a session nobody uses; it
+        // expires on its own.)
+        match registered {
+            Ok(session) => {
+                let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+                s.id = Some(session);
+                s.secret = secret;
+                s.next_seq = 1;
+                s.open.clear();
+                Ok(())
+            }
+            Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
+            Err(RetryEnd::TimedOut(why)) => Err(Error::NotApplied(format!(
+                "timed out opening a session (the command was not sent); last error: {why}"
+            ))),
+        }
+    }
+
+    /// Sends `req()` until `reply` takes an answer, a node refuses it for
+    /// good, or `deadline` passes: follows redirects, forgets a failed
+    /// leader, backs off between tries. With `answered_by_leader`, the node
+    /// that answered is remembered as the leader. For requests a retry cannot harm
+    /// (registrations, queries).
+    pub(super) async fn retry<R>(
+        &self,
+        deadline: tokio::time::Instant,
+        answered_by_leader: bool,
+        req: impl Fn() -> ClientRequest,
+        mut reply: impl FnMut(ClientResponse) -> Reply<R>,
+    ) -> Result<R, RetryEnd> {
+        let mut last_why = String::from("no node answered");
+        let mut backoff = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            let (addr, resp) = self.attempt(req()).await;
+            match resp {
+                Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
+                    self.redirect(addr, leader_addr);
+                    last_why = format!("{addr} is not the leader");
+                }
+                Ok(ClientResponse::Refused { message }) => return Err(RetryEnd::Refused(message)),
+                Ok(ClientResponse::Failed { message, .. }) => {
+                    self.set_leader(None);
+                    last_why = message;
+                }
+                // The leader is still the leader: back off and ask it again.
+                Ok(ClientResponse::Busy { message }) => last_why = message,
+                Ok(other) => match reply(other) {
+                    Reply::Done(r) => {
+                        if answered_by_leader {
+                            self.set_leader(Some(addr));
+                        }
+                        return Ok(r);
+                    }
+                    Reply::Retry(why) => last_why = why,
+                },
+                Err(RequestError::NotSent(w) | RequestError::Lost(w)) => {
+                    self.set_leader(None);
+                    last_why = w;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(RetryEnd::TimedOut(last_why))
+    }
+
+    /// Sends `(client, seq)` until it has an answer or the deadline passes.
+    /// Returns the result and whether the cluster said the session expired.
+    pub(super) async fn command_loop(
+        &self,
+        client: u64,
+        secret: u64,
+        seq: u64,
+        body: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> (Result<Bytes, Error>, bool) {
+        let mut maybe_appended = false;
+        let mut last_why = String::from("no node answered");
+        let mut backoff = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            let ack_below = {
+                let s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+                if s.id != Some(client) {
+                    // The session expired (another command learned it):
+                    // this command cannot be applied any more.
+                    last_why = "the session expired".into();
+                    break;
+                }
+                s.open.first().copied().unwrap_or(s.next_seq)
+            };
+            let schema = match stored_schema::<T>() {
+                Ok(s) => s,
+                Err(e) => return (Err(e), false),
+            };
+            let req = ClientRequest::Command {
+                schema,
+                command: SessionCommand {
+                    client,
+                    secret,
+                    seq,
+                    ack_below,
+                    body: body.clone(),
+                },
+            };
+            let (addr, resp) = self.attempt(req).await;
+            let step = self.command_step(addr, resp, maybe_appended);
+            match step {
+                Attempt::Done(r) => return (r, false),
+                Attempt::Expired(e) => return (Err(e), true),
+                Attempt::Retry {
+                    maybe_appended: m,
+                    why,
+                } => {
+                    maybe_appended |= m;
+                    last_why = why;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        let r = if maybe_appended {
+            Err(Error::Unknown(format!("timed out; last error: {last_why}")))
+        } else {
+            Err(Error::NotApplied(format!(
+                "timed out before any node took it; last error: {last_why}"
+            )))
+        };
+        (r, false)
+    }
+
+    /// What a node's response to one attempt of a command comes to.
+    pub(super) fn command_step(
+        &self,
+        addr: SocketAddr,
+        resp: Result<ClientResponse, RequestError>,
+        maybe_appended: bool,
+    ) -> Attempt {
+        match resp {
+            Ok(ClientResponse::Applied { answer, .. }) => {
+                self.set_leader(Some(addr));
+                outcome_step(&answer, maybe_appended)
+            }
+            Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
+                self.redirect(addr, leader_addr);
+                Attempt::Retry {
+                    maybe_appended: false,
+                    why: format!("{addr} is not the leader"),
+                }
+            }
+            Ok(ClientResponse::Refused { message }) if !maybe_appended => {
+                Attempt::Done(Err(Error::NotApplied(message)))
+            }
+            Ok(ClientResponse::Refused { message }) => Attempt::Done(Err(Error::Unknown(format!(
+                "{message} (an earlier attempt may have been applied)"
+            )))),
+            Ok(ClientResponse::Failed {
+                not_applied,
+                message,
+            }) => {
+                self.set_leader(None);
+                Attempt::Retry {
+                    maybe_appended: !not_applied,
+                    why: message,
+                }
+            }
+            Ok(ClientResponse::Busy { message }) => Attempt::Retry {
+                maybe_appended: false,
+                why: message,
+            },
+            Ok(other) => Attempt::Retry {
+                maybe_appended: true,
+                why: format!("unexpected response {other:?}"),
+            },
+            Err(RequestError::NotSent(why)) => {
+                self.set_leader(None);
+                Attempt::Retry {
+                    maybe_appended: false,
+                    why,
+                }
+            }
+            Err(RequestError::Lost(why)) => {
+                self.set_leader(None);
+                Attempt::Retry {
+                    maybe_appended: true,
+                    why,
+                }
+            }
+        }
+    }
+}
