@@ -46,7 +46,7 @@ fn main() {
         .collect();
     let mut rates = Vec::new();
     for _ in 0..plan.runs {
-        let mut s = Sessions::<Store>::new(3_600_000);
+        let mut s = Sessions::<Store>::new();
         let reg = LogCommand {
             time_ms: 1,
             op: LogOp::Register { secret: 9 },

@@ -147,7 +147,7 @@ fn a_nested_field_type_change_changes_the_stored_fingerprint() {
     assert!(b.stored_shape().contains("qty:u32"), "{}", b.stored_shape());
 
     // A v1 snapshot holding qty = -3 is refused by v2, not misread.
-    let mut s = Sessions::<v1::Ledger>::new(60_000);
+    let mut s = Sessions::<v1::Ledger>::new();
     let session = register(&mut s);
     let body = postcard::to_stdvec(&v1::LedgerCommand::Record {
         entry: v1::Entry {
@@ -171,7 +171,7 @@ fn a_nested_field_type_change_changes_the_stored_fingerprint() {
         CommandOutcome::Applied(_)
     ));
     let snap = s.snapshot().unwrap();
-    let err = Sessions::<v2::Ledger>::restore(&snap, 60_000)
+    let err = Sessions::<v2::Ledger>::restore(&snap)
         .err()
         .expect("v2 refuses a v1 snapshot");
     assert!(err.to_string().contains("another version"), "{err}");
@@ -217,8 +217,24 @@ fn edits_that_store_nothing_new_keep_the_stored_fingerprint() {
     assert_eq!(a.stored(), LEDGER_V1_STORED, "{:016x}", a.stored());
 }
 
+/// The session settings decide which commands apply (an expired or evicted
+/// session's are refused), so replicas must share them: they are in the
+/// stored fingerprint, and no node option changes them.
+#[test]
+fn the_session_settings_are_part_of_the_stored_fingerprint() {
+    let a = Schema::of::<v1::Ledger>().unwrap();
+    let settings = format!(
+        " sessions(timeout_ms={},max={},open_results={},operator_ops={}) ",
+        ha_core::sm::DEFAULT_SESSION_TIMEOUT_MS,
+        ha_core::sm::DEFAULT_MAX_SESSIONS,
+        ha_core::sm::MAX_OPEN_RESULTS,
+        ha_core::sm::MAX_OPERATOR_OPS
+    );
+    assert!(a.stored_shape().contains(&settings), "{}", a.stored_shape());
+}
+
 /// The stored fingerprint of `v1::Ledger` (also pinned in another crate).
-const LEDGER_V1_STORED: u64 = 0xe352_b1a4_d9c7_2390;
+const LEDGER_V1_STORED: u64 = 0xcd89_feb2_c0f7_9203;
 
 #[derive(Serialize, Deserialize)]
 struct Pair {
@@ -462,7 +478,7 @@ fn trailing_bytes_are_refused() {
     assert!(err.to_string().contains("bytes follow the value"), "{err}");
 
     // A command body with a byte too many is never applied.
-    let mut s = Sessions::<v1::Ledger>::new(60_000);
+    let mut s = Sessions::<v1::Ledger>::new();
     let session = register(&mut s);
     let mut body = postcard::to_stdvec(&v1::LedgerCommand::Record {
         entry: v1::Entry::default(),

@@ -6,7 +6,7 @@ use ha_core::protocol::{CommandOutcome, LogCommand, LogOp, SessionCommand};
 use ha_core::schema::Schema;
 use std::collections::BTreeMap;
 
-use ha_core::sm::{ApplyContext, PanicPolicy, Sessions};
+use ha_core::sm::{ApplyContext, DEFAULT_MAX_SESSIONS, PanicPolicy, Sessions};
 use ha_core::types::{LogIndex, Term};
 use ha_core::{Replicated, replicated};
 use serde::{Deserialize, Serialize};
@@ -105,7 +105,7 @@ fn applied(o: CommandOutcome) -> i64 {
 
 #[test]
 fn a_registration_opens_a_session_named_by_its_index() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     assert_eq!(open_session(&mut s, 7, 100), 7);
     assert_eq!(open_session(&mut s, 8, 100), 8, "every registration is new");
     assert_eq!(s.session_count(), 2);
@@ -113,7 +113,7 @@ fn a_registration_opens_a_session_named_by_its_index() {
 
 #[test]
 fn a_retried_command_is_applied_once_and_answers_the_same() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     let i = |n| LogIndex(n);
     let c = open_session(&mut s, 1, 100);
     assert_eq!(
@@ -142,7 +142,7 @@ fn a_retried_command_is_applied_once_and_answers_the_same() {
 
 #[test]
 fn a_command_for_a_session_never_registered_is_never_applied() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     // Even one that looks like a session's very first command.
     for (seq, ack) in [(1, 1), (1, 0), (5, 5)] {
         let out = s.apply_log_command(LogIndex(1), Term(1), cmd(9, seq, ack, 100, 1));
@@ -158,7 +158,7 @@ fn a_command_for_a_session_never_registered_is_never_applied() {
 /// arrives. The retry must not apply again.
 #[test]
 fn a_retry_after_an_expiry_caused_by_a_fast_leader_clock_is_not_applied_twice() {
-    let mut s = Sessions::<Counter>::new(10_000);
+    let mut s = Sessions::<Counter>::new().with_unchecked_settings(10_000, DEFAULT_MAX_SESSIONS);
     let c = open_session(&mut s, 1, 1_000);
     assert_eq!(
         applied(s.apply_log_command(LogIndex(2), Term(1), cmd(c, 1, 1, 1_000, 5))),
@@ -190,7 +190,8 @@ fn sessions_expire_by_leader_time_identically_on_every_replica() {
         cmd(1, 2, 2, 13_000, 1),
     ];
     let run = || {
-        let mut s = Sessions::<Counter>::new(10_000);
+        let mut s =
+            Sessions::<Counter>::new().with_unchecked_settings(10_000, DEFAULT_MAX_SESSIONS);
         let outs: Vec<CommandOutcome> = log
             .iter()
             .enumerate()
@@ -209,11 +210,11 @@ fn sessions_expire_by_leader_time_identically_on_every_replica() {
 
 #[test]
 fn snapshots_carry_sessions_and_refuse_another_schema() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     let c = open_session(&mut s, 1, 100);
     s.apply_log_command(LogIndex(2), Term(1), cmd(c, 1, 1, 100, 4));
     let snap = s.snapshot().unwrap();
-    let mut r = Sessions::<Counter>::restore(&snap, 60_000).unwrap();
+    let mut r = Sessions::<Counter>::restore(&snap).unwrap();
     assert_eq!(r.state().get(), 4);
     // The restored table still deduplicates the retry.
     assert_eq!(
@@ -221,9 +222,7 @@ fn snapshots_carry_sessions_and_refuse_another_schema() {
         4
     );
     assert_eq!(r.state().get(), 4);
-    let err = Sessions::<Other>::restore(&snap, 60_000)
-        .err()
-        .expect("refused");
+    let err = Sessions::<Other>::restore(&snap).err().expect("refused");
     assert!(err.to_string().contains("another version"), "{err}");
     assert_ne!(
         Schema::of::<Counter>().unwrap().stored(),
@@ -233,13 +232,13 @@ fn snapshots_carry_sessions_and_refuse_another_schema() {
 
 #[test]
 fn the_apply_context_carries_leader_time() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     let c = open_session(&mut s, 1, 100);
     s.apply_log_command(LogIndex(2), Term(1), cmd(c, 1, 1, 5_000, 1));
     // Leader time never runs backwards in the state machine.
     s.apply_log_command(LogIndex(3), Term(2), cmd(c, 2, 2, 4_000, 1));
     let snap = s.snapshot().unwrap();
-    let restored = Sessions::<Counter>::restore(&snap, 60_000).unwrap();
+    let restored = Sessions::<Counter>::restore(&snap).unwrap();
     assert_eq!(restored.state().stamped, 5_000);
 }
 
@@ -258,7 +257,10 @@ struct FakeCluster {
 impl FakeCluster {
     fn new(timeout_ms: u64) -> std::sync::Arc<FakeCluster> {
         std::sync::Arc::new(FakeCluster {
-            state: std::sync::Mutex::new((Sessions::new(timeout_ms), 0)),
+            state: std::sync::Mutex::new((
+                Sessions::new().with_unchecked_settings(timeout_ms, DEFAULT_MAX_SESSIONS),
+                0,
+            )),
             time_ms: std::sync::atomic::AtomicU64::new(1_000),
             drop_commands: std::sync::atomic::AtomicU32::new(0),
             last_ack_below: std::sync::atomic::AtomicU64::new(0),
@@ -360,7 +362,7 @@ async fn an_expired_session_answers_not_applied_then_a_new_one_opens() {
 /// owner's command at the same number still runs.
 #[test]
 fn a_guessed_session_id_without_its_secret_applies_nothing() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     let victim = open_session(&mut s, 1, 100);
     let mut forged = cmd(victim, 1, u64::MAX, 100, 1000);
     if let LogOp::Command(c) = &mut forged.op {
@@ -381,7 +383,7 @@ fn a_guessed_session_id_without_its_secret_applies_nothing() {
 /// result is refused, and the kept result is not handed out for it.
 #[test]
 fn a_sequence_number_reused_for_another_command_is_refused() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     let c = open_session(&mut s, 1, 100);
     assert_eq!(
         applied(s.apply_log_command(LogIndex(2), Term(1), cmd(c, 1, 1, 100, 5))),
@@ -398,7 +400,7 @@ fn a_sequence_number_reused_for_another_command_is_refused() {
 /// active session (deterministically), whose commands are then refused.
 #[test]
 fn the_session_table_is_bounded_and_evicts_the_idlest() {
-    let mut s = Sessions::<Counter>::new(60_000).with_max_sessions(2);
+    let mut s = Sessions::<Counter>::new().with_unchecked_settings(60_000, 2);
     let a = open_session(&mut s, 1, 100);
     let b = open_session(&mut s, 2, 200);
     applied(s.apply_log_command(LogIndex(3), Term(1), cmd(a, 1, 1, 300, 1)));
@@ -411,6 +413,32 @@ fn the_session_table_is_bounded_and_evicts_the_idlest() {
     );
     applied(s.apply_log_command(LogIndex(6), Term(1), cmd(a, 2, 2, 600, 1)));
     applied(s.apply_log_command(LogIndex(7), Term(1), cmd(c, 1, 1, 700, 1)));
+}
+
+/// A client that never acknowledges cannot make the replicas keep results
+/// without bound: past `MAX_OPEN_RESULTS` a new number closes the oldest,
+/// whose retry is then refused (never applied again); newer results stay.
+#[test]
+fn a_session_keeps_a_bounded_number_of_open_results() {
+    use ha_core::sm::MAX_OPEN_RESULTS;
+    let mut s = Sessions::<Counter>::new();
+    let c = open_session(&mut s, 1, 100);
+    let n = MAX_OPEN_RESULTS as u64;
+    for seq in 1..=n + 1 {
+        applied(s.apply_log_command(LogIndex(1 + seq), Term(1), cmd(c, seq, 1, 200, 1)));
+    }
+    assert_eq!(s.state().get(), n as i64 + 1);
+    assert_eq!(
+        s.apply_log_command(LogIndex(n + 3), Term(1), cmd(c, 1, 1, 300, 1)),
+        CommandOutcome::Abandoned,
+        "the oldest result was closed"
+    );
+    assert_eq!(
+        applied(s.apply_log_command(LogIndex(n + 4), Term(1), cmd(c, 2, 1, 300, 1))),
+        2,
+        "the next oldest is kept and answered, not applied again"
+    );
+    assert_eq!(s.state().get(), n as i64 + 1, "no retry applied twice");
 }
 
 /// A command whose call was cancelled (its future dropped) must not leave
@@ -486,7 +514,7 @@ fn brittle_cmd(client: u64, seq: u64, c: BrittleCommand) -> LogCommand {
 #[test]
 fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
     let run = |policy: PanicPolicy| {
-        let mut s = Sessions::<Brittle>::new(60_000);
+        let mut s = Sessions::<Brittle>::new();
         // The policy is replicated state: set by a log entry.
         let set = LogCommand {
             time_ms: 10,
@@ -621,7 +649,7 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
 /// arrives: it is answered, not applied again over B's change.
 #[test]
 fn a_retried_policy_change_does_not_undo_a_later_one() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     let set = |policy: PanicPolicy, nonce: u64| LogCommand {
         time_ms: 10,
         op: LogOp::SetPanicPolicy { policy, nonce },
@@ -647,13 +675,13 @@ fn a_retried_policy_change_does_not_undo_a_later_one() {
         CommandOutcome::Undecodable(_)
     ));
     // The policy and the kept answers survive a snapshot.
-    let r = Sessions::<Counter>::restore(&s.snapshot().unwrap(), 60_000).unwrap();
+    let r = Sessions::<Counter>::restore(&s.snapshot().unwrap()).unwrap();
     assert_eq!(r.panic_policy(), PanicPolicy::Continue);
 }
 
 #[test]
 fn resume_is_refused_when_the_service_is_not_halted() {
-    let mut s = Sessions::<Counter>::new(60_000);
+    let mut s = Sessions::<Counter>::new();
     let c = open_session(&mut s, 1, 10);
     let resume = |s: &mut Sessions<Counter>, at: u64, index: u64| {
         s.apply_log_command(
@@ -719,7 +747,7 @@ fn draw(s: &mut Sessions<Leaky>, session: u64, seq: u64) -> CommandOutcome {
 /// reports a command that is not deterministic; a deterministic one passes.
 #[test]
 fn the_replay_check_reports_a_command_that_is_not_deterministic() {
-    let mut s = Sessions::<Leaky>::new(60_000).with_determinism_check(1);
+    let mut s = Sessions::<Leaky>::new().with_determinism_check(1);
     let session = open_session(&mut s, 1, 10);
     for seq in 1..=3 {
         assert!(matches!(
@@ -729,14 +757,14 @@ fn the_replay_check_reports_a_command_that_is_not_deterministic() {
     }
     assert_eq!(s.divergences(), 3);
 
-    let mut d = Sessions::<Counter>::new(60_000).with_determinism_check(1);
+    let mut d = Sessions::<Counter>::new().with_determinism_check(1);
     let c = open_session(&mut d, 1, 10);
     for seq in 1..=3 {
         applied(d.apply_log_command(LogIndex(1 + seq), Term(1), cmd(c, seq, seq, 10, 2)));
     }
     assert_eq!(d.divergences(), 0);
     // Sampling by index: every 2nd index only.
-    let mut e = Sessions::<Leaky>::new(60_000).with_determinism_check(2);
+    let mut e = Sessions::<Leaky>::new().with_determinism_check(2);
     let session = open_session(&mut e, 1, 10);
     for seq in 1..=4 {
         draw(&mut e, session, seq);
@@ -744,7 +772,7 @@ fn the_replay_check_reports_a_command_that_is_not_deterministic() {
     assert_eq!(e.divergences(), 2);
 
     // A method that allowed non-determinism is not replayed (it may do IO).
-    let mut f = Sessions::<Leaky>::new(60_000).with_determinism_check(1);
+    let mut f = Sessions::<Leaky>::new().with_determinism_check(1);
     let session = open_session(&mut f, 1, 10);
     let before = DRAWS.load(std::sync::atomic::Ordering::Relaxed);
     let c = in_session(session, 1, 1, 10, &LeakyCommand::DrawAllowed {});
@@ -781,7 +809,7 @@ impl Indexed {
 
 #[test]
 fn the_replay_check_sees_no_divergence_in_hash_collections() {
-    let mut s = Sessions::<Indexed>::new(60_000).with_determinism_check(1);
+    let mut s = Sessions::<Indexed>::new().with_determinism_check(1);
     let session = open_session(&mut s, 1, 10);
     for seq in 1..=40u64 {
         let put = IndexedCommand::Put {

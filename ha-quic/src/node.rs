@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, recover, start_node};
 use ha_core::raft::InitialState;
 use ha_core::sm::Applier;
-use ha_core::sm::{DEFAULT_SESSION_TIMEOUT_MS, Replicated, Sessions};
+use ha_core::sm::{Replicated, Sessions};
 use ha_core::storage::{DataDir, SnapshotStore, StdFs, Vfs, Wal, WalOptions};
 
 use crate::transport::{QuicConfig, QuicEndpoint, QuicError, QuicTransport};
@@ -223,8 +223,7 @@ impl QuicNode {
             tracing::warn!("{r}");
         }
         let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir())?;
-        let mut applier = Sessions::<T>::new(DEFAULT_SESSION_TIMEOUT_MS)
-            .with_determinism_check(opts.determinism_check_every);
+        let mut applier = Sessions::<T>::new().with_determinism_check(opts.determinism_check_every);
         let init = recover(&mut wal, state, &snapshots, &mut applier, peers > 0)?;
         let schema = ha_core::schema::Schema::of::<T>()?;
         quic.schema = schema.stored();

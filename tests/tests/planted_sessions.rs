@@ -26,7 +26,8 @@ impl Tally {
 }
 
 fn run_scenario(planted: bool) -> u64 {
-    let mut s = Sessions::<Tally>::new(10_000);
+    let mut s =
+        Sessions::<Tally>::new().with_unchecked_settings(10_000, ha_core::sm::DEFAULT_MAX_SESSIONS);
     if planted {
         s = s.with_planted_recreate();
     }

@@ -41,7 +41,7 @@ pub use pipeline::{Pipeline, PipelineIo, Write};
 
 use crate::raft::{Message, Raft, ReadState};
 use crate::storage::LogStore;
-use crate::types::{Entry, LogIndex, NodeId};
+use crate::types::{Entry, LogIndex, NodeId, Term};
 
 /// Where a driver's output goes.
 pub trait ReadyIo {
@@ -54,62 +54,103 @@ pub trait ReadyIo {
     fn read_ready(&mut self, read: ReadState);
     /// A read could not be confirmed (leadership lost): fail it.
     fn read_dropped(&mut self, ctx: u64);
+    /// The core installed a snapshot a leader sent, up to `index` (of
+    /// `term`): the state machine must hold that snapshot's state before
+    /// any later entry is applied, because entries up to `index` will
+    /// never be applied one by one. This driver keeps no snapshot files, so
+    /// the implementation fetches the state itself, or returns why it
+    /// cannot; then [`handle_ready`] stops with
+    /// [`HandleReadyError::Restore`] and applies nothing more.
+    fn restore_snapshot(&mut self, index: LogIndex, term: Term) -> Result<(), String>;
+}
+
+/// Why [`handle_ready`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleReadyError<E> {
+    /// The log store failed; the node must restart from its disk.
+    #[error("storage: {0}")]
+    Storage(E),
+    /// An installed snapshot could not be restored
+    /// ([`ReadyIo::restore_snapshot`]); nothing after it was applied.
+    #[error("restoring the snapshot at {index}: {why}")]
+    Restore {
+        /// The snapshot's index.
+        index: LogIndex,
+        /// What the restore said.
+        why: String,
+    },
 }
 
 /// Handles every pending `Ready` of `raft` in the safe order (see the module
 /// docs), through the same [`Pipeline`] the node task runs. Returns the
-/// storage error that stopped it, if any; the caller must then stop the
-/// node. A snapshot the core installs is recorded in `store`; this simple
-/// driver keeps no state machine to restore and sends no snapshots.
+/// error that stopped it, if any; the caller must then stop the node. A
+/// snapshot the core installs is recorded in `store` and restored through
+/// [`ReadyIo::restore_snapshot`] before any later entry is applied; this
+/// simple driver sends no snapshots.
 pub fn handle_ready<S: LogStore>(
     raft: &mut Raft,
     store: &mut S,
     io: &mut impl ReadyIo,
-) -> Result<(), S::Error> {
+) -> Result<(), HandleReadyError<S::Error>> {
     let mut pipeline: Pipeline<(), ()> = Pipeline::new(raft.applied_index());
-    let mut io = SyncIo(io);
+    let mut io = SyncIo { io, install: None };
     while let Some(write) = pipeline.start(raft, &mut io) {
         if let Some(i) = write.install {
-            store.install_snapshot(i.index, i.term, i.keep_suffix)?;
+            store
+                .install_snapshot(i.index, i.term, i.keep_suffix)
+                .map_err(HandleReadyError::Storage)?;
         }
-        store.append(&write.entries)?;
+        io.install = write.install.map(|i| (i.index, i.term));
+        store
+            .append(&write.entries)
+            .map_err(HandleReadyError::Storage)?;
         if let Some(hs) = write.hard_state {
-            store.save_hard_state(hs)?;
+            store
+                .save_hard_state(hs)
+                .map_err(HandleReadyError::Storage)?;
         }
-        store.sync()?;
+        store.sync().map_err(HandleReadyError::Storage)?;
         pipeline.persisted(&mut io);
-        pipeline
-            .finish(raft, &mut io, Some(&[]))
-            .expect("this driver's restore cannot fail");
+        // The state passed is a placeholder: `SyncIo::restore` asks the
+        // `ReadyIo` for the snapshot by index instead.
+        if let Err(why) = pipeline.finish(raft, &mut io, Some(&[])) {
+            let index = io.install.map_or(LogIndex(0), |(i, _)| i);
+            return Err(HandleReadyError::Restore { index, why });
+        }
     }
     Ok(())
 }
 
 /// [`ReadyIo`] as the pipeline's IO: no proposals or reads are registered,
-/// so read states and dropped reads all reach the `ReadyIo`.
-struct SyncIo<'a, I: ReadyIo>(&'a mut I);
+/// so read states and dropped reads all reach the `ReadyIo`. `install` is
+/// the snapshot the Ready in flight installs, if any.
+struct SyncIo<'a, I: ReadyIo> {
+    io: &'a mut I,
+    install: Option<(LogIndex, Term)>,
+}
 
 impl<I: ReadyIo> PipelineIo for SyncIo<'_, I> {
     type Reply = ();
     type Read = ();
     fn send(&mut self, msg: Message) {
-        self.0.send(msg);
+        self.io.send(msg);
     }
     fn send_snapshot(&mut self, _peer: NodeId) {}
     fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
-        Ok(())
+        let (index, term) = self.install.ok_or("a restore without an install")?;
+        self.io.restore_snapshot(index, term)
     }
     fn apply(&mut self, entry: &Entry) -> Option<bytes::Bytes> {
-        self.0.apply(entry);
+        self.io.apply(entry);
         None
     }
     fn answer(&mut self, _reply: (), _result: Result<(LogIndex, bytes::Bytes), NodeError>) {}
     fn serve_read(&mut self, _read: (), _index: LogIndex) {}
     fn fail_read(&mut self, _read: (), _error: NodeError) {}
     fn unregistered_read(&mut self, read: ReadState) {
-        self.0.read_ready(read);
+        self.io.read_ready(read);
     }
     fn unregistered_drop(&mut self, ctx: u64) {
-        self.0.read_dropped(ctx);
+        self.io.read_dropped(ctx);
     }
 }

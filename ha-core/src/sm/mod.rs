@@ -29,7 +29,7 @@ mod sessions;
 pub(crate) use sessions::envelope_shape;
 pub use sessions::{
     DEFAULT_DETERMINISM_CHECK_EVERY, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TIMEOUT_MS,
-    MAX_CHECKED_STATE_BYTES, MAX_OPERATOR_OPS, PanicPolicy, Sessions,
+    MAX_CHECKED_STATE_BYTES, MAX_OPEN_RESULTS, MAX_OPERATOR_OPS, PanicPolicy, Sessions,
 };
 
 use bytes::Bytes;

@@ -61,7 +61,9 @@ impl Reference {
         // The simulator checks determinism itself (every replica's applied
         // entries against this reference): no replay, whose cost grows with
         // the state.
-        let mut sessions = Sessions::new(timeout_ms).with_determinism_check(0);
+        let mut sessions = Sessions::new()
+            .with_unchecked_settings(timeout_ms, ha_core::sm::DEFAULT_MAX_SESSIONS)
+            .with_determinism_check(0);
         if planted_recreate {
             sessions = sessions.with_planted_recreate();
         }

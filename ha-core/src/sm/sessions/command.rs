@@ -147,6 +147,20 @@ impl<T: Replicated> Sessions<T> {
             }
             return Some(r.outcome());
         }
+        // A new number on a session already keeping the most results it
+        // may: the oldest is closed and forgotten (a retry of it is answered
+        // `Abandoned`, which the client reports as an unknown outcome), the
+        // same on every replica. Bounds what one client that never
+        // acknowledges can make every replica keep.
+        if session.results.len() >= MAX_OPEN_RESULTS {
+            if let Some((&oldest, _)) = session.results.first_key_value() {
+                session.closed_below = oldest.saturating_add(1);
+                session.results.remove(&oldest);
+            }
+            if c.seq < session.closed_below {
+                return Some(CommandOutcome::Abandoned);
+            }
+        }
         if let Some(h) = &self.halted {
             let kept = Kept::Halted {
                 index: h.index,

@@ -180,13 +180,25 @@ struct SnapshotForm {
     state: Vec<u8>,
 }
 
+impl<T: Replicated> Default for Sessions<T> {
+    fn default() -> Sessions<T> {
+        Sessions::new()
+    }
+}
+
 impl<T: Replicated> Sessions<T> {
-    /// A fresh state (`T::default()`) and no sessions.
-    pub fn new(timeout_ms: u64) -> Sessions<T> {
+    /// A fresh state (`T::default()`) and no sessions, with ha's session
+    /// settings ([`DEFAULT_SESSION_TIMEOUT_MS`], [`DEFAULT_MAX_SESSIONS`]).
+    ///
+    /// The settings decide which commands apply (an expired or evicted
+    /// session's are refused), so every replica must use the same ones:
+    /// they are ha's constants, part of the stored fingerprint, and no node
+    /// option changes them.
+    pub fn new() -> Sessions<T> {
         Sessions {
             state: T::default(),
             sessions: BTreeMap::new(),
-            timeout_ms,
+            timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             max_sessions: DEFAULT_MAX_SESSIONS,
             now_ms: 0,
             policy: PanicPolicy::Continue,
@@ -212,10 +224,16 @@ impl<T: Replicated> Sessions<T> {
         self
     }
 
-    /// The same with at most `max` sessions (at least 1).
+    /// The same with other session settings: an idle session lives
+    /// `timeout_ms` of leader time, at most `max_sessions` (at least 1) are
+    /// kept. For tests and the simulator only: these values are in no
+    /// fingerprint, so replicas given different ones would diverge
+    /// silently. A node never calls it.
+    #[doc(hidden)]
     #[must_use]
-    pub fn with_max_sessions(mut self, max: usize) -> Sessions<T> {
-        self.max_sessions = max.max(1);
+    pub fn with_unchecked_settings(mut self, timeout_ms: u64, max_sessions: usize) -> Sessions<T> {
+        self.timeout_ms = timeout_ms;
+        self.max_sessions = max_sessions.max(1);
         self
     }
 
@@ -325,8 +343,9 @@ impl<T: Replicated> Sessions<T> {
     }
 
     /// Restores a state written by [`Sessions::snapshot`], refusing one of
-    /// another stored fingerprint.
-    pub fn restore(bytes: &[u8], timeout_ms: u64) -> Result<Sessions<T>, StateError> {
+    /// another stored fingerprint. The replica's settings are ha's (see
+    /// [`Sessions::new`]).
+    pub fn restore(bytes: &[u8]) -> Result<Sessions<T>, StateError> {
         let form: SnapshotForm = decode_exact(bytes).map_err(StateError::Decode)?;
         let ours = Schema::of::<T>()
             .map_err(|e| StateError::Decode(e.to_string()))?
@@ -356,13 +375,18 @@ impl<T: Replicated> Sessions<T> {
             halted: form.halted,
             operator_ops: form.operator_ops,
             last_resumed: form.last_resumed,
-            ..Sessions::new(timeout_ms)
+            ..Sessions::new()
         })
     }
 }
 
 /// The largest state (encoded) the determinism check copies.
 pub const MAX_CHECKED_STATE_BYTES: usize = 16 << 20;
+
+/// Results one session keeps at most for numbers its client has not
+/// acknowledged; a new number beyond it closes the oldest (see
+/// `Sessions::session_gate`). Part of the stored fingerprint.
+pub const MAX_OPEN_RESULTS: usize = 1024;
 
 /// Operator operations whose answers are kept for retries (see
 /// `Sessions::operator_ops`).
@@ -376,9 +400,13 @@ pub const DEFAULT_DETERMINISM_CHECK_EVERY: u64 = if cfg!(debug_assertions) { 16 
 /// entry's envelope and the snapshot's (the session table, kept results,
 /// the panic policy and halt). Part of the stored fingerprint, so a change
 /// to any of them refuses old data instead of misreading it.
+///
+/// The session settings are in it too: they decide which commands apply, so
+/// an ha build with other settings must not share a cluster or a data
+/// directory with this one.
 pub(crate) fn envelope_shape() -> Result<String, crate::schema::SchemaError> {
     Ok(format!(
-        "log={} snapshot={}",
+        "log={} snapshot={} sessions(timeout_ms={DEFAULT_SESSION_TIMEOUT_MS},max={DEFAULT_MAX_SESSIONS},open_results={MAX_OPEN_RESULTS},operator_ops={MAX_OPERATOR_OPS})",
         crate::schema::shape_of::<LogCommand>()?,
         crate::schema::shape_of::<SnapshotForm>()?
     ))
@@ -405,12 +433,12 @@ impl<T: Replicated> Applier for Sessions<T> {
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), StateError> {
-        let (max, every) = (self.max_sessions, self.check_every);
+        let (timeout, max, every) = (self.timeout_ms, self.max_sessions, self.check_every);
         // What this replica found is its own, not the snapshot's: the
         // count (a metric's counter) must not go back.
         let (divergences, order_only) = (self.divergences, self.order_only);
-        *self = Sessions::restore(state, self.timeout_ms)?
-            .with_max_sessions(max)
+        *self = Sessions::restore(state)?
+            .with_unchecked_settings(timeout, max)
             .with_determinism_check(every);
         self.divergences = divergences;
         self.order_only = order_only;
