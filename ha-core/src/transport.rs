@@ -16,8 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
-
 use crate::raft::Message;
 use crate::types::NodeId;
 
@@ -50,7 +48,7 @@ pub trait Transport: Send + Sync + 'static {
 
 #[derive(Default)]
 struct Hub {
-    inboxes: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    inboxes: BTreeMap<NodeId, crate::node::Inbox>,
     sinks: BTreeMap<NodeId, Arc<dyn crate::node::SnapshotFiles>>,
     down: BTreeSet<NodeId>,
 }
@@ -68,7 +66,7 @@ impl MemNetwork {
     }
 
     /// Registers node `id`'s inbox.
-    pub fn register(&self, id: NodeId, inbox: mpsc::Sender<Message>) {
+    pub fn register(&self, id: NodeId, inbox: crate::node::Inbox) {
         self.lock().inboxes.insert(id, inbox);
     }
 
@@ -140,7 +138,7 @@ impl Transport for MemTransport {
                 }
                 w.finish()
             })();
-            let ok = copied.is_ok() && inbox.try_send(install).is_ok();
+            let ok = copied.is_ok() && inbox.try_deliver(install).is_ok();
             done(ok);
         });
     }
@@ -151,7 +149,7 @@ impl Transport for MemTransport {
             return;
         }
         if let Some(inbox) = hub.inboxes.get(&msg.to) {
-            let _ = inbox.try_send(msg);
+            let _ = inbox.try_deliver(msg);
         }
     }
 }

@@ -120,6 +120,21 @@ impl fmt::Debug for EntryPayload {
     }
 }
 
+impl Entry {
+    /// The bytes this entry takes in memory, about.
+    pub fn approx_bytes(&self) -> usize {
+        let payload = match &self.payload {
+            EntryPayload::Blank => 0,
+            EntryPayload::Command(b) => b.len(),
+            // A set member costs its id and a share of its tree node.
+            EntryPayload::Membership(m) => {
+                (m.voters.len() + m.voters_outgoing.len() + m.learners.len()).saturating_mul(48)
+            }
+        };
+        std::mem::size_of::<Entry>().saturating_add(payload)
+    }
+}
+
 /// One entry of the replicated log.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {

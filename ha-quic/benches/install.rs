@@ -91,7 +91,7 @@ fn main() {
         };
         let leader = QuicEndpoint::with_socket(cfg(1, 2, a1, a2), s1).unwrap();
         let follower = QuicEndpoint::with_socket(cfg(2, 1, a2, a1), s2).unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let (tx, mut rx) = ha_core::node::Inbox::channel(16, 64 << 20);
         follower.serve_messages_and_snapshots(tx, follower_files.clone());
         let snap = leader_files.open_latest().unwrap().unwrap();
         let bytes = snap.len;

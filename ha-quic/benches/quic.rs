@@ -73,7 +73,7 @@ async fn messages(certs: &std::path::Path, secs: Duration) -> (f64, f64) {
     };
     let e1 = QuicEndpoint::with_socket(cfg(1, 2, a2, a1), s1).unwrap();
     let e2 = QuicEndpoint::with_socket(cfg(2, 1, a1, a2), s2).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(WINDOW as usize * 2);
+    let (tx, mut rx) = ha_core::node::Inbox::channel(WINDOW as usize * 2, 1 << 30);
     e2.serve_messages(tx);
     let received = Arc::new(AtomicU64::new(0));
     let r = received.clone();

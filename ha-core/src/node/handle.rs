@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::{Availability, AvailabilityReport, Histogram, HistogramSnapshot};
-use crate::raft::{Message, RoleKind};
+use crate::raft::RoleKind;
 use crate::types::{LogIndex, NodeId, Term};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -259,7 +259,7 @@ pub struct NodeHandle {
     pub(super) metrics: Arc<SharedMetrics>,
     pub(super) snapshots: Arc<dyn super::SnapshotFiles>,
     pub(super) commands: mpsc::Sender<Command>,
-    pub(super) inbound: mpsc::Sender<Message>,
+    pub(super) inbound: super::Inbox,
     pub(super) status: watch::Receiver<NodeStatus>,
 }
 
@@ -270,7 +270,7 @@ impl NodeHandle {
     }
 
     /// Where the transport delivers messages for this node.
-    pub fn inbound(&self) -> mpsc::Sender<Message> {
+    pub fn inbound(&self) -> super::Inbox {
         self.inbound.clone()
     }
 

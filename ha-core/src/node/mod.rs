@@ -23,6 +23,7 @@
 //! from what its disk holds (the log refuses further writes anyway).
 
 mod handle;
+mod inbox;
 mod options;
 mod persist;
 mod pipeline;
@@ -33,8 +34,12 @@ pub use snapshots::{
     IncomingSnapshot, OutgoingSnapshot, RecoverError, SnapshotFiles, merge_snapshot, recover,
 };
 
+pub use inbox::{DeliverError, Inbox, InboxReceiver};
+
 pub use handle::{NodeError, NodeHandle, NodeMetrics, NodeStatus, PeerProgress, StopReason};
-pub use options::{DEFAULT_STORAGE_QUOTA_BYTES, NodeOptions, NodeStorage};
+pub use options::{
+    DEFAULT_INBOUND_QUEUE_BYTES, DEFAULT_STORAGE_QUOTA_BYTES, NodeOptions, NodeStorage,
+};
 pub use task::{StartNodeError, start_node};
 
 pub use pipeline::{Pipeline, PipelineIo, Write};

@@ -37,6 +37,10 @@ pub struct NodeOptions {
     pub tick: Duration,
     /// Depth of the inbound message queue.
     pub inbound_queue: usize,
+    /// Bytes the inbound queue holds at most, counted as the messages sit
+    /// in memory ([`Message::approx_bytes`](crate::raft::Message::approx_bytes));
+    /// a message beyond it is dropped and counted (Raft resends).
+    pub inbound_queue_bytes: usize,
     /// Depth of the command queue.
     pub command_queue: usize,
     /// Snapshot the state and compact the log after this many entries
@@ -66,6 +70,9 @@ pub struct NodeOptions {
     pub determinism_check_every: u64,
 }
 
+/// The default byte bound of the inbound queue: 256 MiB.
+pub const DEFAULT_INBOUND_QUEUE_BYTES: usize = 256 << 20;
+
 /// The default storage quota: 2 GiB of log beyond the last snapshot (etcd's
 /// default backend quota).
 pub const DEFAULT_STORAGE_QUOTA_BYTES: u64 = 2 << 30;
@@ -79,6 +86,7 @@ impl NodeOptions {
             membership: Membership::new_voters(voters),
             tick: Duration::from_millis(50),
             inbound_queue: 8192,
+            inbound_queue_bytes: DEFAULT_INBOUND_QUEUE_BYTES,
             command_queue: 8192,
             snapshot_every_entries: None,
             storage_quota_bytes: Some(DEFAULT_STORAGE_QUOTA_BYTES),

@@ -67,7 +67,7 @@ pub fn start_node<V: Vfs>(
     check_options(&opts)?;
     let raft = Raft::new(opts.raft.clone(), init).map_err(StartNodeError::Core)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(opts.command_queue.max(1));
-    let (in_tx, in_rx) = mpsc::channel(opts.inbound_queue.max(1));
+    let (in_tx, in_rx) = super::Inbox::channel(opts.inbound_queue, opts.inbound_queue_bytes);
     let storage_repairing = match &storage {
         NodeStorage::Durable { wal, .. } => wal.repairing().map(str::to_string),
         NodeStorage::Memory(_) => None,
@@ -344,7 +344,7 @@ impl<V: Vfs> NodeTask<V> {
     pub(super) async fn run(
         mut self,
         tick: Duration,
-        mut inbound: mpsc::Receiver<Message>,
+        mut inbound: super::InboxReceiver,
         mut commands: mpsc::Receiver<Command>,
     ) {
         let mut ticker = tokio::time::interval(tick);
@@ -403,8 +403,8 @@ impl<V: Vfs> NodeTask<V> {
                     self.step(m);
                     for _ in 0..DRAIN_MAX {
                         match inbound.try_recv() {
-                            Ok(m) => self.step(m),
-                            Err(_) => break,
+                            Some(m) => self.step(m),
+                            None => break,
                         }
                     }
                 }

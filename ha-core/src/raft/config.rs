@@ -156,6 +156,13 @@ impl Config {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        if self.max_append_entries > super::message::MAX_APPEND_ENTRIES {
+            return Err(format!(
+                "max_append_entries {} is above {}, the most a follower accepts in one append",
+                self.max_append_entries,
+                super::message::MAX_APPEND_ENTRIES
+            ));
+        }
         Ok(())
     }
 

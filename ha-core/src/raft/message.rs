@@ -62,7 +62,9 @@ pub enum Body {
         prev_index: LogIndex,
         /// Term of that entry.
         prev_term: Term,
-        /// New entries, possibly none.
+        /// New entries, possibly none; at most [`MAX_APPEND_ENTRIES`] (more
+        /// are refused while decoding, before they are built).
+        #[serde(deserialize_with = "bounded_entries")]
         entries: Vec<Entry>,
         /// The leader's commit index.
         commit: LogIndex,
@@ -188,7 +190,60 @@ pub enum MessageError {
     },
 }
 
+/// The most entries one append may carry. A leader sends at most its
+/// `max_append_entries` (which `Config::validate` holds to this); a longer
+/// append from the network is refused as it is decoded, so a frame of tiny
+/// entries cannot make a receiver build millions of them (an entry in
+/// memory is many times its few bytes on the wire).
+pub const MAX_APPEND_ENTRIES: usize = 1 << 16;
+
+/// Decodes an append's entries, refusing more than [`MAX_APPEND_ENTRIES`].
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<Entry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_APPEND_ENTRIES} entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Entry>, A::Error> {
+            use serde::de::Error;
+            let too_many = || {
+                A::Error::custom(format!(
+                    "an append of more than {MAX_APPEND_ENTRIES} entries"
+                ))
+            };
+            let hint = seq.size_hint().unwrap_or(0);
+            if hint > MAX_APPEND_ENTRIES {
+                return Err(too_many());
+            }
+            let mut out = Vec::with_capacity(hint.min(1024));
+            while let Some(e) = seq.next_element()? {
+                if out.len() == MAX_APPEND_ENTRIES {
+                    return Err(too_many());
+                }
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
+}
+
 impl Message {
+    /// The bytes this message takes in memory, about: what a queue of
+    /// decoded messages is bounded by (an append's entries cost their
+    /// in-memory size, not their few bytes on the wire).
+    pub fn approx_bytes(&self) -> usize {
+        let entries = match &self.body {
+            Body::Append { entries, .. } => entries.iter().map(Entry::approx_bytes).sum(),
+            _ => 0,
+        };
+        std::mem::size_of::<Message>().saturating_add(entries)
+    }
+
     /// Checks what the core relies on before it acts on a message, so
     /// malformed network input is refused without changing state: an
     /// append's entries are contiguous, start at `prev_index + 1` and have
@@ -332,6 +387,38 @@ mod tests {
             term: Term(term),
             body,
         }
+    }
+
+    fn blank_append(n: usize) -> Message {
+        msg(
+            1,
+            Body::Append {
+                prev_index: LogIndex(0),
+                prev_term: Term(0),
+                entries: (1..=n as u64)
+                    .map(|i| Entry {
+                        index: LogIndex(i),
+                        term: Term(1),
+                        payload: crate::types::EntryPayload::Blank,
+                    })
+                    .collect(),
+                commit: LogIndex(0),
+            },
+        )
+    }
+
+    /// A frame of tiny entries would decode into many times its size: more
+    /// than `MAX_APPEND_ENTRIES` are refused while decoding.
+    #[test]
+    fn an_append_of_too_many_entries_is_refused_while_it_is_decoded() {
+        let ok = postcard::to_stdvec(&blank_append(MAX_APPEND_ENTRIES)).unwrap();
+        let decoded: Message = postcard::from_bytes(&ok).unwrap();
+        assert_eq!(decoded, blank_append(MAX_APPEND_ENTRIES));
+        let over = postcard::to_stdvec(&blank_append(MAX_APPEND_ENTRIES + 1)).unwrap();
+        assert!(postcard::from_bytes::<Message>(&over).is_err());
+        let mut config = crate::raft::Config::new(NodeId(1));
+        config.max_append_entries = MAX_APPEND_ENTRIES + 1;
+        assert!(config.validate().is_err(), "a leader never sends more");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use config::Config;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use membership::{Membership, VoteResult};
-pub use message::{AppendOutcome, Body, Message, MessageError};
+pub use message::{AppendOutcome, Body, MAX_APPEND_ENTRIES, Message, MessageError};
 pub use read::ReadState;
 
 use self::log::RaftLog;

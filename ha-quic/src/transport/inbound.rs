@@ -48,7 +48,7 @@ pub(super) async fn handle_incoming(
     arrival: u64,
     slot: OwnedSemaphorePermit,
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Message>,
+    inbound: Inbox,
     node: Option<NodeHandle>,
     files: Option<Arc<dyn SnapshotFiles>>,
 ) {
@@ -176,7 +176,7 @@ pub(super) async fn peer_connection(
     arrival: u64,
     peer: NodeId,
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Message>,
+    inbound: Inbox,
     files: Option<Arc<dyn SnapshotFiles>>,
 ) {
     loop {
@@ -222,7 +222,7 @@ pub(super) async fn peer_stream(
     arrival: u64,
     peer: NodeId,
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Message>,
+    inbound: Inbox,
     files: Option<Arc<dyn SnapshotFiles>>,
 ) {
     let opened = Instant::now();
@@ -333,7 +333,7 @@ async fn deliver(
     from: NodeId,
     conn: &quinn::Connection,
     shared: &Shared,
-    inbound: &mpsc::Sender<Message>,
+    inbound: &Inbox,
     who: &str,
 ) {
     loop {
@@ -369,7 +369,7 @@ async fn deliver(
                 }
                 shared.stats.received.fetch_add(1, Ordering::Relaxed);
                 // A full inbox drops (the core is behind; Raft resends).
-                let sent = inbound.try_send(m);
+                let sent = inbound.try_deliver(m);
                 drop(newest);
                 if sent.is_err() {
                     let n = bump(&shared.stats.dropped_inbound);

@@ -84,7 +84,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ha_core::node::{NodeHandle, SnapshotFiles};
+use ha_core::node::{Inbox, NodeHandle, SnapshotFiles};
 use ha_core::raft::{Body, Message};
 use ha_core::rng::SplitMix64;
 use ha_core::transport::Transport;
@@ -472,23 +472,19 @@ impl QuicEndpoint {
     /// Accepts peer connections and hands their messages to `inbound`, with
     /// no node behind the endpoint (clients are refused). For benchmarks and
     /// tests of the transport alone.
-    pub fn serve_messages(&self, inbound: mpsc::Sender<Message>) {
+    pub fn serve_messages(&self, inbound: Inbox) {
         self.accept_into(inbound, None, None);
     }
 
     /// Like [`QuicEndpoint::serve_messages`], storing received snapshots in
     /// `files` (for benchmarks and tests of snapshot transfer alone).
-    pub fn serve_messages_and_snapshots(
-        &self,
-        inbound: mpsc::Sender<Message>,
-        files: Arc<dyn SnapshotFiles>,
-    ) {
+    pub fn serve_messages_and_snapshots(&self, inbound: Inbox, files: Arc<dyn SnapshotFiles>) {
         self.accept_into(inbound, None, Some(files));
     }
 
     fn accept_into(
         &self,
-        inbound: mpsc::Sender<Message>,
+        inbound: Inbox,
         node: Option<NodeHandle>,
         files: Option<Arc<dyn SnapshotFiles>>,
     ) {

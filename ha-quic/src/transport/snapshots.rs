@@ -40,7 +40,7 @@ pub(super) async fn receive_snapshot(
     hello: PeerHello,
     who: &str,
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Message>,
+    inbound: Inbox,
     files: Option<Arc<dyn SnapshotFiles>>,
     opened: Instant,
 ) {
@@ -85,7 +85,7 @@ pub(super) async fn take_snapshot(
     hello: &PeerHello,
     who: &str,
     shared: &Shared,
-    inbound: &mpsc::Sender<Message>,
+    inbound: &Inbox,
     files: Option<Arc<dyn SnapshotFiles>>,
     opened: Instant,
 ) -> Result<(), String> {
@@ -181,7 +181,7 @@ pub(super) async fn take_snapshot(
         format!("cannot store the snapshot: {e}")
     })?;
     inbound
-        .try_send(Message {
+        .try_deliver(Message {
             from: hello.from,
             to: shared.id,
             term: header.leader_term,
