@@ -93,9 +93,16 @@ pub enum FrameDeadline {
     /// streams that exist to carry one frame (a client request, a hello).
     At(Instant),
     /// Waiting for the first byte is free (a stream idles between frames);
-    /// once it came, the frame must complete within this long.
+    /// once it came, the frame must complete within this long plus the
+    /// time its bytes received so far take at [`MIN_FRAME_BYTES_PER_SEC`]:
+    /// a large append arriving steadily on a slow link is not cut off as a
+    /// stall, while a sender that stops is (whatever length it announced).
     AfterFirstByte(Duration),
 }
+
+/// The slowest rate a frame read under [`FrameDeadline::AfterFirstByte`]
+/// is given time for: 1 MiB/s.
+pub const MIN_FRAME_BYTES_PER_SEC: u64 = 1 << 20;
 
 /// Limits of one frame read.
 #[derive(Clone, Copy, Debug)]
@@ -299,6 +306,7 @@ pub async fn read_frame_sized<T: DeserializeOwned>(
             max: limits.max_bytes,
         });
     }
+    let scaled = matches!(limits.deadline, FrameDeadline::AfterFirstByte(_));
     let mut body = Growing {
         buf: Vec::new(),
         reserved: 0,
@@ -306,7 +314,15 @@ pub async fn read_frame_sized<T: DeserializeOwned>(
     };
     while body.buf.len() < len {
         let rest = len - body.buf.len();
-        let chunk = match within(deadline, recv.read_chunk(rest, true)).await? {
+        // Time earned by the bytes received (capped by `max_bytes`: the
+        // product cannot overflow).
+        let until = match deadline {
+            Some(d) if scaled => d.checked_add(Duration::from_millis(
+                body.buf.len() as u64 * 1000 / MIN_FRAME_BYTES_PER_SEC,
+            )),
+            d => d,
+        };
+        let chunk = match within(until, recv.read_chunk(rest, true)).await? {
             Ok(Some(c)) => c.bytes,
             Ok(None) => return Err(FrameError::Truncated),
             Err(e) => return Err(FrameError::Stream(e.to_string())),

@@ -424,6 +424,36 @@ async fn peer_stream_with(
     s
 }
 
+/// The story: a frame had `peer_frame_timeout` (10 s) to arrive whatever
+/// its size, so a large append on a slow link was cut off as a stall again
+/// and again. Now each byte received earns time at 1 MiB/s: a 2 MiB frame
+/// arriving steadily over four times the base deadline is delivered.
+#[test]
+fn a_large_frame_arriving_steadily_is_not_cut_off_as_a_stall() {
+    runtime(2).block_on(async {
+        let mut p = pair(None, |q| {
+            q.limits.peer_frame_timeout = Duration::from_millis(250);
+        });
+        let n1 = load_node_identity(p.certs.path(), NodeId(1)).unwrap();
+        let (_ep, conn) = raw_conn(p.b.local_addr(), "node-2", &n1, ALPN_PEER).await;
+        let first = append(1, 2, 10);
+        let mut s = peer_stream_with(&conn, &n1, StreamClass::Replication, &first).await;
+        assert_eq!(next_message(&mut p.inbox).await, first);
+        let big = append(1, 2, 2 << 20);
+        let frame = peer_frame(&big);
+        // 2 MiB in 16 pieces, one every 60 ms: about 1 s in all, at about
+        // 2 MiB/s.
+        for piece in frame.chunks(frame.len().div_ceil(16)) {
+            s.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert_eq!(next_message(&mut p.inbox).await, big);
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+        p.a.close();
+        p.b.close();
+    });
+}
+
 /// Waits until `p`'s receiver has dropped `n` messages or streams as
 /// superseded.
 async fn wait_superseded(p: &Pair, n: u64) {
@@ -1221,6 +1251,63 @@ fn a_stalled_snapshot_transfer_is_aborted_and_its_partial_file_removed() {
         let s = p.b.transport();
         assert_eq!(s.stats().snapshot_timeouts.load(Ordering::Relaxed), 1);
         assert_eq!(s.stats().snapshots_refused.load(Ordering::Relaxed), 1);
+    });
+}
+
+/// The story: a peer trickling a byte just inside the idle timeout held a
+/// receive slot for as long as the length it announced allowed (hours for
+/// a large one), and two such peers held every slot. Now the deadline moves
+/// on only as bytes arrive (the slowest allowed rate past a floor), and one
+/// peer has one transfer at a time.
+#[test]
+fn a_trickling_snapshot_sender_is_cut_off_and_holds_one_slot_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("receiver");
+    runtime(2).block_on(async {
+        let p = pair(Some(faulty(&dir, false, false, Duration::ZERO)), |q| {
+            q.limits.snapshot_idle_timeout = Duration::from_secs(5);
+            q.limits.snapshot_timeout_floor = Duration::from_millis(500);
+            q.limits.max_snapshot_receives = 2;
+        });
+        let header = SnapshotHeader {
+            index: LogIndex(1000),
+            term: Term(3),
+            leader_term: Term(3),
+            len: 100 << 20,
+        };
+        let (_ep, _conn, mut send, mut recv) = raw_snapshot_stream(&p, &header, &[0; 10]).await;
+        wait_until("the partial file exists", 5, || {
+            files_in(&dir).iter().any(|f| f.ends_with(".tmp"))
+        })
+        .await;
+        // A second transfer from the same peer while the first is alive.
+        let (_ep2, _conn2, _send2, mut recv2) = raw_snapshot_stream(&p, &header, &[0; 10]).await;
+        match verdict(&mut recv2, 5).await {
+            SnapshotVerdict::Refused(why) => assert!(why.contains("busy"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        // A byte every 100 ms: never idle, far below 1 MiB/s.
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if send.write_all(&[0]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        match verdict(&mut recv, 5).await {
+            SnapshotVerdict::Refused(why) => assert!(why.contains("stalled"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        // Bytes kept coming (never idle for 5 s) and the announced length
+        // allowed 100 s: only the rate can have ended it this soon.
+        trickle.abort();
+        wait_until("the partial file is removed", 5, || {
+            files_in(&dir).is_empty()
+        })
+        .await;
+        let s = p.b.transport();
+        assert_eq!(s.stats().snapshot_timeouts.load(Ordering::Relaxed), 1);
     });
 }
 

@@ -198,6 +198,9 @@ struct Shared {
     peer_budgets: BTreeMap<NodeId, Arc<Semaphore>>,
     /// `max_snapshot_receives`.
     snapshot_receives: Arc<Semaphore>,
+    /// One snapshot transfer at a time per peer, so one peer cannot hold
+    /// every receive slot.
+    peer_snapshot_slots: BTreeMap<NodeId, Arc<Semaphore>>,
     /// `max_client_requests`.
     client_requests: Arc<Semaphore>,
     /// `client_pending_bytes`.
@@ -398,6 +401,12 @@ impl QuicEndpoint {
                 .map(|p| (*p, Arc::new(Semaphore::new(limits.peer_budget_bytes))))
                 .collect(),
             snapshot_receives: Arc::new(Semaphore::new(limits.max_snapshot_receives)),
+            peer_snapshot_slots: config
+                .peers
+                .keys()
+                .filter(|p| **p != config.id)
+                .map(|p| (*p, Arc::new(Semaphore::new(1))))
+                .collect(),
             client_requests: Arc::new(Semaphore::new(limits.max_client_requests)),
             client_pending: Arc::new(Semaphore::new(limits.client_pending_bytes)),
             newest_streams: std::sync::Mutex::new(BTreeMap::new()),

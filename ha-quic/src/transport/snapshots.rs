@@ -118,6 +118,13 @@ pub(super) async fn take_snapshot(
             header.len
         ));
     }
+    let Some(Ok(_peer_slot)) = shared
+        .peer_snapshot_slots
+        .get(&hello.from)
+        .map(|s| s.clone().try_acquire_owned())
+    else {
+        return Err("busy: this peer's previous snapshot transfer is still in progress".into());
+    };
     let Ok(_receiving) = shared.snapshot_receives.clone().try_acquire_owned() else {
         return Err(format!(
             "busy: {} snapshot transfers in progress (max_snapshot_receives)",
@@ -131,17 +138,28 @@ pub(super) async fn take_snapshot(
     let overall = opened.checked_add(shared.limits.snapshot_deadline(header.len));
     let mut got = 0u64;
     let received: Result<(), String> = loop {
+        // The deadline moves on only as bytes arrive: past the floor, the
+        // transfer must keep the slowest allowed rate on average, so a
+        // sender trickling a byte now and then is cut off, whatever length
+        // it announced.
         let idle_until = Instant::now() + idle;
-        let until = overall.map_or(idle_until, |o| o.min(idle_until));
+        let earned = opened.checked_add(shared.limits.snapshot_deadline(got));
+        let until = [overall, earned]
+            .into_iter()
+            .flatten()
+            .fold(idle_until, Instant::min);
         let chunk =
             match tokio::time::timeout_at(until, recv.read_chunk(SNAPSHOT_CHUNK_BYTES, true)).await
             {
                 Err(_) => {
                     bump(&shared.stats.snapshot_timeouts);
                     break Err(format!(
-                        "the transfer stalled after {got} of {} bytes (no bytes for {idle:?}, or \
-                     past its deadline of {:?})",
+                        "the transfer stalled after {got} of {} bytes (no bytes for {idle:?}, \
+                     slower than {} bytes/s on average past the first {:?}, or past its \
+                     deadline of {:?})",
                         header.len,
+                        shared.limits.snapshot_min_bytes_per_sec,
+                        shared.limits.snapshot_timeout_floor,
                         shared.limits.snapshot_deadline(header.len)
                     ));
                 }
