@@ -454,6 +454,38 @@ fn a_large_frame_arriving_steadily_is_not_cut_off_as_a_stall() {
     });
 }
 
+/// The story: a sender backed off only when it could not connect. A peer
+/// that accepted the connection and then refused the stream (here: it runs
+/// another schema) was dialled again for every queued message, a TLS
+/// handshake each. Now a connection that breaks at once is a failure like
+/// any other, and the sender backs off.
+#[test]
+fn a_peer_that_accepts_and_then_refuses_is_dialled_with_backoff() {
+    runtime(2).block_on(async {
+        let p = pair(None, |q| {
+            if q.id == NodeId(2) {
+                q.schema ^= 1;
+            }
+        });
+        // A message every 5 ms for 1.5 s: 300 chances to dial.
+        for _ in 0..300 {
+            p.a.transport().send(append(1, 2, 10));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let refused =
+            p.b.transport()
+                .stats()
+                .protocol_errors
+                .load(Ordering::Relaxed);
+        // Backoff 20, 40, 80, ... up to 1000 ms (with up to half again of
+        // jitter): about 8 attempts fit in 1.5 s.
+        assert!(refused >= 1, "the stream was refused at least once");
+        assert!(refused <= 20, "{refused} streams refused: no backoff");
+        p.a.close();
+        p.b.close();
+    });
+}
+
 /// Waits until `p`'s receiver has dropped `n` messages or streams as
 /// superseded.
 async fn wait_superseded(p: &Pair, n: u64) {

@@ -17,7 +17,8 @@
 //! - `leaderless_ms`, `failovers_total`, `mttr_ms`, `mtbf_ms`,
 //!   `availability` (MTBF / (MTBF + MTTR))
 //! - `transport_dropped_total`, `transport_superseded_total`,
-//!   `transport_protocol_errors_total`, `node_stopped`
+//!   `transport_protocol_errors_total`, `transport_failed_handshakes_total`,
+//!   `node_stopped`
 //! - `repairing` (1 while the node repairs damaged storage from its peers),
 //!   `repairing_info{found=..}` (while it does: what it found, cut to
 //!   [`MAX_FOUND_CHARS`] characters)
@@ -122,6 +123,7 @@ struct TransportNumbers {
     dropped: u64,
     superseded: u64,
     protocol_errors: u64,
+    failed_handshakes: u64,
     rtts: Vec<(NodeId, Duration)>,
 }
 
@@ -132,6 +134,7 @@ impl Collector for NodeCollector {
             dropped: st.dropped_full.load(Ordering::Relaxed),
             superseded: st.dropped_superseded.load(Ordering::Relaxed),
             protocol_errors: st.protocol_errors.load(Ordering::Relaxed),
+            failed_handshakes: st.failed_handshakes.load(Ordering::Relaxed),
             rtts: self.transport.peer_rtts(),
         };
         encode_node(&mut e, &self.node.status(), self.node.metrics(), t)
@@ -234,7 +237,7 @@ fn encode_counters(
     t: &TransportNumbers,
 ) -> fmt::Result {
     let a = &m.availability;
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "elections_won",
             "Times this node became leader.",
@@ -272,6 +275,11 @@ fn encode_counters(
             "transport_protocol_errors",
             "Connections closed for breaking the protocol.",
             t.protocol_errors,
+        ),
+        (
+            "transport_failed_handshakes",
+            "Connection attempts whose TLS handshake failed (no or a foreign certificate).",
+            t.failed_handshakes,
         ),
     ];
     for (name, help, v) in counters {

@@ -109,6 +109,7 @@ pub fn start_node<V: Vfs>(
         repair_found: storage_repairing,
         dropping_repair_mark: false,
         mark_in_ready: false,
+        refused_messages: 0,
     };
     let watch_tx = task.status_tx.clone();
     watch_for_panic(tokio::spawn(task.run(opts.tick, in_rx, cmd_rx)), watch_tx);
@@ -321,6 +322,9 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) dropping_repair_mark: bool,
     /// That request is the write of the Ready in flight.
     pub(super) mark_in_ready: bool,
+    /// Peer messages the core refused (malformed, or naming a snapshot
+    /// that never arrived): logged sampled, since a peer can send many.
+    pub(super) refused_messages: u64,
 }
 
 /// Something the node task learns from helpers (storage, transport).
@@ -573,7 +577,9 @@ impl<V: Vfs> NodeTask<V> {
             match self.snapshots.contains(index, term) {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(node = %self.raft.id(), peer = %from, %index, %term, "refused an InstallSnapshot naming a snapshot that never arrived");
+                    if self.refused() {
+                        tracing::warn!(node = %self.raft.id(), peer = %from, %index, %term, "refused an InstallSnapshot naming a snapshot that never arrived ({} refused messages so far)", self.refused_messages);
+                    }
                     return;
                 }
                 Err(e) => {
@@ -582,9 +588,19 @@ impl<V: Vfs> NodeTask<V> {
                 }
             }
         }
-        if let Err(e) = self.raft.step(m) {
-            tracing::warn!(node = %self.raft.id(), peer = %from, "refused a message: {e}");
+        if let Err(e) = self.raft.step(m)
+            && self.refused()
+        {
+            tracing::warn!(node = %self.raft.id(), peer = %from, "refused a message: {e} ({} refused so far)", self.refused_messages);
         }
+    }
+
+    /// Counts a refused message; whether to log this one (the 1st, 2nd,
+    /// 4th, ... and every 1024th).
+    fn refused(&mut self) -> bool {
+        self.refused_messages += 1;
+        let n = self.refused_messages;
+        n.is_power_of_two() || n.is_multiple_of(1024)
     }
 
     /// Handles one command; returns false to stop.

@@ -58,7 +58,10 @@ pub(super) async fn handle_incoming(
         Ok(c) => c,
         Err(e) => {
             // Failed handshakes (no certificate, a foreign CA) end here.
-            tracing::info!(node = %shared.id, %remote, "refused a connection: {e}");
+            let n = bump(&shared.stats.failed_handshakes);
+            if sampled(n) {
+                tracing::info!(node = %shared.id, %remote, "refused a connection: {e} ({n} failed handshakes so far)");
+            }
             return;
         }
     };
@@ -125,13 +128,15 @@ pub(super) async fn handle_incoming(
 }
 
 pub(super) fn protocol_violation(conn: &quinn::Connection, shared: &Shared, who: &str, why: &str) {
-    shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(
-        node = %shared.id,
-        peer = who,
-        remote = %conn.remote_address(),
-        "closing a connection for breaking the protocol: {why}"
-    );
+    let n = bump(&shared.stats.protocol_errors);
+    if sampled(n) {
+        tracing::warn!(
+            node = %shared.id,
+            peer = who,
+            remote = %conn.remote_address(),
+            "closing a connection for breaking the protocol: {why} ({n} so far)"
+        );
+    }
     conn.close(codes::PROTOCOL.into(), why.as_bytes());
 }
 

@@ -122,6 +122,9 @@ pub struct TransportStats {
     pub protocol_errors: AtomicU64,
     /// Connections refused or closed because a connection limit was reached.
     pub refused_connections: AtomicU64,
+    /// Handshakes that failed (no certificate, a foreign CA, a bad ALPN):
+    /// anyone who can send UDP can cause these, so they are logged sampled.
+    pub failed_handshakes: AtomicU64,
     /// Frames that did not arrive by their deadline (the stream or
     /// connection was closed).
     pub frame_timeouts: AtomicU64,

@@ -44,7 +44,6 @@ pub(super) async fn peer_sender(
     connected: Option<(Arc<AtomicBool>, ConnSlot)>,
 ) {
     let min_backoff = Duration::from_millis(20);
-    let max_backoff = Duration::from_secs(1);
     let mut backoff = min_backoff;
     let mut rng = SplitMix64::new(shared.id.0 << 32 ^ peer.0 ^ class as u64);
     let set_connected = |conn: Option<&quinn::Connection>| {
@@ -64,28 +63,16 @@ pub(super) async fn peer_sender(
                     tracing::info!(node = %shared.id, %peer, %addr, ?class, "cannot reach peer: {e}");
                     failures_logged = true;
                 }
-                // Back off with jitter; what was queued meanwhile is stale.
-                let jitter = rng.range(0, backoff.as_millis() as u64 / 2 + 1);
-                tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-                backoff = (backoff * 2).min(max_backoff);
-                let mut stale = 0u64;
-                while rx.try_recv().is_ok() {
-                    stale += 1;
-                }
-                if stale > 0 {
-                    let n = shared
-                        .stats
-                        .dropped_full
-                        .fetch_add(stale, Ordering::Relaxed)
-                        + stale;
-                    tracing::debug!(node = %shared.id, %peer, ?class, "dropped {stale} messages queued while the peer was unreachable ({n} dropped so far)");
-                }
+                back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
                 continue;
             }
         };
         let mut stream = match conn.open_uni().await {
             Ok(s) => s,
-            Err(_) => continue,
+            Err(_) => {
+                back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
+                continue;
+            }
         };
         let _ = stream.set_priority(if class == StreamClass::Control { 10 } else { 0 });
         let hello = PeerHello {
@@ -99,18 +86,19 @@ pub(super) async fn peer_sender(
         if let Err(e) = frame::encode_within(&hello, &mut buf, MAX_CONTROL_FRAME_BYTES) {
             let n = bump(&shared.stats.encode_failures);
             tracing::error!(node = %shared.id, %peer, "cannot encode the stream hello ({n} encode failures so far): {e}");
-            tokio::time::sleep(max_backoff).await;
+            tokio::time::sleep(MAX_BACKOFF).await;
             continue;
         }
         let mut n = u64::from(encode_message(&shared, class, &first, &mut buf));
         if stream.write_all(&buf).await.is_err() {
+            back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
             continue;
         }
         if failures_logged {
             tracing::info!(node = %shared.id, %peer, ?class, "peer reachable again");
             failures_logged = false;
         }
-        backoff = min_backoff;
+        let up_since = Instant::now();
         set_connected(Some(&conn));
         shared.stats.sent.fetch_add(n, Ordering::Relaxed);
         // Stream messages; write whatever queued up together, in one write.
@@ -137,6 +125,48 @@ pub(super) async fn peer_sender(
             shared.stats.sent.fetch_add(n, Ordering::Relaxed);
         }
         set_connected(None);
+        // A connection that lasted is a recovered peer: start over from the
+        // shortest wait. One that broke at once (a peer that accepts and
+        // then closes) is a failure like any other, so a broken peer costs
+        // a handshake per backoff, not one per message.
+        if up_since.elapsed() >= HEALTHY_CONNECTION {
+            backoff = min_backoff;
+        } else {
+            back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
+        }
+    }
+}
+
+/// The longest wait between attempts to reach a peer.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a connection must last for its end not to count as a failure.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(1);
+
+/// Waits `backoff` plus jitter, doubles it (up to a second), and drops what
+/// was queued meanwhile (stale by then; Raft resends what matters), counted.
+async fn back_off(
+    shared: &Shared,
+    peer: NodeId,
+    class: StreamClass,
+    backoff: &mut Duration,
+    rng: &mut SplitMix64,
+    rx: &mut mpsc::Receiver<Message>,
+) {
+    let jitter = rng.range(0, backoff.as_millis() as u64 / 2 + 1);
+    tokio::time::sleep(*backoff + Duration::from_millis(jitter)).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    let mut stale = 0u64;
+    while rx.try_recv().is_ok() {
+        stale += 1;
+    }
+    if stale > 0 {
+        let n = shared
+            .stats
+            .dropped_full
+            .fetch_add(stale, Ordering::Relaxed)
+            + stale;
+        tracing::debug!(node = %shared.id, %peer, ?class, "dropped {stale} messages queued while the peer was unreachable ({n} dropped so far)");
     }
 }
 

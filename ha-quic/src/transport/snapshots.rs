@@ -55,7 +55,9 @@ pub(super) async fn receive_snapshot(
         }
         Err(mut why) => {
             let n = bump(&shared.stats.snapshots_refused);
-            tracing::warn!(node = %shared.id, peer = who, "refused a snapshot: {why} ({n} refused so far)");
+            if sampled(n) {
+                tracing::warn!(node = %shared.id, peer = who, "refused a snapshot: {why} ({n} refused so far)");
+            }
             let _ = recv.stop(codes::REFUSED.into());
             if why.len() > MAX_VERDICT_REASON_BYTES {
                 let mut cut = MAX_VERDICT_REASON_BYTES;

@@ -324,6 +324,10 @@ impl<V: Vfs> RawSnapshotWriter<V> {
         let meta = self
             .store
             .read_meta(&self.tmp, (self.index.0, self.term.0))?;
+        // A staged file of the same `(index, term)` (a retried transfer) is
+        // replaced: both were verified against their checksum and name the
+        // same entry, and Raft's log matching makes the state at one
+        // `(index, term)` the same from any correct node.
         self.store
             .vfs
             .rename(&self.tmp, &staged)
@@ -424,10 +428,17 @@ impl<V: Vfs> SnapshotStore<V> {
 
     /// Whether a snapshot ending at `(index, term)` is here, staged or
     /// published: the only kind an `InstallSnapshot` may name.
+    /// Two lookups by name, never a listing: the node task asks this.
     pub fn contains(&self, index: LogIndex, term: Term) -> Result<bool, SnapshotError> {
-        let names = self.vfs.list(&self.dir).map_err(io_err(&self.dir))?;
-        let (staged, published) = (staged_name(index, term), file_name(index, term));
-        Ok(names.iter().any(|n| *n == staged || *n == published))
+        // Staged first: a promotion renames staged to published, so a file
+        // promoted between the two lookups is found by the second.
+        let present = |path: PathBuf| match self.vfs.file_size(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&path)(e)),
+        };
+        Ok(present(self.dir.join(staged_name(index, term)))?
+            || present(self.dir.join(file_name(index, term)))?)
     }
 
     /// Removes staged snapshots ending at or below `index` (Raft will never
