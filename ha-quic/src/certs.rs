@@ -26,6 +26,9 @@
 //!    key never passes through a wider mode or another file's permissions.
 //! 5. An existing private key that others than its owner may read is
 //!    reported ([`CertsReport::warnings`]; logged when loaded).
+//! 6. One run at a time per directory: a run holds an exclusive lock on
+//!    `.certs.lock` there, and a second run meanwhile is refused, so two
+//!    runs can never pair one's key with the other's certificate.
 
 use std::path::{Path, PathBuf};
 
@@ -233,6 +236,20 @@ pub fn create_cluster_certs_report(dir: &Path, nodes: &[NodeId]) -> Result<Certs
         path: dir.to_path_buf(),
         source,
     })?;
+    let lock_path = dir.join(".certs.lock");
+    let _lock = ha_core::storage::Vfs::try_lock(&ha_core::storage::StdFs, &lock_path)
+        .map_err(|source| CertError::Io {
+            path: lock_path.clone(),
+            source,
+        })?
+        .ok_or_else(|| {
+            CertError::Refused(format!(
+                "another run is creating certificates in {} (it holds {}); wait for it \
+                 and run again",
+                dir.display(),
+                lock_path.display()
+            ))
+        })?;
     let mut report = CertsReport::default();
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     // What needs issuing: every leaf whose certificate or key is missing.
@@ -392,6 +409,26 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// Two runs at once could each create a CA and pair one's key with the
+    /// other's certificate: a second run meanwhile is refused, and writes
+    /// nothing.
+    #[test]
+    fn a_second_run_at_the_same_time_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let held =
+            ha_core::storage::Vfs::try_lock(&ha_core::storage::StdFs, &d.join(".certs.lock"))
+                .unwrap()
+                .expect("free");
+        let err = create_cluster_certs(d, &[NodeId(1)]).unwrap_err();
+        assert!(matches!(err, CertError::Refused(_)), "{err}");
+        assert!(err.to_string().contains("another run"), "{err}");
+        assert!(!d.join("ca.key").exists() && !d.join("ca.pem").exists());
+        drop(held);
+        create_cluster_certs(d, &[NodeId(1)]).unwrap();
+        assert!(d.join("ca.key").exists() && d.join("node-1.pem").exists());
     }
 
     #[test]

@@ -169,23 +169,19 @@ impl<T> Clone for Client<T> {
 }
 
 fn random_u64() -> u64 {
-    // Unique per call in a process (a counter), and across processes and
-    // machines with high probability (the clock, the process id, an
-    // address), mixed by SplitMix64. Nonces and session secrets need to be
-    // unique. Not a cryptographic secret: a secret only keeps one client's
-    // bugs out of another's session; clients are authenticated by their
-    // certificates.
+    // A per-call counter and the clock hashed with SipHash under keys the
+    // OS's randomness seeded (std's `RandomState`): unique per call in a
+    // process, and unpredictable to anyone else. Nonces and session secrets
+    // need to be unique; a secret keeps one client's bugs (or guesses) out
+    // of another's session. Clients are authenticated by their
+    // certificates, not by secrets.
+    use std::hash::BuildHasher;
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let n = CALLS.fetch_add(1, Ordering::Relaxed);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let local = 0u8;
-    let addr = &local as *const u8 as u64;
-    let mut rng = crate::rng::SplitMix64::new(
-        t ^ (u64::from(std::process::id()) << 32) ^ addr ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    );
-    rng.next_u64() | 1
+        .map_or(0, |d| d.as_nanos());
+    std::collections::hash_map::RandomState::new().hash_one((n, t, std::process::id())) | 1
 }
 
 impl<T: Replicated> Client<T> {
