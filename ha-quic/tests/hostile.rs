@@ -486,6 +486,53 @@ fn a_peer_that_accepts_and_then_refuses_is_dialled_with_backoff() {
     });
 }
 
+/// The story: a slot of `max_connections` was taken before the handshake,
+/// so anyone able to send UDP could hold them all with handshakes that
+/// never finish. Now handshakes in progress are capped on their own
+/// (`max_handshakes`, plus a reserve for peers' addresses), a sender must
+/// prove its address once half are taken (a QUIC Retry, transparent to a
+/// real client), and a burst beyond the cap is refused while the node goes
+/// on serving.
+#[test]
+fn handshakes_in_progress_are_capped_and_the_node_keeps_serving() {
+    runtime(2).block_on(async {
+        let p = pair(None, |q| q.limits.max_handshakes = 2);
+        let identity = load_client_identity(p.certs.path()).unwrap();
+        let addr = p.b.local_addr();
+        // 64 connections at once, each from an endpoint of its own.
+        let attempts: Vec<_> = (0..64)
+            .map(|_| {
+                let identity = identity.clone();
+                tokio::spawn(async move {
+                    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+                    ep.set_default_client_config(
+                        tls::client_config(&identity, ALPN_CLIENT, &QuicOptions::default())
+                            .unwrap(),
+                    );
+                    let conn = ep.connect(addr, "node-2").unwrap().await;
+                    (ep, conn.is_ok())
+                })
+            })
+            .collect();
+        let mut done = Vec::new();
+        for a in attempts {
+            done.push(a.await.unwrap());
+        }
+        let stats = p.b.transport();
+        let (retries, refused) = (
+            stats.stats().retries_sent.load(Ordering::Relaxed),
+            stats.stats().refused_connections.load(Ordering::Relaxed),
+        );
+        assert!(retries > 0, "no Retry under a burst of 64 handshakes");
+        assert!(refused > 0, "64 handshakes at once all admitted with a cap of 2 + 16");
+        assert!(done.iter().any(|(_, ok)| *ok), "some connected");
+        drop(done);
+        // The burst is over: a new client is served at once.
+        let (_ep, conn) = raw_conn(addr, "node-2", &identity, ALPN_CLIENT).await;
+        assert!(conn.close_reason().is_none());
+    });
+}
+
 /// Waits until `p`'s receiver has dropped `n` messages or streams as
 /// superseded.
 async fn wait_superseded(p: &Pair, n: u64) {

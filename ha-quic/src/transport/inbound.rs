@@ -44,7 +44,7 @@ pub(super) fn close_for(
 /// Handles one connection from the handshake on, holding `slot` (of
 /// `max_connections`) until it ends.
 pub(super) async fn handle_incoming(
-    incoming: quinn::Incoming,
+    (incoming, handshake): (quinn::Incoming, OwnedSemaphorePermit),
     arrival: u64,
     slot: OwnedSemaphorePermit,
     shared: Arc<Shared>,
@@ -54,7 +54,10 @@ pub(super) async fn handle_incoming(
 ) {
     let _slot = slot;
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let conn = incoming.await;
+    // The handshake is over, either way: its slot is free.
+    drop(handshake);
+    let conn = match conn {
         Ok(c) => c,
         Err(e) => {
             // Failed handshakes (no certificate, a foreign CA) end here.

@@ -70,6 +70,12 @@ pub struct QuicLimits {
     /// plus `max_connections_per_peer` per peer plus one, so neither class
     /// can be locked out by the other.
     pub max_connections: usize,
+    /// Handshakes in progress at once (default 256); more are refused, and
+    /// once half are taken a sender must first prove its address (a QUIC
+    /// Retry, which costs this node no state). Anyone who can send UDP can
+    /// start a handshake; this keeps them from holding the connection
+    /// slots. Peers' IP addresses have a reserve of 16 more.
+    pub max_handshakes: usize,
     /// Client connections open at once (default 512); more are closed after
     /// the handshake.
     pub max_client_connections: usize,
@@ -130,6 +136,7 @@ impl Default for QuicLimits {
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
             max_replication_frame_bytes: MAX_FRAME_BYTES,
             max_connections: 1024,
+            max_handshakes: 256,
             max_client_connections: 512,
             max_connections_per_peer: 8,
             client_budget_bytes: 256 << 20,
@@ -228,6 +235,7 @@ impl QuicLimits {
             ("max_client_requests", self.max_client_requests),
             ("max_client_connections", self.max_client_connections),
             ("max_connections", self.max_connections),
+            ("max_handshakes", self.max_handshakes),
         ] {
             if v == 0 || v > Semaphore::MAX_PERMITS {
                 return Err(format!(

@@ -125,6 +125,9 @@ pub struct TransportStats {
     /// Handshakes that failed (no certificate, a foreign CA, a bad ALPN):
     /// anyone who can send UDP can cause these, so they are logged sampled.
     pub failed_handshakes: AtomicU64,
+    /// Connection attempts answered with a QUIC Retry (address validation
+    /// while handshake slots run short).
+    pub retries_sent: AtomicU64,
     /// Frames that did not arrive by their deadline (the stream or
     /// connection was closed).
     pub frame_timeouts: AtomicU64,
@@ -162,6 +165,51 @@ fn bump(c: &AtomicU64) -> u64 {
 
 /// Whether the `n`th occurrence of a repeatable event is logged (invariant
 /// 5): the 1st, 2nd, 4th, ... and every 1024th.
+/// Handshakes reserved for peers' addresses.
+const PEER_HANDSHAKES: usize = 16;
+
+/// A handshake slot for `incoming`: from the common pool
+/// (`max_handshakes`), or, when that is exhausted and the sender has a
+/// peer's IP address, from the peers' reserve. `None` if it was refused, or
+/// answered with a Retry (its sender comes back with a validated address).
+fn admit_handshake(
+    shared: &Shared,
+    incoming: quinn::Incoming,
+) -> Option<(quinn::Incoming, OwnedSemaphorePermit)> {
+    let max = shared.limits.max_handshakes;
+    // Half taken: an unproven address must prove it first, so a flood of
+    // spoofed sources cannot hold the slots (a Retry keeps no state here).
+    if shared.handshakes.available_permits() < max.div_ceil(2)
+        && !incoming.remote_address_validated()
+        && incoming.may_retry()
+    {
+        bump(&shared.stats.retries_sent);
+        let _ = incoming.retry();
+        return None;
+    }
+    let from_peer = shared.peer_ips.contains(&incoming.remote_address().ip());
+    let permit = shared.handshakes.clone().try_acquire_owned().or_else(|e| {
+        if from_peer {
+            shared.peer_handshakes.clone().try_acquire_owned()
+        } else {
+            Err(e)
+        }
+    });
+    let Ok(permit) = permit else {
+        let n = bump(&shared.stats.refused_connections);
+        if sampled(n) {
+            tracing::warn!(
+                node = %shared.id,
+                remote = %incoming.remote_address(),
+                "refused a connection: {max} handshakes in progress; {n} refused so far"
+            );
+        }
+        incoming.refuse();
+        return None;
+    };
+    Some((incoming, permit))
+}
+
 fn sampled(n: u64) -> bool {
     n.is_power_of_two() || n.is_multiple_of(1024)
 }
@@ -191,6 +239,13 @@ struct Shared {
     limits: QuicLimits,
     /// `max_connections`.
     connections: Arc<Semaphore>,
+    /// `max_handshakes`: handshakes in progress.
+    handshakes: Arc<Semaphore>,
+    /// A reserve of handshakes for peers' addresses ([`PEER_HANDSHAKES`]),
+    /// used when `handshakes` is exhausted.
+    peer_handshakes: Arc<Semaphore>,
+    /// The peers' IP addresses (a peer dials from the address it listens on).
+    peer_ips: std::collections::BTreeSet<std::net::IpAddr>,
     /// `max_client_connections`.
     client_connections: Arc<Semaphore>,
     /// `max_connections_per_peer`, per peer.
@@ -384,6 +439,9 @@ impl QuicEndpoint {
             options: config.options.clone(),
             limits: limits.clone(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+            peer_handshakes: Arc::new(Semaphore::new(PEER_HANDSHAKES)),
+            peer_ips: config.peers.values().map(SocketAddr::ip).collect(),
             client_connections: Arc::new(Semaphore::new(limits.max_client_connections)),
             peer_connections: config
                 .peers
@@ -521,10 +579,13 @@ impl QuicEndpoint {
                     incoming.refuse();
                     continue;
                 };
+                let Some(handshake) = admit_handshake(&shared, incoming) else {
+                    continue;
+                };
                 let (shared, inbound, node, files) =
                     (shared.clone(), inbound.clone(), node.clone(), files.clone());
                 tokio::spawn(handle_incoming(
-                    incoming, arrival, slot, shared, inbound, node, files,
+                    handshake, arrival, slot, shared, inbound, node, files,
                 ));
             }
         });
