@@ -20,6 +20,7 @@
 //! [dependencies]
 //! ha-core = { path = "../ha/ha-core" }   # this repository's crates
 //! ha-quic = { path = "../ha/ha-quic" }   # the QUIC transport, LocalCluster
+//! ha-server = { path = "../ha/ha-server" } # separate processes: Server, the CLI
 //! serde = { version = "1", features = ["derive"] }
 //! tokio = { version = "1", features = ["macros", "rt-multi-thread", "signal"] }
 //! ```
@@ -253,7 +254,9 @@
 //! Layers below are public for drivers and transports of one's own: the
 //! core ([`raft::Raft`], its messages, [`raft::Ready`]), storage
 //! ([`storage::Wal`], [`storage::DataDir`], [`storage::SnapshotStore`], the
-//! [`storage::Vfs`] file layer), the node ([`node::start_node`],
+//! [`storage::Vfs`] file layer), the node ([`node::start_node`], and
+//! [`node::start_checked_node`] for a replicated type on a checked data
+//! directory,
 //! [`node::NodeHandle`], [`node::Pipeline`]) and the state-machine traits
 //! ([`sm::Applier`]). Their internals are private: the in-memory log and its
 //! cursors, per-follower progress, ReadIndex rounds, group commit's thread

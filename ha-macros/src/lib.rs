@@ -1,5 +1,10 @@
 //! Procedural macros for ha: a plain struct becomes a replicated service.
 //!
+//! Use them through `ha_core` (`use ha_core::{replicated, Replicated};`):
+//! its crate page is the guide, from a type to a cluster in one process and
+//! then separate processes, with tested examples. This page is for readers
+//! of the macros themselves.
+//!
 //! - `#[derive(Replicated)]` on the struct owns the *state*: snapshot and
 //!   restore through serde and postcard, and the wire shape of the state
 //!   type (`ReplicatedState`).
@@ -34,7 +39,7 @@
 //! is reported the same way, by `#[diagnostic::on_unimplemented]` on
 //! ha-core's traits:
 //! - an argument or return type that is not serializable: one error at the
-//!   type in the signature (`ha_core::sm::ReplicatedValue`), and the
+//!   type in the signature (a bound the macro places there), and the
 //!   generated items hold only where every such type is serializable, so
 //!   serde's derives add no errors of their own;
 //! - a state that is not serializable: one error at the struct's name;
@@ -53,15 +58,16 @@ mod determinism;
 mod expand;
 
 /// Implements snapshot and restore (`ha_core::sm::ReplicatedState`) for a
-/// struct (see the crate docs). Use it together with `#[replicated]` on the
-/// impl block, which completes `ha_core::Replicated`.
+/// struct (see `ha_core`'s crate page, the guide). Use it together with
+/// `#[replicated]` on the impl block, which completes `ha_core::Replicated`.
 #[proc_macro_derive(Replicated)]
 pub fn derive_replicated(input: TokenStream) -> TokenStream {
     expand::derive(input.into()).into()
 }
 
 /// Turns the methods of an inherent impl block into replicated commands and
-/// queries, and generates the typed client (see the crate docs).
+/// queries, and generates the typed client (see `ha_core`'s crate page, the
+/// guide).
 #[proc_macro_attribute]
 pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::replicated(attr.into(), item.into()).into()

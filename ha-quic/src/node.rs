@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ha_core::node::{NodeHandle, NodeOptions, NodeStorage, recover, start_node};
+use ha_core::node::{
+    NodeHandle, NodeOptions, NodeStorage, recover, start_checked_node, start_node,
+};
 use ha_core::raft::InitialState;
 use ha_core::sm::Applier;
 use ha_core::sm::{Replicated, Sessions};
@@ -131,10 +133,11 @@ impl QuicNode {
                     .into(),
             ));
         }
-        QuicNode::start_checked(opts, quic, socket, init, storage, applier)
+        QuicNode::start_checked(None, opts, quic, socket, init, storage, applier)
     }
 
     fn start_checked<V: Vfs>(
+        checked: Option<ha_core::storage::SchemaChecked>,
         mut opts: NodeOptions,
         mut quic: QuicConfig,
         socket: Option<std::net::UdpSocket>,
@@ -152,7 +155,11 @@ impl QuicNode {
             Some(s) => QuicEndpoint::with_socket(quic, s)?,
             None => QuicEndpoint::bind(quic)?,
         };
-        let handle = start_node(opts, init, storage, Arc::new(endpoint.transport()), applier)?;
+        let transport = Arc::new(endpoint.transport());
+        let handle = match checked {
+            Some(c) => start_checked_node(c, opts, init, storage, transport, applier)?,
+            None => start_node(opts, init, storage, transport, applier)?,
+        };
         endpoint.serve(handle.clone());
         Ok(QuicNode {
             handle,
@@ -179,7 +186,7 @@ impl QuicNode {
         dir: DataDir,
         wal_opts: WalOptions,
     ) -> Result<QuicNode, StartError> {
-        dir.check_schema::<T>()?;
+        let checked = dir.check_schema::<T>()?;
         if dir.node() != opts.raft.id {
             return Err(ha_core::storage::DataDirError::NodeMismatch {
                 dir: dir.root().to_path_buf(),
@@ -229,6 +236,7 @@ impl QuicNode {
         quic.schema = schema.stored();
         quic.query_schema = schema.query();
         let mut node = QuicNode::start_checked(
+            Some(checked),
             opts,
             quic,
             socket,

@@ -524,7 +524,10 @@ fn handshakes_in_progress_are_capped_and_the_node_keeps_serving() {
             stats.stats().refused_connections.load(Ordering::Relaxed),
         );
         assert!(retries > 0, "no Retry under a burst of 64 handshakes");
-        assert!(refused > 0, "64 handshakes at once all admitted with a cap of 2 + 16");
+        assert!(
+            refused > 0,
+            "64 handshakes at once all admitted with a cap of 2 + 16"
+        );
         assert!(done.iter().any(|(_, ok)| *ok), "some connected");
         drop(done);
         // The burst is over: a new client is served at once.

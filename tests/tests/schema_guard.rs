@@ -224,6 +224,66 @@ async fn a_directory_of_another_node_and_a_typed_raw_start_are_refused() {
     assert!(err.to_string().contains("start_replicated"), "{err}");
 }
 
+/// The core's own start, for drivers of one's own, cannot skip the check
+/// either: a typed applier on a durable log is refused by `start_node`, and
+/// `start_checked_node` takes only a directory checked for the applier's
+/// own type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cores_own_start_refuses_a_typed_log_it_has_not_checked() {
+    use ha_core::node::{NodeStorage, start_checked_node, start_node};
+    use ha_core::sm::Sessions;
+    use ha_core::storage::{SnapshotStore, Wal};
+    let certs = tempfile::tempdir().unwrap();
+    create_cluster_certs(certs.path(), &[NodeId(1)]).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dir = open_for::<v1::Inventory>(&data.path().join("n1"), certs.path()).unwrap();
+    let storage = || {
+        let (wal, _) = Wal::open(StdFs, &dir.wal_dir(), WalOptions::default()).unwrap();
+        let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir()).unwrap();
+        NodeStorage::<StdFs>::Durable {
+            wal,
+            snapshots: std::sync::Arc::new(snapshots),
+        }
+    };
+    let opts = NodeOptions::new(NodeId(1), [NodeId(1)]);
+    let transport =
+        || std::sync::Arc::new(ha_core::transport::MemNetwork::new().transport(NodeId(1)));
+    let err = start_node(
+        opts.clone(),
+        Default::default(),
+        storage(),
+        transport(),
+        Sessions::<v1::Inventory>::new(),
+    )
+    .err()
+    .expect("a typed applier on a durable log, unchecked");
+    assert!(err.to_string().contains("start_checked_node"), "{err}");
+    // Checked for v1, but the applier runs v2.
+    let checked = dir.check_schema::<v1::Inventory>().unwrap();
+    let err = start_checked_node(
+        checked,
+        opts.clone(),
+        Default::default(),
+        storage(),
+        transport(),
+        Sessions::<v2::Inventory>::new(),
+    )
+    .err()
+    .expect("a directory checked for another type");
+    assert!(err.to_string().contains("checked for schema"), "{err}");
+    // Checked for its own type: it starts.
+    let node = start_checked_node(
+        checked,
+        opts,
+        Default::default(),
+        storage(),
+        transport(),
+        Sessions::<v1::Inventory>::new(),
+    )
+    .expect("checked for its own type");
+    node.shutdown().await;
+}
+
 /// The ledger of `ha-core/tests/schema.rs`, in another crate and spelled
 /// otherwise (other argument and type names, paths, and a query of its
 /// own): its stored fingerprint is the value pinned there. The

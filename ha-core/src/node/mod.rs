@@ -40,7 +40,7 @@ pub use handle::{NodeError, NodeHandle, NodeMetrics, NodeStatus, PeerProgress, S
 pub use options::{
     DEFAULT_INBOUND_QUEUE_BYTES, DEFAULT_STORAGE_QUOTA_BYTES, NodeOptions, NodeStorage,
 };
-pub use task::{StartNodeError, start_node};
+pub use task::{StartNodeError, start_checked_node, start_node};
 
 pub use pipeline::{Pipeline, PipelineIo, Write};
 

@@ -46,7 +46,56 @@ use std::time::Instant;
 
 /// Starts a node on the current tokio runtime. `init` is what its storage
 /// held at start-up.
+///
+/// A node of a replicated type on durable storage is refused here: it
+/// starts with [`start_checked_node`], given the proof that its data
+/// directory was checked against the type's fingerprint, so a changed type
+/// never replays an old log as other commands.
 pub fn start_node<V: Vfs>(
+    opts: NodeOptions,
+    init: InitialState,
+    storage: NodeStorage<V>,
+    transport: Arc<dyn Transport>,
+    applier: impl Applier,
+) -> Result<NodeHandle, StartNodeError> {
+    if applier.is_replicated_type() && matches!(storage, NodeStorage::Durable { .. }) {
+        return Err(StartNodeError::Options(
+            "a node of a replicated type on durable storage starts with start_checked_node, \
+             given DataDir::check_schema's answer: nothing else checks that its log was \
+             written by this type"
+                .into(),
+        ));
+    }
+    start(opts, init, storage, transport, applier)
+}
+
+/// [`start_node`] for a node of a replicated type: `checked` must be the
+/// answer of [`DataDir::check_schema`](crate::storage::DataDir::check_schema)
+/// for the directory the storage was opened from, and name the applier's
+/// type.
+pub fn start_checked_node<V: Vfs>(
+    checked: crate::storage::SchemaChecked,
+    opts: NodeOptions,
+    init: InitialState,
+    storage: NodeStorage<V>,
+    transport: Arc<dyn Transport>,
+    applier: impl Applier,
+) -> Result<NodeHandle, StartNodeError> {
+    if applier.stored_schema() != Some(checked.stored()) {
+        return Err(StartNodeError::Options(format!(
+            "the data directory was checked for schema {:016x}, but the applier runs {}",
+            checked.stored(),
+            applier
+                .stored_schema()
+                .map_or("no replicated type".to_string(), |s| format!(
+                    "schema {s:016x}"
+                ))
+        )));
+    }
+    start(opts, init, storage, transport, applier)
+}
+
+fn start<V: Vfs>(
     opts: NodeOptions,
     init: InitialState,
     storage: NodeStorage<V>,

@@ -162,6 +162,11 @@ pub trait Applier: Send + 'static {
     fn is_replicated_type(&self) -> bool {
         false
     }
+    /// The stored fingerprint of the replicated type this applier runs
+    /// (`None`: raw bytes, or a type that cannot be fingerprinted).
+    fn stored_schema(&self) -> Option<u64> {
+        None
+    }
     /// While the service is halted (a command failed under
     /// [`crate::sm::PanicPolicy::Halt`]): where and why, for the status.
     fn halted(&self) -> Option<String> {

@@ -23,7 +23,7 @@ pub mod snapshot;
 pub mod vfs;
 pub mod wal;
 
-pub use datadir::{DataDir, DataDirError, StoredCluster};
+pub use datadir::{DataDir, DataDirError, SchemaChecked, StoredCluster};
 pub use group::{
     Completion, GroupCommit, GroupOptions, GroupStats, Stopped, WriteRequest, WriteResult,
 };

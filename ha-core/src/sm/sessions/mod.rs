@@ -416,6 +416,9 @@ impl<T: Replicated> Applier for Sessions<T> {
     fn is_replicated_type(&self) -> bool {
         true
     }
+    fn stored_schema(&self) -> Option<u64> {
+        Schema::of::<T>().ok().map(|s| s.stored())
+    }
     fn apply(&mut self, index: LogIndex, term: Term, command: &Bytes) -> Bytes {
         let outcome = match decode_exact::<LogCommand>(command) {
             Ok(cmd) => self.apply_log_command(index, term, cmd),

@@ -38,6 +38,22 @@ use crate::types::NodeId;
 
 const META_FILE: &str = "meta";
 
+/// Proof that a data directory was checked against a replicated type's
+/// stored fingerprint ([`DataDir::check_schema`]): what
+/// [`start_checked_node`](crate::node::start_checked_node) asks for before it
+/// replays a log into that type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchemaChecked {
+    stored: u64,
+}
+
+impl SchemaChecked {
+    /// The stored fingerprint the directory was checked against.
+    pub fn stored(&self) -> u64 {
+        self.stored
+    }
+}
+
 /// Whether `root` is a data directory some node already initialized (it
 /// holds its identity file); false for a missing or empty directory.
 pub fn initialized<V: Vfs>(vfs: &V, root: &Path) -> bool {
@@ -516,11 +532,12 @@ impl DataDir {
 
     /// Checks that the directory holds data of replicated type `T`: opened
     /// with `T`'s schema fingerprint, so its log cannot be misread. A node of
-    /// a replicated type calls this before it reads anything.
-    pub fn check_schema<T: crate::sm::Replicated>(&self) -> Result<(), DataDirError> {
+    /// a replicated type calls this before it reads anything, and gives the
+    /// answer to [`start_checked_node`](crate::node::start_checked_node).
+    pub fn check_schema<T: crate::sm::Replicated>(&self) -> Result<SchemaChecked, DataDirError> {
         let expected = crate::schema::Schema::of::<T>()?.stored();
         if self.schema == expected {
-            Ok(())
+            Ok(SchemaChecked { stored: expected })
         } else if self.schema == 0 {
             Err(DataDirError::NoSchema {
                 dir: self.root.clone(),
