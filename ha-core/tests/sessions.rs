@@ -252,6 +252,8 @@ struct FakeCluster {
     drop_commands: std::sync::atomic::AtomicU32,
     /// The `ack_below` of the last command request.
     last_ack_below: std::sync::atomic::AtomicU64,
+    /// The next command is applied, but its answer is lost after 300 ms.
+    lose_next_answer: std::sync::atomic::AtomicBool,
 }
 
 impl FakeCluster {
@@ -264,6 +266,7 @@ impl FakeCluster {
             time_ms: std::sync::atomic::AtomicU64::new(1_000),
             drop_commands: std::sync::atomic::AtomicU32::new(0),
             last_ack_below: std::sync::atomic::AtomicU64::new(0),
+            lose_next_answer: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -301,6 +304,14 @@ impl ha_core::client::ClientTransport for FakeCluster {
         let out =
             st.0.apply_log_command(LogIndex(index), Term(1), LogCommand { time_ms, op });
         let answer = Bytes::from(postcard::to_stdvec(&out).unwrap());
+        if matches!(out, CommandOutcome::Applied(_))
+            && self.lose_next_answer.swap(false, Ordering::SeqCst)
+        {
+            return Box::pin(async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Err(ha_core::client::RequestError::Lost("answer lost".into()))
+            });
+        }
         Box::pin(async move { Ok(ClientResponse::Applied { index, answer }) })
     }
 }
@@ -315,6 +326,57 @@ fn fake_client(fake: &std::sync::Arc<FakeCluster>) -> ha_core::Client<Counter> {
             ..ha_core::ClientOptions::default()
         },
     )
+}
+
+/// The replicas keep at most `MAX_OPEN_RESULTS` results per session. A
+/// command whose answer was lost waits for its retry while the same client
+/// runs many more: the client keeps its open numbers within that window
+/// (later commands wait for room), so the retry is answered from what the
+/// replicas kept, not `Abandoned` and reported unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_answered_however_many_commands_the_client_ran_meanwhile() {
+    use ha_core::sm::MAX_OPEN_RESULTS;
+    let fake = FakeCluster::new(60_000);
+    let c = ha_core::Client::<Counter>::new(
+        fake.clone(),
+        vec!["127.0.0.1:1".parse().unwrap()],
+        ha_core::ClientOptions {
+            timeout: std::time::Duration::from_secs(20),
+            attempt_timeout: std::time::Duration::from_secs(5),
+            ..ha_core::ClientOptions::default()
+        },
+    );
+    c.command(&CounterCommand::Add { delta: 0 }).await.unwrap(); // registers
+    fake.lose_next_answer
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move { c.command(&CounterCommand::Add { delta: 1 }).await })
+    };
+    // Let the slow command's first attempt be applied before the rest.
+    while fake
+        .lose_next_answer
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        tokio::task::yield_now().await;
+    }
+    let many: Vec<_> = (0..MAX_OPEN_RESULTS + 100)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.command(&CounterCommand::Add { delta: 1 }).await })
+        })
+        .collect();
+    for m in many {
+        m.await.unwrap().expect("every other command is applied");
+    }
+    slow.await
+        .unwrap()
+        .expect("the retry is answered from the kept result");
+    assert_eq!(
+        fake.state.lock().unwrap().0.state().get(),
+        MAX_OPEN_RESULTS as i64 + 101,
+        "each applied exactly once"
+    );
 }
 
 /// A first command that certainly failed must not poison the session: the

@@ -237,19 +237,31 @@ pub fn create_cluster_certs_report(dir: &Path, nodes: &[NodeId]) -> Result<Certs
         source,
     })?;
     let lock_path = dir.join(".certs.lock");
-    let _lock = ha_core::storage::Vfs::try_lock(&ha_core::storage::StdFs, &lock_path)
-        .map_err(|source| CertError::Io {
-            path: lock_path.clone(),
-            source,
-        })?
-        .ok_or_else(|| {
-            CertError::Refused(format!(
-                "another run is creating certificates in {} (it holds {}); wait for it \
+    // A directory this run cannot write to (a mounted secret): nothing can
+    // be written either, so no other run can be half-way; a write that is
+    // needed fails below with its own error.
+    let _lock = match ha_core::storage::Vfs::try_lock(&ha_core::storage::StdFs, &lock_path) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+        {
+            None
+        }
+        r => Some(
+            r.map_err(|source| CertError::Io {
+                path: lock_path.clone(),
+                source,
+            })?
+            .ok_or_else(|| {
+                CertError::Refused(format!(
+                    "another run is creating certificates in {} (it holds {}); wait for it \
                  and run again",
-                dir.display(),
-                lock_path.display()
-            ))
-        })?;
+                    dir.display(),
+                    lock_path.display()
+                ))
+            })?,
+        ),
+    };
     let mut report = CertsReport::default();
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     // What needs issuing: every leaf whose certificate or key is missing.

@@ -51,7 +51,7 @@ const _: () = assert!(MAX_CONTROL_FRAME_BYTES <= MAX_FRAME_BYTES);
 const _: () = assert!(MAX_FRAME_BYTES <= u32::MAX as usize);
 
 /// Why a frame was refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum FrameError {
     /// The length prefix exceeds the cap.
     #[error("frame of {len} bytes exceeds the limit of {max}")]
@@ -83,6 +83,8 @@ pub enum FrameError {
         len: usize,
     },
 }
+
+ha_core::debug_as_display!(FrameError);
 
 /// When a frame must have arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

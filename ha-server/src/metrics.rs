@@ -18,6 +18,7 @@
 //!   `availability` (MTBF / (MTBF + MTTR))
 //! - `transport_dropped_total`, `transport_superseded_total`,
 //!   `transport_protocol_errors_total`, `transport_failed_handshakes_total`,
+//!   `transport_retries_total`, `transport_refused_connections_total`,
 //!   `node_stopped`
 //! - `repairing` (1 while the node repairs damaged storage from its peers),
 //!   `repairing_info{found=..}` (while it does: what it found, cut to
@@ -124,6 +125,8 @@ struct TransportNumbers {
     superseded: u64,
     protocol_errors: u64,
     failed_handshakes: u64,
+    retries_sent: u64,
+    refused_connections: u64,
     rtts: Vec<(NodeId, Duration)>,
 }
 
@@ -135,6 +138,8 @@ impl Collector for NodeCollector {
             superseded: st.dropped_superseded.load(Ordering::Relaxed),
             protocol_errors: st.protocol_errors.load(Ordering::Relaxed),
             failed_handshakes: st.failed_handshakes.load(Ordering::Relaxed),
+            retries_sent: st.retries_sent.load(Ordering::Relaxed),
+            refused_connections: st.refused_connections.load(Ordering::Relaxed),
             rtts: self.transport.peer_rtts(),
         };
         encode_node(&mut e, &self.node.status(), self.node.metrics(), t)
@@ -237,7 +242,7 @@ fn encode_counters(
     t: &TransportNumbers,
 ) -> fmt::Result {
     let a = &m.availability;
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "elections_won",
             "Times this node became leader.",
@@ -280,6 +285,16 @@ fn encode_counters(
             "transport_failed_handshakes",
             "Connection attempts whose TLS handshake failed (no or a foreign certificate).",
             t.failed_handshakes,
+        ),
+        (
+            "transport_retries",
+            "Connection attempts answered with a QUIC Retry (address validation while handshake slots ran short).",
+            t.retries_sent,
+        ),
+        (
+            "transport_refused_connections",
+            "Connection attempts refused by a connection or handshake cap.",
+            t.refused_connections,
         ),
     ];
     for (name, help, v) in counters {

@@ -69,6 +69,62 @@ async fn a_node_from_rust() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The README's ```toml dependency lines: the crate names they declare.
+fn readme_dependencies() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let mut names = Vec::new();
+    let mut inside = false;
+    for line in readme.lines() {
+        match line.trim() {
+            l if l.starts_with("```toml") => inside = true,
+            "```" => inside = false,
+            l if inside => {
+                if let Some((name, _)) = l.split_once('=') {
+                    names.push(name.trim().replace('-', "_"));
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// Every crate the README's Rust examples name is in its `Cargo.toml`
+/// lines, so a reader copying both gets a crate that builds.
+#[test]
+fn readme_dependencies_name_every_crate_its_examples_use() {
+    let declared = readme_dependencies();
+    let local = ["std", "core", "alloc", "self", "super", "crate"];
+    for block in readme_blocks() {
+        for line in &block {
+            let code = line.split("//").next().unwrap_or("");
+            for (at, _) in code.match_indices("::") {
+                let root: String = code[..at]
+                    .chars()
+                    .rev()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                let preceded_by_path = code[..at - root.len()].ends_with("::")
+                    || code[..at - root.len()].ends_with('<');
+                if root.is_empty()
+                    || preceded_by_path
+                    || !root.starts_with(|c: char| c.is_ascii_lowercase())
+                    || local.contains(&root.as_str())
+                {
+                    continue;
+                }
+                assert!(
+                    declared.contains(&root),
+                    "the README's examples use `{root}` but its Cargo.toml lines ({declared:?}) do not declare it"
+                );
+            }
+        }
+    }
+}
+
 /// The README's ```rust blocks, each as trimmed lines.
 fn readme_blocks() -> Vec<Vec<String>> {
     let readme = include_str!("../../README.md");

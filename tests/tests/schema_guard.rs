@@ -261,7 +261,7 @@ async fn the_cores_own_start_refuses_a_typed_log_it_has_not_checked() {
     // Checked for v1, but the applier runs v2.
     let checked = dir.check_schema::<v1::Inventory>().unwrap();
     let err = start_checked_node(
-        checked,
+        checked.clone(),
         opts.clone(),
         Default::default(),
         storage(),
@@ -271,6 +271,28 @@ async fn the_cores_own_start_refuses_a_typed_log_it_has_not_checked() {
     .err()
     .expect("a directory checked for another type");
     assert!(err.to_string().contains("checked for schema"), "{err}");
+    // Checked, but the log of another directory.
+    let other = open_raw(&data.path().join("other"), certs.path()).unwrap();
+    let (wal, _) = Wal::open(StdFs, &other.wal_dir(), WalOptions::default()).unwrap();
+    let err = start_checked_node(
+        checked.clone(),
+        opts.clone(),
+        Default::default(),
+        NodeStorage::<StdFs>::Durable {
+            wal,
+            snapshots: std::sync::Arc::new(
+                SnapshotStore::open(StdFs, &other.snapshot_dir()).unwrap(),
+            ),
+        },
+        transport(),
+        Sessions::<v1::Inventory>::new(),
+    )
+    .err()
+    .expect("a proof for one directory, the log of another");
+    assert!(
+        err.to_string().contains("not the one of the checked"),
+        "{err}"
+    );
     // Checked for its own type: it starts.
     let node = start_checked_node(
         checked,

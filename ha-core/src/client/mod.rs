@@ -126,6 +126,9 @@ struct Inner {
     /// Held while a session is being registered, so concurrent first
     /// commands register one session, not one each.
     registering: tokio::sync::Mutex<()>,
+    /// Woken when a sequence number closes: a command waiting for room in
+    /// the session's window (see [`Client::command`]) looks again.
+    closed: tokio::sync::Notify,
     rotate: AtomicU64,
     seed: u64,
 }
@@ -203,6 +206,7 @@ impl<T: Replicated> Client<T> {
                     open: BTreeSet::new(),
                 }),
                 registering: tokio::sync::Mutex::new(()),
+                closed: tokio::sync::Notify::new(),
                 rotate: AtomicU64::new(0),
                 seed: random_u64(),
             }),
@@ -232,16 +236,37 @@ impl<T: Replicated> Client<T> {
         );
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
         let (client, secret, seq) = loop {
-            {
+            let room = self.inner.closed.notified();
+            let registered = {
                 let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(id) = s.id {
-                    let seq = s.next_seq;
-                    s.next_seq += 1;
-                    s.open.insert(seq);
-                    break (id, s.secret, seq);
+                match s.id {
+                    // A window of `MAX_OPEN_RESULTS` numbers from the
+                    // lowest open one: the replicas keep every result in
+                    // it, so a retry is always answered from what they
+                    // kept, never `Abandoned` by their cap.
+                    Some(id) => {
+                        let lowest = s.open.first().copied().unwrap_or(s.next_seq);
+                        if s.next_seq - lowest < crate::sm::MAX_OPEN_RESULTS as u64 {
+                            let seq = s.next_seq;
+                            s.next_seq += 1;
+                            s.open.insert(seq);
+                            break (id, s.secret, seq);
+                        }
+                        true
+                    }
+                    None => false,
                 }
+            };
+            if !registered {
+                self.register(deadline).await?;
+                continue;
             }
-            self.register(deadline).await?;
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(Error::NotApplied(format!(
+                    "{} commands of this client are still waiting for answers",
+                    crate::sm::MAX_OPEN_RESULTS
+                )));
+            }
         };
         // Closes `seq` in the session however this call ends, even if its
         // future is dropped: an open number left behind would pin

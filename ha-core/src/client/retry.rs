@@ -20,17 +20,21 @@ pub(super) struct OpenSeq<'a> {
 
 impl Drop for OpenSeq<'_> {
     fn drop(&mut self) {
-        let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-        // A session replaced meanwhile is not this command's to edit.
-        if s.id == Some(self.client) {
-            s.open.remove(&self.seq);
-            if self.expired {
-                // The next command registers a fresh session.
-                s.id = None;
-                s.next_seq = 1;
-                s.open.clear();
+        {
+            let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+            // A session replaced meanwhile is not this command's to edit.
+            if s.id == Some(self.client) {
+                s.open.remove(&self.seq);
+                if self.expired {
+                    // The next command registers a fresh session.
+                    s.id = None;
+                    s.next_seq = 1;
+                    s.open.clear();
+                }
             }
         }
+        // Commands waiting for room in the window look again.
+        self.inner.closed.notify_waiters();
     }
 }
 

@@ -62,6 +62,9 @@ impl Inbox {
 
     /// Delivers `m` if it fits; never waits.
     pub fn try_deliver(&self, m: Message) -> Result<(), DeliverError> {
+        if self.tx.is_closed() {
+            return Err(DeliverError::Closed);
+        }
         let cost = m.approx_bytes();
         let max = self.max_bytes;
         // One message always fits an empty inbox, so an append larger than

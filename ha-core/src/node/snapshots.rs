@@ -187,7 +187,7 @@ pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> O
 }
 
 /// Why a node could not start from its storage.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum RecoverError {
     /// The snapshot files could not be read or set aside.
     #[error("snapshots: {0}")]
@@ -203,6 +203,8 @@ pub enum RecoverError {
     #[error("{0}")]
     Unrecoverable(String),
 }
+
+crate::debug_as_display!(RecoverError);
 
 /// Prepares a node's start: restores `applier` from the newest snapshot (if
 /// any), merges it with what the log held, and records it in the log if the

@@ -81,6 +81,15 @@ pub fn start_checked_node<V: Vfs>(
     transport: Arc<dyn Transport>,
     applier: impl Applier,
 ) -> Result<NodeHandle, StartNodeError> {
+    if let NodeStorage::Durable { wal, .. } = &storage
+        && wal.dir() != checked.wal_dir()
+    {
+        return Err(StartNodeError::Options(format!(
+            "the log at {} is not the one of the checked data directory ({})",
+            wal.dir().display(),
+            checked.wal_dir().display()
+        )));
+    }
     if applier.stored_schema() != Some(checked.stored()) {
         return Err(StartNodeError::Options(format!(
             "the data directory was checked for schema {:016x}, but the applier runs {}",
@@ -173,7 +182,7 @@ fn start<V: Vfs>(
 }
 
 /// Why a node could not start.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StartNodeError {
     /// A node setting cannot work.
     #[error("{0}")]
@@ -182,6 +191,8 @@ pub enum StartNodeError {
     #[error(transparent)]
     Core(#[from] crate::raft::InitError),
 }
+
+crate::debug_as_display!(StartNodeError);
 
 /// Refuses settings no node can run with.
 fn check_options(opts: &NodeOptions) -> Result<(), StartNodeError> {
@@ -194,6 +205,20 @@ fn check_options(opts: &NodeOptions) -> Result<(), StartNodeError> {
         return Err(StartNodeError::Options(
             "snapshot transfer timeout of 0: every transfer would fail".into(),
         ));
+    }
+    // The largest append a peer of the same settings sends must fit the
+    // inbox, or it would fit only an empty one and could starve.
+    let largest_append = opts.raft.max_append_bytes.saturating_mul(2).saturating_add(
+        opts.raft
+            .max_append_entries
+            .saturating_mul(std::mem::size_of::<crate::types::Entry>()),
+    );
+    if opts.inbound_queue_bytes < largest_append {
+        return Err(StartNodeError::Options(format!(
+            "inbound_queue_bytes {} is below the largest append's size in memory ({largest_append} \
+             bytes): such an append would wait for an empty inbox",
+            opts.inbound_queue_bytes
+        )));
     }
     if opts.max_command_bytes == 0
         || opts.max_command_bytes > crate::storage::wal::MAX_COMMAND_BYTES

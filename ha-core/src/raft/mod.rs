@@ -298,7 +298,7 @@ impl Ready {
 }
 
 /// Why a core could not be built from its settings and stored state.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InitError {
     /// A setting cannot work ([`Config::validate`]).
     #[error("{0}")]
@@ -311,6 +311,8 @@ pub enum InitError {
     #[error("{0}")]
     StoredState(String),
 }
+
+crate::debug_as_display!(InitError);
 
 /// One Raft node's protocol state machine (see the module docs).
 ///

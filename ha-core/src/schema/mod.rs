@@ -75,7 +75,7 @@ const STORED_TAG: &str = "ha-stored/1";
 const QUERY_TAG: &str = "ha-query/1";
 
 /// Why a type's shape could not be traced.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot trace the wire shape of `{type_name}`: {reason}")]
 pub struct SchemaError {
     /// The Rust type traced.
@@ -83,6 +83,8 @@ pub struct SchemaError {
     /// What went wrong.
     pub reason: String,
 }
+
+crate::debug_as_display!(SchemaError);
 
 /// The fingerprints of a replicated type `T`.
 ///

@@ -205,7 +205,7 @@ impl Applier for NoopApplier {
 /// Why a state machine could not do what it was asked: encode or decode
 /// its state, or answer a query. The reason is kept as text (it is shown to
 /// operators and travels to clients), and shown as it is.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
     /// The state (or a copy of it) could not be encoded.
     #[error("{0}")]
@@ -217,6 +217,8 @@ pub enum StateError {
     #[error("{0}")]
     Query(String),
 }
+
+crate::debug_as_display!(StateError);
 
 /// Decodes one postcard value that must fill `bytes` exactly: postcard
 /// itself ignores bytes after a value, so a type that lost a field would

@@ -163,8 +163,6 @@ fn bump(c: &AtomicU64) -> u64 {
     c.fetch_add(1, Ordering::Relaxed) + 1
 }
 
-/// Whether the `n`th occurrence of a repeatable event is logged (invariant
-/// 5): the 1st, 2nd, 4th, ... and every 1024th.
 /// Handshakes reserved for peers' addresses.
 const PEER_HANDSHAKES: usize = 16;
 
@@ -187,7 +185,12 @@ fn admit_handshake(
         let _ = incoming.retry();
         return None;
     }
-    let from_peer = shared.peer_ips.contains(&incoming.remote_address().ip());
+    // A dual-stack socket shows an IPv4 sender as `::ffff:a.b.c.d`. (A peer
+    // behind NAT, or one that dials from another address than it listens
+    // on, is not recognised and uses the common pool.)
+    let from_peer = shared
+        .peer_ips
+        .contains(&incoming.remote_address().ip().to_canonical());
     let permit = shared.handshakes.clone().try_acquire_owned().or_else(|e| {
         if from_peer {
             shared.peer_handshakes.clone().try_acquire_owned()
@@ -210,6 +213,8 @@ fn admit_handshake(
     Some((incoming, permit))
 }
 
+/// Whether the `n`th occurrence of a repeatable event is logged (invariant
+/// 5): the 1st, 2nd, 4th, ... and every 1024th.
 fn sampled(n: u64) -> bool {
     n.is_power_of_two() || n.is_multiple_of(1024)
 }
@@ -441,7 +446,11 @@ impl QuicEndpoint {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
             peer_handshakes: Arc::new(Semaphore::new(PEER_HANDSHAKES)),
-            peer_ips: config.peers.values().map(SocketAddr::ip).collect(),
+            peer_ips: config
+                .peers
+                .values()
+                .map(|a| a.ip().to_canonical())
+                .collect(),
             client_connections: Arc::new(Semaphore::new(limits.max_client_connections)),
             peer_connections: config
                 .peers

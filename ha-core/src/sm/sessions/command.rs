@@ -152,14 +152,19 @@ impl<T: Replicated> Sessions<T> {
         // `Abandoned`, which the client reports as an unknown outcome), the
         // same on every replica. Bounds what one client that never
         // acknowledges can make every replica keep.
-        if session.results.len() >= MAX_OPEN_RESULTS {
-            if let Some((&oldest, _)) = session.results.first_key_value() {
-                session.closed_below = oldest.saturating_add(1);
-                session.results.remove(&oldest);
-            }
-            if c.seq < session.closed_below {
+        // (The client keeps its open numbers within a window of this size,
+        // so this happens only to a client that does not.) A new number
+        // below the oldest kept is itself the oldest: it is closed and
+        // refused, and nothing kept is lost for it.
+        if session.results.len() >= MAX_OPEN_RESULTS
+            && let Some((&oldest, _)) = session.results.first_key_value()
+        {
+            if c.seq < oldest {
+                session.closed_below = c.seq.saturating_add(1);
                 return Some(CommandOutcome::Abandoned);
             }
+            session.closed_below = oldest.saturating_add(1);
+            session.results.remove(&oldest);
         }
         if let Some(h) = &self.halted {
             let kept = Kept::Halted {

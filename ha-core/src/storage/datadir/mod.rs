@@ -42,15 +42,22 @@ const META_FILE: &str = "meta";
 /// stored fingerprint ([`DataDir::check_schema`]): what
 /// [`start_checked_node`](crate::node::start_checked_node) asks for before it
 /// replays a log into that type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchemaChecked {
     stored: u64,
+    wal_dir: PathBuf,
 }
 
 impl SchemaChecked {
     /// The stored fingerprint the directory was checked against.
     pub fn stored(&self) -> u64 {
         self.stored
+    }
+
+    /// Where the checked directory keeps its log: the only log a node
+    /// started with this proof may replay.
+    pub fn wal_dir(&self) -> &Path {
+        &self.wal_dir
     }
 }
 
@@ -537,7 +544,10 @@ impl DataDir {
     pub fn check_schema<T: crate::sm::Replicated>(&self) -> Result<SchemaChecked, DataDirError> {
         let expected = crate::schema::Schema::of::<T>()?.stored();
         if self.schema == expected {
-            Ok(SchemaChecked { stored: expected })
+            Ok(SchemaChecked {
+                stored: expected,
+                wal_dir: self.wal_dir(),
+            })
         } else if self.schema == 0 {
             Err(DataDirError::NoSchema {
                 dir: self.root.clone(),
