@@ -14,6 +14,9 @@
 //!    (`#[diagnostic::on_unimplemented]` in ha-core), spanned at the user's
 //!    token; no other generated item fails because of it.
 
+mod generate;
+
+use self::generate::generate;
 use crate::determinism;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -21,7 +24,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
     Attribute, Data, DeriveInput, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, Pat, ReturnType,
-    Type, Visibility,
+    Signature, Type, Visibility,
 };
 
 /// The derive: state side.
@@ -250,6 +253,40 @@ fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option
         return None;
     }
     let sig = &f.sig;
+    let kind = receiver_kind(sig, errors)?;
+    let mut ok = plain_signature(sig, errors);
+    let (args, context_at) = arguments(sig, kind, name, errors, &mut ok);
+    let ret = match &sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, t) => {
+            if let Some((span, hint)) = unserializable(t) {
+                errors.push(syn::Error::new(span, hint));
+                ok = false;
+            }
+            Some(replace_self(t, name))
+        }
+    };
+    let variant = variant_name(sig, errors, &mut ok);
+    let docs = f
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+    ok.then(|| Method {
+        kind,
+        variant: Ident::new(&variant, sig.ident.span()),
+        name: sig.ident.clone(),
+        args,
+        context_at,
+        ret,
+        docs,
+    })
+}
+
+/// A command (`&mut self`) or a query (`&self`); `None` for an associated
+/// function (left alone) or a receiver that cannot be either (an error).
+fn receiver_kind(sig: &Signature, errors: &mut Vec<syn::Error>) -> Option<Kind> {
     let receiver = match sig.inputs.first() {
         Some(FnArg::Receiver(r)) => r,
         _ => return None, // Associated function: left alone.
@@ -273,6 +310,11 @@ fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option
         ));
         return None;
     }
+    Some(kind)
+}
+
+/// Whether the signature is plain: not async, not unsafe, not generic.
+fn plain_signature(sig: &Signature, errors: &mut Vec<syn::Error>) -> bool {
     let mut ok = true;
     if let Some(a) = &sig.asyncness {
         errors.push(syn::Error::new_spanned(
@@ -297,6 +339,18 @@ fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option
         ));
         ok = false;
     }
+    ok
+}
+
+/// The arguments that become the command's or query's fields, and where
+/// the `&ApplyContext` was among them; clears `ok` on an error.
+fn arguments(
+    sig: &Signature,
+    kind: Kind,
+    name: &Ident,
+    errors: &mut Vec<syn::Error>,
+    ok: &mut bool,
+) -> (Vec<(Ident, Type)>, Option<usize>) {
     let mut args = Vec::new();
     let mut context_at = None;
     for (k, input) in sig.inputs.iter().skip(1).enumerate() {
@@ -307,14 +361,14 @@ fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option
                     &pt.ty,
                     "queries do not take an `ApplyContext`: only commands run in log order",
                 ));
-                ok = false;
+                *ok = false;
             } else if let ContextArg::Other = form {
                 errors.push(syn::Error::new_spanned(
                     &pt.ty,
                     "take `&ApplyContext`: a command borrows its context, it does not own or \
                      change it",
                 ));
-                ok = false;
+                *ok = false;
             }
             context_at = Some(k);
             continue;
@@ -324,26 +378,22 @@ fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option
                 &pt.pat,
                 "use a plain argument name: it becomes a field of the command",
             ));
-            ok = false;
+            *ok = false;
             continue;
         };
         if let Some((span, hint)) = unserializable(&pt.ty) {
             errors.push(syn::Error::new(span, hint));
-            ok = false;
+            *ok = false;
             continue;
         }
         args.push((pi.ident.clone(), replace_self(&pt.ty, name)));
     }
-    let ret = match &sig.output {
-        ReturnType::Default => None,
-        ReturnType::Type(_, t) => {
-            if let Some((span, hint)) = unserializable(t) {
-                errors.push(syn::Error::new(span, hint));
-                ok = false;
-            }
-            Some(replace_self(t, name))
-        }
-    };
+    (args, context_at)
+}
+
+/// The variant's name (the method's, in camel case); clears `ok` for a
+/// name the generated client takes or one made only of underscores.
+fn variant_name(sig: &Signature, errors: &mut Vec<syn::Error>, ok: &mut bool) -> String {
     // A raw identifier (`r#type`) names the variant by its plain text.
     let plain = sig.ident.unraw().to_string();
     if RESERVED.contains(&plain.as_str()) {
@@ -355,14 +405,8 @@ fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option
                 sig.ident
             ),
         ));
-        ok = false;
+        *ok = false;
     }
-    let docs = f
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("doc"))
-        .cloned()
-        .collect();
     // `_` or `__` leaves nothing to name a variant with.
     let variant = camel(&plain);
     if variant.is_empty() {
@@ -371,17 +415,9 @@ fn analyse(f: &ImplItemFn, name: &Ident, errors: &mut Vec<syn::Error>) -> Option
             "a method named only with underscores cannot name a command or query: rename it, or \
              add `#[replicated(skip)]`",
         ));
-        ok = false;
+        *ok = false;
     }
-    ok.then(|| Method {
-        kind,
-        variant: Ident::new(&variant, sig.ident.span()),
-        name: sig.ident.clone(),
-        args,
-        context_at,
-        ret,
-        docs,
-    })
+    variant
 }
 
 /// The attribute: behaviour side.
@@ -391,93 +427,9 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
         Err(e) => return e.to_compile_error(),
     };
     let mut errors: Vec<syn::Error> = Vec::new();
-    // `prefix = "Stem"`: the generated items are `StemCommand`, ...,
-    // `StemClient` instead of the type's name (for a module that already
-    // has a type of one of those names).
-    let mut prefix: Option<Ident> = None;
-    if !attr.is_empty() {
-        let parser = syn::meta::parser(|meta| {
-            if meta.path.is_ident("prefix") {
-                let s: syn::LitStr = meta.value()?.parse()?;
-                prefix = Some(s.parse::<Ident>().map_err(|_| {
-                    syn::Error::new(s.span(), "the prefix must be an identifier, like \"Tally\"")
-                })?);
-                Ok(())
-            } else {
-                Err(meta.error(
-                    "`#[replicated]` on an impl block takes only `prefix = \"Name\"` (to rename \
-                     the generated `NameCommand`, `NameQuery`, `NameCommandOutput`, \
-                     `NameQueryOutput` and `NameClient`)",
-                ))
-            }
-        });
-        if let Err(e) = syn::parse::Parser::parse2(parser, attr) {
-            errors.push(e);
-        }
-    }
-    if let Some((_, path, _)) = &imp.trait_ {
-        errors.push(syn::Error::new_spanned(
-            path,
-            "`#[replicated]` goes on the type's inherent impl block (`impl Name { .. }`), not on a \
-             trait impl",
-        ));
-    }
-    if !imp.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &imp.generics,
-            "generic replicated types are not supported yet: make the state a concrete type",
-        ));
-    }
-    let name = match &*imp.self_ty {
-        Type::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 => {
-            p.path.segments[0].ident.clone()
-        }
-        other => {
-            errors.push(syn::Error::new_spanned(
-                other,
-                "expected the name of a struct",
-            ));
-            Ident::new("Unknown", Span::call_site())
-        }
-    };
-    let mut methods: Vec<Method> = Vec::new();
-    let mut iterated = Vec::new();
-    // Commands whose method allowed non-determinism: never replayed by the
-    // determinism check (they may do IO).
-    let mut not_replayed: Vec<Ident> = Vec::new();
-    for item in &mut imp.items {
-        let ImplItem::Fn(f) = item else { continue };
-        let attrs = method_attrs(&f.attrs, &mut errors);
-        f.attrs.retain(|a| !is_ours(a));
-        if attrs.skip {
-            continue;
-        }
-        if let Some(m) = analyse(f, &name, &mut errors) {
-            if m.kind == Kind::Command {
-                let found = determinism::scan(&f.block, &attrs.allowed);
-                errors.extend(found.errors);
-                iterated.extend(found.iterated);
-                // A command allowed to read a clock, randomness, the
-                // environment or to do IO differs (or acts) when run again;
-                // one allowed to iterate a hash collection claims the order
-                // cannot matter, which the replay checks.
-                if attrs.allowed.iter().any(|a| a != "hash_iteration") {
-                    not_replayed.push(m.variant.clone());
-                }
-            }
-            if let Some(prev) = methods.iter().find(|p| p.variant == m.variant) {
-                errors.push(syn::Error::new_spanned(
-                    &m.name,
-                    format!(
-                        "`{}` and `{}` would both become the variant `{}`: rename one",
-                        prev.name, m.name, m.variant
-                    ),
-                ));
-                continue;
-            }
-            methods.push(m);
-        }
-    }
+    let prefix = impl_prefix(attr, &mut errors);
+    let name = impl_type_name(&imp, &mut errors);
+    let (methods, iterated, not_replayed) = collect_methods(&mut imp, &name, &mut errors);
     // The code for every method that is fine is generated even when others
     // are not, so the only errors the user sees are the ones reported here,
     // not a cascade of missing types and traits.
@@ -503,221 +455,111 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn generate(name: &Ident, stem: &Ident, methods: &[Method], not_replayed: &[Ident]) -> TokenStream {
-    let cmd_ty = format_ident!("{}Command", stem);
-    let qry_ty = format_ident!("{}Query", stem);
-    let cmd_out = format_ident!("{}CommandOutput", stem);
-    let qry_out = format_ident!("{}QueryOutput", stem);
-    let client = format_ident!("{}Client", stem);
-    // Every argument and return type, once. A type that is not serializable
-    // gets one error, from `checks`, at its first use in a signature. Every
-    // generated item that needs the types serializable (serde's impls of
-    // the enums, `impl StateMachine`, `impl Replicated`, the client's
-    // methods) holds only where they are (`value_bounds`), so nothing else
-    // fails with it. `for<'__ha>` makes each bound one rustc checks where it
-    // is used rather than rejecting it where it is written (false "trivial
-    // bounds" are errors on stable).
-    let mut values: Vec<&Type> = Vec::new();
-    for t in methods
-        .iter()
-        .flat_map(|m| m.args.iter().map(|(_, t)| t).chain(&m.ret))
-    {
-        let key = quote!(#t).to_string();
-        if !values.iter().any(|v| quote!(#v).to_string() == key) {
-            values.push(t);
-        }
-    }
-    let value_bounds = quote! { #(for<'__ha> #values: ::ha_core::__private::ValueBound),* };
-    let (checks, value_where) = if values.is_empty() {
-        Default::default()
-    } else {
-        (
-            quote! {
-                const _: () = {
-                    #(let _ = <#values as ::ha_core::sm::ReplicatedValue>::__ha_check;)*
-                };
-            },
-            quote! { where #value_bounds },
-        )
-    };
-    // One item holding `where` the values are serializable (serde's derives
-    // copy an enum's `where` clause to their impls). rustdoc gets it without
-    // the bounds: they hold whenever the crate compiles, and would only
-    // clutter the pages of the type, its client and its enums.
-    let bounded = |item: &dyn Fn(&TokenStream) -> TokenStream| {
-        if value_where.is_empty() {
-            item(&value_where)
-        } else {
-            let (with, without) = (item(&value_where), item(&TokenStream::new()));
-            quote! {
-                #[cfg(not(doc))]
-                #with
-                #[cfg(doc)]
-                #without
-            }
-        }
-    };
-    let serde_derive = quote! {
-        #[derive(::ha_core::__private::serde::Serialize, ::ha_core::__private::serde::Deserialize)]
-        #[serde(crate = "::ha_core::__private::serde")]
-        // A private replicated type is as private in its commands' fields
-        // (an argument of its own type) as it is.
-        #[allow(missing_docs, private_bounds, private_interfaces)]
-    };
-    // Hygienic (mixed-site): no user argument, whatever its name, can
-    // shadow it.
-    let apply_context = Ident::new("apply_context", Span::mixed_site());
-    let (mut cmd_variants, mut qry_variants) = (Vec::new(), Vec::new());
-    let (mut cmd_outs, mut qry_outs) = (Vec::new(), Vec::new());
-    let (mut cmd_arms, mut qry_arms) = (Vec::new(), Vec::new());
-    let mut client_methods = Vec::new();
-    for m in methods {
-        let (variant, mname) = (&m.variant, &m.name);
-        let fields: Vec<&Ident> = m.args.iter().map(|(i, _)| i).collect();
-        let types: Vec<&Type> = m.args.iter().map(|(_, t)| t).collect();
-        let ret_ty = m.ret.clone().unwrap_or_else(|| syn::parse_quote!(()));
-        let docs = &m.docs;
-        let variant_def = quote! { #variant { #(#fields: #types),* } };
-        // The call, with the context spliced back in at its place.
-        let mut call_args: Vec<TokenStream> = fields.iter().map(|f| quote!(#f)).collect();
-        if let Some(at) = m.context_at {
-            // The context's own, hygienic name: no argument shadows it (an
-            // argument named `ctx` did).
-            call_args.insert(at.min(call_args.len()), quote!(#apply_context));
-        }
-        let params = m.args.iter().map(|(i, t)| quote!(#i: #t));
-        let (enum_ty, out_ty, call) = match m.kind {
-            Kind::Command => (&cmd_ty, &cmd_out, quote!(command)),
-            Kind::Query => (&qry_ty, &qry_out, quote!(query)),
-        };
-        let arm = quote_spanned! {mname.span()=>
-            #enum_ty::#variant { #(#fields),* } => #out_ty::#variant(self.#mname(#(#call_args),*))
-        };
-        let out_variant = quote! { #variant(#ret_ty) };
-        client_methods.push(quote! {
-            #(#docs)*
-            pub async fn #mname(&self, #(#params),*) -> ::std::result::Result<#ret_ty, ::ha_core::Error> {
-                #[allow(unreachable_patterns)]
-                match self.inner.#call(&#enum_ty::#variant { #(#fields),* }).await? {
-                    #out_ty::#variant(v) => ::std::result::Result::Ok(v),
-                    _ => ::std::result::Result::Err(::ha_core::Error::Unknown(
-                        "the cluster answered for another method".into(),
-                    )),
-                }
+/// `prefix = "Stem"`: the generated items are `StemCommand`, ...,
+/// `StemClient` instead of the type's name (for a module that already has a
+/// type of one of those names).
+fn impl_prefix(attr: TokenStream, errors: &mut Vec<syn::Error>) -> Option<Ident> {
+    let mut prefix: Option<Ident> = None;
+    if !attr.is_empty() {
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("prefix") {
+                let s: syn::LitStr = meta.value()?.parse()?;
+                prefix = Some(s.parse::<Ident>().map_err(|_| {
+                    syn::Error::new(s.span(), "the prefix must be an identifier, like \"Tally\"")
+                })?);
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "`#[replicated]` on an impl block takes only `prefix = \"Name\"` (to rename \
+                     the generated `NameCommand`, `NameQuery`, `NameCommandOutput`, \
+                     `NameQueryOutput` and `NameClient`)",
+                ))
             }
         });
-        match m.kind {
-            Kind::Command => {
-                cmd_variants.push(variant_def);
-                cmd_outs.push(out_variant);
-                cmd_arms.push(arm);
-            }
-            Kind::Query => {
-                qry_variants.push(variant_def);
-                qry_outs.push(out_variant);
-                qry_arms.push(arm);
-            }
+        if let Err(e) = syn::parse::Parser::parse2(parser, attr) {
+            errors.push(e);
         }
     }
-    let name_str = name.to_string();
-    let doc_client = format!(
-        "The typed client of [`{name_str}`]: one async method per command and query. \
-         Cheap to clone; clones share one session."
-    );
-    let doc_cmd = format!("The commands of [`{name_str}`] (generated by `#[replicated]`).");
-    let doc_qry = format!("The queries of [`{name_str}`] (generated by `#[replicated]`).");
-    let doc_cout = format!("What the commands of [`{name_str}`] return.");
-    let doc_qout = format!("What the queries of [`{name_str}`] return.");
-    let client_items = quote! {
-        /// The generic client underneath.
-        pub fn inner(&self) -> &::ha_core::Client<#name> {
-            &self.inner
-        }
-        /// A client sharing this one's session whose queries have the given consistency.
-        pub fn with_consistency(&self, consistency: ::ha_core::Consistency) -> Self {
-            #client { inner: self.inner.with_consistency(consistency) }
-        }
-        /// A client sharing this one's session whose calls time out after `timeout`.
-        pub fn with_timeout(&self, timeout: ::std::time::Duration) -> Self {
-            #client { inner: self.inner.with_timeout(timeout) }
-        }
-        #(#client_methods)*
-    };
-    let enums = [
-        (&doc_cmd, &cmd_ty, &cmd_variants),
-        (&doc_qry, &qry_ty, &qry_variants),
-        (&doc_cout, &cmd_out, &cmd_outs),
-        (&doc_qout, &qry_out, &qry_outs),
-    ]
-    .map(|(doc, ty, variants)| {
-        bounded(&|w| {
-            quote! {
-                #[doc = #doc]
-                #serde_derive
-                pub enum #ty #w { #(#variants),* }
-            }
-        })
-    });
-    let client_impl = bounded(&|w| quote! { impl #client #w { #client_items } });
-    let replicated_impl = bounded(&|w| {
-        quote! {
-            impl ::ha_core::sm::Replicated for #name #w {
-                type Client = #client;
-            }
-        }
-    });
-    let replay_safe = if not_replayed.is_empty() {
-        TokenStream::new()
-    } else {
-        quote! {
-            fn replay_safe(command: &#cmd_ty) -> ::core::primitive::bool {
-                !::core::matches!(command, #(#cmd_ty::#not_replayed { .. })|*)
-            }
-        }
-    };
-    let sm_impl = bounded(&|w| {
-        quote! {
-            impl ::ha_core::sm::StateMachine for #name #w {
-                type Command = #cmd_ty;
-                type Query = #qry_ty;
-                type CommandOutput = #cmd_out;
-                type QueryOutput = #qry_out;
-                #[allow(unused_variables)]
-                fn apply_command(&mut self, command: #cmd_ty, #apply_context: &::ha_core::sm::ApplyContext) -> #cmd_out {
-                    match command { #(#cmd_arms),* }
-                }
-                fn run_query(&self, query: #qry_ty) -> #qry_out {
-                    match query { #(#qry_arms),* }
-                }
-                #replay_safe
-            }
-        }
-    });
-    quote! {
-        #checks
+    prefix
+}
 
-        #(#enums)*
-
-        // Without `#[derive(Replicated)]` on the struct, this impl is the
-        // one error: `ReplicatedState` is missing (its message says so).
-        #replicated_impl
-
-        #sm_impl
-
-        #[doc = #doc_client]
-        #[derive(Clone)]
-        pub struct #client {
-            inner: ::ha_core::Client<#name>,
-        }
-
-        impl ::std::convert::From<::ha_core::Client<#name>> for #client {
-            fn from(inner: ::ha_core::Client<#name>) -> Self {
-                #client { inner }
-            }
-        }
-
-        #client_impl
+/// The replicated type's name, from an inherent, non-generic impl block.
+fn impl_type_name(imp: &ItemImpl, errors: &mut Vec<syn::Error>) -> Ident {
+    if let Some((_, path, _)) = &imp.trait_ {
+        errors.push(syn::Error::new_spanned(
+            path,
+            "`#[replicated]` goes on the type's inherent impl block (`impl Name { .. }`), not on a \
+             trait impl",
+        ));
     }
+    if !imp.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &imp.generics,
+            "generic replicated types are not supported yet: make the state a concrete type",
+        ));
+    }
+    match &*imp.self_ty {
+        Type::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 => {
+            p.path.segments[0].ident.clone()
+        }
+        other => {
+            errors.push(syn::Error::new_spanned(
+                other,
+                "expected the name of a struct",
+            ));
+            Ident::new("Unknown", Span::call_site())
+        }
+    }
+}
+
+/// The impl block's commands and queries (stripping the macro's own
+/// attributes from every method), the `self` fields their bodies iterate
+/// (for the hash-iteration probes), and the commands the determinism check
+/// must not replay.
+fn collect_methods(
+    imp: &mut ItemImpl,
+    name: &Ident,
+    errors: &mut Vec<syn::Error>,
+) -> (Vec<Method>, Vec<(syn::Member, Span)>, Vec<Ident>) {
+    let mut methods: Vec<Method> = Vec::new();
+    let mut iterated = Vec::new();
+    // Commands whose method allowed non-determinism: never replayed by the
+    // determinism check (they may do IO).
+    let mut not_replayed: Vec<Ident> = Vec::new();
+    for item in &mut imp.items {
+        let ImplItem::Fn(f) = item else { continue };
+        let attrs = method_attrs(&f.attrs, errors);
+        f.attrs.retain(|a| !is_ours(a));
+        if attrs.skip {
+            continue;
+        }
+        if let Some(m) = analyse(f, name, errors) {
+            if m.kind == Kind::Command {
+                let found = determinism::scan(&f.block, &attrs.allowed);
+                errors.extend(found.errors);
+                iterated.extend(found.iterated);
+                // A command allowed to read a clock, randomness, the
+                // environment or to do IO differs (or acts) when run again;
+                // one allowed to iterate a hash collection claims the order
+                // cannot matter, which the replay checks.
+                if attrs.allowed.iter().any(|a| a != "hash_iteration") {
+                    not_replayed.push(m.variant.clone());
+                }
+            }
+            if let Some(prev) = methods.iter().find(|p| p.variant == m.variant) {
+                errors.push(syn::Error::new_spanned(
+                    &m.name,
+                    format!(
+                        "`{}` and `{}` would both become the variant `{}`: rename one",
+                        prev.name, m.name, m.variant
+                    ),
+                ));
+                continue;
+            }
+            methods.push(m);
+        }
+    }
+    (methods, iterated, not_replayed)
 }
 
 #[cfg(test)]
