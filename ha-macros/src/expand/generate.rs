@@ -9,6 +9,9 @@
 
 use super::*;
 
+/// A generated item, given the `where` clause it holds under.
+type Item<'a> = &'a dyn Fn(&TokenStream) -> TokenStream;
+
 /// The generated items' names, from the stem (the type's name or its
 /// `prefix`).
 struct Names {
@@ -250,7 +253,7 @@ fn enums(
     name: &Ident,
     names: &Names,
     parts: &Parts,
-    bounded: &dyn Fn(&dyn Fn(&TokenStream) -> TokenStream) -> TokenStream,
+    bounded: &dyn Fn(Item<'_>) -> TokenStream,
 ) -> [TokenStream; 4] {
     let serde_derive = quote! {
         #[derive(::ha_core::__private::serde::Serialize, ::ha_core::__private::serde::Deserialize)]
