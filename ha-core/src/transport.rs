@@ -127,16 +127,18 @@ impl Transport for MemTransport {
         // Copy in bounded pieces on a thread of its own, like a real stream.
         std::thread::spawn(move || {
             let copied = (|| -> Result<(), String> {
-                let mut w = sink.begin(snapshot.index, snapshot.term)?;
+                let mut w = sink
+                    .begin(snapshot.index, snapshot.term)
+                    .map_err(|e| e.to_string())?;
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
                     let n = snapshot.data.read(&mut buf).map_err(|e| e.to_string())?;
                     if n == 0 {
                         break;
                     }
-                    w.write(&buf[..n])?;
+                    w.write(&buf[..n]).map_err(|e| e.to_string())?;
                 }
-                w.finish()
+                w.finish().map_err(|e| e.to_string())
             })();
             let ok = copied.is_ok() && inbox.try_deliver(install).is_ok();
             done(ok);

@@ -25,7 +25,7 @@ mod operator;
 mod retry;
 use self::retry::*;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -114,8 +114,9 @@ struct Session {
     /// The secret the session was registered with (random per session).
     secret: u64,
     next_seq: u64,
-    /// Sequence numbers still waiting for a definitive answer.
-    open: BTreeSet<u64>,
+    /// Sequence numbers still waiting for a definitive answer, each with
+    /// its call's deadline.
+    open: BTreeMap<u64, tokio::time::Instant>,
 }
 
 struct Inner {
@@ -203,7 +204,7 @@ impl<T: Replicated> Client<T> {
                     id: None,
                     secret: 0,
                     next_seq: 1,
-                    open: BTreeSet::new(),
+                    open: BTreeMap::new(),
                 }),
                 registering: tokio::sync::Mutex::new(()),
                 closed: tokio::sync::Notify::new(),
@@ -244,12 +245,21 @@ impl<T: Replicated> Client<T> {
                     // lowest open one: the replicas keep every result in
                     // it, so a retry is always answered from what they
                     // kept, never `Abandoned` by their cap.
+                    // A call past its deadline no longer holds the window
+                    // (its future may never be polled again): if the
+                    // replicas then drop its result, its late retry is
+                    // answered `Abandoned`, an unknown outcome, honestly.
                     Some(id) => {
-                        let lowest = s.open.first().copied().unwrap_or(s.next_seq);
+                        let now = tokio::time::Instant::now();
+                        let lowest = s
+                            .open
+                            .iter()
+                            .find(|(_, until)| **until > now)
+                            .map_or(s.next_seq, |(seq, _)| *seq);
                         if s.next_seq - lowest < crate::sm::MAX_OPEN_RESULTS as u64 {
                             let seq = s.next_seq;
                             s.next_seq += 1;
-                            s.open.insert(seq);
+                            s.open.insert(seq, deadline);
                             break (id, s.secret, seq);
                         }
                         true
@@ -261,9 +271,19 @@ impl<T: Replicated> Client<T> {
                 self.register(deadline).await?;
                 continue;
             }
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
+            // Woken when the lowest open number closes; looks again at the
+            // latest when a call's deadline passes.
+            let next_expiry = {
+                let s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
+                s.open.values().min().copied()
+            };
+            let until = next_expiry.map_or(deadline, |e| e.min(deadline));
+            if tokio::time::timeout_at(until, room).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 return Err(Error::NotApplied(format!(
-                    "{} commands of this client are still waiting for answers",
+                    "the session's oldest unanswered command holds the window of {} numbers \
+                     the replicas keep results for",
                     crate::sm::MAX_OPEN_RESULTS
                 )));
             }

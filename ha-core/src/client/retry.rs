@@ -20,10 +20,11 @@ pub(super) struct OpenSeq<'a> {
 
 impl Drop for OpenSeq<'_> {
     fn drop(&mut self) {
-        {
+        let moved = {
             let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
             // A session replaced meanwhile is not this command's to edit.
             if s.id == Some(self.client) {
+                let lowest = s.open.keys().next() == Some(&self.seq);
                 s.open.remove(&self.seq);
                 if self.expired {
                     // The next command registers a fresh session.
@@ -31,10 +32,15 @@ impl Drop for OpenSeq<'_> {
                     s.next_seq = 1;
                     s.open.clear();
                 }
+                lowest || self.expired
+            } else {
+                true
             }
+        };
+        // The window moved: commands waiting for room look again.
+        if moved {
+            self.inner.closed.notify_waiters();
         }
-        // Commands waiting for room in the window look again.
-        self.inner.closed.notify_waiters();
     }
 }
 
@@ -179,6 +185,8 @@ impl<T: Replicated> Client<T> {
                 s.secret = secret;
                 s.next_seq = 1;
                 s.open.clear();
+                drop(s);
+                self.inner.closed.notify_waiters();
                 Ok(())
             }
             Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
@@ -258,7 +266,7 @@ impl<T: Replicated> Client<T> {
                     last_why = "the session expired".into();
                     break;
                 }
-                s.open.first().copied().unwrap_or(s.next_seq)
+                s.open.keys().next().copied().unwrap_or(s.next_seq)
             };
             let schema = match stored_schema::<T>() {
                 Ok(s) => s,

@@ -132,7 +132,7 @@ impl<V: Vfs> NodeTask<V> {
                 let r = files
                     .promote(i.index, i.term)
                     .and_then(|()| files.load_state(i.index, i.term));
-                let _ = tx.send(Event::InstallLoaded(r));
+                let _ = tx.send(Event::InstallLoaded(r.map_err(|e| e.to_string())));
             });
             return Ok(());
         }

@@ -27,7 +27,9 @@ use crate::raft::InitialState;
 use crate::raft::Message;
 use crate::sm::Applier;
 use crate::storage::WriteRequest;
-use crate::storage::snapshot::{RawSnapshotWriter, SnapshotMeta, SnapshotStore, StartScan};
+use crate::storage::snapshot::{
+    RawSnapshotWriter, SnapshotError, SnapshotMeta, SnapshotStore, StartScan,
+};
 use crate::storage::vfs::Vfs;
 use crate::storage::{LogStore, StoredState, Wal};
 use crate::types::NodeId;
@@ -36,9 +38,9 @@ use crate::types::{LogIndex, Term};
 /// A snapshot being received, piece by piece.
 pub trait IncomingSnapshot: Send {
     /// Writes the next piece of the file.
-    fn write(&mut self, chunk: &[u8]) -> Result<(), String>;
+    fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError>;
     /// Verifies the whole file and makes it visible.
-    fn finish(self: Box<Self>) -> Result<(), String>;
+    fn finish(self: Box<Self>) -> Result<(), SnapshotError>;
 }
 
 /// A snapshot file to send: which it is, and a reader of its bytes.
@@ -56,16 +58,16 @@ pub struct OutgoingSnapshot {
 /// A node's snapshot directory, shared by the node and its transport.
 pub trait SnapshotFiles: Send + Sync {
     /// Writes a snapshot of the state (durably; see `storage::snapshot`).
-    fn save(&self, meta: SnapshotMeta, state: &[u8]) -> Result<(), String>;
+    fn save(&self, meta: SnapshotMeta, state: &[u8]) -> Result<(), SnapshotError>;
     /// The newest snapshot, as a file to send.
-    fn open_latest(&self) -> Result<Option<OutgoingSnapshot>, String>;
+    fn open_latest(&self) -> Result<Option<OutgoingSnapshot>, SnapshotError>;
     /// The newest snapshot's state bytes, verified.
-    fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String>;
+    fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotError>;
     /// What a start finds: the newest snapshot that verifies, and the
     /// damaged ones newer than it, newest first, with what is wrong (a
     /// store that cannot tell damage from other errors reports none and
     /// fails instead).
-    fn scan_for_start(&self) -> Result<StartScan, String> {
+    fn scan_for_start(&self) -> Result<StartScan, SnapshotError> {
         Ok(StartScan {
             intact: self.latest_state()?,
             damaged: Vec::new(),
@@ -73,51 +75,49 @@ pub trait SnapshotFiles: Send + Sync {
     }
     /// Sets the damaged snapshot file `file` aside (kept, no longer a
     /// snapshot to start from or send).
-    fn set_aside(&self, file: &Path) -> Result<(), String> {
-        Err(format!(
-            "this snapshot store cannot set {} aside",
-            file.display()
+    fn set_aside(&self, file: &Path) -> Result<(), SnapshotError> {
+        Err(SnapshotError::Other(
+            format!("this snapshot store cannot set {} aside", file.display()).into(),
         ))
     }
     /// The state bytes of the snapshot ending at `(index, term)`, verified.
-    fn load_state(&self, index: LogIndex, term: Term) -> Result<Vec<u8>, String>;
+    fn load_state(&self, index: LogIndex, term: Term) -> Result<Vec<u8>, SnapshotError>;
     /// Starts receiving the snapshot ending at `(index, term)`.
-    fn begin(&self, index: LogIndex, term: Term) -> Result<Box<dyn IncomingSnapshot>, String>;
+    fn begin(
+        &self,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<Box<dyn IncomingSnapshot>, SnapshotError>;
     /// Keeps only the newest `n` snapshots.
-    fn retain(&self, n: usize) -> Result<(), String>;
+    fn retain(&self, n: usize) -> Result<(), SnapshotError>;
     /// Raft accepted the received snapshot ending at `(index, term)`: move
     /// it from the staging area (where [`IncomingSnapshot::finish`] left it)
     /// among the snapshots a restart starts from. If a snapshot of that
     /// `(index, term)` exists already it is kept (both hold the same
     /// committed prefix) and the staged copy dropped.
-    fn promote(&self, index: LogIndex, term: Term) -> Result<(), String>;
+    fn promote(&self, index: LogIndex, term: Term) -> Result<(), SnapshotError>;
     /// Whether the snapshot ending at `(index, term)` is here, staged or
     /// published. The node steps an `InstallSnapshot` only if it is: a
     /// message naming a snapshot that never arrived is refused, not fatal.
-    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, String>;
+    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, SnapshotError>;
 }
 
 impl<V: Vfs> IncomingSnapshot for RawSnapshotWriter<V> {
-    fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
-        RawSnapshotWriter::write(self, chunk).map_err(|e| e.to_string())
+    fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError> {
+        RawSnapshotWriter::write(self, chunk)
     }
-    fn finish(self: Box<Self>) -> Result<(), String> {
-        RawSnapshotWriter::finish(*self)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    fn finish(self: Box<Self>) -> Result<(), SnapshotError> {
+        RawSnapshotWriter::finish(*self).map(|_| ())
     }
 }
 
 impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
-    fn save(&self, meta: SnapshotMeta, state: &[u8]) -> Result<(), String> {
-        SnapshotStore::save(self, meta, state)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    fn save(&self, meta: SnapshotMeta, state: &[u8]) -> Result<(), SnapshotError> {
+        SnapshotStore::save(self, meta, state).map(|_| ())
     }
-    fn open_latest(&self) -> Result<Option<OutgoingSnapshot>, String> {
+    fn open_latest(&self) -> Result<Option<OutgoingSnapshot>, SnapshotError> {
         Ok(self
-            .open_latest_file()
-            .map_err(|e| e.to_string())?
+            .open_latest_file()?
             .map(|(meta, len, data)| OutgoingSnapshot {
                 index: meta.index,
                 term: meta.term,
@@ -125,37 +125,35 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
                 data,
             }))
     }
-    fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
-        self.latest().map_err(|e| e.to_string())
+    fn latest_state(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotError> {
+        self.latest()
     }
-    fn scan_for_start(&self) -> Result<StartScan, String> {
-        SnapshotStore::scan_for_start(self).map_err(|e| e.to_string())
+    fn scan_for_start(&self) -> Result<StartScan, SnapshotError> {
+        SnapshotStore::scan_for_start(self)
     }
-    fn set_aside(&self, file: &Path) -> Result<(), String> {
-        let to = SnapshotStore::set_aside(self, file).map_err(|e| e.to_string())?;
+    fn set_aside(&self, file: &Path) -> Result<(), SnapshotError> {
+        let to = SnapshotStore::set_aside(self, file)?;
         tracing::warn!("damaged snapshot kept as {}", to.display());
         Ok(())
     }
-    fn load_state(&self, index: LogIndex, term: Term) -> Result<Vec<u8>, String> {
-        self.load(index, term)
-            .map(|(_, d)| d)
-            .map_err(|e| e.to_string())
+    fn load_state(&self, index: LogIndex, term: Term) -> Result<Vec<u8>, SnapshotError> {
+        self.load(index, term).map(|(_, d)| d)
     }
-    fn begin(&self, index: LogIndex, term: Term) -> Result<Box<dyn IncomingSnapshot>, String> {
-        Ok(Box::new(
-            self.raw_writer(index, term).map_err(|e| e.to_string())?,
-        ))
+    fn begin(
+        &self,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<Box<dyn IncomingSnapshot>, SnapshotError> {
+        Ok(Box::new(self.raw_writer(index, term)?))
     }
-    fn retain(&self, n: usize) -> Result<(), String> {
-        SnapshotStore::retain(self, n).map_err(|e| e.to_string())
+    fn retain(&self, n: usize) -> Result<(), SnapshotError> {
+        SnapshotStore::retain(self, n)
     }
-    fn promote(&self, index: LogIndex, term: Term) -> Result<(), String> {
-        SnapshotStore::promote(self, index, term)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    fn promote(&self, index: LogIndex, term: Term) -> Result<(), SnapshotError> {
+        SnapshotStore::promote(self, index, term).map(|_| ())
     }
-    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, String> {
-        SnapshotStore::contains(self, index, term).map_err(|e| e.to_string())
+    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, SnapshotError> {
+        SnapshotStore::contains(self, index, term)
     }
 }
 
@@ -191,7 +189,7 @@ pub fn merge_snapshot(init: &mut InitialState, index: LogIndex, term: Term) -> O
 pub enum RecoverError {
     /// The snapshot files could not be read or set aside.
     #[error("snapshots: {0}")]
-    Snapshots(String),
+    Snapshots(#[from] SnapshotError),
     /// The log could not be changed or synced.
     #[error(transparent)]
     Log(#[from] crate::storage::WalError),
@@ -433,7 +431,7 @@ impl<V: Vfs> NodeTask<V> {
         self.spawn_file_work(move || {
             let r = files.save(meta, &state).map(|()| (applied, term));
             let _ = files.retain(2);
-            let _ = tx.send(Event::Snapshotted(r));
+            let _ = tx.send(Event::Snapshotted(r.map_err(|e| e.to_string())));
         });
     }
 

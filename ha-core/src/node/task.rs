@@ -207,12 +207,19 @@ fn check_options(opts: &NodeOptions) -> Result<(), StartNodeError> {
         ));
     }
     // The largest append a peer of the same settings sends must fit the
-    // inbox, or it would fit only an empty one and could starve.
-    let largest_append = opts.raft.max_append_bytes.saturating_mul(2).saturating_add(
-        opts.raft
-            .max_append_entries
-            .saturating_mul(std::mem::size_of::<crate::types::Entry>()),
-    );
+    // inbox, or it would fit only an empty one and could starve: up to
+    // `max_append_bytes` of entries, one more of up to the largest command
+    // (an append carries at least one entry), and their bookkeeping.
+    let largest_append = opts
+        .raft
+        .max_append_bytes
+        .saturating_add(opts.max_command_bytes.max(opts.raft.max_append_bytes))
+        .saturating_add(
+            opts.raft
+                .max_append_entries
+                .saturating_mul(std::mem::size_of::<crate::types::Entry>()),
+        )
+        .saturating_add(std::mem::size_of::<crate::raft::Message>());
     if opts.inbound_queue_bytes < largest_append {
         return Err(StartNodeError::Options(format!(
             "inbound_queue_bytes {} is below the largest append's size in memory ({largest_append} \

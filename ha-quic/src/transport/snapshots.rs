@@ -21,11 +21,11 @@ pub(super) fn store_snapshot(
     term: Term,
     mut pieces: mpsc::Receiver<Piece>,
 ) -> Result<(), String> {
-    let mut writer = files.begin(index, term)?;
+    let mut writer = files.begin(index, term).map_err(|e| e.to_string())?;
     loop {
         match pieces.blocking_recv() {
-            Some(Piece::Data(b)) => writer.write(&b)?,
-            Some(Piece::End) => return writer.finish(),
+            Some(Piece::Data(b)) => writer.write(&b).map_err(|e| e.to_string())?,
+            Some(Piece::End) => return writer.finish().map_err(|e| e.to_string()),
             None => return Err("the transfer was abandoned".into()),
         }
     }

@@ -87,6 +87,10 @@ pub enum SnapshotError {
         /// Its version byte.
         version: u8,
     },
+    /// An error of another snapshot store (an implementation of
+    /// [`SnapshotFiles`](crate::node::SnapshotFiles) of one's own).
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 crate::debug_as_display!(SnapshotError);
@@ -99,7 +103,7 @@ impl SnapshotError {
         match self {
             SnapshotError::Corrupt { .. } => true,
             SnapshotError::Io { source, .. } => source.raw_os_error() == Some(super::EIO),
-            SnapshotError::Unsupported { .. } => false,
+            SnapshotError::Unsupported { .. } | SnapshotError::Other(_) => false,
         }
     }
 }
