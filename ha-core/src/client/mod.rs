@@ -119,6 +119,19 @@ struct Session {
     open: BTreeMap<u64, tokio::time::Instant>,
 }
 
+impl Session {
+    /// The lowest number of the window: the lowest open number whose call
+    /// has not passed its deadline (`next_seq` if none). A call past its
+    /// deadline no longer holds the window (its future may never be polled
+    /// again).
+    fn window_low(&self, now: tokio::time::Instant) -> u64 {
+        self.open
+            .iter()
+            .find(|(_, until)| **until > now)
+            .map_or(self.next_seq, |(seq, _)| *seq)
+    }
+}
+
 struct Inner {
     transport: Arc<dyn ClientTransport>,
     addrs: Vec<SocketAddr>,
@@ -250,12 +263,7 @@ impl<T: Replicated> Client<T> {
                     // replicas then drop its result, its late retry is
                     // answered `Abandoned`, an unknown outcome, honestly.
                     Some(id) => {
-                        let now = tokio::time::Instant::now();
-                        let lowest = s
-                            .open
-                            .iter()
-                            .find(|(_, until)| **until > now)
-                            .map_or(s.next_seq, |(seq, _)| *seq);
+                        let lowest = s.window_low(tokio::time::Instant::now());
                         if s.next_seq - lowest < crate::sm::MAX_OPEN_RESULTS as u64 {
                             let seq = s.next_seq;
                             s.next_seq += 1;
@@ -275,7 +283,8 @@ impl<T: Replicated> Client<T> {
             // latest when a call's deadline passes.
             let next_expiry = {
                 let s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-                s.open.values().min().copied()
+                let now = tokio::time::Instant::now();
+                s.open.values().filter(|d| **d > now).min().copied()
             };
             let until = next_expiry.map_or(deadline, |e| e.min(deadline));
             if tokio::time::timeout_at(until, room).await.is_err()

@@ -24,7 +24,7 @@ impl Drop for OpenSeq<'_> {
             let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
             // A session replaced meanwhile is not this command's to edit.
             if s.id == Some(self.client) {
-                let lowest = s.open.keys().next() == Some(&self.seq);
+                let lowest = self.seq <= s.window_low(tokio::time::Instant::now());
                 s.open.remove(&self.seq);
                 if self.expired {
                     // The next command registers a fresh session.

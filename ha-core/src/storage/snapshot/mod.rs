@@ -89,7 +89,7 @@ pub enum SnapshotError {
     },
     /// An error of another snapshot store (an implementation of
     /// [`SnapshotFiles`](crate::node::SnapshotFiles) of one's own).
-    #[error("{0}")]
+    #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
