@@ -254,6 +254,8 @@ struct FakeCluster {
     last_ack_below: std::sync::atomic::AtomicU64,
     /// The next command is applied, but its answer is lost after 300 ms.
     lose_next_answer: std::sync::atomic::AtomicBool,
+    /// The next command is applied, but its answer never comes.
+    stall_next_answer: std::sync::atomic::AtomicBool,
 }
 
 impl FakeCluster {
@@ -267,6 +269,7 @@ impl FakeCluster {
             drop_commands: std::sync::atomic::AtomicU32::new(0),
             last_ack_below: std::sync::atomic::AtomicU64::new(0),
             lose_next_answer: std::sync::atomic::AtomicBool::new(false),
+            stall_next_answer: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -304,6 +307,11 @@ impl ha_core::client::ClientTransport for FakeCluster {
         let out =
             st.0.apply_log_command(LogIndex(index), Term(1), LogCommand { time_ms, op });
         let answer = Bytes::from(postcard::to_stdvec(&out).unwrap());
+        if matches!(out, CommandOutcome::Applied(_))
+            && self.stall_next_answer.swap(false, Ordering::SeqCst)
+        {
+            return Box::pin(std::future::pending());
+        }
         if matches!(out, CommandOutcome::Applied(_))
             && self.lose_next_answer.swap(false, Ordering::SeqCst)
         {
@@ -376,6 +384,41 @@ async fn a_retry_is_answered_however_many_commands_the_client_ran_meanwhile() {
         fake.state.lock().unwrap().0.state().get(),
         MAX_OPEN_RESULTS as i64 + 101,
         "each applied exactly once"
+    );
+}
+
+/// A call that is never polled again after its deadline (its future kept
+/// alive, its answer never read) must not hold the client's window for
+/// good: once its deadline passed, later commands go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_no_longer_holds_the_window() {
+    use ha_core::sm::MAX_OPEN_RESULTS;
+    let fake = FakeCluster::new(60_000);
+    let c = ha_core::Client::<Counter>::new(
+        fake.clone(),
+        vec!["127.0.0.1:1".parse().unwrap()],
+        ha_core::ClientOptions {
+            timeout: std::time::Duration::from_millis(500),
+            attempt_timeout: std::time::Duration::from_secs(60),
+            ..ha_core::ClientOptions::default()
+        },
+    );
+    c.command(&CounterCommand::Add { delta: 0 }).await.unwrap(); // registers
+    fake.stall_next_answer
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let stuck = c.command(&CounterCommand::Add { delta: 1 });
+    let mut stuck = std::pin::pin!(stuck);
+    // Polled until its request was sent, then never again.
+    let polled = tokio::time::timeout(std::time::Duration::from_millis(50), &mut stuck).await;
+    assert!(polled.is_err(), "the stalled call answered");
+    for _ in 0..MAX_OPEN_RESULTS + 10 {
+        c.command(&CounterCommand::Add { delta: 1 })
+            .await
+            .expect("a command after the stuck call's deadline goes on");
+    }
+    assert_eq!(
+        fake.state.lock().unwrap().0.state().get(),
+        MAX_OPEN_RESULTS as i64 + 11
     );
 }
 
