@@ -33,7 +33,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::vfs::{Vfs, VfsFile, VfsLock};
+use super::vfs::{Vfs, VfsLock};
 use crate::types::NodeId;
 
 const META_FILE: &str = "meta";
@@ -341,13 +341,8 @@ fn write_atomically<V: Vfs>(
     tmp: &str,
     text: &str,
 ) -> Result<(), DataDirError> {
-    let (path, tmp) = (root.join(name), root.join(tmp));
-    let mut f = vfs.open(&tmp, true).map_err(io_err(&tmp))?;
-    f.set_len(0).map_err(io_err(&tmp))?;
-    f.append(text.as_bytes()).map_err(io_err(&tmp))?;
-    f.sync().map_err(io_err(&tmp))?;
-    vfs.rename(&tmp, &path).map_err(io_err(&path))?;
-    vfs.sync_dir(root).map_err(io_err(root))
+    super::vfs::replace_durably(vfs, root, name, tmp, text.as_bytes())
+        .map_err(|(path, e)| io_err(&path)(e))
 }
 
 fn render_meta(cluster_id: &str, node: NodeId, schema: u64) -> String {

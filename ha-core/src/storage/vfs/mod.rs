@@ -202,6 +202,29 @@ impl Vfs for StdFs {
     }
 }
 
+/// Replaces `dir/name` with `bytes` durably: written to `dir/tmp`, synced,
+/// renamed over `name`, the directory synced. A crash leaves the old file
+/// or the new one, never a mix. The error names the path it concerns.
+pub fn replace_durably<V: Vfs>(
+    vfs: &V,
+    dir: &Path,
+    name: &str,
+    tmp: &str,
+    bytes: &[u8],
+) -> Result<(), (PathBuf, io::Error)> {
+    let (path, tmp) = (dir.join(name), dir.join(tmp));
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    let mut f = vfs.open(&tmp, true).map_err(at(&tmp))?;
+    f.set_len(0).map_err(at(&tmp))?;
+    f.append(bytes).map_err(at(&tmp))?;
+    f.sync().map_err(at(&tmp))?;
+    vfs.rename(&tmp, &path).map_err(at(&path))?;
+    vfs.sync_dir(dir).map_err(at(dir))
+}
+
 /// Creates `dir` and its missing parents, and makes every component of the
 /// path durable in the directory it is in, whether it was created now or
 /// before (a directory created before a crash or a failed sync may exist in

@@ -282,6 +282,23 @@ struct Segment {
     damaged_at: Option<u64>,
 }
 
+impl Segment {
+    /// A version 2 segment of `bytes` bytes, nothing known of its records yet.
+    fn new(seq: u64, path: PathBuf, bytes: u64) -> Segment {
+        Segment {
+            seq,
+            path,
+            bytes,
+            max_index: LogIndex(0),
+            has_base: false,
+            version: 2,
+            chain: 0,
+            last_batch_at: None,
+            damaged_at: None,
+        }
+    }
+}
+
 /// The segmented write-ahead log (see the module docs).
 pub struct Wal<V: Vfs> {
     vfs: V,

@@ -138,17 +138,7 @@ impl<V: Vfs> Wal<V> {
                 Err(e) => return Err(io_err(&path)(e)),
             };
             let last = k + 1 == seqs.len();
-            let mut seg = Segment {
-                seq: *seq,
-                path: path.clone(),
-                bytes: buf.len() as u64,
-                max_index: LogIndex(0),
-                has_base: false,
-                version: 2,
-                chain: 0,
-                last_batch_at: None,
-                damaged_at: None,
-            };
+            let mut seg = Segment::new(*seq, path.clone(), buf.len() as u64);
             let scanned = scan_segment(&buf, &path, *seq, last, &mut replay, &mut seg, planted);
             if let (Err(_), Some(at)) = (&scanned, seg.damaged_at) {
                 *damage = Some((*seq, at));
@@ -213,17 +203,6 @@ impl<V: Vfs> Wal<V> {
         f.append(&segment_prefix(seq)).map_err(io_err(&path))?;
         f.sync().map_err(io_err(&path))?;
         vfs.sync_dir(dir).map_err(io_err(dir))?;
-        let seg = Segment {
-            seq,
-            path,
-            bytes: SEGMENT_PREFIX_BYTES as u64,
-            max_index: LogIndex(0),
-            has_base: false,
-            version: 2,
-            chain: 0,
-            last_batch_at: None,
-            damaged_at: None,
-        };
-        Ok((f, seg))
+        Ok((f, Segment::new(seq, path, SEGMENT_PREFIX_BYTES as u64)))
     }
 }

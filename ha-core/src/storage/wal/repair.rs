@@ -28,14 +28,9 @@ pub(super) fn read_marker<V: Vfs>(vfs: &V, dir: &Path) -> Result<Option<String>,
 /// Marks the log as repairing, durably (written aside, synced, renamed,
 /// the directory synced), before anything is moved.
 pub(super) fn write_marker<V: Vfs>(vfs: &V, dir: &Path, why: &str) -> Result<(), WalError> {
-    let tmp = dir.join(format!("{REPAIR_MARKER}.tmp"));
-    let marker = dir.join(REPAIR_MARKER);
-    let mut f = vfs.open(&tmp, true).map_err(io_err(&tmp))?;
-    f.set_len(0).map_err(io_err(&tmp))?;
-    f.append(why.as_bytes()).map_err(io_err(&tmp))?;
-    f.sync().map_err(io_err(&tmp))?;
-    vfs.rename(&tmp, &marker).map_err(io_err(&marker))?;
-    vfs.sync_dir(dir).map_err(io_err(dir))
+    let tmp = format!("{REPAIR_MARKER}.tmp");
+    crate::storage::vfs::replace_durably(vfs, dir, REPAIR_MARKER, &tmp, why.as_bytes())
+        .map_err(|(path, e)| io_err(&path)(e))
 }
 
 /// Sets segment `seq` (damaged at batch offset `at`) and every later one
