@@ -325,12 +325,22 @@ impl ha_core::client::ClientTransport for FakeCluster {
 }
 
 fn fake_client(fake: &std::sync::Arc<FakeCluster>) -> ha_core::Client<Counter> {
+    fake_client_with(fake, 300, 100)
+}
+
+/// A client of `fake` whose calls take at most `timeout_ms`, each attempt
+/// at most `attempt_ms`.
+fn fake_client_with(
+    fake: &std::sync::Arc<FakeCluster>,
+    timeout_ms: u64,
+    attempt_ms: u64,
+) -> ha_core::Client<Counter> {
     ha_core::Client::new(
         fake.clone(),
         vec!["127.0.0.1:1".parse().unwrap()],
         ha_core::ClientOptions {
-            timeout: std::time::Duration::from_millis(300),
-            attempt_timeout: std::time::Duration::from_millis(100),
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            attempt_timeout: std::time::Duration::from_millis(attempt_ms),
             ..ha_core::ClientOptions::default()
         },
     )
@@ -345,15 +355,7 @@ fn fake_client(fake: &std::sync::Arc<FakeCluster>) -> ha_core::Client<Counter> {
 async fn a_retry_is_answered_however_many_commands_the_client_ran_meanwhile() {
     use ha_core::sm::MAX_OPEN_RESULTS;
     let fake = FakeCluster::new(60_000);
-    let c = ha_core::Client::<Counter>::new(
-        fake.clone(),
-        vec!["127.0.0.1:1".parse().unwrap()],
-        ha_core::ClientOptions {
-            timeout: std::time::Duration::from_secs(20),
-            attempt_timeout: std::time::Duration::from_secs(5),
-            ..ha_core::ClientOptions::default()
-        },
-    );
+    let c = fake_client_with(&fake, 20000, 5000);
     c.command(&CounterCommand::Add { delta: 0 }).await.unwrap(); // registers
     fake.lose_next_answer
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -394,15 +396,7 @@ async fn a_retry_is_answered_however_many_commands_the_client_ran_meanwhile() {
 async fn a_call_past_its_deadline_no_longer_holds_the_window() {
     use ha_core::sm::MAX_OPEN_RESULTS;
     let fake = FakeCluster::new(60_000);
-    let c = ha_core::Client::<Counter>::new(
-        fake.clone(),
-        vec!["127.0.0.1:1".parse().unwrap()],
-        ha_core::ClientOptions {
-            timeout: std::time::Duration::from_millis(500),
-            attempt_timeout: std::time::Duration::from_secs(60),
-            ..ha_core::ClientOptions::default()
-        },
-    );
+    let c = fake_client_with(&fake, 500, 60000);
     c.command(&CounterCommand::Add { delta: 0 }).await.unwrap(); // registers
     fake.stall_next_answer
         .store(true, std::sync::atomic::Ordering::SeqCst);
