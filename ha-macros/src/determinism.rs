@@ -97,109 +97,122 @@ impl Scan<'_> {
 
     fn check_path(&mut self, path: &syn::Path) {
         let segs: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
-        let n = segs.len();
-        let ends =
-            |a: &str, b: &[&str]| n >= 2 && segs[n - 2] == a && b.contains(&segs[n - 1].as_str());
-        // `std::fs::read`, or `fs::read` after `use std::fs`: a module of
-        // the standard library and one of its functions, so a user's own
-        // module of that name (`crate::process::step`) is not taken for it.
-        let std_call = |module: &str, fns: &[&str]| {
-            ends(module, fns) && (n == 2 || matches!(segs[0].as_str(), "std" | "core" | "tokio"))
+        let Some((category, what, hint)) = classify_call(&segs) else {
+            return;
         };
         // The last segment: the call that is the problem (`now`, `var`).
         let span = path
             .segments
             .last()
             .map_or_else(|| path.span(), |s| s.ident.span());
-        if ends("SystemTime", &["now"])
-            || ends("Instant", &["now"])
-            || ends("Utc", &["now"])
-            || ends("Local", &["now"])
-            || ends("OffsetDateTime", &["now_utc", "now_local"])
-        {
-            self.report(
-                span,
-                "clock",
-                "reading the clock",
-                "use `ctx.time_ms` (`&ApplyContext`): the leader's time, the same on every replica",
-            );
-        } else if (n >= 2 && segs[0] == "fastrand" && segs[n - 1] != "with_seed")
-            || (n >= 2
-                && segs[0] == "rand"
-                && matches!(segs[n - 1].as_str(), "thread_rng" | "rng" | "random"))
-            || segs[0] == "getrandom"
-            || segs
-                .iter()
-                .any(|s| matches!(s.as_str(), "OsRng" | "ThreadRng"))
-            || matches!(
-                segs[n - 1].as_str(),
-                "thread_rng" | "from_entropy" | "from_os_rng"
-            )
-            || ends("RandomState", &["new", "default"])
-        {
-            self.report(
-                span,
-                "random",
-                "randomness",
-                "derive a seed from the context (`ctx.index`, `ctx.term`) and use a seeded \
-                 generator",
-            );
-        } else if std_call(
-            "env",
-            &[
-                "var",
-                "vars",
-                "var_os",
-                "vars_os",
-                "args",
-                "args_os",
-                "current_dir",
-                "temp_dir",
-                "home_dir",
-            ],
-        ) {
-            self.report(
-                span,
-                "env",
-                "reading the environment",
-                "pass what the command needs as an argument",
-            );
-        } else if std_call(
-            "fs",
-            &[
-                "read",
-                "read_to_string",
-                "write",
-                "read_dir",
-                "metadata",
-                "remove_file",
-                "remove_dir",
-                "remove_dir_all",
-                "create_dir",
-                "create_dir_all",
-                "copy",
-                "rename",
-                "canonicalize",
-                "hard_link",
-                "set_permissions",
-            ],
-        ) || ends("File", &["open", "create", "create_new", "options"])
-            || ends("OpenOptions", &["new"])
-            || ends("TcpStream", &["connect"])
-            || ends("UdpSocket", &["bind"])
-            || ends("TcpListener", &["bind"])
-            || std_call("process", &["Command", "exit", "abort", "id"])
-            || ends("Command", &["new"]) && n >= 3 && segs[n - 3] == "process"
-            || std_call("thread", &["sleep", "spawn"])
-        {
-            self.report(
-                span,
-                "io",
-                "file, network or process access",
-                "do IO outside the state machine and pass its result as an argument",
-            );
-        }
+        self.report(span, category, what, hint);
     }
+}
+
+/// The functions of `std::env` that read the environment.
+const ENV_FNS: &[&str] = &[
+    "var",
+    "vars",
+    "var_os",
+    "vars_os",
+    "args",
+    "args_os",
+    "current_dir",
+    "temp_dir",
+    "home_dir",
+];
+
+/// The functions of `std::fs` that touch the file system.
+const FS_FNS: &[&str] = &[
+    "read",
+    "read_to_string",
+    "write",
+    "read_dir",
+    "metadata",
+    "remove_file",
+    "remove_dir",
+    "remove_dir_all",
+    "create_dir",
+    "create_dir_all",
+    "copy",
+    "rename",
+    "canonicalize",
+    "hard_link",
+    "set_permissions",
+];
+
+/// What a call through the path `segs` would do that a command must not:
+/// its category (for `allow(...)`), what it is, and what to do instead.
+fn classify_call(segs: &[String]) -> Option<(&'static str, &'static str, &'static str)> {
+    if segs.is_empty() {
+        return None;
+    }
+    let n = segs.len();
+    let ends =
+        |a: &str, b: &[&str]| n >= 2 && segs[n - 2] == a && b.contains(&segs[n - 1].as_str());
+    // `std::fs::read`, or `fs::read` after `use std::fs`: a module of
+    // the standard library and one of its functions, so a user's own
+    // module of that name (`crate::process::step`) is not taken for it.
+    let std_call = |module: &str, fns: &[&str]| {
+        ends(module, fns) && (n == 2 || matches!(segs[0].as_str(), "std" | "core" | "tokio"))
+    };
+    if ends("SystemTime", &["now"])
+        || ends("Instant", &["now"])
+        || ends("Utc", &["now"])
+        || ends("Local", &["now"])
+        || ends("OffsetDateTime", &["now_utc", "now_local"])
+    {
+        return Some((
+            "clock",
+            "reading the clock",
+            "use `ctx.time_ms` (`&ApplyContext`): the leader's time, the same on every replica",
+        ));
+    }
+    if (n >= 2 && segs[0] == "fastrand" && segs[n - 1] != "with_seed")
+        || (n >= 2
+            && segs[0] == "rand"
+            && matches!(segs[n - 1].as_str(), "thread_rng" | "rng" | "random"))
+        || segs[0] == "getrandom"
+        || segs
+            .iter()
+            .any(|s| matches!(s.as_str(), "OsRng" | "ThreadRng"))
+        || matches!(
+            segs[n - 1].as_str(),
+            "thread_rng" | "from_entropy" | "from_os_rng"
+        )
+        || ends("RandomState", &["new", "default"])
+    {
+        return Some((
+            "random",
+            "randomness",
+            "derive a seed from the context (`ctx.index`, `ctx.term`) and use a seeded \
+             generator",
+        ));
+    }
+    if std_call("env", ENV_FNS) {
+        return Some((
+            "env",
+            "reading the environment",
+            "pass what the command needs as an argument",
+        ));
+    }
+    if std_call("fs", FS_FNS)
+        || ends("File", &["open", "create", "create_new", "options"])
+        || ends("OpenOptions", &["new"])
+        || ends("TcpStream", &["connect"])
+        || ends("UdpSocket", &["bind"])
+        || ends("TcpListener", &["bind"])
+        || std_call("process", &["Command", "exit", "abort", "id"])
+        || ends("Command", &["new"]) && n >= 3 && segs[n - 3] == "process"
+        || std_call("thread", &["sleep", "spawn"])
+    {
+        return Some((
+            "io",
+            "file, network or process access",
+            "do IO outside the state machine and pass its result as an argument",
+        ));
+    }
+    None
 }
 
 /// `self.f`, through parentheses and references.

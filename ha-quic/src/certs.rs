@@ -236,66 +236,10 @@ pub fn create_cluster_certs_report(dir: &Path, nodes: &[NodeId]) -> Result<Certs
         path: dir.to_path_buf(),
         source,
     })?;
-    let lock_path = dir.join(".certs.lock");
-    // A directory this run cannot write to (a mounted secret): nothing can
-    // be written either, so no other run can be half-way; a write that is
-    // needed fails below with its own error.
-    let _lock = match ha_core::storage::Vfs::try_lock(&ha_core::storage::StdFs, &lock_path) {
-        Err(e)
-            if e.kind() == std::io::ErrorKind::PermissionDenied
-                || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
-        {
-            None
-        }
-        r => Some(
-            r.map_err(|source| CertError::Io {
-                path: lock_path.clone(),
-                source,
-            })?
-            .ok_or_else(|| {
-                CertError::Refused(format!(
-                    "another run is creating certificates in {} (it holds {}); wait for it \
-                 and run again",
-                    dir.display(),
-                    lock_path.display()
-                ))
-            })?,
-        ),
-    };
+    let _lock = lock_certs_dir(dir)?;
     let mut report = CertsReport::default();
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    // What needs issuing: every leaf whose certificate or key is missing.
-    let mut leaves: Vec<(String, Vec<SanType>, Vec<ExtendedKeyUsagePurpose>)> = Vec::new();
-    for id in nodes {
-        let name = node_server_name(*id);
-        let sans = vec![
-            SanType::DnsName(name.clone().try_into()?),
-            SanType::DnsName("localhost".try_into()?),
-            SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-        ];
-        let eku = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        leaves.push((name, sans, eku));
-    }
-    leaves.push((
-        "client".into(),
-        vec![SanType::DnsName("client".try_into()?)],
-        vec![ExtendedKeyUsagePurpose::ClientAuth],
-    ));
-    let mut missing = Vec::new();
-    for (name, sans, eku) in leaves {
-        let (pem, key) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        if exists(&pem)? && exists(&key)? {
-            report.warnings.extend(key_mode_warning(&key));
-        } else {
-            missing.push((name, pem, key, sans, eku));
-        }
-    }
+    let missing = leaves_to_issue(dir, nodes, &mut report)?;
     let ca_key_pair = match (exists(&ca_pem)?, exists(&ca_key)?) {
         (true, true) => {
             report.warnings.extend(key_mode_warning(&ca_key));
@@ -335,6 +279,99 @@ pub fn create_cluster_certs_report(dir: &Path, nodes: &[NodeId]) -> Result<Certs
             key
         }
     };
+    issue_leaves(ca_key_pair, missing, &mut report)?;
+    Ok(report)
+}
+
+/// Takes `.certs.lock` in `dir`, or refuses when another run holds it.
+/// `None` when the directory cannot be written at all (a mounted secret):
+/// then no other run can be half-way either, and a write that is needed
+/// fails with its own error.
+fn lock_certs_dir(dir: &Path) -> Result<Option<ha_core::storage::VfsLock>, CertError> {
+    let lock_path = dir.join(".certs.lock");
+    let lock = match ha_core::storage::Vfs::try_lock(&ha_core::storage::StdFs, &lock_path) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+        {
+            None
+        }
+        r => Some(
+            r.map_err(|source| CertError::Io {
+                path: lock_path.clone(),
+                source,
+            })?
+            .ok_or_else(|| {
+                CertError::Refused(format!(
+                    "another run is creating certificates in {} (it holds {}); wait for it \
+                 and run again",
+                    dir.display(),
+                    lock_path.display()
+                ))
+            })?,
+        ),
+    };
+    Ok(lock)
+}
+
+/// A leaf certificate to issue: its name, the paths of its certificate
+/// and key, its subject alternative names and extended key usages.
+type Leaf = (
+    String,
+    PathBuf,
+    PathBuf,
+    Vec<SanType>,
+    Vec<ExtendedKeyUsagePurpose>,
+);
+
+/// Every node's certificate and the client's whose certificate or key is
+/// missing from `dir`; the ones present get their key's mode checked.
+fn leaves_to_issue(
+    dir: &Path,
+    nodes: &[NodeId],
+    report: &mut CertsReport,
+) -> Result<Vec<Leaf>, CertError> {
+    // What needs issuing: every leaf whose certificate or key is missing.
+    let mut leaves: Vec<(String, Vec<SanType>, Vec<ExtendedKeyUsagePurpose>)> = Vec::new();
+    for id in nodes {
+        let name = node_server_name(*id);
+        let sans = vec![
+            SanType::DnsName(name.clone().try_into()?),
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        ];
+        let eku = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        leaves.push((name, sans, eku));
+    }
+    leaves.push((
+        "client".into(),
+        vec![SanType::DnsName("client".try_into()?)],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    ));
+    let mut missing: Vec<Leaf> = Vec::new();
+    for (name, sans, eku) in leaves {
+        let (pem, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        if exists(&pem)? && exists(&key)? {
+            report.warnings.extend(key_mode_warning(&key));
+        } else {
+            missing.push((name, pem, key, sans, eku));
+        }
+    }
+    Ok(missing)
+}
+
+/// Issues every leaf in `missing`, signed by the CA's key, and writes it.
+fn issue_leaves(
+    ca_key_pair: KeyPair,
+    missing: Vec<Leaf>,
+    report: &mut CertsReport,
+) -> Result<(), CertError> {
     // An issuer with the CA's name and key signs exactly as the stored CA.
     let issuer = Issuer::new(ca_params(), ca_key_pair);
     for (name, pem, key, sans, eku) in missing {
@@ -349,7 +386,7 @@ pub fn create_cluster_certs_report(dir: &Path, nodes: &[NodeId]) -> Result<Certs
         write_file(&pem, &cert.pem(), false)?;
         report.written.extend([pem, key]);
     }
-    Ok(report)
+    Ok(())
 }
 
 fn load_cert(path: &Path) -> Result<CertificateDer<'static>, CertError> {

@@ -33,7 +33,7 @@ pub use snapshot::{SnapshotError, SnapshotMeta, SnapshotStore, StartScan};
 /// The error number of an I/O error (Linux's `EIO`): what a read of a bad
 /// sector returns. Storage takes it, and only it, for damage.
 pub(crate) const EIO: i32 = 5;
-pub use vfs::{SimFs, StdFs, Vfs, VfsFile};
+pub use vfs::{SimFs, StdFs, Vfs, VfsFile, VfsLock};
 pub use wal::{Wal, WalError, WalOptions};
 
 use crate::types::{Entry, HardState, LogIndex, Term};

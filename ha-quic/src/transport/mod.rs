@@ -396,45 +396,13 @@ pub struct QuicEndpoint {
     shared: Arc<Shared>,
 }
 
-impl QuicEndpoint {
-    /// Binds the socket and starts the peer senders (they connect lazily).
-    /// Must be called inside a tokio runtime.
-    pub fn bind(config: QuicConfig) -> Result<QuicEndpoint, QuicError> {
-        config.validate().map_err(QuicError::Config)?;
-        let bind_err = |source| QuicError::Bind {
-            addr: config.listen,
-            source,
-        };
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
-        QuicEndpoint::with_socket(config, socket)
-    }
-
-    /// Like [`QuicEndpoint::bind`], on a socket bound already (so a test can
-    /// learn every node's port from the OS before any node starts).
-    pub fn with_socket(
-        config: QuicConfig,
-        socket: std::net::UdpSocket,
-    ) -> Result<QuicEndpoint, QuicError> {
-        config.validate().map_err(QuicError::Config)?;
-        let server = tls::server_config(&config.identity, &config.options)?;
-        let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
-            addr: config.listen,
-            source: std::io::Error::other("no async runtime (start the endpoint inside tokio)"),
-        })?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(|source| QuicError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let client = tls::client_config(&config.identity, ALPN_PEER, &config.options)?;
-        endpoint.set_default_client_config(client);
+impl Shared {
+    /// The endpoint's bookkeeping for `config`: its limits' semaphores,
+    /// one budget, connection cap and snapshot slot per peer, and fresh
+    /// counters.
+    fn new(config: &QuicConfig) -> Shared {
         let limits = &config.limits;
-        let shared = Arc::new(Shared {
+        Shared {
             id: config.id,
             cluster_id: config.identity.cluster_id(),
             schema: config.schema,
@@ -481,43 +449,95 @@ impl QuicEndpoint {
             client_pending: Arc::new(Semaphore::new(limits.client_pending_bytes)),
             newest_streams: std::sync::Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(0),
-        });
-        let mut queues = BTreeMap::new();
-        for (peer, addr) in &config.peers {
-            if *peer == config.id {
-                continue;
-            }
-            let connected = Arc::new(AtomicBool::new(false));
-            let conn_slot: ConnSlot = Arc::new(std::sync::Mutex::new(None));
-            let make = |class, depth: usize, connected: Option<(Arc<AtomicBool>, ConnSlot)>| {
-                let (tx, rx) = mpsc::channel(depth.max(1));
-                tokio::spawn(peer_sender(
-                    endpoint.clone(),
-                    shared.clone(),
-                    *peer,
-                    *addr,
-                    class,
-                    rx,
-                    connected,
-                ));
-                tx
-            };
-            let control = make(
-                StreamClass::Control,
-                config.control_queue,
-                Some((connected.clone(), conn_slot.clone())),
-            );
-            let replication = make(StreamClass::Replication, config.replication_queue, None);
-            queues.insert(
-                *peer,
-                PeerQueues {
-                    control,
-                    replication,
-                    connected,
-                    conn: conn_slot,
-                },
-            );
         }
+    }
+}
+
+/// Starts the two senders (control and replication) of every peer but
+/// this node; they connect lazily. Returns their queues.
+fn start_peer_senders(
+    endpoint: &quinn::Endpoint,
+    shared: &Arc<Shared>,
+    config: &QuicConfig,
+) -> BTreeMap<NodeId, PeerQueues> {
+    let mut queues = BTreeMap::new();
+    for (peer, addr) in &config.peers {
+        if *peer == config.id {
+            continue;
+        }
+        let connected = Arc::new(AtomicBool::new(false));
+        let conn_slot: ConnSlot = Arc::new(std::sync::Mutex::new(None));
+        let make = |class, depth: usize, connected: Option<(Arc<AtomicBool>, ConnSlot)>| {
+            let (tx, rx) = mpsc::channel(depth.max(1));
+            tokio::spawn(peer_sender(
+                endpoint.clone(),
+                shared.clone(),
+                *peer,
+                *addr,
+                class,
+                rx,
+                connected,
+            ));
+            tx
+        };
+        let control = make(
+            StreamClass::Control,
+            config.control_queue,
+            Some((connected.clone(), conn_slot.clone())),
+        );
+        let replication = make(StreamClass::Replication, config.replication_queue, None);
+        queues.insert(
+            *peer,
+            PeerQueues {
+                control,
+                replication,
+                connected,
+                conn: conn_slot,
+            },
+        );
+    }
+    queues
+}
+
+impl QuicEndpoint {
+    /// Binds the socket and starts the peer senders (they connect lazily).
+    /// Must be called inside a tokio runtime.
+    pub fn bind(config: QuicConfig) -> Result<QuicEndpoint, QuicError> {
+        config.validate().map_err(QuicError::Config)?;
+        let bind_err = |source| QuicError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+        QuicEndpoint::with_socket(config, socket)
+    }
+
+    /// Like [`QuicEndpoint::bind`], on a socket bound already (so a test can
+    /// learn every node's port from the OS before any node starts).
+    pub fn with_socket(
+        config: QuicConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<QuicEndpoint, QuicError> {
+        config.validate().map_err(QuicError::Config)?;
+        let server = tls::server_config(&config.identity, &config.options)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
+            addr: config.listen,
+            source: std::io::Error::other("no async runtime (start the endpoint inside tokio)"),
+        })?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| QuicError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let client = tls::client_config(&config.identity, ALPN_PEER, &config.options)?;
+        endpoint.set_default_client_config(client);
+        let shared = Arc::new(Shared::new(&config));
+        let queues = start_peer_senders(&endpoint, &shared, &config);
         let transport = QuicTransport {
             shared: shared.clone(),
             queues: Arc::new(queues),

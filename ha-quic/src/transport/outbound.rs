@@ -89,7 +89,7 @@ pub(super) async fn peer_sender(
             tokio::time::sleep(MAX_BACKOFF).await;
             continue;
         }
-        let mut n = u64::from(encode_message(&shared, class, &first, &mut buf));
+        let n = u64::from(encode_message(&shared, class, &first, &mut buf));
         if stream.write_all(&buf).await.is_err() {
             back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
             continue;
@@ -101,28 +101,9 @@ pub(super) async fn peer_sender(
         let up_since = Instant::now();
         set_connected(Some(&conn));
         shared.stats.sent.fetch_add(n, Ordering::Relaxed);
-        // Stream messages; write whatever queued up together, in one write.
-        loop {
-            let next = tokio::select! {
-                m = rx.recv() => m,
-                _ = conn.closed() => break,
-            };
-            let Some(m) = next else {
-                let _ = stream.finish();
-                return;
-            };
-            buf.clear();
-            n = u64::from(encode_message(&shared, class, &m, &mut buf));
-            while buf.len() < 1 << 20 {
-                match rx.try_recv() {
-                    Ok(m) => n += u64::from(encode_message(&shared, class, &m, &mut buf)),
-                    Err(_) => break,
-                }
-            }
-            if stream.write_all(&buf).await.is_err() {
-                break;
-            }
-            shared.stats.sent.fetch_add(n, Ordering::Relaxed);
+        let queue_closed = stream_messages(&shared, class, &conn, &mut stream, &mut rx, buf).await;
+        if queue_closed {
+            return;
         }
         set_connected(None);
         // A connection that lasted is a recovered peer: start over from the
@@ -134,6 +115,41 @@ pub(super) async fn peer_sender(
         } else {
             back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
         }
+    }
+}
+
+/// Streams the queue's messages on `stream`, writing whatever queued up
+/// together in one write, until the connection or a write breaks (`false`)
+/// or the queue closes (`true`: the stream is finished, the sender ends).
+async fn stream_messages(
+    shared: &Shared,
+    class: StreamClass,
+    conn: &quinn::Connection,
+    stream: &mut quinn::SendStream,
+    rx: &mut mpsc::Receiver<Message>,
+    mut buf: Vec<u8>,
+) -> bool {
+    loop {
+        let next = tokio::select! {
+            m = rx.recv() => m,
+            _ = conn.closed() => return false,
+        };
+        let Some(m) = next else {
+            let _ = stream.finish();
+            return true;
+        };
+        buf.clear();
+        let mut n = u64::from(encode_message(shared, class, &m, &mut buf));
+        while buf.len() < 1 << 20 {
+            match rx.try_recv() {
+                Ok(m) => n += u64::from(encode_message(shared, class, &m, &mut buf)),
+                Err(_) => break,
+            }
+        }
+        if stream.write_all(&buf).await.is_err() {
+            return false;
+        }
+        shared.stats.sent.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -94,6 +94,56 @@ pub(super) async fn take_snapshot(
     let Some(files) = files else {
         return Err("this endpoint takes no snapshots".into());
     };
+    let (header, _permits) = admit_snapshot(recv, conn, hello, who, shared, opened).await?;
+    let (tx, rx) = mpsc::channel(SNAPSHOT_WRITE_QUEUE);
+    let (index, term) = (header.index, header.term);
+    let writer = tokio::task::spawn_blocking(move || store_snapshot(files, index, term, rx));
+    let received = stream_snapshot(recv, conn, who, shared, &header, opened, &tx).await;
+    // Closing the queue without `End` makes the writer abandon the file and
+    // remove it; waiting for it means nothing is left behind.
+    drop(tx);
+    let stored = writer
+        .await
+        .unwrap_or_else(|e| Err(format!("the snapshot writer failed: {e}")));
+    received?;
+    stored.map_err(|e| {
+        tracing::error!(node = %shared.id, peer = who, "cannot store a snapshot: {e}");
+        format!("cannot store the snapshot: {e}")
+    })?;
+    inbound
+        .try_deliver(Message {
+            from: hello.from,
+            to: shared.id,
+            term: header.leader_term,
+            body: Body::InstallSnapshot {
+                index: header.index,
+                term: header.term,
+            },
+        })
+        .map_err(|_| {
+            bump(&shared.stats.dropped_inbound);
+            "the node's inbox is full or closed".to_string()
+        })
+}
+
+/// The two slots a transfer holds while it runs: this peer's one, and one
+/// of the endpoint's `max_snapshot_receives`. Dropping it frees both.
+pub(super) struct SnapshotPermits {
+    _peer: OwnedSemaphorePermit,
+    _endpoint: OwnedSemaphorePermit,
+}
+
+/// Reads a transfer's header and decides whether to take it: a known
+/// sender, a length within `max_snapshot_bytes`, and a free slot for this
+/// peer and for the endpoint.
+async fn admit_snapshot(
+    recv: &mut quinn::RecvStream,
+    conn: &quinn::Connection,
+    hello: &PeerHello,
+    who: &str,
+    shared: &Shared,
+    opened: Instant,
+) -> Result<(SnapshotHeader, SnapshotPermits), String> {
     let Some(budget) = shared.peer_budgets.get(&hello.from) else {
         return Err("a snapshot from an unknown node id".into());
     };
@@ -120,26 +170,43 @@ pub(super) async fn take_snapshot(
             header.len
         ));
     }
-    let Some(Ok(_peer_slot)) = shared
+    let Some(Ok(peer)) = shared
         .peer_snapshot_slots
         .get(&hello.from)
         .map(|s| s.clone().try_acquire_owned())
     else {
         return Err("busy: this peer's previous snapshot transfer is still in progress".into());
     };
-    let Ok(_receiving) = shared.snapshot_receives.clone().try_acquire_owned() else {
+    let Ok(endpoint) = shared.snapshot_receives.clone().try_acquire_owned() else {
         return Err(format!(
             "busy: {} snapshot transfers in progress (max_snapshot_receives)",
             shared.limits.max_snapshot_receives
         ));
     };
-    let (tx, rx) = mpsc::channel(SNAPSHOT_WRITE_QUEUE);
-    let (index, term) = (header.index, header.term);
-    let writer = tokio::task::spawn_blocking(move || store_snapshot(files, index, term, rx));
+    let permits = SnapshotPermits {
+        _peer: peer,
+        _endpoint: endpoint,
+    };
+    Ok((header, permits))
+}
+
+/// Moves the announced bytes from the stream to the writer's queue, sends
+/// `End` once exactly `header.len` arrived, and cuts off a sender that
+/// stalls, trickles, or sends more than it announced. `Ok` also when the
+/// writer gave up: its own error says why.
+async fn stream_snapshot(
+    recv: &mut quinn::RecvStream,
+    conn: &quinn::Connection,
+    who: &str,
+    shared: &Shared,
+    header: &SnapshotHeader,
+    opened: Instant,
+    tx: &mpsc::Sender<Piece>,
+) -> Result<(), String> {
     let idle = shared.limits.snapshot_idle_timeout;
     let overall = opened.checked_add(shared.limits.snapshot_deadline(header.len));
     let mut got = 0u64;
-    let received: Result<(), String> = loop {
+    loop {
         // The deadline moves on only as bytes arrive: past the floor, the
         // transfer must keep the slowest allowed rate on average, so a
         // sender trickling a byte now and then is cut off, whatever length
@@ -155,7 +222,7 @@ pub(super) async fn take_snapshot(
             {
                 Err(_) => {
                     bump(&shared.stats.snapshot_timeouts);
-                    break Err(format!(
+                    return Err(format!(
                         "the transfer stalled after {got} of {} bytes (no bytes for {idle:?}, \
                      slower than {} bytes/s on average past the first {:?}, or past its \
                      deadline of {:?})",
@@ -165,14 +232,14 @@ pub(super) async fn take_snapshot(
                         shared.limits.snapshot_deadline(header.len)
                     ));
                 }
-                Ok(Err(e)) => break Err(format!("the transfer broke: {e}")),
+                Ok(Err(e)) => return Err(format!("the transfer broke: {e}")),
                 Ok(Ok(None)) if got == header.len => {
                     // The writer may have failed meanwhile; its error says so.
                     let _ = tx.send(Piece::End).await;
-                    break Ok(());
+                    return Ok(());
                 }
                 Ok(Ok(None)) => {
-                    break Err(format!(
+                    return Err(format!(
                         "the transfer ended after {got} of {} bytes",
                         header.len
                     ));
@@ -182,36 +249,11 @@ pub(super) async fn take_snapshot(
         got += chunk.len() as u64;
         if got > header.len {
             protocol_violation(conn, shared, who, "snapshot longer than announced");
-            break Err("the snapshot is longer than announced".into());
+            return Err("the snapshot is longer than announced".into());
         }
         if tx.send(Piece::Data(chunk)).await.is_err() {
             // The writer gave up; its error says why.
-            break Ok(());
+            return Ok(());
         }
-    };
-    // Closing the queue without `End` makes the writer abandon the file and
-    // remove it; waiting for it means nothing is left behind.
-    drop(tx);
-    let stored = writer
-        .await
-        .unwrap_or_else(|e| Err(format!("the snapshot writer failed: {e}")));
-    received?;
-    stored.map_err(|e| {
-        tracing::error!(node = %shared.id, peer = who, "cannot store a snapshot: {e}");
-        format!("cannot store the snapshot: {e}")
-    })?;
-    inbound
-        .try_deliver(Message {
-            from: hello.from,
-            to: shared.id,
-            term: header.leader_term,
-            body: Body::InstallSnapshot {
-                index: header.index,
-                term: header.term,
-            },
-        })
-        .map_err(|_| {
-            bump(&shared.stats.dropped_inbound);
-            "the node's inbox is full or closed".to_string()
-        })
+    }
 }

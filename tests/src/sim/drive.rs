@@ -320,98 +320,13 @@ impl Sim {
     /// application (restore, apply, `advance`, serve reads) through the
     /// pipeline; then snapshot.
     pub(super) fn complete(&mut self, k: usize, mut f: InFlight) -> Result<(), String> {
-        let id = self.nodes[k].id;
         if self.nodes[k].raft.is_none() {
             return Ok(());
         }
         if !f.persisted {
-            if let Some(inst) = f.write.install {
-                // As the node task does: publish the staged snapshot, then
-                // record the install in the log.
-                let node = &mut self.nodes[k];
-                let Some(snap) = node.received.remove(&(inst.index, inst.term)) else {
-                    return Err(format!(
-                        "node {id} installed snapshot {}@{} it never received",
-                        inst.index, inst.term,
-                    ));
-                };
-                // Staged copies this one supersedes go (a newer one may be
-                // staged and already stepped: it stays for the next Ready).
-                node.received.retain(|(i, _), _| *i > inst.index);
-                self.checker
-                    .check_snapshot_complete(id, inst.index, &snap.state)?;
-                let node = &mut self.nodes[k];
-                f.install_state = Some(snap.state.clone());
-                // Promotion keeps a snapshot file of the same (index, term)
-                // that exists already (both hold the same prefix).
-                if node
-                    .snapshot
-                    .as_ref()
-                    .is_none_or(|cur| (cur.index, cur.term) != (inst.index, inst.term))
-                {
-                    node.snapshot = Some(snap);
-                }
-                self.stats.snapshots_installed += 1;
-                if let Err(e) = node
-                    .store
-                    .install_snapshot(inst.index, inst.term, inst.keep_suffix)
-                {
-                    // A disk that failed earlier (a compaction's write):
-                    // the node stops and restarts from what its disk kept.
-                    self.trace.push(
-                        self.now,
-                        TraceEvent::Partition(format!("node {id} disk: {e}")),
-                    );
-                    self.stats.disk_errors += 1;
-                    self.nodes[k].unsure = Some(Unsure {
-                        from: None,
-                        replaced: !inst.keep_suffix,
-                    });
-                    self.crash_for_a_while(k);
-                    return Ok(());
-                }
-            }
-            if let Err(e) =
-                self.nodes[k]
-                    .store
-                    .persist(&f.write.entries, f.write.hard_state, f.torn, f.eio)
-            {
-                // The write failed: nothing that depends on it may leave the
-                // node. It stops, and restarts later from what its disk kept
-                // (after an I/O error from fsync, without a power loss: the
-                // page cache still serves the lost write).
-                self.trace.push(
-                    self.now,
-                    TraceEvent::Partition(format!("node {id} disk: {e}")),
-                );
-                self.stats.disk_errors += 1;
-                self.nodes[k].unsure = Some(Unsure {
-                    from: f
-                        .write
-                        .entries
-                        .first()
-                        .map(|e| (e.index, f.first_prev_term)),
-                    replaced: f.write.install.is_some_and(|i| !i.keep_suffix),
-                });
-                if f.eio {
-                    self.stop_process_for_a_while(k);
-                } else {
-                    self.crash_for_a_while(k);
-                }
+            if !self.persist_in_flight(k, &mut f)? {
                 return Ok(());
             }
-            let node = &mut self.nodes[k];
-            node.promise = node.promise.after(
-                f.write.install.map(|i| (i.index, i.term, i.keep_suffix)),
-                &f.write.entries,
-                f.write.hard_state,
-            );
-            self.checker
-                .on_persist(id, f.first_prev_term, &f.write.entries)?;
-            let Some(((), out)) = self.with_pipeline(k, None, |_, p, io| p.persisted(io)) else {
-                return Ok(());
-            };
-            self.take_outputs(k, out)?;
             f.persisted = true;
             let delay = match self.cfg.faults.max_apply_delay_ticks {
                 0 => 0,
@@ -422,7 +337,121 @@ impl Sim {
                 return Ok(());
             }
         }
-        // The applier's part.
+        self.apply_in_flight(k, f)
+    }
+
+    /// The disk's part of a Ready: publish a received snapshot it installs,
+    /// write its entries and hard state, and send what waited for them.
+    /// `false` when the node stopped on a disk error or lost its pipeline.
+    fn persist_in_flight(&mut self, k: usize, f: &mut InFlight) -> Result<bool, String> {
+        let id = self.nodes[k].id;
+        if let Some(inst) = f.write.install
+            && !self.publish_install(k, f, inst)?
+        {
+            return Ok(false);
+        }
+        if let Err(e) =
+            self.nodes[k]
+                .store
+                .persist(&f.write.entries, f.write.hard_state, f.torn, f.eio)
+        {
+            // The write failed: nothing that depends on it may leave the
+            // node. It stops, and restarts later from what its disk kept
+            // (after an I/O error from fsync, without a power loss: the
+            // page cache still serves the lost write).
+            self.trace.push(
+                self.now,
+                TraceEvent::Partition(format!("node {id} disk: {e}")),
+            );
+            self.stats.disk_errors += 1;
+            self.nodes[k].unsure = Some(Unsure {
+                from: f
+                    .write
+                    .entries
+                    .first()
+                    .map(|e| (e.index, f.first_prev_term)),
+                replaced: f.write.install.is_some_and(|i| !i.keep_suffix),
+            });
+            if f.eio {
+                self.stop_process_for_a_while(k);
+            } else {
+                self.crash_for_a_while(k);
+            }
+            return Ok(false);
+        }
+        let node = &mut self.nodes[k];
+        node.promise = node.promise.after(
+            f.write.install.map(|i| (i.index, i.term, i.keep_suffix)),
+            &f.write.entries,
+            f.write.hard_state,
+        );
+        self.checker
+            .on_persist(id, f.first_prev_term, &f.write.entries)?;
+        let Some(((), out)) = self.with_pipeline(k, None, |_, p, io| p.persisted(io)) else {
+            return Ok(false);
+        };
+        self.take_outputs(k, out)?;
+        Ok(true)
+    }
+
+    /// As the node task does: publish the staged snapshot `inst` names,
+    /// then record the install in the log. `false` when the disk failed
+    /// and the node stopped.
+    fn publish_install(
+        &mut self,
+        k: usize,
+        f: &mut InFlight,
+        inst: ha_core::raft::SnapshotInstall,
+    ) -> Result<bool, String> {
+        let id = self.nodes[k].id;
+        let node = &mut self.nodes[k];
+        let Some(snap) = node.received.remove(&(inst.index, inst.term)) else {
+            return Err(format!(
+                "node {id} installed snapshot {}@{} it never received",
+                inst.index, inst.term,
+            ));
+        };
+        // Staged copies this one supersedes go (a newer one may be
+        // staged and already stepped: it stays for the next Ready).
+        node.received.retain(|(i, _), _| *i > inst.index);
+        self.checker
+            .check_snapshot_complete(id, inst.index, &snap.state)?;
+        let node = &mut self.nodes[k];
+        f.install_state = Some(snap.state.clone());
+        // Promotion keeps a snapshot file of the same (index, term)
+        // that exists already (both hold the same prefix).
+        if node
+            .snapshot
+            .as_ref()
+            .is_none_or(|cur| (cur.index, cur.term) != (inst.index, inst.term))
+        {
+            node.snapshot = Some(snap);
+        }
+        self.stats.snapshots_installed += 1;
+        if let Err(e) = node
+            .store
+            .install_snapshot(inst.index, inst.term, inst.keep_suffix)
+        {
+            // A disk that failed earlier (a compaction's write):
+            // the node stops and restarts from what its disk kept.
+            self.trace.push(
+                self.now,
+                TraceEvent::Partition(format!("node {id} disk: {e}")),
+            );
+            self.stats.disk_errors += 1;
+            self.nodes[k].unsure = Some(Unsure {
+                from: None,
+                replaced: !inst.keep_suffix,
+            });
+            self.crash_for_a_while(k);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// The applier's part of a Ready: restore, apply, `advance`, serve
+    /// reads; then check commit and maybe snapshot.
+    fn apply_in_flight(&mut self, k: usize, mut f: InFlight) -> Result<(), String> {
         let restore = f.install_state.take();
         let state: Option<&[u8]> = f.write.install.map(|_| &[][..]);
         let Some((r, out)) = self.with_pipeline(k, restore, |raft, p, io| {

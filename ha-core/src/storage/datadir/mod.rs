@@ -426,84 +426,10 @@ impl DataDir {
             .map_err(io_err(root))?
             .ok_or_else(|| DataDirError::Locked(root.to_path_buf()))?;
         let names = vfs.list(root).map_err(io_err(root))?;
-        let meta_path = root.join(META_FILE);
         if names.iter().any(|n| n == META_FILE) {
-            let text = read_small(vfs, &meta_path)?;
-            let (found_cluster, found_node, found_schema) =
-                parse_meta(&text).map_err(|reason| DataDirError::BadMeta {
-                    dir: root.to_path_buf(),
-                    reason,
-                })?;
-            if found_cluster != cluster_id {
-                return Err(DataDirError::ClusterMismatch {
-                    dir: root.to_path_buf(),
-                    found: found_cluster,
-                    expected: cluster_id.to_string(),
-                });
-            }
-            if found_node != node {
-                return Err(DataDirError::NodeMismatch {
-                    dir: root.to_path_buf(),
-                    found: found_node,
-                    expected: node,
-                });
-            }
-            if found_schema == 0 && schema != 0 {
-                return Err(DataDirError::NoSchema {
-                    dir: root.to_path_buf(),
-                    expected: schema,
-                });
-            }
-            if found_schema != 0 && schema == 0 {
-                return Err(DataDirError::TypedOpenedRaw {
-                    dir: root.to_path_buf(),
-                    found: found_schema,
-                });
-            }
-            if found_schema != schema {
-                return Err(DataDirError::SchemaMismatch {
-                    dir: root.to_path_buf(),
-                    found: found_schema,
-                    expected: schema,
-                });
-            }
-            // Invariant 3: an initialized directory always has its log.
-            // An emptied `wal/` beside snapshots lost its term and vote too.
-            let wal = root.join(WAL_DIR);
-            let missing = match vfs.list(&wal) {
-                Ok(names) => names.is_empty() && holds_files(vfs, &root.join("snap"))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(e) => return Err(io_err(&wal)(e)),
-            };
-            if missing {
-                return Err(DataDirError::MissingWal {
-                    dir: root.to_path_buf(),
-                    wal,
-                });
-            }
+            check_existing(vfs, root, cluster_id, node, schema)?;
         } else {
-            // Data without an identity could belong to anyone: refuse it.
-            let data =
-                holds_files(vfs, &root.join(WAL_DIR))? || holds_files(vfs, &root.join("snap"))?;
-            if data {
-                return Err(DataDirError::BadMeta {
-                    dir: root.to_path_buf(),
-                    reason: "it holds data but no identity file (meta); refusing to guess \
-                             which cluster it belongs to"
-                        .into(),
-                });
-            }
-            // The log directory first, durably (invariant 3).
-            let wal = root.join(WAL_DIR);
-            vfs.create_dir_all(&wal).map_err(io_err(&wal))?;
-            vfs.sync_dir(root).map_err(io_err(root))?;
-            write_atomically(
-                vfs,
-                root,
-                META_FILE,
-                META_TMP,
-                &render_meta(cluster_id, node, schema),
-            )?;
+            initialize(vfs, root, cluster_id, node, schema)?;
         }
         Ok(DataDir {
             root: root.to_path_buf(),
@@ -661,6 +587,106 @@ fn holds_files<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool, DataDirError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(dir)(e)),
     }
+}
+
+/// Checks an initialized directory against who opens it: its identity
+/// file names this cluster, node and schema, and its log is there
+/// (invariant 3).
+fn check_existing<V: Vfs>(
+    vfs: &V,
+    root: &Path,
+    cluster_id: &str,
+    node: NodeId,
+    schema: u64,
+) -> Result<(), DataDirError> {
+    let text = read_small(vfs, &root.join(META_FILE))?;
+    let (found_cluster, found_node, found_schema) =
+        parse_meta(&text).map_err(|reason| DataDirError::BadMeta {
+            dir: root.to_path_buf(),
+            reason,
+        })?;
+    if found_cluster != cluster_id {
+        return Err(DataDirError::ClusterMismatch {
+            dir: root.to_path_buf(),
+            found: found_cluster,
+            expected: cluster_id.to_string(),
+        });
+    }
+    if found_node != node {
+        return Err(DataDirError::NodeMismatch {
+            dir: root.to_path_buf(),
+            found: found_node,
+            expected: node,
+        });
+    }
+    if found_schema == 0 && schema != 0 {
+        return Err(DataDirError::NoSchema {
+            dir: root.to_path_buf(),
+            expected: schema,
+        });
+    }
+    if found_schema != 0 && schema == 0 {
+        return Err(DataDirError::TypedOpenedRaw {
+            dir: root.to_path_buf(),
+            found: found_schema,
+        });
+    }
+    if found_schema != schema {
+        return Err(DataDirError::SchemaMismatch {
+            dir: root.to_path_buf(),
+            found: found_schema,
+            expected: schema,
+        });
+    }
+    // Invariant 3: an initialized directory always has its log.
+    // An emptied `wal/` beside snapshots lost its term and vote too.
+    let wal = root.join(WAL_DIR);
+    let missing = match vfs.list(&wal) {
+        Ok(names) => names.is_empty() && holds_files(vfs, &root.join("snap"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(io_err(&wal)(e)),
+    };
+    if missing {
+        return Err(DataDirError::MissingWal {
+            dir: root.to_path_buf(),
+            wal,
+        });
+    }
+    Ok(())
+}
+
+/// Initializes a directory that holds no identity file: refuses one that
+/// holds data, else creates the log directory and then the identity file,
+/// each durably (invariant 3).
+fn initialize<V: Vfs>(
+    vfs: &V,
+    root: &Path,
+    cluster_id: &str,
+    node: NodeId,
+    schema: u64,
+) -> Result<(), DataDirError> {
+    // Data without an identity could belong to anyone: refuse it.
+    let data = holds_files(vfs, &root.join(WAL_DIR))? || holds_files(vfs, &root.join("snap"))?;
+    if data {
+        return Err(DataDirError::BadMeta {
+            dir: root.to_path_buf(),
+            reason: "it holds data but no identity file (meta); refusing to guess \
+                         which cluster it belongs to"
+                .into(),
+        });
+    }
+    // The log directory first, durably (invariant 3).
+    let wal = root.join(WAL_DIR);
+    vfs.create_dir_all(&wal).map_err(io_err(&wal))?;
+    vfs.sync_dir(root).map_err(io_err(root))?;
+    write_atomically(
+        vfs,
+        root,
+        META_FILE,
+        META_TMP,
+        &render_meta(cluster_id, node, schema),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
