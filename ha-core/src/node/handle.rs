@@ -183,7 +183,7 @@ impl SharedMetrics {
             applied_entries: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             availability: Mutex::new(Availability::new(Instant::now())),
-            view: Mutex::new(super::task::view_of(raft)),
+            view: Mutex::new(super::start::view_of(raft)),
         }
     }
 }

@@ -28,6 +28,7 @@ mod options;
 mod persist;
 mod pipeline;
 pub mod snapshots;
+mod start;
 mod task;
 
 pub use snapshots::{
@@ -40,7 +41,7 @@ pub use handle::{NodeError, NodeHandle, NodeMetrics, NodeStatus, PeerProgress, S
 pub use options::{
     DEFAULT_INBOUND_QUEUE_BYTES, DEFAULT_STORAGE_QUOTA_BYTES, NodeOptions, NodeStorage,
 };
-pub use task::{StartNodeError, start_checked_node, start_node};
+pub use start::{StartNodeError, start_checked_node, start_node};
 
 pub use pipeline::{Pipeline, PipelineIo, Write};
 

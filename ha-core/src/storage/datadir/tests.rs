@@ -1,3 +1,4 @@
+use super::cluster::{parse_cluster, render_cluster};
 use super::*;
 use crate::storage::vfs::{SimFs, StdFs};
 

@@ -161,39 +161,6 @@ pub struct SnapshotStore<V: Vfs> {
     dir: PathBuf,
 }
 
-/// A snapshot being written; [`SnapshotWriter::finish`] makes it visible.
-pub struct SnapshotWriter<V: Vfs> {
-    store: SnapshotStore<V>,
-    meta: SnapshotMeta,
-    tmp: PathBuf,
-    file: V::File,
-    crc: u32,
-    data_len: u64,
-}
-
-impl<V: Vfs> SnapshotWriter<V> {
-    /// Appends state bytes.
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError> {
-        self.file.append(chunk).map_err(io_err(&self.tmp))?;
-        self.crc = crc32c::crc32c_append(self.crc, chunk);
-        self.data_len += chunk.len() as u64;
-        Ok(())
-    }
-
-    /// Seals the file, syncs it, and renames it into place (invariant 1).
-    pub fn finish(mut self) -> Result<SnapshotMeta, SnapshotError> {
-        let mut trailer = Vec::with_capacity(TRAILER_BYTES);
-        trailer.extend_from_slice(&self.data_len.to_le_bytes());
-        let crc = crc32c::crc32c_append(self.crc, &trailer);
-        trailer.extend_from_slice(&crc.to_le_bytes());
-        self.file.append(&trailer).map_err(io_err(&self.tmp))?;
-        self.file.sync().map_err(io_err(&self.tmp))?;
-        self.store
-            .publish(&self.tmp, self.meta.index, self.meta.term)?;
-        Ok(self.meta)
-    }
-}
-
 /// Verifies and decodes a whole snapshot file named `(index, term)`.
 fn parse_file(
     path: &Path,
@@ -253,94 +220,6 @@ fn parse_file(
 
 /// The newest snapshot's meta, its file's length, and a reader of the file.
 pub type LatestFile = (SnapshotMeta, u64, Box<dyn std::io::Read + Send>);
-
-/// A snapshot file arriving from a peer in pieces.
-pub struct RawSnapshotWriter<V: Vfs> {
-    store: SnapshotStore<V>,
-    index: LogIndex,
-    term: Term,
-    tmp: PathBuf,
-    file: V::File,
-    /// CRC of everything but the last 4 bytes seen so far.
-    crc: u32,
-    /// The last (up to) 4 bytes seen: the candidate checksum.
-    tail: Vec<u8>,
-    len: u64,
-    /// Whether `tmp` became the staged file; until then dropping the writer
-    /// (an abandoned or refused transfer) removes `tmp`.
-    staged: bool,
-}
-
-/// Numbers the temporary files of received snapshots, so transfers running
-/// at once never share one, even for the same `(index, term)`.
-static RAW_WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// A temporary name of its own for one incoming transfer: the snapshot's
-/// name, a process-wide counter, and a random salt (so names differ across
-/// restarts too); it ends in `.tmp`, so [`SnapshotStore::open`] removes
-/// whatever a crash left.
-fn raw_tmp_name(index: LogIndex, term: Term) -> String {
-    use std::hash::BuildHasher;
-    let n = RAW_WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let salt = std::collections::hash_map::RandomState::new().hash_one(n);
-    format!("{}.{n}-{salt:016x}.tmp", file_name(index, term))
-}
-
-impl<V: Vfs> Drop for RawSnapshotWriter<V> {
-    fn drop(&mut self) {
-        if !self.staged {
-            // Best effort: what stays behind is removed at the next open.
-            let _ = self.store.vfs.remove(&self.tmp);
-        }
-    }
-}
-
-impl<V: Vfs> RawSnapshotWriter<V> {
-    /// Appends the next piece of the file.
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError> {
-        self.file.append(chunk).map_err(io_err(&self.tmp))?;
-        self.len += chunk.len() as u64;
-        // Keep the last 4 bytes out of the running checksum.
-        self.tail.extend_from_slice(chunk);
-        if self.tail.len() > 4 {
-            let cut = self.tail.len() - 4;
-            self.crc = crc32c::crc32c_append(self.crc, &self.tail[..cut]);
-            self.tail.drain(..cut);
-        }
-        Ok(())
-    }
-
-    /// Verifies the checksum, syncs, and makes the snapshot visible.
-    pub fn finish(mut self) -> Result<SnapshotMeta, SnapshotError> {
-        let corrupt = |reason: &str| SnapshotError::Corrupt {
-            path: self.tmp.clone(),
-            reason: reason.to_string(),
-        };
-        if self.tail.len() != 4 || self.len < 40 {
-            return Err(corrupt("the transfer ended too early"));
-        }
-        if u32::from_le_bytes(self.tail[..4].try_into().expect("4 bytes")) != self.crc {
-            return Err(corrupt("checksum mismatch"));
-        }
-        self.file.sync().map_err(io_err(&self.tmp))?;
-        let staged = self.store.dir.join(staged_name(self.index, self.term));
-        // Parse the header (and check it names what was announced) first.
-        let meta = self
-            .store
-            .read_meta(&self.tmp, (self.index.0, self.term.0))?;
-        // A staged file of the same `(index, term)` (a retried transfer) is
-        // replaced: both were verified against their checksum and name the
-        // same entry, and Raft's log matching makes the state at one
-        // `(index, term)` the same from any correct node.
-        self.store
-            .vfs
-            .rename(&self.tmp, &staged)
-            .map_err(io_err(&staged))?;
-        self.store.sync_renamed(&staged, &self.tmp)?;
-        self.staged = true;
-        Ok(meta)
-    }
-}
 
 impl<V: Vfs> SnapshotStore<V> {
     /// Opens the directory, removing temporary files of interrupted writes.
@@ -468,32 +347,6 @@ impl<V: Vfs> SnapshotStore<V> {
         Ok(())
     }
 
-    /// Starts writing a snapshot.
-    pub fn writer(&self, meta: SnapshotMeta) -> Result<SnapshotWriter<V>, SnapshotError> {
-        let tmp = self
-            .dir
-            .join(format!("{}.tmp", file_name(meta.index, meta.term)));
-        let mut file = self.vfs.open(&tmp, true).map_err(io_err(&tmp))?;
-        file.set_len(0).map_err(io_err(&tmp))?;
-        let mut header = Vec::new();
-        header.extend_from_slice(&SNAPSHOT_MAGIC);
-        header.extend_from_slice(&meta.index.0.to_le_bytes());
-        header.extend_from_slice(&meta.term.0.to_le_bytes());
-        let mut m = Vec::new();
-        encode_membership(&meta.membership, &mut m);
-        header.extend_from_slice(&(m.len() as u32).to_le_bytes());
-        header.extend_from_slice(&m);
-        file.append(&header).map_err(io_err(&tmp))?;
-        Ok(SnapshotWriter {
-            crc: crc32c::crc32c(&header),
-            store: self.clone(),
-            meta,
-            tmp,
-            file,
-            data_len: 0,
-        })
-    }
-
     /// Writes a whole snapshot at once.
     pub fn save(&self, meta: SnapshotMeta, data: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
         let mut w = self.writer(meta)?;
@@ -562,30 +415,6 @@ impl<V: Vfs> SnapshotStore<V> {
             index: LogIndex(u64_at(8)),
             term: Term(u64_at(16)),
             membership,
-        })
-    }
-
-    /// Starts receiving a whole snapshot file (as [`Self::open_latest_file`]
-    /// reads it) ending at `(index, term)`; [`RawSnapshotWriter::finish`]
-    /// verifies it before it becomes visible.
-    pub fn raw_writer(
-        &self,
-        index: LogIndex,
-        term: Term,
-    ) -> Result<RawSnapshotWriter<V>, SnapshotError> {
-        let tmp = self.dir.join(raw_tmp_name(index, term));
-        let mut file = self.vfs.open(&tmp, true).map_err(io_err(&tmp))?;
-        file.set_len(0).map_err(io_err(&tmp))?;
-        Ok(RawSnapshotWriter {
-            store: self.clone(),
-            index,
-            term,
-            tmp,
-            file,
-            crc: 0,
-            tail: Vec::new(),
-            len: 0,
-            staged: false,
         })
     }
 
@@ -668,6 +497,10 @@ impl<V: Vfs> SnapshotStore<V> {
         self.vfs.sync_dir(&self.dir).map_err(io_err(&self.dir))
     }
 }
+
+mod writers;
+
+pub use writers::{RawSnapshotWriter, SnapshotWriter};
 
 #[cfg(test)]
 mod tests;
