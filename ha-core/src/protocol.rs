@@ -151,42 +151,32 @@ pub enum ClientRequest {
     },
 }
 
-/// A node's status, as clients see it.
+/// A node's status, as clients see it: its own report and the
+/// configuration and availability its metrics hold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
-    /// Node id.
-    pub id: u64,
-    /// Role: leader, follower, precandidate, candidate.
-    pub role: String,
-    /// Current term.
-    pub term: u64,
-    /// Known leader.
-    pub leader: Option<u64>,
-    /// Commit index.
-    pub commit_index: u64,
-    /// Applied index.
-    pub applied_index: u64,
-    /// Last log index.
-    pub last_index: u64,
-    /// Last index covered by a snapshot.
-    pub snapshot_index: u64,
+    /// What the node reports about itself.
+    pub node: crate::node::NodeStatus,
     /// Voters of the configuration.
-    pub voters: Vec<u64>,
+    pub voters: Vec<crate::types::NodeId>,
     /// Learners of the configuration.
-    pub learners: Vec<u64>,
+    pub learners: Vec<crate::types::NodeId>,
     /// Leader-loss accounting since the node started.
     pub availability: crate::metrics::AvailabilityReport,
-    /// Whether the node is repairing damaged storage from its peers (it
-    /// does not vote meanwhile), and what it found.
-    pub repairing: Option<String>,
-    /// While the service is halted (a command failed under
-    /// [`crate::sm::PanicPolicy::Halt`]): where and why.
-    pub halted: Option<String>,
-    /// The panic policy in force: `continue` or `halt` (none for a raw
-    /// node).
-    pub panic_policy: Option<String>,
-    /// Commands the determinism check found not deterministic on the node.
-    pub divergences: u64,
+}
+
+impl StatusView {
+    /// The role an operator sees: `leader`, `candidate` (pre-candidates
+    /// too), `learner` (a follower that does not vote) or `follower`.
+    pub fn role_name(&self) -> &'static str {
+        use crate::raft::RoleKind;
+        match self.node.role {
+            RoleKind::Leader => "leader",
+            RoleKind::Candidate | RoleKind::PreCandidate => "candidate",
+            RoleKind::Follower if self.learners.contains(&self.node.id) => "learner",
+            RoleKind::Follower => "follower",
+        }
+    }
 }
 
 /// What a node answers.

@@ -16,7 +16,6 @@ use bytes::Bytes;
 
 use crate::node::{NodeError, NodeHandle, NodeMetrics, NodeStatus};
 use crate::protocol::{ClientRequest, ClientResponse, Consistency, LogCommand, LogOp, StatusView};
-use crate::raft::RoleKind;
 use crate::types::NodeId;
 
 /// The fingerprints a node checks clients against (0 and 0: a raw node,
@@ -163,32 +162,9 @@ fn failed(e: NodeError) -> Answered {
 /// What a client sees of a node's status.
 pub fn status_view(s: &NodeStatus, m: &NodeMetrics) -> StatusView {
     StatusView {
-        id: s.id.0,
-        role: match s.role {
-            RoleKind::Leader => "leader",
-            RoleKind::Candidate | RoleKind::PreCandidate => "candidate",
-            RoleKind::Follower if m.learners.contains(&s.id) => "learner",
-            RoleKind::Follower => "follower",
-        }
-        .to_string(),
-        term: s.term.0,
-        leader: s.leader.map(|l| l.0),
-        commit_index: s.commit_index.0,
-        applied_index: s.applied_index.0,
-        last_index: s.last_index.0,
-        snapshot_index: s.snapshot_index.0,
-        voters: m.voters.iter().map(|v| v.0).collect(),
-        learners: m.learners.iter().map(|v| v.0).collect(),
-        repairing: s.repair_found.clone(),
-        halted: s.halted.clone(),
-        panic_policy: s.panic_policy.map(|p| {
-            match p {
-                crate::sm::PanicPolicy::Continue => "continue",
-                crate::sm::PanicPolicy::Halt => "halt",
-            }
-            .to_string()
-        }),
-        divergences: s.divergences,
+        node: s.clone(),
+        voters: m.voters.clone(),
+        learners: m.learners.clone(),
         availability: m.availability.clone(),
     }
 }

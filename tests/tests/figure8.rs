@@ -301,9 +301,11 @@ impl ReadyIo for Queue<'_> {
     fn apply(&mut self, _entry: &Entry) {}
     fn read_ready(&mut self, _read: ha_core::raft::ReadState) {}
     fn read_dropped(&mut self, _ctx: u64) {}
-    fn restore_snapshot(&mut self, index: LogIndex, _term: Term) -> Result<(), String> {
-        Err(format!(
-            "the Figure 8 script sends no snapshots (one at {index})"
-        ))
+    fn restore_snapshot(
+        &mut self,
+        index: LogIndex,
+        _term: Term,
+    ) -> Result<(), ha_core::node::RestoreError> {
+        Err(format!("the Figure 8 script sends no snapshots (one at {index})").into())
     }
 }

@@ -138,8 +138,12 @@ impl ReadyIo for CheckingIo {
     }
     fn read_ready(&mut self, _: ReadState) {}
     fn read_dropped(&mut self, _: u64) {}
-    fn restore_snapshot(&mut self, index: LogIndex, _: Term) -> Result<(), String> {
-        Err(format!("this cluster sends no snapshots (one at {index})"))
+    fn restore_snapshot(
+        &mut self,
+        index: LogIndex,
+        _: Term,
+    ) -> Result<(), ha_core::node::RestoreError> {
+        Err(format!("this cluster sends no snapshots (one at {index})").into())
     }
 }
 

@@ -21,7 +21,11 @@ impl ReadyIo for Recorder {
     }
     fn read_ready(&mut self, _read: ReadState) {}
     fn read_dropped(&mut self, _ctx: u64) {}
-    fn restore_snapshot(&mut self, index: LogIndex, term: Term) -> Result<(), String> {
+    fn restore_snapshot(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<(), ha_core::node::RestoreError> {
         self.events.push(format!("restore {}@{}", index.0, term.0));
         if self.refuse_restore {
             return Err("no such snapshot here".into());
@@ -88,9 +92,13 @@ fn a_snapshot_that_cannot_be_restored_stops_the_driver_with_nothing_applied() {
         ..Recorder::default()
     };
     match handle_ready(&mut raft, &mut store, &mut io) {
-        Err(HandleReadyError::Restore { index, why }) => {
+        Err(HandleReadyError::Restore { index, source }) => {
             assert_eq!(index, LogIndex(10));
-            assert!(why.contains("no such snapshot"), "{why}");
+            // The implementation's own error is kept as the source.
+            let ha_core::node::PipelineError::Restore(inner) = &source else {
+                panic!("expected the restore's own error, got {source:?}");
+            };
+            assert_eq!(inner.to_string(), "no such snapshot here");
         }
         other => panic!("expected a restore error, got {other:?}"),
     }

@@ -88,7 +88,7 @@ impl NodeError {
 
 /// Why a node stopped. A stopped node answers nothing more; it is started
 /// again from its disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StopReason {
     /// It was asked to ([`NodeHandle::shutdown`]).
     Shutdown,
@@ -116,8 +116,9 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// What a node reports about itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a node reports about itself (clients see it inside
+/// [`crate::protocol::StatusView`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
     /// The node.
     pub id: NodeId,

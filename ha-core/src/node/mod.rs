@@ -43,7 +43,7 @@ pub use options::{
 };
 pub use start::{StartNodeError, start_checked_node, start_node};
 
-pub use pipeline::{Pipeline, PipelineIo, Write};
+pub use pipeline::{Pipeline, PipelineError, PipelineIo, RestoreError, Write};
 
 use crate::raft::{Message, Raft, ReadState};
 use crate::storage::LogStore;
@@ -67,7 +67,7 @@ pub trait ReadyIo {
     /// the implementation fetches the state itself, or returns why it
     /// cannot; then [`handle_ready`] stops with
     /// [`HandleReadyError::Restore`] and applies nothing more.
-    fn restore_snapshot(&mut self, index: LogIndex, term: Term) -> Result<(), String>;
+    fn restore_snapshot(&mut self, index: LogIndex, term: Term) -> Result<(), RestoreError>;
 }
 
 /// Why [`handle_ready`] stopped.
@@ -78,12 +78,13 @@ pub enum HandleReadyError<E> {
     Storage(E),
     /// An installed snapshot could not be restored
     /// ([`ReadyIo::restore_snapshot`]); nothing after it was applied.
-    #[error("restoring the snapshot at {index}: {why}")]
+    #[error("restoring the snapshot at {index}: {source}")]
     Restore {
         /// The snapshot's index.
         index: LogIndex,
-        /// What the restore said.
-        why: String,
+        /// What stopped the restore.
+        #[source]
+        source: PipelineError,
     },
 }
 
@@ -119,9 +120,9 @@ pub fn handle_ready<S: LogStore>(
         pipeline.persisted(&mut io);
         // The state passed is a placeholder: `SyncIo::restore` asks the
         // `ReadyIo` for the snapshot by index instead.
-        if let Err(why) = pipeline.finish(raft, &mut io, Some(&[])) {
+        if let Err(source) = pipeline.finish(raft, &mut io, Some(&[])) {
             let index = io.install.map_or(LogIndex(0), |(i, _)| i);
-            return Err(HandleReadyError::Restore { index, why });
+            return Err(HandleReadyError::Restore { index, source });
         }
     }
     Ok(())
@@ -142,7 +143,7 @@ impl<I: ReadyIo> PipelineIo for SyncIo<'_, I> {
         self.io.send(msg);
     }
     fn send_snapshot(&mut self, _peer: NodeId) {}
-    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _state: &[u8]) -> Result<(), RestoreError> {
         let (index, term) = self.install.ok_or("a restore without an install")?;
         self.io.restore_snapshot(index, term)
     }

@@ -73,8 +73,8 @@ impl PipelineIo for NodeIo<'_> {
     fn send_snapshot(&mut self, peer: NodeId) {
         self.snapshot_requests.push(peer);
     }
-    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        self.applier.restore(state).map_err(|e| e.to_string())
+    fn restore(&mut self, state: &[u8]) -> Result<(), super::RestoreError> {
+        Ok(self.applier.restore(state)?)
     }
     fn apply(&mut self, e: &Entry) -> Option<Bytes> {
         self.metrics.applied_entries.fetch_add(1, Ordering::Relaxed);
@@ -213,7 +213,8 @@ impl<V: Vfs> NodeTask<V> {
         self.metrics.fsync_latency.observe(f.started.elapsed());
         let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         self.pipeline
-            .finish(&mut self.raft, &mut io, f.install_state.as_deref())?;
+            .finish(&mut self.raft, &mut io, f.install_state.as_deref())
+            .map_err(|e| e.to_string())?;
         if let Some(i) = installed {
             self.last_snapshot = self.last_snapshot.max(i.index);
             tracing::info!(node = %self.raft.id(), index = %i.index, "installed a snapshot from the leader");

@@ -9,6 +9,23 @@ use super::handle::NodeError;
 use crate::raft::{Message, Raft, ReadState, ReadyToken, SnapshotInstall, SoftState};
 use crate::types::{Entry, HardState, LogIndex, NodeId, Term};
 
+/// Why the state machine could not take a snapshot's state: whatever its
+/// restore said, kept as the error's source.
+pub type RestoreError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why [`Pipeline::finish`] stopped before the Ready was applied; the
+/// node must stop, and nothing after the failure was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A snapshot install reached `finish` without the state it installs
+    /// (the driver broke the pipeline's order).
+    #[error("a snapshot install finished without its state")]
+    MissingInstallState,
+    /// The state machine refused the installed snapshot's state.
+    #[error("cannot restore the installed snapshot: {0}")]
+    Restore(#[source] RestoreError),
+}
+
 /// What the pipeline asks of its driver.
 pub trait PipelineIo {
     /// A proposal's reply handle.
@@ -20,7 +37,7 @@ pub trait PipelineIo {
     /// Starts sending the newest snapshot to `peer`.
     fn send_snapshot(&mut self, peer: NodeId);
     /// Replaces the state machine with the snapshot's state.
-    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
+    fn restore(&mut self, state: &[u8]) -> Result<(), RestoreError>;
     /// Applies one committed entry; returns the answer of a command.
     fn apply(&mut self, entry: &Entry) -> Option<Bytes>;
     /// Answers a proposal.
@@ -212,7 +229,7 @@ impl<P, R> Pipeline<P, R> {
         raft: &mut Raft,
         io: &mut I,
         state: Option<&[u8]>,
-    ) -> Result<(), String>
+    ) -> Result<(), PipelineError>
     where
         I: PipelineIo<Reply = P, Read = R>,
     {
@@ -222,8 +239,8 @@ impl<P, R> Pipeline<P, R> {
         };
         if let Some(i) = stage.install {
             // Restore the state machine before anything after the snapshot.
-            let state = state.ok_or("a snapshot install finished without its state")?;
-            io.restore(state)?;
+            let state = state.ok_or(PipelineError::MissingInstallState)?;
+            io.restore(state).map_err(PipelineError::Restore)?;
             self.applied = i.index;
             // Proposals at indexes the snapshot covers: their entries are
             // gone from this log, so whether they committed cannot be told

@@ -62,7 +62,7 @@ use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 pub const MAX_TERM_JUMP: u64 = 1 << 32;
 
 /// The role a node plays, as reported to the driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RoleKind {
     /// Follows a leader (or waits for one).
     Follower,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use ha_core::metrics::AvailabilityReport;
 use ha_core::protocol::{ClientRequest, ClientResponse, StatusView};
+use ha_core::sm::PanicPolicy;
 use ha_core::sm::Replicated;
+use ha_core::types::{LogIndex, NodeId, Term};
 use serde_json::json;
 
 use super::{ClientArgs, EXIT_USAGE, Outcome, emit, program, usage_error};
@@ -150,12 +152,12 @@ impl OpsCommand {
             OpsCommand::Serve(a) => serve::<T>(a).await,
             OpsCommand::Status { client } => status(&client).await,
             OpsCommand::PanicPolicy { policy, client } => {
-                let (p, name) = match policy {
-                    PolicyArg::Continue => (ha_core::sm::PanicPolicy::Continue, "continue"),
-                    PolicyArg::Halt => (ha_core::sm::PanicPolicy::Halt, "halt"),
+                let p = match policy {
+                    PolicyArg::Continue => ha_core::sm::PanicPolicy::Continue,
+                    PolicyArg::Halt => ha_core::sm::PanicPolicy::Halt,
                 };
                 emit(match client.core_client::<T>().set_panic_policy(p).await {
-                    Ok(()) => Outcome::Done(json!({"ok": true, "panic_policy": name})),
+                    Ok(()) => Outcome::Done(json!({"ok": true, "panic_policy": p.name()})),
                     Err(e) => Outcome::Failed(e),
                 })
             }
@@ -248,16 +250,16 @@ async fn serve<T: Replicated>(a: ServeArgs) -> i32 {
 /// type's `last_index` is the contract's `last_log_index`).
 #[derive(serde::Serialize)]
 struct StatusLine<'a> {
-    id: u64,
+    id: NodeId,
     role: &'a str,
-    term: u64,
-    leader: Option<u64>,
-    commit_index: u64,
-    applied_index: u64,
-    last_log_index: u64,
-    snapshot_index: u64,
-    voters: &'a [u64],
-    learners: &'a [u64],
+    term: Term,
+    leader: Option<NodeId>,
+    commit_index: LogIndex,
+    applied_index: LogIndex,
+    last_log_index: LogIndex,
+    snapshot_index: LogIndex,
+    voters: &'a [NodeId],
+    learners: &'a [NodeId],
     availability: &'a AvailabilityReport,
     /// Present while the node repairs damaged storage from its peers.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -279,27 +281,23 @@ fn is_zero(n: &u64) -> bool {
 
 /// The JSON line `status` prints for a node's status.
 pub fn status_line(s: &StatusView) -> String {
+    let n = &s.node;
     let line = StatusLine {
-        id: s.id,
-        // The contract's roles: leader, follower, candidate, learner.
-        role: if s.role == "precandidate" {
-            "candidate"
-        } else {
-            &s.role
-        },
-        term: s.term,
-        leader: s.leader,
-        commit_index: s.commit_index,
-        applied_index: s.applied_index,
-        last_log_index: s.last_index,
-        snapshot_index: s.snapshot_index,
+        id: n.id,
+        role: s.role_name(),
+        term: n.term,
+        leader: n.leader,
+        commit_index: n.commit_index,
+        applied_index: n.applied_index,
+        last_log_index: n.last_index,
+        snapshot_index: n.snapshot_index,
         voters: &s.voters,
         learners: &s.learners,
         availability: &s.availability,
-        repairing: s.repairing.as_deref(),
-        halted: s.halted.as_deref(),
-        panic_policy: s.panic_policy.as_deref(),
-        divergences: s.divergences,
+        repairing: n.repair_found.as_deref(),
+        halted: n.halted.as_deref(),
+        panic_policy: n.panic_policy.map(PanicPolicy::name),
+        divergences: n.divergences,
     };
     serde_json::to_string(&line).expect("a status line encodes")
 }
@@ -336,26 +334,32 @@ async fn status(c: &ClientArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ha_core::node::NodeStatus;
+    use ha_core::raft::RoleKind;
     use serde_json::Value;
 
     #[test]
     fn a_status_line_uses_the_contract_field_names() {
         let s = StatusView {
-            id: 1,
-            role: "precandidate".into(),
-            term: 7,
-            leader: None,
-            commit_index: 120,
-            applied_index: 120,
-            last_index: 121,
-            snapshot_index: 100,
-            voters: vec![1, 2, 3],
+            node: NodeStatus {
+                id: NodeId(1),
+                role: RoleKind::PreCandidate,
+                term: Term(7),
+                leader: None,
+                commit_index: LogIndex(120),
+                applied_index: LogIndex(120),
+                last_index: LogIndex(121),
+                snapshot_index: LogIndex(100),
+                repairing: false,
+                repair_found: None,
+                halted: None,
+                panic_policy: Some(PanicPolicy::Continue),
+                divergences: 0,
+                stopped: None,
+            },
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
             learners: vec![],
             availability: AvailabilityReport::default(),
-            repairing: None,
-            halted: None,
-            panic_policy: Some("continue".into()),
-            divergences: 0,
         };
         let line = status_line(&s);
         let v: Value = serde_json::from_str(&line).unwrap();

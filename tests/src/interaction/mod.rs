@@ -95,7 +95,7 @@ impl PipelineIo for Seen<'_> {
     fn send_snapshot(&mut self, peer: NodeId) {
         self.snapshots.push(peer);
     }
-    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _state: &[u8]) -> Result<(), ha_core::node::RestoreError> {
         Ok(())
     }
     fn apply(&mut self, entry: &Entry) -> Option<Bytes> {

@@ -455,7 +455,7 @@ impl Sim {
         let restore = f.install_state.take();
         let state: Option<&[u8]> = f.write.install.map(|_| &[][..]);
         let Some((r, out)) = self.with_pipeline(k, restore, |raft, p, io| {
-            let r = p.finish(raft, io, state);
+            let r = p.finish(raft, io, state).map_err(|e| e.to_string());
             // Invariant 3 of the pipeline: the applier's index is the core's.
             if r.is_ok() && p.applied() != raft.applied_index() {
                 return Err(format!(

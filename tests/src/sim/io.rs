@@ -58,7 +58,7 @@ impl PipelineIo for SimIo<'_> {
     fn soft_state(&mut self, state: ha_core::raft::SoftState) {
         self.out.soft = Some(state);
     }
-    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _state: &[u8]) -> Result<(), ha_core::node::RestoreError> {
         let state = self
             .restore
             .take()

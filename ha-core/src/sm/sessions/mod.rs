@@ -91,6 +91,16 @@ pub enum PanicPolicy {
     Halt,
 }
 
+impl PanicPolicy {
+    /// The policy's name as operators write it: `continue` or `halt`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PanicPolicy::Continue => "continue",
+            PanicPolicy::Halt => "halt",
+        }
+    }
+}
+
 /// A kept result of a session's command: what a retry is answered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Kept {
