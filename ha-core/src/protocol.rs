@@ -269,3 +269,53 @@ pub enum CommandOutcome {
     /// The answer to [`LogOp::SetPanicPolicy`]: the policy now in force.
     PanicPolicy(crate::sm::PanicPolicy),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{NodeStatus, StopReason};
+    use crate::raft::RoleKind;
+    use crate::types::{LogIndex, NodeId, Term};
+
+    /// The status answer's bytes are part of `ha-client/3`: postcard
+    /// encodes by position and variant number, so reordering `RoleKind`'s
+    /// variants or a field of `NodeStatus` or `StatusView` changes them
+    /// silently. A change that makes this test fail needs a new client ALPN
+    /// (and this test's bytes updated with it).
+    #[test]
+    fn the_status_answers_encoding_is_pinned() {
+        let view = StatusView {
+            node: NodeStatus {
+                id: NodeId(2),
+                role: RoleKind::Candidate,
+                term: Term(7),
+                leader: Some(NodeId(3)),
+                commit_index: LogIndex(120),
+                applied_index: LogIndex(119),
+                last_index: LogIndex(121),
+                snapshot_index: LogIndex(100),
+                repairing: true,
+                repair_found: Some("torn".into()),
+                halted: Some("at 5".into()),
+                panic_policy: Some(crate::sm::PanicPolicy::Halt),
+                divergences: 4,
+                stopped: Some(StopReason::Shutdown),
+            },
+            voters: vec![NodeId(1), NodeId(2)],
+            learners: vec![NodeId(4)],
+            availability: crate::metrics::AvailabilityReport {
+                leaderless_ms: 5,
+                failovers: 1,
+                mttr_ms: 6,
+                mtbf_ms: 8,
+                availability: 0.5,
+            },
+        };
+        let bytes = postcard::to_stdvec(&ClientResponse::Status(Box::new(view))).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "03020207010378777964010104746f726e0104617420350101040100020102010405010608000000000000e03f"
+        );
+    }
+}

@@ -162,7 +162,12 @@ fn failed(e: NodeError) -> Answered {
 /// What a client sees of a node's status.
 pub fn status_view(s: &NodeStatus, m: &NodeMetrics) -> StatusView {
     StatusView {
-        node: s.clone(),
+        node: NodeStatus {
+            // A node that answers is not stopped; why one stopped (paths,
+            // a panic's text) is for its operator's log, not for clients.
+            stopped: None,
+            ..s.clone()
+        },
         voters: m.voters.clone(),
         learners: m.learners.clone(),
         availability: m.availability.clone(),

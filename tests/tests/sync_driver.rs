@@ -92,13 +92,17 @@ fn a_snapshot_that_cannot_be_restored_stops_the_driver_with_nothing_applied() {
         ..Recorder::default()
     };
     match handle_ready(&mut raft, &mut store, &mut io) {
-        Err(HandleReadyError::Restore { index, source }) => {
+        Err(HandleReadyError::Restore { index, error }) => {
             assert_eq!(index, LogIndex(10));
-            // The implementation's own error is kept as the source.
-            let ha_core::node::PipelineError::Restore(inner) = &source else {
-                panic!("expected the restore's own error, got {source:?}");
+            // The implementation's own error is kept, and said once.
+            let ha_core::node::PipelineError::Restore(inner) = &error else {
+                panic!("expected the restore's own error, got {error:?}");
             };
             assert_eq!(inner.to_string(), "no such snapshot here");
+            assert_eq!(
+                error.to_string(),
+                "cannot restore the installed snapshot: no such snapshot here"
+            );
         }
         other => panic!("expected a restore error, got {other:?}"),
     }

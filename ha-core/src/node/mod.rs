@@ -78,13 +78,12 @@ pub enum HandleReadyError<E> {
     Storage(E),
     /// An installed snapshot could not be restored
     /// ([`ReadyIo::restore_snapshot`]); nothing after it was applied.
-    #[error("restoring the snapshot at {index}: {source}")]
+    #[error("restoring the snapshot at {index}: {error}")]
     Restore {
         /// The snapshot's index.
         index: LogIndex,
-        /// What stopped the restore.
-        #[source]
-        source: PipelineError,
+        /// What stopped the restore (shown in this error's message).
+        error: PipelineError,
     },
 }
 
@@ -120,9 +119,9 @@ pub fn handle_ready<S: LogStore>(
         pipeline.persisted(&mut io);
         // The state passed is a placeholder: `SyncIo::restore` asks the
         // `ReadyIo` for the snapshot by index instead.
-        if let Err(source) = pipeline.finish(raft, &mut io, Some(&[])) {
+        if let Err(error) = pipeline.finish(raft, &mut io, Some(&[])) {
             let index = io.install.map_or(LogIndex(0), |(i, _)| i);
-            return Err(HandleReadyError::Restore { index, source });
+            return Err(HandleReadyError::Restore { index, error });
         }
     }
     Ok(())

@@ -21,9 +21,11 @@ pub enum PipelineError {
     /// (the driver broke the pipeline's order).
     #[error("a snapshot install finished without its state")]
     MissingInstallState,
-    /// The state machine refused the installed snapshot's state.
+    /// The state machine refused the installed snapshot's state (its own
+    /// error, shown in this one's message rather than as a second link of
+    /// the chain, so a chain printer does not say it twice).
     #[error("cannot restore the installed snapshot: {0}")]
-    Restore(#[source] RestoreError),
+    Restore(RestoreError),
 }
 
 /// What the pipeline asks of its driver.
