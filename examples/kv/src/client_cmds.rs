@@ -143,6 +143,7 @@ pub async fn bench(a: BenchArgs) -> i32 {
     let kv = client(&a.client);
     let issued = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let succeeded = Arc::new(AtomicU64::new(0));
     let bar = indicatif::ProgressBar::new(a.ops);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} ops  {per_sec}  eta {eta}")
@@ -152,18 +153,21 @@ pub async fn bench(a: BenchArgs) -> i32 {
     let started = Instant::now();
     let tasks: Vec<_> = (0..a.clients)
         .map(|w| {
-            let (kv, issued, errors, bar, value) = (
+            let (kv, issued, errors, succeeded, bar, value) = (
                 kv.clone(),
                 issued.clone(),
                 errors.clone(),
+                succeeded.clone(),
                 bar.clone(),
                 value.clone(),
             );
-            let (ops, keys, read_ratio) = (a.ops, a.keys, a.read_ratio);
+            let (ops, keys, read_ratio, clients) = (a.ops, a.keys, a.read_ratio, a.clients);
             tokio::spawn(async move {
                 let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("a valid histogram");
                 let mut rng = ha_core::rng::SplitMix64::new(w as u64 + 1);
-                while issued.fetch_add(1, Ordering::Relaxed) < ops {
+                while issued.fetch_add(1, Ordering::Relaxed) < ops
+                    && !gave_up(&succeeded, &errors, clients)
+                {
                     let key = format!("key-{}", rng.range(0, keys)).into_bytes();
                     let t0 = Instant::now();
                     let ok = if rng.chance(read_ratio) {
@@ -171,7 +175,9 @@ pub async fn bench(a: BenchArgs) -> i32 {
                     } else {
                         kv.put(key, value.clone()).await.is_ok()
                     };
-                    if !ok {
+                    if ok {
+                        succeeded.fetch_add(1, Ordering::Relaxed);
+                    } else {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                     let _ = h.record(t0.elapsed().as_micros() as u64);
@@ -203,5 +209,22 @@ pub async fn bench(a: BenchArgs) -> i32 {
             "errors": errors.load(Ordering::Relaxed),
         })
     );
+    if gave_up(&succeeded, &errors, a.clients) {
+        eprintln!(
+            "{}: bench: gave up: none of the first {} operations succeeded (is the cluster up, \
+             and are --cluster and --tls-dir right?)",
+            ha_server::cli::program(),
+            errors.load(Ordering::Relaxed)
+        );
+        return 1;
+    }
     0
+}
+
+/// Whether a bench stops early: every client's operation failed at least
+/// once on average (each after the client's timeout) and none succeeded,
+/// so the cluster is unreachable rather than slow. Without this, a bench
+/// against no cluster would wait out every one of its operations.
+fn gave_up(succeeded: &AtomicU64, errors: &AtomicU64, clients: usize) -> bool {
+    succeeded.load(Ordering::Relaxed) == 0 && errors.load(Ordering::Relaxed) >= clients as u64
 }

@@ -1,0 +1,212 @@
+//! Black-box tests of the `ha-kv` command line: three `serve` processes on
+//! loopback, every subcommand, the JSON lines and exit codes of the contract,
+//! kill -9 of the leader, and a restart of the whole cluster from its data
+//! directories with every acknowledged write still there.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ha-kv");
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    metrics_port: u16,
+}
+
+impl Cluster {
+    fn tls(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+    fn cluster_arg(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    fn peers_arg(&self) -> String {
+        self.ports
+            .iter()
+            .enumerate()
+            .map(|(k, p)| format!("{}=127.0.0.1:{p}", k + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    fn start_node(&mut self, id: usize) {
+        let peers = self.peers_arg();
+        self.start_node_with(id, Some(&peers));
+    }
+    /// `serve` for node `id`, with `--peers` when given.
+    fn serve_cmd(&self, id: usize, peers: Option<&str>) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--id", &id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", self.ports[id - 1])])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("data-{id}")))
+            .arg("--tls-dir")
+            .arg(self.tls());
+        if let Some(p) = peers {
+            cmd.args(["--peers", p]);
+        }
+        cmd
+    }
+    fn start_node_with(&mut self, id: usize, peers: Option<&str>) {
+        let mut cmd = self.serve_cmd(id, peers);
+        // Each node's log goes to a file, appended across restarts, so a
+        // failing test can show what the node said.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("open the node's log file");
+        cmd.stdout(Stdio::null()).stderr(log);
+        if id == 1 {
+            // A bare port: the metrics listener binds loopback.
+            cmd.args(["--metrics", &self.metrics_port.to_string()]);
+        }
+        self.children[id - 1] = Some(cmd.spawn().expect("spawn ha-kv serve"));
+    }
+    fn log_path(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+    /// What node `id` wrote to its log so far (every run of it).
+    fn log(&self, id: usize) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+    /// SIGSTOP, wait until every thread of the process is stopped (a
+    /// write in progress completes first: only a fatal signal cuts one
+    /// short), then SIGKILL. Linux: it reads `/proc`.
+    #[cfg(target_os = "linux")]
+    fn stop_and_kill9(&mut self, id: usize) {
+        let pid = self.children[id - 1].as_ref().expect("running").id();
+        // The shell's own `kill`: no procps needed.
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -STOP {pid}")])
+            .status()
+            .expect("run sh");
+        assert!(ok.success(), "kill -STOP {pid}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stopped = || -> bool {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.filter_map(Result::ok).all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the command name's closing parenthesis.
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                state.starts_with('T') || state.is_empty()
+            })
+        };
+        while !stopped() {
+            assert!(Instant::now() < deadline, "node {id} never stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.kill9(id);
+    }
+    fn kill9(&mut self, id: usize) {
+        if let Some(mut c) = self.children[id - 1].take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reap");
+        }
+    }
+    fn client(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--cluster", &self.cluster_arg()])
+            .arg("--tls-dir")
+            .arg(self.tls())
+            .output()
+            .expect("run ha-kv")
+    }
+    /// Status lines of every reachable node.
+    fn status(&self) -> Vec<Value> {
+        let out = self.client(&["status", "--timeout-ms", "1000"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON status line"))
+            .collect()
+    }
+    fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(l) = self.status().iter().find(|s| s["role"] == "leader") {
+                return l["id"].as_u64().unwrap() as usize;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader within 20 s");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=self.children.len() {
+            self.kill9(id);
+        }
+    }
+}
+
+fn start() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["certs", "--nodes", "1,2,3", "--dir"])
+        .arg(dir.path().join("tls"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["ok"], true);
+    let mut c = Cluster {
+        dir,
+        ports: (0..3).map(|_| free_udp_port()).collect(),
+        children: vec![None, None, None],
+        metrics_port: free_tcp_port(),
+    };
+    for id in 1..=3 {
+        c.start_node(id);
+    }
+    c
+}
+
+fn json_line(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one stdout line, got {text:?}");
+    serde_json::from_str(lines[0]).expect("a JSON line")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("an exit code")
+}
+
+mod contract;
+mod mistakes;
+mod outcomes;
+mod recovery;
+use mistakes::*;
