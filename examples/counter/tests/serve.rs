@@ -224,7 +224,20 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
     for id in 1..=3 {
         c.start(id);
     }
-    // Up and serving HTTP before it is ready.
+    every_node_comes_up_healthy(&c);
+    c.wait_for_leader();
+    for id in 1..=3 {
+        wait_ready(c.http_ports[id - 1]);
+    }
+    metrics_are_served(&c);
+    let leader = adds_survive_the_leaders_kill(&mut c);
+    the_killed_node_catches_up(&mut c, leader);
+    stops_cleanly_and_reports_readiness(&mut c, leader);
+}
+
+/// Each node serves HTTP before it is ready, and is alive from then on:
+/// "starting" while it recovers from its data directory, then "ok".
+fn every_node_comes_up_healthy(c: &Cluster) {
     for id in 1..=3 {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", c.http_ports[id - 1])).is_err() {
@@ -252,10 +265,10 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    c.wait_for_leader();
-    for id in 1..=3 {
-        wait_ready(c.http_ports[id - 1]);
-    }
+}
+
+/// Node 1's Prometheus metrics, and a 404 for an unknown path.
+fn metrics_are_served(c: &Cluster) {
     let (code, body) = http_get(c.http_ports[0], "/metrics");
     assert_eq!(code, 200);
     for m in [
@@ -266,7 +279,11 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
         assert!(body.contains(m), "metrics lack {m}: {body}");
     }
     assert_eq!(http_get(c.http_ports[0], "/nope").0, 404);
+}
 
+/// Adds through the cluster, kill -9 of the leader, more adds: every one
+/// is answered with the running total. Returns the killed leader.
+fn adds_survive_the_leaders_kill(c: &mut Cluster) -> usize {
     let mut expected = 0;
     for delta in [5, -2, 10] {
         expected += delta;
@@ -300,7 +317,12 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
         json(&out),
         serde_json::json!({"ok": true, "value": expected})
     );
-    // The killed node comes back from its data directory and catches up.
+    leader
+}
+
+/// The killed node comes back from its data directory and applies every
+/// add.
+fn the_killed_node_catches_up(c: &mut Cluster, leader: usize) {
     c.start(leader);
     wait_ready(c.http_ports[leader - 1]);
     let out = c.client(&["status"]);
@@ -332,6 +354,11 @@ fn three_counter_processes_survive_the_loss_of_their_leader() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// SIGTERM stops a node cleanly (exit 0, its directory free again); a node
+/// left alone is healthy but not ready; client mistakes exit 2.
+fn stops_cleanly_and_reports_readiness(c: &mut Cluster, leader: usize) {
     // SIGTERM: a clean stop, exit 0, and the data directory is free again.
     assert_eq!(c.terminate(leader), Some(0), "{}", c.logs());
     c.start(leader);

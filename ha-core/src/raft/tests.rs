@@ -132,13 +132,44 @@ fn vote_granted(out: &[Message]) -> Option<bool> {
 /// every other voter told it its term, it holds the own-term commit of
 /// its leader in its current term and an election round has passed, and
 /// then only in terms above any it saw.
-#[test]
-fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
-    let entry = |i: u64, t: u64| Entry {
+fn entry(i: u64, t: u64) -> Entry {
+    Entry {
         index: LogIndex(i),
         term: Term(t),
         payload: EntryPayload::Blank,
-    };
+    }
+}
+
+/// A heartbeat of the leader `from` in `term`, at commit 4.
+fn heartbeat_from(from: u64, term: u64) -> Message {
+    msg(
+        from,
+        term,
+        Body::Heartbeat {
+            commit: LogIndex(4),
+            seq: 2,
+        },
+    )
+}
+
+/// A voter's answer to the term query `nonce`, knowing its leader's last
+/// index `last`.
+fn term_reply(from: u64, term: u64, nonce: u64, last: Option<u64>) -> Message {
+    msg(
+        from,
+        term,
+        Body::TermReply {
+            nonce,
+            leader_last: last.map(LogIndex),
+            repairing: false,
+        },
+    )
+}
+
+/// Node 1 of three, in term 3, whose storage lost part of its log: two
+/// entries of term 1, commit 1. Without CheckQuorum's lease, so vote
+/// requests are answered while a leader is heard.
+fn repairing_node() -> Raft {
     let init = InitialState {
         hard_state: HardState {
             term: Term(3),
@@ -150,12 +181,33 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
         repairing: true,
         ..InitialState::default()
     };
-    // Without CheckQuorum's lease, so vote requests are answered while
-    // a leader is heard.
     let mut config = Config::new(NodeId(1));
     config.check_quorum = false;
-    let mut r = Raft::new(config, init).unwrap();
+    let r = Raft::new(config, init).unwrap();
     assert!(r.is_repairing());
+    r
+}
+
+/// A node whose storage lost part of its log (and maybe a vote) grants
+/// no vote and never campaigns; it tells the leader where its log ends,
+/// takes no commit index from heartbeats, answers no heartbeat, and
+/// acknowledges appends only as repairing. It votes again only once
+/// every other voter told it its term, it holds the own-term commit of
+/// its leader in its current term and an election round has passed, and
+/// then only in terms above any it saw.
+#[test]
+fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
+    let mut r = repairing_node();
+    refuses_votes_and_never_campaigns(&mut r);
+    takes_its_leaders_log_as_repairing(&mut r);
+    let nonce = asks_every_voter_its_term(&mut r);
+    catches_up_in_the_current_term(&mut r, nonce);
+    votes_again_after_a_round(&mut r);
+}
+
+/// Phase 1: no vote, even for a candidate with a longer log, and no
+/// campaign however long it waits.
+fn refuses_votes_and_never_campaigns(r: &mut Raft) {
     // No vote, even for a candidate with a longer log.
     let vote = |t: u64| {
         msg(
@@ -168,17 +220,22 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
         )
     };
     r.step(vote(4)).unwrap();
-    assert_eq!(vote_granted(&drain(&mut r)), Some(false));
+    assert_eq!(vote_granted(&drain(r)), Some(false));
     // No campaign, however long it waits.
     for _ in 0..200 {
         r.tick();
-        let out = drain(&mut r);
+        let out = drain(r);
         assert!(
             !out.iter()
                 .any(|m| matches!(m.body, Body::PreVote { .. } | Body::Vote { .. })),
             "a repairing node campaigned"
         );
     }
+}
+
+/// Phase 2: a leader of term 5's heartbeat commit is not taken, and its
+/// appends are acknowledged only as a repairing node's.
+fn takes_its_leaders_log_as_repairing(r: &mut Raft) {
     // A leader of term 5: a heartbeat's commit (from a stale view of
     // this log) is not taken; the leader is told where the log ends.
     r.step(msg(
@@ -190,7 +247,7 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
         },
     ))
     .unwrap();
-    let out = drain(&mut r);
+    let out = drain(r);
     assert!(out.iter().any(|m| m.to == NodeId(3)
         && matches!(
             m.body,
@@ -213,7 +270,7 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
         },
     ))
     .unwrap();
-    let out = drain(&mut r);
+    let out = drain(r);
     assert!(out.iter().any(|m| matches!(
         m.body,
         Body::AppendResponse(AppendOutcome::RepairAccepted {
@@ -226,27 +283,23 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
         "a repairing node's acknowledgement must not count"
     );
     assert_eq!(r.commit_index(), LogIndex(4));
+}
+
+/// Phase 3: caught up with term 5's leader, it asks every other voter
+/// its term until each answered, answering no heartbeat meanwhile.
+/// Returns the query's nonce.
+fn asks_every_voter_its_term(r: &mut Raft) -> u64 {
     // Caught up with the leader of term 5, but a higher term may have
     // been forgotten: it asks every other voter, and goes on asking,
     // until each answered; meanwhile heartbeats get notices, never a
     // heartbeat answer (which would confirm a leadership).
     let round = Config::new(NodeId(1)).election_timeout_max_ticks;
-    let heartbeat = |from: u64, term: u64| {
-        msg(
-            from,
-            term,
-            Body::Heartbeat {
-                commit: LogIndex(4),
-                seq: 2,
-            },
-        )
-    };
     let mut asked = BTreeSet::new();
     let mut nonce = None;
     for _ in 0..3 * round {
         r.tick();
-        r.step(heartbeat(3, 5)).unwrap();
-        for m in drain(&mut r) {
+        r.step(heartbeat_from(3, 5)).unwrap();
+        for m in drain(r) {
             assert!(
                 !matches!(m.body, Body::HeartbeatResponse { .. }),
                 "a repairing node answered a heartbeat"
@@ -259,23 +312,18 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
     }
     assert!(r.is_repairing(), "no voter answered: still repairing");
     assert_eq!(asked, BTreeSet::from([NodeId(2), NodeId(3)]));
-    let nonce = nonce.expect("queried");
-    let reply = |from: u64, term: u64, nonce: u64, last: Option<u64>| {
-        msg(
-            from,
-            term,
-            Body::TermReply {
-                nonce,
-                leader_last: last.map(LogIndex),
-                repairing: false,
-            },
-        )
-    };
+    nonce.expect("queried")
+}
+
+/// Phase 4: stale answers count for nothing; a higher term restarts the
+/// wait; it must hold the current leader's last index.
+fn catches_up_in_the_current_term(r: &mut Raft, nonce: u64) {
+    let round = Config::new(NodeId(1)).election_timeout_max_ticks;
     // Answers to another query (an earlier repair's, delayed) count for
     // nothing, though this log holds the leader's last index 4; nor does
     // the answer of a node that is repairing too.
-    r.step(reply(3, 5, nonce ^ 1, Some(4))).unwrap();
-    r.step(reply(2, 5, nonce ^ 1, None)).unwrap();
+    r.step(term_reply(3, 5, nonce ^ 1, Some(4))).unwrap();
+    r.step(term_reply(2, 5, nonce ^ 1, None)).unwrap();
     r.step(msg(
         2,
         5,
@@ -288,34 +336,34 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
     .unwrap();
     for _ in 0..3 * round {
         r.tick();
-        drain(&mut r);
+        drain(r);
     }
     assert!(r.is_repairing(), "a stale answer counted");
     // Node 3, the leader of term 5, answers with its last index; node 2
     // is in term 6, which this node takes on: term 5 no longer counts.
-    r.step(reply(3, 5, nonce, Some(4))).unwrap();
-    r.step(reply(2, 6, nonce, None)).unwrap();
-    drain(&mut r);
+    r.step(term_reply(3, 5, nonce, Some(4))).unwrap();
+    r.step(term_reply(2, 6, nonce, None)).unwrap();
+    drain(r);
     assert_eq!(r.term(), Term(6));
     for _ in 0..3 * round {
         r.tick();
-        drain(&mut r);
+        drain(r);
     }
     assert!(r.is_repairing(), "caught up only in an older term");
     // Node 2 leads term 6: it is asked, and answers with its last index.
     let mut asked_leader = false;
     for _ in 0..2 {
-        r.step(heartbeat(2, 6)).unwrap();
+        r.step(heartbeat_from(2, 6)).unwrap();
         r.tick();
-        asked_leader |= drain(&mut r)
+        asked_leader |= drain(r)
             .iter()
             .any(|m| m.to == NodeId(2) && matches!(m.body, Body::TermQuery { .. }));
     }
     assert!(asked_leader, "the leader of the current term was not asked");
-    r.step(reply(2, 6, nonce, Some(5))).unwrap();
+    r.step(term_reply(2, 6, nonce, Some(5))).unwrap();
     for _ in 0..3 * round {
         r.tick();
-        drain(&mut r);
+        drain(r);
     }
     assert!(r.is_repairing(), "not yet holding the leader's last index");
     r.step(msg(
@@ -329,8 +377,14 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
         },
     ))
     .unwrap();
-    drain(&mut r);
+    drain(r);
     assert_eq!(r.commit_index(), LogIndex(5));
+}
+
+/// Phase 5: one more election round without votes, a durable self-vote,
+/// then votes only in terms above every term it saw.
+fn votes_again_after_a_round(r: &mut Raft) {
+    let round = Config::new(NodeId(1)).election_timeout_max_ticks;
     // One more election round, still without votes.
     let mut ticks = 0;
     while !r.repair_complete() {
@@ -344,11 +398,11 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
             },
         ))
         .unwrap();
-        assert_eq!(vote_granted(&drain(&mut r)), Some(false));
+        assert_eq!(vote_granted(&drain(r)), Some(false));
         r.tick();
         ticks += 1;
-        r.step(heartbeat(2, 6)).unwrap();
-        drain(&mut r);
+        r.step(heartbeat_from(2, 6)).unwrap();
+        drain(r);
     }
     assert!(ticks >= round, "a whole election round passed: {ticks}");
     // It recorded a vote for itself in the term it ended in, durably,
@@ -357,18 +411,18 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
     // Still repairing (no vote, no counting) until the storage dropped
     // its mark.
     assert!(r.is_repairing());
-    r.step(heartbeat(2, 6)).unwrap();
+    r.step(heartbeat_from(2, 6)).unwrap();
     assert!(
-        !drain(&mut r)
+        !drain(r)
             .iter()
             .any(|m| matches!(m.body, Body::HeartbeatResponse { .. }))
     );
     r.end_repair();
     assert!(!r.is_repairing());
     // Now it answers heartbeats again.
-    r.step(heartbeat(2, 6)).unwrap();
+    r.step(heartbeat_from(2, 6)).unwrap();
     assert!(
-        drain(&mut r)
+        drain(r)
             .iter()
             .any(|m| matches!(m.body, Body::HeartbeatResponse { .. }))
     );
@@ -384,10 +438,10 @@ fn a_repairing_node_votes_only_once_it_holds_its_leaders_log() {
         )
     };
     r.step(up_to_date(6)).unwrap();
-    assert_eq!(vote_granted(&drain(&mut r)), Some(false));
+    assert_eq!(vote_granted(&drain(r)), Some(false));
     // Then votes only in terms above every term it saw.
     r.step(up_to_date(7)).unwrap();
-    assert_eq!(vote_granted(&drain(&mut r)), Some(true));
+    assert_eq!(vote_granted(&drain(r)), Some(true));
 }
 
 /// A term query changes nothing at the receiver, whatever its term,
