@@ -286,36 +286,101 @@ mod tests {
     fn the_status_answers_encoding_is_pinned() {
         let view = StatusView {
             node: NodeStatus {
-                id: NodeId(2),
+                id: NodeId(0x21),
                 role: RoleKind::Candidate,
-                term: Term(7),
-                leader: Some(NodeId(3)),
-                commit_index: LogIndex(120),
-                applied_index: LogIndex(119),
-                last_index: LogIndex(121),
-                snapshot_index: LogIndex(100),
+                term: Term(0x22),
+                leader: Some(NodeId(0x23)),
+                commit_index: LogIndex(0x24),
+                applied_index: LogIndex(0x25),
+                last_index: LogIndex(0x26),
+                snapshot_index: LogIndex(0x27),
                 repairing: true,
-                repair_found: Some("torn".into()),
-                halted: Some("at 5".into()),
+                repair_found: Some("r".into()),
+                halted: Some("h".into()),
                 panic_policy: Some(crate::sm::PanicPolicy::Halt),
-                divergences: 4,
-                stopped: Some(StopReason::Shutdown),
+                divergences: 0x28,
+                stopped: Some(StopReason::Failed("f".into())),
             },
-            voters: vec![NodeId(1), NodeId(2)],
-            learners: vec![NodeId(4)],
+            voters: vec![NodeId(0x29)],
+            learners: vec![NodeId(0x2a)],
             availability: crate::metrics::AvailabilityReport {
-                leaderless_ms: 5,
-                failovers: 1,
-                mttr_ms: 6,
-                mtbf_ms: 8,
+                leaderless_ms: 0x2b,
+                failovers: 0x2c,
+                mttr_ms: 0x2d,
+                mtbf_ms: 0x2e,
                 availability: 0.5,
             },
         };
-        let bytes = postcard::to_stdvec(&ClientResponse::Status(Box::new(view))).unwrap();
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
-            hex,
-            "03020207010378777964010104746f726e0104617420350101040100020102010405010608000000000000e03f"
+            hex(&ClientResponse::Status(Box::new(view))),
+            "0321022201232425262701010172010168010128010201660129012a\
+             2b2c2d2e000000000000e03f"
         );
+    }
+
+    /// Every variant of the enums a status carries keeps its number (the
+    /// match is exhaustive: a new variant must be pinned here too).
+    #[test]
+    fn the_status_enums_keep_their_numbers() {
+        use crate::sm::PanicPolicy;
+        for role in [
+            RoleKind::Follower,
+            RoleKind::PreCandidate,
+            RoleKind::Candidate,
+            RoleKind::Leader,
+        ] {
+            let n = match role {
+                RoleKind::Follower => "00",
+                RoleKind::PreCandidate => "01",
+                RoleKind::Candidate => "02",
+                RoleKind::Leader => "03",
+            };
+            assert_eq!(hex(&role), n, "{role:?}");
+        }
+        for policy in [PanicPolicy::Continue, PanicPolicy::Halt] {
+            let n = match policy {
+                PanicPolicy::Continue => "00",
+                PanicPolicy::Halt => "01",
+            };
+            assert_eq!(hex(&policy), n, "{policy:?}");
+        }
+        for stop in [
+            StopReason::Shutdown,
+            StopReason::Storage("x".into()),
+            StopReason::Failed("x".into()),
+            StopReason::Panicked("x".into()),
+        ] {
+            let n = match stop {
+                StopReason::Shutdown => "00",
+                StopReason::Storage(_) => "010178",
+                StopReason::Failed(_) => "020178",
+                StopReason::Panicked(_) => "030178",
+            };
+            assert_eq!(hex(&stop), n, "{stop:?}");
+        }
+    }
+
+    /// A status tells a client how a node stopped, never the text (paths,
+    /// a panic's message), which stays in the node's log.
+    #[test]
+    fn a_stop_reason_reaches_clients_without_its_text() {
+        for (stop, kind) in [
+            (StopReason::Storage("/data/wal/seg-7: EIO".into()), 1),
+            (StopReason::Failed("/data/snap/x: bad".into()), 2),
+            (StopReason::Panicked("secret at /data".into()), 3),
+        ] {
+            let told = stop.for_clients();
+            assert_eq!(hex(&told)[..2], format!("{kind:02x}"), "{told:?}");
+            assert!(!told.to_string().contains("/data"), "{told}");
+        }
+        assert_eq!(StopReason::Shutdown.for_clients(), StopReason::Shutdown);
+    }
+
+    fn hex(v: &impl Serialize) -> String {
+        postcard::to_stdvec(v)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }

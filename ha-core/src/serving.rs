@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 
-use crate::node::{NodeError, NodeHandle, NodeMetrics, NodeStatus};
+use crate::node::{NodeError, NodeHandle, NodeMetrics, NodeStatus, StopReason};
 use crate::protocol::{ClientRequest, ClientResponse, Consistency, LogCommand, LogOp, StatusView};
 use crate::types::NodeId;
 
@@ -163,9 +163,9 @@ fn failed(e: NodeError) -> Answered {
 pub fn status_view(s: &NodeStatus, m: &NodeMetrics) -> StatusView {
     StatusView {
         node: NodeStatus {
-            // A node that answers is not stopped; why one stopped (paths,
-            // a panic's text) is for its operator's log, not for clients.
-            stopped: None,
+            // Whether and how it stopped, but not the text (paths, a
+            // panic's message): that is for its operator's log.
+            stopped: s.stopped.as_ref().map(StopReason::for_clients),
             ..s.clone()
         },
         voters: m.voters.clone(),

@@ -92,16 +92,30 @@ fn a_snapshot_that_cannot_be_restored_stops_the_driver_with_nothing_applied() {
         ..Recorder::default()
     };
     match handle_ready(&mut raft, &mut store, &mut io) {
-        Err(HandleReadyError::Restore { index, error }) => {
-            assert_eq!(index, LogIndex(10));
-            // The implementation's own error is kept, and said once.
-            let ha_core::node::PipelineError::Restore(inner) = &error else {
-                panic!("expected the restore's own error, got {error:?}");
+        Err(e @ HandleReadyError::Restore { .. }) => {
+            let HandleReadyError::Restore { index, source } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*index, LogIndex(10));
+            // The implementation's own error is the chain's last link, and
+            // each link is said once.
+            let ha_core::node::PipelineError::Restore(inner) = source else {
+                panic!("expected the restore's own error, got {source:?}");
             };
             assert_eq!(inner.to_string(), "no such snapshot here");
+            let mut chain = vec![e.to_string()];
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                chain.push(c.to_string());
+                cause = c.source();
+            }
             assert_eq!(
-                error.to_string(),
-                "cannot restore the installed snapshot: no such snapshot here"
+                chain,
+                [
+                    "restoring the snapshot at 10",
+                    "cannot restore the installed snapshot",
+                    "no such snapshot here"
+                ]
             );
         }
         other => panic!("expected a restore error, got {other:?}"),

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use ha_core::Consistency;
@@ -135,15 +135,46 @@ pub struct BenchArgs {
     client: ClientArgs,
 }
 
-/// `ha-kv bench`: closed loop, HDR latencies, a JSON summary last.
+/// How long a bench waits for its first successful operation before it
+/// gives up: three client timeouts, and never less than 10 s (a cluster
+/// that is still electing its first leader is slow, not unreachable).
+fn give_up_after(timeout_ms: u64) -> Duration {
+    Duration::from_millis(timeout_ms.saturating_mul(3)).max(Duration::from_secs(10))
+}
+
+/// What the bench's clients share: counters, the last error, and the one
+/// decision to give up (latched once, read by every client and the exit
+/// code alike).
+#[derive(Default)]
+struct BenchShared {
+    issued: AtomicU64,
+    errors: AtomicU64,
+    succeeded: AtomicU64,
+    gave_up: std::sync::atomic::AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl BenchShared {
+    /// Whether this client goes on: there are operations left, and the
+    /// bench has not given up. Gives up (once, for everyone) when no
+    /// operation succeeded within `limit` of the start.
+    fn go_on(&self, ops: u64, started: Instant, limit: Duration) -> bool {
+        if self.succeeded.load(Ordering::SeqCst) == 0 && started.elapsed() >= limit {
+            self.gave_up.store(true, Ordering::SeqCst);
+        }
+        !self.gave_up.load(Ordering::SeqCst) && self.issued.fetch_add(1, Ordering::Relaxed) < ops
+    }
+}
+
+/// `ha-kv bench`: closed loop, HDR latencies, a JSON summary last. Exits 1
+/// when no operation succeeded within [`give_up_after`] of the start (the
+/// summary is still printed, and the last error said on stderr).
 pub async fn bench(a: BenchArgs) -> i32 {
     if a.clients == 0 || a.keys == 0 || !(0.0..=1.0).contains(&a.read_ratio) {
         usage_error("bench: --clients and --keys must be at least 1, --read-ratio in 0..=1");
     }
     let kv = client(&a.client);
-    let issued = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let succeeded = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(BenchShared::default());
     let bar = indicatif::ProgressBar::new(a.ops);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} ops  {per_sec}  eta {eta}")
@@ -151,34 +182,31 @@ pub async fn bench(a: BenchArgs) -> i32 {
     );
     let value = vec![b'x'; a.value_size];
     let started = Instant::now();
+    let limit = give_up_after(a.client.timeout_ms);
     let tasks: Vec<_> = (0..a.clients)
         .map(|w| {
-            let (kv, issued, errors, succeeded, bar, value) = (
-                kv.clone(),
-                issued.clone(),
-                errors.clone(),
-                succeeded.clone(),
-                bar.clone(),
-                value.clone(),
-            );
-            let (ops, keys, read_ratio, clients) = (a.ops, a.keys, a.read_ratio, a.clients);
+            let (kv, shared, bar, value) = (kv.clone(), shared.clone(), bar.clone(), value.clone());
+            let (ops, keys, read_ratio) = (a.ops, a.keys, a.read_ratio);
             tokio::spawn(async move {
                 let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("a valid histogram");
                 let mut rng = ha_core::rng::SplitMix64::new(w as u64 + 1);
-                while issued.fetch_add(1, Ordering::Relaxed) < ops
-                    && !gave_up(&succeeded, &errors, clients)
-                {
+                while shared.go_on(ops, started, limit) {
                     let key = format!("key-{}", rng.range(0, keys)).into_bytes();
                     let t0 = Instant::now();
-                    let ok = if rng.chance(read_ratio) {
-                        kv.get(key).await.is_ok()
+                    let result = if rng.chance(read_ratio) {
+                        kv.get(key).await.map(|_| ())
                     } else {
-                        kv.put(key, value.clone()).await.is_ok()
+                        kv.put(key, value.clone()).await.map(|_| ())
                     };
-                    if ok {
-                        succeeded.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    match result {
+                        Ok(()) => {
+                            shared.succeeded.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            shared.errors.fetch_add(1, Ordering::Relaxed);
+                            *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(e.to_string());
+                        }
                     }
                     let _ = h.record(t0.elapsed().as_micros() as u64);
                     bar.inc(1);
@@ -197,6 +225,7 @@ pub async fn bench(a: BenchArgs) -> i32 {
     let secs = started.elapsed().as_secs_f64();
     let ops = all.len();
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    let errors = shared.errors.load(Ordering::SeqCst);
     println!(
         "{}",
         json!({
@@ -206,25 +235,22 @@ pub async fn bench(a: BenchArgs) -> i32 {
             "p50_ms": ms(0.5),
             "p99_ms": ms(0.99),
             "p999_ms": ms(0.999),
-            "errors": errors.load(Ordering::Relaxed),
+            "errors": errors,
         })
     );
-    if gave_up(&succeeded, &errors, a.clients) {
+    if shared.gave_up.load(Ordering::SeqCst) {
+        let last = shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         eprintln!(
-            "{}: bench: gave up: none of the first {} operations succeeded (is the cluster up, \
-             and are --cluster and --tls-dir right?)",
+            "{}: bench: gave up: no operation succeeded in {limit:?} ({errors} failed; the last \
+             with: {})",
             ha_server::cli::program(),
-            errors.load(Ordering::Relaxed)
+            last.as_deref().unwrap_or("none finished")
         );
         return 1;
     }
     0
-}
-
-/// Whether a bench stops early: every client's operation failed at least
-/// once on average (each after the client's timeout) and none succeeded,
-/// so the cluster is unreachable rather than slow. Without this, a bench
-/// against no cluster would wait out every one of its operations.
-fn gave_up(succeeded: &AtomicU64, errors: &AtomicU64, clients: usize) -> bool {
-    succeeded.load(Ordering::Relaxed) == 0 && errors.load(Ordering::Relaxed) >= clients as u64
 }

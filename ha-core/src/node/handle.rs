@@ -105,6 +105,20 @@ pub enum StopReason {
     Panicked(String),
 }
 
+impl StopReason {
+    /// The same kind of stop without its text (file paths, a panic's
+    /// message): what a client is told; the text stays in the node's log.
+    pub fn for_clients(&self) -> StopReason {
+        const SEE_LOG: &str = "details in the node's log";
+        match self {
+            StopReason::Shutdown => StopReason::Shutdown,
+            StopReason::Storage(_) => StopReason::Storage(SEE_LOG.into()),
+            StopReason::Failed(_) => StopReason::Failed(SEE_LOG.into()),
+            StopReason::Panicked(_) => StopReason::Panicked(SEE_LOG.into()),
+        }
+    }
+}
+
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

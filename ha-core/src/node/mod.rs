@@ -78,12 +78,14 @@ pub enum HandleReadyError<E> {
     Storage(E),
     /// An installed snapshot could not be restored
     /// ([`ReadyIo::restore_snapshot`]); nothing after it was applied.
-    #[error("restoring the snapshot at {index}: {error}")]
+    #[error("restoring the snapshot at {index}")]
     Restore {
         /// The snapshot's index.
         index: LogIndex,
-        /// What stopped the restore (shown in this error's message).
-        error: PipelineError,
+        /// What stopped the restore (the state machine's own error is its
+        /// source in turn).
+        #[source]
+        source: PipelineError,
     },
 }
 
@@ -119,9 +121,9 @@ pub fn handle_ready<S: LogStore>(
         pipeline.persisted(&mut io);
         // The state passed is a placeholder: `SyncIo::restore` asks the
         // `ReadyIo` for the snapshot by index instead.
-        if let Err(error) = pipeline.finish(raft, &mut io, Some(&[])) {
+        if let Err(source) = pipeline.finish(raft, &mut io, Some(&[])) {
             let index = io.install.map_or(LogIndex(0), |(i, _)| i);
-            return Err(HandleReadyError::Restore { index, error });
+            return Err(HandleReadyError::Restore { index, source });
         }
     }
     Ok(())

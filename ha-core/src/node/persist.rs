@@ -214,7 +214,7 @@ impl<V: Vfs> NodeTask<V> {
         let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         self.pipeline
             .finish(&mut self.raft, &mut io, f.install_state.as_deref())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::pipeline::with_causes(&e))?;
         if let Some(i) = installed {
             self.last_snapshot = self.last_snapshot.max(i.index);
             tracing::info!(node = %self.raft.id(), index = %i.index, "installed a snapshot from the leader");

@@ -21,11 +21,23 @@ pub enum PipelineError {
     /// (the driver broke the pipeline's order).
     #[error("a snapshot install finished without its state")]
     MissingInstallState,
-    /// The state machine refused the installed snapshot's state (its own
-    /// error, shown in this one's message rather than as a second link of
-    /// the chain, so a chain printer does not say it twice).
-    #[error("cannot restore the installed snapshot: {0}")]
-    Restore(RestoreError),
+    /// The state machine refused the installed snapshot's state: its own
+    /// error is the source (with its causes), not repeated in this message.
+    #[error("cannot restore the installed snapshot")]
+    Restore(#[source] RestoreError),
+}
+
+/// `error` and every cause under it, joined by `: ` (for a log line or a
+/// stop reason, where only text travels).
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// What the pipeline asks of its driver.

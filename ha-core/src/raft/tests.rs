@@ -125,13 +125,7 @@ fn vote_granted(out: &[Message]) -> Option<bool> {
     })
 }
 
-/// A node whose storage lost part of its log (and maybe a vote) grants
-/// no vote and never campaigns; it tells the leader where its log ends,
-/// takes no commit index from heartbeats, answers no heartbeat, and
-/// acknowledges appends only as repairing. It votes again only once
-/// every other voter told it its term, it holds the own-term commit of
-/// its leader in its current term and an election round has passed, and
-/// then only in terms above any it saw.
+/// A blank entry at `i` of term `t`.
 fn entry(i: u64, t: u64) -> Entry {
     Entry {
         index: LogIndex(i),

@@ -133,7 +133,6 @@ fn a_failing_command_is_an_outcome_the_same_on_every_replica() {
 /// Halt: the failure stops everything after it (queries too), the same
 /// everywhere. Returns the halted replica.
 pub(super) fn halt_stops_everything_after_the_failure(q: &[u8]) -> Sessions<Brittle> {
-    // Halt: the failure stops everything after it, the same everywhere.
     let (h, retry, s) = run_brittle(PanicPolicy::Halt);
     assert!(matches!(&h[1], CommandOutcome::Failed(_)));
     for o in &h[2..] {

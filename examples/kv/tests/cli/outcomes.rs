@@ -50,9 +50,10 @@ fn an_unknown_outcome_exits_3() {
     assert_eq!(json_line(&out)["ok"], Value::Bool(false));
 }
 
-/// A bench against a cluster nobody serves gives up once every client
-/// failed and none succeeded: exit 1, the summary still its last line, and
-/// a message that says why, instead of waiting out a million timeouts.
+/// A bench against a cluster nobody serves gives up when no operation
+/// succeeded within 10 s (three client timeouts at most): exit 1, the
+/// summary still its last line, and a message that says why, instead of
+/// waiting out a million timeouts.
 #[test]
 fn a_bench_against_no_cluster_gives_up_with_exit_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,8 +71,7 @@ fn a_bench_against_no_cluster_gives_up_with_exit_1() {
         .spawn()
         .unwrap();
     // A bound on waiting, so a bench that never gives up fails this test
-    // instead of hanging the suite (300 ms timeouts: it gives up in about
-    // a second).
+    // instead of hanging the suite (it gives up after 10 s).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while bench.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
@@ -90,6 +90,7 @@ fn a_bench_against_no_cluster_gives_up_with_exit_1() {
         "a summary, not a result: {summary}"
     );
     let errors = summary["errors"].as_u64().unwrap();
-    assert!((2..1000).contains(&errors), "{summary}");
+    assert!(errors >= 2, "{summary}");
+    assert!(summary["ops"].as_u64().unwrap() < 1_000_000, "{summary}");
     assert!(stderr.contains("gave up"), "{stderr}");
 }
