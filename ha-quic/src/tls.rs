@@ -6,10 +6,11 @@
 //! - Every connection is mutual TLS: both sides present a certificate signed
 //!   by the cluster CA, the only trust anchor. A client with no certificate,
 //!   or one from another CA, fails the handshake.
-//! - ALPN separates peer traffic (`ha-raft/2`) from client traffic
+//! - ALPN separates peer traffic (`ha-raft/3`) from client traffic
 //!   (`ha-client/3`) on the one endpoint of a node. Each protocol's
-//!   version is in its ALPN: `ha-raft/2` sends snapshots on bidirectional
-//!   streams that end with the receiver's verdict; `ha-client/3` checks
+//!   version is in its ALPN: `ha-raft/3` sends snapshots on bidirectional
+//!   streams that end with the receiver's verdict and carries leadership
+//!   transfer (`TimeoutNow`, and votes marked as a transfer's); `ha-client/3` checks
 //!   queries against their own fingerprint, carries panic outcomes,
 //!   the panic policy and resume, and answers a status with the node's
 //!   typed report (`ha-client/2` sent roles and ids as text and numbers).
@@ -51,7 +52,7 @@ use rustls::server::WebPkiClientVerifier;
 use crate::certs::TlsIdentity;
 
 /// ALPN of node-to-node traffic.
-pub const ALPN_PEER: &[u8] = b"ha-raft/2";
+pub const ALPN_PEER: &[u8] = b"ha-raft/3";
 /// ALPN of client traffic.
 pub const ALPN_CLIENT: &[u8] = b"ha-client/3";
 

@@ -376,6 +376,7 @@ fn a_node_certificate_cannot_claim_another_node() {
             body: Body::Vote {
                 last_index: LogIndex(1_000_000),
                 last_term: Term(999),
+                transfer: false,
             },
         };
         frame::encode(&vote, &mut buf).unwrap();

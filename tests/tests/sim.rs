@@ -24,7 +24,8 @@ fn random_runs_keep_every_safety_property() {
          acknowledged, {} reads served, {} leaders elected, {} crashes, {} disk errors, \
          {} torn log tails repaired, {} disks damaged, {} repairs from peers, {} snapshots \
          taken, {} installed, {} session operations, {} commands of expired sessions refused, \
-         {} commands with a forged batch start, {} power losses while compacting",
+         {} commands with a forged batch start, {} power losses while compacting, \
+         {} leadership transfers started",
         started.elapsed().as_secs_f64(),
         stats.ticks,
         stats.delivered,
@@ -41,7 +42,8 @@ fn random_runs_keep_every_safety_property() {
         stats.session_ops,
         stats.session_expired,
         stats.forged_commands,
-        stats.compaction_power_losses
+        stats.compaction_power_losses,
+        stats.transfers
     );
     assert_eq!(ran, seeds.len());
     assert!(

@@ -435,7 +435,13 @@ impl<V: Vfs> NodeTask<V> {
                 Err(ProposeError::NotLeader { leader }) => {
                     let _ = reply.send(Err(NodeError::NotLeader { leader }));
                 }
-                Err(ProposeError::Busy | ProposeError::Unsupported(_)) => {
+                // During a leadership transfer nothing is appended: the
+                // caller retries, at the new leader once it is known.
+                Err(
+                    ProposeError::Busy
+                    | ProposeError::Transferring { .. }
+                    | ProposeError::Unsupported(_),
+                ) => {
                     let _ = reply.send(Err(NodeError::Busy));
                 }
             },

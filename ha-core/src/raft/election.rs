@@ -23,7 +23,7 @@ impl Raft {
         if self.config.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
     }
 
@@ -61,10 +61,12 @@ impl Raft {
         };
         self.leader = None;
         self.reset_timers();
-        self.request_votes(true);
+        self.request_votes(true, false);
     }
 
-    pub(super) fn become_candidate(&mut self) {
+    /// Starts an election in the next term; `transfer`: at the leader's
+    /// request ([`Body::TimeoutNow`]), so voters answer despite the lease.
+    pub(super) fn become_candidate(&mut self, transfer: bool) {
         self.abandon_leadership();
         self.term = self.term.next();
         self.vote = Some(self.config.id);
@@ -73,10 +75,10 @@ impl Raft {
             votes: BTreeMap::new(),
         };
         self.reset_timers();
-        self.request_votes(false);
+        self.request_votes(false, transfer);
     }
 
-    pub(super) fn request_votes(&mut self, pre: bool) {
+    pub(super) fn request_votes(&mut self, pre: bool, transfer: bool) {
         let me = self.config.id;
         // Our own vote counts first; a single-voter cluster wins at once.
         self.record_vote(me, true, pre);
@@ -105,6 +107,7 @@ impl Raft {
                 Body::Vote {
                     last_index,
                     last_term,
+                    transfer,
                 }
             };
             // Vote requests promise our own vote and term: after persist.
@@ -186,7 +189,7 @@ impl Raft {
             _ => return,
         };
         match result {
-            VoteResult::Won if pre => self.become_candidate(),
+            VoteResult::Won if pre => self.become_candidate(false),
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {
                 let term = self.term;
@@ -211,6 +214,7 @@ impl Raft {
             committed_in_term: false,
             reads: ReadQueue::default(),
             heartbeat_seq: 0,
+            transfer: None,
         }));
         self.leader = Some(me);
         self.reset_timers();

@@ -43,11 +43,14 @@ impl Raft {
         &mut self,
         data: impl IntoIterator<Item = Bytes>,
     ) -> Result<(LogIndex, LogIndex, Term), ProposeError> {
-        let Role::Leader(_) = &self.role else {
+        let Role::Leader(l) = &self.role else {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
         };
+        if let Some(t) = &l.transfer {
+            return Err(ProposeError::Transferring { to: t.to });
+        }
         let uncommitted = (self.log.last_index().0 - self.log.committed.0) as usize;
         if uncommitted >= self.config.max_uncommitted_entries {
             return Err(ProposeError::Busy);
@@ -198,10 +201,18 @@ impl Raft {
     /// is done (ignored, or answered here).
     fn settle_term(&mut self, m: &Message) -> bool {
         if m.term > self.term {
-            let is_vote_request = matches!(m.body, Body::PreVote { .. } | Body::Vote { .. });
+            let is_vote_request = matches!(
+                m.body,
+                Body::PreVote { .. }
+                    | Body::Vote {
+                        transfer: false,
+                        ..
+                    }
+            );
             if is_vote_request && self.in_leader_lease() {
                 // We heard from a leader within the minimum election timeout:
                 // this candidate is probably disruptive (dissertation §4.2.3).
+                // Not so a transfer's target: the leader asked for it.
                 return false;
             }
             match m.body {
@@ -253,7 +264,9 @@ impl Raft {
             Body::Vote {
                 last_index,
                 last_term,
+                ..
             } => self.handle_vote_request(m.from, m.term, last_index, last_term, false),
+            Body::TimeoutNow => self.handle_timeout_now(m.from),
             Body::PreVoteResponse { granted } => {
                 // Count only answers about the term we are asking for now.
                 if !granted || m.term == self.term.next() {

@@ -50,7 +50,15 @@ pub enum Body {
         last_index: LogIndex,
         /// Term of the candidate's last entry.
         last_term: Term,
+        /// Sent by the target of a leadership transfer ([`Body::TimeoutNow`]):
+        /// voters that still hear the leader answer it anyway, since the
+        /// leader itself asked for this election (dissertation §3.10).
+        transfer: bool,
     },
+    /// From a leader to the target of its leadership transfer, once the
+    /// target's log matches its own: campaign now, without waiting for the
+    /// election timeout and without a pre-vote round (dissertation §3.10).
+    TimeoutNow,
     /// Answer to a [`Body::Vote`].
     VoteResponse {
         /// Whether the vote was granted.
@@ -319,12 +327,14 @@ impl Message {
             | Body::Vote {
                 last_index,
                 last_term,
+                ..
             } => {
                 index("last index", *last_index)?;
                 term("last term", *last_term)
             }
             Body::PreVoteResponse { .. }
             | Body::VoteResponse { .. }
+            | Body::TimeoutNow
             | Body::HeartbeatResponse { .. }
             | Body::TermQuery { .. } => Ok(()),
             Body::TermReply { leader_last, .. } => match leader_last {
@@ -444,6 +454,7 @@ mod tests {
                 Body::Vote {
                     last_index: LogIndex(u64::MAX),
                     last_term: Term(1),
+                    transfer: false,
                 },
             ),
             msg(

@@ -33,6 +33,7 @@ mod repair;
 mod replication;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 pub(crate) mod config;
 mod log;
@@ -50,6 +51,8 @@ pub use config::PlantedBug;
 pub use membership::{Membership, VoteResult};
 pub use message::{AppendOutcome, Body, MAX_APPEND_ENTRIES, Message, MessageError};
 pub use read::ReadState;
+use transfer::Transfer;
+pub use transfer::TransferError;
 
 use self::log::RaftLog;
 use self::progress::Progress;
@@ -99,6 +102,8 @@ struct LeaderState {
     reads: ReadQueue,
     /// Sequence number of the last heartbeat broadcast in this term.
     heartbeat_seq: u64,
+    /// The leadership transfer in progress, if any (see `transfer`).
+    transfer: Option<Transfer>,
 }
 
 /// What the state the core was restarted from holds.
@@ -188,6 +193,13 @@ pub enum ProposeError {
     /// Too many entries are uncommitted; retry later.
     #[error("too many uncommitted entries; retry later")]
     Busy,
+    /// Leadership is being handed to `to`: retry later (at the new leader,
+    /// or here if the transfer fails). Nothing was appended.
+    #[error("leadership is being transferred to {to:?}; retry later")]
+    Transferring {
+        /// The transfer's target.
+        to: NodeId,
+    },
     /// The operation is not supported yet.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),

@@ -6,6 +6,7 @@ use super::*;
 
 impl Raft {
     pub(super) fn tick_leader(&mut self) {
+        self.tick_transfer();
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
         if self.election_elapsed >= self.config.election_timeout_min_ticks {
@@ -84,6 +85,7 @@ impl Raft {
                 if p.on_ack(match_index) || repaired {
                     self.maybe_commit();
                 }
+                self.maybe_send_timeout_now();
             }
             AppendOutcome::RepairAccepted { match_index } => {
                 p.repairing = true;

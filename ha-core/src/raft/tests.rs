@@ -210,6 +210,7 @@ fn refuses_votes_and_never_campaigns(r: &mut Raft) {
             Body::Vote {
                 last_index: LogIndex(50),
                 last_term: Term(t),
+                transfer: false,
             },
         )
     };
@@ -389,6 +390,7 @@ fn votes_again_after_a_round(r: &mut Raft) {
             Body::Vote {
                 last_index: LogIndex(5),
                 last_term: Term(6),
+                transfer: false,
             },
         ))
         .unwrap();
@@ -428,6 +430,7 @@ fn votes_again_after_a_round(r: &mut Raft) {
             Body::Vote {
                 last_index: LogIndex(5),
                 last_term: Term(6),
+                transfer: false,
             },
         )
     };
@@ -569,4 +572,56 @@ fn a_leader_probes_a_repairing_follower_from_where_its_log_ends() {
     p.reset_for_repair(LogIndex(4));
     assert_eq!(p.match_index, LogIndex(0));
     assert_eq!(p.next_index, LogIndex(5));
+}
+
+/// `TimeoutNow` makes a follower campaign at once, without PreVote and
+/// with the transfer flag, only when it comes from the leader it follows
+/// in its own term; from anyone else it changes nothing.
+#[test]
+fn timeout_now_is_obeyed_only_from_the_leader_followed() {
+    let mut r = node();
+    r.step(heartbeat(3)).unwrap();
+    drain(&mut r);
+    assert_eq!((r.term(), r.leader()), (Term(3), Some(NodeId(2))));
+    for stranger in [msg(3, 3, Body::TimeoutNow), msg(2, 2, Body::TimeoutNow)] {
+        r.step(stranger).unwrap();
+        assert!(drain(&mut r).is_empty());
+        assert_eq!((r.role(), r.term()), (RoleKind::Follower, Term(3)));
+    }
+    r.step(msg(2, 3, Body::TimeoutNow)).unwrap();
+    assert_eq!((r.role(), r.term()), (RoleKind::Candidate, Term(4)));
+    let votes: Vec<Message> = drain(&mut r);
+    assert_eq!(votes.len(), 2, "{votes:?}");
+    assert!(
+        votes
+            .iter()
+            .all(|m| m.term == Term(4) && matches!(m.body, Body::Vote { transfer: true, .. })),
+        "{votes:?}"
+    );
+}
+
+/// A voter that heard its leader within the lease ignores an ordinary
+/// candidate of a higher term, but answers a transfer's target.
+#[test]
+fn the_leader_lease_yields_only_to_a_transfer() {
+    let vote = |transfer| {
+        msg(
+            3,
+            4,
+            Body::Vote {
+                last_index: LogIndex(0),
+                last_term: Term(0),
+                transfer,
+            },
+        )
+    };
+    let mut r = node();
+    r.step(heartbeat(3)).unwrap();
+    drain(&mut r);
+    r.step(vote(false)).unwrap();
+    assert!(drain(&mut r).is_empty(), "ignored within the lease");
+    assert_eq!(r.term(), Term(3));
+    r.step(vote(true)).unwrap();
+    assert_eq!(vote_granted(&drain(&mut r)), Some(true));
+    assert_eq!(r.term(), Term(4));
 }

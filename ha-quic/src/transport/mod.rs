@@ -7,7 +7,7 @@
 //! authenticated but hostile or buggy peer or client from exhausting the
 //! node.
 //!
-//! Peer traffic (ALPN `ha-raft/2`). Each node dials each peer lazily (on the
+//! Peer traffic (ALPN `ha-raft/3`). Each node dials each peer lazily (on the
 //! first message for it) and keeps two connections to it, each carrying one
 //! unidirectional stream of frames:
 //! - **control**: votes, pre-votes, heartbeats and every response: small,

@@ -13,6 +13,8 @@
 //! - `tick ID... [n=K]`: K ticks (default 1) on each node.
 //! - `propose ID DATA`: the node proposes the command DATA.
 //! - `read-index ID ctx=C`: the node asks for a read index.
+//! - `transfer-leader ID [to=ID]`: the leader hands leadership to the
+//!   named voter, or to the most up-to-date one.
 //! - `process-ready ID...`: each node handles its Ready once, if it has
 //!   one.
 //! - `deliver-msgs`: every queued message is delivered once (or lost, if
@@ -158,6 +160,21 @@ impl Env {
                 match self.raft(ids[0]).propose(Bytes::from(data)) {
                     Ok((i, t)) => {
                         let _ = writeln!(out, "proposed at {i}@{t}");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "refused: {e}");
+                    }
+                }
+            }
+            "transfer-leader" => {
+                let to = tc
+                    .args
+                    .get("to")
+                    .and_then(|v| v.first())
+                    .map(|v| NodeId(v.parse().expect("transfer-leader ID [to=ID]")));
+                match self.raft(ids[0]).transfer_leadership(to) {
+                    Ok(t) => {
+                        let _ = writeln!(out, "transferring to {}", t.0);
                     }
                     Err(e) => {
                         let _ = writeln!(out, "refused: {e}");

@@ -24,7 +24,12 @@ pub fn message_text(m: &Message) -> String {
         Body::Vote {
             last_index,
             last_term,
-        } => format!("Vote last={last_index}@{last_term}"),
+            transfer,
+        } => {
+            let why = if *transfer { " transfer" } else { "" };
+            format!("Vote last={last_index}@{last_term}{why}")
+        }
+        Body::TimeoutNow => "TimeoutNow".to_string(),
         Body::PreVoteResponse { granted } => format!("PreVoteResponse granted={granted}"),
         Body::VoteResponse { granted } => format!("VoteResponse granted={granted}"),
         Body::Append {

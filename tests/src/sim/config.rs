@@ -74,6 +74,10 @@ pub struct Faults {
     /// Probability, per compaction, that the power fails while it deletes
     /// the segments a snapshot covers: the deletions persist in part.
     pub compaction_power_loss: f64,
+    /// Probability the leader of the highest term starts a leadership
+    /// transfer this tick (to a random node, maybe itself or a stranger, or
+    /// to the most up-to-date voter).
+    pub transfer_leader: f64,
 }
 
 impl Faults {
@@ -99,6 +103,7 @@ impl Faults {
             media_damage: 0.0,
             fsync_eio: 0.0,
             compaction_power_loss: 0.0,
+            transfer_leader: 0.0,
         }
     }
 
@@ -206,6 +211,7 @@ impl SimConfig {
             media_damage: 0.0,
             fsync_eio: 0.0,
             compaction_power_loss: 0.0,
+            transfer_leader: 0.0,
         };
         // A disk fault's probability: one of `choices` with a log on disk,
         // else none (drawing nothing).
@@ -232,6 +238,7 @@ impl SimConfig {
         c.faults.fsync_eio = wal_fault(&mut rng, c.wal, &[0.0, 0.01, 0.03]);
         c.forged_batch_starts = wal_fault(&mut rng, c.wal, &[0.0, 0.0, 0.3]);
         c.faults.compaction_power_loss = wal_fault(&mut rng, c.wal, &[0.0, 0.05, 0.2]);
+        c.faults.transfer_leader = [0.0, 0.002, 0.01][rng.range(0, 3) as usize];
         c
     }
 }
@@ -302,4 +309,6 @@ pub struct RunStats {
     pub forged_commands: u64,
     /// Power losses while a compaction deleted covered segments.
     pub compaction_power_losses: u64,
+    /// Leadership transfers a leader started.
+    pub transfers: u64,
 }

@@ -112,6 +112,7 @@ fn body_kind(b: &Body) -> &'static str {
         Body::Heartbeat { .. } => "heartbeat",
         Body::HeartbeatResponse { .. } => "heartbeat-resp",
         Body::InstallSnapshot { .. } => "install-snapshot",
+        Body::TimeoutNow => "timeout-now",
     }
 }
 
@@ -498,6 +499,7 @@ pub fn run_seeds(
                             t.session_expired += st.session_expired;
                             t.forged_commands += st.forged_commands;
                             t.compaction_power_losses += st.compaction_power_losses;
+                            t.transfers += st.transfers;
                         }
                         Err(f) => {
                             failures.lock().expect("failures lock").push(f);

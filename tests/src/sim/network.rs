@@ -136,6 +136,25 @@ impl Sim {
         {
             self.disconnect(leader);
         }
+        if f.transfer_leader > 0.0
+            && self.rng.chance(f.transfer_leader)
+            && let Some(leader) = self.leader()
+        {
+            // A named target may be no voter at all (refused), or the
+            // leader itself; `None` picks the most up-to-date voter.
+            let n = self.nodes.len() as u64;
+            let to = match self.rng.range(0, n + 2) {
+                0 => None,
+                k => Some(NodeId(k)),
+            };
+            let raft = self.nodes[(leader.0 - 1) as usize]
+                .raft
+                .as_mut()
+                .expect("the leader runs");
+            if raft.transfer_leadership(to).is_ok() {
+                self.stats.transfers += 1;
+            }
+        }
     }
 
     pub(super) fn random_partition(&mut self) {

@@ -39,6 +39,7 @@ enum MsgText {
     Heartbeat(LogIndex, u64),
     HeartbeatResp(u64),
     InstallSnapshot(LogIndex, Term),
+    TimeoutNow,
 }
 
 /// Summarizes a message without copying its entries.
@@ -52,7 +53,9 @@ pub fn summarize(m: &Message) -> MsgSummary {
         Body::Vote {
             last_index,
             last_term,
+            ..
         } => MsgText::Vote(*last_index, *last_term),
+        Body::TimeoutNow => MsgText::TimeoutNow,
         Body::VoteResponse { granted } => MsgText::VoteResp(*granted),
         Body::Append {
             prev_index,
@@ -123,6 +126,7 @@ impl std::fmt::Display for MsgSummary {
             MsgText::Heartbeat(c, r) => write!(f, "Heartbeat commit={c} seq={r}"),
             MsgText::HeartbeatResp(r) => write!(f, "HeartbeatResp seq={r}"),
             MsgText::InstallSnapshot(i, t) => write!(f, "InstallSnapshot {i}@{t}"),
+            MsgText::TimeoutNow => write!(f, "TimeoutNow"),
         }
     }
 }

@@ -1,0 +1,157 @@
+//! Leadership transfer (dissertation §3.10): the leader stops taking
+//! proposals, brings the target's log up to its own, then tells it to
+//! campaign at once ([`Body::TimeoutNow`]); the target's votes carry a flag
+//! that lets voters answer despite the leader lease.
+//!
+//! Invariants:
+//! 1. While a transfer runs, the leader appends nothing new
+//!    ([`ProposeError::Transferring`]), so the target's log can catch up
+//!    with a log that no longer grows; nothing already appended is lost.
+//! 2. `TimeoutNow` goes only to a voter whose acknowledged log ends at the
+//!    leader's last index, so the target wins against any voter the leader
+//!    could win against (its log is at least as up to date).
+//! 3. A transfer that has not ended within an election timeout (the target
+//!    is down, or lost the election) is abandoned, and the leader takes
+//!    proposals again. A transfer never outlives this leader's term: the
+//!    leader state that holds it goes when the leader steps down.
+
+use super::*;
+
+/// A transfer in progress on a leader.
+#[derive(Debug)]
+pub(super) struct Transfer {
+    /// The voter leadership goes to.
+    pub(super) to: NodeId,
+    /// Ticks since the transfer started (invariant 3).
+    pub(super) elapsed: u64,
+    /// Whether `TimeoutNow` was sent (once per transfer).
+    pub(super) sent: bool,
+}
+
+/// Why a leadership transfer could not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// Only the leader hands leadership over.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The named node is not a voter of the configuration (or is this
+    /// leader itself).
+    #[error("node {0} is not another voter of this cluster")]
+    NotAVoter(NodeId),
+    /// No other voter exists to take over (a one-voter cluster).
+    #[error("no other voter to hand leadership to")]
+    NoOtherVoter,
+    /// A transfer to another node is in progress.
+    #[error("a leadership transfer to {to} is in progress")]
+    InProgress {
+        /// That transfer's target.
+        to: NodeId,
+    },
+}
+
+impl Raft {
+    /// Starts handing leadership to `to`, or, with `None`, to the voter
+    /// whose acknowledged log is longest (the lowest id among equals).
+    /// Returns the target. Until the transfer ends, proposals are refused
+    /// with [`ProposeError::Transferring`] (reads go on); it ends when
+    /// another leader is heard, or is abandoned after an election timeout.
+    /// Asking again for the same target is not an error.
+    pub fn transfer_leadership(&mut self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        let me = self.config.id;
+        let Role::Leader(l) = &mut self.role else {
+            return Err(TransferError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        let voters: Vec<NodeId> = self
+            .membership
+            .voters
+            .union(&self.membership.voters_outgoing)
+            .copied()
+            .filter(|v| *v != me)
+            .collect();
+        let target = match to {
+            Some(t) if voters.contains(&t) => t,
+            Some(t) => return Err(TransferError::NotAVoter(t)),
+            None => {
+                // Longest acknowledged log first, then the lowest id.
+                let best = voters.iter().copied().max_by_key(|v| {
+                    let matched = l.progress.get(v).map_or(LogIndex(0), |p| p.match_index);
+                    (matched, std::cmp::Reverse(*v))
+                });
+                best.ok_or(TransferError::NoOtherVoter)?
+            }
+        };
+        match &l.transfer {
+            Some(t) if t.to == target => return Ok(target),
+            Some(t) => return Err(TransferError::InProgress { to: t.to }),
+            None => {}
+        }
+        l.transfer = Some(Transfer {
+            to: target,
+            elapsed: 0,
+            sent: false,
+        });
+        self.maybe_send_timeout_now();
+        Ok(target)
+    }
+
+    /// The target of the leadership transfer in progress, if any.
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Leader(l) => l.transfer.as_ref().map(|t| t.to),
+            _ => None,
+        }
+    }
+
+    /// Sends `TimeoutNow` to the transfer's target once its acknowledged
+    /// log ends at this leader's last index (invariant 2).
+    pub(super) fn maybe_send_timeout_now(&mut self) {
+        let (me, term, last) = (self.config.id, self.term, self.log.last_index());
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let Some(t) = &mut l.transfer else {
+            return;
+        };
+        let caught_up = l.progress.get(&t.to).is_some_and(|p| p.match_index == last);
+        if t.sent || !caught_up {
+            return;
+        }
+        t.sent = true;
+        self.msgs.push(Message {
+            from: me,
+            to: t.to,
+            term,
+            body: Body::TimeoutNow,
+        });
+    }
+
+    /// One leader tick of the transfer: abandoned after an election
+    /// timeout (invariant 3).
+    pub(super) fn tick_transfer(&mut self) {
+        let timeout = self.config.election_timeout_max_ticks;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        if let Some(t) = &mut l.transfer {
+            t.elapsed += 1;
+            if t.elapsed >= timeout {
+                l.transfer = None;
+            }
+        }
+    }
+
+    /// `TimeoutNow` from the leader of this term: campaign at once, without
+    /// a pre-vote round, as the transfer's target. Ignored from anyone but
+    /// the leader this node follows, and by a node that may not campaign
+    /// (a learner, a repairing node).
+    pub(super) fn handle_timeout_now(&mut self, from: NodeId) {
+        if matches!(self.role, Role::Follower) && self.leader == Some(from) && self.can_campaign() {
+            self.become_candidate(true);
+        }
+    }
+}
