@@ -19,11 +19,14 @@ impl Raft {
             && self.election_elapsed < self.config.election_timeout_min_ticks
     }
 
-    pub(super) fn campaign(&mut self) {
+    /// Starts an election: a pre-vote round first when PreVote is on.
+    /// `transfer`: at the leader's request (`TimeoutNow`), so the requests
+    /// pass the voters' lease.
+    pub(super) fn campaign(&mut self, transfer: bool) {
         if self.config.pre_vote {
-            self.become_pre_candidate();
+            self.become_pre_candidate(transfer);
         } else {
-            self.become_candidate(false);
+            self.become_candidate(transfer);
         }
     }
 
@@ -54,14 +57,15 @@ impl Raft {
         self.reset_timers();
     }
 
-    pub(super) fn become_pre_candidate(&mut self) {
+    pub(super) fn become_pre_candidate(&mut self, transfer: bool) {
         self.abandon_leadership();
         self.role = Role::PreCandidate {
             votes: BTreeMap::new(),
+            transfer,
         };
         self.leader = None;
         self.reset_timers();
-        self.request_votes(true, false);
+        self.request_votes(true, transfer);
     }
 
     /// Starts an election in the next term; `transfer`: at the leader's
@@ -102,6 +106,7 @@ impl Raft {
                 Body::PreVote {
                     last_index,
                     last_term,
+                    transfer,
                 }
             } else {
                 Body::Vote {
@@ -182,14 +187,15 @@ impl Raft {
 
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool, pre: bool) {
         let result = match &mut self.role {
-            Role::PreCandidate { votes } | Role::Candidate { votes } => {
+            Role::PreCandidate { votes, .. } | Role::Candidate { votes } => {
                 votes.entry(from).or_insert(granted);
                 self.membership.vote_result(votes)
             }
             _ => return,
         };
+        let transfer = matches!(self.role, Role::PreCandidate { transfer: true, .. });
         match result {
-            VoteResult::Won if pre => self.become_candidate(false),
+            VoteResult::Won if pre => self.become_candidate(transfer),
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {
                 let term = self.term;

@@ -14,7 +14,7 @@ impl Raft {
         } else {
             self.election_elapsed += 1;
             if self.election_elapsed >= self.randomized_timeout && self.can_campaign() {
-                self.campaign();
+                self.campaign(false);
             }
         }
     }
@@ -26,7 +26,7 @@ impl Raft {
     /// leadership transfer's target; scenario tests).
     pub fn campaign_now(&mut self) {
         if !self.is_leader() && self.can_campaign() {
-            self.campaign();
+            self.campaign(false);
         }
     }
 
@@ -201,18 +201,28 @@ impl Raft {
     /// is done (ignored, or answered here).
     fn settle_term(&mut self, m: &Message) -> bool {
         if m.term > self.term {
-            let is_vote_request = matches!(
-                m.body,
-                Body::PreVote { .. }
-                    | Body::Vote {
-                        transfer: false,
-                        ..
-                    }
-            );
-            if is_vote_request && self.in_leader_lease() {
+            let (is_vote_request, passes_lease) = match m.body {
+                Body::PreVote {
+                    last_index,
+                    last_term,
+                    transfer,
+                }
+                | Body::Vote {
+                    last_index,
+                    last_term,
+                    transfer,
+                } => (
+                    true,
+                    transfer && self.log.is_up_to_date(last_index, last_term),
+                ),
+                _ => (false, false),
+            };
+            if is_vote_request && !passes_lease && self.in_leader_lease() {
                 // We heard from a leader within the minimum election timeout:
                 // this candidate is probably disruptive (dissertation §4.2.3).
-                // Not so a transfer's target: the leader asked for it.
+                // Not so a transfer's target whose log is as up to date as
+                // ours: the leader asked for it. (One that is behind, a late
+                // `TimeoutNow`'s, could not win: it is ignored here too.)
                 return false;
             }
             match m.body {
@@ -260,13 +270,17 @@ impl Raft {
             Body::PreVote {
                 last_index,
                 last_term,
+                ..
             } => self.handle_vote_request(m.from, m.term, last_index, last_term, true),
             Body::Vote {
                 last_index,
                 last_term,
                 ..
             } => self.handle_vote_request(m.from, m.term, last_index, last_term, false),
-            Body::TimeoutNow => self.handle_timeout_now(m.from),
+            Body::TimeoutNow {
+                last_index,
+                last_term,
+            } => self.handle_timeout_now(m.from, last_index, last_term),
             Body::PreVoteResponse { granted } => {
                 // Count only answers about the term we are asking for now.
                 if !granted || m.term == self.term.next() {

@@ -38,6 +38,9 @@ pub enum Body {
         last_index: LogIndex,
         /// Term of the candidate's last entry.
         last_term: Term,
+        /// Asked by the target of a leadership transfer (see
+        /// [`Body::Vote`]'s): answered despite the leader lease.
+        transfer: bool,
     },
     /// Answer to a [`Body::PreVote`].
     PreVoteResponse {
@@ -52,13 +55,23 @@ pub enum Body {
         last_term: Term,
         /// Sent by the target of a leadership transfer ([`Body::TimeoutNow`]):
         /// voters that still hear the leader answer it anyway, since the
-        /// leader itself asked for this election (dissertation §3.10).
+        /// leader itself asked for this election (dissertation §3.10), but
+        /// only if its log is at least as up to date as their own.
         transfer: bool,
     },
     /// From a leader to the target of its leadership transfer, once the
     /// target's log matches its own: campaign now, without waiting for the
-    /// election timeout and without a pre-vote round (dissertation §3.10).
-    TimeoutNow,
+    /// election timeout (dissertation §3.10), through a pre-vote round that
+    /// passes the lease. Obeyed only by a target whose log still ends at
+    /// the leader's last entry, and its pre-votes find a majority only
+    /// where no log is ahead of it: a copy that arrives late (the leader
+    /// took proposals again) moves no term.
+    TimeoutNow {
+        /// Index of the leader's last entry when it sent this.
+        last_index: LogIndex,
+        /// Term of that entry.
+        last_term: Term,
+    },
     /// Answer to a [`Body::Vote`].
     VoteResponse {
         /// Whether the vote was granted.
@@ -323,18 +336,22 @@ impl Message {
             Body::PreVote {
                 last_index,
                 last_term,
+                ..
             }
             | Body::Vote {
                 last_index,
                 last_term,
                 ..
+            }
+            | Body::TimeoutNow {
+                last_index,
+                last_term,
             } => {
                 index("last index", *last_index)?;
                 term("last term", *last_term)
             }
             Body::PreVoteResponse { .. }
             | Body::VoteResponse { .. }
-            | Body::TimeoutNow
             | Body::HeartbeatResponse { .. }
             | Body::TermQuery { .. } => Ok(()),
             Body::TermReply { leader_last, .. } => match leader_last {

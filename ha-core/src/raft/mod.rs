@@ -83,8 +83,11 @@ enum Role {
     /// Follows `Raft::leader` (or waits for one).
     Follower,
     /// Asking for pre-votes; `votes` holds the answers so far (no term
-    /// moved yet).
-    PreCandidate { votes: BTreeMap<NodeId, bool> },
+    /// moved yet); `transfer`: at the leader's request (`TimeoutNow`).
+    PreCandidate {
+        votes: BTreeMap<NodeId, bool>,
+        transfer: bool,
+    },
     /// Campaigning in `Raft::term`; `votes` holds the answers so far.
     Candidate { votes: BTreeMap<NodeId, bool> },
     /// Leading `Raft::term` (boxed: the largest variant by far).

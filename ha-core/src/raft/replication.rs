@@ -44,7 +44,8 @@ impl Raft {
         };
         l.heartbeat_seq += 1;
         let seq = l.heartbeat_seq;
-        for (peer, p) in &l.progress {
+        let campaigning = l.campaigning_target();
+        for (peer, p) in l.progress.iter().filter(|(n, _)| Some(**n) != campaigning) {
             self.msgs.push(Message {
                 from: me,
                 to: *peer,
@@ -227,7 +228,13 @@ impl Raft {
         };
         let last = self.log.last_index();
         let heartbeat_seq = l.heartbeat_seq;
+        let campaigning = l.campaigning_target();
         for (peer, p) in l.progress.iter_mut() {
+            if Some(*peer) == campaigning {
+                // Its log is whole; an append now would turn it back from
+                // the pre-vote round this leader asked for.
+                continue;
+            }
             let append = |prev_index, prev_term, entries| Message {
                 from: me,
                 to: *peer,

@@ -576,52 +576,92 @@ fn a_leader_probes_a_repairing_follower_from_where_its_log_ends() {
 
 /// `TimeoutNow` makes a follower campaign at once, without PreVote and
 /// with the transfer flag, only when it comes from the leader it follows
-/// in its own term; from anyone else it changes nothing.
+/// in its own term and names the entry this log ends at; otherwise it
+/// changes nothing.
 #[test]
 fn timeout_now_is_obeyed_only_from_the_leader_followed() {
     let mut r = node();
     r.step(heartbeat(3)).unwrap();
     drain(&mut r);
     assert_eq!((r.term(), r.leader()), (Term(3), Some(NodeId(2))));
-    for stranger in [msg(3, 3, Body::TimeoutNow), msg(2, 2, Body::TimeoutNow)] {
+    let now = |from: u64, term: u64, last: u64| {
+        msg(
+            from,
+            term,
+            Body::TimeoutNow {
+                last_index: LogIndex(last),
+                last_term: Term(0),
+            },
+        )
+    };
+    // Not the leader followed, an older term, or a log that no longer
+    // ends where the leader's did (a late copy): nothing happens.
+    for stranger in [now(3, 3, 0), now(2, 2, 0), now(2, 3, 5)] {
         r.step(stranger).unwrap();
         assert!(drain(&mut r).is_empty());
         assert_eq!((r.role(), r.term()), (RoleKind::Follower, Term(3)));
     }
-    r.step(msg(2, 3, Body::TimeoutNow)).unwrap();
+    r.step(now(2, 3, 0)).unwrap();
+    // PreVote is on: a pre-vote round first, its term not moved yet.
+    assert_eq!((r.role(), r.term()), (RoleKind::PreCandidate, Term(3)));
+    let asks: Vec<Message> = drain(&mut r);
+    assert_eq!(asks.len(), 2, "{asks:?}");
+    assert!(
+        asks.iter()
+            .all(|m| m.term == Term(4) && matches!(m.body, Body::PreVote { transfer: true, .. })),
+        "{asks:?}"
+    );
+    // Granted: the election itself, its votes marked too.
+    let granted = |from| msg(from, 4, Body::PreVoteResponse { granted: true });
+    r.step(granted(2)).unwrap();
     assert_eq!((r.role(), r.term()), (RoleKind::Candidate, Term(4)));
     let votes: Vec<Message> = drain(&mut r);
-    assert_eq!(votes.len(), 2, "{votes:?}");
     assert!(
-        votes
-            .iter()
-            .all(|m| m.term == Term(4) && matches!(m.body, Body::Vote { transfer: true, .. })),
+        votes.len() == 2
+            && votes
+                .iter()
+                .all(|m| m.term == Term(4) && matches!(m.body, Body::Vote { transfer: true, .. })),
         "{votes:?}"
     );
 }
 
 /// A voter that heard its leader within the lease ignores an ordinary
-/// candidate of a higher term, but answers a transfer's target.
+/// candidate of a higher term, and a transfer's target whose log is
+/// behind its own (a late `TimeoutNow`'s), but answers a transfer's
+/// target that could win.
 #[test]
-fn the_leader_lease_yields_only_to_a_transfer() {
-    let vote = |transfer| {
+fn the_leader_lease_yields_only_to_a_transfer_that_could_win() {
+    let vote = |transfer, last: u64| {
         msg(
             3,
             4,
             Body::Vote {
-                last_index: LogIndex(0),
-                last_term: Term(0),
+                last_index: LogIndex(last),
+                last_term: Term(last.min(1)),
                 transfer,
             },
         )
     };
     let mut r = node();
     r.step(heartbeat(3)).unwrap();
+    r.step(msg(
+        2,
+        3,
+        Body::Append {
+            prev_index: LogIndex(0),
+            prev_term: Term(0),
+            entries: vec![entry(1, 1)],
+            commit: LogIndex(0),
+        },
+    ))
+    .unwrap();
     drain(&mut r);
-    r.step(vote(false)).unwrap();
-    assert!(drain(&mut r).is_empty(), "ignored within the lease");
-    assert_eq!(r.term(), Term(3));
-    r.step(vote(true)).unwrap();
+    for ignored in [vote(false, 1), vote(true, 0)] {
+        r.step(ignored).unwrap();
+        assert!(drain(&mut r).is_empty(), "ignored within the lease");
+        assert_eq!(r.term(), Term(3));
+    }
+    r.step(vote(true, 1)).unwrap();
     assert_eq!(vote_granted(&drain(&mut r)), Some(true));
     assert_eq!(r.term(), Term(4));
 }

@@ -1,7 +1,10 @@
 //! Leadership transfer (dissertation §3.10): the leader stops taking
 //! proposals, brings the target's log up to its own, then tells it to
-//! campaign at once ([`Body::TimeoutNow`]); the target's votes carry a flag
-//! that lets voters answer despite the leader lease.
+//! campaign at once ([`Body::TimeoutNow`]); the target's pre-votes and
+//! votes carry a flag that lets voters whose logs are not ahead of it
+//! answer despite the leader lease. With PreVote on, the target moves its
+//! term only once a majority would vote for it, so a stale `TimeoutNow`
+//! disturbs nobody.
 //!
 //! Invariants:
 //! 1. While a transfer runs, the leader appends nothing new
@@ -10,10 +13,15 @@
 //! 2. `TimeoutNow` goes only to a voter whose acknowledged log ends at the
 //!    leader's last index, so the target wins against any voter the leader
 //!    could win against (its log is at least as up to date).
-//! 3. A transfer that has not ended within an election timeout (the target
-//!    is down, or lost the election) is abandoned, and the leader takes
-//!    proposals again. A transfer never outlives this leader's term: the
-//!    leader state that holds it goes when the leader steps down.
+//! 3. A transfer that has not ended within an election timeout of its
+//!    start, or of its `TimeoutNow` (the target is down, or lost the
+//!    election), is abandoned, and the leader takes proposals again. A
+//!    transfer never outlives this leader's term: the leader state that
+//!    holds it goes when the leader steps down.
+//! 4. The target obeys `TimeoutNow` only from the leader it follows, in
+//!    that leader's term, and only while its log ends at the leader's last
+//!    entry named in it: a copy delayed past the transfer's end, when the
+//!    leader has appended more, starts no election.
 
 use super::*;
 
@@ -24,7 +32,8 @@ pub(super) struct Transfer {
     pub(super) to: NodeId,
     /// Ticks since the transfer started (invariant 3).
     pub(super) elapsed: u64,
-    /// Whether `TimeoutNow` was sent (once per transfer).
+    /// Whether `TimeoutNow` was sent (once per request: asking again for
+    /// the same target sends it again, in case it was lost).
     pub(super) sent: bool,
 }
 
@@ -50,6 +59,16 @@ pub enum TransferError {
         /// That transfer's target.
         to: NodeId,
     },
+}
+
+impl LeaderState {
+    /// The transfer's target once it was told to campaign: this leader
+    /// sends it nothing more (no append or heartbeat would help a log that
+    /// is whole, and one would make it a follower again, ending the
+    /// pre-vote round it was asked to run) until the transfer is abandoned.
+    pub(super) fn campaigning_target(&self) -> Option<NodeId> {
+        self.transfer.as_ref().filter(|t| t.sent).map(|t| t.to)
+    }
 }
 
 impl Raft {
@@ -85,16 +104,18 @@ impl Raft {
                 best.ok_or(TransferError::NoOtherVoter)?
             }
         };
-        match &l.transfer {
-            Some(t) if t.to == target => return Ok(target),
+        match &mut l.transfer {
+            // Asked again: maybe the `TimeoutNow` was lost; send it again.
+            Some(t) if t.to == target => t.sent = false,
             Some(t) => return Err(TransferError::InProgress { to: t.to }),
-            None => {}
+            None => {
+                l.transfer = Some(Transfer {
+                    to: target,
+                    elapsed: 0,
+                    sent: false,
+                })
+            }
         }
-        l.transfer = Some(Transfer {
-            to: target,
-            elapsed: 0,
-            sent: false,
-        });
         self.maybe_send_timeout_now();
         Ok(target)
     }
@@ -121,12 +142,17 @@ impl Raft {
         if t.sent || !caught_up {
             return;
         }
+        // The wait starts again: an election timeout for the target to win.
         t.sent = true;
+        t.elapsed = 0;
         self.msgs.push(Message {
             from: me,
             to: t.to,
             term,
-            body: Body::TimeoutNow,
+            body: Body::TimeoutNow {
+                last_index: last,
+                last_term: self.log.last_term(),
+            },
         });
     }
 
@@ -145,13 +171,25 @@ impl Raft {
         }
     }
 
-    /// `TimeoutNow` from the leader of this term: campaign at once, without
-    /// a pre-vote round, as the transfer's target. Ignored from anyone but
-    /// the leader this node follows, and by a node that may not campaign
-    /// (a learner, a repairing node).
-    pub(super) fn handle_timeout_now(&mut self, from: NodeId) {
-        if matches!(self.role, Role::Follower) && self.leader == Some(from) && self.can_campaign() {
-            self.become_candidate(true);
+    /// `TimeoutNow` from the leader of this term: campaign at once (a
+    /// pre-vote round first when PreVote is on), as the transfer's target. Ignored from anyone but
+    /// the leader this node follows, when this log no longer ends at the
+    /// leader's last entry it names (invariant 4), and by a node that may
+    /// not campaign (a learner, a repairing node).
+    pub(super) fn handle_timeout_now(
+        &mut self,
+        from: NodeId,
+        last_index: LogIndex,
+        last_term: Term,
+    ) {
+        let matches_leader =
+            self.log.last_index() == last_index && self.log.last_term() == last_term;
+        if matches!(self.role, Role::Follower)
+            && self.leader == Some(from)
+            && matches_leader
+            && self.can_campaign()
+        {
+            self.campaign(true);
         }
     }
 }

@@ -20,7 +20,11 @@ pub fn message_text(m: &Message) -> String {
         Body::PreVote {
             last_index,
             last_term,
-        } => format!("PreVote last={last_index}@{last_term}"),
+            transfer,
+        } => {
+            let why = if *transfer { " transfer" } else { "" };
+            format!("PreVote last={last_index}@{last_term}{why}")
+        }
         Body::Vote {
             last_index,
             last_term,
@@ -29,7 +33,10 @@ pub fn message_text(m: &Message) -> String {
             let why = if *transfer { " transfer" } else { "" };
             format!("Vote last={last_index}@{last_term}{why}")
         }
-        Body::TimeoutNow => "TimeoutNow".to_string(),
+        Body::TimeoutNow {
+            last_index,
+            last_term,
+        } => format!("TimeoutNow last={last_index}@{last_term}"),
         Body::PreVoteResponse { granted } => format!("PreVoteResponse granted={granted}"),
         Body::VoteResponse { granted } => format!("VoteResponse granted={granted}"),
         Body::Append {

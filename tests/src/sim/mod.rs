@@ -112,7 +112,7 @@ fn body_kind(b: &Body) -> &'static str {
         Body::Heartbeat { .. } => "heartbeat",
         Body::HeartbeatResponse { .. } => "heartbeat-resp",
         Body::InstallSnapshot { .. } => "install-snapshot",
-        Body::TimeoutNow => "timeout-now",
+        Body::TimeoutNow { .. } => "timeout-now",
     }
 }
 

@@ -39,7 +39,7 @@ enum MsgText {
     Heartbeat(LogIndex, u64),
     HeartbeatResp(u64),
     InstallSnapshot(LogIndex, Term),
-    TimeoutNow,
+    TimeoutNow(LogIndex),
 }
 
 /// Summarizes a message without copying its entries.
@@ -48,6 +48,7 @@ pub fn summarize(m: &Message) -> MsgSummary {
         Body::PreVote {
             last_index,
             last_term,
+            ..
         } => MsgText::PreVote(*last_index, *last_term),
         Body::PreVoteResponse { granted } => MsgText::PreVoteResp(*granted),
         Body::Vote {
@@ -55,7 +56,7 @@ pub fn summarize(m: &Message) -> MsgSummary {
             last_term,
             ..
         } => MsgText::Vote(*last_index, *last_term),
-        Body::TimeoutNow => MsgText::TimeoutNow,
+        Body::TimeoutNow { last_index, .. } => MsgText::TimeoutNow(*last_index),
         Body::VoteResponse { granted } => MsgText::VoteResp(*granted),
         Body::Append {
             prev_index,
@@ -126,7 +127,7 @@ impl std::fmt::Display for MsgSummary {
             MsgText::Heartbeat(c, r) => write!(f, "Heartbeat commit={c} seq={r}"),
             MsgText::HeartbeatResp(r) => write!(f, "HeartbeatResp seq={r}"),
             MsgText::InstallSnapshot(i, t) => write!(f, "InstallSnapshot {i}@{t}"),
-            MsgText::TimeoutNow => write!(f, "TimeoutNow"),
+            MsgText::TimeoutNow(i) => write!(f, "TimeoutNow last={i}"),
         }
     }
 }
