@@ -4,7 +4,7 @@
 
 use super::*;
 
-// Issue: storage never forgets an acknowledged batch.
+// Storage never forgets an acknowledged batch.
 
 /// The story: a bit flipped inside the last synced batch (entries 6–10 and
 /// the vote for n3 in term 2) was cut off as a torn tail: the node forgot

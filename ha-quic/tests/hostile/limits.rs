@@ -5,7 +5,7 @@
 use super::*;
 
 // ---------------------------------------------------------------------------
-// Issue 11: raw proposals on typed nodes.
+// Raw proposals on typed nodes.
 
 /// The story: `ClientRequest::Propose` let any client put raw bytes in the
 /// log of a typed service, a forged leader timestamp included. A node with
@@ -46,7 +46,7 @@ fn a_typed_node_refuses_raw_proposals() {
 }
 
 // ---------------------------------------------------------------------------
-// Issue 12: resource limits against authenticated peers and clients.
+// Resource limits against authenticated peers and clients.
 
 /// The story: a frame's claimed length was allocated at once, and a frame
 /// that never finished was waited for forever, so a peer could pin 16 MiB

@@ -5,7 +5,7 @@
 use super::*;
 
 // ---------------------------------------------------------------------------
-// Issues 6 and 16: snapshot transfers.
+// Snapshot transfers.
 
 /// A snapshot directory that refuses to begin or to finish a received
 /// snapshot, or is slow to finish one; otherwise a real directory.

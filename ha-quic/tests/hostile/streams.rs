@@ -6,7 +6,7 @@
 use super::*;
 
 // ---------------------------------------------------------------------------
-// Issue 9: one request just under 16 MiB used to stop all writes.
+// One request just under 16 MiB used to stop all writes.
 
 /// The story: client and replication frames shared one 16 MiB cap, so a
 /// request just under it was accepted into the log, the append carrying it
