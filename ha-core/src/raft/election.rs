@@ -20,13 +20,13 @@ impl Raft {
     }
 
     /// Starts an election: a pre-vote round first when PreVote is on.
-    /// `transfer`: at the leader's request (`TimeoutNow`), so the requests
-    /// pass the voters' lease.
-    pub(super) fn campaign(&mut self, transfer: bool) {
+    /// `transfer_from`: the leader whose `TimeoutNow` asked for it, so the
+    /// requests pass the voters' lease.
+    pub(super) fn campaign(&mut self, transfer_from: Option<NodeId>) {
         if self.config.pre_vote {
-            self.become_pre_candidate(transfer);
+            self.become_pre_candidate(transfer_from);
         } else {
-            self.become_candidate(transfer);
+            self.become_candidate(transfer_from.is_some());
         }
     }
 
@@ -57,15 +57,22 @@ impl Raft {
         self.reset_timers();
     }
 
-    pub(super) fn become_pre_candidate(&mut self, transfer: bool) {
+    pub(super) fn become_pre_candidate(&mut self, transfer_from: Option<NodeId>) {
         self.abandon_leadership();
         self.role = Role::PreCandidate {
             votes: BTreeMap::new(),
-            transfer,
+            transfer_from,
         };
         self.leader = None;
         self.reset_timers();
-        self.request_votes(true, transfer);
+        self.request_votes(true, transfer_from.is_some());
+    }
+
+    /// Whether this node runs the pre-vote round `from`'s `TimeoutNow`
+    /// asked for: `from`'s appends and heartbeats of this term do not end
+    /// it (they are taken as a follower takes them).
+    pub(super) fn transferring_from(&self, from: NodeId) -> bool {
+        matches!(self.role, Role::PreCandidate { transfer_from: Some(l), .. } if l == from)
     }
 
     /// Starts an election in the next term; `transfer`: at the leader's
@@ -193,7 +200,13 @@ impl Raft {
             }
             _ => return,
         };
-        let transfer = matches!(self.role, Role::PreCandidate { transfer: true, .. });
+        let transfer = matches!(
+            self.role,
+            Role::PreCandidate {
+                transfer_from: Some(_),
+                ..
+            }
+        );
         match result {
             VoteResult::Won if pre => self.become_candidate(transfer),
             VoteResult::Won => self.become_leader(),

@@ -14,7 +14,7 @@ impl Raft {
         } else {
             self.election_elapsed += 1;
             if self.election_elapsed >= self.randomized_timeout && self.can_campaign() {
-                self.campaign(false);
+                self.campaign(None);
             }
         }
     }
@@ -26,7 +26,7 @@ impl Raft {
     /// leadership transfer's target; scenario tests).
     pub fn campaign_now(&mut self) {
         if !self.is_leader() && self.can_campaign() {
-            self.campaign(false);
+            self.campaign(None);
         }
     }
 
@@ -264,6 +264,22 @@ impl Raft {
         true
     }
 
+    /// A leader of this term spoke (append, heartbeat, snapshot): follow
+    /// it, unless this node runs the transfer pre-vote round that leader
+    /// asked for (then the message is taken, but the round goes on, and
+    /// its election timer keeps running so a round that never ends falls
+    /// back to an ordinary election).
+    fn follow(&mut self, leader: NodeId, term: Term) {
+        if self.transferring_from(leader) {
+            return;
+        }
+        if !matches!(self.role, Role::Follower) {
+            self.become_follower(term, Some(leader));
+        }
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+    }
+
     /// Hands a message of this node's term to its handler.
     fn dispatch(&mut self, m: Message) -> Result<(), StepError> {
         match m.body {
@@ -294,19 +310,11 @@ impl Raft {
                 entries,
                 commit,
             } => {
-                if !matches!(self.role, Role::Follower) {
-                    self.become_follower(m.term, Some(m.from));
-                }
-                self.leader = Some(m.from);
-                self.election_elapsed = 0;
+                self.follow(m.from, m.term);
                 self.handle_append(m.from, prev_index, prev_term, &entries, commit)?;
             }
             Body::Heartbeat { commit, seq } => {
-                if !matches!(self.role, Role::Follower) {
-                    self.become_follower(m.term, Some(m.from));
-                }
-                self.leader = Some(m.from);
-                self.election_elapsed = 0;
+                self.follow(m.from, m.term);
                 if self.repair.is_some() {
                     self.announce_repair(m.from);
                 } else {
@@ -315,11 +323,7 @@ impl Raft {
                 }
             }
             Body::InstallSnapshot { index, term } => {
-                if !matches!(self.role, Role::Follower) {
-                    self.become_follower(m.term, Some(m.from));
-                }
-                self.leader = Some(m.from);
-                self.election_elapsed = 0;
+                self.follow(m.from, m.term);
                 self.handle_install_snapshot(m.from, index, term);
             }
             Body::AppendResponse(outcome) => self.handle_append_response(m.from, outcome),

@@ -83,10 +83,11 @@ enum Role {
     /// Follows `Raft::leader` (or waits for one).
     Follower,
     /// Asking for pre-votes; `votes` holds the answers so far (no term
-    /// moved yet); `transfer`: at the leader's request (`TimeoutNow`).
+    /// moved yet); `transfer_from`: the leader whose `TimeoutNow` asked for
+    /// this round, if one did.
     PreCandidate {
         votes: BTreeMap<NodeId, bool>,
-        transfer: bool,
+        transfer_from: Option<NodeId>,
     },
     /// Campaigning in `Raft::term`; `votes` holds the answers so far.
     Candidate { votes: BTreeMap<NodeId, bool> },

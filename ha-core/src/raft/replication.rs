@@ -44,8 +44,7 @@ impl Raft {
         };
         l.heartbeat_seq += 1;
         let seq = l.heartbeat_seq;
-        let campaigning = l.campaigning_target();
-        for (peer, p) in l.progress.iter().filter(|(n, _)| Some(**n) != campaigning) {
+        for (peer, p) in &l.progress {
             self.msgs.push(Message {
                 from: me,
                 to: *peer,
@@ -228,13 +227,7 @@ impl Raft {
         };
         let last = self.log.last_index();
         let heartbeat_seq = l.heartbeat_seq;
-        let campaigning = l.campaigning_target();
         for (peer, p) in l.progress.iter_mut() {
-            if Some(*peer) == campaigning {
-                // Its log is whole; an append now would turn it back from
-                // the pre-vote round this leader asked for.
-                continue;
-            }
             let append = |prev_index, prev_term, entries| Message {
                 from: me,
                 to: *peer,

@@ -611,6 +611,15 @@ fn timeout_now_is_obeyed_only_from_the_leader_followed() {
             .all(|m| m.term == Term(4) && matches!(m.body, Body::PreVote { transfer: true, .. })),
         "{asks:?}"
     );
+    // The asking leader's heartbeat is answered but does not end the
+    // round (appends and heartbeats keep flowing during a transfer).
+    r.step(heartbeat(3)).unwrap();
+    assert_eq!(r.role(), RoleKind::PreCandidate);
+    assert!(
+        drain(&mut r)
+            .iter()
+            .any(|m| matches!(m.body, Body::HeartbeatResponse { .. }))
+    );
     // Granted: the election itself, its votes marked too.
     let granted = |from| msg(from, 4, Body::PreVoteResponse { granted: true });
     r.step(granted(2)).unwrap();

@@ -14,10 +14,15 @@
 //!    leader's last index, so the target wins against any voter the leader
 //!    could win against (its log is at least as up to date).
 //! 3. A transfer that has not ended within an election timeout of its
-//!    start, or of its `TimeoutNow` (the target is down, or lost the
-//!    election), is abandoned, and the leader takes proposals again. A
-//!    transfer never outlives this leader's term: the leader state that
-//!    holds it goes when the leader steps down.
+//!    start (the target is down, or lost the election) is abandoned, and
+//!    the leader takes proposals again; asking again for the same target
+//!    resends `TimeoutNow` but does not extend it. A transfer never
+//!    outlives this leader's term: the leader state that holds it goes
+//!    when the leader steps down.
+//! 5. The leader keeps replicating to the target and heartbeating it while
+//!    it campaigns (CheckQuorum and ReadIndex count it as usual); the
+//!    target's pre-vote round is not ended by the same-term appends and
+//!    heartbeats of the leader that asked for it.
 //! 4. The target obeys `TimeoutNow` only from the leader it follows, in
 //!    that leader's term, and only while its log ends at the leader's last
 //!    entry named in it: a copy delayed past the transfer's end, when the
@@ -59,16 +64,6 @@ pub enum TransferError {
         /// That transfer's target.
         to: NodeId,
     },
-}
-
-impl LeaderState {
-    /// The transfer's target once it was told to campaign: this leader
-    /// sends it nothing more (no append or heartbeat would help a log that
-    /// is whole, and one would make it a follower again, ending the
-    /// pre-vote round it was asked to run) until the transfer is abandoned.
-    pub(super) fn campaigning_target(&self) -> Option<NodeId> {
-        self.transfer.as_ref().filter(|t| t.sent).map(|t| t.to)
-    }
 }
 
 impl Raft {
@@ -142,9 +137,7 @@ impl Raft {
         if t.sent || !caught_up {
             return;
         }
-        // The wait starts again: an election timeout for the target to win.
         t.sent = true;
-        t.elapsed = 0;
         self.msgs.push(Message {
             from: me,
             to: t.to,
@@ -184,12 +177,15 @@ impl Raft {
     ) {
         let matches_leader =
             self.log.last_index() == last_index && self.log.last_term() == last_term;
-        if matches!(self.role, Role::Follower)
-            && self.leader == Some(from)
+        // From the leader followed, or from the one whose earlier
+        // `TimeoutNow` this node's pre-vote round answers (a newer one
+        // starts the round again, naming the newer last entry).
+        let asked_by_leader = matches!(self.role, Role::Follower) && self.leader == Some(from);
+        if (asked_by_leader || self.transferring_from(from))
             && matches_leader
             && self.can_campaign()
         {
-            self.campaign(true);
+            self.campaign(Some(from));
         }
     }
 }
