@@ -101,13 +101,7 @@ impl Raft {
         }
         let term = if pre { self.term.next() } else { self.term };
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<NodeId> = self
-            .membership
-            .voters
-            .union(&self.membership.voters_outgoing)
-            .copied()
-            .filter(|n| *n != me)
-            .collect();
+        let voters: Vec<NodeId> = self.membership.other_voters(me).collect();
         for to in voters {
             let body = if pre {
                 Body::PreVote {

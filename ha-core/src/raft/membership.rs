@@ -79,6 +79,16 @@ impl Membership {
         self.is_voter(id) || self.learners.contains(&id)
     }
 
+    /// The voters of either half other than `me`, each once, in id order
+    /// (whom a candidate asks, a repairing node queries, a leader may hand
+    /// leadership to).
+    pub fn other_voters(&self, me: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters
+            .union(&self.voters_outgoing)
+            .copied()
+            .filter(move |v| *v != me)
+    }
+
     /// Every node that should receive the log: voters of both halves and learners.
     pub fn replication_targets(&self) -> BTreeSet<NodeId> {
         let mut all: BTreeSet<NodeId> = self.voters.union(&self.voters_outgoing).copied().collect();

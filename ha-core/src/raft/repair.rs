@@ -33,10 +33,8 @@ impl Raft {
         }
         let mut ask: BTreeSet<NodeId> = self
             .membership
-            .voters
-            .union(&self.membership.voters_outgoing)
-            .copied()
-            .filter(|&v| v != me && !r.heard.contains(&v))
+            .other_voters(me)
+            .filter(|v| !r.heard.contains(v))
             .collect();
         let all_heard = ask.is_empty();
         let leader_last = r.leader_last.filter(|(t, _)| *t == term).map(|(_, l)| l);

@@ -80,13 +80,7 @@ impl Raft {
                 leader: self.leader,
             });
         };
-        let voters: Vec<NodeId> = self
-            .membership
-            .voters
-            .union(&self.membership.voters_outgoing)
-            .copied()
-            .filter(|v| *v != me)
-            .collect();
+        let voters: Vec<NodeId> = self.membership.other_voters(me).collect();
         let target = match to {
             Some(t) if voters.contains(&t) => t,
             Some(t) => return Err(TransferError::NotAVoter(t)),
