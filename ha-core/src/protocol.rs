@@ -149,6 +149,18 @@ pub enum ClientRequest {
         /// The same for every retry of one call (see [`LogOp::Resume`]).
         nonce: u64,
     },
+    /// Hand leadership over (an operator's command): to `to`, or to the
+    /// most up-to-date voter. Answered with
+    /// [`ClientResponse::LeaderTransferred`] once the new leader is known.
+    /// Retries are harmless: the leader answers at once if `to` already
+    /// leads, or, with no `to`, if it is not `from`.
+    TransferLeader {
+        /// The leader the client saw when the call began (`None`: whoever
+        /// leads when this arrives).
+        from: Option<u64>,
+        /// The node to hand over to (`None`: the most up-to-date voter).
+        to: Option<u64>,
+    },
 }
 
 /// A node's status, as clients see it: its own report and the
@@ -228,6 +240,11 @@ pub enum ClientResponse {
         /// Which limit was reached.
         message: String,
     },
+    /// The answer to [`ClientRequest::TransferLeader`]: who leads now.
+    LeaderTransferred {
+        /// The new leader.
+        leader: u64,
+    },
 }
 
 /// What applying a session command produced.
@@ -277,7 +294,7 @@ mod tests {
     use crate::raft::RoleKind;
     use crate::types::{LogIndex, NodeId, Term};
 
-    /// The status answer's bytes are part of `ha-client/3`: postcard
+    /// The status answer's bytes are part of `ha-client/4`: postcard
     /// encodes by position and variant number, so reordering `RoleKind`'s
     /// variants or a field of `NodeStatus` or `StatusView` changes them
     /// silently. A change that makes this test fail needs a new client ALPN

@@ -75,6 +75,24 @@ pub async fn answer(req: ClientRequest, node: &NodeHandle, schemas: Schemas) -> 
             &node.status(),
             &node.metrics(),
         )))),
+        ClientRequest::TransferLeader { from, to } => transfer(node, from, to).await,
+    }
+}
+
+/// Hands leadership over, unless a retry finds it done already: `to`
+/// leads, or (no target named) the leader is no longer `from`.
+async fn transfer(node: &NodeHandle, from: Option<u64>, to: Option<u64>) -> Answered {
+    let status = node.status();
+    if status.role != crate::raft::RoleKind::Leader {
+        return Answered::NotLeader(status.leader);
+    }
+    let me = node.id().0;
+    if to == Some(me) || (to.is_none() && from.is_some_and(|f| f != me)) {
+        return Answered::Response(ClientResponse::LeaderTransferred { leader: me });
+    }
+    match node.transfer_leadership(to.map(NodeId)).await {
+        Ok(leader) => Answered::Response(ClientResponse::LeaderTransferred { leader: leader.0 }),
+        Err(e) => failed(e),
     }
 }
 
@@ -147,7 +165,13 @@ fn failed(e: NodeError) -> Answered {
         // client would retry until its deadline. A query's own error (it
         // panicked, it cannot be decoded, the service is halted) is the
         // same on every node.
-        NodeError::TooLarge { .. } | NodeError::Query(_) => {
+        // Another transfer is running: the same as a full node.
+        NodeError::TransferRefused(crate::raft::TransferError::InProgress { .. }) => {
+            Answered::Response(ClientResponse::Busy {
+                message: e.to_string(),
+            })
+        }
+        NodeError::TooLarge { .. } | NodeError::Query(_) | NodeError::TransferRefused(_) => {
             Answered::Response(ClientResponse::Refused {
                 message: e.to_string(),
             })

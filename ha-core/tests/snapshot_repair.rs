@@ -207,7 +207,7 @@ fn a_damaged_snapshot_before_the_log_keeps_the_log() {
         );
         // A set-aside file is no snapshot to send or to name.
         let snaps = SnapshotStore::open(fs.clone(), Path::new(SNAP)).unwrap();
-        assert!(!snaps.contains(LogIndex(8), Term(1)).unwrap());
+        assert!(snaps.meta_of(LogIndex(8), Term(1)).unwrap().is_none());
         let (m, _, _) = snaps.open_latest_file().unwrap().expect("snapshot 4");
         assert_eq!(m.index, LogIndex(4));
         snaps.retain(1).unwrap();

@@ -99,7 +99,7 @@ fn main() {
             from: NodeId(1),
             to: NodeId(2),
             term: Term(3),
-            body: Body::InstallSnapshot { index: LogIndex(1_000_000), term: Term(3) },
+            body: Body::InstallSnapshot { index: LogIndex(1_000_000), term: Term(3), membership: Default::default() },
         };
         let base_rss = proc_status_kb("VmRSS:");
         reset_peak();

@@ -260,6 +260,14 @@ impl<T: Replicated> LocalCluster<T> {
         self.addrs.get(&NodeId(id)).copied()
     }
 
+    /// A handle on node `id`, if it runs (proposals, leadership transfer,
+    /// status in process).
+    pub fn handle(&self, id: u64) -> Option<ha_core::node::NodeHandle> {
+        self.running
+            .get(&NodeId(id))
+            .map(|r| r.node.handle().clone())
+    }
+
     /// Node `id`'s status, if it runs.
     pub fn status(&self, id: u64) -> Option<NodeStatus> {
         self.running

@@ -7,13 +7,14 @@
 //!   by the cluster CA, the only trust anchor. A client with no certificate,
 //!   or one from another CA, fails the handshake.
 //! - ALPN separates peer traffic (`ha-raft/3`) from client traffic
-//!   (`ha-client/3`) on the one endpoint of a node. Each protocol's
+//!   (`ha-client/4`) on the one endpoint of a node. Each protocol's
 //!   version is in its ALPN: `ha-raft/3` sends snapshots on bidirectional
 //!   streams that end with the receiver's verdict and carries leadership
 //!   transfer (`TimeoutNow`, and votes marked as a transfer's); `ha-client/3` checks
 //!   queries against their own fingerprint, carries panic outcomes,
 //!   the panic policy and resume, and answers a status with the node's
-//!   typed report (`ha-client/2` sent roles and ids as text and numbers).
+//!   typed report (`ha-client/2` sent roles and ids as text and numbers);
+//!   `ha-client/4` adds the leadership transfer request.
 //! - A dialing node names the peer it expects (`node-<id>`), so the server's
 //!   certificate must be that node's; the accepting side checks the dialer's
 //!   claimed id against its certificate (see `transport`).
@@ -54,7 +55,7 @@ use crate::certs::TlsIdentity;
 /// ALPN of node-to-node traffic.
 pub const ALPN_PEER: &[u8] = b"ha-raft/3";
 /// ALPN of client traffic.
-pub const ALPN_CLIENT: &[u8] = b"ha-client/3";
+pub const ALPN_CLIENT: &[u8] = b"ha-client/4";
 
 /// QUIC transport settings (see the module docs for why).
 #[derive(Clone, Debug)]

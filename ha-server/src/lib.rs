@@ -50,6 +50,6 @@ mod server;
 pub use error::ServeError;
 pub use http::{HttpLimits, NotReady, READY_MAX_APPLY_LAG, readiness};
 pub use server::{
-    DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_SNAPSHOT_EVERY, Server, ServerBuilder,
-    Stopped,
+    DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_SNAPSHOT_EVERY, HandOver, Server,
+    ServerBuilder, Stopped,
 };

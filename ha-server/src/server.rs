@@ -405,11 +405,24 @@ struct Http {
 /// Why [`Server::run_until_signal`] returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stopped {
-    /// SIGINT or SIGTERM arrived; the node was shut down cleanly.
-    Signal,
+    /// SIGINT or SIGTERM arrived; the node was shut down cleanly, after
+    /// handing leadership over if it led.
+    Signal(HandOver),
     /// The node stopped by itself (for example its storage failed), for
     /// this reason.
     Node(StopReason),
+}
+
+/// What a stopping node did about its leadership ([`Server::hand_over`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandOver {
+    /// It did not lead: nothing to hand over.
+    NotLeader,
+    /// This node leads now.
+    To(NodeId),
+    /// The hand-over failed (why); the cluster elects a leader after an
+    /// election timeout, as after a crash.
+    Failed(String),
 }
 
 /// A running node of type `T`: its QUIC endpoint for peers and clients,
@@ -453,21 +466,54 @@ impl<T: Replicated> Server<T> {
     }
 
     /// Runs until SIGINT or SIGTERM, or until the node stops by itself;
-    /// then shuts down. Fails only when the signals cannot be watched.
+    /// then shuts down. On a signal, a leader first hands leadership to the
+    /// most up-to-date voter ([`Server::hand_over`]), so a planned restart
+    /// costs the cluster no election timeout. Fails only when the signals
+    /// cannot be watched.
     pub async fn run_until_signal(self) -> Result<Stopped, std::io::Error> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut status = self.handle().watch_status();
-        let why = tokio::select! {
-            _ = tokio::signal::ctrl_c() => Stopped::Signal,
-            _ = term.recv() => Stopped::Signal,
-            r = status.wait_for(|s| s.stopped.is_some()) => Stopped::Node(match r {
+        let stopped = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+            r = status.wait_for(|s| s.stopped.is_some()) => Some(match r {
                 Ok(s) => s.stopped.clone().unwrap_or(StopReason::Shutdown),
                 Err(_) => StopReason::Failed("the node task ended without saying why".into()),
             }),
         };
+        let why = match stopped {
+            Some(reason) => Stopped::Node(reason),
+            None => {
+                if let Some(h) = &self.http {
+                    // Probes see the node going while it hands over.
+                    h.routes.stopping();
+                }
+                Stopped::Signal(self.hand_over().await)
+            }
+        };
         self.shutdown().await;
         Ok(why)
+    }
+
+    /// If this node leads, hands leadership to the most up-to-date voter
+    /// and waits until that node leads (at most two election timeouts; the
+    /// node gives up sooner if the target cannot win). A node that does not
+    /// lead, or a transfer that fails, is logged and left as it is: the
+    /// cluster then elects a leader after an election timeout, as after a
+    /// crash.
+    pub async fn hand_over(&self) -> HandOver {
+        let node = self.handle();
+        if node.status().role != ha_core::raft::RoleKind::Leader {
+            return HandOver::NotLeader;
+        }
+        let limit = Duration::from_secs(10);
+        match tokio::time::timeout(limit, node.transfer_leadership(None)).await {
+            Ok(Ok(to)) => HandOver::To(to),
+            Ok(Err(ha_core::node::NodeError::NotLeader { .. })) => HandOver::NotLeader,
+            Ok(Err(e)) => HandOver::Failed(e.to_string()),
+            Err(_) => HandOver::Failed(format!("no new leader within {limit:?}")),
+        }
     }
 
     /// Stops the HTTP endpoint first (probes then see the node go), then

@@ -57,6 +57,7 @@ fn follower_given_a_snapshot() -> Raft {
     raft.step(from_leader(Body::InstallSnapshot {
         index: LogIndex(10),
         term: Term(1),
+        membership: Default::default(),
     }))
     .expect("install");
     raft.step(from_leader(Body::Append {

@@ -45,6 +45,74 @@ impl<T: Replicated> Client<T> {
         .await
     }
 
+    /// Hands leadership to node `to`, or, with `None`, to the most
+    /// up-to-date voter (an operator's command); returns the new leader
+    /// once it leads. Safe to retry: the call first asks who leads, and a
+    /// retried request finds the work done rather than moving leadership
+    /// again. Fails with `NotApplied` when the node named is not another
+    /// voter, and with `Unknown` when the call timed out (leadership may
+    /// or may not have moved).
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<u64, Error> {
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let from = self.current_leader(deadline).await?;
+        let moved = self
+            .retry(
+                deadline,
+                false,
+                || ClientRequest::TransferLeader {
+                    from: Some(from),
+                    to,
+                },
+                |resp| match resp {
+                    ClientResponse::LeaderTransferred { leader } => Reply::Done(leader),
+                    other => Reply::Retry(format!("unexpected response {other:?}")),
+                },
+            )
+            .await;
+        // The node answering was the old leader.
+        self.set_leader(None);
+        match moved {
+            Ok(leader) => Ok(leader),
+            Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
+            Err(RetryEnd::TimedOut(why)) => Err(Error::Unknown(format!(
+                "timed out handing leadership over; last error: {why}"
+            ))),
+        }
+    }
+
+    /// The id of the node that says it leads (asked in turn, until one
+    /// does or the deadline passes).
+    pub(super) async fn current_leader(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, Error> {
+        let found = self
+            .retry(
+                deadline,
+                true,
+                || ClientRequest::Status,
+                |resp| match resp {
+                    ClientResponse::Status(v) if v.node.role == crate::raft::RoleKind::Leader => {
+                        Reply::Done(v.node.id.0)
+                    }
+                    ClientResponse::Status(v) => {
+                        // Ask the next node, not this one again.
+                        self.set_leader(None);
+                        Reply::Retry(format!("node {} is not the leader", v.node.id))
+                    }
+                    other => Reply::Retry(format!("unexpected response {other:?}")),
+                },
+            )
+            .await;
+        match found {
+            Ok(id) => Ok(id),
+            Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
+            Err(RetryEnd::TimedOut(why)) => Err(Error::NotApplied(format!(
+                "no leader found; last error: {why}"
+            ))),
+        }
+    }
+
     /// Sends an operator command until it is answered: every retry carries
     /// one nonce, so the replicas answer a retry as its first attempt.
     /// `pick` takes the answer out of the outcome (`None`: not an answer to

@@ -68,6 +68,18 @@ pub enum NodeError {
     /// The query could not run (it did not decode).
     #[error("query failed: {0}")]
     Query(String),
+    /// A leadership transfer could not start (the target is not another
+    /// voter, there is none, or a transfer to another node is running).
+    #[error("leadership transfer refused: {0}")]
+    TransferRefused(crate::raft::TransferError),
+    /// A leadership transfer ended without another node taking over within
+    /// its time (the target was down or lost its election): leadership did
+    /// not move, and proposals are taken again.
+    #[error("leadership transfer to {to} did not complete in time; this node still leads")]
+    TransferFailed {
+        /// The target.
+        to: NodeId,
+    },
 }
 
 crate::debug_as_display!(NodeError);
@@ -264,6 +276,10 @@ pub(super) enum Command {
         stale: bool,
         reply: QueryReply,
     },
+    TransferLeader {
+        to: Option<NodeId>,
+        reply: TransferReply,
+    },
     Shutdown,
 }
 
@@ -322,6 +338,23 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Query { body, stale, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Hands leadership to `to`, or, with `None`, to the most up-to-date
+    /// voter heard from lately (dissertation §3.10); resolves with the new
+    /// leader once this node hears from it. Meanwhile this node refuses
+    /// proposals with [`NodeError::Busy`] (clients retry, at the new leader
+    /// once it is known); reads go on. Fails with `NotLeader` on a node
+    /// that does not lead, `TransferRefused` when it cannot start, and
+    /// `TransferFailed` when no other node took over within an election
+    /// timeout (this node then leads on).
+    pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::TransferLeader { to, reply })
             .await
             .map_err(|_| self.stopped())?;
         rx.await.map_err(|_| self.stopped())?
@@ -387,3 +420,4 @@ impl NodeHandle {
 pub(super) type ProposeReply = oneshot::Sender<Result<(LogIndex, Bytes), NodeError>>;
 pub(super) type ReadReply = oneshot::Sender<Result<LogIndex, NodeError>>;
 pub(super) type QueryReply = oneshot::Sender<Result<Bytes, NodeError>>;
+pub(super) type TransferReply = oneshot::Sender<Result<NodeId, NodeError>>;

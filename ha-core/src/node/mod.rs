@@ -30,6 +30,7 @@ mod pipeline;
 pub mod snapshots;
 mod start;
 mod task;
+mod transfer;
 
 pub use snapshots::{
     IncomingSnapshot, OutgoingSnapshot, RecoverError, SnapshotFiles, merge_snapshot, recover,

@@ -31,7 +31,9 @@ pub enum NodeStorage<V: Vfs> {
 pub struct NodeOptions {
     /// Core settings (the id among them).
     pub raft: Config,
-    /// The initial configuration.
+    /// The configuration the cluster was bootstrapped with (in force until
+    /// the first configuration entry, where no snapshot names another);
+    /// empty for a node waiting to be added.
     pub membership: Membership,
     /// Wall-clock length of one logical tick.
     pub tick: Duration,

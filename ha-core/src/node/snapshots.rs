@@ -49,6 +49,8 @@ pub struct OutgoingSnapshot {
     pub index: LogIndex,
     /// Its term.
     pub term: Term,
+    /// The configuration in force at `index`.
+    pub membership: crate::raft::Membership,
     /// Bytes in the file.
     pub len: u64,
     /// The file's bytes.
@@ -96,10 +98,11 @@ pub trait SnapshotFiles: Send + Sync {
     /// `(index, term)` exists already it is kept (both hold the same
     /// committed prefix) and the staged copy dropped.
     fn promote(&self, index: LogIndex, term: Term) -> Result<(), SnapshotError>;
-    /// Whether the snapshot ending at `(index, term)` is here, staged or
-    /// published. The node steps an `InstallSnapshot` only if it is: a
-    /// message naming a snapshot that never arrived is refused, not fatal.
-    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, SnapshotError>;
+    /// The header of the snapshot ending at `(index, term)` if it is here,
+    /// staged or published. The node steps an `InstallSnapshot` only if it
+    /// is (a message naming a snapshot that never arrived is refused, not
+    /// fatal), with the configuration the header names.
+    fn meta_of(&self, index: LogIndex, term: Term) -> Result<Option<SnapshotMeta>, SnapshotError>;
 }
 
 impl<V: Vfs> IncomingSnapshot for RawSnapshotWriter<V> {
@@ -121,6 +124,7 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
             .map(|(meta, len, data)| OutgoingSnapshot {
                 index: meta.index,
                 term: meta.term,
+                membership: meta.membership,
                 len,
                 data,
             }))
@@ -152,8 +156,8 @@ impl<V: Vfs> SnapshotFiles for SnapshotStore<V> {
     fn promote(&self, index: LogIndex, term: Term) -> Result<(), SnapshotError> {
         SnapshotStore::promote(self, index, term).map(|_| ())
     }
-    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, SnapshotError> {
-        SnapshotStore::contains(self, index, term)
+    fn meta_of(&self, index: LogIndex, term: Term) -> Result<Option<SnapshotMeta>, SnapshotError> {
+        SnapshotStore::meta_of(self, index, term)
     }
 }
 
@@ -303,6 +307,7 @@ pub fn recover<V: Vfs>(
             )));
         }
         applier.restore(&state).map_err(RecoverError::Restore)?;
+        init.membership = meta.membership.clone();
         if let Some(keep) = merge_snapshot(&mut init, meta.index, meta.term) {
             wal.install_snapshot(meta.index, meta.term, keep)?;
             wal.sync()?;
@@ -364,6 +369,7 @@ impl<V: Vfs> NodeTask<V> {
             body: crate::raft::Body::InstallSnapshot {
                 index: snap.index,
                 term: snap.term,
+                membership: snap.membership.clone(),
             },
         };
         let index = snap.index;
@@ -425,7 +431,9 @@ impl<V: Vfs> NodeTask<V> {
         let meta = crate::storage::SnapshotMeta {
             index: applied,
             term,
-            membership: self.raft.membership().clone(),
+            // The configuration in force at the snapshot's index, not the
+            // latest one (a later configuration entry may yet be truncated).
+            membership: self.raft.membership_at(applied).clone(),
         };
         let (files, tx) = (self.snapshots.clone(), self.event_sender());
         self.spawn_file_work(move || {

@@ -91,7 +91,14 @@ fn start<V: Vfs>(
 ) -> Result<NodeHandle, StartNodeError> {
     let id = opts.raft.id;
     let init = InitialState {
-        membership: opts.membership.clone(),
+        // The snapshot's configuration if it names one; else the one the
+        // cluster was bootstrapped with (the log's configuration entries
+        // come after either).
+        membership: if init.membership.is_empty() {
+            opts.membership.clone()
+        } else {
+            init.membership
+        },
         // Fresh for every start: an answer to an earlier repair's query
         // never counts for this one, whatever the configured seed.
         repair_nonce: match init.repair_nonce {
@@ -146,6 +153,7 @@ fn start<V: Vfs>(
         dropping_repair_mark: false,
         mark_in_ready: false,
         refused_messages: 0,
+        transfer_waits: Vec::new(),
     };
     let watch_tx = task.status_tx.clone();
     watch_for_panic(tokio::spawn(task.run(opts.tick, in_rx, cmd_rx)), watch_tx);

@@ -113,6 +113,8 @@ pub(super) struct NodeTask<V: Vfs> {
     /// Peer messages the core refused (malformed, or naming a snapshot
     /// that never arrived): logged sampled, since a peer can send many.
     pub(super) refused_messages: u64,
+    /// Callers waiting for a leadership transfer to end.
+    pub(super) transfer_waits: Vec<super::transfer::TransferWait>,
 }
 
 /// Something the node task learns from helpers (storage, transport).
@@ -202,6 +204,7 @@ impl<V: Vfs> NodeTask<V> {
                 }
                 _ = ticker.tick() => {
                     self.raft.tick();
+                    self.tick_transfers();
                     if let Err(e) = self.check_repair() {
                         break StopReason::Storage(e);
                     }
@@ -216,6 +219,7 @@ impl<V: Vfs> NodeTask<V> {
                 break StopReason::Storage(e);
             }
             self.publish_status(None);
+            self.settle_transfers();
         };
         // Nothing more is taken while the writers are joined: queued and
         // new requests fail at once instead of waiting on a stopping node.
@@ -235,6 +239,7 @@ impl<V: Vfs> NodeTask<V> {
             tracing::error!(node = %self.raft.id(), "node stopped: {reason}");
         }
         let err = NodeError::Stopped(reason.clone());
+        self.fail_transfers(&err);
         let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         self.pipeline.stop(&mut io, err);
         if let Backend::Group(g) = std::mem::replace(&mut self.storage, Backend::Stopped) {
@@ -349,7 +354,7 @@ impl<V: Vfs> NodeTask<V> {
         *self.metrics.view.lock().unwrap_or_else(|e| e.into_inner()) = view_of(&self.raft);
     }
 
-    pub(super) fn step(&mut self, m: Message) {
+    pub(super) fn step(&mut self, mut m: Message) {
         let from = m.from;
         if Some(from) == self.raft.leader() {
             self.metrics
@@ -358,13 +363,20 @@ impl<V: Vfs> NodeTask<V> {
                 .unwrap_or_else(|e| e.into_inner())
                 .heard_from_leader(Instant::now());
         }
-        if let crate::raft::Body::InstallSnapshot { index, term } = m.body {
+        if let crate::raft::Body::InstallSnapshot {
+            index,
+            term,
+            membership,
+        } = &mut m.body
+        {
+            let (index, term) = (*index, *term);
             // Only a snapshot whose file arrived (staged, verified) may be
             // installed: the core would drop its log for it, and the restore
-            // would then fail and stop the node.
-            match self.snapshots.contains(index, term) {
-                Ok(true) => {}
-                Ok(false) => {
+            // would then fail and stop the node. The configuration is the
+            // one its header names, whatever the message said.
+            match self.snapshots.meta_of(index, term) {
+                Ok(Some(meta)) => *membership = meta.membership,
+                Ok(None) => {
                     if self.refused() {
                         tracing::warn!(node = %self.raft.id(), peer = %from, %index, %term, "refused an InstallSnapshot naming a snapshot that never arrived ({} refused messages so far)", self.refused_messages);
                     }
@@ -462,6 +474,7 @@ impl<V: Vfs> NodeTask<V> {
                 stale: false,
                 reply,
             } => self.start_read(PendingRead::Query(body, reply)),
+            Command::TransferLeader { to, reply } => self.start_transfer(to, reply),
             Command::Shutdown => return false,
         }
         true

@@ -8,7 +8,7 @@ impl Raft {
     pub(super) fn can_campaign(&self) -> bool {
         // At the last term a node accepts, campaigning would create a term
         // every peer refuses (and this node could not restart from).
-        self.membership.is_voter(self.config.id)
+        self.log.conf().1.is_voter(self.config.id)
             && self.term.0 < crate::types::MAX_TERM
             && self.repair.is_none()
     }
@@ -101,7 +101,7 @@ impl Raft {
         }
         let term = if pre { self.term.next() } else { self.term };
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<NodeId> = self.membership.other_voters(me).collect();
+        let voters: Vec<NodeId> = self.log.conf().1.other_voters(me).collect();
         for to in voters {
             let body = if pre {
                 Body::PreVote {
@@ -190,7 +190,7 @@ impl Raft {
         let result = match &mut self.role {
             Role::PreCandidate { votes, .. } | Role::Candidate { votes } => {
                 votes.entry(from).or_insert(granted);
-                self.membership.vote_result(votes)
+                self.log.conf().1.vote_result(votes)
             }
             _ => return,
         };
@@ -216,7 +216,9 @@ impl Raft {
         let last = self.log.last_index();
         let me = self.config.id;
         let progress = self
-            .membership
+            .log
+            .conf()
+            .1
             .replication_targets()
             .into_iter()
             .filter(|n| *n != me)

@@ -38,14 +38,28 @@ impl Raft {
         Ok(())
     }
 
-    pub(super) fn handle_install_snapshot(&mut self, from: NodeId, index: LogIndex, term: Term) {
+    pub(super) fn handle_install_snapshot(
+        &mut self,
+        from: NodeId,
+        index: LogIndex,
+        term: Term,
+        membership: Membership,
+    ) {
         if index <= self.log.committed {
             // Nothing new: we have all of it committed already.
             let match_index = self.log.committed;
             self.send_after_persist(from, self.accepted(match_index));
             return;
         }
-        let keep_suffix = self.log.install_snapshot(index, term);
+        // A snapshot that names no configuration: the cluster's first one
+        // was never written to the log (it was bootstrapped), and this node
+        // knows it from its own start.
+        let conf = if membership.is_empty() {
+            self.log.conf_at(index).1.clone()
+        } else {
+            membership
+        };
+        let keep_suffix = self.log.install_snapshot(index, term, conf);
         #[cfg(feature = "planted-bugs")]
         if self.config.has_bug(PlantedBug::AppliedBeforeRestore) {
             self.log.applied = self.log.applied.max(index);

@@ -8,10 +8,20 @@ impl Raft {
     /// A node started (or restarted) from durable state.
     pub fn new(config: Config, init: InitialState) -> Result<Raft, InitError> {
         config.validate()?;
-        init.membership.validate()?;
+        // Empty: a node waiting to be added (its leader's entries will
+        // bring its configuration).
+        if !init.membership.is_empty() {
+            init.membership.validate()?;
+        }
         check_stored(&init)?;
         let (snap_index, snap_term) = init.snapshot_last;
-        let log = RaftLog::restore(snap_index, snap_term, init.entries, init.hard_state.commit);
+        let mut log = RaftLog::restore(snap_index, snap_term, init.entries, init.hard_state.commit);
+        log.set_base_conf(init.membership);
+        if let Some((i, m)) = log.confs_invalid() {
+            return Err(InitError::StoredState(format!(
+                "the configuration stored at index {i} is not valid: {m}"
+            )));
+        }
         let mut rng = SplitMix64::new(config.rng_seed);
         let randomized_timeout = rng.range(
             config.election_timeout_min_ticks,
@@ -49,7 +59,6 @@ impl Raft {
                 ..init.hard_state
             },
             log,
-            membership: init.membership,
             election_elapsed: 0,
             randomized_timeout,
             heartbeat_elapsed: 0,

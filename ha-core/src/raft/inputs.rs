@@ -103,7 +103,13 @@ impl Raft {
         if m.to != self.config.id {
             return Err(StepError::WrongRecipient(m.to));
         }
-        if !self.membership.is_member(m.from) || m.from == self.config.id {
+        // Any other node may speak: a leader or candidate of a newer
+        // configuration than this node has seen must be heard (dissertation
+        // §4.2.2), and peers are authenticated below the core. A removed
+        // node cannot disturb: PreVote, the leader lease and CheckQuorum
+        // hold it off, and a log without the configuration that removed it
+        // is behind every voter's that has it.
+        if m.from == self.config.id || m.from == NodeId(0) {
             return Err(StepError::UnknownPeer(m.from));
         }
         m.validate()?;
@@ -322,9 +328,13 @@ impl Raft {
                     self.send_after_persist(m.from, Body::HeartbeatResponse { seq });
                 }
             }
-            Body::InstallSnapshot { index, term } => {
+            Body::InstallSnapshot {
+                index,
+                term,
+                membership,
+            } => {
                 self.follow(m.from, m.term);
-                self.handle_install_snapshot(m.from, index, term);
+                self.handle_install_snapshot(m.from, index, term, membership);
             }
             Body::AppendResponse(outcome) => self.handle_append_response(m.from, outcome),
             Body::HeartbeatResponse { seq } => self.handle_heartbeat_response(m.from, seq),

@@ -20,8 +20,14 @@
 //!    truncating below it lowers it, so a re-appended suffix is written again.
 //! 4. `handed_persist` is how far entries were handed to the driver in a
 //!    `Ready`; it only runs ahead of `persisted` while a Ready is outstanding.
+//! 5. `confs` lists every configuration entry in `entries`, in order, and
+//!    `base_conf` is the configuration in force at `offset`: the one in
+//!    force at any index is the latest of them at or below it
+//!    (dissertation §4.1: a node uses the latest configuration in its log,
+//!    committed or not), so truncating the log reverts it.
 
-use crate::types::{Entry, LogIndex, Term};
+use super::Membership;
+use crate::types::{Entry, EntryPayload, LogIndex, Term};
 
 /// The in-memory log (see the module docs).
 #[derive(Debug)]
@@ -45,6 +51,18 @@ pub struct RaftLog {
     /// Sum of `size_bytes` of `entries`: what the log holds since its last
     /// snapshot (kept exact on every change).
     held_bytes: u64,
+    /// The configuration in force at `offset` (invariant 5).
+    base_conf: Membership,
+    /// The configuration entries of `entries`, in index order (invariant 5).
+    confs: Vec<(LogIndex, Membership)>,
+}
+
+/// The configuration entries among `entries`.
+fn confs_of(entries: &[Entry]) -> impl Iterator<Item = (LogIndex, Membership)> + '_ {
+    entries.iter().filter_map(|e| match &e.payload {
+        EntryPayload::Membership(m) => Some((e.index, m.clone())),
+        _ => None,
+    })
 }
 
 fn bytes_of(entries: &[Entry]) -> u64 {
@@ -70,6 +88,8 @@ impl RaftLog {
         let committed = commit.min(last).max(offset);
         RaftLog {
             held_bytes: bytes_of(&entries),
+            base_conf: Membership::default(),
+            confs: confs_of(&entries).collect(),
             offset,
             offset_term,
             entries,
@@ -79,6 +99,48 @@ impl RaftLog {
             persisted: last,
             handed_persist: last,
         }
+    }
+
+    /// Sets the configuration in force at the log's offset (a snapshot's,
+    /// or the one the cluster was bootstrapped with).
+    pub fn set_base_conf(&mut self, conf: Membership) {
+        self.base_conf = conf;
+    }
+
+    /// The latest configuration in the log (committed or not), with the
+    /// index of the entry that holds it (the offset for the base one).
+    pub fn conf(&self) -> (LogIndex, &Membership) {
+        self.confs
+            .last()
+            .map_or((self.offset, &self.base_conf), |(i, m)| (*i, m))
+    }
+
+    /// The configuration in force at `index` (at or after the offset):
+    /// the latest configuration entry at or below it.
+    pub fn conf_at(&self, index: LogIndex) -> (LogIndex, &Membership) {
+        self.confs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or((self.offset, &self.base_conf), |(i, m)| (*i, m))
+    }
+
+    /// Whether a configuration in force at or before `index` (from the
+    /// log's offset on) named `id`.
+    pub fn was_member_before(&self, id: crate::types::NodeId, index: LogIndex) -> bool {
+        self.base_conf.is_member(id)
+            || self
+                .confs
+                .iter()
+                .any(|(i, m)| *i <= index && m.is_member(id))
+    }
+
+    /// The first configuration entry that is not a valid configuration,
+    /// and why (a stored log checked at start).
+    pub fn confs_invalid(&self) -> Option<(LogIndex, String)> {
+        self.confs
+            .iter()
+            .find_map(|(i, m)| m.validate().err().map(|e| (*i, e.to_string())))
     }
 
     /// Index of the last entry (or of the snapshot when the log is empty).
@@ -104,6 +166,8 @@ impl RaftLog {
             return false;
         }
         let term = self.term(index).expect("applied entries are held");
+        self.base_conf = self.conf_at(index).1.clone();
+        self.confs.retain(|(i, _)| *i > index);
         let drop = (index.0 - self.offset.0) as usize;
         self.held_bytes -= bytes_of(&self.entries[..drop]);
         self.entries.drain(..drop);
@@ -131,17 +195,21 @@ impl RaftLog {
     /// Takes a snapshot ending at `(index, term)` from the leader (above the
     /// commit index). Keeps the entries after it if the log holds that very
     /// entry (dissertation §5.3), else discards the whole log. Returns
-    /// whether the suffix was kept.
-    pub fn install_snapshot(&mut self, index: LogIndex, term: Term) -> bool {
+    /// whether the suffix was kept. `conf` is the configuration in force
+    /// at `index` (the snapshot's).
+    pub fn install_snapshot(&mut self, index: LogIndex, term: Term, conf: Membership) -> bool {
         let keep = self.matches(index, term) && index >= self.offset;
         if keep {
             let drop = ((index.0 - self.offset.0) as usize).min(self.entries.len());
             self.held_bytes -= bytes_of(&self.entries[..drop]);
             self.entries.drain(..drop);
+            self.confs.retain(|(i, _)| *i > index);
         } else {
             self.entries.clear();
             self.held_bytes = 0;
+            self.confs.clear();
         }
+        self.base_conf = conf;
         self.offset = index;
         self.offset_term = term;
         self.committed = self.committed.max(index);
@@ -228,6 +296,9 @@ impl RaftLog {
             "log contiguity: leader appends at the end"
         );
         self.held_bytes += entry.size_bytes() as u64;
+        if let EntryPayload::Membership(m) = &entry.payload {
+            self.confs.push((entry.index, m.clone()));
+        }
         self.entries.push(entry);
     }
 
@@ -249,6 +320,7 @@ impl RaftLog {
                 self.truncate_from(entries[k].index);
             }
             self.held_bytes += bytes_of(&entries[k..]);
+            self.confs.extend(confs_of(&entries[k..]));
             self.entries.extend(entries[k..].iter().cloned());
         }
         Ok(last_new)
@@ -287,6 +359,7 @@ impl RaftLog {
         let keep = (index.0 - self.offset.0 - 1) as usize;
         self.held_bytes -= bytes_of(&self.entries[keep..]);
         self.entries.truncate(keep);
+        self.confs.retain(|(i, _)| *i < index);
         let last = self.last_index();
         self.persisted = self.persisted.min(last);
         self.handed_persist = self.handed_persist.min(last);
@@ -477,9 +550,9 @@ mod tests {
         log.applied = LogIndex(2);
         assert!(log.compact_to(LogIndex(1)));
         check(&log);
-        log.install_snapshot(LogIndex(2), Term(2));
+        log.install_snapshot(LogIndex(2), Term(2), Membership::default());
         check(&log);
-        log.install_snapshot(LogIndex(9), Term(3));
+        log.install_snapshot(LogIndex(9), Term(3), Membership::default());
         check(&log);
         assert_eq!(log.held_bytes(), 0);
     }

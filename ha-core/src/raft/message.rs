@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Membership;
 use crate::types::{Entry, LogIndex, MAX_INDEX, MAX_TERM, NodeId, Term};
 
 /// One message between two nodes.
@@ -114,6 +115,11 @@ pub enum Body {
         index: LogIndex,
         /// Its term.
         term: Term,
+        /// The configuration in force at `index`, as the snapshot file's
+        /// header holds it (the receiving driver reads it from the file it
+        /// verified; empty: a cluster bootstrapped with no configuration
+        /// entry before `index`, which the receiver keeps its own for).
+        membership: Membership,
     },
     /// "What is your term?", from a node repairing damaged storage, which
     /// may have forgotten the highest term it took part in. Changes no state
@@ -209,6 +215,10 @@ pub enum MessageError {
         /// The message's term.
         message_term: Term,
     },
+    /// A configuration (an entry's, a snapshot's) that no cluster can run
+    /// under: no voter, or a node both voter and learner.
+    #[error("invalid configuration: {0}")]
+    BadConfiguration(String),
 }
 
 /// The most entries one append may carry. A leader sends at most its
@@ -274,13 +284,19 @@ impl Message {
     /// arithmetic on them can overflow.
     pub fn validate(&self) -> Result<(), MessageError> {
         self.validate_ranges()?;
-        if let Body::InstallSnapshot { term, .. } = &self.body
-            && *term > self.term
+        if let Body::InstallSnapshot {
+            term, membership, ..
+        } = &self.body
         {
-            return Err(MessageError::TermFromFuture {
-                entry_term: *term,
-                message_term: self.term,
-            });
+            if *term > self.term {
+                return Err(MessageError::TermFromFuture {
+                    entry_term: *term,
+                    message_term: self.term,
+                });
+            }
+            if !membership.is_empty() {
+                check_conf(membership)?;
+            }
         }
         if let Body::Append {
             prev_index,
@@ -307,10 +323,20 @@ impl Message {
                         message_term: self.term,
                     });
                 }
+                if let crate::types::EntryPayload::Membership(m) = &e.payload {
+                    check_conf(m)?;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// A configuration a node may take on: at least one voter, no node both
+/// voter and learner.
+fn check_conf(m: &Membership) -> Result<(), MessageError> {
+    m.validate()
+        .map_err(|e| MessageError::BadConfiguration(e.to_string()))
 }
 
 impl Message {
@@ -395,7 +421,9 @@ impl Message {
                 term("last term", *last_term)
             }
             Body::Heartbeat { commit, .. } => index("commit index", *commit),
-            Body::InstallSnapshot { index: i, term: t } => {
+            Body::InstallSnapshot {
+                index: i, term: t, ..
+            } => {
                 index("snapshot index", *i)?;
                 term("snapshot term", *t)
             }

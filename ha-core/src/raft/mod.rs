@@ -41,6 +41,7 @@ mod membership;
 mod message;
 mod progress;
 mod read;
+mod reconfig;
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,6 +52,7 @@ pub use config::PlantedBug;
 pub use membership::{Membership, VoteResult};
 pub use message::{AppendOutcome, Body, MAX_APPEND_ENTRIES, Message, MessageError};
 pub use read::ReadState;
+pub use reconfig::{CATCH_UP_ENTRIES, ConfChange, ConfChangeError};
 use transfer::Transfer;
 pub use transfer::TransferError;
 
@@ -115,7 +117,9 @@ struct LeaderState {
 pub struct InitialState {
     /// The durable hard state.
     pub hard_state: HardState,
-    /// The configuration in force.
+    /// The configuration in force at the snapshot (or the bootstrap one
+    /// without a snapshot); configuration entries in `entries` come after
+    /// it. Empty: a node waiting to be added.
     pub membership: Membership,
     /// Index and term of the last entry covered by a snapshot (0, 0 if none).
     pub snapshot_last: (LogIndex, Term),
@@ -229,8 +233,8 @@ pub enum StepError {
     /// The message is addressed to another node.
     #[error("message for node {0} delivered to this node")]
     WrongRecipient(NodeId),
-    /// The sender is not a member of this node's configuration.
-    #[error("message from unknown node {0}")]
+    /// The message claims to come from this node itself, or from id 0.
+    #[error("message from impossible sender {0}")]
     UnknownPeer(NodeId),
     /// The message breaks a protocol rule.
     #[error("malformed message: {0}")]
@@ -358,9 +362,6 @@ pub struct Raft {
     /// The log and its cursors (persisted, committed, handed to persist and
     /// to apply); [`RaftLog`] keeps their order.
     log: RaftLog,
-    /// The configuration in force: voters and learners (the stored one at
-    /// start).
-    membership: Membership,
     /// Ticks since this node last heard from a leader (as follower) or
     /// started its campaign (as candidate); compared with
     /// `randomized_timeout`. As leader: ticks since the last quorum check.
@@ -526,7 +527,13 @@ impl Raft {
 
     /// The configuration in force.
     pub fn membership(&self) -> &Membership {
-        &self.membership
+        self.log.conf().1
+    }
+
+    /// The configuration in force at `index` (at or after the last
+    /// snapshot): what a snapshot of the state up to `index` records.
+    pub fn membership_at(&self, index: LogIndex) -> &Membership {
+        self.log.conf_at(index).1
     }
 
     /// The settings.

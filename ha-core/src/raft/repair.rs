@@ -32,7 +32,9 @@ impl Raft {
             return;
         }
         let mut ask: BTreeSet<NodeId> = self
-            .membership
+            .log
+            .conf()
+            .1
             .other_voters(me)
             .filter(|v| !r.heard.contains(v))
             .collect();

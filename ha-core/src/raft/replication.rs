@@ -7,6 +7,10 @@ use super::*;
 impl Raft {
     pub(super) fn tick_leader(&mut self) {
         self.tick_transfer();
+        self.advance_membership();
+        if !self.is_leader() {
+            return;
+        }
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
         if self.election_elapsed >= self.config.election_timeout_min_ticks {
@@ -16,9 +20,15 @@ impl Raft {
                 let Role::Leader(l) = &mut self.role else {
                     unreachable!()
                 };
-                let active = self
-                    .membership
-                    .has_quorum(|n| n == me || l.progress.get(&n).is_some_and(|p| p.recent_active));
+                let active =
+                    self.log.conf().1.has_quorum(|n| {
+                        n == me || l.progress.get(&n).is_some_and(|p| p.recent_active)
+                    });
+                // A dropped node that did not answer for a whole round is
+                // let go (see `reconfig`, invariant 4).
+                let targets = self.log.conf().1.replication_targets();
+                l.progress
+                    .retain(|n, p| p.recent_active || targets.contains(n));
                 for p in l.progress.values_mut() {
                     p.recent_active = false;
                 }
@@ -163,11 +173,13 @@ impl Raft {
         if let Some(round) = &mut l.reads.round
             && round.heartbeat_seq <= seq
         {
-            if self.membership.is_voter(from) {
+            if self.log.conf().1.is_voter(from) {
                 round.acks.insert(from);
             }
             if self
-                .membership
+                .log
+                .conf()
+                .1
                 .has_quorum(|n| n == me || round.acks.contains(&n))
             {
                 let round = l.reads.round.take().expect("round checked above");
@@ -189,7 +201,7 @@ impl Raft {
         let Role::Leader(l) = &mut self.role else {
             return;
         };
-        let index = self.membership.committed_index(|n| {
+        let index = self.log.conf().1.committed_index(|n| {
             if n == me {
                 persisted
             } else {
@@ -212,6 +224,7 @@ impl Raft {
             if self.log.term(index) == Some(self.term) {
                 l.committed_in_term = true;
             }
+            self.advance_membership();
         }
     }
 
@@ -293,7 +306,7 @@ impl Raft {
         }
         // A ReadIndex round: a fresh heartbeat proves leadership after every
         // waiting request arrived (dissertation §6.4 step 2).
-        if self.membership.has_quorum(|n| n == me) {
+        if self.log.conf().1.has_quorum(|n| n == me) {
             let ctxs = std::mem::take(&mut l.reads.waiting);
             self.read_states
                 .extend(ctxs.into_iter().map(|ctx| ReadState {

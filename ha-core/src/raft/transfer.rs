@@ -51,8 +51,8 @@ pub enum TransferError {
         /// The leader this node knows of, if any.
         leader: Option<NodeId>,
     },
-    /// The named node is not a voter of the configuration (or is this
-    /// leader itself).
+    /// The named node is not a voter of the configuration (of its incoming
+    /// half, while joint), or is this leader itself.
     #[error("node {0} is not another voter of this cluster")]
     NotAVoter(NodeId),
     /// No other voter exists to take over (a one-voter cluster).
@@ -68,7 +68,8 @@ pub enum TransferError {
 
 impl Raft {
     /// Starts handing leadership to `to`, or, with `None`, to the voter
-    /// whose acknowledged log is longest (the lowest id among equals).
+    /// whose acknowledged log is longest among those heard from lately and
+    /// not repairing their storage (the lowest id among equals).
     /// Returns the target. Until the transfer ends, proposals are refused
     /// with [`ProposeError::Transferring`] (reads go on); it ends when
     /// another leader is heard, or is abandoned after an election timeout.
@@ -80,15 +81,30 @@ impl Raft {
                 leader: self.leader,
             });
         };
-        let voters: Vec<NodeId> = self.membership.other_voters(me).collect();
+        // Voters of the incoming configuration only: one of a joint
+        // configuration's outgoing half is on its way out.
+        let voters: Vec<NodeId> = self
+            .log
+            .conf()
+            .1
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me)
+            .collect();
         let target = match to {
             Some(t) if voters.contains(&t) => t,
             Some(t) => return Err(TransferError::NotAVoter(t)),
             None => {
-                // Longest acknowledged log first, then the lowest id.
+                // A voter heard from lately and not repairing its storage
+                // first (right after an election every match index is 0:
+                // a voter that is down must not win on its id), then the
+                // longest acknowledged log, then the lowest id.
                 let best = voters.iter().copied().max_by_key(|v| {
-                    let matched = l.progress.get(v).map_or(LogIndex(0), |p| p.match_index);
-                    (matched, std::cmp::Reverse(*v))
+                    let p = l.progress.get(v);
+                    let live = p.is_some_and(|p| p.recent_active && !p.repairing);
+                    let matched = p.map_or(LogIndex(0), |p| p.match_index);
+                    (live, matched, std::cmp::Reverse(*v))
                 });
                 best.ok_or(TransferError::NoOtherVoter)?
             }
@@ -154,6 +170,12 @@ impl Raft {
             t.elapsed += 1;
             if t.elapsed >= timeout {
                 l.transfer = None;
+                // A leader handing over because it is no longer a voter
+                // steps down rather than try again (see `reconfig`).
+                if !self.log.conf().1.is_voter(self.config.id) {
+                    let term = self.term;
+                    self.become_follower(term, None);
+                }
             }
         }
     }

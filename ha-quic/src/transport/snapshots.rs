@@ -118,6 +118,8 @@ pub(super) async fn take_snapshot(
             body: Body::InstallSnapshot {
                 index: header.index,
                 term: header.term,
+                // The node reads it from the file's header before stepping.
+                membership: ha_core::raft::Membership::default(),
             },
         })
         .map_err(|_| {

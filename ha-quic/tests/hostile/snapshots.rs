@@ -73,8 +73,8 @@ impl SnapshotFiles for Faulty {
     fn promote(&self, index: LogIndex, term: Term) -> Result<(), SnapshotError> {
         SnapshotFiles::promote(&self.store, index, term)
     }
-    fn contains(&self, index: LogIndex, term: Term) -> Result<bool, SnapshotError> {
-        SnapshotFiles::contains(&self.store, index, term)
+    fn meta_of(&self, index: LogIndex, term: Term) -> Result<Option<SnapshotMeta>, SnapshotError> {
+        SnapshotFiles::meta_of(&self.store, index, term)
     }
 }
 
@@ -113,6 +113,7 @@ pub(super) fn install_message() -> Message {
         body: Body::InstallSnapshot {
             index: LogIndex(1000),
             term: Term(3),
+            membership: Default::default(),
         },
     }
 }

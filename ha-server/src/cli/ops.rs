@@ -1,5 +1,5 @@
 //! The operator commands: `certs`, `serve`, `status`, `panic-policy`,
-//! `resume`, and the reserved `member` and `transfer-leader`.
+//! `resume`, `transfer-leader`, and the reserved `member`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,11 +58,14 @@ pub enum OpsCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Hand leadership to another node (not yet supported).
+    /// Hand leadership to node ID, or (no ID) to the most up-to-date voter;
+    /// answers with the new leader once it leads.
     TransferLeader {
-        /// The node to hand over to.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The voter to hand over to.
+        id: Option<u64>,
+        #[allow(missing_docs)] // The flattened options document themselves.
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -168,7 +171,12 @@ impl OpsCommand {
                 })
             }
             OpsCommand::Member { .. } => not_yet("member"),
-            OpsCommand::TransferLeader { .. } => not_yet("transfer-leader"),
+            OpsCommand::TransferLeader { id, client } => {
+                emit(match client.core_client::<T>().transfer_leader(id).await {
+                    Ok(leader) => Outcome::Done(json!({"ok": true, "leader": leader})),
+                    Err(e) => Outcome::Failed(e),
+                })
+            }
         }
     }
 }
@@ -234,7 +242,20 @@ async fn serve<T: Replicated>(a: ServeArgs) -> i32 {
         server.local_addr()
     );
     match server.run_until_signal().await {
-        Ok(crate::Stopped::Signal) => {
+        Ok(crate::Stopped::Signal(hand_over)) => {
+            match hand_over {
+                crate::HandOver::NotLeader => {}
+                crate::HandOver::To(to) => eprintln!(
+                    "{}: node {} handed leadership over to node {to} before stopping",
+                    program(),
+                    a.id
+                ),
+                crate::HandOver::Failed(why) => eprintln!(
+                    "{}: node {} could not hand leadership over before stopping: {why}",
+                    program(),
+                    a.id
+                ),
+            }
             eprintln!("{}: node {} stopped", program(), a.id);
             0
         }

@@ -420,6 +420,7 @@ impl Env {
                 body: Body::InstallSnapshot {
                     index: snap.0,
                     term: snap.1,
+                    membership: raft.membership_at(snap.0).clone(),
                 },
             };
             let _ = writeln!(out, "  Send: {}", message_text(&m));

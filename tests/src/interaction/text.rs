@@ -68,7 +68,7 @@ pub fn message_text(m: &Message) -> String {
         }) => format!("AppendResponse repairing last={last_index}@{last_term}"),
         Body::Heartbeat { commit, seq } => format!("Heartbeat commit={commit} seq={seq}"),
         Body::HeartbeatResponse { seq } => format!("HeartbeatResponse seq={seq}"),
-        Body::InstallSnapshot { index, term } => format!("InstallSnapshot {index}@{term}"),
+        Body::InstallSnapshot { index, term, .. } => format!("InstallSnapshot {index}@{term}"),
         Body::TermQuery { nonce } => format!("TermQuery nonce={nonce}"),
         Body::TermReply {
             nonce,

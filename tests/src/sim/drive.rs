@@ -57,6 +57,7 @@ impl Sim {
                     .after(Some((snap.index, snap.term, keep)), &[], None);
             }
             node.applied = snap.state.clone();
+            init.membership = snap.membership.clone();
         }
         let raft = Raft::new(config, init)
             .map_err(|e| format!("node {} cannot start from its log: {e}", node.id))?;
@@ -267,6 +268,7 @@ impl Sim {
                         body: Body::InstallSnapshot {
                             index,
                             term: snap.term,
+                            membership: snap.membership.clone(),
                         },
                     };
                     let max = self.cfg.faults.max_transfer_ticks;
@@ -569,6 +571,7 @@ impl Sim {
             index: applied,
             term,
             state,
+            membership: raft.membership_at(applied).clone(),
         };
         // The state is encoded here; the file is written off the node task
         // and reported later (at most one at a time), as in the node task.

@@ -316,6 +316,8 @@ pub(super) struct SimSnapshot {
     pub(super) index: LogIndex,
     pub(super) term: Term,
     pub(super) state: BTreeMap<LogIndex, u64>,
+    /// The configuration in force at `index` (the file's header).
+    pub(super) membership: Membership,
 }
 
 pub(super) struct SimNode {

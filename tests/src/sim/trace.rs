@@ -89,7 +89,7 @@ pub fn summarize(m: &Message) -> MsgSummary {
         Body::TermReply { leader_last, .. } => MsgText::TermReply(*leader_last),
         Body::Heartbeat { commit, seq } => MsgText::Heartbeat(*commit, *seq),
         Body::HeartbeatResponse { seq } => MsgText::HeartbeatResp(*seq),
-        Body::InstallSnapshot { index, term } => MsgText::InstallSnapshot(*index, *term),
+        Body::InstallSnapshot { index, term, .. } => MsgText::InstallSnapshot(*index, *term),
     };
     MsgSummary {
         from: m.from,

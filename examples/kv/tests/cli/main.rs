@@ -125,6 +125,26 @@ impl Cluster {
         }
         self.kill9(id);
     }
+    /// SIGTERM to node `id`; waits (at most 30 s) for it to exit.
+    fn sigterm(&mut self, id: usize) -> std::process::ExitStatus {
+        let mut child = self.children[id - 1].take().expect("running");
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", child.id())])
+            .status()
+            .expect("run sh");
+        assert!(ok.success(), "kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {id} did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     fn kill9(&mut self, id: usize) {
         if let Some(mut c) = self.children[id - 1].take() {
             c.kill().expect("SIGKILL");
@@ -206,6 +226,7 @@ fn code(out: &Output) -> i32 {
 }
 
 mod contract;
+mod leadership;
 mod mistakes;
 mod outcomes;
 mod recovery;

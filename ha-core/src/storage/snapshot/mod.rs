@@ -309,19 +309,36 @@ impl<V: Vfs> SnapshotStore<V> {
         Ok(path)
     }
 
-    /// Whether a snapshot ending at `(index, term)` is here, staged or
-    /// published: the only kind an `InstallSnapshot` may name.
-    /// Two lookups by name, never a listing: the node task asks this.
-    pub fn contains(&self, index: LogIndex, term: Term) -> Result<bool, SnapshotError> {
+    /// The header of the snapshot ending at `(index, term)`, staged or
+    /// published, if it is here (`None` if not).
+    pub fn meta_of(
+        &self,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<Option<SnapshotMeta>, SnapshotError> {
         // Staged first: a promotion renames staged to published, so a file
         // promoted between the two lookups is found by the second.
-        let present = |path: PathBuf| match self.vfs.file_size(&path) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err(&path)(e)),
-        };
-        Ok(present(self.dir.join(staged_name(index, term)))?
-            || present(self.dir.join(file_name(index, term)))?)
+        for path in [
+            self.dir.join(staged_name(index, term)),
+            self.dir.join(file_name(index, term)),
+        ] {
+            match self.vfs.file_size(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+            match self.read_meta(&path, (index.0, term.0)) {
+                Ok(meta) => return Ok(Some(meta)),
+                // Promoted (renamed) since the size was read.
+                Err(SnapshotError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Removes staged snapshots ending at or below `index` (Raft will never

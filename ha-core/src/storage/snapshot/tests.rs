@@ -83,15 +83,17 @@ fn superseded_staged_snapshots_are_removed() {
     stage(10, 1);
     stage(20, 2);
     stage(30, 3);
-    assert!(b.contains(LogIndex(10), Term(1)).unwrap());
-    assert!(!b.contains(LogIndex(10), Term(2)).unwrap());
+    // A staged file's header, configuration and all, is read back.
+    assert_eq!(b.meta_of(LogIndex(10), Term(1)).unwrap(), Some(meta(10, 1)));
+    assert_eq!(b.meta_of(LogIndex(10), Term(2)).unwrap(), None);
     b.promote(LogIndex(20), Term(2)).unwrap();
     let names = fs.list(Path::new("/b")).unwrap();
     let staged: Vec<_> = names.iter().filter(|n| n.ends_with(".staged")).collect();
     assert_eq!(staged.len(), 1, "{names:?}");
     assert!(staged[0].contains("00000000000000000030"), "{names:?}");
-    assert!(
-        b.contains(LogIndex(20), Term(2)).unwrap(),
+    assert_eq!(
+        b.meta_of(LogIndex(20), Term(2)).unwrap(),
+        Some(meta(20, 2)),
         "published counts"
     );
 }
