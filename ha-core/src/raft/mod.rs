@@ -530,6 +530,12 @@ impl Raft {
         self.log.conf().1
     }
 
+    /// Index of the entry holding the configuration in force (the last
+    /// snapshot's index when no entry after it holds one).
+    pub fn membership_index(&self) -> LogIndex {
+        self.log.conf().0
+    }
+
     /// The configuration in force at `index` (at or after the last
     /// snapshot): what a snapshot of the state up to `index` records.
     pub fn membership_at(&self, index: LogIndex) -> &Membership {

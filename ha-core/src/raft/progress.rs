@@ -67,6 +67,9 @@ pub struct Progress {
     /// The leader's tick count when the follower last said it was
     /// repairing.
     pub repair_seen_at: u64,
+    /// The leader's tick count when the follower last answered (`None`:
+    /// never, in this leader's term).
+    pub heard_at: Option<u64>,
 }
 
 impl Progress {
@@ -81,6 +84,7 @@ impl Progress {
             liveness_probe: false,
             repairing: false,
             repair_seen_at: 0,
+            heard_at: None,
         }
     }
 

@@ -17,7 +17,8 @@
 //!    any leader of an earlier term could have committed).
 //! 2. A promoted learner was caught up: its acknowledged log is within
 //!    [`CATCH_UP_ENTRIES`] of the leader's, it answered within the last
-//!    election round, and it is not waiting for a snapshot.
+//!    election timeout (the longest), and it is not waiting for a
+//!    snapshot.
 //! 3. A leader that is no longer a voter of a committed configuration
 //!    hands leadership to a caught-up voter of it, or steps down, and never
 //!    campaigns again (only voters campaign).
@@ -89,13 +90,13 @@ pub enum ConfChangeError {
     #[error("node {0} is not a learner (add it as a learner first)")]
     NotALearner(NodeId),
     /// The learner is not caught up yet (invariant 2): retry later.
-    #[error("learner {id} is not caught up yet ({lag} entries behind)")]
+    #[error("learner {id} is not caught up yet ({})", lag_text(*lag))]
     NotCaughtUp {
         /// The learner.
         id: NodeId,
-        /// Entries it is behind the leader's log (or `u64::MAX` while it
-        /// needs a snapshot or has not answered lately).
-        lag: u64,
+        /// Entries it is behind the leader's log (`None`: it has not
+        /// answered lately, or it waits for a snapshot).
+        lag: Option<u64>,
     },
     /// Removing the node would leave no voter.
     #[error("node {0} is the last voter: a cluster needs one")]
@@ -103,6 +104,13 @@ pub enum ConfChangeError {
     /// Node id 0 is not an id.
     #[error("node id 0 is not a node id")]
     BadId,
+}
+
+fn lag_text(lag: Option<u64>) -> String {
+    match lag {
+        Some(n) => format!("{n} entries behind"),
+        None => "it has not answered lately, or it waits for a snapshot".into(),
+    }
 }
 
 impl Raft {
@@ -147,7 +155,7 @@ impl Raft {
                     return Err(ConfChangeError::NotALearner(n));
                 }
                 let lag = self.lag_of(n);
-                if lag > CATCH_UP_ENTRIES {
+                if lag.is_none_or(|lag| lag > CATCH_UP_ENTRIES) {
                     return Err(ConfChangeError::NotCaughtUp { id: n, lag });
                 }
                 next.learners.remove(&n);
@@ -169,22 +177,23 @@ impl Raft {
         Ok(self.append_conf(next))
     }
 
-    /// Entries learner `n` is behind this leader's log; `u64::MAX` if it
-    /// has not answered within the last election round or waits for a
-    /// snapshot.
-    fn lag_of(&self, n: NodeId) -> u64 {
+    /// Entries learner `n` is behind this leader's log; `None` if it has
+    /// not answered within an election timeout or waits for a snapshot.
+    fn lag_of(&self, n: NodeId) -> Option<u64> {
         let Role::Leader(l) = &self.role else {
-            return u64::MAX;
+            return None;
         };
+        let window = self.config.election_timeout_max_ticks;
         match l.progress.get(&n) {
             Some(p)
-                if p.recent_active
+                if p.heard_at
+                    .is_some_and(|t| self.ticks.saturating_sub(t) < window)
                     && !p.repairing
                     && !matches!(p.state, progress::ProgressState::Snapshot { .. }) =>
             {
-                self.log.last_index().0.saturating_sub(p.match_index.0)
+                Some(self.log.last_index().0.saturating_sub(p.match_index.0))
             }
-            _ => u64::MAX,
+            _ => None,
         }
     }
 

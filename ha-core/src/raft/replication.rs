@@ -81,6 +81,7 @@ impl Raft {
             outcome,
             AppendOutcome::RepairAccepted { .. } | AppendOutcome::Repairing { .. }
         );
+        p.heard_at = Some(self.ticks);
         let (now, window) = (self.ticks, self.config.election_timeout_max_ticks);
         match outcome {
             AppendOutcome::Accepted { match_index } => {
@@ -163,6 +164,7 @@ impl Raft {
         // repairing counts again only once an election round passed since.
         // (It still shows the follower is there, for CheckQuorum.)
         p.recent_active = true;
+        p.heard_at = Some(self.ticks);
         if p.repairing
             && self.ticks.saturating_sub(p.repair_seen_at) < self.config.election_timeout_max_ticks
         {

@@ -157,6 +157,13 @@ impl Raft {
                 last_term: self.log.last_term(),
             },
         });
+        // A leader that is no longer a voter of a committed configuration
+        // has nothing more to lead for (see `reconfig`, invariant 3): it
+        // steps down as soon as its successor was told to campaign.
+        let (at, conf) = self.log.conf();
+        if !conf.is_voter(me) && at <= self.log.committed {
+            self.become_follower(term, None);
+        }
     }
 
     /// One leader tick of the transfer: abandoned after an election

@@ -29,6 +29,11 @@
 //!   snapshot of it were taken), if the node has applied I.
 //! - `status`: term, role, leader, commit, applied and last index of every
 //!   live node; `log ID`: the node's stored entries.
+//! - `change-membership ID add-learner=N | promote=N | remove=N`: the
+//!   leader starts a configuration change; `membership`: every live
+//!   node's configuration in force, where it is in the log, and whether
+//!   the node knows it was removed. `add-nodes ... join=true` adds nodes
+//!   that are in no configuration yet (they wait to be added).
 //!
 //! A Ready's output lists, in order: a snapshot install, the entries and
 //! hard state it makes durable, the entries it applies and the reads it
@@ -39,7 +44,8 @@
 //!
 //! Invariants checked after every step (a violation fails the test, never
 //! just prints): no committed entry is ever replaced (State Machine
-//! Safety), and at most one leader per term (Election Safety).
+//! Safety), at most one leader per term (Election Safety), and no leader
+//! holds more than one uncommitted configuration entry.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -52,6 +58,7 @@ use ha_core::raft::{ReadState, RoleKind};
 use ha_core::storage::{LogStore, MemLogStore};
 use ha_core::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
 
+mod conf;
 mod text;
 
 pub use text::{Command, entry_text, message_text};
@@ -63,6 +70,12 @@ struct Node {
     store: MemLogStore,
     pipeline: Pipeline<(), ()>,
     config: Config,
+    /// The configuration it was started with: the first voters, or none
+    /// for a node added later (`join=true`).
+    bootstrap: Membership,
+    /// The configuration at its store's snapshot (as a snapshot file's
+    /// header holds it); empty: none taken or installed.
+    base: Membership,
 }
 
 /// The nodes, the messages in flight and the network's cuts.
@@ -227,8 +240,10 @@ impl Env {
                 let term = raft.term_at(index).expect("a held entry");
                 // The store follows only a compaction the core took (of
                 // applied entries).
+                let base = raft.membership_at(index).clone();
                 if raft.compact(index) {
                     let node = self.nodes.get_mut(&id).expect("a node");
+                    node.base = base;
                     node.store.compact(index, term).expect("compaction");
                     node.store.sync().expect("sync");
                     let _ = writeln!(out, "compacted to {index}@{term}");
@@ -240,6 +255,8 @@ impl Env {
                 }
             }
             "status" => self.status(&mut out),
+            "change-membership" => self.change_membership(tc, &ids, &mut out),
+            "membership" => self.membership(&mut out),
             "log" => {
                 for e in self.nodes[&ids[0]].store.durable_entries() {
                     let _ = writeln!(out, "{}", entry_text(e));
@@ -257,8 +274,11 @@ impl Env {
     fn add_nodes(&mut self, tc: &Command, out: &mut String) {
         let count: u64 = arg(tc, "count", 3);
         let log: u64 = arg(tc, "log", 0);
+        let join: bool = arg(tc, "join", false);
         let first = self.nodes.len() as u64 + 1;
-        self.voters.extend(first..first + count);
+        if !join {
+            self.voters.extend(first..first + count);
+        }
         for id in first..first + count {
             let mut config = Config::new(NodeId(id));
             config.rng_seed = id;
@@ -291,10 +311,16 @@ impl Env {
                     store,
                     pipeline: Pipeline::new(LogIndex(0)),
                     config,
+                    bootstrap: Membership::default(),
+                    base: Membership::default(),
                 },
             );
         }
+        let bootstrap = Membership::new_voters(self.voters.iter().map(|v| NodeId(*v)));
         for id in first..first + count {
+            if !join {
+                self.nodes.get_mut(&id).expect("added").bootstrap = bootstrap.clone();
+            }
             self.restart(id);
         }
         let _ = writeln!(
@@ -336,8 +362,12 @@ impl Env {
     }
 
     fn restart(&mut self, id: u64) {
-        let membership = Membership::new_voters(self.voters.iter().map(|v| NodeId(*v)));
         let node = self.nodes.get_mut(&id).expect("a node");
+        let membership = if node.base.is_empty() {
+            node.bootstrap.clone()
+        } else {
+            node.base.clone()
+        };
         let stored = node.store.load().expect("load");
         let init = InitialState {
             hard_state: stored.hard_state,
@@ -373,6 +403,7 @@ impl Env {
         let _ = writeln!(out, "> {id} handling Ready");
         if let Some(i) = write.install {
             let _ = writeln!(out, "  Install: snapshot {}@{}", i.index, i.term);
+            node.base = raft.membership_at(i.index).clone();
             node.store
                 .install_snapshot(i.index, i.term, i.keep_suffix)
                 .expect("install");
@@ -532,6 +563,7 @@ impl Env {
 
     /// State Machine Safety and Election Safety, over everything seen.
     fn check(&mut self) {
+        self.check_one_change();
         for (id, n) in &self.nodes {
             let Some(r) = &n.raft else { continue };
             if r.is_leader()
