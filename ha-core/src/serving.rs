@@ -171,11 +171,14 @@ fn failed(e: NodeError) -> Answered {
                 message: e.to_string(),
             })
         }
-        NodeError::TooLarge { .. } | NodeError::Query(_) | NodeError::TransferRefused(_) => {
-            Answered::Response(ClientResponse::Refused {
-                message: e.to_string(),
-            })
-        }
+        // A failed transfer is the call's answer: retrying would refuse
+        // writes for another election timeout each time.
+        NodeError::TooLarge { .. }
+        | NodeError::Query(_)
+        | NodeError::TransferRefused(_)
+        | NodeError::TransferFailed { .. } => Answered::Response(ClientResponse::Refused {
+            message: e.to_string(),
+        }),
         _ => Answered::Response(ClientResponse::Failed {
             not_applied: e.is_not_applied(),
             message: e.to_string(),

@@ -418,7 +418,7 @@ pub enum Stopped {
 pub enum HandOver {
     /// It did not lead: nothing to hand over.
     NotLeader,
-    /// This node leads now.
+    /// This node handed leadership to that one, which leads now.
     To(NodeId),
     /// The hand-over failed (why); the cluster elects a leader after an
     /// election timeout, as after a crash.

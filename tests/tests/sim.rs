@@ -25,7 +25,7 @@ fn random_runs_keep_every_safety_property() {
          {} torn log tails repaired, {} disks damaged, {} repairs from peers, {} snapshots \
          taken, {} installed, {} session operations, {} commands of expired sessions refused, \
          {} commands with a forged batch start, {} power losses while compacting, \
-         {} leadership transfers started",
+         {} leadership transfers started, {} membership changes started",
         started.elapsed().as_secs_f64(),
         stats.ticks,
         stats.delivered,
@@ -43,7 +43,8 @@ fn random_runs_keep_every_safety_property() {
         stats.session_expired,
         stats.forged_commands,
         stats.compaction_power_losses,
-        stats.transfers
+        stats.transfers,
+        stats.conf_changes
     );
     assert_eq!(ran, seeds.len());
     assert!(

@@ -93,7 +93,10 @@ async fn a_transfer_to_a_node_that_is_down_is_abandoned_and_the_leader_goes_on()
     let h = cluster.handle(leader).unwrap();
     assert_eq!(
         h.transfer_leadership(Some(NodeId(down))).await,
-        Err(NodeError::TransferFailed { to: NodeId(down) })
+        Err(NodeError::TransferFailed {
+            to: NodeId(down),
+            leader: Some(NodeId(leader))
+        })
     );
     let s = cluster.status(leader).unwrap();
     assert_eq!(s.role, RoleKind::Leader, "{s:?}");

@@ -80,37 +80,52 @@ impl<T: Replicated> Client<T> {
         }
     }
 
-    /// The id of the node that says it leads (asked in turn, until one
-    /// does or the deadline passes).
+    /// The id of the leader of the highest term any node reports: every
+    /// node is asked at once (a leader cut off from the rest may still say
+    /// it leads, in an older term), again until one says so or the
+    /// deadline passes.
     pub(super) async fn current_leader(
         &self,
         deadline: tokio::time::Instant,
     ) -> Result<u64, Error> {
-        let found = self
-            .retry(
-                deadline,
-                true,
-                || ClientRequest::Status,
-                |resp| match resp {
-                    ClientResponse::Status(v) if v.node.role == crate::raft::RoleKind::Leader => {
-                        Reply::Done(v.node.id.0)
+        let mut last_why = String::from("no node answered");
+        let mut backoff = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            let mut asks = tokio::task::JoinSet::new();
+            for addr in self.inner.addrs.iter().copied() {
+                let (transport, wait) = (self.inner.transport.clone(), self.opts.attempt_timeout);
+                asks.spawn(async move {
+                    tokio::time::timeout(wait, transport.request(addr, ClientRequest::Status)).await
+                });
+            }
+            let mut best: Option<(crate::types::Term, u64)> = None;
+            while let Some(answer) = asks.join_next().await {
+                match answer {
+                    Ok(Ok(Ok(ClientResponse::Status(v)))) => {
+                        if v.node.role == crate::raft::RoleKind::Leader
+                            && best.is_none_or(|(t, _)| v.node.term > t)
+                        {
+                            best = Some((v.node.term, v.node.id.0));
+                        }
                     }
-                    ClientResponse::Status(v) => {
-                        // Ask the next node, not this one again.
-                        self.set_leader(None);
-                        Reply::Retry(format!("node {} is not the leader", v.node.id))
-                    }
-                    other => Reply::Retry(format!("unexpected response {other:?}")),
-                },
-            )
-            .await;
-        match found {
-            Ok(id) => Ok(id),
-            Err(RetryEnd::Refused(message)) => Err(Error::NotApplied(message)),
-            Err(RetryEnd::TimedOut(why)) => Err(Error::NotApplied(format!(
-                "no leader found; last error: {why}"
-            ))),
+                    Ok(Ok(Ok(other))) => last_why = format!("unexpected response {other:?}"),
+                    Ok(Ok(Err(RequestError::NotSent(w) | RequestError::Lost(w)))) => last_why = w,
+                    Ok(Err(_)) => last_why = "no status answer in time".into(),
+                    Err(e) => last_why = format!("status request failed: {e}"),
+                }
+            }
+            if let Some((_, id)) = best {
+                return Ok(id);
+            }
+            if last_why == "no node answered" {
+                last_why = "no node says it leads".into();
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
         }
+        Err(Error::NotApplied(format!(
+            "no leader found; last error: {last_why}"
+        )))
     }
 
     /// Sends an operator command until it is answered: every retry carries

@@ -72,13 +72,19 @@ pub enum NodeError {
     /// voter, there is none, or a transfer to another node is running).
     #[error("leadership transfer refused: {0}")]
     TransferRefused(crate::raft::TransferError),
-    /// A leadership transfer ended without another node taking over within
-    /// its time (the target was down or lost its election): leadership did
-    /// not move, and proposals are taken again.
-    #[error("leadership transfer to {to} did not complete in time; this node still leads")]
+    /// A leadership transfer did not hand leadership to its target: no
+    /// other node took over within its time (the target was down or lost
+    /// its election; this node leads on, or no leader is known), or
+    /// another node than the one named did.
+    #[error("leadership transfer to {to} did not complete{}", match .leader {
+        Some(l) => format!(": node {l} leads"),
+        None => String::new(),
+    })]
     TransferFailed {
         /// The target.
         to: NodeId,
+        /// Who leads, if known.
+        leader: Option<NodeId>,
     },
 }
 

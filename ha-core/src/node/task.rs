@@ -452,6 +452,7 @@ impl<V: Vfs> NodeTask<V> {
                 Err(
                     ProposeError::Busy
                     | ProposeError::Transferring { .. }
+                    | ProposeError::Leaving
                     | ProposeError::Unsupported(_),
                 ) => {
                     let _ = reply.send(Err(NodeError::Busy));

@@ -7,10 +7,11 @@
 //!
 //! Invariants: a caller is answered `Ok(leader)` only once this node no
 //! longer leads and has heard of another leader (it saw that leader's
-//! messages in a higher term); `TransferFailed` only once this node leads
-//! without a transfer (the core abandoned it, or this node was elected
-//! again), or no leader was heard of within two election timeouts. Every
-//! waiting caller is answered when the node stops.
+//! messages in a higher term), and, if the caller named the target, only
+//! if that leader is the target; `TransferFailed` once another node took
+//! over, once this node leads without a transfer (the core abandoned it, or
+//! this node was elected again), or when no leader was heard of within two
+//! election timeouts. Every waiting caller is answered when the node stops.
 
 use super::handle::{NodeError, TransferReply};
 use super::task::NodeTask;
@@ -22,6 +23,8 @@ use crate::types::{NodeId, Term};
 pub(super) struct TransferWait {
     /// The target the core chose.
     to: NodeId,
+    /// Whether the caller named it (then only it leading is success).
+    named: bool,
     /// The leader's term when the transfer started.
     term: Term,
     /// Ticks since then.
@@ -33,10 +36,11 @@ impl<V: Vfs> NodeTask<V> {
     /// Starts a transfer in the core; the caller waits for its end.
     pub(super) fn start_transfer(&mut self, to: Option<NodeId>, reply: TransferReply) {
         match self.raft.transfer_leadership(to) {
-            Ok(to) => {
-                tracing::info!(node = %self.raft.id(), target = %to, "handing leadership over");
+            Ok(target) => {
+                tracing::info!(node = %self.raft.id(), %target, "handing leadership over");
                 self.transfer_waits.push(TransferWait {
-                    to,
+                    to: target,
+                    named: to.is_some(),
                     term: self.raft.term(),
                     ticks: 0,
                     reply,
@@ -78,12 +82,21 @@ impl<V: Vfs> NodeTask<V> {
             // Leading again without this transfer: the core abandoned it,
             // or this node won a later election.
             let ended = leading && (term != w.term || transferring != Some(w.to));
-            let answer = if let Some(l) = other_leader {
-                Some(Ok(l))
-            } else if ended || (!leading && w.ticks > patience) {
-                Some(Err(NodeError::TransferFailed { to: w.to }))
-            } else {
-                None
+            let answer = match other_leader {
+                Some(l) if l == w.to || !w.named => Some(Ok(l)),
+                Some(l) => Some(Err(NodeError::TransferFailed {
+                    to: w.to,
+                    leader: Some(l),
+                })),
+                None if ended => Some(Err(NodeError::TransferFailed {
+                    to: w.to,
+                    leader: Some(me),
+                })),
+                None if !leading && w.ticks > patience => Some(Err(NodeError::TransferFailed {
+                    to: w.to,
+                    leader: None,
+                })),
+                None => None,
             };
             match answer {
                 Some(a) => {

@@ -51,11 +51,12 @@ impl Raft {
             self.send_after_persist(from, self.accepted(match_index));
             return;
         }
-        // A snapshot that names no configuration: the cluster's first one
-        // was never written to the log (it was bootstrapped), and this node
-        // knows it from its own start.
+        // A snapshot that names no configuration: its sender saw no
+        // configuration entry up to `index`, so the configuration there is
+        // the bootstrapped one, which this node's committed prefix holds
+        // (not a later entry of its own that may have been overwritten).
         let conf = if membership.is_empty() {
-            self.log.conf_at(index).1.clone()
+            self.log.conf_at(self.log.committed).1.clone()
         } else {
             membership
         };

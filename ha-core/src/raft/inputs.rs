@@ -51,6 +51,9 @@ impl Raft {
         if let Some(t) = &l.transfer {
             return Err(ProposeError::Transferring { to: t.to });
         }
+        if !self.log.conf().1.is_voter(self.config.id) {
+            return Err(ProposeError::Leaving);
+        }
         let uncommitted = (self.log.last_index().0 - self.log.committed.0) as usize;
         if uncommitted >= self.config.max_uncommitted_entries {
             return Err(ProposeError::Busy);
@@ -106,9 +109,10 @@ impl Raft {
         // Any other node may speak: a leader or candidate of a newer
         // configuration than this node has seen must be heard (dissertation
         // §4.2.2), and peers are authenticated below the core. A removed
-        // node cannot disturb: PreVote, the leader lease and CheckQuorum
-        // hold it off, and a log without the configuration that removed it
-        // is behind every voter's that has it.
+        // node does not disturb with PreVote or CheckQuorum on (the lease
+        // holds it off, and a log without the configuration that removed
+        // it is behind every voter's that has it); with both off, it may
+        // raise terms as any partitioned node would (dissertation §4.2.3).
         if m.from == self.config.id || m.from == NodeId(0) {
             return Err(StepError::UnknownPeer(m.from));
         }

@@ -17,6 +17,11 @@ use std::fmt;
 
 use crate::types::{LogIndex, NodeId};
 
+/// The most ids a configuration names (voters of both halves and
+/// learners, counted with repeats): far above any real cluster, low enough
+/// that quorum arithmetic over them costs nothing.
+pub const MAX_MEMBERS: usize = 1024;
+
 /// A cluster configuration: voters, the outgoing voters of a joint
 /// configuration, and learners.
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -106,12 +111,24 @@ impl Membership {
         self.len() == 0
     }
 
-    /// Checks that there is at least one voter and that no node is both a
-    /// voter and a learner.
+    /// Checks that there is at least one voter, that no node is both a
+    /// voter and a learner, that no id is 0, and that it names at most
+    /// [`MAX_MEMBERS`] nodes.
     pub fn validate(&self) -> Result<(), super::InitError> {
         if self.voters.is_empty() {
             return Err(super::InitError::Membership(
                 "a configuration needs at least one voter".into(),
+            ));
+        }
+        let named = self.voters.len() + self.voters_outgoing.len() + self.learners.len();
+        if named > MAX_MEMBERS {
+            return Err(super::InitError::Membership(format!(
+                "a configuration of {named} ids (at most {MAX_MEMBERS})"
+            )));
+        }
+        if self.replication_targets().contains(&NodeId(0)) {
+            return Err(super::InitError::Membership(
+                "node id 0 is not a node id".into(),
             ));
         }
         if let Some(l) = self.learners.iter().find(|l| self.is_voter(**l)) {

@@ -211,6 +211,11 @@ pub enum ProposeError {
     /// The operation is not supported yet.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
+    /// This leader is not a voter of the configuration it appended last:
+    /// it hands leadership over once that configuration commits. Retry at
+    /// the next leader. Nothing was appended.
+    #[error("this leader is leaving the configuration; retry at the next leader")]
+    Leaving,
 }
 
 /// Why a ReadIndex request was refused.

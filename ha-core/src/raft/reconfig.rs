@@ -19,13 +19,16 @@
 //!    [`CATCH_UP_ENTRIES`] of the leader's, it answered within the last
 //!    election timeout (the longest), and it is not waiting for a
 //!    snapshot.
-//! 3. A leader that is no longer a voter of a committed configuration
-//!    hands leadership to a caught-up voter of it, or steps down, and never
-//!    campaigns again (only voters campaign).
+//! 3. A leader that is not a voter of its latest configuration takes no
+//!    proposals (so its successor can catch up with a log that no longer
+//!    grows); once that configuration commits it hands leadership to the
+//!    most up-to-date voter, or steps down, and never campaigns again (only
+//!    voters campaign).
 //! 4. A node dropped from the configuration keeps receiving the leader's
 //!    appends and heartbeats until it has acknowledged the entry that
-//!    dropped it and was told that entry committed, or stops answering, so
-//!    it can learn it was removed and stop.
+//!    dropped it and was sent a commit index past it, or has not answered
+//!    for an election timeout: best effort, so it can learn it was removed
+//!    (and go idle; see [`Raft::is_removed`]).
 
 use super::*;
 
@@ -219,23 +222,32 @@ impl Raft {
     }
 
     /// The leader's duties once the commit index moved or a tick passed:
-    /// ends a committed joint configuration (appends `C_new`), lets go of
-    /// dropped nodes that know they were dropped (invariant 4), and hands
-    /// over or steps down when it is no longer a voter (invariant 3).
+    /// lets go of dropped nodes (invariant 4), ends a committed joint
+    /// configuration (appends `C_new`), and hands over or steps down when
+    /// it is no longer a voter (invariant 3).
     pub(super) fn advance_membership(&mut self) {
         let me = self.config.id;
         let committed = self.log.committed;
+        let (now, window) = (self.ticks, self.config.election_timeout_max_ticks);
         let Role::Leader(l) = &mut self.role else {
             return;
         };
         let (conf_index, conf) = self.log.conf();
+        let targets = conf.replication_targets();
+        // A dropped node is kept while it may not know yet, and has been
+        // heard from within an election timeout: it learns best effort (a
+        // node that does not is no voter in its latest configuration, or
+        // its log is behind every voter's that has it).
+        l.progress.retain(|n, p| {
+            targets.contains(n)
+                || (p.heard_at.is_some_and(|t| now.saturating_sub(t) < window)
+                    && (conf_index > committed
+                        || p.match_index < conf_index
+                        || p.commit_sent < conf_index))
+        });
         if conf_index > committed {
             return;
         }
-        let targets = conf.replication_targets();
-        l.progress.retain(|n, p| {
-            targets.contains(n) || p.match_index < conf_index || p.commit_sent < conf_index
-        });
         if conf.is_joint() {
             if l.transfer.is_none() {
                 let next = Membership {
@@ -249,25 +261,25 @@ impl Raft {
         if conf.is_voter(me) || l.transfer.is_some() {
             return;
         }
-        // Not a voter any more: hand over to a caught-up voter, or step down.
-        let last = self.log.last_index();
-        let caught_up = conf
-            .voters
-            .iter()
-            .copied()
-            .find(|v| l.progress.get(v).is_some_and(|p| p.match_index == last));
-        let handed = caught_up.is_some_and(|to| self.transfer_leadership(Some(to)).is_ok());
-        if !handed {
+        // Not a voter any more: hand over to the most up-to-date voter (the
+        // transfer waits for it to catch up; this leader takes no proposals
+        // meanwhile), or step down if there is none to hand to. A transfer
+        // that fails steps this leader down too (see `tick_transfer`).
+        if self.transfer_leadership(None).is_err() {
             let term = self.term;
             self.become_follower(term, None);
         }
     }
 
-    /// Whether this node learned that it was removed: the configuration
-    /// committed here does not name it, and an earlier one in its log did.
-    /// A node that never saw itself named (waiting to be added, or started
-    /// from a snapshot taken after its removal) is not "removed": it waits.
-    /// Never true of a leader (it steps down first).
+    /// Whether this node, as far as it can tell, was removed: the
+    /// configuration committed here does not name it, and an earlier one
+    /// in its log did. A hint for operators, not a verdict: a node catching
+    /// up on an old log may pass through its own removal before the entry
+    /// that added it again, so nothing stops on it. A node that never saw
+    /// itself named (waiting to be added, or started from a snapshot taken
+    /// after its removal) is not "removed": it waits. Either way it never
+    /// campaigns (only voters do). Never true of a leader (it steps down
+    /// first).
     pub fn is_removed(&self) -> bool {
         let me = self.config.id;
         if matches!(self.role, Role::Leader(_)) {

@@ -78,6 +78,11 @@ pub struct Faults {
     /// transfer this tick (to a random node, maybe itself or a stranger, or
     /// to the most up-to-date voter).
     pub transfer_leader: f64,
+    /// Probability the leader of the highest term starts a random
+    /// membership change this tick: a node (a voter, learner, spare or
+    /// stranger) added as a learner, promoted or removed, never leaving
+    /// fewer than three voters (so a damaged disk stays a minority).
+    pub membership: f64,
 }
 
 impl Faults {
@@ -104,6 +109,7 @@ impl Faults {
             fsync_eio: 0.0,
             compaction_power_loss: 0.0,
             transfer_leader: 0.0,
+            membership: 0.0,
         }
     }
 
@@ -121,8 +127,11 @@ impl Faults {
 /// Settings of one simulated run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// Number of nodes.
+    /// Number of nodes the cluster starts with (all voters).
     pub nodes: usize,
+    /// Nodes started in no configuration, waiting to be added (ids after
+    /// the first `nodes`).
+    pub spares: usize,
     /// Core settings template (the id and seed are filled per node).
     pub raft: Config,
     /// The fault profile.
@@ -166,6 +175,7 @@ impl SimConfig {
         raft.heartbeat_interval_ticks = 2;
         SimConfig {
             nodes,
+            spares: 0,
             raft,
             faults: Faults::none(),
             propose: 0.0,
@@ -212,6 +222,7 @@ impl SimConfig {
             fsync_eio: 0.0,
             compaction_power_loss: 0.0,
             transfer_leader: 0.0,
+            membership: 0.0,
         };
         // A disk fault's probability: one of `choices` with a log on disk,
         // else none (drawing nothing).
@@ -239,6 +250,12 @@ impl SimConfig {
         c.forged_batch_starts = wal_fault(&mut rng, c.wal, &[0.0, 0.0, 0.3]);
         c.faults.compaction_power_loss = wal_fault(&mut rng, c.wal, &[0.0, 0.05, 0.2]);
         c.faults.transfer_leader = [0.0, 0.002, 0.01][rng.range(0, 3) as usize];
+        // Drawn last, so the seeds without changes see the world they saw
+        // before membership changes existed.
+        c.faults.membership = [0.0, 0.01, 0.03][rng.range(0, 3) as usize];
+        if c.faults.membership > 0.0 {
+            c.spares = 2;
+        }
         c
     }
 }
@@ -311,4 +328,7 @@ pub struct RunStats {
     pub compaction_power_losses: u64,
     /// Leadership transfers a leader started.
     pub transfers: u64,
+    /// Membership changes a leader started (a configuration entry
+    /// appended).
+    pub conf_changes: u64,
 }

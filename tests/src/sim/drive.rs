@@ -5,12 +5,18 @@
 use super::*;
 
 impl Sim {
-    pub(super) fn membership(&self) -> Membership {
-        Membership::new_voters((1..=self.cfg.nodes as u64).map(NodeId))
+    /// The configuration node `k` was bootstrapped with: the first voters,
+    /// or none for a spare (it waits to be added).
+    pub(super) fn bootstrap_membership(&self, k: usize) -> Membership {
+        if k < self.cfg.nodes {
+            Membership::new_voters((1..=self.cfg.nodes as u64).map(NodeId))
+        } else {
+            Membership::default()
+        }
     }
 
     pub(super) fn boot(&mut self, k: usize) -> Result<(), String> {
-        let membership = self.membership();
+        let membership = self.bootstrap_membership(k);
         let node = &mut self.nodes[k];
         let (stored, repaired, repairing) = node
             .store
@@ -57,7 +63,11 @@ impl Sim {
                     .after(Some((snap.index, snap.term, keep)), &[], None);
             }
             node.applied = snap.state.clone();
-            init.membership = snap.membership.clone();
+            // As the node does: a snapshot naming no configuration (taken
+            // before the first configuration entry) keeps the bootstrap one.
+            if !snap.membership.is_empty() {
+                init.membership = snap.membership.clone();
+            }
         }
         let raft = Raft::new(config, init)
             .map_err(|e| format!("node {} cannot start from its log: {e}", node.id))?;
@@ -145,7 +155,7 @@ impl Sim {
                 self.drive(k)?;
             }
         }
-        Ok(())
+        self.check_one_change()
     }
 
     /// Runs `f` with node `k`'s core, pipeline and a [`SimIo`] over the

@@ -32,6 +32,7 @@ mod clients;
 mod config;
 mod drive;
 mod io;
+mod membership;
 mod network;
 pub mod sessions;
 mod store;
@@ -152,7 +153,7 @@ impl Sim {
             next_op: 1,
             cfg,
         };
-        for k in 0..sim.cfg.nodes {
+        for k in 0..sim.cfg.nodes + sim.cfg.spares {
             let id = NodeId(k as u64 + 1);
             sim.nodes.push(SimNode {
                 id,
@@ -185,7 +186,7 @@ impl Sim {
         // them see the same world as before they existed.
         let mut side = SplitMix64::new(seed ^ 0x5E55_1045_C10C_5EED);
         let skew = sim.cfg.faults.clock_skew_ms;
-        sim.clock_offset_ms = (0..sim.cfg.nodes)
+        sim.clock_offset_ms = (0..sim.cfg.nodes + sim.cfg.spares)
             .map(|_| if skew > 0 { side.range(0, skew + 1) } else { 0 })
             .collect();
         sim.clients = (0..sim.cfg.session_clients)
@@ -228,9 +229,11 @@ impl Sim {
         self.nodes.is_empty()
     }
 
-    /// The core of node `id`, if it is up.
+    /// The core of node `id`, if it is up (`None` for an id no node was
+    /// started for).
     pub fn raft(&self, id: NodeId) -> Option<&Raft> {
-        self.nodes[(id.0 - 1) as usize].raft.as_ref()
+        let k = usize::try_from(id.0.checked_sub(1)?).ok()?;
+        self.nodes.get(k)?.raft.as_ref()
     }
 
     /// Whether node `id` is up.
@@ -354,7 +357,11 @@ impl Sim {
         for _ in 0..max_ticks {
             if let Some((cmd, node, term)) = marker {
                 if let Some(&index) = self.acked.get(&cmd) {
-                    if self.ids().iter().all(|id| self.applied_index(*id) >= index) {
+                    if self
+                        .members()
+                        .iter()
+                        .all(|id| self.applied_index(*id) >= index)
+                    {
                         converged = true;
                         break;
                     }
@@ -398,8 +405,11 @@ impl Sim {
                 "Liveness: the healed cluster did not converge within {max_ticks} ticks;{state}"
             )));
         }
+        // Every member of the final configuration holds every acknowledged
+        // command (a removed node, or a spare never added, need not).
+        let members = self.members();
         for (cmd, index) in self.acked.clone() {
-            for id in self.ids() {
+            for id in members.iter().copied() {
                 let got = self.applied_at(id, index);
                 if got != Some(cmd) {
                     let applied = self.applied_index(id);
@@ -500,6 +510,7 @@ pub fn run_seeds(
                             t.forged_commands += st.forged_commands;
                             t.compaction_power_losses += st.compaction_power_losses;
                             t.transfers += st.transfers;
+                            t.conf_changes += st.conf_changes;
                         }
                         Err(f) => {
                             failures.lock().expect("failures lock").push(f);

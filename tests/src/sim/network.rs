@@ -87,7 +87,8 @@ impl Sim {
         if !self.link_up(msg.from, msg.to) {
             return Ok(());
         }
-        if self.nodes[k].raft.is_none() {
+        // No machine answers for a stranger's id (a leader may add one).
+        if self.nodes.get(k).is_none_or(|n| n.raft.is_none()) {
             return Ok(());
         }
         self.stats.delivered += 1;
@@ -116,6 +117,7 @@ impl Sim {
     }
 
     pub(super) fn random_faults(&mut self) {
+        self.random_membership_change();
         let f = self.cfg.faults.clone();
         if f.partition > 0.0 && self.rng.chance(f.partition) {
             self.random_partition();

@@ -149,6 +149,8 @@ pub enum TraceEvent {
     Restart(NodeId),
     /// The partition changed.
     Partition(String),
+    /// A membership change started: (leader, the change, its entry's index).
+    Membership(NodeId, String, LogIndex),
 }
 
 /// The ring of recent events.
@@ -190,6 +192,7 @@ impl Trace {
                     TraceEvent::Crash(n) => format!("CRASH node {n}"),
                     TraceEvent::Restart(n) => format!("restart node {n}"),
                     TraceEvent::Partition(d) => format!("network: {d}"),
+                    TraceEvent::Membership(n, c, i) => format!("node {n} starts {c} at {i}"),
                 };
                 format!("[tick {t:>5}] {text}")
             })
