@@ -49,6 +49,14 @@ pub enum LocalClusterError {
     /// The id is not a member of this cluster.
     #[error("node {0} is not a member of this cluster")]
     UnknownNode(u64),
+    /// A membership change failed, or did not complete in time.
+    #[error("membership change {change:?}: {why}")]
+    Membership {
+        /// The change.
+        change: ha_core::raft::ConfChange,
+        /// Why.
+        why: String,
+    },
 }
 
 ha_core::debug_as_display!(LocalClusterError);
@@ -63,7 +71,15 @@ struct Running {
 pub struct LocalCluster<T: Replicated> {
     certs: tempfile::TempDir,
     data: tempfile::TempDir,
+    /// Every member's address (the first ones and those added since).
     addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The voters the cluster was started with: what their data
+    /// directories store as their bootstrap configuration.
+    initial: BTreeMap<NodeId, SocketAddr>,
+    /// Nodes added after the start (they started in no configuration).
+    joined: std::collections::BTreeSet<NodeId>,
+    /// The next id [`LocalCluster::add_node`] gives (ids are never reused).
+    next_id: u64,
     running: BTreeMap<NodeId, Running>,
     client_identity: TlsIdentity,
     opts: LocalOptions,
@@ -117,7 +133,10 @@ impl<T: Replicated> LocalCluster<T> {
             client_identity: load_client_identity(certs.path())?,
             certs,
             data,
+            initial: addrs.clone(),
             addrs,
+            joined: std::collections::BTreeSet::new(),
+            next_id: n as u64 + 1,
             running: BTreeMap::new(),
             opts,
             _t: PhantomData,
@@ -137,19 +156,24 @@ impl<T: Replicated> LocalCluster<T> {
         let dir =
             DataDir::open_for::<T, _>(&StdFs, &self.data_dir(id), &identity.cluster_id(), id)?;
         // The voters are stored on a node's first start and checked on
-        // every restart (a node never starts with another voter set).
-        let stored = dir.bootstrap_or_check_membership(
-            &StdFs,
-            &self
-                .addrs
-                .iter()
-                .map(|(i, a)| (*i, a.to_string()))
-                .collect(),
-        )?;
+        // every restart (a node never starts with another voter set); a
+        // node added later starts in no configuration.
+        let stored = if self.joined.contains(&id) {
+            dir.bootstrap_joining(&StdFs)?
+        } else {
+            dir.bootstrap_or_check_membership(
+                &StdFs,
+                &self
+                    .initial
+                    .iter()
+                    .map(|(i, a)| (*i, a.to_string()))
+                    .collect(),
+            )?
+        };
         let peers = self
             .addrs
             .iter()
-            .filter(|(p, _)| **p != id && stored.voters.contains_key(p))
+            .filter(|(p, _)| **p != id)
             .map(|(p, a)| (*p, *a))
             .collect();
         let quic = QuicConfig::new(id, self.addrs[&id], peers, identity);
@@ -304,6 +328,94 @@ impl<T: Replicated> LocalCluster<T> {
         }
         let socket = UdpSocket::bind(addr)?;
         self.boot(nid, socket)
+    }
+
+    /// Adds a node: a new id (never one used before) with its certificate,
+    /// started in no configuration, known to every running node's
+    /// transport, added as a learner, and promoted to voter once it has
+    /// caught up. Returns its id.
+    pub async fn add_node(&mut self) -> Result<u64, LocalClusterError> {
+        let id = NodeId(self.next_id);
+        self.next_id += 1;
+        create_cluster_certs(self.certs.path(), &[id])?;
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let addr = socket.local_addr()?;
+        for r in self.running.values() {
+            r.node.transport().add_peer(id, addr);
+        }
+        self.addrs.insert(id, addr);
+        self.joined.insert(id);
+        self.boot(id, socket)?;
+        self.change(ha_core::raft::ConfChange::AddLearner(id))
+            .await?;
+        self.change(ha_core::raft::ConfChange::Promote(id)).await?;
+        Ok(id.0)
+    }
+
+    /// Removes node `id` from the configuration (a leader hands leadership
+    /// over first), then stops it and forgets its address.
+    pub async fn remove_node(&mut self, id: u64) -> Result<(), LocalClusterError> {
+        let nid = NodeId(id);
+        if !self.addrs.contains_key(&nid) {
+            return Err(LocalClusterError::UnknownNode(id));
+        }
+        self.change(ha_core::raft::ConfChange::Remove(nid)).await?;
+        self.kill(id).await;
+        self.addrs.remove(&nid);
+        for r in self.running.values() {
+            r.node.transport().remove_peer(nid);
+        }
+        Ok(())
+    }
+
+    /// Replaces node `id` by a new one: adds the new node (caught up,
+    /// promoted), then removes `id`. Returns the new node's id.
+    pub async fn replace_node(&mut self, id: u64) -> Result<u64, LocalClusterError> {
+        let new = self.add_node().await?;
+        self.remove_node(id).await?;
+        Ok(new)
+    }
+
+    /// Runs `change` on the leader until it is done: retried (at the
+    /// leader of the moment) while another change is in flight, the
+    /// learner catches up, or leadership moves; at most 60 s.
+    async fn change(&self, change: ha_core::raft::ConfChange) -> Result<(), LocalClusterError> {
+        use ha_core::node::NodeError;
+        use ha_core::raft::ConfChangeError;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut last = String::from("no leader");
+        while tokio::time::Instant::now() < deadline {
+            let handle = match self.leader().await {
+                Some(l) => self.handle(l),
+                None => None,
+            };
+            if let Some(h) = handle {
+                match h.change_membership(change).await {
+                    Ok(_) => return Ok(()),
+                    Err(
+                        e @ (NodeError::NotLeader { .. }
+                        | NodeError::Busy
+                        | NodeError::Stopped(_)
+                        | NodeError::Membership(
+                            ConfChangeError::InProgress
+                            | ConfChangeError::NotCaughtUp { .. }
+                            | ConfChangeError::Transferring { .. },
+                        )),
+                    ) => last = e.to_string(),
+                    Err(e) => {
+                        return Err(LocalClusterError::Membership {
+                            change,
+                            why: e.to_string(),
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(LocalClusterError::Membership {
+            change,
+            why: format!("not done within 60 s; last: {last}"),
+        })
     }
 
     /// Stops every node cleanly.

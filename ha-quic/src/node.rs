@@ -70,7 +70,8 @@ fn check_addresses(opts: &NodeOptions, quic: &QuicConfig) -> Result<(), StartErr
             quic.id
         )));
     }
-    if !opts.membership.is_member(id) {
+    // An empty configuration: a node started to be added (it waits).
+    if !opts.membership.is_empty() && !opts.membership.is_member(id) {
         return Err(StartError::Config(format!(
             "node {id} is not a member of the configuration it starts with ({:?})",
             opts.membership

@@ -86,6 +86,10 @@ pub enum NodeError {
         /// Who leads, if known.
         leader: Option<NodeId>,
     },
+    /// A membership change could not start (another is in flight, the
+    /// learner is not caught up, ...; see the error).
+    #[error("membership change refused: {0}")]
+    Membership(crate::raft::ConfChangeError),
 }
 
 crate::debug_as_display!(NodeError);
@@ -286,6 +290,10 @@ pub(super) enum Command {
         to: Option<NodeId>,
         reply: TransferReply,
     },
+    ChangeMembership {
+        change: crate::raft::ConfChange,
+        reply: ConfReply,
+    },
     Shutdown,
 }
 
@@ -366,6 +374,27 @@ impl NodeHandle {
         rx.await.map_err(|_| self.stopped())?
     }
 
+    /// Changes the configuration (dissertation §4.3): adds a learner,
+    /// promotes a caught-up learner, or removes a voter or learner, through
+    /// a joint configuration when the voters change. Resolves, with the
+    /// configuration now in force, once it is committed and not joint. On
+    /// a node that does not lead: `NotLeader`. Refused with `Membership`
+    /// when it cannot start now (another change in flight, a learner not
+    /// caught up: retry later) or at all. Asking again for a change that
+    /// holds already answers at once, so retrying at a new leader is
+    /// harmless.
+    pub async fn change_membership(
+        &self,
+        change: crate::raft::ConfChange,
+    ) -> Result<crate::raft::Membership, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::ChangeMembership { change, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
     /// The node's counters, histograms and availability figures.
     pub fn metrics(&self) -> NodeMetrics {
         let m = &self.metrics;
@@ -427,3 +456,4 @@ pub(super) type ProposeReply = oneshot::Sender<Result<(LogIndex, Bytes), NodeErr
 pub(super) type ReadReply = oneshot::Sender<Result<LogIndex, NodeError>>;
 pub(super) type QueryReply = oneshot::Sender<Result<Bytes, NodeError>>;
 pub(super) type TransferReply = oneshot::Sender<Result<NodeId, NodeError>>;
+pub(super) type ConfReply = oneshot::Sender<Result<crate::raft::Membership, NodeError>>;

@@ -24,6 +24,7 @@
 
 mod handle;
 mod inbox;
+mod membership;
 mod options;
 mod persist;
 mod pipeline;

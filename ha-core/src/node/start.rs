@@ -154,6 +154,8 @@ fn start<V: Vfs>(
         mark_in_ready: false,
         refused_messages: 0,
         transfer_waits: Vec::new(),
+        conf_waits: Vec::new(),
+        told_removed: false,
     };
     let watch_tx = task.status_tx.clone();
     watch_for_panic(tokio::spawn(task.run(opts.tick, in_rx, cmd_rx)), watch_tx);

@@ -115,6 +115,10 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) refused_messages: u64,
     /// Callers waiting for a leadership transfer to end.
     pub(super) transfer_waits: Vec<super::transfer::TransferWait>,
+    /// Callers waiting for a membership change to be done.
+    pub(super) conf_waits: Vec<super::membership::ConfWait>,
+    /// Whether the log said this node was removed (said once per change).
+    pub(super) told_removed: bool,
 }
 
 /// Something the node task learns from helpers (storage, transport).
@@ -220,6 +224,8 @@ impl<V: Vfs> NodeTask<V> {
             }
             self.publish_status(None);
             self.settle_transfers();
+            self.settle_conf_changes();
+            self.say_if_removed();
         };
         // Nothing more is taken while the writers are joined: queued and
         // new requests fail at once instead of waiting on a stopping node.
@@ -240,6 +246,7 @@ impl<V: Vfs> NodeTask<V> {
         }
         let err = NodeError::Stopped(reason.clone());
         self.fail_transfers(&err);
+        self.fail_conf_changes(&err);
         let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         self.pipeline.stop(&mut io, err);
         if let Backend::Group(g) = std::mem::replace(&mut self.storage, Backend::Stopped) {
@@ -476,6 +483,7 @@ impl<V: Vfs> NodeTask<V> {
                 reply,
             } => self.start_read(PendingRead::Query(body, reply)),
             Command::TransferLeader { to, reply } => self.start_transfer(to, reply),
+            Command::ChangeMembership { change, reply } => self.start_conf_change(change, reply),
             Command::Shutdown => return false,
         }
         true
@@ -492,6 +500,22 @@ impl<V: Vfs> NodeTask<V> {
                 pending.fail(NodeError::NotLeader { leader })
             }
             Err(ReadIndexError::Busy) => pending.fail(NodeError::Busy),
+        }
+    }
+
+    /// Logs once when this node learns it is no longer in the committed
+    /// configuration (it then idles: it never campaigns, and it serves no
+    /// linearizable request; see `Raft::is_removed`), and once when it is
+    /// in again.
+    fn say_if_removed(&mut self) {
+        let removed = self.raft.is_removed();
+        if removed != self.told_removed {
+            self.told_removed = removed;
+            if removed {
+                tracing::warn!(node = %self.raft.id(), "this node is no longer a member of the cluster's configuration: it stays idle and may be stopped");
+            } else {
+                tracing::info!(node = %self.raft.id(), "this node is a member of the configuration again");
+            }
         }
     }
 

@@ -76,9 +76,9 @@ pub(super) async fn handle_incoming(
             // Which member the certificate names decides whose slots it
             // takes; the hello must then claim that same member.
             let Some(peer) = shared
-                .peer_connections
-                .keys()
-                .copied()
+                .peers
+                .ids()
+                .into_iter()
                 .find(|id| tls::cert_names(&cert, &node_server_name(*id)))
             else {
                 return protocol_violation(
@@ -89,7 +89,11 @@ pub(super) async fn handle_incoming(
                 );
             };
             let who = node_server_name(peer);
-            let Ok(_peer_slot) = shared.peer_connections[&peer].clone().try_acquire_owned() else {
+            let slot = shared
+                .peers
+                .get(peer)
+                .map(|p| p.connections.try_acquire_owned());
+            let Some(Ok(_peer_slot)) = slot else {
                 let why = format!(
                     "too many connections from this peer (max_connections_per_peer {})",
                     shared.limits.max_connections_per_peer
@@ -234,7 +238,7 @@ pub(super) async fn peer_stream(
     files: Option<Arc<dyn SnapshotFiles>>,
 ) {
     let opened = Instant::now();
-    let Some(budget) = shared.peer_budgets.get(&peer).cloned() else {
+    let Some(budget) = shared.peers.get(peer).map(|p| p.budget) else {
         let who = node_server_name(peer);
         return protocol_violation(&conn, &shared, &who, "a stream from an unknown node id");
     };
@@ -322,7 +326,7 @@ fn check_hello(hello: &PeerHello, peer: NodeId, shared: &Shared) -> Result<(), &
     if hello.to != shared.id {
         return Err("hello is meant for another node");
     }
-    if !shared.peers.contains_key(&hello.from) || hello.from == shared.id {
+    if shared.peers.get(hello.from).is_none() || hello.from == shared.id {
         return Err("hello claims an unknown node id");
     }
     if hello.from != peer {

@@ -67,6 +67,7 @@
 mod inbound;
 mod limits;
 mod outbound;
+mod peers;
 mod serving;
 mod snapshots;
 mod stats;
@@ -130,8 +131,8 @@ fn admit_handshake(
     // behind NAT, or one that dials from another address than it listens
     // on, is not recognised and uses the common pool.)
     let from_peer = shared
-        .peer_ips
-        .contains(&incoming.remote_address().ip().to_canonical());
+        .peers
+        .has_ip(incoming.remote_address().ip().to_canonical());
     let permit = shared.handshakes.clone().try_acquire_owned().or_else(|e| {
         if from_peer {
             shared.peer_handshakes.clone().try_acquire_owned()
@@ -173,10 +174,14 @@ struct Shared {
     cluster_id: String,
     schema: u64,
     query_schema: u64,
-    peers: BTreeMap<NodeId, SocketAddr>,
+    /// The peers and their own limits (changed at runtime by
+    /// [`QuicTransport::add_peer`] and [`QuicTransport::remove_peer`]).
+    peers: peers::PeerTable,
     stats: TransportStats,
     options: QuicOptions,
     limits: QuicLimits,
+    /// Depths of a peer's control and replication send queues.
+    queue_depths: (usize, usize),
     /// `max_connections`.
     connections: Arc<Semaphore>,
     /// `max_handshakes`: handshakes in progress.
@@ -184,21 +189,12 @@ struct Shared {
     /// A reserve of handshakes for peers' addresses ([`PEER_HANDSHAKES`]),
     /// used when `handshakes` is exhausted.
     peer_handshakes: Arc<Semaphore>,
-    /// The peers' IP addresses (a peer dials from the address it listens on).
-    peer_ips: std::collections::BTreeSet<std::net::IpAddr>,
     /// `max_client_connections`.
     client_connections: Arc<Semaphore>,
-    /// `max_connections_per_peer`, per peer.
-    peer_connections: BTreeMap<NodeId, Arc<Semaphore>>,
     /// `client_budget_bytes`.
     client_budget: Arc<Semaphore>,
-    /// `peer_budget_bytes`, per peer.
-    peer_budgets: BTreeMap<NodeId, Arc<Semaphore>>,
     /// `max_snapshot_receives`.
     snapshot_receives: Arc<Semaphore>,
-    /// One snapshot transfer at a time per peer, so one peer cannot hold
-    /// every receive slot.
-    peer_snapshot_slots: BTreeMap<NodeId, Arc<Semaphore>>,
     /// `max_client_requests`.
     client_requests: Arc<Semaphore>,
     /// `client_pending_bytes`.
@@ -215,7 +211,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct QuicTransport {
     shared: Arc<Shared>,
-    queues: Arc<BTreeMap<NodeId, PeerQueues>>,
+    /// Each peer's send queues (changed with the peer table).
+    queues: Arc<std::sync::RwLock<BTreeMap<NodeId, PeerQueues>>>,
     endpoint: quinn::Endpoint,
 }
 
@@ -234,7 +231,7 @@ impl Transport for QuicTransport {
         install: Message,
         done: ha_core::transport::SnapshotDone,
     ) {
-        let Some(addr) = self.shared.peers.get(&to).copied() else {
+        let Some(addr) = self.shared.peers.addr(to) else {
             let n = bump(&self.shared.stats.dropped_no_route);
             tracing::warn!(node = %self.shared.id, peer = %to, "cannot send a snapshot to an unknown node ({n} messages without a route so far)");
             return done(false);
@@ -262,7 +259,8 @@ impl Transport for QuicTransport {
 
     fn send(&self, msg: Message) {
         let stats = &self.shared.stats;
-        let Some(q) = self.queues.get(&msg.to) else {
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = queues.get(&msg.to) else {
             let n = bump(&stats.dropped_no_route);
             if sampled(n) {
                 tracing::warn!(node = %self.shared.id, to = %msg.to, "dropped a message for a node this endpoint does not know ({n} so far)");
@@ -287,8 +285,50 @@ impl QuicTransport {
     /// Whether the control connection to `peer` is up.
     pub fn peer_connected(&self, peer: NodeId) -> bool {
         self.queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(&peer)
             .is_some_and(|q| q.connected.load(Ordering::Relaxed))
+    }
+
+    /// Adds peer `id` listening at `addr` (a member added to the
+    /// configuration), or moves it there: its senders start (they connect
+    /// lazily) and its connections are accepted. The endpoint's own id is
+    /// ignored.
+    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
+        if id == self.shared.id || !self.shared.peers.insert(id, addr, &self.shared.limits) {
+            return;
+        }
+        let q = start_peer_sender(&self.endpoint, &self.shared, id, addr);
+        // A replaced entry's queues drop here: its old senders end.
+        self.queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, q);
+        tracing::info!(node = %self.shared.id, peer = %id, %addr, "peer added");
+    }
+
+    /// Forgets peer `id` (a member removed from the configuration): its
+    /// senders end, and its new connections and streams are refused.
+    pub fn remove_peer(&self, id: NodeId) {
+        if !self.shared.peers.remove(id) {
+            return;
+        }
+        self.queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        tracing::info!(node = %self.shared.id, peer = %id, "peer removed");
+    }
+
+    /// The peers this endpoint knows, with their addresses.
+    pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.shared
+            .peers
+            .ids()
+            .into_iter()
+            .filter_map(|id| Some((id, self.shared.peers.addr(id)?)))
+            .collect()
     }
 
     /// The counters.
@@ -306,15 +346,15 @@ impl QuicTransport {
     /// (at most `peer_budget_bytes` each).
     pub fn peer_frame_bytes_held(&self) -> usize {
         self.shared
-            .peer_budgets
-            .values()
-            .map(|b| self.shared.limits.peer_budget_bytes - b.available_permits())
-            .sum()
+            .peers
+            .bytes_held(self.shared.limits.peer_budget_bytes)
     }
 
     /// QUIC's round-trip estimate to every connected peer.
     pub fn peer_rtts(&self) -> Vec<(NodeId, Duration)> {
         self.queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter_map(|(id, q)| {
                 let c = q.conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,44 +382,17 @@ impl Shared {
             cluster_id: config.identity.cluster_id(),
             schema: config.schema,
             query_schema: config.query_schema,
-            peers: config.peers.clone(),
+            peers: peers::PeerTable::new(config.id, &config.peers, limits),
             stats: TransportStats::default(),
             options: config.options.clone(),
             limits: limits.clone(),
+            queue_depths: (config.control_queue, config.replication_queue),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
             peer_handshakes: Arc::new(Semaphore::new(PEER_HANDSHAKES)),
-            peer_ips: config
-                .peers
-                .values()
-                .map(|a| a.ip().to_canonical())
-                .collect(),
             client_connections: Arc::new(Semaphore::new(limits.max_client_connections)),
-            peer_connections: config
-                .peers
-                .keys()
-                .filter(|p| **p != config.id)
-                .map(|p| {
-                    (
-                        *p,
-                        Arc::new(Semaphore::new(limits.max_connections_per_peer)),
-                    )
-                })
-                .collect(),
             client_budget: Arc::new(Semaphore::new(limits.client_budget_bytes)),
-            peer_budgets: config
-                .peers
-                .keys()
-                .filter(|p| **p != config.id)
-                .map(|p| (*p, Arc::new(Semaphore::new(limits.peer_budget_bytes))))
-                .collect(),
             snapshot_receives: Arc::new(Semaphore::new(limits.max_snapshot_receives)),
-            peer_snapshot_slots: config
-                .peers
-                .keys()
-                .filter(|p| **p != config.id)
-                .map(|p| (*p, Arc::new(Semaphore::new(1))))
-                .collect(),
             client_requests: Arc::new(Semaphore::new(limits.max_client_requests)),
             client_pending: Arc::new(Semaphore::new(limits.client_pending_bytes)),
             newest_streams: std::sync::Mutex::new(BTreeMap::new()),
@@ -388,50 +401,58 @@ impl Shared {
     }
 }
 
-/// Starts the two senders (control and replication) of every peer but
-/// this node; they connect lazily. Returns their queues.
+/// Starts the two senders (control and replication) of one peer; they
+/// connect lazily. Returns their queues.
+fn start_peer_sender(
+    endpoint: &quinn::Endpoint,
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> PeerQueues {
+    let connected = Arc::new(AtomicBool::new(false));
+    let conn_slot: ConnSlot = Arc::new(std::sync::Mutex::new(None));
+    let make = |class, depth: usize, connected: Option<(Arc<AtomicBool>, ConnSlot)>| {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        tokio::spawn(peer_sender(
+            endpoint.clone(),
+            shared.clone(),
+            peer,
+            addr,
+            class,
+            rx,
+            connected,
+        ));
+        tx
+    };
+    let (control_depth, replication_depth) = shared.queue_depths;
+    let control = make(
+        StreamClass::Control,
+        control_depth,
+        Some((connected.clone(), conn_slot.clone())),
+    );
+    let replication = make(StreamClass::Replication, replication_depth, None);
+    PeerQueues {
+        control,
+        replication,
+        connected,
+        conn: conn_slot,
+    }
+}
+
+/// Starts the senders of every peer but this node.
 fn start_peer_senders(
     endpoint: &quinn::Endpoint,
     shared: &Arc<Shared>,
-    config: &QuicConfig,
 ) -> BTreeMap<NodeId, PeerQueues> {
-    let mut queues = BTreeMap::new();
-    for (peer, addr) in &config.peers {
-        if *peer == config.id {
-            continue;
-        }
-        let connected = Arc::new(AtomicBool::new(false));
-        let conn_slot: ConnSlot = Arc::new(std::sync::Mutex::new(None));
-        let make = |class, depth: usize, connected: Option<(Arc<AtomicBool>, ConnSlot)>| {
-            let (tx, rx) = mpsc::channel(depth.max(1));
-            tokio::spawn(peer_sender(
-                endpoint.clone(),
-                shared.clone(),
-                *peer,
-                *addr,
-                class,
-                rx,
-                connected,
-            ));
-            tx
-        };
-        let control = make(
-            StreamClass::Control,
-            config.control_queue,
-            Some((connected.clone(), conn_slot.clone())),
-        );
-        let replication = make(StreamClass::Replication, config.replication_queue, None);
-        queues.insert(
-            *peer,
-            PeerQueues {
-                control,
-                replication,
-                connected,
-                conn: conn_slot,
-            },
-        );
-    }
-    queues
+    shared
+        .peers
+        .ids()
+        .into_iter()
+        .filter_map(|peer| {
+            let addr = shared.peers.addr(peer)?;
+            Some((peer, start_peer_sender(endpoint, shared, peer, addr)))
+        })
+        .collect()
 }
 
 impl QuicEndpoint {
@@ -472,10 +493,10 @@ impl QuicEndpoint {
         let client = tls::client_config(&config.identity, ALPN_PEER, &config.options)?;
         endpoint.set_default_client_config(client);
         let shared = Arc::new(Shared::new(&config));
-        let queues = start_peer_senders(&endpoint, &shared, &config);
+        let queues = start_peer_senders(&endpoint, &shared);
         let transport = QuicTransport {
             shared: shared.clone(),
-            queues: Arc::new(queues),
+            queues: Arc::new(std::sync::RwLock::new(queues)),
             endpoint: endpoint.clone(),
         };
         Ok(QuicEndpoint {

@@ -183,7 +183,7 @@ pub(super) async fn respond(send: &mut quinn::SendStream, shared: &Shared, resp:
 pub(super) fn not_leader(shared: &Shared, leader: Option<NodeId>) -> ClientResponse {
     ClientResponse::NotLeader {
         leader: leader.map(|l| l.0),
-        leader_addr: leader.and_then(|l| shared.peers.get(&l).copied()),
+        leader_addr: leader.and_then(|l| shared.peers.addr(l)),
     }
 }
 

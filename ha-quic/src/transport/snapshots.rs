@@ -146,9 +146,10 @@ async fn admit_snapshot(
     shared: &Shared,
     opened: Instant,
 ) -> Result<(SnapshotHeader, SnapshotPermits), String> {
-    let Some(budget) = shared.peer_budgets.get(&hello.from) else {
+    let Some(peer) = shared.peers.get(hello.from) else {
         return Err("a snapshot from an unknown node id".into());
     };
+    let budget = &peer.budget;
     let limits = ReadLimits {
         max_bytes: MAX_CONTROL_FRAME_BYTES,
         budget: Some(budget),
@@ -172,11 +173,7 @@ async fn admit_snapshot(
             header.len
         ));
     }
-    let Some(Ok(peer)) = shared
-        .peer_snapshot_slots
-        .get(&hello.from)
-        .map(|s| s.clone().try_acquire_owned())
-    else {
+    let Ok(peer) = peer.snapshot_slot.clone().try_acquire_owned() else {
         return Err("busy: this peer's previous snapshot transfer is still in progress".into());
     };
     let Ok(endpoint) = shared.snapshot_receives.clone().try_acquire_owned() else {

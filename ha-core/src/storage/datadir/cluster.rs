@@ -31,6 +31,11 @@ fn describe(voters: &BTreeMap<NodeId, String>) -> String {
 
 pub(super) fn render_cluster(voters: &BTreeMap<NodeId, String>) -> String {
     let mut body = format!("{CLUSTER_HEADER}\n");
+    if voters.is_empty() {
+        // A node started to be added to a running cluster: its
+        // configuration comes from its leader's log.
+        body.push_str("joining\n");
+    }
     for (id, addr) in voters {
         body.push_str(&format!("voter={} {addr}\n", id.0));
     }
@@ -49,7 +54,12 @@ pub(super) fn parse_cluster(text: &str) -> Result<BTreeMap<NodeId, String>, Stri
         return Err("configuration file has an unknown format".into());
     }
     let mut voters = BTreeMap::new();
+    let mut joining = false;
     for line in lines {
+        if line == "joining" && !joining {
+            joining = true;
+            continue;
+        }
         let (id, addr) = line
             .strip_prefix("voter=")
             .and_then(|l| l.split_once(' '))
@@ -66,10 +76,11 @@ pub(super) fn parse_cluster(text: &str) -> Result<BTreeMap<NodeId, String>, Stri
             return Err(format!("voter {id} is listed twice"));
         }
     }
-    if voters.is_empty() {
-        return Err("no voters".into());
+    match (joining, voters.is_empty()) {
+        (false, true) => Err("no voters".into()),
+        (true, false) => Err("a joining node lists voters".into()),
+        _ => Ok(voters),
     }
-    Ok(voters)
 }
 
 impl DataDir {
@@ -90,6 +101,39 @@ impl DataDir {
             voters,
             bootstrapped_now: false,
         }))
+    }
+
+    /// On a node's first start as a node to be added to a running cluster
+    /// (`serve --join`), stores that it starts in no configuration (its
+    /// leader's log brings one); on a later start returns what is stored.
+    /// A directory that holds a log or snapshots but no stored
+    /// configuration is refused, as in
+    /// [`DataDir::bootstrap_or_check_membership`].
+    pub fn bootstrap_joining<V: Vfs>(&self, vfs: &V) -> Result<StoredCluster, DataDirError> {
+        if let Some(stored) = self.stored_cluster(vfs)? {
+            return Ok(stored);
+        }
+        if holds_files(vfs, &self.wal_dir())? || holds_files(vfs, &self.snapshot_dir())? {
+            return Err(DataDirError::BadCluster {
+                dir: self.root.clone(),
+                file: self.root.join(CLUSTER_FILE),
+                reason: "the directory holds a log or snapshots but no stored configuration; \
+                         refusing to start it as a new node"
+                    .into(),
+            });
+        }
+        let none = BTreeMap::new();
+        write_atomically(
+            vfs,
+            &self.root,
+            CLUSTER_FILE,
+            CLUSTER_TMP,
+            &render_cluster(&none),
+        )?;
+        Ok(StoredCluster {
+            voters: none,
+            bootstrapped_now: true,
+        })
     }
 
     /// On a node's first start, stores `voters` (ids and `HOST:PORT`
