@@ -170,14 +170,18 @@ impl<T: Replicated> LocalCluster<T> {
                     .collect(),
             )?
         };
+        // Every member's address, and the first voters' (the bootstrap
+        // configuration names them even after they were removed).
         let peers = self
-            .addrs
+            .initial
             .iter()
+            .chain(self.addrs.iter())
             .filter(|(p, _)| **p != id)
             .map(|(p, a)| (*p, *a))
             .collect();
         let quic = QuicConfig::new(id, self.addrs[&id], peers, identity);
         let mut opts = NodeOptions::new(id, stored.voters.keys().copied());
+        opts.joining = stored.voters.is_empty();
         opts.tick = self.opts.tick;
         opts.snapshot_every_entries = self.opts.snapshot_every_entries;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -292,6 +296,17 @@ impl<T: Replicated> LocalCluster<T> {
             .map(|r| r.node.handle().clone())
     }
 
+    /// Snapshots node `id`'s transport has received (0 if it does not run).
+    pub fn snapshots_received(&self, id: u64) -> u64 {
+        self.running.get(&NodeId(id)).map_or(0, |r| {
+            r.node
+                .transport()
+                .stats()
+                .snapshots_received
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     /// Node `id`'s status, if it runs.
     pub fn status(&self, id: u64) -> Option<NodeStatus> {
         self.running
@@ -390,7 +405,14 @@ impl<T: Replicated> LocalCluster<T> {
                 None => None,
             };
             if let Some(h) = handle {
-                match h.change_membership(change).await {
+                // Each attempt within what is left: a change that cannot
+                // complete (its learner stopped answering) keeps waiting.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let attempt = tokio::time::timeout(left, h.change_membership(change)).await;
+                let Ok(answer) = attempt else {
+                    break;
+                };
+                match answer {
                     Ok(_) => return Ok(()),
                     Err(
                         e @ (NodeError::NotLeader { .. }

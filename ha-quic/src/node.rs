@@ -70,8 +70,9 @@ fn check_addresses(opts: &NodeOptions, quic: &QuicConfig) -> Result<(), StartErr
             quic.id
         )));
     }
-    // An empty configuration: a node started to be added (it waits).
-    if !opts.membership.is_empty() && !opts.membership.is_member(id) {
+    // A node started to be added (an empty configuration) waits; any
+    // other node must be in the configuration it starts with.
+    if !(opts.membership.is_member(id) || opts.joining && opts.membership.is_empty()) {
         return Err(StartError::Config(format!(
             "node {id} is not a member of the configuration it starts with ({:?})",
             opts.membership

@@ -1,7 +1,8 @@
 //! Membership changes on a real QUIC cluster: every node of a 3-node
 //! cluster replaced in turn (add 4, remove 1, add 5, remove 2, add 6,
 //! remove 3) under a write load, every acknowledged write read back at the
-//! end; the new nodes catch up by snapshot before they are promoted.
+//! end; the new nodes catch up by snapshot before they are promoted, and a
+//! node that joined restarts from its data directory.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -70,13 +71,17 @@ async fn every_node_replaced_under_load_and_nothing_acknowledged_is_lost() {
         let new = cluster.add_node().await.expect("a node is added");
         // It caught up from a snapshot (the log before it was compacted).
         assert!(
-            cluster.snapshot_index(new).0 > 0,
-            "node {new} was promoted without a snapshot"
+            cluster.snapshots_received(new) > 0,
+            "node {new} was promoted without receiving a snapshot"
         );
         cluster.remove_node(old).await.expect("a node is removed");
     }
     let took = started.elapsed();
     let during = acked.lock().unwrap().len();
+    assert!(
+        during > 0,
+        "no write was acknowledged during the replacement"
+    );
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
@@ -91,6 +96,9 @@ async fn every_node_replaced_under_load_and_nothing_acknowledged_is_lost() {
     let leader = cluster.leader().await.expect("a leader");
     let voters = cluster.handle(leader).unwrap().metrics().voters;
     assert_eq!(voters, vec![NodeId(4), NodeId(5), NodeId(6)]);
+    // A node that joined restarts from its data directory and serves on.
+    cluster.kill(4).await;
+    cluster.restart(4).await.expect("a joined node restarts");
     // A fresh client (the writers' knew only the nodes that are gone, and
     // a client does not learn new members' addresses yet): the new nodes
     // take writes, and hold every acknowledged one.

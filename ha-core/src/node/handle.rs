@@ -381,8 +381,12 @@ impl NodeHandle {
     /// a node that does not lead: `NotLeader`. Refused with `Membership`
     /// when it cannot start now (another change in flight, a learner not
     /// caught up: retry later) or at all. Asking again for a change that
-    /// holds already answers at once, so retrying at a new leader is
-    /// harmless.
+    /// holds already answers at once (once the new leader has committed an
+    /// entry of its term), so retrying at a new leader is harmless. Waits
+    /// without a bound while the change can still complete (a promoted
+    /// learner that stops answering keeps the joint configuration
+    /// uncommitted while the other voters keep this leader in office):
+    /// callers bound it with a timeout.
     pub async fn change_membership(
         &self,
         change: crate::raft::ConfChange,

@@ -33,8 +33,12 @@ pub struct NodeOptions {
     pub raft: Config,
     /// The configuration the cluster was bootstrapped with (in force until
     /// the first configuration entry, where no snapshot names another);
-    /// empty for a node waiting to be added.
+    /// empty for a node waiting to be added (`joining`).
     pub membership: Membership,
+    /// The node was started to be added to a running cluster: it starts in
+    /// no configuration and waits for a leader's entries (an empty
+    /// `membership` is refused otherwise).
+    pub joining: bool,
     /// Wall-clock length of one logical tick.
     pub tick: Duration,
     /// Depth of the inbound message queue.
@@ -86,6 +90,7 @@ impl NodeOptions {
         NodeOptions {
             raft: Config::new(id),
             membership: Membership::new_voters(voters),
+            joining: false,
             tick: Duration::from_millis(50),
             inbound_queue: 8192,
             inbound_queue_bytes: DEFAULT_INBOUND_QUEUE_BYTES,

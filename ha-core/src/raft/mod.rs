@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use config::Config;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
-pub use membership::{Membership, VoteResult};
+pub use membership::{MAX_MEMBERS, Membership, VoteResult};
 pub use message::{AppendOutcome, Body, MAX_APPEND_ENTRIES, Message, MessageError};
 pub use read::ReadState;
 pub use reconfig::{CATCH_UP_ENTRIES, ConfChange, ConfChangeError};

@@ -182,6 +182,9 @@ struct Shared {
     limits: QuicLimits,
     /// Depths of a peer's control and replication send queues.
     queue_depths: (usize, usize),
+    /// The runtime the endpoint was bound on: a peer's senders run there
+    /// whoever adds the peer, and end with it.
+    runtime: tokio::runtime::Handle,
     /// `max_connections`.
     connections: Arc<Semaphore>,
     /// `max_handshakes`: handshakes in progress.
@@ -296,28 +299,34 @@ impl QuicTransport {
     /// lazily) and its connections are accepted. The endpoint's own id is
     /// ignored.
     pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
-        if id == self.shared.id || !self.shared.peers.insert(id, addr, &self.shared.limits) {
+        if id == self.shared.id {
             return;
         }
-        let q = start_peer_sender(&self.endpoint, &self.shared, id, addr);
+        // The queue map's lock is held across the table's change, so two
+        // changes of one peer cannot interleave (table at one address,
+        // senders at another).
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        if !self.shared.peers.insert(id, addr, &self.shared.limits) {
+            return;
+        }
         // A replaced entry's queues drop here: its old senders end.
-        self.queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, q);
+        queues.insert(
+            id,
+            start_peer_sender(&self.endpoint, &self.shared, id, addr),
+        );
+        drop(queues);
         tracing::info!(node = %self.shared.id, peer = %id, %addr, "peer added");
     }
 
     /// Forgets peer `id` (a member removed from the configuration): its
     /// senders end, and its new connections and streams are refused.
     pub fn remove_peer(&self, id: NodeId) {
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         if !self.shared.peers.remove(id) {
             return;
         }
-        self.queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        queues.remove(&id);
+        drop(queues);
         tracing::info!(node = %self.shared.id, peer = %id, "peer removed");
     }
 
@@ -387,6 +396,7 @@ impl Shared {
             options: config.options.clone(),
             limits: limits.clone(),
             queue_depths: (config.control_queue, config.replication_queue),
+            runtime: tokio::runtime::Handle::current(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
             peer_handshakes: Arc::new(Semaphore::new(PEER_HANDSHAKES)),
@@ -413,7 +423,7 @@ fn start_peer_sender(
     let conn_slot: ConnSlot = Arc::new(std::sync::Mutex::new(None));
     let make = |class, depth: usize, connected: Option<(Arc<AtomicBool>, ConnSlot)>| {
         let (tx, rx) = mpsc::channel(depth.max(1));
-        tokio::spawn(peer_sender(
+        shared.runtime.spawn(peer_sender(
             endpoint.clone(),
             shared.clone(),
             peer,

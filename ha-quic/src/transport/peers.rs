@@ -8,9 +8,10 @@
 //! 1. A peer's limits are created once, when it is added, and are dropped
 //!    with it: what its connections hold (permits, bytes) is released as
 //!    they end, whatever the table holds by then.
-//! 2. Removing a peer drops its send queues, so its sender tasks end; a
-//!    connection it has open is not cut, but its streams' next lookups (a
-//!    new stream's budget, a snapshot's slot) find no peer and refuse it.
+//! 2. Removing a peer drops its send queues, so its sender tasks end, and
+//!    its new connections, streams and snapshots are refused. Known gap: a
+//!    connection and streams it already has open are not cut; they end
+//!    when the peer goes away (its process stops, as `remove_node` does).
 //! 3. The table's locks are held only to read or change the map, never
 //!    across an await.
 
