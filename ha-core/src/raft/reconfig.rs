@@ -233,18 +233,20 @@ impl Raft {
             return;
         };
         let (conf_index, conf) = self.log.conf();
-        let targets = conf.replication_targets();
         // A dropped node is kept while it may not know yet, and has been
         // heard from within an election timeout: it learns best effort (a
         // node that does not is no voter in its latest configuration, or
-        // its log is behind every voter's that has it).
-        l.progress.retain(|n, p| {
-            targets.contains(n)
-                || (p.heard_at.is_some_and(|t| now.saturating_sub(t) < window)
-                    && (conf_index > committed
-                        || p.match_index < conf_index
-                        || p.commit_sent < conf_index))
-        });
+        // its log is behind every voter's that has it). (Runs on every
+        // commit: nothing is allocated unless some node was dropped.)
+        if !l.progress.keys().all(|n| conf.is_member(*n)) {
+            l.progress.retain(|n, p| {
+                conf.is_member(*n)
+                    || (p.heard_at.is_some_and(|t| now.saturating_sub(t) < window)
+                        && (conf_index > committed
+                            || p.match_index < conf_index
+                            || p.commit_sent < conf_index))
+            });
+        }
         if conf_index > committed {
             return;
         }
