@@ -16,6 +16,18 @@ pub mod interaction;
 pub mod lincheck;
 pub mod sim;
 
+/// How many configuration entries `r`'s log holds past its commit index:
+/// at most one on a leader ("one change at a time"), checked by the text
+/// scenarios and the simulator alike.
+pub fn uncommitted_confs(r: &ha_core::raft::Raft) -> usize {
+    (r.commit_index().0 + 1..=r.last_index().0)
+        .filter(|i| {
+            r.entry(ha_core::types::LogIndex(*i))
+                .is_some_and(|e| matches!(e.payload, ha_core::types::EntryPayload::Membership(_)))
+        })
+        .count()
+}
+
 /// The payload crash tests write into entry `index`: its bytes depend on the
 /// index, so a reader can check every one of them.
 pub fn payload(index: u64) -> Vec<u8> {

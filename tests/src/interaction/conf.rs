@@ -61,12 +61,7 @@ impl Env {
             let Some(r) = n.raft.as_ref().filter(|r| r.is_leader()) else {
                 continue;
             };
-            let pending = (r.commit_index().0 + 1..=r.last_index().0)
-                .filter(|i| {
-                    r.entry(LogIndex(*i))
-                        .is_some_and(|e| matches!(e.payload, EntryPayload::Membership(_)))
-                })
-                .count();
+            let pending = crate::uncommitted_confs(r);
             assert!(
                 pending <= 1,
                 "leader {id} holds {pending} uncommitted configuration entries"

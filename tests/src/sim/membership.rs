@@ -52,12 +52,7 @@ impl Sim {
             if !r.is_leader() {
                 continue;
             }
-            let pending = (r.commit_index().0 + 1..=r.last_index().0)
-                .filter(|i| {
-                    r.entry(LogIndex(*i))
-                        .is_some_and(|e| matches!(e.payload, EntryPayload::Membership(_)))
-                })
-                .count();
+            let pending = crate::uncommitted_confs(r);
             if pending > 1 {
                 return Err(format!(
                     "One change at a time: leader {} of term {} holds {pending} uncommitted \
