@@ -107,6 +107,11 @@ pub enum ConfChangeError {
     /// Node id 0 is not an id.
     #[error("node id 0 is not a node id")]
     BadId,
+    /// The configuration the change would make is not one a node takes on
+    /// (more than [`MAX_MEMBERS`](super::MAX_MEMBERS) ids): appending it
+    /// would make every follower refuse the leader's appends.
+    #[error("the change would make an invalid configuration: {0}")]
+    Invalid(String),
 }
 
 fn lag_text(lag: Option<u64>) -> String {
@@ -176,6 +181,9 @@ impl Raft {
                     next.voters_outgoing = conf.voters.clone();
                 }
             }
+        }
+        if let Err(e) = next.validate() {
+            return Err(ConfChangeError::Invalid(e.to_string()));
         }
         Ok(self.append_conf(next))
     }

@@ -674,3 +674,30 @@ fn the_leader_lease_yields_only_to_a_transfer_that_could_win() {
     assert_eq!(vote_granted(&drain(&mut r)), Some(true));
     assert_eq!(r.term(), Term(4));
 }
+
+/// A change that would make a configuration no follower takes on (here:
+/// more than MAX_MEMBERS ids) is refused and appends nothing: followers
+/// would refuse every append carrying it.
+#[test]
+fn a_change_past_the_member_limit_is_refused_and_appends_nothing() {
+    let mut membership = Membership::new_voters([NodeId(1)]);
+    membership.learners = (2..=MAX_MEMBERS as u64).map(NodeId).collect();
+    let init = InitialState {
+        membership,
+        ..InitialState::default()
+    };
+    let mut r = Raft::new(Config::new(NodeId(1)), init).unwrap();
+    r.campaign_now();
+    drain(&mut r);
+    assert!(r.is_leader());
+    let last = r.last_index();
+    let refused = r.change_membership(ConfChange::AddLearner(NodeId(5000)));
+    assert!(
+        matches!(refused, Err(ConfChangeError::Invalid(_))),
+        "{refused:?}"
+    );
+    assert_eq!(r.last_index(), last);
+    // Within the limit the same leader changes the configuration.
+    assert!(r.change_membership(ConfChange::Remove(NodeId(2))).is_ok());
+    assert_eq!(r.last_index(), last.next());
+}
