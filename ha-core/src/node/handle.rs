@@ -327,34 +327,20 @@ impl NodeHandle {
     /// Proposes a command; resolves when it is applied (with the applier's
     /// answer and its index) or certainly never will be.
     pub async fn propose(&self, data: Bytes) -> Result<(LogIndex, Bytes), NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Propose { data, reply })
-            .await
-            .map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())?
+        self.call(|reply| Command::Propose { data, reply }).await
     }
 
     /// A linearizable read barrier: resolves with an index once this node,
     /// as leader, has confirmed its leadership and applied up to it.
     pub async fn read_index(&self) -> Result<LogIndex, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Read { reply })
-            .await
-            .map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())?
+        self.call(|reply| Command::Read { reply }).await
     }
 
     /// Runs a query on the applied state. Linearizable unless `stale`: then
     /// it sees whatever this node (leader or not) has applied.
     pub async fn query(&self, body: Bytes, stale: bool) -> Result<Bytes, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Query { body, stale, reply })
+        self.call(|reply| Command::Query { body, stale, reply })
             .await
-            .map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())?
     }
 
     /// Hands leadership to `to`, or, with `None`, to the most up-to-date
@@ -366,12 +352,8 @@ impl NodeHandle {
     /// `TransferFailed` when no other node took over within an election
     /// timeout (this node then leads on).
     pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::TransferLeader { to, reply })
+        self.call(|reply| Command::TransferLeader { to, reply })
             .await
-            .map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())?
     }
 
     /// Changes the configuration (dissertation §4.3): adds a learner,
@@ -391,12 +373,8 @@ impl NodeHandle {
         &self,
         change: crate::raft::ConfChange,
     ) -> Result<crate::raft::Membership, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::ChangeMembership { change, reply })
+        self.call(|reply| Command::ChangeMembership { change, reply })
             .await
-            .map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())?
     }
 
     /// The node's counters, histograms and availability figures.
@@ -448,6 +426,20 @@ impl NodeHandle {
         let _ = self.commands.send(Command::Shutdown).await;
         let mut st = self.status.clone();
         let _ = st.wait_for(|s| s.stopped.is_some()).await;
+    }
+
+    /// Sends the command `make` builds around a reply channel, and waits
+    /// for its answer (`Stopped` if the node stops first).
+    async fn call<R>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<R, NodeError>>) -> Command,
+    ) -> Result<R, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
     }
 
     pub(super) fn stopped(&self) -> NodeError {
