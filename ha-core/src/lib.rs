@@ -334,7 +334,7 @@ pub mod storage;
 pub mod transport;
 pub mod types;
 
-pub use client::{Client, ClientError, ClientOptions, Error};
+pub use client::{Client, ClientError, ClientOptions, Error, Member, MemberRole, Members};
 pub use ha_macros::{Replicated, replicated};
 pub use protocol::Consistency;
 pub use sm::{ApplyContext, Replicated, StateMachine};

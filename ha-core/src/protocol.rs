@@ -161,6 +161,19 @@ pub enum ClientRequest {
         /// The node to hand over to (`None`: the most up-to-date voter).
         to: Option<u64>,
     },
+    /// Change the configuration (an operator's command; see
+    /// [`crate::raft::ConfChange`]). Answered by the leader with
+    /// [`ClientResponse::Members`] once the change is committed and the
+    /// configuration is not joint, or with
+    /// [`ClientResponse::ChangeRefused`]. Retries are harmless: a change
+    /// that holds already is answered at once.
+    ChangeMembership {
+        /// The change.
+        change: crate::raft::ConfChange,
+    },
+    /// The configuration committed on the leader (answered with
+    /// [`ClientResponse::Members`]).
+    Members,
 }
 
 /// A node's status, as clients see it: its own report and the
@@ -245,6 +258,20 @@ pub enum ClientResponse {
         /// The new leader.
         leader: u64,
     },
+    /// The configuration committed on the leader, which answered (to
+    /// [`ClientRequest::Members`], and to a change once it is done).
+    Members {
+        /// The configuration, with the members' recorded addresses.
+        membership: crate::raft::Membership,
+        /// The leader that answered.
+        leader: u64,
+    },
+    /// The leader could not start the change; nothing was appended.
+    ChangeRefused {
+        /// Why (some reasons pass: another change in progress, a learner
+        /// not caught up yet).
+        reason: crate::raft::ConfChangeError,
+    },
 }
 
 /// What applying a session command produced.
@@ -294,7 +321,7 @@ mod tests {
     use crate::raft::RoleKind;
     use crate::types::{LogIndex, NodeId, Term};
 
-    /// The status answer's bytes are part of `ha-client/4`: postcard
+    /// The status answer's bytes are part of `ha-client/5`: postcard
     /// encodes by position and variant number, so reordering `RoleKind`'s
     /// variants or a field of `NodeStatus` or `StatusView` changes them
     /// silently. A change that makes this test fail needs a new client ALPN

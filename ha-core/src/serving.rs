@@ -76,7 +76,26 @@ pub async fn answer(req: ClientRequest, node: &NodeHandle, schemas: Schemas) -> 
             &node.metrics(),
         )))),
         ClientRequest::TransferLeader { from, to } => transfer(node, from, to).await,
+        ClientRequest::ChangeMembership { change } => match node.change_membership(change).await {
+            Ok(membership) => members(node, membership),
+            Err(NodeError::Membership(reason)) => {
+                Answered::Response(ClientResponse::ChangeRefused { reason })
+            }
+            Err(e) => failed(e),
+        },
+        ClientRequest::Members => match node.members().await {
+            Ok(membership) => members(node, membership),
+            Err(e) => failed(e),
+        },
     }
+}
+
+/// The answer naming `membership`, from this node as the leader.
+fn members(node: &NodeHandle, membership: crate::raft::Membership) -> Answered {
+    Answered::Response(ClientResponse::Members {
+        membership,
+        leader: node.id().0,
+    })
 }
 
 /// Hands leadership over, unless a retry finds it done already: `to`
@@ -130,6 +149,16 @@ fn refusal(req: &ClientRequest, schemas: Schemas) -> Option<String> {
         {
             Some("a raw node runs no replicated type: it has no panic policy".into())
         }
+        ClientRequest::ChangeMembership {
+            change: crate::raft::ConfChange::AddLearner(id, addr),
+        } => match addr {
+            None => Some(format!(
+                "node {id} is added without an address: give the HOST:PORT it listens on"
+            )),
+            Some(a) => crate::raft::check_addr(a)
+                .err()
+                .map(|why| format!("node {id}'s address: {why}")),
+        },
         _ => None,
     }
 }

@@ -44,6 +44,22 @@ pub trait Transport: Send + Sync + 'static {
         let _ = (to, snapshot, install);
         done(false);
     }
+
+    /// The configuration the node took on says member `id` listens at
+    /// `addr` (`HOST:PORT`, checked by
+    /// [`check_addr`](crate::raft::check_addr)): reach it there from now
+    /// on. Called when a member is added or its address changes. The
+    /// default does nothing (a transport that knows its peers otherwise).
+    fn set_peer_addr(&self, id: NodeId, addr: &str) {
+        let _ = (id, addr);
+    }
+
+    /// Node `id`'s removal from the configuration is committed and nothing
+    /// more is sent to it: the transport may forget it. The default does
+    /// nothing.
+    fn forget_peer(&self, id: NodeId) {
+        let _ = id;
+    }
 }
 
 #[derive(Default)]

@@ -129,6 +129,7 @@ impl Entry {
             // A set member costs its id and a share of its tree node.
             EntryPayload::Membership(m) => {
                 (m.voters.len() + m.voters_outgoing.len() + m.learners.len()).saturating_mul(48)
+                    + m.addrs.values().map(|a| 48 + a.len()).sum::<usize>()
             }
         };
         std::mem::size_of::<Entry>().saturating_add(payload)
@@ -160,7 +161,9 @@ impl Entry {
             + match &self.payload {
                 EntryPayload::Blank => 0,
                 EntryPayload::Command(b) => b.len(),
-                EntryPayload::Membership(m) => 8 * m.len(),
+                EntryPayload::Membership(m) => {
+                    8 * m.len() + m.addrs.values().map(|a| 10 + a.len()).sum::<usize>()
+                }
             }
     }
 }

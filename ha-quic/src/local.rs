@@ -170,17 +170,19 @@ impl<T: Replicated> LocalCluster<T> {
                     .collect(),
             )?
         };
-        // Every member's address, and the first voters' (the bootstrap
-        // configuration names them even after they were removed).
+        // As a server does: the transport starts with the bootstrap
+        // voters' addresses (none for a node added later); members added
+        // since are learned from the configuration the node recovers, or
+        // from their connections.
         let peers = self
             .initial
             .iter()
-            .chain(self.addrs.iter())
-            .filter(|(p, _)| **p != id)
+            .filter(|(p, _)| **p != id && stored.voters.contains_key(p))
             .map(|(p, a)| (*p, *a))
             .collect();
         let quic = QuicConfig::new(id, self.addrs[&id], peers, identity);
         let mut opts = NodeOptions::new(id, stored.voters.keys().copied());
+        opts.membership.addrs = stored.voters.clone();
         opts.joining = stored.voters.is_empty();
         opts.tick = self.opts.tick;
         opts.snapshot_every_entries = self.opts.snapshot_every_entries;
@@ -296,6 +298,19 @@ impl<T: Replicated> LocalCluster<T> {
             .map(|r| r.node.handle().clone())
     }
 
+    /// The peers node `id`'s transport knows, with their addresses (empty
+    /// if it does not run).
+    pub fn peers_of(&self, id: u64) -> Vec<(u64, SocketAddr)> {
+        self.running.get(&NodeId(id)).map_or(Vec::new(), |r| {
+            r.node
+                .transport()
+                .peers()
+                .into_iter()
+                .map(|(p, a)| (p.0, a))
+                .collect()
+        })
+    }
+
     /// Snapshots node `id`'s transport has received (0 if it does not run).
     pub fn snapshots_received(&self, id: u64) -> u64 {
         self.running.get(&NodeId(id)).map_or(0, |r| {
@@ -355,14 +370,16 @@ impl<T: Replicated> LocalCluster<T> {
         create_cluster_certs(self.certs.path(), &[id])?;
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         let addr = socket.local_addr()?;
-        for r in self.running.values() {
-            r.node.transport().add_peer(id, addr);
-        }
         self.addrs.insert(id, addr);
         self.joined.insert(id);
         self.boot(id, socket)?;
-        self.change(ha_core::raft::ConfChange::AddLearner(id))
-            .await?;
+        // The address travels with the configuration: every node's
+        // transport learns it from the entry that adds the learner.
+        self.change(ha_core::raft::ConfChange::AddLearner(
+            id,
+            Some(addr.to_string()),
+        ))
+        .await?;
         self.change(ha_core::raft::ConfChange::Promote(id)).await?;
         Ok(id.0)
     }
@@ -376,10 +393,9 @@ impl<T: Replicated> LocalCluster<T> {
         }
         self.change(ha_core::raft::ConfChange::Remove(nid)).await?;
         self.kill(id).await;
+        // The others' transports forget it once its removal is committed
+        // and the leader has told it.
         self.addrs.remove(&nid);
-        for r in self.running.values() {
-            r.node.transport().remove_peer(nid);
-        }
         Ok(())
     }
 
@@ -408,7 +424,7 @@ impl<T: Replicated> LocalCluster<T> {
                 // Each attempt within what is left: a change that cannot
                 // complete (its learner stopped answering) keeps waiting.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let attempt = tokio::time::timeout(left, h.change_membership(change)).await;
+                let attempt = tokio::time::timeout(left, h.change_membership(change.clone())).await;
                 let Ok(answer) = attempt else {
                     break;
                 };

@@ -61,7 +61,8 @@ pub enum StartError {
 ha_core::debug_as_display!(StartError);
 
 /// The node and its transport agree on who it is, and every other member
-/// has an address to be reached at.
+/// has an address to be reached at: in `QuicConfig::peers`, or recorded in
+/// the configuration (resolved once the node takes it on).
 fn check_addresses(opts: &NodeOptions, quic: &QuicConfig) -> Result<(), StartError> {
     let id = opts.raft.id;
     if quic.id != id {
@@ -82,7 +83,9 @@ fn check_addresses(opts: &NodeOptions, quic: &QuicConfig) -> Result<(), StartErr
         .membership
         .replication_targets()
         .into_iter()
-        .filter(|p| *p != id && !quic.peers.contains_key(p))
+        .filter(|p| {
+            *p != id && !quic.peers.contains_key(p) && !opts.membership.addrs.contains_key(p)
+        })
         .map(|p| p.to_string())
         .collect();
     if !missing.is_empty() {

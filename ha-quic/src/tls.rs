@@ -6,15 +6,17 @@
 //! - Every connection is mutual TLS: both sides present a certificate signed
 //!   by the cluster CA, the only trust anchor. A client with no certificate,
 //!   or one from another CA, fails the handshake.
-//! - ALPN separates peer traffic (`ha-raft/3`) from client traffic
-//!   (`ha-client/4`) on the one endpoint of a node. Each protocol's
+//! - ALPN separates peer traffic (`ha-raft/4`) from client traffic
+//!   (`ha-client/5`) on the one endpoint of a node. Each protocol's
 //!   version is in its ALPN: `ha-raft/3` sends snapshots on bidirectional
 //!   streams that end with the receiver's verdict and carries leadership
-//!   transfer (`TimeoutNow`, and votes marked as a transfer's); `ha-client/3` checks
+//!   transfer (`TimeoutNow`, and votes marked as a transfer's);
+//!   `ha-raft/4` carries members' addresses in configurations; `ha-client/3` checks
 //!   queries against their own fingerprint, carries panic outcomes,
 //!   the panic policy and resume, and answers a status with the node's
 //!   typed report (`ha-client/2` sent roles and ids as text and numbers);
-//!   `ha-client/4` adds the leadership transfer request.
+//!   `ha-client/4` adds the leadership transfer request; `ha-client/5`
+//!   the membership requests.
 //! - A dialing node names the peer it expects (`node-<id>`), so the server's
 //!   certificate must be that node's; the accepting side checks the dialer's
 //!   claimed id against its certificate (see `transport`).
@@ -53,9 +55,9 @@ use rustls::server::WebPkiClientVerifier;
 use crate::certs::TlsIdentity;
 
 /// ALPN of node-to-node traffic.
-pub const ALPN_PEER: &[u8] = b"ha-raft/3";
+pub const ALPN_PEER: &[u8] = b"ha-raft/4";
 /// ALPN of client traffic.
-pub const ALPN_CLIENT: &[u8] = b"ha-client/4";
+pub const ALPN_CLIENT: &[u8] = b"ha-client/5";
 
 /// QUIC transport settings (see the module docs for why).
 #[derive(Clone, Debug)]
@@ -199,6 +201,26 @@ pub fn anonymous_client_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// The node ids `cert` (already verified against the CA by the handshake)
+/// names: its DNS names of the form `node-N` (see
+/// [`node_server_name`](crate::certs::node_server_name)), each checked as
+/// [`cert_names`] does.
+pub fn cert_node_ids(cert: &rustls_pki_types::CertificateDer<'_>) -> Vec<ha_core::types::NodeId> {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<ha_core::types::NodeId> = ee
+        .valid_dns_names()
+        .filter_map(|n| n.strip_prefix("node-")?.parse::<u64>().ok())
+        .filter(|n| *n != 0)
+        .map(ha_core::types::NodeId)
+        .filter(|id| cert_names(cert, &crate::certs::node_server_name(*id)))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Whether `cert` (already verified against the CA by the handshake) names

@@ -133,16 +133,47 @@ pub fn voters(
     Ok(stored.voters)
 }
 
-/// The other voters and where to reach them, resolved; refused when a
-/// stored address no longer resolves.
+/// The voters of a node started to join a running cluster (`--join`):
+/// none, stored on its first start; refused if the directory belongs to a
+/// member of a cluster already (it was started with `--peers`), since
+/// starting it as a newcomer would say it never voted.
+pub fn joining(dir: &DataDir) -> Result<BTreeMap<NodeId, String>, ServeError> {
+    let stored = dir.bootstrap_joining(&StdFs).map_err(refusal)?;
+    if !stored.voters.is_empty() {
+        return Err(ServeError::invalid(
+            "--join",
+            format!(
+                "data directory {} was started as a voter of {}: start it without --join",
+                dir.root().display(),
+                stored.describe()
+            ),
+        ));
+    }
+    if stored.bootstrapped_now {
+        tracing::info!("stored that this node starts in no configuration: it waits to be added");
+    }
+    Ok(stored.voters)
+}
+
+/// The other voters and where to reach them, resolved. One that does not
+/// resolve now is left out with a warning, not refused: the stored voters
+/// are the first configuration, whose members may be long gone (their
+/// names with them); the node reaches the members of the configuration
+/// it recovers through their recorded addresses, resolved when taken on.
 pub fn resolve_peers(
     voters: &BTreeMap<NodeId, String>,
     me: NodeId,
-) -> Result<BTreeMap<NodeId, SocketAddr>, ServeError> {
+) -> BTreeMap<NodeId, SocketAddr> {
     voters
         .iter()
         .filter(|(id, _)| **id != me)
-        .map(|(id, a)| Ok((*id, parse_addr("stored voters", a)?)))
+        .filter_map(|(id, a)| match parse_addr("stored voters", a) {
+            Ok(addr) => Some((*id, addr)),
+            Err(e) => {
+                tracing::warn!(peer = %id, "{e}; reaching it once the configuration names it");
+                None
+            }
+        })
         .collect()
 }
 
@@ -217,7 +248,7 @@ mod tests {
         );
         assert!(line.starts_with("--peers:"), "{line}");
         assert_eq!(line.lines().count(), 1, "{line}");
-        let peers = resolve_peers(&three, NodeId(1)).unwrap();
+        let peers = resolve_peers(&three, NodeId(1));
         assert_eq!(
             peers.keys().copied().collect::<Vec<_>>(),
             [NodeId(2), NodeId(3)]

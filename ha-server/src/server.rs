@@ -30,13 +30,15 @@ use crate::peers;
 ///
 /// Required: [`id`](ServerBuilder::id), [`listen`](ServerBuilder::listen),
 /// [`data_dir`](ServerBuilder::data_dir), [`tls_dir`](ServerBuilder::tls_dir),
-/// and on a node's first start its [`peers`](ServerBuilder::peer). The rest
-/// has LAN defaults.
+/// and on a node's first start its [`peers`](ServerBuilder::peer) (or
+/// [`join`](ServerBuilder::join), for a node to be added to a running
+/// cluster). The rest has LAN defaults.
 #[must_use]
 pub struct ServerBuilder<T> {
     id: u64,
     listen: Option<String>,
     peers: Vec<String>,
+    join: bool,
     data_dir: Option<PathBuf>,
     tls_dir: Option<PathBuf>,
     heartbeat: Duration,
@@ -65,6 +67,7 @@ impl<T: Replicated> ServerBuilder<T> {
             id: 0,
             listen: None,
             peers: Vec::new(),
+            join: false,
             data_dir: None,
             tls_dir: None,
             heartbeat: DEFAULT_HEARTBEAT,
@@ -104,6 +107,16 @@ impl<T: Replicated> ServerBuilder<T> {
     /// Initial voters, each `ID=HOST:PORT` (see [`ServerBuilder::peer`]).
     pub fn peers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, peers: I) -> Self {
         self.peers.extend(peers.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts a node that is not a member yet and waits to be added
+    /// (`member add`): on its first start it stores that it is in no
+    /// configuration, and the leader that adds it brings the configuration
+    /// (and where every member listens). Takes no peers. A directory that
+    /// already belongs to a member of a cluster is refused.
+    pub fn join(mut self, join: bool) -> Self {
+        self.join = join;
         self
     }
 
@@ -253,12 +266,22 @@ impl<T: Replicated> ServerBuilder<T> {
         // A new directory is created only with voters to store in it: a
         // start without them must not leave a directory stamped with this
         // node and cluster behind.
-        if given.is_empty() && !ha_core::storage::datadir::initialized(&StdFs, &data_dir) {
+        if self.join && !given.is_empty() {
+            return Err(ServeError::invalid(
+                "--join",
+                "a node that joins takes no --peers: the leader that adds it brings the \
+                 configuration",
+            ));
+        }
+        if given.is_empty()
+            && !self.join
+            && !ha_core::storage::datadir::initialized(&StdFs, &data_dir)
+        {
             return Err(ServeError::invalid(
                 "--peers",
                 format!(
                     "required on a node's first start (data directory {} holds no cluster \
-                     configuration yet)",
+                     configuration yet), unless the node joins a running cluster (--join)",
                     data_dir.display()
                 ),
             ));
@@ -322,12 +345,27 @@ impl<T: Replicated> ServerBuilder<T> {
         let snapshot_every = self.snapshot_every;
         let quota = self.storage_quota_bytes;
         let max_request_bytes = self.max_request_bytes;
+        let join = self.join;
         let started = tokio::task::spawn_blocking(move || -> Result<QuicNode, ServeError> {
             let dir = DataDir::open_for::<T, _>(&StdFs, &c.data_dir, &identity.cluster_id(), me)?;
-            // The stored voters (after storing the given ones on a first start).
-            let voters = peers::voters(&dir, me, &c.listen_text, &c.given)?;
-            let peer_addrs = peers::resolve_peers(&voters, me)?;
+            // The stored voters (after storing the given ones on a first
+            // start); none for a node that joined.
+            let voters = if join {
+                peers::joining(&dir)?
+            } else {
+                peers::voters(&dir, me, &c.listen_text, &c.given)?
+            };
+            let peer_addrs = peers::resolve_peers(&voters, me);
             let mut opts = NodeOptions::new(me, voters.keys().copied());
+            // The bootstrap configuration records where its voters listen
+            // (each address as stored; one that is not HOST:PORT is left
+            // out rather than refused: the transport has it from above).
+            opts.membership.addrs = voters
+                .iter()
+                .filter(|(_, a)| ha_core::raft::check_addr(a).is_ok())
+                .map(|(id, a)| (*id, a.clone()))
+                .collect();
+            opts.joining = voters.is_empty();
             opts.tick = c.timing.tick;
             opts.raft.heartbeat_interval_ticks = c.timing.heartbeat_ticks;
             opts.raft.election_timeout_min_ticks = c.timing.election_min_ticks;

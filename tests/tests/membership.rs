@@ -2,7 +2,9 @@
 //! cluster replaced in turn (add 4, remove 1, add 5, remove 2, add 6,
 //! remove 3) under a write load, every acknowledged write read back at the
 //! end; the new nodes catch up by snapshot before they are promoted, and a
-//! node that joined restarts from its data directory.
+//! node that joined restarts from its data directory. No transport is told
+//! of another node by hand: the new nodes' addresses travel with the
+//! configuration, and the removed ones are forgotten.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -96,6 +98,35 @@ async fn every_node_replaced_under_load_and_nothing_acknowledged_is_lost() {
     let leader = cluster.leader().await.expect("a leader");
     let voters = cluster.handle(leader).unwrap().metrics().voters;
     assert_eq!(voters, vec![NodeId(4), NodeId(5), NodeId(6)]);
+    let members = cluster.handle(leader).unwrap().members().await.unwrap();
+    for id in 4..=6u64 {
+        assert_eq!(
+            members.addrs.get(&NodeId(id)),
+            Some(&cluster.addr(id).unwrap().to_string()),
+            "the configuration records where node {id} listens"
+        );
+    }
+    assert_eq!(
+        members.addrs.len(),
+        3,
+        "the removed nodes' addresses went with them"
+    );
+    // Every node reaches exactly the others, at the addresses the
+    // configuration records (the removed ones forgotten once the leader
+    // let go of them: within an election timeout of their last answer).
+    let want = |me: u64| -> Vec<(u64, std::net::SocketAddr)> {
+        (4..=6u64)
+            .filter(|p| *p != me)
+            .map(|p| (p, cluster.addr(p).unwrap()))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for id in 4..=6u64 {
+        while cluster.peers_of(id) != want(id) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cluster.peers_of(id), want(id), "node {id}'s peers");
+    }
     // A node that joined restarts from its data directory and serves on.
     cluster.kill(4).await;
     cluster.restart(4).await.expect("a joined node restarts");

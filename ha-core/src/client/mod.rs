@@ -21,8 +21,10 @@
 //! Invariant: once any attempt may have reached a leader's log, the call can
 //! end only in `Ok` or an unknown outcome, never "not applied".
 
+mod membership;
 mod operator;
 mod retry;
+pub use self::membership::{BUSY_GRACE, Member, MemberRole, Members};
 use self::retry::*;
 
 use std::collections::BTreeMap;
@@ -60,6 +62,10 @@ pub enum ClientError {
     /// retry of this call is answered the same.
     #[error("the command failed on the replicas: {0}")]
     Failed(String),
+    /// Another operation of the kind is in progress (a membership change):
+    /// nothing was done; retry once it is over.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 crate::debug_as_display!(ClientError);
@@ -71,7 +77,10 @@ pub use self::ClientError as Error;
 impl ClientError {
     /// Whether the command certainly did not take effect.
     pub fn is_not_applied(&self) -> bool {
-        matches!(self, Error::NotApplied(_) | Error::Query(_))
+        matches!(
+            self,
+            Error::NotApplied(_) | Error::Query(_) | Error::Busy(_)
+        )
     }
     /// Whether the command's outcome is unknown.
     pub fn is_unknown(&self) -> bool {

@@ -294,6 +294,9 @@ pub(super) enum Command {
         change: crate::raft::ConfChange,
         reply: ConfReply,
     },
+    Members {
+        reply: ConfReply,
+    },
     Shutdown,
 }
 
@@ -375,6 +378,14 @@ impl NodeHandle {
     ) -> Result<crate::raft::Membership, NodeError> {
         self.call(|reply| Command::ChangeMembership { change, reply })
             .await
+    }
+
+    /// The configuration committed on this node, asked of the leader: a
+    /// node that does not lead answers `NotLeader` (its own view may be
+    /// behind). Its members' addresses are those recorded when they were
+    /// added (see [`Membership::addrs`](crate::raft::Membership::addrs)).
+    pub async fn members(&self) -> Result<crate::raft::Membership, NodeError> {
+        self.call(|reply| Command::Members { reply }).await
     }
 
     /// The node's counters, histograms and availability figures.

@@ -156,6 +156,13 @@ fn start<V: Vfs>(
         transfer_waits: Vec::new(),
         conf_waits: Vec::new(),
         told_removed: false,
+        // The transport was started with the bootstrap configuration's
+        // peers: the first sync drops those no longer members, and hands it
+        // every address the configuration in force records (one it has
+        // already changes nothing; a DNS name it could not resolve at
+        // start is resolved again).
+        peers_conf: opts.membership.without_addrs(),
+        departing: Default::default(),
     };
     let watch_tx = task.status_tx.clone();
     watch_for_panic(tokio::spawn(task.run(opts.tick, in_rx, cmd_rx)), watch_tx);

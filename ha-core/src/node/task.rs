@@ -119,6 +119,13 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) conf_waits: Vec<super::membership::ConfWait>,
     /// Whether the log said this node was removed (said once per change).
     pub(super) told_removed: bool,
+    /// The configuration the transport was last told of (see
+    /// `membership::sync_peers`).
+    pub(super) peers_conf: crate::raft::Membership,
+    /// Nodes that left the configuration in force but that the transport
+    /// still reaches (their removal is not committed yet, or the leader
+    /// still tells them).
+    pub(super) departing: std::collections::BTreeSet<NodeId>,
 }
 
 /// Something the node task learns from helpers (storage, transport).
@@ -226,6 +233,7 @@ impl<V: Vfs> NodeTask<V> {
             self.settle_transfers();
             self.settle_conf_changes();
             self.say_if_removed();
+            self.sync_peers();
         };
         // Nothing more is taken while the writers are joined: queued and
         // new requests fail at once instead of waiting on a stopping node.
@@ -484,6 +492,9 @@ impl<V: Vfs> NodeTask<V> {
             } => self.start_read(PendingRead::Query(body, reply)),
             Command::TransferLeader { to, reply } => self.start_transfer(to, reply),
             Command::ChangeMembership { change, reply } => self.start_conf_change(change, reply),
+            Command::Members { reply } => {
+                let _ = reply.send(self.members());
+            }
             Command::Shutdown => return false,
         }
         true

@@ -10,6 +10,10 @@
 //! 2. `voters_outgoing` is empty outside a joint configuration.
 //! 3. A learner is never a voter (in either half), so it never counts towards
 //!    a quorum and never starts an election.
+//! 4. `addrs` names members only, each address at most [`MAX_ADDR_BYTES`]
+//!    of printable ASCII: where the member was said to listen when it was
+//!    added (or bootstrapped), carried with the configuration so every node
+//!    learns where the others are. The core never reads it.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +26,10 @@ use crate::types::{LogIndex, NodeId};
 /// that quorum arithmetic over them costs nothing.
 pub const MAX_MEMBERS: usize = 1024;
 
+/// The longest member address (`HOST:PORT`) a configuration records: a DNS
+/// name is at most 253 bytes, and a port and a colon fit beside it.
+pub const MAX_ADDR_BYTES: usize = 261;
+
 /// A cluster configuration: voters, the outgoing voters of a joint
 /// configuration, and learners.
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -33,6 +41,11 @@ pub struct Membership {
     pub voters_outgoing: BTreeSet<NodeId>,
     /// Nodes that receive the log but never vote.
     pub learners: BTreeSet<NodeId>,
+    /// Where members listen (`HOST:PORT`), for those whose address was
+    /// given (invariant 4); a configuration from before addresses were
+    /// recorded has none.
+    #[serde(default)]
+    pub addrs: BTreeMap<NodeId, String>,
 }
 
 impl fmt::Debug for Membership {
@@ -44,6 +57,10 @@ impl fmt::Debug for Membership {
         }
         if !self.learners.is_empty() {
             write!(f, " learners={:?}", ids(&self.learners))?;
+        }
+        if !self.addrs.is_empty() {
+            let addrs: Vec<String> = self.addrs.iter().map(|(n, a)| format!("{n}={a}")).collect();
+            write!(f, " addrs={addrs:?}")?;
         }
         Ok(())
     }
@@ -136,7 +153,113 @@ impl Membership {
                 "node {l} is both a voter and a learner"
             )));
         }
+        for (id, addr) in &self.addrs {
+            if !self.is_member(*id) {
+                return Err(super::InitError::Membership(format!(
+                    "an address for node {id}, which is not a member"
+                )));
+            }
+            if let Err(why) = check_addr(addr) {
+                return Err(super::InitError::Membership(format!(
+                    "node {id}'s address: {why}"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The configuration without the addresses (what quorums are made of).
+    pub fn without_addrs(&self) -> Membership {
+        Membership {
+            addrs: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Appends the stored form of this configuration to `out`, the one the
+    /// log's configuration entries and snapshot headers hold: three id sets
+    /// (a little-endian u32 count, then each id as a u64), then zero or
+    /// more sections, each a tag byte, a u32 length and its bytes. Section
+    /// 1 holds the addresses: a u32 count, then each id (u64), the
+    /// address's length (u16) and its bytes. Fails if a set or an address
+    /// is too large for its count (never for a validated configuration).
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        for set in [&self.voters, &self.voters_outgoing, &self.learners] {
+            let n = u32::try_from(set.len())
+                .map_err(|_| format!("a membership set of {} ids", set.len()))?;
+            out.extend_from_slice(&n.to_le_bytes());
+            for id in set {
+                out.extend_from_slice(&id.0.to_le_bytes());
+            }
+        }
+        if self.addrs.is_empty() {
+            return Ok(());
+        }
+        let mut section = Vec::new();
+        section.extend_from_slice(&(self.addrs.len() as u32).to_le_bytes());
+        for (id, addr) in &self.addrs {
+            let len = u16::try_from(addr.len())
+                .map_err(|_| format!("an address of {} bytes", addr.len()))?;
+            section.extend_from_slice(&id.0.to_le_bytes());
+            section.extend_from_slice(&len.to_le_bytes());
+            section.extend_from_slice(addr.as_bytes());
+        }
+        let len = u32::try_from(section.len()).map_err(|_| "addresses too large".to_string())?;
+        out.push(SECTION_ADDRS);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&section);
+        Ok(())
+    }
+
+    /// Decodes [`Membership::encode_into`]'s form, all of `b`: counts are
+    /// checked against the bytes present before anything is allocated for
+    /// them, and an unknown section is refused (a newer version wrote it).
+    /// What the ids and addresses say is checked by
+    /// [`Membership::validate`], where the configuration is used (a stored
+    /// one that fails it refuses the node's start, not its log's scan).
+    pub fn decode(b: &[u8]) -> Result<Membership, String> {
+        let mut r = Reader { b, at: 0 };
+        let mut m = Membership::default();
+        for k in 0..3 {
+            let n = r.u32()? as usize;
+            if n > MAX_MEMBERS {
+                return Err(format!(
+                    "a membership set of {n} ids (at most {MAX_MEMBERS})"
+                ));
+            }
+            for _ in 0..n {
+                let id = NodeId(r.u64()?);
+                [&mut m.voters, &mut m.voters_outgoing, &mut m.learners][k].insert(id);
+            }
+        }
+        while r.at < b.len() {
+            let tag = r.take(1)?[0];
+            let len = r.u32()? as usize;
+            let body = r.take(len)?;
+            match tag {
+                SECTION_ADDRS if m.addrs.is_empty() => {
+                    let mut s = Reader { b: body, at: 0 };
+                    let n = s.u32()? as usize;
+                    if n > MAX_MEMBERS {
+                        return Err(format!("{n} addresses (at most {MAX_MEMBERS})"));
+                    }
+                    for _ in 0..n {
+                        let id = NodeId(s.u64()?);
+                        let len = usize::from(u16::from_le_bytes(
+                            s.take(2)?.try_into().expect("2 bytes"),
+                        ));
+                        let addr = std::str::from_utf8(s.take(len)?)
+                            .map_err(|_| format!("node {id}'s address is not UTF-8"))?;
+                        m.addrs.insert(id, addr.to_string());
+                    }
+                    if s.at != body.len() {
+                        return Err("the address section has trailing bytes".into());
+                    }
+                }
+                t => return Err(format!("unknown membership section {t}")),
+            }
+        }
+        Ok(m)
     }
 
     /// The highest index acknowledged by a quorum, given each node's match index.
@@ -172,6 +295,59 @@ impl Membership {
             .map(|n| (*n, active(*n)))
             .collect();
         self.vote_result(&votes) == VoteResult::Won
+    }
+}
+
+/// The tag of the address section (see [`Membership::encode_into`]).
+const SECTION_ADDRS: u8 = 1;
+
+/// Why `addr` is not an address a configuration records, if it is not:
+/// empty, longer than [`MAX_ADDR_BYTES`], not printable ASCII, or without
+/// a `:PORT`.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    if addr.is_empty() || addr.len() > MAX_ADDR_BYTES {
+        return Err(format!(
+            "an address of {} bytes (1 to {MAX_ADDR_BYTES})",
+            addr.len()
+        ));
+    }
+    if !addr.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err("an address must be printable ASCII without spaces".into());
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{addr:?} is not HOST:PORT")),
+    }
+}
+
+/// A cursor over stored bytes: every read is checked against what is there.
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or("the configuration is cut short")?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -241,6 +417,7 @@ mod tests {
             voters: ids(&[1, 2, 3]),
             voters_outgoing: ids(&[3, 4, 5]),
             learners: BTreeSet::new(),
+            addrs: BTreeMap::new(),
         };
         // New half at 9 (1, 2 at 9), old half only 3 and 4 at ... 3 has 9, 4 has 2, 5 has 1.
         let matches = [9, 9, 9, 2, 1];
@@ -270,6 +447,7 @@ mod tests {
             voters: ids(&[1, 2, 3]),
             voters_outgoing: ids(&[4, 5, 6]),
             learners: BTreeSet::new(),
+            addrs: BTreeMap::new(),
         };
         let votes: BTreeMap<_, _> = [1, 2, 4].iter().map(|n| (NodeId(*n), true)).collect();
         assert_eq!(m.vote_result(&votes), VoteResult::Pending);
@@ -287,5 +465,60 @@ mod tests {
         assert!(m.validate().is_ok());
         assert!(!m.is_voter(NodeId(3)));
         assert_eq!(m.len(), 3);
+        m.addrs.insert(NodeId(4), "h:1".into());
+        assert!(m.validate().is_err(), "an address of a non-member");
+        m.addrs.clear();
+        for bad in ["", "h", "h:", ":1", "h:99999", "h :1", "h\n:1"] {
+            m.addrs.insert(NodeId(3), bad.into());
+            assert!(m.validate().is_err(), "{bad:?}");
+        }
+        m.addrs
+            .insert(NodeId(3), "x".repeat(MAX_ADDR_BYTES - 1) + ":1");
+        assert!(m.validate().is_err(), "too long");
+        m.addrs
+            .insert(NodeId(3), "node-3.kv.default.svc:7000".into());
+        m.addrs.insert(NodeId(1), "[::1]:7000".into());
+        assert!(m.validate().is_ok());
+    }
+
+    #[test]
+    fn the_stored_form_round_trips_and_refuses_damage() {
+        let mut m = Membership {
+            voters: ids(&[1, 2, 3]),
+            voters_outgoing: ids(&[1, 2, 4]),
+            learners: ids(&[5]),
+            addrs: BTreeMap::new(),
+        };
+        let mut plain = Vec::new();
+        m.encode_into(&mut plain).unwrap();
+        // The form written before addresses existed reads the same.
+        assert_eq!(plain.len(), 3 * 4 + 7 * 8);
+        assert_eq!(Membership::decode(&plain).unwrap(), m);
+        m.addrs.insert(NodeId(1), "10.0.0.1:7000".into());
+        m.addrs.insert(NodeId(5), "kv-5.kv:7000".into());
+        let mut b = Vec::new();
+        m.encode_into(&mut b).unwrap();
+        assert_eq!(Membership::decode(&b).unwrap(), m);
+        // Every cut is refused, never misread or panicked on.
+        for n in 0..b.len() {
+            if n != plain.len() {
+                assert!(Membership::decode(&b[..n]).is_err(), "cut at {n}");
+            }
+        }
+        let mut unknown = plain.clone();
+        unknown.extend_from_slice(&[9, 0, 0, 0, 0]);
+        assert!(
+            Membership::decode(&unknown)
+                .unwrap_err()
+                .contains("unknown")
+        );
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Membership::decode(&huge).is_err());
+        // Bytes that are not UTF-8 in an address are refused.
+        let mut bad = b.clone();
+        let at = bad.len() - 1;
+        bad[at] = 0xff;
+        assert!(Membership::decode(&bad).unwrap_err().contains("UTF-8"));
     }
 }

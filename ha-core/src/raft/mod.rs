@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use config::Config;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
-pub use membership::{MAX_MEMBERS, Membership, VoteResult};
+pub use membership::{MAX_ADDR_BYTES, MAX_MEMBERS, Membership, VoteResult, check_addr};
 pub use message::{AppendOutcome, Body, MAX_APPEND_ENTRIES, Message, MessageError};
 pub use read::ReadState;
 pub use reconfig::{CATCH_UP_ENTRIES, ConfChange, ConfChangeError};
@@ -559,6 +559,12 @@ impl Raft {
             vote: self.vote,
             commit: self.log.committed,
         }
+    }
+
+    /// Whether this node leads and still sends to `peer` (a member, or a
+    /// node dropped from the configuration that may not know yet).
+    pub fn tracks(&self, peer: NodeId) -> bool {
+        matches!(&self.role, Role::Leader(l) if l.progress.contains_key(&peer))
     }
 
     /// A leader's view of a follower's match index (None on non-leaders).

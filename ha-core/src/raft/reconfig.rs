@@ -37,11 +37,14 @@ use super::*;
 pub const CATCH_UP_ENTRIES: u64 = 1024;
 
 /// A change of configuration asked of the leader.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConfChange {
     /// Adds a node as a learner: it receives the log and snapshots, never
-    /// votes or counts.
-    AddLearner(NodeId),
+    /// votes or counts. The address (`HOST:PORT`, see
+    /// [`check_addr`](super::check_addr)) is where it listens, recorded in
+    /// the configuration so every node can reach it; adding a learner
+    /// again with another address moves it there.
+    AddLearner(NodeId, Option<String>),
     /// Makes a caught-up learner a voter (through a joint configuration).
     Promote(NodeId),
     /// Removes a voter (through a joint configuration) or a learner.
@@ -52,14 +55,16 @@ impl ConfChange {
     /// The node the change is about.
     pub fn node(&self) -> NodeId {
         match *self {
-            ConfChange::AddLearner(n) | ConfChange::Promote(n) | ConfChange::Remove(n) => n,
+            ConfChange::AddLearner(n, _) | ConfChange::Promote(n) | ConfChange::Remove(n) => n,
         }
     }
 
     /// Whether `m` already is what this change asks for.
     pub fn holds_in(&self, m: &Membership) -> bool {
         match *self {
-            ConfChange::AddLearner(n) => m.learners.contains(&n),
+            ConfChange::AddLearner(n, ref addr) => {
+                m.learners.contains(&n) && addr.as_ref().is_none_or(|a| m.addrs.get(&n) == Some(a))
+            }
             ConfChange::Promote(n) => m.voters.contains(&n) && !m.voters_outgoing.contains(&n),
             ConfChange::Remove(n) => !m.is_member(n),
         }
@@ -67,7 +72,7 @@ impl ConfChange {
 }
 
 /// Why a membership change could not start.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ConfChangeError {
     /// Only the leader changes the configuration.
     #[error("not the leader (leader: {leader:?})")]
@@ -152,11 +157,14 @@ impl Raft {
         }
         let mut next = conf.clone();
         match change {
-            ConfChange::AddLearner(n) => {
+            ConfChange::AddLearner(n, addr) => {
                 if conf.is_voter(n) {
                     return Err(ConfChangeError::AlreadyVoter(n));
                 }
                 next.learners.insert(n);
+                if let Some(a) = addr {
+                    next.addrs.insert(n, a);
+                }
             }
             ConfChange::Promote(n) => {
                 if !conf.learners.contains(&n) {
@@ -179,6 +187,11 @@ impl Raft {
                         return Err(ConfChangeError::LastVoter(n));
                     }
                     next.voters_outgoing = conf.voters.clone();
+                }
+                // A departing voter keeps its address while it is in the
+                // outgoing half (it still votes there).
+                if !next.is_member(n) {
+                    next.addrs.remove(&n);
                 }
             }
         }
@@ -260,10 +273,13 @@ impl Raft {
         }
         if conf.is_joint() {
             if l.transfer.is_none() {
-                let next = Membership {
+                let mut next = Membership {
                     voters_outgoing: BTreeSet::new(),
                     ..conf.clone()
                 };
+                // The departed voters' addresses go with them.
+                let members = next.replication_targets();
+                next.addrs.retain(|n, _| members.contains(n));
                 self.append_conf(next);
             }
             return;

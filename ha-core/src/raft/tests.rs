@@ -691,7 +691,7 @@ fn a_change_past_the_member_limit_is_refused_and_appends_nothing() {
     drain(&mut r);
     assert!(r.is_leader());
     let last = r.last_index();
-    let refused = r.change_membership(ConfChange::AddLearner(NodeId(5000)));
+    let refused = r.change_membership(ConfChange::AddLearner(NodeId(5000), None));
     assert!(
         matches!(refused, Err(ConfChangeError::Invalid(_))),
         "{refused:?}"

@@ -40,6 +40,11 @@ fn membership_and_blank_payloads_round_trip() {
     let fs = SimFs::new();
     let mut m = ha_core::raft::Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]);
     m.learners.insert(NodeId(9));
+    let mut with_addrs = m.clone();
+    with_addrs.addrs.insert(NodeId(1), "10.1.2.3:7000".into());
+    with_addrs
+        .addrs
+        .insert(NodeId(9), "kv-9.kv.default.svc:7000".into());
     let es = vec![
         Entry {
             index: LogIndex(1),
@@ -50,6 +55,11 @@ fn membership_and_blank_payloads_round_trip() {
             index: LogIndex(2),
             term: Term(1),
             payload: EntryPayload::Membership(m),
+        },
+        Entry {
+            index: LogIndex(3),
+            term: Term(1),
+            payload: EntryPayload::Membership(with_addrs),
         },
     ];
     let (mut wal, _) = Wal::open(fs.clone(), &dir(), WalOptions::default()).unwrap();

@@ -47,12 +47,13 @@ pub(super) async fn handle_incoming(
     (incoming, handshake): (quinn::Incoming, OwnedSemaphorePermit),
     arrival: u64,
     slot: OwnedSemaphorePermit,
-    shared: Arc<Shared>,
+    transport: super::QuicTransport,
     inbound: Inbox,
     node: Option<NodeHandle>,
     files: Option<Arc<dyn SnapshotFiles>>,
 ) {
     let _slot = slot;
+    let shared = transport.shared.clone();
     let remote = incoming.remote_address();
     let conn = incoming.await;
     // The handshake is over, either way: its slot is free.
@@ -74,26 +75,28 @@ pub(super) async fn handle_incoming(
     match alpn(&conn).as_deref() {
         Some(p) if p == ALPN_PEER => {
             // Which member the certificate names decides whose slots it
-            // takes; the hello must then claim that same member.
-            let Some(peer) = shared
+            // takes; the hello must then claim that same member. A node
+            // of the cluster not known yet (this node waits to be added,
+            // or has not taken on the configuration that names it) is
+            // learned at the address it dials from.
+            let known = shared
                 .peers
                 .ids()
                 .into_iter()
-                .find(|id| tls::cert_names(&cert, &node_server_name(*id)))
-            else {
-                return protocol_violation(
-                    &conn,
-                    &shared,
-                    "unidentified",
-                    "the certificate names no member of this cluster",
-                );
+                .find(|id| tls::cert_names(&cert, &node_server_name(*id)));
+            let peer = match known {
+                Some(p) => p,
+                None => match transport.learn_peer(&cert, conn.remote_address()) {
+                    Ok(p) => p,
+                    Err(why) => return protocol_violation(&conn, &shared, "unidentified", why),
+                },
             };
             let who = node_server_name(peer);
-            let slot = shared
-                .peers
-                .get(peer)
-                .map(|p| p.connections.try_acquire_owned());
-            let Some(Ok(_peer_slot)) = slot else {
+            let Some(entry) = shared.peers.get(peer) else {
+                return protocol_violation(&conn, &shared, &who, "a node removed meanwhile");
+            };
+            let gone = entry.gone.subscribe();
+            let Ok(_peer_slot) = entry.connections.try_acquire_owned() else {
                 let why = format!(
                     "too many connections from this peer (max_connections_per_peer {})",
                     shared.limits.max_connections_per_peer
@@ -108,7 +111,7 @@ pub(super) async fn handle_incoming(
                 );
             };
             conn.set_max_concurrent_bi_streams(shared.options.max_peer_streams.into());
-            peer_connection(conn, arrival, peer, shared, inbound, files).await;
+            peer_connection(conn, arrival, peer, shared, inbound, files, gone).await;
         }
         Some(p) if p == ALPN_CLIENT => {
             let Some(node) = node else {
@@ -190,9 +193,16 @@ pub(super) async fn peer_connection(
     shared: Arc<Shared>,
     inbound: Inbox,
     files: Option<Arc<dyn SnapshotFiles>>,
+    mut gone: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let (recv, send) = tokio::select! {
+            // Removed from the peer table (peers.rs invariant 2): nothing
+            // more of it is delivered.
+            _ = gone.wait_for(|g| *g) => {
+                tracing::info!(node = %shared.id, peer = %peer, "closing a removed peer's connection");
+                return conn.close(codes::SHUTDOWN.into(), b"removed from the configuration");
+            }
             s = conn.accept_uni() => match s {
                 Ok(recv) => (recv, None),
                 Err(_) => return,

@@ -7,7 +7,7 @@
 //! authenticated but hostile or buggy peer or client from exhausting the
 //! node.
 //!
-//! Peer traffic (ALPN `ha-raft/3`). Each node dials each peer lazily (on the
+//! Peer traffic (ALPN `ha-raft/4`). Each node dials each peer lazily (on the
 //! first message for it) and keeps two connections to it, each carrying one
 //! unidirectional stream of frames:
 //! - **control**: votes, pre-votes, heartbeats and every response: small,
@@ -25,14 +25,18 @@
 //! `InstallSnapshot` queued to the node, and the sender reports success
 //! only on [`SnapshotVerdict::Accepted`].
 //!
-//! Client traffic (ALPN `ha-client/4`): one request and one response per
+//! Client traffic (ALPN `ha-client/5`): one request and one response per
 //! bidirectional stream.
 //!
 //! Invariants:
 //! 1. A peer stream is accepted only if the dialer's certificate (verified
 //!    against the cluster CA by the handshake) names `node-<from>` for the
 //!    `from` its hello claims, `to` is this node, and the cluster id matches.
-//!    Every message on it must then carry that same `from` and `to`.
+//!    Every message on it must then carry that same `from` and `to`. The
+//!    peers an endpoint knows follow the configuration (the node hands it
+//!    members' addresses and lets go of removed nodes); a certified node
+//!    it does not know yet is learned at the address it dials from
+//!    (`learn_peer`), so a node waiting to be added can answer its leader.
 //! 2. A malformed, truncated, oversized or unexpected frame closes that
 //!    connection and is logged with the peer's identity; the node keeps
 //!    running.
@@ -108,6 +112,9 @@ use crate::tls::{self, ALPN_CLIENT, ALPN_PEER, QuicOptions};
 /// Handshakes reserved for peers' addresses.
 const PEER_HANDSHAKES: usize = 16;
 
+/// How long a member's DNS name may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A handshake slot for `incoming`: from the common pool
 /// (`max_handshakes`), or, when that is exhausted and the sender has a
 /// peer's IP address, from the peers' reserve. `None` if it was refused, or
@@ -182,6 +189,9 @@ struct Shared {
     limits: QuicLimits,
     /// Depths of a peer's control and replication send queues.
     queue_depths: (usize, usize),
+    /// The address text the configuration last named for each peer (a DNS
+    /// name is resolved later; the answer is taken only if it still is).
+    named: std::sync::Mutex<BTreeMap<NodeId, String>>,
     /// The runtime the endpoint was bound on: a peer's senders run there
     /// whoever adds the peer, and end with it.
     runtime: tokio::runtime::Handle,
@@ -227,6 +237,46 @@ fn class_of(m: &Message) -> StreamClass {
 }
 
 impl Transport for QuicTransport {
+    fn set_peer_addr(&self, id: NodeId, addr: &str) {
+        if id == self.shared.id {
+            return;
+        }
+        let mut named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
+        named.insert(id, addr.to_string());
+        if let Ok(a) = addr.parse::<SocketAddr>() {
+            return self.add_peer(id, a);
+        }
+        drop(named);
+        // A DNS name: resolved off the node's task, and taken only if the
+        // configuration still names it when the answer comes.
+        let (t, text) = (self.clone(), addr.to_string());
+        self.shared.runtime.spawn(async move {
+            let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&text)).await;
+            let resolved = match found {
+                Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| "no address".to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
+            };
+            let named = t.shared.named.lock().unwrap_or_else(|e| e.into_inner());
+            if named.get(&id) != Some(&text) {
+                return;
+            }
+            match resolved {
+                Ok(a) => t.add_peer(id, a),
+                Err(e) => {
+                    let n = bump(&t.shared.stats.resolve_failures);
+                    tracing::warn!(node = %t.shared.id, peer = %id, addr = %text, "cannot resolve a member's address: {e} ({n} failures so far)");
+                }
+            }
+        });
+    }
+
+    fn forget_peer(&self, id: NodeId) {
+        let mut named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
+        named.remove(&id);
+        self.remove_peer(id);
+    }
+
     fn send_snapshot(
         &self,
         to: NodeId,
@@ -318,8 +368,38 @@ impl QuicTransport {
         tracing::info!(node = %self.shared.id, peer = %id, %addr, "peer added");
     }
 
+    /// Adds the node a connecting certificate names, if this endpoint does
+    /// not know it yet, at the address it dials from (an endpoint dials
+    /// from the socket it listens on). This is how a node waiting to be
+    /// added answers the leader that adds it before any configuration has
+    /// told it where the leader is; the configuration's address replaces
+    /// it once known ([`Transport::set_peer_addr`]). The certificate must
+    /// name exactly one node, not this one, and the table is capped at
+    /// [`MAX_MEMBERS`](ha_core::raft::MAX_MEMBERS) peers.
+    pub(super) fn learn_peer(
+        &self,
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        remote: SocketAddr,
+    ) -> Result<NodeId, &'static str> {
+        let ids = tls::cert_node_ids(cert);
+        let [id] = ids[..] else {
+            return Err("the certificate names no single node of this cluster");
+        };
+        if id == self.shared.id {
+            return Err("the certificate names this node");
+        }
+        if self.shared.peers.len() >= ha_core::raft::MAX_MEMBERS {
+            return Err("this node knows as many peers as a configuration can hold");
+        }
+        self.add_peer(id, remote);
+        let n = bump(&self.shared.stats.peers_learned);
+        tracing::info!(node = %self.shared.id, peer = %id, %remote, "learned a node of the cluster from its connection ({n} so far)");
+        Ok(id)
+    }
+
     /// Forgets peer `id` (a member removed from the configuration): its
-    /// senders end, and its new connections and streams are refused.
+    /// senders end, its connections are closed, and its new connections
+    /// and streams are refused.
     pub fn remove_peer(&self, id: NodeId) {
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         if !self.shared.peers.remove(id) {
@@ -396,6 +476,7 @@ impl Shared {
             options: config.options.clone(),
             limits: limits.clone(),
             queue_depths: (config.control_queue, config.replication_queue),
+            named: std::sync::Mutex::new(BTreeMap::new()),
             runtime: tokio::runtime::Handle::current(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
@@ -555,6 +636,7 @@ impl QuicEndpoint {
     ) {
         let endpoint = self.endpoint.clone();
         let shared = self.shared.clone();
+        let transport = self.transport.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 // In arrival order, before anything else can reorder them
@@ -577,10 +659,14 @@ impl QuicEndpoint {
                 let Some(handshake) = admit_handshake(&shared, incoming) else {
                     continue;
                 };
-                let (shared, inbound, node, files) =
-                    (shared.clone(), inbound.clone(), node.clone(), files.clone());
+                let (inbound, node, files, transport) = (
+                    inbound.clone(),
+                    node.clone(),
+                    files.clone(),
+                    transport.clone(),
+                );
                 tokio::spawn(handle_incoming(
-                    handshake, arrival, slot, shared, inbound, node, files,
+                    handshake, arrival, slot, transport, inbound, node, files,
                 ));
             }
         });

@@ -8,10 +8,11 @@
 //! 1. A peer's limits are created once, when it is added, and are dropped
 //!    with it: what its connections hold (permits, bytes) is released as
 //!    they end, whatever the table holds by then.
-//! 2. Removing a peer drops its send queues, so its sender tasks end, and
-//!    its new connections, streams and snapshots are refused. Known gap: a
-//!    connection and streams it already has open are not cut; they end
-//!    when the peer goes away (its process stops, as `remove_node` does).
+//! 2. Removing a peer (or moving it to another address) drops its send
+//!    queues, so its sender tasks end; its new connections, streams and
+//!    snapshots are refused; and the connections it has open are closed
+//!    (each watches its peer entry's `gone` signal), so nothing it sends
+//!    is delivered after its removal, and nothing it holds outlives it.
 //! 3. The table's locks are held only to read or change the map, never
 //!    across an await.
 
@@ -35,6 +36,8 @@ pub(super) struct Peer {
     /// One snapshot transfer at a time from this peer, so one peer cannot
     /// hold every receive slot.
     pub(super) snapshot_slot: Arc<Semaphore>,
+    /// Set once this entry is removed or replaced (invariant 2).
+    pub(super) gone: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Peer {
@@ -44,6 +47,7 @@ impl Peer {
             connections: Arc::new(Semaphore::new(limits.max_connections_per_peer)),
             budget: Arc::new(Semaphore::new(limits.peer_budget_bytes)),
             snapshot_slot: Arc::new(Semaphore::new(1)),
+            gone: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 }
@@ -85,6 +89,11 @@ impl PeerTable {
         self.read().get(&id).map(|p| p.addr)
     }
 
+    /// How many peers are known.
+    pub(super) fn len(&self) -> usize {
+        self.read().len()
+    }
+
     /// The known peers' ids.
     pub(super) fn ids(&self) -> Vec<NodeId> {
         self.read().keys().copied().collect()
@@ -113,13 +122,21 @@ impl PeerTable {
         if map.get(&id).is_some_and(|p| p.addr == addr) {
             return false;
         }
-        map.insert(id, Peer::new(addr, limits));
+        if let Some(old) = map.insert(id, Peer::new(addr, limits)) {
+            old.gone.send_replace(true);
+        }
         true
     }
 
-    /// Forgets peer `id`; true if it was known.
+    /// Forgets peer `id`, closing its connections; true if it was known.
     pub(super) fn remove(&self, id: NodeId) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(&id).is_some()
+        match map.remove(&id) {
+            Some(old) => {
+                old.gone.send_replace(true);
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -7,6 +7,11 @@ use super::*;
 /// Counters of one endpoint (invariant 5).
 #[derive(Debug, Default)]
 pub struct TransportStats {
+    /// Nodes of the cluster learned from their connections (see
+    /// `QuicTransport::learn_peer`).
+    pub peers_learned: AtomicU64,
+    /// Member addresses (DNS names) that could not be resolved.
+    pub resolve_failures: AtomicU64,
     /// Messages dropped because a send queue was full.
     pub dropped_full: AtomicU64,
     /// Messages dropped because they were for a node this endpoint does not

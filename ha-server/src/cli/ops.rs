@@ -1,5 +1,5 @@
 //! The operator commands: `certs`, `serve`, `status`, `panic-policy`,
-//! `resume`, `transfer-leader`, and the reserved `member`.
+//! `resume`, `transfer-leader`, and `member` (add, promote, remove, list).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use ha_core::sm::Replicated;
 use ha_core::types::{LogIndex, NodeId, Term};
 use serde_json::json;
 
-use super::{ClientArgs, EXIT_USAGE, Outcome, emit, program, usage_error};
+use super::{ClientArgs, Outcome, emit, program, usage_error};
 use crate::Server;
 
 /// The commands every service has.
@@ -52,17 +52,60 @@ pub enum OpsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Membership changes (not yet supported).
+    /// Membership changes: each answers once the change is committed, with
+    /// the configuration; one change at a time (another gets "busy").
     Member {
-        /// add ID HOST:PORT | remove ID | list
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[allow(missing_docs)] // The subcommands document themselves.
+        #[command(subcommand)]
+        op: MemberOp,
     },
     /// Hand leadership to node ID, or (no ID) to the most up-to-date voter;
     /// answers with the new leader once it leads.
     TransferLeader {
         /// The voter to hand over to.
         id: Option<u64>,
+        #[allow(missing_docs)] // The flattened options document themselves.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `member`'s subcommands.
+#[derive(Subcommand, Debug)]
+pub enum MemberOp {
+    /// Add node ID (started with `serve --join`) listening at HOST:PORT as a
+    /// learner, wait until it has caught up, then promote it to voter.
+    Add {
+        /// The new node's id.
+        id: u64,
+        /// Where it listens, HOST:PORT (HOST may be a DNS name).
+        addr: String,
+        /// Leave it a learner (it receives the log, never votes).
+        #[arg(long)]
+        learner: bool,
+        #[allow(missing_docs)] // The flattened options document themselves.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make learner ID a voter once it has caught up.
+    Promote {
+        /// The learner's id.
+        id: u64,
+        #[allow(missing_docs)] // The flattened options document themselves.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove voter or learner ID (a leader hands leadership over first).
+    Remove {
+        /// The node's id.
+        id: u64,
+        #[allow(missing_docs)] // The flattened options document themselves.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The configuration committed on the leader, with each member's
+    /// address and role.
+    List {
         #[allow(missing_docs)] // The flattened options document themselves.
         #[command(flatten)]
         client: ClientArgs,
@@ -100,7 +143,8 @@ pub struct ServeArgs {
     /// Where the certificates are (from `certs`).
     #[arg(long)]
     tls_dir: PathBuf,
-    /// Start as a non-member waiting to be added (not yet supported).
+    /// Start as a node that is not a member yet and waits to be added
+    /// (`member add`); takes no --peers.
     #[arg(long)]
     join: bool,
     /// Heartbeat interval in ms (also the node's tick).
@@ -170,7 +214,7 @@ impl OpsCommand {
                     Err(e) => Outcome::Failed(e),
                 })
             }
-            OpsCommand::Member { .. } => not_yet("member"),
+            OpsCommand::Member { op } => member::<T>(op).await,
             OpsCommand::TransferLeader { id, client } => {
                 emit(match client.core_client::<T>().transfer_leader(id).await {
                     Ok(leader) => Outcome::Done(json!({"ok": true, "leader": leader})),
@@ -181,9 +225,45 @@ impl OpsCommand {
     }
 }
 
-fn not_yet(what: &str) -> i32 {
-    eprintln!("{}: {what} is not yet supported", program());
-    EXIT_USAGE
+/// `member`: one JSON line with the configuration the leader committed.
+async fn member<T: Replicated>(op: MemberOp) -> i32 {
+    let r = match op {
+        MemberOp::Add {
+            id,
+            addr,
+            learner,
+            client,
+        } => {
+            if id == 0 {
+                usage_error("member add: node ids start at 1");
+            }
+            if let Err(why) = ha_core::raft::check_addr(&addr) {
+                usage_error(format!("member add: {why}"));
+            }
+            client
+                .core_client::<T>()
+                .member_add(id, &addr, learner)
+                .await
+        }
+        MemberOp::Promote { id, client } => client.core_client::<T>().member_promote(id).await,
+        MemberOp::Remove { id, client } => client.core_client::<T>().member_remove(id).await,
+        MemberOp::List { client } => client.core_client::<T>().members().await,
+    };
+    emit(match r {
+        Ok(m) => Outcome::Done(members_json(&m)),
+        Err(e) => Outcome::Failed(e),
+    })
+}
+
+/// `{"ok":true,"members":[{"id":1,"addr":"HOST:PORT","role":"voter"},...],
+/// "leader":ID}`.
+fn members_json(m: &ha_core::Members) -> serde_json::Value {
+    let members: Vec<_> = m
+        .members
+        .iter()
+        .map(|x| json!({"id": x.id, "addr": x.addr, "role": x.role.name()}))
+        .collect();
+    json!({"ok": true, "members": members, "leader": m.leader})
 }
 
 fn certs(a: CertsArgs) -> i32 {
@@ -213,16 +293,13 @@ fn certs(a: CertsArgs) -> i32 {
 /// any configuration mistake, with one line naming it; 1 when the node
 /// stopped by itself).
 async fn serve<T: Replicated>(a: ServeArgs) -> i32 {
-    if a.join {
-        eprintln!("{}: serve --join is not yet supported", program());
-        return EXIT_USAGE;
-    }
     let (lo, hi) = a.election_timeout();
     let server = Server::<T>::builder()
         .program(program())
         .id(a.id)
         .listen(a.listen.clone())
         .peers(a.peers.iter().cloned())
+        .join(a.join)
         .data_dir(a.data_dir.clone())
         .tls_dir(a.tls_dir.clone())
         .heartbeat(Duration::from_millis(a.heartbeat_ms))

@@ -28,6 +28,7 @@ impl Outcome {
                 let code = match e {
                     ha_core::Error::Query(_) => "unavailable",
                     ha_core::Error::Failed(_) => "failed",
+                    ha_core::Error::Busy(_) => "busy",
                     _ => "not_applied",
                 };
                 (

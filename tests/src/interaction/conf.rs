@@ -1,5 +1,6 @@
 //! The scenario commands about configurations: `change-membership ID
-//! add-learner=N | promote=N | remove=N` (the leader starts a change) and
+//! add-learner=N [host=HOST port=PORT] | promote=N | remove=N` (the leader
+//! starts a change) and
 //! `membership` (every live node's configuration in force, where it came
 //! from, and whether the node knows it was removed).
 
@@ -15,7 +16,9 @@ impl Env {
                 .map(|v| NodeId(v.parse().expect("a node id")))
         };
         let change = if let Some(n) = one("add-learner") {
-            ConfChange::AddLearner(n)
+            let arg = |k: &str| tc.args.get(k).and_then(|v| v.first()).cloned();
+            let addr = arg("host").map(|h| format!("{h}:{}", arg("port").expect("port=N")));
+            ConfChange::AddLearner(n, addr)
         } else if let Some(n) = one("promote") {
             ConfChange::Promote(n)
         } else if let Some(n) = one("remove") {

@@ -19,7 +19,7 @@ impl Sim {
         // Any node, or a stranger no node was ever started for.
         let id = NodeId(self.rng.range(1, self.nodes.len() as u64 + 2));
         let change = match self.rng.range(0, 3) {
-            0 => ConfChange::AddLearner(id),
+            0 => ConfChange::AddLearner(id, Some(format!("sim-{id}:7000"))),
             1 => ConfChange::Promote(id),
             _ => ConfChange::Remove(id),
         };
@@ -34,7 +34,7 @@ impl Sim {
             return;
         }
         let before = raft.last_index();
-        if let Ok(index) = raft.change_membership(change)
+        if let Ok(index) = raft.change_membership(change.clone())
             && index > before
         {
             self.stats.conf_changes += 1;

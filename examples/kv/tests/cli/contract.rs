@@ -166,7 +166,8 @@ pub(super) fn metrics_are_served(c: &Cluster) {
     }
 }
 
-/// The panic policy and resume, as an operator types them; `member`, not yet supported, exits 2.
+/// The panic policy and resume, as an operator types them; `member list`
+/// names every voter with its address.
 pub(super) fn operator_commands_answer(c: &Cluster) {
     let out = c.client(&["panic-policy", "halt"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
@@ -179,10 +180,23 @@ pub(super) fn operator_commands_answer(c: &Cluster) {
     let out = c.client(&["panic-policy", "continue"]);
     assert_eq!(code(&out), 0);
 
-    // Not yet supported: exit 2, one line.
-    let out = Command::new(BIN).args(["member", "list"]).output().unwrap();
-    assert_eq!(code(&out), 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet supported"));
+    let out = c.client(&["member", "list"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json_line(&out);
+    assert_eq!(v["ok"], true);
+    let want: Vec<Value> = (1..=3)
+        .map(|id| serde_json::json!({"id": id, "addr": c.addr(id), "role": "voter"}))
+        .collect();
+    assert_eq!(v["members"], Value::Array(want), "{v}");
+    assert!((1..=3).contains(&v["leader"].as_u64().unwrap()), "{v}");
+    // A member's id of 0, or an address that is not HOST:PORT: bad usage.
+    for args in [
+        ["member", "add", "0", "127.0.0.1:1"],
+        ["member", "add", "4", "no-port"],
+    ] {
+        let out = c.client(&args);
+        assert_eq!(code(&out), 2, "{args:?}");
+    }
 }
 
 /// kill -9 of the leader: writes continue; then the whole cluster dies at once and restarts from its data directories; nothing acknowledged is lost.

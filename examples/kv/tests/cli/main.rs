@@ -33,6 +33,8 @@ struct Cluster {
     ports: Vec<u16>,
     children: Vec<Option<Child>>,
     metrics_port: u16,
+    /// Flags every `serve` of this cluster gets.
+    serve_flags: Vec<String>,
 }
 
 impl Cluster {
@@ -70,10 +72,40 @@ impl Cluster {
         if let Some(p) = peers {
             cmd.args(["--peers", p]);
         }
+        cmd.args(&self.serve_flags);
         cmd
     }
     fn start_node_with(&mut self, id: usize, peers: Option<&str>) {
-        let mut cmd = self.serve_cmd(id, peers);
+        let cmd = self.serve_cmd(id, peers);
+        self.spawn_serve(id, cmd);
+    }
+    /// Node slots `ports.len() + 1 ..` for `n` more nodes (a port and a
+    /// certificate each), to be started with [`Cluster::start_joining`].
+    fn add_slots(&mut self, n: usize) {
+        let first = self.ports.len() + 1;
+        let ids: Vec<String> = (first..first + n).map(|i| i.to_string()).collect();
+        let out = Command::new(BIN)
+            .args(["certs", "--nodes", &ids.join(","), "--dir"])
+            .arg(self.tls())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "certs for {ids:?}");
+        for _ in 0..n {
+            self.ports.push(free_udp_port());
+            self.children.push(None);
+        }
+    }
+    /// `serve --join` for node `id` (a slot from [`Cluster::add_slots`]).
+    fn start_joining(&mut self, id: usize) {
+        let mut cmd = self.serve_cmd(id, None);
+        cmd.arg("--join");
+        self.spawn_serve(id, cmd);
+    }
+    /// The address node `id` listens on.
+    fn addr(&self, id: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[id - 1])
+    }
+    fn spawn_serve(&mut self, id: usize, mut cmd: Command) {
         // Each node's log goes to a file, appended across restarts, so a
         // failing test can show what the node said.
         let log = std::fs::OpenOptions::new()
@@ -81,6 +113,8 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .expect("open the node's log file");
+        // The framework's own progress too (tests look for some of it).
+        cmd.env("RUST_LOG", "warn,ha_core=info,ha_quic=info,ha_server=info");
         cmd.stdout(Stdio::null()).stderr(log);
         if id == 1 {
             // A bare port: the metrics listener binds loopback.
@@ -189,6 +223,11 @@ impl Drop for Cluster {
 }
 
 fn start() -> Cluster {
+    start_with(&[])
+}
+
+/// A 3-node cluster whose nodes all get `serve_flags`.
+fn start_with(serve_flags: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["certs", "--nodes", "1,2,3", "--dir"])
@@ -207,6 +246,7 @@ fn start() -> Cluster {
         ports: (0..3).map(|_| free_udp_port()).collect(),
         children: vec![None, None, None],
         metrics_port: free_tcp_port(),
+        serve_flags: serve_flags.iter().map(|s| s.to_string()).collect(),
     };
     for id in 1..=3 {
         c.start_node(id);
@@ -227,6 +267,7 @@ fn code(out: &Output) -> i32 {
 
 mod contract;
 mod leadership;
+mod membership;
 mod mistakes;
 mod outcomes;
 mod recovery;

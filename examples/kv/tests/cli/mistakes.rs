@@ -71,6 +71,17 @@ fn operator_mistakes_exit_2_with_one_clear_line() {
         &serve_args(&data, &other_tls, &listen),
         "belongs to cluster",
     );
+    // --join takes no --peers, and a directory of a voter is not started
+    // as a newcomer (it would forget it voted).
+    let mut j = serve_args(&data, &tls, &listen);
+    j.push("--join".into());
+    fails_with_one_line(&j, "takes no --peers");
+    let mut j: Vec<String> = serve_args(&data, &tls, &listen)
+        .into_iter()
+        .filter(|a| a != "--peers" && !a.starts_with("1="))
+        .collect();
+    j.push("--join".into());
+    fails_with_one_line(&j, "start it without --join");
     // An initialized data directory that lost its log (and with it the
     // node's term and vote) is refused, naming the path, not started afresh.
     let wal = data.join("wal");
@@ -81,10 +92,6 @@ fn operator_mistakes_exit_2_with_one_clear_line() {
         &format!("write-ahead log directory {} is missing", wal.display()),
     );
     assert!(!wal.exists(), "nothing recreated");
-    // Not yet supported options.
-    let mut j = serve_args(&data, &tls, &listen);
-    j.push("--join".into());
-    fails_with_one_line(&j, "not yet supported");
     // A client without certificates.
     let out = Command::new(BIN)
         .args(["get", "k", "--cluster", &listen, "--tls-dir"])

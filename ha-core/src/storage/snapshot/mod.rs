@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use super::vfs::{Vfs, VfsFile};
 use crate::raft::Membership;
-use crate::types::{LogIndex, NodeId, Term};
+use crate::types::{LogIndex, Term};
 
 /// First bytes of a snapshot file: "HA-SNAP", format version 1.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"HA-SNAP\x01";
@@ -130,30 +130,6 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((i.parse().ok()?, t.parse().ok()?))
 }
 
-fn encode_membership(m: &Membership, out: &mut Vec<u8>) {
-    for set in [&m.voters, &m.voters_outgoing, &m.learners] {
-        out.extend_from_slice(&(set.len() as u32).to_le_bytes());
-        for id in set {
-            out.extend_from_slice(&id.0.to_le_bytes());
-        }
-    }
-}
-
-fn decode_membership(b: &[u8]) -> Option<Membership> {
-    let mut m = Membership::default();
-    let mut at = 0;
-    for k in 0..3 {
-        let n = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
-        at += 4;
-        for _ in 0..n {
-            let id = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?);
-            at += 8;
-            [&mut m.voters, &mut m.voters_outgoing, &mut m.learners][k].insert(NodeId(id));
-        }
-    }
-    (at == b.len()).then_some(m)
-}
-
 /// The snapshot directory (see the module docs).
 #[derive(Clone, Debug)]
 pub struct SnapshotStore<V: Vfs> {
@@ -202,8 +178,8 @@ fn parse_file(
     {
         return Err(corrupt("lengths do not add up"));
     }
-    let membership =
-        decode_membership(&buf[28..data_start]).ok_or_else(|| corrupt("bad membership"))?;
+    let membership = Membership::decode(&buf[28..data_start])
+        .map_err(|e| corrupt(&format!("bad membership: {e}")))?;
     let meta = SnapshotMeta {
         index: LogIndex(u64_at(8)),
         term: Term(u64_at(16)),
@@ -423,7 +399,8 @@ impl<V: Vfs> SnapshotStore<V> {
         }
         let mut m = vec![0u8; m_len];
         std::io::Read::read_exact(&mut r, &mut m).map_err(io_err(path))?;
-        let membership = decode_membership(&m).ok_or_else(|| corrupt("bad membership"))?;
+        let membership =
+            Membership::decode(&m).map_err(|e| corrupt(&format!("bad membership: {e}")))?;
         let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
         if (u64_at(8), u64_at(16)) != named {
             return Err(corrupt("contents do not match the file name"));

@@ -1,12 +1,22 @@
 use super::*;
 use crate::rng::SplitMix64;
 use crate::storage::vfs::SimFs;
+use crate::types::NodeId;
 
+/// A snapshot's header, with the members' addresses (every test that
+/// writes and reads one checks they come back).
 fn meta(index: u64, term: u64) -> SnapshotMeta {
+    let mut membership = Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    membership.learners.insert(NodeId(4));
+    for n in 1..=4 {
+        membership
+            .addrs
+            .insert(NodeId(n), format!("node-{n}.kv.svc:7000"));
+    }
     SnapshotMeta {
         index: LogIndex(index),
         term: Term(term),
-        membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        membership,
     }
 }
 

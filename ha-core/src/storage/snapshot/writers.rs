@@ -141,7 +141,9 @@ impl<V: Vfs> SnapshotStore<V> {
         header.extend_from_slice(&meta.index.0.to_le_bytes());
         header.extend_from_slice(&meta.term.0.to_le_bytes());
         let mut m = Vec::new();
-        encode_membership(&meta.membership, &mut m);
+        meta.membership.encode_into(&mut m).map_err(|e| {
+            SnapshotError::Other(format!("cannot store the configuration: {e}").into())
+        })?;
         header.extend_from_slice(&(m.len() as u32).to_le_bytes());
         header.extend_from_slice(&m);
         file.append(&header).map_err(io_err(&tmp))?;

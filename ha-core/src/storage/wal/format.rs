@@ -124,14 +124,7 @@ pub(super) fn encode_payload(p: &EntryPayload, out: &mut Vec<u8>) -> Result<(), 
         }
         EntryPayload::Membership(m) => {
             out.push(PAYLOAD_MEMBERSHIP);
-            for set in [&m.voters, &m.voters_outgoing, &m.learners] {
-                let n = u32::try_from(set.len())
-                    .map_err(|_| format!("a membership set of {} ids", set.len()))?;
-                out.extend_from_slice(&n.to_le_bytes());
-                for id in set.iter() {
-                    out.extend_from_slice(&id.0.to_le_bytes());
-                }
-            }
+            m.encode_into(out)?;
         }
     }
     Ok(())
@@ -158,25 +151,9 @@ pub(super) fn decode_payload(b: &[u8]) -> Result<EntryPayload, String> {
     match tag {
         PAYLOAD_BLANK if rest.is_empty() => Ok(EntryPayload::Blank),
         PAYLOAD_COMMAND => Ok(EntryPayload::Command(bytes::Bytes::copy_from_slice(rest))),
-        PAYLOAD_MEMBERSHIP => {
-            let mut m = Membership::default();
-            let mut at = 0;
-            for k in 0..3 {
-                let n = rest.get(at..at + 4).ok_or("membership payload is short")?;
-                let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
-                at += 4;
-                for _ in 0..n {
-                    let id = rest.get(at..at + 8).ok_or("membership payload is short")?;
-                    let id = NodeId(u64::from_le_bytes(id.try_into().expect("8 bytes")));
-                    at += 8;
-                    [&mut m.voters, &mut m.voters_outgoing, &mut m.learners][k].insert(id);
-                }
-            }
-            if at != rest.len() {
-                return Err("membership payload has trailing bytes".into());
-            }
-            Ok(EntryPayload::Membership(m))
-        }
+        PAYLOAD_MEMBERSHIP => Membership::decode(rest)
+            .map(EntryPayload::Membership)
+            .map_err(|e| format!("membership payload: {e}")),
         t => Err(format!("unknown entry payload tag {t}")),
     }
 }
