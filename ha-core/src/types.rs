@@ -161,8 +161,11 @@ impl Entry {
             + match &self.payload {
                 EntryPayload::Blank => 0,
                 EntryPayload::Command(b) => b.len(),
+                // Every id of every set at a varint's 10 bytes at most, and
+                // each address with its id and length.
                 EntryPayload::Membership(m) => {
-                    8 * m.len() + m.addrs.values().map(|a| 10 + a.len()).sum::<usize>()
+                    10 * (m.voters.len() + m.voters_outgoing.len() + m.learners.len())
+                        + m.addrs.values().map(|a| 20 + a.len()).sum::<usize>()
                 }
             }
     }

@@ -432,6 +432,7 @@ impl<T: Replicated> LocalCluster<T> {
                     Ok(_) => return Ok(()),
                     Err(
                         e @ (NodeError::NotLeader { .. }
+                        | NodeError::ChangeInDoubt { .. }
                         | NodeError::Busy
                         | NodeError::Stopped(_)
                         | NodeError::Membership(

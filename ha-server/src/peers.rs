@@ -23,8 +23,10 @@ use ha_core::types::NodeId;
 
 use crate::ServeError;
 
-/// Parses `HOST:PORT`, resolving a host name (the first address it
-/// resolves to).
+/// Parses `HOST:PORT`, resolving a host name (to its first IPv4 address,
+/// or its first address if it has none: `localhost` on a machine that
+/// lists `::1` first still means the address a node bound to
+/// `127.0.0.1` listens on).
 pub fn parse_addr(option: &'static str, s: &str) -> Result<SocketAddr, ServeError> {
     let bad = |reason: String| ServeError::Address {
         option,
@@ -32,9 +34,14 @@ pub fn parse_addr(option: &'static str, s: &str) -> Result<SocketAddr, ServeErro
         reason,
     };
     match s.trim().to_socket_addrs() {
-        Ok(mut a) => a
-            .next()
-            .ok_or_else(|| bad("it resolves to no address".into())),
+        Ok(a) => {
+            let all: Vec<SocketAddr> = a.collect();
+            all.iter()
+                .find(|a| a.is_ipv4())
+                .or(all.first())
+                .copied()
+                .ok_or_else(|| bad("it resolves to no address".into()))
+        }
         Err(e) => Err(bad(e.to_string())),
     }
 }

@@ -134,10 +134,12 @@ impl<T: Replicated> Client<T> {
     /// be added, `serve --join`), as a learner; unless `learner_only`, then
     /// waits until it has caught up with the leader's log and promotes it
     /// to voter (through a joint configuration). Answers with the
-    /// configuration once the last step is committed. If the learner does
-    /// not catch up before the call's timeout, it stays a learner and the
-    /// call fails "not applied" for the promotion (promote it later with
-    /// [`Client::member_promote`]).
+    /// configuration once the last step is committed. If the promotion
+    /// does not happen (the learner does not catch up before the call's
+    /// timeout, another change runs), the node stays a learner and the
+    /// call fails as [`Error::Unknown`] saying so: the configuration did
+    /// change, so the call was neither done nor "not applied" (promote it
+    /// later with [`Client::member_promote`]).
     pub async fn member_add(
         &self,
         id: u64,
@@ -153,12 +155,11 @@ impl<T: Replicated> Client<T> {
         let promote = ConfChange::Promote(crate::types::NodeId(id));
         self.change(promote, deadline, CatchUp::Wait)
             .await
-            .map_err(|e| match e {
-                Error::NotApplied(why) => Error::NotApplied(format!(
-                    "node {id} was added as a learner but not promoted: {why}; promote it once \
-                     it has caught up"
-                )),
-                e => e,
+            .map_err(|e| {
+                Error::Unknown(format!(
+                    "node {id} was added as a learner, but its promotion to voter did not \
+                     complete ({e}); promote it once it has caught up"
+                ))
             })
     }
 

@@ -90,6 +90,16 @@ pub enum NodeError {
     /// learner is not caught up, ...; see the error).
     #[error("membership change refused: {0}")]
     Membership(crate::raft::ConfChangeError),
+    /// This node stopped leading after it started the change: the change
+    /// may still complete under the next leader (asking it again is
+    /// harmless: a change that holds is answered at once).
+    #[error(
+        "leadership moved after the membership change started (leader: {leader:?}); it may still complete"
+    )]
+    ChangeInDoubt {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
 }
 
 crate::debug_as_display!(NodeError);
@@ -363,7 +373,8 @@ impl NodeHandle {
     /// promotes a caught-up learner, or removes a voter or learner, through
     /// a joint configuration when the voters change. Resolves, with the
     /// configuration now in force, once it is committed and not joint. On
-    /// a node that does not lead: `NotLeader`. Refused with `Membership`
+    /// a node that does not lead: `NotLeader`; `ChangeInDoubt` if it stops
+    /// leading after it started the change. Refused with `Membership`
     /// when it cannot start now (another change in flight, a learner not
     /// caught up: retry later) or at all. Asking again for a change that
     /// holds already answers at once (once the new leader has committed an

@@ -7,10 +7,11 @@
 //!
 //! Invariants: a caller is answered `Ok` only once the configuration
 //! committed on this node is not joint and holds the change (committed
-//! entries are never lost, so the change is in force for good); `NotLeader`
-//! once this node stops leading before that (the change may or may not
-//! complete under the next leader; asking it again is harmless, since a
-//! change that holds already is answered at once). Every waiting caller is
+//! entries are never lost, so the change is in force for good);
+//! `ChangeInDoubt` once this node stops leading before that (its entry may
+//! or may not complete under the next leader: never "not applied"; asking
+//! again is harmless, since a change that holds already is answered at
+//! once). Every waiting caller is
 //! answered when the node stops.
 //!
 //! The transport follows the configuration (`sync_peers`): a member's
@@ -64,19 +65,25 @@ impl<V: Vfs> NodeTask<V> {
                 tracing::info!(node = %self.raft.id(), change = ?w.change, "membership change done: {committed:?}");
                 let _ = w.reply.send(Ok(committed.clone()));
             } else if !leading {
-                let _ = w.reply.send(Err(NodeError::NotLeader { leader }));
+                let _ = w.reply.send(Err(NodeError::ChangeInDoubt { leader }));
             } else {
                 self.conf_waits.push(w);
             }
         }
     }
 
-    /// The committed configuration, if this node leads.
+    /// The committed configuration, if this node leads and has committed
+    /// an entry of its term (a fresh leader's commit index may be behind
+    /// its predecessor's, and with it the configuration it would report:
+    /// `Busy` until then, which clients retry).
     pub(super) fn members(&self) -> Result<crate::raft::Membership, NodeError> {
         if !self.raft.is_leader() {
             return Err(NodeError::NotLeader {
                 leader: self.raft.leader(),
             });
+        }
+        if !self.raft.leads_with_current_commit() {
+            return Err(NodeError::Busy);
         }
         Ok(self.raft.membership_at(self.raft.commit_index()).clone())
     }
@@ -110,7 +117,10 @@ impl<V: Vfs> NodeTask<V> {
             if conf.is_member(*id) {
                 return false; // In again (an uncommitted removal undone).
             }
-            if committed.is_member(*id) || raft.tracks(*id) {
+            // Kept while its removal may be undone, while the leader
+            // still tells it, and while it leads (a leader that removed
+            // itself leads on until it has handed over).
+            if committed.is_member(*id) || raft.tracks(*id) || raft.leader() == Some(*id) {
                 return true;
             }
             tracing::info!(node = %me, peer = %id, "a removed node is forgotten");

@@ -144,7 +144,8 @@ impl Raft {
         let up_to_date = self.log.is_up_to_date(last_index, last_term);
         // A repairing node may lack entries it acknowledged, and may have
         // forgotten a vote: it grants nothing (see `Repair`).
-        let repaired = self.repair.is_none() && msg_term > self.vote_floor;
+        // So does a newcomer (see `settle_newcomer`).
+        let repaired = self.repair.is_none() && !self.newcomer && msg_term > self.vote_floor;
         let granted = can_vote && up_to_date && repaired;
         if pre {
             // A granted pre-vote answers in the term asked about, so the

@@ -46,7 +46,9 @@ impl Raft {
             0 => drawn,
             n => n,
         };
+        let newcomer = log.conf().1.is_empty();
         Ok(Raft {
+            newcomer,
             rng,
             term: hs.term,
             vote: hs.vote,

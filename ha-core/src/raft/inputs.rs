@@ -98,7 +98,21 @@ impl Raft {
         if !self.settle_term(&m) {
             return Ok(());
         }
-        self.dispatch(m)
+        let r = self.dispatch(m);
+        self.settle_newcomer();
+        r
+    }
+
+    /// A node that started in no configuration (waiting to be added)
+    /// grants no vote until it has one, and then only in terms above the
+    /// one it was in when it took it on: its storage may be a voter's that
+    /// was wiped and started again as a newcomer under the same id, which
+    /// forgot the votes it gave (the same rule as after a repair).
+    fn settle_newcomer(&mut self) {
+        if self.newcomer && !self.log.conf().1.is_empty() {
+            self.vote_floor = self.vote_floor.max(self.term);
+            self.newcomer = false;
+        }
     }
 
     /// Every check a message must pass before it may change anything.

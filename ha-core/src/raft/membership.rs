@@ -232,12 +232,14 @@ impl Membership {
                 [&mut m.voters, &mut m.voters_outgoing, &mut m.learners][k].insert(id);
             }
         }
+        let mut seen_addrs = false;
         while r.at < b.len() {
             let tag = r.take(1)?[0];
             let len = r.u32()? as usize;
             let body = r.take(len)?;
             match tag {
-                SECTION_ADDRS if m.addrs.is_empty() => {
+                SECTION_ADDRS if !seen_addrs => {
+                    seen_addrs = true;
                     let mut s = Reader { b: body, at: 0 };
                     let n = s.u32()? as usize;
                     if n > MAX_MEMBERS {
@@ -250,7 +252,9 @@ impl Membership {
                         ));
                         let addr = std::str::from_utf8(s.take(len)?)
                             .map_err(|_| format!("node {id}'s address is not UTF-8"))?;
-                        m.addrs.insert(id, addr.to_string());
+                        if m.addrs.insert(id, addr.to_string()).is_some() {
+                            return Err(format!("node {id}'s address is given twice"));
+                        }
                     }
                     if s.at != body.len() {
                         return Err("the address section has trailing bytes".into());
@@ -302,8 +306,10 @@ impl Membership {
 const SECTION_ADDRS: u8 = 1;
 
 /// Why `addr` is not an address a configuration records, if it is not:
-/// empty, longer than [`MAX_ADDR_BYTES`], not printable ASCII, or without
-/// a `:PORT`.
+/// empty, longer than [`MAX_ADDR_BYTES`], not printable ASCII, without a
+/// `:PORT` (1 to 65535), an IPv6 address without brackets, or an address
+/// no one can be reached at (`0.0.0.0`, `[::]`: a node listening on every
+/// interface is reached at one of them, which is what to record).
 pub fn check_addr(addr: &str) -> Result<(), String> {
     if addr.is_empty() || addr.len() > MAX_ADDR_BYTES {
         return Err(format!(
@@ -314,10 +320,30 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
     if !addr.bytes().all(|c| c.is_ascii_graphic()) {
         return Err("an address must be printable ASCII without spaces".into());
     }
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("{addr:?} is not HOST:PORT")),
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not HOST:PORT"));
+    };
+    if host.is_empty() || !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Err(format!("{addr:?} is not HOST:PORT (PORT from 1 to 65535)"));
     }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.contains(':') && bare.len() == host.len() {
+        return Err(format!(
+            "{addr:?}: write an IPv6 address in brackets, [ADDR]:PORT"
+        ));
+    }
+    if bare
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(format!(
+            "{addr:?} names no one (an unspecified address): give the address others reach it at"
+        ));
+    }
+    Ok(())
 }
 
 /// A cursor over stored bytes: every read is checked against what is there.
@@ -468,7 +494,19 @@ mod tests {
         m.addrs.insert(NodeId(4), "h:1".into());
         assert!(m.validate().is_err(), "an address of a non-member");
         m.addrs.clear();
-        for bad in ["", "h", "h:", ":1", "h:99999", "h :1", "h\n:1"] {
+        for bad in [
+            "",
+            "h",
+            "h:",
+            ":1",
+            "h:99999",
+            "h:0",
+            "h :1",
+            "h\n:1",
+            "::1:7000",
+            "0.0.0.0:7000",
+            "[::]:7000",
+        ] {
             m.addrs.insert(NodeId(3), bad.into());
             assert!(m.validate().is_err(), "{bad:?}");
         }
@@ -478,6 +516,8 @@ mod tests {
         m.addrs
             .insert(NodeId(3), "node-3.kv.default.svc:7000".into());
         m.addrs.insert(NodeId(1), "[::1]:7000".into());
+        assert!(m.validate().is_ok());
+        m.addrs.insert(NodeId(1), "10.0.0.1:7000".into());
         assert!(m.validate().is_ok());
     }
 
@@ -505,6 +545,10 @@ mod tests {
                 assert!(Membership::decode(&b[..n]).is_err(), "cut at {n}");
             }
         }
+        // One address section at most.
+        let mut twice = b.clone();
+        twice.extend_from_slice(&b[plain.len()..]);
+        assert!(Membership::decode(&twice).is_err());
         let mut unknown = plain.clone();
         unknown.extend_from_slice(&[9, 0, 0, 0, 0]);
         assert!(

@@ -404,8 +404,12 @@ pub struct Raft {
     snapshots_to_send: Vec<NodeId>,
     /// Set while repairing damaged storage.
     repair: Option<Repair>,
-    /// After a repair: votes only in terms above this.
+    /// After a repair, or once a newcomer has a configuration: votes only
+    /// in terms above this.
     vote_floor: Term,
+    /// Started in no configuration, and has not taken one on yet: grants
+    /// no vote (see `settle_newcomer`).
+    newcomer: bool,
     /// Ticks since this core started (a clock for the leader's view of
     /// repairing followers).
     ticks: u64,
@@ -559,6 +563,12 @@ impl Raft {
             vote: self.vote,
             commit: self.log.committed,
         }
+    }
+
+    /// Whether this node leads and has committed an entry of its own term
+    /// (so its commit index is at least any earlier leader's).
+    pub fn leads_with_current_commit(&self) -> bool {
+        matches!(&self.role, Role::Leader(l) if l.committed_in_term)
     }
 
     /// Whether this node leads and still sends to `peer` (a member, or a

@@ -701,3 +701,57 @@ fn a_change_past_the_member_limit_is_refused_and_appends_nothing() {
     assert!(r.change_membership(ConfChange::Remove(NodeId(2))).is_ok());
     assert_eq!(r.last_index(), last.next());
 }
+
+/// A node started in no configuration (it waits to be added; its storage
+/// may be a wiped voter's under the same id) grants no vote until it has a
+/// configuration, and then only in terms above the one it took it on in.
+#[test]
+fn a_newcomer_votes_only_in_terms_after_it_learned_a_configuration() {
+    let mut r = Raft::new(Config::new(NodeId(1)), InitialState::default()).unwrap();
+    // (Marked as a transfer's: the leader lease would hold off others.)
+    let vote = |term| {
+        msg(
+            3,
+            term,
+            Body::Vote {
+                last_index: LogIndex(9),
+                last_term: Term(term),
+                transfer: true,
+            },
+        )
+    };
+    r.step(vote(2)).unwrap();
+    assert_eq!(
+        vote_granted(&drain(&mut r)),
+        Some(false),
+        "no configuration yet"
+    );
+    // The leader of term 3 brings the configuration that names it.
+    let mut m = Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    m.addrs.insert(NodeId(2), "10.0.0.2:7000".into());
+    r.step(msg(
+        2,
+        3,
+        Body::Append {
+            prev_index: LogIndex(0),
+            prev_term: Term(0),
+            entries: vec![Entry {
+                index: LogIndex(1),
+                term: Term(3),
+                payload: EntryPayload::Membership(m),
+            }],
+            commit: LogIndex(1),
+        },
+    ))
+    .unwrap();
+    drain(&mut r);
+    assert!(!r.membership().is_empty());
+    // Its old self may have voted in term 3: no vote there (it also
+    // follows term 3's leader by now); in term 4 it votes.
+    let mut late = vote(3);
+    late.from = NodeId(3);
+    r.step(late).unwrap();
+    assert_eq!(vote_granted(&drain(&mut r)), Some(false), "term 3");
+    r.step(vote(4)).unwrap();
+    assert_eq!(vote_granted(&drain(&mut r)), Some(true), "term 4");
+}

@@ -106,4 +106,5 @@ fn applied(o: CommandOutcome) -> i64 {
 mod client;
 mod exactly_once;
 mod failures;
+mod membership;
 mod replay;

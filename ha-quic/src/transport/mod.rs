@@ -115,6 +115,10 @@ const PEER_HANDSHAKES: usize = 16;
 /// How long a member's DNS name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many times a member's DNS name is tried (backing off to 30 s
+/// between tries: about half an hour in all).
+const RESOLVE_ATTEMPTS: u32 = 64;
+
 /// A handshake slot for `incoming`: from the common pool
 /// (`max_handshakes`), or, when that is exhausted and the sender has a
 /// peer's IP address, from the peers' reserve. `None` if it was refused, or
@@ -192,6 +196,10 @@ struct Shared {
     /// The address text the configuration last named for each peer (a DNS
     /// name is resolved later; the answer is taken only if it still is).
     named: std::sync::Mutex<BTreeMap<NodeId, String>>,
+    /// Whether nodes are learned from their connections (see
+    /// [`QuicTransport::learn_peer`]): only while no configuration named
+    /// an address, on an endpoint started with no peers.
+    learning: AtomicBool,
     /// The runtime the endpoint was bound on: a peer's senders run there
     /// whoever adds the peer, and end with it.
     runtime: tokio::runtime::Handle,
@@ -238,6 +246,8 @@ fn class_of(m: &Message) -> StreamClass {
 
 impl Transport for QuicTransport {
     fn set_peer_addr(&self, id: NodeId, addr: &str) {
+        // The node has a configuration: no more learning from connections.
+        self.shared.learning.store(false, Ordering::Relaxed);
         if id == self.shared.id {
             return;
         }
@@ -247,27 +257,49 @@ impl Transport for QuicTransport {
             return self.add_peer(id, a);
         }
         drop(named);
-        // A DNS name: resolved off the node's task, and taken only if the
-        // configuration still names it when the answer comes.
+        // A DNS name: resolved off the node's task, retried with backoff
+        // while it fails (a pod's name may not exist yet), and taken only
+        // if the configuration still names it when the answer comes. An
+        // address of the endpoint's own family is preferred.
         let (t, text) = (self.clone(), addr.to_string());
+        let v4 = self.endpoint.local_addr().map_or(true, |a| a.is_ipv4());
         self.shared.runtime.spawn(async move {
-            let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&text)).await;
-            let resolved = match found {
-                Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| "no address".to_string()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
-            };
-            let named = t.shared.named.lock().unwrap_or_else(|e| e.into_inner());
-            if named.get(&id) != Some(&text) {
-                return;
-            }
-            match resolved {
-                Ok(a) => t.add_peer(id, a),
-                Err(e) => {
-                    let n = bump(&t.shared.stats.resolve_failures);
-                    tracing::warn!(node = %t.shared.id, peer = %id, addr = %text, "cannot resolve a member's address: {e} ({n} failures so far)");
+            let mut backoff = Duration::from_millis(200);
+            for _ in 0..RESOLVE_ATTEMPTS {
+                let found =
+                    tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&text)).await;
+                let resolved = match found {
+                    Ok(Ok(addrs)) => {
+                        let addrs: Vec<SocketAddr> = addrs.collect();
+                        addrs
+                            .iter()
+                            .find(|a| a.is_ipv4() == v4)
+                            .or(addrs.first())
+                            .copied()
+                            .ok_or_else(|| "it resolves to no address".to_string())
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
+                };
+                {
+                    let named = t.shared.named.lock().unwrap_or_else(|e| e.into_inner());
+                    if named.get(&id) != Some(&text) {
+                        return; // Another address, or forgotten, meanwhile.
+                    }
+                    match resolved {
+                        Ok(a) => return t.add_peer(id, a),
+                        Err(e) => {
+                            let n = bump(&t.shared.stats.resolve_failures);
+                            if sampled(n) {
+                                tracing::warn!(node = %t.shared.id, peer = %id, addr = %text, "cannot resolve a member's address, retrying in {backoff:?}: {e} ({n} failures so far)");
+                            }
+                        }
+                    }
                 }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
+            tracing::error!(node = %t.shared.id, peer = %id, addr = %text, "gave up resolving a member's address: it is reached again once the configuration or this node restarts");
         });
     }
 
@@ -368,19 +400,26 @@ impl QuicTransport {
         tracing::info!(node = %self.shared.id, peer = %id, %addr, "peer added");
     }
 
-    /// Adds the node a connecting certificate names, if this endpoint does
-    /// not know it yet, at the address it dials from (an endpoint dials
-    /// from the socket it listens on). This is how a node waiting to be
-    /// added answers the leader that adds it before any configuration has
-    /// told it where the leader is; the configuration's address replaces
-    /// it once known ([`Transport::set_peer_addr`]). The certificate must
-    /// name exactly one node, not this one, and the table is capped at
+    /// While this endpoint knows no configuration (its node waits to be
+    /// added: it started with no peers and no configuration has named an
+    /// address since), adds the node a connecting certificate names at
+    /// the address it dials from (an endpoint dials from the socket it
+    /// listens on). This is how a node waiting to be added answers the
+    /// leader that adds it before any configuration has told it where the
+    /// leader is; the configuration's addresses take over once it has one
+    /// ([`Transport::set_peer_addr`]), and no node is learned after that
+    /// (a removed node that dials again is refused). The certificate must
+    /// name exactly one node, not this one; a known node is never moved by
+    /// this; and the table is capped at
     /// [`MAX_MEMBERS`](ha_core::raft::MAX_MEMBERS) peers.
     pub(super) fn learn_peer(
         &self,
         cert: &rustls_pki_types::CertificateDer<'_>,
         remote: SocketAddr,
     ) -> Result<NodeId, &'static str> {
+        if !self.shared.learning.load(Ordering::Relaxed) {
+            return Err("the certificate names no member of this node's configuration");
+        }
         let ids = tls::cert_node_ids(cert);
         let [id] = ids[..] else {
             return Err("the certificate names no single node of this cluster");
@@ -388,10 +427,25 @@ impl QuicTransport {
         if id == self.shared.id {
             return Err("the certificate names this node");
         }
-        if self.shared.peers.len() >= ha_core::raft::MAX_MEMBERS {
-            return Err("this node knows as many peers as a configuration can hold");
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        let limits = &self.shared.limits;
+        if !self
+            .shared
+            .peers
+            .insert_new(id, remote, limits, ha_core::raft::MAX_MEMBERS)
+        {
+            // Known meanwhile (another connection, or the configuration):
+            // taken as it is.
+            return match self.shared.peers.get(id) {
+                Some(_) => Ok(id),
+                None => Err("this node knows as many peers as a configuration can hold"),
+            };
         }
-        self.add_peer(id, remote);
+        queues.insert(
+            id,
+            start_peer_sender(&self.endpoint, &self.shared, id, remote),
+        );
+        drop(queues);
         let n = bump(&self.shared.stats.peers_learned);
         tracing::info!(node = %self.shared.id, peer = %id, %remote, "learned a node of the cluster from its connection ({n} so far)");
         Ok(id)
@@ -477,6 +531,7 @@ impl Shared {
             limits: limits.clone(),
             queue_depths: (config.control_queue, config.replication_queue),
             named: std::sync::Mutex::new(BTreeMap::new()),
+            learning: AtomicBool::new(config.peers.keys().all(|p| *p == config.id)),
             runtime: tokio::runtime::Handle::current(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),

@@ -89,11 +89,6 @@ impl PeerTable {
         self.read().get(&id).map(|p| p.addr)
     }
 
-    /// How many peers are known.
-    pub(super) fn len(&self) -> usize {
-        self.read().len()
-    }
-
     /// The known peers' ids.
     pub(super) fn ids(&self) -> Vec<NodeId> {
         self.read().keys().copied().collect()
@@ -125,6 +120,24 @@ impl PeerTable {
         if let Some(old) = map.insert(id, Peer::new(addr, limits)) {
             old.gone.send_replace(true);
         }
+        true
+    }
+
+    /// Adds peer `id` at `addr` only if it is unknown and fewer than `cap`
+    /// peers are known (one check and insert under the lock); true if
+    /// added.
+    pub(super) fn insert_new(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+        limits: &QuicLimits,
+        cap: usize,
+    ) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(&id) || map.len() >= cap {
+            return false;
+        }
+        map.insert(id, Peer::new(addr, limits));
         true
     }
 

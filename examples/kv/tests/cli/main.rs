@@ -266,6 +266,7 @@ fn code(out: &Output) -> i32 {
 }
 
 mod contract;
+mod deploy;
 mod leadership;
 mod membership;
 mod mistakes;

@@ -1,0 +1,157 @@
+//! The client's membership calls against scripted answers: what each
+//! sequence of answers comes to (done, busy, not applied, unknown), never
+//! "not applied" once an attempt may have started the change.
+
+use super::*;
+use ha_core::client::{ClientTransport, RequestError, RequestFuture};
+use ha_core::protocol::{ClientRequest, ClientResponse};
+use ha_core::raft::{ConfChange, ConfChangeError, Membership};
+use ha_core::types::NodeId;
+use std::sync::Mutex;
+
+/// Answers each request with the next scripted answer (the last one
+/// again once the script runs out), and records the requests.
+struct Script {
+    answers: Mutex<Vec<Result<ClientResponse, RequestError>>>,
+    asked: Mutex<Vec<ClientRequest>>,
+}
+
+impl ClientTransport for Script {
+    fn request(&self, _addr: std::net::SocketAddr, req: ClientRequest) -> RequestFuture<'_> {
+        self.asked.lock().unwrap().push(req);
+        let mut a = self.answers.lock().unwrap();
+        let next = if a.len() > 1 {
+            a.remove(0)
+        } else {
+            a[0].clone()
+        };
+        Box::pin(async move { next })
+    }
+}
+
+fn client(
+    answers: Vec<Result<ClientResponse, RequestError>>,
+) -> (std::sync::Arc<Script>, ha_core::Client<Counter>) {
+    let s = std::sync::Arc::new(Script {
+        answers: Mutex::new(answers),
+        asked: Mutex::new(Vec::new()),
+    });
+    let c = ha_core::Client::new(
+        s.clone(),
+        vec!["127.0.0.1:1".parse().unwrap()],
+        ha_core::ClientOptions {
+            timeout: std::time::Duration::from_millis(2500),
+            attempt_timeout: std::time::Duration::from_millis(100),
+            ..ha_core::ClientOptions::default()
+        },
+    );
+    (s, c)
+}
+
+fn refused(reason: ConfChangeError) -> Result<ClientResponse, RequestError> {
+    Ok(ClientResponse::ChangeRefused { reason })
+}
+
+fn members(voters: &[u64], learners: &[u64]) -> Result<ClientResponse, RequestError> {
+    let mut m = Membership::new_voters(voters.iter().map(|n| NodeId(*n)));
+    m.learners = learners.iter().map(|n| NodeId(*n)).collect();
+    m.addrs.insert(NodeId(voters[0]), "10.0.0.1:7000".into());
+    Ok(ClientResponse::Members {
+        membership: m,
+        leader: voters[0],
+    })
+}
+
+#[tokio::test]
+async fn another_change_in_progress_is_busy_after_a_grace() {
+    let (_, c) = client(vec![refused(ConfChangeError::InProgress)]);
+    let started = std::time::Instant::now();
+    let e = c.member_remove(2).await.unwrap_err();
+    assert!(matches!(e, ha_core::Error::Busy(_)), "{e:?}");
+    assert!(e.is_not_applied());
+    assert!(started.elapsed() >= ha_core::client::BUSY_GRACE);
+}
+
+#[tokio::test]
+async fn after_a_lost_answer_in_progress_may_be_our_own_change() {
+    let (_, c) = client(vec![
+        Err(RequestError::Lost("gone".into())),
+        refused(ConfChangeError::InProgress),
+    ]);
+    let e = c.member_remove(2).await.unwrap_err();
+    assert!(e.is_unknown(), "{e:?}");
+    // The same after a leader that lost leadership mid-change.
+    let (_, c) = client(vec![
+        Ok(ClientResponse::Failed {
+            not_applied: false,
+            message: "leadership moved after the change started".into(),
+        }),
+        refused(ConfChangeError::InProgress),
+    ]);
+    let e = c.member_remove(2).await.unwrap_err();
+    assert!(e.is_unknown(), "{e:?}");
+    // And a retry that finds the change done is done.
+    let (_, c) = client(vec![
+        Err(RequestError::Lost("gone".into())),
+        members(&[1, 3], &[]),
+    ]);
+    let m = c.member_remove(2).await.unwrap();
+    assert!(m.get(2).is_none());
+    assert_eq!(m.leader, 1);
+    assert_eq!(m.get(1).unwrap().addr.as_deref(), Some("10.0.0.1:7000"));
+}
+
+#[tokio::test]
+async fn a_refusal_for_good_is_not_applied_and_a_stranger_is_refused_at_once() {
+    let (s, c) = client(vec![refused(ConfChangeError::NotALearner(NodeId(9)))]);
+    let e = c.member_promote(9).await.unwrap_err();
+    assert!(matches!(e, ha_core::Error::NotApplied(_)), "{e:?}");
+    assert_eq!(s.asked.lock().unwrap().len(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn add_waits_for_the_learner_to_catch_up_then_promotes() {
+    let lag = ConfChangeError::NotCaughtUp {
+        id: NodeId(4),
+        lag: Some(5000),
+    };
+    let (s, c) = client(vec![
+        members(&[1, 2, 3], &[4]),
+        refused(lag.clone()),
+        refused(lag),
+        members(&[1, 2, 3, 4], &[]),
+    ]);
+    let m = c.member_add(4, "kv-4.kv:7000", false).await.unwrap();
+    assert_eq!(m.get(4).unwrap().role, ha_core::MemberRole::Voter);
+    let asked = s.asked.lock().unwrap();
+    assert_eq!(
+        asked[0],
+        ClientRequest::ChangeMembership {
+            change: ConfChange::AddLearner(NodeId(4), Some("kv-4.kv:7000".into()))
+        }
+    );
+    assert_eq!(
+        asked[3],
+        ClientRequest::ChangeMembership {
+            change: ConfChange::Promote(NodeId(4))
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_learner_added_but_not_promoted_is_not_called_not_applied() {
+    let (_, c) = client(vec![
+        members(&[1, 2, 3], &[4]),
+        refused(ConfChangeError::NotCaughtUp {
+            id: NodeId(4),
+            lag: None,
+        }),
+    ]);
+    let e = c.member_add(4, "kv-4.kv:7000", false).await.unwrap_err();
+    assert!(e.is_unknown(), "{e:?}");
+    assert!(e.to_string().contains("added as a learner"), "{e}");
+    // With --learner it is done once added.
+    let (_, c) = client(vec![members(&[1, 2, 3], &[4])]);
+    let m = c.member_add(4, "kv-4.kv:7000", true).await.unwrap();
+    assert_eq!(m.get(4).unwrap().role, ha_core::MemberRole::Learner);
+}
