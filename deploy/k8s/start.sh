@@ -8,11 +8,18 @@
 # directory: the node then recovers its configuration from it (the same
 # --peers or --join is accepted again).
 #
+# HA_CLUSTER_STATE=new (the default) lets the first voters bootstrap a
+# cluster from empty data directories. Once the cluster runs, set it to
+# `existing`: then a first voter's pod whose volume was lost starts with
+# --join instead of bootstrapping a second, empty cluster under its old
+# id (see deploy/README.md for what the operator does next).
+#
 # Settings (environment): HA_SERVICE (the headless Service, default
 # ha-kv), HA_DOMAIN (the pods' DNS suffix, default $HA_SERVICE), HA_PORT
 # (default 7000), HA_METRICS_PORT (default 9000), HA_INITIAL_VOTERS
-# (default 3), HA_DATA (default /data), HA_TLS (default /tls); extra
-# arguments are passed on to `ha-kv serve`.
+# (default 3), HA_CLUSTER_STATE (new or existing, default new), HA_DATA
+# (default /data), HA_TLS (default /tls); extra arguments are passed on to
+# `ha-kv serve`.
 set -eu
 
 host="${HOSTNAME:?HOSTNAME names the pod}"
@@ -26,9 +33,27 @@ domain="${HA_DOMAIN:-$service}"
 port="${HA_PORT:-7000}"
 metrics="${HA_METRICS_PORT:-9000}"
 initial="${HA_INITIAL_VOTERS:-3}"
+case "$initial" in
+  ''|*[!0-9]*) echo "ha-kv-start: HA_INITIAL_VOTERS=$initial is not a number" >&2; exit 2 ;;
+esac
+state="${HA_CLUSTER_STATE:-new}"
+case "$state" in
+  new|existing) ;;
+  *) echo "ha-kv-start: HA_CLUSTER_STATE=$state is not new or existing" >&2; exit 2 ;;
+esac
+data="${HA_DATA:-/data}"
 id=$((ordinal + 1))
 
+bootstrap=no
 if [ "$ordinal" -lt "$initial" ]; then
+  if [ "$state" = new ] || [ -e "$data/cluster" ]; then
+    bootstrap=yes
+  else
+    echo "ha-kv-start: node $id has no data in $data and the cluster exists: joining (remove node $id and add it again)" >&2
+  fi
+fi
+
+if [ "$bootstrap" = yes ]; then
   peers=""
   i=0
   while [ "$i" -lt "$initial" ]; do
@@ -43,5 +68,5 @@ fi
 # $membership is split on purpose (one flag, or a flag and its list).
 # shellcheck disable=SC2086
 exec ha-kv serve --id "$id" --listen "0.0.0.0:$port" $membership \
-  --data-dir "${HA_DATA:-/data}" --tls-dir "${HA_TLS:-/tls}" \
+  --data-dir "$data" --tls-dir "${HA_TLS:-/tls}" \
   --metrics "0.0.0.0:$metrics" "$@"

@@ -582,3 +582,60 @@ fn a_member_without_an_address_is_refused_at_start_by_name() {
     let node = start(1, &[2, 3]).expect("starts");
     rt.block_on(node.shutdown());
 }
+
+/// A node of the cluster that a node does not know yet (a certificate of
+/// the cluster's CA naming one `node-N`) is learned at the address it
+/// dials from; once the node forgets it as removed, its connection is
+/// closed and it is not learned again.
+#[test]
+fn an_unknown_node_is_learned_and_a_forgotten_one_is_not() {
+    use ha_core::transport::Transport;
+    let cluster = start_cluster(3);
+    create_cluster_certs(cluster.certs.path(), &[NodeId(7)]).unwrap();
+    let addr = cluster.addrs[&NodeId(1)];
+    test_rt().block_on(async {
+        cluster.leader(&[]).await;
+        let n7 = load_node_identity(cluster.certs.path(), NodeId(7)).unwrap();
+        let t1 = cluster.proc(NodeId(1)).transport();
+        let learned = || {
+            t1.stats()
+                .peers_learned
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(learned(), 0);
+        let conn = raw_peer(addr, &n7).await;
+        // Learned when the connection is accepted, at its address.
+        wait_until("node 7 learned", 5, || {
+            t1.peers().iter().any(|(p, _)| *p == NodeId(7))
+        })
+        .await;
+        assert_eq!(learned(), 1);
+        let (_, at) = t1
+            .peers()
+            .into_iter()
+            .find(|(p, _)| *p == NodeId(7))
+            .unwrap();
+        // (The raw endpoint dials from a loopback port of its own.)
+        assert!(at.ip().is_loopback() && at.port() != addr.port(), "{at}");
+        // Forgotten (its removal committed): the connection is closed.
+        t1.forget_peer(NodeId(7));
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .expect("the forgotten node's connection is closed");
+        assert!(!t1.peers().iter().any(|(p, _)| *p == NodeId(7)));
+        // It dials again: refused, not learned.
+        let again = raw_peer(addr, &n7).await;
+        let reason = tokio::time::timeout(Duration::from_secs(5), again.closed())
+            .await
+            .expect("refused");
+        assert!(reason.to_string().contains("removed"), "{reason}");
+        assert_eq!(learned(), 1);
+        // A configuration that names it again makes it a peer again.
+        t1.set_peer_addr(NodeId(7), "127.0.0.1:9");
+        assert!(
+            t1.peers()
+                .iter()
+                .any(|(p, a)| *p == NodeId(7) && a.port() == 9)
+        );
+    });
+}

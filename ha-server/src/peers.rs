@@ -46,9 +46,12 @@ pub fn parse_addr(option: &'static str, s: &str) -> Result<SocketAddr, ServeErro
     }
 }
 
-/// Parses one `ID=HOST:PORT` of `--peers`, checking the id and that the
-/// address resolves; keeps the address as written (it is what is stored),
-/// trimmed.
+/// Parses one `ID=HOST:PORT` of `--peers`, checking the id and the
+/// address's form (see [`ha_core::raft::check_addr`]); keeps the address
+/// as written (it is what is stored), trimmed. A DNS name need not resolve
+/// yet (the other nodes of a new cluster may not exist yet): it is
+/// resolved when the node reaches that peer, and again while it does not
+/// resolve.
 pub fn parse_peer(p: &str) -> Result<(NodeId, String), ServeError> {
     let Some((id, addr)) = p.split_once('=') else {
         return Err(ServeError::invalid(
@@ -60,7 +63,13 @@ pub fn parse_peer(p: &str) -> Result<(NodeId, String), ServeError> {
         ServeError::invalid("--peers", format!("'{id}' is not a node id (1, 2, ...)"))
     })?;
     let addr = addr.trim();
-    parse_addr("--peers", addr)?;
+    if let Err(reason) = ha_core::raft::check_addr(addr) {
+        return Err(ServeError::Address {
+            option: "--peers",
+            given: addr.to_string(),
+            reason,
+        });
+    }
     Ok((NodeId(id), addr.to_string()))
 }
 

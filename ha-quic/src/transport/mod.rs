@@ -35,8 +35,12 @@
 //!    Every message on it must then carry that same `from` and `to`. The
 //!    peers an endpoint knows follow the configuration (the node hands it
 //!    members' addresses and lets go of removed nodes); a certified node
-//!    it does not know yet is learned at the address it dials from
-//!    (`learn_peer`), so a node waiting to be added can answer its leader.
+//!    it does not know yet, and did not forget as removed, is learned at
+//!    the address it dials from (`learn_peer`), so a node waiting to be
+//!    added can answer its leader, and a member that has not seen the
+//!    configuration naming a newer leader can hear and answer it. A peer
+//!    the configuration names by a DNS name follows the address its
+//!    certified connections arrive from (a restarted pod's new IP).
 //! 2. A malformed, truncated, oversized or unexpected frame closes that
 //!    connection and is logged with the peer's identity; the node keeps
 //!    running.
@@ -115,10 +119,6 @@ const PEER_HANDSHAKES: usize = 16;
 /// How long a member's DNS name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many times a member's DNS name is tried (backing off to 30 s
-/// between tries: about half an hour in all).
-const RESOLVE_ATTEMPTS: u32 = 64;
-
 /// A handshake slot for `incoming`: from the common pool
 /// (`max_handshakes`), or, when that is exhausted and the sender has a
 /// peer's IP address, from the peers' reserve. `None` if it was refused, or
@@ -196,10 +196,12 @@ struct Shared {
     /// The address text the configuration last named for each peer (a DNS
     /// name is resolved later; the answer is taken only if it still is).
     named: std::sync::Mutex<BTreeMap<NodeId, String>>,
-    /// Whether nodes are learned from their connections (see
-    /// [`QuicTransport::learn_peer`]): only while no configuration named
-    /// an address, on an endpoint started with no peers.
-    learning: AtomicBool,
+    /// Nodes forgotten as removed (see [`QuicTransport::learn_peer`]):
+    /// not learned again from their connections unless a configuration
+    /// names them again. At most `MAX_MEMBERS` kept (the oldest go).
+    forgotten: std::sync::Mutex<std::collections::VecDeque<NodeId>>,
+    /// Set once the endpoint is closed: background work for it ends.
+    closed: AtomicBool,
     /// The runtime the endpoint was bound on: a peer's senders run there
     /// whoever adds the peer, and end with it.
     runtime: tokio::runtime::Handle,
@@ -246,26 +248,30 @@ fn class_of(m: &Message) -> StreamClass {
 
 impl Transport for QuicTransport {
     fn set_peer_addr(&self, id: NodeId, addr: &str) {
-        // The node has a configuration: no more learning from connections.
-        self.shared.learning.store(false, Ordering::Relaxed);
         if id == self.shared.id {
             return;
         }
         let mut named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
         named.insert(id, addr.to_string());
+        self.shared
+            .forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|f| *f != id);
         if let Ok(a) = addr.parse::<SocketAddr>() {
             return self.add_peer(id, a);
         }
         drop(named);
         // A DNS name: resolved off the node's task, retried with backoff
-        // while it fails (a pod's name may not exist yet), and taken only
-        // if the configuration still names it when the answer comes. An
-        // address of the endpoint's own family is preferred.
+        // while it fails (a pod's name may not exist yet) for as long as
+        // the configuration names it and the endpoint is open, and taken
+        // only if the configuration still names it when the answer comes.
+        // An address of the endpoint's own family is preferred.
         let (t, text) = (self.clone(), addr.to_string());
         let v4 = self.endpoint.local_addr().map_or(true, |a| a.is_ipv4());
         self.shared.runtime.spawn(async move {
             let mut backoff = Duration::from_millis(200);
-            for _ in 0..RESOLVE_ATTEMPTS {
+            while !t.shared.closed.load(Ordering::Relaxed) {
                 let found =
                     tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&text)).await;
                 let resolved = match found {
@@ -299,13 +305,25 @@ impl Transport for QuicTransport {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            tracing::error!(node = %t.shared.id, peer = %id, addr = %text, "gave up resolving a member's address: it is reached again once the configuration or this node restarts");
         });
     }
 
     fn forget_peer(&self, id: NodeId) {
         let mut named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
         named.remove(&id);
+        {
+            let mut f = self
+                .shared
+                .forgotten
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !f.contains(&id) {
+                if f.len() >= ha_core::raft::MAX_MEMBERS {
+                    f.pop_front();
+                }
+                f.push_back(id);
+            }
+        }
         self.remove_peer(id);
     }
 
@@ -400,26 +418,23 @@ impl QuicTransport {
         tracing::info!(node = %self.shared.id, peer = %id, %addr, "peer added");
     }
 
-    /// While this endpoint knows no configuration (its node waits to be
-    /// added: it started with no peers and no configuration has named an
-    /// address since), adds the node a connecting certificate names at
-    /// the address it dials from (an endpoint dials from the socket it
-    /// listens on). This is how a node waiting to be added answers the
-    /// leader that adds it before any configuration has told it where the
-    /// leader is; the configuration's addresses take over once it has one
-    /// ([`Transport::set_peer_addr`]), and no node is learned after that
-    /// (a removed node that dials again is refused). The certificate must
-    /// name exactly one node, not this one; a known node is never moved by
-    /// this; and the table is capped at
+    /// Adds the node a connecting certificate names, unknown to this
+    /// endpoint, at the address it dials from (an endpoint dials from the
+    /// socket it listens on). This is how a node waiting to be added
+    /// answers the leader that adds it before any configuration has told
+    /// it where the leader is, and how a member that has not yet seen the
+    /// configuration naming a newer leader hears and answers it (§4.2.2);
+    /// the configuration's address takes over once known
+    /// ([`Transport::set_peer_addr`]). A node forgotten as removed is not
+    /// learned again (until a configuration names it again). The
+    /// certificate must name exactly one node, not this one; a known node
+    /// is never moved by this; and the table is capped at
     /// [`MAX_MEMBERS`](ha_core::raft::MAX_MEMBERS) peers.
     pub(super) fn learn_peer(
         &self,
         cert: &rustls_pki_types::CertificateDer<'_>,
         remote: SocketAddr,
     ) -> Result<NodeId, &'static str> {
-        if !self.shared.learning.load(Ordering::Relaxed) {
-            return Err("the certificate names no member of this node's configuration");
-        }
         let ids = tls::cert_node_ids(cert);
         let [id] = ids[..] else {
             return Err("the certificate names no single node of this cluster");
@@ -427,7 +442,18 @@ impl QuicTransport {
         if id == self.shared.id {
             return Err("the certificate names this node");
         }
+        // Checked under the queue map's lock, which `forget_peer` takes to
+        // remove the peer after recording it: no learning in between.
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        if self
+            .shared
+            .forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
+            return Err("the certificate names a node removed from the configuration");
+        }
         let limits = &self.shared.limits;
         if !self
             .shared
@@ -449,6 +475,27 @@ impl QuicTransport {
         let n = bump(&self.shared.stats.peers_learned);
         tracing::info!(node = %self.shared.id, peer = %id, %remote, "learned a node of the cluster from its connection ({n} so far)");
         Ok(id)
+    }
+
+    /// A certified connection of known peer `id` arrived from `remote`: if
+    /// the configuration names `id` by a DNS name and the peer is known at
+    /// another address, it moved (a restarted pod gets a new IP, and its
+    /// name may still resolve to the old one for a while): it is reached at
+    /// `remote` from now on, the address it dials from being the one it
+    /// listens on. (The handshake validated `remote` and the certificate
+    /// names `id`.) An address the configuration gives as an IP address is
+    /// kept as given.
+    pub(super) fn follow_peer(&self, id: NodeId, remote: SocketAddr) {
+        let named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
+        let by_name = named
+            .get(&id)
+            .is_some_and(|a| a.parse::<SocketAddr>().is_err());
+        if !by_name || self.shared.peers.addr(id) == Some(remote) {
+            return;
+        }
+        tracing::info!(node = %self.shared.id, peer = %id, %remote, "a member named by a DNS name connects from a new address: reaching it there");
+        self.add_peer(id, remote);
+        drop(named);
     }
 
     /// Forgets peer `id` (a member removed from the configuration): its
@@ -531,7 +578,8 @@ impl Shared {
             limits: limits.clone(),
             queue_depths: (config.control_queue, config.replication_queue),
             named: std::sync::Mutex::new(BTreeMap::new()),
-            learning: AtomicBool::new(config.peers.keys().all(|p| *p == config.id)),
+            forgotten: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
@@ -729,6 +777,7 @@ impl QuicEndpoint {
 
     /// Closes every connection and the socket.
     pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
         self.endpoint
             .close(codes::SHUTDOWN.into(), b"shutting down");
     }

@@ -7,6 +7,11 @@ use super::*;
 /// Runs `start.sh` as pod `hostname` with a stand-in `ha-kv` on the PATH
 /// that records its arguments; returns the exit status and the arguments.
 fn start_script(hostname: &str) -> (i32, Vec<String>) {
+    start_script_with(hostname, &[])
+}
+
+/// [`start_script`] with more environment.
+fn start_script_with(hostname: &str, env: &[(&str, &str)]) -> (i32, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("args");
     let fake = dir.path().join("ha-kv");
@@ -31,6 +36,8 @@ fn start_script(hostname: &str) -> (i32, Vec<String>) {
         .env("PATH", path)
         .env("HA_DOMAIN", "ha-kv.prod.svc.cluster.local")
         .env_remove("HA_INITIAL_VOTERS")
+        .env_remove("HA_CLUSTER_STATE")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let args = std::fs::read_to_string(&out)
@@ -73,10 +80,30 @@ fn the_statefulset_entry_point_names_the_first_voters_and_joins_the_rest() {
     );
     assert_eq!(args[5], "--join");
     assert!(!args.contains(&"--peers".to_string()));
-    // A hostname without an ordinal is refused before anything runs.
-    let (status, args) = start_script("ha-kv");
-    assert_eq!(status, 2);
-    assert!(args.is_empty());
+    // A hostname without an ordinal, or settings that are not numbers or
+    // states, are refused before anything runs.
+    for (host, env) in [
+        ("ha-kv", vec![]),
+        ("ha-kv-0", vec![("HA_INITIAL_VOTERS", "three")]),
+        ("ha-kv-0", vec![("HA_CLUSTER_STATE", "old")]),
+    ] {
+        let (status, args) = start_script_with(host, &env);
+        assert_eq!(status, 2, "{host} {env:?}");
+        assert!(args.is_empty());
+    }
+    // Once the cluster exists, a first voter whose volume was lost joins
+    // rather than bootstrap an empty cluster under its old id; with its
+    // data it starts as before.
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let existing = [("HA_CLUSTER_STATE", "existing"), ("HA_DATA", dir.as_str())];
+    let (status, args) = start_script_with("ha-kv-0", &existing);
+    assert_eq!(status, 0);
+    assert!(args.contains(&"--join".to_string()), "{args:?}");
+    std::fs::write(data.path().join("cluster"), "stored").unwrap();
+    let (status, args) = start_script_with("ha-kv-0", &existing);
+    assert_eq!(status, 0);
+    assert!(args.contains(&"--peers".to_string()), "{args:?}");
 }
 
 #[test]
