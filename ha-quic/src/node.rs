@@ -214,13 +214,23 @@ impl QuicNode {
         // refused (see `Wal::open_repairing`), unless there is no peer to
         // repair from: then it is refused, and nothing is moved.
         // Only voters can answer for the terms a damaged node may have
-        // forgotten: learners do not count.
-        let peers = opts
-            .membership
-            .replication_targets()
+        // forgotten: learners do not count. The voters are those of the
+        // bootstrap configuration and of the newest snapshot's (the log's
+        // own configuration entries are what may be damaged); a node that
+        // joined a running cluster (`joining`) was added by one with other
+        // voters.
+        let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir())?;
+        let snapshot_conf = snapshots
+            .open_latest_file()?
+            .map(|(meta, _, _)| meta.membership)
+            .unwrap_or_default();
+        let me = opts.raft.id;
+        let peers = [&opts.membership, &snapshot_conf]
             .into_iter()
-            .filter(|p| *p != opts.raft.id && opts.membership.is_voter(*p))
-            .count();
+            .flat_map(|m| m.other_voters(me))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            + usize::from(opts.joining);
         let (mut wal, state) = if peers == 0 {
             Wal::open(StdFs, &dir.wal_dir(), wal_opts).map_err(|source| {
                 StartError::SingleNodeLog {
@@ -234,7 +244,6 @@ impl QuicNode {
         if let Some(r) = wal.repaired() {
             tracing::warn!("{r}");
         }
-        let snapshots = SnapshotStore::open(StdFs, &dir.snapshot_dir())?;
         let mut applier = Sessions::<T>::new().with_determinism_check(opts.determinism_check_every);
         let init = recover(&mut wal, state, &snapshots, &mut applier, peers > 0)?;
         let schema = ha_core::schema::Schema::of::<T>()?;

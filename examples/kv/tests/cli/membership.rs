@@ -195,6 +195,27 @@ fn every_node_replaced_under_64_clients_and_nothing_acknowledged_is_lost() {
         "the removed node disturbed the cluster"
     );
 
+    // A node that joined repairs a damaged log from its peers (it counts
+    // the voters of the cluster it joined, not its empty first
+    // configuration).
+    #[cfg(target_os = "linux")]
+    {
+        let leader = c.wait_for_leader();
+        let victim = (4..=6).find(|id| *id != leader).unwrap();
+        c.stop_and_kill9(victim);
+        super::recovery::damage_last_batch(&c, victim);
+        c.start_joining(victim);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.log(victim).contains("storage repair finished") {
+            assert!(
+                Instant::now() < deadline,
+                "joined node {victim} did not repair its log:\n{}",
+                c.log(victim)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     stop.store(true, Ordering::Relaxed);
     let (mut acked, mut found) = (0, 0);
     for w in writers {

@@ -83,6 +83,32 @@ pub(super) fn last_batch_start(seg: &[u8]) -> Option<usize> {
     })
 }
 
+/// Flips a bit in the last batch of node `victim`'s newest log segment
+/// (it must be stopped), in the batch's start record (its length field:
+/// the record's checksum then fails on bytes that are not zeros, which is
+/// damage whatever follows). Not in the batch's last bytes: a follower's
+/// batch often ends with a hard state whose high bytes are zeros, and if
+/// those fill the file's last, partial sector, the torn-write rule (a
+/// sector of zeros) reads the damage as a torn tail
+/// (docs/storage-format.md). Returns the log's directory, the damaged
+/// segment's length, and where the bit was flipped.
+#[cfg(target_os = "linux")]
+pub(super) fn damage_last_batch(c: &Cluster, victim: usize) -> (PathBuf, usize, usize) {
+    let wal = c.dir.path().join(format!("data-{victim}")).join("wal");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segs.sort();
+    let newest = segs.pop().expect("a segment");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let at = last_batch_start(&bytes).expect("a batch in the newest segment") + 25;
+    bytes[at] ^= 0x01;
+    std::fs::write(&newest, &bytes).unwrap();
+    (wal, bytes.len(), at)
+}
+
 /// Issue: storage that never forgets an acknowledged batch. A bit flipped
 /// in the last synced batch of one node's log (damage, not a torn write):
 /// the node restarts, moves the damaged part aside, repairs from its peers
@@ -106,25 +132,7 @@ fn a_node_with_a_damaged_log_repairs_from_its_peers_and_nothing_is_lost() {
     // written is whole, and stays (no power is lost), though the last one
     // may not have been synced yet.
     c.stop_and_kill9(victim);
-    // Flip a bit in the last batch of its newest segment, in the batch's
-    // start record (its length field: the record's checksum then fails on
-    // bytes that are not zeros, which is damage whatever follows). Not in
-    // the batch's last bytes: a follower's batch often ends with a hard
-    // state whose high bytes are zeros, and if those fill the file's last,
-    // partial sector, the torn-write rule (a sector of zeros) reads the
-    // damage as a torn tail (docs/storage-format.md).
-    let wal = c.dir.path().join(format!("data-{victim}")).join("wal");
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(&wal)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segs.sort();
-    let newest = segs.pop().expect("a segment");
-    let mut bytes = std::fs::read(&newest).unwrap();
-    let at = last_batch_start(&bytes).expect("a batch in the newest segment") + 25;
-    bytes[at] ^= 0x01;
-    std::fs::write(&newest, &bytes).unwrap();
+    let (wal, len, at) = damage_last_batch(&c, victim);
     c.start_node(victim);
     // It repairs: status says so until it holds the leader's log again.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -159,7 +167,7 @@ fn a_node_with_a_damaged_log_repairs_from_its_peers_and_nothing_is_lost() {
         aside,
         1,
         "the damaged segment is kept aside ({} bytes, bit flipped at {at}); its log:\n{}",
-        bytes.len(),
+        len,
         c.log(victim)
     );
     // The other follower goes: the leader and the repaired node commit.
