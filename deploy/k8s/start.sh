@@ -5,8 +5,8 @@
 # first HA_INITIAL_VOTERS pods are the cluster's first voters, each named
 # by its stable DNS name; any later pod starts with --join and waits until
 # an operator runs `ha-kv member add`. Restarting a pod reuses its data
-# directory: the node then recovers its configuration from it (the same
-# --peers or --join is accepted again).
+# directory: the node then recovers its configuration from it, and gets
+# neither --peers nor --join.
 #
 # HA_CLUSTER_STATE=new (the default) lets the first voters bootstrap a
 # cluster from empty data directories. Once the cluster runs, set it to
@@ -34,7 +34,7 @@ port="${HA_PORT:-7000}"
 metrics="${HA_METRICS_PORT:-9000}"
 initial="${HA_INITIAL_VOTERS:-3}"
 case "$initial" in
-  ''|*[!0-9]*) echo "ha-kv-start: HA_INITIAL_VOTERS=$initial is not a number" >&2; exit 2 ;;
+  ''|*[!0-9]*|0) echo "ha-kv-start: HA_INITIAL_VOTERS=$initial is not a number of voters" >&2; exit 2 ;;
 esac
 state="${HA_CLUSTER_STATE:-new}"
 case "$state" in
@@ -44,16 +44,13 @@ esac
 data="${HA_DATA:-/data}"
 id=$((ordinal + 1))
 
-bootstrap=no
-if [ "$ordinal" -lt "$initial" ]; then
-  if [ "$state" = new ] || [ -e "$data/cluster" ]; then
-    bootstrap=yes
-  else
-    echo "ha-kv-start: node $id has no data in $data and the cluster exists: joining (remove node $id and add it again)" >&2
-  fi
-fi
-
-if [ "$bootstrap" = yes ]; then
+# A data directory that holds a configuration needs neither flag (the node
+# recovers it, whether it bootstrapped or joined); otherwise the first
+# voters bootstrap a new cluster, and everyone else joins.
+membership=""
+if [ -e "$data/cluster" ]; then
+  :
+elif [ "$ordinal" -lt "$initial" ] && [ "$state" = new ]; then
   peers=""
   i=0
   while [ "$i" -lt "$initial" ]; do
@@ -62,6 +59,9 @@ if [ "$bootstrap" = yes ]; then
   done
   membership="--peers $peers"
 else
+  if [ "$ordinal" -lt "$initial" ]; then
+    echo "ha-kv-start: node $id has no data in $data and the cluster exists: joining (remove node $id and add it again)" >&2
+  fi
   membership="--join"
 fi
 

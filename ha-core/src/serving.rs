@@ -194,10 +194,8 @@ fn failed(e: NodeError) -> Answered {
         // client would retry until its deadline. A query's own error (it
         // panicked, it cannot be decoded, the service is halted) is the
         // same on every node.
-        // Another transfer is running, or the leader is not ready yet:
-        // the same as a full node (the client asks it again after a pause).
-        NodeError::Busy
-        | NodeError::TransferRefused(crate::raft::TransferError::InProgress { .. }) => {
+        // Another transfer is running: the same as a full node.
+        NodeError::TransferRefused(crate::raft::TransferError::InProgress { .. }) => {
             Answered::Response(ClientResponse::Busy {
                 message: e.to_string(),
             })

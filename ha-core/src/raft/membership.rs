@@ -335,6 +335,9 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
             "{addr:?}: write an IPv6 address in brackets, [ADDR]:PORT"
         ));
     }
+    if bare.len() != host.len() && bare.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!("{addr:?}: only an IPv6 address goes in brackets"));
+    }
     if bare
         .parse::<std::net::IpAddr>()
         .is_ok_and(|ip| ip.is_unspecified())
@@ -506,6 +509,7 @@ mod tests {
             "::1:7000",
             "0.0.0.0:7000",
             "[::]:7000",
+            "[host]:7000",
         ] {
             m.addrs.insert(NodeId(3), bad.into());
             assert!(m.validate().is_err(), "{bad:?}");

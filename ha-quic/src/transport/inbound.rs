@@ -85,10 +85,7 @@ pub(super) async fn handle_incoming(
                 .into_iter()
                 .find(|id| tls::cert_names(&cert, &node_server_name(*id)));
             let peer = match known {
-                Some(p) => {
-                    transport.follow_peer(p, conn.remote_address());
-                    p
-                }
+                Some(p) => p,
                 None => match transport.learn_peer(&cert, conn.remote_address()) {
                     Ok(p) => p,
                     Err(why) => return protocol_violation(&conn, &shared, "unidentified", why),

@@ -38,9 +38,8 @@
 //!    it does not know yet, and did not forget as removed, is learned at
 //!    the address it dials from (`learn_peer`), so a node waiting to be
 //!    added can answer its leader, and a member that has not seen the
-//!    configuration naming a newer leader can hear and answer it. A peer
-//!    the configuration names by a DNS name follows the address its
-//!    certified connections arrive from (a restarted pod's new IP).
+//!    configuration naming a newer leader can hear and answer it. At most
+//!    `MAX_LEARNED_PEERS` learned nodes are known at a time.
 //! 2. A malformed, truncated, oversized or unexpected frame closes that
 //!    connection and is logged with the peer's identity; the node keeps
 //!    running.
@@ -115,6 +114,11 @@ use crate::tls::{self, ALPN_CLIENT, ALPN_PEER, QuicOptions};
 
 /// Handshakes reserved for peers' addresses.
 const PEER_HANDSHAKES: usize = 16;
+
+/// The most nodes known only from their connections (not named by a
+/// configuration) at a time: a node learns one that connects with a
+/// certificate of the cluster's CA naming it, at the address it dials from.
+pub const MAX_LEARNED_PEERS: usize = 16;
 
 /// How long a member's DNS name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -200,8 +204,9 @@ struct Shared {
     /// not learned again from their connections unless a configuration
     /// names them again. At most `MAX_MEMBERS` kept (the oldest go).
     forgotten: std::sync::Mutex<std::collections::VecDeque<NodeId>>,
-    /// Set once the endpoint is closed: background work for it ends.
-    closed: AtomicBool,
+    /// Set once the endpoint is closed or dropped: background work for it
+    /// (a member's DNS name being resolved) ends.
+    closed: tokio::sync::watch::Sender<bool>,
     /// The runtime the endpoint was bound on: a peer's senders run there
     /// whoever adds the peer, and end with it.
     runtime: tokio::runtime::Handle,
@@ -271,9 +276,12 @@ impl Transport for QuicTransport {
         let v4 = self.endpoint.local_addr().map_or(true, |a| a.is_ipv4());
         self.shared.runtime.spawn(async move {
             let mut backoff = Duration::from_millis(200);
-            while !t.shared.closed.load(Ordering::Relaxed) {
-                let found =
-                    tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&text)).await;
+            let mut closed = t.shared.closed.subscribe();
+            loop {
+                let found = tokio::select! {
+                    _ = closed.wait_for(|c| *c) => return,
+                    f = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&text)) => f,
+                };
                 let resolved = match found {
                     Ok(Ok(addrs)) => {
                         let addrs: Vec<SocketAddr> = addrs.collect();
@@ -302,7 +310,10 @@ impl Transport for QuicTransport {
                         }
                     }
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = closed.wait_for(|c| *c) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         });
@@ -428,8 +439,11 @@ impl QuicTransport {
     /// ([`Transport::set_peer_addr`]). A node forgotten as removed is not
     /// learned again (until a configuration names it again). The
     /// certificate must name exactly one node, not this one; a known node
-    /// is never moved by this; and the table is capped at
-    /// [`MAX_MEMBERS`](ha_core::raft::MAX_MEMBERS) peers.
+    /// is never moved by this; and at most [`MAX_LEARNED_PEERS`] learned
+    /// nodes are known at a time. The list of forgotten nodes is kept in
+    /// memory: after this node restarts, a removed node that dials it may
+    /// be learned again (it cannot disrupt the cluster with PreVote and
+    /// CheckQuorum on, the defaults; dissertation §4.2.3).
     pub(super) fn learn_peer(
         &self,
         cert: &rustls_pki_types::CertificateDer<'_>,
@@ -458,13 +472,13 @@ impl QuicTransport {
         if !self
             .shared
             .peers
-            .insert_new(id, remote, limits, ha_core::raft::MAX_MEMBERS)
+            .insert_new(id, remote, limits, MAX_LEARNED_PEERS)
         {
             // Known meanwhile (another connection, or the configuration):
             // taken as it is.
             return match self.shared.peers.get(id) {
                 Some(_) => Ok(id),
-                None => Err("this node knows as many peers as a configuration can hold"),
+                None => Err("this node knows as many learned peers as it takes"),
             };
         }
         queues.insert(
@@ -475,27 +489,6 @@ impl QuicTransport {
         let n = bump(&self.shared.stats.peers_learned);
         tracing::info!(node = %self.shared.id, peer = %id, %remote, "learned a node of the cluster from its connection ({n} so far)");
         Ok(id)
-    }
-
-    /// A certified connection of known peer `id` arrived from `remote`: if
-    /// the configuration names `id` by a DNS name and the peer is known at
-    /// another address, it moved (a restarted pod gets a new IP, and its
-    /// name may still resolve to the old one for a while): it is reached at
-    /// `remote` from now on, the address it dials from being the one it
-    /// listens on. (The handshake validated `remote` and the certificate
-    /// names `id`.) An address the configuration gives as an IP address is
-    /// kept as given.
-    pub(super) fn follow_peer(&self, id: NodeId, remote: SocketAddr) {
-        let named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
-        let by_name = named
-            .get(&id)
-            .is_some_and(|a| a.parse::<SocketAddr>().is_err());
-        if !by_name || self.shared.peers.addr(id) == Some(remote) {
-            return;
-        }
-        tracing::info!(node = %self.shared.id, peer = %id, %remote, "a member named by a DNS name connects from a new address: reaching it there");
-        self.add_peer(id, remote);
-        drop(named);
     }
 
     /// Forgets peer `id` (a member removed from the configuration): its
@@ -579,7 +572,7 @@ impl Shared {
             queue_depths: (config.control_queue, config.replication_queue),
             named: std::sync::Mutex::new(BTreeMap::new()),
             forgotten: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            closed: AtomicBool::new(false),
+            closed: tokio::sync::watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
@@ -777,8 +770,16 @@ impl QuicEndpoint {
 
     /// Closes every connection and the socket.
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.closed.send_replace(true);
         self.endpoint
             .close(codes::SHUTDOWN.into(), b"shutting down");
+    }
+}
+
+/// An endpoint dropped without [`QuicEndpoint::close`] still ends the
+/// background work for it (its transports' clones may live on).
+impl Drop for QuicEndpoint {
+    fn drop(&mut self) {
+        self.shared.closed.send_replace(true);
     }
 }

@@ -38,6 +38,8 @@ pub(super) struct Peer {
     pub(super) snapshot_slot: Arc<Semaphore>,
     /// Set once this entry is removed or replaced (invariant 2).
     pub(super) gone: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Learned from its connection, not named by a configuration.
+    pub(super) learned: bool,
 }
 
 impl Peer {
@@ -48,6 +50,7 @@ impl Peer {
             budget: Arc::new(Semaphore::new(limits.peer_budget_bytes)),
             snapshot_slot: Arc::new(Semaphore::new(1)),
             gone: Arc::new(tokio::sync::watch::Sender::new(false)),
+            learned: false,
         }
     }
 }
@@ -114,7 +117,11 @@ impl PeerTable {
     /// (its limits start afresh then).
     pub(super) fn insert(&self, id: NodeId, addr: SocketAddr, limits: &QuicLimits) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if map.get(&id).is_some_and(|p| p.addr == addr) {
+        if let Some(p) = map.get_mut(&id)
+            && p.addr == addr
+        {
+            // Named by a configuration (or by hand) now: not a learned one.
+            p.learned = false;
             return false;
         }
         if let Some(old) = map.insert(id, Peer::new(addr, limits)) {
@@ -123,9 +130,9 @@ impl PeerTable {
         true
     }
 
-    /// Adds peer `id` at `addr` only if it is unknown and fewer than `cap`
-    /// peers are known (one check and insert under the lock); true if
-    /// added.
+    /// Adds peer `id` at `addr`, marked as learned, only if it is unknown
+    /// and fewer than `cap` learned peers are known (one check and insert
+    /// under the lock); true if added.
     pub(super) fn insert_new(
         &self,
         id: NodeId,
@@ -134,10 +141,16 @@ impl PeerTable {
         cap: usize,
     ) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if map.contains_key(&id) || map.len() >= cap {
+        if map.contains_key(&id) || map.values().filter(|p| p.learned).count() >= cap {
             return false;
         }
-        map.insert(id, Peer::new(addr, limits));
+        map.insert(
+            id,
+            Peer {
+                learned: true,
+                ..Peer::new(addr, limits)
+            },
+        );
         true
     }
 

@@ -5,9 +5,19 @@
 use super::*;
 
 /// Runs `start.sh` as pod `hostname` with a stand-in `ha-kv` on the PATH
-/// that records its arguments; returns the exit status and the arguments.
+/// that records its arguments, and an empty data directory; returns the
+/// exit status and the arguments.
 fn start_script(hostname: &str) -> (i32, Vec<String>) {
-    start_script_with(hostname, &[])
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let (status, mut args) = start_script_with(hostname, &[("HA_DATA", dir.as_str())]);
+    // The data directory is the temporary one: name it as the default.
+    for a in args.iter_mut() {
+        if *a == dir {
+            *a = "/data".into();
+        }
+    }
+    (status, args)
 }
 
 /// [`start_script`] with more environment.
@@ -85,6 +95,7 @@ fn the_statefulset_entry_point_names_the_first_voters_and_joins_the_rest() {
     for (host, env) in [
         ("ha-kv", vec![]),
         ("ha-kv-0", vec![("HA_INITIAL_VOTERS", "three")]),
+        ("ha-kv-0", vec![("HA_INITIAL_VOTERS", "0")]),
         ("ha-kv-0", vec![("HA_CLUSTER_STATE", "old")]),
     ] {
         let (status, args) = start_script_with(host, &env);
@@ -92,18 +103,30 @@ fn the_statefulset_entry_point_names_the_first_voters_and_joins_the_rest() {
         assert!(args.is_empty());
     }
     // Once the cluster exists, a first voter whose volume was lost joins
-    // rather than bootstrap an empty cluster under its old id; with its
-    // data it starts as before.
+    // rather than bootstrap an empty cluster under its old id. A node with
+    // a stored configuration (bootstrapped or joined) gets neither flag:
+    // it recovers what it stored, and a restart of a node that joined is
+    // not refused for a --peers it never had.
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().display().to_string();
-    let existing = [("HA_CLUSTER_STATE", "existing"), ("HA_DATA", dir.as_str())];
-    let (status, args) = start_script_with("ha-kv-0", &existing);
-    assert_eq!(status, 0);
-    assert!(args.contains(&"--join".to_string()), "{args:?}");
-    std::fs::write(data.path().join("cluster"), "stored").unwrap();
-    let (status, args) = start_script_with("ha-kv-0", &existing);
-    assert_eq!(status, 0);
-    assert!(args.contains(&"--peers".to_string()), "{args:?}");
+    for state in ["new", "existing"] {
+        let env = [("HA_CLUSTER_STATE", state), ("HA_DATA", dir.as_str())];
+        let (status, args) = start_script_with("ha-kv-0", &env);
+        assert_eq!(status, 0);
+        let joins = args.contains(&"--join".to_string());
+        assert_eq!(joins, state == "existing", "{state}: {args:?}");
+        assert_eq!(args.contains(&"--peers".to_string()), !joins, "{args:?}");
+    }
+    std::fs::write(data.path().join("cluster"), "joining\n").unwrap();
+    for host in ["ha-kv-0", "ha-kv-4"] {
+        let env = [("HA_CLUSTER_STATE", "existing"), ("HA_DATA", dir.as_str())];
+        let (status, args) = start_script_with(host, &env);
+        assert_eq!(status, 0);
+        assert!(
+            !args.iter().any(|a| a == "--join" || a == "--peers"),
+            "{host}: {args:?}"
+        );
+    }
 }
 
 #[test]
