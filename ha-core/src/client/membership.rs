@@ -148,7 +148,24 @@ impl<T: Replicated> Client<T> {
     ) -> Result<Members, Error> {
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
         let change = ConfChange::AddLearner(crate::types::NodeId(id), Some(addr.to_string()));
-        let added = self.change(change, deadline, CatchUp::Refuse).await?;
+        let added = match self.change(change, deadline, CatchUp::Refuse).await {
+            Err(Error::NotApplied(why)) if !learner_only => {
+                // A retry of a call whose promotion completed meanwhile:
+                // the node is a voter at that address, which is what was
+                // asked (adding a voter as a learner is refused).
+                match self.members().await {
+                    Ok(m)
+                        if m.get(id).is_some_and(|x| {
+                            x.role == MemberRole::Voter && x.addr.as_deref() == Some(addr)
+                        }) =>
+                    {
+                        return Ok(m);
+                    }
+                    _ => return Err(Error::NotApplied(why)),
+                }
+            }
+            r => r?,
+        };
         if learner_only {
             return Ok(added);
         }

@@ -150,6 +150,20 @@ async fn a_learner_added_but_not_promoted_is_not_called_not_applied() {
     let e = c.member_add(4, "kv-4.kv:7000", false).await.unwrap_err();
     assert!(e.is_unknown(), "{e:?}");
     assert!(e.to_string().contains("added as a learner"), "{e}");
+    // A retry of a call whose promotion completed: done, not refused.
+    let (_, c) = client(vec![
+        refused(ConfChangeError::AlreadyVoter(NodeId(4))),
+        Ok(ClientResponse::Members {
+            membership: {
+                let mut m = Membership::new_voters([1, 2, 3, 4].map(NodeId));
+                m.addrs.insert(NodeId(4), "kv-4.kv:7000".into());
+                m
+            },
+            leader: 1,
+        }),
+    ]);
+    let m = c.member_add(4, "kv-4.kv:7000", false).await.unwrap();
+    assert_eq!(m.get(4).unwrap().role, ha_core::MemberRole::Voter);
     // With --learner it is done once added.
     let (_, c) = client(vec![members(&[1, 2, 3], &[4])]);
     let m = c.member_add(4, "kv-4.kv:7000", true).await.unwrap();
