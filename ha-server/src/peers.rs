@@ -23,10 +23,8 @@ use ha_core::types::NodeId;
 
 use crate::ServeError;
 
-/// Parses `HOST:PORT`, resolving a host name (to its first IPv4 address,
-/// or its first address if it has none: `localhost` on a machine that
-/// lists `::1` first still means the address a node bound to
-/// `127.0.0.1` listens on).
+/// Parses `HOST:PORT`, resolving a host name (preferring an IPv4 address,
+/// see [`ha_quic::transport::pick_addr`]).
 pub fn parse_addr(option: &'static str, s: &str) -> Result<SocketAddr, ServeError> {
     let bad = |reason: String| ServeError::Address {
         option,
@@ -34,14 +32,8 @@ pub fn parse_addr(option: &'static str, s: &str) -> Result<SocketAddr, ServeErro
         reason,
     };
     match s.trim().to_socket_addrs() {
-        Ok(a) => {
-            let all: Vec<SocketAddr> = a.collect();
-            all.iter()
-                .find(|a| a.is_ipv4())
-                .or(all.first())
-                .copied()
-                .ok_or_else(|| bad("it resolves to no address".into()))
-        }
+        Ok(a) => ha_quic::transport::pick_addr(a, true)
+            .ok_or_else(|| bad("it resolves to no address".into())),
         Err(e) => Err(bad(e.to_string())),
     }
 }
@@ -171,11 +163,12 @@ pub fn joining(dir: &DataDir) -> Result<BTreeMap<NodeId, String>, ServeError> {
     Ok(stored.voters)
 }
 
-/// The other voters and where to reach them, resolved. One that does not
-/// resolve now is left out with a warning, not refused: the stored voters
-/// are the first configuration, whose members may be long gone (their
-/// names with them); the node reaches the members of the configuration
-/// it recovers through their recorded addresses, resolved when taken on.
+/// The other voters given as IP addresses, for the transport to start
+/// with. A DNS name is not resolved here (no blocking lookup at start-up,
+/// and none twice): the node hands the transport every address of the
+/// configuration it recovers, which resolves names off its task and
+/// retries while they fail (the stored voters are the first
+/// configuration, whose members may be long gone, their names with them).
 pub fn resolve_peers(
     voters: &BTreeMap<NodeId, String>,
     me: NodeId,
@@ -183,13 +176,7 @@ pub fn resolve_peers(
     voters
         .iter()
         .filter(|(id, _)| **id != me)
-        .filter_map(|(id, a)| match parse_addr("stored voters", a) {
-            Ok(addr) => Some((*id, addr)),
-            Err(e) => {
-                tracing::warn!(peer = %id, "{e}; reaching it once the configuration names it");
-                None
-            }
-        })
+        .filter_map(|(id, a)| Some((*id, a.trim().parse::<SocketAddr>().ok()?)))
         .collect()
 }
 

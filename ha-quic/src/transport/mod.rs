@@ -120,6 +120,18 @@ const PEER_HANDSHAKES: usize = 16;
 /// certificate of the cluster's CA naming it, at the address it dials from.
 pub const MAX_LEARNED_PEERS: usize = 16;
 
+/// Of the addresses a name resolves to, the first IPv4 one when `v4` (the
+/// first IPv6 one otherwise), or else the first: `localhost` listed as
+/// `::1` first still means the address a node bound to `127.0.0.1`
+/// listens on. The one rule for every name resolved for reaching nodes.
+pub fn pick_addr(addrs: impl IntoIterator<Item = SocketAddr>, v4: bool) -> Option<SocketAddr> {
+    let all: Vec<SocketAddr> = addrs.into_iter().collect();
+    all.iter()
+        .find(|a| a.is_ipv4() == v4)
+        .or(all.first())
+        .copied()
+}
+
 /// How long a member's DNS name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -284,13 +296,7 @@ impl Transport for QuicTransport {
                 };
                 let resolved = match found {
                     Ok(Ok(addrs)) => {
-                        let addrs: Vec<SocketAddr> = addrs.collect();
-                        addrs
-                            .iter()
-                            .find(|a| a.is_ipv4() == v4)
-                            .or(addrs.first())
-                            .copied()
-                            .ok_or_else(|| "it resolves to no address".to_string())
+                        pick_addr(addrs, v4).ok_or_else(|| "it resolves to no address".to_string())
                     }
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
@@ -413,20 +419,32 @@ impl QuicTransport {
         if id == self.shared.id {
             return;
         }
-        // The queue map's lock is held across the table's change, so two
-        // changes of one peer cannot interleave (table at one address,
-        // senders at another).
-        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
-        if !self.shared.peers.insert(id, addr, &self.shared.limits) {
-            return;
+        let limits = &self.shared.limits;
+        if self.install_peer(id, addr, |peers| peers.insert(id, addr, limits)) {
+            tracing::info!(node = %self.shared.id, peer = %id, %addr, "peer added");
         }
-        // A replaced entry's queues drop here: its old senders end.
+    }
+
+    /// Changes the peer table with `change` (true if it added or moved
+    /// peer `id` to `addr`) and then starts the peer's senders, holding the
+    /// queue map's lock across both, so two changes of one peer cannot
+    /// interleave (table at one address, senders at another). A replaced
+    /// entry's queues drop here: its old senders end. True if it changed.
+    fn install_peer(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+        change: impl FnOnce(&peers::PeerTable) -> bool,
+    ) -> bool {
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        if !change(&self.shared.peers) {
+            return false;
+        }
         queues.insert(
             id,
             start_peer_sender(&self.endpoint, &self.shared, id, addr),
         );
-        drop(queues);
-        tracing::info!(node = %self.shared.id, peer = %id, %addr, "peer added");
+        true
     }
 
     /// Adds the node a connecting certificate names, unknown to this
@@ -456,24 +474,24 @@ impl QuicTransport {
         if id == self.shared.id {
             return Err("the certificate names this node");
         }
-        // Checked under the queue map's lock, which `forget_peer` takes to
-        // remove the peer after recording it: no learning in between.
-        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
-        if self
-            .shared
-            .forgotten
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id)
-        {
+        // Checked under the queue map's lock (in `install_peer`), which
+        // `forget_peer` takes to remove the peer after recording it: no
+        // learning in between.
+        let mut forgotten = false;
+        let limits = &self.shared.limits;
+        let learned = self.install_peer(id, remote, |peers| {
+            forgotten = self
+                .shared
+                .forgotten
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id);
+            !forgotten && peers.insert_new(id, remote, limits, MAX_LEARNED_PEERS)
+        });
+        if forgotten {
             return Err("the certificate names a node removed from the configuration");
         }
-        let limits = &self.shared.limits;
-        if !self
-            .shared
-            .peers
-            .insert_new(id, remote, limits, MAX_LEARNED_PEERS)
-        {
+        if !learned {
             // Known meanwhile (another connection, or the configuration):
             // taken as it is.
             return match self.shared.peers.get(id) {
@@ -481,11 +499,6 @@ impl QuicTransport {
                 None => Err("this node knows as many learned peers as it takes"),
             };
         }
-        queues.insert(
-            id,
-            start_peer_sender(&self.endpoint, &self.shared, id, remote),
-        );
-        drop(queues);
         let n = bump(&self.shared.stats.peers_learned);
         tracing::info!(node = %self.shared.id, peer = %id, %remote, "learned a node of the cluster from its connection ({n} so far)");
         Ok(id)
