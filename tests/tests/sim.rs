@@ -145,3 +145,10 @@ fn catches_planted_bug_wal_append_without_base() {
 fn catches_planted_bug_wal_no_dir_sync() {
     hunt_for(Bug::WalNoDirSync, "Durability: node");
 }
+
+/// A leader that counts learners toward its commit quorum commits what no
+/// majority of voters holds; an election among the voters then loses it.
+#[test]
+fn catches_planted_bug_learner_acks_count() {
+    hunt_for(Bug::LearnerAcksCount, "Leader Completeness");
+}

@@ -44,6 +44,10 @@ pub enum PlantedBug {
     WalAppendWithoutBase,
     /// Write-ahead log: a new log directory is not synced in its parent.
     WalNoDirSync,
+    /// Membership: a learner's acknowledgement counts toward the commit
+    /// quorum (the quorum's size still that of the voters), as if every
+    /// node the leader replicates to were a voter.
+    LearnerAcksCount,
 }
 
 /// Settings of one Raft node.

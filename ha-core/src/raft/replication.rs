@@ -203,7 +203,7 @@ impl Raft {
         let Role::Leader(l) = &mut self.role else {
             return;
         };
-        let index = self.log.conf().1.committed_index(|n| {
+        let match_of = |n: NodeId| {
             if n == me {
                 persisted
             } else {
@@ -213,7 +213,21 @@ impl Raft {
                     .filter(|p| !p.repairing)
                     .map_or(LogIndex(0), |p| p.match_index)
             }
-        });
+        };
+        let index = self.log.conf().1.committed_index(match_of);
+        #[cfg(feature = "planted-bugs")]
+        let index = if self.config.has_bug(PlantedBug::LearnerAcksCount) {
+            let conf = &self.log.conf().1;
+            let mut all: Vec<LogIndex> = conf
+                .voters
+                .union(&conf.learners)
+                .map(|n| match_of(*n))
+                .collect();
+            all.sort_unstable_by(|a, b| b.cmp(a));
+            index.max(all.get(conf.voters.len() / 2).copied().unwrap_or(index))
+        } else {
+            index
+        };
         if index <= self.log.committed {
             return;
         }
