@@ -15,6 +15,7 @@
 //!   clients ([`QuicLimits`]); implements `ha_core::transport::Transport`.
 //! - [`client`]: the client protocol and a minimal client.
 //! - [`node`]: starting a Raft node on a QUIC endpoint in one call.
+//! - [`resolve`]: how names of nodes become addresses to dial.
 //! - [`local`]: [`LocalCluster`], an embedded cluster on loopback.
 #![deny(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod client;
 pub mod frame;
 pub mod local;
 pub mod node;
+pub mod resolve;
 pub mod tls;
 pub mod transport;
 
@@ -30,4 +32,5 @@ pub use certs::{TlsIdentity, create_cluster_certs, load_client_identity, load_no
 pub use client::{ClientRequest, ClientResponse, QuicClient, QuicClientTransport, connect};
 pub use local::{LocalCluster, LocalOptions};
 pub use node::QuicNode;
+pub use resolve::Resolver;
 pub use transport::{QuicConfig, QuicEndpoint, QuicLimits, QuicTransport};

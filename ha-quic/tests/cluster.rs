@@ -79,7 +79,92 @@ struct Cluster {
     procs: Vec<Proc>,
     addrs: BTreeMap<NodeId, SocketAddr>,
     certs: tempfile::TempDir,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
+    /// What every node's resolver answers: host name to address.
+    names: Names,
+    /// Each node's lookups, by node (first node first).
+    lookups: Vec<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+type Names = Arc<Mutex<BTreeMap<String, SocketAddr>>>;
+
+/// A resolver answering from `names` (the host part of `HOST:PORT`; the
+/// address found carries its own port), and counting its lookups.
+fn test_resolver(names: &Names, lookups: Arc<std::sync::atomic::AtomicU64>) -> ha_quic::Resolver {
+    let names = names.clone();
+    ha_quic::Resolver::from_fn(move |text| {
+        lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host = text.rsplit_once(':').map_or(text.as_str(), |(h, _)| h);
+        let found = names.lock().unwrap().get(host).copied();
+        Box::pin(async move {
+            found
+                .map(|a| vec![a])
+                .ok_or_else(|| std::io::Error::other("no such name"))
+        })
+    })
+}
+
+/// Starts node `id` of the cluster of `ids` on `socket`, with its data in
+/// `data` (kept across restarts) and peers at `addrs`.
+fn start_proc(
+    certs: &std::path::Path,
+    data: &std::path::Path,
+    ids: &[NodeId],
+    id: NodeId,
+    socket: UdpSocket,
+    addrs: &BTreeMap<NodeId, SocketAddr>,
+    resolver: ha_quic::Resolver,
+) -> Proc {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let identity = load_node_identity(certs, id).unwrap();
+    let peers = addrs
+        .iter()
+        .filter(|(p, _)| **p != id)
+        .map(|(p, a)| (*p, *a))
+        .collect();
+    let mut quic = QuicConfig::new(id, socket.local_addr().unwrap(), peers, identity);
+    quic.resolver = resolver;
+    let mut opts = NodeOptions::new(id, ids.iter().copied());
+    opts.tick = Duration::from_millis(20);
+    let (wal, state) = Wal::open(
+        StdFs,
+        &data.join(format!("n{}", id.0)),
+        WalOptions::default(),
+    )
+    .unwrap();
+    let init = InitialState {
+        hard_state: state.hard_state,
+        snapshot_last: state.snapshot_last,
+        entries: state.entries,
+        ..InitialState::default()
+    };
+    let applied = Recorder::default();
+    let node = {
+        let _guard = rt.enter();
+        QuicNode::start_on(
+            opts,
+            quic,
+            Some(socket),
+            init,
+            NodeStorage::Durable {
+                wal,
+                snapshots: Arc::new(
+                    SnapshotStore::open(StdFs, &data.join(format!("s{}", id.0))).unwrap(),
+                ),
+            },
+            applied.clone(),
+        )
+        .unwrap()
+    };
+    Proc {
+        rt: Some(rt),
+        node,
+        applied,
+    }
 }
 
 fn start_cluster(n: u64) -> Cluster {
@@ -96,64 +181,33 @@ fn start_cluster(n: u64) -> Cluster {
         .zip(&sockets)
         .map(|(id, s)| (*id, s.local_addr().unwrap()))
         .collect();
-    let mut procs = Vec::new();
-    for (id, socket) in ids.iter().zip(sockets) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let identity = load_node_identity(certs.path(), *id).unwrap();
-        let peers = addrs
-            .iter()
-            .filter(|(p, _)| *p != id)
-            .map(|(p, a)| (*p, *a))
-            .collect();
-        let quic = QuicConfig::new(*id, addrs[id], peers, identity);
-        let mut opts = NodeOptions::new(*id, ids.iter().copied());
-        opts.tick = Duration::from_millis(20);
-        let (wal, state) = Wal::open(
-            StdFs,
-            &data.path().join(format!("n{}", id.0)),
-            WalOptions::default(),
-        )
-        .unwrap();
-        let init = InitialState {
-            hard_state: state.hard_state,
-            snapshot_last: state.snapshot_last,
-            entries: state.entries,
-            ..InitialState::default()
-        };
-        let applied = Recorder::default();
-        let node = {
-            let _guard = rt.enter();
-            QuicNode::start_on(
-                opts,
-                quic,
-                Some(socket),
-                init,
-                NodeStorage::Durable {
-                    wal,
-                    snapshots: Arc::new(
-                        SnapshotStore::open(StdFs, &data.path().join(format!("s{}", id.0)))
-                            .unwrap(),
-                    ),
-                },
-                applied.clone(),
+    let names = Names::default();
+    let lookups: Vec<Arc<std::sync::atomic::AtomicU64>> =
+        ids.iter().map(|_| Default::default()).collect();
+    let procs = ids
+        .iter()
+        .zip(sockets)
+        .zip(&lookups)
+        .map(|((id, socket), lookups)| {
+            let resolver = test_resolver(&names, lookups.clone());
+            start_proc(
+                certs.path(),
+                data.path(),
+                &ids,
+                *id,
+                socket,
+                &addrs,
+                resolver,
             )
-            .unwrap()
-        };
-        procs.push(Proc {
-            rt: Some(rt),
-            node,
-            applied,
-        });
-    }
+        })
+        .collect();
     Cluster {
         procs,
         addrs,
         certs,
-        _data: data,
+        data,
+        names,
+        lookups,
     }
 }
 
@@ -642,5 +696,97 @@ fn an_unknown_node_is_learned_and_a_forgotten_one_is_not() {
                 .iter()
                 .any(|(p, a)| *p == NodeId(7) && a.port() == 9)
         );
+    });
+}
+
+/// A member the configuration names by a DNS name comes back from a
+/// restart at a new address (a recreated container): the others look its
+/// name up again once its connections fail and follow it there, without
+/// a restart of their own, and it catches up on what it missed.
+#[test]
+fn a_member_named_by_dns_is_followed_to_its_new_address() {
+    use ha_core::transport::Transport;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut cluster = start_cluster(3);
+    let n3 = NodeId(3);
+    let old = cluster.addrs[&n3];
+    cluster
+        .names
+        .lock()
+        .unwrap()
+        .insert("node-3.test".into(), old);
+    test_rt().block_on(async {
+        cluster.leader(&[]).await;
+        // The configuration names node 3 as `node-3.test:7000`.
+        for id in [NodeId(1), NodeId(2)] {
+            let t = cluster.proc(id).transport();
+            t.set_peer_addr(n3, "node-3.test:7000");
+            let looked_up = &cluster.lookups[(id.0 - 1) as usize];
+            wait_until("node 3's name looked up", 5, || {
+                looked_up.load(Relaxed) >= 1
+            })
+            .await;
+            assert!(t.peers().contains(&(n3, old)));
+            // Named again the same: nothing to do, no lookup.
+            t.set_peer_addr(n3, "node-3.test:7000");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(looked_up.load(Relaxed), 1);
+        }
+    });
+    // Node 3 dies and comes back, on the same data, at another address.
+    cluster.procs[2].kill();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let new = socket.local_addr().unwrap();
+    assert_ne!(new, old);
+    cluster
+        .names
+        .lock()
+        .unwrap()
+        .insert("node-3.test".into(), new);
+    let lookups = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ids = [NodeId(1), NodeId(2), n3];
+    cluster.procs[2] = start_proc(
+        cluster.certs.path(),
+        cluster.data.path(),
+        &ids,
+        n3,
+        socket,
+        &cluster.addrs,
+        test_resolver(&cluster.names, lookups),
+    );
+    // Each survivor in turn leads: its heartbeats to node 3 fail at the
+    // old address, it looks the name up again and reaches node 3 there.
+    // (A follower with nothing to send to node 3 looks again when node 3
+    // dials it from its new address, or at the next periodic lookup.)
+    test_rt().block_on(async {
+        let applied = |p: &Proc| p.applied.0.lock().unwrap().len();
+        for s in [NodeId(1), NodeId(2)] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let leader = loop {
+                let leader = cluster.leader(&[]).await;
+                if leader.id() == s {
+                    break leader;
+                }
+                assert!(Instant::now() < deadline, "node {s} never took over");
+                let _ = leader.transfer_leadership(Some(s)).await;
+            };
+            let t = cluster.proc(s).transport();
+            wait_until("the leader follows node 3 to its new address", 10, || {
+                t.peers().contains(&(n3, new))
+            })
+            .await;
+            assert_eq!(t.stats().peers_moved.load(Relaxed), 1, "node {s}");
+            for i in 0..20u64 {
+                leader
+                    .propose(Bytes::from(i.to_le_bytes().to_vec()))
+                    .await
+                    .expect("committed");
+            }
+            let target = applied(cluster.proc(s));
+            wait_until("node 3 applied every command", 10, || {
+                applied(cluster.proc(n3)) >= target
+            })
+            .await;
+        }
     });
 }

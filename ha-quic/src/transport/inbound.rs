@@ -95,6 +95,13 @@ pub(super) async fn handle_incoming(
             let Some(entry) = shared.peers.get(peer) else {
                 return protocol_violation(&conn, &shared, &who, "a node removed meanwhile");
             };
+            // A member dialing from another IP than the one it is known at
+            // may have moved (a recreated container): if the configuration
+            // names it by a DNS name, that name is looked up again. The
+            // address it dials from is never taken as its own.
+            if entry.addr.ip().to_canonical() != conn.remote_address().ip().to_canonical() {
+                shared.recheck_name(peer);
+            }
             let gone = entry.gone.subscribe();
             let Ok(_peer_slot) = entry.connections.try_acquire_owned() else {
                 let why = format!(

@@ -333,6 +333,9 @@ pub struct QuicConfig {
     pub query_schema: u64,
     /// Resource limits against hostile or buggy peers and clients.
     pub limits: QuicLimits,
+    /// How members' DNS names are resolved (the system's resolver by
+    /// default).
+    pub resolver: crate::resolve::Resolver,
 }
 
 impl QuicConfig {
@@ -354,6 +357,7 @@ impl QuicConfig {
             schema: 0,
             query_schema: 0,
             limits: QuicLimits::default(),
+            resolver: crate::resolve::Resolver::default(),
         }
     }
 

@@ -39,7 +39,12 @@
 //!    the address it dials from (`learn_peer`), so a node waiting to be
 //!    added can answer its leader, and a member that has not seen the
 //!    configuration naming a newer leader can hear and answer it. At most
-//!    `MAX_LEARNED_PEERS` learned nodes are known at a time.
+//!    `MAX_LEARNED_PEERS` learned nodes are known at a time. A member the
+//!    configuration names by a DNS name is looked up again whenever its
+//!    connections fail or it dials in from another IP than the one it is
+//!    known at (at most once a second), so a recreated container
+//!    is followed to its new address; an address a connection comes from
+//!    is never taken for a named member's (wrong behind NAT).
 //! 2. A malformed, truncated, oversized or unexpected frame closes that
 //!    connection and is logged with the peer's identity; the node keeps
 //!    running.
@@ -120,20 +125,28 @@ const PEER_HANDSHAKES: usize = 16;
 /// certificate of the cluster's CA naming it, at the address it dials from.
 pub const MAX_LEARNED_PEERS: usize = 16;
 
-/// Of the addresses a name resolves to, the first IPv4 one when `v4` (the
-/// first IPv6 one otherwise), or else the first: `localhost` listed as
-/// `::1` first still means the address a node bound to `127.0.0.1`
-/// listens on. The one rule for every name resolved for reaching nodes.
-pub fn pick_addr(addrs: impl IntoIterator<Item = SocketAddr>, v4: bool) -> Option<SocketAddr> {
-    let all: Vec<SocketAddr> = addrs.into_iter().collect();
-    all.iter()
-        .find(|a| a.is_ipv4() == v4)
-        .or(all.first())
-        .copied()
-}
+pub use crate::resolve::pick_addr;
 
-/// How long a member's DNS name may take to resolve.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest time between two lookups of one member's name after its
+/// connections fail: a peer that is down for a while costs a lookup a
+/// second, not one per reconnect attempt.
+const RERESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a member's name is looked up again while nothing prompts it
+/// (a follower may have nothing to send to a moved member for a while).
+const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The longest wait between lookups of a member's name that does not
+/// resolve.
+const MAX_RESOLVE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A member's address as the configuration names it, and the wake-up of
+/// the task that resolves it when it is a DNS name (one task per entry:
+/// a replaced or removed entry's task sees its `wake` gone and ends).
+struct Named {
+    text: String,
+    wake: Arc<tokio::sync::Notify>,
+}
 
 /// A handshake slot for `incoming`: from the common pool
 /// (`max_handshakes`), or, when that is exhausted and the sender has a
@@ -210,8 +223,12 @@ struct Shared {
     /// Depths of a peer's control and replication send queues.
     queue_depths: (usize, usize),
     /// The address text the configuration last named for each peer (a DNS
-    /// name is resolved later; the answer is taken only if it still is).
-    named: std::sync::Mutex<BTreeMap<NodeId, String>>,
+    /// name is resolved later, and again whenever the peer's connections
+    /// fail; an answer is taken only if the entry is still the one it was
+    /// resolved for).
+    named: std::sync::Mutex<BTreeMap<NodeId, Named>>,
+    /// How members' DNS names are resolved.
+    resolver: crate::resolve::Resolver,
     /// Nodes forgotten as removed (see [`QuicTransport::learn_peer`]):
     /// not learned again from their connections unless a configuration
     /// names them again. At most `MAX_MEMBERS` kept (the oldest go).
@@ -269,7 +286,25 @@ impl Transport for QuicTransport {
             return;
         }
         let mut named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
-        named.insert(id, addr.to_string());
+        if named.get(&id).is_some_and(|n| n.text == addr) {
+            // Named so already: a name is being followed; an address is
+            // taken again (a no-op unless removed by hand meanwhile).
+            if let Ok(a) = addr.parse::<SocketAddr>() {
+                self.add_peer(id, a);
+            }
+            return;
+        }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let old = named.insert(
+            id,
+            Named {
+                text: addr.to_string(),
+                wake: wake.clone(),
+            },
+        );
+        if let Some(old) = old {
+            old.wake.notify_one(); // Its task sees the entry replaced, and ends.
+        }
         self.shared
             .forgotten
             .lock()
@@ -279,55 +314,17 @@ impl Transport for QuicTransport {
             return self.add_peer(id, a);
         }
         drop(named);
-        // A DNS name: resolved off the node's task, retried with backoff
-        // while it fails (a pod's name may not exist yet) for as long as
-        // the configuration names it and the endpoint is open, and taken
-        // only if the configuration still names it when the answer comes.
-        // An address of the endpoint's own family is preferred.
         let (t, text) = (self.clone(), addr.to_string());
-        let v4 = self.endpoint.local_addr().map_or(true, |a| a.is_ipv4());
-        self.shared.runtime.spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            let mut closed = t.shared.closed.subscribe();
-            loop {
-                let found = tokio::select! {
-                    _ = closed.wait_for(|c| *c) => return,
-                    f = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&text)) => f,
-                };
-                let resolved = match found {
-                    Ok(Ok(addrs)) => {
-                        pick_addr(addrs, v4).ok_or_else(|| "it resolves to no address".to_string())
-                    }
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
-                };
-                {
-                    let named = t.shared.named.lock().unwrap_or_else(|e| e.into_inner());
-                    if named.get(&id) != Some(&text) {
-                        return; // Another address, or forgotten, meanwhile.
-                    }
-                    match resolved {
-                        Ok(a) => return t.add_peer(id, a),
-                        Err(e) => {
-                            let n = bump(&t.shared.stats.resolve_failures);
-                            if sampled(n) {
-                                tracing::warn!(node = %t.shared.id, peer = %id, addr = %text, "cannot resolve a member's address, retrying in {backoff:?}: {e} ({n} failures so far)");
-                            }
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = closed.wait_for(|c| *c) => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        });
+        self.shared
+            .runtime
+            .spawn(async move { t.follow_name(id, text, wake).await });
     }
 
     fn forget_peer(&self, id: NodeId) {
         let mut named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
-        named.remove(&id);
+        if let Some(old) = named.remove(&id) {
+            old.wake.notify_one();
+        }
         {
             let mut f = self
                 .shared
@@ -402,6 +399,94 @@ impl Transport for QuicTransport {
 }
 
 impl QuicTransport {
+    /// Keeps peer `id`, named `text` (a DNS name) by the configuration, at
+    /// the address the name resolves to: resolved off the node's task,
+    /// retried with backoff while it fails (a pod's name may not exist
+    /// yet), and resolved again whenever the peer's connections fail or it
+    /// dials in from an unexpected IP (a recreated container comes back
+    /// under its name with a new address),
+    /// at most once per [`RERESOLVE_INTERVAL`], and every
+    /// [`REFRESH_INTERVAL`] anyway. Ends when the endpoint
+    /// closes or the entry `wake` belongs to is replaced or removed; an
+    /// answer is taken only while that entry stands. An address of the
+    /// endpoint's own family is preferred.
+    async fn follow_name(self, id: NodeId, text: String, wake: Arc<tokio::sync::Notify>) {
+        let v4 = self.endpoint.local_addr().map_or(true, |a| a.is_ipv4());
+        let mut closed = self.shared.closed.subscribe();
+        let current = |t: &QuicTransport| {
+            t.shared
+                .named
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+                .is_some_and(|n| Arc::ptr_eq(&n.wake, &wake))
+        };
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if !current(&self) {
+                return;
+            }
+            let resolved = tokio::select! {
+                _ = closed.wait_for(|c| *c) => return,
+                r = self.shared.resolver.resolve(&text, v4) => r,
+            };
+            let pause = {
+                // Checked and taken under the lock `set_peer_addr` and
+                // `forget_peer` change the entry under.
+                let named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
+                if !named.get(&id).is_some_and(|n| Arc::ptr_eq(&n.wake, &wake)) {
+                    return;
+                }
+                match resolved {
+                    Ok(a) => {
+                        let before = self.shared.peers.addr(id);
+                        if before != Some(a) {
+                            if before.is_some() {
+                                bump(&self.shared.stats.peers_moved);
+                                tracing::info!(node = %self.shared.id, peer = %id, name = %text, from = ?before, to = %a, "a member's name resolves to a new address: following it");
+                            }
+                            self.add_peer(id, a);
+                        }
+                        backoff = Duration::from_millis(200);
+                        None
+                    }
+                    Err(e) => {
+                        let n = bump(&self.shared.stats.resolve_failures);
+                        if sampled(n) {
+                            tracing::warn!(node = %self.shared.id, peer = %id, "{e}; retrying in {backoff:?} ({n} failures so far)");
+                        }
+                        let b = backoff;
+                        backoff = (backoff * 2).min(MAX_RESOLVE_BACKOFF);
+                        Some(b)
+                    }
+                }
+            };
+            match pause {
+                // Resolved: look again once the peer's connections fail
+                // (or the entry is replaced), not more than once a second,
+                // and every `REFRESH_INTERVAL` anyway.
+                None => {
+                    tokio::select! {
+                        _ = closed.wait_for(|c| *c) => return,
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
+                    }
+                    tokio::select! {
+                        _ = closed.wait_for(|c| *c) => return,
+                        _ = tokio::time::sleep(RERESOLVE_INTERVAL) => {}
+                    }
+                }
+                Some(b) => {
+                    tokio::select! {
+                        _ = closed.wait_for(|c| *c) => return,
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(b) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether the control connection to `peer` is up.
     pub fn peer_connected(&self, peer: NodeId) -> bool {
         self.queues
@@ -584,6 +669,7 @@ impl Shared {
             limits: limits.clone(),
             queue_depths: (config.control_queue, config.replication_queue),
             named: std::sync::Mutex::new(BTreeMap::new()),
+            resolver: config.resolver.clone(),
             forgotten: std::sync::Mutex::new(std::collections::VecDeque::new()),
             closed: tokio::sync::watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
@@ -597,6 +683,22 @@ impl Shared {
             client_pending: Arc::new(Semaphore::new(limits.client_pending_bytes)),
             newest_streams: std::sync::Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shared {
+    /// Peer `peer` could not be reached, or dialed in from an unexpected
+    /// IP: if the configuration names it by a DNS name, its name is looked
+    /// up again (see [`QuicTransport::follow_name`]).
+    fn recheck_name(&self, peer: NodeId) {
+        if let Some(n) = self
+            .named
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+        {
+            n.wake.notify_one();
         }
     }
 }

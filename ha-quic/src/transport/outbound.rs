@@ -63,6 +63,8 @@ pub(super) async fn peer_sender(
                     tracing::info!(node = %shared.id, %peer, %addr, ?class, "cannot reach peer: {e}");
                     failures_logged = true;
                 }
+                // A member named by DNS may have moved: look its name up again.
+                shared.recheck_name(peer);
                 back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
                 continue;
             }
