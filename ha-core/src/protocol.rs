@@ -10,8 +10,6 @@
 //! proposes that; every replica applies the same `LogCommand`, so time-
 //! dependent logic and session expiry are deterministic.
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -231,8 +229,12 @@ pub enum ClientResponse {
     NotLeader {
         /// The leader it knows of.
         leader: Option<u64>,
-        /// Where to reach that leader.
-        leader_addr: Option<SocketAddr>,
+        /// Where to reach that leader: its `HOST:PORT` as the
+        /// configuration names it (a DNS name or an IP address), which the
+        /// client dials and expects the leader's certificate to name. A
+        /// client takes it only if it passes
+        /// [`check_addr`](crate::raft::check_addr).
+        leader_addr: Option<String>,
     },
     /// The request can never succeed here (for example a client built for
     /// another schema); nothing was done, and retrying will not help.
@@ -321,7 +323,7 @@ mod tests {
     use crate::raft::RoleKind;
     use crate::types::{LogIndex, NodeId, Term};
 
-    /// The status answer's bytes are part of `ha-client/5`: postcard
+    /// The status answer's bytes are part of `ha-client/6`: postcard
     /// encodes by position and variant number, so reordering `RoleKind`'s
     /// variants or a field of `NodeStatus` or `StatusView` changes them
     /// silently. A change that makes this test fail needs a new client ALPN

@@ -6,9 +6,17 @@
 //!
 //! ```text
 //! ca.pem, ca.key               the cluster CA (keep ca.key offline in production)
-//! node-<id>.pem, node-<id>.key one per node; names DNS "node-<id>"
+//! node-<id>.pem, node-<id>.key one per node; names DNS "node-<id>",
+//!                              "localhost", IP 127.0.0.1 and ::1, and the
+//!                              node's hosts (see below)
 //! client.pem, client.key       a client certificate; names DNS "client"
 //! ```
+//!
+//! A node's hosts ([`NodeHosts`], `certs --hosts ID=NAME,...`) are the DNS
+//! names and IP addresses clients and operators dial it by on other
+//! machines: a client checks that the node it reached carries the host it
+//! dialed. Peers check `node-<id>` instead (a peer must be that node,
+//! wherever it is).
 //!
 //! Invariants:
 //! 1. A node certificate names exactly one node identity, `node-<id>`, which
@@ -29,6 +37,11 @@
 //! 6. One run at a time per directory: a run holds an exclusive lock on
 //!    `.certs.lock` there, and a second run meanwhile is refused, so two
 //!    runs can never pair one's key with the other's certificate.
+//! 7. A host asked for is in the node's certificate when creating returns:
+//!    a new certificate is issued with it, and an existing one that lacks
+//!    it is refused before anything is written ([`CertError::Refused`]:
+//!    certificates are never replaced in place; moving the old pair away
+//!    reissues it).
 
 use std::path::{Path, PathBuf};
 
@@ -66,9 +79,73 @@ pub enum CertError {
     /// Generating a key or certificate failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    /// Creating would replace or bypass the cluster CA (invariant 3).
+    /// Creating would replace or bypass the cluster CA (invariant 3), or
+    /// an existing certificate lacks a host asked for (invariant 7).
     #[error("{0}")]
     Refused(String),
+    /// A host asked for is not a DNS name or an IP address a certificate
+    /// can carry, or is for a node not being created.
+    #[error("host {host:?}: {reason}")]
+    BadHost {
+        /// The host as given.
+        host: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The extra hosts (DNS names or IP addresses) of each node's
+/// certificate.
+pub type NodeHosts = std::collections::BTreeMap<NodeId, Vec<String>>;
+
+/// What a certificate carries for `host`: an IP address (IPv6 with or
+/// without brackets), or a DNS name (letters, digits, `-` and `.`, in
+/// labels of 1 to 63 bytes, at most 253 bytes; no wildcard).
+pub fn host_san(host: &str) -> Result<SanType, CertError> {
+    let bad = |reason: &str| CertError::BadHost {
+        host: host.to_string(),
+        reason: reason.to_string(),
+    };
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        if ip.is_unspecified() {
+            return Err(bad("an unspecified address names no one"));
+        }
+        return Ok(SanType::IpAddress(ip));
+    }
+    if bare.len() != host.len() {
+        return Err(bad("only an IPv6 address goes in brackets"));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(bad(
+            "not a DNS name (letters, digits and '-' in dot-separated labels of 1 to 63, \
+             at most 253 in all) or an IP address",
+        ));
+    }
+    if name.parse::<std::net::IpAddr>().is_err()
+        && name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|c| c.is_ascii_digit()))
+    {
+        return Err(bad("a DNS name cannot end in a numeric label"));
+    }
+    Ok(SanType::DnsName(
+        name.to_string()
+            .try_into()
+            .map_err(|e: rcgen::Error| bad(&e.to_string()))?,
+    ))
 }
 
 ha_core::debug_as_display!(CertError);
@@ -232,6 +309,29 @@ pub fn create_cluster_certs(dir: &Path, nodes: &[NodeId]) -> Result<Vec<PathBuf>
 /// (invariant 3) when only one of `ca.pem` and `ca.key` exists, and when
 /// `ca.key` is away while a certificate needs issuing.
 pub fn create_cluster_certs_report(dir: &Path, nodes: &[NodeId]) -> Result<CertsReport, CertError> {
+    create_cluster_certs_with_hosts(dir, nodes, &NodeHosts::new())
+}
+
+/// Like [`create_cluster_certs_report`], with each node's certificate
+/// also naming its `hosts` (invariant 7). Every host is checked
+/// ([`host_san`]), and must be for one of `nodes`, before anything is
+/// written.
+pub fn create_cluster_certs_with_hosts(
+    dir: &Path,
+    nodes: &[NodeId],
+    hosts: &NodeHosts,
+) -> Result<CertsReport, CertError> {
+    for (id, names) in hosts {
+        for h in names {
+            if !nodes.contains(id) {
+                return Err(CertError::BadHost {
+                    host: h.clone(),
+                    reason: format!("node {} is not among the nodes created", id.0),
+                });
+            }
+            host_san(h)?;
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
         path: dir.to_path_buf(),
         source,
@@ -239,7 +339,7 @@ pub fn create_cluster_certs_report(dir: &Path, nodes: &[NodeId]) -> Result<Certs
     let _lock = lock_certs_dir(dir)?;
     let mut report = CertsReport::default();
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    let missing = leaves_to_issue(dir, nodes, &mut report)?;
+    let missing = leaves_to_issue(dir, nodes, hosts, &mut report)?;
     let ca_key_pair = match (exists(&ca_pem)?, exists(&ca_key)?) {
         (true, true) => {
             report.warnings.extend(key_mode_warning(&ca_key));
@@ -329,22 +429,54 @@ type Leaf = (
 fn leaves_to_issue(
     dir: &Path,
     nodes: &[NodeId],
+    hosts: &NodeHosts,
     report: &mut CertsReport,
 ) -> Result<Vec<Leaf>, CertError> {
     // What needs issuing: every leaf whose certificate or key is missing.
     let mut leaves: Vec<(String, Vec<SanType>, Vec<ExtendedKeyUsagePurpose>)> = Vec::new();
+    let mut lacking: Vec<String> = Vec::new();
     for id in nodes {
         let name = node_server_name(*id);
-        let sans = vec![
+        let mut sans = vec![
             SanType::DnsName(name.clone().try_into()?),
             SanType::DnsName("localhost".try_into()?),
             SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
         ];
+        let asked = hosts.get(id).map(Vec::as_slice).unwrap_or_default();
+        for h in asked {
+            let san = host_san(h)?;
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        // An existing certificate must already carry every host asked for
+        // (invariant 7).
+        let pem = dir.join(format!("{name}.pem"));
+        if !asked.is_empty() && exists(&pem)? {
+            let cert = load_cert(&pem)?;
+            for h in asked {
+                let bare = h
+                    .strip_prefix('[')
+                    .and_then(|b| b.strip_suffix(']'))
+                    .unwrap_or(h);
+                if !crate::tls::cert_names(&cert, bare.strip_suffix('.').unwrap_or(bare)) {
+                    lacking.push(format!("{} does not name {h}", pem.display()));
+                }
+            }
+        }
         let eku = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         leaves.push((name, sans, eku));
+    }
+    if !lacking.is_empty() {
+        return Err(CertError::Refused(format!(
+            "{}: certificates are not replaced in place; move the old certificate and key \
+             away and run again to issue them with their hosts (nothing was written)",
+            lacking.join("; ")
+        )));
     }
     leaves.push((
         "client".into(),
@@ -558,6 +690,85 @@ mod tests {
             "{:?}",
             report.warnings
         );
+    }
+
+    /// `--hosts` names reach the node's certificate; a host an existing
+    /// certificate lacks is refused with nothing written; bad hosts, and
+    /// hosts of nodes not being created, are refused before anything is.
+    #[test]
+    fn hosts_are_named_in_node_certificates_or_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let mut hosts = NodeHosts::new();
+        hosts.insert(
+            NodeId(1),
+            vec![
+                "db-1.example.com".into(),
+                "10.0.0.5".into(),
+                "[fd00::5]".into(),
+            ],
+        );
+        create_cluster_certs_with_hosts(d, &[NodeId(1), NodeId(2)], &hosts).unwrap();
+        let n1 = load_node_identity(d, NodeId(1)).unwrap();
+        let n2 = load_node_identity(d, NodeId(2)).unwrap();
+        for name in [
+            "db-1.example.com",
+            "10.0.0.5",
+            "fd00::5",
+            "node-1",
+            "localhost",
+            "::1",
+        ] {
+            assert!(crate::tls::cert_names(&n1.cert, name), "{name}");
+        }
+        for name in ["db-1.example.com", "10.0.0.5", "node-1"] {
+            assert!(!crate::tls::cert_names(&n2.cert, name), "{name}");
+        }
+        assert!(crate::tls::cert_names(&n2.cert, "127.0.0.1"));
+        // Asked again: nothing to do. A new host for node 1: refused, and
+        // nothing is written, node 3's certificate included.
+        let again = create_cluster_certs_with_hosts(d, &[NodeId(1)], &hosts).unwrap();
+        assert!(again.written.is_empty());
+        hosts.insert(NodeId(1), vec!["db-1b.example.com".into()]);
+        let err = create_cluster_certs_with_hosts(d, &[NodeId(1), NodeId(3)], &hosts).unwrap_err();
+        assert!(matches!(err, CertError::Refused(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("node-1.pem does not name db-1b.example.com") && msg.contains("move"),
+            "{msg}"
+        );
+        assert!(!d.join("node-3.pem").exists());
+        // Moved away, it is issued again with the new host.
+        std::fs::remove_file(d.join("node-1.pem")).unwrap();
+        std::fs::remove_file(d.join("node-1.key")).unwrap();
+        create_cluster_certs_with_hosts(d, &[NodeId(1)], &hosts).unwrap();
+        let n1 = load_node_identity(d, NodeId(1)).unwrap();
+        assert!(crate::tls::cert_names(&n1.cert, "db-1b.example.com"));
+        // Bad hosts.
+        for bad in [
+            "",
+            "*.example.com",
+            "a..b",
+            "-a.b",
+            "a_b.c",
+            "0.0.0.0",
+            "[::]",
+            "[db]",
+            "1.2.3",
+            "a b",
+        ] {
+            let mut h = NodeHosts::new();
+            h.insert(NodeId(4), vec![bad.into()]);
+            let err = create_cluster_certs_with_hosts(d, &[NodeId(4)], &h).unwrap_err();
+            assert!(matches!(err, CertError::BadHost { .. }), "{bad:?}: {err}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        assert!(host_san(&long).is_err());
+        let mut h = NodeHosts::new();
+        h.insert(NodeId(9), vec!["db-9.example.com".into()]);
+        let err = create_cluster_certs_with_hosts(d, &[NodeId(4)], &h).unwrap_err();
+        assert!(err.to_string().contains("not among the nodes"), "{err}");
+        assert!(!d.join("node-4.pem").exists());
     }
 
     #[test]

@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use ha_core::client::{ClientOptions, ClientTransport, RequestError, RequestFuture};
+use ha_core::client::{ClientOptions, ClientTransport, NodeAddr, RequestError, RequestFuture};
 use ha_core::sm::Replicated;
 
 pub use ha_core::protocol::{ClientRequest, ClientResponse, StatusView};
 
 use crate::certs::TlsIdentity;
 use crate::frame::{self, MAX_FRAME_BYTES};
+use crate::resolve::Resolver;
 use crate::tls::{self, ALPN_CLIENT, QuicOptions};
 
 /// Why a request got no response.
@@ -103,9 +104,9 @@ impl QuicClient {
         let endpoint = client_endpoint(cfg).map_err(|e| connect_err(e.to_string()))?;
         let conn = endpoint
             .connect(addr, server_name)
-            .map_err(|e| connect_err(e.to_string()))?
+            .map_err(|e| connect_err(explain(server_name, e)))?
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(explain(server_name, e)))?;
         Ok(QuicClient {
             _endpoint: endpoint,
             conn,
@@ -121,14 +122,51 @@ impl QuicClient {
 }
 
 /// Connections to many nodes, for the generic client.
+///
+/// Each node is dialed by the [`NodeAddr`] the client has for it: its host
+/// is resolved afresh whenever a connection is made (a node that comes
+/// back at a new address under its name is found there), and the node's
+/// certificate must name that host (a DNS name or an IP address), so a
+/// client knows it reached the node it meant, not just some node of the
+/// cluster.
 pub struct QuicClientTransport {
     endpoint: quinn::Endpoint,
-    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    resolver: Resolver,
+    conns: Mutex<HashMap<NodeAddr, quinn::Connection>>,
+}
+
+/// Why `addr` could not be connected to (see [`explain`]).
+fn connect_error(addr: &NodeAddr, e: impl std::fmt::Display) -> String {
+    format!("{addr}: {}", explain(addr.host(), e))
+}
+
+/// A connection error to a node dialed as `host`, in words an operator
+/// can act on: a certificate that does not name the host dialed says so.
+fn explain(host: &str, e: impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    if e.contains("NotValidForName") || e.contains("not valid for name") {
+        format!(
+            "the node's certificate does not name {host}: issue node certificates with \
+             this host among their names (`certs --hosts ID={host}`), or dial a name they \
+             carry ({e})"
+        )
+    } else {
+        e
+    }
 }
 
 impl QuicClientTransport {
-    /// A transport presenting `identity`.
+    /// A transport presenting `identity`, resolving names with the
+    /// system's resolver.
     pub fn new(identity: &TlsIdentity) -> Result<QuicClientTransport, ClientError> {
+        QuicClientTransport::with_resolver(identity, Resolver::system())
+    }
+
+    /// A transport presenting `identity`, resolving names with `resolver`.
+    pub fn with_resolver(
+        identity: &TlsIdentity,
+        resolver: Resolver,
+    ) -> Result<QuicClientTransport, ClientError> {
         let cfg = tls::client_config(identity, ALPN_CLIENT, &QuicOptions::default())?;
         let endpoint = client_endpoint(cfg).map_err(|e| ClientError::Connect {
             addr: "0.0.0.0:0".parse().expect("a valid address"),
@@ -136,41 +174,56 @@ impl QuicClientTransport {
         })?;
         Ok(QuicClientTransport {
             endpoint,
+            resolver,
             conns: Mutex::new(HashMap::new()),
         })
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    async fn connection(&self, addr: &NodeAddr) -> Result<quinn::Connection, String> {
         let cached = self
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&addr)
+            .get(addr)
             .cloned();
         if let Some(c) = cached
             && c.close_reason().is_none()
         {
             return Ok(c);
         }
-        // Node certificates name `localhost` as well as `node-<id>`.
+        // The endpoint's socket is IPv4: an IPv4 address is preferred.
+        let to = self.resolver.resolve(addr.as_str(), true).await?;
         let conn = self
             .endpoint
-            .connect(addr, "localhost")
-            .map_err(|e| e.to_string())?
+            .connect(to, addr.host())
+            .map_err(|e| connect_error(addr, e))?
             .await
-            .map_err(|e| e.to_string())?;
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr, conn.clone());
+            .map_err(|e| connect_error(addr, e))?;
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        // Connections to nodes the client no longer asks are let go of
+        // (at most `MAX_CACHED` kept: a client that learns addresses over
+        // a long life does not keep every one it ever dialed).
+        if conns.len() >= MAX_CACHED {
+            conns.retain(|_, c| c.close_reason().is_none());
+            if conns.len() >= MAX_CACHED {
+                conns.clear();
+            }
+        }
+        conns.insert(addr.clone(), conn.clone());
         Ok(conn)
     }
 }
 
+/// Connections a [`QuicClientTransport`] keeps open at most.
+const MAX_CACHED: usize = 64;
+
 impl ClientTransport for QuicClientTransport {
-    fn request(&self, addr: SocketAddr, req: ClientRequest) -> RequestFuture<'_> {
+    fn request(&self, addr: NodeAddr, req: ClientRequest) -> RequestFuture<'_> {
         Box::pin(async move {
-            let conn = self.connection(addr).await.map_err(RequestError::NotSent)?;
+            let conn = self
+                .connection(&addr)
+                .await
+                .map_err(RequestError::NotSent)?;
             round_trip(&conn, &req).await.map_err(|e| {
                 self.conns
                     .lock()
@@ -182,9 +235,11 @@ impl ClientTransport for QuicClientTransport {
     }
 }
 
-/// A typed client of the cluster reachable at any of `addrs`.
+/// A typed client of the cluster reachable at any of `addrs` (socket
+/// addresses, or [`NodeAddr`]s naming nodes by DNS name or IP address; a
+/// node's certificate must name the host it is dialed by).
 pub fn connect<T: Replicated>(
-    addrs: Vec<SocketAddr>,
+    addrs: impl IntoIterator<Item = impl Into<NodeAddr>>,
     identity: &TlsIdentity,
     opts: ClientOptions,
 ) -> Result<T::Client, ClientError> {

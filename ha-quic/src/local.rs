@@ -207,12 +207,8 @@ impl<T: Replicated> LocalCluster<T> {
 
     /// A typed client with the given options.
     pub fn client_with(&self, opts: ClientOptions) -> T::Client {
-        crate::client::connect::<T>(
-            self.addrs.values().copied().collect(),
-            &self.client_identity,
-            opts,
-        )
-        .expect("a client endpoint binds on loopback")
+        crate::client::connect::<T>(self.addrs.values().copied(), &self.client_identity, opts)
+            .expect("a client endpoint binds on loopback")
     }
 
     /// The leader of the highest term among live nodes, waiting up to a few

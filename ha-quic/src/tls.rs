@@ -7,7 +7,7 @@
 //!   by the cluster CA, the only trust anchor. A client with no certificate,
 //!   or one from another CA, fails the handshake.
 //! - ALPN separates peer traffic (`ha-raft/4`) from client traffic
-//!   (`ha-client/5`) on the one endpoint of a node. Each protocol's
+//!   (`ha-client/6`) on the one endpoint of a node. Each protocol's
 //!   version is in its ALPN: `ha-raft/3` sends snapshots on bidirectional
 //!   streams that end with the receiver's verdict and carries leadership
 //!   transfer (`TimeoutNow`, and votes marked as a transfer's);
@@ -16,7 +16,11 @@
 //!   the panic policy and resume, and answers a status with the node's
 //!   typed report (`ha-client/2` sent roles and ids as text and numbers);
 //!   `ha-client/4` adds the leadership transfer request; `ha-client/5`
-//!   the membership requests.
+//!   the membership requests; `ha-client/6` names the leader in a
+//!   redirect by its configured `HOST:PORT` (a DNS name or an IP address)
+//!   instead of a socket address.
+//! - A client dials a node by a `HOST:PORT` and checks that the node's
+//!   certificate names that host (see `client`).
 //! - A dialing node names the peer it expects (`node-<id>`), so the server's
 //!   certificate must be that node's; the accepting side checks the dialer's
 //!   claimed id against its certificate (see `transport`).
@@ -57,7 +61,7 @@ use crate::certs::TlsIdentity;
 /// ALPN of node-to-node traffic.
 pub const ALPN_PEER: &[u8] = b"ha-raft/4";
 /// ALPN of client traffic.
-pub const ALPN_CLIENT: &[u8] = b"ha-client/5";
+pub const ALPN_CLIENT: &[u8] = b"ha-client/6";
 
 /// QUIC transport settings (see the module docs for why).
 #[derive(Clone, Debug)]

@@ -168,10 +168,15 @@ fn start_proc(
 }
 
 fn start_cluster(n: u64) -> Cluster {
+    start_cluster_with_hosts(n, &ha_quic::certs::NodeHosts::new())
+}
+
+/// A cluster whose node certificates also name `hosts`.
+fn start_cluster_with_hosts(n: u64, hosts: &ha_quic::certs::NodeHosts) -> Cluster {
     let certs = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
-    create_cluster_certs(certs.path(), &ids).unwrap();
+    ha_quic::certs::create_cluster_certs_with_hosts(certs.path(), &ids, hosts).unwrap();
     let sockets: Vec<UdpSocket> = ids
         .iter()
         .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
@@ -348,7 +353,7 @@ fn clients_need_a_certificate_from_the_cluster_ca() {
                 leader_addr: Some(a),
             } => {
                 assert_eq!(l, leader.id().0);
-                assert_eq!(a, cluster.addrs[&leader.id()]);
+                assert_eq!(a, cluster.addrs[&leader.id()].to_string());
             }
             other => panic!("expected a redirect, got {other:?}"),
         }
@@ -787,6 +792,68 @@ fn a_member_named_by_dns_is_followed_to_its_new_address() {
                 applied(cluster.proc(n3)) >= target
             })
             .await;
+        }
+    });
+}
+
+/// A client dials a node by a name or an address and checks that the
+/// node's certificate carries it: a node reached under a name its
+/// certificate lacks (DNS pointing at the wrong node, or a name never
+/// issued) is refused, saying so; names issued with `--hosts` and the
+/// loopback addresses every node certificate carries work.
+#[test]
+fn clients_check_the_node_they_reached_carries_the_name_they_dialed() {
+    use ha_core::client::{ClientTransport, NodeAddr, RequestError};
+    let mut hosts = ha_quic::certs::NodeHosts::new();
+    hosts.insert(NodeId(1), vec!["db-1.test".into()]);
+    hosts.insert(NodeId(2), vec!["db-2.test".into()]);
+    let cluster = start_cluster_with_hosts(3, &hosts);
+    let (a1, a2) = (cluster.addrs[&NodeId(1)], cluster.addrs[&NodeId(2)]);
+    let names = Names::default();
+    names.lock().unwrap().extend([
+        ("db-1.test".to_string(), a1),
+        ("db-2.test".to_string(), a2),
+        ("localhost".to_string(), a2),
+        // A name no certificate carries, and one pointing at the wrong node.
+        ("stray.test".to_string(), a1),
+        ("db-2-wrong.test".to_string(), a1),
+    ]);
+    let rt = test_rt();
+    let _guard = rt.enter();
+    let identity = load_client_identity(cluster.certs.path()).unwrap();
+    let transport = ha_quic::QuicClientTransport::with_resolver(
+        &identity,
+        test_resolver(&names, Default::default()),
+    )
+    .unwrap();
+    rt.block_on(async {
+        let ask = |text: &str| {
+            let addr = NodeAddr::parse(text).unwrap();
+            transport.request(addr, ClientRequest::Status)
+        };
+        let id_of = |r: Result<ClientResponse, RequestError>| match r {
+            Ok(ClientResponse::Status(v)) => v.node.id,
+            other => panic!("no status: {other:?}"),
+        };
+        assert_eq!(id_of(ask("db-1.test:7000").await), NodeId(1));
+        assert_eq!(id_of(ask("db-2.test:7000").await), NodeId(2));
+        assert_eq!(id_of(ask(&a1.to_string()).await), NodeId(1));
+        assert_eq!(
+            id_of(ask(&format!("localhost:{}", a2.port())).await),
+            NodeId(2)
+        );
+        for wrong in ["stray.test:7000", "db-2-wrong.test:7000"] {
+            match ask(wrong).await {
+                Err(RequestError::NotSent(why)) => {
+                    let host = wrong.split(':').next().unwrap();
+                    assert!(
+                        why.contains(&format!("certificate does not name {host}"))
+                            && why.contains("--hosts"),
+                        "{why}"
+                    );
+                }
+                other => panic!("{wrong}: reached a node that does not carry it: {other:?}"),
+            }
         }
     });
 }

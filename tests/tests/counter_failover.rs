@@ -187,7 +187,7 @@ async fn a_client_of_another_schema_is_refused_and_told_nothing_was_applied() {
         .await
         .expect("cluster starts");
     cluster.leader().await.expect("a leader");
-    let addrs = cluster
+    let addrs: Vec<std::net::SocketAddr> = cluster
         .node_ids()
         .iter()
         .filter_map(|id| cluster.addr(*id))

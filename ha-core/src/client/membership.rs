@@ -104,8 +104,25 @@ enum CatchUp {
 }
 
 impl<T: Replicated> Client<T> {
+    /// The client's view of `m`, answered by `leader`; the members'
+    /// addresses become the ones the client learned (see
+    /// [`Client::members`]).
+    fn learn_members(&self, m: &Membership, leader: u64) -> Members {
+        let found: Vec<NodeAddr> = m
+            .addrs
+            .values()
+            .filter_map(|a| NodeAddr::parse(a).ok())
+            .collect();
+        self.learn(&found, true);
+        Members::from_membership(m, leader)
+    }
+
     /// The configuration committed on the leader: every member with its
-    /// role and address, and the leader's id.
+    /// role and address, and the leader's id. The client also takes the
+    /// members' addresses as ones to try (besides those it was given), so
+    /// a long-lived client calling this now and then follows a cluster
+    /// whose every node was replaced; it also learns each leader a node
+    /// redirects it to.
     pub async fn members(&self) -> Result<Members, Error> {
         let deadline = tokio::time::Instant::now() + self.opts.timeout;
         let answered = self
@@ -115,7 +132,7 @@ impl<T: Replicated> Client<T> {
                 || ClientRequest::Members,
                 |resp| match resp {
                     ClientResponse::Members { membership, leader } => {
-                        Reply::Done(Members::from_membership(&membership, leader))
+                        Reply::Done(self.learn_members(&membership, leader))
                     }
                     other => Reply::Retry(format!("unexpected response {other:?}")),
                 },
@@ -225,7 +242,7 @@ impl<T: Replicated> Client<T> {
             match resp {
                 Ok(ClientResponse::Members { membership, leader }) => {
                     self.set_leader(Some(addr));
-                    return Ok(Members::from_membership(&membership, leader));
+                    return Ok(self.learn_members(&membership, leader));
                 }
                 Ok(ClientResponse::ChangeRefused { reason }) => {
                     self.set_leader(Some(addr));
@@ -244,7 +261,7 @@ impl<T: Replicated> Client<T> {
                     last_why = reason.to_string();
                 }
                 Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
-                    self.redirect(addr, leader_addr);
+                    self.redirect(&addr, leader_addr);
                     last_why = format!("{addr} is not the leader");
                 }
                 Ok(ClientResponse::Refused { message }) => {

@@ -21,16 +21,17 @@
 //! Invariant: once any attempt may have reached a leader's log, the call can
 //! end only in `Ok` or an unknown outcome, never "not applied".
 
+mod addr;
 mod membership;
 mod operator;
 mod retry;
+pub use self::addr::NodeAddr;
 pub use self::membership::{BUSY_GRACE, Member, MemberRole, Members};
 use self::retry::*;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,8 +112,10 @@ pub type RequestFuture<'a> =
 
 /// Sends one request to one node (ha-quic implements it over QUIC).
 pub trait ClientTransport: Send + Sync + 'static {
-    /// Sends `req` to the node at `addr` and waits for its response.
-    fn request(&self, addr: SocketAddr, req: ClientRequest) -> RequestFuture<'_>;
+    /// Sends `req` to the node at `addr` and waits for its response. The
+    /// transport resolves `addr`'s host when it connects, and checks the
+    /// node's certificate names that host.
+    fn request(&self, addr: NodeAddr, req: ClientRequest) -> RequestFuture<'_>;
 }
 
 /// The client's side of its session. `id` is `None` until a session is
@@ -143,8 +146,12 @@ impl Session {
 
 struct Inner {
     transport: Arc<dyn ClientTransport>,
-    addrs: Vec<SocketAddr>,
-    leader: Mutex<Option<SocketAddr>>,
+    /// The nodes tried in turn: the ones the client was given first (never
+    /// dropped), then the ones it learned (see [`Client::learn`]).
+    addrs: Mutex<Vec<NodeAddr>>,
+    /// How many of `addrs` the client was given.
+    seeds: usize,
+    leader: Mutex<Option<NodeAddr>>,
     session: Mutex<Session>,
     /// Held while a session is being registered, so concurrent first
     /// commands register one session, not one each.
@@ -211,16 +218,32 @@ fn random_u64() -> u64 {
 }
 
 impl<T: Replicated> Client<T> {
-    /// A client of the cluster reachable at any of `addrs`.
+    /// A client of the cluster reachable at any of `addrs` (socket
+    /// addresses, or [`NodeAddr`]s naming nodes by DNS name or IP).
+    ///
+    /// # Panics
+    /// If `addrs` is empty: a client must know where to start.
     pub fn new(
         transport: Arc<dyn ClientTransport>,
-        addrs: Vec<SocketAddr>,
+        addrs: impl IntoIterator<Item = impl Into<NodeAddr>>,
         opts: ClientOptions,
     ) -> Client<T> {
+        let mut seeds: Vec<NodeAddr> = Vec::new();
+        for a in addrs {
+            let a = a.into();
+            if !seeds.contains(&a) {
+                seeds.push(a);
+            }
+        }
+        assert!(
+            !seeds.is_empty(),
+            "a client needs at least one node address"
+        );
         Client {
             inner: Arc::new(Inner {
                 transport,
-                addrs,
+                seeds: seeds.len(),
+                addrs: Mutex::new(seeds),
                 leader: Mutex::new(None),
                 session: Mutex::new(Session {
                     id: None,

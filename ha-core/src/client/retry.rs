@@ -112,35 +112,68 @@ pub(super) fn outcome_step(answer: &[u8], maybe_appended: bool) -> Attempt {
 }
 
 impl<T: Replicated> Client<T> {
-    pub(super) fn target(&self) -> SocketAddr {
-        if let Some(l) = *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) {
+    pub(super) fn target(&self) -> NodeAddr {
+        if let Some(l) = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return l;
         }
         let k = self.inner.rotate.fetch_add(1, Ordering::Relaxed) + self.inner.seed;
-        self.inner.addrs[(k % self.inner.addrs.len() as u64) as usize]
+        let addrs = self.inner.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        addrs[(k % addrs.len() as u64) as usize].clone()
     }
 
-    pub(super) fn set_leader(&self, addr: Option<SocketAddr>) {
+    pub(super) fn set_leader(&self, addr: Option<NodeAddr>) {
         *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
     }
 
     pub(super) async fn attempt(
         &self,
         req: ClientRequest,
-    ) -> (SocketAddr, Result<ClientResponse, RequestError>) {
+    ) -> (NodeAddr, Result<ClientResponse, RequestError>) {
         let addr = self.target();
-        let fut = self.inner.transport.request(addr, req);
+        let fut = self.inner.transport.request(addr.clone(), req);
         match tokio::time::timeout(self.opts.attempt_timeout, fut).await {
             Ok(r) => (addr, r),
             Err(_) => (addr, Err(RequestError::Lost("no response in time".into()))),
         }
     }
 
-    pub(super) fn redirect(&self, addr: SocketAddr, leader_addr: Option<SocketAddr>) {
-        match leader_addr {
-            Some(l) if l != addr => self.set_leader(Some(l)),
+    /// `addr` is not the leader and named `leader_addr` (from the
+    /// network: taken only if it is a valid address) as the one to ask:
+    /// the next attempt goes there, and the client learns it.
+    pub(super) fn redirect(&self, addr: &NodeAddr, leader_addr: Option<String>) {
+        match leader_addr.and_then(|l| NodeAddr::parse(&l).ok()) {
+            Some(l) if l != *addr => {
+                self.learn(std::slice::from_ref(&l), false);
+                self.set_leader(Some(l));
+            }
             _ => self.set_leader(None),
         }
+    }
+
+    /// Adds `found` to the nodes tried in turn (`replace`: the learned ones
+    /// become exactly `found`, as a configuration lists them), so a client
+    /// follows a cluster whose members were replaced. The addresses it was
+    /// given stay; at most [`MAX_MEMBERS`](crate::raft::MAX_MEMBERS)
+    /// learned ones are kept (the oldest go first).
+    pub(super) fn learn(&self, found: &[NodeAddr], replace: bool) {
+        let seeds = self.inner.seeds;
+        let mut addrs = self.inner.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if replace {
+            addrs.truncate(seeds);
+        }
+        for a in found {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        let extra = addrs.len().saturating_sub(seeds + crate::raft::MAX_MEMBERS);
+        addrs.drain(seeds..seeds + extra);
     }
 
     /// Registers a session unless one is open (or another caller registered
@@ -214,7 +247,7 @@ impl<T: Replicated> Client<T> {
             let (addr, resp) = self.attempt(req()).await;
             match resp {
                 Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
-                    self.redirect(addr, leader_addr);
+                    self.redirect(&addr, leader_addr);
                     last_why = format!("{addr} is not the leader");
                 }
                 Ok(ClientResponse::Refused { message }) => return Err(RetryEnd::Refused(message)),
@@ -311,7 +344,7 @@ impl<T: Replicated> Client<T> {
     /// What a node's response to one attempt of a command comes to.
     pub(super) fn command_step(
         &self,
-        addr: SocketAddr,
+        addr: NodeAddr,
         resp: Result<ClientResponse, RequestError>,
         maybe_appended: bool,
     ) -> Attempt {
@@ -321,7 +354,7 @@ impl<T: Replicated> Client<T> {
                 outcome_step(&answer, maybe_appended)
             }
             Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
-                self.redirect(addr, leader_addr);
+                self.redirect(&addr, leader_addr);
                 Attempt::Retry {
                     maybe_appended: false,
                     why: format!("{addr} is not the leader"),

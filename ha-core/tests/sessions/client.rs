@@ -39,7 +39,7 @@ impl FakeCluster {
 impl ha_core::client::ClientTransport for FakeCluster {
     fn request(
         &self,
-        _addr: std::net::SocketAddr,
+        _addr: ha_core::client::NodeAddr,
         req: ha_core::protocol::ClientRequest,
     ) -> ha_core::client::RequestFuture<'_> {
         use ha_core::protocol::{ClientRequest, ClientResponse};
@@ -99,7 +99,7 @@ pub(super) fn fake_client_with(
 ) -> ha_core::Client<Counter> {
     ha_core::Client::new(
         fake.clone(),
-        vec!["127.0.0.1:1".parse().unwrap()],
+        vec!["127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap()],
         ha_core::ClientOptions {
             timeout: std::time::Duration::from_millis(timeout_ms),
             attempt_timeout: std::time::Duration::from_millis(attempt_ms),

@@ -14,11 +14,13 @@ use std::sync::Mutex;
 struct Script {
     answers: Mutex<Vec<Result<ClientResponse, RequestError>>>,
     asked: Mutex<Vec<ClientRequest>>,
+    dialed: Mutex<Vec<String>>,
 }
 
 impl ClientTransport for Script {
-    fn request(&self, _addr: std::net::SocketAddr, req: ClientRequest) -> RequestFuture<'_> {
+    fn request(&self, addr: ha_core::client::NodeAddr, req: ClientRequest) -> RequestFuture<'_> {
         self.asked.lock().unwrap().push(req);
+        self.dialed.lock().unwrap().push(addr.to_string());
         let mut a = self.answers.lock().unwrap();
         let next = if a.len() > 1 {
             a.remove(0)
@@ -35,10 +37,11 @@ fn client(
     let s = std::sync::Arc::new(Script {
         answers: Mutex::new(answers),
         asked: Mutex::new(Vec::new()),
+        dialed: Mutex::new(Vec::new()),
     });
     let c = ha_core::Client::new(
         s.clone(),
-        vec!["127.0.0.1:1".parse().unwrap()],
+        vec!["127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap()],
         ha_core::ClientOptions {
             timeout: std::time::Duration::from_millis(2500),
             attempt_timeout: std::time::Duration::from_millis(100),
@@ -168,4 +171,50 @@ async fn a_learner_added_but_not_promoted_is_not_called_not_applied() {
     let (_, c) = client(vec![members(&[1, 2, 3], &[4])]);
     let m = c.member_add(4, "kv-4.kv:7000", true).await.unwrap();
     assert_eq!(m.get(4).unwrap().role, ha_core::MemberRole::Learner);
+}
+
+/// A redirect names the leader by its configured `HOST:PORT`, which the
+/// client dials next (one that is not a valid address is ignored); the
+/// members' addresses in an answer replace the ones learned before and
+/// are tried in turn with the ones the client was given.
+#[tokio::test]
+async fn redirects_and_member_lists_teach_the_client_addresses() {
+    let mut m = Membership::new_voters([NodeId(4), NodeId(5)]);
+    m.addrs.insert(NodeId(4), "db-4.test:7000".into());
+    m.addrs.insert(NodeId(5), "10.0.0.5:7000".into());
+    let (s, c) = client(vec![
+        Ok(ClientResponse::NotLeader {
+            leader: Some(2),
+            leader_addr: Some("db-2.test:7000".into()),
+        }),
+        Ok(ClientResponse::NotLeader {
+            leader: Some(3),
+            leader_addr: Some("0.0.0.0:7000".into()),
+        }),
+        Ok(ClientResponse::Members {
+            membership: m,
+            leader: 4,
+        }),
+        Err(RequestError::NotSent("down".into())),
+    ]);
+    c.members().await.unwrap();
+    let dialed = s.dialed.lock().unwrap().clone();
+    assert_eq!(dialed[..2], ["127.0.0.1:1", "db-2.test:7000"], "{dialed:?}");
+    assert!(
+        ["127.0.0.1:1", "db-2.test:7000"].contains(&dialed[2].as_str()),
+        "{dialed:?}"
+    );
+    // Every node down now: the client tries what it was given and what
+    // the member list named, not the redirect learned before it.
+    // (First the node that answered last, taken as the leader.)
+    s.dialed.lock().unwrap().clear();
+    c.members().await.unwrap_err();
+    let again = s.dialed.lock().unwrap().clone();
+    assert_eq!(again[0], dialed[2]);
+    let tried: std::collections::BTreeSet<String> = again[1..].iter().cloned().collect();
+    let expect: std::collections::BTreeSet<String> =
+        ["127.0.0.1:1", "db-4.test:7000", "10.0.0.5:7000"]
+            .map(String::from)
+            .into();
+    assert_eq!(tried, expect);
 }

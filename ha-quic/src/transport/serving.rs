@@ -180,10 +180,22 @@ pub(super) async fn respond(send: &mut quinn::SendStream, shared: &Shared, resp:
     }
 }
 
+/// "Not the leader", naming the leader by the `HOST:PORT` the
+/// configuration gives it (the name clients dial and its certificate
+/// carries), or else by the address this endpoint knows it at.
 pub(super) fn not_leader(shared: &Shared, leader: Option<NodeId>) -> ClientResponse {
+    let leader_addr = leader.and_then(|l| {
+        let named = shared
+            .named
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&l)
+            .map(|n| n.text.clone());
+        named.or_else(|| shared.peers.addr(l).map(|a| a.to_string()))
+    });
     ClientResponse::NotLeader {
         leader: leader.map(|l| l.0),
-        leader_addr: leader.and_then(|l| shared.peers.addr(l)),
+        leader_addr,
     }
 }
 

@@ -28,12 +28,12 @@
 mod ops;
 mod outcome;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
 use ha_core::ClientOptions;
+use ha_core::client::NodeAddr;
 use ha_core::sm::Replicated;
 
 pub use ops::{CertsArgs, OpsCommand, PolicyArg, ServeArgs, status_line};
@@ -75,11 +75,16 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// The `--cluster` addresses, resolved; exits 2 on one that is not.
-    pub fn addrs(&self) -> Vec<SocketAddr> {
+    /// The `--cluster` addresses; exits 2 on one that is not `HOST:PORT`.
+    /// A host (a DNS name or an IP address) is resolved each time the
+    /// client connects to it, and the node's certificate must name it.
+    pub fn addrs(&self) -> Vec<NodeAddr> {
         self.cluster
             .iter()
-            .map(|a| crate::peers::parse_addr("--cluster", a).unwrap_or_else(|e| usage_error(e)))
+            .map(|a| {
+                NodeAddr::parse(a.trim())
+                    .unwrap_or_else(|e| usage_error(format!("--cluster {a:?}: {e}")))
+            })
             .collect()
     }
 

@@ -121,6 +121,11 @@ pub struct CertsArgs {
     /// Node ids, e.g. 1,2,3.
     #[arg(long, value_delimiter = ',', required = true)]
     nodes: Vec<u64>,
+    /// More names for node certificates, ID=HOST,... (a DNS name or an IP
+    /// address; an id may repeat): the hosts clients dial nodes by on
+    /// other machines, which the nodes' certificates must carry.
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
 }
 
 /// Options of `serve`.
@@ -271,7 +276,23 @@ fn certs(a: CertsArgs) -> i32 {
     if ids.iter().any(|i| i.0 == 0) {
         usage_error("--nodes: node ids start at 1");
     }
-    match ha_quic::certs::create_cluster_certs_report(&a.dir, &ids) {
+    let mut hosts = ha_quic::certs::NodeHosts::new();
+    for h in &a.hosts {
+        let Some((id, host)) = h.split_once('=') else {
+            usage_error(format!("--hosts {h:?}: expected ID=HOST"));
+        };
+        let id = id
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|i| *i != 0)
+            .unwrap_or_else(|| usage_error(format!("--hosts {h:?}: {id:?} is not a node id")));
+        hosts
+            .entry(ha_core::types::NodeId(id))
+            .or_default()
+            .push(host.trim().to_string());
+    }
+    match ha_quic::certs::create_cluster_certs_with_hosts(&a.dir, &ids, &hosts) {
         Ok(report) => {
             for w in &report.warnings {
                 eprintln!("{}: warning: {w}", program());
@@ -408,7 +429,10 @@ async fn status(c: &ClientArgs) -> i32 {
     let mut reachable = 0;
     for addr in c.addrs() {
         let asked = async {
-            let q = ha_quic::QuicClient::connect(addr, "localhost", &identity)
+            let to = ha_quic::Resolver::system()
+                .resolve(addr.as_str(), true)
+                .await?;
+            let q = ha_quic::QuicClient::connect(to, addr.host(), &identity)
                 .await
                 .map_err(|e| e.to_string())?;
             q.request(&ClientRequest::Status)

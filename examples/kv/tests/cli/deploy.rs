@@ -178,4 +178,18 @@ fn members_named_by_dns_names_find_each_other() {
     c.sigterm(1);
     let out = c.client(&["put", "k", "v", "--timeout-ms", "20000"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
+    // A client given only a follower, by name, is redirected to the
+    // leader by the name the configuration gives it (checked against the
+    // leader's certificate, which names `localhost`).
+    let leader = c.wait_for_leader();
+    let follower = (2..=4).find(|id| *id != leader).unwrap();
+    let out = Command::new(BIN)
+        .args(["get", "k", "--timeout-ms", "20000", "--cluster"])
+        .arg(by_name(&c, follower))
+        .arg("--tls-dir")
+        .arg(c.tls())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json_line(&out)["value"], "v");
 }

@@ -217,3 +217,47 @@ fn certs_never_replace_the_cluster_ca() {
         );
     }
 }
+
+/// `certs --hosts` puts names and addresses in node certificates; a
+/// malformed flag, a bad host, a host for a node not created, or a host
+/// an existing certificate lacks exits 2 with one line, writing nothing.
+#[test]
+fn certs_hosts_are_checked_and_never_replace_a_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    let run = |nodes: &str, hosts: &str| {
+        Command::new(BIN)
+            .args(["certs", "--nodes", nodes, "--hosts", hosts, "--dir"])
+            .arg(&tls)
+            .output()
+            .unwrap()
+    };
+    let out = run("1,2", "1=db-1.example.com,1=10.0.0.5,2=db-2.example.com");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let cert = ha_quic::load_node_identity(&tls, ha_core::types::NodeId(1))
+        .unwrap()
+        .cert;
+    for name in ["db-1.example.com", "10.0.0.5", "node-1", "localhost"] {
+        assert!(ha_quic::tls::cert_names(&cert, name), "{name}");
+    }
+    assert!(!ha_quic::tls::cert_names(&cert, "db-2.example.com"));
+    for (nodes, hosts, says) in [
+        ("1,2", "1", "expected ID=HOST"),
+        ("1,2", "x=db.example.com", "not a node id"),
+        ("1,2", "3=db-3.example.com", "not among the nodes"),
+        ("1,2", "1=db_1.example.com", "not a DNS name"),
+        ("1,2", "1=0.0.0.0", "unspecified"),
+        (
+            "1,2,3",
+            "1=db-1-new.example.com",
+            "does not name db-1-new.example.com",
+        ),
+    ] {
+        let out = run(nodes, hosts);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(code(&out), 2, "{hosts}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(says), "{hosts}: {err}");
+    }
+    assert!(!tls.join("node-3.pem").exists(), "nothing written");
+}
