@@ -74,6 +74,7 @@ impl Net {
             entries: stored.entries,
             repairing: false,
             repair_nonce: 0,
+            joined: false,
         };
         self.nodes
             .insert(id, Some(Raft::new(config, init).expect("valid state")));

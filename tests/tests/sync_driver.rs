@@ -46,6 +46,7 @@ fn follower_given_a_snapshot() -> Raft {
         entries: Vec::new(),
         repairing: false,
         repair_nonce: 0,
+        joined: false,
     };
     let mut raft = Raft::new(config, init).expect("valid state");
     let from_leader = |body| Message {

@@ -105,6 +105,7 @@ fn start<V: Vfs>(
             0 => crate::raft::config::fresh_seed(id) | 1,
             n => n,
         },
+        joined: init.joined || opts.joining,
         ..init
     };
     check_options(&opts)?;

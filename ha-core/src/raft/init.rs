@@ -86,7 +86,14 @@ impl Raft {
                 done: false,
                 floor: hs.term,
             }),
-            vote_floor: Term(0),
+            // A joined node's newcomer floor, again after a restart (see
+            // `InitialState::joined`); a newcomer without a configuration
+            // takes it on when it gets one.
+            vote_floor: if init.joined && !newcomer {
+                hs.term
+            } else {
+                Term(0)
+            },
             ticks: 0,
             config,
         })

@@ -135,6 +135,14 @@ pub struct InitialState {
     /// operating system's randomness. 0: drawn from the core's seeded
     /// generator (reproducible runs; fresh only if the seed is).
     pub repair_nonce: u64,
+    /// This node joined a running cluster (its data directory says it
+    /// started in no configuration). Its storage may be a wiped voter's
+    /// started again under the same id, which forgot the votes it gave
+    /// before: restarted with a configuration, it votes only in terms
+    /// above its stored term (which is at least the term it took its first
+    /// configuration on), as it did before the restart (see
+    /// `settle_newcomer`). So the newcomer rule survives restarts.
+    pub joined: bool,
 }
 
 /// A node repairing damaged storage (protocol-aware recovery).

@@ -755,3 +755,40 @@ fn a_newcomer_votes_only_in_terms_after_it_learned_a_configuration() {
     r.step(vote(4)).unwrap();
     assert_eq!(vote_granted(&drain(&mut r)), Some(true), "term 4");
 }
+
+/// The newcomer rule survives a restart: a joined node restarted with a
+/// configuration votes only in terms above its stored term (its wiped
+/// old self may have voted in the term it took its configuration on);
+/// a node that did not join votes in its stored term as usual.
+#[test]
+fn a_joined_node_restarted_votes_only_above_its_stored_term() {
+    let vote = |term| {
+        msg(
+            3,
+            term,
+            Body::Vote {
+                last_index: LogIndex(9),
+                last_term: Term(term),
+                transfer: true,
+            },
+        )
+    };
+    let init = |joined| InitialState {
+        hard_state: HardState {
+            term: Term(3),
+            vote: None,
+            commit: LogIndex(0),
+        },
+        membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        joined,
+        ..InitialState::default()
+    };
+    let mut r = Raft::new(Config::new(NodeId(1)), init(true)).unwrap();
+    r.step(vote(3)).unwrap();
+    assert_eq!(vote_granted(&drain(&mut r)), Some(false), "term 3");
+    r.step(vote(4)).unwrap();
+    assert_eq!(vote_granted(&drain(&mut r)), Some(true), "term 4");
+    let mut r = Raft::new(Config::new(NodeId(1)), init(false)).unwrap();
+    r.step(vote(3)).unwrap();
+    assert_eq!(vote_granted(&drain(&mut r)), Some(true), "not joined");
+}

@@ -376,6 +376,8 @@ impl Env {
             entries: stored.entries,
             repairing: false,
             repair_nonce: 1,
+            // Started in no configuration: it joined.
+            joined: node.bootstrap.is_empty(),
         };
         let raft = Raft::new(node.config.clone(), init).expect("a valid state");
         node.pipeline = Pipeline::new(raft.applied_index());

@@ -41,6 +41,8 @@ impl Sim {
             repairing,
             // From the seeded generator, whose seed differs per incarnation.
             repair_nonce: 0,
+            // A spare started in no configuration: it joined.
+            joined: k >= self.cfg.nodes,
         };
         node.applied.clear();
         let published = node.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
