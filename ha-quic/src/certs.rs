@@ -100,7 +100,9 @@ pub type NodeHosts = std::collections::BTreeMap<NodeId, Vec<String>>;
 
 /// What a certificate carries for `host`: an IP address (IPv6 with or
 /// without brackets), or a DNS name (letters, digits, `-` and `.`, in
-/// labels of 1 to 63 bytes, at most 253 bytes; no wildcard).
+/// labels of 1 to 63 bytes, at most 253 bytes; no wildcard). The names
+/// that are identities (`node-<n>`, `client`) are refused: a certificate
+/// naming another node's identity would pass as that node with peers.
 pub fn host_san(host: &str) -> Result<SanType, CertError> {
     let bad = |reason: &str| CertError::BadHost {
         host: host.to_string(),
@@ -120,6 +122,19 @@ pub fn host_san(host: &str) -> Result<SanType, CertError> {
         return Err(bad("only an IPv6 address goes in brackets"));
     }
     let name = host.strip_suffix('.').unwrap_or(host);
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err(bad("an IP address ends in no dot"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower == "client"
+        || lower
+            .strip_prefix("node-")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+    {
+        return Err(bad(
+            "names of the form node-N and client are identities, issued by `certs` itself",
+        ));
+    }
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -142,7 +157,7 @@ pub fn host_san(host: &str) -> Result<SanType, CertError> {
         return Err(bad("a DNS name cannot end in a numeric label"));
     }
     Ok(SanType::DnsName(
-        name.to_string()
+        lower
             .try_into()
             .map_err(|e: rcgen::Error| bad(&e.to_string()))?,
     ))
@@ -321,6 +336,8 @@ pub fn create_cluster_certs_with_hosts(
     nodes: &[NodeId],
     hosts: &NodeHosts,
 ) -> Result<CertsReport, CertError> {
+    // A host names one node: a client dialing it must reach that node.
+    let mut seen: Vec<(SanType, NodeId)> = Vec::new();
     for (id, names) in hosts {
         for h in names {
             if !nodes.contains(id) {
@@ -329,7 +346,17 @@ pub fn create_cluster_certs_with_hosts(
                     reason: format!("node {} is not among the nodes created", id.0),
                 });
             }
-            host_san(h)?;
+            let san = host_san(h)?;
+            if let Some((_, other)) = seen.iter().find(|(s, o)| *s == san && o != id) {
+                return Err(CertError::BadHost {
+                    host: h.clone(),
+                    reason: format!(
+                        "given for nodes {} and {}: a host names one node",
+                        other.0, id.0
+                    ),
+                });
+            }
+            seen.push((san, *id));
         }
     }
     std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
@@ -748,6 +775,10 @@ mod tests {
         for bad in [
             "",
             "*.example.com",
+            "10.0.0.5.",
+            "node-2",
+            "NODE-1",
+            "client",
             "a..b",
             "-a.b",
             "a_b.c",
@@ -769,6 +800,15 @@ mod tests {
         let err = create_cluster_certs_with_hosts(d, &[NodeId(4)], &h).unwrap_err();
         assert!(err.to_string().contains("not among the nodes"), "{err}");
         assert!(!d.join("node-4.pem").exists());
+        // One host for two nodes.
+        let mut h = NodeHosts::new();
+        h.insert(NodeId(4), vec!["db.example.com".into()]);
+        h.insert(NodeId(5), vec!["DB.example.com".into()]);
+        let err = create_cluster_certs_with_hosts(d, &[NodeId(4), NodeId(5)], &h).unwrap_err();
+        assert!(err.to_string().contains("names one node"), "{err}");
+        assert!(!d.join("node-4.pem").exists());
+        // Names that only start like an identity are names.
+        assert!(host_san("node-1a.example.com").is_ok());
     }
 
     #[test]

@@ -237,12 +237,19 @@ impl ClientTransport for QuicClientTransport {
 
 /// A typed client of the cluster reachable at any of `addrs` (socket
 /// addresses, or [`NodeAddr`]s naming nodes by DNS name or IP address; a
-/// node's certificate must name the host it is dialed by).
+/// node's certificate must name the host it is dialed by). Refused when
+/// `addrs` is empty.
 pub fn connect<T: Replicated>(
     addrs: impl IntoIterator<Item = impl Into<NodeAddr>>,
     identity: &TlsIdentity,
     opts: ClientOptions,
 ) -> Result<T::Client, ClientError> {
+    let addrs: Vec<NodeAddr> = addrs.into_iter().map(Into::into).collect();
+    if addrs.is_empty() {
+        return Err(ClientError::Request(
+            "no node address given: a client needs at least one".into(),
+        ));
+    }
     let transport = Arc::new(QuicClientTransport::new(identity)?);
     Ok(T::Client::from(ha_core::Client::new(
         transport, addrs, opts,

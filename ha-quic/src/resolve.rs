@@ -74,13 +74,19 @@ impl Resolver {
     /// [`pick_addr`] (an IPv4 address preferred when `v4`). The error says
     /// why, in words.
     pub async fn resolve(&self, text: &str, v4: bool) -> Result<SocketAddr, String> {
+        let all = self.lookup(text).await?;
+        pick_addr(all, v4).ok_or_else(|| format!("{text} resolves to no address"))
+    }
+
+    /// Every address `text` (`HOST:PORT`) resolves to, within
+    /// [`RESOLVE_TIMEOUT`] (an IP literal as it is; none is an error).
+    pub async fn lookup(&self, text: &str) -> Result<Vec<SocketAddr>, String> {
         if let Ok(a) = text.parse::<SocketAddr>() {
-            return Ok(a);
+            return Ok(vec![a]);
         }
         match tokio::time::timeout(RESOLVE_TIMEOUT, (self.0)(text.to_string())).await {
-            Ok(Ok(addrs)) => {
-                pick_addr(addrs, v4).ok_or_else(|| format!("{text} resolves to no address"))
-            }
+            Ok(Ok(addrs)) if addrs.is_empty() => Err(format!("{text} resolves to no address")),
+            Ok(Ok(addrs)) => Ok(addrs),
             Ok(Err(e)) => Err(format!("cannot resolve {text}: {e}")),
             Err(_) => Err(format!(
                 "cannot resolve {text}: no answer within {RESOLVE_TIMEOUT:?}"

@@ -19,10 +19,11 @@ use std::net::SocketAddr;
 pub struct NodeAddr(String);
 
 impl NodeAddr {
-    /// `text` if it is a valid `HOST:PORT`; why not otherwise.
+    /// `text` if it is a valid `HOST:PORT`; why not otherwise. Kept in
+    /// lower case (DNS names are case-insensitive: one node, one entry).
     pub fn parse(text: &str) -> Result<NodeAddr, String> {
         crate::raft::check_addr(text)?;
-        Ok(NodeAddr(text.to_string()))
+        Ok(NodeAddr(text.to_ascii_lowercase()))
     }
 
     /// The text, as given.
@@ -87,6 +88,10 @@ mod tests {
         let a = NodeAddr::parse("ha-kv-0.ha-kv.default.svc:7000").unwrap();
         assert_eq!((a.host(), a.port()), ("ha-kv-0.ha-kv.default.svc", 7000));
         assert_eq!(a.socket_addr(), None);
+        assert_eq!(
+            NodeAddr::parse("DB-1.Example:7").unwrap(),
+            NodeAddr::parse("db-1.example:7").unwrap()
+        );
         let a = NodeAddr::parse("[::1]:9").unwrap();
         assert_eq!((a.host(), a.port()), ("::1", 9));
         assert_eq!(a.socket_addr(), Some("[::1]:9".parse().unwrap()));

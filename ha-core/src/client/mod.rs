@@ -118,6 +118,11 @@ pub trait ClientTransport: Send + Sync + 'static {
     fn request(&self, addr: NodeAddr, req: ClientRequest) -> RequestFuture<'_>;
 }
 
+/// Addresses a client keeps besides the ones it was given: learned from
+/// redirects and member lists (a cluster of more members is still
+/// reached through the ones given and redirects).
+pub const MAX_LEARNED_ADDRS: usize = 16;
+
 /// The client's side of its session. `id` is `None` until a session is
 /// registered, and again after the cluster reported it expired; the next
 /// command then registers a new one.

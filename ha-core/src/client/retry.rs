@@ -138,8 +138,23 @@ impl<T: Replicated> Client<T> {
         let addr = self.target();
         let fut = self.inner.transport.request(addr.clone(), req);
         match tokio::time::timeout(self.opts.attempt_timeout, fut).await {
-            Ok(r) => (addr, r),
+            Ok(r) => {
+                if matches!(r, Err(RequestError::NotSent(_))) {
+                    self.unlearn(&addr);
+                }
+                (addr, r)
+            }
             Err(_) => (addr, Err(RequestError::Lost("no response in time".into()))),
+        }
+    }
+
+    /// A learned address that could not be reached is let go of (the
+    /// ones the client was given stay).
+    fn unlearn(&self, addr: &NodeAddr) {
+        let seeds = self.inner.seeds;
+        let mut addrs = self.inner.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = addrs.iter().skip(seeds).position(|a| a == addr) {
+            addrs.remove(seeds + i);
         }
     }
 
@@ -159,8 +174,8 @@ impl<T: Replicated> Client<T> {
     /// Adds `found` to the nodes tried in turn (`replace`: the learned ones
     /// become exactly `found`, as a configuration lists them), so a client
     /// follows a cluster whose members were replaced. The addresses it was
-    /// given stay; at most [`MAX_MEMBERS`](crate::raft::MAX_MEMBERS)
-    /// learned ones are kept (the oldest go first).
+    /// given stay; at most [`MAX_LEARNED_ADDRS`] learned ones are kept
+    /// (the oldest go first), and one that cannot be reached is let go of.
     pub(super) fn learn(&self, found: &[NodeAddr], replace: bool) {
         let seeds = self.inner.seeds;
         let mut addrs = self.inner.addrs.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,7 +187,7 @@ impl<T: Replicated> Client<T> {
                 addrs.push(a.clone());
             }
         }
-        let extra = addrs.len().saturating_sub(seeds + crate::raft::MAX_MEMBERS);
+        let extra = addrs.len().saturating_sub(seeds + MAX_LEARNED_ADDRS);
         addrs.drain(seeds..seeds + extra);
     }
 

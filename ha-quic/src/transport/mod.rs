@@ -426,10 +426,18 @@ impl QuicTransport {
             if !current(&self) {
                 return;
             }
-            let resolved = tokio::select! {
+            let found = tokio::select! {
                 _ = closed.wait_for(|c| *c) => return,
-                r = self.shared.resolver.resolve(&text, v4) => r,
+                r = self.shared.resolver.lookup(&text) => r,
             };
+            // The address it is at stays while the name still lists it (a
+            // name with several records, answered in rotation, does not
+            // move the peer back and forth); else the rule's pick.
+            let before = self.shared.peers.addr(id);
+            let resolved = found.and_then(|all| match before {
+                Some(b) if all.contains(&b) => Ok(b),
+                _ => pick_addr(all, v4).ok_or_else(|| format!("{text} resolves to no address")),
+            });
             let pause = {
                 // Checked and taken under the lock `set_peer_addr` and
                 // `forget_peer` change the entry under.
@@ -439,14 +447,14 @@ impl QuicTransport {
                 }
                 match resolved {
                     Ok(a) => {
-                        let before = self.shared.peers.addr(id);
-                        if before != Some(a) {
-                            if before.is_some() {
-                                bump(&self.shared.stats.peers_moved);
-                                tracing::info!(node = %self.shared.id, peer = %id, name = %text, from = ?before, to = %a, "a member's name resolves to a new address: following it");
-                            }
-                            self.add_peer(id, a);
+                        if before.is_some() && before != Some(a) {
+                            bump(&self.shared.stats.peers_moved);
+                            tracing::info!(node = %self.shared.id, peer = %id, name = %text, from = ?before, to = %a, "a member's name resolves to a new address: following it");
                         }
+                        // Always: a no-op at the same address, except that
+                        // a peer learned from its connection becomes a
+                        // configured one.
+                        self.add_peer(id, a);
                         backoff = Duration::from_millis(200);
                         None
                     }
@@ -476,10 +484,12 @@ impl QuicTransport {
                         _ = tokio::time::sleep(RERESOLVE_INTERVAL) => {}
                     }
                 }
+                // Not resolved: the backoff holds, whatever fails to
+                // connect meanwhile (a replaced entry's task ends after
+                // it, at the check above).
                 Some(b) => {
                     tokio::select! {
                         _ = closed.wait_for(|c| *c) => return,
-                        _ = wake.notified() => {}
                         _ = tokio::time::sleep(b) => {}
                     }
                 }

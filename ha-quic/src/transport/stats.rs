@@ -12,8 +12,9 @@ pub struct TransportStats {
     pub peers_learned: AtomicU64,
     /// Member addresses (DNS names) that could not be resolved.
     pub resolve_failures: AtomicU64,
-    /// Times a member's DNS name, resolved again after its connections
-    /// failed, named a new address that the endpoint then followed.
+    /// Times a member's DNS name, resolved again (after its connections
+    /// failed, it dialed in from another IP, or at the periodic lookup),
+    /// named a new address that the endpoint then followed.
     pub peers_moved: AtomicU64,
     /// Messages dropped because a send queue was full.
     pub dropped_full: AtomicU64,
