@@ -26,7 +26,7 @@ impl NodeAddr {
         Ok(NodeAddr(text.to_ascii_lowercase()))
     }
 
-    /// The text, as given.
+    /// The text (lower-cased).
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -138,23 +138,8 @@ impl<T: Replicated> Client<T> {
         let addr = self.target();
         let fut = self.inner.transport.request(addr.clone(), req);
         match tokio::time::timeout(self.opts.attempt_timeout, fut).await {
-            Ok(r) => {
-                if matches!(r, Err(RequestError::NotSent(_))) {
-                    self.unlearn(&addr);
-                }
-                (addr, r)
-            }
+            Ok(r) => (addr, r),
             Err(_) => (addr, Err(RequestError::Lost("no response in time".into()))),
-        }
-    }
-
-    /// A learned address that could not be reached is let go of (the
-    /// ones the client was given stay).
-    fn unlearn(&self, addr: &NodeAddr) {
-        let seeds = self.inner.seeds;
-        let mut addrs = self.inner.addrs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = addrs.iter().skip(seeds).position(|a| a == addr) {
-            addrs.remove(seeds + i);
         }
     }
 
@@ -175,7 +160,9 @@ impl<T: Replicated> Client<T> {
     /// become exactly `found`, as a configuration lists them), so a client
     /// follows a cluster whose members were replaced. The addresses it was
     /// given stay; at most [`MAX_LEARNED_ADDRS`] learned ones are kept
-    /// (the oldest go first), and one that cannot be reached is let go of.
+    /// (the oldest go first). One that cannot be reached for a while is
+    /// kept (a blip must not leave the client with only dead seeds): the
+    /// next member list replaces them.
     pub(super) fn learn(&self, found: &[NodeAddr], replace: bool) {
         let seeds = self.inner.seeds;
         let mut addrs = self.inner.addrs.lock().unwrap_or_else(|e| e.into_inner());

@@ -125,6 +125,10 @@ fn start<V: Vfs>(
     if let Some(why) = storage_repairing.as_deref() {
         tracing::warn!(node = %id, "storage was damaged and is repairing from the peers; this node does not vote until it is whole: {why}");
     }
+    let conf = raft.membership();
+    if !conf.is_empty() && !conf.is_voter(id) {
+        tracing::warn!(node = %id, "this node is not a voter of its latest configuration (a learner, or removed by a change whose commit it has not seen): it will not campaign");
+    }
     let task = NodeTask {
         raft,
         storage,

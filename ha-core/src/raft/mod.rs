@@ -139,9 +139,14 @@ pub struct InitialState {
     /// started in no configuration). Its storage may be a wiped voter's
     /// started again under the same id, which forgot the votes it gave
     /// before: restarted with a configuration, it votes only in terms
-    /// above its stored term (which is at least the term it took its first
-    /// configuration on), as it did before the restart (see
-    /// `settle_newcomer`). So the newcomer rule survives restarts.
+    /// above its stored term, as it did before the restart (see
+    /// `settle_newcomer`). So the newcomer rule survives restarts. The
+    /// stored term is at least the term it took its first configuration
+    /// on: a leader's first message to a newcomer is a probe, refused only
+    /// once the new term is durable, and the entries come in a later
+    /// write. (Within one write the entries are stored before the hard
+    /// state; a write that a crash cut between the two would keep the
+    /// entry without the term, so this relies on that probe.)
     pub joined: bool,
 }
 
@@ -464,7 +469,7 @@ impl Raft {
         if let Some(r) = &self.repair
             && r.done
         {
-            self.vote_floor = r.floor.max(self.term);
+            self.vote_floor = self.vote_floor.max(r.floor).max(self.term);
             self.repair = None;
         }
     }

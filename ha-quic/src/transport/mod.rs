@@ -422,6 +422,9 @@ impl QuicTransport {
                 .is_some_and(|n| Arc::ptr_eq(&n.wake, &wake))
         };
         let mut backoff = Duration::from_millis(200);
+        // This lookup was prompted by failing connections (or a dial from
+        // another IP), not by the periodic refresh.
+        let mut prompted = false;
         loop {
             if !current(&self) {
                 return;
@@ -430,13 +433,23 @@ impl QuicTransport {
                 _ = closed.wait_for(|c| *c) => return,
                 r = self.shared.resolver.lookup(&text) => r,
             };
-            // The address it is at stays while the name still lists it (a
-            // name with several records, answered in rotation, does not
-            // move the peer back and forth); else the rule's pick.
+            // At a periodic lookup the address in use stays while the name
+            // still lists it (a name with several records, answered in
+            // rotation, does not move the peer back and forth); after
+            // failures another listed address is preferred (a host with a
+            // dead interface). Else the rule's pick.
             let before = self.shared.peers.addr(id);
-            let resolved = found.and_then(|all| match before {
-                Some(b) if all.contains(&b) => Ok(b),
-                _ => pick_addr(all, v4).ok_or_else(|| format!("{text} resolves to no address")),
+            let resolved = found.and_then(|all| {
+                let others: Vec<SocketAddr> =
+                    all.iter().copied().filter(|a| Some(*a) != before).collect();
+                let kept = before.filter(|b| all.contains(b) && (!prompted || others.is_empty()));
+                let pool = if prompted && !others.is_empty() {
+                    others
+                } else {
+                    all
+                };
+                kept.or_else(|| pick_addr(pool, v4))
+                    .ok_or_else(|| format!("{text} resolves to no address"))
             });
             let pause = {
                 // Checked and taken under the lock `set_peer_addr` and
@@ -474,11 +487,11 @@ impl QuicTransport {
                 // (or the entry is replaced), not more than once a second,
                 // and every `REFRESH_INTERVAL` anyway.
                 None => {
-                    tokio::select! {
+                    prompted = tokio::select! {
                         _ = closed.wait_for(|c| *c) => return,
-                        _ = wake.notified() => {}
-                        _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
-                    }
+                        _ = wake.notified() => true,
+                        _ = tokio::time::sleep(REFRESH_INTERVAL) => false,
+                    };
                     tokio::select! {
                         _ = closed.wait_for(|c| *c) => return,
                         _ = tokio::time::sleep(RERESOLVE_INTERVAL) => {}

@@ -53,6 +53,7 @@ pub(super) async fn peer_sender(
         }
     };
     let mut failures_logged = false;
+    let mut last_refusal: Option<String> = None;
     loop {
         // Connect lazily: only once there is something to send.
         let Some(first) = rx.recv().await else { return };
@@ -72,6 +73,7 @@ pub(super) async fn peer_sender(
         let mut stream = match conn.open_uni().await {
             Ok(s) => s,
             Err(_) => {
+                note_refusal(&shared, peer, class, &conn, &mut last_refusal);
                 back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
                 continue;
             }
@@ -93,6 +95,7 @@ pub(super) async fn peer_sender(
         }
         let n = u64::from(encode_message(&shared, class, &first, &mut buf));
         if stream.write_all(&buf).await.is_err() {
+            note_refusal(&shared, peer, class, &conn, &mut last_refusal);
             back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
             continue;
         }
@@ -108,6 +111,7 @@ pub(super) async fn peer_sender(
             return;
         }
         set_connected(None);
+        note_refusal(&shared, peer, class, &conn, &mut last_refusal);
         // A connection that lasted is a recovered peer: start over from the
         // shortest wait. One that broke at once (a peer that accepts and
         // then closes) is a failure like any other, so a broken peer costs
@@ -117,6 +121,31 @@ pub(super) async fn peer_sender(
         } else {
             back_off(&shared, peer, class, &mut backoff, &mut rng, &mut rx).await;
         }
+    }
+}
+
+/// Logs why `peer` closed `conn`, if it closed it on purpose (it refused
+/// this node, say as removed from the configuration), once per reason in
+/// a row: an operator sees why a node is shut out, and a peer that keeps
+/// refusing does not flood the log.
+fn note_refusal(
+    shared: &Shared,
+    peer: NodeId,
+    class: StreamClass,
+    conn: &quinn::Connection,
+    last: &mut Option<String>,
+) {
+    let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() else {
+        return;
+    };
+    // From the network: shown lossily, and at most 200 bytes of it.
+    let why: String = String::from_utf8_lossy(&c.reason)
+        .chars()
+        .take(200)
+        .collect();
+    if last.as_deref() != Some(why.as_str()) {
+        tracing::warn!(node = %shared.id, %peer, ?class, "peer closed the connection: {why}");
+        *last = Some(why);
     }
 }
 
