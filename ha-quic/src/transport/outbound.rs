@@ -138,9 +138,11 @@ fn note_refusal(
     let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() else {
         return;
     };
-    // From the network: shown lossily, and at most 200 bytes of it.
+    // From the network: shown lossily, without control characters, and
+    // at most 200 characters of it.
     let why: String = String::from_utf8_lossy(&c.reason)
         .chars()
+        .filter(|c| !c.is_control())
         .take(200)
         .collect();
     if last.as_deref() != Some(why.as_str()) {
