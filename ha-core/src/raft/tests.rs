@@ -702,24 +702,27 @@ fn a_change_past_the_member_limit_is_refused_and_appends_nothing() {
     assert_eq!(r.last_index(), last.next());
 }
 
+/// A vote request from node 3 in `term` with a long log, marked as a
+/// transfer's (the leader lease would hold off others).
+fn transfer_vote(term: u64) -> Message {
+    msg(
+        3,
+        term,
+        Body::Vote {
+            last_index: LogIndex(9),
+            last_term: Term(term),
+            transfer: true,
+        },
+    )
+}
+
 /// A node started in no configuration (it waits to be added; its storage
 /// may be a wiped voter's under the same id) grants no vote until it has a
 /// configuration, and then only in terms above the one it took it on in.
 #[test]
 fn a_newcomer_votes_only_in_terms_after_it_learned_a_configuration() {
     let mut r = Raft::new(Config::new(NodeId(1)), InitialState::default()).unwrap();
-    // (Marked as a transfer's: the leader lease would hold off others.)
-    let vote = |term| {
-        msg(
-            3,
-            term,
-            Body::Vote {
-                last_index: LogIndex(9),
-                last_term: Term(term),
-                transfer: true,
-            },
-        )
-    };
+    let vote = transfer_vote;
     r.step(vote(2)).unwrap();
     assert_eq!(
         vote_granted(&drain(&mut r)),
@@ -762,17 +765,7 @@ fn a_newcomer_votes_only_in_terms_after_it_learned_a_configuration() {
 /// a node that did not join votes in its stored term as usual.
 #[test]
 fn a_joined_node_restarted_votes_only_above_its_stored_term() {
-    let vote = |term| {
-        msg(
-            3,
-            term,
-            Body::Vote {
-                last_index: LogIndex(9),
-                last_term: Term(term),
-                transfer: true,
-            },
-        )
-    };
+    let vote = transfer_vote;
     let init = |joined| InitialState {
         hard_state: HardState {
             term: Term(3),
