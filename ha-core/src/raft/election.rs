@@ -5,12 +5,22 @@
 use super::*;
 
 impl Raft {
+    /// A voter of its latest configuration campaigns; so does one whose
+    /// latest configuration drops it but is not known committed, while
+    /// the configuration at its commit index names it as a voter: the
+    /// change may never commit, and its log may be the one a quorum needs
+    /// (the only up-to-date log, held by a node that would never stand,
+    /// stalls the cluster). Elected, it leads a configuration without
+    /// itself: it takes no proposals and hands over once that commits
+    /// (dissertation §4.2.2; see `reconfig`).
     pub(super) fn can_campaign(&self) -> bool {
+        let me = self.config.id;
+        let (at, conf) = self.log.conf();
+        let voter = conf.is_voter(me)
+            || (at > self.log.committed && self.log.conf_at(self.log.committed).1.is_voter(me));
         // At the last term a node accepts, campaigning would create a term
         // every peer refuses (and this node could not restart from).
-        self.log.conf().1.is_voter(self.config.id)
-            && self.term.0 < crate::types::MAX_TERM
-            && self.repair.is_none()
+        voter && self.term.0 < crate::types::MAX_TERM && self.repair.is_none()
     }
 
     pub(super) fn in_leader_lease(&self) -> bool {

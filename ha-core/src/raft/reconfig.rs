@@ -16,9 +16,12 @@
 //!    term committed (so the latest configuration it holds is the latest
 //!    any leader of an earlier term could have committed).
 //! 2. A promoted learner was caught up: its acknowledged log is within
-//!    [`CATCH_UP_ENTRIES`] of the leader's, it answered within the last
-//!    election timeout (the longest), and it is not waiting for a
-//!    snapshot.
+//!    [`CATCH_UP_ENTRIES`] of the leader's and holds the configuration in
+//!    force (which names it), it answered within the last election
+//!    timeout (the longest), and it is not waiting for a snapshot. (A
+//!    learner that joined holds no configuration until it has that entry,
+//!    and grants no vote without one: promoted before, it could be a voter
+//!    whose vote a quorum needs and that refuses every candidate.)
 //! 3. A leader that is not a voter of its latest configuration takes no
 //!    proposals (so its successor can catch up with a log that no longer
 //!    grows); once that configuration commits it hands leadership to the
@@ -171,7 +174,11 @@ impl Raft {
                     return Err(ConfChangeError::NotALearner(n));
                 }
                 let lag = self.lag_of(n);
-                if lag.is_none_or(|lag| lag > CATCH_UP_ENTRIES) {
+                let holds_conf = l
+                    .progress
+                    .get(&n)
+                    .is_some_and(|p| p.match_index >= conf_index);
+                if lag.is_none_or(|lag| lag > CATCH_UP_ENTRIES) || !holds_conf {
                     return Err(ConfChangeError::NotCaughtUp { id: n, lag });
                 }
                 next.learners.remove(&n);
