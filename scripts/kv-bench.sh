@@ -3,7 +3,7 @@
 # loopback (certificates, data directories and ports of its own, removed
 # afterwards). Prints the bench's JSON summary line.
 #
-#   scripts/kv-bench.sh BIN CLIENTS OPS [VALUE_BYTES] [KEYS]
+#   scripts/kv-bench.sh BIN CLIENTS OPS [VALUE_BYTES] [KEYS] [READ_RATIO]
 #
 # To compare two builds, alternate them over several runs and take medians,
 # e.g. for r in 1 2 3 4 5; do for b in old/ha-kv new/ha-kv; do
@@ -14,6 +14,7 @@ CLIENTS=$2
 OPS=$3
 VALUE=${4:-128}
 KEYS=${5:-10000}
+READ=${6:-0}
 D=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"' EXIT
 "$BIN" certs --dir "$D/tls" --nodes 1,2,3 >/dev/null 2>&1
@@ -37,4 +38,5 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "$BIN" bench --clients "$CLIENTS" --ops "$OPS" --value-size "$VALUE" --keys "$KEYS" \
+  --read-ratio "$READ" \
   "${C[@]}" 2>/dev/null | tail -1
