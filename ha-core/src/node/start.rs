@@ -109,6 +109,7 @@ fn start<V: Vfs>(
         ..init
     };
     check_options(&opts)?;
+    let stored_term_vote = (init.hard_state.term, init.hard_state.vote);
     let raft = Raft::new(opts.raft.clone(), init).map_err(StartNodeError::Core)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(opts.command_queue.max(1));
     let (in_tx, in_rx) = super::Inbox::channel(opts.inbound_queue, opts.inbound_queue_bytes);
@@ -157,6 +158,8 @@ fn start<V: Vfs>(
         repair_found: storage_repairing,
         dropping_repair_mark: false,
         mark_in_ready: false,
+        stored_term_vote,
+        unwritten_hard_state: None,
         refused_messages: 0,
         transfer_waits: Vec::new(),
         conf_waits: Vec::new(),

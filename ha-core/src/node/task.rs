@@ -110,6 +110,13 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) dropping_repair_mark: bool,
     /// That request is the write of the Ready in flight.
     pub(super) mark_in_ready: bool,
+    /// The term and vote of the hard state last handed to storage (at
+    /// start: as stored). A Ready that changes nothing but the commit
+    /// index is not written on its own (see `persist_in_flight`).
+    pub(super) stored_term_vote: (crate::types::Term, Option<crate::types::NodeId>),
+    /// The newest such hard state not written yet: the next write carries
+    /// it.
+    pub(super) unwritten_hard_state: Option<crate::types::HardState>,
     /// Peer messages the core refused (malformed, or naming a snapshot
     /// that never arrived): logged sampled, since a peer can send many.
     pub(super) refused_messages: u64,

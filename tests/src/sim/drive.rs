@@ -364,11 +364,29 @@ impl Sim {
         {
             return Ok(false);
         }
-        if let Err(e) =
+        // As the node task does: a Ready that moves only the commit index
+        // is not written (the commit index is volatile; see the node's
+        // `persist_in_flight`).
+        let stored = self.nodes[k].promise.hard_state;
+        let commit_only = f.write.entries.is_empty()
+            && f.write.install.is_none()
+            && f.write
+                .hard_state
+                .is_some_and(|hs| (hs.term, hs.vote) == (stored.term, stored.vote));
+        let hard_state = if commit_only {
+            self.nodes[k].unwritten_hs = f.write.hard_state;
+            None
+        } else {
+            f.write.hard_state.or(self.nodes[k].unwritten_hs.take())
+        };
+        let written = if commit_only {
+            Ok(())
+        } else {
             self.nodes[k]
                 .store
-                .persist(&f.write.entries, f.write.hard_state, f.torn, f.eio)
-        {
+                .persist(&f.write.entries, hard_state, f.torn, f.eio)
+        };
+        if let Err(e) = written {
             // The write failed: nothing that depends on it may leave the
             // node. It stops, and restarts later from what its disk kept
             // (after an I/O error from fsync, without a power loss: the
@@ -397,7 +415,7 @@ impl Sim {
         node.promise = node.promise.after(
             f.write.install.map(|i| (i.index, i.term, i.keep_suffix)),
             &f.write.entries,
-            f.write.hard_state,
+            hard_state,
         );
         self.checker
             .on_persist(id, f.first_prev_term, &f.write.entries)?;

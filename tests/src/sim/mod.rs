@@ -178,6 +178,7 @@ impl Sim {
                 saving: None,
                 checked_commit: LogIndex(0),
                 promise: Promise::default(),
+                unwritten_hs: None,
                 unsure: None,
             });
             sim.boot(k).expect("an empty store opens");

@@ -349,6 +349,9 @@ pub(super) struct SimNode {
     pub(super) saving: Option<(u64, SimSnapshot)>,
     /// What the log store said is durable (see [`Promise`]).
     pub(super) promise: Promise,
+    /// A hard state that moved only the commit index, not written yet:
+    /// the next write carries it (as the node task does).
+    pub(super) unwritten_hs: Option<ha_core::types::HardState>,
     /// A write that failed after the promise, which a restart may find.
     pub(super) unsure: Option<Unsure>,
     /// The Ready whose persistence is under way, and the tick it completes.
@@ -379,6 +382,7 @@ impl SimNode {
             stored.entries.get(k as usize).map(|e| e.term)
         };
         let unsure = self.unsure.take();
+        self.unwritten_hs = None;
         self.promise = Promise {
             hard_state: stored.hard_state,
             last: found_last,
