@@ -161,19 +161,17 @@ impl<V: Vfs> NodeTask<V> {
             hard_state,
         } = f.write.take().unwrap_or_default();
         let nothing_to_write = entries.is_empty() && hard_state.is_none() && install.is_none();
-        // Only the commit index moved: not written (nor synced) on its own.
-        // The commit index is volatile in Raft (dissertation Figure 3.1):
-        // a node restarted with an older one learns it again from the
-        // leader, and a snapshot's index raises it at recovery. The next
-        // write carries it, so entries appended after a commit are never
-        // durable without it (a leader's next configuration change is
-        // never stored above an older one's stale commit). A term or a
-        // vote is always written, and durable before anything that
-        // depends on it is sent. (Half the fsyncs of a lightly loaded node
-        // were these.)
-        let commit_only = entries.is_empty()
-            && install.is_none()
-            && hard_state.is_some_and(|hs| (hs.term, hs.vote) == self.stored_term_vote);
+        // Only the commit index moved: not written (nor synced) on its own
+        // (see `Write::hard_state_may_wait`; half the fsyncs of a lightly
+        // loaded node were these).
+        let commit_only = Write {
+            install: None,
+            entries: Vec::new(),
+            hard_state,
+        }
+        .hard_state_may_wait(&self.raft, self.stored_hard_state)
+            && entries.is_empty()
+            && install.is_none();
         match &mut self.storage {
             Backend::Memory(m) => {
                 if let Some(i) = install {
@@ -203,8 +201,8 @@ impl<V: Vfs> NodeTask<V> {
                 // A newer hard state supersedes the unwritten one.
                 let unwritten = self.unwritten_hard_state.take();
                 let hard_state = hard_state.or(unwritten);
-                if let Some(hs) = &hard_state {
-                    self.stored_term_vote = (hs.term, hs.vote);
+                if let Some(hs) = hard_state {
+                    self.stored_hard_state = hs;
                 }
                 if finish_repair {
                     self.dropping_repair_mark = true;

@@ -88,6 +88,28 @@ impl Write {
     pub fn is_empty(&self) -> bool {
         self.install.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
+
+    /// Whether this write may wait for the next one, given `stored`, the
+    /// hard state last handed to storage: it moves only the commit index
+    /// (no entries, no snapshot, the same term and vote), and the commit
+    /// passes no configuration entry above the stored commit.
+    ///
+    /// The commit index is volatile in Raft (dissertation Figure 3.1): a
+    /// node restarted with an older one learns it again from the leader,
+    /// and a snapshot raises it at recovery; the next write carries the
+    /// waiting hard state, so entries appended after a commit are never
+    /// durable without it. A committed configuration is the exception: a
+    /// node removed by it, restarted with a commit below it, would take
+    /// the change for uncommitted and campaign again with no leader left
+    /// to tell it otherwise. A term or a vote is always written.
+    pub fn hard_state_may_wait(&self, raft: &Raft, stored: HardState) -> bool {
+        self.entries.is_empty()
+            && self.install.is_none()
+            && self.hard_state.is_some_and(|hs| {
+                (hs.term, hs.vote) == (stored.term, stored.vote)
+                    && raft.membership_index_at(hs.commit) <= stored.commit
+            })
+    }
 }
 
 /// The part of a `Ready` that waits for its write.
@@ -316,5 +338,65 @@ impl<P, R> Pipeline<P, R> {
         for (_, read) in self.confirmed.drain(..) {
             io.fail_read(read, error.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Config, InitialState, Membership};
+    use crate::types::EntryPayload;
+
+    /// A write that moves only the commit index waits, unless the commit
+    /// passes a configuration entry above the stored commit (a removed
+    /// node restarted below its removal would campaign again), or the term
+    /// or vote changed, or it carries anything else.
+    #[test]
+    fn only_a_commit_that_passes_no_configuration_waits() {
+        let voters = Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        let entry = |index, payload| Entry {
+            index: LogIndex(index),
+            term: Term(1),
+            payload,
+        };
+        let init = InitialState {
+            membership: voters.clone(),
+            entries: vec![
+                entry(1, EntryPayload::Blank),
+                entry(
+                    2,
+                    EntryPayload::Membership(Membership::new_voters([NodeId(1), NodeId(2)])),
+                ),
+                entry(3, EntryPayload::Blank),
+            ],
+            ..InitialState::default()
+        };
+        let raft = Raft::new(Config::new(NodeId(3)), init).unwrap();
+        let hs = |commit| HardState {
+            term: Term(1),
+            vote: None,
+            commit: LogIndex(commit),
+        };
+        let commit_to = |commit| Write {
+            hard_state: Some(hs(commit)),
+            ..Write::default()
+        };
+        // Within the entries before the configuration, or after it: waits.
+        assert!(commit_to(1).hard_state_may_wait(&raft, hs(0)));
+        assert!(commit_to(3).hard_state_may_wait(&raft, hs(2)));
+        // Passing the configuration at 2: written.
+        assert!(!commit_to(2).hard_state_may_wait(&raft, hs(1)));
+        assert!(!commit_to(3).hard_state_may_wait(&raft, hs(0)));
+        // Another term or vote, or anything else in the write: written.
+        let mut voted = hs(0);
+        voted.vote = Some(NodeId(1));
+        assert!(!commit_to(1).hard_state_may_wait(&raft, voted));
+        let with_entry = Write {
+            entries: vec![entry(4, EntryPayload::Blank)],
+            hard_state: Some(hs(1)),
+            ..Write::default()
+        };
+        assert!(!with_entry.hard_state_may_wait(&raft, hs(0)));
+        assert!(!Write::default().hard_state_may_wait(&raft, hs(0)));
     }
 }

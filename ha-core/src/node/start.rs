@@ -109,7 +109,7 @@ fn start<V: Vfs>(
         ..init
     };
     check_options(&opts)?;
-    let stored_term_vote = (init.hard_state.term, init.hard_state.vote);
+    let stored_hard_state = init.hard_state;
     let raft = Raft::new(opts.raft.clone(), init).map_err(StartNodeError::Core)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(opts.command_queue.max(1));
     let (in_tx, in_rx) = super::Inbox::channel(opts.inbound_queue, opts.inbound_queue_bytes);
@@ -128,7 +128,7 @@ fn start<V: Vfs>(
     }
     let conf = raft.membership();
     if !conf.is_empty() && !conf.is_voter(id) {
-        tracing::warn!(node = %id, "this node is not a voter of its latest configuration (a learner, or removed by a change whose commit it has not seen): it will not campaign");
+        tracing::warn!(node = %id, "this node is not a voter of its latest configuration (a learner, or removed by a change whose commit it has not seen): it campaigns only while the configuration at its commit index names it a voter");
     }
     let task = NodeTask {
         raft,
@@ -158,7 +158,7 @@ fn start<V: Vfs>(
         repair_found: storage_repairing,
         dropping_repair_mark: false,
         mark_in_ready: false,
-        stored_term_vote,
+        stored_hard_state,
         unwritten_hard_state: None,
         refused_messages: 0,
         transfer_waits: Vec::new(),

@@ -110,10 +110,10 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) dropping_repair_mark: bool,
     /// That request is the write of the Ready in flight.
     pub(super) mark_in_ready: bool,
-    /// The term and vote of the hard state last handed to storage (at
-    /// start: as stored). A Ready that changes nothing but the commit
-    /// index is not written on its own (see `persist_in_flight`).
-    pub(super) stored_term_vote: (crate::types::Term, Option<crate::types::NodeId>),
+    /// The hard state last handed to storage (at start: as stored). A
+    /// Ready that changes nothing but the commit index may wait for the
+    /// next write ([`Write::hard_state_may_wait`](super::Write::hard_state_may_wait)).
+    pub(super) stored_hard_state: crate::types::HardState,
     /// The newest such hard state not written yet: the next write carries
     /// it.
     pub(super) unwritten_hard_state: Option<crate::types::HardState>,
@@ -298,13 +298,18 @@ impl<V: Vfs> NodeTask<V> {
             return Ok(());
         }
         let tx = self.event_sender();
+        // It carries a hard state that waits, if any.
+        let hard_state = self.unwritten_hard_state.take();
+        if let Some(hs) = hard_state {
+            self.stored_hard_state = hs;
+        }
         match &mut self.storage {
             Backend::Group(g) => {
                 self.dropping_repair_mark = true;
                 g.submit(WriteRequest {
                     finish_repair: true,
                     entries: Vec::new(),
-                    hard_state: None,
+                    hard_state,
                     compact: None,
                     install: None,
                     done: Box::new(move |r| {

@@ -21,8 +21,8 @@ impl Raft {
 
     /// Starts an election now, as if the election timer had fired (with
     /// PreVote on: a pre-vote round first). Does nothing on a leader, or on
-    /// a node that may not campaign (a learner, a repairing node, one at
-    /// the last term). For drivers that decide when to campaign (a
+    /// a node that may not campaign (a learner, a node removed by a
+    /// committed change, a repairing node, one at the last term). For drivers that decide when to campaign (a
     /// leadership transfer's target; scenario tests).
     pub fn campaign_now(&mut self) {
         if !self.is_leader() && self.can_campaign() {

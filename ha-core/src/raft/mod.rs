@@ -558,6 +558,12 @@ impl Raft {
         self.log.conf().0
     }
 
+    /// Index of the entry holding the configuration in force at `index`
+    /// (the last snapshot's index when no entry up to `index` holds one).
+    pub fn membership_index_at(&self, index: LogIndex) -> LogIndex {
+        self.log.conf_at(index).0
+    }
+
     /// The configuration in force at `index` (at or after the last
     /// snapshot): what a snapshot of the state up to `index` records.
     pub fn membership_at(&self, index: LogIndex) -> &Membership {

@@ -25,8 +25,10 @@
 //! 3. A leader that is not a voter of its latest configuration takes no
 //!    proposals (so its successor can catch up with a log that no longer
 //!    grows); once that configuration commits it hands leadership to the
-//!    most up-to-date voter, or steps down, and never campaigns again (only
-//!    voters campaign).
+//!    most up-to-date voter, or steps down, and never campaigns again
+//!    (only voters campaign, and a node whose latest configuration drops
+//!    it only while that change is not known committed and the
+//!    configuration at its commit index names it; see `can_campaign`).
 //! 4. A node dropped from the configuration keeps receiving the leader's
 //!    appends and heartbeats until it has acknowledged the entry that
 //!    dropped it and was sent a commit index past it, or has not answered
@@ -311,8 +313,9 @@ impl Raft {
     /// that added it again, so nothing stops on it. A node that never saw
     /// itself named (waiting to be added, or started from a snapshot taken
     /// after its removal) is not "removed": it waits. Either way it never
-    /// campaigns (only voters do). Never true of a leader (it steps down
-    /// first).
+    /// campaigns (only voters do, and a node dropped by a change not known
+    /// committed: see `can_campaign`). Never true of a leader (it steps
+    /// down first).
     pub fn is_removed(&self) -> bool {
         let me = self.config.id;
         if matches!(self.role, Role::Leader(_)) {

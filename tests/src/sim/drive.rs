@@ -368,11 +368,10 @@ impl Sim {
         // is not written (the commit index is volatile; see the node's
         // `persist_in_flight`).
         let stored = self.nodes[k].promise.hard_state;
-        let commit_only = f.write.entries.is_empty()
-            && f.write.install.is_none()
-            && f.write
-                .hard_state
-                .is_some_and(|hs| (hs.term, hs.vote) == (stored.term, stored.vote));
+        let commit_only = self.nodes[k]
+            .raft
+            .as_ref()
+            .is_some_and(|r| f.write.hard_state_may_wait(r, stored));
         let hard_state = if commit_only {
             self.nodes[k].unwritten_hs = f.write.hard_state;
             None
