@@ -37,6 +37,9 @@ pub(super) struct InFlight {
     pub(super) install_state: Option<Vec<u8>>,
     /// What to persist, held while the snapshot is promoted and read.
     pub(super) write: Option<Write>,
+    /// Something was written and synced for it (else `fsync_latency`
+    /// takes no sample).
+    pub(super) synced: bool,
 }
 
 /// The node task's side of the pipeline: the transport, the applier, the
@@ -120,6 +123,7 @@ impl<V: Vfs> NodeTask<V> {
             started: Instant::now(),
             install_state: None,
             write: Some(write),
+            synced: false,
         });
         if let Some(i) = install {
             // Raft accepted the received snapshot: only now does its file
@@ -208,6 +212,9 @@ impl<V: Vfs> NodeTask<V> {
                     self.dropping_repair_mark = true;
                     self.mark_in_ready = true;
                 }
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.synced = true;
+                }
                 g.submit(WriteRequest {
                     finish_repair,
                     entries,
@@ -231,7 +238,9 @@ impl<V: Vfs> NodeTask<V> {
             return Ok(());
         };
         let installed = self.pipeline.installing();
-        self.metrics.fsync_latency.observe(f.started.elapsed());
+        if f.synced || matches!(self.storage, Backend::Memory(_)) {
+            self.metrics.fsync_latency.observe(f.started.elapsed());
+        }
         let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
         self.pipeline
             .finish(&mut self.raft, &mut io, f.install_state.as_deref())

@@ -280,7 +280,9 @@ pub struct SoftState {
 ///    persistence; a leader's appends go out while its own write is in flight).
 /// 2. Persist [`hard_state`](Ready::hard_state) and
 ///    [`entries`](Ready::entries) durably (the first entry may replace a
-///    suffix of the stored log: truncate from its index).
+///    suffix of the stored log: truncate from its index). A hard state
+///    that moves only the commit index may wait for the next write (see
+///    `node::Write::hard_state_may_wait`).
 /// 3. Only then send [`persisted_messages`](Ready::persisted_messages) (votes
 ///    and acknowledgements that promise durable state).
 /// 4. Apply [`committed_entries`](Ready::committed_entries) in order; serve
