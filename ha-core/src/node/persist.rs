@@ -159,23 +159,19 @@ impl<V: Vfs> NodeTask<V> {
         let Some(f) = self.in_flight.as_mut() else {
             return Ok(());
         };
+        // Only the commit index moved: not written (nor synced) on its own
+        // (see `Write::hard_state_may_wait`; half the fsyncs of a lightly
+        // loaded node were these).
+        let commit_only = f
+            .write
+            .as_ref()
+            .is_some_and(|w| w.hard_state_may_wait(&self.raft, self.stored_hard_state));
         let Write {
             install,
             entries,
             hard_state,
         } = f.write.take().unwrap_or_default();
         let nothing_to_write = entries.is_empty() && hard_state.is_none() && install.is_none();
-        // Only the commit index moved: not written (nor synced) on its own
-        // (see `Write::hard_state_may_wait`; half the fsyncs of a lightly
-        // loaded node were these).
-        let commit_only = Write {
-            install: None,
-            entries: Vec::new(),
-            hard_state,
-        }
-        .hard_state_may_wait(&self.raft, self.stored_hard_state)
-            && entries.is_empty()
-            && install.is_none();
         match &mut self.storage {
             Backend::Memory(m) => {
                 if let Some(i) = install {

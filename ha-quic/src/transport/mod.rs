@@ -413,20 +413,16 @@ impl QuicTransport {
     async fn follow_name(self, id: NodeId, text: String, wake: Arc<tokio::sync::Notify>) {
         let v4 = self.endpoint.local_addr().map_or(true, |a| a.is_ipv4());
         let mut closed = self.shared.closed.subscribe();
-        let current = |t: &QuicTransport| {
-            t.shared
-                .named
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&id)
-                .is_some_and(|n| Arc::ptr_eq(&n.wake, &wake))
+        // Whether the entry this task follows still stands.
+        let ours = |named: &BTreeMap<NodeId, Named>| {
+            named.get(&id).is_some_and(|n| Arc::ptr_eq(&n.wake, &wake))
         };
         let mut backoff = Duration::from_millis(200);
         // This lookup was prompted by failing connections (or a dial from
         // another IP), not by the periodic refresh.
         let mut prompted = false;
         loop {
-            if !current(&self) {
+            if !ours(&self.shared.named.lock().unwrap_or_else(|e| e.into_inner())) {
                 return;
             }
             let found = tokio::select! {
@@ -455,7 +451,7 @@ impl QuicTransport {
                 // Checked and taken under the lock `set_peer_addr` and
                 // `forget_peer` change the entry under.
                 let named = self.shared.named.lock().unwrap_or_else(|e| e.into_inner());
-                if !named.get(&id).is_some_and(|n| Arc::ptr_eq(&n.wake, &wake)) {
+                if !ours(&named) {
                     return;
                 }
                 match resolved {
