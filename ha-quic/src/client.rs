@@ -132,8 +132,24 @@ impl QuicClient {
 pub struct QuicClientTransport {
     endpoint: quinn::Endpoint,
     resolver: Resolver,
-    conns: Mutex<HashMap<NodeAddr, quinn::Connection>>,
+    conns: Arc<Mutex<HashMap<NodeAddr, quinn::Connection>>>,
+    /// Handshakes under way, by node: a request waits for one at most
+    /// [`CONNECT_PATIENCE`], then it goes on in the background and the
+    /// next request to that node takes it up.
+    connecting: Arc<Mutex<HashMap<NodeAddr, Connecting>>>,
 }
+
+/// One handshake under way: `None` until it ends.
+type Connecting = tokio::sync::watch::Receiver<Option<Result<quinn::Connection, String>>>;
+
+/// How long one request waits for a handshake before it is given up as not
+/// sent (the client then asks another node). A handshake takes one round
+/// trip; a node that has not answered one in this time is likely dead (a
+/// killed leader, whose address followers still name for a heartbeat or
+/// two), and a client that waited its whole attempt on it would sit out the
+/// election that replaces it. A node that is only far away is not lost: its
+/// handshake goes on, and the client finds it done when it comes back.
+pub const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why `addr` could not be connected to (see [`explain`]).
 fn connect_error(addr: &NodeAddr, e: impl std::fmt::Display) -> String {
@@ -175,7 +191,8 @@ impl QuicClientTransport {
         Ok(QuicClientTransport {
             endpoint,
             resolver,
-            conns: Mutex::new(HashMap::new()),
+            conns: Arc::new(Mutex::new(HashMap::new())),
+            connecting: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -191,26 +208,100 @@ impl QuicClientTransport {
         {
             return Ok(c);
         }
-        // The endpoint's socket is IPv4: an IPv4 address is preferred.
-        let to = self.resolver.resolve(addr.as_str(), true).await?;
-        let conn = self
-            .endpoint
-            .connect(to, addr.host())
-            .map_err(|e| connect_error(addr, e))?
-            .await
-            .map_err(|e| connect_error(addr, e))?;
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        // Connections to nodes the client no longer asks are let go of
-        // (at most `MAX_CACHED` kept: a client that learns addresses over
-        // a long life does not keep every one it ever dialed).
-        if conns.len() >= MAX_CACHED {
-            conns.retain(|_, c| c.close_reason().is_none());
-            if conns.len() >= MAX_CACHED {
-                conns.clear();
-            }
+        let mut rx = self.handshake(addr);
+        let waited = tokio::time::timeout(CONNECT_PATIENCE, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(done)) => done
+                .clone()
+                .unwrap_or_else(|| Err(format!("{addr}: the handshake ended without a result"))),
+            // (Its task ended without a word; its guard let go of the
+            // entry, so the next request starts afresh.)
+            Ok(Err(_)) => Err(format!("{addr}: the handshake was abandoned")),
+            Err(_) => Err(format!(
+                "{addr}: no handshake within {CONNECT_PATIENCE:?} (it goes on; another node \
+                 is asked meanwhile)"
+            )),
         }
-        conns.insert(addr.clone(), conn.clone());
-        Ok(conn)
+    }
+
+    /// The handshake with `addr` under way, or a new one, run on its own
+    /// task so that it outlives a request that stopped waiting for it. At
+    /// most one runs per node; their number is bounded like the cache's.
+    fn handshake(&self, addr: &NodeAddr) -> Connecting {
+        let mut connecting = self.connecting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = connecting.get(addr) {
+            return rx.clone();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        if connecting.len() >= MAX_CACHED {
+            // A client asks at most its seeds and `MAX_LEARNED_ADDRS`
+            // others; more handshakes at once than that is no use.
+            let _ = tx.send(Some(Err(format!(
+                "{addr}: {MAX_CACHED} handshakes are under way already"
+            ))));
+            return rx;
+        }
+        connecting.insert(addr.clone(), rx.clone());
+        drop(connecting);
+        let (endpoint, resolver) = (self.endpoint.clone(), self.resolver.clone());
+        let conns = self.conns.clone();
+        let addr = addr.clone();
+        // Lets go of the entry however the task ends (a resolver that
+        // panics included), so no node is left waiting on a dead handshake.
+        let guard = HandshakeGuard {
+            connecting: self.connecting.clone(),
+            addr: addr.clone(),
+            rx: rx.clone(),
+        };
+        tokio::spawn(async move {
+            let result = async {
+                // The endpoint's socket is IPv4: an IPv4 address is preferred.
+                let to = resolver.resolve(addr.as_str(), true).await?;
+                endpoint
+                    .connect(to, addr.host())
+                    .map_err(|e| connect_error(&addr, e))?
+                    .await
+                    .map_err(|e| connect_error(&addr, e))
+            }
+            .await;
+            if let Ok(conn) = &result {
+                let mut conns = conns.lock().unwrap_or_else(|e| e.into_inner());
+                // Connections to nodes the client no longer asks are let
+                // go of (at most `MAX_CACHED` kept: a client that learns
+                // addresses over a long life does not keep every one it
+                // ever dialed).
+                if conns.len() >= MAX_CACHED {
+                    conns.retain(|_, c| c.close_reason().is_none());
+                    if conns.len() >= MAX_CACHED {
+                        conns.clear();
+                    }
+                }
+                conns.insert(addr.clone(), conn.clone());
+            }
+            drop(guard);
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+}
+
+/// Removes a handshake's entry from `connecting` when its task ends, if the
+/// entry is still that handshake's.
+struct HandshakeGuard {
+    connecting: Arc<Mutex<HashMap<NodeAddr, Connecting>>>,
+    addr: NodeAddr,
+    rx: Connecting,
+}
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        let mut connecting = self.connecting.lock().unwrap_or_else(|e| e.into_inner());
+        if connecting
+            .get(&self.addr)
+            .is_some_and(|rx| rx.same_channel(&self.rx))
+        {
+            connecting.remove(&self.addr);
+        }
     }
 }
 

@@ -30,10 +30,11 @@
 //! Transport parameters (see [`QuicOptions`]) trade a little idle traffic
 //! for fast failure detection and large windows:
 //! - keep-alive every 100 ms and a 500 ms idle timeout: a dead peer's
-//!   connection is torn down within one election timeout at the default
-//!   settings (300–600 ms), and its sender starts reconnecting, while one or
-//!   two lost keep-alives do not kill a healthy connection; Raft's own timers
-//!   stay the failure detector for leadership.
+//!   connection is torn down within about two election timeouts at the
+//!   server's default settings (150–300 ms), and its sender starts
+//!   reconnecting, while one or two lost keep-alives do not kill a healthy
+//!   connection; Raft's own timers stay the failure detector for
+//!   leadership.
 //! - an initial RTT estimate of 5 ms (the default 333 ms suits the
 //!   internet, not a LAN, and would stretch the first timeouts).
 //! - stream and connection receive windows of 8 and 32 MiB, a 32 MiB send

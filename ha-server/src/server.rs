@@ -53,11 +53,13 @@ pub struct ServerBuilder<T> {
     _type: PhantomData<fn() -> T>,
 }
 
-/// Default heartbeat interval (also the node's tick).
+/// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(50);
-/// Default election timeout range.
+/// Default election timeout range: three to six heartbeats. With the
+/// node's 10 ms tick a follower notices a dead leader 150–300 ms after it
+/// last heard from it, and the first of two followers about 200 ms after.
 pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
-    (Duration::from_millis(300), Duration::from_millis(600));
+    (Duration::from_millis(150), Duration::from_millis(300));
 /// Default number of applied entries between snapshots.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 
@@ -133,13 +135,13 @@ impl<T: Replicated> ServerBuilder<T> {
         self
     }
 
-    /// Heartbeat interval, also the node's tick (default 50 ms).
+    /// Heartbeat interval (default 50 ms).
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
         self
     }
 
-    /// Election timeout range (default 300–600 ms); both bounds must be
+    /// Election timeout range (default 150–300 ms); both bounds must be
     /// above the heartbeat and rising.
     pub fn election_timeout(mut self, min: Duration, max: Duration) -> Self {
         self.election_timeout = (min, max);
@@ -195,9 +197,12 @@ impl<T: Replicated> ServerBuilder<T> {
     }
 
     /// Node timing: the tick, and the heartbeat and election timeout range
-    /// in ticks. The tick is the greatest common divisor of the three
-    /// (whole milliseconds), so every setting is kept exactly, and an
-    /// election range finer than the heartbeat keeps its randomness.
+    /// in ticks. The tick divides all three (whole milliseconds), so every
+    /// setting is kept exactly, and is at most [`MAX_TICK_MS`]: two
+    /// followers' election timers then rarely fire in the same tick (a
+    /// split vote costs a second round), and a voter's leader lease ends
+    /// within a tick of a candidate's timeout (a lease that outlives it by
+    /// a coarse tick refuses the pre-vote and costs a second round too).
     fn timing(&self) -> Result<Timing, ServeError> {
         let ms = |d: Duration, option: &'static str| {
             u64::try_from(d.as_millis())
@@ -217,7 +222,7 @@ impl<T: Replicated> ServerBuilder<T> {
                 format!("{lo}-{hi} must be a rising range above --heartbeat-ms {hb}"),
             ));
         }
-        let tick = gcd(hb, gcd(lo, hi));
+        let tick = gcd(gcd(hb, gcd(lo, hi)), MAX_TICK_MS);
         Ok(Timing {
             tick: Duration::from_millis(tick),
             heartbeat_ticks: hb / tick,
@@ -414,6 +419,9 @@ struct Timing {
     election_min_ticks: u64,
     election_max_ticks: u64,
 }
+
+/// The longest node tick: election timers and leases are kept to 10 ms.
+const MAX_TICK_MS: u64 = 10;
 
 /// Longest heartbeat or election timeout accepted: one day.
 const MAX_TIMING_MS: u64 = 24 * 60 * 60 * 1000;
@@ -617,9 +625,11 @@ mod tests {
             election_min_ticks,
             election_max_ticks,
         };
-        assert_eq!(timing(50, 300, 600), t(50, 1, 6, 12));
+        assert_eq!(timing(50, 150, 300), t(10, 5, 15, 30));
+        assert_eq!(timing(50, 300, 600), t(10, 5, 30, 60));
         // An election range finer than the heartbeat keeps its randomness.
-        assert_eq!(timing(200, 300, 600), t(100, 2, 3, 6));
+        assert_eq!(timing(200, 300, 600), t(10, 20, 30, 60));
         assert_eq!(timing(7, 300, 601), t(1, 7, 300, 601));
+        assert_eq!(timing(4, 6, 8), t(2, 2, 3, 4));
     }
 }

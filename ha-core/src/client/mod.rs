@@ -123,6 +123,27 @@ pub trait ClientTransport: Send + Sync + 'static {
 /// reached through the ones given and redirects).
 pub const MAX_LEARNED_ADDRS: usize = 16;
 
+/// How long a node a request could not be sent to is passed over (not
+/// picked in turn, not followed when another node names it leader), unless
+/// it answers meanwhile. Followers go on naming a leader for a while after
+/// they last heard from it; a client that kept following them to a dead
+/// leader would spend its attempts there instead of finding the next one.
+pub const UNREACHABLE_MEMORY: Duration = Duration::from_millis(250);
+
+/// Nodes remembered as unreachable at most.
+pub const MAX_UNREACHABLE: usize = 32;
+
+/// The longest wait after a "not the leader" answer: the next attempt goes
+/// to the leader named, or, with none named, asks again soon (an election
+/// is likely under way). At most [`ELECTION_POLLS`] such short waits per
+/// call; after them the ordinary backoff (doubling to 200 ms) goes on, so
+/// a cluster with no leader for long is not polled hard.
+pub const ELECTION_POLL: Duration = Duration::from_millis(25);
+
+/// Short waits after "not the leader" per call (see [`ELECTION_POLL`]):
+/// 16 of 25 ms cover more than one election round at the default timing.
+pub const ELECTION_POLLS: u32 = 16;
+
 /// The client's side of its session. `id` is `None` until a session is
 /// registered, and again after the cluster reported it expired; the next
 /// command then registers a new one.
@@ -157,6 +178,11 @@ struct Inner {
     /// How many of `addrs` the client was given.
     seeds: usize,
     leader: Mutex<Option<NodeAddr>>,
+    /// Nodes whose last attempt failed (not sent, or no answer), and when:
+    /// for [`UNREACHABLE_MEMORY`] the client neither picks them in turn nor
+    /// follows a redirect to them (see [`Client::redirect`]). At most
+    /// [`MAX_UNREACHABLE`] are kept.
+    unreachable: Mutex<Vec<(NodeAddr, tokio::time::Instant)>>,
     session: Mutex<Session>,
     /// Held while a session is being registered, so concurrent first
     /// commands register one session, not one each.
@@ -250,6 +276,7 @@ impl<T: Replicated> Client<T> {
                 seeds: seeds.len(),
                 addrs: Mutex::new(seeds),
                 leader: Mutex::new(None),
+                unreachable: Mutex::new(Vec::new()),
                 session: Mutex::new(Session {
                     id: None,
                     secret: 0,

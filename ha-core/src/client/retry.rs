@@ -112,23 +112,94 @@ pub(super) fn outcome_step(answer: &[u8], maybe_appended: bool) -> Attempt {
 }
 
 impl<T: Replicated> Client<T> {
+    /// The node to ask: the leader if one is known, else the next in turn
+    /// that has not failed within [`UNREACHABLE_MEMORY`] (any, if all have).
     pub(super) fn target(&self) -> NodeAddr {
-        if let Some(l) = self
+        if let Some(l) = self.leader() {
+            return l;
+        }
+        let k = self.inner.rotate.fetch_add(1, Ordering::Relaxed) + self.inner.seed;
+        let addrs = self
             .inner
+            .addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let n = addrs.len() as u64;
+        (0..n)
+            .map(|i| &addrs[((k + i) % n) as usize])
+            .find(|a| !self.recently_unreachable(a))
+            .unwrap_or(&addrs[(k % n) as usize])
+            .clone()
+    }
+
+    pub(super) fn leader(&self) -> Option<NodeAddr> {
+        self.inner
             .leader
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-        {
-            return l;
-        }
-        let k = self.inner.rotate.fetch_add(1, Ordering::Relaxed) + self.inner.seed;
-        let addrs = self.inner.addrs.lock().unwrap_or_else(|e| e.into_inner());
-        addrs[(k % addrs.len() as u64) as usize].clone()
     }
 
     pub(super) fn set_leader(&self, addr: Option<NodeAddr>) {
         *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+
+    /// A request could not be sent to `addr`: it is forgotten as leader
+    /// and passed over for [`UNREACHABLE_MEMORY`]. (A request sent and not
+    /// answered in time only forgets the leader: a slow leader is not
+    /// shunned by every caller sharing this client.)
+    pub(super) fn unreachable(&self, addr: &NodeAddr) {
+        self.set_leader(None);
+        let now = tokio::time::Instant::now();
+        let mut u = self
+            .inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        u.retain(|(a, at)| a != addr && now.duration_since(*at) < UNREACHABLE_MEMORY);
+        if u.len() >= MAX_UNREACHABLE {
+            u.remove(0);
+        }
+        u.push((addr.clone(), now));
+    }
+
+    /// `addr` answered: it is not passed over any more.
+    pub(super) fn answered(&self, addr: &NodeAddr) {
+        let mut u = self
+            .inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !u.is_empty() {
+            u.retain(|(a, _)| a != addr);
+        }
+    }
+
+    fn recently_unreachable(&self, addr: &NodeAddr) -> bool {
+        let now = tokio::time::Instant::now();
+        self.inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(a, at)| a == addr && now.duration_since(*at) < UNREACHABLE_MEMORY)
+    }
+
+    /// The wait before the next attempt. After a "not the leader" answer,
+    /// while `polls` lasts, at most [`ELECTION_POLL`] (the next attempt
+    /// goes to the leader named, or an election is likely under way and
+    /// over soon: waiting longer only adds to the client's failover), and
+    /// `backoff` does not grow. Otherwise `backoff`, which then doubles up
+    /// to 200 ms.
+    pub(super) fn pause(backoff: &mut Duration, polls: &mut u32, not_leader: bool) -> Duration {
+        if not_leader && *polls > 0 {
+            *polls -= 1;
+            return (*backoff).min(ELECTION_POLL);
+        }
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(Duration::from_millis(200));
+        wait
     }
 
     pub(super) async fn attempt(
@@ -145,10 +216,12 @@ impl<T: Replicated> Client<T> {
 
     /// `addr` is not the leader and named `leader_addr` (from the
     /// network: taken only if it is a valid address) as the one to ask:
-    /// the next attempt goes there, and the client learns it.
+    /// the next attempt goes there, and the client learns it. A node that
+    /// failed within [`UNREACHABLE_MEMORY`] is not followed: the node
+    /// naming it may not yet know it is gone.
     pub(super) fn redirect(&self, addr: &NodeAddr, leader_addr: Option<String>) {
         match leader_addr.and_then(|l| NodeAddr::parse(&l).ok()) {
-            Some(l) if l != *addr => {
+            Some(l) if l != *addr && !self.recently_unreachable(&l) => {
                 self.learn(std::slice::from_ref(&l), false);
                 self.set_leader(Some(l));
             }
@@ -245,8 +318,13 @@ impl<T: Replicated> Client<T> {
     ) -> Result<R, RetryEnd> {
         let mut last_why = String::from("no node answered");
         let mut backoff = Duration::from_millis(10);
+        let mut polls = ELECTION_POLLS;
         while tokio::time::Instant::now() < deadline {
             let (addr, resp) = self.attempt(req()).await;
+            let not_leader = matches!(resp, Ok(ClientResponse::NotLeader { .. }));
+            if resp.is_ok() {
+                self.answered(&addr);
+            }
             match resp {
                 Ok(ClientResponse::NotLeader { leader_addr, .. }) => {
                     self.redirect(&addr, leader_addr);
@@ -268,13 +346,16 @@ impl<T: Replicated> Client<T> {
                     }
                     Reply::Retry(why) => last_why = why,
                 },
-                Err(RequestError::NotSent(w) | RequestError::Lost(w)) => {
+                Err(RequestError::NotSent(w)) => {
+                    self.unreachable(&addr);
+                    last_why = w;
+                }
+                Err(RequestError::Lost(w)) => {
                     self.set_leader(None);
                     last_why = w;
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            tokio::time::sleep(Self::pause(&mut backoff, &mut polls, not_leader)).await;
         }
         Err(RetryEnd::TimedOut(last_why))
     }
@@ -292,6 +373,7 @@ impl<T: Replicated> Client<T> {
         let mut maybe_appended = false;
         let mut last_why = String::from("no node answered");
         let mut backoff = Duration::from_millis(10);
+        let mut polls = ELECTION_POLLS;
         while tokio::time::Instant::now() < deadline {
             let ack_below = {
                 let s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
@@ -318,6 +400,10 @@ impl<T: Replicated> Client<T> {
                 },
             };
             let (addr, resp) = self.attempt(req).await;
+            let not_leader = matches!(resp, Ok(ClientResponse::NotLeader { .. }));
+            if resp.is_ok() {
+                self.answered(&addr);
+            }
             let step = self.command_step(addr, resp, maybe_appended);
             match step {
                 Attempt::Done(r) => return (r, false),
@@ -330,8 +416,7 @@ impl<T: Replicated> Client<T> {
                     last_why = why;
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            tokio::time::sleep(Self::pause(&mut backoff, &mut polls, not_leader)).await;
         }
         let r = if maybe_appended {
             Err(Error::Unknown(format!("timed out; last error: {last_why}")))
@@ -387,7 +472,7 @@ impl<T: Replicated> Client<T> {
                 why: format!("unexpected response {other:?}"),
             },
             Err(RequestError::NotSent(why)) => {
-                self.set_leader(None);
+                self.unreachable(&addr);
                 Attempt::Retry {
                     maybe_appended: false,
                     why,

@@ -23,6 +23,23 @@ impl Raft {
         voter && self.term.0 < crate::types::MAX_TERM && self.repair.is_none()
     }
 
+    /// The leader to name in a "not the leader" answer to a proposal, a
+    /// read, a membership change or a transfer: the one this node follows,
+    /// unless it has heard nothing from it for a minimum election timeout
+    /// less one heartbeat interval (at least one interval). A leader that
+    /// went quiet may be dead, and a client sent there waits out its
+    /// attempt on it; told "unknown" instead, it asks another node and
+    /// finds the next leader as soon as one is elected. (Roles, `status`
+    /// and the member list still report the leader followed.)
+    pub(super) fn leader_hint(&self) -> Option<NodeId> {
+        let (hb, min) = (
+            self.config.heartbeat_interval_ticks,
+            self.config.election_timeout_min_ticks,
+        );
+        let fresh = self.election_elapsed <= min.saturating_sub(hb).max(hb);
+        self.leader.filter(|_| fresh)
+    }
+
     pub(super) fn in_leader_lease(&self) -> bool {
         self.config.check_quorum
             && self.leader.is_some()

@@ -45,7 +45,7 @@ impl Raft {
     ) -> Result<(LogIndex, LogIndex, Term), ProposeError> {
         let Role::Leader(l) = &self.role else {
             return Err(ProposeError::NotLeader {
-                leader: self.leader,
+                leader: self.leader_hint(),
             });
         };
         if let Some(t) = &l.transfer {
@@ -77,7 +77,7 @@ impl Raft {
         let max = self.config.max_pending_reads;
         let Role::Leader(l) = &mut self.role else {
             return Err(ReadIndexError::NotLeader {
-                leader: self.leader,
+                leader: self.leader_hint(),
             });
         };
         if l.reads.len() >= max {

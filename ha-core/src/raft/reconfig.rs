@@ -141,7 +141,7 @@ impl Raft {
     pub fn change_membership(&mut self, change: ConfChange) -> Result<LogIndex, ConfChangeError> {
         let Role::Leader(l) = &self.role else {
             return Err(ConfChangeError::NotLeader {
-                leader: self.leader,
+                leader: self.leader_hint(),
             });
         };
         let id = change.node();

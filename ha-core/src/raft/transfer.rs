@@ -78,7 +78,7 @@ impl Raft {
         let me = self.config.id;
         let Role::Leader(l) = &mut self.role else {
             return Err(TransferError::NotLeader {
-                leader: self.leader,
+                leader: self.leader_hint(),
             });
         };
         // Voters of the incoming configuration only: one of a joint

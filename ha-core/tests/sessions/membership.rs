@@ -225,3 +225,68 @@ async fn redirects_and_member_lists_teach_the_client_addresses() {
         s.dialed.lock().unwrap().iter().cloned().collect();
     assert_eq!(last, expect);
 }
+
+/// Answers by address: node 1 names the dead node 9 leader three times
+/// (it has not noticed yet), then no leader twice (an election), then
+/// node 3; node 9 never answers; node 3 answers the member list.
+struct Failover {
+    dialed: Mutex<Vec<String>>,
+    asked_1: Mutex<u32>,
+}
+
+impl ClientTransport for Failover {
+    fn request(&self, addr: ha_core::client::NodeAddr, _req: ClientRequest) -> RequestFuture<'_> {
+        self.dialed.lock().unwrap().push(addr.to_string());
+        let answer = match addr.as_str() {
+            "127.0.0.1:1" => {
+                let mut n = self.asked_1.lock().unwrap();
+                *n += 1;
+                let leader_addr = match *n {
+                    1..=3 => Some("127.0.0.1:9".to_string()),
+                    4 | 5 => None,
+                    _ => Some("127.0.0.1:3".to_string()),
+                };
+                Ok(ClientResponse::NotLeader {
+                    leader: None,
+                    leader_addr,
+                })
+            }
+            "127.0.0.1:3" => members(&[3, 1], &[]),
+            _ => Err(RequestError::NotSent("no handshake".into())),
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+// Paused time: the waits between attempts pass in order, not by the clock.
+#[tokio::test(start_paused = true)]
+async fn a_node_that_failed_is_not_followed_again_while_others_still_name_it() {
+    let t = std::sync::Arc::new(Failover {
+        dialed: Mutex::new(Vec::new()),
+        asked_1: Mutex::new(0),
+    });
+    let c: ha_core::Client<Counter> = ha_core::Client::new(
+        t.clone(),
+        vec!["127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap()],
+        ha_core::ClientOptions {
+            timeout: std::time::Duration::from_secs(5),
+            attempt_timeout: std::time::Duration::from_millis(100),
+            ..ha_core::ClientOptions::default()
+        },
+    );
+    let m = c.members().await.expect("the new leader answers");
+    assert_eq!(m.leader, 3);
+    let dialed = t.dialed.lock().unwrap().clone();
+    // Node 9 failed once; the two redirects to it that followed were not
+    // taken (the whole call takes well under the memory of a failure).
+    assert_eq!(
+        dialed.iter().filter(|a| *a == "127.0.0.1:9").count(),
+        1,
+        "{dialed:?}"
+    );
+    assert_eq!(
+        dialed.last().map(String::as_str),
+        Some("127.0.0.1:3"),
+        "{dialed:?}"
+    );
+}

@@ -152,11 +152,11 @@ pub struct ServeArgs {
     /// (`member add`); takes no --peers.
     #[arg(long)]
     join: bool,
-    /// Heartbeat interval in ms (also the node's tick).
+    /// Heartbeat interval in ms.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
     /// Election timeout range in ms, MIN-MAX.
-    #[arg(long, default_value = "300-600")]
+    #[arg(long, default_value = "150-300")]
     election_timeout_ms: String,
     /// Take a snapshot (and compact the log) every N applied entries.
     #[arg(long, default_value_t = crate::server::DEFAULT_SNAPSHOT_EVERY)]
@@ -183,7 +183,7 @@ impl ServeArgs {
             .split_once('-')
             .and_then(|(l, h)| Some((l.trim().parse::<u64>().ok()?, h.trim().parse::<u64>().ok()?)))
             .map(|(l, h)| (Duration::from_millis(l), Duration::from_millis(h)))
-            .unwrap_or_else(|| usage_error("--election-timeout-ms: write a range like 300-600"))
+            .unwrap_or_else(|| usage_error("--election-timeout-ms: write a range like 150-300"))
     }
 }
 

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# ha-kv against etcd on this machine, side by side, in one sitting.
+#
+#   bench/compare-etcd.sh [RUNS]        # RUNS per workload and side (default 3)
+#
+# Each run starts a fresh 3-node cluster on loopback (data directories in
+# one temporary directory on the same filesystem, ports from the OS), waits
+# for a leader, drives one closed-loop workload with 128-byte values over
+# 10,000 keys, records the nodes' resident memory idle (after the warm-up)
+# and at the end, and tears the cluster down. The two sides alternate run by
+# run, so a machine that speeds up or slows down mid-sitting weighs on both.
+# Prints one line per run, then a table of medians with the ratio ha/etcd.
+#
+# Both sides fsync every write (etcd always does; ha-kv by default). ha-kv
+# runs mutual TLS over QUIC; etcd runs plain HTTP/2 (its best case), and
+# etcd-load (bench/etcd-load) sends every request to etcd's leader so none
+# pays a follower's forwarding hop. Installs what it lacks: etcd-server and
+# protobuf-compiler (for the etcd-client crate) from Debian's packages.
+set -euo pipefail
+RUNS=${1:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need etcd || ! need protoc; then
+  echo "installing etcd-server and protobuf-compiler ..." >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server protobuf-compiler >/dev/null
+  # The package starts a system etcd on the default ports; this script
+  # needs none of it.
+  systemctl stop etcd >/dev/null 2>&1 || true
+fi
+cargo build --release -q -p ha-kv
+cargo build --release -q --manifest-path bench/etcd-load/Cargo.toml
+HA="$ROOT/target/release/ha-kv"
+LOAD="$ROOT/bench/etcd-load/target/release/etcd-load"
+
+D=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$D"
+}
+trap cleanup EXIT
+
+# N free TCP+UDP ports from the OS (held until all are drawn).
+ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+n = int(sys.argv[1])
+ss = []
+while len(ss) < 2 * n:
+    t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        u.bind(("127.0.0.1", p))  # free for both: ha-kv's QUIC is UDP
+    except OSError:
+        continue
+    ss += [t, u]
+print(" ".join(str(s.getsockname()[1]) for s in ss[::2]))
+PY
+}
+
+# Resident memory of the running nodes in MiB: the largest of them.
+rss_mib() {
+  local max=0 kb
+  for p in "${PIDS[@]}"; do
+    kb=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    [ "${kb:-0}" -gt "$max" ] && max=$kb
+  done
+  echo $((max / 1024))
+}
+
+stop_all() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
+# run_ha CLIENTS OPS READ_RATIO -> JSON line with rss fields added
+run_ha() {
+  local dir="$D/ha" p1 p2 p3
+  rm -rf "$dir"; mkdir -p "$dir"
+  read -r p1 p2 p3 < <(ports 3)
+  "$HA" certs --dir "$dir/tls" --nodes 1,2,3 >/dev/null 2>&1
+  local peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3" i=1
+  for p in $p1 $p2 $p3; do
+    "$HA" serve --id $i --listen 127.0.0.1:$p --peers "$peers" \
+      --data-dir "$dir/data-$i" --tls-dir "$dir/tls" 2>"$dir/log-$i" &
+    PIDS+=($!)
+    i=$((i + 1))
+  done
+  local c=(--cluster "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --tls-dir "$dir/tls")
+  for _ in $(seq 1 100); do
+    "$HA" put warm up "${c[@]}" --timeout-ms 1000 >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  sleep 1
+  local idle out
+  idle=$(rss_mib)
+  out=$("$HA" bench --clients "$1" --ops "$2" --value-size 128 --keys 10000 \
+    --read-ratio "$3" "${c[@]}" 2>/dev/null | tail -1)
+  echo "${out%\}},\"rss_idle_mib\":$idle,\"rss_end_mib\":$(rss_mib)}"
+  stop_all
+}
+
+run_etcd() {
+  local dir="$D/etcd" c1 c2 c3 q1 q2 q3
+  rm -rf "$dir"; mkdir -p "$dir"
+  read -r c1 c2 c3 q1 q2 q3 < <(ports 6)
+  local cluster="n1=http://127.0.0.1:$q1,n2=http://127.0.0.1:$q2,n3=http://127.0.0.1:$q3"
+  local cs=($c1 $c2 $c3) qs=($q1 $q2 $q3) i
+  for i in 0 1 2; do
+    etcd --name "n$((i + 1))" --data-dir "$dir/data-$i" \
+      --listen-client-urls "http://127.0.0.1:${cs[$i]}" \
+      --advertise-client-urls "http://127.0.0.1:${cs[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${qs[$i]}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${qs[$i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token "bench-$$" --logger zap --log-level error \
+      >"$dir/log-$i" 2>&1 &
+    PIDS+=($!)
+  done
+  local eps="http://127.0.0.1:$c1,http://127.0.0.1:$c2,http://127.0.0.1:$c3"
+  # etcd-load waits for a leader; a small run warms the cluster up.
+  "$LOAD" --endpoints "$eps" --clients 1 --ops 10 >/dev/null
+  sleep 1
+  local idle out
+  idle=$(rss_mib)
+  out=$("$LOAD" --endpoints "$eps" --clients "$1" --ops "$2" --value-size 128 \
+    --keys 10000 --read-ratio "$3" | tail -1)
+  echo "${out%\}},\"rss_idle_mib\":$idle,\"rss_end_mib\":$(rss_mib)}"
+  stop_all
+}
+
+# name clients ops read_ratio
+WORKLOADS=(
+  "puts-1 1 3000 0"
+  "puts-64 64 60000 0"
+  "puts-256 256 100000 0"
+  "gets-64 64 150000 1"
+)
+RESULTS="$D/results"
+: >"$RESULTS"
+echo "# $(date -u +%FT%TZ)  $(nproc) cores  $(uname -r)  etcd $(etcd --version | awk '/etcd Version/ {print $3}')" >&2
+for w in "${WORKLOADS[@]}"; do
+  read -r name clients ops read <<<"$w"
+  for r in $(seq 1 "$RUNS"); do
+    order=(ha etcd)
+    [ $((r % 2)) -eq 0 ] && order=(etcd ha)
+    for side in "${order[@]}"; do
+      line=$("run_$side" "$clients" "$ops" "$read")
+      echo "$name $side $line" | tee -a "$RESULTS" >&2
+    done
+  done
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, side, js = line.split(" ", 2)
+    rows.setdefault(name, {}).setdefault(side, []).append(json.loads(js))
+def med(runs, k):
+    return statistics.median(r[k] for r in runs)
+print("| workload | ha-kv ops/s | etcd ops/s | ratio | ha p50 / p99 / p999 ms | etcd p50 / p99 / p999 ms | RSS idle / end MiB (ha, etcd) |")
+print("|---|---|---|---|---|---|---|")
+for name, sides in rows.items():
+    h, e = sides["ha"], sides["etcd"]
+    lat = lambda s: " / ".join(f"{med(s, k):.2f}" for k in ("p50_ms", "p99_ms", "p999_ms"))
+    print(f"| {name} | {med(h, 'ops_per_sec'):,.0f} | {med(e, 'ops_per_sec'):,.0f} | "
+          f"{med(h, 'ops_per_sec') / med(e, 'ops_per_sec'):.2f}x | {lat(h)} | {lat(e)} | "
+          f"{med(h, 'rss_idle_mib'):.0f} / {med(h, 'rss_end_mib'):.0f}, "
+          f"{med(e, 'rss_idle_mib'):.0f} / {med(e, 'rss_end_mib'):.0f} |")
+print(f"\nmedians of {len(next(iter(rows.values()))['ha'])} runs per side; errors: "
+      + ", ".join(f"{n} ha {sum(r['errors'] for r in s['ha'])} etcd {sum(r['errors'] for r in s['etcd'])}"
+                  for n, s in rows.items()))
+PY
