@@ -58,7 +58,10 @@ while len(ss) < 2 * n:
     except OSError:
         continue
     ss += [t, u]
-print(" ".join(str(s.getsockname()[1]) for s in ss[::2]))
+ports = [s.getsockname()[1] for s in ss[::2]]
+for s in ss:
+    s.close()  # released before bash reads the line, so the servers can bind them
+print(" ".join(map(str, ports)))
 PY
 }
 

@@ -20,12 +20,23 @@ cargo build --release -q -p ha-kv
 HA="$ROOT/target/release/ha-kv"
 D=$(mktemp -d)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$D"' EXIT
+finish() {
+  local rc=$?
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then
+    for f in "$D"/log-*; do echo "--- $f" >&2; tail -20 "$f" >&2; done
+  fi
+  rm -rf "$D"
+}
+trap finish EXIT
 "$HA" certs --dir "$D/tls" --nodes 1,2,3 >/dev/null 2>&1
 read -r P1 P2 P3 < <(python3 -c 'import socket
 ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
 [s.bind(("127.0.0.1", 0)) for s in ss]
-print(" ".join(str(s.getsockname()[1]) for s in ss))')
+ports = [s.getsockname()[1] for s in ss]
+[s.close() for s in ss]  # released before bash reads the line, so serve can bind them
+print(" ".join(map(str, ports)))')
 PEERS="1=127.0.0.1:$P1,2=127.0.0.1:$P2,3=127.0.0.1:$P3"
 i=1
 for p in $P1 $P2 $P3; do

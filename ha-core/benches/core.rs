@@ -137,6 +137,7 @@ fn main() {
     let cases: &[(&str, usize, usize)] = &[
         ("1 proposer, 1 command per proposal", 1, 1),
         ("64 proposers, 1 command per proposal", 64, 1),
+        ("256 proposers, 1 command per proposal", 256, 1),
         ("64 proposers, batches of 16 commands", 64, 16),
     ];
     println!(

@@ -79,7 +79,7 @@ impl<V: Vfs> NodeTask<V> {
     pub(super) fn members(&self) -> Result<crate::raft::Membership, NodeError> {
         if !self.raft.is_leader() {
             return Err(NodeError::NotLeader {
-                leader: self.raft.leader(),
+                leader: self.raft.leader_hint(),
             });
         }
         if !self.raft.leads_with_current_commit() {

@@ -29,9 +29,9 @@ impl Raft {
     /// less one heartbeat interval (at least one interval). A leader that
     /// went quiet may be dead, and a client sent there waits out its
     /// attempt on it; told "unknown" instead, it asks another node and
-    /// finds the next leader as soon as one is elected. (Roles, `status`
-    /// and the member list still report the leader followed.)
-    pub(super) fn leader_hint(&self) -> Option<NodeId> {
+    /// finds the next leader as soon as one is elected. (Roles and
+    /// `status` still report the leader followed.)
+    pub fn leader_hint(&self) -> Option<NodeId> {
         let (hb, min) = (
             self.config.heartbeat_interval_ticks,
             self.config.election_timeout_min_ticks,
