@@ -42,7 +42,12 @@ pub enum ClientError {
 ha_core::debug_as_display!(ClientError);
 
 fn client_endpoint(cfg: quinn::ClientConfig) -> std::io::Result<quinn::Endpoint> {
-    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("a valid address"))?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    tls::size_socket_buffers(&socket);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime (start the client inside tokio)"))?;
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
     endpoint.set_default_client_config(cfg);
     Ok(endpoint)
 }

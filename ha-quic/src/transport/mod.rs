@@ -796,6 +796,7 @@ impl QuicEndpoint {
         socket: std::net::UdpSocket,
     ) -> Result<QuicEndpoint, QuicError> {
         config.validate().map_err(QuicError::Config)?;
+        tls::size_socket_buffers(&socket);
         let server = tls::server_config(&config.identity, &config.options)?;
         let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
             addr: config.listen,
