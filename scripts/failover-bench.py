@@ -12,7 +12,12 @@ and waiting for all three nodes before the next. A write is one `BIN put`
 process (a fresh client each try, 250 ms per call), sent through each node
 in its own loop so that which node a client happens to try first is not
 what is measured; every figure includes one client's start-up and
-handshake: `floor_ms` is the same write against a healthy cluster. Prints one line per stop and a JSON
+handshake: `floor_ms` is the same write against a healthy cluster.
+
+Then RUNS rounds of the same SIGKILL as a long-lived client sees it: an
+`ha-kv bench` of 4 clients (default timeouts) is running when the leader
+is killed, and its `max_ms` (the longest any one write waited, retries
+included) is the failover it saw. Prints one line per stop and a JSON
 summary of medians (milliseconds) last.
 """
 import json, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
@@ -97,6 +102,25 @@ def settled():
     sys.exit("the cluster did not settle within 30 s")
 
 
+def live_client_stall():
+    """The longest write of a running 4-client bench across a SIGKILL of
+    the leader 1 s into it (the bench is sized to outlast the stop)."""
+    leader = settled()
+    bench = subprocess.Popen(
+        [BIN, "bench", "--clients", "4", "--ops", "6000", "--value-size", "128",
+         *CLIENT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(1.0)
+    p = procs.pop(leader)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    out, _ = bench.communicate()
+    start(leader)
+    last = json.loads(out.strip().splitlines()[-1])
+    if last["errors"]:
+        print(f"live client: {last['errors']} writes failed", flush=True)
+    return last["max_ms"]
+
+
 def first_write_after(how):
     leader = settled()
     p = procs.pop(leader)
@@ -126,13 +150,20 @@ try:
             ms = first_write_after(how)
             res[how].append(ms)
             print(f"{how} {ms:.0f} ms", flush=True)
+    live = []
+    for _ in range(RUNS):
+        ms = live_client_stall()
+        live.append(ms)
+        print(f"live client sigkill {ms:.0f} ms", flush=True)
     print(json.dumps({
         "runs": RUNS,
         "floor_ms": round(statistics.median(floor), 1),
         "sigterm_ms": round(statistics.median(res["sigterm"]), 1),
         "sigkill_ms": round(statistics.median(res["sigkill"]), 1),
+        "live_client_sigkill_ms": round(statistics.median(live), 1),
         "sigterm_all": [round(x) for x in res["sigterm"]],
         "sigkill_all": [round(x) for x in res["sigkill"]],
+        "live_client_sigkill_all": [round(x) for x in live],
     }))
 finally:
     for p in procs.values():

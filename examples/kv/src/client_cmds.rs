@@ -235,6 +235,7 @@ pub async fn bench(a: BenchArgs) -> i32 {
             "p50_ms": ms(0.5),
             "p99_ms": ms(0.99),
             "p999_ms": ms(0.999),
+            "max_ms": all.max() as f64 / 1000.0,
             "errors": errors,
         })
     );

@@ -144,10 +144,16 @@ pub(super) fn bench_ends_with_its_summary(c: &Cluster) {
         "p50_ms",
         "p99_ms",
         "p999_ms",
+        "max_ms",
         "errors",
     ] {
         assert!(last.get(f).is_some(), "summary lacks {f}");
     }
+    let (p999, max) = (last["p999_ms"].as_f64(), last["max_ms"].as_f64());
+    assert!(
+        p999.is_some_and(|p| max.is_some_and(|m| m >= p)),
+        "max below p999: {last}"
+    );
 }
 
 /// Prometheus metrics from node 1.
