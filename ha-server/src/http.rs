@@ -533,6 +533,7 @@ mod tests {
             snapshot_index: LogIndex(0),
             commit_latency: Default::default(),
             fsync_latency: Default::default(),
+            snapshot_encode: Default::default(),
             availability: ha_core::metrics::AvailabilityReport {
                 leaderless_ms: 0,
                 failovers: 0,

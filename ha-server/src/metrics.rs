@@ -11,7 +11,9 @@
 //! - `elections_won_total`, `proposals_total`, `applied_entries_total`,
 //!   `refused_no_space_total`
 //! - `commit_latency_seconds` (histogram: proposal to answer, as leader),
-//!   `fsync_latency_seconds` (histogram: one batch appended and synced)
+//!   `fsync_latency_seconds` (histogram: one batch appended and synced),
+//!   `snapshot_encode_seconds` (histogram: one snapshot of the state
+//!   machine encoded, while apply waits)
 //! - `snapshots_total`, `snapshot_index`
 //! - `peer_replication_lag_entries{peer=..}`, `peer_rtt_seconds{peer=..}`
 //! - `leaderless_ms`, `failovers_total`, `mttr_ms`, `mtbf_ms`,
@@ -336,6 +338,12 @@ fn encode_peers_and_latency(
         "fsync_latency_seconds",
         "Appending and syncing one batch.",
         m.fsync_latency,
+    )?;
+    histogram(
+        e,
+        "snapshot_encode_seconds",
+        "Encoding one snapshot of the state machine, failed ones too (apply and reads wait; consensus goes on).",
+        m.snapshot_encode,
     )
 }
 
@@ -418,6 +426,7 @@ mod tests {
                 snapshot_index: LogIndex(100),
                 commit_latency: HistogramSnapshot::default(),
                 fsync_latency: fsync.snapshot(),
+                snapshot_encode: HistogramSnapshot::default(),
                 availability: AvailabilityReport {
                     leaderless_ms: 412,
                     failovers: 2,

@@ -214,3 +214,154 @@ async fn the_whole_cluster_restarts_from_snapshots_plus_the_log_after_them() {
     }
     cluster.shutdown().await;
 }
+
+/// How long [`SlowToEncode`] takes to encode: longer than an election
+/// timeout (300–600 ms at `LocalOptions`' 50 ms tick).
+const ENCODE_TIME: Duration = Duration::from_millis(900);
+
+/// A counter whose state takes [`ENCODE_TIME`] to encode, as a large
+/// state would.
+#[derive(Default, Deserialize, Replicated)]
+pub struct SlowToEncode {
+    n: u64,
+}
+
+impl Serialize for SlowToEncode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        std::thread::sleep(ENCODE_TIME);
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("SlowToEncode", 1)?;
+        st.serialize_field("n", &self.n)?;
+        st.end()
+    }
+}
+
+#[replicated]
+impl SlowToEncode {
+    /// Adds one; returns the count.
+    pub fn bump(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+}
+
+/// While a node's state machine encodes a snapshot, its consensus goes
+/// on: the leader keeps committing (its applied index waits for the state
+/// machine, its commit index does not), and every write is answered once
+/// the state machine is back. (Were the state encoded on the consensus
+/// task, nothing would move on the leader for the whole encoding: its
+/// status would show the commit index stuck at the applied index.)
+// Release builds only: in debug builds the determinism check encodes the
+// state on the node task (every 16th command), which this state takes
+// 900 ms to do.
+#[cfg_attr(debug_assertions, ignore)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consensus_goes_on_while_a_snapshot_is_encoded() {
+    let cluster = LocalCluster::<SlowToEncode>::start_with(3, opts(20))
+        .await
+        .unwrap();
+    let leader = cluster.leader().await.expect("a leader");
+    let c = cluster.client();
+    // Entries 1.. are the session's registration and the bumps: past the
+    // 20th applied entry every node starts encoding.
+    for _ in 0..24 {
+        c.bump().await.expect("committed");
+    }
+    // A command every 15 ms, each from its own task (none waits for the
+    // one before: they keep coming while the state machine is away), for
+    // 60 commands: the next snapshot starts 20 entries in and takes 900 ms.
+    // Meanwhile sample the leader's status: look for a stretch of at
+    // least 200 ms in which its applied index stood still while its
+    // commit index, ahead of it, went on rising (by at least 5). A node
+    // task stuck in the encoding publishes no status at all: its last one
+    // stands still whole.
+    let mut writers = Vec::new();
+    let mut best = (Duration::ZERO, 0);
+    let mut since: Option<(Instant, u64, u64)> = None;
+    let mut i = 0;
+    while i < 60
+        || !writers
+            .iter()
+            .all(|w: &tokio::task::JoinHandle<()>| w.is_finished())
+    {
+        if i < 60 {
+            let c = cluster.client();
+            writers.push(tokio::spawn(async move {
+                c.bump()
+                    .await
+                    .expect("answered once the state machine is back");
+            }));
+            i += 1;
+        }
+        let s = cluster.status(leader).expect("the leader's status");
+        let (commit, applied) = (s.commit_index.0, s.applied_index.0);
+        since = match since {
+            Some((t, a, c0)) if a == applied && commit > applied => {
+                if commit >= c0 + 5 {
+                    best = best.max((t.elapsed(), commit - c0));
+                }
+                Some((t, a, c0))
+            }
+            _ if commit > applied => Some((Instant::now(), applied, commit)),
+            _ => None,
+        };
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        best.0 >= Duration::from_millis(200),
+        "the leader never went on committing for 200 ms past an applied index that stood still \
+         (best {best:?}): consensus waited for the snapshot's encoding"
+    );
+    assert_eq!(c.bump().await.expect("committed"), 24 + 60 + 1);
+    cluster.shutdown().await;
+}
+
+/// A counter whose state cannot be encoded once it counts 5 or more: its
+/// encoding panics.
+#[derive(Default, Deserialize, Replicated)]
+pub struct PanicsToEncode {
+    n: u64,
+}
+
+impl Serialize for PanicsToEncode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert!(self.n < 5, "this state cannot be encoded");
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("PanicsToEncode", 1)?;
+        st.serialize_field("n", &self.n)?;
+        st.end()
+    }
+}
+
+#[replicated]
+impl PanicsToEncode {
+    /// Adds one; returns the count.
+    pub fn bump(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+}
+
+/// A state machine whose snapshot encoding panics costs the snapshot, not
+/// the node: the state machine comes back, every write is answered, and
+/// no node stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_encoding_panics_is_skipped_and_the_node_goes_on() {
+    let cluster = LocalCluster::<PanicsToEncode>::start_with(3, opts(10))
+        .await
+        .unwrap();
+    cluster.leader().await.expect("a leader");
+    let c = cluster.client();
+    for i in 1..=50u64 {
+        assert_eq!(c.bump().await.expect("answered"), i);
+    }
+    for id in cluster.node_ids() {
+        let s = cluster.status(id).expect("a status");
+        assert!(s.stopped.is_none(), "node {id} stopped: {:?}", s.stopped);
+        assert_eq!(cluster.snapshot_index(id).0, 0, "node {id} took a snapshot");
+    }
+    cluster.shutdown().await;
+}

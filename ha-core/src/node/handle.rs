@@ -207,6 +207,9 @@ pub(super) struct SharedMetrics {
     pub(super) commit_latency: Histogram,
     /// Time to make one Ready durable.
     pub(super) fsync_latency: Histogram,
+    /// Time the state machine took to encode a snapshot (on a blocking
+    /// thread, while apply waited).
+    pub(super) snapshot_encode: Histogram,
     pub(super) elections_won: AtomicU64,
     pub(super) proposals: AtomicU64,
     /// Commands refused over the storage quota.
@@ -224,6 +227,7 @@ impl SharedMetrics {
         SharedMetrics {
             commit_latency: Histogram::default(),
             fsync_latency: Histogram::default(),
+            snapshot_encode: Histogram::default(),
             elections_won: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
             refused_no_space: AtomicU64::new(0),
@@ -273,6 +277,9 @@ pub struct NodeMetrics {
     pub commit_latency: HistogramSnapshot,
     /// Time to persist one batch (append + fsync).
     pub fsync_latency: HistogramSnapshot,
+    /// Time to encode one snapshot of the state machine (apply waits for
+    /// it; consensus does not).
+    pub snapshot_encode: HistogramSnapshot,
     /// Leader-loss accounting.
     pub availability: AvailabilityReport,
     /// Voters of the configuration.
@@ -412,6 +419,7 @@ impl NodeHandle {
             snapshot_index: view.snapshot_index,
             commit_latency: m.commit_latency.snapshot(),
             fsync_latency: m.fsync_latency.snapshot(),
+            snapshot_encode: m.snapshot_encode.snapshot(),
             availability: m
                 .availability
                 .lock()

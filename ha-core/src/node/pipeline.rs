@@ -143,7 +143,7 @@ struct Stage {
 /// 4. [`Pipeline::finish`]: restore the state machine from the installed
 ///    snapshot, apply the committed entries in order and answer their
 ///    proposals, confirm and fail reads, `advance`, then serve the reads
-///    the applied state now covers.
+///    the applied state now covers (unless reads are held).
 ///
 /// Invariants:
 /// 1. At most one `Ready` is in flight: `start` returns nothing while one
@@ -161,6 +161,9 @@ pub struct Pipeline<P, R> {
     reads: HashMap<u64, R>,
     confirmed: Vec<(LogIndex, R)>,
     applied: LogIndex,
+    /// The state machine is away: confirmed reads wait (see
+    /// [`Pipeline::hold_reads`]).
+    reads_held: bool,
 }
 
 impl<P, R> Pipeline<P, R> {
@@ -173,7 +176,16 @@ impl<P, R> Pipeline<P, R> {
             reads: HashMap::new(),
             confirmed: Vec::new(),
             applied,
+            reads_held: false,
         }
+    }
+
+    /// While held, confirmed reads are not served, whatever they cover:
+    /// the state machine is away (encoding a snapshot on another thread,
+    /// with the core's apply held: `Raft::hold_apply`). Let go, then
+    /// [`Pipeline::serve_reads`] serves what waited.
+    pub fn hold_reads(&mut self, held: bool) {
+        self.reads_held = held;
     }
 
     /// What the state machine holds: every entry up to this index.
@@ -312,6 +324,19 @@ impl<P, R> Pipeline<P, R> {
         }
         raft.advance(stage.token);
         debug_assert_eq!(self.applied, raft.applied_index(), "invariant 3");
+        self.serve_reads(io);
+        Ok(())
+    }
+
+    /// Serves the confirmed reads the applied state covers (none while
+    /// reads are held).
+    pub fn serve_reads<I>(&mut self, io: &mut I)
+    where
+        I: PipelineIo<Reply = P, Read = R>,
+    {
+        if self.reads_held {
+            return;
+        }
         let applied = self.applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed)
             .into_iter()
@@ -320,7 +345,6 @@ impl<P, R> Pipeline<P, R> {
         for (index, read) in ready {
             io.serve_read(read, index);
         }
-        Ok(())
     }
 
     /// The node stops: everyone waiting learns `error`.

@@ -394,14 +394,32 @@ impl<V: Vfs> NodeTask<V> {
         );
     }
 
-    /// Takes a snapshot when enough was applied since the last one: the
-    /// state is encoded here, at a consistent applied index, and written to
-    /// disk on a blocking thread, off the consensus path.
+    /// Takes a snapshot when enough was applied since the last one. The
+    /// state machine goes to a blocking thread to encode its state, at the
+    /// applied index it holds; meanwhile the core holds its committed
+    /// entries back (`Raft::hold_apply`) and the pipeline its reads, while
+    /// appends, heartbeats, votes and commits go on, so a large state does
+    /// not stall consensus or cost an election. Writes and reads are
+    /// answered only once the state machine is back (a leader encoding
+    /// alone keeps its leadership and answers nothing for that long), and
+    /// a follower that takes a snapshot install meanwhile goes quiet until
+    /// then. Called between Readies only (the hold must not catch a Ready
+    /// with entries to apply).
     pub(super) fn maybe_snapshot(&mut self) {
-        if self.snapshotting {
+        if self.snapshotting || self.applier_away || self.pipeline.busy() {
             return;
         }
         let applied = self.pipeline.applied();
+        // After an encoding failed, not again until as many entries as
+        // between snapshots (1,000 with none set) were applied: a state
+        // that cannot encode would otherwise hold apply back on every Ready.
+        if self.encode_failed_at.is_some_and(|f| {
+            applied.0
+                < f.0
+                    .saturating_add(self.snapshot_every.unwrap_or(1000).max(1))
+        }) {
+            return;
+        }
         let due = self
             .snapshot_every
             .is_some_and(|every| applied.0 >= self.last_snapshot.0.saturating_add(every));
@@ -420,14 +438,6 @@ impl<V: Vfs> NodeTask<V> {
         let Some(term) = self.raft.term_at(applied) else {
             return;
         };
-        let state = match self.applier.snapshot() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(node = %self.raft.id(), "cannot encode a snapshot: {e}");
-                return;
-            }
-        };
-        self.snapshotting = true;
         let meta = crate::storage::SnapshotMeta {
             index: applied,
             term,
@@ -435,7 +445,63 @@ impl<V: Vfs> NodeTask<V> {
             // latest one (a later configuration entry may yet be truncated).
             membership: self.raft.membership_at(applied).clone(),
         };
+        let away = Away::standing_in_for(&*self.applier);
+        let applier = std::mem::replace(&mut self.applier, Box::new(away));
+        self.applier_away = true;
+        self.raft.hold_apply(true);
+        self.pipeline.hold_reads(true);
+        self.snapshotting = true;
+        let tx = self.event_sender();
+        self.spawn_file_work(move || {
+            let started = Instant::now();
+            // The user's encoding may panic: caught, the state machine
+            // (only borrowed by `snapshot`) still comes back, and the node
+            // goes on without this snapshot.
+            let state =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| applier.snapshot()))
+                    .map_err(|p| {
+                        format!(
+                            "the state machine panicked: {}",
+                            crate::sm::panic_message(&*p)
+                        )
+                    })
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            let took = started.elapsed();
+            // (A node stopping meanwhile drops the state machine with the
+            // event, once its task ends.)
+            let _ = tx.send(Event::Encoded(Encoded {
+                applier,
+                meta,
+                state,
+                took,
+            }));
+        });
+    }
+
+    /// The state machine is back from encoding: apply and reads go on, and
+    /// the state is written to disk on a blocking thread.
+    pub(super) fn on_encoded(&mut self, e: Encoded) {
+        self.applier = e.applier;
+        self.applier_away = false;
+        self.raft.hold_apply(false);
+        self.pipeline.hold_reads(false);
+        let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
+        self.pipeline.serve_reads(&mut io);
+        self.metrics.snapshot_encode.observe(e.took);
+        let state = match e.state {
+            Ok(s) => s,
+            Err(err) => {
+                self.snapshotting = false;
+                self.encode_failed_at = Some(e.meta.index);
+                tracing::error!(node = %self.raft.id(), index = %e.meta.index, "cannot encode a snapshot (the next try waits for more entries): {err}");
+                return;
+            }
+        };
+        self.encode_failed_at = None;
+        let (applied, term) = (e.meta.index, e.meta.term);
+        tracing::debug!(node = %self.raft.id(), index = %applied, bytes = state.len(), took = ?e.took, "encoded a snapshot");
         let (files, tx) = (self.snapshots.clone(), self.event_sender());
+        let meta = e.meta;
         self.spawn_file_work(move || {
             let r = files.save(meta, &state).map(|()| (applied, term));
             let _ = files.retain(2);
@@ -452,7 +518,9 @@ impl<V: Vfs> NodeTask<V> {
         let (index, term) = match r {
             Ok(x) => x,
             Err(e) => {
-                tracing::error!(node = %self.raft.id(), "cannot write a snapshot: {e}");
+                // Not again at once: each try holds apply while it encodes.
+                self.encode_failed_at = Some(self.pipeline.applied());
+                tracing::error!(node = %self.raft.id(), "cannot write a snapshot (the next try waits for more entries): {e}");
                 return Ok(());
             }
         };
@@ -485,6 +553,80 @@ impl<V: Vfs> NodeTask<V> {
             Backend::Stopped => return Err("the node has stopped".into()),
         }
         Ok(())
+    }
+}
+
+/// The state machine back from encoding a snapshot (see
+/// `NodeTask::maybe_snapshot`).
+pub(super) struct Encoded {
+    pub(super) applier: Box<dyn Applier>,
+    pub(super) meta: crate::storage::SnapshotMeta,
+    pub(super) state: Result<Vec<u8>, String>,
+    pub(super) took: Duration,
+}
+
+/// Stands in for the state machine while it encodes a snapshot on a
+/// blocking thread. The core's apply and the pipeline's reads are held
+/// meanwhile and stale queries are answered busy, so nothing applies,
+/// restores or queries through it; status reads what the state machine
+/// said when it left.
+pub(super) struct Away {
+    halted: Option<String>,
+    panic_policy: Option<crate::sm::PanicPolicy>,
+    divergences: u64,
+    replicated: bool,
+    schema: Option<u64>,
+}
+
+impl Away {
+    fn standing_in_for(a: &dyn Applier) -> Away {
+        Away {
+            halted: a.halted(),
+            panic_policy: a.panic_policy(),
+            divergences: a.divergences(),
+            replicated: a.is_replicated_type(),
+            schema: a.stored_schema(),
+        }
+    }
+}
+
+impl Applier for Away {
+    fn apply(&mut self, index: LogIndex, _: Term, _: &bytes::Bytes) -> bytes::Bytes {
+        // The core hands no committed entry while its apply is held
+        // (`Raft::hold_apply`, set before this stands in and let go only
+        // after the state machine is back): reaching this is a bug in the
+        // node, not anything from outside, and applying nothing would let
+        // this replica's state silently diverge.
+        unreachable!("entry {index} handed for apply while the state machine encodes a snapshot")
+    }
+    fn query(&self, _: &bytes::Bytes) -> Result<bytes::Bytes, crate::sm::StateError> {
+        Err(crate::sm::StateError::Query(
+            "the state machine is encoding a snapshot".into(),
+        ))
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, crate::sm::StateError> {
+        Err(crate::sm::StateError::Encode(
+            "the state machine is encoding a snapshot".into(),
+        ))
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), crate::sm::StateError> {
+        // As for `apply`: no install is handed while apply is held.
+        unreachable!("a snapshot install handed while the state machine encodes a snapshot")
+    }
+    fn is_replicated_type(&self) -> bool {
+        self.replicated
+    }
+    fn stored_schema(&self) -> Option<u64> {
+        self.schema
+    }
+    fn halted(&self) -> Option<String> {
+        self.halted.clone()
+    }
+    fn panic_policy(&self) -> Option<crate::sm::PanicPolicy> {
+        self.panic_policy
+    }
+    fn divergences(&self) -> u64 {
+        self.divergences
     }
 }
 

@@ -152,6 +152,8 @@ fn start<V: Vfs>(
         quota: opts.storage_quota_bytes,
         over_quota: false,
         snapshotting: false,
+        applier_away: false,
+        encode_failed_at: None,
         events: None,
         file_work: Vec::new(),
         repairing: raft_repairing,
@@ -271,15 +273,7 @@ fn watch_for_panic(run: tokio::task::JoinHandle<()>, watch_tx: watch::Sender<Nod
         if let Err(e) = run.await
             && e.is_panic()
         {
-            let why = {
-                let p = e.into_panic();
-                let text = p
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic whose payload is not text".into());
-                StopReason::Panicked(text)
-            };
+            let why = StopReason::Panicked(crate::sm::panic_message(&*e.into_panic()));
             tracing::error!("node stopped: {why}");
             watch_tx.send_modify(|s| {
                 s.role = RoleKind::Follower;

@@ -96,8 +96,15 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) snapshot_transfer_timeout: Duration,
     /// Larger proposals are refused (see [`NodeOptions::max_command_bytes`]).
     pub(super) max_command_bytes: usize,
-    /// A snapshot is being written.
+    /// A snapshot is being encoded or written.
     pub(super) snapshotting: bool,
+    /// The state machine is on a blocking thread encoding a snapshot:
+    /// `applier` is a stand-in ([`super::snapshots::Away`]), and the core's
+    /// apply and the pipeline's reads are held until it is back.
+    pub(super) applier_away: bool,
+    /// The applied index of the last snapshot whose encoding failed, until
+    /// one succeeds (see `maybe_snapshot`).
+    pub(super) encode_failed_at: Option<LogIndex>,
     /// Where helpers report back to the node task.
     pub(super) events: Option<mpsc::UnboundedSender<Event>>,
     /// File work running on blocking threads (snapshot saves, installs).
@@ -139,6 +146,9 @@ pub(super) struct NodeTask<V: Vfs> {
 pub(super) enum Event {
     /// A Ready's persistence finished.
     Persisted(Result<(), String>),
+    /// The state machine is back from encoding a snapshot, with the state
+    /// (or why it could not encode it) and how long it took.
+    Encoded(super::snapshots::Encoded),
     /// A snapshot of the state up to `(index, term)` is durable.
     Snapshotted(Result<(LogIndex, Term), String>),
     /// An accepted snapshot was promoted and its state read.
@@ -178,6 +188,7 @@ impl<V: Vfs> NodeTask<V> {
                             break StopReason::Failed(e);
                         }
                     }
+                    Event::Encoded(e) => self.on_encoded(e),
                     Event::Snapshotted(r) => {
                         if let Err(e) = self.on_snapshotted(r) {
                             break StopReason::Storage(e);
@@ -288,9 +299,12 @@ impl<V: Vfs> NodeTask<V> {
         // Only once everything the core wrote is durable (its hard state
         // records the vote that ends the repair): the write queue is
         // ordered, so the mark goes after it; the core counts again only
-        // once the mark is gone.
+        // once the mark is gone. Not while the state machine is away: a
+        // held apply keeps an install, and all after it, out of Readies
+        // (`prepare_ready` says no with that work still unwritten).
         if !self.repairing
             || self.dropping_repair_mark
+            || self.applier_away
             || !self.raft.repair_complete()
             || self.pipeline.busy()
             || self.raft.prepare_ready()
@@ -486,6 +500,13 @@ impl<V: Vfs> NodeTask<V> {
                 }
             },
             Command::Read { reply } => self.start_read(PendingRead::Barrier(reply)),
+            // The state machine is encoding a snapshot elsewhere: a stale
+            // read waits no better than a busy answer (the client retries).
+            Command::Query {
+                stale: true, reply, ..
+            } if self.applier_away => {
+                let _ = reply.send(Err(NodeError::Busy));
+            }
             Command::Query {
                 body,
                 stale: true,

@@ -74,6 +74,7 @@ impl Raft {
                 term: hs.term,
             },
             ready_outstanding: false,
+            apply_held: false,
             installed_snapshot: None,
             snapshots_to_send: Vec::new(),
             repair: init.repairing.then_some(Repair {

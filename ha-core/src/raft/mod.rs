@@ -413,6 +413,9 @@ pub struct Raft {
     last_soft_state: SoftState,
     /// A Ready was handed out and not yet confirmed by `advance`.
     ready_outstanding: bool,
+    /// The state machine is away (see [`Raft::hold_apply`]): Readies carry
+    /// no committed entries and no snapshot install.
+    apply_held: bool,
     /// A snapshot installed since the last Ready, for the driver to restore.
     installed_snapshot: Option<SnapshotInstall>,
     /// Followers that need a snapshot sent.

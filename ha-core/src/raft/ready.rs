@@ -11,16 +11,41 @@ impl Raft {
     /// [`Raft::ready`] when it says yes.
     pub fn prepare_ready(&mut self) -> bool {
         self.flush_leader_output();
+        if self.apply_held && self.installed_snapshot.is_some() {
+            // The install must be restored before anything after it is
+            // written: nothing goes until the state machine is back.
+            return false;
+        }
         !self.msgs.is_empty()
             || !self.msgs_after_persist.is_empty()
             || self.hard_state() != self.last_hard_state
             || self.log.handed_persist < self.log.last_index()
-            || self.log.handed_apply < self.log.committed.min(self.log.last_index())
+            || (!self.apply_held
+                && self.log.handed_apply < self.log.committed.min(self.log.last_index()))
             || !self.read_states.is_empty()
             || !self.dropped_reads.is_empty()
             || self.soft_state() != self.last_soft_state
             || self.installed_snapshot.is_some()
             || !self.snapshots_to_send.is_empty()
+    }
+
+    /// Holds the state machine's side of Readies back (`true`) or lets it
+    /// go (`false`). While held, a Ready carries no committed entries and
+    /// no snapshot install, and none is prepared while an install waits;
+    /// everything else (appends, heartbeats, votes, acknowledgements,
+    /// commits, read confirmations) goes on. For a driver whose state
+    /// machine is busy elsewhere, such as encoding a snapshot on another
+    /// thread: consensus does not pause for it (entries committed
+    /// meanwhile are applied once it is back), except on a follower that
+    /// takes a snapshot install meanwhile, which then sends and writes
+    /// nothing until let go. Hold only with no Ready outstanding (a Ready
+    /// handed out before may carry entries to apply); let go at any time.
+    pub fn hold_apply(&mut self, held: bool) {
+        debug_assert!(
+            !held || !self.ready_outstanding,
+            "hold_apply(true) with a Ready outstanding"
+        );
+        self.apply_held = held;
     }
 
     /// Takes the work accumulated so far (see [`Ready`]).
@@ -37,12 +62,24 @@ impl Raft {
         let hs = self.hard_state();
         let hard_state = (hs != self.last_hard_state).then_some(hs);
         self.last_hard_state = hs;
-        let committed_entries = self.log.take_committed(self.config.max_apply_entries);
+        let committed_entries = if self.apply_held {
+            Vec::new()
+        } else {
+            self.log.take_committed(self.config.max_apply_entries)
+        };
         let ss = self.soft_state();
         let soft_state = (ss != self.last_soft_state).then_some(ss);
         self.last_soft_state = ss;
         self.ready_outstanding = true;
-        let snapshot = self.installed_snapshot.take();
+        debug_assert!(
+            !(self.apply_held && self.installed_snapshot.is_some()),
+            "ready() with an install waiting for a held apply (prepare_ready said no)"
+        );
+        let snapshot = if self.apply_held {
+            None
+        } else {
+            self.installed_snapshot.take()
+        };
         let token = ReadyToken {
             persisted: entries.last().map(|e| (e.index, e.term)),
             applied: committed_entries.last().map(|e| e.index),

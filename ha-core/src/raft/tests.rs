@@ -785,3 +785,75 @@ fn a_joined_node_restarted_votes_only_above_its_stored_term() {
     r.step(vote(3)).unwrap();
     assert_eq!(vote_granted(&drain(&mut r)), Some(true), "not joined");
 }
+
+/// While apply is held, Readies go on (entries persisted, commits made)
+/// but carry no committed entry; let go, the next Ready carries them all,
+/// in order, and the applied index follows.
+#[test]
+fn a_held_apply_holds_committed_entries_back_and_nothing_else() {
+    let init = InitialState {
+        membership: Membership::new_voters([NodeId(1)]),
+        ..InitialState::default()
+    };
+    let mut r = Raft::new(Config::new(NodeId(1)), init).unwrap();
+    r.campaign_now();
+    drain(&mut r);
+    assert!(r.is_leader());
+    let applied = r.applied_index();
+    r.hold_apply(true);
+    for i in 0..3u8 {
+        r.propose(Bytes::from(vec![i])).unwrap();
+        while r.prepare_ready() {
+            let rd = r.ready();
+            assert!(
+                rd.committed_entries.is_empty(),
+                "an entry handed for apply while held"
+            );
+            let t = rd.token();
+            r.advance(t);
+        }
+    }
+    assert_eq!(r.applied_index(), applied, "applied moved while held");
+    assert_eq!(
+        r.commit_index(),
+        LogIndex(applied.0 + 3),
+        "commits stopped while held"
+    );
+    r.hold_apply(false);
+    assert!(r.prepare_ready(), "the held entries make a Ready");
+    let rd = r.ready();
+    let got: Vec<LogIndex> = rd.committed_entries.iter().map(|e| e.index).collect();
+    assert_eq!(
+        got,
+        (1..=3).map(|i| LogIndex(applied.0 + i)).collect::<Vec<_>>()
+    );
+    let t = rd.token();
+    r.advance(t);
+    assert_eq!(r.applied_index(), LogIndex(applied.0 + 3));
+}
+
+/// A snapshot installed while apply is held waits whole: no Ready (whose
+/// entries would come after an install not yet restored) until let go.
+#[test]
+fn a_snapshot_install_waits_for_a_held_apply() {
+    let mut r = node();
+    r.hold_apply(true);
+    r.step(msg(
+        2,
+        1,
+        Body::InstallSnapshot {
+            index: LogIndex(10),
+            term: Term(1),
+            membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        },
+    ))
+    .unwrap();
+    assert!(
+        !r.prepare_ready(),
+        "a Ready while an install waits for the state machine"
+    );
+    r.hold_apply(false);
+    assert!(r.prepare_ready());
+    let rd = r.ready();
+    assert_eq!(rd.snapshot.map(|s| s.index), Some(LogIndex(10)));
+}

@@ -26,11 +26,11 @@
 mod replay;
 mod sessions;
 
-pub(crate) use sessions::envelope_shape;
 pub use sessions::{
     DEFAULT_DETERMINISM_CHECK_EVERY, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TIMEOUT_MS,
     MAX_CHECKED_STATE_BYTES, MAX_OPEN_RESULTS, MAX_OPERATOR_OPS, PanicPolicy, Sessions,
 };
+pub(crate) use sessions::{envelope_shape, panic_message};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -145,7 +145,9 @@ pub trait ReplicatedValue {
 impl<T: Serialize + DeserializeOwned> ReplicatedValue for T {}
 
 /// Applies committed commands: the replicated state machine, as the node
-/// sees it. Called on the node task, in log order, once per command entry.
+/// sees it. Called on the node task, in log order, once per command entry,
+/// except [`Applier::snapshot`], which runs on a blocking thread while the
+/// node holds apply and reads back (consensus goes on meanwhile).
 pub trait Applier: Send + 'static {
     /// Applies `command` (the entry at `index`, of `term`) and returns the
     /// answer for the client that proposed it.

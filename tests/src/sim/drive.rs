@@ -113,6 +113,7 @@ impl Sim {
                 .is_some_and(|(due, _)| *due <= now)
             {
                 let (_, snap) = self.nodes[k].saving.take().expect("checked");
+                self.release_apply(k)?;
                 self.snapshot_saved(k, snap);
             }
         }
@@ -140,7 +141,8 @@ impl Sim {
                     .as_mut()
                     .is_some_and(|r| r.repair_complete() && !r.prepare_ready())
                     && node.in_flight.is_none()
-                    && !node.pipeline.busy();
+                    && !node.pipeline.busy()
+                    && !node.apply_held;
                 if settled {
                     node.store.finish_repair()?;
                     if let Some(r) = node.raft.as_mut() {
@@ -609,11 +611,36 @@ impl Sim {
             max => self.rng.range(0, max + 1),
         };
         if delay > 0 {
-            self.nodes[k].saving = Some((self.now + delay, snap));
+            // The state machine encodes meanwhile (the node task's does so
+            // on a blocking thread): apply and reads wait, consensus not.
+            let node = &mut self.nodes[k];
+            if let Some(raft) = node.raft.as_mut() {
+                raft.hold_apply(true);
+                node.pipeline.hold_reads(true);
+                node.apply_held = true;
+            }
+            node.saving = Some((self.now + delay, snap));
             return Ok(());
         }
         self.snapshot_saved(k, snap);
         Ok(())
+    }
+
+    /// The state machine is back from encoding: apply goes on, and the
+    /// reads that waited for it are served.
+    fn release_apply(&mut self, k: usize) -> Result<(), String> {
+        if !std::mem::take(&mut self.nodes[k].apply_held) {
+            return Ok(());
+        }
+        let Some(((), out)) = self.with_pipeline(k, None, |raft, p, io| {
+            raft.hold_apply(false);
+            p.hold_reads(false);
+            p.serve_reads(io);
+        }) else {
+            return Ok(());
+        };
+        self.take_outputs(k, out)?;
+        self.drive(k)
     }
 
     /// A snapshot file is durable: publish it (unless a newer one is) and

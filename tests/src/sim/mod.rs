@@ -176,6 +176,7 @@ impl Sim {
                 incarnation: 0,
                 in_flight: None,
                 saving: None,
+                apply_held: false,
                 checked_commit: LogIndex(0),
                 promise: Promise::default(),
                 unwritten_hs: None,

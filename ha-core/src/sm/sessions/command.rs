@@ -12,7 +12,7 @@ use super::*;
 /// every replica for the same panic, unlike its location or backtrace.
 /// At most this many bytes of it are kept (in session results, snapshots
 /// and answers), cut on a character boundary: the same cut everywhere.
-pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     const MAX: usize = 1024;
     let text = if let Some(s) = payload.downcast_ref::<&str>() {
         s

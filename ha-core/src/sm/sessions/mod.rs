@@ -30,9 +30,9 @@
 //! 2. A kept result is returned for a retry byte for byte.
 
 mod command;
+pub(crate) use command::panic_message;
 mod operator;
 pub(super) use self::command::run_command;
-use self::command::*;
 use self::operator::*;
 
 use std::collections::{BTreeMap, VecDeque};
