@@ -17,6 +17,7 @@
 # pays a follower's forwarding hop. Installs what it lacks: etcd-server and
 # protobuf-compiler (for the etcd-client crate) from Debian's packages.
 set -euo pipefail
+shopt -s inherit_errexit
 RUNS=${1:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -27,19 +28,28 @@ if ! need etcd || ! need protoc; then
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server protobuf-compiler >/dev/null
   # The package starts a system etcd on the default ports; this script
-  # needs none of it.
-  systemctl stop etcd >/dev/null 2>&1 || true
+  # needs none of it, and it would take CPU from both sides.
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+if pgrep -x etcd >/dev/null || pgrep -f "ha-kv serve" >/dev/null; then
+  echo "an etcd or ha-kv server is running already: stop it first, it would skew both sides" >&2
+  exit 1
 fi
 cargo build --release -q -p ha-kv
 cargo build --release -q --manifest-path bench/etcd-load/Cargo.toml
 HA="$ROOT/target/release/ha-kv"
 LOAD="$ROOT/bench/etcd-load/target/release/etcd-load"
 
-D=$(mktemp -d)
+# Data on the disk the repository is on (a tmpfs /tmp would make fsync free).
+D=$(mktemp -d -p "$ROOT/target")
 PIDS=()
 cleanup() {
+  local rc=$?
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then
+    for f in "$D"/*/log-*; do [ -f "$f" ] && { echo "--- $f" >&2; tail -5 "$f" >&2; }; done
+  fi
   rm -rf "$D"
 }
 trap cleanup EXIT
@@ -81,7 +91,28 @@ stop_all() {
   PIDS=()
 }
 
-# run_ha CLIENTS OPS READ_RATIO -> JSON line with rss fields added
+# Every server of the run is still up (a run on two nodes is no run).
+all_up() {
+  local p
+  for p in "${PIDS[@]}"; do
+    kill -0 "$p" 2>/dev/null || { echo "a server of this run died (pid $p)" >&2; return 1; }
+  done
+}
+
+# Checks a run's JSON line: no errors, and adds the RSS figures.
+finish_line() {
+  local out=$1 idle=$2
+  python3 - "$out" "$idle" "$(rss_mib)" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+if r.get("errors"):
+    sys.exit(f"the run had {r['errors']} failed operations: not a valid measurement")
+r["rss_idle_mib"], r["rss_end_mib"] = int(sys.argv[2]), int(sys.argv[3])
+print(json.dumps(r))
+PY
+}
+
+# run_ha CLIENTS OPS READ_RATIO: one JSON line (with RSS) to $D/line.
 run_ha() {
   local dir="$D/ha" p1 p2 p3
   rm -rf "$dir"; mkdir -p "$dir"
@@ -95,19 +126,24 @@ run_ha() {
     i=$((i + 1))
   done
   local c=(--cluster "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --tls-dir "$dir/tls")
+  local warm=0
   for _ in $(seq 1 100); do
-    "$HA" put warm up "${c[@]}" --timeout-ms 1000 >/dev/null 2>&1 && break
+    "$HA" put warm up "${c[@]}" --timeout-ms 1000 >/dev/null 2>&1 && { warm=1; break; }
     sleep 0.1
   done
+  [ "$warm" = 1 ] || { echo "the ha-kv cluster never took a write" >&2; return 1; }
   sleep 1
+  all_up
   local idle out
   idle=$(rss_mib)
   out=$("$HA" bench --clients "$1" --ops "$2" --value-size 128 --keys 10000 \
     --read-ratio "$3" "${c[@]}" 2>/dev/null | tail -1)
-  echo "${out%\}},\"rss_idle_mib\":$idle,\"rss_end_mib\":$(rss_mib)}"
+  all_up
+  finish_line "$out" "$idle" >"$D/line"
   stop_all
 }
 
+# run_etcd CLIENTS OPS READ_RATIO: one JSON line (with RSS) to $D/line.
 run_etcd() {
   local dir="$D/etcd" c1 c2 c3 q1 q2 q3
   rm -rf "$dir"; mkdir -p "$dir"
@@ -129,11 +165,13 @@ run_etcd() {
   # etcd-load waits for a leader; a small run warms the cluster up.
   "$LOAD" --endpoints "$eps" --clients 1 --ops 10 >/dev/null
   sleep 1
+  all_up
   local idle out
   idle=$(rss_mib)
   out=$("$LOAD" --endpoints "$eps" --clients "$1" --ops "$2" --value-size 128 \
     --keys 10000 --read-ratio "$3" | tail -1)
-  echo "${out%\}},\"rss_idle_mib\":$idle,\"rss_end_mib\":$(rss_mib)}"
+  all_up
+  finish_line "$out" "$idle" >"$D/line"
   stop_all
 }
 
@@ -153,8 +191,8 @@ for w in "${WORKLOADS[@]}"; do
     order=(ha etcd)
     [ $((r % 2)) -eq 0 ] && order=(etcd ha)
     for side in "${order[@]}"; do
-      line=$("run_$side" "$clients" "$ops" "$read")
-      echo "$name $side $line" | tee -a "$RESULTS" >&2
+      "run_$side" "$clients" "$ops" "$read"
+      echo "$name $side $(cat "$D/line")" | tee -a "$RESULTS" >&2
     done
   done
 done

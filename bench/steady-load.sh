@@ -54,7 +54,15 @@ done
 view() {
   "$HA" status "${C[@]}" --timeout-ms 1000 | python3 -c 'import json, sys
 s = sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda x: x["id"])
+if len(s) != 3:
+    sys.exit("only %d of 3 nodes answered" % len(s))
 print(" ".join("%s:term=%s,leader=%s" % (x["id"], x["term"], x["leader"]) for x in s))'
+}
+all_up() {
+  local p
+  for p in "${PIDS[@]}"; do
+    kill -0 "$p" 2>/dev/null || { echo "node pid $p died" >&2; exit 1; }
+  done
 }
 rss() {
   local out=() p
@@ -70,7 +78,12 @@ START=$(date +%s)
 while [ $(( $(date +%s) - START )) -lt "$SECS" ]; do
   out=$("$HA" bench --clients "$CLIENTS" --ops "$OPS" --value-size 128 --keys 10000 \
     "${C[@]}" 2>/dev/null | tail -1)
+  all_up
   echo "$out rss_mib: $(rss)"
+  python3 -c 'import json, sys
+r = json.loads(sys.argv[1])
+if r["errors"]:
+    sys.exit("%d writes failed in this round" % r["errors"])' "$out"
   # Size the next round to about 30 s at this round's rate.
   OPS=$(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(max(10000, int(r['ops_per_sec']*30)))" "$out")
 done

@@ -110,19 +110,33 @@ impl Default for QuicOptions {
 /// Bytes asked of the kernel for a QUIC socket's receive and send buffers.
 /// The default (about 208 KiB on Linux) overflowed under 256 clients on
 /// one connection: hundreds of datagrams dropped a second, each a QUIC
-/// loss and a retransmission in the tail. The kernel caps the request at
-/// `net.core.rmem_max` / `wmem_max`.
-pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+/// loss and a retransmission in the tail. Linux caps the request, without
+/// an error, at `net.core.rmem_max` / `wmem_max` (208 KiB on a stock
+/// kernel: raise them to get the full size).
+pub(crate) const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
-/// Asks for [`SOCKET_BUFFER_BYTES`] of receive and send buffer on `socket`.
-/// A refusal is logged, not fatal: the socket works with the default.
-pub fn size_socket_buffers(socket: &std::net::UdpSocket) {
+/// Asks for [`SOCKET_BUFFER_BYTES`] of receive and send buffer on `socket`,
+/// and says (once per socket, at info) when the kernel granted less. A
+/// refusal is logged, not fatal: the socket works with what it has.
+pub(crate) fn size_socket_buffers(socket: &std::net::UdpSocket) {
     let s = socket2::SockRef::from(socket);
     if let Err(e) = s
         .set_recv_buffer_size(SOCKET_BUFFER_BYTES)
         .and_then(|()| s.set_send_buffer_size(SOCKET_BUFFER_BYTES))
     {
         tracing::warn!("could not enlarge the UDP socket's buffers: {e}");
+        return;
+    }
+    // Linux reports twice what it grants (its bookkeeping overhead).
+    if let Ok(got) = s.recv_buffer_size()
+        && got / 2 < SOCKET_BUFFER_BYTES
+    {
+        tracing::info!(
+            "the UDP receive buffer is {} KiB of the {} KiB asked for (capped by the kernel's \
+             net.core.rmem_max): under heavy load datagrams may drop and be resent",
+            got / 2 / 1024,
+            SOCKET_BUFFER_BYTES / 1024
+        );
     }
 }
 
