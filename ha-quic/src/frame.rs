@@ -115,6 +115,10 @@ pub struct ReadLimits<'a> {
     /// (only for streams from a trusted party, such as a node's answer to a
     /// client).
     pub budget: Option<&'a Arc<Semaphore>>,
+    /// A second budget every byte is also paid from: one connection's
+    /// share of `budget`, so that no single connection can hold all of it
+    /// (and get others' frames refused). `None`: no share.
+    pub share: Option<&'a Arc<Semaphore>>,
     /// When the frame must have arrived.
     pub deadline: FrameDeadline,
 }
@@ -125,6 +129,7 @@ impl ReadLimits<'_> {
         ReadLimits {
             max_bytes,
             budget: None,
+            share: None,
             deadline: FrameDeadline::Never,
         }
     }
@@ -229,6 +234,8 @@ struct Growing {
     /// round `buf.capacity()` up.
     reserved: usize,
     paid: Option<OwnedSemaphorePermit>,
+    /// What the connection's share holds for it (see [`ReadLimits::share`]).
+    paid_share: Option<OwnedSemaphorePermit>,
 }
 
 impl Growing {
@@ -238,6 +245,7 @@ impl Growing {
         more: usize,
         len: usize,
         budget: Option<&Arc<Semaphore>>,
+        share: Option<&Arc<Semaphore>>,
     ) -> Result<(), FrameError> {
         let need = self.buf.len() + more;
         if need <= self.reserved {
@@ -248,14 +256,26 @@ impl Growing {
             .max(FIRST_BUFFER_BYTES)
             .min(len);
         let wanted = target - self.reserved;
-        if let Some(budget) = budget {
-            let permit = u32::try_from(wanted)
+        let pay = |from: Option<&Arc<Semaphore>>| match from {
+            None => Ok(None),
+            Some(b) => u32::try_from(wanted)
                 .ok()
-                .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
-                .ok_or(FrameError::OverBudget { wanted, len })?;
-            match &mut self.paid {
-                Some(p) => p.merge(permit),
-                None => self.paid = Some(permit),
+                .and_then(|n| b.clone().try_acquire_many_owned(n).ok())
+                .map(Some)
+                .ok_or(FrameError::OverBudget { wanted, len }),
+        };
+        // Both or neither: a share paid for a budget that cannot pay goes
+        // back when `from_share` drops.
+        let from_share = pay(share)?;
+        let from_budget = pay(budget)?;
+        for (held, permit) in [
+            (&mut self.paid_share, from_share),
+            (&mut self.paid, from_budget),
+        ] {
+            match (held.as_mut(), permit) {
+                (Some(h), Some(p)) => h.merge(p),
+                (None, Some(p)) => *held = Some(p),
+                (_, None) => {}
             }
         }
         self.buf.reserve_exact(target - self.buf.len());
@@ -313,6 +333,7 @@ pub async fn read_frame_sized<T: DeserializeOwned>(
         buf: Vec::new(),
         reserved: 0,
         paid: None,
+        paid_share: None,
     };
     while body.buf.len() < len {
         let rest = len - body.buf.len();
@@ -332,7 +353,7 @@ pub async fn read_frame_sized<T: DeserializeOwned>(
         // `read_chunk` returns at most `rest` bytes; a defensive cut keeps
         // the buffer within the announced length regardless.
         let take = chunk.len().min(rest);
-        body.reserve(take, len, limits.budget)?;
+        body.reserve(take, len, limits.budget, limits.share)?;
         body.buf.extend_from_slice(&chunk[..take]);
     }
     decode_body(&body.buf).map(|v| Some((v, len)))
@@ -441,18 +462,20 @@ mod tests {
             buf: Vec::new(),
             reserved: 0,
             paid: None,
+            paid_share: None,
         };
         // Ten bytes of a 1 MiB frame: one small first step.
-        g.reserve(10, len, Some(&budget)).unwrap();
+        g.reserve(10, len, Some(&budget), None).unwrap();
         g.buf.extend_from_slice(&[0; 10]);
         assert_eq!(g.reserved, FIRST_BUFFER_BYTES);
         assert_eq!(budget.available_permits(), 100_000 - FIRST_BUFFER_BYTES);
         // Growth at least doubles, and stops at what the budget can pay.
-        g.reserve(FIRST_BUFFER_BYTES, len, Some(&budget)).unwrap();
+        g.reserve(FIRST_BUFFER_BYTES, len, Some(&budget), None)
+            .unwrap();
         assert_eq!(g.reserved, 2 * FIRST_BUFFER_BYTES);
         g.buf.resize(2 * FIRST_BUFFER_BYTES, 0);
         assert!(matches!(
-            g.reserve(200_000, len, Some(&budget)),
+            g.reserve(200_000, len, Some(&budget), None),
             Err(FrameError::OverBudget { .. })
         ));
         // Never beyond the announced length.
@@ -460,11 +483,52 @@ mod tests {
             buf: Vec::new(),
             reserved: 0,
             paid: None,
+            paid_share: None,
         };
-        small.reserve(3, 5, Some(&budget)).unwrap();
+        small.reserve(3, 5, Some(&budget), None).unwrap();
         assert_eq!(small.reserved, 5);
         // Everything returns when the frames go.
         drop((g, small));
+        assert_eq!(budget.available_permits(), 100_000);
+    }
+
+    #[test]
+    fn a_frame_pays_its_connections_share_too_and_a_share_runs_out_first() {
+        let budget = Arc::new(Semaphore::new(100_000));
+        let share = Arc::new(Semaphore::new(3 * FIRST_BUFFER_BYTES));
+        let len = 1 << 20;
+        let grow = || Growing {
+            buf: Vec::new(),
+            reserved: 0,
+            paid: None,
+            paid_share: None,
+        };
+        let (mut a, mut b, mut c) = (grow(), grow(), grow());
+        for g in [&mut a, &mut b, &mut c] {
+            g.reserve(10, len, Some(&budget), Some(&share)).unwrap();
+        }
+        assert_eq!(share.available_permits(), 0);
+        assert_eq!(budget.available_permits(), 100_000 - 3 * FIRST_BUFFER_BYTES);
+        // The share is spent: refused, though the budget could pay, and
+        // nothing is taken from either.
+        let mut d = grow();
+        assert!(matches!(
+            d.reserve(10, len, Some(&budget), Some(&share)),
+            Err(FrameError::OverBudget { .. })
+        ));
+        assert_eq!(budget.available_permits(), 100_000 - 3 * FIRST_BUFFER_BYTES);
+        // Another connection's share is its own.
+        let other = Arc::new(Semaphore::new(FIRST_BUFFER_BYTES));
+        d.reserve(10, len, Some(&budget), Some(&other)).unwrap();
+        // A budget that cannot pay leaves the share as it was.
+        let tight = Arc::new(Semaphore::new(1));
+        let roomy = Arc::new(Semaphore::new(100_000));
+        let mut e = grow();
+        assert!(e.reserve(10, len, Some(&tight), Some(&roomy)).is_err());
+        assert_eq!(roomy.available_permits(), 100_000);
+        drop((a, b, c, d, e));
+        assert_eq!(share.available_permits(), 3 * FIRST_BUFFER_BYTES);
+        assert_eq!(other.available_permits(), FIRST_BUFFER_BYTES);
         assert_eq!(budget.available_permits(), 100_000);
     }
 

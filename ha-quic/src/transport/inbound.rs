@@ -262,6 +262,7 @@ pub(super) async fn peer_stream(
     let first = |max_bytes| ReadLimits {
         max_bytes,
         budget: Some(&budget),
+        share: None,
         deadline: opened
             .checked_add(shared.limits.peer_frame_timeout)
             .map_or(FrameDeadline::Never, FrameDeadline::At),
@@ -298,6 +299,7 @@ pub(super) async fn peer_stream(
     let limits = ReadLimits {
         max_bytes,
         budget: Some(&budget),
+        share: None,
         deadline: FrameDeadline::AfterFirstByte(shared.limits.peer_frame_timeout),
     };
     // Invariant 7: this stream becomes the peer's newest of its class,

@@ -84,7 +84,9 @@ pub struct QuicLimits {
     pub max_connections_per_peer: usize,
     /// Bytes all client streams together may hold in unfinished request
     /// frames (default 256 MiB). A connection whose frame cannot be paid
-    /// for is closed.
+    /// for is closed. One connection may hold at most a quarter of it (and
+    /// never less than one largest request): see
+    /// [`QuicLimits::client_share_bytes`].
     pub client_budget_bytes: usize,
     /// Client requests one node keeps waiting for the node's answer, over
     /// all connections (default 4096; status requests, answered at once,
@@ -155,6 +157,18 @@ impl Default for QuicLimits {
 }
 
 impl QuicLimits {
+    /// Bytes of unfinished request frames one client connection may hold:
+    /// a quarter of `client_budget_bytes`, at least one largest request,
+    /// at most the whole budget. With 256 requests open on a connection,
+    /// one connection alone could otherwise take the whole budget, and
+    /// honest clients' frames would be refused (their connections closed).
+    pub fn client_share_bytes(&self) -> usize {
+        (self.client_budget_bytes / 4)
+            .max(self.max_request_bytes)
+            .min(self.client_budget_bytes)
+            .min(tokio::sync::Semaphore::MAX_PERMITS)
+    }
+
     /// Checks the relations between the limits, for a node with `peers`
     /// other nodes.
     pub fn validate(&self, peers: usize) -> Result<(), LimitsError> {

@@ -297,6 +297,7 @@ pub(super) async fn stream_snapshot(
     let limits = ReadLimits {
         max_bytes: MAX_CONTROL_FRAME_BYTES,
         budget: None,
+        share: None,
         deadline: deadline.map_or(FrameDeadline::Never, FrameDeadline::At),
     };
     let verdict = frame::read_frame_with::<SnapshotVerdict>(&mut recv, &limits).await;

@@ -13,12 +13,14 @@ pub(super) async fn client_connection(
 ) {
     // Clients only open request streams (see `tls`).
     conn.set_max_concurrent_uni_streams(0u32.into());
+    let share = Arc::new(Semaphore::new(shared.limits.client_share_bytes()));
     loop {
         tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok((send, recv)) => {
                     let (shared, node, conn) = (shared.clone(), node.clone(), conn.clone());
-                    tokio::spawn(client_stream(send, recv, conn, shared, node));
+                    let share = share.clone();
+                    tokio::spawn(client_stream(send, recv, conn, shared, node, share));
                 }
                 Err(_) => return,
             },
@@ -44,10 +46,12 @@ pub(super) async fn client_stream(
     conn: quinn::Connection,
     shared: Arc<Shared>,
     node: NodeHandle,
+    share: Arc<Semaphore>,
 ) {
     let limits = ReadLimits {
         max_bytes: shared.limits.max_request_bytes,
         budget: Some(&shared.client_budget),
+        share: Some(&share),
         deadline: Instant::now()
             .checked_add(shared.limits.client_request_timeout)
             .map_or(FrameDeadline::Never, FrameDeadline::At),

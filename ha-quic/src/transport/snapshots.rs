@@ -153,6 +153,7 @@ async fn admit_snapshot(
     let limits = ReadLimits {
         max_bytes: MAX_CONTROL_FRAME_BYTES,
         budget: Some(budget),
+        share: None,
         deadline: opened
             .checked_add(shared.limits.peer_frame_timeout)
             .map_or(FrameDeadline::Never, FrameDeadline::At),

@@ -228,6 +228,53 @@ fn a_client_exhausting_the_frame_budget_is_closed_and_others_are_served() {
     });
 }
 
+/// The story: with 256 requests open on a connection, one connection could
+/// hold the whole frame budget, and the next honest frame was refused, its
+/// connection closed. Now a connection pays from its own share too (a
+/// quarter of the budget, at least one largest request): the one that
+/// runs its share out is closed, and another's large frame, started
+/// before and finished after, is served.
+#[test]
+fn one_client_connection_cannot_hold_the_whole_frame_budget() {
+    let cluster = start_cluster(3, |q| {
+        q.limits.client_budget_bytes = 4 << 20;
+        q.limits.client_request_timeout = Duration::from_secs(30);
+    });
+    runtime(1).block_on(async {
+        let leader = cluster.leader().await;
+        let id = leader.id();
+        let client_id = load_client_identity(cluster.certs.path()).unwrap();
+        // B: an honest, large request, half sent.
+        let (_epb, b) = raw_conn(cluster.addrs[&id], "localhost", &client_id, ALPN_CLIENT).await;
+        let big = request_frame(&propose(1_300_000));
+        let (mut b_send, mut b_recv) = b.open_bi().await.unwrap();
+        b_send.write_all(&big[..700_000]).await.unwrap();
+        // A: frames started and never finished, more than its share.
+        let (_epa, a) = raw_conn(cluster.addrs[&id], "localhost", &client_id, ALPN_CLIENT).await;
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let (mut send, recv) = a.open_bi().await.unwrap();
+            let mut buf = (1_400_000u32).to_le_bytes().to_vec();
+            buf.extend_from_slice(&vec![1; 900_000]);
+            let _ = send.write_all(&buf).await;
+            streams.push((send, recv));
+        }
+        let reason = tokio::time::timeout(Duration::from_secs(10), a.closed())
+            .await
+            .expect("the node closes the connection that ran out its share");
+        assert!(reason.to_string().contains("no memory budget"), "{reason}");
+        // B was not touched: it finishes its frame and is answered.
+        b_send.write_all(&big[700_000..]).await.unwrap();
+        b_send.finish().unwrap();
+        let r: Option<ClientResponse> = frame::read_frame(&mut b_recv, 1 << 20).await.unwrap();
+        assert!(matches!(r, Some(ClientResponse::Applied { .. })), "{r:?}");
+        assert!(
+            b.close_reason().is_none(),
+            "the honest connection was closed"
+        );
+    });
+}
+
 /// The story: requests waiting for the node outlived their connection, so
 /// a client could leave any number behind, each holding its bytes. Now at
 /// most `max_client_requests` wait on a node (and `client_pending_bytes` of
