@@ -530,6 +530,7 @@ mod tests {
             refused_no_space: 0,
             applied_entries: 0,
             snapshots: 0,
+            snapshot_failures: 0,
             snapshot_index: LogIndex(0),
             commit_latency: Default::default(),
             fsync_latency: Default::default(),

@@ -14,7 +14,7 @@
 //!   `fsync_latency_seconds` (histogram: one batch appended and synced),
 //!   `snapshot_encode_seconds` (histogram: one snapshot of the state
 //!   machine encoded, while apply waits)
-//! - `snapshots_total`, `snapshot_index`
+//! - `snapshots_total`, `snapshot_failures_total`, `snapshot_index`
 //! - `peer_replication_lag_entries{peer=..}`, `peer_rtt_seconds{peer=..}`
 //! - `leaderless_ms`, `failovers_total`, `mttr_ms`, `mtbf_ms`,
 //!   `availability` (MTBF / (MTBF + MTTR))
@@ -244,7 +244,7 @@ fn encode_counters(
     t: &TransportNumbers,
 ) -> fmt::Result {
     let a = &m.availability;
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 14] = [
         (
             "elections_won",
             "Times this node became leader.",
@@ -263,6 +263,11 @@ fn encode_counters(
             a.failovers,
         ),
         ("snapshots", "Snapshots taken.", m.snapshots),
+        (
+            "snapshot_failures",
+            "Snapshots that failed, encoding or writing (retried after a backoff).",
+            m.snapshot_failures,
+        ),
         (
             "determinism_divergences",
             "Commands found not deterministic here.",
@@ -423,6 +428,7 @@ mod tests {
                 refused_no_space: 0,
                 applied_entries: 119,
                 snapshots: 1,
+                snapshot_failures: 0,
                 snapshot_index: LogIndex(100),
                 commit_latency: HistogramSnapshot::default(),
                 fsync_latency: fsync.snapshot(),

@@ -210,6 +210,8 @@ pub(super) struct SharedMetrics {
     /// Time the state machine took to encode a snapshot (on a blocking
     /// thread, while apply waited).
     pub(super) snapshot_encode: Histogram,
+    /// Snapshots that failed, encoding or writing (retried with backoff).
+    pub(super) snapshot_failures: AtomicU64,
     pub(super) elections_won: AtomicU64,
     pub(super) proposals: AtomicU64,
     /// Commands refused over the storage quota.
@@ -228,6 +230,7 @@ impl SharedMetrics {
             commit_latency: Histogram::default(),
             fsync_latency: Histogram::default(),
             snapshot_encode: Histogram::default(),
+            snapshot_failures: AtomicU64::new(0),
             elections_won: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
             refused_no_space: AtomicU64::new(0),
@@ -271,6 +274,9 @@ pub struct NodeMetrics {
     pub applied_entries: u64,
     /// Snapshots taken.
     pub snapshots: u64,
+    /// Snapshots that failed, encoding or writing (each retried after a
+    /// backoff of 1 s doubling to 60 s).
+    pub snapshot_failures: u64,
     /// Index the newest snapshot covers.
     pub snapshot_index: LogIndex,
     /// Proposal-to-answer latency on this node as leader.
@@ -416,6 +422,7 @@ impl NodeHandle {
             refused_no_space: m.refused_no_space.load(Ordering::Relaxed),
             applied_entries: m.applied_entries.load(Ordering::Relaxed),
             snapshots: m.snapshots.load(Ordering::Relaxed),
+            snapshot_failures: m.snapshot_failures.load(Ordering::Relaxed),
             snapshot_index: view.snapshot_index,
             commit_latency: m.commit_latency.snapshot(),
             fsync_latency: m.fsync_latency.snapshot(),

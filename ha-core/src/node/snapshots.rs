@@ -410,14 +410,15 @@ impl<V: Vfs> NodeTask<V> {
             return;
         }
         let applied = self.pipeline.applied();
-        // After an encoding failed, not again until as many entries as
-        // between snapshots (1,000 with none set) were applied: a state
-        // that cannot encode would otherwise hold apply back on every Ready.
-        if self.encode_failed_at.is_some_and(|f| {
-            applied.0
-                < f.0
-                    .saturating_add(self.snapshot_every.unwrap_or(1000).max(1))
-        }) {
+        // After a failure, not again before its backoff ends (by time, not
+        // by entries: a leader refusing writes over its storage quota
+        // applies no more, yet needs the snapshot that lifts the quota; a
+        // state that cannot encode would otherwise hold apply back on
+        // every Ready).
+        if self
+            .snapshot_retry
+            .is_some_and(|(at, _)| Instant::now() < at)
+        {
             return;
         }
         let due = self
@@ -478,6 +479,21 @@ impl<V: Vfs> NodeTask<V> {
         });
     }
 
+    /// A snapshot failed: the next waits 1 s, then twice as long as the
+    /// last, up to 60 s. Returns the wait.
+    fn snapshot_failed(&mut self) -> Duration {
+        let wait = self
+            .snapshot_retry
+            .map_or(Duration::from_secs(1), |(_, w)| {
+                (w * 2).min(Duration::from_secs(60))
+            });
+        self.snapshot_retry = Some((Instant::now() + wait, wait));
+        self.metrics
+            .snapshot_failures
+            .fetch_add(1, Ordering::Relaxed);
+        wait
+    }
+
     /// The state machine is back from encoding: apply and reads go on, and
     /// the state is written to disk on a blocking thread.
     pub(super) fn on_encoded(&mut self, e: Encoded) {
@@ -492,12 +508,11 @@ impl<V: Vfs> NodeTask<V> {
             Ok(s) => s,
             Err(err) => {
                 self.snapshotting = false;
-                self.encode_failed_at = Some(e.meta.index);
-                tracing::error!(node = %self.raft.id(), index = %e.meta.index, "cannot encode a snapshot (the next try waits for more entries): {err}");
+                let wait = self.snapshot_failed();
+                tracing::error!(node = %self.raft.id(), index = %e.meta.index, "cannot encode a snapshot (trying again in {wait:?}): {err}");
                 return;
             }
         };
-        self.encode_failed_at = None;
         let (applied, term) = (e.meta.index, e.meta.term);
         tracing::debug!(node = %self.raft.id(), index = %applied, bytes = state.len(), took = ?e.took, "encoded a snapshot");
         let (files, tx) = (self.snapshots.clone(), self.event_sender());
@@ -519,11 +534,12 @@ impl<V: Vfs> NodeTask<V> {
             Ok(x) => x,
             Err(e) => {
                 // Not again at once: each try holds apply while it encodes.
-                self.encode_failed_at = Some(self.pipeline.applied());
-                tracing::error!(node = %self.raft.id(), "cannot write a snapshot (the next try waits for more entries): {e}");
+                let wait = self.snapshot_failed();
+                tracing::error!(node = %self.raft.id(), "cannot write a snapshot (trying again in {wait:?}): {e}");
                 return Ok(());
             }
         };
+        self.snapshot_retry = None;
         self.last_snapshot = self.last_snapshot.max(index);
         self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
         if !self.raft.compact(index) {

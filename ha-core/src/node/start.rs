@@ -153,7 +153,7 @@ fn start<V: Vfs>(
         over_quota: false,
         snapshotting: false,
         applier_away: false,
-        encode_failed_at: None,
+        snapshot_retry: None,
         events: None,
         file_work: Vec::new(),
         repairing: raft_repairing,

@@ -102,9 +102,10 @@ pub(super) struct NodeTask<V: Vfs> {
     /// `applier` is a stand-in ([`super::snapshots::Away`]), and the core's
     /// apply and the pipeline's reads are held until it is back.
     pub(super) applier_away: bool,
-    /// The applied index of the last snapshot whose encoding failed, until
-    /// one succeeds (see `maybe_snapshot`).
-    pub(super) encode_failed_at: Option<LogIndex>,
+    /// After a snapshot failed (encoding or writing): when the next may be
+    /// tried, and the wait that led there (doubling from 1 s to 60 s;
+    /// cleared by a success). See `maybe_snapshot`.
+    pub(super) snapshot_retry: Option<(Instant, Duration)>,
     /// Where helpers report back to the node task.
     pub(super) events: Option<mpsc::UnboundedSender<Event>>,
     /// File work running on blocking threads (snapshot saves, installs).

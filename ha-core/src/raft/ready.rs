@@ -41,9 +41,9 @@ impl Raft {
     /// nothing until let go. Hold only with no Ready outstanding (a Ready
     /// handed out before may carry entries to apply); let go at any time.
     pub fn hold_apply(&mut self, held: bool) {
-        debug_assert!(
+        assert!(
             !held || !self.ready_outstanding,
-            "hold_apply(true) with a Ready outstanding"
+            "Ready protocol: hold_apply(true) with a Ready outstanding"
         );
         self.apply_held = held;
     }
@@ -71,9 +71,9 @@ impl Raft {
         let soft_state = (ss != self.last_soft_state).then_some(ss);
         self.last_soft_state = ss;
         self.ready_outstanding = true;
-        debug_assert!(
+        assert!(
             !(self.apply_held && self.installed_snapshot.is_some()),
-            "ready() with an install waiting for a held apply (prepare_ready said no)"
+            "Ready protocol: ready() with an install waiting for a held apply (prepare_ready said no)"
         );
         let snapshot = if self.apply_held {
             None

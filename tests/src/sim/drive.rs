@@ -113,8 +113,8 @@ impl Sim {
                 .is_some_and(|(due, _)| *due <= now)
             {
                 let (_, snap) = self.nodes[k].saving.take().expect("checked");
-                self.release_apply(k)?;
                 self.snapshot_saved(k, snap);
+                self.release_apply(k)?;
             }
         }
         for k in self.shuffled_nodes() {
