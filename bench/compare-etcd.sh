@@ -38,6 +38,8 @@ fi
 cargo build --release -q -p ha-kv
 cargo build --release -q --manifest-path bench/etcd-load/Cargo.toml
 HA="$ROOT/target/release/ha-kv"
+# shellcheck source=scripts/cluster-lib.sh
+source "$ROOT/scripts/cluster-lib.sh"
 LOAD="$ROOT/bench/etcd-load/target/release/etcd-load"
 
 # Data on the disk the repository is on (a tmpfs /tmp would make fsync free).
@@ -53,27 +55,6 @@ cleanup() {
   rm -rf "$D"
 }
 trap cleanup EXIT
-
-# N free TCP+UDP ports from the OS (held until all are drawn).
-ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-n = int(sys.argv[1])
-ss = []
-while len(ss) < 2 * n:
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", p))  # free for both: ha-kv's QUIC is UDP
-    except OSError:
-        continue
-    ss += [t, u]
-ports = [s.getsockname()[1] for s in ss[::2]]
-for s in ss:
-    s.close()  # released before bash reads the line, so the servers can bind them
-print(" ".join(map(str, ports)))
-PY
-}
 
 # Resident memory of the running nodes in MiB: the largest of them.
 rss_mib() {
@@ -114,24 +95,10 @@ PY
 
 # run_ha CLIENTS OPS READ_RATIO: one JSON line (with RSS) to $D/line.
 run_ha() {
-  local dir="$D/ha" p1 p2 p3
+  local dir="$D/ha"
   rm -rf "$dir"; mkdir -p "$dir"
-  read -r p1 p2 p3 < <(ports 3)
-  "$HA" certs --dir "$dir/tls" --nodes 1,2,3 >/dev/null 2>&1
-  local peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3" i=1
-  for p in $p1 $p2 $p3; do
-    "$HA" serve --id $i --listen 127.0.0.1:$p --peers "$peers" \
-      --data-dir "$dir/data-$i" --tls-dir "$dir/tls" 2>"$dir/log-$i" &
-    PIDS+=($!)
-    i=$((i + 1))
-  done
-  local c=(--cluster "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --tls-dir "$dir/tls")
-  local warm=0
-  for _ in $(seq 1 100); do
-    "$HA" put warm up "${c[@]}" --timeout-ms 1000 >/dev/null 2>&1 && { warm=1; break; }
-    sleep 0.1
-  done
-  [ "$warm" = 1 ] || { echo "the ha-kv cluster never took a write" >&2; return 1; }
+  start_ha_cluster "$HA" "$dir"
+  local c=("${HA_CLUSTER[@]}")
   sleep 1
   all_up
   local idle out
@@ -147,7 +114,7 @@ run_ha() {
 run_etcd() {
   local dir="$D/etcd" c1 c2 c3 q1 q2 q3
   rm -rf "$dir"; mkdir -p "$dir"
-  read -r c1 c2 c3 q1 q2 q3 < <(ports 6)
+  read -r c1 c2 c3 q1 q2 q3 < <(free_ports 6 both)
   local cluster="n1=http://127.0.0.1:$q1,n2=http://127.0.0.1:$q2,n3=http://127.0.0.1:$q3"
   local cs=($c1 $c2 $c3) qs=($q1 $q2 $q3) i
   for i in 0 1 2; do

@@ -18,6 +18,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 cargo build --release -q -p ha-kv
 HA="$ROOT/target/release/ha-kv"
+# shellcheck source=scripts/cluster-lib.sh
+source "$ROOT/scripts/cluster-lib.sh"
 D=$(mktemp -d)
 PIDS=()
 finish() {
@@ -30,26 +32,8 @@ finish() {
   rm -rf "$D"
 }
 trap finish EXIT
-"$HA" certs --dir "$D/tls" --nodes 1,2,3 >/dev/null 2>&1
-read -r P1 P2 P3 < <(python3 -c 'import socket
-ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
-[s.bind(("127.0.0.1", 0)) for s in ss]
-ports = [s.getsockname()[1] for s in ss]
-[s.close() for s in ss]  # released before bash reads the line, so serve can bind them
-print(" ".join(map(str, ports)))')
-PEERS="1=127.0.0.1:$P1,2=127.0.0.1:$P2,3=127.0.0.1:$P3"
-i=1
-for p in $P1 $P2 $P3; do
-  "$HA" serve --id $i --listen 127.0.0.1:$p --peers "$PEERS" \
-    --data-dir "$D/data-$i" --tls-dir "$D/tls" 2>"$D/log-$i" &
-  PIDS+=($!)
-  i=$((i + 1))
-done
-C=(--cluster "127.0.0.1:$P1,127.0.0.1:$P2,127.0.0.1:$P3" --tls-dir "$D/tls")
-for _ in $(seq 1 100); do
-  "$HA" put warm up "${C[@]}" --timeout-ms 1000 >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_ha_cluster "$HA" "$D"
+C=("${HA_CLUSTER[@]}")
 # "term leader" of every node, sorted: one line.
 view() {
   "$HA" status "${C[@]}" --timeout-ms 1000 | python3 -c 'import json, sys

@@ -1,0 +1,58 @@
+# Shared by the benchmark scripts (sourced, not run): a 3-node ha-kv
+# cluster on loopback with ports from the OS.
+#
+#   start_ha_cluster BIN DIR [SERVE_ARGS...]
+#
+# Creates certificates in DIR/tls, starts nodes 1..3 (data in DIR/data-N,
+# stderr in DIR/log-N), appends their process ids to the caller's `PIDS`
+# array, sets `HA_CLUSTER` to the client arguments (--cluster ... --tls-dir
+# ...), and waits for the cluster to take a write. Returns 1 (saying why)
+# if it never does. The caller kills `PIDS` when done.
+
+# N free 127.0.0.1 ports for UDP (and TCP, with `both`), released before
+# the line is printed so the servers can bind them.
+free_ports() {
+  python3 - "$1" "${2:-udp}" <<'PY'
+import socket, sys
+n, both = int(sys.argv[1]), sys.argv[2] == "both"
+held, ports = [], []
+while len(ports) < n:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    p = u.getsockname()[1]
+    held.append(u)
+    if both:
+        t = socket.socket()
+        try:
+            t.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        held.append(t)
+    ports.append(p)
+for s in held:
+    s.close()
+print(" ".join(map(str, ports)))
+PY
+}
+
+start_ha_cluster() {
+  local bin=$1 dir=$2 p1 p2 p3 i p
+  shift 2
+  "$bin" certs --dir "$dir/tls" --nodes 1,2,3 >/dev/null 2>&1
+  read -r p1 p2 p3 < <(free_ports 3)
+  local peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
+  i=1
+  for p in $p1 $p2 $p3; do
+    "$bin" serve --id $i --listen 127.0.0.1:$p --peers "$peers" \
+      --data-dir "$dir/data-$i" --tls-dir "$dir/tls" "$@" 2>"$dir/log-$i" &
+    PIDS+=($!)
+    i=$((i + 1))
+  done
+  HA_CLUSTER=(--cluster "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --tls-dir "$dir/tls")
+  for _ in $(seq 1 100); do
+    "$bin" put warm up "${HA_CLUSTER[@]}" --timeout-ms 1000 >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "the ha-kv cluster in $dir never took a write" >&2
+  return 1
+}
