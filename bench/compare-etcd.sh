@@ -72,14 +72,6 @@ stop_all() {
   PIDS=()
 }
 
-# Every server of the run is still up (a run on two nodes is no run).
-all_up() {
-  local p
-  for p in "${PIDS[@]}"; do
-    kill -0 "$p" 2>/dev/null || { echo "a server of this run died (pid $p)" >&2; return 1; }
-  done
-}
-
 # Checks a run's JSON line: no errors, and adds the RSS figures.
 finish_line() {
   local out=$1 idle=$2

@@ -42,12 +42,6 @@ if len(s) != 3:
     sys.exit("only %d of 3 nodes answered" % len(s))
 print(" ".join("%s:term=%s,leader=%s" % (x["id"], x["term"], x["leader"]) for x in s))'
 }
-all_up() {
-  local p
-  for p in "${PIDS[@]}"; do
-    kill -0 "$p" 2>/dev/null || { echo "node pid $p died" >&2; exit 1; }
-  done
-}
 rss() {
   local out=() p
   for p in "${PIDS[@]}"; do

@@ -8,6 +8,8 @@
 # array, sets `HA_CLUSTER` to the client arguments (--cluster ... --tls-dir
 # ...), and waits for the cluster to take a write. Returns 1 (saying why)
 # if it never does. The caller kills `PIDS` when done.
+#
+#   all_up      # returns 1 (saying which) if a process of `PIDS` died
 
 # N free 127.0.0.1 ports for UDP (and TCP, with `both`), released before
 # the line is printed so the servers can bind them.
@@ -55,4 +57,12 @@ start_ha_cluster() {
   done
   echo "the ha-kv cluster in $dir never took a write" >&2
   return 1
+}
+
+# Every server in `PIDS` is still running (a run on two nodes is no run).
+all_up() {
+  local p
+  for p in "${PIDS[@]}"; do
+    kill -0 "$p" 2>/dev/null || { echo "a server of this run died (pid $p)" >&2; return 1; }
+  done
 }
