@@ -186,6 +186,7 @@ impl Sim {
             pipeline,
             applied,
             read_floors,
+            apply_held,
             ..
         } = &mut nodes[k];
         let raft = raft.as_mut()?;
@@ -199,6 +200,7 @@ impl Sim {
             max_acked: max_acked_index,
             served_reads,
             restore,
+            held: *apply_held,
             out: SimOutputs::default(),
         };
         let r = f(raft, pipeline, &mut io);

@@ -43,6 +43,9 @@ pub(super) struct SimIo<'a> {
     pub(super) served_reads: &'a mut BTreeMap<u64, LogIndex>,
     /// The state of the snapshot the step restores.
     pub(super) restore: Option<BTreeMap<LogIndex, u64>>,
+    /// The state machine is away encoding a snapshot (apply is held): the
+    /// core must hand it nothing to apply or restore.
+    pub(super) held: bool,
     pub(super) out: SimOutputs,
 }
 
@@ -59,6 +62,11 @@ impl PipelineIo for SimIo<'_> {
         self.out.soft = Some(state);
     }
     fn restore(&mut self, _state: &[u8]) -> Result<(), ha_core::node::RestoreError> {
+        if self.held {
+            return Err(
+                format!("node {}: a snapshot restored while apply was held", self.id).into(),
+            );
+        }
         let state = self
             .restore
             .take()
@@ -67,6 +75,12 @@ impl PipelineIo for SimIo<'_> {
         Ok(())
     }
     fn apply(&mut self, e: &ha_core::types::Entry) -> Option<Bytes> {
+        if self.held {
+            self.out.error.get_or_insert(format!(
+                "node {}: entry {} applied while apply was held",
+                self.id, e.index
+            ));
+        }
         if let Err(err) = self.checker.on_apply(self.id, e) {
             self.out.error.get_or_insert(err);
         }
