@@ -141,8 +141,10 @@ pub const MAX_UNREACHABLE: usize = 32;
 pub const ELECTION_POLL: Duration = Duration::from_millis(25);
 
 /// Short waits after "not the leader" per call (see [`ELECTION_POLL`]):
-/// 16 of 25 ms cover more than one election round at the default timing.
-pub const ELECTION_POLLS: u32 = 16;
+/// the wait is the backoff when it is below 25 ms, so from the first
+/// backoff of 10 ms 32 of them cover 320 ms, more than one election round
+/// at the server's default timing (150–300 ms).
+pub const ELECTION_POLLS: u32 = 32;
 
 /// The client's side of its session. `id` is `None` until a session is
 /// registered, and again after the cluster reported it expired; the next
@@ -178,10 +180,10 @@ struct Inner {
     /// How many of `addrs` the client was given.
     seeds: usize,
     leader: Mutex<Option<NodeAddr>>,
-    /// Nodes whose last attempt failed (not sent, or no answer), and when:
-    /// for [`UNREACHABLE_MEMORY`] the client neither picks them in turn nor
-    /// follows a redirect to them (see [`Client::redirect`]). At most
-    /// [`MAX_UNREACHABLE`] are kept.
+    /// Nodes a request could not be sent to, and when: for
+    /// [`UNREACHABLE_MEMORY`] (or until they answer) the client neither
+    /// picks them in turn nor follows a redirect to them (see
+    /// [`Client::redirect`]). At most [`MAX_UNREACHABLE`] are kept.
     unreachable: Mutex<Vec<(NodeAddr, tokio::time::Instant)>>,
     session: Mutex<Session>,
     /// Held while a session is being registered, so concurrent first

@@ -111,6 +111,11 @@ pub(super) fn outcome_step(answer: &[u8], maybe_appended: bool) -> Attempt {
     }
 }
 
+/// Whether a failure seen at `at` still passes its node over at `now`.
+fn fresh(at: tokio::time::Instant, now: tokio::time::Instant) -> bool {
+    now.duration_since(at) < UNREACHABLE_MEMORY
+}
+
 impl<T: Replicated> Client<T> {
     /// The node to ask: the leader if one is known, else the next in turn
     /// that has not failed within [`UNREACHABLE_MEMORY`] (any, if all have).
@@ -119,16 +124,21 @@ impl<T: Replicated> Client<T> {
             return l;
         }
         let k = self.inner.rotate.fetch_add(1, Ordering::Relaxed) + self.inner.seed;
-        let addrs = self
+        let now = tokio::time::Instant::now();
+        let passed_over: Vec<NodeAddr> = self
             .inner
-            .addrs
+            .unreachable
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .iter()
+            .filter(|(_, at)| fresh(*at, now))
+            .map(|(a, _)| a.clone())
+            .collect();
+        let addrs = self.inner.addrs.lock().unwrap_or_else(|e| e.into_inner());
         let n = addrs.len() as u64;
         (0..n)
             .map(|i| &addrs[((k + i) % n) as usize])
-            .find(|a| !self.recently_unreachable(a))
+            .find(|a| !passed_over.contains(a))
             .unwrap_or(&addrs[(k % n) as usize])
             .clone()
     }
@@ -157,7 +167,7 @@ impl<T: Replicated> Client<T> {
             .unreachable
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        u.retain(|(a, at)| a != addr && now.duration_since(*at) < UNREACHABLE_MEMORY);
+        u.retain(|(a, at)| a != addr && fresh(*at, now));
         if u.len() >= MAX_UNREACHABLE {
             u.remove(0);
         }
@@ -183,7 +193,7 @@ impl<T: Replicated> Client<T> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|(a, at)| a == addr && now.duration_since(*at) < UNREACHABLE_MEMORY)
+            .any(|(a, at)| a == addr && fresh(*at, now))
     }
 
     /// The wait before the next attempt. After a "not the leader" answer,

@@ -406,7 +406,7 @@ impl<V: Vfs> NodeTask<V> {
     /// then. Called between Readies only (the hold must not catch a Ready
     /// with entries to apply).
     pub(super) fn maybe_snapshot(&mut self) {
-        if self.snapshotting || self.applier_away || self.pipeline.busy() {
+        if self.snapshotting || self.raft.apply_held() || self.pipeline.busy() {
             return;
         }
         let applied = self.pipeline.applied();
@@ -448,7 +448,6 @@ impl<V: Vfs> NodeTask<V> {
         };
         let away = Away::standing_in_for(&*self.applier);
         let applier = std::mem::replace(&mut self.applier, Box::new(away));
-        self.applier_away = true;
         self.raft.hold_apply(true);
         self.pipeline.hold_reads(true);
         self.snapshotting = true;
@@ -498,7 +497,6 @@ impl<V: Vfs> NodeTask<V> {
     /// the state is written to disk on a blocking thread.
     pub(super) fn on_encoded(&mut self, e: Encoded) {
         self.applier = e.applier;
-        self.applier_away = false;
         self.raft.hold_apply(false);
         self.pipeline.hold_reads(false);
         let mut io = NodeIo::new(&*self.transport, &mut *self.applier, &self.metrics);
@@ -590,8 +588,6 @@ pub(super) struct Away {
     halted: Option<String>,
     panic_policy: Option<crate::sm::PanicPolicy>,
     divergences: u64,
-    replicated: bool,
-    schema: Option<u64>,
 }
 
 impl Away {
@@ -600,8 +596,6 @@ impl Away {
             halted: a.halted(),
             panic_policy: a.panic_policy(),
             divergences: a.divergences(),
-            replicated: a.is_replicated_type(),
-            schema: a.stored_schema(),
         }
     }
 }
@@ -628,12 +622,6 @@ impl Applier for Away {
     fn restore(&mut self, _: &[u8]) -> Result<(), crate::sm::StateError> {
         // As for `apply`: no install is handed while apply is held.
         unreachable!("a snapshot install handed while the state machine encodes a snapshot")
-    }
-    fn is_replicated_type(&self) -> bool {
-        self.replicated
-    }
-    fn stored_schema(&self) -> Option<u64> {
-        self.schema
     }
     fn halted(&self) -> Option<String> {
         self.halted.clone()

@@ -152,7 +152,6 @@ fn start<V: Vfs>(
         quota: opts.storage_quota_bytes,
         over_quota: false,
         snapshotting: false,
-        applier_away: false,
         snapshot_retry: None,
         events: None,
         file_work: Vec::new(),

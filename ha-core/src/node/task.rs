@@ -98,10 +98,6 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) max_command_bytes: usize,
     /// A snapshot is being encoded or written.
     pub(super) snapshotting: bool,
-    /// The state machine is on a blocking thread encoding a snapshot:
-    /// `applier` is a stand-in ([`super::snapshots::Away`]), and the core's
-    /// apply and the pipeline's reads are held until it is back.
-    pub(super) applier_away: bool,
     /// After a snapshot failed (encoding or writing): when the next may be
     /// tried, and the wait that led there (doubling from 1 s to 60 s;
     /// cleared by a success). See `maybe_snapshot`.
@@ -305,7 +301,7 @@ impl<V: Vfs> NodeTask<V> {
         // (`prepare_ready` says no with that work still unwritten).
         if !self.repairing
             || self.dropping_repair_mark
-            || self.applier_away
+            || self.raft.apply_held()
             || !self.raft.repair_complete()
             || self.pipeline.busy()
             || self.raft.prepare_ready()
@@ -505,7 +501,7 @@ impl<V: Vfs> NodeTask<V> {
             // read waits no better than a busy answer (the client retries).
             Command::Query {
                 stale: true, reply, ..
-            } if self.applier_away => {
+            } if self.raft.apply_held() => {
                 let _ = reply.send(Err(NodeError::Busy));
             }
             Command::Query {

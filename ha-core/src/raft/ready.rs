@@ -48,6 +48,12 @@ impl Raft {
         self.apply_held = held;
     }
 
+    /// Whether apply is held (see [`Raft::hold_apply`]): a driver's state
+    /// machine is away.
+    pub fn apply_held(&self) -> bool {
+        self.apply_held
+    }
+
     /// Takes the work accumulated so far (see [`Ready`]).
     ///
     /// # Panics

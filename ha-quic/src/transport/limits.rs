@@ -84,7 +84,7 @@ pub struct QuicLimits {
     pub max_connections_per_peer: usize,
     /// Bytes all client streams together may hold in unfinished request
     /// frames (default 256 MiB). A connection whose frame cannot be paid
-    /// for is closed. One connection may hold at most a quarter of it (and
+    /// for is closed. One connection may hold at most half of it (and
     /// never less than one largest request): see
     /// [`QuicLimits::client_share_bytes`].
     pub client_budget_bytes: usize,
@@ -158,12 +158,15 @@ impl Default for QuicLimits {
 
 impl QuicLimits {
     /// Bytes of unfinished request frames one client connection may hold:
-    /// a quarter of `client_budget_bytes`, at least one largest request,
-    /// at most the whole budget. With 256 requests open on a connection,
-    /// one connection alone could otherwise take the whole budget, and
-    /// honest clients' frames would be refused (their connections closed).
+    /// half of `client_budget_bytes`, at least one largest request, at most
+    /// the whole budget. With 256 requests open on a connection, one
+    /// connection alone could otherwise take the whole budget, and honest
+    /// clients' frames would be refused (their connections closed). Half
+    /// keeps what 64 streams allowed before: 85 largest requests (1.5 MiB)
+    /// arriving at once on one connection at the defaults; more, and that
+    /// connection is closed like one over the whole budget.
     pub fn client_share_bytes(&self) -> usize {
-        (self.client_budget_bytes / 4)
+        (self.client_budget_bytes / 2)
             .max(self.max_request_bytes)
             .min(self.client_budget_bytes)
             .min(tokio::sync::Semaphore::MAX_PERMITS)

@@ -230,8 +230,8 @@ fn a_client_exhausting_the_frame_budget_is_closed_and_others_are_served() {
 
 /// The story: with 256 requests open on a connection, one connection could
 /// hold the whole frame budget, and the next honest frame was refused, its
-/// connection closed. Now a connection pays from its own share too (a
-/// quarter of the budget, at least one largest request): the one that
+/// connection closed. Now a connection pays from its own share too (half
+/// the budget, at least one largest request): the one that
 /// runs its share out is closed, and another's large frame, started
 /// before and finished after, is served.
 #[test]

@@ -136,13 +136,11 @@ impl Sim {
                 // all it wrote is durable, so the log drops its repairing
                 // mark, and then the core ends its repair.
                 let node = &mut self.nodes[k];
-                let settled = node
-                    .raft
-                    .as_mut()
-                    .is_some_and(|r| r.repair_complete() && !r.prepare_ready())
-                    && node.in_flight.is_none()
-                    && !node.pipeline.busy()
-                    && !node.apply_held;
+                let settled =
+                    node.raft.as_mut().is_some_and(|r| {
+                        r.repair_complete() && !r.apply_held() && !r.prepare_ready()
+                    }) && node.in_flight.is_none()
+                        && !node.pipeline.busy();
                 if settled {
                     node.store.finish_repair()?;
                     if let Some(r) = node.raft.as_mut() {
@@ -186,10 +184,10 @@ impl Sim {
             pipeline,
             applied,
             read_floors,
-            apply_held,
             ..
         } = &mut nodes[k];
         let raft = raft.as_mut()?;
+        let held = raft.apply_held();
         let mut io = SimIo {
             id: *id,
             checker,
@@ -200,7 +198,7 @@ impl Sim {
             max_acked: max_acked_index,
             served_reads,
             restore,
-            held: *apply_held,
+            held,
             out: SimOutputs::default(),
         };
         let r = f(raft, pipeline, &mut io);
@@ -619,7 +617,6 @@ impl Sim {
             if let Some(raft) = node.raft.as_mut() {
                 raft.hold_apply(true);
                 node.pipeline.hold_reads(true);
-                node.apply_held = true;
             }
             node.saving = Some((self.now + delay, snap));
             return Ok(());
@@ -631,7 +628,7 @@ impl Sim {
     /// The state machine is back from encoding: apply goes on, and the
     /// reads that waited for it are served.
     fn release_apply(&mut self, k: usize) -> Result<(), String> {
-        if !std::mem::take(&mut self.nodes[k].apply_held) {
+        if !self.nodes[k].raft.as_ref().is_some_and(|r| r.apply_held()) {
             return Ok(());
         }
         let Some(((), out)) = self.with_pipeline(k, None, |raft, p, io| {

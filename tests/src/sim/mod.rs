@@ -176,7 +176,6 @@ impl Sim {
                 incarnation: 0,
                 in_flight: None,
                 saving: None,
-                apply_held: false,
                 checked_commit: LogIndex(0),
                 promise: Promise::default(),
                 unwritten_hs: None,

@@ -269,7 +269,6 @@ impl Sim {
         node.read_floors.clear();
         node.in_flight = None;
         node.saving = None;
-        node.apply_held = false;
         node.received.clear();
         self.stats.crashes += 1;
         self.trace.push(self.now, TraceEvent::Crash(id));

@@ -347,10 +347,6 @@ pub(super) struct SimNode {
     pub(super) checked_commit: LogIndex,
     /// A snapshot being written, and the tick its write completes.
     pub(super) saving: Option<(u64, SimSnapshot)>,
-    /// The state machine is away encoding that snapshot, as the node
-    /// task's is: the core's apply and the pipeline's reads are held until
-    /// the write completes.
-    pub(super) apply_held: bool,
     /// What the log store said is durable (see [`Promise`]).
     pub(super) promise: Promise,
     /// A hard state that moved only the commit index, not written yet:
