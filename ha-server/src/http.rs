@@ -531,6 +531,8 @@ mod tests {
             applied_entries: 0,
             snapshots: 0,
             snapshot_failures: 0,
+            lease_reads: 0,
+            round_reads: 0,
             snapshot_index: LogIndex(0),
             commit_latency: Default::default(),
             fsync_latency: Default::default(),

@@ -15,6 +15,8 @@
 //!   `snapshot_encode_seconds` (histogram: one snapshot of the state
 //!   machine encoded, while apply waits)
 //! - `snapshots_total`, `snapshot_failures_total`, `snapshot_index`
+//! - `lease_reads_total`, `round_reads_total` (linearizable reads served by
+//!   the leader's lease, and by a ReadIndex round)
 //! - `peer_replication_lag_entries{peer=..}`, `peer_rtt_seconds{peer=..}`
 //! - `leaderless_ms`, `failovers_total`, `mttr_ms`, `mtbf_ms`,
 //!   `availability` (MTBF / (MTBF + MTTR))
@@ -244,7 +246,7 @@ fn encode_counters(
     t: &TransportNumbers,
 ) -> fmt::Result {
     let a = &m.availability;
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "elections_won",
             "Times this node became leader.",
@@ -267,6 +269,16 @@ fn encode_counters(
             "snapshot_failures",
             "Snapshots that failed, encoding or writing (retried after a backoff).",
             m.snapshot_failures,
+        ),
+        (
+            "lease_reads",
+            "Linearizable reads served by the leader's lease.",
+            m.lease_reads,
+        ),
+        (
+            "round_reads",
+            "Linearizable reads confirmed by a ReadIndex round.",
+            m.round_reads,
         ),
         (
             "determinism_divergences",
@@ -429,6 +441,8 @@ mod tests {
                 applied_entries: 119,
                 snapshots: 1,
                 snapshot_failures: 0,
+                lease_reads: 0,
+                round_reads: 0,
                 snapshot_index: LogIndex(100),
                 commit_latency: HistogramSnapshot::default(),
                 fsync_latency: fsync.snapshot(),

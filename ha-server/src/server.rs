@@ -49,6 +49,7 @@ pub struct ServerBuilder<T> {
     ready_max_apply_lag: u64,
     max_request_bytes: usize,
     storage_quota_bytes: u64,
+    lease_reads: Option<u32>,
     program: String,
     _type: PhantomData<fn() -> T>,
 }
@@ -80,6 +81,7 @@ impl<T: Replicated> ServerBuilder<T> {
             ready_max_apply_lag: READY_MAX_APPLY_LAG,
             max_request_bytes: ha_quic::transport::DEFAULT_MAX_REQUEST_BYTES,
             storage_quota_bytes: ha_core::node::DEFAULT_STORAGE_QUOTA_BYTES,
+            lease_reads: None,
             program: crate::cli::program(),
             _type: PhantomData,
         }
@@ -145,6 +147,17 @@ impl<T: Replicated> ServerBuilder<T> {
     /// above the heartbeat and rising.
     pub fn election_timeout(mut self, min: Duration, max: Duration) -> Self {
         self.election_timeout = (min, max);
+        self
+    }
+
+    /// Serve linearizable reads on the leader's lease (dissertation
+    /// §6.4.1) where it holds, saving a heartbeat round per read, given
+    /// clocks whose rates differ by at most `max_clock_drift_ppm` parts per
+    /// million; `None` (the default): every read takes a round. The lease
+    /// lasts the minimum election timeout less one tick, shortened by the
+    /// drift bound; set the same on every node.
+    pub fn lease_reads(mut self, max_clock_drift_ppm: Option<u32>) -> Self {
+        self.lease_reads = max_clock_drift_ppm;
         self
     }
 
@@ -251,6 +264,28 @@ impl<T: Replicated> ServerBuilder<T> {
         }
         self.http_limits.validate()?;
         let timing = self.timing()?;
+        if let Some(ppm) = self.lease_reads {
+            let range = ha_core::raft::MIN_CLOCK_DRIFT_PPM..=ha_core::raft::MAX_CLOCK_DRIFT_PPM;
+            if !range.contains(&ppm) {
+                return Err(ServeError::invalid(
+                    "--max-clock-drift-ppm",
+                    format!(
+                        "{ppm} is outside {}..={} parts per million",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+            if timing.election_min_ticks < 3 {
+                return Err(ServeError::invalid(
+                    "--lease-reads",
+                    format!(
+                        "needs an election timeout of at least 3 ticks of {:?}",
+                        timing.tick
+                    ),
+                ));
+            }
+        }
         let listen_text = self
             .listen
             .clone()
@@ -348,6 +383,7 @@ impl<T: Replicated> ServerBuilder<T> {
             None => None,
         };
         let snapshot_every = self.snapshot_every;
+        let lease_reads = self.lease_reads;
         let quota = self.storage_quota_bytes;
         let max_request_bytes = self.max_request_bytes;
         let join = self.join;
@@ -375,6 +411,16 @@ impl<T: Replicated> ServerBuilder<T> {
             opts.raft.heartbeat_interval_ticks = c.timing.heartbeat_ticks;
             opts.raft.election_timeout_min_ticks = c.timing.election_min_ticks;
             opts.raft.election_timeout_max_ticks = c.timing.election_max_ticks;
+            if let Some(ppm) = lease_reads {
+                opts = opts.with_lease_reads(ppm);
+                let lease = opts.raft.lease.expect("just set");
+                tracing::info!(
+                    node = %me,
+                    lease_ms = lease.lease_nanos(c.timing.election_min_ticks) as f64 / 1e6,
+                    max_clock_drift_ppm = ppm,
+                    "lease reads on"
+                );
+            }
             opts.snapshot_every_entries = Some(snapshot_every);
             opts.storage_quota_bytes = (quota > 0).then_some(quota);
             let mut quic = QuicConfig::new(me, c.listen, peer_addrs, identity);

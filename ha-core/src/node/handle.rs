@@ -212,6 +212,10 @@ pub(super) struct SharedMetrics {
     pub(super) snapshot_encode: Histogram,
     /// Snapshots that failed, encoding or writing (retried with backoff).
     pub(super) snapshot_failures: AtomicU64,
+    /// Linearizable reads served by the leader's lease (no round).
+    pub(super) lease_reads: AtomicU64,
+    /// Linearizable reads taken into a ReadIndex round.
+    pub(super) round_reads: AtomicU64,
     pub(super) elections_won: AtomicU64,
     pub(super) proposals: AtomicU64,
     /// Commands refused over the storage quota.
@@ -231,6 +235,8 @@ impl SharedMetrics {
             fsync_latency: Histogram::default(),
             snapshot_encode: Histogram::default(),
             snapshot_failures: AtomicU64::new(0),
+            lease_reads: AtomicU64::new(0),
+            round_reads: AtomicU64::new(0),
             elections_won: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
             refused_no_space: AtomicU64::new(0),
@@ -277,6 +283,10 @@ pub struct NodeMetrics {
     /// Snapshots that failed, encoding or writing (each retried after a
     /// backoff of 1 s doubling to 60 s).
     pub snapshot_failures: u64,
+    /// Linearizable reads this node served by its lease as leader.
+    pub lease_reads: u64,
+    /// Linearizable reads this node took into a ReadIndex round as leader.
+    pub round_reads: u64,
     /// Index the newest snapshot covers.
     pub snapshot_index: LogIndex,
     /// Proposal-to-answer latency on this node as leader.
@@ -423,6 +433,8 @@ impl NodeHandle {
             applied_entries: m.applied_entries.load(Ordering::Relaxed),
             snapshots: m.snapshots.load(Ordering::Relaxed),
             snapshot_failures: m.snapshot_failures.load(Ordering::Relaxed),
+            lease_reads: m.lease_reads.load(Ordering::Relaxed),
+            round_reads: m.round_reads.load(Ordering::Relaxed),
             snapshot_index: view.snapshot_index,
             commit_latency: m.commit_latency.snapshot(),
             fsync_latency: m.fsync_latency.snapshot(),

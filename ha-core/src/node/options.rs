@@ -102,4 +102,19 @@ impl NodeOptions {
             determinism_check_every: crate::sm::DEFAULT_DETERMINISM_CHECK_EVERY,
         }
     }
+
+    /// Turns lease reads on (see [`Raft::read_lease`](crate::raft::Raft::read_lease)),
+    /// with clocks whose rates differ by at most `max_clock_drift_ppm`
+    /// parts per million, for the current `tick` (set the tick and the
+    /// election timeout first, and the same on every node). The lease is
+    /// `(election_timeout_min_ticks - 1)` ticks shortened by the drift
+    /// bound; [`Config::validate`] refuses a bound outside
+    /// [`MIN_CLOCK_DRIFT_PPM`](crate::raft::MIN_CLOCK_DRIFT_PPM)..=[`MAX_CLOCK_DRIFT_PPM`](crate::raft::MAX_CLOCK_DRIFT_PPM).
+    pub fn with_lease_reads(mut self, max_clock_drift_ppm: u32) -> NodeOptions {
+        self.raft.lease = Some(crate::raft::LeaseConfig {
+            tick_nanos: u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX),
+            max_clock_drift_ppm,
+        });
+        self
+    }
 }

@@ -137,6 +137,7 @@ fn start<V: Vfs>(
         applier: Box::new(applier),
         pipeline: Pipeline::new(last_snapshot),
         next_read: 1,
+        clock_origin: std::time::Instant::now(),
         in_flight: None,
         status_tx,
         metrics: metrics.clone(),
@@ -200,6 +201,14 @@ crate::debug_as_display!(StartNodeError);
 
 /// Refuses settings no node can run with.
 fn check_options(opts: &NodeOptions) -> Result<(), StartNodeError> {
+    if let Some(lease) = &opts.raft.lease
+        && u128::from(lease.tick_nanos) != opts.tick.as_nanos()
+    {
+        return Err(StartNodeError::Options(format!(
+            "the lease's tick ({} ns) is not the node's tick ({:?}): the lease would not match the followers' election timers",
+            lease.tick_nanos, opts.tick
+        )));
+    }
     if opts.storage_quota_bytes == Some(0) {
         return Err(StartNodeError::Options(
             "storage quota of 0 bytes: no write could ever be taken".into(),

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::pipeline::Pipeline;
-use crate::raft::{Message, ProposeError, Raft, ReadIndexError, RoleKind};
+use crate::raft::{Message, ProposeError, Raft, ReadIndexError, ReadPath, RoleKind};
 use crate::sm::Applier;
 use crate::storage::WriteRequest;
 use crate::storage::vfs::Vfs;
@@ -73,6 +73,8 @@ pub(super) struct NodeTask<V: Vfs> {
     /// and the applier's index.
     pub(super) pipeline: Pipeline<(ProposeReply, Instant), PendingRead>,
     pub(super) next_read: u64,
+    /// Where the clock told to the core starts (see `sync_clock`).
+    pub(super) clock_origin: Instant,
     pub(super) in_flight: Option<InFlight>,
     pub(super) status_tx: watch::Sender<NodeStatus>,
     pub(super) metrics: Arc<SharedMetrics>,
@@ -229,6 +231,7 @@ impl<V: Vfs> NodeTask<V> {
                     }
                 }
                 _ = ticker.tick() => {
+                    self.sync_clock();
                     self.raft.tick();
                     self.tick_transfers();
                     if let Err(e) = self.check_repair() {
@@ -238,6 +241,7 @@ impl<V: Vfs> NodeTask<V> {
                     self.refresh_view();
                 }
             }
+            self.sync_clock();
             if !self.pipeline.busy()
                 && self.raft.prepare_ready()
                 && let Err(e) = self.start_ready()
@@ -530,11 +534,25 @@ impl<V: Vfs> NodeTask<V> {
         true
     }
 
+    /// Tells the core the monotonic clock (nanoseconds since the node
+    /// started), which its lease reads run on.
+    fn sync_clock(&mut self) {
+        let nanos = self.clock_origin.elapsed().as_nanos();
+        self.raft
+            .set_clock(u64::try_from(nanos).unwrap_or(u64::MAX));
+    }
+
     pub(super) fn start_read(&mut self, pending: PendingRead) {
         let ctx = self.next_read;
         self.next_read += 1;
-        match self.raft.read_index(ctx) {
-            Ok(()) => {
+        self.sync_clock();
+        match self.raft.read_lease(ctx) {
+            Ok(path) => {
+                let counter = match path {
+                    ReadPath::Lease => &self.metrics.lease_reads,
+                    ReadPath::Round => &self.metrics.round_reads,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.pipeline.read_started(ctx, pending);
             }
             Err(ReadIndexError::NotLeader { leader }) => {

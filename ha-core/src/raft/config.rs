@@ -48,6 +48,15 @@ pub enum PlantedBug {
     /// quorum (the quorum's size still that of the voters), as if every
     /// node the leader replicates to were a voter.
     LearnerAcksCount,
+    /// Lease reads: the lease runs on the leader's ticks, not its clock
+    /// (a stalled leader's ticks fall behind real time).
+    LeaseByTicks,
+    /// Lease reads: a node that just started grants votes at once (it may
+    /// have answered the lease holder just before it went down).
+    LeaseNoQuietStart,
+    /// Lease reads: the lease still holds after the leader sent
+    /// `TimeoutNow` to a transfer's target.
+    LeaseKeptOnTransfer,
 }
 
 /// Settings of one Raft node.
@@ -81,6 +90,10 @@ pub struct Config {
     pub max_uncommitted_entries: usize,
     /// ReadIndex requests waiting for one confirmation round.
     pub max_pending_reads: usize,
+    /// Lease reads (dissertation §6.4.1; see [`Raft::read_lease`](super::Raft::read_lease)):
+    /// `None` (the default) serves every linearizable read by a ReadIndex
+    /// round. Needs `check_quorum`.
+    pub lease: Option<super::LeaseConfig>,
     /// Seed of the core's random number generator (election timeouts).
     /// [`Config::new`] draws it from the operating system's randomness, so
     /// nodes made with their own `Config::new` never share it (nodes of two
@@ -119,6 +132,7 @@ impl Config {
             max_apply_entries: 4096,
             max_uncommitted_entries: 1 << 16,
             max_pending_reads: 1 << 16,
+            lease: None,
             rng_seed: fresh_seed(id),
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
@@ -159,6 +173,9 @@ impl Config {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if let Some(lease) = &self.lease {
+            lease.check(self.election_timeout_min_ticks, self.check_quorum)?;
         }
         if self.max_append_entries > super::message::MAX_APPEND_ENTRIES {
             return Err(format!(

@@ -40,10 +40,17 @@ impl Raft {
         self.leader.filter(|_| fresh)
     }
 
+    /// Whether a vote request that would raise the term is ignored: this
+    /// node heard from a leader within a minimum election timeout, or (with
+    /// lease reads on) it started less than one ago and may have answered a
+    /// leader just before it went down (see `lease`, invariant 4).
     pub(super) fn in_leader_lease(&self) -> bool {
+        let min = self.config.election_timeout_min_ticks;
+        let quiet_start = self.config.lease.is_some() && self.ticks < min;
+        #[cfg(feature = "planted-bugs")]
+        let quiet_start = quiet_start && !self.config.has_bug(PlantedBug::LeaseNoQuietStart);
         self.config.check_quorum
-            && self.leader.is_some()
-            && self.election_elapsed < self.config.election_timeout_min_ticks
+            && ((self.leader.is_some() && self.election_elapsed < min) || quiet_start)
     }
 
     /// Starts an election: a pre-vote round first when PreVote is on.
@@ -258,6 +265,7 @@ impl Raft {
             reads: ReadQueue::default(),
             heartbeat_seq: 0,
             transfer: None,
+            lease: Default::default(),
         }));
         self.leader = Some(me);
         self.reset_timers();

@@ -96,6 +96,7 @@ impl Raft {
                 Term(0)
             },
             ticks: 0,
+            clock: 0,
             config,
         })
     }

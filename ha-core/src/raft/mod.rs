@@ -7,7 +7,9 @@
 //! simulator replay any failure from a seed.
 //!
 //! Inputs: [`Raft::step`] (a message), [`Raft::tick`] (logical time),
-//! [`Raft::propose`] / [`Raft::propose_batch`] and [`Raft::read_index`].
+//! [`Raft::propose`] / [`Raft::propose_batch`], [`Raft::read_index`] and
+//! [`Raft::read_lease`] (with [`Raft::set_clock`], the only input that is
+//! not logical: lease reads alone read it).
 //! Output: a [`Ready`], which the driver handles in the order its docs give
 //! and then confirms with [`Raft::advance`].
 //!
@@ -28,6 +30,9 @@ mod election;
 mod following;
 mod init;
 mod inputs;
+mod lease;
+#[cfg(test)]
+mod lease_tests;
 mod ready;
 mod repair;
 mod replication;
@@ -49,6 +54,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use config::Config;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
+pub use lease::{LeaseConfig, MAX_CLOCK_DRIFT_PPM, MIN_CLOCK_DRIFT_PPM, ReadPath};
 pub use membership::{MAX_ADDR_BYTES, MAX_MEMBERS, Membership, VoteResult, check_addr};
 pub use message::{AppendOutcome, Body, MAX_APPEND_ENTRIES, Message, MessageError};
 pub use read::ReadState;
@@ -110,6 +116,8 @@ struct LeaderState {
     heartbeat_seq: u64,
     /// The leadership transfer in progress, if any (see `transfer`).
     transfer: Option<Transfer>,
+    /// When heartbeats left and who answered them, for lease reads.
+    lease: lease::LeaseBook,
 }
 
 /// What the state the core was restarted from holds.
@@ -431,6 +439,8 @@ pub struct Raft {
     /// Ticks since this core started (a clock for the leader's view of
     /// repairing followers).
     ticks: u64,
+    /// The driver's monotonic clock, as last told (see [`Raft::set_clock`]).
+    clock: u64,
 }
 
 /// A snapshot the core installed: the driver restores the state machine

@@ -65,6 +65,7 @@ impl Raft {
                 },
             });
         }
+        self.lease_sent(seq);
         seq
     }
 
@@ -172,6 +173,9 @@ impl Raft {
         }
         let repaired = std::mem::take(&mut p.repairing);
         p.on_heartbeat_response(seq);
+        if self.log.conf().1.is_voter(from) {
+            l.lease.acked(from, seq);
+        }
         if let Some(round) = &mut l.reads.round
             && round.heartbeat_seq <= seq
         {

@@ -148,6 +148,9 @@ impl Raft {
             return;
         }
         t.sent = true;
+        // The target campaigns through the followers' refusal: no lease
+        // for the rest of this term (see `lease`, invariant 3).
+        l.lease.void = true;
         self.msgs.push(Message {
             from: me,
             to: t.to,

@@ -174,7 +174,21 @@ pub struct ServeArgs {
     /// 0: no quota.
     #[arg(long, default_value_t = ha_core::node::DEFAULT_STORAGE_QUOTA_BYTES)]
     storage_quota_bytes: u64,
+    /// Serve linearizable reads on the leader's lease where it holds (no
+    /// heartbeat round per read). Safe while no two nodes' clocks differ in
+    /// rate by more than --max-clock-drift-ppm; set it on every node.
+    #[arg(long)]
+    lease_reads: bool,
+    /// The clock-rate drift bound lease reads assume, in parts per million
+    /// (500..=500000); the lease is the minimum election timeout less one
+    /// tick, shortened by it.
+    #[arg(long, default_value_t = DEFAULT_CLOCK_DRIFT_PPM)]
+    max_clock_drift_ppm: u32,
 }
+
+/// The clock-drift bound lease reads assume unless told: 1% (twenty times
+/// NTP's largest slew rate).
+pub const DEFAULT_CLOCK_DRIFT_PPM: u32 = 10_000;
 
 impl ServeArgs {
     /// The election timeout range; exits 2 when it is not `MIN-MAX`.
@@ -327,7 +341,8 @@ async fn serve<T: Replicated>(a: ServeArgs) -> i32 {
         .election_timeout(lo, hi)
         .snapshot_every(a.snapshot_every)
         .max_request_bytes(a.max_request_bytes)
-        .storage_quota_bytes(a.storage_quota_bytes);
+        .storage_quota_bytes(a.storage_quota_bytes)
+        .lease_reads(a.lease_reads.then_some(a.max_clock_drift_ppm));
     let server = match &a.metrics {
         Some(m) => server.http(m.clone()),
         None => server,

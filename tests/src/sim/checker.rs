@@ -44,6 +44,10 @@ pub struct Checker {
     entries: HashMap<(LogIndex, Term), (u64, Term)>,
     /// index -> term of the entry committed there.
     committed: Vec<Term>,
+    /// index -> the current term of the node first seen committing it: the
+    /// term it was committed in or later (the leader that commits an index
+    /// is the first to hold it committed).
+    committed_in: Vec<Term>,
     /// index -> (term, digest) of the entry applied there.
     applied: Vec<(Term, u64)>,
     /// index -> the command id (first 8 bytes of a command, 0 otherwise)
@@ -74,12 +78,15 @@ impl Checker {
                 "Election Safety: nodes {other} and {id} are both leader of term {term}"
             ));
         }
-        // Everything committed so far must be in the new leader's log (or
-        // in its snapshot, which was checked when it was taken or received).
+        // Everything committed in an earlier term must be in the new
+        // leader's log (or in its snapshot, which was checked when it was
+        // taken or received). Not what a later term committed: a candidate
+        // that won its votes may learn so late (its process stalled), after
+        // the next term's leader committed more.
         let (offset, _) = raft.snapshot_last();
         for (k, t) in self.committed.iter().enumerate() {
             let index = LogIndex(k as u64 + 1);
-            if index < offset {
+            if index < offset || self.committed_in[k] >= term {
                 continue;
             }
             if raft.term_at(index) != Some(*t) {
@@ -176,6 +183,7 @@ impl Checker {
                     ));
                 }
                 self.committed.push(t);
+                self.committed_in.push(raft.term());
                 for l in leaders {
                     // (An index a leader's snapshot covers is checked on
                     // the snapshot.)

@@ -26,6 +26,9 @@ impl Sim {
         payload: Bytes,
     ) -> Option<LogIndex> {
         let id = self.nodes[k].id;
+        if self.is_paused(k) {
+            return None;
+        }
         let raft = self.nodes[k].raft.as_mut()?;
         let res = raft.propose(payload);
         self.trace.push(
@@ -144,7 +147,14 @@ impl Sim {
         let ctx = self.next_read;
         self.next_read += 1;
         let floor = self.max_acked_index;
-        self.nodes[k].raft.as_mut()?.read_index(ctx).ok()?;
+        if self.is_paused(k) {
+            return None;
+        }
+        self.sync_clock(k);
+        let path = self.nodes[k].raft.as_mut()?.read_lease(ctx).ok()?;
+        if path == ha_core::raft::ReadPath::Lease {
+            self.stats.lease_reads += 1;
+        }
         self.nodes[k].pipeline.read_started(ctx, ctx);
         self.nodes[k].read_floors.insert(ctx, floor);
         let driven = self.drive(k);

@@ -83,6 +83,18 @@ pub struct Faults {
     /// stranger) added as a learner, promoted or removed, never leaving
     /// fewer than three voters (so a damaged disk stays a minority).
     pub membership: f64,
+    /// Probability a live node's process stalls this tick (a long garbage
+    /// collection, a descheduled VM), the leader of the highest term half
+    /// the time: for `1..=max_pause_ticks` ticks it neither ticks, nor
+    /// receives or sends anything, nor completes a write; then, before
+    /// anything else reaches it, a client asks it for a read.
+    pub pause: f64,
+    /// The longest stall, in ticks.
+    pub max_pause_ticks: u64,
+    /// How much each node's clock rate may differ from true time, in parts
+    /// per million either way (drawn per node at the start); lease reads
+    /// assume twice this as their drift bound.
+    pub clock_rate_ppm: u32,
 }
 
 impl Faults {
@@ -110,6 +122,9 @@ impl Faults {
             compaction_power_loss: 0.0,
             transfer_leader: 0.0,
             membership: 0.0,
+            pause: 0.0,
+            max_pause_ticks: 0,
+            clock_rate_ppm: 0,
         }
     }
 
@@ -223,6 +238,9 @@ impl SimConfig {
             compaction_power_loss: 0.0,
             transfer_leader: 0.0,
             membership: 0.0,
+            pause: 0.0,
+            max_pause_ticks: 0,
+            clock_rate_ppm: 0,
         };
         // A disk fault's probability: one of `choices` with a log on disk,
         // else none (drawing nothing).
@@ -255,6 +273,16 @@ impl SimConfig {
         c.faults.membership = [0.0, 0.01, 0.03][rng.range(0, 3) as usize];
         if c.faults.membership > 0.0 {
             c.spares = 2;
+        }
+        // Lease reads and process stalls, drawn after everything else.
+        c.faults.pause = [0.0, 0.002, 0.01][rng.range(0, 3) as usize];
+        c.faults.max_pause_ticks = rng.range(1, 80);
+        if c.raft.check_quorum && rng.chance(0.5) {
+            c.faults.clock_rate_ppm = [250, 5_000, 50_000][rng.range(0, 3) as usize];
+            c.raft.lease = Some(ha_core::raft::LeaseConfig {
+                tick_nanos: TICK_MS * 1_000_000,
+                max_clock_drift_ppm: 2 * c.faults.clock_rate_ppm,
+            });
         }
         c
     }
@@ -331,4 +359,6 @@ pub struct RunStats {
     /// Membership changes a leader started (a configuration entry
     /// appended).
     pub conf_changes: u64,
+    /// Reads a leader confirmed by its lease, without a round.
+    pub lease_reads: u64,
 }

@@ -107,10 +107,11 @@ impl Sim {
         }
         self.end_transfers()?;
         for k in 0..self.nodes.len() {
-            if self.nodes[k]
-                .saving
-                .as_ref()
-                .is_some_and(|(due, _)| *due <= now)
+            if !self.is_paused(k)
+                && self.nodes[k]
+                    .saving
+                    .as_ref()
+                    .is_some_and(|(due, _)| *due <= now)
             {
                 let (_, snap) = self.nodes[k].saving.take().expect("checked");
                 self.snapshot_saved(k, snap);
@@ -118,10 +119,11 @@ impl Sim {
             }
         }
         for k in self.shuffled_nodes() {
-            if self.nodes[k]
-                .in_flight
-                .as_ref()
-                .is_some_and(|(due, _)| *due <= now)
+            if !self.is_paused(k)
+                && self.nodes[k]
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|(due, _)| *due <= now)
             {
                 let (_, f) = self.nodes[k].in_flight.take().expect("checked");
                 self.complete(k, f)?;
@@ -129,6 +131,10 @@ impl Sim {
             }
         }
         for k in self.shuffled_nodes() {
+            if self.is_paused(k) {
+                continue;
+            }
+            self.sync_clock(k);
             if let Some(r) = self.nodes[k].raft.as_mut() {
                 r.tick();
                 self.drive(k)?;
@@ -150,11 +156,38 @@ impl Sim {
             }
         }
         self.random_clients();
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.probe_reads.drain(..).partition(|(t, _)| *t <= now);
+        self.probe_reads = later;
+        for (_, id) in due {
+            self.start_read(id);
+        }
+        let resumed: Vec<usize> = self
+            .paused
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in resumed {
+            self.paused.remove(&k);
+            let id = self.nodes[k].id;
+            self.trace.push(now, TraceEvent::Pause(id, None));
+            // The moment a stalled leader is most dangerous: it still
+            // thinks it leads, and nothing told it otherwise yet.
+            self.start_read(id);
+        }
         for k in 0..self.nodes.len() {
             if self.nodes[k].restart_at.is_some_and(|t| t <= now) {
                 let id = self.nodes[k].id;
                 self.restart(id);
                 self.drive(k)?;
+                if self.cfg.raft.lease.is_some()
+                    && !self.converging
+                    && self.nodes[k].raft.is_some()
+                    && self.rng.chance(0.5)
+                {
+                    self.campaign_past_a_restart(id);
+                }
             }
         }
         self.check_one_change()

@@ -92,6 +92,15 @@ pub struct Sim {
     clients: Vec<sessions::SessionClient>,
     /// How far each node's clock runs ahead, in ms.
     clock_offset_ms: Vec<u64>,
+    /// Each node's clock rate against true time, in parts per million.
+    clock_rate_ppm: Vec<i64>,
+    /// Stalled nodes, and the tick each stall ends.
+    paused: BTreeMap<usize, u64>,
+    /// Reads a client will ask of a node at a tick: `(tick, node)`.
+    probe_reads: Vec<(u64, NodeId)>,
+    /// The faults are over (see [`Sim::heal_and_converge`]): no targeted
+    /// fault cuts a node off any more.
+    converging: bool,
     next_op: u64,
 }
 
@@ -150,6 +159,10 @@ impl Sim {
             transfers: Vec::new(),
             clients: Vec::new(),
             clock_offset_ms: Vec::new(),
+            clock_rate_ppm: Vec::new(),
+            paused: BTreeMap::new(),
+            probe_reads: Vec::new(),
+            converging: false,
             next_op: 1,
             cfg,
         };
@@ -196,6 +209,16 @@ impl Sim {
                 ..Default::default()
             })
             .collect();
+        let rate = i64::from(sim.cfg.faults.clock_rate_ppm);
+        sim.clock_rate_ppm = (0..sim.cfg.nodes + sim.cfg.spares)
+            .map(|_| {
+                if rate > 0 {
+                    side.range(0, 2 * rate as u64 + 1) as i64 - rate
+                } else {
+                    0
+                }
+            })
+            .collect();
         if sim.cfg.session_clients > 0 {
             sim.checker.set_reference(sessions::Reference::new(
                 sim.cfg.session_timeout_ms,
@@ -208,6 +231,26 @@ impl Sim {
     /// Node `k`'s clock, in ms: true time plus its skew.
     fn clock_ms(&self, k: usize) -> u64 {
         self.now * TICK_MS + self.clock_offset_ms.get(k).copied().unwrap_or(0)
+    }
+
+    /// Node `k`'s monotonic clock in nanoseconds, running at its rate.
+    fn clock_nanos(&self, k: usize) -> u64 {
+        let rate = 1_000_000 + self.clock_rate_ppm.get(k).copied().unwrap_or(0);
+        let true_nanos = u128::from(self.now) * u128::from(TICK_MS) * 1_000_000;
+        u64::try_from(true_nanos * rate as u128 / 1_000_000).unwrap_or(u64::MAX)
+    }
+
+    /// Tells node `k`'s core its clock (lease reads run on it).
+    fn sync_clock(&mut self, k: usize) {
+        let now = self.clock_nanos(k);
+        if let Some(r) = self.nodes[k].raft.as_mut() {
+            r.set_clock(now);
+        }
+    }
+
+    /// Whether node `k`'s process is stalled.
+    fn is_paused(&self, k: usize) -> bool {
+        self.paused.contains_key(&k)
     }
 
     /// The seed of this run.
@@ -342,6 +385,7 @@ impl Sim {
     /// after `max_ticks`.
     pub fn heal_and_converge(&mut self, max_ticks: u64) -> Result<(), Failure> {
         self.set_faults(Faults::none());
+        self.converging = true;
         self.cfg.propose = 0.0;
         self.cfg.read = 0.0;
         self.heal();
@@ -354,6 +398,11 @@ impl Sim {
         // A fresh command (the marker) makes a leader commit everything
         // before it; once every node applied it, every node applied all.
         let mut marker: Option<(u64, NodeId, Term)> = None;
+        let mut marker_at = 0;
+        // A leader that never learns it was replaced (one removed from the
+        // configuration, with CheckQuorum and PreVote off, is told by
+        // nobody) never commits the marker: after a while, propose again.
+        let patience = 8 * self.cfg.raft.election_timeout_max_ticks;
         let mut converged = false;
         for _ in 0..max_ticks {
             if let Some((cmd, node, term)) = marker {
@@ -366,9 +415,10 @@ impl Sim {
                         converged = true;
                         break;
                     }
-                } else if self
-                    .raft(node)
-                    .is_none_or(|r| !r.is_leader() || r.term() != term)
+                } else if self.now.saturating_sub(marker_at) > patience
+                    || self
+                        .raft(node)
+                        .is_none_or(|r| !r.is_leader() || r.term() != term)
                 {
                     // Its leader is gone before committing it; propose another.
                     marker = None;
@@ -381,6 +431,7 @@ impl Sim {
                 let cmd = self.fresh_cmd();
                 if self.propose_on(leader, cmd).is_some() {
                     marker = Some((cmd, leader, term));
+                    marker_at = self.now;
                 }
             }
             self.run_ticks(1)?;
@@ -512,6 +563,7 @@ pub fn run_seeds(
                             t.compaction_power_losses += st.compaction_power_losses;
                             t.transfers += st.transfers;
                             t.conf_changes += st.conf_changes;
+                            t.lease_reads += st.lease_reads;
                         }
                         Err(f) => {
                             failures.lock().expect("failures lock").push(f);

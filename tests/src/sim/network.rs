@@ -11,6 +11,40 @@ impl Sim {
             .push(self.now, TraceEvent::Partition(format!("disconnect {id}")));
     }
 
+    /// Node `id` still sends but hears nothing (every link into it cut).
+    pub fn deafen(&mut self, id: NodeId) {
+        for other in self.ids() {
+            if other != id {
+                self.cut.insert((other, id));
+            }
+        }
+        self.trace
+            .push(self.now, TraceEvent::Partition(format!("deafen {id}")));
+    }
+
+    /// Node `id` starts an election now (as if its timer fired), if it may.
+    pub fn campaign_on(&mut self, id: NodeId) {
+        let k = (id.0 - 1) as usize;
+        if let Some(r) = self.nodes[k].raft.as_mut() {
+            r.campaign_now();
+        }
+        let driven = self.drive(k);
+        self.note(driven);
+    }
+
+    /// Asks node `id` to hand leadership to `to`; returns whether it took
+    /// the request.
+    pub fn transfer_on(&mut self, id: NodeId, to: NodeId) -> bool {
+        let k = (id.0 - 1) as usize;
+        let taken = self.nodes[k]
+            .raft
+            .as_mut()
+            .is_some_and(|r| r.transfer_leadership(Some(to)).is_ok());
+        let driven = self.drive(k);
+        self.note(driven);
+        taken
+    }
+
     /// Undoes [`Sim::disconnect`] (links cut one by one stay cut).
     pub fn connect(&mut self, id: NodeId) {
         self.disconnected.remove(&id);
@@ -38,7 +72,12 @@ impl Sim {
     }
 
     pub(super) fn link_up(&self, from: NodeId, to: NodeId) -> bool {
-        !self.cut.contains(&(from, to))
+        // A stalled process takes nothing in (what was sent to it is lost,
+        // as a full socket buffer would lose it) and sends nothing.
+        let stalled = |n: NodeId| self.is_paused((n.0 - 1) as usize);
+        !stalled(from)
+            && !stalled(to)
+            && !self.cut.contains(&(from, to))
             && !self.disconnected.contains(&from)
             && !self.disconnected.contains(&to)
     }
@@ -106,6 +145,17 @@ impl Sim {
             self.checker.check_snapshot(msg.to, &snap.state)?;
             self.nodes[k].received.insert((snap.index, snap.term), snap);
         }
+        if matches!(msg.body, Body::TimeoutNow { .. })
+            && self.cfg.raft.lease.is_some()
+            && !self.converging
+            && self.rng.chance(0.5)
+        {
+            // The old leader is cut off the moment its successor is told to
+            // campaign, and clients keep reading from it: it must not serve
+            // them on a lease its successor's election ignores.
+            self.disconnect(msg.from);
+            self.probe(msg.from);
+        }
         let raft = self.nodes[k].raft.as_mut().expect("checked above");
         // Correct peers never send what a node must refuse; when one does, a
         // safety property broke upstream (it is how a planted bug often
@@ -137,6 +187,18 @@ impl Sim {
             && let Some(leader) = self.leader()
         {
             self.disconnect(leader);
+        }
+        if f.pause > 0.0 && self.rng.chance(f.pause) {
+            let k = match self.leader() {
+                Some(l) if self.rng.chance(0.5) => (l.0 - 1) as usize,
+                _ => self.rng.range(0, self.nodes.len() as u64) as usize,
+            };
+            let ticks = self.rng.range(1, f.max_pause_ticks.max(1) + 1);
+            if self.nodes[k].raft.is_some() && !self.is_paused(k) {
+                self.paused.insert(k, self.now + ticks);
+                self.trace
+                    .push(self.now, TraceEvent::Pause(self.nodes[k].id, Some(ticks)));
+            }
         }
         if f.transfer_leader > 0.0
             && self.rng.chance(f.transfer_leader)
@@ -235,6 +297,7 @@ impl Sim {
                 n.damaged = false;
             }
         }
+        self.paused.remove(&((id.0 - 1) as usize));
         let node = &mut self.nodes[(id.0 - 1) as usize];
         node.raft = None;
         if !power_loss {
@@ -286,6 +349,44 @@ impl Sim {
             return;
         }
         self.trace.push(self.now, TraceEvent::Restart(id));
+    }
+
+    /// Right after node `restarted` came back: the leader is cut off and
+    /// another node campaigns at once, so the restarted node's vote could
+    /// decide an election while the leader's lease (which may rest on that
+    /// node's answer from before its crash) still runs; and clients keep
+    /// reading from the old leader.
+    pub(super) fn campaign_past_a_restart(&mut self, restarted: NodeId) {
+        // (The scenario's deterministic form is in `tests/lease.rs`.)
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let others: Vec<usize> = (0..self.nodes.len())
+            .filter(|&k| {
+                let id = self.nodes[k].id;
+                id != leader && id != restarted && !self.is_paused(k)
+            })
+            .filter(|&k| self.nodes[k].raft.is_some())
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let k = others[self.rng.range(0, others.len() as u64) as usize];
+        self.disconnect(leader);
+        if let Some(r) = self.nodes[k].raft.as_mut() {
+            r.campaign_now();
+        }
+        let driven = self.drive(k);
+        self.note(driven);
+        self.probe(leader);
+    }
+
+    /// Clients ask node `id` for a read at each of the next election
+    /// timeout's ticks.
+    fn probe(&mut self, id: NodeId) {
+        for t in 1..=self.cfg.raft.election_timeout_min_ticks {
+            self.probe_reads.push((self.now + t, id));
+        }
     }
 
     pub(super) fn crash_for_a_while(&mut self, k: usize) {

@@ -147,6 +147,8 @@ pub enum TraceEvent {
     Crash(NodeId),
     /// A node restarted.
     Restart(NodeId),
+    /// A node's process stalled for this many ticks (`None`: it resumed).
+    Pause(NodeId, Option<u64>),
     /// The partition changed.
     Partition(String),
     /// A membership change started: (leader, the change, its entry's index).
@@ -191,6 +193,8 @@ impl Trace {
                     TraceEvent::Propose(n, c, None) => format!("propose cmd {c} on {n}: refused"),
                     TraceEvent::Crash(n) => format!("CRASH node {n}"),
                     TraceEvent::Restart(n) => format!("restart node {n}"),
+                    TraceEvent::Pause(n, Some(t)) => format!("STALL node {n} for {t} ticks"),
+                    TraceEvent::Pause(n, None) => format!("node {n} resumes"),
                     TraceEvent::Partition(d) => format!("network: {d}"),
                     TraceEvent::Membership(n, c, i) => format!("node {n} starts {c} at {i}"),
                 };

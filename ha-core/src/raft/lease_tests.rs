@@ -1,0 +1,251 @@
+//! Unit tests of lease reads (see `lease`).
+use super::*;
+
+const TICK: u64 = 10_000_000;
+const MS: u64 = 1_000_000;
+
+fn lease_config(id: u64) -> Config {
+    let mut c = Config::new(NodeId(id));
+    c.lease = Some(LeaseConfig {
+        tick_nanos: TICK,
+        max_clock_drift_ppm: 10_000,
+    });
+    c
+}
+
+fn msg(from: u64, term: Term, body: Body) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(1),
+        term,
+        body,
+    }
+}
+
+/// Drains every Ready (as if persisted at once); returns what was sent and
+/// the reads confirmed.
+fn drain(r: &mut Raft) -> (Vec<Message>, Vec<ReadState>) {
+    let (mut out, mut reads) = (Vec::new(), Vec::new());
+    while r.prepare_ready() {
+        let rd = r.ready();
+        out.extend(rd.messages.iter().cloned());
+        out.extend(rd.persisted_messages.iter().cloned());
+        reads.extend(rd.read_states.iter().copied());
+        let t = rd.token();
+        r.advance(t);
+    }
+    (out, reads)
+}
+
+/// Node 1 of three, elected with node 2's votes, its blank entry not yet
+/// committed.
+fn leader(config: Config) -> Raft {
+    let init = InitialState {
+        membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        ..InitialState::default()
+    };
+    let mut r = Raft::new(config, init).unwrap();
+    for _ in 0..1000 {
+        if r.role() != RoleKind::Follower {
+            break;
+        }
+        r.tick();
+    }
+    drain(&mut r);
+    while r.role() != RoleKind::Leader {
+        let (term, body) = if r.role() == RoleKind::PreCandidate {
+            (r.term().next(), Body::PreVoteResponse { granted: true })
+        } else {
+            (r.term(), Body::VoteResponse { granted: true })
+        };
+        r.step(msg(2, term, body)).unwrap();
+        drain(&mut r);
+    }
+    r
+}
+
+/// Node 2 acknowledges everything: the blank entry commits.
+fn commit_blank(r: &mut Raft) {
+    let last = r.last_index();
+    r.step(msg(
+        2,
+        r.term(),
+        Body::AppendResponse(AppendOutcome::Accepted { match_index: last }),
+    ))
+    .unwrap();
+    drain(r);
+    assert_eq!(r.commit_index(), last);
+}
+
+/// Makes a heartbeat at `clock` (a tick) and returns its sequence number.
+fn heartbeat_at(r: &mut Raft, clock: u64) -> u64 {
+    r.set_clock(clock);
+    r.tick();
+    drain(r)
+        .0
+        .iter()
+        .find_map(|m| match m.body {
+            Body::Heartbeat { seq, .. } if m.to == NodeId(2) => Some(seq),
+            _ => None,
+        })
+        .expect("a heartbeat every tick")
+}
+
+#[test]
+fn a_lease_read_is_served_at_once_only_while_a_quorums_answer_is_recent() {
+    let lease = lease_config(1).lease.unwrap().lease_nanos(6);
+    assert_eq!(lease, 49_500_000, "5 ticks less 1%");
+    let mut r = leader(lease_config(1));
+    // Before the term's first entry commits, the commit index may be
+    // behind: a round (which waits for the commit) it is.
+    assert_eq!(r.read_lease(1), Ok(ReadPath::Round));
+    commit_blank(&mut r);
+    // No heartbeat answered yet: a round.
+    assert_eq!(r.read_lease(2), Ok(ReadPath::Round));
+    let t0 = 1_000 * MS;
+    let seq = heartbeat_at(&mut r, t0);
+    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
+        .unwrap();
+    let (_, reads) = drain(&mut r);
+    assert_eq!(
+        reads.iter().map(|s| s.ctx).collect::<Vec<_>>(),
+        vec![1],
+        "the answer also confirms the round in flight (read 2 waits for the next)"
+    );
+    r.set_clock(t0 + lease - 1);
+    assert_eq!(r.read_lease(3), Ok(ReadPath::Lease));
+    let (_, reads) = drain(&mut r);
+    assert_eq!(
+        reads,
+        vec![ReadState {
+            ctx: 3,
+            index: r.commit_index()
+        }]
+    );
+    // The lease counts from when the heartbeat was made, not answered.
+    r.set_clock(t0 + lease);
+    assert_eq!(r.read_lease(4), Ok(ReadPath::Round));
+    assert!(!r.lease_holds());
+    // A clock going back is ignored.
+    r.set_clock(t0);
+    assert!(!r.lease_holds());
+    // A newer heartbeat answered renews it; an older answer arriving late
+    // does not take it back.
+    let seq2 = heartbeat_at(&mut r, t0 + 60 * MS);
+    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq: seq2 }))
+        .unwrap();
+    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
+        .unwrap();
+    drain(&mut r);
+    r.set_clock(t0 + 60 * MS + lease - 1);
+    assert!(r.lease_holds());
+    // And it ends by the clock again.
+    r.set_clock(t0 + 60 * MS + lease);
+    assert!(!r.lease_holds());
+}
+
+#[test]
+fn no_lease_without_the_config_or_after_timeout_now() {
+    let mut r = leader(Config::new(NodeId(1)));
+    commit_blank(&mut r);
+    let seq = heartbeat_at(&mut r, 0);
+    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
+        .unwrap();
+    assert!(!r.lease_holds(), "leases are opt-in");
+
+    let mut r = leader(lease_config(1));
+    commit_blank(&mut r);
+    let t0 = 1_000 * MS;
+    let seq = heartbeat_at(&mut r, t0);
+    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
+        .unwrap();
+    assert!(r.lease_holds());
+    // Node 2 holds the whole log: TimeoutNow goes out at once.
+    r.transfer_leadership(Some(NodeId(2))).unwrap();
+    let (out, _) = drain(&mut r);
+    assert!(
+        out.iter()
+            .any(|m| matches!(m.body, Body::TimeoutNow { .. }) && m.to == NodeId(2)),
+        "{out:?}"
+    );
+    assert!(!r.lease_holds(), "a lease held through TimeoutNow");
+    // Even after the transfer times out and a fresh answer comes in.
+    for t in 0..r.config().election_timeout_max_ticks * 2 {
+        let seq = heartbeat_at(&mut r, t0 + t * TICK);
+        r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
+            .unwrap();
+        drain(&mut r);
+    }
+    assert!(r.is_leader());
+    assert_eq!(r.transferring_to(), None);
+    assert!(!r.lease_holds(), "the lease came back in the same term");
+}
+
+#[test]
+fn with_leases_a_started_node_refuses_votes_for_a_minimum_election_timeout() {
+    let vote = |term| Message {
+        from: NodeId(3),
+        to: NodeId(2),
+        term: Term(term),
+        body: Body::Vote {
+            last_index: LogIndex(0),
+            last_term: Term(0),
+            transfer: false,
+        },
+    };
+    let granted = |r: &mut Raft| {
+        drain(r).0.iter().find_map(|m| match m.body {
+            Body::VoteResponse { granted } => Some(granted),
+            _ => None,
+        })
+    };
+    let init = || InitialState {
+        membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        ..InitialState::default()
+    };
+    let mut plain = Raft::new(Config::new(NodeId(2)), init()).unwrap();
+    plain.step(vote(1)).unwrap();
+    assert_eq!(granted(&mut plain), Some(true), "no leases: votes at once");
+
+    let mut config = lease_config(2);
+    config.rng_seed = 7;
+    let min = config.election_timeout_min_ticks;
+    let mut r = Raft::new(config, init()).unwrap();
+    for t in 0..min {
+        r.step(vote(1)).unwrap();
+        assert_eq!(granted(&mut r), None, "voted {t} ticks after starting");
+        assert_eq!(r.term(), Term(0));
+        r.tick();
+    }
+    r.step(vote(1)).unwrap();
+    assert_eq!(granted(&mut r), Some(true));
+}
+
+#[test]
+fn lease_settings_are_checked() {
+    let mut c = lease_config(1);
+    assert!(c.validate().is_ok());
+    c.check_quorum = false;
+    assert!(c.validate().is_err(), "without check_quorum");
+    for ppm in [
+        0,
+        MIN_CLOCK_DRIFT_PPM - 1,
+        MAX_CLOCK_DRIFT_PPM + 1,
+        u32::MAX,
+    ] {
+        let mut c = lease_config(1);
+        c.lease.as_mut().unwrap().max_clock_drift_ppm = ppm;
+        assert!(c.validate().is_err(), "drift {ppm}");
+    }
+    let mut c = lease_config(1);
+    c.lease.as_mut().unwrap().tick_nanos = 0;
+    assert!(c.validate().is_err(), "a zero tick");
+    let mut c = lease_config(1);
+    (c.heartbeat_interval_ticks, c.election_timeout_min_ticks) = (1, 2);
+    assert!(c.validate().is_err(), "a 2-tick election timeout");
+    let huge = LeaseConfig {
+        tick_nanos: u64::MAX,
+        max_clock_drift_ppm: MIN_CLOCK_DRIFT_PPM,
+    };
+    assert!(huge.lease_nanos(u64::MAX) > 0, "no overflow");
+}
