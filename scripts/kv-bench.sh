@@ -5,6 +5,8 @@
 #
 #   scripts/kv-bench.sh BIN CLIENTS OPS [VALUE_BYTES] [KEYS] [READ_RATIO]
 #
+# HA_SERVE_FLAGS adds flags to every `serve` (e.g. "--lease-reads").
+#
 # To compare two builds, alternate them over several runs and take medians,
 # e.g. for r in 1 2 3 4 5; do for b in old/ha-kv new/ha-kv; do
 #   echo "$b $(scripts/kv-bench.sh $b 64 40000)"; done; done
@@ -20,7 +22,8 @@ source "$(dirname "$0")/cluster-lib.sh"
 D=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"' EXIT
-start_ha_cluster "$BIN" "$D"
+# shellcheck disable=SC2086 # the flags split into words
+start_ha_cluster "$BIN" "$D" ${HA_SERVE_FLAGS:-}
 "$BIN" bench --clients "$CLIENTS" --ops "$OPS" --value-size "$VALUE" --keys "$KEYS" \
   --read-ratio "$READ" \
   "${HA_CLUSTER[@]}" 2>/dev/null | tail -1

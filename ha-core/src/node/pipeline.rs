@@ -224,6 +224,17 @@ impl<P, R> Pipeline<P, R> {
         self.reads.insert(ctx, read);
     }
 
+    /// A read confirmed outside any Ready (by the leader's lease) at
+    /// `index`: served at once if the applied state covers it (and reads
+    /// are not held), else once it does.
+    pub fn read_confirmed<I>(&mut self, index: LogIndex, read: R, io: &mut I)
+    where
+        I: PipelineIo<Reply = P, Read = R>,
+    {
+        self.confirmed.push((index, read));
+        self.serve_reads(io);
+    }
+
     /// Step 1: takes the next `Ready` unless one is in flight.
     pub fn start<I>(&mut self, raft: &mut Raft, io: &mut I) -> Option<Write>
     where

@@ -547,12 +547,21 @@ impl<V: Vfs> NodeTask<V> {
         self.next_read += 1;
         self.sync_clock();
         match self.raft.read_lease(ctx) {
-            Ok(path) => {
-                let counter = match path {
-                    ReadPath::Lease => &self.metrics.lease_reads,
-                    ReadPath::Round => &self.metrics.round_reads,
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(ReadPath::Lease { index }) => {
+                self.metrics
+                    .lease_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut io = super::persist::NodeIo::new(
+                    &*self.transport,
+                    &mut *self.applier,
+                    &self.metrics,
+                );
+                self.pipeline.read_confirmed(index, pending, &mut io);
+            }
+            Ok(ReadPath::Round) => {
+                self.metrics
+                    .round_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.pipeline.read_started(ctx, pending);
             }
             Err(ReadIndexError::NotLeader { leader }) => {

@@ -91,9 +91,14 @@ impl LeaseConfig {
 /// How a read was taken in (see [`Raft::read_lease`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadPath {
-    /// The lease held: the read is confirmed already.
-    Lease,
-    /// It waits for a ReadIndex round.
+    /// The lease held: the read is confirmed already. Serve it once the
+    /// state machine has applied `index`; no [`ReadState`] follows.
+    Lease {
+        /// The commit index when the lease was checked.
+        index: LogIndex,
+    },
+    /// It waits for a ReadIndex round: a [`ReadState`] with its `ctx`
+    /// appears in a later [`Ready`].
     Round,
 }
 
@@ -214,15 +219,14 @@ impl Raft {
             .is_some_and(|sent| self.lease_clock() < sent.saturating_add(nanos))
     }
 
-    /// A linearizable read by lease where it holds, by a ReadIndex round
-    /// where not (and always by a round where leases are off). Either way a
-    /// [`ReadState`] with this `ctx` appears in a later [`Ready`]: at once
-    /// by lease, at the current commit index.
+    /// A linearizable read by lease where it holds (confirmed now, at the
+    /// current commit index), by a ReadIndex round under `ctx` where not
+    /// (and always by a round where leases are off).
     pub fn read_lease(&mut self, ctx: u64) -> Result<ReadPath, ReadIndexError> {
         if self.lease_holds() {
-            let index = self.log.committed;
-            self.read_states.push(ReadState { ctx, index });
-            return Ok(ReadPath::Lease);
+            return Ok(ReadPath::Lease {
+                index: self.log.committed,
+            });
         }
         self.read_index(ctx).map(|()| ReadPath::Round)
     }

@@ -152,11 +152,20 @@ impl Sim {
         }
         self.sync_clock(k);
         let path = self.nodes[k].raft.as_mut()?.read_lease(ctx).ok()?;
-        if path == ha_core::raft::ReadPath::Lease {
-            self.stats.lease_reads += 1;
-        }
-        self.nodes[k].pipeline.read_started(ctx, ctx);
         self.nodes[k].read_floors.insert(ctx, floor);
+        match path {
+            ha_core::raft::ReadPath::Lease { index } => {
+                // As the node task does: served now if applied, else later.
+                self.stats.lease_reads += 1;
+                if let Some(((), out)) =
+                    self.with_pipeline(k, None, |_, p, io| p.read_confirmed(index, ctx, io))
+                {
+                    let taken = self.take_outputs(k, out);
+                    self.note(taken);
+                }
+            }
+            ha_core::raft::ReadPath::Round => self.nodes[k].pipeline.read_started(ctx, ctx),
+        }
         let driven = self.drive(k);
         self.note(driven);
         Some(ctx)

@@ -81,3 +81,38 @@ fn leadership_moves_on_request_and_on_sigterm() {
         assert_eq!(json_line(&out), serde_json::json!({"ok": true, "value": v}));
     }
 }
+
+/// With `--lease-reads`, the leader serves linearizable gets on its lease:
+/// they answer what was written, and its metrics count them as lease reads.
+#[test]
+fn lease_reads_answer_gets_and_are_counted() {
+    let c = start_with(&["--lease-reads"]);
+    // Metrics are served by node 1: make it the leader.
+    if c.wait_for_leader() != 1 {
+        let out = c.client(&["transfer-leader", "1"]);
+        assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(c.wait_for_leader(), 1);
+    }
+    for i in 0..20 {
+        let v = i.to_string();
+        assert_eq!(code(&c.client(&["put", "k", &v])), 0);
+        let out = c.client(&["get", "k"]);
+        assert_eq!(
+            json_line(&out),
+            serde_json::json!({"ok": true, "value": v}),
+            "a get after a put"
+        );
+    }
+    let body = contract::http_get(c.metrics_port, "/metrics");
+    let count = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics:\n{body}"))
+    };
+    let (lease, rounds) = (count("ha_lease_reads_total"), count("ha_round_reads_total"));
+    eprintln!("{lease} gets served on the lease, {rounds} by a round");
+    assert!(
+        lease >= 10,
+        "{lease} of 20 gets were served on the lease ({rounds} by a round)"
+    );
+}

@@ -58,6 +58,10 @@ fn operator_mistakes_exit_2_with_one_clear_line() {
     let mut a = serve_args(&data, &tls, &listen);
     a[6] = "x=127.0.0.1:1".into();
     fails_with_one_line(&a, "--peers");
+    // A clock-drift bound lease reads cannot stand on.
+    let mut a = serve_args(&data, &tls, &listen);
+    a.extend(["--lease-reads", "--max-clock-drift-ppm", "1"].map(String::from));
+    fails_with_one_line(&a, "--max-clock-drift-ppm");
     // A data directory of another cluster: first use it with one CA, then
     // start with another.
     let mut first = Command::new(BIN)
