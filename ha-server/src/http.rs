@@ -532,6 +532,8 @@ mod tests {
             snapshots: 0,
             snapshot_failures: 0,
             lease_reads: 0,
+            leader_gap: Default::default(),
+            leader_gap_max: std::time::Duration::ZERO,
             round_reads: 0,
             snapshot_index: LogIndex(0),
             commit_latency: Default::default(),

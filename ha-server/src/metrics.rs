@@ -15,6 +15,8 @@
 //!   `snapshot_encode_seconds` (histogram: one snapshot of the state
 //!   machine encoded, while apply waits)
 //! - `snapshots_total`, `snapshot_failures_total`, `snapshot_index`
+//! - `leader_gap_seconds` (histogram, as a follower: gaps between two
+//!   messages from the same leader), `leader_gap_max_seconds`
 //! - `lease_reads_total`, `round_reads_total` (linearizable reads served by
 //!   the leader's lease, and by a ReadIndex round)
 //! - `peer_replication_lag_entries{peer=..}`, `peer_rtt_seconds{peer=..}`
@@ -172,7 +174,7 @@ fn encode_node(
         ]
         .map(|(n, r)| (n.to_string(), flag(s.role == r))),
     )?;
-    let gauges: [(&str, &str, f64); 12] = [
+    let gauges: [(&str, &str, f64); 13] = [
         ("term", "Current term.", s.term.0 as f64),
         (
             "commit_index",
@@ -189,6 +191,11 @@ fn encode_node(
             "snapshot_index",
             "Last index the newest snapshot covers.",
             m.snapshot_index.0 as f64,
+        ),
+        (
+            "leader_gap_max_seconds",
+            "As a follower: the longest gap between two messages from the same leader since start.",
+            m.leader_gap_max.as_secs_f64(),
         ),
         (
             "leaderless_ms",
@@ -358,6 +365,12 @@ fn encode_peers_and_latency(
     )?;
     histogram(
         e,
+        "leader_gap_seconds",
+        "As a follower: gaps between two messages from the same leader (heartbeats bound them).",
+        m.leader_gap,
+    )?;
+    histogram(
+        e,
         "snapshot_encode_seconds",
         "Encoding one snapshot of the state machine, failed ones too (apply and reads wait; consensus goes on).",
         m.snapshot_encode,
@@ -442,6 +455,8 @@ mod tests {
                 snapshots: 1,
                 snapshot_failures: 0,
                 lease_reads: 0,
+                leader_gap: Default::default(),
+                leader_gap_max: std::time::Duration::ZERO,
                 round_reads: 0,
                 snapshot_index: LogIndex(100),
                 commit_latency: HistogramSnapshot::default(),

@@ -153,9 +153,11 @@ impl<T: Replicated> ServerBuilder<T> {
     /// Serve linearizable reads on the leader's lease (dissertation
     /// §6.4.1) where it holds, saving a heartbeat round per read, given
     /// clocks whose rates differ by at most `max_clock_drift_ppm` parts per
-    /// million; `None` (the default): every read takes a round. The lease
-    /// lasts the minimum election timeout less one tick, shortened by the
-    /// drift bound; set the same on every node.
+    /// million and that never stop (a suspended machine or a paused or
+    /// migrated virtual machine stops them: no lease reads there); `None`
+    /// (the default): every read takes a round. The lease lasts the minimum
+    /// election timeout less one tick, shortened by the drift bound; set
+    /// the same, with the same timing, on every node.
     pub fn lease_reads(mut self, max_clock_drift_ppm: Option<u32>) -> Self {
         self.lease_reads = max_clock_drift_ppm;
         self
@@ -420,6 +422,9 @@ impl<T: Replicated> ServerBuilder<T> {
                     max_clock_drift_ppm = ppm,
                     "lease reads on"
                 );
+                if c.timing.heartbeat_ticks + 1 >= c.timing.election_min_ticks {
+                    tracing::warn!(node = %me, "the heartbeat interval is about as long as the lease: most reads will take a round anyway (a heartbeat of a third of the minimum election timeout keeps the lease)");
+                }
             }
             opts.snapshot_every_entries = Some(snapshot_every);
             opts.storage_quota_bytes = (quota > 0).then_some(quota);

@@ -38,6 +38,10 @@ fn settled(sim: &mut Sim) -> Result<(NodeId, NodeId, NodeId), Failure> {
         "not acknowledged"
     );
     sim.run_ticks(4)?;
+    // The leader serves reads on its lease here.
+    let before = sim.stats().lease_reads;
+    assert!(sim.try_read_on(leader));
+    assert_eq!(sim.stats().lease_reads, before + 1, "no lease read");
     let others: Vec<NodeId> = sim.ids().into_iter().filter(|n| *n != leader).collect();
     Ok((leader, others[0], others[1]))
 }

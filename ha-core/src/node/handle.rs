@@ -17,7 +17,7 @@ use crate::raft::RoleKind;
 use crate::types::{LogIndex, NodeId, Term};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why a proposal or read failed.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,6 +214,10 @@ pub(super) struct SharedMetrics {
     pub(super) snapshot_failures: AtomicU64,
     /// Linearizable reads served by the leader's lease (no round).
     pub(super) lease_reads: AtomicU64,
+    /// Gaps between two messages from the same leader, on a follower.
+    pub(super) leader_gap: Histogram,
+    /// The longest such gap, in microseconds.
+    pub(super) leader_gap_max_micros: AtomicU64,
     /// Linearizable reads taken into a ReadIndex round.
     pub(super) round_reads: AtomicU64,
     pub(super) elections_won: AtomicU64,
@@ -236,6 +240,8 @@ impl SharedMetrics {
             snapshot_encode: Histogram::default(),
             snapshot_failures: AtomicU64::new(0),
             lease_reads: AtomicU64::new(0),
+            leader_gap: Histogram::default(),
+            leader_gap_max_micros: AtomicU64::new(0),
             round_reads: AtomicU64::new(0),
             elections_won: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
@@ -285,6 +291,12 @@ pub struct NodeMetrics {
     pub snapshot_failures: u64,
     /// Linearizable reads this node served by its lease as leader.
     pub lease_reads: u64,
+    /// As a follower: the gaps between two messages from the same leader
+    /// (heartbeats go every heartbeat interval, so a gap far above it is a
+    /// stall: of the leader, the network or this node).
+    pub leader_gap: HistogramSnapshot,
+    /// The longest of those gaps since the node started.
+    pub leader_gap_max: Duration,
     /// Linearizable reads this node took into a ReadIndex round as leader.
     pub round_reads: u64,
     /// Index the newest snapshot covers.
@@ -434,6 +446,8 @@ impl NodeHandle {
             snapshots: m.snapshots.load(Ordering::Relaxed),
             snapshot_failures: m.snapshot_failures.load(Ordering::Relaxed),
             lease_reads: m.lease_reads.load(Ordering::Relaxed),
+            leader_gap: m.leader_gap.snapshot(),
+            leader_gap_max: Duration::from_micros(m.leader_gap_max_micros.load(Ordering::Relaxed)),
             round_reads: m.round_reads.load(Ordering::Relaxed),
             snapshot_index: view.snapshot_index,
             commit_latency: m.commit_latency.snapshot(),

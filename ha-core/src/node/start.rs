@@ -143,6 +143,7 @@ fn start<V: Vfs>(
         metrics: metrics.clone(),
         last_role: RoleKind::Follower,
         last_leader: None,
+        leader_heard: None,
         snapshots: snapshots.clone(),
         snapshot_every: opts.snapshot_every_entries,
         last_snapshot,

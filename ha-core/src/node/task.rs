@@ -80,6 +80,8 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) metrics: Arc<SharedMetrics>,
     pub(super) last_role: RoleKind,
     pub(super) last_leader: Option<NodeId>,
+    /// The leader the last message from a leader came from, and when.
+    pub(super) leader_heard: Option<(NodeId, Instant)>,
     pub(super) snapshots: Arc<dyn super::SnapshotFiles>,
     pub(super) snapshot_every: Option<u64>,
     /// Index of the last snapshot taken or installed.
@@ -222,6 +224,9 @@ impl<V: Vfs> NodeTask<V> {
                     }
                 }
                 Some(m) = inbound.recv() => {
+                    // A follower's refusal to vote runs from when it took
+                    // its leader's message, by this clock.
+                    self.sync_clock();
                     self.step(m);
                     for _ in 0..DRAIN_MAX {
                         match inbound.try_recv() {
@@ -399,11 +404,23 @@ impl<V: Vfs> NodeTask<V> {
     pub(super) fn step(&mut self, mut m: Message) {
         let from = m.from;
         if Some(from) == self.raft.leader() {
+            let now = Instant::now();
+            if let Some((leader, at)) = self.leader_heard
+                && leader == from
+            {
+                let gap = now.saturating_duration_since(at);
+                self.metrics.leader_gap.observe(gap);
+                let micros = u64::try_from(gap.as_micros()).unwrap_or(u64::MAX);
+                self.metrics
+                    .leader_gap_max_micros
+                    .fetch_max(micros, Ordering::Relaxed);
+            }
+            self.leader_heard = Some((from, now));
             self.metrics
                 .availability
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .heard_from_leader(Instant::now());
+                .heard_from_leader(now);
         }
         if let crate::raft::Body::InstallSnapshot {
             index,

@@ -41,16 +41,27 @@ impl Raft {
     }
 
     /// Whether a vote request that would raise the term is ignored: this
-    /// node heard from a leader within a minimum election timeout, or (with
-    /// lease reads on) it started less than one ago and may have answered a
-    /// leader just before it went down (see `lease`, invariant 4).
+    /// node heard from a leader within a minimum election timeout (by its
+    /// ticks; and with lease reads on, by its clock too, whatever happened
+    /// since: `lease`, invariant 6), or (with lease reads on) it started
+    /// less than one ago and may have answered a leader just before it went
+    /// down (invariant 4).
     pub(super) fn in_leader_lease(&self) -> bool {
         let min = self.config.election_timeout_min_ticks;
-        let quiet_start = self.config.lease.is_some() && self.ticks < min;
-        #[cfg(feature = "planted-bugs")]
-        let quiet_start = quiet_start && !self.config.has_bug(PlantedBug::LeaseNoQuietStart);
-        self.config.check_quorum
-            && ((self.leader.is_some() && self.election_elapsed < min) || quiet_start)
+        let by_ticks = self.leader.is_some() && self.election_elapsed < min;
+        let by_clock = self.config.lease.is_some_and(|l| {
+            let window = min.saturating_mul(l.tick_nanos);
+            let heard = self
+                .lease_heard
+                .is_some_and(|h| self.clock < h.saturating_add(window));
+            #[cfg(feature = "planted-bugs")]
+            let heard = heard && !self.config.has_bug(PlantedBug::LeaseByTicks);
+            let quiet_start = self.ticks < min;
+            #[cfg(feature = "planted-bugs")]
+            let quiet_start = quiet_start && !self.config.has_bug(PlantedBug::LeaseNoQuietStart);
+            heard || quiet_start
+        });
+        self.config.check_quorum && (by_ticks || by_clock)
     }
 
     /// Starts an election: a pre-vote round first when PreVote is on.

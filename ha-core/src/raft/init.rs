@@ -97,6 +97,7 @@ impl Raft {
             },
             ticks: 0,
             clock: 0,
+            lease_heard: None,
             config,
         })
     }

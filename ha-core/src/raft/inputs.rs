@@ -23,7 +23,10 @@ impl Raft {
     /// PreVote on: a pre-vote round first). Does nothing on a leader, or on
     /// a node that may not campaign (a learner, a node removed by a
     /// committed change, a repairing node, one at the last term). For drivers that decide when to campaign (a
-    /// leadership transfer's target; scenario tests).
+    /// leadership transfer's target; scenario tests). With lease reads on,
+    /// only for a driver that knows the leader is gone: this node may have
+    /// answered the leader's heartbeat within its lease, and its own vote
+    /// then counts against that answer.
     pub fn campaign_now(&mut self) {
         if !self.is_leader() && self.can_campaign() {
             self.campaign(None);
@@ -302,6 +305,7 @@ impl Raft {
         }
         self.leader = Some(leader);
         self.election_elapsed = 0;
+        self.lease_heard = Some(self.clock);
     }
 
     /// Hands a message of this node's term to its handler.

@@ -2,15 +2,21 @@
 //! recently serves a linearizable read at once, without a heartbeat round.
 //!
 //! The argument. A follower that heard from the leader refuses every vote
-//! and pre-vote for a minimum election timeout (§4.2.3, `in_leader_lease`);
-//! its timer counts ticks, and the driver's ticks are never closer than one
-//! tick apart, so it refuses for at least `election_timeout_min_ticks - 1`
-//! tick lengths of real time after it answered. A heartbeat answered by a
-//! quorum therefore keeps every other candidate from winning until
-//! `sent + (min - 1) ticks` by the followers' clocks, where `sent` is when
-//! the leader sent it (earlier than any answer). The leader's clock may run
-//! slower than a follower's by at most the configured drift, so the lease
-//! is that span shortened by the drift: [`LeaseConfig::lease_nanos`].
+//! and pre-vote that would raise its term for a minimum election timeout
+//! (§4.2.3, `in_leader_lease`): `min` tick lengths by its own clock after
+//! it took the message (invariant 6). A heartbeat answered by a quorum
+//! therefore keeps every other candidate from winning until `min` ticks
+//! after the answering followers took it, by their clocks, which is after
+//! the leader made it. The leader's clock may run slower than a
+//! follower's by at most the configured drift, so the lease is
+//! `(min - 1)` ticks (a tick of margin) shortened by the drift, counted
+//! from when the heartbeat was made: [`LeaseConfig::lease_nanos`].
+//!
+//! What it assumes: clocks that keep running. A process stalled by the
+//! scheduler or a collector is fine (its clock runs on; invariant 1), but
+//! a machine suspended or a virtual machine paused or migrated may stop
+//! its monotonic clock, and then the lease outlives real time: do not turn
+//! lease reads on where that happens.
 //!
 //! Invariants:
 //! 1. Time comes only from [`Raft::set_clock`] (the driver's monotonic
@@ -26,6 +32,13 @@
 //!    (it may have answered a leader just before it went down, and forgot).
 //! 5. Anything doubtful gives no lease; the read then takes a ReadIndex
 //!    round, so a lease only ever saves a round, never changes an answer.
+//!    (A lease also ends after `min - 1` of the leader's ticks: a driver
+//!    that stopped telling the clock gets no endless lease.)
+//! 6. A follower's refusal runs on its clock from the last message it took
+//!    from a leader, and nothing but time ends it: not a new term learned
+//!    from some other message (which forgets the leader), nor ticks that
+//!    the runtime bunched together. (The tick-counted refusal of §4.2.3
+//!    goes on beside it.)
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -35,9 +48,10 @@ use super::*;
 /// that misses gives no lease).
 const MAX_SENT_TIMES: usize = 1024;
 
-/// The smallest clock-drift bound accepted, in parts per million (quartz
-/// oscillators are specified to about 100 ppm; NTP slews up to 500).
-pub const MIN_CLOCK_DRIFT_PPM: u32 = 500;
+/// The smallest clock-drift bound accepted, in parts per million: the bound
+/// is between two nodes' clock rates, and NTP slews each clock by up to
+/// 500 ppm, one forward and another back.
+pub const MIN_CLOCK_DRIFT_PPM: u32 = 1_000;
 /// The largest clock-drift bound accepted, in parts per million.
 pub const MAX_CLOCK_DRIFT_PPM: u32 = 500_000;
 
@@ -58,11 +72,12 @@ pub struct LeaseConfig {
 impl LeaseConfig {
     /// The lease a quorum's answer to a heartbeat grants, counted from when
     /// the heartbeat was made: `(election_min_ticks - 1)` ticks, shortened
-    /// by the drift bound.
+    /// by the drift bound (0 where that does not fit in 64 bits, which
+    /// [`Config::validate`](super::Config::validate) refuses).
     pub fn lease_nanos(&self, election_min_ticks: u64) -> u64 {
         let span = u128::from(election_min_ticks.saturating_sub(1)) * u128::from(self.tick_nanos);
         let kept = u128::from(1_000_000 - self.max_clock_drift_ppm.min(1_000_000));
-        u64::try_from(span * kept / 1_000_000).unwrap_or(u64::MAX)
+        u64::try_from(span * kept / 1_000_000).unwrap_or(0)
     }
 
     pub(super) fn check(&self, election_min_ticks: u64, check_quorum: bool) -> Result<(), String> {
@@ -75,12 +90,15 @@ impl LeaseConfig {
                 self.max_clock_drift_ppm
             ));
         }
+        // The followers' refusal window, in clock units, must fit too.
+        let window = u128::from(election_min_ticks) * u128::from(self.tick_nanos);
         if self.tick_nanos == 0
             || election_min_ticks < 3
+            || window > u128::from(u64::MAX / 2)
             || self.lease_nanos(election_min_ticks) == 0
         {
             return Err(format!(
-                "lease reads need a tick above zero and an election timeout of at least 3 ticks (tick {} ns, {} ticks)",
+                "lease reads need a tick above zero, an election timeout of at least 3 ticks, and both within 64-bit nanoseconds (tick {} ns, {} ticks)",
                 self.tick_nanos, election_min_ticks
             ));
         }
@@ -106,9 +124,10 @@ pub enum ReadPath {
 #[derive(Debug, Default)]
 pub(crate) struct LeaseBook {
     /// `(first heartbeat sequence number made at this clock reading,
-    /// clock)`, oldest first: a heartbeat's send time is at or after the
-    /// clock of the last entry at or below its sequence number.
-    sent: VecDeque<(u64, u64)>,
+    /// clock, the leader's ticks then)`, oldest first: a heartbeat's send
+    /// time is at or after the clock (and ticks) of the last entry at or
+    /// below its sequence number.
+    sent: VecDeque<(u64, u64, u64)>,
     /// The highest heartbeat sequence number each follower answered.
     acked: BTreeMap<NodeId, u64>,
     /// This leader sent `TimeoutNow` in this term (invariant 3).
@@ -116,21 +135,21 @@ pub(crate) struct LeaseBook {
 }
 
 impl LeaseBook {
-    /// Heartbeat `seq` is being made at `clock`; entries whose lease ran out
-    /// by `clock` are dropped.
-    pub fn sent(&mut self, seq: u64, clock: u64, lease: u64) {
+    /// Heartbeat `seq` is being made at `clock` and `ticks`; entries whose
+    /// lease ran out by `clock` are dropped.
+    pub fn sent(&mut self, seq: u64, clock: u64, ticks: u64, lease: u64) {
         while self
             .sent
             .front()
-            .is_some_and(|(_, c)| c.saturating_add(lease) <= clock)
+            .is_some_and(|(_, c, _)| c.saturating_add(lease) <= clock)
         {
             self.sent.pop_front();
         }
-        if self.sent.back().is_none_or(|(_, c)| *c < clock) {
+        if self.sent.back().is_none_or(|(_, c, _)| *c < clock) {
             if self.sent.len() == MAX_SENT_TIMES {
                 self.sent.pop_front();
             }
-            self.sent.push_back((seq, clock));
+            self.sent.push_back((seq, clock, ticks));
         }
     }
 
@@ -140,9 +159,9 @@ impl LeaseBook {
         *a = (*a).max(seq);
     }
 
-    /// When the newest heartbeat a quorum (the leader counted) answered was
-    /// made, or `None` if none is known.
-    fn quorum_sent_at(&self, me: NodeId, conf: &Membership) -> Option<u64> {
+    /// When (clock, ticks) the newest heartbeat a quorum (the leader
+    /// counted) answered was made, or `None` if none is known.
+    fn quorum_sent_at(&self, me: NodeId, conf: &Membership) -> Option<(u64, u64)> {
         let mut seqs: Vec<u64> = self.acked.values().copied().collect();
         seqs.sort_unstable_by(|a, b| b.cmp(a));
         seqs.dedup();
@@ -152,17 +171,20 @@ impl LeaseBook {
         self.sent
             .iter()
             .rev()
-            .find(|(first, _)| *first <= seq)
-            .map(|(_, clock)| *clock)
+            .find(|(first, _, _)| *first <= seq)
+            .map(|(_, clock, ticks)| (*clock, *ticks))
     }
 }
 
 impl Raft {
     /// Tells the core the driver's monotonic clock, in the units of
-    /// [`LeaseConfig::tick_nanos`]. Only lease reads use it; a reading
-    /// below an earlier one is ignored. Call it before every input that
-    /// may make a heartbeat or take a read ([`Raft::tick`],
-    /// [`Raft::step`], [`Raft::ready`], [`Raft::read_lease`]).
+    /// [`LeaseConfig::tick_nanos`]. Only lease reads use it (the leader's
+    /// lease, the followers' refusal to vote); a reading below an earlier
+    /// one is ignored. With leases on, call it before every
+    /// [`Raft::tick`], [`Raft::step`], [`Raft::ready`] and
+    /// [`Raft::read_lease`]: a reading that lags makes the lease shorter
+    /// and the refusal longer, never the other way; one ahead of real time
+    /// breaks the lease.
     pub fn set_clock(&mut self, now: u64) {
         self.clock = self.clock.max(now);
     }
@@ -183,12 +205,13 @@ impl Raft {
         let Some(lease) = self.config.lease else {
             return;
         };
-        let (clock, nanos) = (
+        let (clock, ticks, nanos) = (
             self.lease_clock(),
+            self.ticks,
             lease.lease_nanos(self.config.election_timeout_min_ticks),
         );
         if let Role::Leader(l) = &mut self.role {
-            l.lease.sent(seq, clock, nanos);
+            l.lease.sent(seq, clock, ticks, nanos);
         }
     }
 
@@ -213,10 +236,14 @@ impl Raft {
         if conf.has_quorum(|n| n == me) {
             return true;
         }
-        let nanos = lease.lease_nanos(self.config.election_timeout_min_ticks);
+        let min = self.config.election_timeout_min_ticks;
+        let nanos = lease.lease_nanos(min);
         l.lease
             .quorum_sent_at(me, conf)
-            .is_some_and(|sent| self.lease_clock() < sent.saturating_add(nanos))
+            .is_some_and(|(sent, sent_ticks)| {
+                self.lease_clock() < sent.saturating_add(nanos)
+                    && self.ticks.saturating_sub(sent_ticks) < min - 1
+            })
     }
 
     /// A linearizable read by lease where it holds (confirmed now, at the

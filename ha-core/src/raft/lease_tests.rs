@@ -241,9 +241,94 @@ fn lease_settings_are_checked() {
     let mut c = lease_config(1);
     (c.heartbeat_interval_ticks, c.election_timeout_min_ticks) = (1, 2);
     assert!(c.validate().is_err(), "a 2-tick election timeout");
-    let huge = LeaseConfig {
-        tick_nanos: u64::MAX,
-        max_clock_drift_ppm: MIN_CLOCK_DRIFT_PPM,
+    // Spans beyond 64-bit nanoseconds are refused, not wrapped or capped
+    // into an endless lease.
+    let mut c = lease_config(1);
+    c.lease.as_mut().unwrap().tick_nanos = u64::MAX;
+    assert_eq!(c.lease.unwrap().lease_nanos(u64::MAX), 0);
+    assert!(c.validate().is_err(), "an overflowing lease");
+}
+
+/// A follower's refusal runs on its clock from the last message of its
+/// leader: a higher term learned from another message (which forgets the
+/// leader) does not end it, and neither do ticks; only the clock does.
+#[test]
+fn a_followers_refusal_ends_only_by_its_clock() {
+    let init = InitialState {
+        membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        ..InitialState::default()
     };
-    assert!(huge.lease_nanos(u64::MAX) > 0, "no overflow");
+    let mut r = Raft::new(lease_config(1), init).unwrap();
+    let min = r.config().election_timeout_min_ticks;
+    for _ in 0..min {
+        r.tick(); // Past the start-up refusal.
+    }
+    let t0 = 5_000 * MS;
+    r.set_clock(t0);
+    r.step(msg(
+        2,
+        Term(1),
+        Body::Heartbeat {
+            commit: LogIndex(0),
+            seq: 1,
+        },
+    ))
+    .unwrap();
+    assert_eq!(r.leader(), Some(NodeId(2)));
+    // A pre-vote refusal from node 3 in term 2 moves this node to term 2
+    // and forgets the leader.
+    r.step(msg(3, Term(2), Body::PreVoteResponse { granted: false }))
+        .unwrap();
+    assert_eq!((r.term(), r.leader()), (Term(2), None));
+    drain(&mut r);
+    let vote = |term| {
+        msg(
+            3,
+            Term(term),
+            Body::Vote {
+                last_index: LogIndex(0),
+                last_term: Term(0),
+                transfer: false,
+            },
+        )
+    };
+    let granted = |r: &mut Raft| {
+        drain(r).0.iter().find_map(|m| match m.body {
+            Body::VoteResponse { granted } => Some(granted),
+            _ => None,
+        })
+    };
+    // Ticks (bunched by a runtime) do not end it.
+    for _ in 0..min {
+        r.tick();
+    }
+    r.set_clock(t0 + min * TICK - 1);
+    r.step(vote(3)).unwrap();
+    assert_eq!(granted(&mut r), None, "voted within the refusal");
+    assert_eq!(r.term(), Term(2));
+    r.set_clock(t0 + min * TICK);
+    r.step(vote(3)).unwrap();
+    assert_eq!(granted(&mut r), Some(true));
+}
+
+/// A driver that stops telling the clock gets no endless lease: it ends
+/// after `min - 1` of the leader's ticks too.
+#[test]
+fn a_lease_ends_after_its_ticks_even_on_a_stopped_clock() {
+    let mut r = leader(lease_config(1));
+    commit_blank(&mut r);
+    let t0 = 1_000 * MS;
+    let seq = heartbeat_at(&mut r, t0);
+    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
+        .unwrap();
+    drain(&mut r);
+    assert!(r.lease_holds());
+    let min = r.config().election_timeout_min_ticks;
+    for _ in 0..min - 2 {
+        r.tick();
+        drain(&mut r);
+    }
+    assert!(r.lease_holds(), "{} ticks", min - 2);
+    r.tick();
+    assert!(!r.lease_holds(), "a lease on a clock that stopped");
 }

@@ -441,6 +441,9 @@ pub struct Raft {
     ticks: u64,
     /// The driver's monotonic clock, as last told (see [`Raft::set_clock`]).
     clock: u64,
+    /// With lease reads: the clock when this node last took a message
+    /// from a leader it follows (see `lease`, invariant 6).
+    lease_heard: Option<u64>,
 }
 
 /// A snapshot the core installed: the driver restores the state machine

@@ -176,18 +176,20 @@ pub struct ServeArgs {
     storage_quota_bytes: u64,
     /// Serve linearizable reads on the leader's lease where it holds (no
     /// heartbeat round per read). Safe while no two nodes' clocks differ in
-    /// rate by more than --max-clock-drift-ppm; set it on every node.
+    /// rate by more than --max-clock-drift-ppm and no clock stops (a
+    /// suspended machine, a paused or migrated VM). Set it, and the same
+    /// timing flags, on every node.
     #[arg(long)]
     lease_reads: bool,
     /// The clock-rate drift bound lease reads assume, in parts per million
-    /// (500..=500000); the lease is the minimum election timeout less one
-    /// tick, shortened by it.
-    #[arg(long, default_value_t = DEFAULT_CLOCK_DRIFT_PPM)]
-    max_clock_drift_ppm: u32,
+    /// (1000..=500000; default 10000): the lease is the minimum election
+    /// timeout less one tick, shortened by it. Only with --lease-reads.
+    #[arg(long)]
+    max_clock_drift_ppm: Option<u32>,
 }
 
-/// The clock-drift bound lease reads assume unless told: 1% (twenty times
-/// NTP's largest slew rate).
+/// The clock-drift bound lease reads assume unless told: 1% (ten times
+/// two NTP-slewed clocks' largest difference).
 pub const DEFAULT_CLOCK_DRIFT_PPM: u32 = 10_000;
 
 impl ServeArgs {
@@ -342,7 +344,11 @@ async fn serve<T: Replicated>(a: ServeArgs) -> i32 {
         .snapshot_every(a.snapshot_every)
         .max_request_bytes(a.max_request_bytes)
         .storage_quota_bytes(a.storage_quota_bytes)
-        .lease_reads(a.lease_reads.then_some(a.max_clock_drift_ppm));
+        .lease_reads(match (a.lease_reads, a.max_clock_drift_ppm) {
+            (true, ppm) => Some(ppm.unwrap_or(DEFAULT_CLOCK_DRIFT_PPM)),
+            (false, None) => None,
+            (false, Some(_)) => usage_error("--max-clock-drift-ppm: only with --lease-reads"),
+        });
     let server = match &a.metrics {
         Some(m) => server.http(m.clone()),
         None => server,

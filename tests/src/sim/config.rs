@@ -84,10 +84,11 @@ pub struct Faults {
     /// fewer than three voters (so a damaged disk stays a minority).
     pub membership: f64,
     /// Probability a live node's process stalls this tick (a long garbage
-    /// collection, a descheduled VM), the leader of the highest term half
-    /// the time: for `1..=max_pause_ticks` ticks it neither ticks, nor
-    /// receives or sends anything, nor completes a write; then, before
-    /// anything else reaches it, a client asks it for a read.
+    /// collection, the scheduler), the leader of the highest term half the
+    /// time: for `1..=max_pause_ticks` ticks it neither ticks, nor takes
+    /// in what arrives (it waits), nor completes a write, while its clock
+    /// runs on; then, before anything else reaches it, a client asks it
+    /// for a read.
     pub pause: f64,
     /// The longest stall, in ticks.
     pub max_pause_ticks: u64,
@@ -278,7 +279,7 @@ impl SimConfig {
         c.faults.pause = [0.0, 0.002, 0.01][rng.range(0, 3) as usize];
         c.faults.max_pause_ticks = rng.range(1, 80);
         if c.raft.check_quorum && rng.chance(0.5) {
-            c.faults.clock_rate_ppm = [250, 5_000, 50_000][rng.range(0, 3) as usize];
+            c.faults.clock_rate_ppm = [500, 5_000, 50_000][rng.range(0, 3) as usize];
             c.raft.lease = Some(ha_core::raft::LeaseConfig {
                 tick_nanos: TICK_MS * 1_000_000,
                 max_clock_drift_ppm: 2 * c.faults.clock_rate_ppm,

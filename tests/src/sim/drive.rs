@@ -90,7 +90,9 @@ impl Sim {
         let mut due: Vec<Packet> = Vec::new();
         let mut k = 0;
         while k < self.net.len() {
-            if self.net[k].deliver_at <= now {
+            // What reaches a stalled process waits in its socket buffer.
+            let to = (self.net[k].msg.to.0 - 1) as usize;
+            if self.net[k].deliver_at <= now && !self.is_paused(to) {
                 due.push(self.net.swap_remove(k));
             } else {
                 k += 1;
@@ -546,9 +548,13 @@ impl Sim {
     /// the sender learns whether it did.
     pub(super) fn end_transfers(&mut self) -> Result<(), String> {
         let now = self.now;
+        // A stalled end takes the transfer up when it resumes.
+        let stalled = |sim: &Sim, m: &Message| {
+            sim.is_paused((m.from.0 - 1) as usize) || sim.is_paused((m.to.0 - 1) as usize)
+        };
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.transfers)
             .into_iter()
-            .partition(|(at, _, _)| *at <= now);
+            .partition(|(at, m, _)| *at <= now && !stalled(self, m));
         self.transfers = later;
         for (_, install, snap) in due {
             let (from, to) = (install.from, install.to);

@@ -72,12 +72,7 @@ impl Sim {
     }
 
     pub(super) fn link_up(&self, from: NodeId, to: NodeId) -> bool {
-        // A stalled process takes nothing in (what was sent to it is lost,
-        // as a full socket buffer would lose it) and sends nothing.
-        let stalled = |n: NodeId| self.is_paused((n.0 - 1) as usize);
-        !stalled(from)
-            && !stalled(to)
-            && !self.cut.contains(&(from, to))
+        !self.cut.contains(&(from, to))
             && !self.disconnected.contains(&from)
             && !self.disconnected.contains(&to)
     }
@@ -156,6 +151,7 @@ impl Sim {
             self.disconnect(msg.from);
             self.probe(msg.from);
         }
+        self.sync_clock(k);
         let raft = self.nodes[k].raft.as_mut().expect("checked above");
         // Correct peers never send what a node must refuse; when one does, a
         // safety property broke upstream (it is how a planted bug often
@@ -203,6 +199,7 @@ impl Sim {
         if f.transfer_leader > 0.0
             && self.rng.chance(f.transfer_leader)
             && let Some(leader) = self.leader()
+            && !self.is_paused((leader.0 - 1) as usize)
         {
             // A named target may be no voter at all (refused), or the
             // leader itself; `None` picks the most up-to-date voter.

@@ -62,6 +62,10 @@ fn operator_mistakes_exit_2_with_one_clear_line() {
     let mut a = serve_args(&data, &tls, &listen);
     a.extend(["--lease-reads", "--max-clock-drift-ppm", "1"].map(String::from));
     fails_with_one_line(&a, "--max-clock-drift-ppm");
+    // A drift bound without lease reads would be a setting that does nothing.
+    let mut a = serve_args(&data, &tls, &listen);
+    a.extend(["--max-clock-drift-ppm", "5000"].map(String::from));
+    fails_with_one_line(&a, "only with --lease-reads");
     // A data directory of another cluster: first use it with one CA, then
     // start with another.
     let mut first = Command::new(BIN)
