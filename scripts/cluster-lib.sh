@@ -7,7 +7,9 @@
 # stderr in DIR/log-N), appends their process ids to the caller's `PIDS`
 # array, sets `HA_CLUSTER` to the client arguments (--cluster ... --tls-dir
 # ...), and waits for the cluster to take a write. Returns 1 (saying why)
-# if it never does. The caller kills `PIDS` when done.
+# if it never does. The caller kills `PIDS` when done. With an array
+# `HA_METRICS_PORTS` of three TCP ports set, node N serves /metrics on the
+# Nth.
 #
 #   all_up      # returns 1 (saying which) if a process of `PIDS` died
 
@@ -45,8 +47,12 @@ start_ha_cluster() {
   local peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
   i=1
   for p in $p1 $p2 $p3; do
+    local metrics=()
+    if [ -n "${HA_METRICS_PORTS+x}" ]; then
+      metrics=(--metrics "127.0.0.1:${HA_METRICS_PORTS[$((i - 1))]}")
+    fi
     "$bin" serve --id $i --listen 127.0.0.1:$p --peers "$peers" \
-      --data-dir "$dir/data-$i" --tls-dir "$dir/tls" "$@" 2>"$dir/log-$i" &
+      --data-dir "$dir/data-$i" --tls-dir "$dir/tls" "${metrics[@]}" "$@" 2>"$dir/log-$i" &
     PIDS+=($!)
     i=$((i + 1))
   done

@@ -238,6 +238,7 @@ impl<V: Vfs> NodeTask<V> {
                 _ = ticker.tick() => {
                     self.sync_clock();
                     self.raft.tick();
+                    self.send_past_a_slow_write(tick);
                     self.tick_transfers();
                     if let Err(e) = self.check_repair() {
                         break StopReason::Storage(e);
@@ -549,6 +550,23 @@ impl<V: Vfs> NodeTask<V> {
             Command::Shutdown => return false,
         }
         true
+    }
+
+    /// While a Ready's write has taken a tick or more (a disk busy with a
+    /// snapshot file, say), sends the heartbeats and appends made since:
+    /// they do not rest on the write, and a leader silent for the length
+    /// of a slow fsync would look dead to its followers. (Faster writes
+    /// keep them for the next Ready, batched.)
+    fn send_past_a_slow_write(&mut self, tick: Duration) {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.started.elapsed() >= tick)
+        {
+            for m in self.raft.take_messages() {
+                self.transport.send(m);
+            }
+        }
     }
 
     /// Tells the core the monotonic clock (nanoseconds since the node

@@ -29,6 +29,19 @@ impl Raft {
             || !self.snapshots_to_send.is_empty()
     }
 
+    /// Takes the messages that rest on nothing durable (appends and
+    /// heartbeats, a repairing node's term queries) now, without a
+    /// [`Ready`], after building what the leader has pending (as
+    /// [`Raft::prepare_ready`] does). For a driver whose Ready write is
+    /// slow (a disk busy with something else): its heartbeats and appends
+    /// need not wait for the write, which they do not rest on (dissertation
+    /// §10.2.1). Allowed with a Ready outstanding; what it takes is not in
+    /// the next Ready.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        self.flush_leader_output();
+        std::mem::take(&mut self.msgs)
+    }
+
     /// Holds the state machine's side of Readies back (`true`) or lets it
     /// go (`false`). While held, a Ready carries no committed entries and
     /// no snapshot install, and none is prepared while an install waits;

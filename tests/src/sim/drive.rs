@@ -137,8 +137,19 @@ impl Sim {
                 continue;
             }
             self.sync_clock(k);
+            let writing = self.nodes[k].in_flight.is_some();
             if let Some(r) = self.nodes[k].raft.as_mut() {
                 r.tick();
+                // As the node task does while a write is slow: what rests
+                // on nothing durable goes now.
+                let early = if writing {
+                    r.take_messages()
+                } else {
+                    Vec::new()
+                };
+                for m in early {
+                    self.send(m);
+                }
                 self.drive(k)?;
                 // As the node task does: the core's repair is complete and
                 // all it wrote is durable, so the log drops its repairing
