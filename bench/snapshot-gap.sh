@@ -35,8 +35,8 @@ want=$(( (KEYS / 25000) * 25000 ))
 for _ in $(seq 1 120); do
   done_all=1
   for m in "${HA_METRICS_PORTS[@]}"; do
-    s=$(metric "$m" ha_snapshot_index)
-    [ "${s%.*}" -ge "$want" ] || done_all=0
+    s=$(metric "$m" ha_snapshot_index || echo 0)
+    [ "${s%.*}" -ge "$want" ] 2>/dev/null || done_all=0
   done
   [ $done_all -eq 1 ] && break
   sleep 1

@@ -52,7 +52,7 @@ start_ha_cluster() {
       metrics=(--metrics "127.0.0.1:${HA_METRICS_PORTS[$((i - 1))]}")
     fi
     "$bin" serve --id $i --listen 127.0.0.1:$p --peers "$peers" \
-      --data-dir "$dir/data-$i" --tls-dir "$dir/tls" "${metrics[@]}" "$@" 2>"$dir/log-$i" &
+      --data-dir "$dir/data-$i" --tls-dir "$dir/tls" ${metrics[@]+"${metrics[@]}"} "$@" 2>"$dir/log-$i" &
     PIDS+=($!)
     i=$((i + 1))
   done

@@ -422,8 +422,8 @@ impl<T: Replicated> ServerBuilder<T> {
                     max_clock_drift_ppm = ppm,
                     "lease reads on"
                 );
-                if c.timing.heartbeat_ticks + 1 >= c.timing.election_min_ticks {
-                    tracing::warn!(node = %me, "the heartbeat interval is about as long as the lease: most reads will take a round anyway (a heartbeat of a third of the minimum election timeout keeps the lease)");
+                if 2 * c.timing.heartbeat_ticks + 1 >= c.timing.election_min_ticks {
+                    tracing::warn!(node = %me, "the heartbeat interval is more than half the lease: many reads will take a round anyway (a heartbeat of a third of the minimum election timeout keeps the lease)");
                 }
             }
             opts.snapshot_every_entries = Some(snapshot_every);

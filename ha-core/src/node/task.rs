@@ -80,8 +80,9 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) metrics: Arc<SharedMetrics>,
     pub(super) last_role: RoleKind,
     pub(super) last_leader: Option<NodeId>,
-    /// The leader the last message from a leader came from, and when.
-    pub(super) leader_heard: Option<(NodeId, Instant)>,
+    /// The leader (and its term) the last message from a leader came
+    /// from, and when: a gap is measured within one leader's term.
+    pub(super) leader_heard: Option<(NodeId, crate::types::Term, Instant)>,
     pub(super) snapshots: Arc<dyn super::SnapshotFiles>,
     pub(super) snapshot_every: Option<u64>,
     /// Index of the last snapshot taken or installed.
@@ -224,9 +225,6 @@ impl<V: Vfs> NodeTask<V> {
                     }
                 }
                 Some(m) = inbound.recv() => {
-                    // A follower's refusal to vote runs from when it took
-                    // its leader's message, by this clock.
-                    self.sync_clock();
                     self.step(m);
                     for _ in 0..DRAIN_MAX {
                         match inbound.try_recv() {
@@ -403,11 +401,15 @@ impl<V: Vfs> NodeTask<V> {
     }
 
     pub(super) fn step(&mut self, mut m: Message) {
+        // Each message with a fresh reading: a follower's refusal to vote
+        // runs from when it took its leader's message (see
+        // `Raft::set_clock`).
+        self.sync_clock();
         let from = m.from;
         if Some(from) == self.raft.leader() {
             let now = Instant::now();
-            if let Some((leader, at)) = self.leader_heard
-                && leader == from
+            if let Some((leader, term, at)) = self.leader_heard
+                && (leader, term) == (from, m.term)
             {
                 let gap = now.saturating_duration_since(at);
                 self.metrics.leader_gap.observe(gap);
@@ -416,7 +418,7 @@ impl<V: Vfs> NodeTask<V> {
                     .leader_gap_max_micros
                     .fetch_max(micros, Ordering::Relaxed);
             }
-            self.leader_heard = Some((from, now));
+            self.leader_heard = Some((from, m.term, now));
             self.metrics
                 .availability
                 .lock()

@@ -49,7 +49,15 @@ impl Raft {
     pub(super) fn in_leader_lease(&self) -> bool {
         let min = self.config.election_timeout_min_ticks;
         let by_ticks = self.leader.is_some() && self.election_elapsed < min;
-        let by_clock = self.config.lease.is_some_and(|l| {
+        self.config.check_quorum && (by_ticks || self.lease_refusal_open())
+    }
+
+    /// With lease reads on: this node took a message from a leader less
+    /// than a minimum election timeout ago by its clock, or started less
+    /// than one ago by its ticks (see `lease`, invariants 4 and 6).
+    pub(super) fn lease_refusal_open(&self) -> bool {
+        let min = self.config.election_timeout_min_ticks;
+        self.config.lease.is_some_and(|l| {
             let window = min.saturating_mul(l.tick_nanos);
             let heard = self
                 .lease_heard
@@ -60,8 +68,7 @@ impl Raft {
             #[cfg(feature = "planted-bugs")]
             let quiet_start = quiet_start && !self.config.has_bug(PlantedBug::LeaseNoQuietStart);
             heard || quiet_start
-        });
-        self.config.check_quorum && (by_ticks || by_clock)
+        })
     }
 
     /// Starts an election: a pre-vote round first when PreVote is on.
@@ -175,9 +182,9 @@ impl Raft {
         &mut self,
         from: NodeId,
         msg_term: Term,
-        last_index: LogIndex,
-        last_term: Term,
+        (last_index, last_term): (LogIndex, Term),
         pre: bool,
+        transfer: bool,
     ) {
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
@@ -191,7 +198,13 @@ impl Raft {
         // forgotten a vote: it grants nothing (see `Repair`).
         // So does a newcomer (see `settle_newcomer`).
         let repaired = self.repair.is_none() && !self.newcomer && msg_term > self.vote_floor;
-        let granted = can_vote && up_to_date && repaired;
+        // Within the clock-measured refusal (lease reads, `lease` invariant
+        // 6) nothing is granted, at this term or above: a message of a
+        // higher term may have moved this node past the term of the leader
+        // it answered (forgetting it) without ending the refusal. A
+        // transfer's request passes, as in `settle_term`.
+        let refusing = self.lease_refusal_open() && !(transfer && up_to_date);
+        let granted = can_vote && up_to_date && repaired && !refusing;
         if pre {
             // A granted pre-vote answers in the term asked about, so the
             // pre-candidate counts it; a refusal carries our own term.

@@ -97,6 +97,7 @@ impl Raft {
             },
             ticks: 0,
             clock: 0,
+            durable_term: init.hard_state.term,
             lease_heard: None,
             config,
         })

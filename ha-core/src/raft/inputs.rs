@@ -13,7 +13,12 @@ impl Raft {
             self.tick_leader();
         } else {
             self.election_elapsed += 1;
-            if self.election_elapsed >= self.randomized_timeout && self.can_campaign() {
+            // (With lease reads on, not while its own refusal runs: its
+            // vote for itself would count against an answer it gave.)
+            if self.election_elapsed >= self.randomized_timeout
+                && self.can_campaign()
+                && !self.lease_refusal_open()
+            {
                 self.campaign(None);
             }
         }
@@ -314,13 +319,13 @@ impl Raft {
             Body::PreVote {
                 last_index,
                 last_term,
-                ..
-            } => self.handle_vote_request(m.from, m.term, last_index, last_term, true),
+                transfer,
+            } => self.handle_vote_request(m.from, m.term, (last_index, last_term), true, transfer),
             Body::Vote {
                 last_index,
                 last_term,
-                ..
-            } => self.handle_vote_request(m.from, m.term, last_index, last_term, false),
+                transfer,
+            } => self.handle_vote_request(m.from, m.term, (last_index, last_term), false, transfer),
             Body::TimeoutNow {
                 last_index,
                 last_term,

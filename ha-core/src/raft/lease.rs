@@ -77,7 +77,9 @@ impl LeaseConfig {
     pub fn lease_nanos(&self, election_min_ticks: u64) -> u64 {
         let span = u128::from(election_min_ticks.saturating_sub(1)) * u128::from(self.tick_nanos);
         let kept = u128::from(1_000_000 - self.max_clock_drift_ppm.min(1_000_000));
-        u64::try_from(span * kept / 1_000_000).unwrap_or(0)
+        span.checked_mul(kept)
+            .and_then(|n| u64::try_from(n / 1_000_000).ok())
+            .unwrap_or(0)
     }
 
     pub(super) fn check(&self, election_min_ticks: u64, check_quorum: bool) -> Result<(), String> {
@@ -180,11 +182,13 @@ impl Raft {
     /// Tells the core the driver's monotonic clock, in the units of
     /// [`LeaseConfig::tick_nanos`]. Only lease reads use it (the leader's
     /// lease, the followers' refusal to vote); a reading below an earlier
-    /// one is ignored. With leases on, call it before every
+    /// one is ignored. With leases on, call it right before every
     /// [`Raft::tick`], [`Raft::step`], [`Raft::ready`] and
-    /// [`Raft::read_lease`]: a reading that lags makes the lease shorter
-    /// and the refusal longer, never the other way; one ahead of real time
-    /// breaks the lease.
+    /// [`Raft::read_lease`], each: a follower's refusal to vote counts from
+    /// the reading it had when it took its leader's message, so a reading
+    /// from before the message arrived shortens it; and a reading ahead of
+    /// real time breaks the lease. (A reading that lags at a read or a
+    /// tick only shortens the lease.)
     pub fn set_clock(&mut self, now: u64) {
         self.clock = self.clock.max(now);
     }

@@ -298,11 +298,24 @@ fn a_followers_refusal_ends_only_by_its_clock() {
             _ => None,
         })
     };
-    // Ticks (bunched by a runtime) do not end it.
-    for _ in 0..min {
+    // Ticks (bunched by a runtime) do not end it (nor start this node's
+    // own campaign, which would vote for itself).
+    for _ in 0..min * 3 {
         r.tick();
     }
+    assert_eq!(
+        r.role(),
+        RoleKind::Follower,
+        "campaigned within the refusal"
+    );
     r.set_clock(t0 + min * TICK - 1);
+    // A request at the term it is in now (no term to raise) is refused too.
+    r.step(vote(2)).unwrap();
+    assert_eq!(
+        granted(&mut r),
+        Some(false),
+        "voted at its term within the refusal"
+    );
     r.step(vote(3)).unwrap();
     assert_eq!(granted(&mut r), None, "voted within the refusal");
     assert_eq!(r.term(), Term(2));

@@ -34,6 +34,8 @@ mod lease;
 #[cfg(test)]
 mod lease_tests;
 mod ready;
+#[cfg(test)]
+mod ready_tests;
 mod repair;
 mod replication;
 #[cfg(test)]
@@ -441,6 +443,9 @@ pub struct Raft {
     ticks: u64,
     /// The driver's monotonic clock, as last told (see [`Raft::set_clock`]).
     clock: u64,
+    /// The term of the newest hard state known durable (confirmed by
+    /// `advance`, or stored): messages leave outside a Ready only in it.
+    durable_term: Term,
     /// With lease reads: the clock when this node last took a message
     /// from a leader it follows (see `lease`, invariant 6).
     lease_heard: Option<u64>,

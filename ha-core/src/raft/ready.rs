@@ -36,8 +36,13 @@ impl Raft {
     /// slow (a disk busy with something else): its heartbeats and appends
     /// need not wait for the write, which they do not rest on (dissertation
     /// §10.2.1). Allowed with a Ready outstanding; what it takes is not in
-    /// the next Ready.
+    /// the next Ready. Takes nothing while this node's term is not yet
+    /// durable (a single voter elects itself in one step, and entries of a
+    /// term it could forget in a crash, then reuse, must not leave).
     pub fn take_messages(&mut self) -> Vec<Message> {
+        if self.term != self.durable_term {
+            return Vec::new();
+        }
         self.flush_leader_output();
         std::mem::take(&mut self.msgs)
     }
@@ -124,6 +129,8 @@ impl Raft {
     /// entries applied. This is the only way the applied index moves.
     pub fn advance(&mut self, token: ReadyToken) {
         self.ready_outstanding = false;
+        // The hard state handed out last was in this Ready: durable now.
+        self.durable_term = self.last_hard_state.term;
         if let Some(restored) = token.restored
             && restored > self.log.applied
         {

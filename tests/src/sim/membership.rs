@@ -16,6 +16,9 @@ impl Sim {
         let Some(leader) = self.leader() else {
             return;
         };
+        if self.is_paused((leader.0 - 1) as usize) {
+            return; // A stalled process takes no request.
+        }
         // Any node, or a stranger no node was ever started for.
         let id = NodeId(self.rng.range(1, self.nodes.len() as u64 + 2));
         let change = match self.rng.range(0, 3) {

@@ -1,0 +1,67 @@
+//! Unit tests of the core's output outside a Ready ([`Raft::take_messages`]).
+use super::*;
+
+/// A single voter elects itself in one step, its new term not yet
+/// durable: nothing leaves outside a Ready until it is (a crash would let
+/// it reuse the term for other entries). Once it is, appends made while a
+/// later write is in flight may leave at once.
+#[test]
+fn nothing_leaves_outside_a_ready_in_a_term_not_yet_durable() {
+    let mut membership = Membership::new_voters([NodeId(1)]);
+    membership.learners.insert(NodeId(2));
+    let init = InitialState {
+        membership,
+        ..InitialState::default()
+    };
+    let mut r = Raft::new(Config::new(NodeId(1)), init).unwrap();
+    r.campaign_now();
+    assert!(r.is_leader());
+    assert!(r.prepare_ready());
+    let rd = r.ready();
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(r.term()));
+    // The write of the new term is in flight: neither a heartbeat nor a
+    // proposal's append leaves.
+    r.propose(Bytes::from_static(b"x")).unwrap();
+    r.tick();
+    assert!(
+        r.take_messages().is_empty(),
+        "sent before the term was durable"
+    );
+    r.advance(rd.token());
+    // The learner answers: it takes appends without waiting for probes.
+    r.step(Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: r.term(),
+        body: Body::AppendResponse(AppendOutcome::Accepted {
+            match_index: LogIndex(1),
+        }),
+    })
+    .unwrap();
+    assert!(r.prepare_ready());
+    let rd = r.ready();
+    assert!(
+        rd.messages.iter().any(|m| m.to == NodeId(2)),
+        "{:?}",
+        rd.messages
+    );
+    // With that write in flight, the next proposal's append leaves at once.
+    r.propose(Bytes::from_static(b"y")).unwrap();
+    let early = r.take_messages();
+    assert!(
+        early.iter().any(|m| m.to == NodeId(2)
+            && matches!(&m.body, Body::Append { entries, .. } if !entries.is_empty())),
+        "{early:?}"
+    );
+    r.advance(rd.token());
+    // Taken is taken: the next Ready does not send it again.
+    if r.prepare_ready() {
+        let rd = r.ready();
+        assert!(
+            !rd.messages
+                .iter()
+                .any(|m| matches!(&m.body, Body::Append { entries, .. } if !entries.is_empty())),
+            "sent twice"
+        );
+    }
+}
