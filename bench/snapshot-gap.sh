@@ -7,11 +7,17 @@
 # its leader (heartbeats go every 50 ms), and the snapshot encode times.
 #
 #   bench/snapshot-gap.sh [STATE_MB]      (default 200)
+#
+# HA_BIN runs that binary instead of building this tree's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-200}
-cargo build --release -q -p ha-kv
-BIN=target/release/ha-kv
+if [ -n "${HA_BIN:-}" ]; then
+  BIN=$HA_BIN
+else
+  cargo build --release -q -p ha-kv
+  BIN=target/release/ha-kv
+fi
 # shellcheck source=scripts/cluster-lib.sh
 source scripts/cluster-lib.sh
 D=$(mktemp -d)

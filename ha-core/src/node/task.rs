@@ -554,16 +554,20 @@ impl<V: Vfs> NodeTask<V> {
         true
     }
 
-    /// While a Ready's write has taken a tick or more (a disk busy with a
-    /// snapshot file, say), sends the heartbeats and appends made since:
-    /// they do not rest on the write, and a leader silent for the length
-    /// of a slow fsync would look dead to its followers. (Faster writes
-    /// keep them for the next Ready, batched.)
+    /// While a Ready's write has taken a heartbeat interval or more (a
+    /// disk busy with a snapshot file, say), sends the heartbeats and
+    /// appends made since: they do not rest on the write, and a leader
+    /// silent for the length of a slow fsync would look dead to its
+    /// followers. (Faster writes keep them for the next Ready, batched:
+    /// under heavy load fsyncs of over a tick are common, and sending
+    /// appends past them only splits batches.)
     fn send_past_a_slow_write(&mut self, tick: Duration) {
+        let ticks = u32::try_from(self.raft.config().heartbeat_interval_ticks).unwrap_or(u32::MAX);
+        let patience = tick.saturating_mul(ticks.max(1));
         if self
             .in_flight
             .as_ref()
-            .is_some_and(|f| f.started.elapsed() >= tick)
+            .is_some_and(|f| f.started.elapsed() >= patience)
         {
             for m in self.raft.take_messages() {
                 self.transport.send(m);
