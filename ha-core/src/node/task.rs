@@ -560,14 +560,19 @@ impl<V: Vfs> NodeTask<V> {
     /// silent for the length of a slow fsync would look dead to its
     /// followers. (Faster writes keep them for the next Ready, batched:
     /// under heavy load fsyncs of over a tick are common, and sending
-    /// appends past them only splits batches.)
+    /// appends past them only splits batches.) Not past two maximum
+    /// election timeouts: a leader whose disk hangs must not keep its
+    /// followers from electing another.
     fn send_past_a_slow_write(&mut self, tick: Duration) {
-        let ticks = u32::try_from(self.raft.config().heartbeat_interval_ticks).unwrap_or(u32::MAX);
-        let patience = tick.saturating_mul(ticks.max(1));
+        let ticks = |n: u64| tick.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX).max(1));
+        let patience = ticks(self.raft.config().heartbeat_interval_ticks);
+        // A write stuck past two election timeouts (a hung disk): silence,
+        // so the followers elect a leader that can still write and answer.
+        let give_up = ticks(self.raft.config().election_timeout_max_ticks).saturating_mul(2);
         if self
             .in_flight
             .as_ref()
-            .is_some_and(|f| f.started.elapsed() >= patience)
+            .is_some_and(|f| (patience..give_up).contains(&f.started.elapsed()))
         {
             for m in self.raft.take_messages() {
                 self.transport.send(m);

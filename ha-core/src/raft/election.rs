@@ -203,7 +203,8 @@ impl Raft {
         // higher term may have moved this node past the term of the leader
         // it answered (forgetting it) without ending the refusal. A
         // transfer's request passes, as in `settle_term`.
-        let refusing = self.lease_refusal_open() && !(transfer && up_to_date);
+        let refusing =
+            self.lease_refusal_open() && self.vote != Some(from) && !(transfer && up_to_date);
         let granted = can_vote && up_to_date && repaired && !refusing;
         if pre {
             // A granted pre-vote answers in the term asked about, so the

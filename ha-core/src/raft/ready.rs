@@ -109,11 +109,24 @@ impl Raft {
             applied: committed_entries.last().map(|e| e.index),
             restored: snapshot.map(|s| s.index),
         };
+        // In a term not yet durable (a single voter elects itself in one
+        // step) even appends wait for the write: entries of a term this
+        // node could forget in a crash, and reuse, must not leave before.
+        let (messages, mut persisted_messages) = (
+            std::mem::take(&mut self.msgs),
+            std::mem::take(&mut self.msgs_after_persist),
+        );
+        let messages = if self.term == self.durable_term {
+            messages
+        } else {
+            persisted_messages.splice(0..0, messages);
+            Vec::new()
+        };
         Ready {
-            messages: std::mem::take(&mut self.msgs),
+            messages,
             hard_state,
             entries,
-            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            persisted_messages,
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
             dropped_reads: std::mem::take(&mut self.dropped_reads),

@@ -2,9 +2,10 @@
 use super::*;
 
 /// A single voter elects itself in one step, its new term not yet
-/// durable: nothing leaves outside a Ready until it is (a crash would let
-/// it reuse the term for other entries). Once it is, appends made while a
-/// later write is in flight may leave at once.
+/// durable: nothing of that term leaves before its write, in a Ready or
+/// outside one (a crash would let it reuse the term for other entries).
+/// Once it is, appends made while a later write is in flight may leave at
+/// once.
 #[test]
 fn nothing_leaves_outside_a_ready_in_a_term_not_yet_durable() {
     let mut membership = Membership::new_voters([NodeId(1)]);
@@ -19,6 +20,13 @@ fn nothing_leaves_outside_a_ready_in_a_term_not_yet_durable() {
     assert!(r.prepare_ready());
     let rd = r.ready();
     assert_eq!(rd.hard_state.map(|h| h.term), Some(r.term()));
+    // The Ready that writes the new term sends its appends only after.
+    assert!(
+        !rd.messages.iter().any(|m| m.to == NodeId(2)),
+        "an append left before its term was durable: {:?}",
+        rd.messages
+    );
+    assert!(rd.persisted_messages.iter().any(|m| m.to == NodeId(2)));
     // The write of the new term is in flight: neither a heartbeat nor a
     // proposal's append leaves.
     r.propose(Bytes::from_static(b"x")).unwrap();
