@@ -91,6 +91,18 @@ fn heartbeat_at(r: &mut Raft, clock: u64) -> u64 {
         .expect("a heartbeat every tick")
 }
 
+/// A leader with leases, its term's entry committed, and node 2's answer
+/// to a heartbeat made at `t0`.
+fn leased_leader(t0: u64) -> Raft {
+    let mut r = leader(lease_config(1));
+    commit_blank(&mut r);
+    let seq = heartbeat_at(&mut r, t0);
+    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
+        .unwrap();
+    drain(&mut r);
+    r
+}
+
 #[test]
 fn a_lease_read_is_served_at_once_only_while_a_quorums_answer_is_recent() {
     let lease = lease_config(1).lease.unwrap().lease_nanos(6);
@@ -151,12 +163,8 @@ fn no_lease_without_the_config_or_after_timeout_now() {
         .unwrap();
     assert!(!r.lease_holds(), "leases are opt-in");
 
-    let mut r = leader(lease_config(1));
-    commit_blank(&mut r);
     let t0 = 1_000 * MS;
-    let seq = heartbeat_at(&mut r, t0);
-    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
-        .unwrap();
+    let mut r = leased_leader(t0);
     assert!(r.lease_holds());
     // Node 2 holds the whole log: TimeoutNow goes out at once.
     r.transfer_leadership(Some(NodeId(2))).unwrap();
@@ -179,24 +187,31 @@ fn no_lease_without_the_config_or_after_timeout_now() {
     assert!(!r.lease_holds(), "the lease came back in the same term");
 }
 
-#[test]
-fn with_leases_a_started_node_refuses_votes_for_a_minimum_election_timeout() {
-    let vote = |term| Message {
+/// Node 3's vote request to node `to` in `term`, with an empty log.
+fn vote_from_3(to: u64, term: u64) -> Message {
+    Message {
         from: NodeId(3),
-        to: NodeId(2),
+        to: NodeId(to),
         term: Term(term),
         body: Body::Vote {
             last_index: LogIndex(0),
             last_term: Term(0),
             transfer: false,
         },
-    };
-    let granted = |r: &mut Raft| {
-        drain(r).0.iter().find_map(|m| match m.body {
-            Body::VoteResponse { granted } => Some(granted),
-            _ => None,
-        })
-    };
+    }
+}
+
+/// Drains `r`; whether it granted a vote (`None`: it answered none).
+fn granted(r: &mut Raft) -> Option<bool> {
+    drain(r).0.iter().find_map(|m| match m.body {
+        Body::VoteResponse { granted } => Some(granted),
+        _ => None,
+    })
+}
+
+#[test]
+fn with_leases_a_started_node_refuses_votes_for_a_minimum_election_timeout() {
+    let vote = |term| vote_from_3(2, term);
     let init = || InitialState {
         membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
         ..InitialState::default()
@@ -281,23 +296,7 @@ fn a_followers_refusal_ends_only_by_its_clock() {
         .unwrap();
     assert_eq!((r.term(), r.leader()), (Term(2), None));
     drain(&mut r);
-    let vote = |term| {
-        msg(
-            3,
-            Term(term),
-            Body::Vote {
-                last_index: LogIndex(0),
-                last_term: Term(0),
-                transfer: false,
-            },
-        )
-    };
-    let granted = |r: &mut Raft| {
-        drain(r).0.iter().find_map(|m| match m.body {
-            Body::VoteResponse { granted } => Some(granted),
-            _ => None,
-        })
-    };
+    let vote = |term| vote_from_3(1, term);
     // Ticks (bunched by a runtime) do not end it (nor start this node's
     // own campaign, which would vote for itself).
     for _ in 0..min * 3 {
@@ -328,13 +327,7 @@ fn a_followers_refusal_ends_only_by_its_clock() {
 /// after `min - 1` of the leader's ticks too.
 #[test]
 fn a_lease_ends_after_its_ticks_even_on_a_stopped_clock() {
-    let mut r = leader(lease_config(1));
-    commit_blank(&mut r);
-    let t0 = 1_000 * MS;
-    let seq = heartbeat_at(&mut r, t0);
-    r.step(msg(2, r.term(), Body::HeartbeatResponse { seq }))
-        .unwrap();
-    drain(&mut r);
+    let mut r = leased_leader(1_000 * MS);
     assert!(r.lease_holds());
     let min = r.config().election_timeout_min_ticks;
     for _ in 0..min - 2 {
