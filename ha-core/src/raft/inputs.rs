@@ -352,7 +352,15 @@ impl Raft {
                     self.announce_repair(m.from);
                 } else {
                     self.log.commit_to(commit);
-                    self.send_after_persist(m.from, Body::HeartbeatResponse { seq });
+                    // At once, not after this node's write: the answer
+                    // promises nothing durable. It says this node followed
+                    // the leader in its term when it took the heartbeat,
+                    // which is what CheckQuorum, ReadIndex rounds and leases
+                    // count; votes are made durable on their own, and the
+                    // lease's refusal to vote lives in memory (a restart
+                    // refuses anew). A follower whose disk is slow keeps
+                    // its leader in office and its reads confirmed.
+                    self.send_now(m.from, Body::HeartbeatResponse { seq });
                 }
             }
             Body::InstallSnapshot {

@@ -402,8 +402,9 @@ pub struct Raft {
     /// Ticks since the leader last sent heartbeats.
     heartbeat_elapsed: u64,
     /// Messages that promise nothing about this node's disk (a leader's
-    /// appends and heartbeats, a repairing node's term queries): the
-    /// driver may send them before the Ready's writes are durable.
+    /// appends and heartbeats, a follower's answers to heartbeats, a
+    /// repairing node's term queries): the driver may send them before
+    /// the Ready's writes are durable.
     msgs: Vec<Message>,
     /// Messages that rest on durable state (pre-vote and vote requests,
     /// sent with the candidate's own state synced; votes; acknowledgements

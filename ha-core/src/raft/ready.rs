@@ -30,7 +30,8 @@ impl Raft {
     }
 
     /// Takes the messages that rest on nothing durable (appends and
-    /// heartbeats, a repairing node's term queries) now, without a
+    /// heartbeats, answers to heartbeats, a repairing node's term queries)
+    /// now, without a
     /// [`Ready`], after building what the leader has pending (as
     /// [`Raft::prepare_ready`] does). For a driver whose Ready write is
     /// slow (a disk busy with something else): its heartbeats and appends
@@ -168,6 +169,16 @@ impl Raft {
             leader: self.leader,
             term: self.term,
         }
+    }
+
+    /// Queues a message that rests on nothing durable.
+    pub(super) fn send_now(&mut self, to: NodeId, body: Body) {
+        self.msgs.push(Message {
+            from: self.config.id,
+            to,
+            term: self.term,
+            body,
+        });
     }
 
     pub(super) fn send_after_persist(&mut self, to: NodeId, body: Body) {
