@@ -359,7 +359,9 @@ impl Raft {
                     // count; votes are made durable on their own, and the
                     // lease's refusal to vote lives in memory (a restart
                     // refuses anew). A follower whose disk is slow keeps
-                    // its leader in office and its reads confirmed.
+                    // its leader in office and its reads confirmed. (Not
+                    // before its term is durable: while it is not, every
+                    // message waits for the write; see `durable_term`.)
                     self.send_now(m.from, Body::HeartbeatResponse { seq });
                 }
             }

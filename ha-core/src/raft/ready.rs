@@ -56,8 +56,8 @@ impl Raft {
     /// machine is busy elsewhere, such as encoding a snapshot on another
     /// thread: consensus does not pause for it (entries committed
     /// meanwhile are applied once it is back), except on a follower that
-    /// takes a snapshot install meanwhile, which then sends and writes
-    /// nothing until let go. Hold only with no Ready outstanding (a Ready
+    /// takes a snapshot install meanwhile, which then writes nothing and
+    /// sends nothing but what [`Raft::take_messages`] takes until let go. Hold only with no Ready outstanding (a Ready
     /// handed out before may carry entries to apply); let go at any time.
     pub fn hold_apply(&mut self, held: bool) {
         assert!(

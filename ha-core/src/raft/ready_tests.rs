@@ -73,3 +73,53 @@ fn nothing_leaves_outside_a_ready_in_a_term_not_yet_durable() {
         );
     }
 }
+
+/// A follower answers a heartbeat at once, but not in a term this very
+/// heartbeat raised and no write has made durable: that answer waits for
+/// the write, in a Ready and outside one.
+#[test]
+fn a_heartbeat_is_answered_at_once_only_in_a_durable_term() {
+    let init = InitialState {
+        membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        ..InitialState::default()
+    };
+    let mut r = Raft::new(Config::new(NodeId(1)), init).unwrap();
+    let heartbeat = |term, seq| Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(term),
+        body: Body::Heartbeat {
+            commit: LogIndex(0),
+            seq,
+        },
+    };
+    let answers = |msgs: &[Message]| {
+        msgs.iter()
+            .filter(|m| matches!(m.body, Body::HeartbeatResponse { .. }))
+            .count()
+    };
+    // Term 0 -> 3, not yet written.
+    r.step(heartbeat(3, 1)).unwrap();
+    assert_eq!(
+        answers(&r.take_messages()),
+        0,
+        "answered in a term not durable"
+    );
+    assert!(r.prepare_ready());
+    let rd = r.ready();
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(Term(3)));
+    assert_eq!(answers(&rd.messages), 0, "answered before the term's write");
+    assert_eq!(answers(&rd.persisted_messages), 1);
+    // Another heartbeat while that write is in flight: still waits.
+    r.step(heartbeat(3, 2)).unwrap();
+    assert_eq!(answers(&r.take_messages()), 0);
+    r.advance(rd.token());
+    // Durable now: answered at once, outside a Ready or in one.
+    r.step(heartbeat(3, 3)).unwrap();
+    assert_eq!(answers(&r.take_messages()), 2, "seq 2 and 3");
+    r.step(heartbeat(3, 4)).unwrap();
+    assert!(r.prepare_ready());
+    let rd = r.ready();
+    assert_eq!(answers(&rd.messages), 1);
+    assert_eq!(answers(&rd.persisted_messages), 0);
+}
