@@ -31,8 +31,8 @@ impl Raft {
 
     /// Takes the messages that rest on nothing durable (appends and
     /// heartbeats, answers to heartbeats, a repairing node's term queries)
-    /// now, without a
-    /// [`Ready`], after building what the leader has pending (as
+    /// now, without a [`Ready`], after building what the leader has
+    /// pending (as
     /// [`Raft::prepare_ready`] does). For a driver whose Ready write is
     /// slow (a disk busy with something else): its heartbeats and appends
     /// need not wait for the write, which they do not rest on (dissertation
@@ -57,8 +57,9 @@ impl Raft {
     /// thread: consensus does not pause for it (entries committed
     /// meanwhile are applied once it is back), except on a follower that
     /// takes a snapshot install meanwhile, which then writes nothing and
-    /// sends nothing but what [`Raft::take_messages`] takes until let go. Hold only with no Ready outstanding (a Ready
-    /// handed out before may carry entries to apply); let go at any time.
+    /// sends nothing but what [`Raft::take_messages`] takes until let go.
+    /// Hold only with no Ready outstanding (a Ready handed out before may
+    /// carry entries to apply); let go at any time.
     pub fn hold_apply(&mut self, held: bool) {
         assert!(
             !held || !self.ready_outstanding,
