@@ -32,14 +32,14 @@ impl Raft {
     /// Takes the messages that rest on nothing durable (appends and
     /// heartbeats, answers to heartbeats, a repairing node's term queries)
     /// now, without a [`Ready`], after building what the leader has
-    /// pending (as
-    /// [`Raft::prepare_ready`] does). For a driver whose Ready write is
-    /// slow (a disk busy with something else): its heartbeats and appends
-    /// need not wait for the write, which they do not rest on (dissertation
-    /// §10.2.1). Allowed with a Ready outstanding; what it takes is not in
-    /// the next Ready. Takes nothing while this node's term is not yet
-    /// durable (a single voter elects itself in one step, and entries of a
-    /// term it could forget in a crash, then reuse, must not leave).
+    /// pending (as [`Raft::prepare_ready`] does). For a driver whose Ready
+    /// write is slow (a disk busy with something else): its heartbeats and
+    /// appends need not wait for the write, which they do not rest on
+    /// (dissertation §10.2.1). Allowed with a Ready outstanding; what it
+    /// takes is not in the next Ready. Takes nothing while this node's
+    /// term is not yet durable (a single voter elects itself in one step,
+    /// and entries of a term it could forget in a crash, then reuse, must
+    /// not leave).
     pub fn take_messages(&mut self) -> Vec<Message> {
         if self.term != self.durable_term {
             return Vec::new();
