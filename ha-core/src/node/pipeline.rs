@@ -231,8 +231,11 @@ impl<P, R> Pipeline<P, R> {
     where
         I: PipelineIo<Reply = P, Read = R>,
     {
-        self.confirmed.push((index, read));
-        self.serve_reads(io);
+        if self.reads_held || index > self.applied {
+            self.confirmed.push((index, read));
+        } else {
+            io.serve_read(read, index);
+        }
     }
 
     /// Step 1: takes the next `Ready` unless one is in flight.

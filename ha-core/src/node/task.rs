@@ -404,10 +404,10 @@ impl<V: Vfs> NodeTask<V> {
         // Each message with a fresh reading: a follower's refusal to vote
         // runs from when it took its leader's message (see
         // `Raft::set_clock`).
-        self.sync_clock();
+        let now = Instant::now();
+        self.set_clock_at(now);
         let from = m.from;
         if Some(from) == self.raft.leader() {
-            let now = Instant::now();
             if let Some((leader, term, at)) = self.leader_heard
                 && (leader, term) == (from, m.term)
             {
@@ -583,7 +583,12 @@ impl<V: Vfs> NodeTask<V> {
     /// Tells the core the monotonic clock (nanoseconds since the node
     /// started), which its lease reads run on.
     fn sync_clock(&mut self) {
-        let nanos = self.clock_origin.elapsed().as_nanos();
+        self.set_clock_at(Instant::now());
+    }
+
+    /// [`NodeTask::sync_clock`] with a reading already taken.
+    fn set_clock_at(&mut self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.clock_origin).as_nanos();
         self.raft
             .set_clock(u64::try_from(nanos).unwrap_or(u64::MAX));
     }

@@ -132,6 +132,10 @@ pub(crate) struct LeaseBook {
     sent: VecDeque<(u64, u64, u64)>,
     /// The highest heartbeat sequence number each follower answered.
     acked: BTreeMap<NodeId, u64>,
+    /// What `quorum_sent_at` gave when the last answer came, and the index
+    /// of the configuration it counted under: a read checks its lease
+    /// without counting again unless the configuration changed since.
+    quorum: Option<(LogIndex, (u64, u64))>,
     /// This leader sent `TimeoutNow` in this term (invariant 3).
     pub void: bool,
 }
@@ -155,10 +159,31 @@ impl LeaseBook {
         }
     }
 
-    /// `from` answered heartbeat `seq`.
-    pub fn acked(&mut self, from: NodeId, seq: u64) {
+    /// `from` answered heartbeat `seq`; `conf` (at index `conf_at`) is
+    /// the configuration the quorum is counted in.
+    pub fn acked(
+        &mut self,
+        from: NodeId,
+        seq: u64,
+        me: NodeId,
+        (conf_at, conf): (LogIndex, &Membership),
+    ) {
         let a = self.acked.entry(from).or_insert(0);
         *a = (*a).max(seq);
+        self.quorum = self.quorum_sent_at(me, conf).map(|q| (conf_at, q));
+    }
+
+    /// [`LeaseBook::quorum_sent_at`], counted at the last answer if the
+    /// configuration is still the one at `conf_at`.
+    fn quorum_point(
+        &self,
+        me: NodeId,
+        (conf_at, conf): (LogIndex, &Membership),
+    ) -> Option<(u64, u64)> {
+        match self.quorum {
+            Some((at, q)) if at == conf_at => Some(q),
+            _ => self.quorum_sent_at(me, conf),
+        }
     }
 
     /// When (clock, ticks) the newest heartbeat a quorum (the leader
@@ -236,14 +261,14 @@ impl Raft {
             return false;
         }
         let me = self.config.id;
-        let conf = &self.log.conf().1;
+        let (conf_at, conf) = self.log.conf();
         if conf.has_quorum(|n| n == me) {
             return true;
         }
         let min = self.config.election_timeout_min_ticks;
         let nanos = lease.lease_nanos(min);
         l.lease
-            .quorum_sent_at(me, conf)
+            .quorum_point(me, (conf_at, conf))
             .is_some_and(|(sent, sent_ticks)| {
                 self.lease_clock() < sent.saturating_add(nanos)
                     && self.ticks.saturating_sub(sent_ticks) < min - 1

@@ -44,24 +44,7 @@ fn leader(config: Config) -> Raft {
         membership: Membership::new_voters([NodeId(1), NodeId(2), NodeId(3)]),
         ..InitialState::default()
     };
-    let mut r = Raft::new(config, init).unwrap();
-    for _ in 0..1000 {
-        if r.role() != RoleKind::Follower {
-            break;
-        }
-        r.tick();
-    }
-    drain(&mut r);
-    while r.role() != RoleKind::Leader {
-        let (term, body) = if r.role() == RoleKind::PreCandidate {
-            (r.term().next(), Body::PreVoteResponse { granted: true })
-        } else {
-            (r.term(), Body::VoteResponse { granted: true })
-        };
-        r.step(msg(2, term, body)).unwrap();
-        drain(&mut r);
-    }
-    r
+    super::tests::elected(Raft::new(config, init).unwrap())
 }
 
 /// Node 2 acknowledges everything: the blank entry commits.
@@ -337,4 +320,20 @@ fn a_lease_ends_after_its_ticks_even_on_a_stopped_clock() {
     assert!(r.lease_holds(), "{} ticks", min - 2);
     r.tick();
     assert!(!r.lease_holds(), "a lease on a clock that stopped");
+}
+
+/// The quorum a lease stands on is counted again once the configuration
+/// changes: answers that made a quorum of the old one need not make one
+/// of the joint configuration.
+#[test]
+fn a_configuration_change_counts_the_lease_again() {
+    let mut r = leased_leader(1_000 * MS);
+    r.set_clock(1_000 * MS + 1);
+    assert!(r.lease_holds(), "nodes 1 and 2 are a quorum of 1, 2, 3");
+    // Joint (1, 2, 3) and (1, 3): node 3 never answered.
+    r.change_membership(ConfChange::Remove(NodeId(2))).unwrap();
+    assert!(
+        !r.lease_holds(),
+        "a lease counted under the old configuration"
+    );
 }

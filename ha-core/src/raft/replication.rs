@@ -173,8 +173,9 @@ impl Raft {
         }
         let repaired = std::mem::take(&mut p.repairing);
         p.on_heartbeat_response(seq);
-        if self.log.conf().1.is_voter(from) {
-            l.lease.acked(from, seq);
+        let (conf_at, conf) = self.log.conf();
+        if conf.is_voter(from) {
+            l.lease.acked(from, seq, me, (conf_at, conf));
         }
         if let Some(round) = &mut l.reads.round
             && round.heartbeat_seq <= seq

@@ -464,11 +464,9 @@ fn a_term_query_is_answered_and_moves_no_term() {
         )));
 }
 
-/// A leader counts no commit and no read confirmation from a repairing
-/// follower, and counts it again once it answers as a whole one.
-#[test]
-fn a_leader_counts_no_majority_with_a_repairing_follower() {
-    let mut r = node();
+/// Node 1 (`r`) campaigns when its timer fires and wins with node 2's
+/// pre-vote and vote.
+pub(super) fn elected(mut r: Raft) -> Raft {
     let mut ticks = 0;
     while r.role() == RoleKind::Follower {
         r.tick();
@@ -476,7 +474,6 @@ fn a_leader_counts_no_majority_with_a_repairing_follower() {
         assert!(ticks < 1000, "never campaigned");
     }
     drain(&mut r);
-    // Pre-vote, then vote, from node 2.
     while r.role() != RoleKind::Leader {
         let (term, body) = if r.role() == RoleKind::PreCandidate {
             (r.term().next(), Body::PreVoteResponse { granted: true })
@@ -486,6 +483,14 @@ fn a_leader_counts_no_majority_with_a_repairing_follower() {
         r.step(msg(2, term.0, body)).unwrap();
         drain(&mut r);
     }
+    r
+}
+
+/// A leader counts no commit and no read confirmation from a repairing
+/// follower, and counts it again once it answers as a whole one.
+#[test]
+fn a_leader_counts_no_majority_with_a_repairing_follower() {
+    let mut r = elected(node());
     let term = r.term();
     let last = r.last_index();
     assert!(last > LogIndex(0));
