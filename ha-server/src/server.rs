@@ -267,26 +267,14 @@ impl<T: Replicated> ServerBuilder<T> {
         self.http_limits.validate()?;
         let timing = self.timing()?;
         if let Some(ppm) = self.lease_reads {
-            let range = ha_core::raft::MIN_CLOCK_DRIFT_PPM..=ha_core::raft::MAX_CLOCK_DRIFT_PPM;
-            if !range.contains(&ppm) {
-                return Err(ServeError::invalid(
-                    "--max-clock-drift-ppm",
-                    format!(
-                        "{ppm} is outside {}..={} parts per million",
-                        range.start(),
-                        range.end()
-                    ),
-                ));
-            }
-            if timing.election_min_ticks < 3 {
-                return Err(ServeError::invalid(
-                    "--lease-reads",
-                    format!(
-                        "needs an election timeout of at least 3 ticks of {:?}",
-                        timing.tick
-                    ),
-                ));
-            }
+            let lease = ha_core::raft::LeaseConfig {
+                tick_nanos: u64::try_from(timing.tick.as_nanos()).unwrap_or(u64::MAX),
+                max_clock_drift_ppm: ppm,
+            };
+            // The node's own rules, before anything is touched.
+            lease
+                .check(timing.election_min_ticks, true)
+                .map_err(|e| ServeError::invalid("--lease-reads, --max-clock-drift-ppm", e))?;
         }
         let listen_text = self
             .listen

@@ -362,6 +362,13 @@ async fn a_snapshot_whose_encoding_panics_is_skipped_and_the_node_goes_on() {
         let s = cluster.status(id).expect("a status");
         assert!(s.stopped.is_none(), "node {id} stopped: {:?}", s.stopped);
         assert_eq!(cluster.snapshot_index(id).0, 0, "node {id} took a snapshot");
+        // And it did try: the panic was caught and counted, not skipped.
+        let tried = cluster
+            .handle(id)
+            .expect("running")
+            .metrics()
+            .snapshot_failures;
+        assert!(tried > 0, "node {id} never tried a snapshot");
     }
     cluster.shutdown().await;
 }

@@ -404,10 +404,14 @@ impl<V: Vfs> NodeTask<V> {
         // Each message with a fresh reading: a follower's refusal to vote
         // runs from when it took its leader's message (see
         // `Raft::set_clock`).
-        let now = Instant::now();
-        self.set_clock_at(now);
         let from = m.from;
-        if Some(from) == self.raft.leader() {
+        let from_leader = Some(from) == self.raft.leader();
+        let lease = self.raft.config().lease.is_some();
+        let now = (from_leader || lease).then(Instant::now);
+        if let Some(now) = now.filter(|_| lease) {
+            self.set_clock_at(now);
+        }
+        if let Some(now) = now.filter(|_| from_leader) {
             if let Some((leader, term, at)) = self.leader_heard
                 && (leader, term) == (from, m.term)
             {
@@ -582,8 +586,11 @@ impl<V: Vfs> NodeTask<V> {
 
     /// Tells the core the monotonic clock (nanoseconds since the node
     /// started), which its lease reads run on.
+    /// (Only with lease reads on: nothing else reads it.)
     fn sync_clock(&mut self) {
-        self.set_clock_at(Instant::now());
+        if self.raft.config().lease.is_some() {
+            self.set_clock_at(Instant::now());
+        }
     }
 
     /// [`NodeTask::sync_clock`] with a reading already taken.

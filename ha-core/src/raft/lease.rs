@@ -82,7 +82,10 @@ impl LeaseConfig {
             .unwrap_or(0)
     }
 
-    pub(super) fn check(&self, election_min_ticks: u64, check_quorum: bool) -> Result<(), String> {
+    /// Whether a node may run with these settings, its minimum election
+    /// timeout and its CheckQuorum setting ([`Config::validate`](super::Config::validate)
+    /// asks the same).
+    pub fn check(&self, election_min_ticks: u64, check_quorum: bool) -> Result<(), String> {
         if !check_quorum {
             return Err("lease reads need check_quorum (followers that heard from a leader must refuse votes)".into());
         }
