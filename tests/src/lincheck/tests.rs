@@ -1,0 +1,501 @@
+//! The checker on hand-written histories (good and bad, with unknown
+//! outcomes), and on long generated ones: clients of a real sequential map
+//! whose effects land somewhere between call and return are linearizable;
+//! the same history with one answer changed is not.
+
+use super::*;
+use ha_core::rng::SplitMix64;
+
+fn done<I, O>(client: u64, call: u64, ret: u64, input: I, out: O) -> Operation<I, O> {
+    Operation {
+        client,
+        call,
+        ret: Some((ret, out)),
+        input,
+    }
+}
+
+fn unknown<I, O>(client: u64, call: u64, input: I) -> Operation<I, O> {
+    Operation {
+        client,
+        call,
+        ret: None,
+        input,
+    }
+}
+
+use KvInput::*;
+use KvOutput::{Existed, Value};
+
+fn kv(h: &[Operation<KvInput, KvOutput>]) -> Verdict {
+    check_partitioned(&Kv, h, |i| i.key())
+}
+
+#[test]
+fn counter_accepts_linearizable_and_rejects_stale_reads() {
+    let op = |call, ret, kind, result| Op {
+        call,
+        ret,
+        kind,
+        result,
+    };
+    // add(1)->1 [0,10], get->1 [5,15]: fine.
+    let h = [
+        op(0, Some(10), OpKind::Add(1), Some(1)),
+        op(5, Some(15), OpKind::Get, Some(1)),
+    ];
+    assert!(check_counter(&h, 0));
+    // add(1)->1 returns at 10; a get that starts later reads 0: stale.
+    let h = [
+        op(0, Some(10), OpKind::Add(1), Some(1)),
+        op(20, Some(30), OpKind::Get, Some(0)),
+    ];
+    assert!(!check_counter(&h, 0));
+    // An unknown add may have happened: a later get of 1 or 0 is fine.
+    for seen in [0, 1] {
+        let h = [
+            op(0, None, OpKind::Add(1), None),
+            op(20, Some(30), OpKind::Get, Some(seen)),
+        ];
+        assert!(check_counter(&h, 0), "seen {seen}");
+    }
+    // Two adds cannot both return 1 (an effect applied twice shows so).
+    let h = [
+        op(0, Some(10), OpKind::Add(1), Some(1)),
+        op(0, Some(10), OpKind::Add(1), Some(1)),
+    ];
+    assert!(!check_counter(&h, 0));
+    // One add applied twice: a read of 2 after a single add.
+    let h = [
+        op(0, Some(10), OpKind::Add(1), Some(1)),
+        op(20, Some(30), OpKind::Get, Some(2)),
+    ];
+    assert!(!check_counter(&h, 0));
+}
+
+#[test]
+fn concurrent_operations_may_take_effect_in_either_order() {
+    // put(1) and put(2) overlap; a read after both sees either, and each
+    // put's answer says which went first.
+    for (first, second) in [(1, 2), (2, 1)] {
+        let h = [
+            done(
+                1,
+                0,
+                10,
+                Put { key: 0, value: 1 },
+                Value(if first == 1 { None } else { Some(2) }),
+            ),
+            done(
+                2,
+                1,
+                11,
+                Put { key: 0, value: 2 },
+                Value(if first == 2 { None } else { Some(1) }),
+            ),
+            done(3, 20, 30, Get { key: 0 }, Value(Some(second))),
+        ];
+        assert!(kv(&h).is_ok(), "{first} then {second}");
+    }
+    // Both puts cannot have replaced nothing.
+    let h = [
+        done(1, 0, 10, Put { key: 0, value: 1 }, Value(None)),
+        done(2, 1, 11, Put { key: 0, value: 2 }, Value(None)),
+    ];
+    assert!(!kv(&h).is_ok());
+}
+
+#[test]
+fn a_read_that_misses_an_acknowledged_write_is_caught() {
+    // The read starts after the put returned: it must see it.
+    let h = [
+        done(1, 0, 10, Put { key: 7, value: 1 }, Value(None)),
+        done(2, 11, 20, Get { key: 7 }, Value(None)),
+    ];
+    let Verdict::NotLinearizable(f) = kv(&h) else {
+        panic!("a stale read passed");
+    };
+    assert_eq!(f.partition, "7");
+    assert!(f.stuck_at.contains("Get"), "{f}");
+    // Overlapping, the same read is fine.
+    let h = [
+        done(1, 0, 10, Put { key: 7, value: 1 }, Value(None)),
+        done(2, 9, 20, Get { key: 7 }, Value(None)),
+    ];
+    assert!(kv(&h).is_ok());
+}
+
+#[test]
+fn a_lost_write_is_caught_even_behind_later_writes() {
+    // put(1) acknowledged, then put(2) says it replaced nothing: put(1) was
+    // lost.
+    let h = [
+        done(1, 0, 10, Put { key: 0, value: 1 }, Value(None)),
+        done(1, 20, 30, Put { key: 0, value: 2 }, Value(None)),
+        done(2, 40, 50, Get { key: 0 }, Value(Some(2))),
+    ];
+    assert!(!kv(&h).is_ok());
+}
+
+#[test]
+fn unknown_writes_may_take_effect_late_or_never_but_not_before_their_call() {
+    // An unknown put: later reads may see it or not, and may see it after
+    // having not seen it (it took effect between them).
+    for (a, b) in [(None, None), (None, Some(5)), (Some(5), Some(5))] {
+        let h = [
+            unknown(1, 0, Put { key: 0, value: 5 }),
+            done(2, 10, 20, Get { key: 0 }, Value(a)),
+            done(2, 30, 40, Get { key: 0 }, Value(b)),
+        ];
+        assert!(kv(&h).is_ok(), "{a:?} then {b:?}");
+    }
+    // But not seen and then gone again (nothing else wrote).
+    let h = [
+        unknown(1, 0, Put { key: 0, value: 5 }),
+        done(2, 10, 20, Get { key: 0 }, Value(Some(5))),
+        done(2, 30, 40, Get { key: 0 }, Value(None)),
+    ];
+    assert!(!kv(&h).is_ok());
+    // Nor seen before it was called.
+    let h = [
+        done(2, 0, 10, Get { key: 0 }, Value(Some(5))),
+        unknown(1, 20, Put { key: 0, value: 5 }),
+    ];
+    assert!(!kv(&h).is_ok());
+    // An unknown write no one saw is set aside, and one that was seen is
+    // searched: both histories pass.
+    let h = [
+        unknown(1, 0, Put { key: 0, value: 5 }),
+        unknown(3, 0, Put { key: 0, value: 6 }),
+        done(2, 10, 20, Put { key: 0, value: 7 }, Value(Some(6))),
+        done(2, 30, 40, Get { key: 0 }, Value(Some(7))),
+    ];
+    assert!(kv(&h).is_ok());
+}
+
+#[test]
+fn unknown_deletes_and_failed_cas_are_searched() {
+    // A cas that failed having seen nothing there: only the unknown del
+    // (which names no token) explains it.
+    let h = [
+        done(1, 0, 10, Put { key: 0, value: 1 }, Value(None)),
+        unknown(2, 20, Del { key: 0 }),
+        done(
+            3,
+            30,
+            40,
+            Cas {
+                key: 0,
+                expected: Some(1),
+                new: 2,
+            },
+            KvOutput::Cas(Err(None)),
+        ),
+    ];
+    assert!(kv(&h).is_ok());
+    // Without the del it is not linearizable.
+    let h = [h[0].clone(), h[2].clone()];
+    assert!(!kv(&h).is_ok());
+    // Two cas from the same value cannot both succeed.
+    let cas = |c, new| {
+        done(
+            c,
+            20,
+            30,
+            Cas {
+                key: 0,
+                expected: Some(1),
+                new,
+            },
+            KvOutput::Cas(Ok(())),
+        )
+    };
+    let h = [
+        done(1, 0, 10, Put { key: 0, value: 1 }, Value(None)),
+        cas(2, 2),
+        cas(3, 3),
+    ];
+    assert!(!kv(&h).is_ok());
+}
+
+#[test]
+fn keys_are_checked_apart_and_the_failing_one_is_named() {
+    let mut h = Vec::new();
+    for key in 0..5u64 {
+        h.push(done(
+            1,
+            key * 100,
+            key * 100 + 10,
+            Put {
+                key,
+                value: key + 10,
+            },
+            Value(None),
+        ));
+        let seen = if key == 3 { None } else { Some(key + 10) };
+        h.push(done(
+            2,
+            key * 100 + 20,
+            key * 100 + 30,
+            Get { key },
+            Value(seen),
+        ));
+    }
+    let Verdict::NotLinearizable(f) = kv(&h) else {
+        panic!("a stale read of key 3 passed");
+    };
+    assert_eq!(f.partition, "3");
+    assert_eq!(f.operations, 2);
+}
+
+#[test]
+fn the_bank_keeps_its_total_and_sees_transfers_whole() {
+    let bank = Bank {
+        accounts: 3,
+        initial: 10,
+    };
+    let t = |from, to, amount| BankInput::Transfer { from, to, amount };
+    let good = [
+        done(1, 0, 10, t(0, 1, 5), BankOutput::Moved(true)),
+        done(
+            2,
+            5,
+            15,
+            BankInput::Read,
+            BankOutput::Balances(vec![5, 15, 10]),
+        ),
+        done(1, 20, 30, t(0, 2, 6), BankOutput::Moved(false)),
+        done(
+            2,
+            31,
+            40,
+            BankInput::Read,
+            BankOutput::Balances(vec![5, 15, 10]),
+        ),
+    ];
+    assert!(check(&bank, &good).is_ok());
+    // A read of a half-done transfer (money left one account and did not
+    // arrive) is not linearizable.
+    let mut torn = good.clone();
+    torn[1] = done(
+        2,
+        5,
+        15,
+        BankInput::Read,
+        BankOutput::Balances(vec![5, 10, 10]),
+    );
+    assert!(!check(&bank, &torn).is_ok());
+    // Overdrawing is refused: a transfer of 6 from 5 cannot succeed.
+    let mut overdrawn = good.clone();
+    overdrawn[2] = done(1, 20, 30, t(0, 2, 6), BankOutput::Moved(true));
+    assert!(!check(&bank, &overdrawn).is_ok());
+    // An unknown transfer may show up in a later read or not.
+    for seen in [vec![10, 10, 10], vec![7, 13, 10]] {
+        let h = [
+            unknown(1, 0, t(0, 1, 3)),
+            done(
+                2,
+                10,
+                20,
+                BankInput::Read,
+                BankOutput::Balances(seen.clone()),
+            ),
+        ];
+        assert!(check(&bank, &h).is_ok(), "{seen:?}");
+    }
+}
+
+#[test]
+fn the_budget_gives_unknown_rather_than_a_guess() {
+    // Twelve failed compare-and-sets (distinct, so none stands for
+    // another) in flight at once with a read of a value never written:
+    // the search tries all 2^12 sets of them before it can say no order
+    // explains the read.
+    let mut h = Vec::new();
+    for c in 0..12u64 {
+        let cas = Cas {
+            key: 0,
+            expected: Some(100 + c),
+            new: c,
+        };
+        h.push(done(c, c, 1000 + c, cas, KvOutput::Cas(Err(None))));
+    }
+    h.push(done(20, 5, 1020, Get { key: 0 }, Value(Some(1))));
+    match check_with_budget(&Kv, &h, |i| i.key(), 50) {
+        Verdict::Unknown(why) => assert!(why.contains("50 steps"), "{why}"),
+        v => panic!("expected Unknown, got {v:?}"),
+    }
+    assert!(!kv(&h).is_ok());
+}
+
+/// A history of `clients` clients running for `secs` seconds of simulated
+/// time against a real map of `keys` keys: each operation takes effect at
+/// a random moment between its call and its return; a fraction time out
+/// (their outcome unknown), half of those taking effect anyway, possibly
+/// long after the client gave up. Values are distinct. Times in µs.
+pub(crate) fn generated_kv_history(
+    seed: u64,
+    clients: u64,
+    secs: u64,
+    keys: u64,
+) -> Vec<Operation<KvInput, KvOutput>> {
+    let mut rng = SplitMix64::new(seed);
+    let mut map = std::collections::HashMap::<u64, u64>::new();
+    // (effect time, client, call, return or None, input, record index)
+    let mut pending: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>> =
+        Default::default();
+    let mut ops: Vec<(Operation<KvInput, KvOutput>, u64, bool)> = Vec::new();
+    let mut next_value = 1u64;
+    let end = secs * 1_000_000;
+    for c in 0..clients {
+        let mut t = rng.range(0, 1000);
+        while t < end {
+            let key = rng.range(0, keys);
+            let input = match rng.range(0, 10) {
+                0..=3 => Get { key },
+                4..=6 => {
+                    next_value += 1;
+                    Put {
+                        key,
+                        value: next_value,
+                    }
+                }
+                7..=8 => {
+                    next_value += 1;
+                    Cas {
+                        key,
+                        expected: if rng.chance(0.5) {
+                            Some(rng.range(1, next_value))
+                        } else {
+                            None
+                        },
+                        new: next_value,
+                    }
+                }
+                _ => Del { key },
+            };
+            let timed_out = rng.chance(0.01);
+            let latency = rng.range(200, 3000);
+            let (effect, ret, applies) = if timed_out {
+                let applies = rng.chance(0.5);
+                (t + rng.range(0, 1_000_000), None, applies)
+            } else {
+                let ret = t + latency;
+                (rng.range(t, ret + 1), Some(ret), true)
+            };
+            ops.push((
+                Operation {
+                    client: c,
+                    call: t,
+                    ret: ret.map(|r| (r, Value(None))),
+                    input,
+                },
+                effect,
+                applies,
+            ));
+            if applies {
+                pending.push(std::cmp::Reverse((effect, ops.len() as u64 - 1)));
+            }
+            // A client that timed out moves on after its timeout.
+            t = ret.unwrap_or(t + 5000) + rng.range(0, 200);
+        }
+    }
+    // Apply the effects in time order to the real map.
+    while let Some(std::cmp::Reverse((_, i))) = pending.pop() {
+        let (op, _, _) = &mut ops[i as usize];
+        let out = match op.input {
+            Get { key } => Value(map.get(&key).copied()),
+            Put { key, value } => Value(map.insert(key, value)),
+            Cas { key, expected, new } => {
+                let cur = map.get(&key).copied();
+                if cur == expected {
+                    map.insert(key, new);
+                    KvOutput::Cas(Ok(()))
+                } else {
+                    KvOutput::Cas(Err(cur))
+                }
+            }
+            Del { key } => Existed(map.remove(&key).is_some()),
+        };
+        if let Some((_, o)) = &mut op.ret {
+            *o = out;
+        }
+    }
+    ops.into_iter().map(|(op, _, _)| op).collect()
+}
+
+#[test]
+fn long_generated_histories_pass_and_one_changed_answer_fails() {
+    // Debug builds check a short history; `cargo test --release` one of 8
+    // clients over a simulated minute; HA_LINCHECK_SECS sets the length
+    // (600 for the ten minutes the checker is sized for).
+    let secs = std::env::var("HA_LINCHECK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if cfg!(debug_assertions) { 5 } else { 60 });
+    // Keys per history: HA_LINCHECK_KEYS, default 32.
+    let keys_env = std::env::var("HA_LINCHECK_KEYS").ok();
+    let keys = keys_env.and_then(|s| s.parse().ok()).unwrap_or(32);
+    for seed in 1..=3u64 {
+        let h = generated_kv_history(seed, 8, secs, keys);
+        let start = std::time::Instant::now();
+        let v = kv(&h);
+        eprintln!(
+            "seed {seed}: {} operations over {secs} s, {} unknown, checked in {:?}",
+            h.len(),
+            h.iter().filter(|o| o.ret.is_none()).count(),
+            start.elapsed()
+        );
+        assert!(v.is_ok(), "seed {seed}: {v:?}");
+        // Spoil one late read: make it return a value its key held before
+        // an acknowledged put that returned before the read was called.
+        // Values are never written twice, so that is a stale read.
+        let acked_put = |o: &Operation<KvInput, KvOutput>, key: u64| match (o.input, &o.ret) {
+            (Put { key: k, value }, Some((r, _))) if k == key => Some((o.call, *r, value)),
+            _ => None,
+        };
+        let spoil = (h.len() / 2..h.len()).find_map(|i| {
+            let Get { key } = h[i].input else {
+                return None;
+            };
+            h[i].ret.as_ref()?;
+            let before: Vec<(u64, u64, u64)> = h
+                .iter()
+                .filter_map(|o| acked_put(o, key))
+                .filter(|(_, r, _)| *r < h[i].call)
+                .collect();
+            // p1 returned before p2 was called, and p2 before the read.
+            before.iter().find_map(|p1| {
+                before
+                    .iter()
+                    .any(|p2| p1.1 < p2.0)
+                    .then_some((i, key, p1.2))
+            })
+        });
+        let (i, key, old) = spoil.unwrap_or_else(|| panic!("seed {seed}: no read to spoil"));
+        let mut bad = h.clone();
+        bad[i].ret.as_mut().expect("a read that returned").1 = Value(Some(old));
+        let start = std::time::Instant::now();
+        let v = kv(&bad);
+        eprintln!(
+            "seed {seed}: the stale read at {} found in {:?}",
+            bad[i].call,
+            start.elapsed()
+        );
+        match v {
+            Verdict::NotLinearizable(f) => assert_eq!(f.partition, key.to_string(), "{f}"),
+            v => panic!("seed {seed}: a stale read passed: {v:?}"),
+        }
+        // And a value never written at all.
+        bad[i].ret.as_mut().expect("a read that returned").1 = Value(Some(u64::MAX));
+        let start = std::time::Instant::now();
+        assert!(
+            !kv(&bad).is_ok(),
+            "seed {seed}: a read of a value never written passed"
+        );
+        eprintln!(
+            "seed {seed}: the unwritten value found in {:?}",
+            start.elapsed()
+        );
+    }
+}
