@@ -13,7 +13,7 @@
 
 pub mod fragile;
 pub mod interaction;
-pub mod lincheck;
+pub use ha_chaos::lincheck;
 pub mod sim;
 
 /// How many configuration entries `r`'s log holds past its commit index:

@@ -107,6 +107,9 @@ pub enum KvOutput {
     Cas(Result<(), Option<u64>>),
     /// Whether a del found the key.
     Existed(bool),
+    /// A put or del acknowledged without an answer (as `ha-kv` reports
+    /// them): it took effect, whatever the value was.
+    Done,
 }
 
 impl Model for Kv {
@@ -137,6 +140,7 @@ impl Model for Kv {
             KvInput::Del { .. } => (None, KvOutput::Existed(state.is_some())),
         };
         match output {
+            Some(KvOutput::Done) if self.blind(input) => Some(next),
             Some(o) if *o != answer => None,
             _ => Some(next),
         }

@@ -1,0 +1,483 @@
+//! # ha-chaos
+//!
+//! Faults injected into real `ha-kv` clusters while clients run, and each
+//! run's history checked for linearizability: the shipped binaries, not
+//! the simulator, under SIGKILL, SIGSTOP and whole-cluster restarts, with
+//! snapshots taken and installed under those faults.
+//!
+//! Owns: the run ([`run`]: start a cluster, start clients, inject faults
+//! on a seeded schedule, heal, restart every node, read every key back,
+//! check), its [`Report`], the checker ([`lincheck`]) and the pieces in
+//! [`cluster`] and [`register`].
+//!
+//! Invariants of a run:
+//! - The seed fixes every choice (operations, faults, targets, durations);
+//!   the timing of real processes does not repeat, so a seed names a
+//!   schedule, not an interleaving.
+//! - At most one node is faulty at a time (a minority of three), except
+//!   for the whole-cluster restart, in which every node is killed at
+//!   once; acknowledged writes must survive both.
+//! - The run passes only if the history (including the reads after the
+//!   final restart) is linearizable, no node exits on its own, and every
+//!   client answer is one the `ha-kv` contract allows.
+//! - A run's directory (node logs, data, `history.jsonl`) is kept when it
+//!   fails, and deleted when it passes unless asked to keep it.
+
+pub mod cluster;
+pub mod lincheck;
+pub mod register;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ha_core::rng::SplitMix64;
+
+use cluster::Cluster;
+use lincheck::{Kv, Verdict};
+use register::{Client, KvOp, Outcomes, Repl};
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// SIGKILL a node (the leader half the time), restart it later.
+    Kill,
+    /// SIGSTOP a node (the leader half the time), SIGCONT it later.
+    Stop,
+    /// SIGKILL every node at once, then start them all.
+    RestartAll,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 3] = [Fault::Kill, Fault::Stop, Fault::RestartAll];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Stop => "stop",
+            Fault::RestartAll => "restart-all",
+        }
+    }
+
+    /// Parses `--nemesis`: `all`, `none`, or names separated by commas.
+    pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
+        match s {
+            "all" => return Ok(Fault::ALL.to_vec()),
+            "none" => return Ok(Vec::new()),
+            _ => {}
+        }
+        s.split(',')
+            .map(|name| {
+                Fault::ALL
+                    .into_iter()
+                    .find(|f| f.name() == name)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                        format!(
+                            "unknown fault {name:?}: use all, none, or some of {}",
+                            known.join(",")
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The `ha-kv` binary.
+    pub ha_kv: PathBuf,
+    /// Faults to choose from.
+    pub faults: Vec<Fault>,
+    /// How long clients run, before the final restart and reads.
+    pub secs: u64,
+    /// Seeds every choice.
+    pub seed: u64,
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// Keys the clients share.
+    pub keys: u64,
+    /// `--snapshot-every` for the nodes (small, so snapshots are taken
+    /// and installed under faults).
+    pub snapshot_every: u64,
+    /// Each client request's `--timeout-ms`.
+    pub timeout_ms: u64,
+    /// Where run directories go.
+    pub out: PathBuf,
+    /// Keep the run directory even when the run passes.
+    pub keep: bool,
+}
+
+/// The figures of one run.
+#[derive(Debug)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Operations in the history (answered or unknown).
+    pub operations: usize,
+    /// Client outcomes.
+    pub outcomes: Outcomes,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// How long the check took.
+    pub check_time: Duration,
+    /// The checker's verdict, or the broken rule that failed the run
+    /// before it.
+    pub verdict: Result<(), String>,
+    /// The kept run directory, if any.
+    pub kept: Option<PathBuf>,
+}
+
+impl Report {
+    /// Whether the run passed.
+    pub fn passed(&self) -> bool {
+        self.verdict.is_ok()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(f, "seed            {}", self.seed)?;
+        writeln!(f, "operations      {}", self.operations)?;
+        writeln!(f, "  answered      {}", self.outcomes.ok)?;
+        writeln!(f, "  unknown       {}", self.outcomes.unknown)?;
+        writeln!(
+            f,
+            "  not applied   {} (left out)",
+            self.outcomes.not_applied
+        )?;
+        let faults = if faults.is_empty() {
+            "none".to_string()
+        } else {
+            faults.join(", ")
+        };
+        writeln!(f, "faults          {faults}")?;
+        writeln!(f, "checker time    {:.3} s", self.check_time.as_secs_f64())?;
+        match &self.verdict {
+            Ok(()) => writeln!(f, "verdict         linearizable")?,
+            Err(e) => writeln!(f, "verdict         FAILED: {e}")?,
+        }
+        if let Some(dir) = &self.kept {
+            writeln!(f, "kept            {}", dir.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// A fault in progress, undone at `until`.
+struct Active {
+    fault: Fault,
+    node: usize,
+    until: Instant,
+}
+
+/// Runs one seeded run; `Err` only when the run could not be set up (no
+/// binary, no directory), never for what the cluster did.
+pub fn run(opts: &Options) -> Result<Report, String> {
+    if !opts.ha_kv.is_file() {
+        return Err(format!(
+            "no ha-kv binary at {} (build it with `cargo build --release -p ha-kv`, or pass --ha-kv PATH)",
+            opts.ha_kv.display()
+        ));
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let dir = opts.out.join(format!("run-{}-{stamp}", opts.seed));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (verdict, history, outcomes, faults, check_time) = run_in(opts, &dir);
+    if let Ok(mut f) = std::fs::File::create(dir.join("history.jsonl")) {
+        for op in &history {
+            let _ = writeln!(f, "{}", register::history_line(op));
+        }
+    }
+    let kept = if verdict.is_err() || opts.keep {
+        Some(dir)
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        None
+    };
+    Ok(Report {
+        seed: opts.seed,
+        operations: history.len(),
+        outcomes,
+        faults,
+        check_time,
+        verdict,
+        kept,
+    })
+}
+
+type RunResult = (
+    Result<(), String>,
+    Vec<KvOp>,
+    Outcomes,
+    BTreeMap<&'static str, u64>,
+    Duration,
+);
+
+fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
+    let mut faults = BTreeMap::new();
+    let mut outcomes = Outcomes::default();
+    let mut history = Vec::new();
+    let fail = |e: String, h, o, f| (Err(e), h, o, f, Duration::ZERO);
+    let flags = vec![
+        "--snapshot-every".to_string(),
+        opts.snapshot_every.to_string(),
+    ];
+    let mut cluster = match Cluster::start(&opts.ha_kv, dir, opts.nodes, flags) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                format!("the cluster did not start: {e}"),
+                history,
+                outcomes,
+                faults,
+            );
+        }
+    };
+    let start = Instant::now();
+    let until = Duration::from_secs(opts.secs);
+    let tls = cluster.tls_dir();
+    let mut workers = Vec::new();
+    let mut pids = Vec::new();
+    for id in 0..opts.clients {
+        let repl = match Repl::start(&opts.ha_kv, &cluster.cluster_arg(), &tls, opts.timeout_ms) {
+            Ok(r) => r,
+            Err(e) => {
+                return fail(
+                    format!("client {id} did not start: {e}"),
+                    history,
+                    outcomes,
+                    faults,
+                );
+            }
+        };
+        pids.push(repl.pid());
+        let client = Client::new(id, opts.seed, opts.keys);
+        workers.push(std::thread::spawn(move || {
+            register::client_loop(client, repl, start, until)
+        }));
+    }
+    // The nemesis, on this thread: a fault every 1-4 s, each held for
+    // 0.5-3 s, one at a time.
+    let mut rng = SplitMix64::new(opts.seed);
+    let mut broken: Option<String> = None;
+    let mut active: Option<Active> = None;
+    let mut next_fault = start + Duration::from_millis(rng.range(1000, 4000));
+    while start.elapsed() < until && broken.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some((id, status)) = cluster.crashed() {
+            broken = Some(format!(
+                "node {id} exited on its own ({status}); see node-{id}.log"
+            ));
+            break;
+        }
+        let now = Instant::now();
+        if let Some(a) = active.as_ref().filter(|a| now >= a.until) {
+            let undone = match a.fault {
+                Fault::Kill => cluster.restart(a.node),
+                Fault::Stop => cluster.cont(a.node),
+                Fault::RestartAll => Ok(()),
+            };
+            if let Err(e) = undone {
+                broken = Some(format!("undoing {:?} on node {}: {e}", a.fault, a.node));
+            }
+            active = None;
+            next_fault = now + Duration::from_millis(rng.range(1000, 4000));
+        }
+        if active.is_none() && now >= next_fault && !opts.faults.is_empty() {
+            let fault = opts.faults[rng.range(0, opts.faults.len() as u64) as usize];
+            let random = rng.range(1, cluster.len() as u64 + 1) as usize;
+            let node = if rng.range(0, 2) == 0 {
+                cluster.leader(Duration::from_millis(500)).unwrap_or(random)
+            } else {
+                random
+            };
+            let hold = Duration::from_millis(rng.range(500, 3000));
+            let done = match fault {
+                Fault::Kill => cluster.kill(node),
+                Fault::Stop => cluster.stop(node),
+                Fault::RestartAll => (1..=cluster.len())
+                    .try_for_each(|id| cluster.kill(id))
+                    .and_then(|()| cluster.heal()),
+            };
+            if let Err(e) = done {
+                broken = Some(format!("{fault:?} on node {node}: {e}"));
+            }
+            *faults.entry(fault.name()).or_insert(0) += 1;
+            eprintln!(
+                "{:>8.3} s  {} node {node} for {} ms",
+                start.elapsed().as_secs_f64(),
+                fault.name(),
+                hold.as_millis()
+            );
+            active = Some(Active {
+                fault,
+                node,
+                until: Instant::now() + hold,
+            });
+        }
+    }
+    // Clients finish their last request within their timeout; one that
+    // does not answer by then broke the contract.
+    let grace = Duration::from_millis(opts.timeout_ms * 3 + 5000);
+    while workers.iter().any(|w| !w.is_finished()) && start.elapsed() < until + grace {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if workers.iter().any(|w| !w.is_finished()) {
+        broken.get_or_insert_with(|| "a client did not answer within three timeouts".into());
+        for pid in &pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+    for w in workers {
+        match w.join() {
+            Ok(Ok((h, o))) => {
+                history.extend(h);
+                outcomes += o;
+            }
+            Ok(Err(e)) => {
+                broken.get_or_insert(e);
+            }
+            Err(_) => {
+                broken.get_or_insert_with(|| "a client thread panicked".into());
+            }
+        }
+    }
+    // Heal, restart every node at once, and read every key back: what
+    // was acknowledged must still be there.
+    if broken.is_none() {
+        let restarted = cluster
+            .heal()
+            .and_then(|()| (1..=cluster.len()).try_for_each(|id| cluster.kill(id)))
+            .and_then(|()| cluster.heal());
+        if let Err(e) = restarted {
+            broken = Some(format!("the final restart: {e}"));
+        }
+    }
+    if broken.is_none()
+        && let Err(e) = final_reads(opts, &cluster, start, &mut history, &mut outcomes)
+    {
+        broken = Some(e);
+    }
+    if let Some((id, status)) = cluster.crashed() {
+        broken.get_or_insert(format!(
+            "node {id} exited on its own ({status}); see node-{id}.log"
+        ));
+    }
+    drop(cluster);
+    if let Some(e) = broken {
+        return fail(e, history, outcomes, faults);
+    }
+    let t = Instant::now();
+    let verdict = match lincheck::check_partitioned(&Kv, &history, |i| i.key()) {
+        Verdict::Linearizable => Ok(()),
+        Verdict::NotLinearizable(f) => Err(format!("not linearizable: {f}")),
+        Verdict::Unknown(why) => Err(format!("the checker gave up: {why}")),
+    };
+    (verdict, history, outcomes, faults, t.elapsed())
+}
+
+/// Reads every key once more after the final restart, retrying until
+/// each read is answered (the cluster is whole again, so it must be,
+/// within a minute).
+fn final_reads(
+    opts: &Options,
+    cluster: &Cluster,
+    start: Instant,
+    history: &mut Vec<KvOp>,
+    outcomes: &mut Outcomes,
+) -> Result<(), String> {
+    let mut repl = Repl::start(
+        &opts.ha_kv,
+        &cluster.cluster_arg(),
+        &cluster.tls_dir(),
+        opts.timeout_ms,
+    )
+    .map_err(|e| format!("the final reader did not start: {e}"))?;
+    let mut reader = Client::new(opts.clients, opts.seed, opts.keys);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for key in 0..opts.keys {
+        loop {
+            let before = history.len();
+            let mut counts = Outcomes::default();
+            reader.run(
+                &mut repl,
+                lincheck::KvInput::Get { key },
+                start,
+                history,
+                &mut counts,
+            )?;
+            *outcomes += counts;
+            if counts.ok == 1 {
+                break;
+            }
+            // An unknown read says nothing; take it out and try again.
+            history.truncate(before);
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "key {key} could not be read within a minute of the final restart"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nemesis_lists_parse_and_bad_names_are_refused() {
+        assert_eq!(Fault::parse_list("all").unwrap(), Fault::ALL.to_vec());
+        assert!(Fault::parse_list("none").unwrap().is_empty());
+        assert_eq!(
+            Fault::parse_list("stop,kill").unwrap(),
+            vec![Fault::Stop, Fault::Kill]
+        );
+        let e = Fault::parse_list("kill,partition-everything").unwrap_err();
+        assert!(
+            e.contains("partition-everything") && e.contains("restart-all"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_binary_is_a_clear_error_not_a_failed_run() {
+        let out = std::env::temp_dir().join("ha-chaos-no-binary");
+        let opts = Options {
+            ha_kv: out.join("no-such-ha-kv"),
+            faults: Vec::new(),
+            secs: 1,
+            seed: 1,
+            nodes: 3,
+            clients: 1,
+            keys: 1,
+            snapshot_every: 10,
+            timeout_ms: 100,
+            out,
+            keep: false,
+        };
+        let e = run(&opts).unwrap_err();
+        assert!(
+            e.contains("no ha-kv binary") && e.contains("--ha-kv"),
+            "{e}"
+        );
+    }
+}

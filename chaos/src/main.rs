@@ -1,0 +1,148 @@
+//! `ha-chaos`: seeded fault-injection runs over a real `ha-kv` cluster,
+//! each checked for linearizability; prints a summary table and exits 0
+//! if every run passed, 1 if one failed, 2 on bad usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ha_chaos::{Fault, Options};
+
+/// Faults injected into a real ha-kv cluster while clients run; every
+/// run's history is checked for linearizability.
+#[derive(Parser, Debug)]
+#[command(name = "ha-chaos")]
+struct Args {
+    /// The workload (only `register` so far: get, put, cas and del on a
+    /// few keys).
+    #[arg(long, default_value = "register")]
+    workload: String,
+    /// Faults: `all`, `none`, or a comma list of kill, stop, restart-all.
+    #[arg(long, default_value = "all")]
+    nemesis: String,
+    /// Seconds of client load per run.
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+    /// The first run's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Runs, with seeds seed, seed+1, ...
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    /// Nodes per cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: u64,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 5)]
+    keys: u64,
+    /// The nodes' `--snapshot-every`.
+    #[arg(long, default_value_t = 200)]
+    snapshot_every: u64,
+    /// Each client request's timeout.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// The ha-kv binary (default: next to this one).
+    #[arg(long)]
+    ha_kv: Option<PathBuf>,
+    /// Where run directories go (a failed run's is kept there).
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+    /// Keep every run's directory, not only failed ones.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let usage = |msg: String| {
+        eprintln!("ha-chaos: {msg}");
+        ExitCode::from(2)
+    };
+    if args.workload != "register" {
+        return usage(format!(
+            "unknown workload {:?}: use register",
+            args.workload
+        ));
+    }
+    let faults = match Fault::parse_list(&args.nemesis) {
+        Ok(f) => f,
+        Err(e) => return usage(e),
+    };
+    if args.nodes < 3 || args.clients == 0 || args.keys == 0 || args.secs == 0 || args.runs == 0 {
+        return usage(
+            "--nodes must be at least 3; --clients, --keys, --secs and --runs at least 1".into(),
+        );
+    }
+    if args.keys > 1 << 20 {
+        return usage("--keys must be at most 1048576".into());
+    }
+    let ha_kv = match args.ha_kv {
+        Some(p) => p,
+        None => match std::env::current_exe() {
+            Ok(exe) => exe.with_file_name("ha-kv"),
+            Err(e) => {
+                return usage(format!(
+                    "cannot find this binary's directory ({e}); pass --ha-kv"
+                ));
+            }
+        },
+    };
+    let mut failed = 0;
+    let mut table = Vec::new();
+    for k in 0..args.runs {
+        let opts = Options {
+            ha_kv: ha_kv.clone(),
+            faults: faults.clone(),
+            secs: args.secs,
+            seed: args.seed.wrapping_add(k),
+            nodes: args.nodes,
+            clients: args.clients,
+            keys: args.keys,
+            snapshot_every: args.snapshot_every,
+            timeout_ms: args.timeout_ms,
+            out: args.out.clone(),
+            keep: args.keep,
+        };
+        match ha_chaos::run(&opts) {
+            Ok(report) => {
+                eprintln!("{report}");
+                failed += u64::from(!report.passed());
+                table.push(report);
+            }
+            Err(e) => return usage(e),
+        }
+    }
+    println!(
+        "{:>6} {:>9} {:>9} {:>8} {:>12}  {:<36} verdict",
+        "seed", "ops", "answered", "unknown", "checker (s)", "faults"
+    );
+    for r in &table {
+        let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!(
+            "{:>6} {:>9} {:>9} {:>8} {:>12.3}  {:<36} {}",
+            r.seed,
+            r.operations,
+            r.outcomes.ok,
+            r.outcomes.unknown,
+            r.check_time.as_secs_f64(),
+            faults.join(", "),
+            match &r.verdict {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!(
+                    "FAILED ({})",
+                    r.kept
+                        .as_ref()
+                        .map_or(e.clone(), |d| d.display().to_string())
+                ),
+            }
+        );
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
