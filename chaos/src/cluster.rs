@@ -6,7 +6,8 @@
 //! Invariants: a node is running, stopped (SIGSTOP) or dead; a stopped
 //! node is continued before it is killed or restarted, and every node is
 //! killed when the cluster is dropped, so no run leaves a process behind.
-//! A node restarts with the same port and data directory.
+//! A node restarts with the same address and data directory; node `i`
+//! binds [`node_ip`]`(i)`, so partitions can tell nodes apart.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -14,6 +15,8 @@ use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use crate::netns::node_ip;
 
 /// Where one node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,9 +39,9 @@ pub struct Cluster {
     flags: Vec<String>,
 }
 
-/// A UDP port the OS says is free now.
-fn free_port() -> io::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A UDP port the OS says is free now on `ip`.
+fn free_port(ip: &str) -> io::Result<u16> {
+    Ok(UdpSocket::bind((ip, 0))?.local_addr()?.port())
 }
 
 /// Runs `cmd` to its end; an error unless it exits 0.
@@ -60,14 +63,19 @@ impl Cluster {
     /// `flags` added to its `serve` command.
     pub fn start(bin: &Path, dir: &Path, nodes: usize, flags: Vec<String>) -> io::Result<Cluster> {
         let ids: Vec<String> = (1..=nodes).map(|i| i.to_string()).collect();
+        // Certificates name each node's address (clients check it).
+        let hosts: Vec<String> = (1..=nodes)
+            .map(|id| format!("{id}={}", node_ip(id)))
+            .collect();
         run_ok(
             Command::new(bin)
                 .args(["certs", "--dir"])
                 .arg(dir.join("tls"))
-                .args(["--nodes", &ids.join(",")]),
+                .args(["--nodes", &ids.join(",")])
+                .args(["--hosts", &hosts.join(",")]),
         )?;
-        let ports = (0..nodes)
-            .map(|_| free_port())
+        let ports = (1..=nodes)
+            .map(|id| free_port(&node_ip(id)))
             .collect::<io::Result<Vec<u16>>>()?;
         let mut cluster = Cluster {
             bin: bin.to_path_buf(),
@@ -100,12 +108,13 @@ impl Cluster {
 
     /// `--cluster` for a client: every node's address.
     pub fn cluster_arg(&self) -> String {
-        let addrs: Vec<String> = self
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
+        let addrs: Vec<String> = (1..=self.len()).map(|id| self.addr(id)).collect();
         addrs.join(",")
+    }
+
+    /// Node `id`'s address.
+    pub fn addr(&self, id: usize) -> String {
+        format!("{}:{}", node_ip(id), self.ports[id - 1])
     }
 
     /// Node `id`'s state.
@@ -114,11 +123,8 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: usize) -> io::Result<()> {
-        let peers: Vec<String> = self
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(k, p)| format!("{}=127.0.0.1:{p}", k + 1))
+        let peers: Vec<String> = (1..=self.len())
+            .map(|k| format!("{k}={}", self.addr(k)))
             .collect();
         let log = OpenOptions::new()
             .create(true)
@@ -126,7 +132,7 @@ impl Cluster {
             .open(self.dir.join(format!("node-{id}.log")))?;
         let child = Command::new(&self.bin)
             .args(["serve", "--id", &id.to_string()])
-            .args(["--listen", &format!("127.0.0.1:{}", self.ports[id - 1])])
+            .args(["--listen", &self.addr(id)])
             .args(["--peers", &peers.join(",")])
             .arg("--data-dir")
             .arg(self.dir.join(format!("data-{id}")))

@@ -25,6 +25,7 @@
 
 pub mod cluster;
 pub mod lincheck;
+pub mod netns;
 pub mod register;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ use ha_core::rng::SplitMix64;
 
 use cluster::Cluster;
 use lincheck::{Kv, Verdict};
+use netns::Net;
 use register::{Client, KvOp, Outcomes, Repl};
 
 /// A kind of fault.
@@ -47,11 +49,31 @@ pub enum Fault {
     Stop,
     /// SIGKILL every node at once, then start them all.
     RestartAll,
+    /// Cut a node (the leader half the time) off from the others, both
+    /// ways; with three nodes, the halves of a partition.
+    Isolate,
+    /// A node (the leader half the time) can hear the others but not
+    /// reach them.
+    OneWay,
+    /// Two nodes cannot reach each other; the third reaches both.
+    Bridge,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 3] = [Fault::Kill, Fault::Stop, Fault::RestartAll];
+    pub const ALL: [Fault; 6] = [
+        Fault::Kill,
+        Fault::Stop,
+        Fault::RestartAll,
+        Fault::Isolate,
+        Fault::OneWay,
+        Fault::Bridge,
+    ];
+
+    /// The faults that are partitions (they need [`netns`]).
+    pub fn is_partition(self) -> bool {
+        matches!(self, Fault::Isolate | Fault::OneWay | Fault::Bridge)
+    }
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -59,6 +81,9 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Stop => "stop",
             Fault::RestartAll => "restart-all",
+            Fault::Isolate => "isolate",
+            Fault::OneWay => "one-way",
+            Fault::Bridge => "bridge",
         }
     }
 
@@ -236,6 +261,14 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
         "--snapshot-every".to_string(),
         opts.snapshot_every.to_string(),
     ];
+    let mut net = if opts.faults.iter().any(|f| f.is_partition()) {
+        match shared_net() {
+            Ok(net) => Some(net),
+            Err(e) => return fail(e, history, outcomes, faults),
+        }
+    } else {
+        None
+    };
     let mut cluster = match Cluster::start(&opts.ha_kv, dir, opts.nodes, flags) {
         Ok(c) => c,
         Err(e) => {
@@ -290,6 +323,9 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
                 Fault::Kill => cluster.restart(a.node),
                 Fault::Stop => cluster.cont(a.node),
                 Fault::RestartAll => Ok(()),
+                Fault::Isolate | Fault::OneWay | Fault::Bridge => {
+                    net.as_mut().map_or(Ok(()), Net::heal)
+                }
             };
             if let Err(e) = undone {
                 broken = Some(format!("undoing {:?} on node {}: {e}", a.fault, a.node));
@@ -312,6 +348,10 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
                 Fault::RestartAll => (1..=cluster.len())
                     .try_for_each(|id| cluster.kill(id))
                     .and_then(|()| cluster.heal()),
+                Fault::Isolate | Fault::OneWay | Fault::Bridge => match net.as_mut() {
+                    Some(net) => partition(net, fault, node, cluster.len()),
+                    None => Ok(()),
+                },
             };
             if let Err(e) = done {
                 broken = Some(format!("{fault:?} on node {node}: {e}"));
@@ -360,6 +400,9 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
     }
     // Heal, restart every node at once, and read every key back: what
     // was acknowledged must still be there.
+    if let Some(Err(e)) = net.as_mut().map(Net::heal) {
+        broken.get_or_insert(format!("healing the network: {e}"));
+    }
     if broken.is_none() {
         let restarted = cluster
             .heal()
@@ -390,6 +433,28 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
         Verdict::Unknown(why) => Err(format!("the checker gave up: {why}")),
     };
     (verdict, history, outcomes, faults, t.elapsed())
+}
+
+/// The namespace's network, set up once per process (every run of the
+/// process shares it; each heals what it cut).
+fn shared_net() -> Result<Net, String> {
+    static SETUP: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    SETUP
+        .get_or_init(|| Net::setup().map(drop).map_err(|e| e.to_string()))
+        .clone()
+        .map(|()| Net::default())
+        .map_err(|e| format!("partitions need a network namespace ({e}); the ha-chaos command makes one with unshare"))
+}
+
+/// Cuts links for a partition `fault` around `node`.
+fn partition(net: &mut Net, fault: Fault, node: usize, nodes: usize) -> std::io::Result<()> {
+    let others: Vec<usize> = (1..=nodes).filter(|&n| n != node).collect();
+    match fault {
+        Fault::Isolate => net.split(&[node], &others),
+        Fault::OneWay => others.iter().try_for_each(|&o| net.cut(node, o)),
+        // `node` is the bridge: the first two others cannot talk.
+        _ => net.split(&others[..1], &others[1..2]),
+    }
 }
 
 /// Reads every key once more after the final restart, retrying until

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ha_chaos::{Fault, Options};
+use ha_chaos::{Fault, Options, netns};
 
 /// Faults injected into a real ha-kv cluster while clients run; every
 /// run's history is checked for linearizability.
@@ -17,7 +17,9 @@ struct Args {
     /// few keys).
     #[arg(long, default_value = "register")]
     workload: String,
-    /// Faults: `all`, `none`, or a comma list of kill, stop, restart-all.
+    /// Faults: `all`, `none`, or a comma list of kill, stop, restart-all,
+    /// isolate, one-way, bridge (partitions run in a network namespace
+    /// the command makes with unshare, or are skipped where it cannot).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of client load per run.
@@ -67,10 +69,23 @@ fn main() -> ExitCode {
             args.workload
         ));
     }
-    let faults = match Fault::parse_list(&args.nemesis) {
+    let mut faults = match Fault::parse_list(&args.nemesis) {
         Ok(f) => f,
         Err(e) => return usage(e),
     };
+    // Partitions run inside a network namespace of their own: run this
+    // same command again inside one, or go on without them.
+    if faults.iter().any(|f| f.is_partition()) && !netns::inside() {
+        let again = std::env::current_exe()
+            .map_err(|e| e.to_string())
+            .and_then(|exe| netns::reexec(&exe, &std::env::args().skip(1).collect::<Vec<_>>()));
+        match again.map(|mut cmd| cmd.status()) {
+            Ok(Ok(status)) => return ExitCode::from(status.code().map_or(1, |c| c as u8)),
+            Ok(Err(e)) => eprintln!("ha-chaos: partitions skipped: {e}"),
+            Err(e) => eprintln!("ha-chaos: partitions skipped: {e}"),
+        }
+        faults.retain(|f| !f.is_partition());
+    }
     if args.nodes < 3 || args.clients == 0 || args.keys == 0 || args.secs == 0 || args.runs == 0 {
         return usage(
             "--nodes must be at least 3; --clients, --keys, --secs and --runs at least 1".into(),

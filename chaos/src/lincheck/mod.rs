@@ -18,16 +18,18 @@
 //!
 //! Invariants of the search:
 //! 1. A configuration is (the set of operations linearized, the model's
-//!    state). The set of known operations is kept as a 128-bit Zobrist hash (each operation
-//!    XORs a random 128-bit word in or out), so the cache costs a few words
-//!    per configuration however long the history is. Two different sets
-//!    share a hash with probability about 2^-128 per pair; a collision could
-//!    only prune a branch, i.e. report a linearizable history as not, never
-//!    the reverse.
+//!    state). The set of known operations is kept as a 128-bit Zobrist hash
+//!    (each operation XORs a random 128-bit word in or out, the words drawn
+//!    afresh for every search so no history can be built to collide), so
+//!    the cache costs a few words per configuration however long the
+//!    history is. Two different sets share a hash with probability about
+//!    2^-128 per pair; a collision could only prune a branch, i.e. report a
+//!    linearizable history as not, never the reverse.
 //! 2. Unknown-outcome operations the model calls reads (no effect on the
 //!    state) are dropped: they constrain nothing. Unknown writes that no
-//!    completed operation can have observed ([`Model::written`] is a token
-//!    not among any [`Model::seen`]) are first assumed never to have taken
+//!    operation can have observed ([`Model::written`] is a token not among
+//!    any [`Model::seen`], which also counts what unknown operations compare
+//!    with) are first assumed never to have taken
 //!    effect; if that history is linearizable, so is the real one (never is
 //!    one of the allowed outcomes). Only if it is not does the search run
 //!    again with every unknown operation kept, and those unobserved writes
@@ -45,8 +47,8 @@
 //!    effect), which was searched already or is being searched. Without
 //!    this, unknown operations (whose returns never come) make the search
 //!    exponential in their number whenever it must backtrack past them.
-//!    Candidates are tried known operations first, so an unknown one is
-//!    linearized only where no known one can go.
+//!    Candidates are tried known operations first (a matter of order:
+//!    backtracking still places unknown ones anywhere they can go).
 //! 4. The search has a step budget: past it the answer is
 //!    [`Verdict::Unknown`], never a guess.
 //! 5. A partition's history is cut into segments wherever no known
@@ -172,7 +174,8 @@ pub struct Operation<I, O> {
     /// not overlap).
     pub client: u64,
     /// When it was called (any clock shared by all clients, e.g.
-    /// nanoseconds since the run began).
+    /// nanoseconds since the run began). A call at the same time as
+    /// another operation's return counts as concurrent with it.
     pub call: u64,
     /// When it returned and what it answered, or `None` if the outcome is
     /// unknown.
@@ -332,11 +335,22 @@ pub fn check_with_budget<M: Model, K: Ord + Debug>(
 /// The empty set of unknown operations.
 const NO_SET: u32 = u32::MAX;
 
-/// 128 random bits naming operation `i` in the Zobrist hash.
-fn zobrist(i: usize) -> u128 {
+/// 128 random bits naming operation `i` in the Zobrist hash, from
+/// `seed`, which each search draws afresh: keys fixed in advance would let
+/// a crafted history XOR some of them to zero (invariant 1).
+fn zobrist(seed: u64, i: usize) -> u128 {
     let mut r =
-        ha_core::rng::SplitMix64::new(0x005e_ed0f_11c4 ^ (i as u64).wrapping_mul(0x9E37_79B9));
+        ha_core::rng::SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     (u128::from(r.next_u64()) << 64) | u128::from(r.next_u64())
+}
+
+/// A seed no history can anticipate (the standard library's per-process
+/// hash keys).
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5eed);
+    h.finish()
 }
 
 /// A configuration at a cut between segments: the model's state and the
@@ -713,7 +727,8 @@ impl<M: Model> SegmentSearch<'_, M> {
             next[p] = e;
             prev[q] = e;
         };
-        let keys: Vec<u128> = (0..m - from).map(zobrist).collect();
+        let seed = fresh_seed();
+        let keys: Vec<u128> = (0..m - from).map(|j| zobrist(seed, j)).collect();
         // The cache: for each (hash of the segment's known operations
         // linearized, state), the sets of unknown operations linearized
         // with them, each a node of `sets` (a list shared by its prefixes:
@@ -946,12 +961,14 @@ pub struct Op {
 /// Whether `history` is linearizable for a counter starting at `initial`.
 /// Operations that certainly did not take effect must be left out.
 pub fn check_counter(history: &[Op], initial: i64) -> bool {
-    let ops: Vec<Operation<CounterInput, i64>> = history
+    let ops: Vec<Operation<CounterInput, Option<i64>>> = history
         .iter()
         .map(|op| Operation {
             client: 0,
             call: op.call,
-            ret: op.ret.zip(op.result),
+            // Returned without a recorded value: it happened, before its
+            // return, whatever it answered.
+            ret: op.ret.map(|t| (t, op.result)),
             input: match op.kind {
                 OpKind::Add(d) => CounterInput::Add(d),
                 OpKind::Get => CounterInput::Get,

@@ -28,19 +28,21 @@ pub enum CounterInput {
 impl Model for Counter {
     type State = i64;
     type Input = CounterInput;
-    type Output = i64;
+    /// The value answered; `None`: answered, the value not recorded (the
+    /// operation happened, whatever it saw).
+    type Output = Option<i64>;
 
     fn init(&self) -> i64 {
         self.initial
     }
 
-    fn step(&self, state: &i64, input: &CounterInput, output: Option<&i64>) -> Option<i64> {
+    fn step(&self, state: &i64, input: &CounterInput, output: Option<&Option<i64>>) -> Option<i64> {
         let next = match input {
             CounterInput::Add(d) => state.checked_add(*d)?,
             CounterInput::Get => *state,
         };
         match output {
-            Some(o) if *o != next => None,
+            Some(Some(o)) if *o != next => None,
             _ => Some(next),
         }
     }

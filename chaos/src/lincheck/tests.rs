@@ -499,3 +499,108 @@ fn long_generated_histories_pass_and_one_changed_answer_fails() {
         );
     }
 }
+
+#[test]
+fn a_history_that_needs_an_unobserved_unknown_write_passes() {
+    // Nobody reads 5, yet the del saw the key present: only the unknown
+    // put explains it (the second pass, invariant 2).
+    let h = [
+        unknown(1, 0, Put { key: 0, value: 5 }),
+        done(2, 10, 20, Del { key: 0 }, Existed(true)),
+        done(2, 30, 40, Get { key: 0 }, Value(None)),
+    ];
+    assert!(kv(&h).is_ok());
+    // Without the unknown put the del cannot have found anything.
+    assert!(!kv(&h[1..]).is_ok());
+}
+
+#[test]
+fn an_unknown_write_cannot_take_effect_before_its_call() {
+    // The put of 5 is called after the first read returned: that read
+    // cannot have seen it, however late a known operation comes after.
+    let h = [
+        done(1, 0, 10, Get { key: 0 }, Value(Some(5))),
+        unknown(2, 20, Put { key: 0, value: 5 }),
+        done(1, 30, 40, Get { key: 0 }, Value(Some(5))),
+    ];
+    assert!(!kv(&h).is_ok());
+    // Called before that read returned, it can.
+    let mut h2 = h;
+    h2[1].call = 5;
+    assert!(kv(&h2).is_ok());
+}
+
+#[test]
+fn pending_unknown_writes_of_one_input_can_each_take_effect_once() {
+    // Two unknown dels (one class, invariant 6) between three puts: each
+    // absence seen needs its own del; a third absence has none left.
+    let absent_after = |n: u64| {
+        let mut h = vec![unknown(9, 0, Del { key: 0 }), unknown(8, 0, Del { key: 0 })];
+        for i in 0..n {
+            let t = 10 + 40 * i;
+            h.push(done(
+                1,
+                t,
+                t + 10,
+                Put {
+                    key: 0,
+                    value: i + 1,
+                },
+                KvOutput::Done,
+            ));
+            h.push(done(1, t + 20, t + 30, Get { key: 0 }, Value(None)));
+        }
+        h
+    };
+    assert!(kv(&absent_after(2)).is_ok());
+    assert!(!kv(&absent_after(3)).is_ok());
+}
+
+#[test]
+fn an_unknown_cas_may_fire_cuts_later_when_its_value_comes_back() {
+    // The unknown cas expects 1, which no state holds until a known put
+    // writes it several cuts later: the cas must stay a candidate until
+    // then (invariant 8), and a read then sees its 7.
+    let h = [
+        unknown(
+            9,
+            0,
+            Cas {
+                key: 0,
+                expected: Some(1),
+                new: 7,
+            },
+        ),
+        done(1, 10, 20, Put { key: 0, value: 2 }, KvOutput::Done),
+        done(1, 30, 40, Get { key: 0 }, Value(Some(2))),
+        done(1, 50, 60, Put { key: 0, value: 1 }, KvOutput::Done),
+        done(1, 70, 80, Get { key: 0 }, Value(Some(7))),
+    ];
+    assert!(kv(&h).is_ok());
+    // With no later write of 1, the cas is dead after the read of 2 and
+    // the 7 has no explanation.
+    let mut dead = h.to_vec();
+    dead[3].input = Put { key: 0, value: 3 };
+    assert!(!kv(&dead).is_ok());
+}
+
+#[test]
+fn the_counter_form_treats_a_return_without_a_value_as_done() {
+    let add = |call, ret, result| Op {
+        call,
+        ret,
+        kind: OpKind::Add(1),
+        result,
+    };
+    let get = |call, ret, v| Op {
+        call,
+        ret: Some(ret),
+        kind: OpKind::Get,
+        result: Some(v),
+    };
+    // The add returned (value not recorded): a later read must see it.
+    assert!(!check_counter(&[add(0, Some(10), None), get(20, 30, 0)], 0));
+    assert!(check_counter(&[add(0, Some(10), None), get(20, 30, 1)], 0));
+    // An add with no return may never have happened.
+    assert!(check_counter(&[add(0, None, None), get(20, 30, 0)], 0));
+}

@@ -1,11 +1,12 @@
 //! Short fixed-seed fault-injection runs of `ha-chaos` over this crate's
 //! `ha-kv` binary: three real nodes, eight `ha-kv repl` clients, SIGKILL,
-//! SIGSTOP and whole-cluster restarts, snapshots every 50 entries, and the
-//! history checked for linearizability. Longer runs: `ha-chaos --help`.
+//! SIGSTOP, whole-cluster restarts and partitions (in a network namespace
+//! the test makes), snapshots every 50 entries, and the history checked
+//! for linearizability. Longer runs: `ha-chaos --help`.
 
 use std::path::PathBuf;
 
-use ha_chaos::{Fault, Options, run};
+use ha_chaos::{Fault, Options, netns, run};
 
 fn options(seed: u64, faults: Vec<Fault>, timeout_ms: u64, out: PathBuf) -> Options {
     Options {
@@ -62,4 +63,52 @@ fn kills_and_pauses_with_impatient_clients_leave_unknown_outcomes_that_check() {
         report.outcomes.ok > 100,
         "too few operations answered:\n{report}"
     );
+}
+
+const PARTITIONS: &str = "partitions_in_a_network_namespace_lose_nothing";
+
+#[test]
+fn partitions_in_a_network_namespace_lose_nothing() {
+    if !netns::inside() {
+        // Run this test again inside a network namespace of its own; it
+        // leaves its report in `mark` only if its run passed.
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mark = dir.path().join("report");
+        let exe = std::env::current_exe().expect("this test's binary");
+        let args = [PARTITIONS, "--exact", "--nocapture"].map(String::from);
+        let mut cmd = match netns::reexec(&exe, &args) {
+            Ok(cmd) => cmd,
+            Err(why) => {
+                eprintln!("skipped: partitions need a network namespace here: {why}");
+                return;
+            }
+        };
+        let status = cmd
+            .env("HA_CHAOS_MARK", &mark)
+            .status()
+            .expect("the test runs again");
+        assert!(
+            status.success(),
+            "the run inside the namespace failed ({status})"
+        );
+        let report = std::fs::read_to_string(&mark).expect("the inner run left its report");
+        assert!(report.contains("linearizable"), "{report}");
+        return;
+    }
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let faults = vec![Fault::Isolate, Fault::OneWay, Fault::Bridge, Fault::Kill];
+    let report = run(&options(11, faults, 1000, out.path().into())).expect("the run starts");
+    eprintln!("{report}");
+    assert!(report.passed(), "seed 11 failed:\n{report}");
+    let partitions: u64 = ["isolate", "one-way", "bridge"]
+        .iter()
+        .filter_map(|k| report.faults.get(k))
+        .sum();
+    assert!(partitions >= 2, "too few partitions:\n{report}");
+    assert!(
+        report.outcomes.ok > 100,
+        "too few operations answered:\n{report}"
+    );
+    let mark = std::env::var_os("HA_CHAOS_MARK").expect("set by the outer run");
+    std::fs::write(mark, report.to_string()).expect("the report is written");
 }
