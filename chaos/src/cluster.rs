@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::netns::node_ip;
+use ha_core::rng::SplitMix64;
+
+use crate::netns::{self, node_ip};
 
 /// Where one node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,10 +39,21 @@ pub struct Cluster {
     children: Vec<Option<Child>>,
     states: Vec<NodeState>,
     flags: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Nodes found exited on their own: id and exit status.
+    crashes: Vec<(usize, String)>,
 }
 
-/// A UDP port the OS says is free now on `ip`.
-fn free_port(ip: &str) -> io::Result<u16> {
+/// A UDP port free now on `ip`, below Linux's ephemeral range (32768 and
+/// up), so that no client socket takes it while its node is down between
+/// a kill and a restart; the OS's choice if none is found.
+fn free_port(ip: &str, rng: &mut SplitMix64) -> io::Result<u16> {
+    for _ in 0..200 {
+        let port = rng.range(10_000, 32_000) as u16;
+        if let Ok(s) = UdpSocket::bind((ip, port)) {
+            return Ok(s.local_addr()?.port());
+        }
+    }
     Ok(UdpSocket::bind((ip, 0))?.local_addr()?.port())
 }
 
@@ -60,22 +73,37 @@ fn run_ok(cmd: &mut Command) -> io::Result<()> {
 
 impl Cluster {
     /// Creates certificates in `dir` and starts `nodes` nodes, each with
-    /// `flags` added to its `serve` command.
-    pub fn start(bin: &Path, dir: &Path, nodes: usize, flags: Vec<String>) -> io::Result<Cluster> {
+    /// `flags` added to its `serve` command and `env` to its environment.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        nodes: usize,
+        flags: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> io::Result<Cluster> {
         let ids: Vec<String> = (1..=nodes).map(|i| i.to_string()).collect();
-        // Certificates name each node's address (clients check it).
-        let hosts: Vec<String> = (1..=nodes)
-            .map(|id| format!("{id}={}", node_ip(id)))
-            .collect();
-        run_ok(
-            Command::new(bin)
-                .args(["certs", "--dir"])
-                .arg(dir.join("tls"))
-                .args(["--nodes", &ids.join(",")])
-                .args(["--hosts", &hosts.join(",")]),
-        )?;
+        // Certificates name each node's own address when nodes have
+        // their own (clients check it).
+        let mut certs = Command::new(bin);
+        certs
+            .args(["certs", "--dir"])
+            .arg(dir.join("tls"))
+            .args(["--nodes", &ids.join(",")]);
+        if netns::inside() {
+            let hosts: Vec<String> = (1..=nodes)
+                .map(|id| format!("{id}={}", node_ip(id)))
+                .collect();
+            certs.args(["--hosts", &hosts.join(",")]);
+        }
+        run_ok(&mut certs)?;
+        let mut rng = SplitMix64::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()),
+        );
         let ports = (1..=nodes)
-            .map(|id| free_port(&node_ip(id)))
+            .map(|id| free_port(&node_ip(id), &mut rng))
             .collect::<io::Result<Vec<u16>>>()?;
         let mut cluster = Cluster {
             bin: bin.to_path_buf(),
@@ -84,6 +112,8 @@ impl Cluster {
             children: (0..nodes).map(|_| None).collect(),
             states: vec![NodeState::Dead; nodes],
             flags,
+            env,
+            crashes: Vec::new(),
         };
         for id in 1..=nodes {
             cluster.spawn(id)?;
@@ -139,6 +169,7 @@ impl Cluster {
             .arg("--tls-dir")
             .arg(self.tls_dir())
             .args(&self.flags)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -162,9 +193,15 @@ impl Cluster {
     /// SIGKILL to node `id` (continued first if stopped).
     pub fn kill(&mut self, id: usize) -> io::Result<()> {
         if self.states[id - 1] == NodeState::Stopped {
-            self.signal(id, "-CONT")?;
+            // A SIGKILL ends a stopped process too; the CONT only keeps
+            // the state tidy, so its failure does not stop the kill.
+            let _ = self.signal(id, "-CONT");
         }
         if let Some(mut child) = self.children[id - 1].take() {
+            // Exited before this kill: a crash, whatever happens next.
+            if let Ok(Some(status)) = child.try_wait() {
+                self.crashes.push((id, status.to_string()));
+            }
             // An error here means it had exited already: dead either way.
             let _ = child.kill();
             child.wait()?;
@@ -214,6 +251,9 @@ impl Cluster {
     /// Whether a node process exited on its own (a crash): its id and
     /// exit status.
     pub fn crashed(&mut self) -> Option<(usize, String)> {
+        if let Some(c) = self.crashes.first() {
+            return Some(c.clone());
+        }
         for (k, child) in self.children.iter_mut().enumerate() {
             if let Some(c) = child
                 && let Ok(Some(status)) = c.try_wait()

@@ -31,12 +31,14 @@ pub mod register;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ha_core::rng::SplitMix64;
 
 use cluster::Cluster;
-use lincheck::{Kv, Verdict};
+use lincheck::{Kv, KvInput, Verdict};
 use netns::Net;
 use register::{Client, KvOp, Outcomes, Repl};
 
@@ -137,6 +139,10 @@ pub struct Options {
     pub out: PathBuf,
     /// Keep the run directory even when the run passes.
     pub keep: bool,
+    /// A bug for the nodes to plant (`HA_PLANTED_BUG`; honoured only by
+    /// an `ha-kv` built with `ha-core/planted-bugs`, which then logs
+    /// "planted bug active").
+    pub planted_bug: Option<String>,
 }
 
 /// The figures of one run.
@@ -176,6 +182,7 @@ impl std::fmt::Display for Report {
         writeln!(f, "seed            {}", self.seed)?;
         writeln!(f, "operations      {}", self.operations)?;
         writeln!(f, "  answered      {}", self.outcomes.ok)?;
+        writeln!(f, "    writes done {}", self.outcomes.writes)?;
         writeln!(f, "  unknown       {}", self.outcomes.unknown)?;
         writeln!(
             f,
@@ -210,6 +217,16 @@ struct Active {
 /// Runs one seeded run; `Err` only when the run could not be set up (no
 /// binary, no directory), never for what the cluster did.
 pub fn run(opts: &Options) -> Result<Report, String> {
+    let bad = |what: &str| Err(format!("bad options: {what}"));
+    if !(3..=200).contains(&opts.nodes) {
+        return bad("nodes must be 3 to 200");
+    }
+    if !(1..=1000).contains(&opts.clients) || !(1..=1 << 20).contains(&opts.keys) {
+        return bad("clients must be 1 to 1000, keys 1 to 1048576");
+    }
+    if opts.secs == 0 || !(1..=600_000).contains(&opts.timeout_ms) {
+        return bad("secs must be at least 1, timeout_ms 1 to 600000");
+    }
     if !opts.ha_kv.is_file() {
         return Err(format!(
             "no ha-kv binary at {} (build it with `cargo build --release -p ha-kv`, or pass --ha-kv PATH)",
@@ -269,7 +286,12 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
     } else {
         None
     };
-    let mut cluster = match Cluster::start(&opts.ha_kv, dir, opts.nodes, flags) {
+    let env: Vec<(String, String)> = opts
+        .planted_bug
+        .iter()
+        .map(|b| ("HA_PLANTED_BUG".to_string(), b.clone()))
+        .collect();
+    let mut cluster = match Cluster::start(&opts.ha_kv, dir, opts.nodes, flags, env) {
         Ok(c) => c,
         Err(e) => {
             return fail(
@@ -283,30 +305,27 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
     let start = Instant::now();
     let until = Duration::from_secs(opts.secs);
     let tls = cluster.tls_dir();
+    let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    let mut pids = Vec::new();
+    let mut broken: Option<String> = None;
     for id in 0..opts.clients {
         let repl = match Repl::start(&opts.ha_kv, &cluster.cluster_arg(), &tls, opts.timeout_ms) {
             Ok(r) => r,
             Err(e) => {
-                return fail(
-                    format!("client {id} did not start: {e}"),
-                    history,
-                    outcomes,
-                    faults,
-                );
+                broken = Some(format!("client {id} did not start: {e}"));
+                break;
             }
         };
-        pids.push(repl.pid());
+        let pid = repl.pid();
         let client = Client::new(id, opts.seed, opts.keys);
-        workers.push(std::thread::spawn(move || {
-            register::client_loop(client, repl, start, until)
-        }));
+        let stop = stop.clone();
+        let worker =
+            std::thread::spawn(move || register::client_loop(client, repl, start, until, &stop));
+        workers.push((worker, pid));
     }
     // The nemesis, on this thread: a fault every 1-4 s, each held for
     // 0.5-3 s, one at a time.
     let mut rng = SplitMix64::new(opts.seed);
-    let mut broken: Option<String> = None;
     let mut active: Option<Active> = None;
     let mut next_fault = start + Duration::from_millis(rng.range(1000, 4000));
     while start.elapsed() < until && broken.is_none() {
@@ -370,50 +389,45 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
             });
         }
     }
-    // Clients finish their last request within their timeout; one that
-    // does not answer by then broke the contract.
-    let grace = Duration::from_millis(opts.timeout_ms * 3 + 5000);
-    while workers.iter().any(|w| !w.is_finished()) && start.elapsed() < until + grace {
+    // A failure stops the clients early; either way each finishes its
+    // last request within its timeout, and one that does not answer by
+    // then broke the contract.
+    stop.store(true, Ordering::Relaxed);
+    let grace = Duration::from_millis(opts.timeout_ms.saturating_mul(3).saturating_add(5000));
+    let waited = Instant::now();
+    while workers.iter().any(|(w, _)| !w.is_finished()) && waited.elapsed() < grace {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if workers.iter().any(|w| !w.is_finished()) {
-        broken.get_or_insert_with(|| "a client did not answer within three timeouts".into());
-        for pid in &pids {
+    for (w, pid) in &workers {
+        // Only a client still running holds its repl (and so its pid).
+        if !w.is_finished() {
+            broken.get_or_insert_with(|| "a client did not answer within three timeouts".into());
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
     }
-    for w in workers {
+    for (w, _) in workers {
         match w.join() {
-            Ok(Ok((h, o))) => {
+            Ok((h, o, error)) => {
                 history.extend(h);
                 outcomes += o;
-            }
-            Ok(Err(e)) => {
-                broken.get_or_insert(e);
+                if let Some(e) = error {
+                    broken.get_or_insert(e);
+                }
             }
             Err(_) => {
                 broken.get_or_insert_with(|| "a client thread panicked".into());
             }
         }
     }
-    // Heal, restart every node at once, and read every key back: what
-    // was acknowledged must still be there.
+    // Heal, write fresh keys, restart every node at once, and read every
+    // key back: what was acknowledged must still be there.
     if let Some(Err(e)) = net.as_mut().map(Net::heal) {
         broken.get_or_insert(format!("healing the network: {e}"));
     }
-    if broken.is_none() {
-        let restarted = cluster
-            .heal()
-            .and_then(|()| (1..=cluster.len()).try_for_each(|id| cluster.kill(id)))
-            .and_then(|()| cluster.heal());
-        if let Err(e) = restarted {
-            broken = Some(format!("the final restart: {e}"));
-        }
-    }
     if broken.is_none()
-        && let Err(e) = final_reads(opts, &cluster, start, &mut history, &mut outcomes)
+        && let Err(e) = final_phase(opts, &mut cluster, start, &mut history, &mut outcomes)
     {
         broken = Some(e);
     }
@@ -429,7 +443,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
     let t = Instant::now();
     let verdict = match lincheck::check_partitioned(&Kv, &history, |i| i.key()) {
         Verdict::Linearizable => Ok(()),
-        Verdict::NotLinearizable(f) => Err(format!("not linearizable: {f}")),
+        Verdict::NotLinearizable(f) => Err(f.to_string()),
         Verdict::Unknown(why) => Err(format!("the checker gave up: {why}")),
     };
     (verdict, history, outcomes, faults, t.elapsed())
@@ -457,16 +471,70 @@ fn partition(net: &mut Net, fault: Fault, node: usize, nodes: usize) -> std::io:
     }
 }
 
-/// Reads every key once more after the final restart, retrying until
-/// each read is answered (the cluster is whole again, so it must be,
-/// within a minute).
-fn final_reads(
+/// Keys past the workload's that the final phase writes just before the
+/// final restart: no workload operation (and no unknown one) touches them,
+/// so a restart that loses an acknowledged write cannot be explained away.
+pub const CANARY_KEYS: u64 = 4;
+
+/// After the clients stop: heal every node, write each canary key (until
+/// one write of it is acknowledged), kill every node at once and start
+/// them all, then read every key, the canaries included, until each read
+/// is answered (the cluster is whole, so within a minute per key). All of
+/// it goes into the history.
+fn final_phase(
     opts: &Options,
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     start: Instant,
     history: &mut Vec<KvOp>,
     outcomes: &mut Outcomes,
 ) -> Result<(), String> {
+    cluster
+        .heal()
+        .map_err(|e| format!("healing the nodes: {e}"))?;
+    let mut repl = Repl::start(
+        &opts.ha_kv,
+        &cluster.cluster_arg(),
+        &cluster.tls_dir(),
+        opts.timeout_ms,
+    )
+    .map_err(|e| format!("the final client did not start: {e}"))?;
+    let mut reader = Client::new(opts.clients, opts.seed, opts.keys + CANARY_KEYS);
+    // Until one answer of `input(reader)` counts as `done`.
+    let mut until_done = |reader: &mut Client,
+                          repl: &mut Repl,
+                          input: &dyn Fn(&mut Client) -> KvInput,
+                          done: fn(&Outcomes) -> bool,
+                          history: &mut Vec<KvOp>|
+     -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut counts = Outcomes::default();
+            let op = input(reader);
+            reader.run(repl, op, start, history, &mut counts)?;
+            *outcomes += counts;
+            if done(&counts) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{op:?} got no answer within a minute of the cluster healing"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    for key in opts.keys..opts.keys + CANARY_KEYS {
+        let put = |c: &mut Client| KvInput::Put {
+            key,
+            value: c.next_value(),
+        };
+        until_done(&mut reader, &mut repl, &put, |c| c.writes == 1, history)?;
+    }
+    drop(repl);
+    (1..=cluster.len())
+        .try_for_each(|id| cluster.kill(id))
+        .and_then(|()| cluster.heal())
+        .map_err(|e| format!("the final restart: {e}"))?;
     let mut repl = Repl::start(
         &opts.ha_kv,
         &cluster.cluster_arg(),
@@ -474,32 +542,15 @@ fn final_reads(
         opts.timeout_ms,
     )
     .map_err(|e| format!("the final reader did not start: {e}"))?;
-    let mut reader = Client::new(opts.clients, opts.seed, opts.keys);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for key in 0..opts.keys {
-        loop {
-            let before = history.len();
-            let mut counts = Outcomes::default();
-            reader.run(
-                &mut repl,
-                lincheck::KvInput::Get { key },
-                start,
-                history,
-                &mut counts,
-            )?;
-            *outcomes += counts;
-            if counts.ok == 1 {
-                break;
-            }
-            // An unknown read says nothing; take it out and try again.
-            history.truncate(before);
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "key {key} could not be read within a minute of the final restart"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    for key in 0..opts.keys + CANARY_KEYS {
+        let before = history.len();
+        let get = move |_: &mut Client| KvInput::Get { key };
+        until_done(&mut reader, &mut repl, &get, |c| c.ok == 1, history)?;
+        // Unknown reads say nothing (the checker drops them): keep only
+        // the answered one.
+        let answered = history.pop();
+        history.truncate(before);
+        history.extend(answered);
     }
     Ok(())
 }
@@ -538,6 +589,7 @@ mod tests {
             timeout_ms: 100,
             out,
             keep: false,
+            planted_bug: None,
         };
         let e = run(&opts).unwrap_err();
         assert!(

@@ -55,6 +55,11 @@ struct Args {
     /// Keep every run's directory, not only failed ones.
     #[arg(long)]
     keep: bool,
+    /// Plant a bug in every node (e.g. CommitOnLeaderAlone), to see the
+    /// suite catch it; needs ha-kv built with
+    /// `--features ha-core/planted-bugs`.
+    #[arg(long)]
+    planted_bug: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +90,11 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("ha-chaos: partitions skipped: {e}"),
         }
         faults.retain(|f| !f.is_partition());
+        if faults.is_empty() {
+            return usage(
+                "every fault asked for was a partition, and partitions cannot run here".into(),
+            );
+        }
     }
     if args.nodes < 3 || args.clients == 0 || args.keys == 0 || args.secs == 0 || args.runs == 0 {
         return usage(
@@ -120,6 +130,7 @@ fn main() -> ExitCode {
             timeout_ms: args.timeout_ms,
             out: args.out.clone(),
             keep: args.keep,
+            planted_bug: args.planted_bug.clone(),
         };
         match ha_chaos::run(&opts) {
             Ok(report) => {

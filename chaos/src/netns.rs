@@ -22,9 +22,19 @@ use std::process::{Command, Stdio};
 /// namespace set up for partitions.
 pub const INSIDE: &str = "HA_CHAOS_NETNS";
 
-/// Whether this process runs inside a namespace made by [`reexec`].
+/// Whether this process runs inside a namespace made by [`reexec`]: the
+/// variable is set, and the process's network namespace is not the one
+/// of process 1 when that can be read (a stray variable on the host never
+/// rewires the host's network; inside the user namespace [`reexec`]
+/// makes, process 1's namespace cannot be read at all).
 pub fn inside() -> bool {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net"));
     std::env::var_os(INSIDE).is_some()
+        && match (ns("self"), ns("1")) {
+            (Ok(me), Ok(init)) => me != init,
+            (Ok(_), Err(_)) => true,
+            (Err(_), _) => false,
+        }
 }
 
 /// The loopback address node `id` binds: `127.0.0.(10+id)` inside a
@@ -40,8 +50,20 @@ pub fn node_ip(id: usize) -> String {
 /// A command that runs `program args` inside a new network namespace
 /// (with [`INSIDE`] set), or why that is not possible here.
 pub fn reexec(program: &std::path::Path, args: &[String]) -> Result<Command, String> {
+    // Never nest: a process that was already run again (whether or not
+    // it can tell it is inside) does not run itself once more.
+    if std::env::var_os(INSIDE).is_some() {
+        return Err(format!(
+            "{INSIDE} is set but this process is not in a namespace of its own"
+        ));
+    }
+    // Everything [`Net::setup`] needs, tried in a throwaway namespace.
     let probe = Command::new("unshare")
-        .args(["--net", "--map-root-user", "ip", "link", "set", "lo", "up"])
+        .args(["--net", "--map-root-user", "sh", "-c"])
+        .arg(
+            "ip link set lo up && ip link add p0 type veth peer name p1 \
+             && sysctl -qw net.ipv4.conf.all.route_localnet=1 && ip rule add pref 10 lookup main",
+        )
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run unshare: {e}"))?;
@@ -137,13 +159,15 @@ impl Net {
         Ok(())
     }
 
-    /// Restores every link cut.
+    /// Restores every link cut (a link whose rule could not be removed
+    /// stays listed).
     pub fn heal(&mut self) -> io::Result<()> {
-        while let Some((from, to)) = self.cut.pop() {
+        while let Some(&(from, to)) = self.cut.last() {
             let (a, b) = (node_ip(from), node_ip(to));
             sh(&[
                 "ip", "rule", "del", "pref", CUT_PREF, "from", &a, "to", &b, "lookup", TABLE,
             ])?;
+            self.cut.pop();
         }
         Ok(())
     }
@@ -151,5 +175,13 @@ impl Net {
     /// The links cut now.
     pub fn links_cut(&self) -> &[(usize, usize)] {
         &self.cut
+    }
+}
+
+impl Drop for Net {
+    /// A run that ends early (a failure, a panic) leaves no link cut for
+    /// the next run in the same namespace.
+    fn drop(&mut self) {
+        let _ = self.heal();
     }
 }

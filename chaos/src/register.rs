@@ -32,6 +32,8 @@ pub struct Outcomes {
     pub not_applied: u64,
     /// Outcome unknown (kept with no return).
     pub unknown: u64,
+    /// Of `ok`, writes acknowledged as done (put, del, cas that wrote).
+    pub writes: u64,
 }
 
 impl std::ops::AddAssign for Outcomes {
@@ -39,6 +41,7 @@ impl std::ops::AddAssign for Outcomes {
         self.ok += o.ok;
         self.not_applied += o.not_applied;
         self.unknown += o.unknown;
+        self.writes += o.writes;
     }
 }
 
@@ -130,24 +133,32 @@ fn value(v: &Value) -> Result<Option<u64>, String> {
 /// `Ok(Some(None))`.
 #[allow(clippy::type_complexity)]
 fn outcome(input: &KvInput, answer: &Value) -> Result<Option<Option<KvOutput>>, String> {
+    let broken = || {
+        format!(
+            "an answer outside the contract to {:?}: {answer}",
+            line(input)
+        )
+    };
+    // A get's value and a mismatch's current value must be there (null
+    // for absent); a missing one is not read as absent.
+    let field = |name: &str| answer.get(name).ok_or_else(broken).and_then(value);
     match answer.get("ok") {
         Some(Value::Bool(true)) => Ok(Some(Some(match input {
-            KvInput::Get { .. } => {
-                KvOutput::Value(value(answer.get("value").unwrap_or(&Value::Null))?)
-            }
+            KvInput::Get { .. } => KvOutput::Value(field("value")?),
             KvInput::Cas { .. } => KvOutput::Cas(Ok(())),
             KvInput::Put { .. } | KvInput::Del { .. } => KvOutput::Done,
         }))),
         Some(Value::Bool(false)) => match answer.get("error").and_then(Value::as_str) {
             Some("mismatch") if matches!(input, KvInput::Cas { .. }) => {
-                let seen = value(answer.get("value").unwrap_or(&Value::Null))?;
-                Ok(Some(Some(KvOutput::Cas(Err(seen)))))
+                Ok(Some(Some(KvOutput::Cas(Err(field("value")?)))))
             }
+            Some("mismatch") => Err(broken()),
             Some("usage") => Err(format!("the client refused {:?}: {answer}", line(input))),
-            _ => Ok(None),
+            Some(_) => Ok(None),
+            None => Err(broken()),
         },
         Some(Value::Null) => Ok(Some(None)),
-        _ => Err(format!("an answer outside the contract: {answer}")),
+        _ => Err(broken()),
     }
 }
 
@@ -170,14 +181,19 @@ impl Client {
     pub fn new(id: u64, seed: u64, keys: u64) -> Client {
         Client {
             id,
-            rng: SplitMix64::new(seed ^ (id + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            // Each client's stream starts from a mix of (seed, id), so no
+            // two clients' streams are shifted copies of each other.
+            rng: SplitMix64::new(
+                SplitMix64::new(seed).next_u64() ^ SplitMix64::new(!id).next_u64().rotate_left(17),
+            ),
             keys,
             last_seen: vec![None; keys as usize],
             writes: 0,
         }
     }
 
-    fn next_value(&mut self) -> u64 {
+    /// A value no other write of the run uses.
+    pub fn next_value(&mut self) -> u64 {
         self.writes += 1;
         ((self.id + 1) << 32) | self.writes
     }
@@ -221,10 +237,15 @@ impl Client {
         };
         match &output {
             Some(KvOutput::Value(v) | KvOutput::Cas(Err(v))) => {
-                self.last_seen[input.key() as usize] = *v;
+                if let Some(seen) = self.last_seen.get_mut(input.key() as usize) {
+                    *seen = *v;
+                }
                 counts.ok += 1;
             }
-            Some(_) => counts.ok += 1,
+            Some(_) => {
+                counts.ok += 1;
+                counts.writes += 1;
+            }
             None => counts.unknown += 1,
         }
         history.push(Operation {
@@ -242,20 +263,25 @@ pub fn micros(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Runs one client until `until`, then returns its history.
+/// Runs one client until `until` or until `stop` is set, then returns
+/// its history (with the error that ended it early, if one did: the
+/// history up to it is kept for the record).
 pub fn client_loop(
     mut client: Client,
     mut repl: Repl,
     start: Instant,
     until: Duration,
-) -> Result<(Vec<KvOp>, Outcomes), String> {
+    stop: &std::sync::atomic::AtomicBool,
+) -> (Vec<KvOp>, Outcomes, Option<String>) {
     let mut history = Vec::new();
     let mut counts = Outcomes::default();
-    while start.elapsed() < until {
+    while start.elapsed() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let input = client.choose();
-        client.run(&mut repl, input, start, &mut history, &mut counts)?;
+        if let Err(e) = client.run(&mut repl, input, start, &mut history, &mut counts) {
+            return (history, counts, Some(e));
+        }
     }
-    Ok((history, counts))
+    (history, counts, None)
 }
 
 /// One line of the history file: what was called and answered.
@@ -328,18 +354,22 @@ mod tests {
             ),
             Ok(Some(None))
         );
-        // A mismatch for a put, a refused line, or no "ok" break the contract.
+        // A refused line, no "ok", a value of the wrong type, a get or a
+        // mismatch without its value, a mismatch of anything but a cas, or
+        // a refusal without a code break the contract.
         assert!(out(&put, json!({"ok": false, "error": "usage", "message": "m"})).is_err());
         assert!(out(&put, json!({"value": "1"})).is_err());
         assert!(out(&get, json!({"ok": true, "value": 5})).is_err());
-        assert_eq!(
+        assert!(out(&get, json!({"ok": true})).is_err());
+        assert!(out(&cas, json!({"ok": false, "error": "mismatch"})).is_err());
+        assert!(
             out(
                 &put,
                 json!({"ok": false, "error": "mismatch", "value": "3"})
-            ),
-            Ok(None),
-            "only a cas can mismatch; for a put it is just not applied"
+            )
+            .is_err()
         );
+        assert!(out(&put, json!({"ok": false, "message": "m"})).is_err());
     }
 
     #[test]

@@ -89,6 +89,15 @@ fn start<V: Vfs>(
     transport: Arc<dyn Transport>,
     applier: impl Applier,
 ) -> Result<NodeHandle, StartNodeError> {
+    #[cfg(feature = "planted-bugs")]
+    let opts = {
+        let mut opts = opts;
+        if let Some(bug) = crate::raft::PlantedBug::from_env() {
+            tracing::warn!(node = %opts.raft.id, "planted bug active: {bug:?} (HA_PLANTED_BUG)");
+            opts.raft.planted_bug = Some(bug);
+        }
+        opts
+    };
     let id = opts.raft.id;
     let init = InitialState {
         // The snapshot's configuration if it names one; else the one the

@@ -57,6 +57,25 @@ pub enum PlantedBug {
     /// Lease reads: the lease still holds after the leader sent
     /// `TimeoutNow` to a transfer's target.
     LeaseKeptOnTransfer,
+    /// A leader commits (and so acknowledges) an entry of its term as soon
+    /// as it is durable on the leader alone, not on a majority.
+    CommitOnLeaderAlone,
+}
+
+#[cfg(feature = "planted-bugs")]
+impl PlantedBug {
+    /// The bug named by the `HA_PLANTED_BUG` environment variable (its
+    /// variant name), for black-box runs of a binary built with the
+    /// feature; `None` if the variable is unset or names no bug.
+    pub fn from_env() -> Option<PlantedBug> {
+        let name = std::env::var("HA_PLANTED_BUG").ok()?;
+        match name.as_str() {
+            "CommitOnLeaderAlone" => Some(PlantedBug::CommitOnLeaderAlone),
+            "VoteWithoutLogCheck" => Some(PlantedBug::VoteWithoutLogCheck),
+            "CommitPreviousTermByCount" => Some(PlantedBug::CommitPreviousTermByCount),
+            _ => None,
+        }
+    }
 }
 
 /// Settings of one Raft node.

@@ -233,6 +233,12 @@ impl Raft {
         } else {
             index
         };
+        #[cfg(feature = "planted-bugs")]
+        let index = if self.config.has_bug(PlantedBug::CommitOnLeaderAlone) {
+            index.max(persisted)
+        } else {
+            index
+        };
         if index <= self.log.committed {
             return;
         }
