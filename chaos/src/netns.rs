@@ -19,22 +19,27 @@ use std::io;
 use std::process::{Command, Stdio};
 
 /// The environment variable that says this process runs inside a
-/// namespace set up for partitions.
+/// namespace set up for partitions; its value names the namespace it was
+/// made from.
 pub const INSIDE: &str = "HA_CHAOS_NETNS";
 
+/// This process's network namespace, as the kernel names it
+/// (`net:[4026531840]`).
+fn own_namespace() -> Option<String> {
+    let link = std::fs::read_link("/proc/self/ns/net").ok()?;
+    Some(link.to_string_lossy().into_owned())
+}
+
 /// Whether this process runs inside a namespace made by [`reexec`]: the
-/// variable is set, and the process's network namespace is not the one
-/// of process 1 when that can be read (a stray variable on the host never
-/// rewires the host's network; inside the user namespace [`reexec`]
-/// makes, process 1's namespace cannot be read at all).
+/// variable names the namespace [`reexec`] left, and this process is in
+/// another one (so a stray or inherited variable never rewires the
+/// network it names).
 pub fn inside() -> bool {
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net"));
-    std::env::var_os(INSIDE).is_some()
-        && match (ns("self"), ns("1")) {
-            (Ok(me), Ok(init)) => me != init,
-            (Ok(_), Err(_)) => true,
-            (Err(_), _) => false,
-        }
+    let Some(left) = std::env::var_os(INSIDE) else {
+        return false;
+    };
+    let left = left.to_string_lossy();
+    left.starts_with("net:[") && own_namespace().is_some_and(|me| me != left)
 }
 
 /// The loopback address node `id` binds: `127.0.0.(10+id)` inside a
@@ -73,11 +78,12 @@ pub fn reexec(program: &std::path::Path, args: &[String]) -> Result<Command, Str
             String::from_utf8_lossy(&probe.stderr).trim()
         ));
     }
+    let here = own_namespace().ok_or("cannot read this process's network namespace")?;
     let mut cmd = Command::new("unshare");
     cmd.args(["--net", "--map-root-user"])
         .arg(program)
         .args(args)
-        .env(INSIDE, "1");
+        .env(INSIDE, here);
     Ok(cmd)
 }
 

@@ -60,6 +60,10 @@ pub enum PlantedBug {
     /// A leader commits (and so acknowledges) an entry of its term as soon
     /// as it is durable on the leader alone, not on a majority.
     CommitOnLeaderAlone,
+    /// A leader answers a linearizable read from its own state at once,
+    /// without a heartbeat round proving it is still leader (ReadIndex
+    /// without its quorum check).
+    ReadWithoutQuorum,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -71,6 +75,7 @@ impl PlantedBug {
         let name = std::env::var("HA_PLANTED_BUG").ok()?;
         match name.as_str() {
             "CommitOnLeaderAlone" => Some(PlantedBug::CommitOnLeaderAlone),
+            "ReadWithoutQuorum" => Some(PlantedBug::ReadWithoutQuorum),
             "VoteWithoutLogCheck" => Some(PlantedBug::VoteWithoutLogCheck),
             "CommitPreviousTermByCount" => Some(PlantedBug::CommitPreviousTermByCount),
             _ => None,

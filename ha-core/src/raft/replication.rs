@@ -333,7 +333,10 @@ impl Raft {
         }
         // A ReadIndex round: a fresh heartbeat proves leadership after every
         // waiting request arrived (dissertation §6.4 step 2).
-        if self.log.conf().1.has_quorum(|n| n == me) {
+        let alone = self.log.conf().1.has_quorum(|n| n == me);
+        #[cfg(feature = "planted-bugs")]
+        let alone = alone || self.config.has_bug(PlantedBug::ReadWithoutQuorum);
+        if alone {
             let ctxs = std::mem::take(&mut l.reads.waiting);
             self.read_states
                 .extend(ctxs.into_iter().map(|ctx| ReadState {
