@@ -264,16 +264,28 @@ impl Cluster {
         None
     }
 
-    /// The leader some running node names, asked with `ha-kv status`.
+    /// The leader some running node names, asked with `ha-kv status`
+    /// (given up, and the process killed, after twice `timeout`).
     pub fn leader(&self, timeout: Duration) -> Option<usize> {
-        let out = Command::new(&self.bin)
+        let mut child = Command::new(&self.bin)
             .args(["status", "--cluster", &self.cluster_arg(), "--tls-dir"])
             .arg(self.tls_dir())
             .args(["--timeout-ms", &timeout.as_millis().to_string()])
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .output()
+            .spawn()
             .ok()?;
+        let deadline = std::time::Instant::now() + timeout * 2;
+        while child.try_wait().ok()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().ok()?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|line| {

@@ -278,7 +278,9 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
         "--snapshot-every".to_string(),
         opts.snapshot_every.to_string(),
     ];
-    let mut net = if opts.faults.iter().any(|f| f.is_partition()) {
+    // Inside a namespace the network must be set up (loopback up) even
+    // for a run without partitions: nodes listen on its addresses.
+    let mut net = if opts.faults.iter().any(|f| f.is_partition()) || netns::inside() {
         match shared_net() {
             Ok(net) => Some(net),
             Err(e) => return fail(e, history, outcomes, faults),

@@ -12,7 +12,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ha_core::rng::SplitMix64;
@@ -49,7 +49,11 @@ impl std::ops::AddAssign for Outcomes {
 pub struct Repl {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// Lines of its output, read by a thread of their own so that an
+    /// answer that never comes is a timeout here, not a hang.
+    lines: std::sync::mpsc::Receiver<io::Result<String>>,
+    /// How long an answer may take: three request timeouts and 5 s.
+    patience: Duration,
 }
 
 impl Repl {
@@ -71,10 +75,24 @@ impl Repl {
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("no stdout"))?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                let read = out.read_line(&mut line).map(|n| (n, line));
+                let end = !matches!(read, Ok((n, _)) if n > 0);
+                if tx.send(read.map(|(_, l)| l)).is_err() || end {
+                    return;
+                }
+            }
+        });
+        let patience = Duration::from_millis(timeout_ms.saturating_mul(3).saturating_add(5000));
         Ok(Repl {
             child,
             stdin,
-            stdout: BufReader::new(stdout),
+            lines,
+            patience,
         })
     }
 
@@ -87,8 +105,16 @@ impl Repl {
     pub fn call(&mut self, line: &str) -> io::Result<Value> {
         writeln!(self.stdin, "{line}")?;
         self.stdin.flush()?;
-        let mut answer = String::new();
-        if self.stdout.read_line(&mut answer)? == 0 {
+        let answer = match self.lines.recv_timeout(self.patience) {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(io::Error::other(format!(
+                    "no answer to {line:?} within {} ms",
+                    self.patience.as_millis()
+                )));
+            }
+        };
+        if answer.is_empty() {
             return Err(io::Error::other("the client process closed its output"));
         }
         serde_json::from_str(&answer)
