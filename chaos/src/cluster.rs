@@ -235,6 +235,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGKILL to every node at once, then every node started again.
+    pub fn restart_all(&mut self) -> io::Result<()> {
+        (1..=self.len()).try_for_each(|id| self.kill(id))?;
+        self.heal()
+    }
+
     /// Every node running again: stopped ones continued, dead ones
     /// restarted.
     pub fn heal(&mut self) -> io::Result<()> {

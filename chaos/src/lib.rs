@@ -306,12 +306,11 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
     };
     let start = Instant::now();
     let until = Duration::from_secs(opts.secs);
-    let tls = cluster.tls_dir();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     let mut broken: Option<String> = None;
     for id in 0..opts.clients {
-        let repl = match Repl::start(&opts.ha_kv, &cluster.cluster_arg(), &tls, opts.timeout_ms) {
+        let repl = match client(opts, &cluster) {
             Ok(r) => r,
             Err(e) => {
                 broken = Some(format!("client {id} did not start: {e}"));
@@ -366,9 +365,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
             let done = match fault {
                 Fault::Kill => cluster.kill(node),
                 Fault::Stop => cluster.stop(node),
-                Fault::RestartAll => (1..=cluster.len())
-                    .try_for_each(|id| cluster.kill(id))
-                    .and_then(|()| cluster.heal()),
+                Fault::RestartAll => cluster.restart_all(),
                 Fault::Isolate | Fault::OneWay | Fault::Bridge => match net.as_mut() {
                     Some(net) => partition(net, fault, node, cluster.len()),
                     None => Ok(()),
@@ -473,6 +470,16 @@ fn partition(net: &mut Net, fault: Fault, node: usize, nodes: usize) -> std::io:
     }
 }
 
+/// A new `ha-kv repl` client of `cluster`.
+fn client(opts: &Options, cluster: &Cluster) -> std::io::Result<Repl> {
+    Repl::start(
+        &opts.ha_kv,
+        &cluster.cluster_arg(),
+        &cluster.tls_dir(),
+        opts.timeout_ms,
+    )
+}
+
 /// Keys past the workload's that the final phase writes just before the
 /// final restart: no workload operation (and no unknown one) touches them,
 /// so a restart that loses an acknowledged write cannot be explained away.
@@ -493,13 +500,8 @@ fn final_phase(
     cluster
         .heal()
         .map_err(|e| format!("healing the nodes: {e}"))?;
-    let mut repl = Repl::start(
-        &opts.ha_kv,
-        &cluster.cluster_arg(),
-        &cluster.tls_dir(),
-        opts.timeout_ms,
-    )
-    .map_err(|e| format!("the final client did not start: {e}"))?;
+    let mut repl =
+        client(opts, cluster).map_err(|e| format!("the final client did not start: {e}"))?;
     let mut reader = Client::new(opts.clients, opts.seed, opts.keys + CANARY_KEYS);
     // Until one answer of `input(reader)` counts as `done`.
     let mut until_done = |reader: &mut Client,
@@ -533,17 +535,11 @@ fn final_phase(
         until_done(&mut reader, &mut repl, &put, |c| c.writes == 1, history)?;
     }
     drop(repl);
-    (1..=cluster.len())
-        .try_for_each(|id| cluster.kill(id))
-        .and_then(|()| cluster.heal())
+    cluster
+        .restart_all()
         .map_err(|e| format!("the final restart: {e}"))?;
-    let mut repl = Repl::start(
-        &opts.ha_kv,
-        &cluster.cluster_arg(),
-        &cluster.tls_dir(),
-        opts.timeout_ms,
-    )
-    .map_err(|e| format!("the final reader did not start: {e}"))?;
+    let mut repl =
+        client(opts, cluster).map_err(|e| format!("the final reader did not start: {e}"))?;
     for key in 0..opts.keys + CANARY_KEYS {
         let before = history.len();
         let get = move |_: &mut Client| KvInput::Get { key };
