@@ -47,14 +47,14 @@ pub struct Cluster {
 /// A UDP port free now on `ip`, below Linux's ephemeral range (32768 and
 /// up), so that no client socket takes it while its node is down between
 /// a kill and a restart; the OS's choice if none is found.
-fn free_port(ip: &str, rng: &mut SplitMix64) -> io::Result<u16> {
+fn free_port(ip: &str, rng: &mut SplitMix64) -> io::Result<UdpSocket> {
     for _ in 0..200 {
         let port = rng.range(10_000, 32_000) as u16;
         if let Ok(s) = UdpSocket::bind((ip, port)) {
-            return Ok(s.local_addr()?.port());
+            return Ok(s);
         }
     }
-    Ok(UdpSocket::bind((ip, 0))?.local_addr()?.port())
+    UdpSocket::bind((ip, 0))
 }
 
 /// Runs `cmd` to its end; an error unless it exits 0.
@@ -102,9 +102,16 @@ impl Cluster {
                 .map_or(0, |d| d.as_nanos() as u64)
                 ^ u64::from(std::process::id()),
         );
-        let ports = (1..=nodes)
+        // Every probe socket stays open until all are chosen, so two nodes
+        // on one address never draw the same port.
+        let probes = (1..=nodes)
             .map(|id| free_port(&node_ip(id), &mut rng))
+            .collect::<io::Result<Vec<UdpSocket>>>()?;
+        let ports = probes
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()))
             .collect::<io::Result<Vec<u16>>>()?;
+        drop(probes);
         let mut cluster = Cluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),

@@ -436,6 +436,16 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
         ));
     }
     drop(cluster);
+    // A bug asked for but not taken up (a name the nodes do not know, a
+    // binary built without the feature) would make a pass mean nothing.
+    if let Some(bug) = &opts.planted_bug {
+        let log = std::fs::read_to_string(dir.join("node-1.log")).unwrap_or_default();
+        if !log.contains("planted bug active") {
+            broken.get_or_insert(format!(
+                "the nodes did not plant {bug:?} (no \"planted bug active\" in node-1.log)"
+            ));
+        }
+    }
     if let Some(e) = broken {
         return fail(e, history, outcomes, faults);
     }
