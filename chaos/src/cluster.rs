@@ -6,6 +6,9 @@
 //! Invariants: a node is running, stopped (SIGSTOP) or dead; a stopped
 //! node is continued before it is killed or restarted, and every node is
 //! killed when the cluster is dropped, so no run leaves a process behind.
+//! At most one running node has a slow clock (a thread pausing and
+//! continuing it); the thread is joined, and the node left running,
+//! before that node is stopped, continued, killed or healed.
 //! A node restarts with the same address and data directory; node `i`
 //! binds [`node_ip`]`(i)`, so partitions can tell nodes apart.
 
@@ -14,6 +17,9 @@ use std::io;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ha_core::rng::SplitMix64;
@@ -42,7 +48,24 @@ pub struct Cluster {
     env: Vec<(String, String)>,
     /// Nodes found exited on their own: id and exit status.
     crashes: Vec<(usize, String)>,
+    /// The node whose clock runs slow, if any ([`Cluster::slow_clock`]).
+    strobe: Option<Strobe>,
 }
+
+/// A thread that pauses and continues one node in turn, so the node sees
+/// a fraction of real time pass: its timers (ticks) run slow.
+struct Strobe {
+    node: usize,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// How a slow clock is made: the node is paused this long...
+const STROBE_PAUSED: Duration = Duration::from_millis(190);
+/// ...then runs this long, again and again (about a twentieth of real time:
+/// with a 10 ms tick that is delayed, not caught up, after a pause, one
+/// or two ticks per cycle).
+const STROBE_RUNNING: Duration = Duration::from_millis(10);
 
 /// A UDP port free now on `ip`, below Linux's ephemeral range (32768 and
 /// up), so that no client socket takes it while its node is down between
@@ -121,6 +144,7 @@ impl Cluster {
             flags,
             env,
             crashes: Vec::new(),
+            strobe: None,
         };
         for id in 1..=nodes {
             cluster.spawn(id)?;
@@ -197,8 +221,65 @@ impl Cluster {
         run_ok(Command::new("kill").args([sig, &child.id().to_string()]))
     }
 
+    /// Node `id`'s clock runs slow (about a twentieth of real time) until
+    /// [`Cluster::cont`], [`Cluster::kill`] or [`Cluster::heal`]: a thread
+    /// pauses it (SIGSTOP) and continues it (SIGCONT) in turn. A node
+    /// counts time in ticks of its own timer, so this is the clock skew
+    /// that matters to it: a leader that believes less time has passed
+    /// than has. One node at a time; a paused or dead node is left alone.
+    pub fn slow_clock(&mut self, id: usize) -> io::Result<()> {
+        self.end_strobe(None)?;
+        if self.states[id - 1] != NodeState::Running {
+            return Ok(());
+        }
+        let Some(child) = &self.children[id - 1] else {
+            return Ok(());
+        };
+        let pid = child.id().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let signal = |sig: &str| {
+                // A failure (the node exited) ends the strobe; the crash
+                // is seen by `crashed`.
+                run_ok(Command::new("kill").args([sig, &pid])).is_ok()
+            };
+            while !flag.load(Ordering::Relaxed) && signal("-STOP") {
+                std::thread::sleep(STROBE_PAUSED);
+                if !signal("-CONT") {
+                    break;
+                }
+                std::thread::sleep(STROBE_RUNNING);
+            }
+            // Always left running.
+            let _ = signal("-CONT");
+        });
+        self.strobe = Some(Strobe {
+            node: id,
+            stop,
+            thread,
+        });
+        Ok(())
+    }
+
+    /// Ends the slow clock (of node `only`, or of any node), leaving the
+    /// node running.
+    fn end_strobe(&mut self, only: Option<usize>) -> io::Result<()> {
+        if only.is_some_and(|id| self.strobe.as_ref().is_none_or(|s| s.node != id)) {
+            return Ok(());
+        }
+        if let Some(s) = self.strobe.take() {
+            s.stop.store(true, Ordering::Relaxed);
+            s.thread
+                .join()
+                .map_err(|_| io::Error::other("the slow-clock thread panicked"))?;
+        }
+        Ok(())
+    }
+
     /// SIGKILL to node `id` (continued first if stopped).
     pub fn kill(&mut self, id: usize) -> io::Result<()> {
+        self.end_strobe(Some(id))?;
         if self.states[id - 1] == NodeState::Stopped {
             // A SIGKILL ends a stopped process too; the CONT only keeps
             // the state tidy, so its failure does not stop the kill.
@@ -224,8 +305,9 @@ impl Cluster {
         self.spawn(id)
     }
 
-    /// Pauses node `id` (SIGSTOP).
+    /// Pauses node `id` (SIGSTOP; a slow clock of it ends first).
     pub fn stop(&mut self, id: usize) -> io::Result<()> {
+        self.end_strobe(Some(id))?;
         if self.states[id - 1] == NodeState::Running {
             self.signal(id, "-STOP")?;
             self.states[id - 1] = NodeState::Stopped;
@@ -233,8 +315,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Resumes node `id` (SIGCONT).
+    /// Resumes node `id` (SIGCONT), and ends its slow clock.
     pub fn cont(&mut self, id: usize) -> io::Result<()> {
+        self.end_strobe(Some(id))?;
         if self.states[id - 1] == NodeState::Stopped {
             self.signal(id, "-CONT")?;
             self.states[id - 1] = NodeState::Running;
@@ -248,9 +331,10 @@ impl Cluster {
         self.heal()
     }
 
-    /// Every node running again: stopped ones continued, dead ones
-    /// restarted.
+    /// Every node running again at full speed: a slow clock ended,
+    /// stopped nodes continued, dead ones restarted.
     pub fn heal(&mut self) -> io::Result<()> {
+        self.end_strobe(None)?;
         for id in 1..=self.len() {
             match self.states[id - 1] {
                 NodeState::Running => {}

@@ -59,22 +59,36 @@ pub enum Fault {
     OneWay,
     /// Two nodes cannot reach each other; the third reaches both.
     Bridge,
+    /// A node (the leader half the time) is cut off from the others both
+    /// ways, as in [`Fault::Isolate`], and its clock runs at about a
+    /// twentieth of real time ([`Cluster::slow_clock`]), for 2-5 s: a cut-off
+    /// leader that is slow to notice it lost its followers, while clients
+    /// still reach it and the others elect a new leader. Without a
+    /// network namespace, only the clock.
+    Clock,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::Kill,
         Fault::Stop,
         Fault::RestartAll,
         Fault::Isolate,
         Fault::OneWay,
         Fault::Bridge,
+        Fault::Clock,
     ];
 
     /// The faults that are partitions (they need [`netns`]).
     pub fn is_partition(self) -> bool {
         matches!(self, Fault::Isolate | Fault::OneWay | Fault::Bridge)
+    }
+
+    /// The faults that cut links where they can ([`netns`]): partitions,
+    /// and the slow clock, which runs without its cut elsewhere.
+    pub fn wants_namespace(self) -> bool {
+        self.is_partition() || self == Fault::Clock
     }
 
     /// Its name on the command line.
@@ -86,6 +100,7 @@ impl Fault {
             Fault::Isolate => "isolate",
             Fault::OneWay => "one-way",
             Fault::Bridge => "bridge",
+            Fault::Clock => "clock",
         }
     }
 
@@ -346,6 +361,9 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
                 Fault::Isolate | Fault::OneWay | Fault::Bridge => {
                     net.as_mut().map_or(Ok(()), Net::heal)
                 }
+                Fault::Clock => cluster
+                    .cont(a.node)
+                    .and_then(|()| net.as_mut().map_or(Ok(()), Net::heal)),
             };
             if let Err(e) = undone {
                 broken = Some(format!("undoing {:?} on node {}: {e}", a.fault, a.node));
@@ -361,7 +379,13 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
             } else {
                 random
             };
-            let hold = Duration::from_millis(rng.range(500, 3000));
+            let hold = Duration::from_millis(if fault == Fault::Clock {
+                // Long enough for a new leader, and clients that left the
+                // old one, while the old one still believes it leads.
+                rng.range(2000, 5000)
+            } else {
+                rng.range(500, 3000)
+            });
             let done = match fault {
                 Fault::Kill => cluster.kill(node),
                 Fault::Stop => cluster.stop(node),
@@ -370,6 +394,12 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
                     Some(net) => partition(net, fault, node, cluster.len()),
                     None => Ok(()),
                 },
+                Fault::Clock => net
+                    .as_mut()
+                    .map_or(Ok(()), |net| {
+                        partition(net, Fault::Isolate, node, cluster.len())
+                    })
+                    .and_then(|()| cluster.slow_clock(node)),
             };
             if let Err(e) = done {
                 broken = Some(format!("{fault:?} on node {node}: {e}"));

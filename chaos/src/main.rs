@@ -18,8 +18,10 @@ struct Args {
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults: `all`, `none`, or a comma list of kill, stop, restart-all,
-    /// isolate, one-way, bridge (partitions run in a network namespace
-    /// the command makes with unshare, or are skipped where it cannot).
+    /// isolate, one-way, bridge, clock (partitions run in a network
+    /// namespace the command makes with unshare, or are skipped where it
+    /// cannot; clock, a cut-off node whose clock runs slow, is then only
+    /// the slow clock).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of client load per run.
@@ -80,7 +82,7 @@ fn main() -> ExitCode {
     };
     // Partitions run inside a network namespace of their own: run this
     // same command again inside one, or go on without them.
-    if faults.iter().any(|f| f.is_partition()) && !netns::inside() {
+    if faults.iter().any(|f| f.wants_namespace()) && !netns::inside() {
         let again = std::env::current_exe()
             .map_err(|e| e.to_string())
             .and_then(|exe| netns::reexec(&exe, &std::env::args().skip(1).collect::<Vec<_>>()));

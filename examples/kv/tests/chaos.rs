@@ -129,18 +129,20 @@ fn partitions_in_a_network_namespace_lose_nothing() {
     std::fs::write(mark, format!("passed\n{report}")).expect("the report is written");
 }
 
-/// Runs `faults` with `bug` planted in every node, seeds `seeds` in turn,
-/// until one run is found not linearizable; reports "caught" or, when the
-/// binary cannot plant bugs, "skipped" (to the outer run's `mark`).
+/// Runs `faults` with `bug` planted in every node (clients giving up
+/// after `timeout_ms`), seeds `seeds` in turn, until one run is found not
+/// linearizable; reports "caught" or, when the binary cannot plant bugs,
+/// "skipped" (to the outer run's `mark`).
 fn planted_is_caught(
     mark: PathBuf,
     bug: &str,
     faults: Vec<Fault>,
+    timeout_ms: u64,
     seeds: std::ops::RangeInclusive<u64>,
 ) {
     let mut reports = Vec::new();
     for seed in seeds {
-        let mut opts = options(seed, faults.clone(), 2000, runs_dir());
+        let mut opts = options(seed, faults.clone(), timeout_ms, runs_dir());
         opts.planted_bug = Some(bug.into());
         opts.keep = true;
         let report = run(&opts).expect("the run starts");
@@ -183,6 +185,42 @@ fn a_leader_that_commits_alone_is_caught() {
     // leader alone. An isolated leader then acknowledges writes the
     // majority never sees; after the partition heals they are gone.
     if let Some(mark) = inside_namespace(PLANTED_COMMIT, &["caught", "skipped"]) {
-        planted_is_caught(mark, "CommitOnLeaderAlone", vec![Fault::Isolate], 21..=24);
+        planted_is_caught(
+            mark,
+            "CommitOnLeaderAlone",
+            vec![Fault::Isolate],
+            2000,
+            21..=24,
+        );
     }
+}
+
+const PLANTED_READ: &str = "a_leader_that_reads_without_a_quorum_is_caught";
+
+#[test]
+fn a_leader_that_reads_without_a_quorum_is_caught() {
+    // Planted: a leader answers reads from its own state without a
+    // heartbeat round proving it still leads (ReadIndex without its
+    // quorum check). A leader cut off with a slow clock keeps believing
+    // it leads while the others elect a new one; clients that gave up on
+    // it (300 ms) write there, and one that comes back to the old leader
+    // reads a value already overwritten.
+    if let Some(mark) = inside_namespace(PLANTED_READ, &["caught", "skipped"]) {
+        planted_is_caught(mark, "ReadWithoutQuorum", vec![Fault::Clock], 300, 1..=6);
+    }
+}
+
+const SLOW_CLOCK: &str = "a_cut_off_leader_with_a_slow_clock_loses_nothing";
+
+#[test]
+fn a_cut_off_leader_with_a_slow_clock_loses_nothing() {
+    // The same fault as above without the bug: reads on the old leader
+    // wait for a quorum it cannot reach, and give up.
+    let Some(mark) = inside_namespace(SLOW_CLOCK, &["passed"]) else {
+        return;
+    };
+    let report = run(&options(3, vec![Fault::Clock], 300, runs_dir())).expect("the run starts");
+    eprintln!("{report}");
+    assert_passed(&report);
+    std::fs::write(mark, format!("passed\n{report}")).expect("the report is written");
 }
