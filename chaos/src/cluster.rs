@@ -9,8 +9,13 @@
 //! At most one running node has a slow clock (a thread pausing and
 //! continuing it); the thread is joined, and the node left running,
 //! before that node is stopped, continued, killed or healed.
-//! A node restarts with the same address and data directory; node `i`
-//! binds [`node_ip`]`(i)`, so partitions can tell nodes apart.
+//! A node restarts with the same address and data directory. Slot `i`
+//! (1..=n) binds [`node_ip`]`(i)` at a port fixed for the run, so
+//! partitions can tell slots apart and clients' addresses stay good; it
+//! holds node id `i` until a membership fault removes that node and puts
+//! a new id (or the same id with an empty directory) in its place. A
+//! removed slot holds no process and is added back before the cluster is
+//! healed, so every slot is a voter again after [`Cluster::heal`].
 
 use std::fs::OpenOptions;
 use std::io;
@@ -35,6 +40,9 @@ pub enum NodeState {
     Stopped,
     /// Killed, not restarted yet.
     Dead,
+    /// Removed from the configuration and killed; its data is gone, and
+    /// [`Cluster::heal`] (or [`Cluster::member_in`]) adds a node back.
+    Removed,
 }
 
 /// The processes of one cluster, with ids 1..=n.
@@ -46,6 +54,15 @@ pub struct Cluster {
     states: Vec<NodeState>,
     flags: Vec<String>,
     env: Vec<(String, String)>,
+    /// The node id in each slot.
+    ids: Vec<u64>,
+    /// Whether each slot's node was started with `--join` (a node added
+    /// by a membership fault) rather than with the first `--peers`.
+    joined: Vec<bool>,
+    /// The first `--peers` (every original node restarts with it).
+    peers: String,
+    /// The id the next replacement node gets.
+    next_id: u64,
     /// Nodes found exited on their own: id and exit status.
     crashes: Vec<(usize, String)>,
     /// The node whose clock runs slow, if any ([`Cluster::slow_clock`]).
@@ -135,6 +152,9 @@ impl Cluster {
             .map(|s| s.local_addr().map(|a| a.port()))
             .collect::<io::Result<Vec<u16>>>()?;
         drop(probes);
+        let peers: Vec<String> = (1..=nodes)
+            .map(|k| format!("{k}={}:{}", node_ip(k), ports[k - 1]))
+            .collect();
         let mut cluster = Cluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -143,6 +163,10 @@ impl Cluster {
             states: vec![NodeState::Dead; nodes],
             flags,
             env,
+            ids: (1..=nodes as u64).collect(),
+            joined: vec![false; nodes],
+            peers: peers.join(","),
+            next_id: nodes as u64 + 1,
             crashes: Vec::new(),
             strobe: None,
         };
@@ -183,20 +207,32 @@ impl Cluster {
         self.states[id - 1]
     }
 
+    /// The node id slot `slot` holds.
+    pub fn node_id(&self, slot: usize) -> u64 {
+        self.ids[slot - 1]
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("data-{id}"))
+    }
+
     fn spawn(&mut self, id: usize) -> io::Result<()> {
-        let peers: Vec<String> = (1..=self.len())
-            .map(|k| format!("{k}={}", self.addr(k)))
-            .collect();
+        let node = self.ids[id - 1];
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("node-{id}.log")))?;
-        let child = Command::new(&self.bin)
-            .args(["serve", "--id", &id.to_string()])
-            .args(["--listen", &self.addr(id)])
-            .args(["--peers", &peers.join(",")])
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["serve", "--id", &node.to_string()])
+            .args(["--listen", &self.addr(id)]);
+        if self.joined[id - 1] {
+            cmd.arg("--join");
+        } else {
+            cmd.args(["--peers", &self.peers]);
+        }
+        let child = cmd
             .arg("--data-dir")
-            .arg(self.dir.join(format!("data-{id}")))
+            .arg(self.data_dir(node))
             .arg("--tls-dir")
             .arg(self.tls_dir())
             .args(&self.flags)
@@ -294,14 +330,19 @@ impl Cluster {
             let _ = child.kill();
             child.wait()?;
         }
-        self.states[id - 1] = NodeState::Dead;
+        if self.states[id - 1] != NodeState::Removed {
+            self.states[id - 1] = NodeState::Dead;
+        }
         Ok(())
     }
 
     /// Starts node `id` again from its data directory (killing it first
-    /// if it runs).
+    /// if it runs); a removed slot is added back instead.
     pub fn restart(&mut self, id: usize) -> io::Result<()> {
         self.kill(id)?;
+        if self.states[id - 1] == NodeState::Removed {
+            return self.member_in(id);
+        }
         self.spawn(id)
     }
 
@@ -337,9 +378,15 @@ impl Cluster {
         self.end_strobe(None)?;
         for id in 1..=self.len() {
             match self.states[id - 1] {
-                NodeState::Running => {}
+                NodeState::Running | NodeState::Removed => {}
                 NodeState::Stopped => self.cont(id)?,
                 NodeState::Dead => self.spawn(id)?,
+            }
+        }
+        // Added back once every other node runs (adding needs a quorum).
+        for id in 1..=self.len() {
+            if self.states[id - 1] == NodeState::Removed {
+                self.member_in(id)?;
             }
         }
         Ok(())
@@ -361,11 +408,13 @@ impl Cluster {
         None
     }
 
-    /// The leader some running node names, asked with `ha-kv status`
-    /// (given up, and the process killed, after twice `timeout`).
-    pub fn leader(&self, timeout: Duration) -> Option<usize> {
+    /// Runs `ha-kv ARGS --cluster .. --tls-dir .. --timeout-ms T`; its
+    /// stdout, or `None` if it could not start or was still running
+    /// after twice `timeout` (then it is killed).
+    fn ha_kv(&self, args: &[&str], timeout: Duration) -> Option<String> {
         let mut child = Command::new(&self.bin)
-            .args(["status", "--cluster", &self.cluster_arg(), "--tls-dir"])
+            .args(args)
+            .args(["--cluster", &self.cluster_arg(), "--tls-dir"])
             .arg(self.tls_dir())
             .args(["--timeout-ms", &timeout.as_millis().to_string()])
             .stdin(Stdio::null())
@@ -383,17 +432,143 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(10));
         }
         let out = child.wait_with_output().ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line).ok()?;
-                let id = v.get("leader")?.as_u64()?;
-                usize::try_from(id)
-                    .ok()
-                    .filter(|id| (1..=self.len()).contains(id))
-            })
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The slot of the leader some running node names, asked with
+    /// `ha-kv status` (given up after twice `timeout`).
+    pub fn leader(&self, timeout: Duration) -> Option<usize> {
+        let out = self.ha_kv(&["status"], timeout)?;
+        out.lines().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            let id = v.get("leader")?.as_u64()?;
+            self.ids.iter().position(|&i| i == id).map(|p| p + 1)
+        })
+    }
+
+    /// The committed configuration, from `ha-kv member list`: each
+    /// member's id and role.
+    fn members(&self) -> Option<Vec<(u64, String)>> {
+        let out = self.ha_kv(&["member", "list"], MEMBER_TIMEOUT)?;
+        let v: serde_json::Value = serde_json::from_str(out.lines().next()?).ok()?;
+        v.get("members")?
+            .as_array()?
+            .iter()
+            .map(|m| Some((m.get("id")?.as_u64()?, m.get("role")?.as_str()?.to_string())))
+            .collect()
+    }
+
+    /// Repeats `step` (an `ha-kv member` command chosen from the current
+    /// configuration) until `done` holds of the configuration; an error
+    /// after [`MEMBER_DEADLINE`] (the cluster is otherwise whole, so a
+    /// change that cannot commit by then is a fault of its own).
+    fn change(
+        &self,
+        what: &str,
+        done: impl Fn(&[(u64, String)]) -> bool,
+        step: impl Fn(&[(u64, String)]) -> Vec<String>,
+    ) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + MEMBER_DEADLINE;
+        loop {
+            if let Some(members) = self.members() {
+                if done(&members) {
+                    return Ok(());
+                }
+                let args = step(&members);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                // Its answer says little (an unknown outcome, "busy"): the
+                // next configuration read decides.
+                let _ = self.ha_kv(&args, MEMBER_TIMEOUT);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "{what}: not done within {} s of asking",
+                    MEMBER_DEADLINE.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Removes slot `slot`'s node from the configuration (`ha-kv member
+    /// remove`; a leader hands over first), kills it, and puts a node in
+    /// its place that is not added yet: a new id (`replace`, with a
+    /// certificate of its own) or the same id with its data directory
+    /// deleted. [`Cluster::member_in`] (or [`Cluster::heal`]) adds it.
+    pub fn member_out(&mut self, slot: usize, replace: bool) -> io::Result<()> {
+        self.end_strobe(Some(slot))?;
+        if self.states[slot - 1] == NodeState::Removed {
+            return Ok(());
+        }
+        // A paused or dead node is brought back first: removing it would
+        // work, but this fault is about the change, not the node.
+        self.cont(slot)?;
+        if self.states[slot - 1] == NodeState::Dead {
+            self.spawn(slot)?;
+        }
+        let id = self.ids[slot - 1];
+        self.change(
+            &format!("removing node {id}"),
+            |m| m.iter().all(|(i, _)| *i != id),
+            |_| vec!["member".into(), "remove".into(), id.to_string()],
+        )?;
+        self.states[slot - 1] = NodeState::Removed;
+        self.kill(slot)?;
+        let next = if replace {
+            let next = self.next_id;
+            self.next_id += 1;
+            let mut certs = Command::new(&self.bin);
+            certs
+                .args(["certs", "--dir"])
+                .arg(self.tls_dir())
+                .args(["--nodes", &next.to_string()]);
+            if netns::inside() {
+                certs.args(["--hosts", &format!("{next}={}", node_ip(slot))]);
+            }
+            run_ok(&mut certs)?;
+            next
+        } else {
+            id
+        };
+        let data = self.data_dir(id);
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        self.ids[slot - 1] = next;
+        self.joined[slot - 1] = true;
+        Ok(())
+    }
+
+    /// Starts the node of a removed slot with `serve --join` and adds it
+    /// (`ha-kv member add`: a learner that catches up, then a voter);
+    /// done when the configuration lists it as a voter.
+    pub fn member_in(&mut self, slot: usize) -> io::Result<()> {
+        if self.states[slot - 1] != NodeState::Removed {
+            return Ok(());
+        }
+        self.spawn(slot)?;
+        let (id, addr) = (self.ids[slot - 1], self.addr(slot));
+        self.change(
+            &format!("adding node {id}"),
+            |m| m.iter().any(|(i, role)| *i == id && role == "voter"),
+            |m| {
+                if m.iter().any(|(i, _)| *i == id) {
+                    vec!["member".into(), "promote".into(), id.to_string()]
+                } else {
+                    vec!["member".into(), "add".into(), id.to_string(), addr.clone()]
+                }
+            },
+        )
     }
 }
+
+/// Each `ha-kv member` call's timeout (an add waits for the learner to
+/// catch up).
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a membership change may take in a cluster with no other
+/// fault.
+const MEMBER_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Drop for Cluster {
     fn drop(&mut self) {

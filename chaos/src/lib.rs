@@ -2,8 +2,10 @@
 //!
 //! Faults injected into real `ha-kv` clusters while clients run, and each
 //! run's history checked for linearizability: the shipped binaries, not
-//! the simulator, under SIGKILL, SIGSTOP and whole-cluster restarts, with
-//! snapshots taken and installed under those faults.
+//! the simulator, under SIGKILL, SIGSTOP, whole-cluster restarts,
+//! partitions, a cut-off node with a slow clock, and membership changes
+//! (a node replaced, or removed and added back empty), with snapshots
+//! taken and installed under those faults.
 //!
 //! Owns: the run ([`run`]: start a cluster, start clients, inject faults
 //! on a seeded schedule, heal, restart every node, read every key back,
@@ -16,7 +18,9 @@
 //!   schedule, not an interleaving.
 //! - At most one node is faulty at a time (a minority of three), except
 //!   for the whole-cluster restart, in which every node is killed at
-//!   once; acknowledged writes must survive both.
+//!   once; acknowledged writes must survive both. A membership fault's
+//!   node is out of the configuration while it lasts, and is a voter
+//!   again before the next fault and before the final phase.
 //! - The run passes only if the history (including the reads after the
 //!   final restart) is linearizable, no node exits on its own, and every
 //!   client answer is one the `ha-kv` contract allows.
@@ -66,11 +70,19 @@ pub enum Fault {
     /// still reach it and the others elect a new leader. Without a
     /// network namespace, only the clock.
     Clock,
+    /// A node (the leader half the time: it hands over first) is removed
+    /// from the configuration and killed; a new node with a new id takes
+    /// its place 1-3 s later, started empty with `serve --join` and added
+    /// (a learner that catches up, by snapshot if need be, then a voter).
+    Replace,
+    /// As [`Fault::Replace`], but the node comes back under its own id
+    /// with its data directory wiped (it forgot every vote it gave).
+    Rejoin,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 9] = [
         Fault::Kill,
         Fault::Stop,
         Fault::RestartAll,
@@ -78,6 +90,8 @@ impl Fault {
         Fault::OneWay,
         Fault::Bridge,
         Fault::Clock,
+        Fault::Replace,
+        Fault::Rejoin,
     ];
 
     /// The faults that are partitions (they need [`netns`]).
@@ -101,6 +115,8 @@ impl Fault {
             Fault::OneWay => "one-way",
             Fault::Bridge => "bridge",
             Fault::Clock => "clock",
+            Fault::Replace => "replace",
+            Fault::Rejoin => "rejoin",
         }
     }
 
@@ -364,9 +380,10 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
                 Fault::Clock => cluster
                     .cont(a.node)
                     .and_then(|()| net.as_mut().map_or(Ok(()), Net::heal)),
+                Fault::Replace | Fault::Rejoin => cluster.member_in(a.node),
             };
             if let Err(e) = undone {
-                broken = Some(format!("undoing {:?} on node {}: {e}", a.fault, a.node));
+                broken = Some(format!("undoing {:?} on slot {}: {e}", a.fault, a.node));
             }
             active = None;
             next_fault = now + Duration::from_millis(rng.range(1000, 4000));
@@ -386,6 +403,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
             } else {
                 rng.range(500, 3000)
             });
+            let id = cluster.node_id(node);
             let done = match fault {
                 Fault::Kill => cluster.kill(node),
                 Fault::Stop => cluster.stop(node),
@@ -400,13 +418,15 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
                         partition(net, Fault::Isolate, node, cluster.len())
                     })
                     .and_then(|()| cluster.slow_clock(node)),
+                Fault::Replace => cluster.member_out(node, true),
+                Fault::Rejoin => cluster.member_out(node, false),
             };
             if let Err(e) = done {
-                broken = Some(format!("{fault:?} on node {node}: {e}"));
+                broken = Some(format!("{fault:?} on node {id} (slot {node}): {e}"));
             }
             *faults.entry(fault.name()).or_insert(0) += 1;
             eprintln!(
-                "{:>8.3} s  {} node {node} for {} ms",
+                "{:>8.3} s  {} node {id} (slot {node}) for {} ms",
                 start.elapsed().as_secs_f64(),
                 fault.name(),
                 hold.as_millis()

@@ -18,7 +18,7 @@ struct Args {
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults: `all`, `none`, or a comma list of kill, stop, restart-all,
-    /// isolate, one-way, bridge, clock (partitions run in a network
+    /// isolate, one-way, bridge, clock, replace, rejoin (partitions run in a network
     /// namespace the command makes with unshare, or are skipped where it
     /// cannot; clock, a cut-off node whose clock runs slow, is then only
     /// the slow clock).

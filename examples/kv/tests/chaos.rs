@@ -1,8 +1,10 @@
 //! Short fixed-seed fault-injection runs of `ha-chaos` over this crate's
 //! `ha-kv` binary: three real nodes, eight `ha-kv repl` clients, SIGKILL,
-//! SIGSTOP, whole-cluster restarts and partitions (in a network namespace
-//! the test makes), snapshots every 50 entries, and the history checked
-//! for linearizability. Longer runs: `ha-chaos --help`.
+//! SIGSTOP, whole-cluster restarts, partitions and a cut-off leader with a
+//! slow clock (in a network namespace the test makes), nodes replaced and
+//! rejoined, snapshots every 50 entries, and the history checked for
+//! linearizability; and planted bugs that must be caught. Longer runs:
+//! `ha-chaos --help`.
 
 use std::path::PathBuf;
 
@@ -70,6 +72,22 @@ fn kills_and_pauses_with_impatient_clients_leave_unknown_outcomes_that_check() {
     .expect("the run starts");
     eprintln!("{report}");
     assert_passed(&report);
+}
+
+#[test]
+fn nodes_replaced_and_rejoined_under_kills_lose_nothing() {
+    // A node removed and a new one added in its place, or the same id
+    // added back with its data wiped (so it catches up by snapshot),
+    // between kills and pauses.
+    let faults = vec![Fault::Replace, Fault::Rejoin, Fault::Kill, Fault::Stop];
+    let report = run(&options(5, faults, 1000, runs_dir())).expect("the run starts");
+    eprintln!("{report}");
+    assert_passed(&report);
+    let changes: u64 = ["replace", "rejoin"]
+        .iter()
+        .filter_map(|k| report.faults.get(k))
+        .sum();
+    assert!(changes >= 2, "too few membership changes:\n{report}");
 }
 
 /// Outside a network namespace: runs test `name` again inside one (or
