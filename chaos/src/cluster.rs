@@ -3,22 +3,28 @@
 //!
 //! Owns: the node processes (each one's log file, data directory and
 //! port), the cluster's certificates, and the signals sent to them.
-//! Invariants: a node is running, stopped (SIGSTOP) or dead; a stopped
-//! node is continued before it is killed or restarted, and every node is
-//! killed when the cluster is dropped, so no run leaves a process behind.
-//! At most one running node has a slow clock (a thread pausing and
-//! continuing it); the thread is joined, and the node left running,
-//! before that node is stopped, continued, killed or healed.
-//! A node restarts with the same address and data directory. Slot `i`
-//! (1..=n) binds [`node_ip`]`(i)` at a port fixed for the run, so
-//! partitions can tell slots apart and clients' addresses stay good; it
-//! holds node id `i` until a membership fault removes that node and puts
-//! a new id (or the same id with an empty directory) in its place. A
-//! removed slot holds no process and is added back before the cluster is
-//! healed, so every slot is a voter again after [`Cluster::heal`].
+//!
+//! Invariants:
+//! - Slot `i` (1..=n) binds [`node_ip`]`(i)` at a port fixed for the run,
+//!   so partitions can tell slots apart and clients' addresses stay good.
+//!   It holds node id `i` until a membership fault removes that node and
+//!   puts a new id (or the same id with its data directory moved aside)
+//!   in its place; its log `node-i.log` has a line for every start.
+//! - A slot is running, stopped (SIGSTOP), dead, or removed (out of the
+//!   configuration, no process). A node restarts with its own address and
+//!   data directory; a node added by a membership fault restarts with
+//!   `--join`, an original one with the first `--peers`.
+//! - A stopped node is continued before it is killed or restarted, and
+//!   every node is killed when the cluster is dropped, so no run leaves a
+//!   process behind (unless the harness itself is killed).
+//! - At most one running node has a slow clock (a thread pausing and
+//!   continuing it); the thread is joined, and the node checked to be
+//!   running, before that node is stopped, continued, killed or healed.
+//! - A removed slot is added back (and every slot is a voter again)
+//!   before [`Cluster::heal`] returns.
 
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, Write};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,7 +51,7 @@ pub enum NodeState {
     Removed,
 }
 
-/// The processes of one cluster, with ids 1..=n.
+/// The processes of one cluster, in slots 1..=n.
 pub struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
@@ -63,8 +69,9 @@ pub struct Cluster {
     peers: String,
     /// The id the next replacement node gets.
     next_id: u64,
-    /// Nodes found exited on their own: id and exit status.
-    crashes: Vec<(usize, String)>,
+    /// Nodes found exited on their own, each told as
+    /// [`Cluster::crashed`] tells it.
+    crashes: Vec<String>,
     /// The node whose clock runs slow, if any ([`Cluster::slow_clock`]).
     strobe: Option<Strobe>,
 }
@@ -73,16 +80,33 @@ pub struct Cluster {
 /// a fraction of real time pass: its timers (ticks) run slow.
 struct Strobe {
     node: usize,
+    pid: String,
     stop: Arc<AtomicBool>,
+    /// The first signal that failed, if one did (the strobe then ended).
+    failed: Arc<std::sync::Mutex<Option<String>>>,
     thread: JoinHandle<()>,
 }
 
 /// How a slow clock is made: the node is paused this long...
 const STROBE_PAUSED: Duration = Duration::from_millis(190);
-/// ...then runs this long, again and again (about a twentieth of real time:
-/// with a 10 ms tick that is delayed, not caught up, after a pause, one
-/// or two ticks per cycle).
+/// ...then runs this long, again and again. With a 10 ms tick that is
+/// delayed, not caught up, after a pause, that is one or two ticks per
+/// cycle: a clock at a tenth to a twentieth of real time.
 const STROBE_RUNNING: Duration = Duration::from_millis(10);
+
+/// Sends `sig` (e.g. `-STOP`) to process `pid`.
+fn send(sig: &str, pid: &str) -> io::Result<()> {
+    run_ok(Command::new("kill").args([sig, pid]))
+}
+
+/// Whether process `pid` is paused (state `T` in `/proc/PID/stat`);
+/// `None` if that cannot be read (it exited, or no `/proc`).
+pub fn paused(pid: u32) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses.
+    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+    Some(state == "T" || state == "t")
+}
 
 /// A UDP port free now on `ip`, below Linux's ephemeral range (32768 and
 /// up), so that no client socket takes it while its node is down between
@@ -218,10 +242,16 @@ impl Cluster {
 
     fn spawn(&mut self, id: usize) -> io::Result<()> {
         let node = self.ids[id - 1];
-        let log = OpenOptions::new()
+        let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("node-{id}.log")))?;
+        let how = if self.joined[id - 1] {
+            "--join"
+        } else {
+            "--peers"
+        };
+        writeln!(log, "--- ha-chaos: node {node} starts in slot {id} ({how})")?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(["serve", "--id", &node.to_string()])
             .args(["--listen", &self.addr(id)]);
@@ -257,65 +287,114 @@ impl Cluster {
         run_ok(Command::new("kill").args([sig, &child.id().to_string()]))
     }
 
-    /// Node `id`'s clock runs slow (about a twentieth of real time) until
-    /// [`Cluster::cont`], [`Cluster::kill`] or [`Cluster::heal`]: a thread
-    /// pauses it (SIGSTOP) and continues it (SIGCONT) in turn. A node
-    /// counts time in ticks of its own timer, so this is the clock skew
-    /// that matters to it: a leader that believes less time has passed
-    /// than has. One node at a time; a paused or dead node is left alone.
+    /// Node `id`'s clock runs slow (a tenth to a twentieth of real time)
+    /// until [`Cluster::cont`], [`Cluster::kill`], [`Cluster::stop`] or
+    /// [`Cluster::heal`]: a thread pauses it (SIGSTOP) and continues it
+    /// (SIGCONT) in turn. A node counts time in ticks of its own timer, so
+    /// this is the clock skew that matters to it: a leader that believes
+    /// less time has passed than has. One node at a time; an error if the
+    /// node is not running or the first pause fails.
     pub fn slow_clock(&mut self, id: usize) -> io::Result<()> {
         self.end_strobe(None)?;
         if self.states[id - 1] != NodeState::Running {
-            return Ok(());
+            return Err(io::Error::other(format!(
+                "slot {id} is not running ({:?})",
+                self.states[id - 1]
+            )));
         }
         let Some(child) = &self.children[id - 1] else {
-            return Ok(());
+            return Err(io::Error::other(format!("slot {id} has no process")));
         };
         let pid = child.id().to_string();
+        // The first pause here, so that a strobe that cannot signal at all
+        // fails the fault instead of passing for one.
+        send("-STOP", &pid)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let (flag, fail, target) = (stop.clone(), failed.clone(), pid.clone());
         let thread = std::thread::spawn(move || {
-            let signal = |sig: &str| {
-                // A failure (the node exited) ends the strobe; the crash
-                // is seen by `crashed`.
-                run_ok(Command::new("kill").args([sig, &pid])).is_ok()
+            let note = |e: io::Error| {
+                let mut f = fail.lock().unwrap_or_else(|e| e.into_inner());
+                f.get_or_insert(e.to_string());
             };
-            while !flag.load(Ordering::Relaxed) && signal("-STOP") {
+            loop {
                 std::thread::sleep(STROBE_PAUSED);
-                if !signal("-CONT") {
+                if let Err(e) = send("-CONT", &target) {
+                    note(e);
                     break;
                 }
                 std::thread::sleep(STROBE_RUNNING);
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Err(e) = send("-STOP", &target) {
+                    note(e);
+                    break;
+                }
             }
-            // Always left running.
-            let _ = signal("-CONT");
         });
         self.strobe = Some(Strobe {
             node: id,
+            pid,
             stop,
+            failed,
             thread,
         });
         Ok(())
     }
 
-    /// Ends the slow clock (of node `only`, or of any node), leaving the
-    /// node running.
+    /// Ends the slow clock (of node `only`, or of any node), and checks
+    /// the node was left running: an error if a signal failed while the
+    /// node lives (a node that exited is a crash, which
+    /// [`Cluster::crashed`] reports) or if it is still paused.
     fn end_strobe(&mut self, only: Option<usize>) -> io::Result<()> {
         if only.is_some_and(|id| self.strobe.as_ref().is_none_or(|s| s.node != id)) {
             return Ok(());
         }
-        if let Some(s) = self.strobe.take() {
-            s.stop.store(true, Ordering::Relaxed);
-            s.thread
-                .join()
-                .map_err(|_| io::Error::other("the slow-clock thread panicked"))?;
+        let Some(s) = self.strobe.take() else {
+            return Ok(());
+        };
+        s.stop.store(true, Ordering::Relaxed);
+        let joined = s.thread.join();
+        let alive = self.children[s.node - 1]
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !alive {
+            return Ok(());
+        }
+        // The thread always ends on a continue; one more does no harm and
+        // covers a thread that died between a pause and its continue.
+        let cont = send("-CONT", &s.pid);
+        if joined.is_err() {
+            return Err(io::Error::other("the slow-clock thread panicked"));
+        }
+        if let Some(e) = s.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(io::Error::other(format!(
+                "the slow clock of slot {} stopped early: {e}",
+                s.node
+            )));
+        }
+        cont?;
+        let pid = s.pid.parse().unwrap_or(0);
+        if paused(pid) == Some(true) {
+            return Err(io::Error::other(format!(
+                "slot {} is still paused after its slow clock ended",
+                s.node
+            )));
         }
         Ok(())
     }
 
+    /// The process id of slot `slot`'s node, if it has one.
+    pub fn pid(&self, slot: usize) -> Option<u32> {
+        self.children[slot - 1].as_ref().map(Child::id)
+    }
+
     /// SIGKILL to node `id` (continued first if stopped).
     pub fn kill(&mut self, id: usize) -> io::Result<()> {
-        self.end_strobe(Some(id))?;
+        // The kill goes ahead whatever the strobe's end says (it is the
+        // one way to be sure the node is not left paused).
+        let strobe = self.end_strobe(Some(id));
         if self.states[id - 1] == NodeState::Stopped {
             // A SIGKILL ends a stopped process too; the CONT only keeps
             // the state tidy, so its failure does not stop the kill.
@@ -324,7 +403,8 @@ impl Cluster {
         if let Some(mut child) = self.children[id - 1].take() {
             // Exited before this kill: a crash, whatever happens next.
             if let Ok(Some(status)) = child.try_wait() {
-                self.crashes.push((id, status.to_string()));
+                let what = self.crash_text(id, &status.to_string());
+                self.crashes.push(what);
             }
             // An error here means it had exited already: dead either way.
             let _ = child.kill();
@@ -333,7 +413,7 @@ impl Cluster {
         if self.states[id - 1] != NodeState::Removed {
             self.states[id - 1] = NodeState::Dead;
         }
-        Ok(())
+        strobe
     }
 
     /// Starts node `id` again from its data directory (killing it first
@@ -392,26 +472,40 @@ impl Cluster {
         Ok(())
     }
 
-    /// Whether a node process exited on its own (a crash): its id and
-    /// exit status.
-    pub fn crashed(&mut self) -> Option<(usize, String)> {
+    /// Whether a node process exited on its own (a crash): what happened,
+    /// naming the node, its slot and its log.
+    pub fn crashed(&mut self) -> Option<String> {
         if let Some(c) = self.crashes.first() {
             return Some(c.clone());
         }
-        for (k, child) in self.children.iter_mut().enumerate() {
-            if let Some(c) = child
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                return Some((k + 1, status.to_string()));
-            }
-        }
-        None
+        let found = self
+            .children
+            .iter_mut()
+            .enumerate()
+            .find_map(|(k, child)| {
+                let status = child.as_mut()?.try_wait().ok()??;
+                Some((k + 1, status))
+            })?;
+        let (slot, status) = found;
+        // Its pid is free now: nothing may signal it any more.
+        let _ = self.end_strobe(Some(slot));
+        let what = self.crash_text(slot, &status.to_string());
+        self.crashes.push(what.clone());
+        Some(what)
     }
 
-    /// Runs `ha-kv ARGS --cluster .. --tls-dir .. --timeout-ms T`; its
-    /// stdout, or `None` if it could not start or was still running
-    /// after twice `timeout` (then it is killed).
-    fn ha_kv(&self, args: &[&str], timeout: Duration) -> Option<String> {
+    fn crash_text(&self, slot: usize, status: &str) -> String {
+        format!(
+            "node {} (slot {slot}) exited on its own ({status}); see node-{slot}.log",
+            self.ids[slot - 1]
+        )
+    }
+
+    /// Runs `BIN ARGS --cluster .. --tls-dir .. --timeout-ms T` (BIN is
+    /// the service's binary, whose operator commands every service has);
+    /// its stdout, or why there is none: it could not start, or was still
+    /// running after twice `timeout` (it is then killed).
+    fn ha_kv(&self, args: &[&str], timeout: Duration) -> Result<String, String> {
         let mut child = Command::new(&self.bin)
             .args(args)
             .args(["--cluster", &self.cluster_arg(), "--tls-dir"])
@@ -419,26 +513,34 @@ impl Cluster {
             .args(["--timeout-ms", &timeout.as_millis().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
-            .ok()?;
+            .map_err(|e| format!("{args:?} did not start: {e}"))?;
         let deadline = std::time::Instant::now() + timeout * 2;
-        while child.try_wait().ok()?.is_none() {
+        while child.try_wait().map_err(|e| e.to_string())?.is_none() {
             if std::time::Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return None;
+                return Err(format!("{args:?} did not end within {:?}", timeout * 2));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let out = child.wait_with_output().ok()?;
-        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if stdout.trim().is_empty() {
+            return Err(format!(
+                "{args:?} printed nothing ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(stdout)
     }
 
     /// The slot of the leader some running node names, asked with
     /// `ha-kv status` (given up after twice `timeout`).
     pub fn leader(&self, timeout: Duration) -> Option<usize> {
-        let out = self.ha_kv(&["status"], timeout)?;
+        let out = self.ha_kv(&["status"], timeout).ok()?;
         out.lines().find_map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).ok()?;
             let id = v.get("leader")?.as_u64()?;
@@ -446,43 +548,60 @@ impl Cluster {
         })
     }
 
-    /// The committed configuration, from `ha-kv member list`: each
-    /// member's id and role.
-    fn members(&self) -> Option<Vec<(u64, String)>> {
-        let out = self.ha_kv(&["member", "list"], MEMBER_TIMEOUT)?;
-        let v: serde_json::Value = serde_json::from_str(out.lines().next()?).ok()?;
-        v.get("members")?
-            .as_array()?
-            .iter()
-            .map(|m| Some((m.get("id")?.as_u64()?, m.get("role")?.as_str()?.to_string())))
-            .collect()
+    /// The committed configuration, from `member list`: each member's id
+    /// and role, or the answer that was not one.
+    fn members(&self, timeout: Duration) -> Result<Vec<(u64, String)>, String> {
+        let out = self.ha_kv(&["member", "list"], timeout)?;
+        let parse = || -> Option<Vec<(u64, String)>> {
+            let v: serde_json::Value = serde_json::from_str(out.lines().next()?).ok()?;
+            v.get("members")?
+                .as_array()?
+                .iter()
+                .map(|m| Some((m.get("id")?.as_u64()?, m.get("role")?.as_str()?.to_string())))
+                .collect()
+        };
+        parse().ok_or_else(|| format!("member list answered {:?}", out.trim()))
     }
 
-    /// Repeats `step` (an `ha-kv member` command chosen from the current
-    /// configuration) until `done` holds of the configuration; an error
-    /// after [`MEMBER_DEADLINE`] (the cluster is otherwise whole, so a
-    /// change that cannot commit by then is a fault of its own).
+    /// Repeats `step` (a `member` command chosen from the current
+    /// configuration) until `done` holds of the configuration. An error
+    /// if a node crashes meanwhile, or after [`MEMBER_DEADLINE`] (the
+    /// cluster has no other fault, so a change that cannot commit by then
+    /// is a fault of its own), with the last answers seen.
     fn change(
-        &self,
+        &mut self,
         what: &str,
         done: impl Fn(&[(u64, String)]) -> bool,
         step: impl Fn(&[(u64, String)]) -> Vec<String>,
     ) -> io::Result<()> {
         let deadline = std::time::Instant::now() + MEMBER_DEADLINE;
+        let mut last: String;
         loop {
-            if let Some(members) = self.members() {
-                if done(&members) {
-                    return Ok(());
+            if let Some(crash) = self.crashed() {
+                return Err(io::Error::other(format!("{what}: {crash}")));
+            }
+            // Each call gets at most the time left (and at least 100 ms).
+            let left = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(MEMBER_TIMEOUT)
+                .max(Duration::from_millis(100));
+            match self.members(left) {
+                Ok(members) if done(&members) => return Ok(()),
+                Ok(members) => {
+                    let args = step(&members);
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    // The answer (done, unknown, busy) says little: the
+                    // next configuration read decides.
+                    last = match self.ha_kv(&args, left) {
+                        Ok(out) => format!("members {members:?}; {args:?} answered {}", out.trim()),
+                        Err(e) => format!("members {members:?}; {e}"),
+                    };
                 }
-                let args = step(&members);
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                // Its answer says little (an unknown outcome, "busy"): the
-                // next configuration read decides.
-                let _ = self.ha_kv(&args, MEMBER_TIMEOUT);
+                Err(e) => last = e,
             }
             if std::time::Instant::now() > deadline {
                 return Err(io::Error::other(format!(
-                    "{what}: not done within {} s of asking",
+                    "{what}: not done within {} s; last: {last}",
                     MEMBER_DEADLINE.as_secs()
                 )));
             }
@@ -507,9 +626,10 @@ impl Cluster {
             self.spawn(slot)?;
         }
         let id = self.ids[slot - 1];
+        let rest = self.voters_but(slot);
         self.change(
             &format!("removing node {id}"),
-            |m| m.iter().all(|(i, _)| *i != id),
+            |m| exactly_voters(m, &rest),
             |_| vec!["member".into(), "remove".into(), id.to_string()],
         )?;
         self.states[slot - 1] = NodeState::Removed;
@@ -530,9 +650,16 @@ impl Cluster {
         } else {
             id
         };
-        let data = self.data_dir(id);
-        if data.exists() {
-            std::fs::remove_dir_all(&data)?;
+        if !replace {
+            // Moved aside, not deleted: a failed run keeps it to read.
+            let data = self.data_dir(id);
+            let aside = (1..)
+                .map(|k| self.dir.join(format!("data-{id}.removed-{k}")))
+                .find(|p| !p.exists())
+                .unwrap_or_else(|| self.dir.join(format!("data-{id}.removed")));
+            if data.exists() {
+                std::fs::rename(&data, aside)?;
+            }
         }
         self.ids[slot - 1] = next;
         self.joined[slot - 1] = true;
@@ -548,9 +675,10 @@ impl Cluster {
         }
         self.spawn(slot)?;
         let (id, addr) = (self.ids[slot - 1], self.addr(slot));
+        let all = self.voters_but(0);
         self.change(
             &format!("adding node {id}"),
-            |m| m.iter().any(|(i, role)| *i == id && role == "voter"),
+            |m| exactly_voters(m, &all),
             |m| {
                 if m.iter().any(|(i, _)| *i == id) {
                     vec!["member".into(), "promote".into(), id.to_string()]
@@ -562,7 +690,25 @@ impl Cluster {
     }
 }
 
-/// Each `ha-kv member` call's timeout (an add waits for the learner to
+impl Cluster {
+    /// The ids of every slot but `slot` (0: every slot) not removed.
+    fn voters_but(&self, slot: usize) -> Vec<u64> {
+        (1..=self.len())
+            .filter(|&k| k != slot && self.states[k - 1] != NodeState::Removed)
+            .map(|k| self.ids[k - 1])
+            .collect()
+    }
+}
+
+/// Whether configuration `m` is exactly `ids`, every one a voter (no
+/// learner, none leaving). A joint configuration that only adds a voter
+/// shows as its outcome already; the leader leaves it as soon as it is
+/// committed.
+fn exactly_voters(m: &[(u64, String)], ids: &[u64]) -> bool {
+    m.len() == ids.len() && m.iter().all(|(i, role)| role == "voter" && ids.contains(i))
+}
+
+/// Each `member` call's timeout (an add waits for the learner to
 /// catch up).
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -28,12 +28,13 @@
 //!   fails, and deleted when it passes unless asked to keep it.
 
 pub mod cluster;
+pub mod counter;
 pub mod lincheck;
 pub mod netns;
 pub mod register;
+pub mod workload;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,9 +43,49 @@ use std::time::{Duration, Instant};
 use ha_core::rng::SplitMix64;
 
 use cluster::Cluster;
-use lincheck::{Kv, KvInput, Verdict};
+use counter::CounterLoad;
+use lincheck::Verdict;
 use netns::Net;
-use register::{Client, KvOp, Outcomes, Repl};
+use register::Register;
+use workload::{Op, Outcomes, Repl, Workload};
+
+pub use register::CANARY_KEYS;
+
+/// What the clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// get, put, cas and del on a few keys of `ha-kv` ([`register`]).
+    Register,
+    /// adds and reads of one counter through `ha-counter`'s typed client
+    /// ([`counter`]): exactly-once commands.
+    Counter,
+}
+
+impl WorkloadKind {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Register => "register",
+            WorkloadKind::Counter => "counter",
+        }
+    }
+
+    /// The service binary it drives (next to `ha-chaos`, by default).
+    pub fn binary(self) -> &'static str {
+        match self {
+            WorkloadKind::Register => "ha-kv",
+            WorkloadKind::Counter => "ha-counter",
+        }
+    }
+
+    /// Parses `--workload`.
+    pub fn parse(s: &str) -> Result<WorkloadKind, String> {
+        [WorkloadKind::Register, WorkloadKind::Counter]
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("unknown workload {s:?}: use register or counter"))
+    }
+}
 
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,16 +104,16 @@ pub enum Fault {
     OneWay,
     /// Two nodes cannot reach each other; the third reaches both.
     Bridge,
-    /// A node (the leader half the time) is cut off from the others both
-    /// ways, as in [`Fault::Isolate`], and its clock runs at about a
-    /// twentieth of real time ([`Cluster::slow_clock`]), for 2-5 s: a cut-off
+    /// The leader is cut off from the others both ways, as in
+    /// [`Fault::Isolate`], and its clock runs at a tenth to a twentieth of
+    /// real time ([`Cluster::slow_clock`]), for 2-5 s: a cut-off
     /// leader that is slow to notice it lost its followers, while clients
     /// still reach it and the others elect a new leader. Without a
     /// network namespace, only the clock.
     Clock,
     /// A node (the leader half the time: it hands over first) is removed
     /// from the configuration and killed; a new node with a new id takes
-    /// its place 1-3 s later, started empty with `serve --join` and added
+    /// its place 0.5-3 s later, started empty with `serve --join` and added
     /// (a learner that catches up, by snapshot if need be, then a voter).
     Replace,
     /// As [`Fault::Replace`], but the node comes back under its own id
@@ -147,8 +188,11 @@ impl Fault {
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The `ha-kv` binary.
-    pub ha_kv: PathBuf,
+    /// What the clients do.
+    pub workload: WorkloadKind,
+    /// The service's binary: `ha-kv` for the register workload,
+    /// `ha-counter` for the counter.
+    pub bin: PathBuf,
     /// Faults to choose from.
     pub faults: Vec<Fault>,
     /// How long clients run, before the final restart and reads.
@@ -258,10 +302,11 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     if opts.secs == 0 || !(1..=600_000).contains(&opts.timeout_ms) {
         return bad("secs must be at least 1, timeout_ms 1 to 600000");
     }
-    if !opts.ha_kv.is_file() {
+    if !opts.bin.is_file() {
+        let name = opts.workload.binary();
         return Err(format!(
-            "no ha-kv binary at {} (build it with `cargo build --release -p ha-kv`, or pass --ha-kv PATH)",
-            opts.ha_kv.display()
+            "no {name} binary at {} (build it with `cargo build --release -p {name}`, or pass --bin PATH)",
+            opts.bin.display()
         ));
     }
     let stamp = std::time::SystemTime::now()
@@ -269,12 +314,10 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         .map_or(0, |d| d.as_millis());
     let dir = opts.out.join(format!("run-{}-{stamp}", opts.seed));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (verdict, history, outcomes, faults, check_time) = run_in(opts, &dir);
-    if let Ok(mut f) = std::fs::File::create(dir.join("history.jsonl")) {
-        for op in &history {
-            let _ = writeln!(f, "{}", register::history_line(op));
-        }
-    }
+    let (verdict, operations, outcomes, faults, check_time) = match opts.workload {
+        WorkloadKind::Register => run_in(opts, &dir, Register { keys: opts.keys }),
+        WorkloadKind::Counter => run_in(opts, &dir, CounterLoad),
+    };
     let kept = if verdict.is_err() || opts.keep {
         Some(dir)
     } else {
@@ -283,7 +326,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     };
     Ok(Report {
         seed: opts.seed,
-        operations: history.len(),
+        operations,
         outcomes,
         faults,
         check_time,
@@ -292,15 +335,36 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     })
 }
 
+/// A run's verdict, operations, outcomes, faults and check time.
 type RunResult = (
     Result<(), String>,
-    Vec<KvOp>,
+    usize,
     Outcomes,
     BTreeMap<&'static str, u64>,
     Duration,
 );
 
-fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
+/// Runs workload `w`; its history goes to `dir/history.jsonl`.
+fn run_in<W: Workload>(opts: &Options, dir: &std::path::Path, w: W) -> RunResult {
+    let (verdict, history, outcomes, faults, check_time) = run_load(opts, dir, &w);
+    if let Err(e) = workload::write_history::<W>(&dir.join("history.jsonl"), &history) {
+        eprintln!("ha-chaos: writing the history: {e}");
+    }
+    (verdict, history.len(), outcomes, faults, check_time)
+}
+
+#[allow(clippy::type_complexity)]
+fn run_load<W: Workload>(
+    opts: &Options,
+    dir: &std::path::Path,
+    w: &W,
+) -> (
+    Result<(), String>,
+    Vec<Op<W>>,
+    Outcomes,
+    BTreeMap<&'static str, u64>,
+    Duration,
+) {
     let mut faults = BTreeMap::new();
     let mut outcomes = Outcomes::default();
     let mut history = Vec::new();
@@ -324,7 +388,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
         .iter()
         .map(|b| ("HA_PLANTED_BUG".to_string(), b.clone()))
         .collect();
-    let mut cluster = match Cluster::start(&opts.ha_kv, dir, opts.nodes, flags, env) {
+    let mut cluster = match Cluster::start(&opts.bin, dir, opts.nodes, flags, env) {
         Ok(c) => c,
         Err(e) => {
             return fail(
@@ -349,23 +413,23 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
             }
         };
         let pid = repl.pid();
-        let client = Client::new(id, opts.seed, opts.keys);
-        let stop = stop.clone();
-        let worker =
-            std::thread::spawn(move || register::client_loop(client, repl, start, until, &stop));
+        let client = w.client(id, opts.seed);
+        let (w, stop) = (w.clone(), stop.clone());
+        let worker = std::thread::spawn(move || {
+            workload::client_loop(w, id, client, repl, start, until, &stop)
+        });
         workers.push((worker, pid));
     }
     // The nemesis, on this thread: a fault every 1-4 s, each held for
-    // 0.5-3 s, one at a time.
+    // 0.5-3 s (a slow clock 2-5 s), one at a time, and none that would
+    // not be over while the clients still run.
     let mut rng = SplitMix64::new(opts.seed);
     let mut active: Option<Active> = None;
     let mut next_fault = start + Duration::from_millis(rng.range(1000, 4000));
     while start.elapsed() < until && broken.is_none() {
         std::thread::sleep(Duration::from_millis(50));
-        if let Some((id, status)) = cluster.crashed() {
-            broken = Some(format!(
-                "node {id} exited on its own ({status}); see node-{id}.log"
-            ));
+        if let Some(crash) = cluster.crashed() {
+            broken = Some(crash);
             break;
         }
         let now = Instant::now();
@@ -391,11 +455,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
         if active.is_none() && now >= next_fault && !opts.faults.is_empty() {
             let fault = opts.faults[rng.range(0, opts.faults.len() as u64) as usize];
             let random = rng.range(1, cluster.len() as u64 + 1) as usize;
-            let node = if rng.range(0, 2) == 0 {
-                cluster.leader(Duration::from_millis(500)).unwrap_or(random)
-            } else {
-                random
-            };
+            let coin = rng.range(0, 2) == 0;
             let hold = Duration::from_millis(if fault == Fault::Clock {
                 // Long enough for a new leader, and clients that left the
                 // old one, while the old one still believes it leads.
@@ -403,6 +463,24 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
             } else {
                 rng.range(500, 3000)
             });
+            // A membership change takes a few seconds more to make and
+            // undo; a fault still on when the clients stop is not tested.
+            let extra = if matches!(fault, Fault::Replace | Fault::Rejoin) {
+                Duration::from_secs(3)
+            } else {
+                Duration::ZERO
+            };
+            if start.elapsed() + hold + extra >= until {
+                next_fault = start + until;
+                continue;
+            }
+            // A slow clock is a stale leader's fault: always the leader.
+            let leader = if fault == Fault::Clock || coin {
+                cluster.leader(Duration::from_millis(500))
+            } else {
+                None
+            };
+            let node = leader.unwrap_or(random);
             let id = cluster.node_id(node);
             let done = match fault {
                 Fault::Kill => cluster.kill(node),
@@ -426,9 +504,10 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
             }
             *faults.entry(fault.name()).or_insert(0) += 1;
             eprintln!(
-                "{:>8.3} s  {} node {id} (slot {node}) for {} ms",
+                "{:>8.3} s  {} node {id} (slot {node}{}) for {} ms",
                 start.elapsed().as_secs_f64(),
                 fault.name(),
+                if leader.is_some() { ", the leader" } else { "" },
                 hold.as_millis()
             );
             active = Some(Active {
@@ -476,14 +555,12 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
         broken.get_or_insert(format!("healing the network: {e}"));
     }
     if broken.is_none()
-        && let Err(e) = final_phase(opts, &mut cluster, start, &mut history, &mut outcomes)
+        && let Err(e) = final_phase(opts, w, &mut cluster, start, &mut history, &mut outcomes)
     {
         broken = Some(e);
     }
-    if let Some((id, status)) = cluster.crashed() {
-        broken.get_or_insert(format!(
-            "node {id} exited on its own ({status}); see node-{id}.log"
-        ));
+    if let Some(crash) = cluster.crashed() {
+        broken.get_or_insert(crash);
     }
     drop(cluster);
     // A bug asked for but not taken up (a name the nodes do not know, a
@@ -500,7 +577,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> RunResult {
         return fail(e, history, outcomes, faults);
     }
     let t = Instant::now();
-    let verdict = match lincheck::check_partitioned(&Kv, &history, |i| i.key()) {
+    let verdict = match w.check(&history) {
         Verdict::Linearizable => Ok(()),
         Verdict::NotLinearizable(f) => Err(f.to_string()),
         Verdict::Unknown(why) => Err(format!("the checker gave up: {why}")),
@@ -533,28 +610,25 @@ fn partition(net: &mut Net, fault: Fault, node: usize, nodes: usize) -> std::io:
 /// A new `ha-kv repl` client of `cluster`.
 fn client(opts: &Options, cluster: &Cluster) -> std::io::Result<Repl> {
     Repl::start(
-        &opts.ha_kv,
+        &opts.bin,
         &cluster.cluster_arg(),
         &cluster.tls_dir(),
         opts.timeout_ms,
     )
 }
 
-/// Keys past the workload's that the final phase writes just before the
-/// final restart: no workload operation (and no unknown one) touches them,
-/// so a restart that loses an acknowledged write cannot be explained away.
-pub const CANARY_KEYS: u64 = 4;
-
-/// After the clients stop: heal every node, write each canary key (until
-/// one write of it is acknowledged), kill every node at once and start
-/// them all, then read every key, the canaries included, until each read
-/// is answered (the cluster is whole, so within a minute per key). All of
-/// it goes into the history.
-fn final_phase(
+/// After the clients stop: heal every node, make the workload's canary
+/// writes (each until one attempt is acknowledged), kill every node at
+/// once and start them all, then make its final reads (each until
+/// answered). Each step has a minute once the cluster is whole. All of it
+/// goes into the history, except final reads with no answer (they say
+/// nothing).
+fn final_phase<W: Workload>(
     opts: &Options,
+    w: &W,
     cluster: &mut Cluster,
     start: Instant,
-    history: &mut Vec<KvOp>,
+    history: &mut Vec<Op<W>>,
     outcomes: &mut Outcomes,
 ) -> Result<(), String> {
     cluster
@@ -562,37 +636,43 @@ fn final_phase(
         .map_err(|e| format!("healing the nodes: {e}"))?;
     let mut repl =
         client(opts, cluster).map_err(|e| format!("the final client did not start: {e}"))?;
-    let mut reader = Client::new(opts.clients, opts.seed, opts.keys + CANARY_KEYS);
+    let id = opts.clients;
+    let mut reader = w.client(id, opts.seed);
     // Until one answer of `input(reader)` counts as `done`.
-    let mut until_done = |reader: &mut Client,
+    let mut until_done = |reader: &mut W::Client,
                           repl: &mut Repl,
-                          input: &dyn Fn(&mut Client) -> KvInput,
+                          input: &mut dyn FnMut(&mut W::Client) -> workload::In<W>,
                           done: fn(&Outcomes) -> bool,
-                          history: &mut Vec<KvOp>|
+                          when: &str,
+                          history: &mut Vec<Op<W>>|
      -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut counts = Outcomes::default();
             let op = input(reader);
-            reader.run(repl, op, start, history, &mut counts)?;
+            workload::run_op::<W>(id, reader, repl, op.clone(), start, history, &mut counts)?;
             *outcomes += counts;
             if done(&counts) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "{op:?} got no answer within a minute of the cluster healing"
+                    "{op:?} {when}: not done within a minute (see the node logs)"
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    for key in opts.keys..opts.keys + CANARY_KEYS {
-        let put = |c: &mut Client| KvInput::Put {
-            key,
-            value: c.next_value(),
-        };
-        until_done(&mut reader, &mut repl, &put, |c| c.writes == 1, history)?;
+    for k in 0..w.canaries() {
+        let mut put = |c: &mut W::Client| w.canary(c, k);
+        until_done(
+            &mut reader,
+            &mut repl,
+            &mut put,
+            |c| c.writes == 1,
+            "before the final restart",
+            history,
+        )?;
     }
     drop(repl);
     cluster
@@ -600,10 +680,17 @@ fn final_phase(
         .map_err(|e| format!("the final restart: {e}"))?;
     let mut repl =
         client(opts, cluster).map_err(|e| format!("the final reader did not start: {e}"))?;
-    for key in 0..opts.keys + CANARY_KEYS {
+    for read in w.final_reads() {
         let before = history.len();
-        let get = move |_: &mut Client| KvInput::Get { key };
-        until_done(&mut reader, &mut repl, &get, |c| c.ok == 1, history)?;
+        let mut get = |_: &mut W::Client| read.clone();
+        until_done(
+            &mut reader,
+            &mut repl,
+            &mut get,
+            |c| c.ok == 1,
+            "after the final restart",
+            history,
+        )?;
         // Unknown reads say nothing (the checker drops them): keep only
         // the answered one.
         let answered = history.pop();
@@ -636,7 +723,8 @@ mod tests {
     fn a_missing_binary_is_a_clear_error_not_a_failed_run() {
         let out = std::env::temp_dir().join("ha-chaos-no-binary");
         let opts = Options {
-            ha_kv: out.join("no-such-ha-kv"),
+            workload: WorkloadKind::Register,
+            bin: out.join("no-such-ha-kv"),
             faults: Vec::new(),
             secs: 1,
             seed: 1,
@@ -650,9 +738,6 @@ mod tests {
             planted_bug: None,
         };
         let e = run(&opts).unwrap_err();
-        assert!(
-            e.contains("no ha-kv binary") && e.contains("--ha-kv"),
-            "{e}"
-        );
+        assert!(e.contains("no ha-kv binary") && e.contains("--bin"), "{e}");
     }
 }

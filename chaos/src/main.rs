@@ -1,4 +1,4 @@
-//! `ha-chaos`: seeded fault-injection runs over a real `ha-kv` cluster,
+//! `ha-chaos`: seeded fault-injection runs over a real cluster (`ha-kv` or `ha-counter`),
 //! each checked for linearizability; prints a summary table and exits 0
 //! if every run passed, 1 if one failed, 2 on bad usage.
 
@@ -6,15 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ha_chaos::{Fault, Options, netns};
+use ha_chaos::{Fault, Options, WorkloadKind, netns};
 
-/// Faults injected into a real ha-kv cluster while clients run; every
+/// Faults injected into a real ha-kv or ha-counter cluster while clients run; every
 /// run's history is checked for linearizability.
 #[derive(Parser, Debug)]
 #[command(name = "ha-chaos")]
 struct Args {
-    /// The workload (only `register` so far: get, put, cas and del on a
-    /// few keys).
+    /// The workload: `register` (get, put, cas and del on a few keys of
+    /// ha-kv) or `counter` (adds and reads of one ha-counter through its
+    /// typed client: exactly-once commands).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults: `all`, `none`, or a comma list of kill, stop, restart-all,
@@ -48,9 +49,10 @@ struct Args {
     /// Each client request's timeout.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
-    /// The ha-kv binary (default: next to this one).
+    /// The service's binary (default: ha-kv or ha-counter, by workload,
+    /// next to this one).
     #[arg(long)]
-    ha_kv: Option<PathBuf>,
+    bin: Option<PathBuf>,
     /// Where run directories go (a failed run's is kept there).
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
@@ -58,11 +60,14 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Plant a bug in every node (e.g. CommitOnLeaderAlone), to see the
-    /// suite catch it; needs ha-kv built with
+    /// suite catch it; needs the service built with
     /// `--features ha-core/planted-bugs`.
     #[arg(long)]
     planted_bug: Option<String>,
 }
+
+/// What runs without a network namespace.
+const SKIPPED: &str = "partitions skipped, and the clock fault runs without its cut";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -70,12 +75,10 @@ fn main() -> ExitCode {
         eprintln!("ha-chaos: {msg}");
         ExitCode::from(2)
     };
-    if args.workload != "register" {
-        return usage(format!(
-            "unknown workload {:?}: use register",
-            args.workload
-        ));
-    }
+    let workload = match WorkloadKind::parse(&args.workload) {
+        Ok(w) => w,
+        Err(e) => return usage(e),
+    };
     let mut faults = match Fault::parse_list(&args.nemesis) {
         Ok(f) => f,
         Err(e) => return usage(e),
@@ -88,8 +91,8 @@ fn main() -> ExitCode {
             .and_then(|exe| netns::reexec(&exe, &std::env::args().skip(1).collect::<Vec<_>>()));
         match again.map(|mut cmd| cmd.status()) {
             Ok(Ok(status)) => return ExitCode::from(status.code().map_or(1, |c| c as u8)),
-            Ok(Err(e)) => eprintln!("ha-chaos: partitions skipped: {e}"),
-            Err(e) => eprintln!("ha-chaos: partitions skipped: {e}"),
+            Ok(Err(e)) => eprintln!("ha-chaos: {SKIPPED}: {e}"),
+            Err(e) => eprintln!("ha-chaos: {SKIPPED}: {e}"),
         }
         faults.retain(|f| !f.is_partition());
         if faults.is_empty() {
@@ -106,13 +109,13 @@ fn main() -> ExitCode {
     if args.keys > 1 << 20 {
         return usage("--keys must be at most 1048576".into());
     }
-    let ha_kv = match args.ha_kv {
+    let bin = match args.bin {
         Some(p) => p,
         None => match std::env::current_exe() {
-            Ok(exe) => exe.with_file_name("ha-kv"),
+            Ok(exe) => exe.with_file_name(workload.binary()),
             Err(e) => {
                 return usage(format!(
-                    "cannot find this binary's directory ({e}); pass --ha-kv"
+                    "cannot find this binary's directory ({e}); pass --bin"
                 ));
             }
         },
@@ -121,7 +124,8 @@ fn main() -> ExitCode {
     let mut table = Vec::new();
     for k in 0..args.runs {
         let opts = Options {
-            ha_kv: ha_kv.clone(),
+            workload,
+            bin: bin.clone(),
             faults: faults.clone(),
             secs: args.secs,
             seed: args.seed.wrapping_add(k),

@@ -1,131 +1,82 @@
 //! The register workload: clients run get, put, cas and del on a few keys
 //! through `ha-kv repl` (the shipped client, one process per client), and
-//! every call and answer is recorded for the checker.
+//! every call and answer is recorded for the checker, each key checked on
+//! its own.
 //!
-//! Owns: the client processes and the history they produce. Invariants:
+//! Owns: the operations' choice and their lines and answers. Invariant:
 //! every value written is distinct (client and sequence number), so a
-//! read names the one write it saw; an answer the contract calls
-//! "certainly not applied" leaves the history, one whose outcome is
-//! unknown stays in it with no return; times are microseconds since the
-//! run began, taken just before the request is written and just after the
-//! answer is read, so each operation's real interval contains its effect.
-
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+//! read names the one write it saw.
 
 use ha_core::rng::SplitMix64;
 use serde_json::Value;
 
-use crate::lincheck::{KvInput, KvOutput, Operation};
+use crate::lincheck::{self, Kv, KvInput, KvOutput, Verdict};
+use crate::workload::{Op, Workload};
 
-/// One recorded operation.
-pub type KvOp = Operation<KvInput, KvOutput>;
-
-/// Counts of a client's outcomes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Outcomes {
-    /// Answered (done, or a cas that did not match).
-    pub ok: u64,
-    /// Certainly not applied (left out of the history).
-    pub not_applied: u64,
-    /// Outcome unknown (kept with no return).
-    pub unknown: u64,
-    /// Of `ok`, writes acknowledged as done (put, del, cas that wrote).
-    pub writes: u64,
+/// The register workload over `keys` keys, and [`CANARY_KEYS`] more that
+/// only the final phase writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Register {
+    /// Keys the clients share.
+    pub keys: u64,
 }
 
-impl std::ops::AddAssign for Outcomes {
-    fn add_assign(&mut self, o: Outcomes) {
-        self.ok += o.ok;
-        self.not_applied += o.not_applied;
-        self.unknown += o.unknown;
-        self.writes += o.writes;
+/// Keys past the workload's that the final phase writes just before the
+/// final restart: no workload operation (and no unknown one) touches them,
+/// so a restart that loses an acknowledged write cannot be explained away.
+pub const CANARY_KEYS: u64 = 4;
+
+impl Workload for Register {
+    type Model = Kv;
+    type Client = Client;
+
+    fn client(&self, id: u64, seed: u64) -> Client {
+        Client::new(id, seed, self.keys + CANARY_KEYS)
     }
-}
 
-/// A client: one `ha-kv repl` process.
-pub struct Repl {
-    child: Child,
-    stdin: ChildStdin,
-    /// Lines of its output, read by a thread of their own so that an
-    /// answer that never comes is a timeout here, not a hang.
-    lines: std::sync::mpsc::Receiver<io::Result<String>>,
-    /// How long an answer may take: three request timeouts and 5 s.
-    patience: Duration,
-}
+    fn choose(&self, c: &mut Client) -> KvInput {
+        c.choose(self.keys)
+    }
 
-impl Repl {
-    /// Starts `ha-kv repl` against the cluster.
-    pub fn start(bin: &Path, cluster: &str, tls: &Path, timeout_ms: u64) -> io::Result<Repl> {
-        let mut child = Command::new(bin)
-            .args(["repl", "--cluster", cluster, "--tls-dir"])
-            .arg(tls)
-            .args(["--timeout-ms", &timeout_ms.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| io::Error::other("no stdin"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("no stdout"))?;
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut out = BufReader::new(stdout);
-            loop {
-                let mut line = String::new();
-                let read = out.read_line(&mut line).map(|n| (n, line));
-                let end = !matches!(read, Ok((n, _)) if n > 0);
-                if tx.send(read.map(|(_, l)| l)).is_err() || end {
-                    return;
+    fn line(input: &KvInput) -> String {
+        line(input)
+    }
+
+    fn outcome(input: &KvInput, answer: &Value) -> Result<Option<Option<KvOutput>>, String> {
+        outcome(input, answer)
+    }
+
+    fn answered(c: &mut Client, input: &KvInput, output: &KvOutput) -> bool {
+        match output {
+            KvOutput::Value(v) | KvOutput::Cas(Err(v)) => {
+                if let Some(seen) = c.last_seen.get_mut(input.key() as usize) {
+                    *seen = *v;
                 }
+                false
             }
-        });
-        let patience = Duration::from_millis(timeout_ms.saturating_mul(3).saturating_add(5000));
-        Ok(Repl {
-            child,
-            stdin,
-            lines,
-            patience,
-        })
-    }
-
-    /// The process id (to kill a client that stopped answering).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends one command line and reads its one JSON answer.
-    pub fn call(&mut self, line: &str) -> io::Result<Value> {
-        writeln!(self.stdin, "{line}")?;
-        self.stdin.flush()?;
-        let answer = match self.lines.recv_timeout(self.patience) {
-            Ok(answer) => answer?,
-            Err(_) => {
-                return Err(io::Error::other(format!(
-                    "no answer to {line:?} within {} ms",
-                    self.patience.as_millis()
-                )));
-            }
-        };
-        if answer.is_empty() {
-            return Err(io::Error::other("the client process closed its output"));
+            _ => true,
         }
-        serde_json::from_str(&answer)
-            .map_err(|e| io::Error::other(format!("not a JSON line ({e}): {answer:?}")))
     }
-}
 
-impl Drop for Repl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn canaries(&self) -> u64 {
+        CANARY_KEYS
+    }
+
+    fn canary(&self, c: &mut Client, k: u64) -> KvInput {
+        KvInput::Put {
+            key: self.keys + k,
+            value: c.next_value(),
+        }
+    }
+
+    fn final_reads(&self) -> Vec<KvInput> {
+        (0..self.keys + CANARY_KEYS)
+            .map(|key| KvInput::Get { key })
+            .collect()
+    }
+
+    fn check(&self, history: &[Op<Self>]) -> Verdict {
+        lincheck::check_partitioned(&Kv, history, |i| i.key())
     }
 }
 
@@ -194,8 +145,6 @@ pub struct Client {
     pub id: u64,
     /// Its choices.
     pub rng: SplitMix64,
-    /// Keys to pick from.
-    pub keys: u64,
     /// The values it last saw, per key (cas expects them).
     pub last_seen: Vec<Option<u64>>,
     /// Writes so far (values are `(id + 1) << 32 | n`).
@@ -203,7 +152,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client with id `id`, seeded from the run's seed.
+    /// A client with id `id`, seeded from the run's seed, that remembers
+    /// what it saw of `keys` keys.
     pub fn new(id: u64, seed: u64, keys: u64) -> Client {
         Client {
             id,
@@ -212,7 +162,6 @@ impl Client {
             rng: SplitMix64::new(
                 SplitMix64::new(seed).next_u64() ^ SplitMix64::new(!id).next_u64().rotate_left(17),
             ),
-            keys,
             last_seen: vec![None; keys as usize],
             writes: 0,
         }
@@ -224,9 +173,9 @@ impl Client {
         ((self.id + 1) << 32) | self.writes
     }
 
-    /// The next operation.
-    pub fn choose(&mut self) -> KvInput {
-        let key = self.rng.range(0, self.keys);
+    /// The next operation, on one of the first `keys` keys.
+    pub fn choose(&mut self, keys: u64) -> KvInput {
+        let key = self.rng.range(0, keys);
         match self.rng.range(0, 10) {
             0..=3 => KvInput::Get { key },
             4..=5 => KvInput::Put {
@@ -241,85 +190,6 @@ impl Client {
             _ => KvInput::Del { key },
         }
     }
-
-    /// Runs `input` through `repl`, appending it to `history` unless it
-    /// certainly did not apply.
-    pub fn run(
-        &mut self,
-        repl: &mut Repl,
-        input: KvInput,
-        start: Instant,
-        history: &mut Vec<KvOp>,
-        counts: &mut Outcomes,
-    ) -> Result<(), String> {
-        let call = micros(start);
-        let answer = repl
-            .call(&line(&input))
-            .map_err(|e| format!("client {}: {e}", self.id))?;
-        let ret = micros(start);
-        let Some(output) = outcome(&input, &answer)? else {
-            counts.not_applied += 1;
-            return Ok(());
-        };
-        match &output {
-            Some(KvOutput::Value(v) | KvOutput::Cas(Err(v))) => {
-                if let Some(seen) = self.last_seen.get_mut(input.key() as usize) {
-                    *seen = *v;
-                }
-                counts.ok += 1;
-            }
-            Some(_) => {
-                counts.ok += 1;
-                counts.writes += 1;
-            }
-            None => counts.unknown += 1,
-        }
-        history.push(Operation {
-            client: self.id,
-            call,
-            ret: output.map(|o| (ret, o)),
-            input,
-        });
-        Ok(())
-    }
-}
-
-/// Microseconds since `start`.
-pub fn micros(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Runs one client until `until` or until `stop` is set, then returns
-/// its history (with the error that ended it early, if one did: the
-/// history up to it is kept for the record).
-pub fn client_loop(
-    mut client: Client,
-    mut repl: Repl,
-    start: Instant,
-    until: Duration,
-    stop: &std::sync::atomic::AtomicBool,
-) -> (Vec<KvOp>, Outcomes, Option<String>) {
-    let mut history = Vec::new();
-    let mut counts = Outcomes::default();
-    while start.elapsed() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let input = client.choose();
-        if let Err(e) = client.run(&mut repl, input, start, &mut history, &mut counts) {
-            return (history, counts, Some(e));
-        }
-    }
-    (history, counts, None)
-}
-
-/// One line of the history file: what was called and answered.
-pub fn history_line(op: &KvOp) -> String {
-    serde_json::json!({
-        "client": op.client,
-        "call_us": op.call,
-        "ret_us": op.ret.as_ref().map(|(t, _)| *t),
-        "input": line(&op.input),
-        "output": op.ret.as_ref().map(|(_, o)| format!("{o:?}")),
-    })
-    .to_string()
 }
 
 #[cfg(test)]
@@ -421,7 +291,7 @@ mod tests {
         assert_ne!(a.next_value(), va);
         let picks = |seed| {
             let mut c = Client::new(3, seed, 4);
-            (0..20).map(|_| c.choose()).collect::<Vec<_>>()
+            (0..20).map(|_| c.choose(4)).collect::<Vec<_>>()
         };
         assert_eq!(picks(9), picks(9));
         assert_ne!(picks(9), picks(10));

@@ -10,7 +10,10 @@
 //!   the framework's operator commands (`ha_server::cli`), so the same type
 //!   runs as one node per process;
 //! - `ha-counter add N` and `ha-counter get` are this service's client
-//!   commands, one JSON line each.
+//!   commands, one JSON line each; `ha-counter repl` reads them from stdin
+//!   (`add N`, `get`, one per line) and answers each with one JSON line,
+//!   in order, through one typed client and so one session (the fault
+//!   suite's counter workload drives it).
 
 use clap::{Parser, Subcommand};
 use ha_core::{ApplyContext, Replicated, replicated};
@@ -74,6 +77,13 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Read `add N` and `get` from stdin, one per line, and answer each
+    /// with exactly one JSON line (as `add` and `get` print), in order,
+    /// flushed at once; nothing else on stdout.
+    Repl {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn main() {
@@ -92,8 +102,44 @@ fn main() {
                 emit(Outcome::value(client.client::<Counter>().add(delta).await))
             }
             Command::Get { client } => emit(Outcome::value(client.client::<Counter>().get().await)),
+            Command::Repl { client } => repl(&client).await,
         }
     })
+}
+
+/// `ha-counter repl`: one client for every line, so retries of an add
+/// reuse its session and sequence number (exactly once).
+async fn repl(c: &ClientArgs) -> i32 {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let counter = c.client::<Counter>();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let outcome = match words.as_slice() {
+            [] => continue,
+            ["get"] => Outcome::value(counter.get().await),
+            ["add", n] => match n.parse::<i64>() {
+                Ok(delta) => Outcome::value(counter.add(delta).await),
+                Err(e) => usage(&line, &e.to_string()),
+            },
+            _ => usage(&line, "use add N | get"),
+        };
+        let (json, _) = outcome.render();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{json}");
+        let _ = out.flush();
+    }
+    0
+}
+
+/// The answer to a line `repl` cannot parse (nothing was sent).
+fn usage(line: &str, why: &str) -> Outcome {
+    Outcome::Done(serde_json::json!({
+        "ok": false,
+        "error": "usage",
+        "message": format!("cannot parse '{line}': {why}"),
+    }))
 }
 
 async fn demo() -> Result<(), Box<dyn std::error::Error>> {
