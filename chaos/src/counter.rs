@@ -12,8 +12,8 @@
 use ha_core::rng::SplitMix64;
 use serde_json::Value;
 
-use crate::lincheck::{self, Counter, CounterInput, Verdict};
-use crate::workload::{Op, Workload};
+use crate::lincheck::{self, Counter, CounterInput};
+use crate::workload::{Op, Workload, verdict};
 
 /// The counter workload (one counter, starting at 0).
 #[derive(Clone, Copy, Debug, Default)]
@@ -106,8 +106,8 @@ impl Workload for CounterLoad {
         vec![CounterInput::Get]
     }
 
-    fn check(&self, history: &[Op<Self>]) -> Verdict {
-        lincheck::check(&Counter { initial: 0 }, history)
+    fn check(&self, history: &[Op<Self>]) -> Result<(), String> {
+        verdict(lincheck::check(&Counter { initial: 0 }, history))
     }
 }
 

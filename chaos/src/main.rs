@@ -1,4 +1,4 @@
-//! `ha-chaos`: seeded fault-injection runs over a real cluster (`ha-kv` or `ha-counter`),
+//! `ha-chaos`: seeded fault-injection runs over a real cluster (`ha-kv`, `ha-counter` or `ha-bank`),
 //! each checked for linearizability; prints a summary table and exits 0
 //! if every run passed, 1 if one failed, 2 on bad usage.
 
@@ -14,8 +14,10 @@ use ha_chaos::{Fault, Options, WorkloadKind, netns};
 #[command(name = "ha-chaos")]
 struct Args {
     /// The workload: `register` (get, put, cas and del on a few keys of
-    /// ha-kv) or `counter` (adds and reads of one ha-counter through its
-    /// typed client: exactly-once commands).
+    /// ha-kv), `counter` (adds and reads of one ha-counter through its
+    /// typed client: exactly-once commands) or `bank` (transfers between
+    /// ha-bank's accounts and reads of every balance: the total never
+    /// changes).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults: `all`, `none`, or a comma list of kill, stop, restart-all,
@@ -49,8 +51,8 @@ struct Args {
     /// Each client request's timeout.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
-    /// The service's binary (default: ha-kv or ha-counter, by workload,
-    /// next to this one).
+    /// The service's binary (default: ha-kv, ha-counter or ha-bank, by
+    /// workload, next to this one).
     #[arg(long)]
     bin: Option<PathBuf>,
     /// Where run directories go (a failed run's is kept there).

@@ -10,8 +10,8 @@
 use ha_core::rng::SplitMix64;
 use serde_json::Value;
 
-use crate::lincheck::{self, Kv, KvInput, KvOutput, Verdict};
-use crate::workload::{Op, Workload};
+use crate::lincheck::{self, Kv, KvInput, KvOutput};
+use crate::workload::{Op, Workload, verdict};
 
 /// The register workload over `keys` keys, and [`CANARY_KEYS`] more that
 /// only the final phase writes.
@@ -75,8 +75,8 @@ impl Workload for Register {
             .collect()
     }
 
-    fn check(&self, history: &[Op<Self>]) -> Verdict {
-        lincheck::check_partitioned(&Kv, history, |i| i.key())
+    fn check(&self, history: &[Op<Self>]) -> Result<(), String> {
+        verdict(lincheck::check_partitioned(&Kv, history, |i| i.key()))
     }
 }
 

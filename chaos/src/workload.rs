@@ -20,6 +20,15 @@ use serde_json::Value;
 
 use crate::lincheck::{Model, Operation, Verdict};
 
+/// The checker's verdict as a run reports it.
+pub fn verdict(v: Verdict) -> Result<(), String> {
+    match v {
+        Verdict::Linearizable => Ok(()),
+        Verdict::NotLinearizable(f) => Err(f.to_string()),
+        Verdict::Unknown(why) => Err(format!("the checker gave up: {why}")),
+    }
+}
+
 /// A history entry of workload `W`.
 pub type Op<W> = Operation<In<W>, Out<W>>;
 /// Workload `W`'s operation inputs.
@@ -57,8 +66,9 @@ pub trait Workload: Clone + Send + 'static {
     fn canary(&self, c: &mut Self::Client, k: u64) -> In<Self>;
     /// The reads after that restart (each made until answered).
     fn final_reads(&self) -> Vec<In<Self>>;
-    /// Checks a whole history.
-    fn check(&self, history: &[Op<Self>]) -> Verdict;
+    /// Checks a whole history: `Err` says what is wrong with it (see
+    /// [`verdict`]).
+    fn check(&self, history: &[Op<Self>]) -> Result<(), String>;
 }
 
 /// Counts of a client's outcomes.
