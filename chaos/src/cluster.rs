@@ -99,13 +99,23 @@ fn send(sig: &str, pid: &str) -> io::Result<()> {
     run_ok(Command::new("kill").args([sig, pid]))
 }
 
-/// Whether process `pid` is paused (state `T` in `/proc/PID/stat`);
-/// `None` if that cannot be read (it exited, or no `/proc`).
-pub fn paused(pid: u32) -> Option<bool> {
+/// Process `pid`'s state letter in `/proc/PID/stat` (`T` stopped, `Z`
+/// exited and not reaped, ...); `None` if it cannot be read.
+fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The state follows the command name, which is in parentheses.
-    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
-    Some(state == "T" || state == "t")
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Whether process `pid` is paused (state `T` or `t`); `None` if that
+/// cannot be read (it was reaped, or there is no `/proc`).
+pub fn paused(pid: u32) -> Option<bool> {
+    proc_state(pid).map(|c| c == 'T' || c == 't')
 }
 
 /// A UDP port free now on `ip`, below Linux's ephemeral range (32768 and
@@ -478,6 +488,14 @@ impl Cluster {
         if let Some(c) = self.crashes.first() {
             return Some(c.clone());
         }
+        // A slow-clocked node that exited (a zombie, not reaped yet): its
+        // strobe ends before the reaping frees the pid for reuse.
+        if let Some(st) = &self.strobe
+            && proc_state(st.pid.parse().unwrap_or(0)) == Some('Z')
+        {
+            let node = st.node;
+            let _ = self.end_strobe(Some(node));
+        }
         let found = self
             .children
             .iter_mut()
@@ -506,7 +524,7 @@ impl Cluster {
     /// its stdout, or why there is none: it could not start, or was still
     /// running after twice `timeout` (it is then killed).
     fn ha_kv(&self, args: &[&str], timeout: Duration) -> Result<String, String> {
-        let mut child = Command::new(&self.bin)
+        let child = Command::new(&self.bin)
             .args(args)
             .args(["--cluster", &self.cluster_arg(), "--tls-dir"])
             .arg(self.tls_dir())
@@ -516,16 +534,21 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("{args:?} did not start: {e}"))?;
-        let deadline = std::time::Instant::now() + timeout * 2;
-        while child.try_wait().map_err(|e| e.to_string())?.is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+        // Read to the end on a thread of its own, so that a chatty command
+        // never blocks on a full pipe while this one waits.
+        let pid = child.id().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(timeout * 2) {
+            Ok(out) => out.map_err(|e| e.to_string())?,
+            Err(_) => {
+                // The thread still holds the child: it reaps it once killed.
+                let _ = send("-KILL", &pid);
                 return Err(format!("{args:?} did not end within {:?}", timeout * 2));
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        };
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if stdout.trim().is_empty() {
             return Err(format!(
@@ -705,7 +728,12 @@ impl Cluster {
 /// shows as its outcome already; the leader leaves it as soon as it is
 /// committed.
 fn exactly_voters(m: &[(u64, String)], ids: &[u64]) -> bool {
-    m.len() == ids.len() && m.iter().all(|(i, role)| role == "voter" && ids.contains(i))
+    let mut have: Vec<u64> = m.iter().map(|(i, _)| *i).collect();
+    let mut want = ids.to_vec();
+    have.sort_unstable();
+    want.sort_unstable();
+    // A list naming one member twice is not the expected one.
+    m.iter().all(|(_, role)| role == "voter") && have == want
 }
 
 /// Each `member` call's timeout (an add waits for the learner to

@@ -13,7 +13,7 @@ use ha_core::rng::SplitMix64;
 use serde_json::Value;
 
 use crate::lincheck::{self, Counter, CounterInput};
-use crate::workload::{Op, Workload, verdict};
+use crate::workload::{Op, Workload, not_applied_code, verdict};
 
 /// The counter workload (one counter, starting at 0).
 #[derive(Clone, Copy, Debug, Default)]
@@ -82,8 +82,8 @@ impl Workload for CounterLoad {
                     "the client refused {:?}: {answer}",
                     Self::line(input)
                 )),
-                Some("mismatch") | None => Err(broken()),
-                Some(_) => Ok(None),
+                Some(code) if not_applied_code(code) => Ok(None),
+                _ => Err(broken()),
             },
             Some(Value::Null) => Ok(Some(None)),
             _ => Err(broken()),
@@ -141,6 +141,8 @@ mod tests {
         assert!(out(json!({"ok": true})).is_err());
         assert!(out(json!({"ok": true, "value": "7"})).is_err());
         assert!(out(json!({"ok": false, "error": "usage", "message": "m"})).is_err());
+        assert!(out(json!({"ok": false, "error": "failed", "message": "m"})).is_err());
+        assert!(out(json!({"ok": false, "error": "gone", "message": "m"})).is_err());
         assert!(out(json!({"ok": false, "error": "mismatch", "value": 1})).is_err());
         assert!(out(json!({"ok": false, "message": "m"})).is_err());
         assert!(out(json!({"value": 1})).is_err());

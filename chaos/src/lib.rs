@@ -1,6 +1,7 @@
 //! # ha-chaos
 //!
-//! Faults injected into real `ha-kv` clusters while clients run, and each
+//! Faults injected into real clusters (`ha-kv`, `ha-counter`, `ha-bank`)
+//! while clients run, and each
 //! run's history checked for linearizability: the shipped binaries, not
 //! the simulator, under SIGKILL, SIGSTOP, whole-cluster restarts,
 //! partitions, a cut-off node with a slow clock, and membership changes
@@ -8,9 +9,10 @@
 //! taken and installed under those faults.
 //!
 //! Owns: the run ([`run`]: start a cluster, start clients, inject faults
-//! on a seeded schedule, heal, restart every node, read every key back,
-//! check), its [`Report`], the checker ([`lincheck`]) and the pieces in
-//! [`cluster`] and [`register`].
+//! on a seeded schedule, heal, make the workload's canary writes, restart
+//! every node, read back, check), its [`Report`], the checker
+//! ([`lincheck`]), the processes and faults ([`cluster`], [`netns`]) and
+//! the workloads ([`workload`]: [`register`], [`counter`], [`bank`]).
 //!
 //! Invariants of a run:
 //! - The seed fixes every choice (operations, faults, targets, durations);
@@ -23,7 +25,8 @@
 //!   again before the next fault and before the final phase.
 //! - The run passes only if the history (including the reads after the
 //!   final restart) is linearizable, no node exits on its own, and every
-//!   client answer is one the `ha-kv` contract allows.
+//!   client answer is one the service's contract allows (an answer that
+//!   is neither done, nor certainly not applied, nor unknown fails it).
 //! - A run's directory (node logs, data, `history.jsonl`) is kept when it
 //!   fails, and deleted when it passes unless asked to keep it.
 
@@ -200,7 +203,7 @@ pub struct Options {
     /// What the clients do.
     pub workload: WorkloadKind,
     /// The service's binary: `ha-kv` for the register workload,
-    /// `ha-counter` for the counter.
+    /// `ha-counter` for the counter, `ha-bank` for the bank.
     pub bin: PathBuf,
     /// Faults to choose from.
     pub faults: Vec<Fault>,
@@ -224,7 +227,7 @@ pub struct Options {
     /// Keep the run directory even when the run passes.
     pub keep: bool,
     /// A bug for the nodes to plant (`HA_PLANTED_BUG`; honoured only by
-    /// an `ha-kv` built with `ha-core/planted-bugs`, which then logs
+    /// a service built with `ha-core/planted-bugs`, which then logs
     /// "planted bug active").
     pub planted_bug: Option<String>,
 }
@@ -576,11 +579,14 @@ fn run_load<W: Workload>(
     // A bug asked for but not taken up (a name the nodes do not know, a
     // binary built without the feature) would make a pass mean nothing.
     if let Some(bug) = &opts.planted_bug {
-        let log = std::fs::read_to_string(dir.join("node-1.log")).unwrap_or_default();
-        if !log.contains("planted bug active") {
-            broken.get_or_insert(format!(
-                "the nodes did not plant {bug:?} (no \"planted bug active\" in node-1.log)"
-            ));
+        for slot in 1..=opts.nodes {
+            let name = format!("node-{slot}.log");
+            let log = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+            if !log.contains("planted bug active") {
+                broken.get_or_insert(format!(
+                    "the nodes did not plant {bug:?} (no \"planted bug active\" in {name})"
+                ));
+            }
         }
     }
     if let Some(e) = broken {
@@ -613,7 +619,7 @@ fn partition(net: &mut Net, fault: Fault, node: usize, nodes: usize) -> std::io:
     }
 }
 
-/// A new `ha-kv repl` client of `cluster`.
+/// A new `repl` client (of the service's binary) of `cluster`.
 fn client(opts: &Options, cluster: &Cluster) -> std::io::Result<Repl> {
     Repl::start(
         &opts.bin,

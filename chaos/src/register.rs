@@ -11,7 +11,7 @@ use ha_core::rng::SplitMix64;
 use serde_json::Value;
 
 use crate::lincheck::{self, Kv, KvInput, KvOutput};
-use crate::workload::{Op, Workload, verdict};
+use crate::workload::{Op, Workload, not_applied_code, verdict};
 
 /// The register workload over `keys` keys, and [`CANARY_KEYS`] more that
 /// only the final phase writes.
@@ -22,9 +22,13 @@ pub struct Register {
 }
 
 /// Keys past the workload's that the final phase writes just before the
-/// final restart: no workload operation (and no unknown one) touches them,
-/// so a restart that loses an acknowledged write cannot be explained away.
-pub const CANARY_KEYS: u64 = 4;
+/// final restart, each attempt a key of its own: no workload operation,
+/// and no other attempt (an unknown one included), touches it, so a
+/// restart that loses an acknowledged write cannot be explained away.
+pub const CANARY_KEYS: u64 = 16;
+
+/// Canary writes that must be acknowledged before the final restart.
+pub const CANARY_WRITES: u64 = 4;
 
 impl Workload for Register {
     type Model = Kv;
@@ -59,12 +63,16 @@ impl Workload for Register {
     }
 
     fn canaries(&self) -> u64 {
-        CANARY_KEYS
+        CANARY_WRITES
     }
 
-    fn canary(&self, c: &mut Client, k: u64) -> KvInput {
+    fn canary(&self, c: &mut Client, _: u64) -> KvInput {
+        // Past the last canary key (twelve attempts failed), the last one
+        // again: the run goes on, with a weaker canary.
+        let key = self.keys + c.canaries.min(CANARY_KEYS - 1);
+        c.canaries += 1;
         KvInput::Put {
-            key: self.keys + k,
+            key,
             value: c.next_value(),
         }
     }
@@ -129,10 +137,9 @@ fn outcome(input: &KvInput, answer: &Value) -> Result<Option<Option<KvOutput>>, 
             Some("mismatch") if matches!(input, KvInput::Cas { .. }) => {
                 Ok(Some(Some(KvOutput::Cas(Err(field("value")?)))))
             }
-            Some("mismatch") => Err(broken()),
             Some("usage") => Err(format!("the client refused {:?}: {answer}", line(input))),
-            Some(_) => Ok(None),
-            None => Err(broken()),
+            Some(code) if not_applied_code(code) => Ok(None),
+            _ => Err(broken()),
         },
         Some(Value::Null) => Ok(Some(None)),
         _ => Err(broken()),
@@ -149,6 +156,8 @@ pub struct Client {
     pub last_seen: Vec<Option<u64>>,
     /// Writes so far (values are `(id + 1) << 32 | n`).
     pub writes: u64,
+    /// Canary writes attempted so far (each on a key of its own).
+    pub canaries: u64,
 }
 
 impl Client {
@@ -164,6 +173,7 @@ impl Client {
             ),
             last_seen: vec![None; keys as usize],
             writes: 0,
+            canaries: 0,
         }
     }
 
@@ -239,7 +249,7 @@ mod tests {
         assert_eq!(
             out(
                 &put,
-                json!({"ok": false, "error": "not_leader", "message": "m"})
+                json!({"ok": false, "error": "not_applied", "message": "m"})
             ),
             Ok(None)
         );
@@ -254,6 +264,16 @@ mod tests {
         // mismatch without its value, a mismatch of anything but a cas, or
         // a refusal without a code break the contract.
         assert!(out(&put, json!({"ok": false, "error": "usage", "message": "m"})).is_err());
+        // A command that ran and failed, or a code nobody knows, is not
+        // "certainly not applied".
+        assert!(
+            out(
+                &put,
+                json!({"ok": false, "error": "failed", "message": "m"})
+            )
+            .is_err()
+        );
+        assert!(out(&put, json!({"ok": false, "error": "gone", "message": "m"})).is_err());
         assert!(out(&put, json!({"value": "1"})).is_err());
         assert!(out(&get, json!({"ok": true, "value": 5})).is_err());
         assert!(out(&get, json!({"ok": true})).is_err());

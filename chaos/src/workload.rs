@@ -29,6 +29,17 @@ pub fn verdict(v: Verdict) -> Result<(), String> {
     }
 }
 
+/// Whether an `"ok":false` answer's `error` code means the command
+/// certainly did not take effect (`ha_core::Error::is_not_applied`:
+/// refused before it could reach a log, or a query that found no
+/// leader). Every other code breaks a workload's contract: `failed` (the
+/// command ran on every replica and panicked, keeping what it changed)
+/// cannot happen to these services' methods, and a code this list does
+/// not know must not be taken for "not applied".
+pub fn not_applied_code(code: &str) -> bool {
+    matches!(code, "not_applied" | "unavailable" | "busy")
+}
+
 /// A history entry of workload `W`.
 pub type Op<W> = Operation<In<W>, Out<W>>;
 /// Workload `W`'s operation inputs.
@@ -74,13 +85,15 @@ pub trait Workload: Clone + Send + 'static {
 /// Counts of a client's outcomes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Outcomes {
-    /// Answered (done, or a cas that did not match).
+    /// Answered (done, or an answer that says what was seen, such as a
+    /// cas that did not match).
     pub ok: u64,
     /// Certainly not applied (left out of the history).
     pub not_applied: u64,
     /// Outcome unknown (kept with no return).
     pub unknown: u64,
-    /// Of `ok`, writes acknowledged as done (put, del, cas that wrote).
+    /// Of `ok`, writes acknowledged as done ([`Workload::answered`]: a
+    /// put, del or cas that wrote; an add; a transfer that moved money).
     pub writes: u64,
 }
 
@@ -93,7 +106,7 @@ impl std::ops::AddAssign for Outcomes {
     }
 }
 
-/// A client: one `ha-kv repl` process.
+/// A client: one `<service> repl` process (ha-kv, ha-counter, ha-bank).
 pub struct Repl {
     child: Child,
     stdin: ChildStdin,
@@ -105,7 +118,7 @@ pub struct Repl {
 }
 
 impl Repl {
-    /// Starts `ha-kv repl` against the cluster.
+    /// Starts `BIN repl` against the cluster.
     pub fn start(bin: &Path, cluster: &str, tls: &Path, timeout_ms: u64) -> io::Result<Repl> {
         let mut child = Command::new(bin)
             .args(["repl", "--cluster", cluster, "--tls-dir"])

@@ -30,9 +30,10 @@ pub struct Counter {
 
 #[replicated]
 impl Counter {
-    /// Adds `delta` and returns the new value.
+    /// Adds `delta` and returns the new value (which stops at `i64`'s
+    /// bounds rather than wrap).
     pub fn add(&mut self, delta: i64, ctx: &ApplyContext) -> i64 {
-        self.value += delta;
+        self.value = self.value.saturating_add(delta);
         // Leader-stamped time: the same on every replica.
         self.changed_at_ms = ctx.time_ms;
         self.value

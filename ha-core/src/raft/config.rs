@@ -64,6 +64,11 @@ pub enum PlantedBug {
     /// without a heartbeat round proving it is still leader (ReadIndex
     /// without its quorum check).
     ReadWithoutQuorum,
+    /// Not a core bug: the session table applies a retried command again
+    /// instead of answering the result it kept (exactly-once broken for
+    /// every retry that reaches the log twice). Read by the state machine
+    /// from `HA_PLANTED_BUG` ([`PlantedBug::from_env_once`]).
+    RetryAppliedTwice,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -76,10 +81,18 @@ impl PlantedBug {
         match name.as_str() {
             "CommitOnLeaderAlone" => Some(PlantedBug::CommitOnLeaderAlone),
             "ReadWithoutQuorum" => Some(PlantedBug::ReadWithoutQuorum),
+            "RetryAppliedTwice" => Some(PlantedBug::RetryAppliedTwice),
             "VoteWithoutLogCheck" => Some(PlantedBug::VoteWithoutLogCheck),
             "CommitPreviousTermByCount" => Some(PlantedBug::CommitPreviousTermByCount),
             _ => None,
         }
+    }
+
+    /// [`PlantedBug::from_env`], read once per process (for code that
+    /// runs on every command).
+    pub fn from_env_once() -> Option<PlantedBug> {
+        static BUG: std::sync::OnceLock<Option<PlantedBug>> = std::sync::OnceLock::new();
+        *BUG.get_or_init(PlantedBug::from_env)
     }
 }
 
