@@ -15,7 +15,8 @@ use serde_json::Value;
 use crate::lincheck::{self, Bank, BankInput, BankOutput};
 use crate::workload::{Op, Workload, not_applied_code, verdict};
 
-/// The bank workload over `ha-bank`'s accounts.
+/// The bank workload over `ha-bank`'s accounts (at least four: the
+/// workload's transfers use all but the last two).
 #[derive(Clone, Copy, Debug)]
 pub struct BankLoad {
     /// How many accounts (`ha-bank`'s `ACCOUNTS`).

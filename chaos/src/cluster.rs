@@ -524,7 +524,7 @@ impl Cluster {
     /// its stdout, or why there is none: it could not start, or was still
     /// running after twice `timeout` (it is then killed).
     fn ha_kv(&self, args: &[&str], timeout: Duration) -> Result<String, String> {
-        let child = Command::new(&self.bin)
+        let mut child = Command::new(&self.bin)
             .args(args)
             .args(["--cluster", &self.cluster_arg(), "--tls-dir"])
             .arg(self.tls_dir())
@@ -534,20 +534,38 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("{args:?} did not start: {e}"))?;
-        // Read to the end on a thread of its own, so that a chatty command
-        // never blocks on a full pipe while this one waits.
-        let pid = child.id().to_string();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let out = match rx.recv_timeout(timeout * 2) {
-            Ok(out) => out.map_err(|e| e.to_string())?,
-            Err(_) => {
-                // The thread still holds the child: it reaps it once killed.
-                let _ = send("-KILL", &pid);
-                return Err(format!("{args:?} did not end within {:?}", timeout * 2));
+        // Its output is read to the end by threads of their own, so that a
+        // chatty command never blocks on a full pipe while this one waits;
+        // the child stays here, to be killed (never by a pid that may have
+        // been reused) if it runs too long.
+        let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|r| Box::new(r) as _));
+        let stderr = drain(child.stderr.take().map(|r| Box::new(r) as _));
+        let deadline = std::time::Instant::now() + timeout * 2;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if std::time::Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{args:?} did not end within {:?}", timeout * 2));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(e.to_string()),
             }
+        };
+        let out = std::process::Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
         };
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if stdout.trim().is_empty() {

@@ -67,7 +67,7 @@ impl Workload for Register {
     }
 
     fn canary(&self, c: &mut Client, _: u64) -> KvInput {
-        // Past the last canary key (twelve attempts failed), the last one
+        // Past the last canary key (sixteen attempts made), the last one
         // again: the run goes on, with a weaker canary.
         let key = self.keys + c.canaries.min(CANARY_KEYS - 1);
         c.canaries += 1;

@@ -150,9 +150,12 @@ impl<T: Replicated> Sessions<T> {
                 == Some(crate::raft::PlantedBug::RetryAppliedTwice);
             #[cfg(not(feature = "planted-bugs"))]
             let planted = false;
-            if !planted {
-                return Some(r.outcome());
+            if planted {
+                // Applied again, and nothing else of the gate: the bug is
+                // the double apply alone.
+                return None;
             }
+            return Some(r.outcome());
         }
         // A new number on a session already keeping the most results it
         // may: the oldest is closed and forgotten (a retry of it is answered
