@@ -13,7 +13,7 @@ use ha_core::rng::SplitMix64;
 use serde_json::Value;
 
 use crate::lincheck::{self, Bank, BankInput, BankOutput};
-use crate::workload::{Op, Workload, not_applied_code, verdict};
+use crate::workload::{Op, Workload, client_rng, valued_outcome, verdict};
 
 /// The bank workload over `ha-bank`'s accounts (at least four: the
 /// workload's transfers use all but the last two).
@@ -42,9 +42,7 @@ impl Workload for BankLoad {
 
     fn client(&self, id: u64, seed: u64) -> BankClient {
         BankClient {
-            rng: SplitMix64::new(
-                SplitMix64::new(seed).next_u64() ^ SplitMix64::new(!id).next_u64().rotate_left(41),
-            ),
+            rng: client_rng(seed, id, 41),
         }
     }
 
@@ -72,41 +70,15 @@ impl Workload for BankLoad {
     }
 
     fn outcome(input: &BankInput, answer: &Value) -> Result<Option<Option<BankOutput>>, String> {
-        let broken = || {
-            format!(
-                "an answer outside the contract to {:?}: {answer}",
-                Self::line(input)
-            )
-        };
-        match answer.get("ok") {
-            Some(Value::Bool(true)) => {
-                let v = answer.get("value").ok_or_else(broken)?;
-                let out = match input {
-                    BankInput::Transfer { .. } => {
-                        BankOutput::Moved(v.as_bool().ok_or_else(broken)?)
-                    }
-                    BankInput::Read => BankOutput::Balances(
-                        v.as_array()
-                            .ok_or_else(broken)?
-                            .iter()
-                            .map(Value::as_i64)
-                            .collect::<Option<Vec<i64>>>()
-                            .ok_or_else(broken)?,
-                    ),
-                };
-                Ok(Some(Some(out)))
-            }
-            Some(Value::Bool(false)) => match answer.get("error").and_then(Value::as_str) {
-                Some("usage") => Err(format!(
-                    "the client refused {:?}: {answer}",
-                    Self::line(input)
-                )),
-                Some(code) if not_applied_code(code) => Ok(None),
-                _ => Err(broken()),
-            },
-            Some(Value::Null) => Ok(Some(None)),
-            _ => Err(broken()),
-        }
+        valued_outcome(&Self::line(input), answer, |v| match input {
+            BankInput::Transfer { .. } => v.as_bool().map(BankOutput::Moved),
+            BankInput::Read => v
+                .as_array()?
+                .iter()
+                .map(Value::as_i64)
+                .collect::<Option<Vec<i64>>>()
+                .map(BankOutput::Balances),
+        })
     }
 
     fn answered(_: &mut BankClient, _: &BankInput, output: &BankOutput) -> bool {

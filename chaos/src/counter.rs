@@ -13,7 +13,7 @@ use ha_core::rng::SplitMix64;
 use serde_json::Value;
 
 use crate::lincheck::{self, Counter, CounterInput};
-use crate::workload::{Op, Workload, not_applied_code, verdict};
+use crate::workload::{Op, Workload, client_rng, valued_outcome, verdict};
 
 /// The counter workload (one counter, starting at 0).
 #[derive(Clone, Copy, Debug, Default)]
@@ -33,9 +33,7 @@ impl Workload for CounterLoad {
 
     fn client(&self, id: u64, seed: u64) -> CounterClient {
         CounterClient {
-            rng: SplitMix64::new(
-                SplitMix64::new(seed).next_u64() ^ SplitMix64::new(!id).next_u64().rotate_left(29),
-            ),
+            rng: client_rng(seed, id, 29),
         }
     }
 
@@ -63,31 +61,7 @@ impl Workload for CounterLoad {
         input: &CounterInput,
         answer: &Value,
     ) -> Result<Option<Option<Option<i64>>>, String> {
-        let broken = || {
-            format!(
-                "an answer outside the contract to {:?}: {answer}",
-                Self::line(input)
-            )
-        };
-        match answer.get("ok") {
-            Some(Value::Bool(true)) => {
-                let v = answer
-                    .get("value")
-                    .and_then(Value::as_i64)
-                    .ok_or_else(broken)?;
-                Ok(Some(Some(Some(v))))
-            }
-            Some(Value::Bool(false)) => match answer.get("error").and_then(Value::as_str) {
-                Some("usage") => Err(format!(
-                    "the client refused {:?}: {answer}",
-                    Self::line(input)
-                )),
-                Some(code) if not_applied_code(code) => Ok(None),
-                _ => Err(broken()),
-            },
-            Some(Value::Null) => Ok(Some(None)),
-            _ => Err(broken()),
-        }
+        valued_outcome(&Self::line(input), answer, |v| v.as_i64().map(Some))
     }
 
     fn answered(_: &mut CounterClient, input: &CounterInput, _: &Option<i64>) -> bool {

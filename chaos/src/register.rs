@@ -166,11 +166,7 @@ impl Client {
     pub fn new(id: u64, seed: u64, keys: u64) -> Client {
         Client {
             id,
-            // Each client's stream starts from a mix of (seed, id), so no
-            // two clients' streams are shifted copies of each other.
-            rng: SplitMix64::new(
-                SplitMix64::new(seed).next_u64() ^ SplitMix64::new(!id).next_u64().rotate_left(17),
-            ),
+            rng: crate::workload::client_rng(seed, id, 17),
             last_seen: vec![None; keys as usize],
             writes: 0,
             canaries: 0,

@@ -40,6 +40,43 @@ pub fn not_applied_code(code: &str) -> bool {
     matches!(code, "not_applied" | "unavailable" | "busy")
 }
 
+/// Client `id`'s own stream of choices, mixed from (`seed`, `id`) so no
+/// two clients' streams are shifted copies of each other; `salt` keeps
+/// each workload's streams apart.
+pub fn client_rng(seed: u64, id: u64, salt: u32) -> ha_core::rng::SplitMix64 {
+    use ha_core::rng::SplitMix64;
+    SplitMix64::new(
+        SplitMix64::new(seed).next_u64() ^ SplitMix64::new(!id).next_u64().rotate_left(salt),
+    )
+}
+
+/// What `answer` to the command `line` means, for a service whose done
+/// answer carries a value that `value` reads (see [`Workload::outcome`]):
+/// done with its value, unknown (`"ok":null`), certainly not applied (a
+/// [`not_applied_code`]), or outside the contract (anything else, a
+/// refused line included).
+#[allow(clippy::type_complexity)]
+pub fn valued_outcome<O>(
+    line: &str,
+    answer: &Value,
+    value: impl FnOnce(&Value) -> Option<O>,
+) -> Result<Option<Option<O>>, String> {
+    let broken = || format!("an answer outside the contract to {line:?}: {answer}");
+    match answer.get("ok") {
+        Some(Value::Bool(true)) => {
+            let v = answer.get("value").and_then(value).ok_or_else(broken)?;
+            Ok(Some(Some(v)))
+        }
+        Some(Value::Bool(false)) => match answer.get("error").and_then(Value::as_str) {
+            Some("usage") => Err(format!("the client refused {line:?}: {answer}")),
+            Some(code) if not_applied_code(code) => Ok(None),
+            _ => Err(broken()),
+        },
+        Some(Value::Null) => Ok(Some(None)),
+        _ => Err(broken()),
+    }
+}
+
 /// A history entry of workload `W`.
 pub type Op<W> = Operation<In<W>, Out<W>>;
 /// Workload `W`'s operation inputs.
