@@ -111,6 +111,14 @@ fn catches_planted_bug_applied_before_restore() {
     hunt(Bug::AppliedBeforeRestore);
 }
 
+/// A snapshot installed without discarding the conflicting log suffix (the
+/// kept suffix answered as matching): a deposed leader's own entries after
+/// the snapshot are counted as the leader's, and committed.
+#[test]
+fn catches_planted_bug_snapshot_keeps_conflicting_suffix() {
+    hunt_for(Bug::SnapshotKeepsConflictingSuffix, "State Machine Safety");
+}
+
 /// Sessions re-created by a command that could be their first: a retry
 /// stamped after a fast-clocked leader expired the session runs again.
 #[test]

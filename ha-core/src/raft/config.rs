@@ -69,6 +69,15 @@ pub enum PlantedBug {
     /// every retry that reaches the log twice). Read by the state machine
     /// from `HA_PLANTED_BUG` ([`PlantedBug::from_env_once`]).
     RetryAppliedTwice,
+    /// A follower installing a snapshot keeps the entries its log holds
+    /// after the snapshot's index even when its entry there is not the
+    /// snapshot's (the conflicting suffix is not discarded), and answers
+    /// that its log matches the leader's up to its last entry, as a core
+    /// that keeps a suffix in order not to be sent it again would. (Kept
+    /// alone, with the answer naming the snapshot's index, the suffix is
+    /// harmless here: the leader's next append overwrites it entry by entry
+    /// and no commit index reaches it first.)
+    SnapshotKeepsConflictingSuffix,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -84,6 +93,7 @@ impl PlantedBug {
             "RetryAppliedTwice" => Some(PlantedBug::RetryAppliedTwice),
             "VoteWithoutLogCheck" => Some(PlantedBug::VoteWithoutLogCheck),
             "CommitPreviousTermByCount" => Some(PlantedBug::CommitPreviousTermByCount),
+            "SnapshotKeepsConflictingSuffix" => Some(PlantedBug::SnapshotKeepsConflictingSuffix),
             _ => None,
         }
     }

@@ -60,6 +60,28 @@ impl Raft {
         } else {
             membership
         };
+        #[cfg(feature = "planted-bugs")]
+        if self
+            .config
+            .has_bug(PlantedBug::SnapshotKeepsConflictingSuffix)
+        {
+            let keep_suffix = self
+                .log
+                .install_snapshot_keeping_any_suffix(index, term, conf);
+            self.installed_snapshot = Some(SnapshotInstall {
+                index,
+                term,
+                keep_suffix,
+            });
+            // The kept log answered as matching the leader's, as a core that
+            // keeps a suffix in order to spare its sending would.
+            self.send_after_persist(from, self.accepted(self.log.last_index()));
+            return;
+        }
+        // The answer is the snapshot's index, never this log's last: entries
+        // kept after a matching snapshot entry may still conflict with the
+        // leader's (Log Matching speaks of the entries before a match, not
+        // after), and the appends that follow check them one by one.
         let keep_suffix = self.log.install_snapshot(index, term, conf);
         #[cfg(feature = "planted-bugs")]
         if self.config.has_bug(PlantedBug::AppliedBeforeRestore) {

@@ -199,6 +199,31 @@ impl RaftLog {
     /// at `index` (the snapshot's).
     pub fn install_snapshot(&mut self, index: LogIndex, term: Term, conf: Membership) -> bool {
         let keep = self.matches(index, term) && index >= self.offset;
+        self.install_keeping(index, term, conf, keep)
+    }
+
+    /// [`Log::install_snapshot`] with the planted
+    /// [`crate::raft::PlantedBug::SnapshotKeepsConflictingSuffix`]: keeps
+    /// whatever the log holds after `index`, whether or not its entry at
+    /// `index` is the snapshot's.
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn install_snapshot_keeping_any_suffix(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        conf: Membership,
+    ) -> bool {
+        let keep = index >= self.offset && index <= self.last_index();
+        self.install_keeping(index, term, conf, keep)
+    }
+
+    fn install_keeping(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        conf: Membership,
+        keep: bool,
+    ) -> bool {
         if keep {
             let drop = ((index.0 - self.offset.0) as usize).min(self.entries.len());
             self.held_bytes -= bytes_of(&self.entries[..drop]);
