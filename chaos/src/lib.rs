@@ -152,6 +152,12 @@ impl Fault {
         matches!(self, Fault::Isolate | Fault::OneWay | Fault::Bridge)
     }
 
+    /// The membership changes: a node taken out of the configuration and
+    /// another (or itself, wiped) added in its place.
+    pub fn is_membership(self) -> bool {
+        matches!(self, Fault::Replace | Fault::Rejoin)
+    }
+
     /// The faults that cut links where they can ([`netns`]): partitions,
     /// and the slow clock, which runs without its cut elsewhere.
     pub fn wants_namespace(self) -> bool {
@@ -434,10 +440,22 @@ fn run_load<W: Workload>(
         workers.push((worker, pid));
     }
     // The nemesis, on this thread: a fault every 1-4 s, each held for
-    // 0.5-3 s (a slow clock 2-5 s), one at a time, and none that would
-    // not be over while the clients still run.
+    // 0.5-3 s (a slow clock 2-5 s), and none that would not be over while
+    // the clients still run. One at a time, but for one: while a
+    // membership change has its node out, half the time a second fault
+    // (any but another change or a restart of all) is laid over it, on
+    // another node, begun within the change's first third and undone
+    // before the node comes back in.
     let mut rng = SplitMix64::new(opts.seed);
     let mut active: Option<Active> = None;
+    let mut overlay: Option<Active> = None;
+    let mut overlay_due: Option<(Instant, Fault, Duration)> = None;
+    let overlays: Vec<Fault> = opts
+        .faults
+        .iter()
+        .copied()
+        .filter(|f| !f.is_membership() && *f != Fault::RestartAll)
+        .collect();
     let mut next_fault = start + Duration::from_millis(rng.range(1000, 4000));
     while start.elapsed() < until && broken.is_none() {
         std::thread::sleep(Duration::from_millis(50));
@@ -446,23 +464,52 @@ fn run_load<W: Workload>(
             break;
         }
         let now = Instant::now();
-        if let Some(a) = active.as_ref().filter(|a| now >= a.until) {
-            let undone = match a.fault {
-                Fault::Kill => cluster.restart(a.node),
-                Fault::Stop => cluster.cont(a.node),
-                Fault::RestartAll => Ok(()),
-                Fault::Isolate | Fault::OneWay | Fault::Bridge => {
-                    net.as_mut().map_or(Ok(()), Net::heal)
-                }
-                Fault::Clock => cluster
-                    .cont(a.node)
-                    .and_then(|()| net.as_mut().map_or(Ok(()), Net::heal)),
-                Fault::Replace | Fault::Rejoin => cluster.member_in(a.node),
+        let membership_over = active.as_ref().is_some_and(|a| now >= a.until);
+        if let Some(o) = overlay.take_if(|o| membership_over || now >= o.until)
+            && let Err(e) = undo(&o, &mut cluster, &mut net)
+        {
+            broken = Some(format!("undoing {:?} on slot {}: {e}", o.fault, o.node));
+        }
+        if membership_over {
+            overlay_due = None;
+        }
+        if let Some((_, fault, hold)) = overlay_due.take_if(|(at, ..)| now >= *at)
+            && let Some(out) = active.as_ref().map(|a| a.node)
+        {
+            let others: Vec<usize> = (1..=cluster.len()).filter(|&k| k != out).collect();
+            let random = others[rng.range(0, others.len() as u64) as usize];
+            let coin = rng.range(0, 2) == 0;
+            let leader = if fault == Fault::Clock || coin {
+                cluster
+                    .leader(Duration::from_millis(500))
+                    .filter(|&l| l != out)
+            } else {
+                None
             };
-            if let Err(e) = undone {
+            let node = leader.unwrap_or(random);
+            let id = cluster.node_id(node);
+            if let Err(e) = begin(fault, node, &mut cluster, &mut net) {
+                broken = Some(format!("{fault:?} on node {id} (slot {node}): {e}"));
+            }
+            *faults.entry(fault.name()).or_insert(0) += 1;
+            *faults.entry(OVERLAID).or_insert(0) += 1;
+            eprintln!(
+                "{:>8.3} s  {} node {id} (slot {node}{}) for {} ms, while slot {out} is out",
+                start.elapsed().as_secs_f64(),
+                fault.name(),
+                if leader.is_some() { ", the leader" } else { "" },
+                hold.as_millis()
+            );
+            overlay = Some(Active {
+                fault,
+                node,
+                until: Instant::now() + hold,
+            });
+        }
+        if let Some(a) = active.take_if(|a| now >= a.until).as_ref() {
+            if let Err(e) = undo(a, &mut cluster, &mut net) {
                 broken = Some(format!("undoing {:?} on slot {}: {e}", a.fault, a.node));
             }
-            active = None;
             next_fault = now + Duration::from_millis(rng.range(1000, 4000));
         }
         if active.is_none() && now >= next_fault && !opts.faults.is_empty() {
@@ -478,7 +525,7 @@ fn run_load<W: Workload>(
             });
             // A membership change takes a few seconds more to make and
             // undo; a fault still on when the clients stop is not tested.
-            let extra = if matches!(fault, Fault::Replace | Fault::Rejoin) {
+            let extra = if fault.is_membership() {
                 Duration::from_secs(3)
             } else {
                 Duration::ZERO
@@ -495,24 +542,7 @@ fn run_load<W: Workload>(
             };
             let node = leader.unwrap_or(random);
             let id = cluster.node_id(node);
-            let done = match fault {
-                Fault::Kill => cluster.kill(node),
-                Fault::Stop => cluster.stop(node),
-                Fault::RestartAll => cluster.restart_all(),
-                Fault::Isolate | Fault::OneWay | Fault::Bridge => match net.as_mut() {
-                    Some(net) => partition(net, fault, node, cluster.len()),
-                    None => Ok(()),
-                },
-                Fault::Clock => net
-                    .as_mut()
-                    .map_or(Ok(()), |net| {
-                        partition(net, Fault::Isolate, node, cluster.len())
-                    })
-                    .and_then(|()| cluster.slow_clock(node)),
-                Fault::Replace => cluster.member_out(node, true),
-                Fault::Rejoin => cluster.member_out(node, false),
-            };
-            if let Err(e) = done {
+            if let Err(e) = begin(fault, node, &mut cluster, &mut net) {
                 broken = Some(format!("{fault:?} on node {id} (slot {node}): {e}"));
             }
             *faults.entry(fault.name()).or_insert(0) += 1;
@@ -523,6 +553,17 @@ fn run_load<W: Workload>(
                 if leader.is_some() { ", the leader" } else { "" },
                 hold.as_millis()
             );
+            // The overlay's draws are made whether or not it runs, so a
+            // seed's later choices do not hang on the coin.
+            let lay = rng.range(0, 2) == 0;
+            let kind = rng.range(0, overlays.len().max(1) as u64) as usize;
+            let third = (hold.as_millis() as u64 / 3).max(1);
+            let delay = Duration::from_millis(rng.range(0, third));
+            let (lo, hi) = (300, (hold - delay).as_millis() as u64);
+            let overlay_hold = Duration::from_millis(rng.range(lo, hi.max(lo + 1)));
+            if fault.is_membership() && lay && !overlays.is_empty() && hi > lo + 100 {
+                overlay_due = Some((Instant::now() + delay, overlays[kind], overlay_hold));
+            }
             active = Some(Active {
                 fault,
                 node,
@@ -606,6 +647,50 @@ fn shared_net() -> Result<Net, String> {
         .clone()
         .map(|()| Net::default())
         .map_err(|e| format!("partitions need a network namespace ({e}); the ha-chaos command makes one with unshare"))
+}
+
+/// The faults-table entry counting faults laid over a membership change
+/// (each also counted under its own name).
+pub const OVERLAID: &str = "(during a change)";
+
+/// Begins `fault` on slot `node`.
+fn begin(
+    fault: Fault,
+    node: usize,
+    cluster: &mut Cluster,
+    net: &mut Option<Net>,
+) -> std::io::Result<()> {
+    match fault {
+        Fault::Kill => cluster.kill(node),
+        Fault::Stop => cluster.stop(node),
+        Fault::RestartAll => cluster.restart_all(),
+        Fault::Isolate | Fault::OneWay | Fault::Bridge => match net.as_mut() {
+            Some(net) => partition(net, fault, node, cluster.len()),
+            None => Ok(()),
+        },
+        Fault::Clock => net
+            .as_mut()
+            .map_or(Ok(()), |net| {
+                partition(net, Fault::Isolate, node, cluster.len())
+            })
+            .and_then(|()| cluster.slow_clock(node)),
+        Fault::Replace => cluster.member_out(node, true),
+        Fault::Rejoin => cluster.member_out(node, false),
+    }
+}
+
+/// Undoes the fault `a`.
+fn undo(a: &Active, cluster: &mut Cluster, net: &mut Option<Net>) -> std::io::Result<()> {
+    match a.fault {
+        Fault::Kill => cluster.restart(a.node),
+        Fault::Stop => cluster.cont(a.node),
+        Fault::RestartAll => Ok(()),
+        Fault::Isolate | Fault::OneWay | Fault::Bridge => net.as_mut().map_or(Ok(()), Net::heal),
+        Fault::Clock => cluster
+            .cont(a.node)
+            .and_then(|()| net.as_mut().map_or(Ok(()), Net::heal)),
+        Fault::Replace | Fault::Rejoin => cluster.member_in(a.node),
+    }
 }
 
 /// Cuts links for a partition `fault` around `node`.

@@ -79,9 +79,10 @@ fn kills_and_pauses_with_impatient_clients_leave_unknown_outcomes_that_check() {
 fn nodes_replaced_and_rejoined_under_kills_lose_nothing() {
     // A node removed and a new one added in its place, or the same id
     // added back with its data wiped (so it catches up by snapshot),
-    // between kills and pauses.
+    // between kills and pauses, and with kills and pauses of another node
+    // while one is out.
     let faults = vec![Fault::Replace, Fault::Rejoin, Fault::Kill, Fault::Stop];
-    let mut opts = options(5, faults, 1000, runs_dir());
+    let mut opts = options(6, faults, 1000, runs_dir());
     // A change takes seconds to make and undo: room for a few.
     opts.secs = 25;
     let report = run(&opts).expect("the run starts");
@@ -92,6 +93,11 @@ fn nodes_replaced_and_rejoined_under_kills_lose_nothing() {
         .filter_map(|k| report.faults.get(k))
         .sum();
     assert!(changes >= 2, "too few membership changes:\n{report}");
+    // And a kill or pause of another node while one was out.
+    assert!(
+        report.faults.contains_key(ha_chaos::OVERLAID),
+        "no fault during a membership change:\n{report}"
+    );
 }
 
 /// Outside a network namespace: runs test `name` again inside one (or
