@@ -86,6 +86,7 @@
 //!    unknown compare-and-set of a long history stays a candidate to its
 //!    end, and each cut costs time in proportion to the history so far.
 
+pub mod counter;
 pub mod models;
 #[cfg(test)]
 mod tests;
@@ -217,6 +218,9 @@ pub struct Failure {
     pub stuck_at: String,
     /// See `stuck_at`.
     pub before: Vec<String>,
+    /// Why `stuck_at` cannot be placed, when a check knows (the exact
+    /// counter check does; the search only knows that it found no way).
+    pub why: Option<String>,
     /// The segment (invariant 5) no configuration could get through: its
     /// first known call and last known return.
     pub window: (u64, u64),
@@ -224,6 +228,13 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(why) = &self.why {
+            return writeln!(
+                f,
+                "not linearizable (partition {:?}, between {} and {}): {}: {why}",
+                self.partition, self.window.0, self.window.1, self.stuck_at
+            );
+        }
         writeln!(
             f,
             "not linearizable (partition {:?}, between {} and {}): at best {} of {} \
@@ -449,6 +460,7 @@ fn search<M: Model>(
                         .at
                         .map_or_else(|| "the end of the history".into(), show),
                     before: stuck.before.into_iter().map(show).collect(),
+                    why: None,
                     window: (seg.start, seg.end),
                 });
             }

@@ -693,3 +693,112 @@ fn a_counter_with_pending_unknown_adds_checks_and_a_double_add_fails() {
     }
     assert!(!check(&Counter { initial: 0 }, &bad).is_ok());
 }
+
+/// A small random counter history of adds of 1 and gets, with values
+/// that may be wrong: answers drawn near the truth of a random effect
+/// order, some adds unknown (applied or not), times on a coarse grid so
+/// that calls and returns often coincide.
+fn random_small_counter_history(rng: &mut SplitMix64) -> Vec<Operation<CounterInput, Option<i64>>> {
+    let clients = rng.range(1, 4);
+    let mut ops = Vec::new();
+    let mut effects: Vec<(u64, usize)> = Vec::new();
+    for c in 0..clients {
+        let mut t = rng.range(0, 3);
+        for _ in 0..rng.range(1, 4) {
+            let input = if rng.chance(0.4) {
+                CounterInput::Get
+            } else {
+                CounterInput::Add(1)
+            };
+            let ret = t + rng.range(0, 4);
+            let timed_out = input == CounterInput::Add(1) && rng.chance(0.3);
+            ops.push(Operation {
+                client: c,
+                call: t,
+                ret: (!timed_out).then_some((ret, None)),
+                input,
+            });
+            if !timed_out || rng.chance(0.5) {
+                let end = if timed_out { ret + 5 } else { ret };
+                effects.push((rng.range(t, end + 1), ops.len() - 1));
+            }
+            t = ret + rng.range(0, 3);
+        }
+    }
+    effects.sort_unstable();
+    let mut value = 0i64;
+    for (_, i) in effects {
+        if ops[i].input == CounterInput::Add(1) {
+            value += 1;
+        }
+        if let Some((_, out)) = &mut ops[i].ret {
+            *out = Some(value);
+        }
+    }
+    // Now and then an answer off by one either way.
+    for o in &mut ops {
+        if let Some((_, Some(v))) = &mut o.ret
+            && rng.chance(0.1)
+        {
+            *v += if rng.chance(0.5) { 1 } else { -1 };
+        }
+    }
+    ops
+}
+
+#[test]
+fn the_exact_counter_check_agrees_with_the_search_on_random_histories() {
+    let mut rng = SplitMix64::new(11);
+    let (mut good, mut bad) = (0, 0);
+    for round in 0..20_000 {
+        let h = random_small_counter_history(&mut rng);
+        let search = check(&Counter { initial: 0 }, &h).is_ok();
+        let exact = counter::check_adds_of_one(0, &h).expect("adds of one, values answered");
+        assert_eq!(
+            exact.is_ok(),
+            search,
+            "round {round}: exact {exact:?}, search {search}, history {h:#?}"
+        );
+        if search { good += 1 } else { bad += 1 }
+    }
+    // Both kinds were met often.
+    assert!(good > 2_000 && bad > 2_000, "{good} good, {bad} bad");
+}
+
+#[test]
+fn the_exact_counter_check_handles_many_unknown_adds_and_names_a_double_add() {
+    // Many more unknown adds than the search can take (0.5% of 20 s).
+    let secs = if cfg!(debug_assertions) { 5 } else { 20 };
+    let h = generated_counter_history(7, 8, secs, 0.005);
+    let pending = h.iter().filter(|o| o.ret.is_none()).count();
+    assert!(pending >= 100, "only {pending} unknown adds");
+    let t = std::time::Instant::now();
+    let v = counter::check_adds_of_one(0, &h).expect("the shape");
+    eprintln!(
+        "{} operations, {pending} unknown: {v:?} in {:?}",
+        h.len(),
+        t.elapsed()
+    );
+    assert!(v.is_ok(), "{v:?}");
+    // Two answered adds of one value: named as such.
+    let mut bad = generated_counter_history(7, 8, secs, 0.0);
+    let adds: Vec<usize> = (0..bad.len())
+        .filter(|&i| bad[i].input == CounterInput::Add(1))
+        .collect();
+    let (a, b) = (adds[adds.len() / 3], adds[adds.len() / 3 + 1]);
+    let va = bad[a].ret.as_ref().and_then(|r| r.1).expect("answered");
+    if let Some((_, v)) = &mut bad[b].ret {
+        *v = Some(va);
+    }
+    let Some(Verdict::NotLinearizable(f)) = counter::check_adds_of_one(0, &bad) else {
+        panic!("a value answered twice passed");
+    };
+    assert!(
+        f.why.as_deref().is_some_and(|w| w.contains("same value")),
+        "{f}"
+    );
+    // Other shapes are left to the search.
+    let mut other = h.clone();
+    other[0].input = CounterInput::Add(2);
+    assert!(counter::check_adds_of_one(0, &other).is_none());
+}
