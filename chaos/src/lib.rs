@@ -443,19 +443,23 @@ fn run_load<W: Workload>(
     // 0.5-3 s (a slow clock 2-5 s), and none that would not be over while
     // the clients still run. One at a time, but for one: while a
     // membership change has its node out, half the time a second fault
-    // (any but another change or a restart of all) is laid over it, on
-    // another node, begun within the change's first third and undone
-    // before the node comes back in.
+    // (any but another change or a restart of all; a bridge only if three
+    // nodes are left to make one) is laid over it, on another node, begun
+    // within the change's first third and undone before the node comes
+    // back in (the change is held long enough for it). Only membership
+    // changes draw for overlays, so other runs keep their schedules.
     let mut rng = SplitMix64::new(opts.seed);
     let mut active: Option<Active> = None;
     let mut overlay: Option<Active> = None;
-    let mut overlay_due: Option<(Instant, Fault, Duration)> = None;
+    let mut overlay_due: Option<(Instant, Overlay)> = None;
     let overlays: Vec<Fault> = opts
         .faults
         .iter()
         .copied()
         .filter(|f| !f.is_membership() && *f != Fault::RestartAll)
+        .filter(|f| *f != Fault::Bridge || opts.nodes > 3)
         .collect();
+    let slots: Vec<usize> = (1..=opts.nodes).collect();
     let mut next_fault = start + Duration::from_millis(rng.range(1000, 4000));
     while start.elapsed() < until && broken.is_none() {
         std::thread::sleep(Duration::from_millis(50));
@@ -473,13 +477,13 @@ fn run_load<W: Workload>(
         if membership_over {
             overlay_due = None;
         }
-        if let Some((_, fault, hold)) = overlay_due.take_if(|(at, ..)| now >= *at)
+        if let Some((_, o)) = overlay_due.take_if(|(at, _)| now >= *at)
             && let Some(out) = active.as_ref().map(|a| a.node)
         {
-            let others: Vec<usize> = (1..=cluster.len()).filter(|&k| k != out).collect();
-            let random = others[rng.range(0, others.len() as u64) as usize];
-            let coin = rng.range(0, 2) == 0;
-            let leader = if fault == Fault::Clock || coin {
+            let (fault, hold) = (o.fault, o.hold);
+            let live: Vec<usize> = slots.iter().copied().filter(|&k| k != out).collect();
+            let random = live[(o.pick % live.len() as u64) as usize];
+            let leader = if fault == Fault::Clock || o.coin {
                 cluster
                     .leader(Duration::from_millis(500))
                     .filter(|&l| l != out)
@@ -488,7 +492,7 @@ fn run_load<W: Workload>(
             };
             let node = leader.unwrap_or(random);
             let id = cluster.node_id(node);
-            if let Err(e) = begin(fault, node, &mut cluster, &mut net) {
+            if let Err(e) = begin(fault, node, &live, &mut cluster, &mut net) {
                 broken = Some(format!("{fault:?} on node {id} (slot {node}): {e}"));
             }
             *faults.entry(fault.name()).or_insert(0) += 1;
@@ -516,13 +520,24 @@ fn run_load<W: Workload>(
             let fault = opts.faults[rng.range(0, opts.faults.len() as u64) as usize];
             let random = rng.range(1, cluster.len() as u64 + 1) as usize;
             let coin = rng.range(0, 2) == 0;
-            let hold = Duration::from_millis(if fault == Fault::Clock {
-                // Long enough for a new leader, and clients that left the
-                // old one, while the old one still believes it leads.
-                rng.range(2000, 5000)
+            let mut hold = fault_hold(fault, &mut rng);
+            let planned = if fault.is_membership() && !overlays.is_empty() {
+                let lay = rng.range(0, 2) == 0;
+                let kind = overlays[rng.range(0, overlays.len() as u64) as usize];
+                let delay = Duration::from_millis(rng.range(0, hold.as_millis() as u64 / 3 + 1));
+                let o = Overlay {
+                    fault: kind,
+                    hold: fault_hold(kind, &mut rng),
+                    pick: rng.next_u64(),
+                    coin: rng.range(0, 2) == 0,
+                };
+                if lay {
+                    hold = hold.max(delay + o.hold + Duration::from_millis(300));
+                }
+                lay.then_some((delay, o))
             } else {
-                rng.range(500, 3000)
-            });
+                None
+            };
             // A membership change takes a few seconds more to make and
             // undo; a fault still on when the clients stop is not tested.
             let extra = if fault.is_membership() {
@@ -542,7 +557,7 @@ fn run_load<W: Workload>(
             };
             let node = leader.unwrap_or(random);
             let id = cluster.node_id(node);
-            if let Err(e) = begin(fault, node, &mut cluster, &mut net) {
+            if let Err(e) = begin(fault, node, &slots, &mut cluster, &mut net) {
                 broken = Some(format!("{fault:?} on node {id} (slot {node}): {e}"));
             }
             *faults.entry(fault.name()).or_insert(0) += 1;
@@ -553,17 +568,7 @@ fn run_load<W: Workload>(
                 if leader.is_some() { ", the leader" } else { "" },
                 hold.as_millis()
             );
-            // The overlay's draws are made whether or not it runs, so a
-            // seed's later choices do not hang on the coin.
-            let lay = rng.range(0, 2) == 0;
-            let kind = rng.range(0, overlays.len().max(1) as u64) as usize;
-            let third = (hold.as_millis() as u64 / 3).max(1);
-            let delay = Duration::from_millis(rng.range(0, third));
-            let (lo, hi) = (300, (hold - delay).as_millis() as u64);
-            let overlay_hold = Duration::from_millis(rng.range(lo, hi.max(lo + 1)));
-            if fault.is_membership() && lay && !overlays.is_empty() && hi > lo + 100 {
-                overlay_due = Some((Instant::now() + delay, overlays[kind], overlay_hold));
-            }
+            overlay_due = planned.map(|(delay, o)| (Instant::now() + delay, o));
             active = Some(Active {
                 fault,
                 node,
@@ -653,10 +658,33 @@ fn shared_net() -> Result<Net, String> {
 /// (each also counted under its own name).
 pub const OVERLAID: &str = "(during a change)";
 
-/// Begins `fault` on slot `node`.
+/// A fault to lay over a membership change, drawn when the change is.
+struct Overlay {
+    fault: Fault,
+    hold: Duration,
+    /// Picks the node (among those left) when the leader is not taken.
+    pick: u64,
+    /// Whether to take the leader.
+    coin: bool,
+}
+
+/// How long `fault` is held: 0.5-3 s, a slow clock 2-5 s (long enough for
+/// a new leader, and clients that left the old one, while the old one
+/// still believes it leads).
+fn fault_hold(fault: Fault, rng: &mut SplitMix64) -> Duration {
+    Duration::from_millis(if fault == Fault::Clock {
+        rng.range(2000, 5000)
+    } else {
+        rng.range(500, 3000)
+    })
+}
+
+/// Begins `fault` on slot `node`; a partition cuts among the slots `live`
+/// (`node` one of them).
 fn begin(
     fault: Fault,
     node: usize,
+    live: &[usize],
     cluster: &mut Cluster,
     net: &mut Option<Net>,
 ) -> std::io::Result<()> {
@@ -665,14 +693,12 @@ fn begin(
         Fault::Stop => cluster.stop(node),
         Fault::RestartAll => cluster.restart_all(),
         Fault::Isolate | Fault::OneWay | Fault::Bridge => match net.as_mut() {
-            Some(net) => partition(net, fault, node, cluster.len()),
+            Some(net) => partition(net, fault, node, live),
             None => Ok(()),
         },
         Fault::Clock => net
             .as_mut()
-            .map_or(Ok(()), |net| {
-                partition(net, Fault::Isolate, node, cluster.len())
-            })
+            .map_or(Ok(()), |net| partition(net, Fault::Isolate, node, live))
             .and_then(|()| cluster.slow_clock(node)),
         Fault::Replace => cluster.member_out(node, true),
         Fault::Rejoin => cluster.member_out(node, false),
@@ -693,9 +719,10 @@ fn undo(a: &Active, cluster: &mut Cluster, net: &mut Option<Net>) -> std::io::Re
     }
 }
 
-/// Cuts links for a partition `fault` around `node`.
-fn partition(net: &mut Net, fault: Fault, node: usize, nodes: usize) -> std::io::Result<()> {
-    let others: Vec<usize> = (1..=nodes).filter(|&n| n != node).collect();
+/// Cuts links for a partition `fault` around `node`, among the slots
+/// `live` (a bridge needs two others).
+fn partition(net: &mut Net, fault: Fault, node: usize, live: &[usize]) -> std::io::Result<()> {
+    let others: Vec<usize> = live.iter().copied().filter(|&n| n != node).collect();
     match fault {
         Fault::Isolate => net.split(&[node], &others),
         Fault::OneWay => others.iter().try_for_each(|&o| net.cut(node, o)),

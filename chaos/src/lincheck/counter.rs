@@ -20,9 +20,10 @@
 //!    `< 1`: not linearizable), else an unknown add called at or before
 //!    `t_v`, each unknown add making at most one step. Unknown adds that
 //!    make no step never took effect.
-//! 3. An answered add of `v` called at `c`, returned at `r`: `c <= t_v <=
-//!    r`. A read of `r` in `[c, ret]`: the counter is `r` at some point of
-//!    its interval, i.e. `t_r <= ret` and `t_{r+1} >= c` (when they exist).
+//! 3. An answered add of `v` called at `c`, returned at `e`: `c <= t_v <=
+//!    e`. A read that answered `x`, called at `c`, returned at `e`: the
+//!    counter is `x` at some point of `[c, e]`, i.e. `t_x <= e` and
+//!    `t_{x+1} >= c` (when they exist).
 //!    So every constraint is a lower bound `L_v` or an upper bound `U_v` on
 //!    one `t_v`, besides the order of the `t_v` and the unknown adds of
 //!    rule 2.
@@ -169,6 +170,9 @@ pub fn check_adds_of_one(
     for v in 0..m {
         t = t.max(lower[v]);
         if owner[v].is_none() {
+            // Never short after the `top > adds` check (the unanswered
+            // steps are at most the unknown adds); kept so that a change
+            // there cannot turn into an index out of bounds.
             let Some(&call) = unknown.get(next_unknown) else {
                 let (_, i) = upper[v];
                 let at = i.map_or(&history[0], |i| &history[i]);

@@ -36,4 +36,8 @@ fn transfers_under_kills_pauses_restarts_and_a_replacement_keep_the_total() {
         report.outcomes.writes > 50,
         "too few transfers made:\n{report}"
     );
+    assert!(
+        report.faults.contains_key("replace"),
+        "no replacement:\n{report}"
+    );
 }

@@ -75,8 +75,9 @@ pub enum PlantedBug {
     /// that its log matches the leader's up to its last entry, as a core
     /// that keeps a suffix in order not to be sent it again would. (Kept
     /// alone, with the answer naming the snapshot's index, the suffix is
-    /// harmless here: the leader's next append overwrites it entry by entry
-    /// and no commit index reaches it first.)
+    /// harmless here: the leader's first append past the snapshot conflicts
+    /// with it at its first entry and cuts it off, and no commit index
+    /// reaches it before.)
     SnapshotKeepsConflictingSuffix,
 }
 

@@ -202,7 +202,7 @@ impl RaftLog {
         self.install_keeping(index, term, conf, keep)
     }
 
-    /// [`Log::install_snapshot`] with the planted
+    /// [`RaftLog::install_snapshot`] with the planted
     /// [`crate::raft::PlantedBug::SnapshotKeepsConflictingSuffix`]: keeps
     /// whatever the log holds after `index`, whether or not its entry at
     /// `index` is the snapshot's.
