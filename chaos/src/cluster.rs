@@ -24,7 +24,7 @@
 //!   before [`Cluster::heal`] returns.
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -538,11 +538,13 @@ impl Cluster {
         // chatty command never blocks on a full pipe while this one waits;
         // the child stays here, to be killed (never by a pid that may have
         // been reused) if it runs too long.
+        // At most `MAX_OUTPUT` bytes are kept; the rest is read and dropped.
         let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 if let Some(mut r) = r {
-                    let _ = r.read_to_end(&mut buf);
+                    let _ = r.by_ref().take(MAX_OUTPUT).read_to_end(&mut buf);
+                    let _ = io::copy(&mut r, &mut io::sink());
                 }
                 buf
             })
@@ -753,6 +755,9 @@ fn exactly_voters(m: &[(u64, String)], ids: &[u64]) -> bool {
     // A list naming one member twice is not the expected one.
     m.iter().all(|(_, role)| role == "voter") && have == want
 }
+
+/// The most of an operator command's output kept (bytes, per stream).
+const MAX_OUTPUT: u64 = 1 << 20;
 
 /// Each `member` call's timeout (an add waits for the learner to
 /// catch up).

@@ -11,7 +11,7 @@
 //! so each operation's real interval contains its effect.
 
 use std::fmt::Debug;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,6 +143,9 @@ impl std::ops::AddAssign for Outcomes {
     }
 }
 
+/// The longest answer line a client takes (bytes, newline included).
+pub const MAX_ANSWER: usize = 1 << 20;
+
 /// A client: one `<service> repl` process (ha-kv, ha-counter, ha-bank).
 pub struct Repl {
     child: Child,
@@ -177,8 +180,22 @@ impl Repl {
         std::thread::spawn(move || {
             let mut out = BufReader::new(stdout);
             loop {
+                // No line longer than the cap is taken in whole: the
+                // client is cut off there (an answer that long is outside
+                // every contract).
                 let mut line = String::new();
-                let read = out.read_line(&mut line).map(|n| (n, line));
+                let read = (&mut out)
+                    .take(MAX_ANSWER as u64 + 1)
+                    .read_line(&mut line)
+                    .and_then(|n| {
+                        if n > MAX_ANSWER {
+                            Err(io::Error::other(format!(
+                                "an answer longer than {MAX_ANSWER} bytes"
+                            )))
+                        } else {
+                            Ok((n, line))
+                        }
+                    });
                 let end = !matches!(read, Ok((n, _)) if n > 0);
                 if tx.send(read.map(|(_, l)| l)).is_err() || end {
                     return;
@@ -320,4 +337,33 @@ pub fn write_history<W: Workload>(path: &Path, history: &[Op<W>]) -> io::Result<
         writeln!(f, "{}", history_line::<W>(op))?;
     }
     f.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose answer runs past [`MAX_ANSWER`] is cut off with an
+    /// error, not read into memory whole; a short one still parses.
+    #[test]
+    fn an_answer_past_the_cap_is_an_error_not_an_allocation() {
+        let dir = std::env::temp_dir().join(format!("ha-chaos-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("fake-service");
+        // `repl`: one short JSON answer, then one line of 3 MiB.
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nread _l; echo '{\"ok\":true}'\nread _l; head -c 3145728 /dev/zero | tr '\\0' a; echo\n",
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&script).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&script, perm).unwrap();
+        let mut repl = Repl::start(&script, "c", &dir, 100).expect("it starts");
+        assert_eq!(repl.call("get 1").unwrap(), serde_json::json!({"ok": true}));
+        let e = repl.call("get 2").expect_err("a 3 MiB line");
+        assert!(e.to_string().contains("longer than"), "{e}");
+        drop(repl);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
