@@ -95,6 +95,33 @@ const STROBE_PAUSED: Duration = Duration::from_millis(190);
 const STROBE_RUNNING: Duration = Duration::from_millis(10);
 
 /// Sends `sig` (e.g. `-STOP`) to process `pid`.
+/// A command running `bin` that is killed (SIGKILL) when the process that
+/// starts it ends while the starting thread still runs (a run's thread
+/// holds its nodes to the end), by `setpriv --pdeathsig KILL` where that
+/// works (it execs `bin` in place, so the child's pid is the service's):
+/// a harness that is itself killed leaves no node running. Plain `bin`
+/// elsewhere. (On the kernels tried, a starting thread that ended on its
+/// own before its process leaves the child running.)
+pub fn dies_with_parent(bin: &Path) -> Command {
+    static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let works = *SETPRIV.get_or_init(|| {
+        Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if works {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(bin);
+        cmd
+    } else {
+        Command::new(bin)
+    }
+}
+
 fn send(sig: &str, pid: &str) -> io::Result<()> {
     run_ok(Command::new("kill").args([sig, pid]))
 }
@@ -262,7 +289,7 @@ impl Cluster {
             "--peers"
         };
         writeln!(log, "--- ha-chaos: node {node} starts in slot {id} ({how})")?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = dies_with_parent(&self.bin);
         cmd.args(["serve", "--id", &node.to_string()])
             .args(["--listen", &self.addr(id)]);
         if self.joined[id - 1] {
@@ -771,6 +798,70 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for id in 1..=self.len() {
             let _ = self.kill(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the copy of this test that starts a node and exits.
+    const STARTER: &str = "HA_CHAOS_TEST_STARTER";
+
+    /// A node started by [`dies_with_parent`] is killed when the process
+    /// that started it ends (where `setpriv` works; elsewhere the test
+    /// says so and checks nothing more): this test runs itself again as
+    /// that process, which starts `sleep 30`, prints its pid and exits.
+    #[test]
+    fn a_node_dies_with_the_process_that_started_it() {
+        if std::env::var_os(STARTER).is_some() {
+            // Started by a thread that still runs when the process ends, as
+            // a run's nodes are when the harness is killed.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                // Never waited for: the process ends with it running, which
+                // is the point.
+                #[allow(clippy::zombie_processes)]
+                let child = dies_with_parent(Path::new("sleep"))
+                    .arg("30")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("sleep starts");
+                tx.send(child.id()).expect("sent");
+                std::thread::sleep(Duration::from_secs(60));
+            });
+            println!("pid {}", rx.recv().expect("a pid"));
+            std::process::exit(0);
+        }
+        if !format!("{:?}", dies_with_parent(Path::new("sleep"))).contains("setpriv") {
+            eprintln!("setpriv --pdeathsig is not available here: skipped");
+            return;
+        }
+        let out = Command::new(std::env::current_exe().expect("this test's binary"))
+            .args([
+                "--exact",
+                "cluster::tests::a_node_dies_with_the_process_that_started_it",
+                "--nocapture",
+            ])
+            .env(STARTER, "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the starter runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pid: u32 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pid ")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {text:?}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // Gone, or a zombie its new parent has not reaped yet.
+        while !matches!(proc_state(pid), None | Some('Z')) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} still runs ({:?}) after the process that started it ended",
+                proc_state(pid)
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -310,6 +310,9 @@ struct Active {
 /// Runs one seeded run; `Err` only when the run could not be set up (no
 /// binary, no directory), never for what the cluster did.
 pub fn run(opts: &Options) -> Result<Report, String> {
+    if netns::inside() {
+        netns::end_with_parent();
+    }
     let bad = |what: &str| Err(format!("bad options: {what}"));
     if !(3..=200).contains(&opts.nodes) {
         return bad("nodes must be 3 to 200");

@@ -52,6 +52,26 @@ pub fn node_ip(id: usize) -> String {
     }
 }
 
+/// Ends this process (status 3) once the process that started it is gone,
+/// watched from a thread of its own (started once): a run made again
+/// inside a namespace does not outlive the run that made it, and its
+/// nodes (see [`crate::cluster::dies_with_parent`]) go with it.
+pub fn end_with_parent() {
+    static WATCH: std::sync::Once = std::sync::Once::new();
+    WATCH.call_once(|| {
+        let parent = std::os::unix::process::parent_id();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if std::os::unix::process::parent_id() != parent {
+                    eprintln!("ha-chaos: the process that started this one is gone; ending");
+                    std::process::exit(3);
+                }
+            }
+        });
+    });
+}
+
 /// A command that runs `program args` inside a new network namespace
 /// (with [`INSIDE`] set), or why that is not possible here.
 pub fn reexec(program: &std::path::Path, args: &[String]) -> Result<Command, String> {
