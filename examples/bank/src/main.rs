@@ -18,7 +18,7 @@
 
 use clap::{Parser, Subcommand};
 use ha_core::{Replicated, replicated};
-use ha_server::cli::{ClientArgs, OpsCommand, Outcome, emit};
+use ha_server::cli::{ClientArgs, OpsCommand, Outcome, emit, usage};
 use serde::{Deserialize, Serialize};
 
 /// How many accounts the bank has.
@@ -129,14 +129,11 @@ fn main() {
 /// `ha-bank repl`: one client for every line, so retries of a transfer
 /// reuse its session and sequence number (exactly once).
 async fn repl(c: &ClientArgs) -> i32 {
-    use std::io::Write;
-    use tokio::io::AsyncBufReadExt;
     let bank = c.client::<Bank>();
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let bank = &bank;
+    ha_server::cli::repl(|line| async move {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let outcome = match words.as_slice() {
-            [] => continue,
+        match words.as_slice() {
             ["balances"] => Outcome::value(bank.balances().await),
             ["transfer", from, to, amount] => {
                 match (
@@ -151,20 +148,7 @@ async fn repl(c: &ClientArgs) -> i32 {
                 }
             }
             _ => usage(&line, "use transfer FROM TO AMOUNT | balances"),
-        };
-        let (json, _) = outcome.render();
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{json}");
-        let _ = out.flush();
-    }
-    0
-}
-
-/// The answer to a line `repl` cannot parse (nothing was sent).
-fn usage(line: &str, why: &str) -> Outcome {
-    Outcome::Done(serde_json::json!({
-        "ok": false,
-        "error": "usage",
-        "message": format!("cannot parse '{line}': {why}"),
-    }))
+        }
+    })
+    .await
 }

@@ -18,7 +18,7 @@
 use clap::{Parser, Subcommand};
 use ha_core::{ApplyContext, Replicated, replicated};
 use ha_quic::LocalCluster;
-use ha_server::cli::{ClientArgs, OpsCommand, Outcome, emit};
+use ha_server::cli::{ClientArgs, OpsCommand, Outcome, emit, usage};
 use serde::{Deserialize, Serialize};
 
 /// The replicated state: a counter and when it last changed.
@@ -111,36 +111,20 @@ fn main() {
 /// `ha-counter repl`: one client for every line, so retries of an add
 /// reuse its session and sequence number (exactly once).
 async fn repl(c: &ClientArgs) -> i32 {
-    use std::io::Write;
-    use tokio::io::AsyncBufReadExt;
     let counter = c.client::<Counter>();
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let counter = &counter;
+    ha_server::cli::repl(|line| async move {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let outcome = match words.as_slice() {
-            [] => continue,
+        match words.as_slice() {
             ["get"] => Outcome::value(counter.get().await),
             ["add", n] => match n.parse::<i64>() {
                 Ok(delta) => Outcome::value(counter.add(delta).await),
                 Err(e) => usage(&line, &e.to_string()),
             },
             _ => usage(&line, "use add N | get"),
-        };
-        let (json, _) = outcome.render();
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{json}");
-        let _ = out.flush();
-    }
-    0
-}
-
-/// The answer to a line `repl` cannot parse (nothing was sent).
-fn usage(line: &str, why: &str) -> Outcome {
-    Outcome::Done(serde_json::json!({
-        "ok": false,
-        "error": "usage",
-        "message": format!("cannot parse '{line}': {why}"),
-    }))
+        }
+    })
+    .await
 }
 
 async fn demo() -> Result<(), Box<dyn std::error::Error>> {

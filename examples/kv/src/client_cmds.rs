@@ -12,7 +12,6 @@ use clap::Args;
 use ha_core::Consistency;
 use ha_server::cli::{ClientArgs, Outcome, emit, usage_error};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 
 use crate::kv::{Kv, KvClient};
 
@@ -84,33 +83,23 @@ pub async fn cas(c: &ClientArgs, key: String, expected: Option<String>, new: Str
 
 /// `ha-kv repl`: one JSON line per input line, in order, flushed at once.
 pub async fn repl(c: &ClientArgs) -> i32 {
-    use std::io::Write;
     let kv = client(c);
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let kv = &kv;
+    ha_server::cli::repl(|line| async move {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let outcome = match words.as_slice() {
-            [] => continue,
-            ["get", k] => do_get(&kv, k.to_string(), false).await,
-            ["get", k, "--stale"] => do_get(&kv, k.to_string(), true).await,
-            ["put", k, v] => do_put(&kv, k.to_string(), v.to_string()).await,
-            ["del", k] => do_del(&kv, k.to_string()).await,
+        match words.as_slice() {
+            ["get", k] => do_get(kv, k.to_string(), false).await,
+            ["get", k, "--stale"] => do_get(kv, k.to_string(), true).await,
+            ["put", k, v] => do_put(kv, k.to_string(), v.to_string()).await,
+            ["del", k] => do_del(kv, k.to_string()).await,
             ["cas", k, old, new] => {
                 let expected = (*old != "--absent").then(|| old.to_string());
-                do_cas(&kv, k.to_string(), expected, new.to_string()).await
+                do_cas(kv, k.to_string(), expected, new.to_string()).await
             }
-            _ => Outcome::Done(json!({
-                "ok": false,
-                "error": "usage",
-                "message": format!("cannot parse '{line}': use get K | put K V | del K | cas K OLD NEW"),
-            })),
-        };
-        let (json, _) = outcome.render();
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{json}");
-        let _ = out.flush();
-    }
-    0
+            _ => ha_server::cli::usage(&line, "use get K | put K V | del K | cas K OLD NEW"),
+        }
+    })
+    .await
 }
 
 /// Options of `ha-kv bench`.

@@ -27,6 +27,7 @@
 
 mod ops;
 mod outcome;
+mod repl;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +39,7 @@ use ha_core::sm::Replicated;
 
 pub use ops::{CertsArgs, OpsCommand, PolicyArg, ServeArgs, status_line};
 pub use outcome::{Outcome, emit};
+pub use repl::{MAX_LINE, repl, usage};
 
 /// Exit status of a usage or configuration mistake.
 pub const EXIT_USAGE: i32 = 2;

@@ -1,0 +1,128 @@
+//! The line-at-a-time client every service's `repl` command runs: one
+//! client for every line, so a retried command keeps its session and
+//! sequence number (exactly once), and one JSON line out for each line
+//! in, in order, flushed at once.
+//!
+//! Owns: [`repl`], [`usage`] and [`MAX_LINE`]. Invariants: no input line
+//! is held past [`MAX_LINE`] bytes (a longer one is read through, dropped
+//! and answered as a usage error, nothing sent); blank lines get no
+//! answer; the loop ends at the end of input or a read error.
+
+use std::future::Future;
+use std::io::Write;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+use super::Outcome;
+
+/// The longest input line `repl` takes, in bytes (its newline aside).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Reads stdin a line at a time and prints, for each line that is not
+/// blank, the JSON line of the outcome `answer` gives it. Returns the exit
+/// status (0).
+pub async fn repl<F, Fut>(answer: F) -> i32
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    lines_to(tokio::io::stdin(), std::io::stdout(), answer).await
+}
+
+/// [`repl`] over any input and output.
+async fn lines_to<R, W, F, Fut>(input: R, mut out: W, mut answer: F) -> i32
+where
+    R: AsyncRead + Unpin,
+    W: Write,
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let mut input = BufReader::new(input);
+    loop {
+        let mut buf = Vec::new();
+        let cap = MAX_LINE as u64 + 1;
+        match (&mut input).take(cap).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return 0,
+            Ok(_) => {}
+        }
+        let outcome = if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+            // Too long: the rest of the line is read through and dropped.
+            loop {
+                let mut rest = Vec::new();
+                match (&mut input).take(cap).read_until(b'\n', &mut rest).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if rest.ends_with(b"\n") => break,
+                    Ok(_) => {}
+                }
+            }
+            usage_error(format!("a line longer than {MAX_LINE} bytes"))
+        } else {
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.trim().is_empty() {
+                continue;
+            }
+            answer(line.to_string()).await
+        };
+        let (json, _) = outcome.render();
+        let _ = writeln!(out, "{json}");
+        let _ = out.flush();
+    }
+}
+
+/// The answer to a line `repl` cannot parse (nothing was sent): `why` it
+/// cannot, and what it would take.
+pub fn usage(line: &str, why: &str) -> Outcome {
+    usage_error(format!("cannot parse '{line}': {why}"))
+}
+
+fn usage_error(message: String) -> Outcome {
+    Outcome::Done(json!({
+        "ok": false,
+        "error": "usage",
+        "message": message,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run(input: &[u8]) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let code = lines_to(input, &mut out, |line| async move {
+            Outcome::Done(json!({"ok": true, "value": line}))
+        })
+        .await;
+        assert_eq!(code, 0);
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_answer_per_line_in_order_blank_lines_skipped() {
+        let got = run(b"get a\n\n  \nput a 1\r\nlast").await;
+        let values: Vec<&str> = got.iter().map(|v| v["value"].as_str().unwrap()).collect();
+        assert_eq!(values, ["get a", "put a 1", "last"]);
+    }
+
+    #[tokio::test]
+    async fn a_line_past_the_cap_is_a_usage_error_and_the_next_one_is_read() {
+        let mut input = vec![b'x'; 3 * MAX_LINE + 7];
+        input.extend_from_slice(b"\nget b\n");
+        let got = run(&input).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0]["error"], "usage");
+        assert!(got[0]["message"].as_str().unwrap().contains("longer than"));
+        assert_eq!(got[1]["value"], "get b");
+        // Exactly at the cap is still a line.
+        let mut input = vec![b'y'; MAX_LINE];
+        input.push(b'\n');
+        let got = run(&input).await;
+        assert_eq!(got[0]["value"].as_str().map(str::len), Some(MAX_LINE));
+    }
+}
