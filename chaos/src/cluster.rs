@@ -94,7 +94,6 @@ const STROBE_PAUSED: Duration = Duration::from_millis(190);
 /// cycle: a clock at a tenth to a twentieth of real time.
 const STROBE_RUNNING: Duration = Duration::from_millis(10);
 
-/// Sends `sig` (e.g. `-STOP`) to process `pid`.
 /// A command running `bin` that is killed (SIGKILL) when the process that
 /// starts it ends while the starting thread still runs (a run's thread
 /// holds its nodes to the end), by `setpriv --pdeathsig KILL` where that
@@ -122,6 +121,7 @@ pub fn dies_with_parent(bin: &Path) -> Command {
     }
 }
 
+/// Sends `sig` (e.g. `-STOP`) to process `pid`.
 fn send(sig: &str, pid: &str) -> io::Result<()> {
     run_ok(Command::new("kill").args([sig, pid]))
 }
@@ -825,19 +825,42 @@ mod tests {
                 #[allow(clippy::zombie_processes)]
                 let child = dies_with_parent(Path::new("sleep"))
                     .arg("30")
+                    .stdin(Stdio::null())
                     .stdout(Stdio::null())
+                    .stderr(Stdio::null())
                     .spawn()
                     .expect("sleep starts");
                 tx.send(child.id()).expect("sent");
                 std::thread::sleep(Duration::from_secs(60));
             });
-            println!("pid {}", rx.recv().expect("a pid"));
+            let pid = rx.recv().expect("a pid");
+            // Until setpriv has set the signal and exec'd the node (the
+            // spawn returns once setpriv itself runs).
+            let comm = format!("/proc/{pid}/comm");
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while std::fs::read_to_string(&comm).map_or(true, |c| c.trim() != "sleep")
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            println!("pid {pid}");
             std::process::exit(0);
         }
-        if !format!("{:?}", dies_with_parent(Path::new("sleep"))).contains("setpriv") {
+        // Decided apart from the function under test.
+        let setpriv = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !setpriv {
             eprintln!("setpriv --pdeathsig is not available here: skipped");
             return;
         }
+        assert!(
+            format!("{:?}", dies_with_parent(Path::new("sleep"))).contains("setpriv"),
+            "setpriv works here, yet nodes are started without it"
+        );
         let out = Command::new(std::env::current_exe().expect("this test's binary"))
             .args([
                 "--exact",
@@ -856,11 +879,11 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         // Gone, or a zombie its new parent has not reaped yet.
         while !matches!(proc_state(pid), None | Some('Z')) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "pid {pid} still runs ({:?}) after the process that started it ended",
-                proc_state(pid)
-            );
+            if std::time::Instant::now() > deadline {
+                let state = proc_state(pid);
+                let _ = send("-KILL", &pid.to_string());
+                panic!("pid {pid} still ran ({state:?}) after the process that started it ended");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

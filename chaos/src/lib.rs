@@ -535,7 +535,14 @@ fn run_load<W: Workload>(
                     coin: rng.range(0, 2) == 0,
                 };
                 if lay {
-                    hold = hold.max(delay + o.hold + Duration::from_millis(300));
+                    // Its start may wait for a tick and for the leader's
+                    // name (twice a 500 ms lookup) before its own hold.
+                    let lookup = if o.fault == Fault::Clock || o.coin {
+                        Duration::from_millis(1100)
+                    } else {
+                        Duration::ZERO
+                    };
+                    hold = hold.max(delay + lookup + o.hold + Duration::from_millis(350));
                 }
                 lay.then_some((delay, o))
             } else {

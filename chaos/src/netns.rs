@@ -23,6 +23,11 @@ use std::process::{Command, Stdio};
 /// made from.
 pub const INSIDE: &str = "HA_CHAOS_NETNS";
 
+/// Set by [`reexec`] to the pid of the process that runs this one again
+/// (`unshare` execs in place, so it is the parent's; see
+/// [`end_with_parent`]).
+pub const PARENT: &str = "HA_CHAOS_PARENT";
+
 /// This process's network namespace, as the kernel names it
 /// (`net:[4026531840]`).
 fn own_namespace() -> Option<String> {
@@ -59,14 +64,19 @@ pub fn node_ip(id: usize) -> String {
 pub fn end_with_parent() {
     static WATCH: std::sync::Once = std::sync::Once::new();
     WATCH.call_once(|| {
-        let parent = std::os::unix::process::parent_id();
+        // The process that ran this one again, as it named itself (one
+        // that is gone by now is not this process's parent any more).
+        let parent = std::env::var(PARENT)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(std::os::unix::process::parent_id);
         std::thread::spawn(move || {
             loop {
-                std::thread::sleep(std::time::Duration::from_millis(200));
                 if std::os::unix::process::parent_id() != parent {
                     eprintln!("ha-chaos: the process that started this one is gone; ending");
                     std::process::exit(3);
                 }
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
         });
     });
@@ -103,7 +113,8 @@ pub fn reexec(program: &std::path::Path, args: &[String]) -> Result<Command, Str
     cmd.args(["--net", "--map-root-user"])
         .arg(program)
         .args(args)
-        .env(INSIDE, here);
+        .env(INSIDE, here)
+        .env(PARENT, std::process::id().to_string());
     Ok(cmd)
 }
 

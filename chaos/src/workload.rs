@@ -183,18 +183,19 @@ impl Repl {
                 // No line longer than the cap is taken in whole: the
                 // client is cut off there (an answer that long is outside
                 // every contract).
-                let mut line = String::new();
+                let mut bytes = Vec::new();
                 let read = (&mut out)
                     .take(MAX_ANSWER as u64 + 1)
-                    .read_line(&mut line)
+                    .read_until(b'\n', &mut bytes)
                     .and_then(|n| {
                         if n > MAX_ANSWER {
-                            Err(io::Error::other(format!(
+                            return Err(io::Error::other(format!(
                                 "an answer longer than {MAX_ANSWER} bytes"
-                            )))
-                        } else {
-                            Ok((n, line))
+                            )));
                         }
+                        String::from_utf8(bytes)
+                            .map(|line| (n, line))
+                            .map_err(|e| io::Error::other(format!("an answer not in UTF-8: {e}")))
                     });
                 let end = !matches!(read, Ok((n, _)) if n > 0);
                 if tx.send(read.map(|(_, l)| l)).is_err() || end {
@@ -359,7 +360,18 @@ mod tests {
         let mut perm = std::fs::metadata(&script).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&script, perm).unwrap();
-        let mut repl = Repl::start(&script, "c", &dir, 100).expect("it starts");
+        // A script just written may be busy for a moment (another test's
+        // fork holding it open for writing): retried, not failed.
+        let mut tries = 0;
+        let mut repl = loop {
+            match Repl::start(&script, "c", &dir, 100) {
+                Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                started => break started.expect("it starts"),
+            }
+        };
         assert_eq!(repl.call("get 1").unwrap(), serde_json::json!({"ok": true}));
         let e = repl.call("get 2").expect_err("a 3 MiB line");
         assert!(e.to_string().contains("longer than"), "{e}");
