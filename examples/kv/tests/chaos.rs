@@ -316,3 +316,49 @@ fn the_nemesis_mechanics_leave_every_node_running_and_a_voter() {
     let log = std::fs::read_to_string(dir.path().join("node-1.log")).expect("slot 1's log");
     assert!(log.contains("node 4 starts in slot 1 (--join)"), "{log}");
 }
+
+const CUT: &str = "a_cut_link_drops_packets_one_way_until_healed";
+
+/// The partitions do what they say: inside a namespace, a datagram from
+/// node 1's address to node 2's arrives; with the link 1 -> 2 cut it does
+/// not, while 2 -> 1 still does; healed, it arrives again.
+#[test]
+fn a_cut_link_drops_packets_one_way_until_healed() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    let Some(mark) = inside_namespace(CUT, &["passed"]) else {
+        return;
+    };
+    let mut net = netns::Net::setup().expect("the namespace's network");
+    let bind = |n: usize| {
+        let s = UdpSocket::bind((netns::node_ip(n).as_str(), 0)).expect("bound");
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("a timeout");
+        s
+    };
+    let (one, two) = (bind(1), bind(2));
+    // Whether a datagram sent from `a` reaches `b` (each probe unique, so
+    // a late one is never taken for the next).
+    let mut probe = 0u8;
+    let mut arrives = |a: &UdpSocket, b: &UdpSocket| {
+        probe += 1;
+        a.send_to(&[probe], b.local_addr().unwrap()).expect("sent");
+        let mut buf = [0u8; 8];
+        loop {
+            match b.recv(&mut buf) {
+                Ok(1) if buf[0] == probe => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+    assert!(arrives(&one, &two), "1 -> 2 before any cut");
+    assert!(arrives(&two, &one), "2 -> 1 before any cut");
+    net.cut(1, 2).expect("cut");
+    assert!(!arrives(&one, &two), "1 -> 2 arrived through the cut");
+    assert!(arrives(&two, &one), "2 -> 1 lost: the cut is one way");
+    net.heal().expect("healed");
+    assert!(net.links_cut().is_empty());
+    assert!(arrives(&one, &two), "1 -> 2 after the heal");
+    std::fs::write(mark, "passed").expect("the report is written");
+}
