@@ -618,6 +618,52 @@ impl Cluster {
         })
     }
 
+    /// Waits until every node of the configuration reports one commit
+    /// index, applied in full, and no divergence (`status`); an error
+    /// naming the last answers after `within`. With no client writing and
+    /// every fault healed, each replica must catch up with its leader: one
+    /// that cannot (a follower stuck on a log it cannot repair) or that
+    /// applied something else fails the run.
+    pub fn converged(&self, within: Duration) -> Result<(), String> {
+        let ids = self.voters_but(0);
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let last = match self.ha_kv(&["status"], Duration::from_secs(2)) {
+                Ok(out) => {
+                    let mut seen = std::collections::BTreeMap::new();
+                    for line in out.lines() {
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                            continue;
+                        };
+                        let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+                        if let (Some(id), Some(c), Some(a)) =
+                            (field("id"), field("commit_index"), field("applied_index"))
+                        {
+                            seen.insert(id, (c, a, field("divergences").unwrap_or(0)));
+                        }
+                    }
+                    let all: Option<std::collections::BTreeSet<_>> =
+                        ids.iter().map(|id| seen.get(id).copied()).collect();
+                    if let Some(all) = all
+                        && let [(commit, applied, 0)] = all.into_iter().collect::<Vec<_>>()[..]
+                        && commit == applied
+                    {
+                        return Ok(());
+                    }
+                    out.trim().to_string()
+                }
+                Err(e) => e,
+            };
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the replicas did not converge within {} s (one commit index, applied by every node of {ids:?}); last status: {last}",
+                    within.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The committed configuration, from `member list`: each member's id
     /// and role, or the answer that was not one.
     fn members(&self, timeout: Duration) -> Result<Vec<(u64, String)>, String> {

@@ -315,6 +315,18 @@ fn the_nemesis_mechanics_leave_every_node_running_and_a_voter() {
     assert_eq!(c.crashed(), None);
     let log = std::fs::read_to_string(dir.path().join("node-1.log")).expect("slot 1's log");
     assert!(log.contains("node 4 starts in slot 1 (--join)"), "{log}");
+    // Converged: every node at one applied commit index; not while a node
+    // is paused (it cannot say so).
+    c.converged(Duration::from_secs(30))
+        .expect("the replicas converge");
+    c.stop(3).expect("stopped");
+    let e = c
+        .converged(Duration::from_secs(1))
+        .expect_err("a paused node cannot have converged");
+    assert!(e.contains("did not converge"), "{e}");
+    c.cont(3).expect("continued");
+    c.converged(Duration::from_secs(30))
+        .expect("the replicas converge again");
 }
 
 const CUT: &str = "a_cut_link_drops_packets_one_way_until_healed";
