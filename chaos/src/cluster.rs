@@ -551,9 +551,14 @@ impl Cluster {
     /// its stdout, or why there is none: it could not start, or was still
     /// running after twice `timeout` (it is then killed).
     fn ha_kv(&self, args: &[&str], timeout: Duration) -> Result<String, String> {
+        self.ha_kv_at(args, &self.cluster_arg(), timeout)
+    }
+
+    /// [`Cluster::ha_kv`] asking the nodes at `cluster` only.
+    fn ha_kv_at(&self, args: &[&str], cluster: &str, timeout: Duration) -> Result<String, String> {
         let mut child = Command::new(&self.bin)
             .args(args)
-            .args(["--cluster", &self.cluster_arg(), "--tls-dir"])
+            .args(["--cluster", cluster, "--tls-dir"])
             .arg(self.tls_dir())
             .args(["--timeout-ms", &timeout.as_millis().to_string()])
             .stdin(Stdio::null())
@@ -619,45 +624,67 @@ impl Cluster {
     }
 
     /// Waits until every node of the configuration reports one commit
-    /// index, applied in full, and no divergence (`status`); an error
-    /// naming the last answers after `within`. With no client writing and
+    /// index, applied in full, and is neither halted, repairing nor
+    /// flagging a command its determinism check found diverging (`status`,
+    /// asked of each slot on its own); an error naming the last answers
+    /// after `within` (give or take one round of questions, each at most
+    /// 4 s), or at once if a node crashes. With no client writing and
     /// every fault healed, each replica must catch up with its leader: one
-    /// that cannot (a follower stuck on a log it cannot repair) or that
-    /// applied something else fails the run.
-    pub fn converged(&self, within: Duration) -> Result<(), String> {
+    /// that cannot (a follower stuck on a log it cannot repair) fails the
+    /// run. It compares positions, not contents: the history's check is
+    /// what compares what was applied.
+    pub fn converged(&mut self, within: Duration) -> Result<(), String> {
         let ids = self.voters_but(0);
         let deadline = std::time::Instant::now() + within;
         loop {
-            let last = match self.ha_kv(&["status"], Duration::from_secs(2)) {
-                Ok(out) => {
-                    let mut seen = std::collections::BTreeMap::new();
-                    for line in out.lines() {
-                        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                            continue;
-                        };
-                        let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
-                        if let (Some(id), Some(c), Some(a)) =
-                            (field("id"), field("commit_index"), field("applied_index"))
-                        {
-                            seen.insert(id, (c, a, field("divergences").unwrap_or(0)));
-                        }
-                    }
-                    let all: Option<std::collections::BTreeSet<_>> =
-                        ids.iter().map(|id| seen.get(id).copied()).collect();
-                    if let Some(all) = all
-                        && let [(commit, applied, 0)] = all.into_iter().collect::<Vec<_>>()[..]
-                        && commit == applied
-                    {
-                        return Ok(());
-                    }
-                    out.trim().to_string()
+            if let Some(crash) = self.crashed() {
+                return Err(crash);
+            }
+            let mut seen = std::collections::BTreeMap::new();
+            let mut last = Vec::new();
+            for slot in 1..=self.len() {
+                if self.states[slot - 1] == NodeState::Removed {
+                    continue;
                 }
-                Err(e) => e,
-            };
+                let addr = self.addr(slot);
+                let out = match self.ha_kv_at(&["status"], &addr, Duration::from_secs(2)) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        last.push(format!("slot {slot}: {e}"));
+                        continue;
+                    }
+                };
+                last.push(format!("slot {slot}: {}", out.trim()));
+                let Some(v) = out
+                    .lines()
+                    .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                else {
+                    continue;
+                };
+                let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+                let busy = ["halted", "repairing"].iter().any(|k| v.get(*k).is_some())
+                    || field("divergences").unwrap_or(0) > 0;
+                if let (Some(id), Some(c), Some(a), false) = (
+                    field("id"),
+                    field("commit_index"),
+                    field("applied_index"),
+                    busy,
+                ) && c == a
+                {
+                    seen.insert(id, c);
+                }
+            }
+            let commits: Option<std::collections::BTreeSet<u64>> =
+                ids.iter().map(|id| seen.get(id).copied()).collect();
+            if commits.is_some_and(|c| c.len() == 1) {
+                return Ok(());
+            }
             if std::time::Instant::now() > deadline {
                 return Err(format!(
-                    "the replicas did not converge within {} s (one commit index, applied by every node of {ids:?}); last status: {last}",
-                    within.as_secs()
+                    "the replicas did not converge within {} s (one commit index, applied in \
+                     full by every node of {ids:?}); last status: {}",
+                    within.as_secs(),
+                    last.join("; ")
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));

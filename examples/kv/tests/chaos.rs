@@ -333,7 +333,7 @@ const CUT: &str = "a_cut_link_drops_packets_one_way_until_healed";
 
 /// The partitions do what they say: inside a namespace, a datagram from
 /// node 1's address to node 2's arrives; with the link 1 -> 2 cut it does
-/// not, while 2 -> 1 still does; healed, it arrives again.
+/// not, while 2 -> 1 and 1 -> 3 still do; healed, it arrives again.
 #[test]
 fn a_cut_link_drops_packets_one_way_until_healed() {
     use std::net::UdpSocket;
@@ -342,18 +342,15 @@ fn a_cut_link_drops_packets_one_way_until_healed() {
         return;
     };
     let mut net = netns::Net::setup().expect("the namespace's network");
-    let bind = |n: usize| {
-        let s = UdpSocket::bind((netns::node_ip(n).as_str(), 0)).expect("bound");
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("a timeout");
-        s
-    };
-    let (one, two) = (bind(1), bind(2));
-    // Whether a datagram sent from `a` reaches `b` (each probe unique, so
-    // a late one is never taken for the next).
+    let bind = |n: usize| UdpSocket::bind((netns::node_ip(n).as_str(), 0)).expect("bound");
+    let (one, two, three) = (bind(1), bind(2), bind(3));
+    // Whether a datagram sent from `a` reaches `b` within `wait` (each
+    // probe unique, so a late one is never taken for the next).
     let mut probe = 0u8;
-    let mut arrives = |a: &UdpSocket, b: &UdpSocket| {
+    let mut arrives = |a: &UdpSocket, b: &UdpSocket, wait: u64| {
         probe += 1;
+        b.set_read_timeout(Some(Duration::from_millis(wait)))
+            .expect("a timeout");
         a.send_to(&[probe], b.local_addr().unwrap()).expect("sent");
         let mut buf = [0u8; 8];
         loop {
@@ -364,13 +361,19 @@ fn a_cut_link_drops_packets_one_way_until_healed() {
             }
         }
     };
-    assert!(arrives(&one, &two), "1 -> 2 before any cut");
-    assert!(arrives(&two, &one), "2 -> 1 before any cut");
+    // Patient where it must arrive, brief where it must not.
+    let (yes, no) = (2000, 300);
+    assert!(arrives(&one, &two, yes), "1 -> 2 before any cut");
+    assert!(arrives(&two, &one, yes), "2 -> 1 before any cut");
     net.cut(1, 2).expect("cut");
-    assert!(!arrives(&one, &two), "1 -> 2 arrived through the cut");
-    assert!(arrives(&two, &one), "2 -> 1 lost: the cut is one way");
+    assert!(!arrives(&one, &two, no), "1 -> 2 arrived through the cut");
+    assert!(arrives(&two, &one, yes), "2 -> 1 lost: the cut is one way");
+    assert!(
+        arrives(&one, &three, yes),
+        "1 -> 3 lost: the cut is too wide"
+    );
     net.heal().expect("healed");
     assert!(net.links_cut().is_empty());
-    assert!(arrives(&one, &two), "1 -> 2 after the heal");
+    assert!(arrives(&one, &two, yes), "1 -> 2 after the heal");
     std::fs::write(mark, "passed").expect("the report is written");
 }

@@ -4,9 +4,10 @@
 //! in, in order, flushed at once.
 //!
 //! Owns: [`repl`], [`usage`] and [`MAX_LINE`]. Invariants: no input line
-//! is held past [`MAX_LINE`] bytes (a longer one is read through, dropped
-//! and answered as a usage error, nothing sent); blank lines get no
-//! answer; the loop ends at the end of input or a read error.
+//! is held past [`MAX_LINE`] bytes and its line end (a longer one is read
+//! through, dropped and answered as a usage error, nothing sent), nor is
+//! one that is not UTF-8 sent; blank lines get no answer; the loop ends
+//! at the end of input or a read error.
 
 use std::future::Future;
 use std::io::Write;
@@ -39,14 +40,16 @@ where
     Fut: Future<Output = Outcome>,
 {
     let mut input = BufReader::new(input);
+    // A line of MAX_LINE bytes with its "\r\n" fits in one read.
+    let cap = MAX_LINE as u64 + 2;
     loop {
         let mut buf = Vec::new();
-        let cap = MAX_LINE as u64 + 1;
         match (&mut input).take(cap).read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => return 0,
             Ok(_) => {}
         }
-        let outcome = if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+        let whole = buf.ends_with(b"\n");
+        if !whole && buf.len() as u64 == cap {
             // Too long: the rest of the line is read through and dropped.
             loop {
                 let mut rest = Vec::new();
@@ -56,14 +59,18 @@ where
                     Ok(_) => {}
                 }
             }
+        }
+        let mut line = &buf[..];
+        line = line.strip_suffix(b"\n").unwrap_or(line);
+        line = line.strip_suffix(b"\r").unwrap_or(line);
+        let outcome = if line.len() > MAX_LINE {
             usage_error(format!("a line longer than {MAX_LINE} bytes"))
         } else {
-            let line = String::from_utf8_lossy(&buf);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.trim().is_empty() {
-                continue;
+            match std::str::from_utf8(line) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => answer(text.to_string()).await,
+                Err(_) => usage_error("a line that is not UTF-8".to_string()),
             }
-            answer(line.to_string()).await
         };
         let (json, _) = outcome.render();
         let _ = writeln!(out, "{json}");
@@ -119,10 +126,28 @@ mod tests {
         assert_eq!(got[0]["error"], "usage");
         assert!(got[0]["message"].as_str().unwrap().contains("longer than"));
         assert_eq!(got[1]["value"], "get b");
-        // Exactly at the cap is still a line.
-        let mut input = vec![b'y'; MAX_LINE];
-        input.push(b'\n');
-        let got = run(&input).await;
-        assert_eq!(got[0]["value"].as_str().map(str::len), Some(MAX_LINE));
+        // Exactly at the cap is still a line, with either line end; one
+        // byte more is not.
+        for end in [&b"\n"[..], b"\r\n", b""] {
+            let mut input = vec![b'y'; MAX_LINE];
+            input.extend_from_slice(end);
+            let got = run(&input).await;
+            assert_eq!(got[0]["value"].as_str().map(str::len), Some(MAX_LINE));
+            let mut input = vec![b'y'; MAX_LINE + 1];
+            input.extend_from_slice(end);
+            input.extend_from_slice(b"\nnext\n");
+            let got = run(&input).await;
+            assert_eq!(got[0]["error"], "usage", "{got:?}");
+            assert_eq!(got.last().unwrap()["value"], "next", "{got:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_that_is_not_utf8_is_a_usage_error_not_a_replacement() {
+        let got = run(b"put k \xff\xfe\nget k\n").await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0]["error"], "usage");
+        assert!(got[0]["message"].as_str().unwrap().contains("UTF-8"));
+        assert_eq!(got[1]["value"], "get k");
     }
 }
