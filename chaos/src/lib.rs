@@ -631,15 +631,6 @@ fn run_load<W: Workload>(
     if let Some(crash) = cluster.crashed() {
         broken.get_or_insert(crash);
     }
-    // Then every replica must catch up. Its failure is reported only if
-    // the history passes: a bug that both loses writes and leaves a node
-    // behind is named by what it lost.
-    let converged = if broken.is_none() {
-        cluster.converged(Duration::from_secs(30))
-    } else {
-        Ok(())
-    };
-    drop(cluster);
     // A bug asked for but not taken up (a name the nodes do not know, a
     // binary built without the feature) would make a pass mean nothing.
     if let Some(bug) = &opts.planted_bug {
@@ -653,11 +644,28 @@ fn run_load<W: Workload>(
             }
         }
     }
+    // Then every replica must catch up. A crash meanwhile is a crash; a
+    // replica left behind is reported after the history's own failure,
+    // if it has one: a bug that both loses writes and leaves a node
+    // behind is named by what it lost.
+    let converged = if broken.is_none() {
+        cluster.converged(Duration::from_secs(30))
+    } else {
+        Ok(())
+    };
+    if let Some(crash) = cluster.crashed() {
+        broken.get_or_insert(crash);
+    }
+    drop(cluster);
     if let Some(e) = broken {
         return fail(e, history, outcomes, faults);
     }
     let t = Instant::now();
-    let verdict = w.check(&history).and(converged);
+    let verdict = match (w.check(&history), converged) {
+        (Ok(()), converged) => converged,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => Err(format!("{e}\n(and: {c})")),
+    };
     (verdict, history, outcomes, faults, t.elapsed())
 }
 

@@ -6,8 +6,10 @@
 //! Owns: [`repl`], [`usage`] and [`MAX_LINE`]. Invariants: no input line
 //! is held past [`MAX_LINE`] bytes and its line end (a longer one is read
 //! through, dropped and answered as a usage error, nothing sent), nor is
-//! one that is not UTF-8 sent; blank lines get no answer; the loop ends
-//! at the end of input or a read error.
+//! one that is not UTF-8 sent; blank lines get no answer (one that is
+//! too long gets the usage error); one line end is taken off a line
+//! ("\n", then "\r"), no more; the loop ends at the end of input or a
+//! read error.
 
 use std::future::Future;
 use std::io::Write;
