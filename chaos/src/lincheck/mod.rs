@@ -85,6 +85,16 @@
 //!    is, which is what never taking effect does. Without this, every
 //!    unknown compare-and-set of a long history stays a candidate to its
 //!    end, and each cut costs time in proportion to the history so far.
+//! 9. Eager reads: in a configuration where a known read is a candidate
+//!    and its answer is the state now, the search takes it and tries
+//!    nothing else there. Any way through that configuration can take the
+//!    read first instead: nothing un-linearized returned before its call
+//!    (else it would not be a candidate), it leaves the state as it is, so
+//!    every later operation sees what it saw, and its answer holds now. The
+//!    ends reached are the same ones, so segments that want every end lose
+//!    none. Without this, every read concurrent with a few writes has the
+//!    search try the orders of those writes before it (a bank's reads see
+//!    every balance, so only the right subset passes).
 
 pub mod counter;
 pub mod models;
@@ -786,10 +796,15 @@ impl<M: Model> SegmentSearch<'_, M> {
                 pending_head,
                 pending_tail,
             );
-            let mut stack: Vec<(usize, M::State, u32)> = Vec::new();
+            // Each step: its entry, the state before it, the set before it,
+            // and whether it was an eager read (invariant 9).
+            let mut stack: Vec<(usize, M::State, u32, bool)> = Vec::new();
             let mut state = start_state.clone();
             let mut hash = 0u128;
             let mut entry = next[head];
+            // A configuration not looked at yet, and whether `entry` is its
+            // eager read.
+            let (mut fresh, mut eager) = (true, false);
             // Candidates are tried in three phases (invariant 3): the
             // segment's known operations, then its unknown ones, then the
             // pending ones; an unknown write that took effect late is not
@@ -797,10 +812,26 @@ impl<M: Model> SegmentSearch<'_, M> {
             // segment before the contradiction shows.
             let mut phase = 0u8;
             let mut known_left = self.seg.known;
-            loop {
+            'search: loop {
                 *steps += 1;
                 if *steps > budget {
                     return Err(None);
+                }
+                if std::mem::take(&mut fresh) && known_left > 0 {
+                    // Invariant 9: a known read that may answer what the
+                    // state is now is taken now, and nothing else here.
+                    let mut e = next[head];
+                    while e != tail && e.is_multiple_of(2) {
+                        let o = op(e / 2);
+                        if let Some((_, out)) = &o.ret
+                            && self.model.is_read(&o.input)
+                            && self.model.step(&state, &o.input, Some(out)).is_some()
+                        {
+                            (entry, eager) = (e, true);
+                            break;
+                        }
+                        e = next[e];
+                    }
                 }
                 let candidate = match phase {
                     0 | 1 => entry != tail && entry.is_multiple_of(2),
@@ -828,12 +859,13 @@ impl<M: Model> SegmentSearch<'_, M> {
                     }
                     let o = op(j);
                     let out = o.ret.as_ref().map(|(_, o)| o);
+                    let was_eager = std::mem::take(&mut eager);
                     // Invariant 7: an unknown blind write right after an
                     // unknown operation hides it; the sibling branch
                     // without that one dominates.
                     let hidden = unknown
                         && self.model.blind(&o.input)
-                        && stack.last().is_some_and(|(e, _, _)| unknown_op(*e));
+                        && stack.last().is_some_and(|(e, ..)| unknown_op(*e));
                     if hidden {
                         entry = next[entry];
                         continue;
@@ -858,6 +890,7 @@ impl<M: Model> SegmentSearch<'_, M> {
                         });
                         if !dominated {
                             let previous = set;
+                            fresh = true;
                             if unknown {
                                 sets.push((k as u32, set));
                                 set = u32::try_from(sets.len() - 1).map_err(|_| None)?;
@@ -866,7 +899,8 @@ impl<M: Model> SegmentSearch<'_, M> {
                                 known_left -= 1;
                             }
                             seen.push(set);
-                            stack.push((entry, std::mem::replace(&mut state, s), previous));
+                            let before = std::mem::replace(&mut state, s);
+                            stack.push((entry, before, previous, was_eager));
                             hash = h;
                             unlink(next, prev, entry);
                             if j >= from {
@@ -881,8 +915,12 @@ impl<M: Model> SegmentSearch<'_, M> {
                             continue;
                         }
                     }
-                    entry = next[entry];
-                    continue;
+                    if !was_eager {
+                        entry = next[entry];
+                        continue;
+                    }
+                    // An eager read seen before: this configuration was
+                    // searched through it already.
                 } else if phase < 2 {
                     // A return (or the end): the candidates of this phase
                     // end here. Then those of the next.
@@ -904,12 +942,13 @@ impl<M: Model> SegmentSearch<'_, M> {
                     best = Some(Stuck {
                         depth: stack.len(),
                         at: (first_return < 2 * m).then(|| item(first_return / 2)),
-                        before: from_stack.map(|(e, _, _)| item(e / 2)).collect(),
+                        before: from_stack.map(|(e, ..)| item(e / 2)).collect(),
                     });
                 }
-                // Backtrack.
-                let Some((e, s, previous)) = stack.pop() else {
-                    break;
+                // Backtrack (past every eager read: the configuration it was
+                // taken in has nothing else to try).
+                let Some((e, s, previous, was_eager)) = stack.pop() else {
+                    break 'search;
                 };
                 let j = e / 2;
                 if j >= from {
@@ -928,6 +967,11 @@ impl<M: Model> SegmentSearch<'_, M> {
                 state = s;
                 entry = next[e];
                 phase = if j < from { 2 } else { u8::from(unknown_op(e)) };
+                if was_eager {
+                    // Straight on to the next backtrack: no candidate is
+                    // left to try here.
+                    (entry, phase) = (pending_tail, 2);
+                }
             }
             for &u in start_set {
                 in_set[u as usize] = false;
