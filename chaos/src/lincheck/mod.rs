@@ -90,9 +90,13 @@
 //!    nothing else there. Any way through that configuration can take the
 //!    read first instead: nothing un-linearized returned before its call
 //!    (else it would not be a candidate), it leaves the state as it is, so
-//!    every later operation sees what it saw, and its answer holds now. The
-//!    ends reached are the same ones, so segments that want every end lose
-//!    none. Without this, every read concurrent with a few writes has the
+//!    every later operation sees what it saw, and its answer holds now.
+//!    Segments that want every end lose none that matters: an end may now
+//!    come before unknown operations that used to be placed ahead of the
+//!    read, but those stay pending, and the next segment can place them
+//!    first. This needs [`Model::is_read`] to hold only of operations whose
+//!    step, when it succeeds, leaves the state as it was and depends on
+//!    nothing else. Without this, every read concurrent with a few writes has the
 //!    search try the orders of those writes before it (a bank's reads see
 //!    every balance, so only the right subset passes).
 
@@ -131,7 +135,10 @@ pub trait Model {
         output: Option<&Self::Output>,
     ) -> Option<Self::State>;
 
-    /// Whether `input` never changes the state (a read).
+    /// Whether `input` never changes the state (a read): its step, when
+    /// it succeeds, returns the state it was given and depends on nothing
+    /// but that state and the answer (invariant 9 takes such operations
+    /// eagerly).
     fn is_read(&self, _input: &Self::Input) -> bool {
         false
     }
@@ -919,8 +926,9 @@ impl<M: Model> SegmentSearch<'_, M> {
                         entry = next[entry];
                         continue;
                     }
-                    // An eager read seen before: this configuration was
-                    // searched through it already.
+                    // An eager read whose configuration the cache holds one
+                    // that dominates: what this configuration can reach
+                    // (all through the read) was searched from there.
                 } else if phase < 2 {
                     // A return (or the end): the candidates of this phase
                     // end here. Then those of the next.

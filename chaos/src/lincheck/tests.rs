@@ -811,3 +811,234 @@ fn the_exact_counter_check_handles_many_unknown_adds_and_names_a_double_add() {
     other[0].input = CounterInput::Add(2);
     assert!(counter::check_adds_of_one(0, &other).is_none());
 }
+
+/// Whether `h` is linearizable, by trying every subset of its unknown
+/// operations and every order real time allows (small histories only).
+fn brute_force<M: Model>(model: &M, h: &[Operation<M::Input, M::Output>]) -> bool {
+    fn orders<M: Model>(
+        model: &M,
+        h: &[Operation<M::Input, M::Output>],
+        left: &mut Vec<usize>,
+        state: M::State,
+    ) -> bool {
+        if left.is_empty() {
+            return true;
+        }
+        for i in 0..left.len() {
+            let k = left[i];
+            // Not before an operation that returned before it was called.
+            let blocked = left
+                .iter()
+                .any(|&r| h[r].ret.as_ref().is_some_and(|(t, _)| *t < h[k].call));
+            let out = h[k].ret.as_ref().map(|(_, o)| o);
+            if !blocked && let Some(next) = model.step(&state, &h[k].input, out) {
+                left.remove(i);
+                let found = orders(model, h, left, next);
+                left.insert(i, k);
+                if found {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    let unknown: Vec<usize> = (0..h.len()).filter(|&k| h[k].ret.is_none()).collect();
+    (0..1u32 << unknown.len()).any(|mask| {
+        let mut left: Vec<usize> = (0..h.len())
+            .filter(|&k| {
+                h[k].ret.is_some()
+                    || unknown
+                        .iter()
+                        .position(|&u| u == k)
+                        .is_some_and(|p| mask & (1 << p) != 0)
+            })
+            .collect();
+        orders(model, h, &mut left, model.init())
+    })
+}
+
+/// A small random history of one register: gets, puts, dels and cas's,
+/// each write a fresh token, answers from a random order of effects within
+/// each operation's interval (some unknown, applied or not), now and then
+/// one answer changed; times on a coarse grid, so they often coincide.
+fn random_small_kv_history(rng: &mut SplitMix64) -> Vec<Operation<KvInput, KvOutput>> {
+    let mut ops = Vec::new();
+    let mut effects: Vec<(u64, usize)> = Vec::new();
+    let mut token = 0u64;
+    for c in 0..rng.range(1, 4) {
+        let mut t = rng.range(0, 3);
+        for _ in 0..rng.range(1, 3) {
+            token += 1;
+            let input = match rng.range(0, 4) {
+                0 => Get { key: 0 },
+                1 => Put {
+                    key: 0,
+                    value: token,
+                },
+                2 => Del { key: 0 },
+                _ => Cas {
+                    key: 0,
+                    expected: [
+                        None,
+                        Some(token.saturating_sub(1)),
+                        Some(token.saturating_sub(2)),
+                    ][rng.range(0, 3) as usize],
+                    new: token,
+                },
+            };
+            let ret = t + rng.range(0, 4);
+            let timed_out = rng.chance(0.25);
+            ops.push(Operation {
+                client: c,
+                call: t,
+                ret: (!timed_out).then_some((ret, KvOutput::Done)),
+                input,
+            });
+            if !timed_out || rng.chance(0.5) {
+                let end = if timed_out { ret + 5 } else { ret };
+                effects.push((rng.range(t, end + 1), ops.len() - 1));
+            }
+            t = ret + rng.range(0, 3);
+        }
+    }
+    effects.sort_unstable();
+    let mut state = None;
+    for (_, i) in effects {
+        let answer = match ops[i].input {
+            Get { .. } => Value(state),
+            Put { value, .. } => {
+                let before = state;
+                state = Some(value);
+                Value(before)
+            }
+            Del { .. } => {
+                let existed = state.is_some();
+                state = None;
+                Existed(existed)
+            }
+            Cas { expected, new, .. } => {
+                if state == expected {
+                    state = Some(new);
+                    KvOutput::Cas(Ok(()))
+                } else {
+                    KvOutput::Cas(Err(state))
+                }
+            }
+        };
+        if let Some((_, out)) = &mut ops[i].ret {
+            *out = answer;
+        }
+    }
+    for o in &mut ops {
+        if let Some((_, Value(v))) = &mut o.ret
+            && rng.chance(0.15)
+        {
+            *v = if v.is_some() { None } else { Some(1) };
+        }
+    }
+    ops
+}
+
+/// The search (eager reads, segments, unknown writes set aside and
+/// renamed, cas's dropped) agrees with trying every order, on registers.
+#[test]
+fn the_search_agrees_with_brute_force_on_small_register_histories() {
+    let mut rng = SplitMix64::new(5);
+    let (mut good, mut bad) = (0, 0);
+    for round in 0..20_000 {
+        let h = random_small_kv_history(&mut rng);
+        let search = kv(&h).is_ok();
+        let brute = brute_force(&Kv, &h);
+        assert_eq!(
+            search, brute,
+            "round {round}: search {search}, brute {brute}: {h:#?}"
+        );
+        if brute { good += 1 } else { bad += 1 }
+    }
+    assert!(good > 2_000 && bad > 2_000, "{good} good, {bad} bad");
+}
+
+/// A small random history of a bank of three accounts of 2: transfers of
+/// 1 or 2 (some failing for want of money, some unknown) and reads of
+/// every balance, answered from a random order of effects, now and then
+/// one answer changed.
+fn random_small_bank_history(rng: &mut SplitMix64) -> Vec<Operation<BankInput, BankOutput>> {
+    let mut ops = Vec::new();
+    let mut effects: Vec<(u64, usize)> = Vec::new();
+    for c in 0..rng.range(1, 4) {
+        let mut t = rng.range(0, 3);
+        for _ in 0..rng.range(1, 3) {
+            let input = if rng.chance(0.4) {
+                BankInput::Read
+            } else {
+                let from = rng.range(0, 3) as usize;
+                BankInput::Transfer {
+                    from,
+                    to: (from + rng.range(1, 3) as usize) % 3,
+                    amount: rng.range(1, 3) as i64,
+                }
+            };
+            let ret = t + rng.range(0, 4);
+            let timed_out = input != BankInput::Read && rng.chance(0.25);
+            ops.push(Operation {
+                client: c,
+                call: t,
+                ret: (!timed_out).then_some((ret, BankOutput::Moved(false))),
+                input,
+            });
+            if !timed_out || rng.chance(0.5) {
+                let end = if timed_out { ret + 5 } else { ret };
+                effects.push((rng.range(t, end + 1), ops.len() - 1));
+            }
+            t = ret + rng.range(0, 3);
+        }
+    }
+    effects.sort_unstable();
+    let mut b = vec![2i64; 3];
+    for (_, i) in effects {
+        let answer = match ops[i].input {
+            BankInput::Read => BankOutput::Balances(b.clone()),
+            BankInput::Transfer { from, to, amount } => {
+                let moved = b[from] >= amount;
+                if moved {
+                    b[from] -= amount;
+                    b[to] += amount;
+                }
+                BankOutput::Moved(moved)
+            }
+        };
+        if let Some((_, out)) = &mut ops[i].ret {
+            *out = answer;
+        }
+    }
+    for o in &mut ops {
+        if let Some((_, BankOutput::Balances(v))) = &mut o.ret
+            && rng.chance(0.15)
+        {
+            v.swap(0, 1);
+        }
+    }
+    ops
+}
+
+/// The same agreement on bank histories, where reads see every balance.
+#[test]
+fn the_search_agrees_with_brute_force_on_small_bank_histories() {
+    let bank = Bank {
+        accounts: 3,
+        initial: 2,
+    };
+    let mut rng = SplitMix64::new(6);
+    let (mut good, mut bad) = (0, 0);
+    for round in 0..20_000 {
+        let h = random_small_bank_history(&mut rng);
+        let search = check(&bank, &h).is_ok();
+        let brute = brute_force(&bank, &h);
+        assert_eq!(
+            search, brute,
+            "round {round}: search {search}, brute {brute}: {h:#?}"
+        );
+        if brute { good += 1 } else { bad += 1 }
+    }
+    assert!(good > 2_000 && bad > 1_000, "{good} good, {bad} bad");
+}
