@@ -483,35 +483,17 @@ fn run_load<W: Workload>(
         if let Some((_, o)) = overlay_due.take_if(|(at, _)| now >= *at)
             && let Some(out) = active.as_ref().map(|a| a.node)
         {
-            let (fault, hold) = (o.fault, o.hold);
             let live: Vec<usize> = slots.iter().copied().filter(|&k| k != out).collect();
-            let random = live[(o.pick % live.len() as u64) as usize];
-            let leader = if fault == Fault::Clock || o.coin {
-                cluster
-                    .leader(Duration::from_millis(500))
-                    .filter(|&l| l != out)
-            } else {
-                None
+            let launch = Launch {
+                fault: o.fault,
+                hold: o.hold,
+                leader: o.coin,
+                random: live[(o.pick % live.len() as u64) as usize],
+                out: Some(out),
             };
-            let node = leader.unwrap_or(random);
-            let id = cluster.node_id(node);
-            if let Err(e) = begin(fault, node, &live, &mut cluster, &mut net) {
-                broken = Some(format!("{fault:?} on node {id} (slot {node}): {e}"));
-            }
-            *faults.entry(fault.name()).or_insert(0) += 1;
-            *faults.entry(OVERLAID).or_insert(0) += 1;
-            eprintln!(
-                "{:>8.3} s  {} node {id} (slot {node}{}) for {} ms, while slot {out} is out",
-                start.elapsed().as_secs_f64(),
-                fault.name(),
-                if leader.is_some() { ", the leader" } else { "" },
-                hold.as_millis()
-            );
-            overlay = Some(Active {
-                fault,
-                node,
-                until: Instant::now() + hold,
-            });
+            let (a, e) = launch.run(&live, &mut cluster, &mut net, &mut faults, start);
+            broken = broken.or(e);
+            overlay = Some(a);
         }
         if let Some(a) = active.take_if(|a| now >= a.until).as_ref() {
             if let Err(e) = undo(a, &mut cluster, &mut net) {
@@ -559,31 +541,17 @@ fn run_load<W: Workload>(
                 next_fault = start + until;
                 continue;
             }
-            // A slow clock is a stale leader's fault: always the leader.
-            let leader = if fault == Fault::Clock || coin {
-                cluster.leader(Duration::from_millis(500))
-            } else {
-                None
-            };
-            let node = leader.unwrap_or(random);
-            let id = cluster.node_id(node);
-            if let Err(e) = begin(fault, node, &slots, &mut cluster, &mut net) {
-                broken = Some(format!("{fault:?} on node {id} (slot {node}): {e}"));
-            }
-            *faults.entry(fault.name()).or_insert(0) += 1;
-            eprintln!(
-                "{:>8.3} s  {} node {id} (slot {node}{}) for {} ms",
-                start.elapsed().as_secs_f64(),
-                fault.name(),
-                if leader.is_some() { ", the leader" } else { "" },
-                hold.as_millis()
-            );
-            overlay_due = planned.map(|(delay, o)| (Instant::now() + delay, o));
-            active = Some(Active {
+            let launch = Launch {
                 fault,
-                node,
-                until: Instant::now() + hold,
-            });
+                hold,
+                leader: coin,
+                random,
+                out: None,
+            };
+            let (a, e) = launch.run(&slots, &mut cluster, &mut net, &mut faults, start);
+            broken = broken.or(e);
+            overlay_due = planned.map(|(delay, o)| (Instant::now() + delay, o));
+            active = Some(a);
         }
     }
     // A failure stops the clients early; either way each finishes its
@@ -703,6 +671,64 @@ fn fault_hold(fault: Fault, rng: &mut SplitMix64) -> Duration {
     } else {
         rng.range(500, 3000)
     })
+}
+
+/// A fault about to begin.
+struct Launch {
+    fault: Fault,
+    hold: Duration,
+    /// Whether to take the leader (a slow clock always does, when a node
+    /// names one: it is a stale leader's fault).
+    leader: bool,
+    /// The slot taken otherwise.
+    random: usize,
+    /// The slot out of the configuration, if this fault is laid over a
+    /// membership change (never the target).
+    out: Option<usize>,
+}
+
+impl Launch {
+    /// Begins the fault among the slots `live`, counts it in `faults` and
+    /// logs it; the fault now active, and why it could not begin, if so.
+    fn run(
+        self,
+        live: &[usize],
+        cluster: &mut Cluster,
+        net: &mut Option<Net>,
+        faults: &mut BTreeMap<&'static str, u64>,
+        start: Instant,
+    ) -> (Active, Option<String>) {
+        let Launch {
+            fault,
+            hold,
+            random,
+            out,
+            ..
+        } = self;
+        let leader = (fault == Fault::Clock || self.leader)
+            .then(|| cluster.leader(Duration::from_millis(500)))
+            .flatten()
+            .filter(|&l| Some(l) != out);
+        let node = leader.unwrap_or(random);
+        let id = cluster.node_id(node);
+        let error = begin(fault, node, live, cluster, net)
+            .err()
+            .map(|e| format!("{fault:?} on node {id} (slot {node}): {e}"));
+        *faults.entry(fault.name()).or_insert(0) += 1;
+        if out.is_some() {
+            *faults.entry(OVERLAID).or_insert(0) += 1;
+        }
+        eprintln!(
+            "{:>8.3} s  {} node {id} (slot {node}{}) for {} ms{}",
+            start.elapsed().as_secs_f64(),
+            fault.name(),
+            if leader.is_some() { ", the leader" } else { "" },
+            hold.as_millis(),
+            out.map_or(String::new(), |o| format!(", while slot {o} is out"))
+        );
+        let until = Instant::now() + hold;
+        (Active { fault, node, until }, error)
+    }
 }
 
 /// Begins `fault` on slot `node`; a partition cuts among the slots `live`

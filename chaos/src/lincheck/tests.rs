@@ -694,33 +694,35 @@ fn a_counter_with_pending_unknown_adds_checks_and_a_double_add_fails() {
     assert!(!check(&Counter { initial: 0 }, &bad).is_ok());
 }
 
-/// A small random counter history of adds of 1 and gets, with values
-/// that may be wrong: answers drawn near the truth of a random effect
-/// order, some adds unknown (applied or not), times on a coarse grid so
-/// that calls and returns often coincide.
-fn random_small_counter_history(rng: &mut SplitMix64) -> Vec<Operation<CounterInput, Option<i64>>> {
-    let clients = rng.range(1, 4);
+/// A small random history: 1-3 clients of 1-3 operations each, drawn by
+/// `choose`, on a coarse time grid (so calls and returns often coincide);
+/// a quarter of them time out (those `may_time_out` allows), and take
+/// effect half the time, up to 5 ticks after their return would have
+/// been; every other one takes effect within its interval. `answer`
+/// applies the effects in time order to a real object and says what each
+/// answered (a placeholder stands until then).
+fn random_small_history<I: Clone, O: Clone>(
+    rng: &mut SplitMix64,
+    mut choose: impl FnMut(&mut SplitMix64) -> I,
+    may_time_out: impl Fn(&I) -> bool,
+    placeholder: O,
+    mut answer: impl FnMut(&I) -> O,
+) -> Vec<Operation<I, O>> {
     let mut ops = Vec::new();
     let mut effects: Vec<(u64, usize)> = Vec::new();
-    for c in 0..clients {
+    for c in 0..rng.range(1, 4) {
         let mut t = rng.range(0, 3);
         for _ in 0..rng.range(1, 4) {
-            let input = if rng.chance(0.4) {
-                CounterInput::Get
-            } else {
-                CounterInput::Add(1)
-            };
+            let input = choose(rng);
             let ret = t + rng.range(0, 4);
-            let timed_out = rng.chance(0.3);
+            let timed_out = may_time_out(&input) && rng.chance(0.25);
             ops.push(Operation {
                 client: c,
                 call: t,
-                ret: (!timed_out).then_some((ret, None)),
+                ret: (!timed_out).then(|| (ret, placeholder.clone())),
                 input,
             });
-            if input == CounterInput::Get && timed_out {
-                // An unknown read: it constrains nothing.
-            } else if !timed_out || rng.chance(0.5) {
+            if !timed_out || rng.chance(0.5) {
                 let end = if timed_out { ret + 5 } else { ret };
                 effects.push((rng.range(t, end + 1), ops.len() - 1));
             }
@@ -728,16 +730,37 @@ fn random_small_counter_history(rng: &mut SplitMix64) -> Vec<Operation<CounterIn
         }
     }
     effects.sort_unstable();
-    let mut value = 0i64;
     for (_, i) in effects {
-        if ops[i].input == CounterInput::Add(1) {
-            value += 1;
-        }
-        if let Some((_, out)) = &mut ops[i].ret {
-            *out = Some(value);
+        let out = answer(&ops[i].input);
+        if let Some((_, o)) = &mut ops[i].ret {
+            *o = out;
         }
     }
-    // Now and then an answer off by one either way.
+    ops
+}
+
+/// A small random counter history of adds of 1 and gets (either may time
+/// out), now and then an answer off by one either way.
+fn random_small_counter_history(rng: &mut SplitMix64) -> Vec<Operation<CounterInput, Option<i64>>> {
+    let mut value = 0i64;
+    let mut ops = random_small_history(
+        rng,
+        |rng| {
+            if rng.chance(0.4) {
+                CounterInput::Get
+            } else {
+                CounterInput::Add(1)
+            }
+        },
+        |_| true,
+        None,
+        |input| {
+            if *input == CounterInput::Add(1) {
+                value += 1;
+            }
+            Some(value)
+        },
+    );
     for o in &mut ops {
         if let Some((_, Some(v))) = &mut o.ret
             && rng.chance(0.1)
@@ -750,28 +773,47 @@ fn random_small_counter_history(rng: &mut SplitMix64) -> Vec<Operation<CounterIn
 
 #[test]
 fn the_exact_counter_check_agrees_with_the_search_on_random_histories() {
-    let mut rng = SplitMix64::new(11);
-    let (mut good, mut bad) = (0, 0);
-    for round in 0..20_000 {
-        let mut h = random_small_counter_history(&mut rng);
-        // Every fourth round starts elsewhere than 0.
-        let initial = if round % 4 == 0 { -7 } else { 0 };
-        for o in &mut h {
-            if let Some((_, Some(v))) = &mut o.ret {
-                *v += initial;
+    let (good, bad) = agreement(
+        11,
+        |rng, round| {
+            let mut h = random_small_counter_history(rng);
+            // Every fourth round starts elsewhere than 0.
+            let initial = if round % 4 == 0 { -7 } else { 0 };
+            for o in &mut h {
+                if let Some((_, Some(v))) = &mut o.ret {
+                    *v += initial;
+                }
             }
-        }
-        let search = check(&Counter { initial }, &h).is_ok();
-        let exact = counter::check_adds_of_one(initial, &h).expect("adds of one, values answered");
-        assert_eq!(
-            exact.is_ok(),
-            search,
-            "round {round}: exact {exact:?}, search {search}, history {h:#?}"
-        );
-        if search { good += 1 } else { bad += 1 }
-    }
+            (initial, h)
+        },
+        |(initial, h)| check(&Counter { initial: *initial }, h).is_ok(),
+        |(initial, h)| {
+            let exact = counter::check_adds_of_one(*initial, h);
+            exact.expect("adds of one, values answered").is_ok()
+        },
+    );
     // Both kinds were met often.
     assert!(good > 2_000 && bad > 2_000, "{good} good, {bad} bad");
+}
+
+/// Runs 20,000 rounds of histories drawn by `draw` (from a generator
+/// seeded `seed`; it is told the round), requiring `a` and `b` to agree on
+/// each; returns how many both found good and how many bad.
+fn agreement<H: std::fmt::Debug>(
+    seed: u64,
+    mut draw: impl FnMut(&mut SplitMix64, usize) -> H,
+    a: impl Fn(&H) -> bool,
+    b: impl Fn(&H) -> bool,
+) -> (u32, u32) {
+    let mut rng = SplitMix64::new(seed);
+    let (mut good, mut bad) = (0, 0);
+    for round in 0..20_000 {
+        let h = draw(&mut rng, round);
+        let (x, y) = (a(&h), b(&h));
+        assert_eq!(x, y, "round {round}: {x} against {y}: {h:#?}");
+        if x { good += 1 } else { bad += 1 }
+    }
+    (good, bad)
 }
 
 #[test]
@@ -858,18 +900,15 @@ fn brute_force<M: Model>(model: &M, h: &[Operation<M::Input, M::Output>]) -> boo
 }
 
 /// A small random history of one register: gets, puts, dels and cas's,
-/// each write a fresh token, answers from a random order of effects within
-/// each operation's interval (some unknown, applied or not), now and then
-/// one answer changed; times on a coarse grid, so they often coincide.
+/// each write a fresh token, now and then a read's answer changed.
 fn random_small_kv_history(rng: &mut SplitMix64) -> Vec<Operation<KvInput, KvOutput>> {
-    let mut ops = Vec::new();
-    let mut effects: Vec<(u64, usize)> = Vec::new();
     let mut token = 0u64;
-    for c in 0..rng.range(1, 4) {
-        let mut t = rng.range(0, 3);
-        for _ in 0..rng.range(1, 3) {
+    let mut state = None;
+    let mut ops = random_small_history(
+        rng,
+        |rng| {
             token += 1;
-            let input = match rng.range(0, 4) {
+            match rng.range(0, 4) {
                 0 => Get { key: 0 },
                 1 => Put {
                     key: 0,
@@ -885,37 +924,14 @@ fn random_small_kv_history(rng: &mut SplitMix64) -> Vec<Operation<KvInput, KvOut
                     ][rng.range(0, 3) as usize],
                     new: token,
                 },
-            };
-            let ret = t + rng.range(0, 4);
-            let timed_out = rng.chance(0.25);
-            ops.push(Operation {
-                client: c,
-                call: t,
-                ret: (!timed_out).then_some((ret, KvOutput::Done)),
-                input,
-            });
-            if !timed_out || rng.chance(0.5) {
-                let end = if timed_out { ret + 5 } else { ret };
-                effects.push((rng.range(t, end + 1), ops.len() - 1));
             }
-            t = ret + rng.range(0, 3);
-        }
-    }
-    effects.sort_unstable();
-    let mut state = None;
-    for (_, i) in effects {
-        let answer = match ops[i].input {
+        },
+        |_| true,
+        KvOutput::Done,
+        |input| match *input {
             Get { .. } => Value(state),
-            Put { value, .. } => {
-                let before = state;
-                state = Some(value);
-                Value(before)
-            }
-            Del { .. } => {
-                let existed = state.is_some();
-                state = None;
-                Existed(existed)
-            }
+            Put { value, .. } => Value(state.replace(value)),
+            Del { .. } => Existed(state.take().is_some()),
             Cas { expected, new, .. } => {
                 if state == expected {
                     state = Some(new);
@@ -924,11 +940,8 @@ fn random_small_kv_history(rng: &mut SplitMix64) -> Vec<Operation<KvInput, KvOut
                     KvOutput::Cas(Err(state))
                 }
             }
-        };
-        if let Some((_, out)) = &mut ops[i].ret {
-            *out = answer;
-        }
-    }
+        },
+    );
     for o in &mut ops {
         if let Some((_, Value(v))) = &mut o.ret
             && rng.chance(0.15)
@@ -943,60 +956,36 @@ fn random_small_kv_history(rng: &mut SplitMix64) -> Vec<Operation<KvInput, KvOut
 /// renamed, cas's dropped) agrees with trying every order, on registers.
 #[test]
 fn the_search_agrees_with_brute_force_on_small_register_histories() {
-    let mut rng = SplitMix64::new(5);
-    let (mut good, mut bad) = (0, 0);
-    for round in 0..20_000 {
-        let h = random_small_kv_history(&mut rng);
-        let search = kv(&h).is_ok();
-        let brute = brute_force(&Kv, &h);
-        assert_eq!(
-            search, brute,
-            "round {round}: search {search}, brute {brute}: {h:#?}"
-        );
-        if brute { good += 1 } else { bad += 1 }
-    }
+    let (good, bad) = agreement(
+        5,
+        |rng, _| random_small_kv_history(rng),
+        |h| kv(h).is_ok(),
+        |h| brute_force(&Kv, h),
+    );
     assert!(good > 2_000 && bad > 2_000, "{good} good, {bad} bad");
 }
 
 /// A small random history of a bank of three accounts of 2: transfers of
 /// 1 or 2 (some failing for want of money, some unknown) and reads of
-/// every balance, answered from a random order of effects, now and then
-/// one answer changed.
+/// every balance, now and then a read's answer changed.
 fn random_small_bank_history(rng: &mut SplitMix64) -> Vec<Operation<BankInput, BankOutput>> {
-    let mut ops = Vec::new();
-    let mut effects: Vec<(u64, usize)> = Vec::new();
-    for c in 0..rng.range(1, 4) {
-        let mut t = rng.range(0, 3);
-        for _ in 0..rng.range(1, 3) {
-            let input = if rng.chance(0.4) {
-                BankInput::Read
-            } else {
-                let from = rng.range(0, 3) as usize;
-                BankInput::Transfer {
-                    from,
-                    to: (from + rng.range(1, 3) as usize) % 3,
-                    amount: rng.range(1, 3) as i64,
-                }
-            };
-            let ret = t + rng.range(0, 4);
-            let timed_out = input != BankInput::Read && rng.chance(0.25);
-            ops.push(Operation {
-                client: c,
-                call: t,
-                ret: (!timed_out).then_some((ret, BankOutput::Moved(false))),
-                input,
-            });
-            if !timed_out || rng.chance(0.5) {
-                let end = if timed_out { ret + 5 } else { ret };
-                effects.push((rng.range(t, end + 1), ops.len() - 1));
-            }
-            t = ret + rng.range(0, 3);
-        }
-    }
-    effects.sort_unstable();
     let mut b = vec![2i64; 3];
-    for (_, i) in effects {
-        let answer = match ops[i].input {
+    let mut ops = random_small_history(
+        rng,
+        |rng| {
+            if rng.chance(0.4) {
+                return BankInput::Read;
+            }
+            let from = rng.range(0, 3) as usize;
+            BankInput::Transfer {
+                from,
+                to: (from + rng.range(1, 3) as usize) % 3,
+                amount: rng.range(1, 3) as i64,
+            }
+        },
+        |input| *input != BankInput::Read,
+        BankOutput::Moved(false),
+        |input| match *input {
             BankInput::Read => BankOutput::Balances(b.clone()),
             BankInput::Transfer { from, to, amount } => {
                 let moved = b[from] >= amount;
@@ -1006,11 +995,8 @@ fn random_small_bank_history(rng: &mut SplitMix64) -> Vec<Operation<BankInput, B
                 }
                 BankOutput::Moved(moved)
             }
-        };
-        if let Some((_, out)) = &mut ops[i].ret {
-            *out = answer;
-        }
-    }
+        },
+    );
     for o in &mut ops {
         if let Some((_, BankOutput::Balances(v))) = &mut o.ret
             && rng.chance(0.15)
@@ -1028,17 +1014,11 @@ fn the_search_agrees_with_brute_force_on_small_bank_histories() {
         accounts: 3,
         initial: 2,
     };
-    let mut rng = SplitMix64::new(6);
-    let (mut good, mut bad) = (0, 0);
-    for round in 0..20_000 {
-        let h = random_small_bank_history(&mut rng);
-        let search = check(&bank, &h).is_ok();
-        let brute = brute_force(&bank, &h);
-        assert_eq!(
-            search, brute,
-            "round {round}: search {search}, brute {brute}: {h:#?}"
-        );
-        if brute { good += 1 } else { bad += 1 }
-    }
+    let (good, bad) = agreement(
+        6,
+        |rng, _| random_small_bank_history(rng),
+        |h| check(&bank, h).is_ok(),
+        |h| brute_force(&bank, h),
+    );
     assert!(good > 2_000 && bad > 1_000, "{good} good, {bad} bad");
 }
