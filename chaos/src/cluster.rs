@@ -626,60 +626,60 @@ impl Cluster {
     /// Waits until every node of the configuration reports one commit
     /// index, applied in full, and is neither halted, repairing nor
     /// flagging a command its determinism check found diverging (`status`,
-    /// asked of each slot on its own); an error naming the last answers
-    /// after `within` (give or take one round of questions, each at most
-    /// 4 s), or at once if a node crashes. With no client writing and
+    /// asked of each slot on its own, the answer's id the slot's); an error
+    /// naming the last answers after `within` (give or take one round of
+    /// questions, at most 4 s a node), or at once if a node crashes, halts
+    /// or diverges. With no client writing and
     /// every fault healed, each replica must catch up with its leader: one
     /// that cannot (a follower stuck on a log it cannot repair) fails the
     /// run. It compares positions, not contents: the history's check is
     /// what compares what was applied.
     pub fn converged(&mut self, within: Duration) -> Result<(), String> {
-        let ids = self.voters_but(0);
+        let slots: Vec<usize> = (1..=self.len())
+            .filter(|&k| self.states[k - 1] != NodeState::Removed)
+            .collect();
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(crash) = self.crashed() {
                 return Err(crash);
             }
-            let mut seen = std::collections::BTreeMap::new();
+            let mut commits = std::collections::BTreeSet::new();
+            let mut all = true;
             let mut last = Vec::new();
-            for slot in 1..=self.len() {
-                if self.states[slot - 1] == NodeState::Removed {
-                    continue;
-                }
-                let addr = self.addr(slot);
-                let out = match self.ha_kv_at(&["status"], &addr, Duration::from_secs(2)) {
-                    Ok(out) => out,
-                    Err(e) => {
-                        last.push(format!("slot {slot}: {e}"));
-                        continue;
-                    }
-                };
-                last.push(format!("slot {slot}: {}", out.trim()));
-                let Some(v) = out
-                    .lines()
-                    .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                else {
-                    continue;
-                };
-                let field = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
-                let busy = ["halted", "repairing"].iter().any(|k| v.get(*k).is_some())
-                    || field("divergences").unwrap_or(0) > 0;
-                if let (Some(id), Some(c), Some(a), false) = (
-                    field("id"),
-                    field("commit_index"),
-                    field("applied_index"),
-                    busy,
-                ) && c == a
+            for &slot in &slots {
+                let (id, addr) = (self.ids[slot - 1], self.addr(slot));
+                let answer = self.ha_kv_at(&["status"], &addr, Duration::from_secs(2));
+                let text = answer.as_ref().unwrap_or_else(|e| e).trim();
+                // A few hundred bytes of each answer are enough to report.
+                let short: String = text.chars().take(300).collect();
+                last.push(format!("slot {slot}: {short}"));
+                let v = answer.ok().and_then(|out| {
+                    out.lines()
+                        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                });
+                let field = |k: &str| v.as_ref()?.get(k)?.as_u64();
+                // Halted or diverging does not pass with time: at once.
+                if let Some(v) = &v
+                    && (v.get("halted").is_some() || field("divergences").unwrap_or(0) > 0)
                 {
-                    seen.insert(id, c);
+                    return Err(format!("node {id} (slot {slot}) cannot converge: {short}"));
+                }
+                match (field("id"), field("commit_index"), field("applied_index")) {
+                    (Some(i), Some(c), Some(a))
+                        if i == id
+                            && c == a
+                            && v.as_ref().is_some_and(|v| v.get("repairing").is_none()) =>
+                    {
+                        commits.insert(c);
+                    }
+                    _ => all = false,
                 }
             }
-            let commits: Option<std::collections::BTreeSet<u64>> =
-                ids.iter().map(|id| seen.get(id).copied()).collect();
-            if commits.is_some_and(|c| c.len() == 1) {
+            if all && commits.len() == 1 {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
+                let ids: Vec<u64> = slots.iter().map(|&k| self.ids[k - 1]).collect();
                 return Err(format!(
                     "the replicas did not converge within {} s (one commit index, applied in \
                      full by every node of {ids:?}); last status: {}",

@@ -365,7 +365,7 @@ mod tests {
         let mut tries = 0;
         let mut repl = loop {
             match Repl::start(&script, "c", &dir, 100) {
-                Err(e) if e.raw_os_error() == Some(26) && tries < 50 => {
+                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 50 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(20));
                 }

@@ -786,7 +786,16 @@ fn the_exact_counter_check_agrees_with_the_search_on_random_histories() {
             }
             (initial, h)
         },
-        |(initial, h)| check(&Counter { initial: *initial }, h).is_ok(),
+        |(initial, h)| {
+            let search = check(&Counter { initial: *initial }, h).is_ok();
+            // The search itself against every order.
+            assert_eq!(
+                search,
+                brute_force(&Counter { initial: *initial }, h),
+                "{h:#?}"
+            );
+            search
+        },
         |(initial, h)| {
             let exact = counter::check_adds_of_one(*initial, h);
             exact.expect("adds of one, values answered").is_ok()

@@ -66,12 +66,12 @@ where
         line = line.strip_suffix(b"\n").unwrap_or(line);
         line = line.strip_suffix(b"\r").unwrap_or(line);
         let outcome = if line.len() > MAX_LINE {
-            usage_error(format!("a line longer than {MAX_LINE} bytes"))
+            usage_outcome(format!("a line longer than {MAX_LINE} bytes"))
         } else {
             match std::str::from_utf8(line) {
                 Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => answer(text.to_string()).await,
-                Err(_) => usage_error("a line that is not UTF-8".to_string()),
+                Err(_) => usage_outcome("a line that is not UTF-8".to_string()),
             }
         };
         let (json, _) = outcome.render();
@@ -83,10 +83,12 @@ where
 /// The answer to a line `repl` cannot parse (nothing was sent): `why` it
 /// cannot, and what it would take.
 pub fn usage(line: &str, why: &str) -> Outcome {
-    usage_error(format!("cannot parse '{line}': {why}"))
+    usage_outcome(format!("cannot parse '{line}': {why}"))
 }
 
-fn usage_error(message: String) -> Outcome {
+/// The usage answer, as a line (not [`super::usage_error`], which ends the
+/// process).
+fn usage_outcome(message: String) -> Outcome {
     Outcome::Done(json!({
         "ok": false,
         "error": "usage",
