@@ -184,7 +184,8 @@ pub struct StatusView {
     pub voters: Vec<crate::types::NodeId>,
     /// Learners of the configuration.
     pub learners: Vec<crate::types::NodeId>,
-    /// Leader-loss accounting since the node started.
+    /// Downtime accounting (over the node's runs, where the service carries
+    /// it over restarts).
     pub availability: crate::metrics::AvailabilityReport,
 }
 
@@ -323,7 +324,7 @@ mod tests {
     use crate::raft::RoleKind;
     use crate::types::{LogIndex, NodeId, Term};
 
-    /// The status answer's bytes are part of `ha-client/6`: postcard
+    /// The status answer's bytes are part of `ha-client/7`: postcard
     /// encodes by position and variant number, so reordering `RoleKind`'s
     /// variants or a field of `NodeStatus` or `StatusView` changes them
     /// silently. A change that makes this test fail needs a new client ALPN
@@ -355,12 +356,17 @@ mod tests {
                 mttr_ms: 0x2d,
                 mtbf_ms: 0x2e,
                 availability: 0.5,
+                planned_ms: 0x2f,
+                unplanned_ms: 0x30,
+                handoffs: 0x31,
+                uptime_ms: 0x32,
+                maintainability: 0.25,
             },
         };
         assert_eq!(
             hex(&ClientResponse::Status(Box::new(view))),
             "0321022201232425262701010172010168010128010201660129012a\
-             2b2c2d2e000000000000e03f"
+             2b2c2d2e000000000000e03f2f303132000000000000d03f"
         );
     }
 

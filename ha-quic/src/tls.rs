@@ -7,7 +7,7 @@
 //!   by the cluster CA, the only trust anchor. A client with no certificate,
 //!   or one from another CA, fails the handshake.
 //! - ALPN separates peer traffic (`ha-raft/4`) from client traffic
-//!   (`ha-client/6`) on the one endpoint of a node. Each protocol's
+//!   (`ha-client/7`) on the one endpoint of a node. Each protocol's
 //!   version is in its ALPN: `ha-raft/3` sends snapshots on bidirectional
 //!   streams that end with the receiver's verdict and carries leadership
 //!   transfer (`TimeoutNow`, and votes marked as a transfer's);
@@ -18,7 +18,8 @@
 //!   `ha-client/4` adds the leadership transfer request; `ha-client/5`
 //!   the membership requests; `ha-client/6` names the leader in a
 //!   redirect by its configured `HOST:PORT` (a DNS name or an IP address)
-//!   instead of a socket address.
+//!   instead of a socket address; `ha-client/7` adds the maintainability
+//!   figures (planned and unplanned downtime, uptime) to the status.
 //! - A client dials a node by a `HOST:PORT` and checks that the node's
 //!   certificate names that host (see `client`).
 //! - A dialing node names the peer it expects (`node-<id>`), so the server's
@@ -62,7 +63,7 @@ use crate::certs::TlsIdentity;
 /// ALPN of node-to-node traffic.
 pub const ALPN_PEER: &[u8] = b"ha-raft/4";
 /// ALPN of client traffic.
-pub const ALPN_CLIENT: &[u8] = b"ha-client/6";
+pub const ALPN_CLIENT: &[u8] = b"ha-client/7";
 
 /// QUIC transport settings (see the module docs for why).
 #[derive(Clone, Debug)]

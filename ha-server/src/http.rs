@@ -1,6 +1,7 @@
 //! The node's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`
-//! (the process is up) and `/readyz` (the node can serve: see
-//! [`readiness`]), on hyper.
+//! (the process is up), `/readyz` (the node can serve: see
+//! [`readiness`]), and the live page at `/` with its `/api/state` (see
+//! `page`), on hyper.
 //!
 //! Owns: routing, the readiness rule, and the listener's resource limits.
 //! Invariants: at most [`HttpLimits::max_connections`] connections are
@@ -173,6 +174,7 @@ pub fn readiness(s: &NodeStatus, m: &NodeMetrics, max_apply_lag: u64) -> Result<
 /// alive, not ready), the node once it runs, nothing again once it stops.
 pub(crate) struct Routes {
     node: std::sync::OnceLock<(NodeHandle, Metrics)>,
+    watch: std::sync::OnceLock<crate::page::Watch>,
     stopping: std::sync::atomic::AtomicBool,
     max_apply_lag: u64,
 }
@@ -182,15 +184,24 @@ impl Routes {
     pub(crate) fn new(max_apply_lag: u64) -> Routes {
         Routes {
             node: std::sync::OnceLock::new(),
+            watch: std::sync::OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             max_apply_lag,
         }
     }
 
     /// The node runs.
-    pub(crate) fn node_started(&self, node: NodeHandle, transport: ha_quic::QuicTransport) {
+    pub(crate) fn node_started(
+        &self,
+        node: NodeHandle,
+        transport: ha_quic::QuicTransport,
+        watch: Option<crate::page::Watch>,
+    ) {
         let metrics = Metrics::new(node.clone(), transport);
         let _ = self.node.set((node, metrics));
+        if let Some(w) = watch {
+            let _ = self.watch.set(w);
+        }
     }
 
     /// The node is shutting down: no longer ready.
@@ -257,10 +268,22 @@ impl Answer for Routes {
                     Err(why) => unavailable(&why.to_string()),
                 },
             },
+            "/" => text(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::page::PAGE.into(),
+            ),
+            "/api/state" => match self.watch.get() {
+                None => unavailable("starting"),
+                Some(w) => match serde_json::to_string(&w.state()) {
+                    Ok(body) => text(StatusCode::OK, "application/json", body),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("{e}\n")),
+                },
+            },
             _ => text(
                 StatusCode::NOT_FOUND,
                 PLAIN,
-                "try /metrics, /healthz or /readyz\n".into(),
+                "try /, /api/state, /metrics, /healthz or /readyz\n".into(),
             ),
         }
     }
@@ -540,11 +563,8 @@ mod tests {
             fsync_latency: Default::default(),
             snapshot_encode: Default::default(),
             availability: ha_core::metrics::AvailabilityReport {
-                leaderless_ms: 0,
-                failovers: 0,
-                mttr_ms: 0,
-                mtbf_ms: 0,
                 availability: 1.0,
+                ..Default::default()
             },
             voters: vec![NodeId(1), NodeId(2), NodeId(3)],
             learners: vec![],

@@ -37,13 +37,17 @@
 //! - [`Server`], [`ServerBuilder`]: start and stop a node from options.
 //! - [`ServeError`]: why a start was refused, naming the option to fix.
 //! - [`cli`]: the operator command line.
-//! - `/metrics`, `/healthz`, `/readyz`: [`HttpLimits`], [`readiness`].
+//! - `/metrics`, `/healthz`, `/readyz`, and the live page at `/`:
+//!   [`HttpLimits`], [`readiness`].
+//! - [`downtime`]: the downtime totals kept over restarts.
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod downtime;
 mod error;
 mod http;
 mod metrics;
+mod page;
 mod peers;
 mod server;
 

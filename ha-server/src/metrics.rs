@@ -21,7 +21,9 @@
 //!   the leader's lease, and by a ReadIndex round)
 //! - `peer_replication_lag_entries{peer=..}`, `peer_rtt_seconds{peer=..}`
 //! - `leaderless_ms`, `failovers_total`, `mttr_ms`, `mtbf_ms`,
-//!   `availability` (MTBF / (MTBF + MTTR))
+//!   `availability` (MTBF / (MTBF + MTTR)), `downtime_planned_ms`,
+//!   `downtime_unplanned_ms`, `handoffs_total`, `uptime_ms`,
+//!   `maintainability` (downtime / uptime), over the node's runs
 //! - `transport_dropped_total`, `transport_superseded_total`,
 //!   `transport_protocol_errors_total`, `transport_failed_handshakes_total`,
 //!   `transport_retries_total`, `transport_refused_connections_total`,
@@ -174,7 +176,7 @@ fn encode_node(
         ]
         .map(|(n, r)| (n.to_string(), flag(s.role == r))),
     )?;
-    let gauges: [(&str, &str, f64); 13] = [
+    let gauges: [(&str, &str, f64); 17] = [
         ("term", "Current term.", s.term.0 as f64),
         (
             "commit_index",
@@ -199,8 +201,28 @@ fn encode_node(
         ),
         (
             "leaderless_ms",
-            "Time without a known leader since start.",
+            "Time without a writable leader (planned and unplanned), over the node's runs.",
             a.leaderless_ms as f64,
+        ),
+        (
+            "downtime_planned_ms",
+            "Downtime from planned hand-offs (transfer, graceful shutdown, membership change), over the node's runs.",
+            a.planned_ms as f64,
+        ),
+        (
+            "downtime_unplanned_ms",
+            "Downtime from lost leaders, over the node's runs.",
+            a.unplanned_ms as f64,
+        ),
+        (
+            "uptime_ms",
+            "Time the node ran with the cluster writable, over the node's runs.",
+            a.uptime_ms as f64,
+        ),
+        (
+            "maintainability",
+            "Downtime / uptime.",
+            a.maintainability,
         ),
         (
             "mttr_ms",
@@ -253,7 +275,12 @@ fn encode_counters(
     t: &TransportNumbers,
 ) -> fmt::Result {
     let a = &m.availability;
-    let counters: [(&str, &str, u64); 16] = [
+    let counters: [(&str, &str, u64); 17] = [
+        (
+            "handoffs",
+            "Planned periods without a writable leader (hand-offs, including failed ones), over the node's runs.",
+            a.handoffs,
+        ),
         (
             "elections_won",
             "Times this node became leader.",
@@ -468,6 +495,11 @@ mod tests {
                     mttr_ms: 206,
                     mtbf_ms: 95_000,
                     availability: 0.9978,
+                    planned_ms: 30,
+                    unplanned_ms: 382,
+                    handoffs: 1,
+                    uptime_ms: 190_000,
+                    maintainability: 0.0021,
                 },
                 voters: vec![NodeId(1), NodeId(2), NodeId(3)],
                 learners: vec![],
@@ -499,6 +531,11 @@ mod tests {
             "ha_applied_index 119.0",
             "ha_availability 0.9978",
             "ha_failovers_total 2",
+            "ha_handoffs_total 1",
+            "ha_downtime_planned_ms 30.0",
+            "ha_downtime_unplanned_ms 382.0",
+            "ha_uptime_ms 190000.0",
+            "ha_maintainability 0.0021",
             "ha_elections_won_total 2",
             "ha_transport_dropped_total 4",
             "ha_peer_replication_lag_entries{peer=\"2\"} 3.0",

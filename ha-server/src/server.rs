@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ha_core::metrics::DowntimeHistory;
 use ha_core::node::{NodeHandle, NodeOptions, StopReason};
 use ha_core::sm::Replicated;
 use ha_core::storage::{DataDir, StdFs, WalOptions};
@@ -377,8 +378,24 @@ impl<T: Replicated> ServerBuilder<T> {
         let quota = self.storage_quota_bytes;
         let max_request_bytes = self.max_request_bytes;
         let join = self.join;
-        let started = tokio::task::spawn_blocking(move || -> Result<QuicNode, ServeError> {
+        // The page's poller asks every member for its status as a client
+        // of the cluster, with this node's certificate.
+        let watch_client = match &http {
+            Some(_) => match ha_quic::QuicClientTransport::new(&identity) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!("the live page cannot ask the members: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let data_dir = c.data_dir.clone();
+        type Started = (QuicNode, DowntimeHistory, BTreeMap<NodeId, String>);
+        let started = tokio::task::spawn_blocking(move || -> Result<Started, ServeError> {
             let dir = DataDir::open_for::<T, _>(&StdFs, &c.data_dir, &identity.cluster_id(), me)?;
+            // Read under the directory's lock: no other process saves it.
+            let history = crate::downtime::load(&c.data_dir);
             // The stored voters (after storing the given ones on a first
             // start); none for a node that joined.
             let voters = if join {
@@ -387,6 +404,8 @@ impl<T: Replicated> ServerBuilder<T> {
                 peers::voters(&dir, me, &c.listen_text, &c.given)?
             };
             let peer_addrs = peers::resolve_peers(&voters, me);
+            let mut members = voters.clone();
+            members.entry(me).or_insert_with(|| c.listen_text.clone());
             let mut opts = NodeOptions::new(me, voters.keys().copied());
             // The bootstrap configuration records where its voters listen
             // (each address as stored; one that is not HOST:PORT is left
@@ -425,11 +444,14 @@ impl<T: Replicated> ServerBuilder<T> {
                 dir,
                 WalOptions::default(),
             )?;
-            Ok(node)
+            Ok((node, history, members))
         })
         .await;
-        let node = match started {
-            Ok(Ok(node)) => node,
+        let (node, members) = match started {
+            Ok(Ok((node, history, members))) => {
+                node.handle().carry_downtime(history);
+                (node, members)
+            }
             Ok(Err(e)) => return Err(e),
             Err(e) => {
                 return Err(ServeError::invalid(
@@ -439,15 +461,39 @@ impl<T: Replicated> ServerBuilder<T> {
             }
         };
         if let Some(h) = &http {
+            let watch = watch_client
+                .map(|client| crate::page::Watch::start(node.handle().clone(), members, client));
             h.routes
-                .node_started(node.handle().clone(), node.transport());
+                .node_started(node.handle().clone(), node.transport(), watch);
         }
+        let (stop_saving, stop) = tokio::sync::oneshot::channel();
+        let saver = tokio::spawn(save_downtime(node.handle().clone(), data_dir, stop));
         Ok(Server {
             node: Some(node),
             http,
+            downtime: Some((saver, stop_saving)),
             _type: PhantomData,
         })
     }
+}
+
+/// Saves the node's downtime totals every [`crate::downtime::SAVE_EVERY`]
+/// until `stop` says so or is dropped; then saves them once more (so the
+/// last save is of the stopped node's totals, and no earlier one is still
+/// under way).
+async fn save_downtime(node: NodeHandle, dir: PathBuf, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut last_error = None;
+    let mut every = tokio::time::interval(crate::downtime::SAVE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = every.tick() => {}
+        }
+        crate::downtime::save_logged(dir.clone(), node.downtime_history(), &mut last_error)
+            .await;
+    }
+    crate::downtime::save_logged(dir, node.downtime_history(), &mut last_error).await;
 }
 
 /// Node timing (see [`ServerBuilder::timing`]).
@@ -515,6 +561,8 @@ pub enum HandOver {
 pub struct Server<T> {
     node: Option<QuicNode>,
     http: Option<Http>,
+    /// The task saving the downtime totals, and what stops it.
+    downtime: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -612,6 +660,12 @@ impl<T: Replicated> Server<T> {
         }
         if let Some(node) = self.node.take() {
             node.shutdown().await;
+            if let Some((saver, stop)) = self.downtime.take() {
+                // The totals up to the stop, saved while the directory is
+                // still locked.
+                let _ = stop.send(());
+                let _ = saver.await;
+            }
             // The node holds the data directory's lock until it is dropped,
             // after its writers stopped.
             drop(node);
@@ -627,6 +681,9 @@ impl<T> Drop for Server<T> {
         if let Some(h) = self.http.take() {
             h.routes.stopping();
             h.task.abort();
+        }
+        if let Some((saver, _)) = self.downtime.take() {
+            saver.abort();
         }
     }
 }

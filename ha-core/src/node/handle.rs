@@ -453,15 +453,36 @@ impl NodeHandle {
             commit_latency: m.commit_latency.snapshot(),
             fsync_latency: m.fsync_latency.snapshot(),
             snapshot_encode: m.snapshot_encode.snapshot(),
-            availability: m
-                .availability
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .report(Instant::now()),
+            availability: self.availability().report(Instant::now()),
             voters: view.voters,
             learners: view.learners,
             peers: view.peers,
         }
+    }
+
+    /// Adds the downtime totals of the node's earlier runs to its
+    /// accounting (once, right after start; see
+    /// [`DowntimeHistory`](crate::metrics::DowntimeHistory)).
+    pub fn carry_downtime(&self, history: crate::metrics::DowntimeHistory) {
+        self.availability().carry_over(history);
+    }
+
+    /// The downtime totals to carry over to the node's next run.
+    pub fn downtime_history(&self) -> crate::metrics::DowntimeHistory {
+        self.availability().history(Instant::now())
+    }
+
+    /// This run's leader changes and periods without a writable leader in
+    /// the last `window`, oldest first.
+    pub fn timeline(&self, window: Duration) -> crate::metrics::Timeline {
+        self.availability().timeline(Instant::now(), window)
+    }
+
+    fn availability(&self) -> std::sync::MutexGuard<'_, Availability> {
+        self.metrics
+            .availability
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The latest status.

@@ -372,6 +372,22 @@ impl<V: Vfs> NodeTask<V> {
                 .availability
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            // A leader leaving the configuration, or lost while a change is
+            // in progress, is a planned hand-off.
+            let conf = self.raft.membership();
+            if let Some(old) = self.last_leader
+                && leader != self.last_leader
+                && (conf.is_joint() || !conf.is_voter(old))
+            {
+                a.handoff_expected(now);
+            }
+            if role == RoleKind::Leader {
+                if self.raft.transferring_to().is_some() {
+                    a.handing_over(now);
+                } else if leader == self.last_leader {
+                    a.handover_failed(now);
+                }
+            }
             a.leader_changed(leader, now);
             if role == RoleKind::Leader {
                 a.heard_from_leader(now);
@@ -405,6 +421,18 @@ impl<V: Vfs> NodeTask<V> {
         // runs from when it took its leader's message (see
         // `Raft::set_clock`).
         let from = m.from;
+        if matches!(
+            m.body,
+            crate::raft::Body::TimeoutNow { .. }
+                | crate::raft::Body::PreVote { transfer: true, .. }
+                | crate::raft::Body::Vote { transfer: true, .. }
+        ) {
+            self.metrics
+                .availability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .handoff_expected(Instant::now());
+        }
         let from_leader = Some(from) == self.raft.leader();
         let lease = self.raft.config().lease.is_some();
         let now = (from_leader || lease).then(Instant::now);

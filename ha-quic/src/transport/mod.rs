@@ -25,7 +25,7 @@
 //! `InstallSnapshot` queued to the node, and the sender reports success
 //! only on [`SnapshotVerdict::Accepted`].
 //!
-//! Client traffic (ALPN `ha-client/6`): one request and one response per
+//! Client traffic (ALPN `ha-client/7`): one request and one response per
 //! bidirectional stream.
 //!
 //! Invariants:

@@ -83,7 +83,12 @@ pub(super) fn status_prints_one_object_per_node(c: &Cluster) {
             "the contract says last_log_index: {s}"
         );
         assert_eq!(s["voters"], serde_json::json!([1, 2, 3]));
-        assert!(s["availability"]["availability"].as_f64().is_some());
+        let a = &s["availability"];
+        assert!(a["availability"].as_f64().is_some(), "{s}");
+        for field in ["planned_ms", "unplanned_ms", "handoffs", "uptime_ms"] {
+            assert!(a[field].as_u64().is_some(), "availability lacks {field}: {s}");
+        }
+        assert!(a["maintainability"].as_f64().is_some(), "{s}");
     }
     assert_eq!(st.iter().filter(|s| s["role"] == "leader").count(), 1);
 }
