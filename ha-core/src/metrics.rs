@@ -9,7 +9,10 @@
 //!   new one;
 //! - its *recovery time* runs from the last message this node had from the
 //!   lost leader (or, on a leader handing over, from when it began to
-//!   refuse writes) to the moment it knows the next one;
+//!   refuse writes) to the moment the cluster can commit writes again as
+//!   this node sees it: it knows the next leader, and an entry of that
+//!   leader's term is committed (the new leader's first entry; a follower
+//!   learns it with the next append);
 //! - a period is *planned* when a hand-off announced it: a leadership
 //!   transfer (its `TimeoutNow`, or its target's election, which carries
 //!   the transfer flag), this node's own transfer (a graceful shutdown's
@@ -107,6 +110,10 @@ pub struct DowntimeHistory {
     pub failovers: u64,
     /// Planned periods (hand-offs, including ones that failed).
     pub handoffs: u64,
+    /// Planned downtime of this node's own hand-overs, as the leader that
+    /// handed over (see [`AvailabilityReport::handover_ms`]).
+    #[serde(default)]
+    pub handover_ms: u64,
 }
 
 /// A period in which the cluster, as this node saw it, could not commit
@@ -157,6 +164,11 @@ pub struct Availability {
     handoff_seen: Option<Instant>,
     /// On a leader handing over: since when it refuses writes.
     handing_over: Option<Instant>,
+    /// The start of this node's own hand-over period while it is open.
+    own: Option<Instant>,
+    /// Its start was moved to when its earlier writes were committed.
+    drained: bool,
+    handed_over: Duration,
     failovers: u64,
     handoffs: u64,
     planned: Duration,
@@ -195,6 +207,12 @@ pub struct AvailabilityReport {
     pub uptime_ms: u64,
     /// Downtime / uptime (planned and unplanned; 0 before any uptime).
     pub maintainability: f64,
+    /// The time this node's own hand-overs took, as the leader that handed
+    /// over: from when it began to refuse writes until it saw the cluster
+    /// writable again (an entry of the new leader's term committed), or
+    /// led on. Each hand-off is counted so by exactly one node: the sum
+    /// over the nodes is the cluster's.
+    pub handover_ms: u64,
 }
 
 /// Milliseconds of `d`, saturating.
@@ -213,6 +231,9 @@ impl Availability {
             lost_since: None,
             handoff_seen: None,
             handing_over: None,
+            own: None,
+            drained: false,
+            handed_over: Duration::ZERO,
             failovers: 0,
             handoffs: 0,
             planned: Duration::ZERO,
@@ -238,12 +259,18 @@ impl Availability {
                 .observed_ms
                 .saturating_add(ms(now.saturating_duration_since(self.started))),
             planned_ms: b.planned_ms.saturating_add(ms(self.planned + planned)),
-            unplanned_ms: b.unplanned_ms.saturating_add(ms(self.unplanned + unplanned)),
+            unplanned_ms: b
+                .unplanned_ms
+                .saturating_add(ms(self.unplanned + unplanned)),
             failovers: b.failovers.saturating_add(self.failovers),
             handoffs: b
                 .handoffs
                 .saturating_add(self.handoffs)
                 .saturating_add(u64::from(!planned.is_zero())),
+            handover_ms: b.handover_ms.saturating_add(ms(self.handed_over
+                + self
+                    .own
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)))),
         }
     }
 
@@ -270,6 +297,13 @@ impl Availability {
     /// is planned.
     pub fn handoff_expected(&mut self, now: Instant) {
         self.handoff_seen = Some(now);
+        // Its sign may arrive after the leader change it explains (the new
+        // leader's append overtook the vote request it sent this node).
+        if let Some((start, p)) = &mut self.lost_since
+            && now.saturating_duration_since(*start) <= HANDOFF_MEMORY
+        {
+            *p = true;
+        }
     }
 
     /// This node, as leader, refuses writes to hand leadership over (from
@@ -278,7 +312,29 @@ impl Availability {
         if self.handing_over.is_none() && self.leader.is_some() {
             self.handing_over = Some(now);
             self.handoff_seen = Some(now);
+            self.own = Some(now);
+            self.drained = false;
             push_capped(&mut self.down, (now, None, true), &mut self.dropped);
+        }
+    }
+
+    /// This node, handing over, has committed every write it took before
+    /// it began to refuse them (at `now`): the cluster stops committing
+    /// writes only from here, so the hand-over's period starts here.
+    pub fn handover_drained(&mut self, now: Instant) {
+        let Some(t) = self.handing_over else {
+            return;
+        };
+        if self.drained || self.lost_since.is_some() || now <= t {
+            return;
+        }
+        self.drained = true;
+        self.handing_over = Some(now);
+        if self.own == Some(t) {
+            self.own = Some(now);
+        }
+        if let Some(open) = self.down.back_mut().filter(|p| p.0 == t && p.1.is_none()) {
+            open.0 = now;
         }
     }
 
@@ -288,6 +344,7 @@ impl Availability {
     pub fn handover_failed(&mut self, now: Instant) {
         if let Some(t) = self.handing_over.take() {
             self.handoff_seen = None;
+            self.end_own(now);
             self.close(t, now, true);
         }
     }
@@ -301,55 +358,81 @@ impl Availability {
         } else {
             self.unplanned += d;
         }
-        if let Some(open) = self.down.back_mut().filter(|p| p.0 == start && p.1.is_none()) {
+        if let Some(open) = self
+            .down
+            .back_mut()
+            .filter(|p| p.0 == start && p.1.is_none())
+        {
             open.1 = Some(end);
             open.2 = planned;
         } else {
-            push_capped(&mut self.down, (start, Some(end), planned), &mut self.dropped);
+            push_capped(
+                &mut self.down,
+                (start, Some(end), planned),
+                &mut self.dropped,
+            );
         }
     }
 
-    /// The leader this node knows changed to `leader` at `now`.
+    /// The leader this node knows changed to `leader` at `now`. Losing or
+    /// replacing a known leader opens a period (from its last message, or
+    /// from when this node began to hand over); it stays open until the
+    /// cluster is [`writable`](Availability::writable) again.
     pub fn leader_changed(&mut self, leader: Option<NodeId>, now: Instant) {
         if leader == self.leader {
             return;
         }
         push_capped(&mut self.leaders, (now, leader), &mut self.dropped);
-        let had_one = self.leader.is_some();
         let planned = self
             .handoff_seen
             .is_some_and(|t| now.saturating_duration_since(t) <= HANDOFF_MEMORY);
-        match leader {
-            None => {
-                if had_one && self.lost_since.is_none() {
-                    match self.handing_over.take() {
-                        // Its period is open already.
-                        Some(start) => self.lost_since = Some((start, true)),
-                        None => {
-                            let start = self.last_heard;
-                            self.lost_since = Some((start, planned));
-                            push_capped(&mut self.down, (start, None, planned), &mut self.dropped);
-                        }
-                    }
+        if self.leader.is_some() && self.lost_since.is_none() {
+            match self.handing_over.take() {
+                // Its period is open already.
+                Some(start) => self.lost_since = Some((start, true)),
+                None => {
+                    let start = self.last_heard;
+                    self.lost_since = Some((start, planned));
+                    push_capped(&mut self.down, (start, None, planned), &mut self.dropped);
                 }
             }
-            Some(_) => {
-                let lost = self.lost_since.take().or(had_one.then(|| {
-                    (
-                        self.handing_over.take().unwrap_or(self.last_heard),
-                        planned,
-                    )
-                }));
-                if let Some((since, was_planned)) = lost {
-                    self.failovers += 1;
-                    self.close(since, now, was_planned || planned);
-                    self.handoff_seen = None;
-                }
-                self.handing_over = None;
-                self.last_heard = now;
-            }
+        } else if let Some((_, p)) = &mut self.lost_since {
+            // A hand-off announced while the period was open makes it one.
+            *p |= planned;
+        }
+        if leader.is_some() {
+            self.last_heard = now;
         }
         self.leader = leader;
+    }
+
+    /// This node's own hand-over ends: the cluster is writable again as it
+    /// sees it, or it leads on.
+    fn end_own(&mut self, now: Instant) {
+        if let Some(t) = self.own.take() {
+            self.handed_over += now.saturating_duration_since(t);
+        }
+    }
+
+    /// Whether the cluster is writable as this node sees it: it knows a
+    /// leader, and no period is open.
+    pub fn is_writable(&self) -> bool {
+        self.leader.is_some() && self.lost_since.is_none() && self.handing_over.is_none()
+    }
+
+    /// The cluster can commit writes again, as this node sees it at `now`:
+    /// it knows a leader, and an entry of that leader's term is committed.
+    /// Closes the open period, if any: a failover (planned or not).
+    pub fn writable(&mut self, now: Instant) {
+        if self.leader.is_none() {
+            return;
+        }
+        if let Some((since, planned)) = self.lost_since.take() {
+            self.end_own(now);
+            self.failovers += 1;
+            self.close(since, now, planned);
+            self.handoff_seen = None;
+        }
     }
 
     /// The figures as of `now`.
@@ -385,6 +468,7 @@ impl Availability {
             unplanned_ms: h.unplanned_ms,
             handoffs: h.handoffs,
             uptime_ms: up_ms,
+            handover_ms: h.handover_ms,
             maintainability: if up_ms == 0 {
                 0.0
             } else {
@@ -446,6 +530,7 @@ mod tests {
         a.heard_from_leader(ms(1_000));
         a.leader_changed(None, ms(1_400));
         a.leader_changed(Some(NodeId(2)), ms(1_300 + 200)); // 500 ms after the last message
+        a.writable(ms(1_500));
         let r = a.report(ms(2_000));
         assert_eq!(r.failovers, 1);
         assert_eq!(r.mttr_ms, 500);
@@ -455,6 +540,8 @@ mod tests {
         // A direct switch of leader is a failover too.
         a.heard_from_leader(ms(3_000));
         a.leader_changed(Some(NodeId(3)), ms(3_100));
+        assert_eq!(a.report(ms(3_100)).failovers, 1, "not writable yet");
+        a.writable(ms(3_100));
         assert_eq!(a.report(ms(3_100)).failovers, 2);
     }
 
@@ -468,13 +555,20 @@ mod tests {
         f.heard_from_leader(ms(1_000));
         f.handoff_expected(ms(1_001));
         f.leader_changed(None, ms(1_002));
-        f.leader_changed(Some(NodeId(2)), ms(1_020));
+        f.leader_changed(Some(NodeId(2)), ms(1_015));
+        f.writable(ms(1_020)); // its first entry committed
+        assert_eq!(f.report(ms(1_020)).handover_ms, 0, "not its own");
         // Then a crash: silence and an election, no sign of a hand-off.
         f.heard_from_leader(ms(2_000));
         f.leader_changed(None, ms(2_300));
         let open = f.report(ms(2_400));
-        assert_eq!((open.planned_ms, open.unplanned_ms), (20, 400), "open period counts");
+        assert_eq!(
+            (open.planned_ms, open.unplanned_ms),
+            (20, 400),
+            "open period counts"
+        );
         f.leader_changed(Some(NodeId(3)), ms(2_500));
+        f.writable(ms(2_500));
         let r = f.report(ms(3_000));
         assert_eq!((r.planned_ms, r.unplanned_ms), (20, 500));
         assert_eq!((r.failovers, r.handoffs), (2, 1));
@@ -482,15 +576,31 @@ mod tests {
         assert_eq!(r.uptime_ms, 2_480);
         assert!((r.maintainability - 520.0 / 2_480.0).abs() < 1e-9);
         let t = f.timeline(ms(3_000), Duration::from_secs(3600));
-        let kinds: Vec<_> = t.down.iter().map(|p| (p.start_ago_ms, p.end_ago_ms, p.planned)).collect();
-        assert_eq!(kinds, [(2_000, Some(1_980), true), (1_000, Some(500), false)]);
+        let kinds: Vec<_> = t
+            .down
+            .iter()
+            .map(|p| (p.start_ago_ms, p.end_ago_ms, p.planned))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(2_000, Some(1_980), true), (1_000, Some(500), false)]
+        );
         assert_eq!(t.leaders.len(), 5);
         assert_eq!(t.leaders.last().unwrap().leader, Some(3));
+        // A sign that arrives after the change it explains still does.
+        let mut late = Availability::new(t0);
+        late.leader_changed(Some(NodeId(1)), ms(10));
+        late.heard_from_leader(ms(100));
+        late.leader_changed(Some(NodeId(2)), ms(110));
+        late.handoff_expected(ms(111));
+        late.writable(ms(115));
+        assert_eq!(late.report(ms(200)).planned_ms, 15);
         // A sign too old to belong to this loss does not make it planned.
         f.handoff_expected(ms(3_000));
         f.heard_from_leader(ms(3_000) + HANDOFF_MEMORY);
         f.leader_changed(None, ms(3_001) + HANDOFF_MEMORY);
         f.leader_changed(Some(NodeId(1)), ms(3_100) + HANDOFF_MEMORY);
+        f.writable(ms(3_100) + HANDOFF_MEMORY);
         assert_eq!(f.report(ms(4_000) + HANDOFF_MEMORY).unplanned_ms, 600);
     }
 
@@ -505,8 +615,28 @@ mod tests {
         l.heard_from_leader(ms(1_005)); // still leads, refusing writes
         l.leader_changed(None, ms(1_010));
         l.leader_changed(Some(NodeId(2)), ms(1_030));
+        l.writable(ms(1_030));
         let r = l.report(ms(2_000));
-        assert_eq!((r.planned_ms, r.unplanned_ms, r.handoffs, r.failovers), (30, 0, 1, 1));
+        assert_eq!(
+            (r.planned_ms, r.unplanned_ms, r.handoffs, r.failovers),
+            (30, 0, 1, 1)
+        );
+        assert_eq!(r.handover_ms, 30, "its own hand-over");
+        // Writes taken before the hand-over began commit first: the period
+        // starts when they have.
+        let mut d = Availability::new(t0);
+        d.leader_changed(Some(NodeId(1)), ms(10));
+        d.handing_over(ms(1_000));
+        d.handover_drained(ms(1_004));
+        d.handover_drained(ms(1_010)); // once only
+        d.leader_changed(Some(NodeId(2)), ms(1_020));
+        d.writable(ms(1_030));
+        let r = d.report(ms(2_000));
+        assert_eq!((r.planned_ms, r.handover_ms), (26, 26));
+        assert_eq!(
+            d.timeline(ms(2_000), Duration::from_secs(5)).down[0].start_ago_ms,
+            996
+        );
         // A transfer that fails: planned downtime, no failover.
         let mut l = Availability::new(t0);
         l.leader_changed(Some(NodeId(1)), ms(10));
@@ -516,7 +646,11 @@ mod tests {
         let r = l.report(ms(2_000));
         assert_eq!((r.planned_ms, r.handoffs, r.failovers), (600, 1, 0));
         assert_eq!(l.timeline(ms(2_000), Duration::from_secs(1)).down.len(), 1);
-        assert!(l.timeline(ms(3_000), Duration::from_millis(500)).down.is_empty());
+        assert!(
+            l.timeline(ms(3_000), Duration::from_millis(500))
+                .down
+                .is_empty()
+        );
     }
 
     #[test]
@@ -527,6 +661,7 @@ mod tests {
         a.leader_changed(Some(NodeId(1)), ms(10));
         a.handing_over(ms(100));
         a.leader_changed(Some(NodeId(2)), ms(150));
+        a.writable(ms(150));
         let h = a.history(ms(1_000));
         assert_eq!(
             h,
@@ -535,7 +670,8 @@ mod tests {
                 planned_ms: 50,
                 unplanned_ms: 0,
                 failovers: 1,
-                handoffs: 1
+                handoffs: 1,
+                handover_ms: 50,
             }
         );
         let mut b = Availability::new(t0);
@@ -552,6 +688,7 @@ mod tests {
         let mut a = Availability::new(t0);
         for i in 0..(TIMELINE_EVENTS as u64 + 10) {
             a.leader_changed(Some(NodeId(i % 3 + 1)), t0 + Duration::from_millis(i));
+            a.writable(t0 + Duration::from_millis(i));
         }
         let t = a.timeline(t0 + Duration::from_secs(2), Duration::from_secs(3600));
         assert_eq!(t.leaders.len(), TIMELINE_EVENTS);

@@ -361,12 +361,13 @@ mod tests {
                 handoffs: 0x31,
                 uptime_ms: 0x32,
                 maintainability: 0.25,
+                handover_ms: 0x33,
             },
         };
         assert_eq!(
             hex(&ClientResponse::Status(Box::new(view))),
             "0321022201232425262701010172010168010128010201660129012a\
-             2b2c2d2e000000000000e03f2f303132000000000000d03f"
+             2b2c2d2e000000000000e03f2f303132000000000000d03f33"
         );
     }
 

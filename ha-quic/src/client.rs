@@ -326,6 +326,19 @@ impl Drop for HandshakeGuard {
 const MAX_CACHED: usize = 64;
 
 impl ClientTransport for QuicClientTransport {
+    fn warm(&self, addr: &NodeAddr) {
+        let open = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .is_some_and(|c| c.close_reason().is_none());
+        if !open {
+            // At most one handshake per node runs; its result is cached.
+            let _ = self.handshake(addr);
+        }
+    }
+
     fn request(&self, addr: NodeAddr, req: ClientRequest) -> RequestFuture<'_> {
         Box::pin(async move {
             let conn = self

@@ -110,6 +110,7 @@ mod tests {
             unplanned_ms: 700,
             failovers: 3,
             handoffs: 2,
+            handover_ms: 30,
         };
         save(dir.path(), &h).unwrap();
         assert_eq!(load(dir.path()), h);

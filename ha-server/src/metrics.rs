@@ -23,7 +23,8 @@
 //! - `leaderless_ms`, `failovers_total`, `mttr_ms`, `mtbf_ms`,
 //!   `availability` (MTBF / (MTBF + MTTR)), `downtime_planned_ms`,
 //!   `downtime_unplanned_ms`, `handoffs_total`, `uptime_ms`,
-//!   `maintainability` (downtime / uptime), over the node's runs
+//!   `maintainability` (downtime / uptime), `downtime_handover_ms` (this
+//!   node's own hand-overs), over the node's runs
 //! - `transport_dropped_total`, `transport_superseded_total`,
 //!   `transport_protocol_errors_total`, `transport_failed_handshakes_total`,
 //!   `transport_retries_total`, `transport_refused_connections_total`,
@@ -176,7 +177,7 @@ fn encode_node(
         ]
         .map(|(n, r)| (n.to_string(), flag(s.role == r))),
     )?;
-    let gauges: [(&str, &str, f64); 17] = [
+    let gauges: [(&str, &str, f64); 18] = [
         ("term", "Current term.", s.term.0 as f64),
         (
             "commit_index",
@@ -219,10 +220,11 @@ fn encode_node(
             "Time the node ran with the cluster writable, over the node's runs.",
             a.uptime_ms as f64,
         ),
+        ("maintainability", "Downtime / uptime.", a.maintainability),
         (
-            "maintainability",
-            "Downtime / uptime.",
-            a.maintainability,
+            "downtime_handover_ms",
+            "Planned downtime of this node's own hand-overs, as the leader that handed over (summed over the nodes: the cluster's), over the node's runs.",
+            a.handover_ms as f64,
         ),
         (
             "mttr_ms",
@@ -500,6 +502,7 @@ mod tests {
                     handoffs: 1,
                     uptime_ms: 190_000,
                     maintainability: 0.0021,
+                    handover_ms: 12,
                 },
                 voters: vec![NodeId(1), NodeId(2), NodeId(3)],
                 learners: vec![],
@@ -536,6 +539,7 @@ mod tests {
             "ha_downtime_unplanned_ms 382.0",
             "ha_uptime_ms 190000.0",
             "ha_maintainability 0.0021",
+            "ha_downtime_handover_ms 12.0",
             "ha_elections_won_total 2",
             "ha_transport_dropped_total 4",
             "ha_peer_replication_lag_entries{peer=\"2\"} 3.0",

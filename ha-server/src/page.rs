@@ -101,7 +101,9 @@ impl Watch {
     pub fn state(&self) -> State {
         let now = Instant::now();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let ago = |t: Instant| u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX);
+        let ago = |t: Instant| {
+            u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+        };
         let commits_per_sec = seen
             .samples
             .iter()

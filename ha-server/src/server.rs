@@ -481,7 +481,11 @@ impl<T: Replicated> ServerBuilder<T> {
 /// until `stop` says so or is dropped; then saves them once more (so the
 /// last save is of the stopped node's totals, and no earlier one is still
 /// under way).
-async fn save_downtime(node: NodeHandle, dir: PathBuf, mut stop: tokio::sync::oneshot::Receiver<()>) {
+async fn save_downtime(
+    node: NodeHandle,
+    dir: PathBuf,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut last_error = None;
     let mut every = tokio::time::interval(crate::downtime::SAVE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -490,8 +494,7 @@ async fn save_downtime(node: NodeHandle, dir: PathBuf, mut stop: tokio::sync::on
             _ = &mut stop => break,
             _ = every.tick() => {}
         }
-        crate::downtime::save_logged(dir.clone(), node.downtime_history(), &mut last_error)
-            .await;
+        crate::downtime::save_logged(dir.clone(), node.downtime_history(), &mut last_error).await;
     }
     crate::downtime::save_logged(dir, node.downtime_history(), &mut last_error).await;
 }
@@ -562,7 +565,10 @@ pub struct Server<T> {
     node: Option<QuicNode>,
     http: Option<Http>,
     /// The task saving the downtime totals, and what stops it.
-    downtime: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    downtime: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -631,7 +637,9 @@ impl<T: Replicated> Server<T> {
 
     /// If this node leads, hands leadership to the most up-to-date voter
     /// and waits until that node leads (at most two election timeouts; the
-    /// node gives up sooner if the target cannot win). A node that does not
+    /// node gives up sooner if the target cannot win), then, at most a
+    /// second more, until this node sees an entry of the new leader's term
+    /// committed (the hand-off's end in its accounting). A node that does not
     /// lead, or a transfer that fails, is logged and left as it is: the
     /// cluster then elects a leader after an election timeout, as after a
     /// crash.
@@ -642,7 +650,13 @@ impl<T: Replicated> Server<T> {
         }
         let limit = Duration::from_secs(10);
         match tokio::time::timeout(limit, node.transfer_leadership(None)).await {
-            Ok(Ok(to)) => HandOver::To(to),
+            Ok(Ok(to)) => {
+                // Until the new leader's first entry is committed (a round
+                // or two): this node's accounting then sees the hand-off
+                // end, and its held writes have gone to the new leader.
+                node.wait_writable(Duration::from_secs(1)).await;
+                HandOver::To(to)
+            }
             Ok(Err(ha_core::node::NodeError::NotLeader { .. })) => HandOver::NotLeader,
             Ok(Err(e)) => HandOver::Failed(e.to_string()),
             Err(_) => HandOver::Failed(format!("no new leader within {limit:?}")),

@@ -116,7 +116,28 @@ pub trait ClientTransport: Send + Sync + 'static {
     /// transport resolves `addr`'s host when it connects, and checks the
     /// node's certificate names that host.
     fn request(&self, addr: NodeAddr, req: ClientRequest) -> RequestFuture<'_>;
+
+    /// Starts connecting to the node at `addr` in the background, unless a
+    /// connection to it is open or being made, so that a failover to it
+    /// need not wait for a handshake (see [`WARM_EVERY`]). By default,
+    /// nothing.
+    fn warm(&self, addr: &NodeAddr) {
+        let _ = addr;
+    }
 }
+
+/// How often a client asks its transport to keep a connection ready to
+/// every node it knows ([`ClientTransport::warm`]), once it has run for
+/// [`WARM_AFTER`]: when the leader hands over or fails, the client's writes
+/// go to the next leader without a handshake first (with many clients,
+/// their handshakes at once were most of what a hand-off cost them), and a
+/// node that restarted is connected to again soon after it is back.
+pub const WARM_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a client runs before it first keeps standby connections: one
+/// that ends sooner (a command-line call) never does, since it would only
+/// load the nodes with handshakes it never uses.
+pub const WARM_AFTER: Duration = Duration::from_secs(1);
 
 /// Addresses a client keeps besides the ones it was given: learned from
 /// redirects and member lists (a cluster of more members is still
@@ -194,6 +215,9 @@ struct Inner {
     closed: tokio::sync::Notify,
     rotate: AtomicU64,
     seed: u64,
+    /// When the client last asked for ready connections (at first, so
+    /// that the first time is [`WARM_AFTER`] after it was made).
+    warmed: Mutex<std::time::Instant>,
 }
 
 /// Settings of a client.
@@ -289,6 +313,9 @@ impl<T: Replicated> Client<T> {
                 closed: tokio::sync::Notify::new(),
                 rotate: AtomicU64::new(0),
                 seed: random_u64(),
+                warmed: Mutex::new(
+                    std::time::Instant::now() + WARM_AFTER.saturating_sub(WARM_EVERY),
+                ),
             }),
             opts,
             _t: PhantomData,

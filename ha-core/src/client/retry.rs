@@ -197,14 +197,26 @@ impl<T: Replicated> Client<T> {
     }
 
     /// The wait before the next attempt. After a "not the leader" answer,
-    /// while `polls` lasts, at most [`ELECTION_POLL`] (the next attempt
-    /// goes to the leader named, or an election is likely under way and
-    /// over soon: waiting longer only adds to the client's failover), and
-    /// `backoff` does not grow. Otherwise `backoff`, which then doubles up
-    /// to 200 ms.
-    pub(super) fn pause(backoff: &mut Duration, polls: &mut u32, not_leader: bool) -> Duration {
+    /// while `polls` lasts: none when the answer named another node as
+    /// leader and the client now follows it (`followed`: the next attempt
+    /// goes there, and a node that leads now is worth asking at once: a
+    /// hand-off answers its held writes so), else at most
+    /// [`ELECTION_POLL`] (an election is likely under way and over soon:
+    /// waiting longer only adds to the client's failover); `backoff` does
+    /// not grow. Otherwise `backoff`, which then doubles up to 200 ms.
+    /// `polls` bounds the immediate attempts too, so two nodes naming each
+    /// other cannot keep a caller spinning.
+    pub(super) fn pause(
+        backoff: &mut Duration,
+        polls: &mut u32,
+        not_leader: bool,
+        followed: bool,
+    ) -> Duration {
         if not_leader && *polls > 0 {
             *polls -= 1;
+            if followed {
+                return Duration::ZERO;
+            }
             return (*backoff).min(ELECTION_POLL);
         }
         let wait = *backoff;
@@ -217,10 +229,32 @@ impl<T: Replicated> Client<T> {
         req: ClientRequest,
     ) -> (NodeAddr, Result<ClientResponse, RequestError>) {
         let addr = self.target();
+        self.warm_standbys(&addr);
         let fut = self.inner.transport.request(addr.clone(), req);
         match tokio::time::timeout(self.opts.attempt_timeout, fut).await {
             Ok(r) => (addr, r),
             Err(_) => (addr, Err(RequestError::Lost("no response in time".into()))),
+        }
+    }
+
+    /// Every [`WARM_EVERY`](super::WARM_EVERY), asks the transport to
+    /// keep a connection ready to each known node but `target`.
+    fn warm_standbys(&self, target: &NodeAddr) {
+        {
+            let mut warmed = self.inner.warmed.lock().unwrap_or_else(|e| e.into_inner());
+            if warmed.elapsed() < super::WARM_EVERY {
+                return;
+            }
+            *warmed = std::time::Instant::now();
+        }
+        let addrs = self
+            .inner
+            .addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for a in addrs.iter().filter(|a| *a != target) {
+            self.inner.transport.warm(a);
         }
     }
 
@@ -332,6 +366,7 @@ impl<T: Replicated> Client<T> {
         while tokio::time::Instant::now() < deadline {
             let (addr, resp) = self.attempt(req()).await;
             let not_leader = matches!(resp, Ok(ClientResponse::NotLeader { .. }));
+            let asked = addr.clone();
             if resp.is_ok() {
                 self.answered(&addr);
             }
@@ -365,7 +400,8 @@ impl<T: Replicated> Client<T> {
                     last_why = w;
                 }
             }
-            tokio::time::sleep(Self::pause(&mut backoff, &mut polls, not_leader)).await;
+            let followed = not_leader && self.leader().is_some_and(|l| l != asked);
+            tokio::time::sleep(Self::pause(&mut backoff, &mut polls, not_leader, followed)).await;
         }
         Err(RetryEnd::TimedOut(last_why))
     }
@@ -414,6 +450,7 @@ impl<T: Replicated> Client<T> {
             if resp.is_ok() {
                 self.answered(&addr);
             }
+            let asked = addr.clone();
             let step = self.command_step(addr, resp, maybe_appended);
             match step {
                 Attempt::Done(r) => return (r, false),
@@ -426,7 +463,8 @@ impl<T: Replicated> Client<T> {
                     last_why = why;
                 }
             }
-            tokio::time::sleep(Self::pause(&mut backoff, &mut polls, not_leader)).await;
+            let followed = not_leader && self.leader().is_some_and(|l| l != asked);
+            tokio::time::sleep(Self::pause(&mut backoff, &mut polls, not_leader, followed)).await;
         }
         let r = if maybe_appended {
             Err(Error::Unknown(format!("timed out; last error: {last_why}")))

@@ -393,9 +393,10 @@ impl NodeHandle {
 
     /// Hands leadership to `to`, or, with `None`, to the most up-to-date
     /// voter heard from lately (dissertation §3.10); resolves with the new
-    /// leader once this node hears from it. Meanwhile this node refuses
-    /// proposals with [`NodeError::Busy`] (clients retry, at the new leader
-    /// once it is known); reads go on. Fails with `NotLeader` on a node
+    /// leader once this node hears from it. Meanwhile this node appends no
+    /// proposals: it holds them (up to 4,096; past that, [`NodeError::Busy`])
+    /// and answers them [`NodeError::NotLeader`] naming the new leader once
+    /// it knows it, or proposes them if it leads on; reads go on. Fails with `NotLeader` on a node
     /// that does not lead, `TransferRefused` when it cannot start, and
     /// `TransferFailed` when no other node took over within an election
     /// timeout (this node then leads on).
@@ -470,6 +471,26 @@ impl NodeHandle {
     /// The downtime totals to carry over to the node's next run.
     pub fn downtime_history(&self) -> crate::metrics::DowntimeHistory {
         self.availability().history(Instant::now())
+    }
+
+    /// Waits (at most `limit`) until the cluster is writable as this node
+    /// sees it: it knows a leader and an entry of that leader's term is
+    /// committed. True if it is; false at the limit or when the node
+    /// stops. A leader that handed over waits so before it stops, so that
+    /// its own accounting sees the hand-off end.
+    pub async fn wait_writable(&self, limit: Duration) -> bool {
+        let mut status = self.watch_status();
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                if self.availability().is_writable() {
+                    return true;
+                }
+                if status.changed().await.is_err() || status.borrow().stopped.is_some() {
+                    return false;
+                }
+            }
+        });
+        waited.await.unwrap_or(false)
     }
 
     /// This run's leader changes and periods without a writable leader in

@@ -174,6 +174,10 @@ fn start<V: Vfs>(
         unwritten_hard_state: None,
         refused_messages: 0,
         transfer_waits: Vec::new(),
+        held_writes: Default::default(),
+        awaiting_writable: false,
+        writable_at: None,
+        handover_last: None,
         conf_waits: Vec::new(),
         told_removed: false,
         // The transport was started with the bootstrap configuration's

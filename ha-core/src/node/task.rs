@@ -64,6 +64,11 @@ impl PendingRead {
     }
 }
 
+/// How long after the leader's first entry of its term is committed the
+/// availability accounting waits for a write of the term to commit before
+/// it takes that first commit as the end of a period (an idle cluster).
+pub(super) const WRITES_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub(super) struct NodeTask<V: Vfs> {
     pub(super) raft: Raft,
     pub(super) storage: Backend<V>,
@@ -131,6 +136,17 @@ pub(super) struct NodeTask<V: Vfs> {
     pub(super) refused_messages: u64,
     /// Callers waiting for a leadership transfer to end.
     pub(super) transfer_waits: Vec<super::transfer::TransferWait>,
+    /// A period without a writable leader may be open: the availability
+    /// accounting waits for a commit in the leader's term.
+    pub(super) awaiting_writable: bool,
+    /// While awaiting: when this node first saw an entry of the leader's
+    /// term committed, and the term's first index.
+    pub(super) writable_at: Option<(Instant, LogIndex)>,
+    /// While this node hands over: its last index when it began (the
+    /// writes it took before, which still commit).
+    pub(super) handover_last: Option<LogIndex>,
+    /// Writes that arrived while this node hands leadership over.
+    pub(super) held_writes: super::transfer::HeldWrites,
     /// Callers waiting for a membership change to be done.
     pub(super) conf_waits: Vec<super::membership::ConfWait>,
     /// Whether the log said this node was removed (said once per change).
@@ -254,6 +270,7 @@ impl<V: Vfs> NodeTask<V> {
             }
             self.publish_status(None);
             self.settle_transfers();
+            self.settle_held_writes();
             self.settle_conf_changes();
             self.say_if_removed();
             self.sync_peers();
@@ -384,17 +401,33 @@ impl<V: Vfs> NodeTask<V> {
             if role == RoleKind::Leader {
                 if self.raft.transferring_to().is_some() {
                     a.handing_over(now);
+                    // Its period starts once the writes it took before
+                    // are committed.
+                    let last = *self.handover_last.get_or_insert(self.raft.last_index());
+                    if self.raft.commit_index() >= last {
+                        a.handover_drained(now);
+                    }
                 } else if leader == self.last_leader {
                     a.handover_failed(now);
                 }
+            }
+            if role != RoleKind::Leader || self.raft.transferring_to().is_none() {
+                self.handover_last = None;
             }
             a.leader_changed(leader, now);
             if role == RoleKind::Leader {
                 a.heard_from_leader(now);
             }
+            if leader != self.last_leader || self.raft.transferring_to().is_some() {
+                self.awaiting_writable = true;
+                self.writable_at = None;
+            }
             drop(a);
             self.last_leader = leader;
             self.refresh_view();
+        }
+        if self.awaiting_writable && leader.is_some() {
+            self.check_writable(now);
         }
         let s = status_of(
             &self.raft,
@@ -410,6 +443,45 @@ impl<V: Vfs> NodeTask<V> {
                 false
             }
         });
+    }
+
+    /// Ends the open period of the availability accounting once the
+    /// cluster takes writes again, as this node sees it: an entry of the
+    /// leader's term after its first (a write, the first is the leader's
+    /// no-op) is committed; or, if none is within [`WRITES_GRACE`] of the
+    /// first one's commit (no client is writing), at that commit.
+    fn check_writable(&mut self, now: Instant) {
+        let (commit, term) = (self.raft.commit_index(), self.raft.term());
+        if self.raft.term_at(commit) != Some(term) {
+            return;
+        }
+        let (at, first) = *self.writable_at.get_or_insert_with(|| {
+            // The term's first entry: a short walk back (a longer one
+            // means writes of the term are committed already).
+            let mut first = commit;
+            for _ in 0..1024 {
+                let prev = LogIndex(first.0.saturating_sub(1));
+                if prev.0 == 0 || self.raft.term_at(prev) != Some(term) {
+                    break;
+                }
+                first = prev;
+            }
+            (now, first)
+        });
+        let end = if commit > first {
+            now
+        } else if now.saturating_duration_since(at) >= WRITES_GRACE {
+            at
+        } else {
+            return;
+        };
+        self.awaiting_writable = false;
+        self.writable_at = None;
+        self.metrics
+            .availability
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .writable(end);
     }
 
     pub(super) fn refresh_view(&self) {
@@ -524,7 +596,7 @@ impl<V: Vfs> NodeTask<V> {
                 }
                 let _ = reply.send(Err(NodeError::NoSpace { held, quota }));
             }
-            Command::Propose { data, reply } => match self.raft.propose(data) {
+            Command::Propose { data, reply } => match self.raft.propose(data.clone()) {
                 Ok((index, term)) => {
                     if std::mem::take(&mut self.over_quota) {
                         tracing::info!(node = %self.raft.id(), "below the storage quota again: writes resume");
@@ -542,13 +614,9 @@ impl<V: Vfs> NodeTask<V> {
                     let _ = reply.send(Err(NodeError::NotLeader { leader }));
                 }
                 // During a leadership transfer nothing is appended: the
-                // caller retries, at the new leader once it is known.
-                Err(
-                    ProposeError::Busy
-                    | ProposeError::Transferring { .. }
-                    | ProposeError::Leaving
-                    | ProposeError::Unsupported(_),
-                ) => {
+                // write waits for the hand-over's end (see `transfer`).
+                Err(ProposeError::Transferring { .. }) => self.hold_write(data, reply),
+                Err(ProposeError::Busy | ProposeError::Leaving | ProposeError::Unsupported(_)) => {
                     let _ = reply.send(Err(NodeError::Busy));
                 }
             },

@@ -5,6 +5,15 @@
 //! while their transfer runs. The core decides everything; this only
 //! watches its role and leader after each step.
 //!
+//! Also owns the writes that arrive while this node hands leadership over:
+//! they are held (at most [`MAX_HELD_WRITES`]; past it, `Busy`) instead of
+//! bounced, since the hand-off is over within a few round trips. Each is
+//! answered `NotLeader` naming the new leader once this node knows it (the
+//! client goes there at once), proposed here if this node leads on (the
+//! transfer failed), or answered `NotLeader` without a leader after two
+//! election timeouts without one. None was appended anywhere, so each of
+//! these answers is true: not applied.
+//!
 //! Invariants: a caller is answered `Ok(leader)` only once this node no
 //! longer leads and has heard of another leader (it saw that leader's
 //! messages in a higher term), and, if the caller named the target, only
@@ -13,11 +22,21 @@
 //! this node was elected again), or when no leader was heard of within two
 //! election timeouts. Every waiting caller is answered when the node stops.
 
-use super::handle::{NodeError, TransferReply};
+use super::handle::{Command, NodeError, ProposeReply, TransferReply};
 use super::task::NodeTask;
 use crate::raft::{RoleKind, TransferError};
 use crate::storage::vfs::Vfs;
 use crate::types::{NodeId, Term};
+
+/// Writes held at most while this node hands leadership over.
+pub(super) const MAX_HELD_WRITES: usize = 4096;
+
+/// Writes that arrived during a hand-over, and ticks since the first.
+#[derive(Default)]
+pub(super) struct HeldWrites {
+    writes: Vec<(bytes::Bytes, ProposeReply)>,
+    ticks: u64,
+}
 
 /// A caller waiting for its transfer to end.
 pub(super) struct TransferWait {
@@ -55,10 +74,53 @@ impl<V: Vfs> NodeTask<V> {
         }
     }
 
-    /// Counts a tick for every waiting caller.
+    /// Counts a tick for every waiting caller, and for the held writes.
     pub(super) fn tick_transfers(&mut self) {
         for w in &mut self.transfer_waits {
             w.ticks += 1;
+        }
+        if !self.held_writes.writes.is_empty() {
+            self.held_writes.ticks += 1;
+        }
+    }
+
+    /// Holds a write refused because this node hands leadership over;
+    /// `Busy` past [`MAX_HELD_WRITES`].
+    pub(super) fn hold_write(&mut self, data: bytes::Bytes, reply: ProposeReply) {
+        if self.held_writes.writes.len() >= MAX_HELD_WRITES {
+            let _ = reply.send(Err(NodeError::Busy));
+            return;
+        }
+        self.held_writes.writes.push((data, reply));
+    }
+
+    /// Answers (or proposes) the held writes once the hand-over ended (see
+    /// the module docs).
+    pub(super) fn settle_held_writes(&mut self) {
+        if self.held_writes.writes.is_empty() {
+            return;
+        }
+        let leading = self.raft.role() == RoleKind::Leader;
+        if leading && self.raft.transferring_to().is_some() {
+            return; // still handing over
+        }
+        let patience = self
+            .raft
+            .config()
+            .election_timeout_max_ticks
+            .saturating_mul(2);
+        let leader = self.raft.leader().filter(|l| *l != self.raft.id());
+        if !leading && leader.is_none() && self.held_writes.ticks <= patience {
+            return; // the new leader is not known yet
+        }
+        let held = std::mem::take(&mut self.held_writes);
+        for (data, reply) in held.writes {
+            if leading {
+                // The transfer failed: this node leads on and takes them.
+                self.command(Command::Propose { data, reply });
+            } else {
+                let _ = reply.send(Err(NodeError::NotLeader { leader }));
+            }
         }
     }
 
@@ -111,10 +173,16 @@ impl<V: Vfs> NodeTask<V> {
         }
     }
 
-    /// Answers every waiting caller with `error` (the node stops).
+    /// Answers every waiting caller with `error` (the node stops), and
+    /// every held write `NotLeader` (none was appended: the client may
+    /// take it elsewhere).
     pub(super) fn fail_transfers(&mut self, error: &NodeError) {
         for w in self.transfer_waits.drain(..) {
             let _ = w.reply.send(Err(error.clone()));
+        }
+        let leader = self.raft.leader().filter(|l| *l != self.raft.id());
+        for (_, reply) in std::mem::take(&mut self.held_writes).writes {
+            let _ = reply.send(Err(NodeError::NotLeader { leader }));
         }
     }
 }

@@ -86,7 +86,10 @@ pub(super) fn status_prints_one_object_per_node(c: &Cluster) {
         let a = &s["availability"];
         assert!(a["availability"].as_f64().is_some(), "{s}");
         for field in ["planned_ms", "unplanned_ms", "handoffs", "uptime_ms"] {
-            assert!(a[field].as_u64().is_some(), "availability lacks {field}: {s}");
+            assert!(
+                a[field].as_u64().is_some(),
+                "availability lacks {field}: {s}"
+            );
         }
         assert!(a["maintainability"].as_f64().is_some(), "{s}");
     }

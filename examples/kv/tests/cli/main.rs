@@ -32,7 +32,10 @@ struct Cluster {
     dir: tempfile::TempDir,
     ports: Vec<u16>,
     children: Vec<Option<Child>>,
+    /// Node 1's metrics port.
     metrics_port: u16,
+    /// Every node's metrics port (node 1's is `metrics_port`).
+    metrics_ports: Vec<u16>,
     /// Flags every `serve` of this cluster gets.
     serve_flags: Vec<String>,
 }
@@ -92,6 +95,7 @@ impl Cluster {
         assert!(out.status.success(), "certs for {ids:?}");
         for _ in 0..n {
             self.ports.push(free_udp_port());
+            self.metrics_ports.push(free_tcp_port());
             self.children.push(None);
         }
     }
@@ -116,10 +120,8 @@ impl Cluster {
         // The framework's own progress too (tests look for some of it).
         cmd.env("RUST_LOG", "warn,ha_core=info,ha_quic=info,ha_server=info");
         cmd.stdout(Stdio::null()).stderr(log);
-        if id == 1 {
-            // A bare port: the metrics listener binds loopback.
-            cmd.args(["--metrics", &self.metrics_port.to_string()]);
-        }
+        // A bare port: the metrics listener binds loopback.
+        cmd.args(["--metrics", &self.metrics_ports[id - 1].to_string()]);
         self.children[id - 1] = Some(cmd.spawn().expect("spawn ha-kv serve"));
     }
     fn log_path(&self, id: usize) -> PathBuf {
@@ -241,11 +243,13 @@ fn start_with(serve_flags: &[&str]) -> Cluster {
     );
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["ok"], true);
+    let metrics_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
     let mut c = Cluster {
         dir,
         ports: (0..3).map(|_| free_udp_port()).collect(),
         children: vec![None, None, None],
-        metrics_port: free_tcp_port(),
+        metrics_port: metrics_ports[0],
+        metrics_ports,
         serve_flags: serve_flags.iter().map(|s| s.to_string()).collect(),
     };
     for id in 1..=3 {
@@ -270,6 +274,7 @@ mod deploy;
 mod leadership;
 mod membership;
 mod mistakes;
+mod operations;
 mod outcomes;
 mod recovery;
 use mistakes::*;
