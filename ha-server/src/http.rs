@@ -559,6 +559,8 @@ mod tests {
             leader_gap_max: std::time::Duration::ZERO,
             round_reads: 0,
             snapshot_index: LogIndex(0),
+            log_bytes: 0,
+            storage_quota_bytes: None,
             commit_latency: Default::default(),
             fsync_latency: Default::default(),
             snapshot_encode: Default::default(),

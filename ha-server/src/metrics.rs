@@ -15,6 +15,7 @@
 //!   `snapshot_encode_seconds` (histogram: one snapshot of the state
 //!   machine encoded, while apply waits)
 //! - `snapshots_total`, `snapshot_failures_total`, `snapshot_index`
+//! - `log_bytes`, `storage_quota_bytes` (0: none)
 //! - `leader_gap_seconds` (histogram, as a follower: gaps between two
 //!   messages from the same leader), `leader_gap_max_seconds`
 //! - `lease_reads_total`, `round_reads_total` (linearizable reads served by
@@ -177,7 +178,7 @@ fn encode_node(
         ]
         .map(|(n, r)| (n.to_string(), flag(s.role == r))),
     )?;
-    let gauges: [(&str, &str, f64); 18] = [
+    let gauges: [(&str, &str, f64); 20] = [
         ("term", "Current term.", s.term.0 as f64),
         (
             "commit_index",
@@ -225,6 +226,16 @@ fn encode_node(
             "downtime_handover_ms",
             "Planned downtime of this node's own hand-overs, as the leader that handed over (summed over the nodes: the cluster's), over the node's runs.",
             a.handover_ms as f64,
+        ),
+        (
+            "log_bytes",
+            "Bytes of log entries held since the last snapshot (what the storage quota counts).",
+            m.log_bytes as f64,
+        ),
+        (
+            "storage_quota_bytes",
+            "The storage quota (0: none); writes are refused at it until a snapshot.",
+            m.storage_quota_bytes.unwrap_or(0) as f64,
         ),
         (
             "mttr_ms",
@@ -488,6 +499,8 @@ mod tests {
                 leader_gap_max: std::time::Duration::ZERO,
                 round_reads: 0,
                 snapshot_index: LogIndex(100),
+                log_bytes: 1_000,
+                storage_quota_bytes: Some(4_000),
                 commit_latency: HistogramSnapshot::default(),
                 fsync_latency: fsync.snapshot(),
                 snapshot_encode: HistogramSnapshot::default(),
@@ -540,6 +553,8 @@ mod tests {
             "ha_uptime_ms 190000.0",
             "ha_maintainability 0.0021",
             "ha_downtime_handover_ms 12.0",
+            "ha_log_bytes 1000.0",
+            "ha_storage_quota_bytes 4000.0",
             "ha_elections_won_total 2",
             "ha_transport_dropped_total 4",
             "ha_peer_replication_lag_entries{peer=\"2\"} 3.0",
@@ -556,6 +571,104 @@ mod tests {
             assert!(o.lines().any(|l| l == line), "no line {line:?} in\n{o}");
         }
         assert!(!o.contains("ha_repairing_info"), "{o}");
+    }
+
+    /// Every `ha_*` name in `text`.
+    fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("ha_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            // Not the tail of a longer word (e.g. `sha_`).
+            let before = rest[..at].chars().last();
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                names.insert(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    /// The Grafana dashboard and the alert rules in `deploy/` name only
+    /// metrics a node renders: renaming one breaks this test, not an
+    /// operator's dashboard.
+    #[test]
+    fn the_dashboard_and_alerts_name_only_rendered_metrics() {
+        let rendered = render(Some("x"));
+        let known: std::collections::BTreeSet<String> = rendered
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_string)
+            .collect();
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+        let dashboard =
+            std::fs::read_to_string(format!("{deploy}/grafana/ha-dashboard.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+        let panels = json["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 10, "{} panels", panels.len());
+        let mut ids = std::collections::BTreeSet::new();
+        for p in panels {
+            assert!(ids.insert(p["id"].as_u64().expect("an id")), "duplicate id");
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "a panel without a query: {p}");
+        }
+        for title in [
+            "Replication lag",
+            "fsync latency",
+            "Commit latency",
+            "planned and unplanned",
+        ] {
+            assert!(
+                panels
+                    .iter()
+                    .any(|p| p["title"].as_str().unwrap().contains(title)),
+                "no panel on {title}"
+            );
+        }
+        let alerts = std::fs::read_to_string(format!("{deploy}/prometheus/alerts.yml")).unwrap();
+        for (file, text) in [("dashboard", &dashboard), ("alerts", &alerts)] {
+            let names = metric_names(text);
+            assert!(names.len() >= 5, "{file}: {names:?}");
+            for n in names {
+                assert!(
+                    known.contains(&n),
+                    "{file} names {n}, which no node renders"
+                );
+            }
+        }
+    }
+
+    /// The alert rules pass Prometheus' own checker and their unit tests
+    /// (`promtool`, from Debian's `prometheus` package; `scripts/test`
+    /// installs it).
+    #[test]
+    fn the_alert_rules_pass_promtool() {
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus");
+        for args in [
+            ["check", "rules", "alerts.yml"],
+            ["test", "rules", "alerts_test.yml"],
+        ] {
+            let out = std::process::Command::new("promtool")
+                .args(args)
+                .current_dir(deploy)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "promtool is needed to check the alert rules ({e}): run scripts/test, \
+                         which installs Debian's prometheus package, or `apt-get install prometheus`"
+                    )
+                });
+            assert!(
+                out.status.success(),
+                "promtool {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     #[test]

@@ -228,12 +228,14 @@ pub(super) struct SharedMetrics {
     pub(super) snapshots: AtomicU64,
     pub(super) availability: Mutex<Availability>,
     pub(super) view: Mutex<MetricsView>,
+    /// The storage quota in force.
+    pub(super) quota: Option<u64>,
 }
 
 impl SharedMetrics {
     /// Zeroed counters, and the view of `raft` filled from the start: a
     /// status asked for before the first Ready still names the voters.
-    pub(super) fn new(raft: &crate::raft::Raft) -> SharedMetrics {
+    pub(super) fn new(raft: &crate::raft::Raft, quota: Option<u64>) -> SharedMetrics {
         SharedMetrics {
             commit_latency: Histogram::default(),
             fsync_latency: Histogram::default(),
@@ -250,12 +252,14 @@ impl SharedMetrics {
             snapshots: AtomicU64::new(0),
             availability: Mutex::new(Availability::new(Instant::now())),
             view: Mutex::new(super::start::view_of(raft)),
+            quota,
         }
     }
 }
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct MetricsView {
+    pub(super) log_bytes: u64,
     pub(super) snapshot_index: LogIndex,
     pub(super) voters: Vec<NodeId>,
     pub(super) learners: Vec<NodeId>,
@@ -301,6 +305,12 @@ pub struct NodeMetrics {
     pub round_reads: u64,
     /// Index the newest snapshot covers.
     pub snapshot_index: LogIndex,
+    /// Bytes of log entries held since the last snapshot (what the storage
+    /// quota counts; refreshed every tick).
+    pub log_bytes: u64,
+    /// The storage quota, if any (see
+    /// [`NodeOptions::storage_quota_bytes`](super::NodeOptions::storage_quota_bytes)).
+    pub storage_quota_bytes: Option<u64>,
     /// Proposal-to-answer latency on this node as leader.
     pub commit_latency: HistogramSnapshot,
     /// Time to persist one batch (append + fsync).
@@ -451,6 +461,8 @@ impl NodeHandle {
             leader_gap_max: Duration::from_micros(m.leader_gap_max_micros.load(Ordering::Relaxed)),
             round_reads: m.round_reads.load(Ordering::Relaxed),
             snapshot_index: view.snapshot_index,
+            log_bytes: view.log_bytes,
+            storage_quota_bytes: m.quota,
             commit_latency: m.commit_latency.snapshot(),
             fsync_latency: m.fsync_latency.snapshot(),
             snapshot_encode: m.snapshot_encode.snapshot(),

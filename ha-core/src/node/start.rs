@@ -128,7 +128,7 @@ fn start<V: Vfs>(
     };
     let status = status_of(&raft, None, storage_repairing.as_deref(), &applier);
     let (status_tx, status_rx) = watch::channel(status);
-    let metrics = Arc::new(SharedMetrics::new(&raft));
+    let metrics = Arc::new(SharedMetrics::new(&raft, opts.storage_quota_bytes));
     let (storage, snapshots) = backend(storage);
     let last_snapshot = raft.snapshot_last().0;
     let raft_repairing = raft.is_repairing();
@@ -323,6 +323,7 @@ pub(super) fn view_of(raft: &Raft) -> MetricsView {
         })
         .collect();
     MetricsView {
+        log_bytes: raft.log_bytes(),
         snapshot_index: raft.snapshot_last().0,
         voters: m.voters.iter().copied().collect(),
         learners: m.learners.iter().copied().collect(),
