@@ -1,15 +1,15 @@
 # Shared by the benchmark scripts (sourced, not run): a 3-node ha-kv
-# cluster on loopback with ports from the OS.
+# cluster on loopback with ports from the OS (HA_NODES=N for N nodes).
 #
 #   start_ha_cluster BIN DIR [SERVE_ARGS...]
 #
-# Creates certificates in DIR/tls, starts nodes 1..3 (data in DIR/data-N,
+# Creates certificates in DIR/tls, starts nodes 1..N (data in DIR/data-N,
 # stderr in DIR/log-N), appends their process ids to the caller's `PIDS`
 # array, sets `HA_CLUSTER` to the client arguments (--cluster ... --tls-dir
 # ...), and waits for the cluster to take a write. Returns 1 (saying why)
 # if it never does. The caller kills `PIDS` when done. With an array
-# `HA_METRICS_PORTS` of three TCP ports set, node N serves /metrics on the
-# Nth.
+# `HA_METRICS_PORTS` of N TCP ports set, node K serves /metrics on the
+# Kth.
 #
 #   all_up      # returns 1 (saying which) if a process of `PIDS` died
 
@@ -40,23 +40,29 @@ PY
 }
 
 start_ha_cluster() {
-  local bin=$1 dir=$2 p1 p2 p3 i p
+  local bin=$1 dir=$2 n=${HA_NODES:-3} i p ids peers addrs
   shift 2
-  "$bin" certs --dir "$dir/tls" --nodes 1,2,3 >/dev/null 2>&1
-  read -r p1 p2 p3 < <(free_ports 3)
-  local peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
-  i=1
-  for p in $p1 $p2 $p3; do
+  local ports=()
+  read -r -a ports < <(free_ports "$n")
+  ids=$(seq -s, 1 "$n")
+  "$bin" certs --dir "$dir/tls" --nodes "$ids" >/dev/null 2>&1
+  peers=""
+  addrs=""
+  for i in $(seq 1 "$n"); do
+    peers+="${peers:+,}$i=127.0.0.1:${ports[$((i - 1))]}"
+    addrs+="${addrs:+,}127.0.0.1:${ports[$((i - 1))]}"
+  done
+  for i in $(seq 1 "$n"); do
+    p=${ports[$((i - 1))]}
     local metrics=()
     if [ -n "${HA_METRICS_PORTS+x}" ]; then
       metrics=(--metrics "127.0.0.1:${HA_METRICS_PORTS[$((i - 1))]}")
     fi
-    "$bin" serve --id $i --listen 127.0.0.1:$p --peers "$peers" \
+    "$bin" serve --id "$i" --listen "127.0.0.1:$p" --peers "$peers" \
       --data-dir "$dir/data-$i" --tls-dir "$dir/tls" ${metrics[@]+"${metrics[@]}"} "$@" 2>"$dir/log-$i" &
     PIDS+=($!)
-    i=$((i + 1))
   done
-  HA_CLUSTER=(--cluster "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --tls-dir "$dir/tls")
+  HA_CLUSTER=(--cluster "$addrs" --tls-dir "$dir/tls")
   for _ in $(seq 1 100); do
     "$bin" put warm up "${HA_CLUSTER[@]}" --timeout-ms 1000 >/dev/null 2>&1 && return 0
     sleep 0.1

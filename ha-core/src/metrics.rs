@@ -262,7 +262,11 @@ impl Availability {
             unplanned_ms: b
                 .unplanned_ms
                 .saturating_add(ms(self.unplanned + unplanned)),
-            failovers: b.failovers.saturating_add(self.failovers),
+            // A period still open when the node stops ends with it.
+            failovers: b
+                .failovers
+                .saturating_add(self.failovers)
+                .saturating_add(u64::from(self.lost_since.is_some())),
             handoffs: b
                 .handoffs
                 .saturating_add(self.handoffs)
@@ -309,13 +313,21 @@ impl Availability {
     /// This node, as leader, refuses writes to hand leadership over (from
     /// `now`, unless it already does).
     pub fn handing_over(&mut self, now: Instant) {
-        if self.handing_over.is_none() && self.leader.is_some() {
-            self.handing_over = Some(now);
-            self.handoff_seen = Some(now);
-            self.own = Some(now);
-            self.drained = false;
-            push_capped(&mut self.down, (now, None, true), &mut self.dropped);
+        if self.handing_over.is_some() || self.own.is_some() || self.leader.is_none() {
+            return;
         }
+        self.handoff_seen = Some(now);
+        self.own = Some(now);
+        if let Some((_, planned)) = &mut self.lost_since {
+            // A period is open already (this leader's first entry is not
+            // committed yet): it becomes this hand-over's, and no second
+            // one opens.
+            *planned = true;
+            return;
+        }
+        self.handing_over = Some(now);
+        self.drained = false;
+        push_capped(&mut self.down, (now, None, true), &mut self.dropped);
     }
 
     /// This node, handing over, has committed every write it took before
@@ -333,7 +345,7 @@ impl Availability {
         if self.own == Some(t) {
             self.own = Some(now);
         }
-        if let Some(open) = self.down.back_mut().filter(|p| p.0 == t && p.1.is_none()) {
+        if let Some(open) = self.open_entry(t) {
             open.0 = now;
         }
     }
@@ -349,6 +361,14 @@ impl Availability {
         }
     }
 
+    /// The timeline's open entry that started at `start`.
+    fn open_entry(&mut self, start: Instant) -> Option<&mut (Instant, Option<Instant>, bool)> {
+        self.down
+            .iter_mut()
+            .rev()
+            .find(|p| p.0 == start && p.1.is_none())
+    }
+
     /// Records a finished period.
     fn close(&mut self, start: Instant, end: Instant, planned: bool) {
         let d = end.saturating_duration_since(start);
@@ -358,11 +378,7 @@ impl Availability {
         } else {
             self.unplanned += d;
         }
-        if let Some(open) = self
-            .down
-            .back_mut()
-            .filter(|p| p.0 == start && p.1.is_none())
-        {
+        if let Some(open) = self.open_entry(start) {
             open.1 = Some(end);
             open.2 = planned;
         } else {
@@ -429,6 +445,7 @@ impl Availability {
         }
         if let Some((since, planned)) = self.lost_since.take() {
             self.end_own(now);
+            self.handing_over = None;
             self.failovers += 1;
             self.close(since, now, planned);
             self.handoff_seen = None;
@@ -437,7 +454,12 @@ impl Availability {
 
     /// The figures as of `now`.
     pub fn report(&self, now: Instant) -> AvailabilityReport {
-        let h = self.history(now);
+        let mut h = self.history(now);
+        // The history counts a period still open as ended (for a node that
+        // stops in it); while the node runs it is not a failover yet.
+        h.failovers = h
+            .failovers
+            .saturating_sub(u64::from(self.lost_since.is_some()));
         let down_ms = h.planned_ms.saturating_add(h.unplanned_ms);
         let up_ms = h.observed_ms.saturating_sub(down_ms);
         // MTTR counts whole recoveries only: an open period is downtime,
@@ -541,6 +563,7 @@ mod tests {
         a.heard_from_leader(ms(3_000));
         a.leader_changed(Some(NodeId(3)), ms(3_100));
         assert_eq!(a.report(ms(3_100)).failovers, 1, "not writable yet");
+        assert_eq!(a.history(ms(3_100)).failovers, 2, "ended if the node stops");
         a.writable(ms(3_100));
         assert_eq!(a.report(ms(3_100)).failovers, 2);
     }
@@ -651,6 +674,25 @@ mod tests {
                 .down
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_hand_over_begun_while_a_period_is_open_takes_it_over() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut a = Availability::new(t0);
+        a.leader_changed(Some(NodeId(1)), ms(10));
+        a.heard_from_leader(ms(100));
+        a.leader_changed(Some(NodeId(2)), ms(150)); // elected; not writable yet
+        a.handing_over(ms(160));
+        a.writable(ms(200));
+        assert!(a.is_writable(), "nothing left open");
+        let r = a.report(ms(1_000));
+        assert_eq!((r.planned_ms, r.unplanned_ms, r.handoffs), (100, 0, 1));
+        assert_eq!(r.handover_ms, 40);
+        let t = a.timeline(ms(1_000), Duration::from_secs(5));
+        assert_eq!(t.down.len(), 1);
+        assert_eq!(t.down[0].end_ago_ms, Some(800));
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub enum Consistency {
     /// round-trip saving arrives with the lease implementation.
     Lease,
     /// Whatever the node that receives the query has applied: possibly
-    /// stale, never torn. Any node answers.
+    /// stale, never torn. Any node answers: the client sends each such
+    /// query to the next node in turn, so stale reads spread over the
+    /// cluster.
     Stale,
 }
 

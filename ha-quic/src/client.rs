@@ -154,6 +154,8 @@ pub struct QuicClientTransport {
     /// [`CONNECT_PATIENCE`], then it goes on in the background and the
     /// next request to that node takes it up.
     connecting: Arc<Mutex<HashMap<NodeAddr, Connecting>>>,
+    /// When each node was last dialed to keep a standby connection.
+    warm_tried: Mutex<HashMap<NodeAddr, std::time::Instant>>,
 }
 
 /// One handshake under way: `None` until it ends.
@@ -210,6 +212,7 @@ impl QuicClientTransport {
             resolver,
             conns: Arc::new(Mutex::new(HashMap::new())),
             connecting: Arc::new(Mutex::new(HashMap::new())),
+            warm_tried: Mutex::new(HashMap::new()),
         })
     }
 
@@ -325,6 +328,10 @@ impl Drop for HandshakeGuard {
 /// Connections a [`QuicClientTransport`] keeps open at most.
 const MAX_CACHED: usize = 64;
 
+/// The least time between two warming handshakes to one node (see
+/// `ClientTransport::warm`).
+pub const WARM_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl ClientTransport for QuicClientTransport {
     fn warm(&self, addr: &NodeAddr) {
         let open = self
@@ -333,10 +340,30 @@ impl ClientTransport for QuicClientTransport {
             .unwrap_or_else(|e| e.into_inner())
             .get(addr)
             .is_some_and(|c| c.close_reason().is_none());
-        if !open {
-            // At most one handshake per node runs; its result is cached.
-            let _ = self.handshake(addr);
+        if open {
+            return;
         }
+        // At most one warming handshake per node every WARM_RETRY: a dead
+        // or refusing node is not dialed again and again.
+        let now = std::time::Instant::now();
+        {
+            let mut tried = self.warm_tried.lock().unwrap_or_else(|e| e.into_inner());
+            if tried
+                .get(addr)
+                .is_some_and(|t| now.duration_since(*t) < WARM_RETRY)
+            {
+                return;
+            }
+            if tried.len() >= MAX_CACHED {
+                tried.retain(|_, t| now.duration_since(*t) < WARM_RETRY);
+                if tried.len() >= MAX_CACHED {
+                    return;
+                }
+            }
+            tried.insert(addr.clone(), now);
+        }
+        // At most one handshake per node runs; its result is cached.
+        let _ = self.handshake(addr);
     }
 
     fn request(&self, addr: NodeAddr, req: ClientRequest) -> RequestFuture<'_> {

@@ -7,10 +7,10 @@
 //! replaced; it never stops a node from starting.
 //!
 //! Invariants: the file is read only up to [`MAX_BYTES`]; it is replaced
-//! atomically (temporary file, sync, rename), so a crash leaves the old or
-//! the new totals, never a torn file; it is rewritten every
-//! [`SAVE_EVERY`] and once more when the node stops, so a crash loses at
-//! most that much accounting.
+//! atomically (a temporary file named by the process, synced, renamed, the
+//! directory synced), so a crash leaves the old or the new totals, never a
+//! torn file; it is rewritten every [`SAVE_EVERY`] and once more when the
+//! node stops, so a crash loses at most that much accounting.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub const FILE: &str = "downtime";
 pub const MAX_BYTES: u64 = 4096;
 
 /// How often the totals are saved while the node runs.
-pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 
 fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
@@ -70,13 +70,17 @@ pub fn load(dir: &Path) -> DowntimeHistory {
 
 /// Replaces the totals saved in `dir` with `h`, atomically.
 pub fn save(dir: &Path, h: &DowntimeHistory) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{FILE}.tmp"));
+    // Named by process and save, so no two saves share one.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{FILE}.tmp.{}.{n}", std::process::id()));
     let text = serde_json::to_string(h).map_err(std::io::Error::other)?;
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path(dir))
+    std::fs::rename(&tmp, path(dir))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Saves on a blocking thread; a failure is logged (once per kind of

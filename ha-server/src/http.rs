@@ -273,12 +273,11 @@ impl Answer for Routes {
                 "text/html; charset=utf-8",
                 crate::page::PAGE.into(),
             ),
-            "/api/state" => match self.watch.get() {
-                None => unavailable("starting"),
-                Some(w) => match serde_json::to_string(&w.state()) {
-                    Ok(body) => text(StatusCode::OK, "application/json", body),
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("{e}\n")),
-                },
+            "/api/state" => match self.watch.get().map(|w| w.state_json()) {
+                Some(json) if !json.is_empty() => {
+                    text(StatusCode::OK, "application/json", json.to_string())
+                }
+                _ => unavailable("starting"),
             },
             _ => text(
                 StatusCode::NOT_FOUND,

@@ -8,8 +8,11 @@
 //! script and styles inline, no external assets, so it works offline.
 //!
 //! Invariants: a page view never reaches the network or the node's task:
-//! `/api/state` answers from what the watch gathered last, so any number of
-//! viewers costs the cluster one poll a second. The watch asks each member
+//! `/api/state` answers the JSON the watch made at its last poll, so any
+//! number of viewers costs the cluster one poll a second and the node one
+//! encoding. What a member answers is capped before it is kept
+//! ([`MAX_STATUS_BYTES`], [`MAX_ERROR_CHARS`]), and the page puts every
+//! text in with `textContent`, never as HTML. The watch asks each member
 //! at most [`POLL_TIMEOUT`] and keeps at most [`SAMPLES`] samples; the
 //! members it asks are those the node started with (a member added later
 //! is shown once this node knows its address from its own configuration
@@ -70,16 +73,24 @@ pub struct State {
     pub commits_per_sec: Vec<(u64, f64)>,
 }
 
+/// Longest error text kept of a member, in characters.
+pub const MAX_ERROR_CHARS: usize = 256;
+
+/// Largest status of a member kept, as JSON bytes (a bigger one is shown
+/// as an error).
+pub const MAX_STATUS_BYTES: usize = 64 * 1024;
+
 /// The watch's findings, shared with the HTTP answers.
 #[derive(Default)]
 struct Seen {
     members: Vec<Member>,
     samples: VecDeque<(Instant, u64)>,
+    /// The state as JSON, made once a poll: every viewer gets this.
+    json: Arc<String>,
 }
 
 /// The once-a-second poller behind the page.
 pub struct Watch {
-    node: NodeHandle,
     seen: Arc<Mutex<Seen>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -93,14 +104,25 @@ impl Watch {
         client: QuicClientTransport,
     ) -> Watch {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let task = tokio::spawn(poll(node.clone(), members, client, seen.clone()));
-        Watch { node, seen, task }
+        let task = tokio::spawn(poll(node, members, client, seen.clone()));
+        Watch { seen, task }
     }
 
+    /// The page's state as of the last poll, as JSON (empty before it).
+    pub fn state_json(&self) -> Arc<String> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .json
+            .clone()
+    }
+}
+
+impl Seen {
     /// The page's state now.
-    pub fn state(&self) -> State {
+    fn state(&self, node: &NodeHandle) -> State {
         let now = Instant::now();
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self;
         let ago = |t: Instant| {
             u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
         };
@@ -119,13 +141,13 @@ impl Watch {
             })
             .collect();
         State {
-            me: self.node.id().0,
+            me: node.id().0,
             now_unix_ms: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             members: seen.members.clone(),
-            availability: Some(self.node.metrics().availability),
-            timeline: self.node.timeline(WINDOW),
+            availability: Some(node.metrics().availability),
+            timeline: node.timeline(WINDOW),
             window_ms: u64::try_from(WINDOW.as_millis()).unwrap_or(u64::MAX),
             commits_per_sec,
         }
@@ -176,6 +198,8 @@ async fn poll(
             s.samples.pop_front();
         }
         s.samples.push_back((Instant::now(), commit));
+        let json = serde_json::to_string(&s.state(&node)).unwrap_or_default();
+        s.json = Arc::new(json);
     }
 }
 
@@ -185,10 +209,22 @@ async fn ask(client: &QuicClientTransport, addr: &str) -> Result<serde_json::Val
     let r = tokio::time::timeout(POLL_TIMEOUT, client.request(addr, ClientRequest::Status)).await;
     match r {
         Err(_) => Err(format!("no answer within {POLL_TIMEOUT:?}")),
-        Ok(Err(RequestError::NotSent(w) | RequestError::Lost(w))) => Err(w),
+        Ok(Err(RequestError::NotSent(w) | RequestError::Lost(w))) => Err(cut(&w)),
         Ok(Ok(ClientResponse::Status(s))) => {
-            serde_json::from_str(&crate::cli::status_line(&s)).map_err(|e| e.to_string())
+            let line = crate::cli::status_line(&s);
+            if line.len() > MAX_STATUS_BYTES {
+                return Err(format!(
+                    "its status is {} bytes, more than the {MAX_STATUS_BYTES} shown",
+                    line.len()
+                ));
+            }
+            serde_json::from_str(&line).map_err(|e| cut(&e.to_string()))
         }
-        Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+        Ok(Ok(other)) => Err(cut(&format!("unexpected answer {other:?}"))),
     }
+}
+
+/// `text`, cut to [`MAX_ERROR_CHARS`] characters.
+fn cut(text: &str) -> String {
+    text.chars().take(MAX_ERROR_CHARS).collect()
 }

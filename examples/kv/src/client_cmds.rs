@@ -120,8 +120,25 @@ pub struct BenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
+    /// How reads are served: `linearizable` (ReadIndex at the leader),
+    /// `lease` (the leader's lease where the nodes run with
+    /// `--lease-reads`, else ReadIndex) or `stale` (each read to the next
+    /// node in turn, answered from what it has applied).
+    #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+    consistency: ReadConsistency,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// `bench --consistency`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ReadConsistency {
+    /// ReadIndex at the leader.
+    Linearizable,
+    /// The leader's lease.
+    Lease,
+    /// Any node, possibly stale.
+    Stale,
 }
 
 /// How long a bench waits for its first successful operation before it
@@ -163,6 +180,11 @@ pub async fn bench(a: BenchArgs) -> i32 {
         usage_error("bench: --clients and --keys must be at least 1, --read-ratio in 0..=1");
     }
     let kv = client(&a.client);
+    let reader = kv.with_consistency(match a.consistency {
+        ReadConsistency::Linearizable => Consistency::Linearizable,
+        ReadConsistency::Lease => Consistency::Lease,
+        ReadConsistency::Stale => Consistency::Stale,
+    });
     let shared = Arc::new(BenchShared::default());
     let bar = indicatif::ProgressBar::new(a.ops);
     bar.set_style(
@@ -174,7 +196,13 @@ pub async fn bench(a: BenchArgs) -> i32 {
     let limit = give_up_after(a.client.timeout_ms);
     let tasks: Vec<_> = (0..a.clients)
         .map(|w| {
-            let (kv, shared, bar, value) = (kv.clone(), shared.clone(), bar.clone(), value.clone());
+            let (kv, reader, shared, bar, value) = (
+                kv.clone(),
+                reader.clone(),
+                shared.clone(),
+                bar.clone(),
+                value.clone(),
+            );
             let (ops, keys, read_ratio) = (a.ops, a.keys, a.read_ratio);
             tokio::spawn(async move {
                 let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("a valid histogram");
@@ -183,7 +211,7 @@ pub async fn bench(a: BenchArgs) -> i32 {
                     let key = format!("key-{}", rng.range(0, keys)).into_bytes();
                     let t0 = Instant::now();
                     let result = if rng.chance(read_ratio) {
-                        kv.get(key).await.map(|_| ())
+                        reader.get(key).await.map(|_| ())
                     } else {
                         kv.put(key, value.clone()).await.map(|_| ())
                     };

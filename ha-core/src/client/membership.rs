@@ -129,6 +129,7 @@ impl<T: Replicated> Client<T> {
             .retry(
                 deadline,
                 true,
+                false,
                 || ClientRequest::Members,
                 |resp| match resp {
                     ClientResponse::Members { membership, leader } => {

@@ -423,10 +423,16 @@ impl<T: Replicated> Client<T> {
         // A stale query may be answered by any node: not a leader hint.
         let answered_by_leader = self.opts.consistency != Consistency::Stale;
         let answer = self
-            .retry(deadline, answered_by_leader, req, |resp| match resp {
-                ClientResponse::QueryResult { answer } => Reply::Done(answer),
-                other => Reply::Retry(format!("unexpected response {other:?}")),
-            })
+            .retry(
+                deadline,
+                answered_by_leader,
+                !answered_by_leader,
+                req,
+                |resp| match resp {
+                    ClientResponse::QueryResult { answer } => Reply::Done(answer),
+                    other => Reply::Retry(format!("unexpected response {other:?}")),
+                },
+            )
             .await;
         match answer {
             Ok(answer) => decode_exact(&answer).map_err(Error::Query),

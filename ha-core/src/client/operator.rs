@@ -59,6 +59,7 @@ impl<T: Replicated> Client<T> {
             .retry(
                 deadline,
                 false,
+                false,
                 || ClientRequest::TransferLeader {
                     from: Some(from),
                     to,
@@ -150,6 +151,7 @@ impl<T: Replicated> Client<T> {
             .retry(
                 deadline,
                 true,
+                false,
                 || req(schema, nonce),
                 |resp| match resp {
                     ClientResponse::Applied { answer, .. } => {

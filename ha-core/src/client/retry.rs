@@ -123,6 +123,13 @@ impl<T: Replicated> Client<T> {
         if let Some(l) = self.leader() {
             return l;
         }
+        self.next_in_turn()
+    }
+
+    /// The next node in turn that has not failed within
+    /// [`UNREACHABLE_MEMORY`] (any, if all have), leader or not: where a
+    /// stale query goes, so such reads spread over every node.
+    pub(super) fn next_in_turn(&self) -> NodeAddr {
         let k = self.inner.rotate.fetch_add(1, Ordering::Relaxed) + self.inner.seed;
         let now = tokio::time::Instant::now();
         let passed_over: Vec<NodeAddr> = self
@@ -228,7 +235,15 @@ impl<T: Replicated> Client<T> {
         &self,
         req: ClientRequest,
     ) -> (NodeAddr, Result<ClientResponse, RequestError>) {
-        let addr = self.target();
+        self.attempt_at(self.target(), req).await
+    }
+
+    /// One attempt of `req` at `addr`.
+    pub(super) async fn attempt_at(
+        &self,
+        addr: NodeAddr,
+        req: ClientRequest,
+    ) -> (NodeAddr, Result<ClientResponse, RequestError>) {
         self.warm_standbys(&addr);
         let fut = self.inner.transport.request(addr.clone(), req);
         match tokio::time::timeout(self.opts.attempt_timeout, fut).await {
@@ -254,7 +269,9 @@ impl<T: Replicated> Client<T> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         for a in addrs.iter().filter(|a| *a != target) {
-            self.inner.transport.warm(a);
+            if !self.recently_unreachable(a) {
+                self.inner.transport.warm(a);
+            }
         }
     }
 
@@ -318,7 +335,7 @@ impl<T: Replicated> Client<T> {
         let schema = stored_schema::<T>()?;
         let req = || ClientRequest::Register { schema, secret };
         let registered = self
-            .retry(deadline, true, req, |resp| match resp {
+            .retry(deadline, true, false, req, |resp| match resp {
                 ClientResponse::Applied { answer, .. } => {
                     match decode_exact::<CommandOutcome>(&answer) {
                         Ok(CommandOutcome::Registered { session }) => Reply::Done(session),
@@ -351,12 +368,15 @@ impl<T: Replicated> Client<T> {
     /// Sends `req()` until `reply` takes an answer, a node refuses it for
     /// good, or `deadline` passes: follows redirects, forgets a failed
     /// leader, backs off between tries. With `answered_by_leader`, the node
-    /// that answered is remembered as the leader. For requests a retry cannot harm
-    /// (registrations, queries).
+    /// that answered is remembered as the leader. With `any_node` (what
+    /// any node answers: stale queries), each try goes to the next node in
+    /// turn instead of the leader, so such reads spread over the cluster.
+    /// For requests a retry cannot harm (registrations, queries).
     pub(super) async fn retry<R>(
         &self,
         deadline: tokio::time::Instant,
         answered_by_leader: bool,
+        any_node: bool,
         req: impl Fn() -> ClientRequest,
         mut reply: impl FnMut(ClientResponse) -> Reply<R>,
     ) -> Result<R, RetryEnd> {
@@ -364,7 +384,14 @@ impl<T: Replicated> Client<T> {
         let mut backoff = Duration::from_millis(10);
         let mut polls = ELECTION_POLLS;
         while tokio::time::Instant::now() < deadline {
-            let (addr, resp) = self.attempt(req()).await;
+            // What any node answers goes to each in turn; the rest to the
+            // leader.
+            let to = if any_node {
+                self.next_in_turn()
+            } else {
+                self.target()
+            };
+            let (addr, resp) = self.attempt_at(to, req()).await;
             let not_leader = matches!(resp, Ok(ClientResponse::NotLeader { .. }));
             let asked = addr.clone();
             if resp.is_ok() {

@@ -404,9 +404,10 @@ impl NodeHandle {
     /// Hands leadership to `to`, or, with `None`, to the most up-to-date
     /// voter heard from lately (dissertation §3.10); resolves with the new
     /// leader once this node hears from it. Meanwhile this node appends no
-    /// proposals: it holds them (up to 4,096; past that, [`NodeError::Busy`])
-    /// and answers them [`NodeError::NotLeader`] naming the new leader once
-    /// it knows it, or proposes them if it leads on; reads go on. Fails with `NotLeader` on a node
+    /// proposals: it holds them (up to 4,096, for at most one minimum
+    /// election timeout; past either, [`NodeError::Busy`]) and answers them
+    /// [`NodeError::NotLeader`] naming the new leader once it knows it, or
+    /// proposes them if it leads on; reads go on. Fails with `NotLeader` on a node
     /// that does not lead, `TransferRefused` when it cannot start, and
     /// `TransferFailed` when no other node took over within an election
     /// timeout (this node then leads on).
@@ -497,8 +498,15 @@ impl NodeHandle {
                 if self.availability().is_writable() {
                     return true;
                 }
-                if status.changed().await.is_err() || status.borrow().stopped.is_some() {
-                    return false;
+                // A status change, or 10 ms (an idle cluster's period ends
+                // with no change of status).
+                tokio::select! {
+                    r = status.changed() => {
+                        if r.is_err() || status.borrow().stopped.is_some() {
+                            return false;
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
             }
         });

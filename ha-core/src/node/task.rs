@@ -401,6 +401,10 @@ impl<V: Vfs> NodeTask<V> {
             if role == RoleKind::Leader {
                 if self.raft.transferring_to().is_some() {
                     a.handing_over(now);
+                    if self.handover_last.is_none() {
+                        self.awaiting_writable = true;
+                        self.writable_at = None;
+                    }
                     // Its period starts once the writes it took before
                     // are committed.
                     let last = *self.handover_last.get_or_insert(self.raft.last_index());
@@ -418,7 +422,7 @@ impl<V: Vfs> NodeTask<V> {
             if role == RoleKind::Leader {
                 a.heard_from_leader(now);
             }
-            if leader != self.last_leader || self.raft.transferring_to().is_some() {
+            if leader != self.last_leader {
                 self.awaiting_writable = true;
                 self.writable_at = None;
             }
@@ -493,12 +497,16 @@ impl<V: Vfs> NodeTask<V> {
         // runs from when it took its leader's message (see
         // `Raft::set_clock`).
         let from = m.from;
-        if matches!(
-            m.body,
-            crate::raft::Body::TimeoutNow { .. }
-                | crate::raft::Body::PreVote { transfer: true, .. }
-                | crate::raft::Body::Vote { transfer: true, .. }
-        ) {
+        // A hand-off's sign, if it is of this term or a later one (a stale
+        // copy announces nothing).
+        if m.term >= self.raft.term()
+            && matches!(
+                m.body,
+                crate::raft::Body::TimeoutNow { .. }
+                    | crate::raft::Body::PreVote { transfer: true, .. }
+                    | crate::raft::Body::Vote { transfer: true, .. }
+            )
+        {
             self.metrics
                 .availability
                 .lock()

@@ -10,9 +10,10 @@
 //! bounced, since the hand-off is over within a few round trips. Each is
 //! answered `NotLeader` naming the new leader once this node knows it (the
 //! client goes there at once), proposed here if this node leads on (the
-//! transfer failed), or answered `NotLeader` without a leader after two
-//! election timeouts without one. None was appended anywhere, so each of
-//! these answers is true: not applied.
+//! transfer failed), or, one minimum election timeout after the first was
+//! held (well within a client's attempt), answered `Busy` or `NotLeader`
+//! without a leader. None was appended anywhere, so each of these answers
+//! is true: not applied.
 //!
 //! Invariants: a caller is answered `Ok(leader)` only once this node no
 //! longer leads and has heard of another leader (it saw that leader's
@@ -101,21 +102,26 @@ impl<V: Vfs> NodeTask<V> {
             return;
         }
         let leading = self.raft.role() == RoleKind::Leader;
-        if leading && self.raft.transferring_to().is_some() {
+        // One minimum election timeout from the first held write: a
+        // transfer's target campaigns at once, so a hand-off is over well
+        // within it, and the client's attempt (1.5 s by default) is still
+        // waiting for the answer.
+        let patience = self.raft.config().election_timeout_min_ticks;
+        let expired = self.held_writes.ticks > patience;
+        if leading && self.raft.transferring_to().is_some() && !expired {
             return; // still handing over
         }
-        let patience = self
-            .raft
-            .config()
-            .election_timeout_max_ticks
-            .saturating_mul(2);
         let leader = self.raft.leader().filter(|l| *l != self.raft.id());
-        if !leading && leader.is_none() && self.held_writes.ticks <= patience {
+        if !leading && leader.is_none() && !expired {
             return; // the new leader is not known yet
         }
+        let still_handing_over = leading && self.raft.transferring_to().is_some();
         let held = std::mem::take(&mut self.held_writes);
         for (data, reply) in held.writes {
-            if leading {
+            if still_handing_over {
+                // Held too long: not appended, the client retries.
+                let _ = reply.send(Err(NodeError::Busy));
+            } else if leading {
                 // The transfer failed: this node leads on and takes them.
                 self.command(Command::Propose { data, reply });
             } else {
