@@ -33,14 +33,17 @@ for n in 3 5; do
   run reads-lease "$n" 1 "--lease-reads" "--consistency lease"
   run reads-stale "$n" 1 "" "--consistency stale"
 done
-# Two independent groups at once, each with half the clients.
+# Two independent groups at once, each with half the clients. (Their
+# clusters start at about the same time; each bench starts once its own
+# cluster takes writes.)
 for r in $(seq 1 "$RUNS"); do
   a=$(mktemp) b=$(mktemp)
   scripts/kv-bench.sh "$BIN" $((CLIENTS / 2)) $((OPS / 2)) 128 10000 0 >"$a" &
   pa=$!
   scripts/kv-bench.sh "$BIN" $((CLIENTS / 2)) $((OPS / 2)) 128 10000 0 >"$b" &
   pb=$!
-  wait $pa $pb
+  wait "$pa" || { echo "group A failed" >&2; exit 1; }
+  wait "$pb" || { echo "group B failed" >&2; exit 1; }
   echo "writes-2-groups nodes=6 run=$r $(python3 -c '
 import json,sys
 a,b=(json.loads(open(f).read().strip().splitlines()[-1]) for f in sys.argv[1:])
@@ -55,6 +58,8 @@ rows = {}
 for line in open(sys.argv[1]):
     label, nodes, _, js = line.split(" ", 3)
     d = json.loads(js)
+    if d.get("errors"):
+        print(f"warning: {label} {nodes} had {d['errors']} failed operations")
     rows.setdefault((label, nodes), []).append(d["ops_per_sec"])
 print("median ops/s:")
 for (label, nodes), v in rows.items():

@@ -96,6 +96,11 @@ pub const TIMELINE_EVENTS: usize = 1024;
 /// change: past it, a loss of the leader counts as unplanned.
 pub const HANDOFF_MEMORY: Duration = Duration::from_secs(10);
 
+/// How late a hand-off's sign may come and still make the period that
+/// just began a planned one (its vote request overtaken by the new
+/// leader's append).
+pub const LATE_SIGN: Duration = Duration::from_secs(1);
+
 /// Totals of a node's earlier runs, carried over a restart by the service
 /// layer (saved beside its data): downtime seen, and the time it ran.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -301,10 +306,11 @@ impl Availability {
     /// is planned.
     pub fn handoff_expected(&mut self, now: Instant) {
         self.handoff_seen = Some(now);
-        // Its sign may arrive after the leader change it explains (the new
-        // leader's append overtook the vote request it sent this node).
+        // Its sign may arrive just after the leader change it explains
+        // (the new leader's append overtook the vote request it sent this
+        // node): a period that began moments ago is that hand-off's.
         if let Some((start, p)) = &mut self.lost_since
-            && now.saturating_duration_since(*start) <= HANDOFF_MEMORY
+            && now.saturating_duration_since(*start) <= LATE_SIGN
         {
             *p = true;
         }
@@ -318,11 +324,10 @@ impl Availability {
         }
         self.handoff_seen = Some(now);
         self.own = Some(now);
-        if let Some((_, planned)) = &mut self.lost_since {
+        if self.lost_since.is_some() {
             // A period is open already (this leader's first entry is not
-            // committed yet): it becomes this hand-over's, and no second
-            // one opens.
-            *planned = true;
+            // committed yet): it goes on, of the kind it has, and this
+            // hand-over's time is counted in it; no second one opens.
             return;
         }
         self.handing_over = Some(now);
@@ -456,10 +461,15 @@ impl Availability {
     pub fn report(&self, now: Instant) -> AvailabilityReport {
         let mut h = self.history(now);
         // The history counts a period still open as ended (for a node that
-        // stops in it); while the node runs it is not a failover yet.
+        // stops in it); while the node runs it is neither a failover nor a
+        // hand-off yet.
         h.failovers = h
             .failovers
             .saturating_sub(u64::from(self.lost_since.is_some()));
+        let (open_planned, _) = self.open(now);
+        h.handoffs = h
+            .handoffs
+            .saturating_sub(u64::from(!open_planned.is_zero()));
         let down_ms = h.planned_ms.saturating_add(h.unplanned_ms);
         let up_ms = h.observed_ms.saturating_sub(down_ms);
         // MTTR counts whole recoveries only: an open period is downtime,
@@ -688,7 +698,8 @@ mod tests {
         a.writable(ms(200));
         assert!(a.is_writable(), "nothing left open");
         let r = a.report(ms(1_000));
-        assert_eq!((r.planned_ms, r.unplanned_ms, r.handoffs), (100, 0, 1));
+        // The lost leader's period keeps its kind; the hand-over is in it.
+        assert_eq!((r.planned_ms, r.unplanned_ms, r.handoffs), (0, 100, 0));
         assert_eq!(r.handover_ms, 40);
         let t = a.timeline(ms(1_000), Duration::from_secs(5));
         assert_eq!(t.down.len(), 1);

@@ -7,8 +7,8 @@
 //! replaced; it never stops a node from starting.
 //!
 //! Invariants: the file is read only up to [`MAX_BYTES`]; it is replaced
-//! atomically (a temporary file named by the process, synced, renamed, the
-//! directory synced), so a crash leaves the old or the new totals, never a
+//! atomically (a temporary file, synced, renamed, the directory synced;
+//! the temporary file is removed on a failed save and at the next start), so a crash leaves the old or the new totals, never a
 //! torn file; it is rewritten every [`SAVE_EVERY`] and once more when the
 //! node stops, so a crash loses at most that much accounting.
 
@@ -34,6 +34,9 @@ fn path(dir: &Path) -> PathBuf {
 /// The totals saved in `dir`: zero when there are none; a damaged file is
 /// renamed aside and logged, and counts as none.
 pub fn load(dir: &Path) -> DowntimeHistory {
+    // A save a crash cut short left its temporary file: the totals are in
+    // the last complete one.
+    let _ = std::fs::remove_file(dir.join(format!("{FILE}.tmp")));
     let p = path(dir);
     let read = || -> Result<Option<DowntimeHistory>, String> {
         let f = match std::fs::File::open(&p) {
@@ -70,16 +73,21 @@ pub fn load(dir: &Path) -> DowntimeHistory {
 
 /// Replaces the totals saved in `dir` with `h`, atomically.
 pub fn save(dir: &Path, h: &DowntimeHistory) -> std::io::Result<()> {
-    // Named by process and save, so no two saves share one.
-    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!("{FILE}.tmp.{}.{n}", std::process::id()));
+    // One name: the directory's lock keeps other processes out, and one
+    // process saves one at a time (see `Server`).
+    let tmp = dir.join(format!("{FILE}.tmp"));
     let text = serde_json::to_string(h).map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path(dir))?;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path(dir))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     std::fs::File::open(dir)?.sync_all()
 }
 

@@ -162,6 +162,16 @@ impl<T: Replicated> Client<T> {
         *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
     }
 
+    /// `addr` failed: if it is the leader the client knows, it no longer
+    /// does (a follower that failed a stale read says nothing of the
+    /// leader, which other callers of this client use).
+    pub(super) fn forget_leader(&self, addr: &NodeAddr) {
+        let mut leader = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner());
+        if leader.as_ref() == Some(addr) {
+            *leader = None;
+        }
+    }
+
     /// A request could not be sent to `addr`: it is forgotten as leader
     /// and passed over for [`UNREACHABLE_MEMORY`]. (A request sent and not
     /// answered in time only forgets the leader: a slow leader is not
@@ -404,7 +414,7 @@ impl<T: Replicated> Client<T> {
                 }
                 Ok(ClientResponse::Refused { message }) => return Err(RetryEnd::Refused(message)),
                 Ok(ClientResponse::Failed { message, .. }) => {
-                    self.set_leader(None);
+                    self.forget_leader(&addr);
                     last_why = message;
                 }
                 // The leader is still the leader: back off and ask it again.
@@ -423,7 +433,7 @@ impl<T: Replicated> Client<T> {
                     last_why = w;
                 }
                 Err(RequestError::Lost(w)) => {
-                    self.set_leader(None);
+                    self.forget_leader(&addr);
                     last_why = w;
                 }
             }

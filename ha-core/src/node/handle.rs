@@ -404,10 +404,12 @@ impl NodeHandle {
     /// Hands leadership to `to`, or, with `None`, to the most up-to-date
     /// voter heard from lately (dissertation §3.10); resolves with the new
     /// leader once this node hears from it. Meanwhile this node appends no
-    /// proposals: it holds them (up to 4,096, for at most one minimum
-    /// election timeout; past either, [`NodeError::Busy`]) and answers them
-    /// [`NodeError::NotLeader`] naming the new leader once it knows it, or
-    /// proposes them if it leads on; reads go on. Fails with `NotLeader` on a node
+    /// proposals: it holds them (up to 4,096, past which
+    /// [`NodeError::Busy`]; for at most one minimum election timeout or
+    /// 500 ms, past which `Busy`, or `NotLeader` without a leader once it
+    /// no longer leads) and answers them [`NodeError::NotLeader`] naming the
+    /// new leader once it knows it, or proposes them if it leads on; reads
+    /// go on. Fails with `NotLeader` on a node
     /// that does not lead, `TransferRefused` when it cannot start, and
     /// `TransferFailed` when no other node took over within an election
     /// timeout (this node then leads on).

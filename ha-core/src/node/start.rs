@@ -175,6 +175,7 @@ fn start<V: Vfs>(
         refused_messages: 0,
         transfer_waits: Vec::new(),
         held_writes: Default::default(),
+        tick: opts.tick,
         awaiting_writable: false,
         writable_at: None,
         handover_last: None,

@@ -145,6 +145,8 @@ pub(super) struct NodeTask<V: Vfs> {
     /// While this node hands over: its last index when it began (the
     /// writes it took before, which still commit).
     pub(super) handover_last: Option<LogIndex>,
+    /// Wall-clock length of one tick.
+    pub(super) tick: Duration,
     /// Writes that arrived while this node hands leadership over.
     pub(super) held_writes: super::transfer::HeldWrites,
     /// Callers waiting for a membership change to be done.
@@ -430,7 +432,12 @@ impl<V: Vfs> NodeTask<V> {
             self.last_leader = leader;
             self.refresh_view();
         }
-        if self.awaiting_writable && leader.is_some() {
+        // Not while this node hands over: it refuses writes, so the
+        // cluster is not writable whatever its commit index says.
+        if self.awaiting_writable
+            && leader.is_some()
+            && !(role == RoleKind::Leader && self.raft.transferring_to().is_some())
+        {
             self.check_writable(now);
         }
         let s = status_of(

@@ -10,9 +10,9 @@
 //! bounced, since the hand-off is over within a few round trips. Each is
 //! answered `NotLeader` naming the new leader once this node knows it (the
 //! client goes there at once), proposed here if this node leads on (the
-//! transfer failed), or, one minimum election timeout after the first was
-//! held (well within a client's attempt), answered `Busy` or `NotLeader`
-//! without a leader. None was appended anywhere, so each of these answers
+//! transfer failed), or, one minimum election timeout (at most 500 ms)
+//! after the first was held, well within a client's attempt, answered
+//! `Busy` (this node still hands over) or `NotLeader` without a leader. None was appended anywhere, so each of these answers
 //! is true: not applied.
 //!
 //! Invariants: a caller is answered `Ok(leader)` only once this node no
@@ -31,6 +31,10 @@ use crate::types::{NodeId, Term};
 
 /// Writes held at most while this node hands leadership over.
 pub(super) const MAX_HELD_WRITES: usize = 4096;
+
+/// The longest a write is held, in ms (less if the minimum election
+/// timeout is shorter): well under a client's attempt timeout.
+pub(super) const HELD_WRITES_PATIENCE_MS: u64 = 500;
 
 /// Writes that arrived during a hand-over, and ticks since the first.
 #[derive(Default)]
@@ -102,11 +106,18 @@ impl<V: Vfs> NodeTask<V> {
             return;
         }
         let leading = self.raft.role() == RoleKind::Leader;
-        // One minimum election timeout from the first held write: a
-        // transfer's target campaigns at once, so a hand-off is over well
-        // within it, and the client's attempt (1.5 s by default) is still
-        // waiting for the answer.
-        let patience = self.raft.config().election_timeout_min_ticks;
+        // One minimum election timeout from the first held write, and at
+        // most HELD_WRITES_PATIENCE: a transfer's target campaigns at once,
+        // so a hand-off is over well within it, and the client's attempt
+        // (1.5 s by default) is still waiting for the answer.
+        let tick_ms = u64::try_from(self.tick.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let patience = self
+            .raft
+            .config()
+            .election_timeout_min_ticks
+            .min(HELD_WRITES_PATIENCE_MS / tick_ms);
         let expired = self.held_writes.ticks > patience;
         if leading && self.raft.transferring_to().is_some() && !expired {
             return; // still handing over
