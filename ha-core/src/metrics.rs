@@ -322,7 +322,6 @@ impl Availability {
         if self.handing_over.is_some() || self.own.is_some() || self.leader.is_none() {
             return;
         }
-        self.handoff_seen = Some(now);
         self.own = Some(now);
         if self.lost_since.is_some() {
             // A period is open already (this leader's first entry is not
@@ -330,6 +329,7 @@ impl Availability {
             // hand-over's time is counted in it; no second one opens.
             return;
         }
+        self.handoff_seen = Some(now);
         self.handing_over = Some(now);
         self.drained = false;
         push_capped(&mut self.down, (now, None, true), &mut self.dropped);
@@ -363,6 +363,11 @@ impl Availability {
             self.handoff_seen = None;
             self.end_own(now);
             self.close(t, now, true);
+        } else if self.own.is_some() {
+            // A hand-over begun inside an open period: its own time ends
+            // here; the period goes on until the cluster is writable.
+            self.end_own(now);
+            self.handoff_seen = None;
         }
     }
 
@@ -417,9 +422,15 @@ impl Availability {
                     push_capped(&mut self.down, (start, None, planned), &mut self.dropped);
                 }
             }
-        } else if let Some((_, p)) = &mut self.lost_since {
-            // A hand-off announced while the period was open makes it one.
-            *p |= planned;
+        } else if let Some((start, p)) = &mut self.lost_since
+            && planned
+            && self
+                .handoff_seen
+                .is_some_and(|t| t.saturating_duration_since(*start) <= LATE_SIGN)
+        {
+            // A hand-off announced as the period began (its sign overtaken)
+            // makes it one; a later hand-off does not change what began it.
+            *p = true;
         }
         if leader.is_some() {
             self.last_heard = now;
@@ -701,6 +712,29 @@ mod tests {
         // The lost leader's period keeps its kind; the hand-over is in it.
         assert_eq!((r.planned_ms, r.unplanned_ms, r.handoffs), (0, 100, 0));
         assert_eq!(r.handover_ms, 40);
+        // The same, but the hand-over succeeds before the cluster was
+        // writable: the crash's time stays unplanned.
+        let mut b = Availability::new(t0);
+        b.leader_changed(Some(NodeId(1)), ms(10));
+        b.heard_from_leader(ms(100));
+        b.leader_changed(Some(NodeId(2)), ms(150));
+        b.handing_over(ms(160));
+        b.leader_changed(None, ms(170));
+        b.leader_changed(Some(NodeId(3)), ms(180));
+        b.writable(ms(200));
+        let r = b.report(ms(1_000));
+        assert_eq!((r.planned_ms, r.unplanned_ms), (0, 100));
+        assert_eq!(r.handover_ms, 40);
+        // And it fails: its own time ends when it leads on.
+        let mut c = Availability::new(t0);
+        c.leader_changed(Some(NodeId(1)), ms(10));
+        c.heard_from_leader(ms(100));
+        c.leader_changed(Some(NodeId(2)), ms(150));
+        c.handing_over(ms(160));
+        c.handover_failed(ms(170));
+        assert!(!c.is_writable(), "the period is still open");
+        c.writable(ms(300));
+        assert_eq!(c.report(ms(1_000)).handover_ms, 10);
         let t = a.timeline(ms(1_000), Duration::from_secs(5));
         assert_eq!(t.down.len(), 1);
         assert_eq!(t.down[0].end_ago_ms, Some(800));

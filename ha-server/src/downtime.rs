@@ -36,7 +36,16 @@ fn path(dir: &Path) -> PathBuf {
 pub fn load(dir: &Path) -> DowntimeHistory {
     // A save a crash cut short left its temporary file: the totals are in
     // the last complete one.
-    let _ = std::fs::remove_file(dir.join(format!("{FILE}.tmp")));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{FILE}.tmp")))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let p = path(dir);
     let read = || -> Result<Option<DowntimeHistory>, String> {
         let f = match std::fs::File::open(&p) {

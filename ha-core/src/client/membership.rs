@@ -272,7 +272,7 @@ impl<T: Replicated> Client<T> {
                     not_applied,
                     message,
                 }) => {
-                    self.set_leader(None);
+                    self.forget_leader(&addr);
                     maybe_started |= !not_applied;
                     last_why = message;
                 }
@@ -282,11 +282,11 @@ impl<T: Replicated> Client<T> {
                     last_why = format!("unexpected response {other:?}");
                 }
                 Err(RequestError::NotSent(why)) => {
-                    self.set_leader(None);
+                    self.forget_leader(&addr);
                     last_why = why;
                 }
                 Err(RequestError::Lost(why)) => {
-                    self.set_leader(None);
+                    self.forget_leader(&addr);
                     maybe_started = true;
                     last_why = why;
                 }

@@ -177,7 +177,7 @@ impl<T: Replicated> Client<T> {
     /// answered in time only forgets the leader: a slow leader is not
     /// shunned by every caller sharing this client.)
     pub(super) fn unreachable(&self, addr: &NodeAddr) {
-        self.set_leader(None);
+        self.forget_leader(addr);
         let now = tokio::time::Instant::now();
         let mut u = self
             .inner
@@ -542,7 +542,7 @@ impl<T: Replicated> Client<T> {
                 not_applied,
                 message,
             }) => {
-                self.set_leader(None);
+                self.forget_leader(&addr);
                 Attempt::Retry {
                     maybe_appended: !not_applied,
                     why: message,
@@ -564,7 +564,7 @@ impl<T: Replicated> Client<T> {
                 }
             }
             Err(RequestError::Lost(why)) => {
-                self.set_leader(None);
+                self.forget_leader(&addr);
                 Attempt::Retry {
                     maybe_appended: true,
                     why,

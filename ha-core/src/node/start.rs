@@ -229,6 +229,11 @@ fn check_options(opts: &NodeOptions) -> Result<(), StartNodeError> {
             "storage quota of 0 bytes: no write could ever be taken".into(),
         ));
     }
+    if opts.tick.is_zero() {
+        return Err(StartNodeError::Options(
+            "a tick of 0: the node's timers could never run".into(),
+        ));
+    }
     if opts.snapshot_transfer_timeout.is_zero() {
         return Err(StartNodeError::Options(
             "snapshot transfer timeout of 0: every transfer would fail".into(),

@@ -36,11 +36,11 @@ pub(super) const MAX_HELD_WRITES: usize = 4096;
 /// timeout is shorter): well under a client's attempt timeout.
 pub(super) const HELD_WRITES_PATIENCE_MS: u64 = 500;
 
-/// Writes that arrived during a hand-over, and ticks since the first.
+/// Writes that arrived during a hand-over, and when the first did.
 #[derive(Default)]
 pub(super) struct HeldWrites {
     writes: Vec<(bytes::Bytes, ProposeReply)>,
-    ticks: u64,
+    since: Option<std::time::Instant>,
 }
 
 /// A caller waiting for its transfer to end.
@@ -79,13 +79,10 @@ impl<V: Vfs> NodeTask<V> {
         }
     }
 
-    /// Counts a tick for every waiting caller, and for the held writes.
+    /// Counts a tick for every waiting caller.
     pub(super) fn tick_transfers(&mut self) {
         for w in &mut self.transfer_waits {
             w.ticks += 1;
-        }
-        if !self.held_writes.writes.is_empty() {
-            self.held_writes.ticks += 1;
         }
     }
 
@@ -96,6 +93,9 @@ impl<V: Vfs> NodeTask<V> {
             let _ = reply.send(Err(NodeError::Busy));
             return;
         }
+        self.held_writes
+            .since
+            .get_or_insert_with(std::time::Instant::now);
         self.held_writes.writes.push((data, reply));
     }
 
@@ -110,15 +110,14 @@ impl<V: Vfs> NodeTask<V> {
         // most HELD_WRITES_PATIENCE: a transfer's target campaigns at once,
         // so a hand-off is over well within it, and the client's attempt
         // (1.5 s by default) is still waiting for the answer.
-        let tick_ms = u64::try_from(self.tick.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let patience = self
-            .raft
-            .config()
-            .election_timeout_min_ticks
-            .min(HELD_WRITES_PATIENCE_MS / tick_ms);
-        let expired = self.held_writes.ticks > patience;
+        let election = self.tick.saturating_mul(
+            u32::try_from(self.raft.config().election_timeout_min_ticks).unwrap_or(u32::MAX),
+        );
+        let patience = election.min(std::time::Duration::from_millis(HELD_WRITES_PATIENCE_MS));
+        let expired = self
+            .held_writes
+            .since
+            .is_some_and(|t| t.elapsed() >= patience);
         if leading && self.raft.transferring_to().is_some() && !expired {
             return; // still handing over
         }
