@@ -10,7 +10,7 @@
 //! Invariants: a page view never reaches the network or the node's task:
 //! `/api/state` answers the JSON the watch made at its last poll, so any
 //! number of viewers costs the cluster one poll a second and the node one
-//! encoding. What a member answers is capped before it is kept
+//! encoding, and with no viewer for [`VIEWED_FOR`] no member is asked. What a member answers is capped before it is kept
 //! ([`MAX_STATUS_BYTES`], [`MAX_ERROR_CHARS`]), and the page puts every
 //! text in with `textContent`, never as HTML. The watch asks each member
 //! at most [`POLL_TIMEOUT`] and keeps at most [`SAMPLES`] samples; the
@@ -87,7 +87,13 @@ struct Seen {
     samples: VecDeque<(Instant, u64)>,
     /// The state as JSON, made once a poll: every viewer gets this.
     json: Arc<String>,
+    /// When `/api/state` was last asked for.
+    viewed: Option<Instant>,
 }
+
+/// How long after the last view the watch goes on asking the members (the
+/// commit samples for the timeline are taken always).
+pub const VIEWED_FOR: Duration = Duration::from_secs(10);
 
 /// The once-a-second poller behind the page.
 pub struct Watch {
@@ -110,11 +116,9 @@ impl Watch {
 
     /// The page's state as of the last poll, as JSON (empty before it).
     pub fn state_json(&self) -> Arc<String> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .json
-            .clone()
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.viewed = Some(Instant::now());
+        seen.json.clone()
     }
 }
 
@@ -172,9 +176,16 @@ async fn poll(
     loop {
         every.tick().await;
         let commit = node.status().commit_index.0;
-        // Every member at once, each bounded by POLL_TIMEOUT.
+        // Every member at once, each bounded by POLL_TIMEOUT; only while
+        // someone looks at the page (the first view answers "starting"
+        // until the next poll).
+        let viewed = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .viewed
+            .is_some_and(|t| t.elapsed() < VIEWED_FOR);
         let mut asks = tokio::task::JoinSet::new();
-        for (id, addr) in &members {
+        for (id, addr) in members.iter().filter(|_| viewed) {
             let client = client.clone();
             let (id, addr) = (*id, addr.clone());
             asks.spawn(async move {
@@ -193,11 +204,16 @@ async fn poll(
         let mut found: Vec<Member> = asks.join_all().await;
         found.sort_by_key(|m| m.id);
         let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
-        s.members = found;
+        if viewed {
+            s.members = found;
+        }
         if s.samples.len() >= SAMPLES {
             s.samples.pop_front();
         }
         s.samples.push_back((Instant::now(), commit));
+        if !viewed {
+            continue; // no viewer: no members asked, no JSON made
+        }
         let json = serde_json::to_string(&s.state(&node)).unwrap_or_default();
         s.json = Arc::new(json);
     }

@@ -93,13 +93,7 @@ impl<T: Replicated> Client<T> {
         let mut backoff = Duration::from_millis(10);
         while tokio::time::Instant::now() < deadline {
             let mut asks = tokio::task::JoinSet::new();
-            let addrs = self
-                .inner
-                .addrs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            for addr in addrs {
+            for addr in self.known_addrs() {
                 let (transport, wait) = (self.inner.transport.clone(), self.opts.attempt_timeout);
                 asks.spawn(async move {
                     tokio::time::timeout(wait, transport.request(addr, ClientRequest::Status)).await

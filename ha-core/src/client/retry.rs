@@ -150,6 +150,15 @@ impl<T: Replicated> Client<T> {
             .clone()
     }
 
+    /// Every node the client knows (given and learned), in turn order.
+    pub(super) fn known_addrs(&self) -> Vec<NodeAddr> {
+        self.inner
+            .addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub(super) fn leader(&self) -> Option<NodeAddr> {
         self.inner
             .leader
@@ -272,13 +281,7 @@ impl<T: Replicated> Client<T> {
             }
             *warmed = std::time::Instant::now();
         }
-        let addrs = self
-            .inner
-            .addrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for a in addrs.iter().filter(|a| *a != target) {
+        for a in self.known_addrs().iter().filter(|a| *a != target) {
             if !self.recently_unreachable(a) {
                 self.inner.transport.warm(a);
             }

@@ -139,15 +139,7 @@ fn members_named_by_dns_names_find_each_other() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let metrics_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
-    let mut c = Cluster {
-        dir,
-        ports: (0..3).map(|_| free_udp_port()).collect(),
-        children: vec![None, None, None],
-        metrics_port: metrics_ports[0],
-        metrics_ports,
-        serve_flags: Vec::new(),
-    };
+    let mut c = Cluster::unstarted(dir, &[]);
     let by_name = |c: &Cluster, id: usize| format!("localhost:{}", c.ports[id - 1]);
     let peers: Vec<String> = (1..=3)
         .map(|id| format!("{id}={}", by_name(&c, id)))

@@ -216,6 +216,22 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Three node slots in `dir` (certificates made already), ports from
+    /// the OS, nothing started.
+    fn unstarted(dir: tempfile::TempDir, serve_flags: &[&str]) -> Cluster {
+        let metrics_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+        Cluster {
+            dir,
+            ports: (0..3).map(|_| free_udp_port()).collect(),
+            children: vec![None, None, None],
+            metrics_port: metrics_ports[0],
+            metrics_ports,
+            serve_flags: serve_flags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for id in 1..=self.children.len() {
@@ -243,15 +259,7 @@ fn start_with(serve_flags: &[&str]) -> Cluster {
     );
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["ok"], true);
-    let metrics_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
-    let mut c = Cluster {
-        dir,
-        ports: (0..3).map(|_| free_udp_port()).collect(),
-        children: vec![None, None, None],
-        metrics_port: metrics_ports[0],
-        metrics_ports,
-        serve_flags: serve_flags.iter().map(|s| s.to_string()).collect(),
-    };
+    let mut c = Cluster::unstarted(dir, serve_flags);
     for id in 1..=3 {
         c.start_node(id);
     }
